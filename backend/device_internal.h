@@ -1,0 +1,40 @@
+/* Internal view of devices shared by backend modules (device, program, buffers). */
+#ifndef CLNPU_DEVICE_INTERNAL_H
+#define CLNPU_DEVICE_INTERNAL_H
+
+#include <CL/cl.h>
+
+#include "clnpu/device.h"
+#include "clnpu/program.h"
+
+typedef struct clnpu_cl_device_ref {
+    cl_platform_id platform;
+    cl_device_id device;
+} clnpu_cl_device_ref;
+
+void clnpu_device_query(cl_platform_id platform, cl_device_id d, clnpu_device_info *info);
+clnpu_status clnpu_device_enumerate(clnpu_cl_device_ref **out_refs, clnpu_device_info **out_infos,
+                                    size_t *out_count);
+
+struct clnpu_device {
+    clnpu_device_info info;
+    clnpu_profile profile;
+    bool emulated;
+    cl_platform_id platform;
+    cl_device_id device;
+    cl_context context;
+    cl_command_queue queue;
+    uint64_t capacity, used;
+    uint64_t local_budget;
+    bool no_cache;
+    char cache_dir[1024];
+    struct clnpu_program *programs; /* built in this process, newest first */
+};
+
+/* Base -D options derived from the bound profile and device (no trailing space). */
+void clnpu_device_base_options(const clnpu_device *device, char *out, size_t cap);
+void clnpu_programs_release(clnpu_device *device);
+/* Fill a "generic" profile from the device's queried capabilities. */
+void clnpu_profile_fill_generic(clnpu_profile *profile, const clnpu_device_info *info);
+
+#endif

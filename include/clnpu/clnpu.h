@@ -1,0 +1,18 @@
+/* clnpu: A.X K1 inference over OpenCL. Umbrella header. */
+#ifndef CLNPU_H
+#define CLNPU_H
+
+#include "clnpu/status.h"
+#include "clnpu/profile.h"
+#include "clnpu/device.h"
+#include "clnpu/program.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+/* Library version, "MAJOR.MINOR.PATCH". */
+const char *clnpu_version(void);
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,136 @@
+/* Devices: every OpenCL device on every platform, its capabilities, and the target profile
+ * bound to it.
+ *
+ *     clnpu_device_info *infos; size_t n;
+ *     clnpu_device_list(&infos, &n);                  // enumerate and query
+ *     clnpu_device *dev;
+ *     clnpu_device_options opt = clnpu_device_options_default();
+ *     opt.target = "rebellions-atom";                 // emulate an NPU on this device
+ *     clnpu_device_open(0, &opt, &dev);
+ *     clnpu_buffer *b;
+ *     clnpu_buffer_create(dev, 1 << 20, &b);          // fails past the profile's memory
+ *     ...
+ *     clnpu_buffer_destroy(b); clnpu_device_close(dev); clnpu_device_list_free(infos);
+ *
+ * Binding: with no explicit target, the profile whose match rules fit best is bound; an
+ * unknown device gets "generic", filled from its queried capabilities. A device is never
+ * refused because its name is unknown. Binding a profile whose rules do not match the device
+ * (for example an NPU profile on the PoCL CPU device) is *emulation*: the backend then
+ * enforces the profile's memory capacity and local-memory budget and builds kernels with its
+ * parameters.
+ */
+#ifndef CLNPU_DEVICE_H
+#define CLNPU_DEVICE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "clnpu/profile.h"
+#include "clnpu/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum clnpu_device_type {
+    CLNPU_DEVICE_TYPE_OTHER = 0,
+    CLNPU_DEVICE_TYPE_CPU,
+    CLNPU_DEVICE_TYPE_GPU,
+    CLNPU_DEVICE_TYPE_ACCELERATOR,
+} clnpu_device_type;
+
+const char *clnpu_device_type_name(clnpu_device_type type);
+
+typedef struct clnpu_device_info {
+    size_t index;          /* global index over all platforms */
+    size_t platform_index;
+    char platform_name[128];
+    char platform_version[128];
+    char vendor[128];
+    char name[256];
+    char driver_version[128];
+    char device_version[128];
+    char opencl_c_version[128];
+    clnpu_device_type type;
+    unsigned compute_units;
+    unsigned clock_mhz;
+    uint64_t global_mem_bytes;
+    uint64_t local_mem_bytes;
+    bool local_mem_is_global; /* CL_GLOBAL: "local" memory is ordinary cached memory */
+    uint64_t max_alloc_bytes;
+    size_t max_work_group_size;
+    size_t max_work_item_sizes[3];
+    unsigned pref_vector_width_float, pref_vector_width_half, pref_vector_width_char;
+    unsigned native_vector_width_float;
+    bool fp16, fp64;
+    bool int_dot_product;  /* cl_khr_integer_dot_product */
+    bool subgroups;        /* cl_khr_subgroups or OpenCL 3.0 sub-groups */
+    size_t subgroup_sizes[8];
+    unsigned subgroup_size_count;
+    unsigned address_bits;
+    char extensions[4096];
+} clnpu_device_info;
+
+/* Enumerate every device of every platform. A platform that fails to answer is skipped
+ * (noted in the message only if no device at all is found). */
+clnpu_status clnpu_device_list(clnpu_device_info **out_infos, size_t *out_count);
+void clnpu_device_list_free(clnpu_device_info *infos);
+bool clnpu_device_info_has_extension(const clnpu_device_info *info, const char *ext);
+
+typedef struct clnpu_device_options {
+    const char *target;            /* profile name to bind; NULL = match automatically */
+    const clnpu_profile_set *profiles; /* NULL = the built-in set */
+    bool no_cache;                 /* skip the on-disk program binary cache */
+    const char *cache_dir;         /* NULL = $CLNPU_CACHE_DIR, $XDG_CACHE_HOME/clnpu, ~/.cache/clnpu */
+    bool profiling;                /* create the queue with CL_QUEUE_PROFILING_ENABLE */
+} clnpu_device_options;
+
+clnpu_device_options clnpu_device_options_default(void);
+
+/* Pick the profile for a device from a set: best-scoring match, else "generic" filled from
+ * the device's capabilities. Never fails for lack of a match. out_matched tells which. */
+clnpu_status clnpu_profile_match(const clnpu_profile_set *set, const clnpu_device_info *info,
+                                 clnpu_profile *out_profile, bool *out_matched);
+/* Whether a profile's match rules accept a device (a profile without rules accepts none). */
+bool clnpu_profile_matches(const clnpu_profile *profile, const clnpu_device_info *info);
+
+typedef struct clnpu_device clnpu_device;
+
+clnpu_status clnpu_device_open(size_t index, const clnpu_device_options *options,
+                               clnpu_device **out_device);
+void clnpu_device_close(clnpu_device *device);
+
+const clnpu_device_info *clnpu_device_get_info(const clnpu_device *device);
+const clnpu_profile *clnpu_device_get_profile(const clnpu_device *device);
+/* True when the bound profile is not this device's own (an NPU emulated on a real device). */
+bool clnpu_device_is_emulated(const clnpu_device *device);
+/* Bytes usable for buffers: min(profile memory, device memory). */
+uint64_t clnpu_device_memory_capacity(const clnpu_device *device);
+uint64_t clnpu_device_memory_used(const clnpu_device *device);
+/* Local-memory budget kernels may use: min(profile budget or SRAM, device local memory). */
+uint64_t clnpu_device_local_mem_budget(const clnpu_device *device);
+
+/* Raw OpenCL handles for code that launches kernels (cl_context, cl_command_queue,
+ * cl_device_id), returned as void * so this header does not need CL/cl.h. */
+void *clnpu_device_cl_context(const clnpu_device *device);
+void *clnpu_device_cl_queue(const clnpu_device *device);
+void *clnpu_device_cl_device(const clnpu_device *device);
+
+/* Wait for all queued work. */
+clnpu_status clnpu_device_finish(clnpu_device *device);
+
+/* Device buffers, counted against the (emulated) memory capacity. */
+typedef struct clnpu_buffer clnpu_buffer;
+clnpu_status clnpu_buffer_create(clnpu_device *device, size_t bytes, clnpu_buffer **out_buffer);
+void clnpu_buffer_destroy(clnpu_buffer *buffer);
+size_t clnpu_buffer_size(const clnpu_buffer *buffer);
+void *clnpu_buffer_cl_mem(const clnpu_buffer *buffer); /* cl_mem */
+clnpu_status clnpu_buffer_write(clnpu_buffer *buffer, size_t offset, const void *src, size_t bytes);
+clnpu_status clnpu_buffer_read(clnpu_buffer *buffer, size_t offset, void *dst, size_t bytes);
+clnpu_status clnpu_buffer_fill(clnpu_buffer *buffer, const void *pattern, size_t pattern_size);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,66 @@
+/* Kernel programs: embedded OpenCL C sources built per device, with an on-disk binary cache.
+ *
+ *     clnpu_program *prog;
+ *     clnpu_program_get(dev, "elementwise.cl", NULL, &prog);   // cached per device
+ *     cl_kernel k = clnpu_program_cl_program(prog) ...
+ *
+ * Build options: every build gets -D defines from the bound profile's kernel parameters
+ * (CLNPU_TILE_M, CLNPU_VECTOR_WIDTH, CLNPU_LOCAL_MEM_BYTES, ...) plus `extra_options`.
+ * The cache key hashes source, full options, device name, driver and platform versions and the
+ * cache-format version; the full key is also stored in the entry and compared on load, so a
+ * mismatched or corrupt entry is rebuilt, never trusted. Writes are atomic (temp + rename).
+ */
+#ifndef CLNPU_PROGRAM_H
+#define CLNPU_PROGRAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "clnpu/device.h"
+#include "clnpu/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct clnpu_program clnpu_program;
+
+typedef enum clnpu_program_origin {
+    CLNPU_PROGRAM_BUILT = 0,   /* compiled from source */
+    CLNPU_PROGRAM_DISK_CACHE,  /* loaded from the on-disk binary cache */
+    CLNPU_PROGRAM_MEMORY,      /* already built on this device in this process */
+} clnpu_program_origin;
+
+/* Names of the embedded kernel sources ("elementwise.cl", ...). */
+size_t clnpu_kernel_source_count(void);
+const char *clnpu_kernel_source_name(size_t index);
+/* The embedded text of a kernel source, or NULL. */
+const char *clnpu_kernel_source(const char *name);
+
+/* Build (or fetch from cache) an embedded source on a device. The program is owned by the
+ * device and lives until clnpu_device_close. */
+clnpu_status clnpu_program_get(clnpu_device *device, const char *source_name,
+                               const char *extra_options, clnpu_program **out_program);
+/* Same for arbitrary source text (tests, user kernels); `label` names it in messages. */
+clnpu_status clnpu_program_get_source(clnpu_device *device, const char *label, const char *source,
+                                      const char *extra_options, clnpu_program **out_program);
+
+void *clnpu_program_cl_program(const clnpu_program *program); /* cl_program */
+clnpu_program_origin clnpu_program_get_origin(const clnpu_program *program);
+double clnpu_program_build_ms(const clnpu_program *program);
+/* Full option string the program was built with. */
+const char *clnpu_program_options(const clnpu_program *program);
+/* Path of the disk cache entry ("" when caching is off). */
+const char *clnpu_program_cache_path(const clnpu_program *program);
+
+/* Create a kernel object from a program (caller releases it with clReleaseKernel). */
+clnpu_status clnpu_program_create_kernel(const clnpu_program *program, const char *kernel_name,
+                                         void **out_cl_kernel);
+
+/* The cache directory a device uses ("" when caching is off). */
+const char *clnpu_device_cache_dir(const clnpu_device *device);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,43 @@
+/* clnpu status codes and error messages.
+ *
+ * Every fallible call returns a clnpu_status. On failure the library also leaves a
+ * human-readable message (what failed, on which device, with which input) in a
+ * thread-local slot that the caller reads with clnpu_error_message():
+ *
+ *     if (clnpu_device_open(0, NULL, NULL, &dev) != CLNPU_OK)
+ *         fprintf(stderr, "clnpu: %s\n", clnpu_error_message());
+ *
+ * The library never exits or aborts.
+ */
+#ifndef CLNPU_STATUS_H
+#define CLNPU_STATUS_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum clnpu_status {
+    CLNPU_OK = 0,
+    CLNPU_ERR_INVALID_ARGUMENT,
+    CLNPU_ERR_OPENCL,        /* an OpenCL call failed; the message names the call and code */
+    CLNPU_ERR_BUILD,         /* a kernel failed to build; the message carries the build log */
+    CLNPU_ERR_IO,            /* a file could not be read or written */
+    CLNPU_ERR_PARSE,         /* malformed YAML / JSON / binary input */
+    CLNPU_ERR_NOT_FOUND,     /* no such device, profile, kernel or tensor */
+    CLNPU_ERR_OUT_OF_MEMORY, /* host or (emulated) device memory exhausted */
+    CLNPU_ERR_UNSUPPORTED,   /* the device or input lacks a required feature */
+} clnpu_status;
+
+/* Short constant name of a status, e.g. "CLNPU_ERR_BUILD". */
+const char *clnpu_status_name(clnpu_status status);
+
+/* Message of the last failure on this thread ("" if none). Valid until the next failing call. */
+const char *clnpu_error_message(void);
+
+/* Forget the last message. */
+void clnpu_error_clear(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

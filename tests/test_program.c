@@ -1,0 +1,181 @@
+/* Program builds: embedded sources, disk cache hit, corrupt entries rebuilt, build logs. */
+#include <CL/cl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "test_util.h"
+
+static clnpu_device *open_with_cache(const char *dir)
+{
+    clnpu_device_options o = clnpu_device_options_default();
+    o.cache_dir = dir;
+    clnpu_device *dev;
+    ck_assert_ok(clnpu_device_open(0, &o, &dev));
+    return dev;
+}
+
+/* A nonce define makes the source's build unique to this run, so neither clnpu's cache nor
+ * PoCL's own kernel cache has seen it: the first build is genuinely cold. */
+static void nonce_option(char *out, size_t cap)
+{
+    snprintf(out, cap, "-DCLNPU_TEST_NONCE=%llu", (unsigned long long)(test_rand_u64() >> 1));
+}
+
+START_TEST(test_embedded_sources)
+{
+    ck_assert_uint_ge(clnpu_kernel_source_count(), 1);
+    const char *src = clnpu_kernel_source("elementwise.cl");
+    ck_assert_ptr_nonnull(src);
+    /* Local includes are inlined at build time: no run-time file lookup. */
+    ck_assert_ptr_null(strstr(src, "#include \"clnpu_common.h\""));
+    ck_assert_ptr_nonnull(strstr(src, "clnpu_bf16_to_f32"));
+    clnpu_program *p;
+    ck_assert_int_eq(clnpu_program_get(test_device(), "nope.cl", NULL, &p), CLNPU_ERR_NOT_FOUND);
+}
+END_TEST
+
+START_TEST(test_cache_cold_then_warm)
+{
+    char dir[256], opt[64];
+    test_mkdtemp(dir, sizeof dir);
+    nonce_option(opt, sizeof opt);
+    clnpu_device *dev = open_with_cache(dir);
+    clnpu_program *p;
+    ck_assert_ok(clnpu_program_get(dev, "elementwise.cl", opt, &p));
+    ck_assert_int_eq(clnpu_program_get_origin(p), CLNPU_PROGRAM_BUILT);
+    double cold = clnpu_program_build_ms(p);
+    char path[1200];
+    snprintf(path, sizeof path, "%s", clnpu_program_cache_path(p));
+    struct stat sb;
+    ck_assert_msg(stat(path, &sb) == 0 && sb.st_size > 0, "no cache entry at %s", path);
+    /* Same device, same process: reused from memory. */
+    clnpu_program *again;
+    ck_assert_ok(clnpu_program_get(dev, "elementwise.cl", opt, &again));
+    ck_assert_ptr_eq(again, p);
+    ck_assert_int_eq(clnpu_program_get_origin(again), CLNPU_PROGRAM_MEMORY);
+    clnpu_device_close(dev);
+
+    /* A new device context: loaded from disk. */
+    dev = open_with_cache(dir);
+    ck_assert_ok(clnpu_program_get(dev, "elementwise.cl", opt, &p));
+    ck_assert_int_eq(clnpu_program_get_origin(p), CLNPU_PROGRAM_DISK_CACHE);
+    double warm = clnpu_program_build_ms(p);
+    fprintf(stderr, "program build: cold %.1f ms, warm (disk cache) %.1f ms, %.0fx faster\n", cold,
+            warm, cold / (warm > 0.001 ? warm : 0.001));
+    ck_assert_msg(warm < cold, "warm build %.1f ms is not faster than cold %.1f ms", warm, cold);
+    /* The loaded binary works. */
+    cl_kernel k;
+    ck_assert_ok(clnpu_program_create_kernel(p, "clnpu_fill_f32", (void **)&k));
+    clReleaseKernel(k);
+    /* Other options make another entry. */
+    clnpu_program *q;
+    char opt2[80];
+    snprintf(opt2, sizeof opt2, "%s -DOTHER=1", opt);
+    ck_assert_ok(clnpu_program_get(dev, "elementwise.cl", opt2, &q));
+    ck_assert_int_eq(clnpu_program_get_origin(q), CLNPU_PROGRAM_BUILT);
+    ck_assert_str_ne(clnpu_program_cache_path(q), path);
+    clnpu_device_close(dev);
+    test_rmdir(dir);
+}
+END_TEST
+
+/* Damage the entry in several ways; each time the next open rebuilds and rewrites it. */
+START_TEST(test_corrupt_entry_rebuilt)
+{
+    char dir[256], opt[64], path[1200];
+    test_mkdtemp(dir, sizeof dir);
+    nonce_option(opt, sizeof opt);
+    clnpu_device *dev = open_with_cache(dir);
+    clnpu_program *p;
+    ck_assert_ok(clnpu_program_get(dev, "elementwise.cl", opt, &p));
+    snprintf(path, sizeof path, "%s", clnpu_program_cache_path(p));
+    clnpu_device_close(dev);
+    struct stat sb;
+    ck_assert_int_eq(stat(path, &sb), 0);
+    const off_t good_size = sb.st_size;
+
+    for (int mode = 0; mode < 4; mode++) {
+        FILE *f = fopen(path, "r+b");
+        ck_assert_ptr_nonnull(f);
+        if (mode == 0) { /* truncated */
+            ck_assert_int_eq(ftruncate(fileno(f), good_size / 2), 0);
+        } else if (mode == 1) { /* one flipped byte near the end of the binary */
+            fseek(f, good_size - 7, SEEK_SET);
+            int c = fgetc(f);
+            fseek(f, good_size - 7, SEEK_SET);
+            fputc(c ^ 0x5a, f);
+        } else if (mode == 2) { /* garbage */
+            ck_assert_int_eq(ftruncate(fileno(f), 0), 0);
+            fputs("this is not a program binary", f);
+        } else { /* bad magic */
+            fseek(f, 0, SEEK_SET);
+            fputs("XXXX", f);
+        }
+        fclose(f);
+        dev = open_with_cache(dir);
+        ck_assert_ok(clnpu_program_get(dev, "elementwise.cl", opt, &p));
+        ck_assert_msg(clnpu_program_get_origin(p) == CLNPU_PROGRAM_BUILT,
+                      "damage mode %d: corrupt entry was trusted", mode);
+        cl_kernel k;
+        ck_assert_ok(clnpu_program_create_kernel(p, "clnpu_axpby_f32", (void **)&k));
+        clReleaseKernel(k);
+        clnpu_device_close(dev);
+        ck_assert_int_eq(stat(path, &sb), 0);
+        ck_assert_int_eq(sb.st_size, good_size); /* rewritten whole */
+        dev = open_with_cache(dir);
+        ck_assert_ok(clnpu_program_get(dev, "elementwise.cl", opt, &p));
+        ck_assert_int_eq(clnpu_program_get_origin(p), CLNPU_PROGRAM_DISK_CACHE);
+        clnpu_device_close(dev);
+    }
+    test_rmdir(dir);
+}
+END_TEST
+
+START_TEST(test_build_error_log)
+{
+    static const char broken[] =
+        "__kernel void k(__global float *y) {\n"
+        "    y[get_global_id(0)] = undefined_thing + ;\n"
+        "}\n";
+    clnpu_program *p = NULL;
+    clnpu_status st = clnpu_program_get_source(test_device(), "broken.cl", broken, NULL, &p);
+    ck_assert_int_eq(st, CLNPU_ERR_BUILD);
+    ck_assert_ptr_null(p);
+    const char *msg = clnpu_error_message();
+    ck_assert_msg(strstr(msg, "broken.cl") && strstr(msg, "build log"), "message: %s", msg);
+    /* The compiler's own words, pointing at line 2. */
+    ck_assert_msg(strstr(msg, "error") && strstr(msg, ":2:"), "no compiler diagnostics in: %s", msg);
+}
+END_TEST
+
+START_TEST(test_no_cache_option)
+{
+    clnpu_device_options o = clnpu_device_options_default();
+    o.no_cache = true;
+    clnpu_device *dev;
+    ck_assert_ok(clnpu_device_open(0, &o, &dev));
+    ck_assert_str_eq(clnpu_device_cache_dir(dev), "");
+    clnpu_program *p;
+    ck_assert_ok(clnpu_program_get(dev, "elementwise.cl", NULL, &p));
+    ck_assert_int_eq(clnpu_program_get_origin(p), CLNPU_PROGRAM_BUILT);
+    ck_assert_str_eq(clnpu_program_cache_path(p), "");
+    clnpu_device_close(dev);
+}
+END_TEST
+
+Suite *suite_program(void)
+{
+    Suite *s = suite_create("program");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_embedded_sources);
+    tcase_add_test(tc, test_cache_cold_then_warm);
+    tcase_add_test(tc, test_corrupt_entry_rebuilt);
+    tcase_add_test(tc, test_build_error_log);
+    tcase_add_test(tc, test_no_cache_option);
+    suite_add_tcase(s, tc);
+    return s;
+}

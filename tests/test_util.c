@@ -1,0 +1,111 @@
+/* Shared helpers for the Check test suite. */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <math.h>
+
+#include "test_util.h"
+
+static clnpu_device *shared_dev;
+
+clnpu_device *test_device(void)
+{
+    if (!shared_dev) {
+        clnpu_status st = clnpu_device_open(0, NULL, &shared_dev);
+        ck_assert_msg(st == CLNPU_OK, "opening device 0: %s", clnpu_error_message());
+    }
+    return shared_dev;
+}
+
+void test_device_release(void)
+{
+    clnpu_device_close(shared_dev);
+    shared_dev = NULL;
+}
+
+static uint64_t rng_state;
+
+uint64_t test_seed(void)
+{
+    static uint64_t seed;
+    if (!seed) {
+        const char *s = getenv("CLNPU_TEST_SEED");
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        seed = s ? strtoull(s, NULL, 0) : (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20);
+        if (!seed) seed = 1;
+        rng_state = seed;
+        fprintf(stderr, "clnpu tests: random seed %llu (set CLNPU_TEST_SEED to replay)\n",
+                (unsigned long long)seed);
+    }
+    return seed;
+}
+
+uint64_t test_rand_u64(void)
+{
+    if (!rng_state) test_seed();
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return rng_state * 0x2545F4914F6CDD1DULL;
+}
+
+float test_rand_uniform(float lo, float hi)
+{
+    return lo + (hi - lo) * (float)((test_rand_u64() >> 40) / (double)(1ULL << 24));
+}
+
+float test_rand_normal(void)
+{
+    double u1 = ((test_rand_u64() >> 11) + 1.0) / 9007199254740993.0;
+    double u2 = (test_rand_u64() >> 11) / 9007199254740992.0;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+void test_mkdtemp(char *out, size_t cap)
+{
+    snprintf(out, cap, "/tmp/clnpu-test-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(out));
+}
+
+void test_rmdir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char path[2048];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (unlink(path)) test_rmdir(path);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+int test_write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t n = strlen(text);
+    int rc = fwrite(text, 1, n, f) == n ? 0 : -1;
+    return fclose(f) ? -1 : rc;
+}
+
+int test_run(const char *cmdline, char *out, size_t cap)
+{
+    char full[4096];
+    snprintf(full, sizeof full, "%s 2>&1", cmdline);
+    FILE *p = popen(full, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    while (fgetc(p) != EOF) {
+    }
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}

@@ -1,0 +1,44 @@
+/* Shared helpers for the Check test suite: one device opened per process (programs built once
+ * and shared across tests), seeded random inputs, temporary directories. */
+#ifndef CLNPU_TEST_UTIL_H
+#define CLNPU_TEST_UTIL_H
+
+#include <check.h>
+#include <stdint.h>
+
+#include "clnpu/clnpu.h"
+
+/* The default test device (index 0, auto-matched profile), opened on first use. */
+clnpu_device *test_device(void);
+void test_device_release(void);
+
+/* Fail the current test with the library's message unless st == CLNPU_OK. */
+#define ck_assert_ok(st)                                                                           \
+    do {                                                                                           \
+        clnpu_status st_ = (st);                                                                   \
+        ck_assert_msg(st_ == CLNPU_OK, "%s: %s", clnpu_status_name(st_), clnpu_error_message());  \
+    } while (0)
+
+/* Random numbers: xorshift64*, seeded from the clock unless CLNPU_TEST_SEED is set; the seed is
+ * printed once so a failure can be replayed. */
+uint64_t test_rand_u64(void);
+float test_rand_uniform(float lo, float hi);
+float test_rand_normal(void);
+uint64_t test_seed(void);
+
+/* A fresh directory under /tmp, removed (with its files) by test_rmdir. */
+void test_mkdtemp(char *out, size_t cap);
+void test_rmdir(const char *dir);
+/* Write a file; returns 0 on success. */
+int test_write_file(const char *path, const char *text);
+
+/* Run a command line through /bin/sh, capturing stdout+stderr into out (truncated); returns the
+ * exit status (or -1). */
+int test_run(const char *cmdline, char *out, size_t cap);
+
+Suite *suite_device(void);
+Suite *suite_profile(void);
+Suite *suite_program(void);
+Suite *suite_cli(void);
+
+#endif

@@ -1,0 +1,62 @@
+/* Shared helpers of the clnpu command-line tool. */
+#ifndef CLNPU_CLI_H
+#define CLNPU_CLI_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "clnpu/clnpu.h"
+
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_FAIL 1
+#define CLI_EXIT_USAGE 2
+
+/* Print "clnpu CMD: message" and the usage line to stderr; returns CLI_EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *usage, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Print the library's last error for a failed call; returns CLI_EXIT_FAIL. */
+int cli_fail(const char *cmd, clnpu_status st);
+/* Parse a non-negative integer argument; false if malformed. */
+bool cli_parse_size(const char *s, size_t *out);
+void cli_format_bytes(double bytes, char *out, size_t cap);
+
+/* Common device selection flags: --device N, --target NAME, --targets-dir DIR, --no-cache. */
+typedef struct cli_device_args {
+    size_t device;
+    const char *target;
+    const char *targets_dir;
+    bool no_cache;
+} cli_device_args;
+
+enum { CLI_OPT_DEVICE = 1000, CLI_OPT_TARGET, CLI_OPT_TARGETS_DIR, CLI_OPT_NO_CACHE, CLI_OPT_FIRST_FREE };
+#define CLI_DEVICE_LONGOPTS                                                                        \
+    {"device", required_argument, NULL, CLI_OPT_DEVICE},                                           \
+        {"target", required_argument, NULL, CLI_OPT_TARGET},                                       \
+        {"targets-dir", required_argument, NULL, CLI_OPT_TARGETS_DIR},                             \
+        {"no-cache", no_argument, NULL, CLI_OPT_NO_CACHE}
+#define CLI_DEVICE_USAGE "[--device N] [--target NAME] [--targets-dir DIR] [--no-cache]"
+/* Handle one of the device options: 1 handled, 0 not a device option, -1 bad value. */
+int cli_device_option(int opt, const char *arg, cli_device_args *a);
+
+/* Open the device chosen by the flags (loading extra profiles if asked). */
+clnpu_status cli_open_device(const cli_device_args *a, bool profiling, clnpu_device **out);
+
+/* libyaml emitter wrapper for machine-readable output. */
+typedef struct cli_yaml cli_yaml;
+cli_yaml *cli_yaml_begin(FILE *out);
+void cli_yaml_map_begin(cli_yaml *y);
+void cli_yaml_map_end(cli_yaml *y);
+void cli_yaml_seq_begin(cli_yaml *y);
+void cli_yaml_seq_end(cli_yaml *y);
+void cli_yaml_str(cli_yaml *y, const char *s);
+void cli_yaml_kv_str(cli_yaml *y, const char *key, const char *value);
+void cli_yaml_kv_int(cli_yaml *y, const char *key, long long value);
+void cli_yaml_kv_num(cli_yaml *y, const char *key, double value);
+void cli_yaml_kv_bool(cli_yaml *y, const char *key, bool value);
+/* Finish the document; false if the emitter failed. */
+bool cli_yaml_end(cli_yaml *y);
+
+int cmd_devices(int argc, char **argv);
+int cmd_kernels(int argc, char **argv);
+
+#endif

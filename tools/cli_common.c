@@ -1,0 +1,72 @@
+/* Argument parsing, error printing and device opening shared by clnpu subcommands. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+int cli_usage_error(const char *cmd, const char *usage, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "clnpu %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nusage: %s\n", usage);
+    return CLI_EXIT_USAGE;
+}
+
+int cli_fail(const char *cmd, clnpu_status st)
+{
+    fprintf(stderr, "clnpu %s: error: %s (%s)\n", cmd, clnpu_error_message(), clnpu_status_name(st));
+    return CLI_EXIT_FAIL;
+}
+
+bool cli_parse_size(const char *s, size_t *out)
+{
+    if (!s || !*s || *s == '-') return false;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end || errno) return false;
+    *out = (size_t)v;
+    return true;
+}
+
+void cli_format_bytes(double b, char *out, size_t cap)
+{
+    const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    int u = 0;
+    while (b >= 1024 && u < 5) { b /= 1024; u++; }
+    snprintf(out, cap, u ? "%.1f %s" : "%.0f %s", b, unit[u]);
+}
+
+clnpu_status cli_open_device(const cli_device_args *a, bool profiling, clnpu_device **out)
+{
+    clnpu_device_options o = clnpu_device_options_default();
+    clnpu_profile_set *set = NULL;
+    if (a->targets_dir) {
+        clnpu_status st = clnpu_profile_set_builtin(&set);
+        if (!st) st = clnpu_profile_set_add_dir(set, a->targets_dir);
+        if (st) { clnpu_profile_set_destroy(set); return st; }
+        o.profiles = set;
+    }
+    o.target = a->target;
+    o.no_cache = a->no_cache;
+    o.profiling = profiling;
+    clnpu_status st = clnpu_device_open(a->device, &o, out);
+    clnpu_profile_set_destroy(set);
+    return st;
+}
+
+int cli_device_option(int opt, const char *arg, cli_device_args *a)
+{
+    switch (opt) {
+    case CLI_OPT_DEVICE: return cli_parse_size(arg, &a->device) ? 1 : -1;
+    case CLI_OPT_TARGET: a->target = arg; return 1;
+    case CLI_OPT_TARGETS_DIR: a->targets_dir = arg; return 1;
+    case CLI_OPT_NO_CACHE: a->no_cache = true; return 1;
+    default: return 0;
+    }
+}
