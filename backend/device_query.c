@@ -77,6 +77,7 @@ void clnpu_device_query(cl_platform_id platform, cl_device_id d, clnpu_device_in
     info->clock_mhz = get_uint(d, CL_DEVICE_MAX_CLOCK_FREQUENCY);
     info->global_mem_bytes = get_ulong(d, CL_DEVICE_GLOBAL_MEM_SIZE);
     info->local_mem_bytes = get_ulong(d, CL_DEVICE_LOCAL_MEM_SIZE);
+    info->global_cache_bytes = get_ulong(d, CL_DEVICE_GLOBAL_MEM_CACHE_SIZE);
     cl_device_local_mem_type lt = 0;
     clGetDeviceInfo(d, CL_DEVICE_LOCAL_MEM_TYPE, sizeof lt, &lt, NULL);
     info->local_mem_is_global = lt == CL_GLOBAL;

@@ -11,8 +11,15 @@
 #include "error.h"
 #include "hash.h"
 
+typedef struct kernel_entry {
+    struct kernel_entry *next;
+    char name[64];
+    cl_kernel kernel;
+} kernel_entry;
+
 struct clnpu_program {
     struct clnpu_program *next;
+    kernel_entry *kernels; /* cached kernel objects, created on first use */
     char *key;
     char *options;
     char cache_path[1100];
@@ -51,6 +58,11 @@ void clnpu_programs_release(clnpu_device *dev)
 {
     for (clnpu_program *p = dev->programs, *next; p; p = next) {
         next = p->next;
+        for (kernel_entry *k = p->kernels, *kn; k; k = kn) {
+            kn = k->next;
+            clReleaseKernel(k->kernel);
+            free(k);
+        }
         clReleaseProgram(p->program);
         free(p->key);
         free(p->options);
@@ -232,5 +244,27 @@ clnpu_status clnpu_program_create_kernel(const clnpu_program *p, const char *ker
     cl_kernel k = clCreateKernel(p->program, kernel_name, &err);
     if (!k) return clnpu_fail_cl(err, "clCreateKernel", kernel_name);
     *out_kernel = k;
+    return CLNPU_OK;
+}
+
+clnpu_status clnpu_program_kernel(clnpu_program *p, const char *kernel_name, void **out_kernel)
+{
+    for (kernel_entry *k = p->kernels; k; k = k->next) {
+        if (!strcmp(k->name, kernel_name)) {
+            *out_kernel = k->kernel;
+            return CLNPU_OK;
+        }
+    }
+    kernel_entry *k = calloc(1, sizeof *k);
+    if (!k) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    clnpu_status st = clnpu_program_create_kernel(p, kernel_name, (void **)&k->kernel);
+    if (st) {
+        free(k);
+        return st;
+    }
+    snprintf(k->name, sizeof k->name, "%s", kernel_name);
+    k->next = p->kernels;
+    p->kernels = k;
+    *out_kernel = k->kernel;
     return CLNPU_OK;
 }

@@ -22,8 +22,8 @@ START_TEST(test_help_and_version)
     ck_assert_ptr_nonnull(strstr(out, "devices"));
     ck_assert_int_eq(run("--version", out, sizeof out), 0);
     ck_assert_ptr_nonnull(strstr(out, clnpu_version()));
-    const char *subs[] = {"devices", "kernels"};
-    for (size_t i = 0; i < 2; i++) {
+    const char *subs[] = {"devices", "kernels", "bench", "bench gemm"};
+    for (size_t i = 0; i < 4; i++) {
         char a[64];
         snprintf(a, sizeof a, "%s --help", subs[i]);
         ck_assert_int_eq(run(a, out, sizeof out), 0);
@@ -60,6 +60,21 @@ START_TEST(test_devices_listing)
 }
 END_TEST
 
+START_TEST(test_bench_gemm)
+{
+    char out[8192];
+    ck_assert_int_eq(run("bench gemm --dtype bf16,fp8 --shape 3x40x70 --min-time 0.01 --json", out, sizeof out), 0);
+    /* One JSON object per line with the documented fields. */
+    const char *fields[] = {"\"op\":\"gemm\"", "\"dtype\":\"bf16\"", "\"dtype\":\"fp8\"", "\"m\":3",
+                            "\"n\":40", "\"k\":70", "\"ms\":", "\"gflops\":", "\"gbps\":", "\"device\":"};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        ck_assert_msg(strstr(out, fields[i]) != NULL, "missing %s in: %s", fields[i], out);
+    ck_assert_int_eq(run("bench gemm --shape 3x4", out, sizeof out), 2);
+    ck_assert_int_eq(run("bench gemm --dtype q4", out, sizeof out), 2);
+    ck_assert_int_eq(run("bench nothing", out, sizeof out), 2);
+}
+END_TEST
+
 Suite *suite_cli(void)
 {
     Suite *s = suite_create("cli");
@@ -68,6 +83,7 @@ Suite *suite_cli(void)
     tcase_add_test(tc, test_help_and_version);
     tcase_add_test(tc, test_usage_errors);
     tcase_add_test(tc, test_devices_listing);
+    tcase_add_test(tc, test_bench_gemm);
     suite_add_tcase(s, tc);
     return s;
 }

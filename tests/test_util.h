@@ -40,5 +40,6 @@ Suite *suite_device(void);
 Suite *suite_profile(void);
 Suite *suite_program(void);
 Suite *suite_cli(void);
+Suite *suite_gemm(void);
 
 #endif

@@ -13,6 +13,7 @@ typedef struct command {
 static const command commands[] = {
     {"devices", cmd_devices, "list OpenCL devices, their capabilities and matched target profiles"},
     {"kernels", cmd_kernels, "build every embedded kernel on a device (uses the binary cache)"},
+    {"bench", cmd_bench, "measure kernels: medians, GFLOP/s, GB/s, fraction of the roofline"},
 };
 
 static void usage(FILE *f)

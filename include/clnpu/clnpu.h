@@ -6,6 +6,8 @@
 #include "clnpu/profile.h"
 #include "clnpu/device.h"
 #include "clnpu/program.h"
+#include "clnpu/dtype.h"
+#include "clnpu/gemm.h"
 
 #ifdef __cplusplus
 extern "C" {

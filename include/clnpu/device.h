@@ -56,6 +56,7 @@ typedef struct clnpu_device_info {
     unsigned compute_units;
     unsigned clock_mhz;
     uint64_t global_mem_bytes;
+    uint64_t global_cache_bytes; /* last-level cache in front of global memory, 0 if unknown */
     uint64_t local_mem_bytes;
     bool local_mem_is_global; /* CL_GLOBAL: "local" memory is ordinary cached memory */
     uint64_t max_alloc_bytes;

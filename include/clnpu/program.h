@@ -57,6 +57,10 @@ const char *clnpu_program_cache_path(const clnpu_program *program);
 clnpu_status clnpu_program_create_kernel(const clnpu_program *program, const char *kernel_name,
                                          void **out_cl_kernel);
 
+/* A kernel object owned and cached by the program (created on first use, released with the
+ * device). Setting its arguments is not thread-safe: one host thread drives a device. */
+clnpu_status clnpu_program_kernel(clnpu_program *program, const char *kernel_name, void **out_cl_kernel);
+
 /* The cache directory a device uses ("" when caching is off). */
 const char *clnpu_device_cache_dir(const clnpu_device *device);
 

@@ -1,0 +1,189 @@
+/* Side-by-side GEMM / GEMV in one process: clnpu, CLBlast (CLBlastSgemm on the same OpenCL
+ * device and queue) and OpenBLAS (cblas_sgemm, cblas_sgemv for M = 1) on the host.
+ * Medians of repeated runs; weights rotate over enough copies to exceed the last-level cache
+ * for the memory-bound shapes, so nobody is timed on cached weights.
+ * Usage: gemm_compare [--device N] [--shape MxNxK ...] [--min-time S] */
+#include <CL/cl.h>
+#include <cblas.h>
+#include <clblast_c.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "clnpu/clnpu.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+typedef struct ctx {
+    size_t m, n, k, copies;
+    clnpu_device *dev;
+    clnpu_weight *w;
+    clnpu_buffer *x, *y;
+    cl_mem clw; /* copies x [n][k] f32 for CLBlast */
+    float *hw, *hx, *hy;
+    size_t rot;
+} ctx;
+
+typedef int (*run_fn)(ctx *c);
+
+static int run_clnpu(ctx *c)
+{
+    clnpu_gemm_args a = clnpu_gemm_args_default();
+    a.x = c->x, a.y = c->y, a.m = c->m;
+    c->rot = (c->rot + 1) % c->copies;
+    return clnpu_gemm(c->dev, c->w, c->rot, &a) != CLNPU_OK;
+}
+
+static int finish_clnpu(ctx *c)
+{
+    return clnpu_device_finish(c->dev) != CLNPU_OK;
+}
+
+static int run_clblast(ctx *c)
+{
+    cl_command_queue q = clnpu_device_cl_queue(c->dev);
+    c->rot = (c->rot + 1) % c->copies;
+    CLBlastStatusCode s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes,
+                                       c->m, c->n, c->k, 1.0f, clnpu_buffer_cl_mem(c->x), 0, c->k,
+                                       c->clw, c->rot * c->n * c->k, c->k, 0.0f,
+                                       clnpu_buffer_cl_mem(c->y), 0, c->n, &q, NULL);
+    return s != CLBlastSuccess;
+}
+
+static int run_openblas(ctx *c)
+{
+    c->rot = (c->rot + 1) % c->copies;
+    const float *w = c->hw + c->rot * c->n * c->k;
+    if (c->m == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)c->n, (int)c->k, 1.0f, w, (int)c->k, c->hx, 1,
+                    0.0f, c->hy, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)c->m, (int)c->n, (int)c->k, 1.0f,
+                    c->hx, (int)c->k, w, (int)c->k, 0.0f, c->hy, (int)c->n);
+    return 0;
+}
+
+static int finish_none(ctx *c)
+{
+    (void)c;
+    return 0;
+}
+
+/* Median per-call time over 7 batches after one warm-up call. */
+static double time_it(ctx *c, run_fn run, run_fn finish, double min_time)
+{
+    if (run(c) || finish(c)) return NAN;
+    double t0 = now_s();
+    if (run(c) || finish(c)) return NAN;
+    double one = now_s() - t0;
+    int batch = (int)(min_time / 7 / (one > 1e-6 ? one : 1e-6));
+    if (batch < 1) batch = 1;
+    if (batch > 100) batch = 100;
+    double t[7];
+    for (int i = 0; i < 7; i++) {
+        t0 = now_s();
+        for (int j = 0; j < batch; j++)
+            if (run(c)) return NAN;
+        if (finish(c)) return NAN;
+        t[i] = (now_s() - t0) / batch;
+    }
+    qsort(t, 7, sizeof t[0], cmp_d);
+    return t[3];
+}
+
+int main(int argc, char **argv)
+{
+    size_t devidx = 0, nshapes = 0;
+    size_t shapes[32][3];
+    double min_time = 1.0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--device") && i + 1 < argc) devidx = strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--min-time") && i + 1 < argc) min_time = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--shape") && i + 1 < argc && nshapes < 32 &&
+                 sscanf(argv[++i], "%zux%zux%zu", &shapes[nshapes][0], &shapes[nshapes][1],
+                        &shapes[nshapes][2]) == 3)
+            nshapes++;
+        else {
+            fprintf(stderr, "usage: gemm_compare [--device N] [--shape MxNxK ...] [--min-time S]\n");
+            return 2;
+        }
+    }
+    if (!nshapes) {
+        static const size_t def[][3] = {{1024, 1024, 1024}, {2048, 2048, 2048}, {16, 4096, 4096},
+                                        {1, 4096, 4096},    {1, 1536, 7168},    {1, 7168, 2048},
+                                        {4, 2048, 7168},    {16, 2048, 7168},   {512, 2048, 7168}};
+        nshapes = sizeof def / sizeof def[0];
+        memcpy(shapes, def, sizeof def);
+    }
+    clnpu_device *dev;
+    clnpu_device_options o = clnpu_device_options_default();
+    if (clnpu_device_open(devidx, &o, &dev)) {
+        fprintf(stderr, "gemm_compare: %s\n", clnpu_error_message());
+        return 1;
+    }
+    const clnpu_device_info *info = clnpu_device_get_info(dev);
+    printf("device: %s (%s); %s, core %s, %d threads\n", info->name,
+           clnpu_device_get_profile(dev)->name, OPENBLAS_VERSION, openblas_get_corename(),
+           openblas_get_num_threads());
+    printf("%-16s %9s %9s %9s   %9s %9s %9s   %8s %8s\n", "M x N x K", "clnpu ms", "CLBlast", "OpenBLAS",
+           "clnpu GF", "CLBlast", "OpenBLAS", "vs CLB", "vs OBLAS");
+    int rc = 0;
+    for (size_t si = 0; si < nshapes && !rc; si++) {
+        ctx c = {.m = shapes[si][0], .n = shapes[si][1], .k = shapes[si][2], .dev = dev};
+        size_t wbytes = c.n * c.k * sizeof(float);
+        uint64_t llc = info->global_cache_bytes ? info->global_cache_bytes : (64u << 20);
+        c.copies = wbytes >= 2 * llc ? 1 : (size_t)((2 * llc + wbytes - 1) / wbytes);
+        if (c.copies * wbytes > (1u << 30)) c.copies = (1u << 30) / wbytes ? (1u << 30) / wbytes : 1;
+        c.hw = malloc(c.copies * wbytes);
+        c.hx = malloc(c.m * c.k * sizeof(float));
+        c.hy = malloc(c.m * c.n * sizeof(float));
+        for (size_t i = 0; i < c.copies * c.n * c.k; i++) c.hw[i] = (float)((i * 7919) % 1000) * 1e-4f - 0.05f;
+        for (size_t i = 0; i < c.m * c.k; i++) c.hx[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
+        clnpu_weight_desc *d = calloc(c.copies, sizeof *d);
+        for (size_t i = 0; i < c.copies; i++)
+            d[i] = (clnpu_weight_desc){CLNPU_DTYPE_F32, c.n, c.k, c.hw + i * c.n * c.k, NULL, 0};
+        cl_int err;
+        if (clnpu_weight_upload(dev, d, c.copies, &c.w) ||
+            clnpu_buffer_create(dev, c.m * c.k * 4, &c.x) || clnpu_buffer_create(dev, c.m * c.n * 4, &c.y) ||
+            clnpu_buffer_write(c.x, 0, c.hx, c.m * c.k * 4)) {
+            fprintf(stderr, "gemm_compare: %s\n", clnpu_error_message());
+            rc = 1;
+        }
+        c.clw = rc ? NULL : clCreateBuffer(clnpu_device_cl_context(dev), CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                                           c.copies * wbytes, c.hw, &err);
+        if (!rc) {
+            double t1 = time_it(&c, run_clnpu, finish_clnpu, min_time);
+            double t2 = c.clw ? time_it(&c, run_clblast, finish_clnpu, min_time) : NAN;
+            double t3 = time_it(&c, run_openblas, finish_none, min_time);
+            double f = 2.0 * c.m * c.n * c.k / 1e9;
+            char name[32];
+            snprintf(name, sizeof name, "%zux%zux%zu", c.m, c.n, c.k);
+            printf("%-16s %9.3f %9.3f %9.3f   %9.1f %9.1f %9.1f   %7.2fx %7.2fx\n", name, t1 * 1e3,
+                   t2 * 1e3, t3 * 1e3, f / t1, f / t2, f / t3, t2 / t1, t3 / t1);
+            fflush(stdout);
+        }
+        if (c.clw) clReleaseMemObject(c.clw);
+        clnpu_weight_destroy(c.w);
+        clnpu_buffer_destroy(c.x);
+        clnpu_buffer_destroy(c.y);
+        free(d);
+        free(c.hw);
+        free(c.hx);
+        free(c.hy);
+    }
+    clnpu_device_close(dev);
+    return rc;
+}

@@ -1,0 +1,342 @@
+/* GEMM / GEMV / grouped GEMM: Y[M,N] = epilogue(X[M,K] . W[N,K]^T), X in f32.
+ *
+ * W is uploaded once in a *panel* layout: panel p holds output columns p*NR .. p*NR+NR-1 as
+ * K rows of NR contiguous values (W_packed[p][k][j] = W[p*NR+j][k], N padded with zeros).
+ * One work-item owns an MR x NR block of Y and streams its panel once: per k it loads one
+ * NR-wide weight row as a vector, widens/dequantises it in registers, and does MR vector FMAs
+ * against broadcast X values (the BLIS micro-kernel shape; on PoCL's CPU device this register
+ * blocking is what reaches the FMA peak, local-memory tiles do not). With M <= 8 the same kernel
+ * is the decode GEMV: W is read exactly once, at memory speed.
+ *
+ * Weight dtypes (CLNPU_GEMM_WTYPE): 0 f32, 1 bf16, 2 f16 (vload_half: no cl_khr_fp16 needed),
+ * 3 int8 with f32 scales per output channel (CLNPU_GEMM_QGROUP 0) or per group of QGROUP along K,
+ * 4 fp8 e4m3 with one f32 scale per 128x128 block (DeepSeek-V3 FP8 checkpoint format).
+ *
+ * Tunables (defines with defaults; the host sets them from the target profile / tuning DB):
+ *   CLNPU_GEMM_MR   rows of Y per work-item (register block height)
+ *   CLNPU_GEMM_NR   panel width, 8 or 16 (vector width of the accumulators)
+ *   CLNPU_GEMM_KACC independent accumulator chains along K (default 4/MR for MR < 4)
+ * Epilogue (CLNPU_GEMM_EPILOGUE): 0 Y = alpha*acc; 1 Y = alpha*acc + R (residual add);
+ *   2 SwiGLU: W holds gate and up panels interleaved (panel 2p = gate, 2p+1 = up, same columns),
+ *     Y = silu(alpha*g) * (alpha*u); the intermediate g and u never touch memory.
+ * Split-K: dimension 2 of the launch splits K into chunks; each writes alpha*partial into a
+ * workspace [splits][M][N] that clnpu_gemm_splitk_reduce sums (deterministic order).
+ */
+#include "clnpu_common.h"
+
+#ifndef CLNPU_GEMM_MR
+#define CLNPU_GEMM_MR 6
+#endif
+#ifndef CLNPU_GEMM_NR
+#define CLNPU_GEMM_NR 16
+#endif
+#ifndef CLNPU_GEMM_WTYPE
+#define CLNPU_GEMM_WTYPE 0
+#endif
+#ifndef CLNPU_GEMM_QGROUP
+#define CLNPU_GEMM_QGROUP 128
+#endif
+#ifndef CLNPU_GEMM_EPILOGUE
+#define CLNPU_GEMM_EPILOGUE 0
+#endif
+#define FP8_BLOCK 128
+
+#if CLNPU_GEMM_NR == 16
+#define VF float16
+#define VU uint16
+#define AS_VF as_float16
+#define AS_VU as_uint16
+#define VLOADF vload16
+#define CONVF convert_float16
+#define CONVU convert_uint16
+#define VLOAD_HALF vload_half16
+#elif CLNPU_GEMM_NR == 8
+#define VF float8
+#define VU uint8
+#define AS_VF as_float8
+#define AS_VU as_uint8
+#define VLOADF vload8
+#define CONVF convert_float8
+#define CONVU convert_uint8
+#define VLOAD_HALF vload_half8
+#else
+#error "CLNPU_GEMM_NR must be 8 or 16"
+#endif
+
+#if CLNPU_GEMM_WTYPE == 0
+#define WT float
+#elif CLNPU_GEMM_WTYPE == 1 || CLNPU_GEMM_WTYPE == 2
+#define WT ushort
+#elif CLNPU_GEMM_WTYPE == 3
+#define WT char
+#elif CLNPU_GEMM_WTYPE == 4
+#define WT uchar
+#else
+#error "unknown CLNPU_GEMM_WTYPE"
+#endif
+
+#if CLNPU_GEMM_WTYPE == 4
+/* Vector e4m3 -> f32: normals by re-biasing the exponent (7 -> 127), subnormals as m * 2^-9,
+ * the sign moved to bit 31. 0x7f / 0xff (NaN) never occur in packed weights. */
+inline VF fp8_widen(VU u)
+{
+    VU mag = (u & 0x7fu) << 20;
+    VF normal = AS_VF(mag + (120u << 23));
+    VF sub = CONVF(u & 7u) * 0x1p-9f;
+    VF r = select(normal, sub, (u & 0x78u) == (VU)0);
+    return AS_VF(AS_VU(r) | ((u & 0x80u) << 24));
+}
+#endif
+
+/* One NR-wide weight row of the panel, widened to f32 (scale applied by the caller). */
+#if CLNPU_GEMM_WTYPE == 0
+#define LOAD_ROW(p, k) VLOADF(0, (p) + (size_t)(k) * CLNPU_GEMM_NR)
+#elif CLNPU_GEMM_WTYPE == 1
+#define LOAD_ROW(p, k) AS_VF(CONVU(VLOADF(0, (p) + (size_t)(k) * CLNPU_GEMM_NR)) << 16)
+#elif CLNPU_GEMM_WTYPE == 2
+#define LOAD_ROW(p, k) VLOAD_HALF(0, (__global const half *)((p) + (size_t)(k) * CLNPU_GEMM_NR))
+#elif CLNPU_GEMM_WTYPE == 3
+#define LOAD_ROW(p, k) CONVF(VLOADF(0, (p) + (size_t)(k) * CLNPU_GEMM_NR))
+#elif CLNPU_GEMM_WTYPE == 4
+#define LOAD_ROW(p, k) fp8_widen(CONVU(VLOADF(0, (p) + (size_t)(k) * CLNPU_GEMM_NR)))
+#endif
+
+#if CLNPU_GEMM_WTYPE == 3 && CLNPU_GEMM_QGROUP > 0
+#define QBLOCK CLNPU_GEMM_QGROUP
+#elif CLNPU_GEMM_WTYPE == 4
+#define QBLOCK FP8_BLOCK
+#endif
+
+#define MR CLNPU_GEMM_MR
+#define NR CLNPU_GEMM_NR
+#ifndef CLNPU_GEMM_KACC
+#define CLNPU_GEMM_KACC (MR >= 4 ? 1 : 4 / MR)
+#endif
+#define KACC CLNPU_GEMM_KACC
+
+/* Scales are repacked per weight panel q at upload (see runtime/gemm_pack.c):
+ *   int8 per channel: S[q][NR]; int8 per group: S[q][ngroups][NR]; fp8: S[q][kblocks]. */
+#ifdef QBLOCK
+inline VF block_scale(__global const float *S, uint q, uint kb, uint nblocks)
+{
+#if CLNPU_GEMM_WTYPE == 3
+    return VLOADF(0, S + ((size_t)q * nblocks + kb) * NR);
+#else
+    return (VF)(S[(size_t)q * nblocks + kb]);
+#endif
+}
+#endif
+
+/* Rows [row0, row0+rows) of X (rows <= MR) against weight panel(s) for output panel p, over
+ * k in [k0, k1). Returns the (unscaled by alpha) accumulators. With SwiGLU the up-projection
+ * accumulators come back in accu. */
+#define ACC_DECL VF acc[MR], VF accu[MR]
+
+inline void store_row(__global float *yr, VF v, uint n0, uint N)
+{
+    if (n0 + NR <= N) {
+        /* vstore needs only float alignment, so ragged row strides are fine. */
+#if NR == 16
+        vstore16(v, 0, yr);
+#else
+        vstore8(v, 0, yr);
+#endif
+    } else {
+        float tmp[NR];
+#if NR == 16
+        vstore16(v, 0, tmp);
+#else
+        vstore8(v, 0, tmp);
+#endif
+        for (uint j = 0; n0 + j < N; j++) yr[j] = tmp[j];
+    }
+}
+
+inline VF load_row_ragged(__global const float *rr, uint n0, uint N)
+{
+    if (n0 + NR <= N) return VLOADF(0, rr);
+    float tmp[NR];
+    for (uint j = 0; j < NR; j++) tmp[j] = n0 + j < N ? rr[j] : 0.0f;
+    return VLOADF(0, tmp);
+}
+
+/* The micro-kernel. Wp points at this matrix's packed panels, S at its per-panel scales. */
+inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
+                      __global const float *S, __global float *Y, uint ldy,
+                      __global const float *R, uint ldr, uint row0, uint rows, uint p,
+                      uint k0, uint k1, uint K, uint N, float alpha)
+{
+    const __global float *xr[MR];
+#pragma unroll
+    for (int r = 0; r < MR; r++) /* rows past the end re-read the last row; never stored */
+        xr[r] = X + (size_t)(row0 + min((uint)r, rows - 1)) * ldx;
+
+#if CLNPU_GEMM_EPILOGUE == 2
+    const uint qg = 2 * p, qu = 2 * p + 1; /* gate and up panels, interleaved */
+    VF accu[MR * KACC];
+#pragma unroll
+    for (int r = 0; r < MR * KACC; r++) accu[r] = (VF)(0.0f);
+    const __global WT *wu = Wp + (size_t)qu * K * NR;
+#else
+    const uint qg = p;
+#endif
+    VF acc[MR * KACC];
+#pragma unroll
+    for (int r = 0; r < MR * KACC; r++) acc[r] = (VF)(0.0f);
+    const __global WT *wg = Wp + (size_t)qg * K * NR;
+
+#ifdef QBLOCK
+    const uint nblocks = (K + QBLOCK - 1) / QBLOCK;
+    for (uint kb = k0; kb < k1;) {
+        const uint kn = min(k1, (kb / QBLOCK + 1) * QBLOCK);
+        const VF sg = block_scale(S, qg, kb / QBLOCK, nblocks);
+#if CLNPU_GEMM_EPILOGUE == 2
+        const VF su = block_scale(S, qu, kb / QBLOCK, nblocks);
+#endif
+#define SCALE_G(w) (w) *= sg
+#define SCALE_U(w) (w) *= su
+#else
+    {
+        const uint kb = k0, kn = k1;
+#define SCALE_G(w)
+#define SCALE_U(w)
+#endif
+        /* KACC independent accumulator chains along k hide the FMA latency when MR is small. */
+        uint k = kb;
+        for (; k + KACC <= kn; k += KACC) {
+#pragma unroll
+            for (int c = 0; c < KACC; c++) {
+                VF w = LOAD_ROW(wg, k + c);
+                SCALE_G(w);
+#if CLNPU_GEMM_EPILOGUE == 2
+                VF w2 = LOAD_ROW(wu, k + c);
+                SCALE_U(w2);
+#endif
+#pragma unroll
+                for (int r = 0; r < MR; r++) {
+                    const VF xv = (VF)(xr[r][k + c]);
+                    acc[r * KACC + c] = fma(xv, w, acc[r * KACC + c]);
+#if CLNPU_GEMM_EPILOGUE == 2
+                    accu[r * KACC + c] = fma(xv, w2, accu[r * KACC + c]);
+#endif
+                }
+            }
+        }
+        for (; k < kn; k++) {
+            VF w = LOAD_ROW(wg, k);
+            SCALE_G(w);
+#if CLNPU_GEMM_EPILOGUE == 2
+            VF w2 = LOAD_ROW(wu, k);
+            SCALE_U(w2);
+#endif
+#pragma unroll
+            for (int r = 0; r < MR; r++) {
+                const VF xv = (VF)(xr[r][k]);
+                acc[r * KACC] = fma(xv, w, acc[r * KACC]);
+#if CLNPU_GEMM_EPILOGUE == 2
+                accu[r * KACC] = fma(xv, w2, accu[r * KACC]);
+#endif
+            }
+        }
+#undef SCALE_G
+#undef SCALE_U
+#ifdef QBLOCK
+        kb = kn;
+#endif
+    }
+#if KACC > 1
+#pragma unroll
+    for (int r = 0; r < MR; r++) {
+#pragma unroll
+        for (int c = 1; c < KACC; c++) {
+            acc[r * KACC] += acc[r * KACC + c];
+#if CLNPU_GEMM_EPILOGUE == 2
+            accu[r * KACC] += accu[r * KACC + c];
+#endif
+        }
+    }
+#endif
+
+#if CLNPU_GEMM_WTYPE == 3 && CLNPU_GEMM_QGROUP == 0
+    const VF chg = VLOADF(0, S + (size_t)qg * NR); /* per output channel */
+#if CLNPU_GEMM_EPILOGUE == 2
+    const VF chu = VLOADF(0, S + (size_t)qu * NR);
+#endif
+#endif
+    const uint n0 = p * NR;
+#pragma unroll
+    for (int r = 0; r < MR; r++) {
+        if ((uint)r < rows) {
+            VF v = acc[r * KACC] * alpha;
+#if CLNPU_GEMM_WTYPE == 3 && CLNPU_GEMM_QGROUP == 0
+            v *= chg;
+#endif
+#if CLNPU_GEMM_EPILOGUE == 2
+            VF u = accu[r * KACC] * alpha;
+#if CLNPU_GEMM_WTYPE == 3 && CLNPU_GEMM_QGROUP == 0
+            u *= chu;
+#endif
+            v = v / (1.0f + exp(-v)) * u; /* silu(g) * u */
+#elif CLNPU_GEMM_EPILOGUE == 1
+            v += load_row_ragged(R + (size_t)(row0 + r) * ldr + n0, n0, N);
+#endif
+            store_row(Y + (size_t)(row0 + r) * ldy + n0, v, n0, N);
+        }
+    }
+}
+
+/* Plain / batched GEMM and GEMV. Grid: (panels, ceil(M/MR), splits). With splits > 1, Y is a
+ * workspace [splits][M][ldy] and the epilogue must be 0 (the reduce kernel adds the residual).
+ * Offsets are in elements (a weight offset selects one matrix of a group). */
+__kernel void clnpu_gemm(__global const float *X, const uint xoff, const uint ldx,
+                         __global const WT *Wp, const ulong woff, __global const float *S,
+                         const ulong soff, __global float *Y, const uint yoff, const uint ldy,
+                         __global const float *R, const uint roff, const uint ldr, const uint M,
+                         const uint N, const uint K, const uint kchunk, const float alpha,
+                         const uint rows_first)
+{
+    /* rows_first: consecutive work-items share one weight panel (it stays in cache while the
+     * row blocks pass), the right order when W dominates the traffic (small M). */
+    const uint p = get_global_id(rows_first ? 1 : 0), rb = get_global_id(rows_first ? 0 : 1);
+    const uint split = get_global_id(2);
+    const uint npanels = (N + NR - 1) / NR;
+    const uint row0 = rb * MR;
+    if (p >= npanels || row0 >= M) return;
+    const uint k0 = split * kchunk, k1 = min(K, k0 + kchunk);
+    __global float *Yp = Y + yoff + (size_t)split * M * ldy;
+    gemm_tile(X + xoff, ldx, Wp + woff, S + soff, Yp, ldy, R + roff, ldr, row0,
+              min((uint)MR, M - row0), p, k0, k1, K, N, alpha);
+}
+
+/* Grouped GEMM for MoE experts: one launch over many (matrix, row range) segments. The host
+ * lists tiles of at most MR rows: tiles[t] = {matrix index, first row, rows}; empty segments
+ * simply have no tiles. Matrices of one group share N and K and sit back to back in Wp / S. */
+__kernel void clnpu_gemm_grouped(__global const float *X, const uint xoff, const uint ldx,
+                                 __global const WT *Wp, __global const float *S,
+                                 __global float *Y, const uint yoff, const uint ldy,
+                                 __global const float *R, const uint roff, const uint ldr,
+                                 __global const int *tiles, const uint ntiles, const uint N,
+                                 const uint K, const ulong w_stride, const ulong s_stride,
+                                 const float alpha)
+{
+    const uint p = get_global_id(0), t = get_global_id(1);
+    const uint npanels = (N + NR - 1) / NR;
+    if (p >= npanels || t >= ntiles) return;
+    const uint e = (uint)tiles[3 * t], row0 = (uint)tiles[3 * t + 1], rows = (uint)tiles[3 * t + 2];
+    gemm_tile(X + xoff, ldx, Wp + (size_t)e * w_stride, S + (size_t)e * s_stride, Y + yoff, ldy,
+              R + roff, ldr, row0, rows, p, 0, K, K, N, alpha);
+}
+
+/* Split-K reduction: Y[m][n] = sum_s Wk[s][m][n] (+ R[m][n]), summed in split order. */
+__kernel void clnpu_gemm_splitk_reduce(__global const float *Wk, const uint splits,
+                                       __global float *Y, const uint yoff, const uint ldy,
+                                       __global const float *R, const uint roff, const uint ldr,
+                                       const uint M, const uint N, const uint has_residual)
+{
+    const uint n = get_global_id(0), m = get_global_id(1);
+    if (n >= N || m >= M) return;
+    float s = 0.0f;
+    for (uint i = 0; i < splits; i++) s += Wk[((size_t)i * M + m) * N + n];
+    if (has_residual) s += R[roff + (size_t)m * ldr + n];
+    Y[yoff + (size_t)m * ldy + n] = s;
+}

@@ -1,0 +1,510 @@
+/* GEMM / GEMV / grouped GEMM against a float64 host reference, for every weight dtype, on fresh
+ * random inputs of ragged sizes, with outputs poisoned with NaN before every run.
+ *
+ * Tolerance: outputs accumulate K products in f32, so ||Y - ref|| / ||ref|| grows like
+ * u * sqrt(K) with u = 2^-24 (random rounding errors; measured about 0.3 u sqrt(K), 1.2e-6 at
+ * K = 4096); we allow u sqrt(K) + 4u (3.8e-6 at K = 4096, "far under 1e-5"). Widening bf16 / f16 / fp8 to f32 is exact and int8 * scale is
+ * rounded once, so every dtype is held to the same bound against its *dequantised* reference. */
+#include <CL/cl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "test_util.h"
+
+typedef struct host_weight {
+    clnpu_weight_desc d;
+    void *data;
+    float *scales;
+    float *deq; /* dequantised f32 [n][k]: what the kernel must reproduce */
+} host_weight;
+
+static void make_weight(host_weight *h, clnpu_dtype t, size_t n, size_t k, size_t group_k)
+{
+    memset(h, 0, sizeof *h);
+    float *w = malloc(n * k * sizeof *w);
+    for (size_t i = 0; i < n * k; i++) w[i] = test_rand_normal() * 0.5f;
+    /* Some tiny values, so fp8 subnormal codes and int8 zeros are exercised too. */
+    for (size_t i = 0; i < n * k; i += 7) w[i] *= 1e-5f;
+    h->d.dtype = t;
+    h->d.n = n;
+    h->d.k = k;
+    switch (t) {
+    case CLNPU_DTYPE_F32: h->data = w; w = NULL; break;
+    case CLNPU_DTYPE_BF16:
+    case CLNPU_DTYPE_F16: {
+        uint16_t *b = malloc(n * k * 2);
+        for (size_t i = 0; i < n * k; i++)
+            b[i] = t == CLNPU_DTYPE_BF16 ? clnpu_f32_to_bf16(w[i]) : clnpu_f32_to_f16(w[i]);
+        h->data = b;
+        break;
+    }
+    case CLNPU_DTYPE_I8: {
+        size_t ng = group_k ? (k + group_k - 1) / group_k : 1;
+        h->data = malloc(n * k);
+        h->scales = malloc(n * ng * sizeof(float));
+        ck_assert_ok(clnpu_quantize_i8(w, n, k, group_k, h->data, h->scales));
+        h->d.group_k = group_k;
+        break;
+    }
+    case CLNPU_DTYPE_FP8_E4M3: {
+        size_t nb = (n + 127) / 128, kb = (k + 127) / 128;
+        h->data = malloc(n * k);
+        h->scales = malloc(nb * kb * sizeof(float));
+        ck_assert_ok(clnpu_quantize_fp8(w, n, k, h->data, h->scales));
+        break;
+    }
+    default: ck_abort_msg("bad dtype");
+    }
+    free(w);
+    h->d.data = h->data;
+    h->d.scales = h->scales;
+    h->deq = malloc(n * k * sizeof(float));
+    ck_assert_ok(clnpu_weight_desc_to_f32(&h->d, h->deq));
+}
+
+static void free_weight(host_weight *h)
+{
+    free(h->data);
+    free(h->scales);
+    free(h->deq);
+}
+
+static clnpu_buffer *upload_f32(const float *v, size_t n)
+{
+    clnpu_buffer *b;
+    ck_assert_ok(clnpu_buffer_create(test_device(), n * sizeof(float), &b));
+    ck_assert_ok(clnpu_buffer_write(b, 0, v, n * sizeof(float)));
+    return b;
+}
+
+static void poison(clnpu_buffer *b)
+{
+    float nan = NAN;
+    ck_assert_ok(clnpu_buffer_fill(b, &nan, sizeof nan));
+}
+
+static float *random_vec(size_t n)
+{
+    float *v = malloc(n * sizeof *v);
+    for (size_t i = 0; i < n; i++) v[i] = test_rand_uniform(-1, 1);
+    return v;
+}
+
+static double tolerance(size_t k)
+{
+    const double u = 0x1p-24;
+    return u * sqrt((double)k) + 4 * u;
+}
+
+/* ||out - ref|| / ||ref|| over rows x n (row stride ld), failing on any NaN. */
+static double rel_error(const float *out, const double *ref, size_t rows, size_t n, size_t ld)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < rows; i++)
+        for (size_t j = 0; j < n; j++) {
+            double o = out[i * ld + j], r = ref[i * n + j];
+            ck_assert_msg(!isnan(o), "NaN at [%zu, %zu] (output not fully written?)", i, j);
+            num += (o - r) * (o - r);
+            den += r * r;
+        }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+/* ref[m][n] = alpha * sum_k x[m][k] w[n][k] (+ resid) in float64 */
+static double *reference(const float *x, const float *w, size_t m, size_t n, size_t k, float alpha,
+                         const float *resid)
+{
+    double *ref = malloc(m * n * sizeof *ref);
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < n; j++) {
+            double s = 0;
+            const float *xr = x + i * k, *wr = w + j * k;
+            for (size_t kk = 0; kk < k; kk++) s += (double)xr[kk] * wr[kk];
+            ref[i * n + j] = alpha * s + (resid ? resid[i * n + j] : 0.0);
+        }
+    return ref;
+}
+
+static const size_t shapes[][3] = {
+    /* M, N, K: every M the issue names; N and K never tile multiples (except one long K) */
+    {1, 4093, 4096}, {3, 1000, 777}, {8, 2049, 1537}, {17, 333, 1000}, {128, 517, 300},
+    {333, 257, 1029}, {1, 17, 5}, {5, 1, 3},
+};
+
+static void run_case(clnpu_dtype t, size_t m, size_t n, size_t k, size_t group_k)
+{
+    clnpu_device *dev = test_device();
+    host_weight h;
+    make_weight(&h, t, n, k, group_k);
+    clnpu_weight *w;
+    ck_assert_ok(clnpu_weight_upload(dev, &h.d, 1, &w));
+    float *x = random_vec(m * k);
+    clnpu_buffer *bx = upload_f32(x, m * k), *by;
+    ck_assert_ok(clnpu_buffer_create(dev, m * n * sizeof(float), &by));
+    poison(by);
+    clnpu_gemm_args a = clnpu_gemm_args_default();
+    a.x = bx;
+    a.y = by;
+    a.m = m;
+    ck_assert_ok(clnpu_gemm(dev, w, 0, &a));
+    float *out = malloc(m * n * sizeof *out);
+    ck_assert_ok(clnpu_buffer_read(by, 0, out, m * n * sizeof(float)));
+    double *ref = reference(x, h.deq, m, n, k, 1.0f, NULL);
+    double err = rel_error(out, ref, m, n, n);
+    if (getenv("CLNPU_TEST_VERBOSE"))
+        fprintf(stderr, "gemm %-5s M=%-4zu N=%-5zu K=%-5zu group=%-3zu rel error %.2e (tol %.2e)\n",
+                clnpu_dtype_name(t), m, n, k, group_k, err, tolerance(k));
+    ck_assert_msg(err <= tolerance(k), "%s M=%zu N=%zu K=%zu group=%zu: rel error %.3g > %.3g",
+                  clnpu_dtype_name(t), m, n, k, group_k, err, tolerance(k));
+    free(out);
+    free(ref);
+    free(x);
+    clnpu_buffer_destroy(bx);
+    clnpu_buffer_destroy(by);
+    clnpu_weight_destroy(w);
+    free_weight(&h);
+}
+
+START_TEST(test_gemm_dtypes)
+{
+    const clnpu_dtype t = (clnpu_dtype)_i;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        size_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+        if (t == CLNPU_DTYPE_I8) {
+            run_case(t, m, n, k, 0);   /* per output channel */
+            run_case(t, m, n, k, 128); /* per group of 128 along K */
+        } else {
+            run_case(t, m, n, k, 0);
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_quant_roundtrip)
+{
+    /* Exhaustive code round trips: decode then encode gives the code back. */
+    for (int c = 0; c < 256; c++) {
+        float f = clnpu_fp8e4m3_to_f32((uint8_t)c);
+        if ((c & 0x7f) == 0x7f) {
+            ck_assert(isnan(f));
+            continue;
+        }
+        uint8_t back = clnpu_f32_to_fp8e4m3(f);
+        ck_assert_msg(back == c || (c == 0x80 && back == 0x80), "fp8 code 0x%02x -> %g -> 0x%02x", c, f, back);
+    }
+    ck_assert(clnpu_fp8e4m3_to_f32(0x7e) == 448.0f);
+    ck_assert(clnpu_fp8e4m3_to_f32(0x01) == 0x1p-9f);
+    ck_assert_uint_eq(clnpu_f32_to_fp8e4m3(1000.0f), 0x7e); /* saturates */
+    for (uint32_t c = 0; c < 65536; c++) {
+        float f = clnpu_f16_to_f32((uint16_t)c);
+        if (isnan(f)) continue;
+        ck_assert_uint_eq(clnpu_f32_to_f16(f), c);
+        ck_assert_uint_eq(clnpu_f32_to_bf16(clnpu_bf16_to_f32((uint16_t)c)), c);
+    }
+    ck_assert_uint_eq(clnpu_f32_to_bf16(1.0f + 0x1p-8f), 0x3f80);           /* tie -> even */
+    ck_assert_uint_eq(clnpu_f32_to_bf16(1.0f + 0x1p-8f + 0x1p-20f), 0x3f81); /* above tie */
+
+    /* Quantising random matrices: int8 within half a step; fp8 within half a mantissa step
+     * (2^-4 relative) for normals, 2^-10 * scale absolute for subnormals. */
+    const size_t n = 131, k = 300;
+    float *w = malloc(n * k * sizeof *w), *deq = malloc(n * k * sizeof *deq);
+    for (size_t i = 0; i < n * k; i++) w[i] = test_rand_normal() * (i % 7 == 0 ? 10.0f : 0.1f);
+    for (int grouped = 0; grouped < 2; grouped++) {
+        size_t g = grouped ? 128 : 0, ng = grouped ? 3 : 1;
+        int8_t *q = malloc(n * k);
+        float *s = malloc(n * ng * sizeof *s);
+        ck_assert_ok(clnpu_quantize_i8(w, n, k, g, q, s));
+        clnpu_weight_desc d = {CLNPU_DTYPE_I8, n, k, q, s, g};
+        ck_assert_ok(clnpu_weight_desc_to_f32(&d, deq));
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < k; j++) {
+                float sc = s[i * ng + (g ? j / g : 0)];
+                ck_assert_msg(fabsf(deq[i * k + j] - w[i * k + j]) <= 0.5f * sc * 1.0001f,
+                              "int8 [%zu,%zu]: %g vs %g", i, j, deq[i * k + j], w[i * k + j]);
+            }
+        free(q);
+        free(s);
+    }
+    uint8_t *q8 = malloc(n * k);
+    float *s8 = malloc(2 * 3 * sizeof *s8);
+    ck_assert_ok(clnpu_quantize_fp8(w, n, k, q8, s8));
+    clnpu_weight_desc d = {CLNPU_DTYPE_FP8_E4M3, n, k, q8, s8, 0};
+    ck_assert_ok(clnpu_weight_desc_to_f32(&d, deq));
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < k; j++) {
+            float sc = s8[(i / 128) * 3 + j / 128], v = w[i * k + j];
+            float bound = fmaxf(fabsf(v) * 0x1p-4f, sc * 0x1p-10f) * 1.0001f;
+            ck_assert_msg(fabsf(deq[i * k + j] - v) <= bound, "fp8 [%zu,%zu]: %g vs %g", i, j,
+                          deq[i * k + j], v);
+        }
+    free(q8);
+    free(s8);
+    free(w);
+    free(deq);
+}
+END_TEST
+
+/* Widening in the kernel is exact: every fp8 code and every finite f16 code, times 1.0. */
+START_TEST(test_gemm_exact_widening)
+{
+    clnpu_device *dev = test_device();
+    for (int fp8 = 0; fp8 < 2; fp8++) {
+        size_t n = 0;
+        uint8_t codes8[256];
+        uint16_t *codes16 = malloc(65536 * sizeof *codes16);
+        for (int c = 0; c < (fp8 ? 256 : 65536); c++) {
+            if (fp8 && (c & 0x7f) == 0x7f) continue;
+            if (!fp8 && ((c >> 10) & 0x1f) == 0x1f) continue; /* inf / NaN */
+            if (fp8) codes8[n++] = (uint8_t)c;
+            else codes16[n++] = (uint16_t)c;
+        }
+        float *scales = malloc(((n + 127) / 128) * sizeof *scales);
+        for (size_t i = 0; i < (n + 127) / 128; i++) scales[i] = 1.0f;
+        clnpu_weight_desc d = {fp8 ? CLNPU_DTYPE_FP8_E4M3 : CLNPU_DTYPE_F16, n, 1,
+                               fp8 ? (const void *)codes8 : (const void *)codes16, fp8 ? scales : NULL, 0};
+        clnpu_weight *w;
+        ck_assert_ok(clnpu_weight_upload(dev, &d, 1, &w));
+        float one = 1.0f, *out = malloc(n * sizeof *out);
+        clnpu_buffer *bx = upload_f32(&one, 1), *by;
+        ck_assert_ok(clnpu_buffer_create(dev, n * sizeof(float), &by));
+        poison(by);
+        clnpu_gemm_args a = clnpu_gemm_args_default();
+        a.x = bx, a.y = by, a.m = 1;
+        ck_assert_ok(clnpu_gemm(dev, w, 0, &a));
+        ck_assert_ok(clnpu_buffer_read(by, 0, out, n * sizeof(float)));
+        for (size_t i = 0; i < n; i++) {
+            float want = fp8 ? clnpu_fp8e4m3_to_f32(codes8[i]) : clnpu_f16_to_f32(codes16[i]);
+            ck_assert_msg(out[i] == want, "%s code 0x%x: kernel %a, host %a", fp8 ? "fp8" : "f16",
+                          fp8 ? codes8[i] : codes16[i], out[i], want);
+        }
+        free(out);
+        free(scales);
+        free(codes16);
+        clnpu_buffer_destroy(bx);
+        clnpu_buffer_destroy(by);
+        clnpu_weight_destroy(w);
+    }
+}
+END_TEST
+
+/* alpha, residual (separate and in place) and the fused SwiGLU epilogue. */
+START_TEST(test_gemm_epilogues)
+{
+    clnpu_device *dev = test_device();
+    const size_t ms[] = {1, 7, 40};
+    for (size_t mi = 0; mi < 3; mi++) {
+        const size_t m = ms[mi], n = 203, k = 611;
+        host_weight h;
+        make_weight(&h, CLNPU_DTYPE_BF16, n, k, 0);
+        clnpu_weight *w;
+        ck_assert_ok(clnpu_weight_upload(dev, &h.d, 1, &w));
+        float *x = random_vec(m * k), *res = random_vec(m * n), *out = malloc(m * n * sizeof *out);
+        clnpu_buffer *bx = upload_f32(x, m * k), *br = upload_f32(res, m * n), *by;
+        ck_assert_ok(clnpu_buffer_create(dev, m * n * sizeof(float), &by));
+        clnpu_gemm_args a = clnpu_gemm_args_default();
+        a.x = bx, a.y = by, a.m = m, a.alpha = 0.375f, a.epilogue = CLNPU_EPILOGUE_RESIDUAL;
+        a.residual = br;
+        poison(by);
+        ck_assert_ok(clnpu_gemm(dev, w, 0, &a));
+        ck_assert_ok(clnpu_buffer_read(by, 0, out, m * n * sizeof(float)));
+        double *ref = reference(x, h.deq, m, n, k, 0.375f, res);
+        double err = rel_error(out, ref, m, n, n);
+        ck_assert_msg(err <= tolerance(k), "residual M=%zu: %.3g", m, err);
+        /* In place: Y = X.W^T + Y. */
+        a.residual = br, a.y = br;
+        ck_assert_ok(clnpu_gemm(dev, w, 0, &a));
+        ck_assert_ok(clnpu_buffer_read(br, 0, out, m * n * sizeof(float)));
+        err = rel_error(out, ref, m, n, n);
+        ck_assert_msg(err <= tolerance(k), "in-place residual M=%zu: %.3g", m, err);
+        free(ref);
+
+        /* SwiGLU: gate and up, silu(g) * u written once. */
+        host_weight hu;
+        make_weight(&hu, CLNPU_DTYPE_BF16, n, k, 0);
+        clnpu_weight *gu;
+        ck_assert_ok(clnpu_weight_upload_swiglu(dev, &h.d, &hu.d, 1, &gu));
+        a = clnpu_gemm_args_default();
+        a.x = bx, a.y = by, a.m = m, a.epilogue = CLNPU_EPILOGUE_SWIGLU;
+        poison(by);
+        ck_assert_ok(clnpu_gemm(dev, gu, 0, &a));
+        ck_assert_ok(clnpu_buffer_read(by, 0, out, m * n * sizeof(float)));
+        double *g = reference(x, h.deq, m, n, k, 1, NULL), *u = reference(x, hu.deq, m, n, k, 1, NULL);
+        for (size_t i = 0; i < m * n; i++) g[i] = g[i] / (1 + exp(-g[i])) * u[i];
+        err = rel_error(out, g, m, n, n);
+        ck_assert_msg(err <= 2 * tolerance(k), "swiglu M=%zu: %.3g", m, err);
+        /* Wrong epilogue for the weight is refused. */
+        a.epilogue = CLNPU_EPILOGUE_NONE;
+        ck_assert_int_eq(clnpu_gemm(dev, gu, 0, &a), CLNPU_ERR_INVALID_ARGUMENT);
+        free(g);
+        free(u);
+        clnpu_weight_destroy(gu);
+        free_weight(&hu);
+        free(x);
+        free(res);
+        free(out);
+        clnpu_buffer_destroy(bx);
+        clnpu_buffer_destroy(br);
+        clnpu_buffer_destroy(by);
+        clnpu_weight_destroy(w);
+        free_weight(&h);
+    }
+}
+END_TEST
+
+/* MoE-style grouped GEMM: uneven segments, empty and single-row ones, SwiGLU and plain. */
+START_TEST(test_gemm_grouped)
+{
+    clnpu_device *dev = test_device();
+    const clnpu_dtype types[] = {CLNPU_DTYPE_BF16, CLNPU_DTYPE_FP8_E4M3, CLNPU_DTYPE_I8};
+    for (int ti = 0; ti < 3; ti++) {
+        const size_t E = 6, n = 150, k = 260;
+        const size_t rows[] = {0, 1, 9, 0, 14, 3}; /* per segment */
+        const size_t order[] = {2, 0, 5, 1, 4, 3}; /* segment i uses matrix order[i] */
+        size_t m = 0;
+        clnpu_gemm_segment segs[6];
+        for (size_t i = 0; i < E; i++) {
+            segs[i] = (clnpu_gemm_segment){order[i], m, rows[i]};
+            m += rows[i];
+        }
+        host_weight hg[6], hu[6];
+        clnpu_weight_desc dg[6], du[6];
+        for (size_t e = 0; e < E; e++) {
+            make_weight(&hg[e], types[ti], n, k, types[ti] == CLNPU_DTYPE_I8 ? 128 : 0);
+            make_weight(&hu[e], types[ti], n, k, types[ti] == CLNPU_DTYPE_I8 ? 128 : 0);
+            dg[e] = hg[e].d;
+            du[e] = hu[e].d;
+        }
+        clnpu_weight *wp, *ws;
+        ck_assert_ok(clnpu_weight_upload(dev, dg, E, &wp));
+        ck_assert_ok(clnpu_weight_upload_swiglu(dev, dg, du, E, &ws));
+        float *x = random_vec(m * k), *out = malloc(m * n * sizeof *out);
+        clnpu_buffer *bx = upload_f32(x, m * k), *by;
+        ck_assert_ok(clnpu_buffer_create(dev, m * n * sizeof(float), &by));
+        for (int swiglu = 0; swiglu < 2; swiglu++) {
+            clnpu_gemm_args a = clnpu_gemm_args_default();
+            a.x = bx, a.y = by, a.m = m;
+            a.epilogue = swiglu ? CLNPU_EPILOGUE_SWIGLU : CLNPU_EPILOGUE_NONE;
+            poison(by);
+            ck_assert_ok(clnpu_gemm_grouped(dev, swiglu ? ws : wp, segs, E, &a));
+            ck_assert_ok(clnpu_buffer_read(by, 0, out, m * n * sizeof(float)));
+            double *ref = malloc(m * n * sizeof *ref);
+            for (size_t i = 0; i < E; i++) {
+                if (!segs[i].rows) continue;
+                size_t e = segs[i].matrix, r0 = segs[i].row;
+                double *g = reference(x + r0 * k, hg[e].deq, segs[i].rows, n, k, 1, NULL);
+                double *u = reference(x + r0 * k, hu[e].deq, segs[i].rows, n, k, 1, NULL);
+                for (size_t j = 0; j < segs[i].rows * n; j++)
+                    ref[r0 * n + j] = swiglu ? g[j] / (1 + exp(-g[j])) * u[j] : g[j];
+                free(g);
+                free(u);
+            }
+            double err = rel_error(out, ref, m, n, n);
+            ck_assert_msg(err <= 2 * tolerance(k), "grouped %s swiglu=%d: %.3g",
+                          clnpu_dtype_name(types[ti]), swiglu, err);
+            free(ref);
+        }
+        /* A segment outside X is refused; an all-empty call is a no-op. */
+        clnpu_gemm_segment bad = {0, m - 1, 2};
+        clnpu_gemm_args a = clnpu_gemm_args_default();
+        a.x = bx, a.y = by, a.m = m;
+        ck_assert_int_eq(clnpu_gemm_grouped(dev, wp, &bad, 1, &a), CLNPU_ERR_INVALID_ARGUMENT);
+        clnpu_gemm_segment none = {1, 0, 0};
+        ck_assert_ok(clnpu_gemm_grouped(dev, wp, &none, 1, &a));
+        free(x);
+        free(out);
+        clnpu_buffer_destroy(bx);
+        clnpu_buffer_destroy(by);
+        clnpu_weight_destroy(wp);
+        clnpu_weight_destroy(ws);
+        for (size_t e = 0; e < E; e++) {
+            free_weight(&hg[e]);
+            free_weight(&hu[e]);
+        }
+    }
+}
+END_TEST
+
+/* Split-K with a workspace, with and without a residual, on a long ragged K. */
+START_TEST(test_gemm_splitk)
+{
+    clnpu_device *dev = test_device();
+    const size_t m = 2, n = 77, k = 3001;
+    const clnpu_dtype types[] = {CLNPU_DTYPE_F32, CLNPU_DTYPE_FP8_E4M3, CLNPU_DTYPE_I8};
+    for (int ti = 0; ti < 3; ti++) {
+        host_weight h;
+        make_weight(&h, types[ti], n, k, types[ti] == CLNPU_DTYPE_I8 ? 128 : 0);
+        clnpu_weight *w;
+        ck_assert_ok(clnpu_weight_upload(dev, &h.d, 1, &w));
+        float *x = random_vec(m * k), *res = random_vec(m * n), *out = malloc(m * n * sizeof *out);
+        clnpu_buffer *bx = upload_f32(x, m * k), *br = upload_f32(res, m * n), *by, *ws;
+        ck_assert_ok(clnpu_buffer_create(dev, m * n * sizeof(float), &by));
+        ck_assert_ok(clnpu_buffer_create(dev, 8 * m * n * sizeof(float), &ws));
+        for (int withres = 0; withres < 2; withres++) {
+            clnpu_gemm_args a = clnpu_gemm_args_default();
+            a.x = bx, a.y = by, a.m = m, a.workspace = ws, a.split_k = 5;
+            if (withres) a.epilogue = CLNPU_EPILOGUE_RESIDUAL, a.residual = br;
+            poison(by);
+            poison(ws);
+            ck_assert_ok(clnpu_gemm(dev, w, 0, &a));
+            ck_assert_ok(clnpu_buffer_read(by, 0, out, m * n * sizeof(float)));
+            double *ref = reference(x, h.deq, m, n, k, 1, withres ? res : NULL);
+            double err = rel_error(out, ref, m, n, n);
+            ck_assert_msg(err <= tolerance(k), "split-K %s residual=%d: %.3g",
+                          clnpu_dtype_name(types[ti]), withres, err);
+            free(ref);
+        }
+        free(x);
+        free(res);
+        free(out);
+        clnpu_buffer_destroy(bx);
+        clnpu_buffer_destroy(br);
+        clnpu_buffer_destroy(by);
+        clnpu_buffer_destroy(ws);
+        clnpu_weight_destroy(w);
+        free_weight(&h);
+    }
+}
+END_TEST
+
+START_TEST(test_gemm_bad_input)
+{
+    clnpu_device *dev = test_device();
+    int8_t q[12] = {1, 2, 3};
+    clnpu_weight_desc d = {CLNPU_DTYPE_I8, 3, 4, q, NULL, 0};
+    clnpu_weight *w = NULL;
+    ck_assert_int_eq(clnpu_weight_upload(dev, &d, 1, &w), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(clnpu_error_message(), "scales"));
+    float f[12] = {1}, f2[20] = {1};
+    clnpu_weight_desc two[2] = {{CLNPU_DTYPE_F32, 3, 4, f, NULL, 0}, {CLNPU_DTYPE_F32, 5, 4, f2, NULL, 0}};
+    ck_assert_int_eq(clnpu_weight_upload(dev, two, 2, &w), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(clnpu_error_message(), "matrix 1"));
+    ck_assert_ok(clnpu_weight_upload(dev, two, 1, &w));
+    clnpu_buffer *small;
+    ck_assert_ok(clnpu_buffer_create(dev, 8, &small));
+    clnpu_gemm_args a = clnpu_gemm_args_default();
+    a.x = small, a.y = small, a.m = 2;
+    ck_assert_int_eq(clnpu_gemm(dev, w, 0, &a), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(clnpu_error_message(), "X needs"));
+    ck_assert_int_eq(clnpu_gemm(dev, w, 1, &a), CLNPU_ERR_INVALID_ARGUMENT);
+    clnpu_buffer_destroy(small);
+    clnpu_weight_destroy(w);
+}
+END_TEST
+
+Suite *suite_gemm(void)
+{
+    Suite *s = suite_create("gemm");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 900);
+    tcase_add_loop_test(tc, test_gemm_dtypes, CLNPU_DTYPE_F32, CLNPU_DTYPE_FP8_E4M3 + 1);
+    tcase_add_test(tc, test_quant_roundtrip);
+    tcase_add_test(tc, test_gemm_exact_widening);
+    tcase_add_test(tc, test_gemm_epilogues);
+    tcase_add_test(tc, test_gemm_grouped);
+    tcase_add_test(tc, test_gemm_splitk);
+    tcase_add_test(tc, test_gemm_bad_input);
+    suite_add_tcase(s, tc);
+    return s;
+}

@@ -1,0 +1,266 @@
+/* `clnpu bench gemm`: medians of repeated GEMM / GEMV runs per shape and weight dtype, with
+ * GFLOP/s, weight GB/s and the fraction of the bound profile's roofline. */
+#include <getopt.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+
+static const char usage[] =
+    "clnpu bench gemm " CLI_DEVICE_USAGE " [--dtype f32|bf16|f16|int8|fp8[,...]] "
+    "[--shape MxNxK ...] [--min-time S] [--json]";
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+typedef struct shape {
+    size_t m, n, k;
+} shape;
+
+/* Default shapes: square, A.X K1 decode projections at M = 1, 4, 16, and prefill M = 512. */
+static size_t default_shapes(shape *out)
+{
+    size_t c = 0;
+    static const size_t sq[] = {256, 512, 1024, 2048};
+    for (size_t i = 0; i < 4; i++) out[c++] = (shape){sq[i], sq[i], sq[i]};
+    static const size_t nk[][2] = {{1536, 7168}, {12288, 1536}, {576, 7168},
+                                   {7168, 8192}, {2048, 7168}, {7168, 2048}};
+    static const size_t ms[] = {1, 4, 16, 512};
+    for (size_t j = 0; j < 4; j++)
+        for (size_t i = 0; i < 6; i++) out[c++] = (shape){ms[j], nk[i][0], nk[i][1]};
+    return c;
+}
+
+static clnpu_status make_desc(clnpu_dtype t, size_t n, size_t k, clnpu_weight_desc *d, void **data,
+                              float **scales)
+{
+    float *w = malloc(n * k * sizeof *w);
+    if (!w) return CLNPU_ERR_OUT_OF_MEMORY;
+    uint64_t s = 0x9e3779b97f4a7c15ULL;
+    for (size_t i = 0; i < n * k; i++) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        w[i] = ((s >> 40) / 16777216.0f - 0.5f) * 0.2f;
+    }
+    memset(d, 0, sizeof *d);
+    d->dtype = t, d->n = n, d->k = k;
+    *scales = NULL;
+    clnpu_status st = CLNPU_OK;
+    switch (t) {
+    case CLNPU_DTYPE_F32: *data = w; w = NULL; break;
+    case CLNPU_DTYPE_BF16:
+    case CLNPU_DTYPE_F16: {
+        uint16_t *b = malloc(n * k * 2);
+        for (size_t i = 0; b && i < n * k; i++)
+            b[i] = t == CLNPU_DTYPE_BF16 ? clnpu_f32_to_bf16(w[i]) : clnpu_f32_to_f16(w[i]);
+        *data = b;
+        break;
+    }
+    case CLNPU_DTYPE_I8:
+        *data = malloc(n * k);
+        *scales = malloc(n * ((k + 127) / 128) * sizeof(float));
+        d->group_k = 128;
+        st = clnpu_quantize_i8(w, n, k, 128, *data, *scales);
+        break;
+    case CLNPU_DTYPE_FP8_E4M3:
+        *data = malloc(n * k);
+        *scales = malloc(((n + 127) / 128) * ((k + 127) / 128) * sizeof(float));
+        st = clnpu_quantize_fp8(w, n, k, *data, *scales);
+        break;
+    default: st = CLNPU_ERR_UNSUPPORTED;
+    }
+    free(w);
+    d->data = *data;
+    d->scales = *scales;
+    return st;
+}
+
+static double peak_for(const clnpu_profile *p, clnpu_dtype t)
+{
+    switch (t) {
+    case CLNPU_DTYPE_BF16: return p->peak[CLNPU_PEAK_BF16] ? p->peak[CLNPU_PEAK_BF16] : p->peak[CLNPU_PEAK_FP32];
+    case CLNPU_DTYPE_F16: return p->peak[CLNPU_PEAK_FP16] ? p->peak[CLNPU_PEAK_FP16] : p->peak[CLNPU_PEAK_FP32];
+    default: return p->peak[CLNPU_PEAK_FP32]; /* activations are f32: weights widen to f32 */
+    }
+}
+
+/* Time one shape: batches of back-to-back launches (as a decode step queues them), one finish
+ * per batch; the median batch gives the per-launch time. Launches rotate over enough copies of
+ * the weights to exceed the device's last-level cache twice, so weight-bound shapes are timed
+ * from memory as in a real model, not from cache. */
+static int bench_one(clnpu_device *dev, clnpu_dtype t, shape s, double min_time, bool json)
+{
+    clnpu_weight_desc d;
+    void *data = NULL;
+    float *scales = NULL;
+    clnpu_weight *w = NULL;
+    clnpu_buffer *bx = NULL, *by = NULL;
+    clnpu_status st = make_desc(t, s.n, s.k, &d, &data, &scales);
+    const double wsize = (double)s.n * s.k * clnpu_dtype_size(t);
+    const double llc = (double)clnpu_device_get_info(dev)->global_cache_bytes;
+    size_t copies = wsize >= 2 * llc ? 1 : (size_t)ceil(2 * llc / wsize);
+    if (copies > 256) copies = 256;
+    while (copies > 1 && copies * wsize > 1.0 * (1u << 30)) copies--;
+    clnpu_weight_desc *ds = calloc(copies, sizeof *ds);
+    if (!ds) st = CLNPU_ERR_OUT_OF_MEMORY;
+    for (size_t i = 0; !st && i < copies; i++) ds[i] = d;
+    if (!st) st = clnpu_weight_upload(dev, ds, copies, &w);
+    free(ds);
+    size_t rot = 0;
+    if (!st) st = clnpu_buffer_create(dev, s.m * s.k * sizeof(float), &bx);
+    if (!st) st = clnpu_buffer_create(dev, s.m * s.n * sizeof(float), &by);
+    float one = 0.01f;
+    if (!st) st = clnpu_buffer_fill(bx, &one, sizeof one);
+    clnpu_gemm_args a = clnpu_gemm_args_default();
+    a.x = bx, a.y = by, a.m = s.m;
+    double times[9];
+    int nt = 0;
+    if (!st) {
+        /* Warm-up: builds the variant, first-launch costs, caches. */
+        for (int i = 0; i < 2 && !st; i++) st = clnpu_gemm(dev, w, rot++ % copies, &a);
+        if (!st) st = clnpu_device_finish(dev);
+        double t0 = now_s();
+        if (!st) st = clnpu_gemm(dev, w, rot++ % copies, &a);
+        if (!st) st = clnpu_device_finish(dev);
+        double single = now_s() - t0;
+        int batch = single > 0 ? (int)(min_time / 9 / single) : 1;
+        if (batch < 1) batch = 1;
+        if (batch > 200) batch = 200;
+        for (nt = 0; nt < 9 && !st; nt++) {
+            t0 = now_s();
+            for (int i = 0; i < batch && !st; i++) st = clnpu_gemm(dev, w, rot++ % copies, &a);
+            if (!st) st = clnpu_device_finish(dev);
+            times[nt] = (now_s() - t0) / batch;
+        }
+    }
+    free(data);
+    free(scales);
+    clnpu_weight_destroy(w);
+    clnpu_buffer_destroy(bx);
+    clnpu_buffer_destroy(by);
+    if (st) return cli_fail("bench", st);
+    qsort(times, (size_t)nt, sizeof times[0], cmp_double);
+    double med = times[nt / 2];
+    double flops = 2.0 * s.m * s.n * s.k;
+    double wb = wsize; /* checkpoint bytes, no padding */
+    const clnpu_profile *p = clnpu_device_get_profile(dev);
+    double io = wb + 4.0 * (s.m * s.k + s.m * s.n);
+    double roof = fmax(flops / peak_for(p, t), io / p->memory_bandwidth);
+    const clnpu_device_info *info = clnpu_device_get_info(dev);
+    if (json)
+        printf("{\"op\":\"gemm\",\"dtype\":\"%s\",\"m\":%zu,\"n\":%zu,\"k\":%zu,\"ms\":%.4f,"
+               "\"gflops\":%.2f,\"gbps\":%.2f,\"roofline_pct\":%.1f,\"device\":\"%s\",\"profile\":\"%s\"}\n",
+               clnpu_dtype_name(t), s.m, s.n, s.k, med * 1e3, flops / med / 1e9, wb / med / 1e9,
+               100 * roof / med, info->name, p->name);
+    else
+        printf("%-5s %5zu %6zu %6zu %10.3f %9.1f %8.1f %7.1f%%\n", clnpu_dtype_name(t), s.m, s.n,
+               s.k, med * 1e3, flops / med / 1e9, wb / med / 1e9, 100 * roof / med);
+    fflush(stdout);
+    return CLI_EXIT_OK;
+}
+
+static bool parse_shape(const char *s, shape *out)
+{
+    char tail;
+    return sscanf(s, "%zux%zux%zu%c", &out->m, &out->n, &out->k, &tail) == 3 && out->m && out->n && out->k;
+}
+
+static int bench_gemm(int argc, char **argv)
+{
+    enum { OPT_DTYPE = CLI_OPT_FIRST_FREE, OPT_SHAPE, OPT_JSON, OPT_MIN_TIME };
+    static const struct option longopts[] = {
+        CLI_DEVICE_LONGOPTS,
+        {"dtype", required_argument, NULL, OPT_DTYPE}, {"shape", required_argument, NULL, OPT_SHAPE},
+        {"json", no_argument, NULL, OPT_JSON}, {"min-time", required_argument, NULL, OPT_MIN_TIME},
+        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    cli_device_args da = {0};
+    shape shapes[64];
+    size_t nshapes = 0;
+    clnpu_dtype dtypes[CLNPU_DTYPE_COUNT];
+    size_t ndt = 0;
+    bool json = false;
+    double min_time = 0.5;
+    int opt;
+    opterr = 0;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        int r = cli_device_option(opt, optarg, &da);
+        if (r == 1) continue;
+        if (r == -1) return cli_usage_error("bench gemm", usage, "bad value '%s' for --device", optarg);
+        switch (opt) {
+        case 'h':
+            printf("usage: %s\n\nMedian time per launch of Y = X.W^T (X f32, W of the given dtype) "
+                   "over 9 batches after warm-up;\nGFLOP/s, GB/s of weight bytes, and the fraction of "
+                   "the profile's roofline.\nDefault: every dtype on square 256..2048, the A.X K1 decode "
+                   "shapes at M = 1, 4, 16 and prefill M = 512.\n", usage);
+            return CLI_EXIT_OK;
+        case OPT_DTYPE: {
+            char buf[128];
+            snprintf(buf, sizeof buf, "%s", optarg);
+            for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+                int t = clnpu_dtype_parse(tok);
+                if (t < 0 || t == CLNPU_DTYPE_I32 || ndt == CLNPU_DTYPE_COUNT)
+                    return cli_usage_error("bench gemm", usage, "unknown weight dtype '%s'", tok);
+                dtypes[ndt++] = (clnpu_dtype)t;
+            }
+            break;
+        }
+        case OPT_SHAPE:
+            if (nshapes == 64 || !parse_shape(optarg, &shapes[nshapes]))
+                return cli_usage_error("bench gemm", usage, "bad shape '%s' (expected MxNxK)", optarg);
+            nshapes++;
+            break;
+        case OPT_JSON: json = true; break;
+        case OPT_MIN_TIME:
+            if ((min_time = atof(optarg)) <= 0)
+                return cli_usage_error("bench gemm", usage, "bad --min-time '%s'", optarg);
+            break;
+        default: return cli_usage_error("bench gemm", usage, "unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) return cli_usage_error("bench gemm", usage, "unexpected argument '%s'", argv[optind]);
+    if (!nshapes) nshapes = default_shapes(shapes);
+    if (!ndt) {
+        const clnpu_dtype all[] = {CLNPU_DTYPE_F32, CLNPU_DTYPE_BF16, CLNPU_DTYPE_F16, CLNPU_DTYPE_I8,
+                                   CLNPU_DTYPE_FP8_E4M3};
+        memcpy(dtypes, all, sizeof all);
+        ndt = 5;
+    }
+    clnpu_device *dev;
+    clnpu_status st = cli_open_device(&da, false, &dev);
+    if (st) return cli_fail("bench", st);
+    if (!json) {
+        printf("device %zu: %s, profile %s\n", clnpu_device_get_info(dev)->index,
+               clnpu_device_get_info(dev)->name, clnpu_device_get_profile(dev)->name);
+        printf("%-5s %5s %6s %6s %10s %9s %8s %8s\n", "dtype", "M", "N", "K", "median ms", "GFLOP/s",
+               "W GB/s", "roofline");
+    }
+    int rc = CLI_EXIT_OK;
+    for (size_t i = 0; i < nshapes && rc == CLI_EXIT_OK; i++)
+        for (size_t j = 0; j < ndt && rc == CLI_EXIT_OK; j++) rc = bench_one(dev, dtypes[j], shapes[i], min_time, json);
+    clnpu_device_close(dev);
+    return rc;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    static const char top[] = "clnpu bench <op> [options]   (ops: gemm)";
+    if (argc < 2) return cli_usage_error("bench", top, "missing operation");
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        printf("usage: %s\n\nRun 'clnpu bench <op> --help' for an operation's options.\n", top);
+        return CLI_EXIT_OK;
+    }
+    if (!strcmp(argv[1], "gemm")) return bench_gemm(argc - 1, argv + 1);
+    return cli_usage_error("bench", top, "unknown operation '%s'", argv[1]);
+}
