@@ -27,3 +27,66 @@ __kernel void clnpu_convert_bf16_f32(__global float *y, __global const ushort *x
     uint i = get_global_id(0);
     if (i < n) y[i] = clnpu_bf16_to_f32(x[i]);
 }
+
+/* y[r][i] = silu(g[r][i]) * u[r][i] (the unfused SwiGLU product). */
+__kernel void clnpu_silu_mul(__global float *y, const uint ldy, __global const float *g,
+                             const uint ldg, __global const float *u, const uint ldu, const uint n)
+{
+    const uint i = get_global_id(0), r = get_global_id(1);
+    if (i >= n) return;
+    const float a = g[(size_t)r * ldg + i];
+    y[(size_t)r * ldy + i] = a / (1.0f + exp(-a)) * u[(size_t)r * ldu + i];
+}
+
+/* Embedding lookup: y[t] = E[ids[t]] with bf16 rows widened to f32 (exact). Out-of-range ids
+ * write NaN so they are caught, never read outside the table. */
+__kernel void clnpu_embed_bf16(__global float *y, __global const ushort *E, __global const int *ids,
+                               const uint dim, const uint vocab)
+{
+    const uint i = get_global_id(0), t = get_global_id(1);
+    if (i >= dim) return;
+    const int id = ids[t];
+    y[(size_t)t * dim + i] = (id >= 0 && (uint)id < vocab)
+                                 ? clnpu_bf16_to_f32(E[(size_t)id * dim + i]) : as_float(0x7fc00000u);
+}
+
+__kernel void clnpu_embed_f32(__global float *y, __global const float *E, __global const int *ids,
+                              const uint dim, const uint vocab)
+{
+    const uint i = get_global_id(0), t = get_global_id(1);
+    if (i >= dim) return;
+    const int id = ids[t];
+    y[(size_t)t * dim + i] = (id >= 0 && (uint)id < vocab) ? E[(size_t)id * dim + i]
+                                                           : as_float(0x7fc00000u);
+}
+
+/* Row softmax in place, fp32, max-subtracted. One work-item per row. */
+__kernel void clnpu_softmax(__global float *x, const uint ld, const uint n)
+{
+    __global float *r = x + (size_t)get_global_id(0) * ld;
+    float m = -INFINITY;
+    for (uint i = 0; i < n; i++) m = fmax(m, r[i]);
+    float s = 0.0f;
+    for (uint i = 0; i < n; i++) {
+        const float e = exp(r[i] - m);
+        r[i] = e;
+        s += e;
+    }
+    const float inv = 1.0f / s;
+    for (uint i = 0; i < n; i++) r[i] *= inv;
+}
+
+/* Index of the largest value per row; ties go to the lowest index, NaN is never chosen. */
+__kernel void clnpu_argmax(__global int *out, __global const float *x, const uint ld, const uint n)
+{
+    const uint row = get_global_id(0);
+    __global const float *r = x + (size_t)row * ld;
+    int best = -1;
+    float bv = -INFINITY;
+    for (uint i = 0; i < n; i++)
+        if (r[i] > bv || (best < 0 && r[i] == bv)) {
+            bv = r[i];
+            best = (int)i;
+        }
+    out[row] = best;
+}

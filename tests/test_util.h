@@ -41,5 +41,6 @@ Suite *suite_profile(void);
 Suite *suite_program(void);
 Suite *suite_cli(void);
 Suite *suite_gemm(void);
+Suite *suite_ops(void);
 
 #endif

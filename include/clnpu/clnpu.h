@@ -8,6 +8,7 @@
 #include "clnpu/program.h"
 #include "clnpu/dtype.h"
 #include "clnpu/gemm.h"
+#include "clnpu/ops.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,0 +1,113 @@
+/* Causal flash attention for prefill (chunked: a cached prefix of P keys precedes the T new
+ * tokens; query t sits at position P + t and sees keys 0 .. P + t). Heads are independent;
+ * q/k head dim DQK may differ from the v head dim DV (A.X K1: 192 and 128).
+ *
+ * A work-group takes WG * BQ consecutive queries of one head. Keys and values stream through
+ * local-memory tiles of BK rows (BK sized by the host from the profile's local-memory budget);
+ * each work-item keeps its BQ query rows and output accumulators in private memory and runs
+ * the online softmax in fp32 one tile at a time (max and rescale once per tile). Fully masked
+ * tiles past the group's last query are never loaded.
+ * Tunables: CLNPU_ATTN_BQ, CLNPU_ATTN_BK, CLNPU_ATTN_WG; DQK and DV are fixed per program. */
+#include "clnpu_common.h"
+
+#ifndef CLNPU_ATTN_DQK
+#define CLNPU_ATTN_DQK 192
+#endif
+#ifndef CLNPU_ATTN_DV
+#define CLNPU_ATTN_DV 128
+#endif
+#ifndef CLNPU_ATTN_BQ
+#define CLNPU_ATTN_BQ 4
+#endif
+#ifndef CLNPU_ATTN_BK
+#define CLNPU_ATTN_BK 32
+#endif
+#ifndef CLNPU_ATTN_WG
+#define CLNPU_ATTN_WG 1
+#endif
+#define DQK CLNPU_ATTN_DQK
+#define DV CLNPU_ATTN_DV
+#define BQ CLNPU_ATTN_BQ
+#define BK CLNPU_ATTN_BK
+
+/* Dot products and axpys in float4 chunks: every supported head dim is a multiple of 4. */
+#if DQK % 4 || DV % 4
+#error "head dims must be multiples of 4"
+#endif
+
+inline float dot_qk(const float *q, __local const float *k)
+{
+    float4 acc = (float4)(0.0f);
+    for (int d = 0; d < DQK; d += 4) acc = fma(vload4(0, q + d), vload4(0, k + d), acc);
+    return acc.x + acc.y + acc.z + acc.w;
+}
+
+__kernel void clnpu_flash_attn(__global const float *Q, const uint qoff, const uint ldq,
+                               const uint hsq, __global const float *K, const uint koff,
+                               const uint ldk, const uint hsk, __global const float *V,
+                               const uint voff, const uint ldv, const uint hsv, __global float *O,
+                               const uint ooff, const uint ldo, const uint hso, const uint T,
+                               const uint P, const float scale)
+{
+    __local float kt[BK * DQK];
+    __local float vt[BK * DV];
+    const uint h = get_group_id(1), l = get_local_id(0);
+    const uint gq0 = get_group_id(0) * CLNPU_ATTN_WG * BQ; /* first query of the group */
+    const uint t0 = gq0 + l * BQ;
+    const uint glast = min(T, gq0 + CLNPU_ATTN_WG * BQ) - 1;
+    const uint kend = P + glast + 1; /* keys any query of the group may see */
+
+    float q[BQ][DQK], o[BQ][DV], m[BQ], lsum[BQ];
+    for (int i = 0; i < BQ; i++) {
+        const uint t = min(t0 + i, T - 1);
+        __global const float *qr = Q + qoff + (size_t)t * ldq + (size_t)h * hsq;
+        for (int d = 0; d < DQK; d++) q[i][d] = qr[d] * scale;
+        for (int d = 0; d < DV; d++) o[i][d] = 0.0f;
+        m[i] = -INFINITY;
+        lsum[i] = 0.0f;
+    }
+
+    for (uint j0 = 0; j0 < kend; j0 += BK) {
+        const uint jn = min((uint)BK, kend - j0);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (uint r = l; r < jn; r += CLNPU_ATTN_WG) {
+            __global const float *kr = K + koff + (size_t)(j0 + r) * ldk + (size_t)h * hsk;
+            __global const float *vr = V + voff + (size_t)(j0 + r) * ldv + (size_t)h * hsv;
+            for (int d = 0; d < DQK; d++) kt[r * DQK + d] = kr[d];
+            for (int d = 0; d < DV; d++) vt[r * DV + d] = vr[d];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int i = 0; i < BQ; i++) {
+            const uint t = t0 + i;
+            if (t >= T) break;
+            const uint lim = P + t + 1; /* causal: keys < lim */
+            if (j0 >= lim) continue;
+            const uint cnt = min(jn, lim - j0);
+            float s[BK];
+            float bm = -INFINITY;
+            for (uint j = 0; j < cnt; j++) {
+                s[j] = dot_qk(q[i], kt + j * DQK);
+                bm = fmax(bm, s[j]);
+            }
+            const float mn = fmax(m[i], bm);
+            const float corr = exp(m[i] - mn); /* 0 on the first tile (m = -inf) */
+            m[i] = mn;
+            lsum[i] *= corr;
+            for (int d = 0; d < DV; d++) o[i][d] *= corr;
+            for (uint j = 0; j < cnt; j++) {
+                const float p = exp(s[j] - mn);
+                lsum[i] += p;
+                __local const float *vr = vt + j * DV;
+                for (int d = 0; d < DV; d += 4)
+                    vstore4(fma((float4)(p), vload4(0, vr + d), vload4(0, o[i] + d)), 0, o[i] + d);
+            }
+        }
+    }
+    for (int i = 0; i < BQ; i++) {
+        const uint t = t0 + i;
+        if (t >= T) break;
+        const float inv = 1.0f / lsum[i];
+        __global float *orow = O + ooff + (size_t)t * ldo + (size_t)h * hso;
+        for (int d = 0; d < DV; d++) orow[d] = o[i][d] * inv;
+    }
+}

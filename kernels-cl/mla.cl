@@ -1,0 +1,122 @@
+/* MLA decode attention in absorbed form (DeepSeek-V2/V3, A.X K1), over a paged latent cache.
+ * Per sequence b and head h: score_t = scale * (q_abs[b,h] . c_t + q_pe[b,h] . kpe_t) for every
+ * cached row t = [c_t (R = kv_lora_rank) | kpe_t (DR = rope dim)], softmax over t, z = sum p_t c_t.
+ * The caller folds W_UK into q_abs before and W_UV into the output after.
+ *
+ * Sequences of different lengths share one launch through a block table (page ids per
+ * sequence, PAGE rows each). The context is split into chunks (one per work-group along dim 2);
+ * each chunk writes a partial z with its max and sum, and clnpu_mla_combine merges them, so a
+ * long context keeps every compute unit busy. A work-item serves HG heads so each cache row is
+ * read once for all of them. Tunables: CLNPU_MLA_HG, CLNPU_MLA_BT (rows per softmax step). */
+#include "clnpu_common.h"
+
+#ifndef CLNPU_MLA_R
+#define CLNPU_MLA_R 512
+#endif
+#ifndef CLNPU_MLA_DR
+#define CLNPU_MLA_DR 64
+#endif
+#ifndef CLNPU_MLA_HG
+#define CLNPU_MLA_HG 4
+#endif
+#ifndef CLNPU_MLA_BT
+#define CLNPU_MLA_BT 16
+#endif
+#define R CLNPU_MLA_R
+#define DR CLNPU_MLA_DR
+#define HG CLNPU_MLA_HG
+#define BT CLNPU_MLA_BT
+#define ROW (R + DR)
+
+#if R % 4 || DR % 4
+#error "latent and rope dims must be multiples of 4"
+#endif
+
+inline float dot4(const float *a, __global const float *b, int n)
+{
+    float4 acc = (float4)(0.0f);
+    for (int d = 0; d < n; d += 4) acc = fma(vload4(0, a + d), vload4(0, b + d), acc);
+    return acc.x + acc.y + acc.z + acc.w;
+}
+
+/* Grid: (ceil(H / HG), B, splits). part_z: [B][H][splits][R]; part_ml: [B][H][splits][2]. */
+__kernel void clnpu_mla_decode(__global const float *qa, __global const float *qp,
+                               __global const float *cache, const uint page,
+                               __global const int *block_table, const uint max_blocks,
+                               __global const int *seq_len, __global float *part_z,
+                               __global float *part_ml, const uint H, const uint splits,
+                               const uint chunk, const float scale)
+{
+    const uint hg0 = get_global_id(0) * HG, b = get_global_id(1), sp = get_global_id(2);
+    if (hg0 >= H) return;
+    const uint nh = min((uint)HG, H - hg0);
+    const uint len = (uint)seq_len[b];
+    const uint t0 = sp * chunk, t1 = min(len, t0 + chunk);
+
+    float q[HG][R], qr[HG][DR], z[HG][R], m[HG], lsum[HG];
+    for (uint g = 0; g < HG; g++) {
+        const uint h = hg0 + min(g, nh - 1);
+        __global const float *a = qa + ((size_t)b * H + h) * R;
+        __global const float *p = qp + ((size_t)b * H + h) * DR;
+        for (int d = 0; d < R; d++) {
+            q[g][d] = a[d] * scale;
+            z[g][d] = 0.0f;
+        }
+        for (int d = 0; d < DR; d++) qr[g][d] = p[d] * scale;
+        m[g] = -INFINITY;
+        lsum[g] = 0.0f;
+    }
+    __global const int *bt = block_table + (size_t)b * max_blocks;
+    for (uint tb = t0; tb < t1; tb += BT) {
+        const uint cnt = min((uint)BT, t1 - tb);
+        __global const float *rows[BT];
+        for (uint j = 0; j < cnt; j++) {
+            const uint t = tb + j;
+            rows[j] = cache + ((size_t)bt[t / page] * page + t % page) * ROW;
+        }
+        for (uint g = 0; g < nh; g++) {
+            float s[BT];
+            float bm = -INFINITY;
+            for (uint j = 0; j < cnt; j++) {
+                s[j] = dot4(q[g], rows[j], R) + dot4(qr[g], rows[j] + R, DR);
+                bm = fmax(bm, s[j]);
+            }
+            const float mn = fmax(m[g], bm), corr = exp(m[g] - mn);
+            m[g] = mn;
+            lsum[g] *= corr;
+            for (int d = 0; d < R; d++) z[g][d] *= corr;
+            for (uint j = 0; j < cnt; j++) {
+                const float p = exp(s[j] - mn);
+                lsum[g] += p;
+                for (int d = 0; d < R; d += 4)
+                    vstore4(fma((float4)(p), vload4(0, rows[j] + d), vload4(0, z[g] + d)), 0, z[g] + d);
+            }
+        }
+    }
+    for (uint g = 0; g < nh; g++) {
+        const size_t idx = ((size_t)b * H + hg0 + g) * splits + sp;
+        for (int d = 0; d < R; d++) part_z[idx * R + d] = z[g][d];
+        part_ml[2 * idx] = m[g];     /* -inf for an empty chunk */
+        part_ml[2 * idx + 1] = lsum[g];
+    }
+}
+
+/* Merge the chunks: z = sum_s exp(m_s - M) z_s / sum_s exp(m_s - M) l_s. Grid: (R, H, B). */
+__kernel void clnpu_mla_combine(__global const float *part_z, __global const float *part_ml,
+                                __global float *out, const uint H, const uint splits)
+{
+    const uint d = get_global_id(0), h = get_global_id(1), b = get_global_id(2);
+    if (d >= R) return;
+    const size_t base = ((size_t)b * H + h) * splits;
+    float M = -INFINITY;
+    for (uint s = 0; s < splits; s++) M = fmax(M, part_ml[2 * (base + s)]);
+    float num = 0.0f, den = 0.0f;
+    for (uint s = 0; s < splits; s++) {
+        const float ms = part_ml[2 * (base + s)];
+        if (ms == -INFINITY) continue; /* empty chunk */
+        const float w = exp(ms - M);
+        num += w * part_z[(base + s) * R + d];
+        den += w * part_ml[2 * (base + s) + 1];
+    }
+    out[((size_t)b * H + h) * R + d] = num / den;
+}

@@ -1,0 +1,49 @@
+/* RMSNorm with fp32 accumulation, optionally fused with the residual add (vLLM's "fused add +
+ * norm"): h += x; y = w * h / sqrt(mean(h^2) + eps). One work-group per row; CLNPU_NORM_WG
+ * work-items share the row and reduce the sum of squares in local memory. */
+#include "clnpu_common.h"
+
+#ifndef CLNPU_NORM_WG
+#define CLNPU_NORM_WG 1
+#endif
+
+inline float row_sumsq(__global const float *h, uint dim, __local float *part)
+{
+    const uint l = get_local_id(0);
+    float s = 0.0f;
+    for (uint i = l; i < dim; i += CLNPU_NORM_WG) s = fma(h[i], h[i], s);
+#if CLNPU_NORM_WG > 1
+    part[l] = s;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint w = CLNPU_NORM_WG / 2; w > 0; w >>= 1) {
+        if (l < w) part[l] += part[l + w];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    s = part[0];
+#endif
+    return s;
+}
+
+/* y[r] = norm(x[r]) * w; rows of x and y have strides ldx / ldy (in place allowed). With
+ * has_residual, h[r] += x[r] first and h is what gets normalised (h keeps the sum). */
+__kernel void clnpu_rmsnorm(__global float *x, const uint xoff, const uint ldx,
+                            __global float *h, const uint hoff, const uint ldh,
+                            __global float *y, const uint yoff, const uint ldy,
+                            __global const float *w, const uint dim, const float eps,
+                            const uint has_residual)
+{
+    __local float part[CLNPU_NORM_WG];
+    const uint r = get_group_id(0), l = get_local_id(0);
+    __global float *xr = x + xoff + (size_t)r * ldx;
+    __global float *src = xr;
+    if (has_residual) {
+        __global float *hr = h + hoff + (size_t)r * ldh;
+        for (uint i = l; i < dim; i += CLNPU_NORM_WG) hr[i] += xr[i];
+        barrier(CLK_GLOBAL_MEM_FENCE);
+        src = hr;
+    }
+    /* 1/sqrt rather than rsqrt: rsqrt may be 2 ulp off, and it scales the whole row. */
+    const float inv = 1.0f / sqrt(row_sumsq(src, dim, part) / (float)dim + eps);
+    __global float *yr = y + yoff + (size_t)r * ldy;
+    for (uint i = l; i < dim; i += CLNPU_NORM_WG) yr[i] = w[i] * (src[i] * inv);
+}

@@ -1,0 +1,113 @@
+/* Attention operators: causal flash attention for prefill, absorbed MLA decode. */
+#include <stdio.h>
+
+#include "../backend/error.h"
+#include "clnpu/ops.h"
+#include "launch.h"
+
+static clnpu_status check_rows(const clnpu_view *v, size_t rows, size_t heads, size_t hs, size_t d,
+                               const char *what)
+{
+    if (!v->buf) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "attention: no %s buffer", what);
+    size_t need = (v->offset + (rows - 1) * v->ld + (heads - 1) * hs + d) * sizeof(float);
+    if (need > clnpu_buffer_size(v->buf))
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "attention: %s needs %zu bytes, buffer has %zu",
+                          what, need, clnpu_buffer_size(v->buf));
+    return CLNPU_OK;
+}
+
+clnpu_status clnpu_flash_attention(clnpu_device *dev, const clnpu_attention_args *a)
+{
+    if (!a) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "attention: no arguments");
+    if (!a->tokens || !a->heads) return CLNPU_OK;
+    if (!a->dqk || !a->dv || a->dqk % 4 || a->dv % 4 || a->dqk > 1024 || a->dv > 1024)
+        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "attention: head dims %zu / %zu must be multiples of 4 "
+                          "up to 1024", a->dqk, a->dv);
+    const size_t S = a->prefix + a->tokens;
+    clnpu_status st = check_rows(&a->q, a->tokens, a->heads, a->q_head_stride, a->dqk, "q");
+    if (!st) st = check_rows(&a->k, S, a->heads, a->k_head_stride, a->dqk, "k");
+    if (!st) st = check_rows(&a->v, S, a->heads, a->v_head_stride, a->dv, "v");
+    if (!st) st = check_rows(&a->o, a->tokens, a->heads, a->o_head_stride, a->dv, "o");
+    if (st) return st;
+    /* Key tile rows from the local-memory budget (the emulated NPU's SRAM when emulating). */
+    const uint64_t budget = clnpu_device_local_mem_budget(dev);
+    size_t bk = (size_t)(budget / ((a->dqk + a->dv) * sizeof(float)));
+    if (bk > 64) bk = 64;
+    if (bk < 1)
+        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "attention: local-memory budget %llu B cannot hold one "
+                          "key/value row of %zu floats", (unsigned long long)budget, a->dqk + a->dv);
+    const bool cpu = clnpu_device_get_info(dev)->type == CLNPU_DEVICE_TYPE_CPU;
+    const size_t bq = 4, wg = cpu ? 1 : 32;
+    char opts[160];
+    snprintf(opts, sizeof opts, "-DCLNPU_ATTN_DQK=%zu -DCLNPU_ATTN_DV=%zu -DCLNPU_ATTN_BQ=%zu "
+             "-DCLNPU_ATTN_BK=%zu -DCLNPU_ATTN_WG=%zu", a->dqk, a->dv, bq, bk, wg);
+    cl_mem q = clnpu_mem(a->q.buf), k = clnpu_mem(a->k.buf), v = clnpu_mem(a->v.buf), o = clnpu_mem(a->o.buf);
+    cl_uint qo = (cl_uint)a->q.offset, ql = (cl_uint)a->q.ld, qh = (cl_uint)a->q_head_stride;
+    cl_uint ko = (cl_uint)a->k.offset, kl = (cl_uint)a->k.ld, kh = (cl_uint)a->k_head_stride;
+    cl_uint vo = (cl_uint)a->v.offset, vl = (cl_uint)a->v.ld, vh = (cl_uint)a->v_head_stride;
+    cl_uint oo = (cl_uint)a->o.offset, ol = (cl_uint)a->o.ld, oh = (cl_uint)a->o_head_stride;
+    cl_uint T = (cl_uint)a->tokens, P = (cl_uint)a->prefix;
+    cl_float sc = a->scale;
+    clnpu_karg args[] = {KARG(q), KARG(qo), KARG(ql), KARG(qh), KARG(k), KARG(ko), KARG(kl), KARG(kh),
+                         KARG(v), KARG(vo), KARG(vl), KARG(vh), KARG(o), KARG(oo), KARG(ol), KARG(oh),
+                         KARG(T), KARG(P), KARG(sc)};
+    const size_t groups = (a->tokens + wg * bq - 1) / (wg * bq);
+    size_t g[2] = {groups * wg, a->heads}, l[2] = {wg, 1};
+    return clnpu_launch(dev, "attention.cl", opts, "clnpu_flash_attn", 2, g, l, args, 19);
+}
+
+clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
+{
+    if (!a || !a->q_abs || !a->q_pe || !a->cache || !a->block_table || !a->seq_len || !a->out)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla decode: NULL argument");
+    if (!a->batch || !a->heads) return CLNPU_OK;
+    if (a->rank % 4 || a->rope_dim % 4 || !a->rank || !a->page_size || !a->max_seq_len)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla decode: rank and rope dim must be multiples "
+                          "of 4; page size and max_seq_len non-zero");
+    const size_t B = a->batch, H = a->heads, R = a->rank;
+    if (clnpu_buffer_size(a->q_abs) < B * H * R * 4 || clnpu_buffer_size(a->q_pe) < B * H * a->rope_dim * 4 ||
+        clnpu_buffer_size(a->out) < B * H * R * 4 || clnpu_buffer_size(a->seq_len) < B * 4 ||
+        clnpu_buffer_size(a->block_table) < B * a->max_blocks * 4 ||
+        a->max_seq_len > a->max_blocks * a->page_size)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla decode: a buffer is smaller than its shape");
+    /* Heads per work-item share each cache row; chunks of the context fill the device. */
+    const size_t hg = H < 4 ? H : 4;
+    unsigned splits = a->splits;
+    if (!splits) {
+        size_t cus = clnpu_device_get_info(dev)->compute_units, items = B * ((H + hg - 1) / hg);
+        splits = items >= 4 * cus ? 1 : (unsigned)((4 * cus + items - 1) / items);
+        size_t max_by_len = (a->max_seq_len + 255) / 256; /* at least 256 rows per chunk */
+        if (splits > max_by_len) splits = (unsigned)max_by_len;
+        if (!splits) splits = 1;
+    }
+    const size_t chunk = (a->max_seq_len + splits - 1) / splits;
+    clnpu_buffer *pz = NULL, *pml = NULL;
+    clnpu_status st = clnpu_buffer_create(dev, B * H * splits * R * sizeof(float), &pz);
+    if (!st) st = clnpu_buffer_create(dev, B * H * splits * 2 * sizeof(float), &pml);
+    char opts[128];
+    snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu", R,
+             a->rope_dim, hg);
+    if (!st) {
+        cl_mem qa = clnpu_mem(a->q_abs), qp = clnpu_mem(a->q_pe), c = clnpu_mem(a->cache),
+               bt = clnpu_mem(a->block_table), sl = clnpu_mem(a->seq_len), mz = clnpu_mem(pz),
+               mml = clnpu_mem(pml);
+        cl_uint page = (cl_uint)a->page_size, mb = (cl_uint)a->max_blocks, h = (cl_uint)H,
+                sp = splits, ch = (cl_uint)chunk;
+        cl_float sc = a->scale;
+        clnpu_karg args[] = {KARG(qa), KARG(qp), KARG(c), KARG(page), KARG(bt), KARG(mb), KARG(sl),
+                             KARG(mz), KARG(mml), KARG(h), KARG(sp), KARG(ch), KARG(sc)};
+        size_t g[3] = {(H + hg - 1) / hg, B, splits};
+        st = clnpu_launch(dev, "mla.cl", opts, "clnpu_mla_decode", 3, g, NULL, args, 13);
+    }
+    if (!st) {
+        cl_mem mz = clnpu_mem(pz), mml = clnpu_mem(pml), mo = clnpu_mem(a->out);
+        cl_uint h = (cl_uint)H, sp = splits;
+        clnpu_karg args[] = {KARG(mz), KARG(mml), KARG(mo), KARG(h), KARG(sp)};
+        size_t g[3] = {R, H, B}, l[3] = {R % 64 ? 1 : 64, 1, 1};
+        st = clnpu_launch(dev, "mla.cl", opts, "clnpu_mla_combine", 3, g, l, args, 5);
+    }
+    /* Released now; OpenCL keeps them alive until the queued kernels are done. */
+    clnpu_buffer_destroy(pz);
+    clnpu_buffer_destroy(pml);
+    return st;
+}

@@ -1,0 +1,43 @@
+/* Kernel launches shared by the runtime's operators. */
+#include <stdio.h>
+
+#include "../backend/error.h"
+#include "launch.h"
+
+cl_mem clnpu_mem(const clnpu_buffer *b)
+{
+    return b ? (cl_mem)clnpu_buffer_cl_mem(b) : NULL;
+}
+
+clnpu_status clnpu_launch(clnpu_device *dev, const char *source, const char *options,
+                          const char *kernel, cl_uint dims, const size_t *global,
+                          const size_t *local, const clnpu_karg *args, size_t nargs)
+{
+    clnpu_program *prog;
+    clnpu_status st = clnpu_program_get(dev, source, options, &prog);
+    if (st) return st;
+    cl_kernel k;
+    st = clnpu_program_kernel(prog, kernel, (void **)&k);
+    if (st) return st;
+    for (size_t i = 0; i < nargs; i++) {
+        cl_int err = clSetKernelArg(k, (cl_uint)i, args[i].size, args[i].value);
+        if (err) {
+            char what[128];
+            snprintf(what, sizeof what, "setting argument %zu of %s", i, kernel);
+            return clnpu_fail_cl(err, "clSetKernelArg", what);
+        }
+    }
+    size_t g[3] = {1, 1, 1}, l[3] = {1, 1, 1};
+    for (cl_uint d = 0; d < dims; d++) {
+        l[d] = local ? local[d] : 1;
+        g[d] = (global[d] + l[d] - 1) / l[d] * l[d];
+        if (g[d] == 0) return CLNPU_OK; /* nothing to do */
+    }
+    cl_int err = clEnqueueNDRangeKernel(clnpu_device_cl_queue(dev), k, dims, NULL, g, l, 0, NULL, NULL);
+    if (err) {
+        char what[128];
+        snprintf(what, sizeof what, "launching %s", kernel);
+        return clnpu_fail_cl(err, "clEnqueueNDRangeKernel", what);
+    }
+    return CLNPU_OK;
+}

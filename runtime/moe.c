@@ -1,0 +1,84 @@
+/* MoE routing and dispatch operators (the expert GEMMs themselves are clnpu_gemm_grouped). */
+#include "../backend/error.h"
+#include "clnpu/ops.h"
+#include "launch.h"
+
+#define MOE_MAX_EXPERTS 256
+
+clnpu_status clnpu_moe_route(clnpu_device *dev, clnpu_view logits, const clnpu_buffer *bias,
+                             size_t T, const clnpu_moe_config *c, clnpu_buffer *ids, clnpu_buffer *w)
+{
+    if (!c || !logits.buf || !ids || !w) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe route: NULL argument");
+    if (!c->experts || c->experts > MOE_MAX_EXPERTS || !c->n_group || c->experts % c->n_group ||
+        !c->topk_group || c->topk_group > c->n_group || !c->top_k ||
+        c->top_k > c->topk_group * (c->experts / c->n_group) || c->top_k > 16)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT,
+                          "moe route: inconsistent config (experts %zu <= %d in %zu groups, topk_group "
+                          "%zu, top_k %zu <= 16 and <= the experts of the kept groups)",
+                          c->experts, MOE_MAX_EXPERTS, c->n_group, c->topk_group, c->top_k);
+    if (!T) return CLNPU_OK;
+    if (logits.offset || logits.ld < c->experts ||
+        clnpu_buffer_size(logits.buf) < ((T - 1) * logits.ld + c->experts) * 4 ||
+        clnpu_buffer_size(ids) < T * c->top_k * 4 || clnpu_buffer_size(w) < T * c->top_k * 4 ||
+        (bias && clnpu_buffer_size(bias) < c->experts * 4))
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe route: a buffer is smaller than its shape");
+    cl_mem ml = clnpu_mem(logits.buf), mb = clnpu_mem(bias), mi = clnpu_mem(ids), mw = clnpu_mem(w);
+    cl_uint ld = (cl_uint)logits.ld, E = (cl_uint)c->experts, ng = (cl_uint)c->n_group,
+            tg = (cl_uint)c->topk_group, tk = (cl_uint)c->top_k, norm = c->norm_topk_prob,
+            tt = (cl_uint)T;
+    cl_float sc = c->routed_scaling_factor;
+    clnpu_karg a[] = {KARG(ml), KARG(ld), KARG(mb), KARG(E), KARG(ng), KARG(tg), KARG(tk), KARG(norm),
+                      KARG(sc), KARG(mi), KARG(mw), KARG(tt)};
+    size_t g[1] = {T};
+    return clnpu_launch(dev, "moe.cl", NULL, "clnpu_moe_route", 1, g, NULL, a, 12);
+}
+
+clnpu_status clnpu_moe_plan(clnpu_device *dev, const clnpu_buffer *ids, size_t T, size_t top_k,
+                            size_t E, clnpu_buffer *counts, clnpu_buffer *offsets, clnpu_buffer *src,
+                            clnpu_buffer *slot_row)
+{
+    if (!ids || !counts || !offsets || !src || !slot_row)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe plan: NULL buffer");
+    if (clnpu_buffer_size(counts) < E * 4 || clnpu_buffer_size(offsets) < (E + 1) * 4 ||
+        clnpu_buffer_size(src) < T * top_k * 4 || clnpu_buffer_size(slot_row) < T * top_k * 4 ||
+        clnpu_buffer_size(ids) < T * top_k * 4)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe plan: a buffer is smaller than its shape");
+    cl_mem mi = clnpu_mem(ids), mc = clnpu_mem(counts), mo = clnpu_mem(offsets), ms = clnpu_mem(src),
+           mr = clnpu_mem(slot_row);
+    cl_uint t = (cl_uint)T, k = (cl_uint)top_k, e = (cl_uint)E;
+    clnpu_karg a[] = {KARG(mi), KARG(t), KARG(k), KARG(e), KARG(mc), KARG(mo), KARG(ms), KARG(mr)};
+    size_t g[1] = {1};
+    return clnpu_launch(dev, "moe.cl", NULL, "clnpu_moe_plan", 1, g, NULL, a, 8);
+}
+
+clnpu_status clnpu_moe_gather(clnpu_device *dev, clnpu_buffer *xp, clnpu_view x, const clnpu_buffer *src,
+                              size_t rows, size_t dim)
+{
+    if (!xp || !x.buf || !src) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe gather: NULL buffer");
+    if (!rows) return CLNPU_OK;
+    if (x.offset || clnpu_buffer_size(xp) < rows * dim * 4 || clnpu_buffer_size(src) < rows * 4)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe gather: a buffer is smaller than its shape");
+    cl_mem mp = clnpu_mem(xp), mx = clnpu_mem(x.buf), ms = clnpu_mem(src);
+    cl_uint ld = (cl_uint)x.ld, d = (cl_uint)dim;
+    clnpu_karg a[] = {KARG(mp), KARG(mx), KARG(ld), KARG(ms), KARG(d)};
+    size_t g[2] = {dim, rows}, l[2] = {64, 1};
+    return clnpu_launch(dev, "moe.cl", NULL, "clnpu_moe_gather", 2, g, l, a, 5);
+}
+
+clnpu_status clnpu_moe_combine(clnpu_device *dev, clnpu_view out, clnpu_view base, const clnpu_buffer *yp,
+                               const clnpu_buffer *slot_row, const clnpu_buffer *w, size_t T,
+                               size_t top_k, size_t dim)
+{
+    if (!out.buf || !yp || !slot_row || !w) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe combine: NULL buffer");
+    if (!T) return CLNPU_OK;
+    if (out.offset || base.offset || clnpu_buffer_size(yp) < T * top_k * dim * 4 ||
+        clnpu_buffer_size(out.buf) < ((T - 1) * out.ld + dim) * 4 ||
+        (base.buf && clnpu_buffer_size(base.buf) < ((T - 1) * base.ld + dim) * 4))
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe combine: a buffer is smaller than its shape");
+    cl_mem mo = clnpu_mem(out.buf), mb = clnpu_mem(base.buf), my = clnpu_mem(yp), ms = clnpu_mem(slot_row),
+           mw = clnpu_mem(w);
+    cl_uint lo = (cl_uint)out.ld, lb = (cl_uint)base.ld, k = (cl_uint)top_k, d = (cl_uint)dim;
+    clnpu_karg a[] = {KARG(mo), KARG(lo), KARG(mb), KARG(lb), KARG(my), KARG(ms), KARG(mw), KARG(k), KARG(d)};
+    size_t g[2] = {dim, T}, l[2] = {64, 1};
+    return clnpu_launch(dev, "moe.cl", NULL, "clnpu_moe_combine", 2, g, l, a, 9);
+}

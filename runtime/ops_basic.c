@@ -1,0 +1,131 @@
+/* Row-wise operators: RMSNorm (+ fused residual add), SiLU product, embedding, softmax,
+ * argmax, sampling. */
+#include <stdio.h>
+
+#include "../backend/error.h"
+#include "clnpu/ops.h"
+#include "launch.h"
+
+/* Elementwise kernels use 64-wide groups (PoCL vectorises across them); fewer where the device
+ * cannot. */
+static size_t elementwise_wg(const clnpu_device *dev)
+{
+    size_t m = clnpu_device_get_info(dev)->max_work_group_size;
+    return m < 64 ? m : 64;
+}
+
+static clnpu_status check_view(const clnpu_view *v, size_t rows, size_t n, const char *what)
+{
+    if (!v->buf) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%s: no buffer", what);
+    if (v->ld < n) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%s: row stride %zu < row length %zu", what, v->ld, n);
+    if (rows && (v->offset + (rows - 1) * v->ld + n) * sizeof(float) > clnpu_buffer_size(v->buf))
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%s: %zu rows of %zu (stride %zu, offset %zu) "
+                          "exceed a buffer of %zu bytes", what, rows, n, v->ld, v->offset,
+                          clnpu_buffer_size(v->buf));
+    return CLNPU_OK;
+}
+
+clnpu_status clnpu_rmsnorm(clnpu_device *dev, clnpu_view x, clnpu_view res, clnpu_view y,
+                           const clnpu_buffer *w, size_t rows, size_t dim, float eps)
+{
+    clnpu_status st = check_view(&x, rows, dim, "rmsnorm x");
+    if (!st) st = check_view(&y, rows, dim, "rmsnorm y");
+    if (!st && res.buf) st = check_view(&res, rows, dim, "rmsnorm residual");
+    if (!st && (!w || clnpu_buffer_size(w) < dim * sizeof(float)))
+        st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rmsnorm: weight must hold %zu floats", dim);
+    if (st || !rows) return st;
+    /* CPUs: one work-item per row (no barriers); GPUs: 256 lanes reduce in local memory. */
+    const size_t wg = clnpu_device_get_info(dev)->type == CLNPU_DEVICE_TYPE_CPU ? 1 : 256;
+    char opts[64];
+    snprintf(opts, sizeof opts, "-DCLNPU_NORM_WG=%zu", wg);
+    cl_mem mx = clnpu_mem(x.buf), mh = clnpu_mem(res.buf ? res.buf : x.buf), my = clnpu_mem(y.buf),
+           mw = clnpu_mem(w);
+    cl_uint xo = (cl_uint)x.offset, xl = (cl_uint)x.ld, ho = (cl_uint)res.offset,
+            hl = (cl_uint)(res.buf ? res.ld : x.ld), yo = (cl_uint)y.offset, yl = (cl_uint)y.ld,
+            d = (cl_uint)dim, hr = res.buf != NULL;
+    clnpu_karg a[] = {KARG(mx), KARG(xo), KARG(xl), KARG(mh), KARG(ho), KARG(hl), KARG(my),
+                      KARG(yo), KARG(yl), KARG(mw), KARG(d), KARG(eps), KARG(hr)};
+    size_t g[1] = {rows * wg}, l[1] = {wg};
+    return clnpu_launch(dev, "norm.cl", opts, "clnpu_rmsnorm", 1, g, l, a, 13);
+}
+
+clnpu_status clnpu_silu_mul(clnpu_device *dev, clnpu_view y, clnpu_view g, clnpu_view u,
+                            size_t rows, size_t n)
+{
+    clnpu_status st = check_view(&y, rows, n, "silu y");
+    if (!st) st = check_view(&g, rows, n, "silu gate");
+    if (!st) st = check_view(&u, rows, n, "silu up");
+    if (st || !rows || !n) return st;
+    /* Offsets are applied through sub-ranges of the same kernel: pass base + offset rows. */
+    if (y.offset || g.offset || u.offset)
+        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "silu_mul: views with offsets are not supported");
+    cl_mem my = clnpu_mem(y.buf), mg = clnpu_mem(g.buf), mu = clnpu_mem(u.buf);
+    cl_uint ly = (cl_uint)y.ld, lg = (cl_uint)g.ld, lu = (cl_uint)u.ld, nn = (cl_uint)n;
+    clnpu_karg a[] = {KARG(my), KARG(ly), KARG(mg), KARG(lg), KARG(mu), KARG(lu), KARG(nn)};
+    size_t gl[2] = {n, rows}, l[2] = {elementwise_wg(dev), 1};
+    return clnpu_launch(dev, "elementwise.cl", NULL, "clnpu_silu_mul", 2, gl, l, a, 7);
+}
+
+clnpu_status clnpu_embed(clnpu_device *dev, clnpu_buffer *y, const clnpu_buffer *table,
+                         clnpu_dtype dt, const clnpu_buffer *ids, size_t count, size_t dim,
+                         size_t vocab)
+{
+    if (dt != CLNPU_DTYPE_BF16 && dt != CLNPU_DTYPE_F32)
+        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "embedding table in %s (bf16 or f32 only)",
+                          clnpu_dtype_name(dt) ? clnpu_dtype_name(dt) : "?");
+    if (!y || !table || !ids) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "embed: NULL buffer");
+    if (clnpu_buffer_size(table) < vocab * dim * clnpu_dtype_size(dt) ||
+        clnpu_buffer_size(y) < count * dim * sizeof(float) || clnpu_buffer_size(ids) < count * 4)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "embed: a buffer is smaller than its shape");
+    if (!count) return CLNPU_OK;
+    cl_mem my = clnpu_mem(y), mt = clnpu_mem(table), mi = clnpu_mem(ids);
+    cl_uint d = (cl_uint)dim, v = (cl_uint)vocab;
+    clnpu_karg a[] = {KARG(my), KARG(mt), KARG(mi), KARG(d), KARG(v)};
+    size_t g[2] = {dim, count}, l[2] = {elementwise_wg(dev), 1};
+    return clnpu_launch(dev, "elementwise.cl", NULL,
+                        dt == CLNPU_DTYPE_BF16 ? "clnpu_embed_bf16" : "clnpu_embed_f32", 2, g, l, a, 5);
+}
+
+clnpu_status clnpu_softmax(clnpu_device *dev, clnpu_view x, size_t rows, size_t n)
+{
+    clnpu_status st = check_view(&x, rows, n, "softmax");
+    if (st || !rows) return st;
+    if (x.offset) return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "softmax: views with offsets are not supported");
+    cl_mem m = clnpu_mem(x.buf);
+    cl_uint ld = (cl_uint)x.ld, nn = (cl_uint)n;
+    clnpu_karg a[] = {KARG(m), KARG(ld), KARG(nn)};
+    size_t g[1] = {rows};
+    return clnpu_launch(dev, "elementwise.cl", NULL, "clnpu_softmax", 1, g, NULL, a, 3);
+}
+
+clnpu_status clnpu_argmax(clnpu_device *dev, clnpu_buffer *out, clnpu_view x, size_t rows, size_t n)
+{
+    clnpu_status st = check_view(&x, rows, n, "argmax");
+    if (!st && (!out || clnpu_buffer_size(out) < rows * 4))
+        st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "argmax: output must hold %zu ints", rows);
+    if (st || !rows) return st;
+    if (x.offset) return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "argmax: views with offsets are not supported");
+    cl_mem mo = clnpu_mem(out), mx = clnpu_mem(x.buf);
+    cl_uint ld = (cl_uint)x.ld, nn = (cl_uint)n;
+    clnpu_karg a[] = {KARG(mo), KARG(mx), KARG(ld), KARG(nn)};
+    size_t g[1] = {rows};
+    return clnpu_launch(dev, "elementwise.cl", NULL, "clnpu_argmax", 1, g, NULL, a, 4);
+}
+
+clnpu_status clnpu_sample(clnpu_device *dev, clnpu_buffer *out, clnpu_view x, size_t rows, size_t n,
+                          const clnpu_sampling *p, uint64_t step)
+{
+    clnpu_status st = check_view(&x, rows, n, "sample");
+    if (!st && (!out || clnpu_buffer_size(out) < rows * 4))
+        st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "sample: output must hold %zu ints", rows);
+    if (!st && !p) st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "sample: no parameters");
+    if (st || !rows) return st;
+    if (x.offset) return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "sample: views with offsets are not supported");
+    cl_mem mo = clnpu_mem(out), mx = clnpu_mem(x.buf);
+    cl_uint ld = (cl_uint)x.ld, nn = (cl_uint)n, k = p->top_k;
+    cl_float t = p->temperature, tp = p->top_p;
+    cl_ulong seed = p->seed, s = step;
+    clnpu_karg a[] = {KARG(mo), KARG(mx), KARG(ld), KARG(nn), KARG(t), KARG(k), KARG(tp), KARG(seed), KARG(s)};
+    size_t g[1] = {rows};
+    return clnpu_launch(dev, "sample.cl", NULL, "clnpu_sample", 1, g, NULL, a, 9);
+}

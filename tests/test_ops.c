@@ -1,0 +1,590 @@
+/* Transformer operators against float64 host references on fresh random inputs with ragged
+ * sizes; outputs poisoned with NaN first. Tolerances (relative L2 error) per kernel:
+ *  - rope, silu, softmax: elementwise f32 (softmax: one reduction over the row): 1e-6;
+ *  - rmsnorm: one f32 sum of d squares: 2 u sqrt(d) + 5e-7 (u = 2^-24);
+ *  - attention / MLA: scores are dot products of up to 576 terms, softmax and a weighted sum
+ *    over up to ~1300 keys, all fp32: 2e-6 * sqrt(keys) + 1e-6 (a few u * sqrt(n));
+ *  - MoE combine: k weighted terms: 1e-6; routing ids must match exactly. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "test_util.h"
+
+static clnpu_buffer *dev_f32(const float *v, size_t n)
+{
+    clnpu_buffer *b;
+    ck_assert_ok(clnpu_buffer_create(test_device(), (n ? n : 1) * sizeof(float), &b));
+    if (n) ck_assert_ok(clnpu_buffer_write(b, 0, v, n * sizeof(float)));
+    return b;
+}
+
+static clnpu_buffer *dev_i32(const int *v, size_t n)
+{
+    return dev_f32((const float *)v, n);
+}
+
+static clnpu_buffer *dev_nan(size_t n)
+{
+    clnpu_buffer *b;
+    ck_assert_ok(clnpu_buffer_create(test_device(), n * sizeof(float), &b));
+    float nan = NAN;
+    ck_assert_ok(clnpu_buffer_fill(b, &nan, sizeof nan));
+    return b;
+}
+
+static float *rnd(size_t n, float lo, float hi)
+{
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    for (size_t i = 0; i < n; i++) v[i] = test_rand_uniform(lo, hi);
+    return v;
+}
+
+static float *read_f32(clnpu_buffer *b, size_t n)
+{
+    float *v = malloc(n * sizeof *v);
+    ck_assert_ok(clnpu_buffer_read(b, 0, v, n * sizeof(float)));
+    return v;
+}
+
+static double rel_err(const float *out, const double *ref, size_t n, const char *what)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_msg(!isnan(out[i]), "%s: NaN at %zu", what, i);
+        num += (out[i] - ref[i]) * (out[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+#define CHECK_ERR(out, ref, n, tol, ...)                                                           \
+    do {                                                                                           \
+        char what_[160];                                                                           \
+        snprintf(what_, sizeof what_, __VA_ARGS__);                                                \
+        double e_ = rel_err(out, ref, n, what_);                                                   \
+        if (getenv("CLNPU_TEST_VERBOSE")) fprintf(stderr, "%s: rel error %.2e\n", what_, e_);     \
+        ck_assert_msg(e_ <= (tol), "%s: rel error %.3g > %.3g", what_, e_, (double)(tol));        \
+    } while (0)
+
+START_TEST(test_rmsnorm)
+{
+    clnpu_device *dev = test_device();
+    const size_t dims[] = {1, 5, 96, 1000, 7168}, rowss[] = {1, 3, 17};
+    for (size_t di = 0; di < 5; di++)
+        for (size_t ri = 0; ri < 3; ri++)
+            for (int fused = 0; fused < 2; fused++) {
+                const size_t d = dims[di], rows = rowss[ri], ld = d + 3;
+                float *x = rnd(rows * ld, -2, 2), *h = rnd(rows * ld, -2, 2), *w = rnd(d, 0.5f, 1.5f);
+                clnpu_buffer *bx = dev_f32(x, rows * ld), *bh = dev_f32(h, rows * ld),
+                             *bw = dev_f32(w, d), *by = dev_nan(rows * d);
+                clnpu_view vx = {bx, 0, ld}, vh = {fused ? bh : NULL, 0, ld}, vy = {by, 0, d};
+                ck_assert_ok(clnpu_rmsnorm(dev, vx, vh, vy, bw, rows, d, 1e-6f));
+                float *y = read_f32(by, rows * d), *h2 = read_f32(bh, rows * ld);
+                double *ref = malloc(rows * d * sizeof *ref), *href = malloc(rows * d * sizeof *href);
+                float *h2c = malloc(rows * d * sizeof *h2c);
+                for (size_t r = 0; r < rows; r++) {
+                    double ss = 0;
+                    for (size_t i = 0; i < d; i++) {
+                        double v = fused ? (double)h[r * ld + i] + x[r * ld + i] : x[r * ld + i];
+                        href[r * d + i] = v;
+                        h2c[r * d + i] = h2[r * ld + i];
+                        ss += v * v;
+                    }
+                    double inv = 1 / sqrt(ss / d + 1e-6);
+                    for (size_t i = 0; i < d; i++) ref[r * d + i] = w[i] * href[r * d + i] * inv;
+                }
+                /* one f32 reduction of d squares: u sqrt(d) scale, plus the normalisation */
+                CHECK_ERR(y, ref, rows * d, 2 * 0x1p-24 * sqrt((double)d) + 5e-7, "rmsnorm d=%zu rows=%zu fused=%d", d, rows, fused);
+                if (fused) CHECK_ERR(h2c, href, rows * d, 1e-7, "fused residual sum d=%zu", d);
+                free(x), free(h), free(w), free(y), free(h2), free(ref), free(href), free(h2c);
+                clnpu_buffer_destroy(bx), clnpu_buffer_destroy(bh), clnpu_buffer_destroy(bw);
+                clnpu_buffer_destroy(by);
+            }
+}
+END_TEST
+
+START_TEST(test_elementwise)
+{
+    clnpu_device *dev = test_device();
+    const size_t rows = 5, n = 1003;
+    /* silu(g) * u */
+    float *g = rnd(rows * n, -6, 6), *u = rnd(rows * n, -2, 2);
+    clnpu_buffer *bg = dev_f32(g, rows * n), *bu = dev_f32(u, rows * n), *by = dev_nan(rows * n);
+    ck_assert_ok(clnpu_silu_mul(dev, (clnpu_view){by, 0, n}, (clnpu_view){bg, 0, n}, (clnpu_view){bu, 0, n}, rows, n));
+    float *y = read_f32(by, rows * n);
+    double *ref = malloc(rows * n * sizeof *ref);
+    for (size_t i = 0; i < rows * n; i++) ref[i] = g[i] / (1 + exp(-(double)g[i])) * u[i];
+    CHECK_ERR(y, ref, rows * n, 1e-6, "silu_mul");
+    free(y);
+    /* softmax in place, argmax with ties at the lowest index */
+    float *x = rnd(rows * n, -20, 20);
+    x[2 * n + 10] = x[2 * n + 500] = 25.0f; /* a tie in row 2 */
+    clnpu_buffer *bx = dev_f32(x, rows * n), *bi;
+    ck_assert_ok(clnpu_buffer_create(dev, rows * 4, &bi));
+    ck_assert_ok(clnpu_argmax(dev, bi, (clnpu_view){bx, 0, n}, rows, n));
+    int am[5];
+    ck_assert_ok(clnpu_buffer_read(bi, 0, am, sizeof am));
+    for (size_t r = 0; r < rows; r++) {
+        size_t best = 0;
+        for (size_t i = 1; i < n; i++)
+            if (x[r * n + i] > x[r * n + best]) best = i;
+        ck_assert_int_eq(am[r], (int)best);
+    }
+    ck_assert_int_eq(am[2], 10);
+    ck_assert_ok(clnpu_softmax(dev, (clnpu_view){bx, 0, n}, rows, n));
+    y = read_f32(bx, rows * n);
+    for (size_t r = 0; r < rows; r++) {
+        double m = -INFINITY, s = 0;
+        for (size_t i = 0; i < n; i++) m = fmax(m, x[r * n + i]);
+        for (size_t i = 0; i < n; i++) s += exp(x[r * n + i] - m);
+        for (size_t i = 0; i < n; i++) ref[r * n + i] = exp(x[r * n + i] - m) / s;
+    }
+    CHECK_ERR(y, ref, rows * n, 1e-6, "softmax");
+    free(y);
+    /* bf16 embedding rows widened exactly; an id outside the table gives NaN */
+    const size_t vocab = 37, dim = 70;
+    uint16_t *tab = malloc(vocab * dim * 2);
+    for (size_t i = 0; i < vocab * dim; i++) tab[i] = clnpu_f32_to_bf16(test_rand_normal());
+    int ids[4] = {36, 0, 17, 37};
+    clnpu_buffer *bt, *bid = dev_i32(ids, 4), *be = dev_nan(4 * dim);
+    ck_assert_ok(clnpu_buffer_create(dev, vocab * dim * 2, &bt));
+    ck_assert_ok(clnpu_buffer_write(bt, 0, tab, vocab * dim * 2));
+    ck_assert_ok(clnpu_embed(dev, be, bt, CLNPU_DTYPE_BF16, bid, 4, dim, vocab));
+    y = read_f32(be, 4 * dim);
+    for (size_t t = 0; t < 3; t++)
+        for (size_t i = 0; i < dim; i++)
+            ck_assert_msg(y[t * dim + i] == clnpu_bf16_to_f32(tab[ids[t] * dim + i]), "embed [%zu,%zu]", t, i);
+    for (size_t i = 0; i < dim; i++) ck_assert(isnan(y[3 * dim + i]));
+    free(y), free(tab), free(g), free(u), free(x), free(ref);
+    clnpu_buffer_destroy(bg), clnpu_buffer_destroy(bu), clnpu_buffer_destroy(by), clnpu_buffer_destroy(bx);
+    clnpu_buffer_destroy(bi), clnpu_buffer_destroy(bt), clnpu_buffer_destroy(bid), clnpu_buffer_destroy(be);
+}
+END_TEST
+
+static clnpu_rope_config axk1_rope(void)
+{
+    clnpu_rope_config c = {64, 10000.0, CLNPU_ROPE_YARN, 4.0, 32768, 32, 1, 1.0, 0.0};
+    return c;
+}
+
+/* The check values of ../shared/docs/axk1-architecture.md 2.4.3 and 1.2. */
+START_TEST(test_rope_yarn_values)
+{
+    clnpu_rope_config c = axk1_rope();
+    double inv[32];
+    clnpu_rope_inv_freq(&c, inv);
+    for (int i = 0; i < 32; i++) {
+        double base = pow(10000.0, -2.0 * i / 64);
+        double ramp = (i - 17.0) / (30.0 - 17.0);
+        ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+        double want = ramp * base / 4 + (1 - ramp) * base;
+        ck_assert_msg(fabs(inv[i] - want) <= 1e-15 * want, "inv_freq[%d] = %.17g, want %.17g", i, inv[i], want);
+        if (i <= 17) ck_assert(inv[i] == base);
+        if (i >= 30) ck_assert(fabs(inv[i] - base / 4) <= 1e-18);
+    }
+    ck_assert(fabs(clnpu_rope_attention_factor(&c) - 1.1386294361) < 1e-9);
+    ck_assert(fabs(clnpu_rope_softmax_scale(&c, 192) - 0.0721687836) < 1e-9);
+    /* DeepSeek-V3 branch: mscale = mscale_all_dim = 1, factor 40: cos/sin unscaled, softmax
+     * scale x g(40,1)^2. */
+    clnpu_rope_config d = {64, 10000.0, CLNPU_ROPE_YARN, 40.0, 4096, 32, 1, 1.0, 1.0};
+    ck_assert(fabs(clnpu_rope_attention_factor(&d) - 1.0) < 1e-15);
+    double g = 0.1 * log(40.0) + 1;
+    ck_assert(fabs(clnpu_rope_softmax_scale(&d, 192) - g * g / sqrt(192.0)) < 1e-12);
+    /* Plain RoPE */
+    clnpu_rope_config p = {64, 10000.0, CLNPU_ROPE_NONE, 0, 0, 0, 0, 0, 0};
+    clnpu_rope_inv_freq(&p, inv);
+    ck_assert(inv[0] == 1.0 && fabs(inv[31] - pow(10000.0, -62.0 / 64)) < 1e-18);
+    ck_assert(clnpu_rope_attention_factor(&p) == 1.0);
+}
+END_TEST
+
+START_TEST(test_rope_apply)
+{
+    clnpu_device *dev = test_device();
+    clnpu_rope_config cfgs[2] = {axk1_rope(), {16, 500000.0, CLNPU_ROPE_NONE, 0, 0, 0, 0, 0, 0}};
+    for (int ci = 0; ci < 2; ci++)
+        for (int layout = 0; layout < 2; layout++) {
+            const clnpu_rope_config *c = &cfgs[ci];
+            const size_t rows = 13, heads = 3, d = c->dim, hs = d + 40, ld = heads * hs + 5, off = 40;
+            const size_t maxpos = 5000;
+            clnpu_rope_table *tab;
+            ck_assert_ok(clnpu_rope_table_create(dev, c, maxpos, &tab));
+            float *x = rnd(rows * ld + off, -1, 1);
+            int pos[13];
+            for (size_t t = 0; t < rows; t++) pos[t] = (int)(test_rand_u64() % maxpos);
+            pos[0] = 0;
+            pos[1] = (int)maxpos - 1;
+            clnpu_buffer *bx = dev_f32(x, rows * ld + off), *bp = dev_i32(pos, rows);
+            ck_assert_ok(clnpu_rope_apply(dev, tab, (clnpu_view){bx, off, ld}, rows, heads, hs, bp,
+                                          (clnpu_rope_layout)layout));
+            float *y = read_f32(bx, rows * ld + off);
+            double inv[32], af = clnpu_rope_attention_factor(c);
+            clnpu_rope_inv_freq(c, inv);
+            double *ref = malloc((rows * ld + off) * sizeof *ref);
+            for (size_t i = 0; i < rows * ld + off; i++) ref[i] = x[i];
+            for (size_t t = 0; t < rows; t++)
+                for (size_t h = 0; h < heads; h++)
+                    for (size_t i = 0; i < d / 2; i++) {
+                        size_t base = off + t * ld + h * hs;
+                        size_t a = layout ? i : 2 * i, b = layout ? i + d / 2 : 2 * i + 1;
+                        double th = pos[t] * inv[i], x0 = x[base + a], x1 = x[base + b];
+                        ref[base + a] = af * (x0 * cos(th) - x1 * sin(th));
+                        ref[base + b] = af * (x1 * cos(th) + x0 * sin(th));
+                    }
+            CHECK_ERR(y, ref, rows * ld + off, 1e-6, "rope cfg %d layout %d", ci, layout);
+            free(x), free(y), free(ref);
+            clnpu_buffer_destroy(bx), clnpu_buffer_destroy(bp);
+            clnpu_rope_table_destroy(tab);
+        }
+}
+END_TEST
+
+/* Causal attention reference: query t at position P + t over keys 0..P+t. */
+static void attention_ref(const float *q, const float *k, const float *v, double *o, size_t T, size_t P,
+                          size_t H, size_t dqk, size_t dv, double scale)
+{
+    const size_t S = P + T;
+    double *s = malloc(S * sizeof *s);
+    for (size_t t = 0; t < T; t++)
+        for (size_t h = 0; h < H; h++) {
+            size_t lim = P + t + 1;
+            double m = -INFINITY, z = 0;
+            for (size_t j = 0; j < lim; j++) {
+                double acc = 0;
+                for (size_t d = 0; d < dqk; d++) acc += (double)q[(t * H + h) * dqk + d] * k[(j * H + h) * dqk + d];
+                s[j] = acc * scale;
+                m = fmax(m, s[j]);
+            }
+            for (size_t j = 0; j < lim; j++) z += (s[j] = exp(s[j] - m));
+            for (size_t d = 0; d < dv; d++) {
+                double acc = 0;
+                for (size_t j = 0; j < lim; j++) acc += s[j] * v[(j * H + h) * dv + d];
+                o[(t * H + h) * dv + d] = acc / z;
+            }
+        }
+    free(s);
+}
+
+START_TEST(test_flash_attention)
+{
+    clnpu_device *dev = test_device();
+    const size_t Ts[] = {1, 7, 64, 129, 1000};
+    const size_t dims[][3] = {{192, 128, 2}, {64, 64, 3}, {20, 12, 5}}; /* dqk, dv, heads */
+    for (size_t ti = 0; ti < 5; ti++)
+        for (size_t di = 0; di < 3; di++)
+            for (int withp = 0; withp < 2; withp++) {
+                const size_t T = Ts[ti], dqk = dims[di][0], dv = dims[di][1], H = dims[di][2];
+                if (T == 1000 && di != 0) continue; /* the long case once, with A.X K1 dims */
+                const size_t P = withp ? 1 + test_rand_u64() % 300 : 0, S = P + T;
+                float *q = rnd(T * H * dqk, -1, 1), *k = rnd(S * H * dqk, -1, 1), *v = rnd(S * H * dv, -1, 1);
+                clnpu_buffer *bq = dev_f32(q, T * H * dqk), *bk = dev_f32(k, S * H * dqk),
+                             *bv = dev_f32(v, S * H * dv), *bo = dev_nan(T * H * dv);
+                const float scale = 1.0f / sqrtf((float)dqk) * 2.0f; /* sharper than default */
+                clnpu_attention_args a = {
+                    .q = {bq, 0, H * dqk}, .k = {bk, 0, H * dqk}, .v = {bv, 0, H * dv}, .o = {bo, 0, H * dv},
+                    .q_head_stride = dqk, .k_head_stride = dqk, .v_head_stride = dv, .o_head_stride = dv,
+                    .heads = H, .dqk = dqk, .dv = dv, .tokens = T, .prefix = P, .scale = scale};
+                ck_assert_ok(clnpu_flash_attention(dev, &a));
+                float *o = read_f32(bo, T * H * dv);
+                double *ref = malloc(T * H * dv * sizeof *ref);
+                attention_ref(q, k, v, ref, T, P, H, dqk, dv, scale);
+                CHECK_ERR(o, ref, T * H * dv, 2e-6 * sqrt((double)S) + 1e-6,
+                          "attention T=%zu P=%zu H=%zu dqk=%zu dv=%zu", T, P, H, dqk, dv);
+                free(q), free(k), free(v), free(o), free(ref);
+                clnpu_buffer_destroy(bq), clnpu_buffer_destroy(bk), clnpu_buffer_destroy(bv);
+                clnpu_buffer_destroy(bo);
+            }
+}
+END_TEST
+
+START_TEST(test_mla_decode)
+{
+    clnpu_device *dev = test_device();
+    const size_t shapes[][3] = {{32, 8, 5}, {512, 64, 4}}; /* R, DR, H */
+    for (size_t si = 0; si < 2; si++)
+        for (unsigned forced = 0; forced < 2; forced++) {
+            const size_t R = shapes[si][0], DR = shapes[si][1], H = shapes[si][2], B = 3, page = 16;
+            const int lens[3] = {1, 37, 1300};
+            const size_t maxlen = 1300, max_blocks = (maxlen + page - 1) / page, npages = B * max_blocks;
+            /* Pages handed out in a shuffled order, as a real allocator would. */
+            int *perm = malloc(npages * sizeof *perm), *bt = malloc(B * max_blocks * sizeof *bt);
+            for (size_t i = 0; i < npages; i++) perm[i] = (int)i;
+            for (size_t i = npages - 1; i > 0; i--) {
+                size_t j = test_rand_u64() % (i + 1);
+                int tmp = perm[i];
+                perm[i] = perm[j], perm[j] = tmp;
+            }
+            for (size_t i = 0; i < B * max_blocks; i++) bt[i] = perm[i];
+            float *cache = rnd(npages * page * (R + DR), -1, 1), *qa = rnd(B * H * R, -1, 1),
+                  *qp = rnd(B * H * DR, -1, 1);
+            clnpu_buffer *bc = dev_f32(cache, npages * page * (R + DR)), *bqa = dev_f32(qa, B * H * R),
+                         *bqp = dev_f32(qp, B * H * DR), *bbt = dev_i32(bt, B * max_blocks),
+                         *bl = dev_i32(lens, B), *bo = dev_nan(B * H * R);
+            const float scale = 0.15f;
+            clnpu_mla_decode_args a = {bqa, bqp, bc, page, bbt, max_blocks, bl, maxlen, B, H, R, DR,
+                                       scale, bo, forced ? 7 : 0};
+            ck_assert_ok(clnpu_mla_decode(dev, &a));
+            float *o = read_f32(bo, B * H * R);
+            double *ref = malloc(B * H * R * sizeof *ref), *s = malloc(maxlen * sizeof *s);
+            for (size_t b = 0; b < B; b++)
+                for (size_t h = 0; h < H; h++) {
+                    double m = -INFINITY, z = 0;
+                    for (int t = 0; t < lens[b]; t++) {
+                        const float *row = cache + ((size_t)bt[b * max_blocks + t / page] * page + t % page) * (R + DR);
+                        double acc = 0;
+                        for (size_t d = 0; d < R; d++) acc += (double)qa[(b * H + h) * R + d] * row[d];
+                        for (size_t d = 0; d < DR; d++) acc += (double)qp[(b * H + h) * DR + d] * row[R + d];
+                        s[t] = acc * scale;
+                        m = fmax(m, s[t]);
+                    }
+                    for (int t = 0; t < lens[b]; t++) z += (s[t] = exp(s[t] - m));
+                    for (size_t d = 0; d < R; d++) {
+                        double acc = 0;
+                        for (int t = 0; t < lens[b]; t++)
+                            acc += s[t] * cache[((size_t)bt[b * max_blocks + t / page] * page + t % page) * (R + DR) + d];
+                        ref[(b * H + h) * R + d] = acc / z;
+                    }
+                }
+            CHECK_ERR(o, ref, B * H * R, 2e-6 * sqrt((double)maxlen) + 1e-6, "mla R=%zu H=%zu splits=%s", R, H,
+                      forced ? "7" : "auto");
+            free(perm), free(bt), free(cache), free(qa), free(qp), free(o), free(ref), free(s);
+            clnpu_buffer_destroy(bc), clnpu_buffer_destroy(bqa), clnpu_buffer_destroy(bqp);
+            clnpu_buffer_destroy(bbt), clnpu_buffer_destroy(bl), clnpu_buffer_destroy(bo);
+        }
+}
+END_TEST
+
+/* Host reference of the routing rule; ties go to the lower index. */
+static void route_ref(const float *logits, const float *bias, const clnpu_moe_config *c, int *ids,
+                      double *w)
+{
+    const size_t E = c->experts, gs = E / c->n_group;
+    double s[256], sb[256], gsc[256];
+    int keep[256] = {0}, chosen[256] = {0};
+    for (size_t e = 0; e < E; e++) {
+        s[e] = 1 / (1 + exp(-(double)logits[e]));
+        sb[e] = (double)(float)s[e] + (bias ? bias[e] : 0); /* kernel adds in f32 */
+    }
+    for (size_t g = 0; g < c->n_group; g++) {
+        double a = -INFINITY, b = -INFINITY;
+        for (size_t e = g * gs; e < (g + 1) * gs; e++) {
+            if (sb[e] > a) b = a, a = sb[e];
+            else if (sb[e] > b) b = sb[e];
+        }
+        gsc[g] = gs > 1 ? a + b : a;
+    }
+    for (size_t r = 0; r < c->topk_group; r++) {
+        int best = -1;
+        for (size_t g = 0; g < c->n_group; g++)
+            if (!keep[g] && (best < 0 || gsc[g] > gsc[best])) best = (int)g;
+        keep[best] = 1;
+    }
+    double sum = 0;
+    for (size_t r = 0; r < c->top_k; r++) {
+        int best = -1;
+        for (size_t e = 0; e < E; e++)
+            if (!chosen[e] && keep[e / gs] && (best < 0 || sb[e] > sb[best])) best = (int)e;
+        chosen[best] = 1;
+        sum += s[best];
+    }
+    size_t j = 0;
+    for (size_t e = 0; e < E; e++)
+        if (chosen[e]) {
+            ids[j] = (int)e;
+            w[j++] = s[e] * (c->norm_topk_prob ? c->routed_scaling_factor / (sum + 1e-20) : c->routed_scaling_factor);
+        }
+}
+
+START_TEST(test_moe_route_and_dispatch)
+{
+    clnpu_device *dev = test_device();
+    const clnpu_moe_config cfgs[] = {{192, 8, 4, 8, true, 2.5f}, {16, 4, 2, 4, true, 2.5f},
+                                     {64, 1, 1, 6, false, 1.0f}};
+    for (int ci = 0; ci < 3; ci++) {
+        const clnpu_moe_config *c = &cfgs[ci];
+        const size_t T = 37, E = c->experts, K = c->top_k, dim = 45;
+        float *lg = rnd(T * E, -4, 4), *bias = rnd(E, -0.1f, 0.1f);
+        /* Exact ties: token 0 has every logit equal (lowest indices must win); token 1 two equal
+         * maxima in different groups. A strongly negative bias masks group 1 entirely. */
+        for (size_t e = 0; e < E; e++) lg[e] = 0.5f;
+        lg[E + E - 1] = lg[E + 0] = 6.0f;
+        if (ci == 0)
+            for (size_t e = 0; e < E; e++) bias[e] = ((e * 7) % 5) * 0.01f; /* ties in biased order too */
+        if (ci == 1)
+            for (size_t e = 0; e < E; e++) bias[e] = 0.0f; /* token 0: a perfect tie everywhere */
+        if (c->n_group > 2)
+            for (size_t e = E / c->n_group; e < 2 * E / c->n_group; e++) bias[e] = -5.0f;
+        clnpu_buffer *bl = dev_f32(lg, T * E), *bb = dev_f32(bias, E), *bi, *bw = dev_nan(T * K);
+        ck_assert_ok(clnpu_buffer_create(dev, T * K * 4, &bi));
+        ck_assert_ok(clnpu_moe_route(dev, (clnpu_view){bl, 0, E}, bb, T, c, bi, bw));
+        int *ids = malloc(T * K * sizeof *ids), *rid = malloc(K * sizeof *rid);
+        float *w = read_f32(bw, T * K);
+        double *rw = malloc(T * K * sizeof *rw);
+        ck_assert_ok(clnpu_buffer_read(bi, 0, ids, T * K * 4));
+        for (size_t t = 0; t < T; t++) {
+            route_ref(lg + t * E, bias, c, rid, rw + t * K);
+            for (size_t j = 0; j < K; j++)
+                ck_assert_msg(ids[t * K + j] == rid[j], "cfg %d token %zu slot %zu: expert %d, want %d", ci, t,
+                              j, ids[t * K + j], rid[j]);
+            if (c->n_group > 2)
+                for (size_t j = 0; j < K; j++)
+                    ck_assert_msg(ids[t * K + j] / (int)(E / c->n_group) != 1, "masked group chosen");
+        }
+        if (ci == 1) /* all equal scores: group 0 (group 1 is masked), its experts 0..3 */
+            for (size_t j = 0; j < K; j++) ck_assert_int_eq(ids[j], (int)j);
+        CHECK_ERR(w, rw, T * K, 1e-6, "moe weights cfg %d", ci);
+
+        /* Plan, gather, then combine a fake expert output against the reference. */
+        clnpu_buffer *cnt, *off, *src, *slot;
+        ck_assert_ok(clnpu_buffer_create(dev, E * 4, &cnt));
+        ck_assert_ok(clnpu_buffer_create(dev, (E + 1) * 4, &off));
+        ck_assert_ok(clnpu_buffer_create(dev, T * K * 4, &src));
+        ck_assert_ok(clnpu_buffer_create(dev, T * K * 4, &slot));
+        ck_assert_ok(clnpu_moe_plan(dev, bi, T, K, E, cnt, off, src, slot));
+        int *hc = malloc(E * 4), *ho = malloc((E + 1) * 4), *hs = malloc(T * K * 4), *hr = malloc(T * K * 4);
+        ck_assert_ok(clnpu_buffer_read(cnt, 0, hc, E * 4));
+        ck_assert_ok(clnpu_buffer_read(off, 0, ho, (E + 1) * 4));
+        ck_assert_ok(clnpu_buffer_read(src, 0, hs, T * K * 4));
+        ck_assert_ok(clnpu_buffer_read(slot, 0, hr, T * K * 4));
+        ck_assert_int_eq(ho[E], (int)(T * K));
+        for (size_t e = 0; e < E; e++) {
+            int n = 0;
+            for (size_t i = 0; i < T * K; i++) n += ids[i] == (int)e;
+            ck_assert_int_eq(hc[e], n);
+            ck_assert_int_eq(ho[e + 1] - ho[e], n);
+            for (int p = ho[e]; p + 1 < ho[e + 1]; p++) ck_assert_int_lt(hs[p], hs[p + 1]); /* token order */
+        }
+        for (size_t t = 0; t < T; t++)
+            for (size_t j = 0; j < K; j++) {
+                int p = hr[t * K + j];
+                ck_assert_int_eq(hs[p], (int)t);
+                ck_assert(p >= ho[ids[t * K + j]] && p < ho[ids[t * K + j] + 1]);
+            }
+        float *x = rnd(T * dim, -1, 1), *base = rnd(T * dim, -1, 1);
+        clnpu_buffer *bx = dev_f32(x, T * dim), *bxp = dev_nan(T * K * dim), *bbase = dev_f32(base, T * dim),
+                     *bout = dev_nan(T * dim);
+        ck_assert_ok(clnpu_moe_gather(dev, bxp, (clnpu_view){bx, 0, dim}, src, T * K, dim));
+        float *xp = read_f32(bxp, T * K * dim);
+        for (size_t p = 0; p < T * K; p++)
+            ck_assert(!memcmp(xp + p * dim, x + (size_t)hs[p] * dim, dim * 4));
+        /* "Expert output" = gathered rows x (1 + expert id), so the combine is checkable. */
+        for (size_t p = 0; p < T * K; p++) {
+            int e = -1;
+            for (size_t ee = 0; ee < E; ee++)
+                if ((int)p >= ho[ee] && (int)p < ho[ee + 1]) e = (int)ee;
+            for (size_t d = 0; d < dim; d++) xp[p * dim + d] *= (float)(1 + e);
+        }
+        ck_assert_ok(clnpu_buffer_write(bxp, 0, xp, T * K * dim * 4));
+        ck_assert_ok(clnpu_moe_combine(dev, (clnpu_view){bout, 0, dim}, (clnpu_view){bbase, 0, dim}, bxp, slot,
+                                       bw, T, K, dim));
+        float *out = read_f32(bout, T * dim);
+        double *ref = malloc(T * dim * sizeof *ref);
+        for (size_t t = 0; t < T; t++)
+            for (size_t d = 0; d < dim; d++) {
+                double acc = base[t * dim + d];
+                for (size_t j = 0; j < K; j++) acc += (double)w[t * K + j] * (1 + ids[t * K + j]) * x[t * dim + d];
+                ref[t * dim + d] = acc;
+            }
+        CHECK_ERR(out, ref, T * dim, 1e-6, "moe combine cfg %d", ci);
+        free(lg), free(bias), free(ids), free(rid), free(w), free(rw), free(hc), free(ho), free(hs), free(hr);
+        free(x), free(base), free(xp), free(out), free(ref);
+        clnpu_buffer *bufs[] = {bl, bb, bi, bw, cnt, off, src, slot, bx, bxp, bbase, bout};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) clnpu_buffer_destroy(bufs[i]);
+    }
+    /* Inconsistent configs are refused. */
+    clnpu_moe_config bad = {192, 7, 4, 8, true, 2.5f};
+    clnpu_buffer *b;
+    ck_assert_ok(clnpu_buffer_create(dev, 4096, &b));
+    ck_assert_int_eq(clnpu_moe_route(dev, (clnpu_view){b, 0, 192}, NULL, 1, &bad, b, b), CLNPU_ERR_INVALID_ARGUMENT);
+    clnpu_buffer_destroy(b);
+}
+END_TEST
+
+START_TEST(test_sampling)
+{
+    clnpu_device *dev = test_device();
+    const size_t n = 12, rows = 20000;
+    const float base[12] = {2.0f, 1.5f, 1.5f, 0.3f, -1.0f, 3.0f, 0.0f, -2.0f, 2.5f, 1.0f, -0.5f, 0.7f};
+    float *lg = malloc(rows * n * sizeof *lg);
+    for (size_t r = 0; r < rows; r++) memcpy(lg + r * n, base, sizeof base);
+    clnpu_buffer *bl = dev_f32(lg, rows * n), *bo;
+    ck_assert_ok(clnpu_buffer_create(dev, rows * 4, &bo));
+    int *out = malloc(rows * sizeof *out), *again = malloc(rows * sizeof *again);
+    const clnpu_sampling cases[] = {{0.7f, 5, 0.9f, 1234}, {1.0f, 0, 1.0f, 99}, {1.3f, 0, 0.5f, 7},
+                                    {0.0f, 0, 1.0f, 5}};
+    for (int ci = 0; ci < 4; ci++) {
+        const clnpu_sampling *p = &cases[ci];
+        ck_assert_ok(clnpu_sample(dev, bo, (clnpu_view){bl, 0, n}, rows, n, p, 3));
+        ck_assert_ok(clnpu_buffer_read(bo, 0, out, rows * 4));
+        /* Same seed and step: same draws. Another step: different draws. */
+        ck_assert_ok(clnpu_sample(dev, bo, (clnpu_view){bl, 0, n}, rows, n, p, 3));
+        ck_assert_ok(clnpu_buffer_read(bo, 0, again, rows * 4));
+        ck_assert(!memcmp(out, again, rows * 4));
+        /* Expected distribution: softmax(l / T), cut to top-k, then to the top-p prefix. */
+        double pr[12], mx = -INFINITY, z = 0;
+        for (size_t i = 0; i < n; i++) mx = fmax(mx, base[i]);
+        if (p->temperature <= 0) {
+            for (size_t r = 0; r < rows; r++) ck_assert_int_eq(out[r], 5);
+            continue;
+        }
+        ck_assert_ok(clnpu_sample(dev, bo, (clnpu_view){bl, 0, n}, rows, n, p, 4));
+        ck_assert_ok(clnpu_buffer_read(bo, 0, again, rows * 4));
+        ck_assert(memcmp(out, again, rows * 4) != 0);
+        for (size_t i = 0; i < n; i++) pr[i] = exp((base[i] - mx) / p->temperature);
+        double sorted[12];
+        memcpy(sorted, pr, sizeof sorted);
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = i + 1; j < n; j++)
+                if (sorted[j] > sorted[i]) { double t = sorted[i]; sorted[i] = sorted[j]; sorted[j] = t; }
+        double th = p->top_k ? sorted[p->top_k - 1] : 0, kept = 0;
+        for (size_t i = 0; i < n; i++) kept += pr[i] >= th ? pr[i] : 0;
+        if (p->top_p > 0 && p->top_p < 1) {
+            double acc = 0;
+            for (size_t i = 0; i < n && sorted[i] >= th; i++) {
+                acc += sorted[i];
+                if (acc >= p->top_p * kept) { th = sorted[i]; break; }
+            }
+        }
+        for (size_t i = 0; i < n; i++) z += pr[i] >= th ? pr[i] : 0;
+        size_t cnt[12] = {0};
+        for (size_t r = 0; r < rows; r++) {
+            ck_assert(out[r] >= 0 && out[r] < (int)n);
+            cnt[out[r]]++;
+        }
+        double chi2 = 0;
+        int df = -1;
+        for (size_t i = 0; i < n; i++) {
+            if (pr[i] < th) {
+                ck_assert_msg(cnt[i] == 0, "case %d: token %zu outside top-k/top-p drawn %zu times", ci, i, cnt[i]);
+                continue;
+            }
+            double e = rows * pr[i] / z;
+            chi2 += (cnt[i] - e) * (cnt[i] - e) / e;
+            df++;
+        }
+        /* chi-square critical value at p = 1e-6 for <= 11 degrees of freedom is below 50. */
+        ck_assert_msg(chi2 < 50, "case %d: chi2 %.1f with %d dof: sampling distribution is off", ci, chi2, df);
+    }
+    free(lg), free(out), free(again);
+    clnpu_buffer_destroy(bl), clnpu_buffer_destroy(bo);
+}
+END_TEST
+
+Suite *suite_ops(void)
+{
+    Suite *s = suite_create("ops");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 900);
+    tcase_add_test(tc, test_rmsnorm);
+    tcase_add_test(tc, test_elementwise);
+    tcase_add_test(tc, test_rope_yarn_values);
+    tcase_add_test(tc, test_rope_apply);
+    tcase_add_test(tc, test_flash_attention);
+    tcase_add_test(tc, test_mla_decode);
+    tcase_add_test(tc, test_moe_route_and_dispatch);
+    tcase_add_test(tc, test_sampling);
+    suite_add_tcase(s, tc);
+    return s;
+}
