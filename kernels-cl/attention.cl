@@ -30,16 +30,29 @@
 #define BQ CLNPU_ATTN_BQ
 #define BK CLNPU_ATTN_BK
 
-/* Dot products and axpys in float4 chunks: every supported head dim is a multiple of 4. */
+/* Vectors of VW floats along the head dims: 16 when both dims allow it (AVX-512 / wide SIMD),
+ * else 4 (every supported head dim is a multiple of 4). */
 #if DQK % 4 || DV % 4
 #error "head dims must be multiples of 4"
 #endif
+#if DQK % 16 == 0 && DV % 16 == 0
+#define VW 16
+#define VF float16
+#define VL vload16
+#define VS vstore16
+#define HSUM(v) (hsum8((v).lo) + hsum8((v).hi))
+#else
+#define VW 4
+#define VF float4
+#define VL vload4
+#define VS vstore4
+#define HSUM(v) ((v).x + (v).y + (v).z + (v).w)
+#endif
 
-inline float dot_qk(const float *q, __local const float *k)
+inline float hsum8(float8 v)
 {
-    float4 acc = (float4)(0.0f);
-    for (int d = 0; d < DQK; d += 4) acc = fma(vload4(0, q + d), vload4(0, k + d), acc);
-    return acc.x + acc.y + acc.z + acc.w;
+    float4 a = v.lo + v.hi;
+    return a.x + a.y + a.z + a.w;
 }
 
 __kernel void clnpu_flash_attn(__global const float *Q, const uint qoff, const uint ldq,
@@ -77,30 +90,48 @@ __kernel void clnpu_flash_attn(__global const float *Q, const uint qoff, const u
             for (int d = 0; d < DV; d++) vt[r * DV + d] = vr[d];
         }
         barrier(CLK_LOCAL_MEM_FENCE);
+        /* Scores for all BQ queries against each key: BQ independent accumulator chains. */
+        float s[BQ][BK];
+        uint cnt[BQ];
         for (int i = 0; i < BQ; i++) {
-            const uint t = t0 + i;
-            if (t >= T) break;
-            const uint lim = P + t + 1; /* causal: keys < lim */
-            if (j0 >= lim) continue;
-            const uint cnt = min(jn, lim - j0);
-            float s[BK];
+            const uint lim = P + min(t0 + i, T - 1) + 1; /* causal: keys < lim */
+            cnt[i] = j0 >= lim ? 0 : min(jn, lim - j0);
+        }
+        const uint cmax = cnt[BQ - 1]; /* causal: later queries see the most keys */
+        if (cmax == 0) continue;
+        /* Scores: each key row loaded once for all BQ queries, BQ independent chains. */
+        for (uint j = 0; j < cmax; j++) {
+            VF acc[BQ];
+            for (int i = 0; i < BQ; i++) acc[i] = (VF)(0.0f);
+            __local const float *kr = kt + j * DQK;
+            for (int d = 0; d < DQK; d += VW) {
+                const VF kv = VL(0, kr + d);
+                for (int i = 0; i < BQ; i++) acc[i] = fma(VL(0, q[i] + d), kv, acc[i]);
+            }
+            for (int i = 0; i < BQ; i++) s[i][j] = j < cnt[i] ? HSUM(acc[i]) : -INFINITY;
+        }
+        float corr[BQ];
+        for (int i = 0; i < BQ; i++) {
             float bm = -INFINITY;
-            for (uint j = 0; j < cnt; j++) {
-                s[j] = dot_qk(q[i], kt + j * DQK);
-                bm = fmax(bm, s[j]);
-            }
+            for (uint j = 0; j < cnt[i]; j++) bm = fmax(bm, s[i][j]);
             const float mn = fmax(m[i], bm);
-            const float corr = exp(m[i] - mn); /* 0 on the first tile (m = -inf) */
+            corr[i] = mn == -INFINITY ? 1.0f : exp(m[i] - mn); /* 0 on the first tile */
             m[i] = mn;
-            lsum[i] *= corr;
-            for (int d = 0; d < DV; d++) o[i][d] *= corr;
-            for (uint j = 0; j < cnt; j++) {
-                const float p = exp(s[j] - mn);
-                lsum[i] += p;
-                __local const float *vr = vt + j * DV;
-                for (int d = 0; d < DV; d += 4)
-                    vstore4(fma((float4)(p), vload4(0, vr + d), vload4(0, o[i] + d)), 0, o[i] + d);
+            lsum[i] *= corr[i];
+            for (uint j = 0; j < cmax; j++) {
+                s[i][j] = j < cnt[i] ? exp(s[i][j] - mn) : 0.0f;
+                lsum[i] += s[i][j];
             }
+        }
+        /* o = o * corr + P . V, each value row loaded once for all BQ queries. */
+        for (int d = 0; d < DV; d += VW) {
+            VF od[BQ];
+            for (int i = 0; i < BQ; i++) od[i] = VL(0, o[i] + d) * corr[i];
+            for (uint j = 0; j < cmax; j++) {
+                const VF vv = VL(0, vt + j * DV + d);
+                for (int i = 0; i < BQ; i++) od[i] = fma((VF)(s[i][j]), vv, od[i]);
+            }
+            for (int i = 0; i < BQ; i++) VS(od[i], 0, o[i] + d);
         }
     }
     for (int i = 0; i < BQ; i++) {

@@ -32,12 +32,27 @@
 #error "latent and rope dims must be multiples of 4"
 #endif
 
-inline float dot4(const float *a, __global const float *b, int n)
+#if R % 16 == 0 && DR % 16 == 0
+#define VW 16
+#define VF float16
+#define VL vload16
+#define VS vstore16
+inline float hsum(float16 v)
 {
-    float4 acc = (float4)(0.0f);
-    for (int d = 0; d < n; d += 4) acc = fma(vload4(0, a + d), vload4(0, b + d), acc);
-    return acc.x + acc.y + acc.z + acc.w;
+    float8 a = v.lo + v.hi;
+    float4 b = a.lo + a.hi;
+    return b.x + b.y + b.z + b.w;
 }
+#else
+#define VW 4
+#define VF float4
+#define VL vload4
+#define VS vstore4
+inline float hsum(float4 v)
+{
+    return v.x + v.y + v.z + v.w;
+}
+#endif
 
 /* Grid: (ceil(H / HG), B, splits). part_z: [B][H][splits][R]; part_ml: [B][H][splits][2]. */
 __kernel void clnpu_mla_decode(__global const float *qa, __global const float *qp,
@@ -74,23 +89,43 @@ __kernel void clnpu_mla_decode(__global const float *qa, __global const float *q
             const uint t = tb + j;
             rows[j] = cache + ((size_t)bt[t / page] * page + t % page) * ROW;
         }
-        for (uint g = 0; g < nh; g++) {
-            float s[BT];
+        /* Scores: each cache row read once for all HG heads (HG independent chains). */
+        float s[HG][BT];
+        for (uint j = 0; j < cnt; j++) {
+            VF acc[HG];
+            for (int g = 0; g < HG; g++) acc[g] = (VF)(0.0f);
+            for (int d = 0; d < R; d += VW) {
+                const VF rv = VL(0, rows[j] + d);
+                for (int g = 0; g < HG; g++) acc[g] = fma(VL(0, q[g] + d), rv, acc[g]);
+            }
+            for (int d = 0; d < DR; d += VW) {
+                const VF rv = VL(0, rows[j] + R + d);
+                for (int g = 0; g < HG; g++) acc[g] = fma(VL(0, qr[g] + d), rv, acc[g]);
+            }
+            for (int g = 0; g < HG; g++) s[g][j] = hsum(acc[g]);
+        }
+        float corr[HG];
+        for (int g = 0; g < HG; g++) {
             float bm = -INFINITY;
-            for (uint j = 0; j < cnt; j++) {
-                s[j] = dot4(q[g], rows[j], R) + dot4(qr[g], rows[j] + R, DR);
-                bm = fmax(bm, s[j]);
-            }
-            const float mn = fmax(m[g], bm), corr = exp(m[g] - mn);
+            for (uint j = 0; j < cnt; j++) bm = fmax(bm, s[g][j]);
+            const float mn = fmax(m[g], bm);
+            corr[g] = exp(m[g] - mn); /* 0 on the first block */
             m[g] = mn;
-            lsum[g] *= corr;
-            for (int d = 0; d < R; d++) z[g][d] *= corr;
+            lsum[g] *= corr[g];
             for (uint j = 0; j < cnt; j++) {
-                const float p = exp(s[j] - mn);
-                lsum[g] += p;
-                for (int d = 0; d < R; d += 4)
-                    vstore4(fma((float4)(p), vload4(0, rows[j] + d), vload4(0, z[g] + d)), 0, z[g] + d);
+                s[g][j] = exp(s[g][j] - mn);
+                lsum[g] += s[g][j];
             }
+        }
+        /* z = z * corr + sum_j p_j c_j, each cache chunk loaded once for all heads. */
+        for (int d = 0; d < R; d += VW) {
+            VF zd[HG];
+            for (int g = 0; g < HG; g++) zd[g] = VL(0, z[g] + d) * corr[g];
+            for (uint j = 0; j < cnt; j++) {
+                const VF rv = VL(0, rows[j] + d);
+                for (int g = 0; g < HG; g++) zd[g] = fma((VF)(s[g][j]), rv, zd[g]);
+            }
+            for (int g = 0; g < HG; g++) VS(zd[g], 0, z[g] + d);
         }
     }
     for (uint g = 0; g < nh; g++) {

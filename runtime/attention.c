@@ -37,7 +37,7 @@ clnpu_status clnpu_flash_attention(clnpu_device *dev, const clnpu_attention_args
         return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "attention: local-memory budget %llu B cannot hold one "
                           "key/value row of %zu floats", (unsigned long long)budget, a->dqk + a->dv);
     const bool cpu = clnpu_device_get_info(dev)->type == CLNPU_DEVICE_TYPE_CPU;
-    const size_t bq = 4, wg = cpu ? 1 : 32;
+    const size_t bq = 8, wg = cpu ? 1 : 32;
     char opts[160];
     snprintf(opts, sizeof opts, "-DCLNPU_ATTN_DQK=%zu -DCLNPU_ATTN_DV=%zu -DCLNPU_ATTN_BQ=%zu "
              "-DCLNPU_ATTN_BK=%zu -DCLNPU_ATTN_WG=%zu", a->dqk, a->dv, bq, bk, wg);
@@ -71,7 +71,7 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
         a->max_seq_len > a->max_blocks * a->page_size)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla decode: a buffer is smaller than its shape");
     /* Heads per work-item share each cache row; chunks of the context fill the device. */
-    const size_t hg = H < 4 ? H : 4;
+    const size_t hg = H < 8 ? H : 8;
     unsigned splits = a->splits;
     if (!splits) {
         size_t cus = clnpu_device_get_info(dev)->compute_units, items = B * ((H + hg - 1) / hg);

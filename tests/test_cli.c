@@ -69,6 +69,13 @@ START_TEST(test_bench_gemm)
                             "\"n\":40", "\"k\":70", "\"ms\":", "\"gflops\":", "\"gbps\":", "\"device\":"};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
         ck_assert_msg(strstr(out, fields[i]) != NULL, "missing %s in: %s", fields[i], out);
+    ck_assert_int_eq(run("bench attention --tokens 9 --heads 2 --min-time 0.01 --json", out, sizeof out), 0);
+    ck_assert_ptr_nonnull(strstr(out, "\"op\":\"attention\""));
+    ck_assert_int_eq(run("bench mla --context 70 --heads 3 --min-time 0.01 --json", out, sizeof out), 0);
+    ck_assert_ptr_nonnull(strstr(out, "\"op\":\"mla\""));
+    ck_assert_int_eq(run("bench moe --tokens 2 --min-time 0.01 --json", out, sizeof out), 0);
+    ck_assert_ptr_nonnull(strstr(out, "\"op\":\"moe\""));
+    ck_assert_int_eq(run("bench mla --context 0", out, sizeof out), 2);
     ck_assert_int_eq(run("bench gemm --shape 3x4", out, sizeof out), 2);
     ck_assert_int_eq(run("bench gemm --dtype q4", out, sizeof out), 2);
     ck_assert_int_eq(run("bench nothing", out, sizeof out), 2);

@@ -6,24 +6,11 @@
 #include <string.h>
 #include <time.h>
 
-#include "cli.h"
+#include "bench_util.h"
 
 static const char usage[] =
     "clnpu bench gemm " CLI_DEVICE_USAGE " [--dtype f32|bf16|f16|int8|fp8[,...]] "
     "[--shape MxNxK ...] [--min-time S] [--json]";
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 typedef struct shape {
     size_t m, n, k;
@@ -95,6 +82,20 @@ static double peak_for(const clnpu_profile *p, clnpu_dtype t)
     }
 }
 
+typedef struct gemm_ctx {
+    clnpu_device *dev;
+    clnpu_weight *w;
+    clnpu_gemm_args a;
+    size_t copies, rot;
+} gemm_ctx;
+
+static clnpu_status gemm_step(void *p)
+{
+    gemm_ctx *c = p;
+    c->rot = (c->rot + 1) % c->copies;
+    return clnpu_gemm(c->dev, c->w, c->rot, &c->a);
+}
+
 /* Time one shape: batches of back-to-back launches (as a decode step queues them), one finish
  * per batch; the median batch gives the per-launch time. Launches rotate over enough copies of
  * the weights to exceed the device's last-level cache twice, so weight-bound shapes are timed
@@ -117,53 +118,32 @@ static int bench_one(clnpu_device *dev, clnpu_dtype t, shape s, double min_time,
     for (size_t i = 0; !st && i < copies; i++) ds[i] = d;
     if (!st) st = clnpu_weight_upload(dev, ds, copies, &w);
     free(ds);
-    size_t rot = 0;
     if (!st) st = clnpu_buffer_create(dev, s.m * s.k * sizeof(float), &bx);
     if (!st) st = clnpu_buffer_create(dev, s.m * s.n * sizeof(float), &by);
     float one = 0.01f;
     if (!st) st = clnpu_buffer_fill(bx, &one, sizeof one);
-    clnpu_gemm_args a = clnpu_gemm_args_default();
-    a.x = bx, a.y = by, a.m = s.m;
-    double times[9];
-    int nt = 0;
-    if (!st) {
-        /* Warm-up: builds the variant, first-launch costs, caches. */
-        for (int i = 0; i < 2 && !st; i++) st = clnpu_gemm(dev, w, rot++ % copies, &a);
-        if (!st) st = clnpu_device_finish(dev);
-        double t0 = now_s();
-        if (!st) st = clnpu_gemm(dev, w, rot++ % copies, &a);
-        if (!st) st = clnpu_device_finish(dev);
-        double single = now_s() - t0;
-        int batch = single > 0 ? (int)(min_time / 9 / single) : 1;
-        if (batch < 1) batch = 1;
-        if (batch > 200) batch = 200;
-        for (nt = 0; nt < 9 && !st; nt++) {
-            t0 = now_s();
-            for (int i = 0; i < batch && !st; i++) st = clnpu_gemm(dev, w, rot++ % copies, &a);
-            if (!st) st = clnpu_device_finish(dev);
-            times[nt] = (now_s() - t0) / batch;
-        }
-    }
+    gemm_ctx c = {dev, w, {0}, copies, 0};
+    c.a = clnpu_gemm_args_default();
+    c.a.x = bx, c.a.y = by, c.a.m = s.m;
+    double med = st ? -1 : bench_median(dev, gemm_step, &c, min_time, &st);
     free(data);
     free(scales);
     clnpu_weight_destroy(w);
     clnpu_buffer_destroy(bx);
     clnpu_buffer_destroy(by);
     if (st) return cli_fail("bench", st);
-    qsort(times, (size_t)nt, sizeof times[0], cmp_double);
-    double med = times[nt / 2];
     double flops = 2.0 * s.m * s.n * s.k;
     double wb = wsize; /* checkpoint bytes, no padding */
     const clnpu_profile *p = clnpu_device_get_profile(dev);
     double io = wb + 4.0 * (s.m * s.k + s.m * s.n);
     double roof = fmax(flops / peak_for(p, t), io / p->memory_bandwidth);
-    const clnpu_device_info *info = clnpu_device_get_info(dev);
-    if (json)
-        printf("{\"op\":\"gemm\",\"dtype\":\"%s\",\"m\":%zu,\"n\":%zu,\"k\":%zu,\"ms\":%.4f,"
-               "\"gflops\":%.2f,\"gbps\":%.2f,\"roofline_pct\":%.1f,\"device\":\"%s\",\"profile\":\"%s\"}\n",
-               clnpu_dtype_name(t), s.m, s.n, s.k, med * 1e3, flops / med / 1e9, wb / med / 1e9,
-               100 * roof / med, info->name, p->name);
-    else
+    if (json) {
+        char shp[96], extra[48];
+        snprintf(shp, sizeof shp, "\"m\":%zu,\"n\":%zu,\"k\":%zu", s.m, s.n, s.k);
+        snprintf(extra, sizeof extra, "\"roofline_pct\":%.1f", 100 * roof / med);
+        bench_print_json("gemm", clnpu_dtype_name(t), shp, med * 1e3, flops / med / 1e9, wb / med / 1e9,
+                         extra, dev);
+    } else
         printf("%-5s %5zu %6zu %6zu %10.3f %9.1f %8.1f %7.1f%%\n", clnpu_dtype_name(t), s.m, s.n,
                s.k, med * 1e3, flops / med / 1e9, wb / med / 1e9, 100 * roof / med);
     fflush(stdout);
@@ -255,12 +235,15 @@ static int bench_gemm(int argc, char **argv)
 
 int cmd_bench(int argc, char **argv)
 {
-    static const char top[] = "clnpu bench <op> [options]   (ops: gemm)";
+    static const char top[] = "clnpu bench <op> [options]   (ops: gemm, attention, mla, moe)";
     if (argc < 2) return cli_usage_error("bench", top, "missing operation");
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         printf("usage: %s\n\nRun 'clnpu bench <op> --help' for an operation's options.\n", top);
         return CLI_EXIT_OK;
     }
     if (!strcmp(argv[1], "gemm")) return bench_gemm(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "attention")) return bench_attention(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "mla")) return bench_mla(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "moe")) return bench_moe(argc - 1, argv + 1);
     return cli_usage_error("bench", top, "unknown operation '%s'", argv[1]);
 }

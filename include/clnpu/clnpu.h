@@ -9,6 +9,7 @@
 #include "clnpu/dtype.h"
 #include "clnpu/gemm.h"
 #include "clnpu/ops.h"
+#include "clnpu/moe.h"
 
 #ifdef __cplusplus
 extern "C" {

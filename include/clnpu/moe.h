@@ -1,0 +1,50 @@
+/* A whole MoE block on one device (A.X K1 / DeepSeek-V3 layers 1..):
+ *   logits = x . W_router^T (fp32); route (ops.h); tokens permuted by expert; grouped SwiGLU
+ *   expert GEMMs (gate/up fused) and down projections; weighted un-permute with fp32
+ *   accumulation; plus the shared expert(s) with weight 1.
+ *
+ *     clnpu_moe_block *moe;
+ *     clnpu_moe_block_create(dev, &cfg, &weights, max_tokens, &moe);
+ *     clnpu_moe_block_forward(dev, moe, x, T, out);   // out = MoE(x), not normalised
+ *
+ * The A.X K1 post_mlp_layernorm is applied by the caller (clnpu_rmsnorm).
+ */
+#ifndef CLNPU_MOE_H
+#define CLNPU_MOE_H
+
+#include "clnpu/gemm.h"
+#include "clnpu/ops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct clnpu_moe_weights {
+    clnpu_weight_desc router;          /* [E, hidden]; widened to f32 on upload (HF runs it in fp32) */
+    const float *bias;                 /* e_score_correction_bias [E] or NULL */
+    const clnpu_weight_desc *gate, *up; /* [E] each [inter, hidden] */
+    const clnpu_weight_desc *down;     /* [E] each [hidden, inter] */
+    const clnpu_weight_desc *shared_gate, *shared_up, *shared_down; /* NULL: no shared expert */
+} clnpu_moe_weights;
+
+typedef struct clnpu_moe_block clnpu_moe_block;
+
+clnpu_status clnpu_moe_block_create(clnpu_device *dev, const clnpu_moe_config *cfg,
+                                    const clnpu_moe_weights *w, size_t max_tokens,
+                                    clnpu_moe_block **out_block);
+void clnpu_moe_block_destroy(clnpu_moe_block *block);
+
+/* out[t] = sum_k w_k Expert_k(x[t]) + Shared(x[t]) for t < tokens (<= max_tokens).
+ * Synchronises once (the expert counts decide the grouped GEMM's tiles). */
+clnpu_status clnpu_moe_block_forward(clnpu_device *dev, clnpu_moe_block *block, clnpu_view x,
+                                     size_t tokens, clnpu_view out);
+
+/* The routing of the last forward: ids [tokens][top_k] (ascending) and weights, read back. */
+clnpu_status clnpu_moe_block_last_routing(clnpu_moe_block *block, int *out_ids, float *out_weights);
+
+size_t clnpu_moe_block_device_bytes(const clnpu_moe_block *block);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
