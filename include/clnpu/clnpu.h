@@ -10,6 +10,7 @@
 #include "clnpu/gemm.h"
 #include "clnpu/ops.h"
 #include "clnpu/moe.h"
+#include "clnpu/checkpoint.h"
 
 #ifdef __cplusplus
 extern "C" {
