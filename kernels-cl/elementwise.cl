@@ -90,3 +90,17 @@ __kernel void clnpu_argmax(__global int *out, __global const float *x, const uin
         }
     out[row] = best;
 }
+
+/* MLA prefill keys: K[s][h] = [k_nope (kv row s, head h, first `nope` of each head's
+ * nope + v block) | k_pe (the one rope key of row s, shared by all heads)].
+ * Grid: (nope + rope, heads, S). */
+__kernel void clnpu_mla_assemble_k(__global float *K, __global const float *kv, const uint nope,
+                                   const uint vdim, __global const float *latent, const uint lat_ld,
+                                   const uint lat_off, const uint rope, const uint heads)
+{
+    const uint d = get_global_id(0), h = get_global_id(1), s = get_global_id(2);
+    if (d >= nope + rope || h >= heads) return;
+    const float v = d < nope ? kv[((size_t)s * heads + h) * (nope + vdim) + d]
+                             : latent[(size_t)s * lat_ld + lat_off + (d - nope)];
+    K[((size_t)s * heads + h) * (nope + rope) + d] = v;
+}

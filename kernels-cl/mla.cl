@@ -6,7 +6,8 @@
  * Sequences of different lengths share one launch through a block table (page ids per
  * sequence, PAGE rows each). The context is split into chunks (one per work-group along dim 2);
  * each chunk writes a partial z with its max and sum, and clnpu_mla_combine merges them, so a
- * long context keeps every compute unit busy. A work-item serves HG heads so each cache row is
+ * long context keeps every compute unit busy. q_pe of (b, h) is at qp + qp_off + (b*H + h) * qp_hs,
+ * so it can be read in place from the projected q. A work-item serves HG heads so each cache row is
  * read once for all of them. Tunables: CLNPU_MLA_HG, CLNPU_MLA_BT (rows per softmax step). */
 #include "clnpu_common.h"
 
@@ -56,6 +57,7 @@ inline float hsum(float4 v)
 
 /* Grid: (ceil(H / HG), B, splits). part_z: [B][H][splits][R]; part_ml: [B][H][splits][2]. */
 __kernel void clnpu_mla_decode(__global const float *qa, __global const float *qp,
+                               const uint qp_off, const uint qp_hs,
                                __global const float *cache, const uint page,
                                __global const int *block_table, const uint max_blocks,
                                __global const int *seq_len, __global float *part_z,
@@ -72,7 +74,7 @@ __kernel void clnpu_mla_decode(__global const float *qa, __global const float *q
     for (uint g = 0; g < HG; g++) {
         const uint h = hg0 + min(g, nh - 1);
         __global const float *a = qa + ((size_t)b * H + h) * R;
-        __global const float *p = qp + ((size_t)b * H + h) * DR;
+        __global const float *p = qp + qp_off + ((size_t)b * H + h) * qp_hs;
         for (int d = 0; d < R; d++) {
             q[g][d] = a[d] * scale;
             z[g][d] = 0.0f;
@@ -154,4 +156,28 @@ __kernel void clnpu_mla_combine(__global const float *part_z, __global const flo
         den += w * part_ml[2 * (base + s) + 1];
     }
     out[((size_t)b * H + h) * R + d] = num / den;
+}
+
+/* Append latent rows to the paged cache: row t of src (c | k_pe, stride lds) goes to sequence
+ * seq[t] at position pos[t]. Grid: (ROW, T). */
+__kernel void clnpu_kv_append(__global float *cache, const uint page, __global const int *block_table,
+                              const uint max_blocks, __global const float *src, const uint lds,
+                              __global const int *seq, __global const int *pos)
+{
+    const uint d = get_global_id(0), t = get_global_id(1);
+    if (d >= ROW) return;
+    const uint p = (uint)pos[t];
+    const int pg = block_table[(size_t)seq[t] * max_blocks + p / page];
+    cache[((size_t)pg * page + p % page) * ROW + d] = src[(size_t)t * lds + d];
+}
+
+/* Copy positions [0, len) of sequence s out of the paged cache into dst [len][ROW].
+ * Grid: (ROW, len). */
+__kernel void clnpu_kv_gather(__global float *dst, __global const float *cache, const uint page,
+                              __global const int *block_table, const uint max_blocks, const uint s)
+{
+    const uint d = get_global_id(0), p = get_global_id(1);
+    if (d >= ROW) return;
+    const int pg = block_table[(size_t)s * max_blocks + p / page];
+    dst[(size_t)p * ROW + d] = cache[((size_t)pg * page + p % page) * ROW + d];
 }

@@ -65,7 +65,10 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla decode: rank and rope dim must be multiples "
                           "of 4; page size and max_seq_len non-zero");
     const size_t B = a->batch, H = a->heads, R = a->rank;
-    if (clnpu_buffer_size(a->q_abs) < B * H * R * 4 || clnpu_buffer_size(a->q_pe) < B * H * a->rope_dim * 4 ||
+    const size_t qps = a->q_pe_stride ? a->q_pe_stride : a->rope_dim;
+    if (qps < a->rope_dim) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla decode: q_pe stride < rope dim");
+    if (clnpu_buffer_size(a->q_abs) < B * H * R * 4 ||
+        clnpu_buffer_size(a->q_pe) < (a->q_pe_offset + (B * H - 1) * qps + a->rope_dim) * 4 ||
         clnpu_buffer_size(a->out) < B * H * R * 4 || clnpu_buffer_size(a->seq_len) < B * 4 ||
         clnpu_buffer_size(a->block_table) < B * a->max_blocks * 4 ||
         a->max_seq_len > a->max_blocks * a->page_size)
@@ -92,12 +95,12 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
                bt = clnpu_mem(a->block_table), sl = clnpu_mem(a->seq_len), mz = clnpu_mem(pz),
                mml = clnpu_mem(pml);
         cl_uint page = (cl_uint)a->page_size, mb = (cl_uint)a->max_blocks, h = (cl_uint)H,
-                sp = splits, ch = (cl_uint)chunk;
+                sp = splits, ch = (cl_uint)chunk, qo = (cl_uint)a->q_pe_offset, qs = (cl_uint)qps;
         cl_float sc = a->scale;
-        clnpu_karg args[] = {KARG(qa), KARG(qp), KARG(c), KARG(page), KARG(bt), KARG(mb), KARG(sl),
-                             KARG(mz), KARG(mml), KARG(h), KARG(sp), KARG(ch), KARG(sc)};
+        clnpu_karg args[] = {KARG(qa), KARG(qp), KARG(qo), KARG(qs), KARG(c), KARG(page), KARG(bt), KARG(mb),
+                             KARG(sl), KARG(mz), KARG(mml), KARG(h), KARG(sp), KARG(ch), KARG(sc)};
         size_t g[3] = {(H + hg - 1) / hg, B, splits};
-        st = clnpu_launch(dev, "mla.cl", opts, "clnpu_mla_decode", 3, g, NULL, args, 13);
+        st = clnpu_launch(dev, "mla.cl", opts, "clnpu_mla_decode", 3, g, NULL, args, 15);
     }
     if (!st) {
         cl_mem mz = clnpu_mem(pz), mml = clnpu_mem(pml), mo = clnpu_mem(a->out);

@@ -326,7 +326,7 @@ START_TEST(test_mla_decode)
                          *bl = dev_i32(lens, B), *bo = dev_nan(B * H * R);
             const float scale = 0.15f;
             clnpu_mla_decode_args a = {bqa, bqp, bc, page, bbt, max_blocks, bl, maxlen, B, H, R, DR,
-                                       scale, bo, forced ? 7 : 0};
+                                       scale, bo, forced ? 7 : 0, 0, 0};
             ck_assert_ok(clnpu_mla_decode(dev, &a));
             float *o = read_f32(bo, B * H * R);
             double *ref = malloc(B * H * R * sizeof *ref), *s = malloc(maxlen * sizeof *s);

@@ -42,5 +42,6 @@ Suite *suite_program(void);
 Suite *suite_cli(void);
 Suite *suite_gemm(void);
 Suite *suite_ops(void);
+Suite *suite_model(void);
 
 #endif

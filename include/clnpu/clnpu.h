@@ -11,6 +11,7 @@
 #include "clnpu/ops.h"
 #include "clnpu/moe.h"
 #include "clnpu/checkpoint.h"
+#include "clnpu/model.h"
 
 #ifdef __cplusplus
 extern "C" {

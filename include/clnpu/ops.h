@@ -103,7 +103,7 @@ clnpu_status clnpu_flash_attention(clnpu_device *dev, const clnpu_attention_args
 
 typedef struct clnpu_mla_decode_args {
     const clnpu_buffer *q_abs;       /* [B][H][R]: q_nope folded through W_UK */
-    const clnpu_buffer *q_pe;        /* [B][H][DR], rotated */
+    const clnpu_buffer *q_pe;        /* rotated; (b, h) at q_pe_offset + (b*H + h) * q_pe_stride */
     const clnpu_buffer *cache;       /* pages [n][page_size][R + DR]: c then rotated k_pe */
     size_t page_size;
     const clnpu_buffer *block_table; /* int32 [B][max_blocks] page ids */
@@ -114,6 +114,7 @@ typedef struct clnpu_mla_decode_args {
     float scale;
     clnpu_buffer *out;               /* [B][H][R]: z = sum_t p_t c_t */
     unsigned splits;                 /* 0: choose from the context length and device */
+    size_t q_pe_offset, q_pe_stride; /* elements; stride 0 = rope_dim (dense [B][H][DR]) */
 } clnpu_mla_decode_args;
 
 /* Absorbed MLA decode over a paged latent cache, split over the context with a reduction. */

@@ -1,0 +1,94 @@
+/* The A.X K1 model (DeepSeek-V3 family) on one device: config, weights, paged MLA cache,
+ * prefill and decode.
+ *
+ *     clnpu_model_config cfg;
+ *     clnpu_model_config_load("models/tiny-axk1/config.json", &cfg);
+ *     clnpu_checkpoint *ck;  clnpu_checkpoint_open("models/tiny-axk1", &ck);
+ *     clnpu_model_options o = clnpu_model_options_default();
+ *     clnpu_model *m;  clnpu_model_create(dev, &cfg, ck, &o, &m);
+ *     clnpu_model_prefill(m, 0, ids, n, logits);     // logits [n][vocab] (or NULL)
+ *     clnpu_model_decode(m, seqs, next_ids, 1, logits); // one token per listed sequence
+ *     clnpu_model_destroy(m);
+ */
+#ifndef CLNPU_MODEL_H
+#define CLNPU_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "clnpu/checkpoint.h"
+#include "clnpu/device.h"
+#include "clnpu/ops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct clnpu_model_config {
+    char model_type[32];
+    size_t vocab_size, hidden_size, intermediate_size, moe_intermediate_size;
+    size_t num_hidden_layers, first_k_dense_replace, moe_layer_freq;
+    size_t num_attention_heads, q_lora_rank; /* q_lora_rank 0: plain q_proj */
+    size_t kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
+    size_t n_routed_experts, n_shared_experts, num_experts_per_tok, n_group, topk_group;
+    bool norm_topk_prob, tie_word_embeddings, rope_interleave;
+    bool post_mlp_layernorm; /* A.X K1: RMSNorm on each MoE block's output */
+    double routed_scaling_factor, rms_norm_eps;
+    size_t max_position_embeddings;
+    clnpu_rope_config rope; /* dim = qk_rope_head_dim, theta, YaRN settings */
+} clnpu_model_config;
+
+/* Read config.json (libcjson). Missing required fields, wrong types and unsupported model types
+ * or features are errors naming the file and the field; optional fields take the documented
+ * defaults (docs/formats.md). RoPE from rope_scaling + rope_theta or from rope_parameters. */
+clnpu_status clnpu_model_config_load(const char *path, clnpu_model_config *out_config);
+clnpu_status clnpu_model_config_parse(const char *json, size_t len, const char *origin,
+                                      clnpu_model_config *out_config);
+/* Parameters of the whole model (no MTP), and those active per token. */
+void clnpu_model_config_params(const clnpu_model_config *cfg, double *out_total, double *out_active);
+/* Whether layer l is a MoE layer. */
+bool clnpu_model_config_is_moe(const clnpu_model_config *cfg, size_t layer);
+
+typedef struct clnpu_model_options {
+    size_t max_sequences; /* sequences alive at once (decode batch), default 4 */
+    size_t max_context;   /* tokens per sequence, default min(4096, max_position_embeddings) */
+    size_t max_tokens;    /* tokens per forward call (prefill chunk), default 512 */
+    size_t page_size;     /* latent cache rows per page, default 16 */
+    int weights;          /* -1: checkpoint dtype; or CLNPU_DTYPE_I8 / CLNPU_DTYPE_FP8_E4M3 */
+    uint64_t seed;        /* random weights (no checkpoint) */
+    bool progress;        /* a progress line on stderr while loading */
+    bool capture;         /* keep hidden states and routing of the last forward (tests) */
+} clnpu_model_options;
+
+clnpu_model_options clnpu_model_options_default(void);
+
+typedef struct clnpu_model clnpu_model;
+
+/* Upload weights (checkpoint NULL: seeded random weights of the config's shapes). */
+clnpu_status clnpu_model_create(clnpu_device *dev, const clnpu_model_config *cfg,
+                                const clnpu_checkpoint *ck, const clnpu_model_options *opt,
+                                clnpu_model **out_model);
+void clnpu_model_destroy(clnpu_model *m);
+
+/* Append n tokens to sequence seq (< max_sequences) through the prefill path (expanded MLA,
+ * flash attention over the cached prefix + new tokens). logits: [n][vocab] or NULL. */
+clnpu_status clnpu_model_prefill(clnpu_model *m, size_t seq, const int *ids, size_t n, float *logits);
+/* One token for each of the n listed sequences, through the absorbed MLA decode path.
+ * logits: [n][vocab] or NULL. */
+clnpu_status clnpu_model_decode(clnpu_model *m, const size_t *seqs, const int *ids, size_t n,
+                                float *logits);
+/* Forget a sequence (its cache pages return to the pool). */
+void clnpu_model_reset(clnpu_model *m, size_t seq);
+size_t clnpu_model_sequence_length(const clnpu_model *m, size_t seq);
+
+/* With options.capture: the residual stream of the last forward — index 0 the embedding output,
+ * l + 1 the output of layer l, num_hidden_layers + 1 after the final norm; [tokens][hidden]. */
+clnpu_status clnpu_model_hidden(const clnpu_model *m, size_t index, float *out);
+/* With options.capture: routed experts of MoE layer l in the last forward, [tokens][top_k]. */
+clnpu_status clnpu_model_routing(const clnpu_model *m, size_t layer, int *out_ids, float *out_weights);
+size_t clnpu_model_device_bytes(const clnpu_model *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,287 @@
+/* The A.X K1 forward pass (architecture notes section 2): prefill through expanded MLA and
+ * flash attention, decode through absorbed MLA over the paged latent cache. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../backend/error.h"
+#include "launch.h"
+#include "model_internal.h"
+
+/* Y[rows] = X . W^T (+ Y when residual), with views for X and Y. */
+static clnpu_status mm(clnpu_model *m, const clnpu_weight *w, size_t matrix, clnpu_buffer *x, size_t xoff,
+                       size_t ldx, clnpu_buffer *y, size_t yoff, size_t ldy, size_t rows, clnpu_epilogue ep)
+{
+    clnpu_gemm_args a = clnpu_gemm_args_default();
+    a.x = x, a.x_offset = xoff, a.ldx = ldx, a.y = y, a.y_offset = yoff, a.ldy = ldy, a.m = rows;
+    a.epilogue = ep;
+    if (ep == CLNPU_EPILOGUE_RESIDUAL) a.residual = y, a.r_offset = yoff, a.ldr = ldy;
+    return clnpu_gemm(m->dev, w, matrix, &a);
+}
+
+/* y += x over n floats. */
+static clnpu_status add_into(clnpu_model *m, clnpu_buffer *y, clnpu_buffer *x, size_t n)
+{
+    cl_mem my = clnpu_mem(y), mx = clnpu_mem(x);
+    cl_float one = 1.0f;
+    cl_uint nn = (cl_uint)n;
+    clnpu_karg a[] = {KARG(my), KARG(mx), KARG(one), KARG(one), KARG(nn)};
+    size_t g[1] = {n}, l[1] = {64};
+    return clnpu_launch(m->dev, "elementwise.cl", NULL, "clnpu_axpby_f32", 1, g, l, a, 5);
+}
+
+/* Give every (sequence, position) row a cache page; update the device block table if needed. */
+static clnpu_status ensure_pages(clnpu_model *m, size_t n, const size_t *seq_of, const size_t *pos_of)
+{
+    bool changed = false;
+    for (size_t i = 0; i < n; i++) {
+        if (seq_of[i] >= m->opt.max_sequences)
+            return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "sequence %zu: the model was created for %zu", seq_of[i],
+                              m->opt.max_sequences);
+        if (pos_of[i] >= m->opt.max_context)
+            return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "sequence %zu: position %zu is past the context of %zu tokens "
+                              "(raise max_context)", seq_of[i], pos_of[i], m->opt.max_context);
+        int *slot = &m->block_table[seq_of[i] * m->max_blocks + pos_of[i] / m->opt.page_size];
+        if (*slot >= 0) continue;
+        if (!m->nfree) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "latent cache full: %zu pages in use", m->pages);
+        *slot = m->free_pages[--m->nfree];
+        changed = true;
+    }
+    if (!changed) return CLNPU_OK;
+    return clnpu_buffer_write(m->block_table_dev, 0, m->block_table,
+                              m->opt.max_sequences * m->max_blocks * sizeof(int));
+}
+
+void clnpu_model_reset(clnpu_model *m, size_t seq)
+{
+    if (seq >= m->opt.max_sequences) return;
+    for (size_t b = 0; b < m->max_blocks; b++) {
+        int *slot = &m->block_table[seq * m->max_blocks + b];
+        if (*slot >= 0) m->free_pages[m->nfree++] = *slot;
+        *slot = -1;
+    }
+    m->seq_len[seq] = 0;
+}
+
+size_t clnpu_model_sequence_length(const clnpu_model *m, size_t seq)
+{
+    return seq < m->opt.max_sequences ? m->seq_len[seq] : 0;
+}
+
+static clnpu_status capture(clnpu_model *m, size_t index, clnpu_buffer *b, size_t T)
+{
+    if (!m->opt.capture) return CLNPU_OK;
+    const size_t d = m->cfg.hidden_size;
+    return clnpu_buffer_read(b, 0, m->hidden + index * m->opt.max_tokens * d, T * d * sizeof(float));
+}
+
+/* Attention core, prefill: one sequence, rows at positions p0 .. p0 + T - 1. */
+static clnpu_status attention_prefill(clnpu_model *m, model_layer *ly, size_t seq, size_t p0, size_t T)
+{
+    const clnpu_model_config *c = &m->cfg;
+    const size_t H = c->num_attention_heads, R = c->kv_lora_rank, nope = c->qk_nope_head_dim,
+                 vd = c->v_head_dim, S = p0 + T, blk = nope + vd;
+    /* The whole context's latent rows (cached prefix + these), expanded to per-head K and V. */
+    cl_mem lat = clnpu_mem(m->latent), cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev);
+    cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, s = (cl_uint)seq;
+    clnpu_karg ga[] = {KARG(lat), KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(s)};
+    size_t g2[2] = {m->lat, S}, l2[2] = {m->lat % 64 ? 1 : 64, 1};
+    char opts[96];
+    snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu", R, c->qk_rope_head_dim);
+    clnpu_status st = clnpu_launch(m->dev, "mla.cl", opts, "clnpu_kv_gather", 2, g2, l2, ga, 6);
+    if (!st) st = mm(m, ly->kv_b, 0, m->latent, 0, m->lat, m->kvfull, 0, H * blk, S, CLNPU_EPILOGUE_NONE);
+    if (!st) {
+        cl_mem K = clnpu_mem(m->kfull), kv = clnpu_mem(m->kvfull);
+        cl_uint n = (cl_uint)nope, v = (cl_uint)vd, ld = (cl_uint)m->lat, off = (cl_uint)R,
+                rope = (cl_uint)c->qk_rope_head_dim, h = (cl_uint)H;
+        clnpu_karg ka[] = {KARG(K), KARG(kv), KARG(n), KARG(v), KARG(lat), KARG(ld), KARG(off), KARG(rope), KARG(h)};
+        size_t g3[3] = {m->dqk, H, S};
+        st = clnpu_launch(m->dev, "elementwise.cl", NULL, "clnpu_mla_assemble_k", 3, g3, NULL, ka, 9);
+    }
+    if (!st) {
+        clnpu_attention_args a = {
+            .q = {m->q, 0, H * m->dqk}, .k = {m->kfull, 0, H * m->dqk}, .v = {m->kvfull, nope, H * blk},
+            .o = {m->attn, 0, H * vd}, .q_head_stride = m->dqk, .k_head_stride = m->dqk,
+            .v_head_stride = blk, .o_head_stride = vd, .heads = H, .dqk = m->dqk, .dv = vd,
+            .tokens = T, .prefix = p0, .scale = m->scale};
+        st = clnpu_flash_attention(m->dev, &a);
+    }
+    return st;
+}
+
+/* Attention core, decode: one new row per sequence, absorbed form over the latent cache. */
+static clnpu_status attention_decode(clnpu_model *m, model_layer *ly, size_t B, size_t maxlen)
+{
+    const clnpu_model_config *c = &m->cfg;
+    const size_t H = c->num_attention_heads, R = c->kv_lora_rank, nope = c->qk_nope_head_dim, vd = c->v_head_dim;
+    clnpu_status st = CLNPU_OK;
+    /* q_abs[b, h] = q_nope[b, h] . W_UK[h]  (W_UK^T stored per head as [R, nope]) */
+    for (size_t h = 0; !st && h < H; h++)
+        st = mm(m, ly->uk_t, h, m->q, h * m->dqk, H * m->dqk, m->q_abs, h * R, H * R, B, CLNPU_EPILOGUE_NONE);
+    if (!st) {
+        clnpu_mla_decode_args a = {m->q_abs, m->q, ly->cache, m->opt.page_size, m->block_table_dev, m->max_blocks,
+                                   m->lens, maxlen, B, H, R, c->qk_rope_head_dim, m->scale, m->z, 0,
+                                   nope, m->dqk};
+        st = clnpu_mla_decode(m->dev, &a);
+    }
+    /* out[b, h] = z[b, h] . W_UV[h]^T */
+    for (size_t h = 0; !st && h < H; h++)
+        st = mm(m, ly->uv, h, m->z, h * R, H * R, m->attn, h * vd, H * vd, B, CLNPU_EPILOGUE_NONE);
+    return st;
+}
+
+clnpu_status clnpu_model_forward(clnpu_model *m, size_t T, const int *ids, const size_t *seq_of,
+                                 const size_t *pos_of, bool decode, float *logits)
+{
+    const clnpu_model_config *c = &m->cfg;
+    const size_t d = c->hidden_size, H = c->num_attention_heads, R = c->kv_lora_rank;
+    if (!T) return CLNPU_OK;
+    if (T > m->opt.max_tokens)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%zu tokens in one step; the model was created for %zu", T,
+                          m->opt.max_tokens);
+    for (size_t i = 0; i < T; i++)
+        if (ids[i] < 0 || (size_t)ids[i] >= c->vocab_size)
+            return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "token id %d at %zu is outside the vocabulary of %zu",
+                              ids[i], i, c->vocab_size);
+    clnpu_status st = ensure_pages(m, T, seq_of, pos_of);
+    int *pos = malloc(T * sizeof *pos), *seq = malloc(T * sizeof *seq), *lens = malloc(T * sizeof *lens);
+    size_t maxlen = 0;
+    if (!pos || !seq || !lens) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (size_t i = 0; !st && i < T; i++) {
+        pos[i] = (int)pos_of[i], seq[i] = (int)seq_of[i], lens[i] = (int)pos_of[i] + 1;
+        if ((size_t)lens[i] > maxlen) maxlen = (size_t)lens[i];
+    }
+    if (!st) st = clnpu_buffer_write(m->ids, 0, ids, T * sizeof(int));
+    if (!st) st = clnpu_buffer_write(m->pos, 0, pos, T * sizeof(int));
+    if (!st) st = clnpu_buffer_write(m->seqs, 0, seq, T * sizeof(int));
+    if (!st && decode) st = clnpu_buffer_write(m->lens, 0, lens, T * sizeof(int));
+    free(pos), free(seq), free(lens);
+    if (!st) st = clnpu_embed(m->dev, m->h, m->embed, m->embed_dtype, m->ids, T, d, c->vocab_size);
+    if (!st) st = capture(m, 0, m->h, T);
+    const clnpu_view hv = {m->h, 0, d}, av = {m->a, 0, d}, none = {0};
+    const float eps = (float)c->rms_norm_eps;
+    char opts[96];
+    snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu", R, c->qk_rope_head_dim);
+    const clnpu_rope_layout layout = c->rope_interleave ? CLNPU_ROPE_INTERLEAVED : CLNPU_ROPE_HALF_SPLIT;
+    for (size_t l = 0; !st && l < c->num_hidden_layers; l++) {
+        model_layer *ly = &m->layers[l];
+        st = clnpu_rmsnorm(m->dev, hv, none, av, ly->in_norm, T, d, eps);
+        /* q (through the low-rank q_a / q_b when the model has it), the latent c and k_pe */
+        if (!st && ly->q_a) {
+            st = mm(m, ly->q_a, 0, m->a, 0, d, m->cq, 0, c->q_lora_rank, T, CLNPU_EPILOGUE_NONE);
+            clnpu_view cq = {m->cq, 0, c->q_lora_rank};
+            if (!st) st = clnpu_rmsnorm(m->dev, cq, none, cq, ly->q_a_norm, T, c->q_lora_rank, eps);
+            if (!st) st = mm(m, ly->q_b, 0, m->cq, 0, c->q_lora_rank, m->q, 0, H * m->dqk, T, CLNPU_EPILOGUE_NONE);
+        } else if (!st) {
+            st = mm(m, ly->q_b, 0, m->a, 0, d, m->q, 0, H * m->dqk, T, CLNPU_EPILOGUE_NONE);
+        }
+        if (!st) st = mm(m, ly->kv_a, 0, m->a, 0, d, m->kv0, 0, m->lat, T, CLNPU_EPILOGUE_NONE);
+        clnpu_view kv0 = {m->kv0, 0, m->lat};
+        if (!st) st = clnpu_rmsnorm(m->dev, kv0, none, kv0, ly->kv_a_norm, T, R, eps);
+        if (!st) st = clnpu_rope_apply(m->dev, m->rope, (clnpu_view){m->kv0, R, m->lat}, T, 1, 0, m->pos, layout);
+        if (!st)
+            st = clnpu_rope_apply(m->dev, m->rope, (clnpu_view){m->q, c->qk_nope_head_dim, H * m->dqk}, T, H, m->dqk,
+                                  m->pos, layout);
+        /* The new latent rows (c | rotated k_pe) go to the cache before attention reads it. */
+        if (!st) {
+            cl_mem cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev), src = clnpu_mem(m->kv0),
+                   sq = clnpu_mem(m->seqs), ps = clnpu_mem(m->pos);
+            cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, lds = (cl_uint)m->lat;
+            clnpu_karg a[] = {KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(src), KARG(lds), KARG(sq), KARG(ps)};
+            size_t g[2] = {m->lat, T}, lo[2] = {m->lat % 64 ? 1 : 64, 1};
+            st = clnpu_launch(m->dev, "mla.cl", opts, "clnpu_kv_append", 2, g, lo, a, 8);
+        }
+        if (!st) st = decode ? attention_decode(m, ly, T, maxlen) : attention_prefill(m, ly, seq_of[0], pos_of[0], T);
+        /* h += attn . Wo^T, then the MLP on the post-attention norm */
+        if (!st) st = mm(m, ly->o, 0, m->attn, 0, H * c->v_head_dim, m->h, 0, d, T, CLNPU_EPILOGUE_RESIDUAL);
+        if (!st) st = clnpu_rmsnorm(m->dev, hv, none, av, ly->post_attn_norm, T, d, eps);
+        if (!st && ly->dense_gate_up) {
+            st = mm(m, ly->dense_gate_up, 0, m->a, 0, d, m->mlp_h, 0, c->intermediate_size, T, CLNPU_EPILOGUE_SWIGLU);
+            if (!st)
+                st = mm(m, ly->dense_down, 0, m->mlp_h, 0, c->intermediate_size, m->h, 0, d, T, CLNPU_EPILOGUE_RESIDUAL);
+        } else if (!st) {
+            clnpu_view mv = {m->mlp, 0, d};
+            st = clnpu_moe_block_forward(m->dev, ly->moe, av, T, mv);
+            if (!st && ly->post_mlp_norm) st = clnpu_rmsnorm(m->dev, mv, none, mv, ly->post_mlp_norm, T, d, eps);
+            if (!st) st = add_into(m, m->h, m->mlp, T * d);
+            if (!st && m->opt.capture) {
+                const size_t K = c->num_experts_per_tok, off = l * m->opt.max_tokens * K;
+                st = clnpu_moe_block_last_routing(ly->moe, m->route_ids + off, m->route_w + off);
+            }
+        }
+        if (!st) st = capture(m, l + 1, m->h, T);
+    }
+    if (!st) st = clnpu_rmsnorm(m->dev, hv, none, av, m->final_norm, T, d, eps);
+    if (!st) st = capture(m, c->num_hidden_layers + 1, m->a, T);
+    if (!st && logits) {
+        st = mm(m, m->lm_head, 0, m->a, 0, d, m->logits, 0, c->vocab_size, T, CLNPU_EPILOGUE_NONE);
+        if (!st) st = clnpu_buffer_read(m->logits, 0, logits, T * c->vocab_size * sizeof(float));
+    }
+    if (!st) st = clnpu_device_finish(m->dev);
+    if (!st) {
+        m->captured_tokens = T;
+        for (size_t i = 0; i < T; i++)
+            if (pos_of[i] + 1 > m->seq_len[seq_of[i]]) m->seq_len[seq_of[i]] = pos_of[i] + 1;
+    }
+    return st;
+}
+
+clnpu_status clnpu_model_prefill(clnpu_model *m, size_t seq, const int *ids, size_t n, float *logits)
+{
+    if (seq >= m->opt.max_sequences)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "sequence %zu: the model was created for %zu", seq,
+                          m->opt.max_sequences);
+    size_t *seqs = malloc((n ? n : 1) * sizeof *seqs), *pos = malloc((n ? n : 1) * sizeof *pos);
+    clnpu_status st = seqs && pos ? CLNPU_OK : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    /* Long prompts go through in chunks of max_tokens (chunked prefill over the cached prefix). */
+    for (size_t done = 0; !st && done < n;) {
+        size_t T = n - done < m->opt.max_tokens ? n - done : m->opt.max_tokens;
+        size_t p0 = m->seq_len[seq];
+        for (size_t i = 0; i < T; i++) seqs[i] = seq, pos[i] = p0 + i;
+        st = clnpu_model_forward(m, T, ids + done, seqs, pos, false, logits ? logits + done * m->cfg.vocab_size : NULL);
+        done += T;
+    }
+    free(seqs), free(pos);
+    return st;
+}
+
+clnpu_status clnpu_model_decode(clnpu_model *m, const size_t *seqs, const int *ids, size_t n, float *logits)
+{
+    size_t *pos = malloc((n ? n : 1) * sizeof *pos);
+    if (!pos) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    clnpu_status st = CLNPU_OK;
+    for (size_t i = 0; i < n && !st; i++) {
+        if (seqs[i] >= m->opt.max_sequences) {
+            st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "sequence %zu: the model was created for %zu", seqs[i],
+                            m->opt.max_sequences);
+            break;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (seqs[j] == seqs[i]) st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "sequence %zu twice in one decode step", seqs[i]);
+        pos[i] = m->seq_len[seqs[i]];
+    }
+    if (!st && n > m->opt.max_sequences)
+        st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "decode batch of %zu > %zu sequences", n, m->opt.max_sequences);
+    if (!st) st = clnpu_model_forward(m, n, ids, seqs, pos, true, logits);
+    free(pos);
+    return st;
+}
+
+clnpu_status clnpu_model_hidden(const clnpu_model *m, size_t index, float *out)
+{
+    if (!m->opt.capture || index > m->cfg.num_hidden_layers + 1)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "hidden state %zu: not captured", index);
+    memcpy(out, m->hidden + index * m->opt.max_tokens * m->cfg.hidden_size,
+           m->captured_tokens * m->cfg.hidden_size * sizeof(float));
+    return CLNPU_OK;
+}
+
+clnpu_status clnpu_model_routing(const clnpu_model *m, size_t layer, int *ids, float *w)
+{
+    if (!m->opt.capture || layer >= m->cfg.num_hidden_layers || !m->layers[layer].moe)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "routing of layer %zu: not a captured MoE layer", layer);
+    const size_t K = m->cfg.num_experts_per_tok, off = layer * m->opt.max_tokens * K;
+    if (ids) memcpy(ids, m->route_ids + off, m->captured_tokens * K * sizeof(int));
+    if (w) memcpy(w, m->route_w + off, m->captured_tokens * K * sizeof(float));
+    return CLNPU_OK;
+}

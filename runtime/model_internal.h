@@ -1,0 +1,53 @@
+/* Internal state of a model on one device. */
+#ifndef CLNPU_MODEL_INTERNAL_H
+#define CLNPU_MODEL_INTERNAL_H
+
+#include "clnpu/gemm.h"
+#include "clnpu/model.h"
+#include "clnpu/moe.h"
+
+typedef struct model_layer {
+    clnpu_buffer *in_norm, *post_attn_norm, *q_a_norm, *kv_a_norm, *post_mlp_norm; /* f32 */
+    clnpu_weight *q_a, *q_b; /* q_b is q_proj when q_lora_rank == 0 */
+    clnpu_weight *kv_a, *kv_b;
+    clnpu_weight *uk_t; /* H matrices [R, nope]: W_UK^T per head, for the absorbed decode */
+    clnpu_weight *uv;   /* H matrices [v, R]: W_UV per head */
+    clnpu_weight *o;
+    clnpu_weight *dense_gate_up, *dense_down;
+    clnpu_moe_block *moe;
+    clnpu_buffer *cache; /* [pages][page][R + DR] */
+} model_layer;
+
+struct clnpu_model {
+    clnpu_device *dev;
+    clnpu_model_config cfg;
+    clnpu_model_options opt;
+    size_t dqk, lat;   /* qk head dim, latent row (R + DR) */
+    float scale;       /* softmax scale */
+    model_layer *layers;
+    clnpu_buffer *embed; /* [vocab][hidden], bf16 or f32 */
+    clnpu_dtype embed_dtype;
+    clnpu_buffer *final_norm;
+    clnpu_weight *lm_head;
+    clnpu_rope_table *rope;
+    /* paged cache bookkeeping (same page ids in every layer) */
+    size_t pages, max_blocks;
+    int *block_table;       /* host [max_sequences][max_blocks], -1 = none */
+    int *free_pages;        /* stack */
+    size_t nfree;
+    size_t *seq_len;
+    clnpu_buffer *block_table_dev;
+    /* activations, reused by every layer (sized for max_tokens, or max_context for prefill K/V) */
+    clnpu_buffer *h, *a, *cq, *q, *kv0, *attn, *mlp, *mlp_h, *logits, *ids, *pos, *seqs;
+    clnpu_buffer *latent, *kvfull, *kfull; /* prefill: whole-context expansion */
+    clnpu_buffer *q_abs, *z, *qpe, *lens;   /* decode */
+    /* capture (tests) */
+    float *hidden;   /* [layers + 2][tokens][hidden] */
+    int *route_ids;  /* [layers][tokens][top_k] */
+    float *route_w;
+    size_t captured_tokens;
+};
+
+clnpu_status clnpu_model_forward(clnpu_model *m, size_t ntok, const int *ids, const size_t *seq_of,
+                                 const size_t *pos_of, bool decode, float *logits);
+#endif

@@ -1,0 +1,423 @@
+/* Building a model on a device: weights from a checkpoint (or seeded random ones), the paged
+ * latent cache, and activation buffers reused by every layer. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../backend/error.h"
+#include "../backend/hash.h"
+#include "model_internal.h"
+
+typedef struct loader {
+    const clnpu_checkpoint *ck;
+    const clnpu_model_options *opt;
+    void **allocs; /* host arrays to free once uploaded */
+    size_t nallocs, cap;
+} loader;
+
+static void *keep(loader *L, void *p)
+{
+    if (!p) return NULL;
+    if (L->nallocs == L->cap) {
+        size_t cap = L->cap ? 2 * L->cap : 64;
+        void **n = realloc(L->allocs, cap * sizeof *n);
+        if (!n) {
+            free(p);
+            return NULL;
+        }
+        L->allocs = n, L->cap = cap;
+    }
+    return L->allocs[L->nallocs++] = p;
+}
+
+static void release_host(loader *L)
+{
+    for (size_t i = 0; i < L->nallocs; i++) free(L->allocs[i]);
+    L->nallocs = 0;
+}
+
+/* Seeded per-name random numbers so a random model is the same on every run and device. */
+static uint64_t name_seed(const loader *L, const char *name)
+{
+    return clnpu_fnv1a(CLNPU_FNV_OFFSET ^ L->opt->seed, name, strlen(name)) | 1;
+}
+
+static float rnd_uniform(uint64_t *s)
+{
+    *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
+    return (float)((*s >> 40) / 16777216.0) * 2.0f - 1.0f;
+}
+
+/* Convert a weight to the requested --weights format (int8 per group of 128, or fp8 blocks). */
+static clnpu_status requantize(loader *L, const char *name, clnpu_weight_desc *out)
+{
+    const size_t n = out->n, k = out->k;
+    if (L->opt->weights == CLNPU_DTYPE_I8 || L->opt->weights == CLNPU_DTYPE_FP8_E4M3) {
+        float *f = malloc(n * k * sizeof *f);
+        if (!f) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for %s", name);
+        clnpu_weight_desc_to_f32(out, f);
+        void *q = keep(L, malloc(n * k));
+        clnpu_status st;
+        if (L->opt->weights == CLNPU_DTYPE_I8) {
+            float *sc = keep(L, malloc(n * ((k + 127) / 128) * sizeof *sc));
+            st = q && sc ? clnpu_quantize_i8(f, n, k, 128, q, sc) : CLNPU_ERR_OUT_OF_MEMORY;
+            *out = (clnpu_weight_desc){CLNPU_DTYPE_I8, n, k, q, sc, 128};
+        } else {
+            float *sc = keep(L, malloc(((n + 127) / 128) * ((k + 127) / 128) * sizeof *sc));
+            st = q && sc ? clnpu_quantize_fp8(f, n, k, q, sc) : CLNPU_ERR_OUT_OF_MEMORY;
+            *out = (clnpu_weight_desc){CLNPU_DTYPE_FP8_E4M3, n, k, q, sc, 0};
+        }
+        free(f);
+        if (st) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "quantising %s failed", name);
+    }
+    return CLNPU_OK;
+}
+
+/* A matrix [n, k] as a GEMM weight description, converted to the requested weight format. */
+static clnpu_status get_mat(loader *L, const char *name, size_t n, size_t k, clnpu_weight_desc *out)
+{
+    memset(out, 0, sizeof *out);
+    out->n = n, out->k = k;
+    if (L->ck) {
+        const clnpu_tensor_info *t;
+        int64_t shape[2] = {(int64_t)n, (int64_t)k};
+        clnpu_status st = clnpu_checkpoint_require(L->ck, name, 2, shape, &t);
+        if (st) return st;
+        if (t->dtype != CLNPU_DTYPE_BF16 && t->dtype != CLNPU_DTYPE_F16 && t->dtype != CLNPU_DTYPE_F32)
+            return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: dtype %s is not a weight dtype here (bf16, f16, f32) (%s)",
+                              name, clnpu_dtype_name(t->dtype), t->file);
+        out->dtype = t->dtype, out->data = t->data;
+    } else {
+        uint16_t *w = keep(L, malloc(n * k * 2));
+        if (!w) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for %s", name);
+        uint64_t s = name_seed(L, name);
+        const float a = 1.0f / sqrtf((float)k); /* keeps activations O(1) through the layers */
+        for (size_t i = 0; i < n * k; i++) w[i] = clnpu_f32_to_bf16(a * rnd_uniform(&s));
+        out->dtype = CLNPU_DTYPE_BF16, out->data = w;
+    }
+    return requantize(L, name, out);
+}
+
+/* A vector [n] in f32 (norm weights, router bias). Random: ones for norms (fill), small values
+ * for biases. */
+static clnpu_status get_vec(loader *L, const char *name, size_t n, float fill, float **out)
+{
+    float *v = keep(L, malloc(n * sizeof *v));
+    if (!v) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for %s", name);
+    if (L->ck) {
+        const clnpu_tensor_info *t;
+        int64_t shape[1] = {(int64_t)n};
+        clnpu_status st = clnpu_checkpoint_require(L->ck, name, 1, shape, &t);
+        if (st) return st;
+        for (size_t i = 0; i < n; i++) {
+            switch (t->dtype) {
+            case CLNPU_DTYPE_F32: memcpy(&v[i], (const char *)t->data + 4 * i, 4); break;
+            case CLNPU_DTYPE_BF16: { uint16_t b; memcpy(&b, (const char *)t->data + 2 * i, 2); v[i] = clnpu_bf16_to_f32(b); break; }
+            case CLNPU_DTYPE_F16: { uint16_t b; memcpy(&b, (const char *)t->data + 2 * i, 2); v[i] = clnpu_f16_to_f32(b); break; }
+            default: return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: dtype %s for a vector (%s)", name,
+                                       clnpu_dtype_name(t->dtype), t->file);
+            }
+        }
+    } else {
+        uint64_t s = name_seed(L, name);
+        for (size_t i = 0; i < n; i++) v[i] = isnan(fill) ? 0.01f * rnd_uniform(&s) : fill * (1 + 0.1f * rnd_uniform(&s));
+    }
+    *out = v;
+    return CLNPU_OK;
+}
+
+static clnpu_status upload_vec(clnpu_device *dev, loader *L, const char *name, size_t n, clnpu_buffer **out)
+{
+    float *v;
+    clnpu_status st = get_vec(L, name, n, 1.0f, &v);
+    if (!st) st = clnpu_buffer_create(dev, n * 4, out);
+    if (!st) st = clnpu_buffer_write(*out, 0, v, n * 4);
+    return st;
+}
+
+static clnpu_status upload_mat(clnpu_device *dev, loader *L, const char *name, size_t n, size_t k, clnpu_weight **out)
+{
+    clnpu_weight_desc d;
+    clnpu_status st = get_mat(L, name, n, k, &d);
+    if (!st) st = clnpu_weight_upload(dev, &d, 1, out);
+    return st ? clnpu_fail_context(st, "loading %s", name) : CLNPU_OK;
+}
+
+/* W_UK^T and W_UV per head from kv_b_proj [H * (nope + v), R], for the absorbed decode. */
+static clnpu_status upload_absorbed(clnpu_model *m, loader *L, const clnpu_weight_desc *kvb, model_layer *ly)
+{
+    const size_t H = m->cfg.num_attention_heads, R = m->cfg.kv_lora_rank, nope = m->cfg.qk_nope_head_dim,
+                 vd = m->cfg.v_head_dim, blk = nope + vd;
+    float *f = malloc(kvb->n * R * sizeof *f);
+    float *ukt = keep(L, malloc(H * R * nope * sizeof *ukt)), *uv = keep(L, malloc(H * vd * R * sizeof *uv));
+    clnpu_weight_desc *du = calloc(H, sizeof *du), *dv = calloc(H, sizeof *dv);
+    clnpu_status st = f && ukt && uv && du && dv ? clnpu_weight_desc_to_f32(kvb, f)
+                                                 : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (size_t h = 0; !st && h < H; h++) {
+        for (size_t c = 0; c < R; c++)
+            for (size_t i = 0; i < nope; i++) ukt[(h * R + c) * nope + i] = f[(h * blk + i) * R + c];
+        memcpy(uv + h * vd * R, f + (h * blk + nope) * R, vd * R * sizeof *f);
+        du[h] = (clnpu_weight_desc){CLNPU_DTYPE_F32, R, nope, ukt + h * R * nope, NULL, 0};
+        dv[h] = (clnpu_weight_desc){CLNPU_DTYPE_F32, vd, R, uv + h * vd * R, NULL, 0};
+    }
+    if (!st) st = clnpu_weight_upload(m->dev, du, H, &ly->uk_t);
+    if (!st) st = clnpu_weight_upload(m->dev, dv, H, &ly->uv);
+    free(f), free(du), free(dv);
+    return st;
+}
+
+static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *ly)
+{
+    const clnpu_model_config *c = &m->cfg;
+    const size_t E = c->n_routed_experts, H = c->hidden_size, I = c->moe_intermediate_size;
+    char name[256];
+    clnpu_weight_desc *g = calloc(E, sizeof *g), *u = calloc(E, sizeof *u), *d = calloc(E, sizeof *d);
+    clnpu_weight_desc sg = {0}, su = {0}, sd = {0}, router;
+    float *bias = NULL;
+    clnpu_status st = g && u && d ? CLNPU_OK : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    snprintf(name, sizeof name, "model.layers.%zu.mlp.experts.gate_up_proj", l);
+    const clnpu_tensor_info *fused = L->ck ? clnpu_checkpoint_find(L->ck, name) : NULL;
+    if (!st && fused) {
+        /* Fused layout: gate_up [E, 2I, H] (gate rows first), down [E, H, I]; no copies. */
+        int64_t s3[3] = {(int64_t)E, (int64_t)(2 * I), (int64_t)H};
+        const clnpu_tensor_info *gu, *dn;
+        st = clnpu_checkpoint_require(L->ck, name, 3, s3, &gu);
+        snprintf(name, sizeof name, "model.layers.%zu.mlp.experts.down_proj", l);
+        int64_t d3[3] = {(int64_t)E, (int64_t)H, (int64_t)I};
+        if (!st) st = clnpu_checkpoint_require(L->ck, name, 3, d3, &dn);
+        const size_t es = gu ? clnpu_dtype_size(gu->dtype) : 0;
+        for (size_t e = 0; !st && e < E; e++) {
+            g[e] = (clnpu_weight_desc){gu->dtype, I, H, (const char *)gu->data + e * 2 * I * H * es, NULL, 0};
+            u[e] = (clnpu_weight_desc){gu->dtype, I, H, (const char *)gu->data + (e * 2 + 1) * I * H * es, NULL, 0};
+            d[e] = (clnpu_weight_desc){dn->dtype, H, I, (const char *)dn->data + e * H * I * es, NULL, 0};
+            if (!st) st = requantize(L, name, &g[e]);
+            if (!st) st = requantize(L, name, &u[e]);
+            if (!st) st = requantize(L, name, &d[e]);
+        }
+    } else {
+        for (size_t e = 0; !st && e < E; e++) {
+            snprintf(name, sizeof name, "model.layers.%zu.mlp.experts.%zu.gate_proj.weight", l, e);
+            st = get_mat(L, name, I, H, &g[e]);
+            snprintf(name, sizeof name, "model.layers.%zu.mlp.experts.%zu.up_proj.weight", l, e);
+            if (!st) st = get_mat(L, name, I, H, &u[e]);
+            snprintf(name, sizeof name, "model.layers.%zu.mlp.experts.%zu.down_proj.weight", l, e);
+            if (!st) st = get_mat(L, name, H, I, &d[e]);
+        }
+    }
+    const size_t SI = I * c->n_shared_experts; /* shared experts fused into one wider MLP */
+    if (!st && c->n_shared_experts) {
+        snprintf(name, sizeof name, "model.layers.%zu.mlp.shared_experts.gate_proj.weight", l);
+        st = get_mat(L, name, SI, H, &sg);
+        snprintf(name, sizeof name, "model.layers.%zu.mlp.shared_experts.up_proj.weight", l);
+        if (!st) st = get_mat(L, name, SI, H, &su);
+        snprintf(name, sizeof name, "model.layers.%zu.mlp.shared_experts.down_proj.weight", l);
+        if (!st) st = get_mat(L, name, H, SI, &sd);
+    }
+    snprintf(name, sizeof name, "model.layers.%zu.mlp.gate.weight", l);
+    if (!st) {
+        loader raw = *L; /* the router stays in the checkpoint dtype, widened to f32 */
+        clnpu_model_options o = *L->opt;
+        o.weights = -1;
+        raw.opt = &o;
+        st = get_mat(&raw, name, E, H, &router);
+        L->allocs = raw.allocs, L->nallocs = raw.nallocs, L->cap = raw.cap;
+    }
+    snprintf(name, sizeof name, "model.layers.%zu.mlp.gate.e_score_correction_bias", l);
+    if (!st) st = get_vec(L, name, E, NAN, &bias);
+    if (!st) {
+        clnpu_moe_config mc = {E, c->n_group, c->topk_group, c->num_experts_per_tok, c->norm_topk_prob,
+                               (float)c->routed_scaling_factor};
+        clnpu_moe_weights w = {router, bias, g, u, d, c->n_shared_experts ? &sg : NULL,
+                               c->n_shared_experts ? &su : NULL, c->n_shared_experts ? &sd : NULL};
+        st = clnpu_moe_block_create(m->dev, &mc, &w, m->opt.max_tokens, &ly->moe);
+    }
+    free(g), free(u), free(d);
+    if (!st && c->post_mlp_layernorm) {
+        snprintf(name, sizeof name, "model.layers.%zu.post_mlp_layernorm.weight", l);
+        if (L->ck && !clnpu_checkpoint_find(L->ck, name)) /* transformers 5 keeps it under mlp. */
+            snprintf(name, sizeof name, "model.layers.%zu.mlp.post_mlp_layernorm.weight", l);
+        st = upload_vec(m->dev, L, name, H, &ly->post_mlp_norm);
+    }
+    return st;
+}
+
+static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
+{
+    const clnpu_model_config *c = &m->cfg;
+    model_layer *ly = &m->layers[l];
+    const size_t d = c->hidden_size, H = c->num_attention_heads, R = c->kv_lora_rank;
+    char name[256];
+#define NAME(fmt) (snprintf(name, sizeof name, "model.layers.%zu." fmt, l), name)
+    clnpu_status st = upload_vec(m->dev, L, NAME("input_layernorm.weight"), d, &ly->in_norm);
+    if (!st) st = upload_vec(m->dev, L, NAME("post_attention_layernorm.weight"), d, &ly->post_attn_norm);
+    if (!st && c->q_lora_rank) {
+        st = upload_mat(m->dev, L, NAME("self_attn.q_a_proj.weight"), c->q_lora_rank, d, &ly->q_a);
+        if (!st) st = upload_vec(m->dev, L, NAME("self_attn.q_a_layernorm.weight"), c->q_lora_rank, &ly->q_a_norm);
+        if (!st) st = upload_mat(m->dev, L, NAME("self_attn.q_b_proj.weight"), H * m->dqk, c->q_lora_rank, &ly->q_b);
+    } else if (!st) {
+        st = upload_mat(m->dev, L, NAME("self_attn.q_proj.weight"), H * m->dqk, d, &ly->q_b);
+    }
+    if (!st) st = upload_mat(m->dev, L, NAME("self_attn.kv_a_proj_with_mqa.weight"), m->lat, d, &ly->kv_a);
+    if (!st) st = upload_vec(m->dev, L, NAME("self_attn.kv_a_layernorm.weight"), R, &ly->kv_a_norm);
+    clnpu_weight_desc kvb;
+    const size_t kvb_n = H * (c->qk_nope_head_dim + c->v_head_dim);
+    if (!st) st = get_mat(L, NAME("self_attn.kv_b_proj.weight"), kvb_n, R, &kvb);
+    if (!st) st = clnpu_weight_upload(m->dev, &kvb, 1, &ly->kv_b);
+    if (!st) st = upload_absorbed(m, L, &kvb, ly);
+    if (!st) st = upload_mat(m->dev, L, NAME("self_attn.o_proj.weight"), d, H * c->v_head_dim, &ly->o);
+    if (!st && !clnpu_model_config_is_moe(c, l)) {
+        clnpu_weight_desc g, u, dn;
+        const size_t I = c->intermediate_size;
+        st = get_mat(L, NAME("mlp.gate_proj.weight"), I, d, &g);
+        if (!st) st = get_mat(L, NAME("mlp.up_proj.weight"), I, d, &u);
+        if (!st) st = get_mat(L, NAME("mlp.down_proj.weight"), d, I, &dn);
+        if (!st) st = clnpu_weight_upload_swiglu(m->dev, &g, &u, 1, &ly->dense_gate_up);
+        if (!st) st = clnpu_weight_upload(m->dev, &dn, 1, &ly->dense_down);
+    } else if (!st) {
+        st = load_moe(m, L, l, ly);
+    }
+#undef NAME
+    if (!st) st = clnpu_buffer_create(m->dev, m->pages * m->opt.page_size * m->lat * sizeof(float), &ly->cache);
+    return st ? clnpu_fail_context(st, "layer %zu", l) : CLNPU_OK;
+}
+
+clnpu_model_options clnpu_model_options_default(void)
+{
+    clnpu_model_options o = {4, 0, 512, 16, -1, 0x5eed, false, false};
+    return o;
+}
+
+static void destroy_layer(model_layer *ly)
+{
+    clnpu_buffer *bs[] = {ly->in_norm, ly->post_attn_norm, ly->q_a_norm, ly->kv_a_norm, ly->post_mlp_norm, ly->cache};
+    for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) clnpu_buffer_destroy(bs[i]);
+    clnpu_weight *ws[] = {ly->q_a, ly->q_b, ly->kv_a, ly->kv_b, ly->uk_t, ly->uv, ly->o, ly->dense_gate_up, ly->dense_down};
+    for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) clnpu_weight_destroy(ws[i]);
+    clnpu_moe_block_destroy(ly->moe);
+}
+
+void clnpu_model_destroy(clnpu_model *m)
+{
+    if (!m) return;
+    for (size_t l = 0; m->layers && l < m->cfg.num_hidden_layers; l++) destroy_layer(&m->layers[l]);
+    free(m->layers);
+    clnpu_buffer *bs[] = {m->embed, m->final_norm, m->block_table_dev, m->h, m->a, m->cq, m->q, m->kv0, m->attn,
+                          m->mlp, m->mlp_h, m->logits, m->ids, m->pos, m->seqs, m->latent, m->kvfull, m->kfull,
+                          m->q_abs, m->z, m->qpe, m->lens};
+    for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) clnpu_buffer_destroy(bs[i]);
+    clnpu_weight_destroy(m->lm_head);
+    clnpu_rope_table_destroy(m->rope);
+    free(m->block_table), free(m->free_pages), free(m->seq_len);
+    free(m->hidden), free(m->route_ids), free(m->route_w);
+    free(m);
+}
+
+static clnpu_status load_globals(clnpu_model *m, loader *L)
+{
+    const clnpu_model_config *c = &m->cfg;
+    const size_t V = c->vocab_size, d = c->hidden_size;
+    clnpu_weight_desc e;
+    loader raw = *L; /* the embedding table is gathered, never multiplied: keep it as stored */
+    clnpu_model_options o = *L->opt;
+    o.weights = -1;
+    raw.opt = &o;
+    clnpu_status st = get_mat(&raw, "model.embed_tokens.weight", V, d, &e);
+    L->allocs = raw.allocs, L->nallocs = raw.nallocs, L->cap = raw.cap;
+    if (!st && e.dtype == CLNPU_DTYPE_F16)
+        st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "model.embed_tokens.weight: f16 tables are not supported (bf16, f32)");
+    if (!st) {
+        m->embed_dtype = e.dtype;
+        st = clnpu_buffer_create(m->dev, V * d * clnpu_dtype_size(e.dtype), &m->embed);
+        if (!st) st = clnpu_buffer_write(m->embed, 0, e.data, V * d * clnpu_dtype_size(e.dtype));
+    }
+    if (!st) st = upload_vec(m->dev, L, "model.norm.weight", d, &m->final_norm);
+    if (!st) st = upload_mat(m->dev, L, c->tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight",
+                             V, d, &m->lm_head);
+    return st;
+}
+
+static clnpu_status alloc_activations(clnpu_model *m)
+{
+    const clnpu_model_config *c = &m->cfg;
+    const size_t T = m->opt.max_tokens, S = m->opt.max_context, d = c->hidden_size, H = c->num_attention_heads;
+    const size_t R = c->kv_lora_rank, B = m->opt.max_sequences;
+    size_t mlp = c->intermediate_size > c->moe_intermediate_size ? c->intermediate_size : c->moe_intermediate_size;
+    if (mlp < d) mlp = d;
+    struct { clnpu_buffer **b; size_t bytes; } a[] = {
+        {&m->h, T * d * 4}, {&m->a, T * d * 4}, {&m->cq, T * (c->q_lora_rank ? c->q_lora_rank : 1) * 4},
+        {&m->q, T * H * m->dqk * 4}, {&m->kv0, T * m->lat * 4}, {&m->attn, T * H * c->v_head_dim * 4},
+        {&m->mlp, T * d * 4}, {&m->mlp_h, T * mlp * 4}, {&m->logits, T * c->vocab_size * 4},
+        {&m->ids, T * 4}, {&m->pos, T * 4}, {&m->seqs, T * 4},
+        {&m->latent, S * m->lat * 4}, {&m->kvfull, S * H * (c->qk_nope_head_dim + c->v_head_dim) * 4},
+        {&m->kfull, S * H * m->dqk * 4}, {&m->q_abs, B * H * R * 4}, {&m->z, B * H * R * 4},
+        {&m->qpe, B * H * c->qk_rope_head_dim * 4}, {&m->lens, B * 4},
+        {&m->block_table_dev, B * m->max_blocks * 4},
+    };
+    clnpu_status st = CLNPU_OK;
+    for (size_t i = 0; !st && i < sizeof a / sizeof a[0]; i++) st = clnpu_buffer_create(m->dev, a[i].bytes, a[i].b);
+    return st ? clnpu_fail_context(st, "allocating activations for %zu tokens per step, context %zu", T, S) : CLNPU_OK;
+}
+
+clnpu_status clnpu_model_create(clnpu_device *dev, const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
+                                const clnpu_model_options *opt, clnpu_model **out)
+{
+    *out = NULL;
+    clnpu_model *m = calloc(1, sizeof *m);
+    if (!m) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    m->dev = dev;
+    m->cfg = *cfg;
+    m->opt = opt ? *opt : clnpu_model_options_default();
+    if (!m->opt.max_context) m->opt.max_context = cfg->max_position_embeddings < 4096 ? cfg->max_position_embeddings : 4096;
+    if (!m->opt.max_sequences) m->opt.max_sequences = 1;
+    if (!m->opt.page_size) m->opt.page_size = 16;
+    if (!m->opt.max_tokens) m->opt.max_tokens = 512;
+    if (m->opt.max_tokens < m->opt.max_sequences) m->opt.max_tokens = m->opt.max_sequences;
+    m->dqk = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim;
+    m->lat = cfg->kv_lora_rank + cfg->qk_rope_head_dim;
+    m->scale = (float)clnpu_rope_softmax_scale(&cfg->rope, m->dqk);
+    m->max_blocks = (m->opt.max_context + m->opt.page_size - 1) / m->opt.page_size;
+    m->pages = m->max_blocks * m->opt.max_sequences;
+    clnpu_status st = CLNPU_OK;
+    m->layers = calloc(cfg->num_hidden_layers, sizeof *m->layers);
+    m->block_table = malloc(m->opt.max_sequences * m->max_blocks * sizeof *m->block_table);
+    m->free_pages = malloc(m->pages * sizeof *m->free_pages);
+    m->seq_len = calloc(m->opt.max_sequences, sizeof *m->seq_len);
+    if (!m->layers || !m->block_table || !m->free_pages || !m->seq_len)
+        st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (size_t i = 0; !st && i < m->opt.max_sequences * m->max_blocks; i++) m->block_table[i] = -1;
+    for (size_t i = 0; !st && i < m->pages; i++) m->free_pages[i] = (int)(m->pages - 1 - i);
+    m->nfree = m->pages;
+    loader L = {ck, &m->opt, NULL, 0, 0};
+    if (!st) st = clnpu_rope_table_create(dev, &cfg->rope, m->opt.max_context, &m->rope);
+    if (!st) st = alloc_activations(m);
+    if (!st) st = load_globals(m, &L);
+    release_host(&L);
+    for (size_t l = 0; !st && l < cfg->num_hidden_layers; l++) {
+        if (m->opt.progress)
+            fprintf(stderr, "\rclnpu: loading layer %zu/%zu (%.1f MiB on the device)", l + 1, cfg->num_hidden_layers,
+                    clnpu_device_memory_used(dev) / 1048576.0);
+        st = load_layer(m, &L, l);
+        release_host(&L);
+    }
+    if (m->opt.progress) fprintf(stderr, "\n");
+    free(L.allocs);
+    if (!st && m->opt.capture) {
+        const size_t T = m->opt.max_tokens;
+        m->hidden = calloc((cfg->num_hidden_layers + 2) * T * cfg->hidden_size, sizeof *m->hidden);
+        m->route_ids = calloc(cfg->num_hidden_layers * T * cfg->num_experts_per_tok, sizeof *m->route_ids);
+        m->route_w = calloc(cfg->num_hidden_layers * T * cfg->num_experts_per_tok, sizeof *m->route_w);
+        if (!m->hidden || !m->route_ids || !m->route_w) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    }
+    if (st) {
+        clnpu_model_destroy(m);
+        return st;
+    }
+    *out = m;
+    return CLNPU_OK;
+}
+
+size_t clnpu_model_device_bytes(const clnpu_model *m)
+{
+    return (size_t)clnpu_device_memory_used(m->dev);
+}

@@ -1,0 +1,149 @@
+/* The whole model against Hugging Face transformers: the shipped tiny A.X K1 checkpoint and the
+ * reference logits, hidden states and routing computed from it (models/tiny-axk1/FIXTURE.md). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "test_util.h"
+
+#ifndef CLNPU_SOURCE_DIR
+#error "CLNPU_SOURCE_DIR must name the source tree"
+#endif
+#define TINY CLNPU_SOURCE_DIR "/models/tiny-axk1"
+
+static double rel(const float *a, const float *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_msg(!isnan(a[i]), "NaN at %zu", i);
+        num += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
+        den += (double)ref[i] * ref[i];
+    }
+    return sqrt(num / den);
+}
+
+typedef struct fixture {
+    clnpu_model_config cfg;
+    clnpu_checkpoint *ck;
+    clnpu_safetensors *ref;
+    const int *ids;
+    size_t T;
+} fixture;
+
+static void open_fixture(fixture *f)
+{
+    ck_assert_ok(clnpu_model_config_load(TINY "/config.json", &f->cfg));
+    ck_assert_ok(clnpu_checkpoint_open(TINY, &f->ck));
+    ck_assert_ok(clnpu_safetensors_open(TINY "/reference.safetensors", &f->ref));
+    const clnpu_tensor_info *t = clnpu_safetensors_find(f->ref, "input_ids");
+    ck_assert_ptr_nonnull(t);
+    f->ids = t->data;
+    f->T = (size_t)t->shape[0];
+}
+
+static void close_fixture(fixture *f)
+{
+    clnpu_checkpoint_close(f->ck);
+    clnpu_safetensors_close(f->ref);
+}
+
+START_TEST(test_config)
+{
+    fixture f;
+    open_fixture(&f);
+    ck_assert_str_eq(f.cfg.model_type, "axk1");
+    ck_assert_uint_eq(f.cfg.hidden_size, 96);
+    ck_assert_uint_eq(f.cfg.q_lora_rank, 48);
+    ck_assert_uint_eq(f.cfg.n_routed_experts, 16);
+    ck_assert(f.cfg.post_mlp_layernorm);
+    ck_assert_int_eq(f.cfg.rope.scaling, CLNPU_ROPE_YARN);
+    ck_assert(fabs(clnpu_rope_attention_factor(&f.cfg.rope) - 1.1386294361) < 1e-9);
+    ck_assert_uint_eq(clnpu_checkpoint_tensor_count(f.ck), 141);
+    close_fixture(&f);
+}
+END_TEST
+
+/* Every position's logits through one prefill, and through prefill of 1 + decode of the rest. */
+START_TEST(test_logits_match_transformers)
+{
+    fixture f;
+    open_fixture(&f);
+    clnpu_model_options o = clnpu_model_options_default();
+    o.capture = true;
+    o.max_sequences = 2;
+    o.max_context = 64;
+    o.max_tokens = 32;
+    clnpu_model *m;
+    ck_assert_ok(clnpu_model_create(test_device(), &f.cfg, f.ck, &o, &m));
+    const size_t T = f.T, V = f.cfg.vocab_size, d = f.cfg.hidden_size;
+    const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
+    float *lg = malloc(T * V * sizeof *lg);
+    for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
+    ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, T, lg));
+    double e = rel(lg, ref, T * V);
+    fprintf(stderr, "tiny A.X K1, one prefill of %zu tokens: logits rel error %.2e\n", T, e);
+    ck_assert_msg(e <= 1e-4, "prefill logits: rel error %.3g > 1e-4", e);
+    /* Hidden states: embedding, layers 0 and 1, final norm. */
+    const float *hs = clnpu_safetensors_find(f.ref, "hidden_states")->data;
+    float *h = malloc(T * d * sizeof *h);
+    const size_t ours[4] = {0, 1, 2, f.cfg.num_hidden_layers + 1};
+    for (size_t i = 0; i < 4; i++) {
+        ck_assert_ok(clnpu_model_hidden(m, ours[i], h));
+        double eh = rel(h, hs + i * T * d, T * d);
+        ck_assert_msg(eh <= 1e-4, "hidden state %zu: rel error %.3g", i, eh);
+    }
+    /* Routing: identical expert ids, weights close. */
+    for (size_t l = 1; l < f.cfg.num_hidden_layers; l++) {
+        char name[64];
+        snprintf(name, sizeof name, "expert_ids.%zu", l);
+        const int *rid = clnpu_safetensors_find(f.ref, name)->data;
+        snprintf(name, sizeof name, "expert_weights.%zu", l);
+        const float *rw = clnpu_safetensors_find(f.ref, name)->data;
+        const size_t K = f.cfg.num_experts_per_tok;
+        int *ids = malloc(T * K * sizeof *ids);
+        float *w = malloc(T * K * sizeof *w);
+        ck_assert_ok(clnpu_model_routing(m, l, ids, w));
+        for (size_t i = 0; i < T * K; i++)
+            ck_assert_msg(ids[i] == rid[i], "layer %zu token %zu: expert %d, transformers %d", l, i / K, ids[i], rid[i]);
+        ck_assert_msg(rel(w, rw, T * K) <= 1e-5, "layer %zu routing weights differ", l);
+        free(ids), free(w);
+    }
+    /* Sequence 1: first token by prefill, the rest one at a time by the absorbed decode. */
+    for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
+    ck_assert_ok(clnpu_model_prefill(m, 1, f.ids, 1, lg));
+    for (size_t t = 1; t < T; t++) {
+        size_t s = 1;
+        ck_assert_ok(clnpu_model_decode(m, &s, f.ids + t, 1, lg + t * V));
+    }
+    e = rel(lg, ref, T * V);
+    fprintf(stderr, "tiny A.X K1, prefill 1 + decode %zu: logits rel error %.2e\n", T - 1, e);
+    ck_assert_msg(e <= 1e-4, "decode logits: rel error %.3g > 1e-4", e);
+    ck_assert_uint_eq(clnpu_model_sequence_length(m, 1), T);
+    /* Batched decode of two sequences at different lengths matches the single ones. */
+    clnpu_model_reset(m, 0);
+    clnpu_model_reset(m, 1);
+    ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, 5, NULL));
+    ck_assert_ok(clnpu_model_prefill(m, 1, f.ids, 9, NULL));
+    size_t seqs[2] = {0, 1};
+    int next[2] = {f.ids[5], f.ids[9]};
+    float *two = malloc(2 * V * sizeof *two);
+    ck_assert_ok(clnpu_model_decode(m, seqs, next, 2, two));
+    ck_assert_msg(rel(two, ref + 5 * V, V) <= 1e-4 && rel(two + V, ref + 9 * V, V) <= 1e-4,
+                  "batched decode differs from the reference");
+    free(two), free(lg), free(h);
+    clnpu_model_destroy(m);
+    close_fixture(&f);
+}
+END_TEST
+
+Suite *suite_model(void)
+{
+    Suite *s = suite_create("model");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_config);
+    tcase_add_test(tc, test_logits_match_transformers);
+    suite_add_tcase(s, tc);
+    return s;
+}
