@@ -132,6 +132,7 @@ clnpu_status clnpu_device_open(size_t index, const clnpu_device_options *options
     dev->local_budget = budget;
 
     dev->no_cache = o->no_cache;
+    dev->profiling = o->profiling;
     if (!dev->no_cache) choose_cache_dir(dev, o);
     *out = dev;
     return CLNPU_OK;
@@ -141,6 +142,7 @@ void clnpu_device_close(clnpu_device *dev)
 {
     if (!dev) return;
     if (dev->queue) clFinish(dev->queue);
+    clnpu_trace_free(dev->trace);
     clnpu_programs_release(dev);
     if (dev->queue) clReleaseCommandQueue(dev->queue);
     if (dev->context) clReleaseContext(dev->context);

@@ -29,7 +29,11 @@ struct clnpu_device {
     bool no_cache;
     char cache_dir[1024];
     struct clnpu_program *programs; /* built in this process, newest first */
+    bool profiling;
+    struct clnpu_trace *trace;      /* NULL unless tracing */
 };
+
+void clnpu_trace_free(struct clnpu_trace *t);
 
 /* Base -D options derived from the bound profile and device (no trailing space). */
 void clnpu_device_base_options(const clnpu_device *device, char *out, size_t cap);

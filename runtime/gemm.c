@@ -294,8 +294,11 @@ clnpu_status clnpu_gemm(clnpu_device *dev, const clnpu_weight *w, size_t matrix,
     if (rows_first) launch_dims(dev, rowblocks, out_panels, splits, global, local);
     else launch_dims(dev, out_panels, rowblocks, splits, global, local);
     cl_command_queue q = clnpu_device_cl_queue(dev);
-    cl_int err = clEnqueueNDRangeKernel(q, k, 3, NULL, global, local, 0, NULL, NULL);
+    const bool trace = clnpu_device_tracing(dev);
+    cl_event ev = NULL;
+    cl_int err = clEnqueueNDRangeKernel(q, k, 3, NULL, global, local, 0, NULL, trace ? &ev : NULL);
     if (err) return clnpu_fail_cl(err, "clEnqueueNDRangeKernel", "launching clnpu_gemm");
+    if (trace) clnpu_device_trace_record(dev, a->m <= 8 ? "clnpu_gemv" : "clnpu_gemm", ev);
     if (splits == 1) return CLNPU_OK;
 
     cl_kernel red;
@@ -313,7 +316,8 @@ clnpu_status clnpu_gemm(clnpu_device *dev, const clnpu_weight *w, size_t matrix,
     SETARG(red, 9, (cl_uint)w->n);
     SETARG(red, 10, (cl_uint)(a->epilogue == CLNPU_EPILOGUE_RESIDUAL));
     size_t rl[2] = {64, 1}, rg[2] = {(w->n + 63) / 64 * 64, a->m};
-    err = clEnqueueNDRangeKernel(q, red, 2, NULL, rg, rl, 0, NULL, NULL);
+    err = clEnqueueNDRangeKernel(q, red, 2, NULL, rg, rl, 0, NULL, trace ? &ev : NULL);
+    if (!err && trace) clnpu_device_trace_record(dev, "clnpu_gemm_splitk_reduce", ev);
     return err ? clnpu_fail_cl(err, "clEnqueueNDRangeKernel", "launching the split-K reduction") : CLNPU_OK;
 }
 
@@ -392,8 +396,11 @@ clnpu_status clnpu_gemm_grouped(clnpu_device *dev, const clnpu_weight *w, const 
     if (!set) {
         size_t global[3], local[3];
         launch_dims(dev, (w->n + w->nr - 1) / w->nr, total, 1, global, local);
-        err = clEnqueueNDRangeKernel(clnpu_device_cl_queue(dev), k, 2, NULL, global, local, 0, NULL, NULL);
+        const bool trace = clnpu_device_tracing(dev);
+        cl_event ev = NULL;
+        err = clEnqueueNDRangeKernel(clnpu_device_cl_queue(dev), k, 2, NULL, global, local, 0, NULL, trace ? &ev : NULL);
         if (err) set = clnpu_fail_cl(err, "clEnqueueNDRangeKernel", "launching clnpu_gemm_grouped");
+        else if (trace) clnpu_device_trace_record(dev, "clnpu_gemm_grouped", ev);
     }
     clReleaseMemObject(tb); /* released once the queued launch no longer needs it */
     return set;

@@ -69,14 +69,18 @@ static float scale_of(const clnpu_weight_desc *d, size_t i, size_t j)
 
 float clnpu_weight_desc_element(const clnpu_weight_desc *d, size_t i, size_t j)
 {
-    size_t idx = i * d->k + j;
+    /* Checkpoint data is mapped straight from the file: safetensors does not align tensors, so
+     * every element is read with memcpy. */
+    const size_t idx = i * d->k + j;
+    const unsigned char *p = (const unsigned char *)d->data + idx * clnpu_dtype_size(d->dtype);
+    float f;
+    uint16_t h;
     switch (d->dtype) {
-    case CLNPU_DTYPE_F32: return ((const float *)d->data)[idx];
-    case CLNPU_DTYPE_BF16: return clnpu_bf16_to_f32(((const uint16_t *)d->data)[idx]);
-    case CLNPU_DTYPE_F16: return clnpu_f16_to_f32(((const uint16_t *)d->data)[idx]);
-    case CLNPU_DTYPE_I8: return ((const int8_t *)d->data)[idx] * scale_of(d, i, j);
-    case CLNPU_DTYPE_FP8_E4M3:
-        return clnpu_fp8e4m3_to_f32(((const uint8_t *)d->data)[idx]) * scale_of(d, i, j);
+    case CLNPU_DTYPE_F32: memcpy(&f, p, 4); return f;
+    case CLNPU_DTYPE_BF16: memcpy(&h, p, 2); return clnpu_bf16_to_f32(h);
+    case CLNPU_DTYPE_F16: memcpy(&h, p, 2); return clnpu_f16_to_f32(h);
+    case CLNPU_DTYPE_I8: return (float)(int8_t)p[0] * scale_of(d, i, j);
+    case CLNPU_DTYPE_FP8_E4M3: return clnpu_fp8e4m3_to_f32(p[0]) * scale_of(d, i, j);
     default: return NAN;
     }
 }

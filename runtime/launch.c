@@ -33,7 +33,11 @@ clnpu_status clnpu_launch(clnpu_device *dev, const char *source, const char *opt
         g[d] = (global[d] + l[d] - 1) / l[d] * l[d];
         if (g[d] == 0) return CLNPU_OK; /* nothing to do */
     }
-    cl_int err = clEnqueueNDRangeKernel(clnpu_device_cl_queue(dev), k, dims, NULL, g, l, 0, NULL, NULL);
+    cl_event ev = NULL;
+    const bool trace = clnpu_device_tracing(dev);
+    cl_int err = clEnqueueNDRangeKernel(clnpu_device_cl_queue(dev), k, dims, NULL, g, l, 0, NULL,
+                                        trace ? &ev : NULL);
+    if (!err && trace) clnpu_device_trace_record(dev, kernel, ev);
     if (err) {
         char what[128];
         snprintf(what, sizeof what, "launching %s", kernel);

@@ -2,6 +2,7 @@
 #include <cjson/cJSON.h>
 #include <stdint.h>
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,7 +98,7 @@ clnpu_status clnpu_safetensors_parse(const char *header, size_t len, const void 
         for (int d = 0; d < nd && !st; d++) {
             cJSON *v = cJSON_GetArrayItem(shape, d);
             double x = cJSON_IsNumber(v) ? v->valuedouble : -1;
-            if (x < 0 || x != (double)(int64_t)x || x > 9.0e15) {
+            if (!(x >= 0 && x <= 9.0e15) || x != floor(x)) { /* range first: casting a huge double is UB */
                 st = clnpu_fail(CLNPU_ERR_PARSE, "%s: %s: shape[%d] is not a non-negative integer", origin, name, d);
                 break;
             }
@@ -109,7 +110,7 @@ clnpu_status clnpu_safetensors_parse(const char *header, size_t len, const void 
         if (st) break;
         double b0 = cJSON_IsNumber(cJSON_GetArrayItem(offs, 0)) ? cJSON_GetArrayItem(offs, 0)->valuedouble : -1;
         double b1 = cJSON_IsNumber(cJSON_GetArrayItem(offs, 1)) ? cJSON_GetArrayItem(offs, 1)->valuedouble : -1;
-        if (b0 < 0 || b1 < b0 || b0 != (double)(uint64_t)b0 || b1 != (double)(uint64_t)b1) {
+        if (!(b0 >= 0 && b1 >= b0 && b1 <= 9.0e15) || b0 != floor(b0) || b1 != floor(b1)) {
             st = clnpu_fail(CLNPU_ERR_PARSE, "%s: %s: bad data_offsets", origin, name);
             break;
         }
@@ -141,7 +142,7 @@ clnpu_status clnpu_safetensors_parse(const char *header, size_t len, const void 
         if (!st) qsort(byoff, f->count, sizeof *byoff, cmp_off);
         for (size_t i = 1; !st && i < f->count; i++)
             if (byoff[i]->bytes && byoff[i - 1]->bytes &&
-                (const char *)byoff[i - 1]->data + byoff[i - 1]->bytes > (const char *)byoff[i]->data)
+                (uintptr_t)byoff[i - 1]->data + byoff[i - 1]->bytes > (uintptr_t)byoff[i]->data)
                 st = clnpu_fail(CLNPU_ERR_PARSE, "%s: tensors %s and %s overlap", origin, byoff[i - 1]->name,
                                 byoff[i]->name);
         free(byoff);

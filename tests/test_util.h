@@ -43,5 +43,6 @@ Suite *suite_cli(void);
 Suite *suite_gemm(void);
 Suite *suite_ops(void);
 Suite *suite_model(void);
+Suite *suite_checkpoint(void);
 
 #endif

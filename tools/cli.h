@@ -59,5 +59,6 @@ bool cli_yaml_end(cli_yaml *y);
 int cmd_devices(int argc, char **argv);
 int cmd_kernels(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_run(int argc, char **argv);
 
 #endif

@@ -1,6 +1,8 @@
 #!/bin/sh
-# The main job on built-in defaults: install, build, then list devices with their target
-# profiles and build every kernel on the default device (PoCL CPU on a fresh machine).
+# The main job on built-in defaults: install what is missing, build, then
+#  1. list every OpenCL device with the target profile it binds to, and build every kernel;
+#  2. run the shipped tiny A.X K1 checkpoint on the default device (PoCL CPU on a fresh machine):
+#     prefill the transformers reference prompt, generate 8 tokens greedily, print throughput.
 set -e
 cd "$(dirname "$0")/.."
 sh tools/deps.sh
@@ -8,3 +10,7 @@ sh tools/deps.sh
 ninja -C build
 ./build/tools/clnpu devices
 ./build/tools/clnpu kernels
+echo "== tiny A.X K1 (models/tiny-axk1): prompt of 24 ids, 8 new tokens =="
+./build/tools/clnpu run --model models/tiny-axk1 \
+    --ids 296,365,263,313,40,223,311,274,157,172,163,193,185,305,68,221,193,230,243,246,169,257,365,277 \
+    -n 8 --stats

@@ -121,6 +121,14 @@ void *clnpu_device_cl_device(const clnpu_device *device);
 /* Wait for all queued work. */
 clnpu_status clnpu_device_finish(clnpu_device *device);
 
+/* Kernel traces (device opened with options.profiling): every launch after trace_start is
+ * recorded and written as Chrome / Perfetto JSON, one span per kernel. */
+clnpu_status clnpu_device_trace_start(clnpu_device *device);
+bool clnpu_device_tracing(const clnpu_device *device);
+/* Record a launch's cl_event (the trace takes ownership). */
+void clnpu_device_trace_record(clnpu_device *device, const char *name, void *cl_event);
+clnpu_status clnpu_device_trace_write(clnpu_device *device, const char *path, size_t *out_events);
+
 /* Device buffers, counted against the (emulated) memory capacity. */
 typedef struct clnpu_buffer clnpu_buffer;
 clnpu_status clnpu_buffer_create(clnpu_device *device, size_t bytes, clnpu_buffer **out_buffer);

@@ -1,0 +1,327 @@
+/* Checkpoint and config loading: bad input gets a clear error naming the problem, never a crash
+ * (run under ASan in CI). Corrupt copies of the shipped fixture are made in a temporary folder. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <unistd.h>
+
+#include "test_util.h"
+
+#define TINY CLNPU_SOURCE_DIR "/models/tiny-axk1"
+
+static void copy_file(const char *from, const char *to)
+{
+    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
+    ck_assert(a && b);
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, a)) > 0) ck_assert_uint_eq(fwrite(buf, 1, n, b), n);
+    fclose(a);
+    ck_assert_int_eq(fclose(b), 0);
+}
+
+static void copy_fixture(char *dir, size_t cap)
+{
+    test_mkdtemp(dir, cap);
+    const char *files[] = {"config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                           "model.safetensors.index.json"};
+    for (size_t i = 0; i < 4; i++) {
+        char a[512], b[512];
+        snprintf(a, sizeof a, TINY "/%s", files[i]);
+        snprintf(b, sizeof b, "%s/%s", dir, files[i]);
+        copy_file(a, b);
+    }
+}
+
+/* Rewrite the fixture as one model.safetensors, with one tensor changed by `edit` (which may
+ * drop it by returning 0). */
+typedef int (*edit_fn)(clnpu_tensor_out *t, void *scratch);
+
+static void rewrite_single(const char *dir, edit_fn edit, void *scratch)
+{
+    clnpu_checkpoint *ck;
+    ck_assert_ok(clnpu_checkpoint_open(TINY, &ck));
+    size_t n = clnpu_checkpoint_tensor_count(ck), k = 0;
+    clnpu_tensor_out *ts = calloc(n, sizeof *ts);
+    const char *names[512];
+    clnpu_safetensors *f1, *f2;
+    ck_assert_ok(clnpu_safetensors_open(TINY "/model-00001-of-00002.safetensors", &f1));
+    ck_assert_ok(clnpu_safetensors_open(TINY "/model-00002-of-00002.safetensors", &f2));
+    for (int fi = 0; fi < 2; fi++) {
+        clnpu_safetensors *f = fi ? f2 : f1;
+        for (size_t i = 0; i < clnpu_safetensors_count(f); i++) {
+            const clnpu_tensor_info *t = clnpu_safetensors_get(f, i);
+            clnpu_tensor_out o = {t->name, t->dtype, t->ndim, {0}, t->data};
+            memcpy(o.shape, t->shape, sizeof o.shape);
+            names[k] = t->name;
+            if (edit(&o, scratch)) ts[k++] = o;
+        }
+    }
+    char path[512];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    ck_assert_ok(clnpu_safetensors_write(path, ts, k));
+    (void)names;
+    free(ts);
+    clnpu_safetensors_close(f1);
+    clnpu_safetensors_close(f2);
+    clnpu_checkpoint_close(ck);
+}
+
+static int keep_all(clnpu_tensor_out *t, void *s)
+{
+    (void)t, (void)s;
+    return 1;
+}
+
+static int transpose_up7(clnpu_tensor_out *t, void *s)
+{
+    (void)s;
+    if (!strcmp(t->name, "model.layers.1.mlp.experts.7.up_proj.weight")) {
+        int64_t a = t->shape[0];
+        t->shape[0] = t->shape[1], t->shape[1] = a;
+    }
+    return 1;
+}
+
+static int drop_kv_b(clnpu_tensor_out *t, void *s)
+{
+    (void)s;
+    return strcmp(t->name, "model.layers.2.self_attn.kv_b_proj.weight") != 0;
+}
+
+static int i32_o_proj(clnpu_tensor_out *t, void *s)
+{
+    (void)s;
+    if (!strcmp(t->name, "model.layers.0.self_attn.o_proj.weight")) {
+        t->dtype = CLNPU_DTYPE_I32; /* same bytes would not fit: halve the shape */
+        t->shape[1] /= 2;
+    }
+    return 1;
+}
+
+/* Open the directory and build the model; expect failure with all needles in the message. */
+static void expect_model_error(const char *dir, const char *n1, const char *n2)
+{
+    clnpu_model_config cfg;
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    clnpu_status st = clnpu_model_config_load(path, &cfg);
+    clnpu_checkpoint *ck = NULL;
+    clnpu_model *m = NULL;
+    if (!st) st = clnpu_checkpoint_open(dir, &ck);
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_context = 32, o.max_tokens = 8, o.max_sequences = 1;
+    if (!st) st = clnpu_model_create(test_device(), &cfg, ck, &o, &m);
+    const char *msg = clnpu_error_message();
+    ck_assert_msg(st != CLNPU_OK, "accepted a bad model in %s (expected: %s / %s)", dir, n1, n2 ? n2 : "");
+    ck_assert_msg(strstr(msg, n1) && (!n2 || strstr(msg, n2)), "message lacks '%s'/'%s': %s", n1, n2 ? n2 : "", msg);
+    clnpu_model_destroy(m);
+    clnpu_checkpoint_close(ck);
+}
+
+START_TEST(test_single_file_and_edits)
+{
+    char dir[256], p[512];
+    /* One model.safetensors instead of shards loads the same. */
+    test_mkdtemp(dir, sizeof dir);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    copy_file(TINY "/config.json", p);
+    rewrite_single(dir, keep_all, NULL);
+    clnpu_checkpoint *ck;
+    ck_assert_ok(clnpu_checkpoint_open(dir, &ck));
+    ck_assert_uint_eq(clnpu_checkpoint_tensor_count(ck), 141);
+    clnpu_checkpoint_close(ck);
+    /* Shape, missing tensor, dtype. */
+    rewrite_single(dir, transpose_up7, NULL);
+    expect_model_error(dir, "model.layers.1.mlp.experts.7.up_proj.weight: expected [32, 96], file has [96, 32]",
+                       "model.safetensors");
+    rewrite_single(dir, drop_kv_b, NULL);
+    expect_model_error(dir, "model.layers.2.self_attn.kv_b_proj.weight", "missing");
+    rewrite_single(dir, i32_o_proj, NULL);
+    expect_model_error(dir, "model.layers.0.self_attn.o_proj.weight", NULL);
+    test_rmdir(dir);
+}
+END_TEST
+
+/* Damage one shard's bytes: truncated, header length past the end, offsets outside the data. */
+START_TEST(test_corrupt_shards)
+{
+    char dir[256], shard[512];
+    copy_fixture(dir, sizeof dir);
+    snprintf(shard, sizeof shard, "%s/model-00002-of-00002.safetensors", dir);
+    FILE *f = fopen(shard, "r+b");
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    ck_assert_int_eq(ftruncate(fileno(f), size - 1000), 0);
+    fclose(f);
+    expect_model_error(dir, "model-00002-of-00002.safetensors", "outside the data area");
+
+    test_rmdir(dir);
+    copy_fixture(dir, sizeof dir);
+    snprintf(shard, sizeof shard, "%s/model-00002-of-00002.safetensors", dir);
+    f = fopen(shard, "r+b");
+    uint64_t huge = 1ull << 40;
+    fwrite(&huge, 8, 1, f);
+    fclose(f);
+    expect_model_error(dir, "model-00002-of-00002.safetensors", "header length");
+
+    /* A data_offsets end moved past the data area, keeping the header length. */
+    test_rmdir(dir);
+    copy_fixture(dir, sizeof dir);
+    snprintf(shard, sizeof shard, "%s/model-00002-of-00002.safetensors", dir);
+    f = fopen(shard, "r+b");
+    uint64_t hlen;
+    ck_assert_uint_eq(fread(&hlen, 8, 1, f), 1);
+    char *hdr = calloc(hlen + 1, 1);
+    ck_assert_uint_eq(fread(hdr, 1, hlen, f), hlen);
+    char *at = strstr(hdr, "\"data_offsets\":[");
+    ck_assert_ptr_nonnull(at);
+    at = strchr(at, ',') + 1; /* first digit of the end offset */
+    *at = '9';                /* ...now far past the end (same length) */
+    fseek(f, 8, SEEK_SET);
+    fwrite(hdr, 1, hlen, f);
+    fclose(f);
+    free(hdr);
+    expect_model_error(dir, "model-00002-of-00002.safetensors", "data_offsets");
+
+    /* Header that is not JSON. */
+    test_rmdir(dir);
+    copy_fixture(dir, sizeof dir);
+    snprintf(shard, sizeof shard, "%s/model-00002-of-00002.safetensors", dir);
+    f = fopen(shard, "r+b");
+    fseek(f, 8, SEEK_SET);
+    fputs("{{{{", f);
+    fclose(f);
+    expect_model_error(dir, "model-00002-of-00002.safetensors", "JSON");
+
+    /* An index naming a shard that does not exist. */
+    test_rmdir(dir);
+    copy_fixture(dir, sizeof dir);
+    snprintf(shard, sizeof shard, "%s/model-00001-of-00002.safetensors", dir);
+    ck_assert_int_eq(unlink(shard), 0);
+    expect_model_error(dir, "model-00001-of-00002.safetensors", "cannot open");
+    test_rmdir(dir);
+}
+END_TEST
+
+/* Safetensors headers built by hand: overlap, dtype, size mismatch. */
+START_TEST(test_header_rules)
+{
+    static const struct { const char *json; const char *needle; } bad[] = {
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+         "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", "overlap"},
+        {"{\"a\":{\"dtype\":\"F64\",\"shape\":[2],\"data_offsets\":[0,16]}}", "unsupported dtype F64"},
+        {"{\"a\":{\"dtype\":\"BF16\",\"shape\":[3,3],\"data_offsets\":[0,16]}}", "18 bytes"},
+        {"{\"a\":{\"dtype\":\"I8\",\"shape\":[-1],\"data_offsets\":[0,1]}}", "shape[0]"},
+        {"{\"a\":{\"dtype\":\"I8\",\"shape\":[4]}}", "data_offsets"},
+        {"[1,2,3]", "not a JSON object"},
+        {"{\"a\":{\"dtype\":\"I8\",\"shape\":[4294967296,4294967296,4294967296],\"data_offsets\":[0,1]}}", "overflow"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        clnpu_safetensors *f = NULL;
+        clnpu_status st = clnpu_safetensors_parse(bad[i].json, strlen(bad[i].json), NULL, 64, "t.safetensors", &f);
+        ck_assert_msg(st != CLNPU_OK && !f, "case %zu accepted", i);
+        ck_assert_msg(strstr(clnpu_error_message(), bad[i].needle), "case %zu: %s", i, clnpu_error_message());
+    }
+    const char *good = "{\"__metadata__\":{\"format\":\"pt\"},\"x\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16]}}";
+    clnpu_safetensors *f;
+    ck_assert_ok(clnpu_safetensors_parse(good, strlen(good), NULL, 16, "t", &f));
+    ck_assert_uint_eq(clnpu_safetensors_count(f), 1);
+    clnpu_safetensors_close(f);
+}
+END_TEST
+
+START_TEST(test_bad_configs)
+{
+    char dir[256], path[512];
+    test_mkdtemp(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    static const struct { const char *json; const char *needle; } bad[] = {
+        {"{\"model_type\": \"axk1\", \"hidden_size\": 96", "not valid JSON"},
+        {"{\"model_type\": \"llama\"}", "model_type \"llama\" is not supported"},
+        {"{\"model_type\": \"axk1\", \"vocab_size\": 10}", "missing required field \"hidden_size\""},
+        {"{\"hidden_size\": 96}", "model_type"},
+    };
+    clnpu_model_config cfg;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ck_assert_int_eq(test_write_file(path, bad[i].json), 0);
+        ck_assert_msg(clnpu_model_config_load(path, &cfg) != CLNPU_OK, "case %zu accepted", i);
+        ck_assert_msg(strstr(clnpu_error_message(), bad[i].needle) && strstr(clnpu_error_message(), "config.json"),
+                      "case %zu: %s", i, clnpu_error_message());
+    }
+    /* rope_parameters (transformers 5) instead of rope_scaling + rope_theta gives the same RoPE. */
+    clnpu_model_config a, b;
+    ck_assert_ok(clnpu_model_config_load(TINY "/config.json", &a));
+    FILE *f = fopen(TINY "/config.json", "rb");
+    char text[8192] = {0};
+    ck_assert_uint_gt(fread(text, 1, sizeof text - 1, f), 0);
+    fclose(f);
+    char *rs = strstr(text, "\"rope_scaling\"");
+    ck_assert_ptr_nonnull(rs);
+    char edited[8300];
+    size_t pre = (size_t)(rs - text);
+    snprintf(edited, sizeof edited, "%.*s\"rope_parameters\": {\"rope_type\": \"yarn\", \"rope_theta\": 10000.0, "
+             "\"factor\": 4.0, \"original_max_position_embeddings\": 64, \"beta_fast\": 32.0, \"beta_slow\": 1.0, "
+             "\"mscale\": 1.0, \"mscale_all_dim\": 0.0}, \"unused_rope_scaling\"%s", (int)pre, text,
+             rs + strlen("\"rope_scaling\""));
+    ck_assert_int_eq(test_write_file(path, edited), 0);
+    ck_assert_ok(clnpu_model_config_load(path, &b));
+    ck_assert(b.rope.scaling == CLNPU_ROPE_YARN && b.rope.factor == a.rope.factor &&
+              b.rope.original_max_position_embeddings == a.rope.original_max_position_embeddings &&
+              b.rope.theta == a.rope.theta && b.rope.mscale_all_dim == a.rope.mscale_all_dim);
+    test_rmdir(dir);
+}
+END_TEST
+
+/* The CLI end to end: dumped logits equal transformers'; bad input exits non-zero with a message. */
+START_TEST(test_cli_run)
+{
+    char dir[256], cmd[2048], out[16384];
+    test_mkdtemp(dir, sizeof dir);
+    const char *ids = "296,365,263,313,40,223,311,274,157,172,163,193,185,305,68,221,193,230,243,246,169,257,365,277";
+    for (int df = 0; df < 2; df++) {
+        snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s -n 3 %s --dump-logits %s/l.safetensors",
+                 CLNPU_CLI_PATH, TINY, ids, df ? "--decode-from 1" : "", dir);
+        ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%s", out);
+        char path[512];
+        snprintf(path, sizeof path, "%s/l.safetensors", dir);
+        clnpu_safetensors *got, *ref;
+        ck_assert_ok(clnpu_safetensors_open(path, &got));
+        ck_assert_ok(clnpu_safetensors_open(TINY "/reference.safetensors", &ref));
+        const clnpu_tensor_info *a = clnpu_safetensors_find(got, "logits"), *b = clnpu_safetensors_find(ref, "logits");
+        ck_assert(a && b && a->bytes == b->bytes && a->ndim == 2 && a->shape[0] == 24 && a->shape[1] == 384);
+        double num = 0, den = 0;
+        for (size_t i = 0; i < a->bytes / 4; i++) {
+            double x = ((const float *)a->data)[i], y = ((const float *)b->data)[i];
+            num += (x - y) * (x - y), den += y * y;
+        }
+        ck_assert_msg(sqrt(num / den) <= 1e-4, "dumped logits (decode-from %d): %.3g", df, sqrt(num / den));
+        clnpu_safetensors_close(got);
+        clnpu_safetensors_close(ref);
+    }
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids 1,2,999", CLNPU_CLI_PATH, TINY);
+    ck_assert_int_eq(test_run(cmd, out, sizeof out), 1);
+    ck_assert_msg(strstr(out, "token id 999"), "%s", out);
+    snprintf(cmd, sizeof cmd, "'%s' run --model /nonexistent --ids 1", CLNPU_CLI_PATH);
+    ck_assert_int_eq(test_run(cmd, out, sizeof out), 1);
+    ck_assert_msg(strstr(out, "/nonexistent"), "%s", out);
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids 1,x", CLNPU_CLI_PATH, TINY);
+    ck_assert_int_eq(test_run(cmd, out, sizeof out), 2);
+    test_rmdir(dir);
+}
+END_TEST
+
+Suite *suite_checkpoint(void)
+{
+    Suite *s = suite_create("checkpoint");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_single_file_and_edits);
+    tcase_add_test(tc, test_corrupt_shards);
+    tcase_add_test(tc, test_header_rules);
+    tcase_add_test(tc, test_bad_configs);
+    tcase_add_test(tc, test_cli_run);
+    suite_add_tcase(s, tc);
+    return s;
+}

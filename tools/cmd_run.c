@@ -1,0 +1,272 @@
+/* `clnpu run`: load an A.X K1 checkpoint (or random weights for a config), process a prompt,
+ * generate tokens; optionally dump logits, print throughput, write a kernel trace. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static const char usage[] =
+    "clnpu run (--model DIR | --random-weights --config FILE) " CLI_DEVICE_USAGE "\n"
+    "          (--ids 1,2,3 | --ids-file F) [-n NEW] [--greedy | --temperature T [--top-k K] [--top-p P] "
+    "[--seed S]]\n          [--decode-from P] [--weights int8|fp8] [--context L] [--dump-logits OUT.safetensors] "
+    "[--stats] [--trace OUT.json]";
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Comma / whitespace separated non-negative ids. */
+static int parse_ids(const char *s, int **out, size_t *n)
+{
+    size_t cap = 16;
+    *n = 0;
+    *out = malloc(cap * sizeof **out);
+    while (*out && *s) {
+        while (*s == ',' || *s == ' ' || *s == '\n' || *s == '\t' || *s == '\r') s++;
+        if (!*s) break;
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < 0 || v > 0x7fffffff) return -1;
+        if (*n == cap) {
+            int *nb = realloc(*out, (cap *= 2) * sizeof **out);
+            if (!nb) return -1;
+            *out = nb;
+        }
+        (*out)[(*n)++] = (int)v;
+        s = end;
+    }
+    return *out && *n ? 0 : -1;
+}
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    size_t r;
+    while (buf && (r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += r;
+        if (n + 1 == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) { free(buf); buf = NULL; }
+            else buf = nb;
+        }
+    }
+    fclose(f);
+    if (buf) buf[n] = '\0';
+    return buf;
+}
+
+typedef struct run_args {
+    cli_device_args da;
+    const char *model, *config, *ids, *ids_file, *dump, *trace;
+    bool random_weights, stats, greedy;
+    size_t n, decode_from, context;
+    bool has_decode_from;
+    clnpu_sampling samp;
+    int weights;
+} run_args;
+
+static int parse(int argc, char **argv, run_args *r)
+{
+    enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CONFIG, O_RANDOM, O_IDS, O_IDS_FILE, O_GREEDY, O_TEMP, O_TOPP, O_TOPK,
+           O_SEED, O_DECODE_FROM, O_DUMP, O_STATS, O_TRACE, O_WEIGHTS, O_CONTEXT };
+    static const struct option longopts[] = {
+        CLI_DEVICE_LONGOPTS, {"model", required_argument, NULL, O_MODEL}, {"config", required_argument, NULL, O_CONFIG},
+        {"random-weights", no_argument, NULL, O_RANDOM}, {"ids", required_argument, NULL, O_IDS},
+        {"ids-file", required_argument, NULL, O_IDS_FILE}, {"greedy", no_argument, NULL, O_GREEDY},
+        {"temperature", required_argument, NULL, O_TEMP}, {"top-p", required_argument, NULL, O_TOPP},
+        {"top-k", required_argument, NULL, O_TOPK}, {"seed", required_argument, NULL, O_SEED},
+        {"decode-from", required_argument, NULL, O_DECODE_FROM}, {"dump-logits", required_argument, NULL, O_DUMP},
+        {"stats", no_argument, NULL, O_STATS}, {"trace", required_argument, NULL, O_TRACE},
+        {"weights", required_argument, NULL, O_WEIGHTS}, {"context", required_argument, NULL, O_CONTEXT},
+        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    int opt;
+    opterr = 0;
+    optind = 1;
+    char *end;
+    while ((opt = getopt_long(argc, argv, "hn:", longopts, NULL)) != -1) {
+        int d = cli_device_option(opt, optarg, &r->da);
+        if (d == 1) continue;
+        if (d == -1) return cli_usage_error("run", usage, "bad value '%s' for --device", optarg);
+        switch (opt) {
+        case 'h':
+            printf("usage: %s\n\nRuns A.X K1 (DeepSeek-V3 family) on one device: the prompt through prefill, "
+                   "then -n new tokens\nthrough decode; prints the generated ids. --decode-from P prefills the "
+                   "first P ids and\nfeeds the rest one at a time through decode. --dump-logits writes F32 "
+                   "'logits' [T, vocab]\nfor every prompt position. --random-weights runs any config with seeded "
+                   "random weights.\n", usage);
+            return CLI_EXIT_OK;
+        case O_MODEL: r->model = optarg; break;
+        case O_CONFIG: r->config = optarg; break;
+        case O_RANDOM: r->random_weights = true; break;
+        case O_IDS: r->ids = optarg; break;
+        case O_IDS_FILE: r->ids_file = optarg; break;
+        case O_GREEDY: r->greedy = true; break;
+        case 'n':
+            if (!cli_parse_size(optarg, &r->n)) return cli_usage_error("run", usage, "bad -n '%s'", optarg);
+            break;
+        case O_TEMP:
+            r->samp.temperature = strtof(optarg, &end);
+            if (*end || r->samp.temperature < 0) return cli_usage_error("run", usage, "bad --temperature '%s'", optarg);
+            break;
+        case O_TOPP:
+            r->samp.top_p = strtof(optarg, &end);
+            if (*end || r->samp.top_p <= 0 || r->samp.top_p > 1) return cli_usage_error("run", usage, "bad --top-p '%s'", optarg);
+            break;
+        case O_TOPK: {
+            size_t k;
+            if (!cli_parse_size(optarg, &k)) return cli_usage_error("run", usage, "bad --top-k '%s'", optarg);
+            r->samp.top_k = (unsigned)k;
+            break;
+        }
+        case O_SEED: {
+            size_t s;
+            if (!cli_parse_size(optarg, &s)) return cli_usage_error("run", usage, "bad --seed '%s'", optarg);
+            r->samp.seed = s;
+            break;
+        }
+        case O_DECODE_FROM:
+            if (!cli_parse_size(optarg, &r->decode_from) || !r->decode_from)
+                return cli_usage_error("run", usage, "bad --decode-from '%s' (>= 1)", optarg);
+            r->has_decode_from = true;
+            break;
+        case O_DUMP: r->dump = optarg; break;
+        case O_STATS: r->stats = true; break;
+        case O_TRACE: r->trace = optarg; break;
+        case O_WEIGHTS:
+            if (!strcmp(optarg, "int8")) r->weights = CLNPU_DTYPE_I8;
+            else if (!strcmp(optarg, "fp8")) r->weights = CLNPU_DTYPE_FP8_E4M3;
+            else return cli_usage_error("run", usage, "bad --weights '%s' (int8 or fp8)", optarg);
+            break;
+        case O_CONTEXT:
+            if (!cli_parse_size(optarg, &r->context) || !r->context) return cli_usage_error("run", usage, "bad --context");
+            break;
+        default: return cli_usage_error("run", usage, "unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) return cli_usage_error("run", usage, "unexpected argument '%s'", argv[optind]);
+    if (!r->model && !r->random_weights) return cli_usage_error("run", usage, "--model DIR is required");
+    if (r->random_weights && !r->config && !r->model)
+        return cli_usage_error("run", usage, "--random-weights needs --config FILE (or --model DIR)");
+    if (!r->ids == !r->ids_file) return cli_usage_error("run", usage, "give exactly one of --ids and --ids-file");
+    if (r->greedy && r->samp.temperature > 0)
+        return cli_usage_error("run", usage, "--greedy and --temperature exclude each other");
+    return -1;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    run_args r = {.weights = -1};
+    int rc = parse(argc, argv, &r);
+    if (rc >= 0) return rc;
+    int *ids = NULL;
+    size_t T = 0;
+    char *text = r.ids_file ? read_file(r.ids_file) : NULL;
+    if (r.ids_file && !text) {
+        fprintf(stderr, "clnpu run: error: %s: cannot read: %s\n", r.ids_file, strerror(errno));
+        return CLI_EXIT_FAIL;
+    }
+    if (parse_ids(r.ids ? r.ids : text, &ids, &T)) {
+        free(text), free(ids);
+        return cli_usage_error("run", usage, "ids must be non-negative integers separated by commas");
+    }
+    free(text);
+    if (r.has_decode_from && r.decode_from > T) {
+        free(ids);
+        return cli_usage_error("run", usage, "--decode-from %zu is past the %zu prompt ids", r.decode_from, T);
+    }
+    char cfgpath[4096];
+    snprintf(cfgpath, sizeof cfgpath, "%s/config.json", r.model);
+    if (r.config) snprintf(cfgpath, sizeof cfgpath, "%s", r.config);
+    clnpu_model_config cfg;
+    clnpu_checkpoint *ck = NULL;
+    clnpu_device *dev = NULL;
+    clnpu_model *m = NULL;
+    float *logits = NULL, *row = NULL;
+    int *gen = NULL;
+    clnpu_buffer *lb = NULL, *ob = NULL;
+    clnpu_status st = clnpu_model_config_load(cfgpath, &cfg);
+    if (!st && !r.random_weights) st = clnpu_checkpoint_open(r.model, &ck);
+    if (!st) st = cli_open_device(&r.da, r.trace != NULL, &dev);
+    const size_t V = cfg.vocab_size;
+    const size_t P = r.has_decode_from ? r.decode_from : T;
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_sequences = 1;
+    o.max_context = r.context ? r.context : T + r.n + 1;
+    o.max_tokens = P < 512 ? (P ? P : 1) : 512;
+    o.weights = r.weights;
+    o.progress = isatty(STDERR_FILENO); /* a live progress line only for a person watching */
+    double t0 = now_s();
+    if (!st) st = clnpu_model_create(dev, &cfg, ck, &o, &m);
+    double t_load = now_s() - t0;
+    if (!st && r.trace) st = clnpu_device_trace_start(dev);
+    if (!st && !(logits = malloc(T * V * sizeof *logits))) st = CLNPU_ERR_OUT_OF_MEMORY;
+    t0 = now_s();
+    if (!st) st = clnpu_model_prefill(m, 0, ids, P, logits);
+    double t_prefill = now_s() - t0;
+    t0 = now_s();
+    size_t seq = 0, decoded = 0;
+    for (size_t t = P; !st && t < T; t++, decoded++) st = clnpu_model_decode(m, &seq, ids + t, 1, logits + t * V);
+    /* Generation: sample from the last position's logits, feed the token back. */
+    if (!st && r.n && (!(gen = malloc(r.n * sizeof *gen)) || !(row = malloc(V * sizeof *row)))) st = CLNPU_ERR_OUT_OF_MEMORY;
+    if (!st && r.n) st = clnpu_buffer_create(dev, V * 4, &lb);
+    if (!st && r.n) st = clnpu_buffer_create(dev, 4, &ob);
+    if (!st && r.n) memcpy(row, logits + (T - 1) * V, V * sizeof *row);
+    for (size_t i = 0; !st && i < r.n; i++) {
+        st = clnpu_buffer_write(lb, 0, row, V * 4);
+        if (!st) st = clnpu_sample(dev, ob, (clnpu_view){lb, 0, V}, 1, V, &r.samp, i);
+        if (!st) st = clnpu_buffer_read(ob, 0, &gen[i], 4);
+        if (!st && i + 1 < r.n) {
+            st = clnpu_model_decode(m, &seq, &gen[i], 1, row);
+            decoded++;
+        }
+    }
+    double t_decode = now_s() - t0;
+    if (!st && r.dump) {
+        clnpu_tensor_out out = {"logits", CLNPU_DTYPE_F32, 2, {(int64_t)T, (int64_t)V}, logits};
+        st = clnpu_safetensors_write(r.dump, &out, 1);
+    }
+    size_t events = 0;
+    if (!st && r.trace) st = clnpu_device_trace_write(dev, r.trace, &events);
+    if (!st) {
+        for (size_t i = 0; i < r.n; i++) printf(i ? ",%d" : "%d", gen[i]);
+        if (r.n) printf("\n");
+        fflush(stdout);
+    }
+    if (!st && r.stats) {
+        char mem[32], cap[32];
+        cli_format_bytes((double)clnpu_device_memory_used(dev), mem, sizeof mem);
+        cli_format_bytes((double)clnpu_device_memory_capacity(dev), cap, sizeof cap);
+        double total, active;
+        clnpu_model_config_params(&cfg, &total, &active);
+        fprintf(stderr, "model: %s, %.4g M parameters (%.4g M active per token), %s weights%s\n",
+                cfg.model_type, total / 1e6, active / 1e6,
+                r.weights < 0 ? "checkpoint" : clnpu_dtype_name((clnpu_dtype)r.weights),
+                r.random_weights ? " (random)" : "");
+        fprintf(stderr, "load: %.2f s\nprefill: %zu tokens in %.1f ms, %.1f tokens/s\n", t_load, P,
+                t_prefill * 1e3, P / t_prefill);
+        if (decoded)
+            fprintf(stderr, "decode: %zu tokens in %.1f ms, %.2f tokens/s\n", decoded, t_decode * 1e3,
+                    decoded / t_decode);
+        fprintf(stderr, "device %zu (%s, profile %s): %s of %s in use\n", clnpu_device_get_info(dev)->index,
+                clnpu_device_get_info(dev)->name, clnpu_device_get_profile(dev)->name, mem, cap);
+    }
+    if (!st && r.trace) fprintf(stderr, "trace: %zu kernel spans in %s\n", events, r.trace);
+    rc = st ? cli_fail("run", st) : CLI_EXIT_OK;
+    clnpu_buffer_destroy(lb), clnpu_buffer_destroy(ob);
+    clnpu_model_destroy(m);
+    clnpu_checkpoint_close(ck);
+    clnpu_device_close(dev);
+    free(ids), free(logits), free(row), free(gen);
+    return rc;
+}
