@@ -114,10 +114,15 @@ static clnpu_status attention_decode(clnpu_model *m, model_layer *ly, size_t B, 
 {
     const clnpu_model_config *c = &m->cfg;
     const size_t H = c->num_attention_heads, R = c->kv_lora_rank, nope = c->qk_nope_head_dim, vd = c->v_head_dim;
-    clnpu_status st = CLNPU_OK;
-    /* q_abs[b, h] = q_nope[b, h] . W_UK[h]  (W_UK^T stored per head as [R, nope]) */
-    for (size_t h = 0; !st && h < H; h++)
-        st = mm(m, ly->uk_t, h, m->q, h * m->dqk, H * m->dqk, m->q_abs, h * R, H * R, B, CLNPU_EPILOGUE_NONE);
+    /* Per-head products as one grouped GEMM each: row b*H + h of q (stride dqk) goes through
+     * matrix h. q_abs[b, h] = q_nope[b, h] . W_UK[h]  (W_UK^T stored per head as [R, nope]). */
+    clnpu_gemm_segment *segs = malloc(B * H * sizeof *segs);
+    if (!segs) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < H; h++) segs[b * H + h] = (clnpu_gemm_segment){h, b * H + h, 1};
+    clnpu_gemm_args g = clnpu_gemm_args_default();
+    g.x = m->q, g.ldx = m->dqk, g.y = m->q_abs, g.ldy = R, g.m = B * H;
+    clnpu_status st = clnpu_gemm_grouped(m->dev, ly->uk_t, segs, B * H, &g);
     if (!st) {
         clnpu_mla_decode_args a = {m->q_abs, m->q, ly->cache, m->opt.page_size, m->block_table_dev, m->max_blocks,
                                    m->lens, maxlen, B, H, R, c->qk_rope_head_dim, m->scale, m->z, 0,
@@ -125,8 +130,10 @@ static clnpu_status attention_decode(clnpu_model *m, model_layer *ly, size_t B, 
         st = clnpu_mla_decode(m->dev, &a);
     }
     /* out[b, h] = z[b, h] . W_UV[h]^T */
-    for (size_t h = 0; !st && h < H; h++)
-        st = mm(m, ly->uv, h, m->z, h * R, H * R, m->attn, h * vd, H * vd, B, CLNPU_EPILOGUE_NONE);
+    g = clnpu_gemm_args_default();
+    g.x = m->z, g.ldx = R, g.y = m->attn, g.ldy = vd, g.m = B * H;
+    if (!st) st = clnpu_gemm_grouped(m->dev, ly->uv, segs, B * H, &g);
+    free(segs);
     return st;
 }
 

@@ -251,7 +251,7 @@ int cmd_run(int argc, char **argv)
         clnpu_model_config_params(&cfg, &total, &active);
         fprintf(stderr, "model: %s, %.4g M parameters (%.4g M active per token), %s weights%s\n",
                 cfg.model_type, total / 1e6, active / 1e6,
-                r.weights < 0 ? "checkpoint" : clnpu_dtype_name((clnpu_dtype)r.weights),
+                r.weights >= 0 ? clnpu_dtype_name((clnpu_dtype)r.weights) : r.random_weights ? "bf16" : "checkpoint",
                 r.random_weights ? " (random)" : "");
         fprintf(stderr, "load: %.2f s\nprefill: %zu tokens in %.1f ms, %.1f tokens/s\n", t_load, P,
                 t_prefill * 1e3, P / t_prefill);
