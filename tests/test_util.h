@@ -44,5 +44,6 @@ Suite *suite_gemm(void);
 Suite *suite_ops(void);
 Suite *suite_model(void);
 Suite *suite_checkpoint(void);
+Suite *suite_plan(void);
 
 #endif

@@ -41,24 +41,12 @@ int cli_device_option(int opt, const char *arg, cli_device_args *a);
 /* Open the device chosen by the flags (loading extra profiles if asked). */
 clnpu_status cli_open_device(const cli_device_args *a, bool profiling, clnpu_device **out);
 
-/* libyaml emitter wrapper for machine-readable output. */
-typedef struct cli_yaml cli_yaml;
-cli_yaml *cli_yaml_begin(FILE *out);
-void cli_yaml_map_begin(cli_yaml *y);
-void cli_yaml_map_end(cli_yaml *y);
-void cli_yaml_seq_begin(cli_yaml *y);
-void cli_yaml_seq_end(cli_yaml *y);
-void cli_yaml_str(cli_yaml *y, const char *s);
-void cli_yaml_kv_str(cli_yaml *y, const char *key, const char *value);
-void cli_yaml_kv_int(cli_yaml *y, const char *key, long long value);
-void cli_yaml_kv_num(cli_yaml *y, const char *key, double value);
-void cli_yaml_kv_bool(cli_yaml *y, const char *key, bool value);
-/* Finish the document; false if the emitter failed. */
-bool cli_yaml_end(cli_yaml *y);
+#include "../backend/yaml_out.h"
 
 int cmd_devices(int argc, char **argv);
 int cmd_kernels(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
 
 #endif

@@ -14,6 +14,7 @@ static const command commands[] = {
     {"devices", cmd_devices, "list OpenCL devices, their capabilities and matched target profiles"},
     {"kernels", cmd_kernels, "build every embedded kernel on a device (uses the binary cache)"},
     {"run", cmd_run, "run A.X K1: prefill a prompt, generate tokens, dump logits, stats, traces"},
+    {"plan", cmd_plan, "split the model across a cluster: layout, stages, experts, memory, prediction"},
     {"bench", cmd_bench, "measure kernels: medians, GFLOP/s, GB/s, fraction of the roofline"},
 };
 

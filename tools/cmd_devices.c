@@ -38,33 +38,33 @@ static void print_text(const clnpu_device_info *d, const clnpu_profile *p, bool 
     }
 }
 
-static void print_yaml(cli_yaml *y, const clnpu_device_info *d, const clnpu_profile *p,
+static void print_yaml(clnpu_yaml *y, const clnpu_device_info *d, const clnpu_profile *p,
                        bool matched, bool emulated)
 {
-    cli_yaml_map_begin(y);
-    cli_yaml_kv_int(y, "index", (long long)d->index);
-    cli_yaml_kv_str(y, "platform", d->platform_name);
-    cli_yaml_kv_str(y, "platform_version", d->platform_version);
-    cli_yaml_kv_str(y, "name", d->name);
-    cli_yaml_kv_str(y, "vendor", d->vendor);
-    cli_yaml_kv_str(y, "driver_version", d->driver_version);
-    cli_yaml_kv_str(y, "opencl_c_version", d->opencl_c_version);
-    cli_yaml_kv_str(y, "type", clnpu_device_type_name(d->type));
-    cli_yaml_kv_int(y, "compute_units", d->compute_units);
-    cli_yaml_kv_int(y, "clock_mhz", d->clock_mhz);
-    cli_yaml_kv_int(y, "global_mem_bytes", (long long)d->global_mem_bytes);
-    cli_yaml_kv_int(y, "local_mem_bytes", (long long)d->local_mem_bytes);
-    cli_yaml_kv_int(y, "max_alloc_bytes", (long long)d->max_alloc_bytes);
-    cli_yaml_kv_int(y, "max_work_group_size", (long long)d->max_work_group_size);
-    cli_yaml_kv_int(y, "preferred_vector_width_float", d->pref_vector_width_float);
-    cli_yaml_kv_bool(y, "fp16", d->fp16);
-    cli_yaml_kv_bool(y, "fp64", d->fp64);
-    cli_yaml_kv_bool(y, "integer_dot_product", d->int_dot_product);
-    cli_yaml_kv_str(y, "profile", p->name);
-    cli_yaml_kv_bool(y, "profile_matched", matched);
-    cli_yaml_kv_bool(y, "emulated", emulated);
-    if (emulated) cli_yaml_kv_int(y, "emulated_memory_bytes", (long long)p->memory_bytes);
-    cli_yaml_map_end(y);
+    clnpu_yaml_map_begin(y);
+    clnpu_yaml_kv_int(y, "index", (long long)d->index);
+    clnpu_yaml_kv_str(y, "platform", d->platform_name);
+    clnpu_yaml_kv_str(y, "platform_version", d->platform_version);
+    clnpu_yaml_kv_str(y, "name", d->name);
+    clnpu_yaml_kv_str(y, "vendor", d->vendor);
+    clnpu_yaml_kv_str(y, "driver_version", d->driver_version);
+    clnpu_yaml_kv_str(y, "opencl_c_version", d->opencl_c_version);
+    clnpu_yaml_kv_str(y, "type", clnpu_device_type_name(d->type));
+    clnpu_yaml_kv_int(y, "compute_units", d->compute_units);
+    clnpu_yaml_kv_int(y, "clock_mhz", d->clock_mhz);
+    clnpu_yaml_kv_int(y, "global_mem_bytes", (long long)d->global_mem_bytes);
+    clnpu_yaml_kv_int(y, "local_mem_bytes", (long long)d->local_mem_bytes);
+    clnpu_yaml_kv_int(y, "max_alloc_bytes", (long long)d->max_alloc_bytes);
+    clnpu_yaml_kv_int(y, "max_work_group_size", (long long)d->max_work_group_size);
+    clnpu_yaml_kv_int(y, "preferred_vector_width_float", d->pref_vector_width_float);
+    clnpu_yaml_kv_bool(y, "fp16", d->fp16);
+    clnpu_yaml_kv_bool(y, "fp64", d->fp64);
+    clnpu_yaml_kv_bool(y, "integer_dot_product", d->int_dot_product);
+    clnpu_yaml_kv_str(y, "profile", p->name);
+    clnpu_yaml_kv_bool(y, "profile_matched", matched);
+    clnpu_yaml_kv_bool(y, "emulated", emulated);
+    if (emulated) clnpu_yaml_kv_int(y, "emulated_memory_bytes", (long long)p->memory_bytes);
+    clnpu_yaml_map_end(y);
 }
 
 int cmd_devices(int argc, char **argv)
@@ -107,8 +107,8 @@ int cmd_devices(int argc, char **argv)
         clnpu_profile_set_destroy(set);
         return forced || !target ? cli_fail("devices", st) : CLI_EXIT_FAIL;
     }
-    cli_yaml *y = yaml ? cli_yaml_begin(stdout) : NULL;
-    if (y) cli_yaml_seq_begin(y);
+    clnpu_yaml *y = yaml ? clnpu_yaml_begin(stdout) : NULL;
+    if (y) clnpu_yaml_seq_begin(y);
     for (size_t i = 0; i < n; i++) {
         clnpu_profile p;
         bool matched = false, emulated = false;
@@ -124,8 +124,8 @@ int cmd_devices(int argc, char **argv)
     }
     int rc = CLI_EXIT_OK;
     if (y) {
-        cli_yaml_seq_end(y);
-        if (!cli_yaml_end(y)) { fprintf(stderr, "clnpu devices: YAML output failed\n"); rc = CLI_EXIT_FAIL; }
+        clnpu_yaml_seq_end(y);
+        if (!clnpu_yaml_end(y)) { fprintf(stderr, "clnpu devices: YAML output failed\n"); rc = CLI_EXIT_FAIL; }
     }
     clnpu_device_list_free(infos);
     clnpu_profile_set_destroy(set);

@@ -12,6 +12,7 @@
 #include "clnpu/moe.h"
 #include "clnpu/checkpoint.h"
 #include "clnpu/model.h"
+#include "clnpu/plan.h"
 
 #ifdef __cplusplus
 extern "C" {

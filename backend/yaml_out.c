@@ -1,24 +1,25 @@
-/* Machine-readable YAML output through libyaml's emitter (no hand-written quoting). */
+/* Machine-readable YAML output through libyaml's emitter (no hand-written quoting); used by the
+ * CLI and the planner. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <yaml.h>
 
-#include "cli.h"
+#include "yaml_out.h"
 
-struct cli_yaml {
+struct clnpu_yaml {
     yaml_emitter_t em;
     bool ok;
 };
 
-static void emit(cli_yaml *y, yaml_event_t *ev)
+static void emit(clnpu_yaml *y, yaml_event_t *ev)
 {
     if (y->ok && !yaml_emitter_emit(&y->em, ev)) y->ok = false;
 }
 
-cli_yaml *cli_yaml_begin(FILE *out)
+clnpu_yaml *clnpu_yaml_begin(FILE *out)
 {
-    cli_yaml *y = calloc(1, sizeof *y);
+    clnpu_yaml *y = calloc(1, sizeof *y);
     if (!y) return NULL;
     y->ok = yaml_emitter_initialize(&y->em);
     yaml_emitter_set_output_file(&y->em, out);
@@ -31,35 +32,35 @@ cli_yaml *cli_yaml_begin(FILE *out)
     return y;
 }
 
-void cli_yaml_map_begin(cli_yaml *y)
+void clnpu_yaml_map_begin(clnpu_yaml *y)
 {
     yaml_event_t ev;
     yaml_mapping_start_event_initialize(&ev, NULL, NULL, 1, YAML_BLOCK_MAPPING_STYLE);
     emit(y, &ev);
 }
 
-void cli_yaml_map_end(cli_yaml *y)
+void clnpu_yaml_map_end(clnpu_yaml *y)
 {
     yaml_event_t ev;
     yaml_mapping_end_event_initialize(&ev);
     emit(y, &ev);
 }
 
-void cli_yaml_seq_begin(cli_yaml *y)
+void clnpu_yaml_seq_begin(clnpu_yaml *y)
 {
     yaml_event_t ev;
     yaml_sequence_start_event_initialize(&ev, NULL, NULL, 1, YAML_BLOCK_SEQUENCE_STYLE);
     emit(y, &ev);
 }
 
-void cli_yaml_seq_end(cli_yaml *y)
+void clnpu_yaml_seq_end(clnpu_yaml *y)
 {
     yaml_event_t ev;
     yaml_sequence_end_event_initialize(&ev);
     emit(y, &ev);
 }
 
-static void scalar(cli_yaml *y, const char *s, bool plain)
+static void scalar(clnpu_yaml *y, const char *s, bool plain)
 {
     yaml_event_t ev;
     /* Strings may need quotes (the emitter decides); keys and numbers are plain. */
@@ -68,15 +69,15 @@ static void scalar(cli_yaml *y, const char *s, bool plain)
     emit(y, &ev);
 }
 
-void cli_yaml_str(cli_yaml *y, const char *s) { scalar(y, s, false); }
+void clnpu_yaml_str(clnpu_yaml *y, const char *s) { scalar(y, s, false); }
 
-void cli_yaml_kv_str(cli_yaml *y, const char *k, const char *v)
+void clnpu_yaml_kv_str(clnpu_yaml *y, const char *k, const char *v)
 {
     scalar(y, k, true);
     scalar(y, v, false);
 }
 
-void cli_yaml_kv_int(cli_yaml *y, const char *k, long long v)
+void clnpu_yaml_kv_int(clnpu_yaml *y, const char *k, long long v)
 {
     char b[32];
     snprintf(b, sizeof b, "%lld", v);
@@ -84,7 +85,7 @@ void cli_yaml_kv_int(cli_yaml *y, const char *k, long long v)
     scalar(y, b, true);
 }
 
-void cli_yaml_kv_num(cli_yaml *y, const char *k, double v)
+void clnpu_yaml_kv_num(clnpu_yaml *y, const char *k, double v)
 {
     char b[40];
     snprintf(b, sizeof b, "%.6g", v);
@@ -92,13 +93,13 @@ void cli_yaml_kv_num(cli_yaml *y, const char *k, double v)
     scalar(y, b, true);
 }
 
-void cli_yaml_kv_bool(cli_yaml *y, const char *k, bool v)
+void clnpu_yaml_kv_bool(clnpu_yaml *y, const char *k, bool v)
 {
     scalar(y, k, true);
     scalar(y, v ? "true" : "false", true);
 }
 
-bool cli_yaml_end(cli_yaml *y)
+bool clnpu_yaml_end(clnpu_yaml *y)
 {
     yaml_event_t ev;
     yaml_document_end_event_initialize(&ev, 1);
@@ -109,4 +110,27 @@ bool cli_yaml_end(cli_yaml *y)
     yaml_emitter_delete(&y->em);
     free(y);
     return ok;
+}
+
+void clnpu_yaml_flow_seq_begin(clnpu_yaml *y)
+{
+    yaml_event_t ev;
+    yaml_sequence_start_event_initialize(&ev, NULL, NULL, 1, YAML_FLOW_SEQUENCE_STYLE);
+    emit(y, &ev);
+}
+
+void clnpu_yaml_key(clnpu_yaml *y, const char *k) { scalar(y, k, true); }
+
+void clnpu_yaml_int(clnpu_yaml *y, long long v)
+{
+    char b[32];
+    snprintf(b, sizeof b, "%lld", v);
+    scalar(y, b, true);
+}
+
+void clnpu_yaml_num(clnpu_yaml *y, double v)
+{
+    char b[40];
+    snprintf(b, sizeof b, "%.6g", v);
+    scalar(y, b, true);
 }

@@ -1,0 +1,224 @@
+/* Cluster descriptions (YAML, libyaml document API): nodes of devices named by target profile,
+ * with overrides, the links inside and between nodes, a memory reserve. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "../backend/error.h"
+#include "clnpu/plan.h"
+
+typedef struct ctx {
+    yaml_document_t *doc;
+    const char *origin;
+} ctx;
+
+static clnpu_status at(const ctx *c, const yaml_node_t *n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static clnpu_status at(const ctx *c, const yaml_node_t *n, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu:%zu: %s", c->origin, n->start_mark.line + 1, n->start_mark.column + 1, msg);
+}
+
+static const char *sval(const yaml_node_t *n)
+{
+    return n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+static yaml_node_t *get(const ctx *c, const yaml_node_t *map, const char *key)
+{
+    if (map->type != YAML_MAPPING_NODE) return NULL;
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+        const char *k = sval(yaml_document_get_node(c->doc, p->key));
+        if (k && !strcmp(k, key)) return yaml_document_get_node(c->doc, p->value);
+    }
+    return NULL;
+}
+
+static clnpu_status check_keys(const ctx *c, const yaml_node_t *map, const char *what, const char *const *allowed)
+{
+    if (map->type != YAML_MAPPING_NODE) return at(c, map, "%s must be a mapping", what);
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+        yaml_node_t *kn = yaml_document_get_node(c->doc, p->key);
+        const char *k = sval(kn);
+        bool ok = false;
+        for (size_t i = 0; k && allowed[i] && !ok; i++) ok = !strcmp(k, allowed[i]);
+        if (!ok) return at(c, kn, "unknown key '%s' in %s", k ? k : "?", what);
+    }
+    return CLNPU_OK;
+}
+
+static clnpu_status num(const ctx *c, const yaml_node_t *n, const char *key, double *out)
+{
+    const char *s = sval(n);
+    char *end;
+    errno = 0;
+    double v = s ? strtod(s, &end) : 0;
+    if (!s || end == s || *end || errno || !isfinite(v) || v < 0) return at(c, n, "'%s' must be a non-negative number", key);
+    *out = v;
+    return CLNPU_OK;
+}
+
+static clnpu_status link_of(const ctx *c, const yaml_node_t *n, const char *what, clnpu_link *l)
+{
+    static const char *const keys[] = {"bandwidth", "latency_s", "type", NULL};
+    clnpu_status st = check_keys(c, n, what, keys);
+    yaml_node_t *v = NULL;
+    if (!st && (v = get(c, n, "bandwidth"))) st = num(c, v, "bandwidth", &l->bandwidth);
+    if (!st && (v = get(c, n, "latency_s"))) st = num(c, v, "latency_s", &l->latency_s);
+    if (!st && (v = get(c, n, "type")) && sval(v)) snprintf(l->type, sizeof l->type, "%s", sval(v));
+    if (!st && l->bandwidth <= 0) st = at(c, n, "%s needs a positive bandwidth", what);
+    return st;
+}
+
+static clnpu_status apply_overrides(const ctx *c, const yaml_node_t *n, clnpu_profile *p)
+{
+    static const char *const keys[] = {"memory_bytes", "memory_bandwidth", "fp32", "fp16", "bf16", "fp8", "int8", NULL};
+    clnpu_status st = check_keys(c, n, "overrides", keys);
+    double v = 0;
+    for (size_t i = 0; !st && keys[i]; i++) {
+        yaml_node_t *x = get(c, n, keys[i]);
+        if (!x) continue;
+        if ((st = num(c, x, keys[i], &v))) break;
+        if (i == 0) p->memory_bytes = (int64_t)v;
+        else if (i == 1) p->memory_bandwidth = v;
+        else p->peak[(int[]){CLNPU_PEAK_FP32, CLNPU_PEAK_FP16, CLNPU_PEAK_BF16, CLNPU_PEAK_FP8, CLNPU_PEAK_INT8}[i - 2]] = v;
+    }
+    return st;
+}
+
+void clnpu_cluster_destroy(clnpu_cluster *c)
+{
+    if (!c) return;
+    free(c->devices);
+    free(c);
+}
+
+static clnpu_status add_devices(clnpu_cluster *cl, const clnpu_profile *p, size_t count, size_t node, size_t *cap)
+{
+    if (cl->count + count > 1u << 20) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "more than 2^20 devices");
+    if (cl->count + count > *cap) {
+        size_t nc = (cl->count + count) * 2;
+        clnpu_cluster_device *n = realloc(cl->devices, nc * sizeof *n);
+        if (!n) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+        cl->devices = n, *cap = nc;
+    }
+    for (size_t i = 0; i < count; i++) cl->devices[cl->count++] = (clnpu_cluster_device){*p, node};
+    return CLNPU_OK;
+}
+
+static clnpu_status parse_root(const ctx *c, const yaml_node_t *root, const clnpu_profile_set *set, clnpu_cluster *cl)
+{
+    static const char *const top[] = {"name", "nodes", "links", "memory_reserve", "launch_overhead_s", "notes", NULL};
+    clnpu_status st = check_keys(c, root, "the cluster", top);
+    yaml_node_t *v = NULL;
+    if (!st && (v = get(c, root, "name")) && sval(v)) snprintf(cl->name, sizeof cl->name, "%s", sval(v));
+    cl->reserve_fraction = 0.05, cl->launch_overhead_s = 5e-6;
+    if (!st && (v = get(c, root, "memory_reserve"))) st = num(c, v, "memory_reserve", &cl->reserve_fraction);
+    if (!st && cl->reserve_fraction >= 1) st = at(c, v, "memory_reserve is a fraction below 1");
+    if (!st && (v = get(c, root, "launch_overhead_s"))) st = num(c, v, "launch_overhead_s", &cl->launch_overhead_s);
+    yaml_node_t *nodes = st ? NULL : get(c, root, "nodes");
+    if (!st && (!nodes || nodes->type != YAML_SEQUENCE_NODE || nodes->data.sequence.items.start == nodes->data.sequence.items.top))
+        st = at(c, root, "'nodes' must be a non-empty list");
+    size_t cap = 0;
+    for (yaml_node_item_t *it = st ? NULL : nodes->data.sequence.items.start; !st && it < nodes->data.sequence.items.top; it++) {
+        yaml_node_t *nd = yaml_document_get_node(c->doc, *it);
+        static const char *const nkeys[] = {"name", "count", "devices", NULL};
+        st = check_keys(c, nd, "a node", nkeys);
+        double repeat = 1;
+        if (!st && (v = get(c, nd, "count"))) st = num(c, v, "count", &repeat);
+        if (!st && (repeat < 1 || repeat != floor(repeat) || repeat > 65536)) st = at(c, nd, "node count must be 1..65536");
+        yaml_node_t *devs = st ? NULL : get(c, nd, "devices");
+        if (!st && (!devs || devs->type != YAML_SEQUENCE_NODE)) st = at(c, nd, "a node needs a 'devices' list");
+        for (size_t r = 0; !st && r < (size_t)repeat; r++, cl->nodes++)
+            for (yaml_node_item_t *di = devs->data.sequence.items.start; !st && di < devs->data.sequence.items.top; di++) {
+                yaml_node_t *dv = yaml_document_get_node(c->doc, *di);
+                static const char *const dkeys[] = {"profile", "count", "overrides", NULL};
+                st = check_keys(c, dv, "a device entry", dkeys);
+                const char *pname = st ? NULL : (get(c, dv, "profile") ? sval(get(c, dv, "profile")) : NULL);
+                const clnpu_profile *p = pname ? clnpu_profile_set_find(set, pname) : NULL;
+                if (!st && !p) st = at(c, dv, "unknown device profile '%s'", pname ? pname : "(none)");
+                double n = 1;
+                if (!st && (v = get(c, dv, "count"))) st = num(c, v, "count", &n);
+                if (!st && (n < 1 || n != floor(n))) st = at(c, dv, "device count must be a positive integer");
+                clnpu_profile prof;
+                if (!st) prof = *p;
+                if (!st && (v = get(c, dv, "overrides"))) st = apply_overrides(c, v, &prof);
+                if (!st) st = add_devices(cl, &prof, (size_t)n, cl->nodes, &cap);
+            }
+    }
+    yaml_node_t *links = st ? NULL : get(c, root, "links");
+    if (!st && cl->count) {
+        cl->intra = cl->devices[0].profile.link;
+        cl->inter = (clnpu_link){"network-100g", 1.25e10, 1e-5};
+    }
+    if (!st && links) {
+        static const char *const lkeys[] = {"intra_node", "inter_node", NULL};
+        st = check_keys(c, links, "links", lkeys);
+        if (!st && (v = get(c, links, "intra_node"))) st = link_of(c, v, "links.intra_node", &cl->intra);
+        if (!st && (v = get(c, links, "inter_node"))) st = link_of(c, v, "links.inter_node", &cl->inter);
+    }
+    if (!st && cl->intra.bandwidth <= 0) cl->intra = (clnpu_link){"pcie", 2.5e10, 5e-6};
+    return st;
+}
+
+clnpu_status clnpu_cluster_parse(const char *text, size_t len, const char *origin, const clnpu_profile_set *profiles,
+                                 clnpu_cluster **out)
+{
+    *out = NULL;
+    clnpu_profile_set *builtin = NULL;
+    if (!profiles) {
+        clnpu_status st = clnpu_profile_set_builtin(&builtin);
+        if (st) return st;
+        profiles = builtin;
+    }
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    clnpu_status st = CLNPU_OK;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+    if (!yaml_parser_load(&parser, &doc)) {
+        st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu:%zu: bad YAML: %s", origin, parser.problem_mark.line + 1,
+                        parser.problem_mark.column + 1, parser.problem ? parser.problem : "parse error");
+        yaml_parser_delete(&parser);
+        clnpu_profile_set_destroy(builtin);
+        return st;
+    }
+    clnpu_cluster *cl = calloc(1, sizeof *cl);
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    ctx c = {&doc, origin};
+    if (!cl) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    else if (!root) st = clnpu_fail(CLNPU_ERR_PARSE, "%s: empty cluster file", origin);
+    else st = parse_root(&c, root, profiles, cl);
+    if (!st && !cl->name[0]) snprintf(cl->name, sizeof cl->name, "%s", origin);
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    clnpu_profile_set_destroy(builtin);
+    if (st) {
+        clnpu_cluster_destroy(cl);
+        return st;
+    }
+    *out = cl;
+    return CLNPU_OK;
+}
+
+clnpu_status clnpu_cluster_load(const char *path, const clnpu_profile_set *profiles, clnpu_cluster **out)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    char *buf = malloc(1 << 20);
+    size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
+    fclose(f);
+    if (!buf) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    clnpu_status st = clnpu_cluster_parse(buf, n, path, profiles, out);
+    free(buf);
+    return st;
+}

@@ -1,0 +1,139 @@
+/* Planner inputs besides the cluster: measured calibration (clnpu bench --json lines, cJSON)
+ * and expert load histograms (YAML). */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "../backend/error.h"
+#include "clnpu/plan.h"
+
+clnpu_status clnpu_calibration_read(const char *path, const clnpu_profile *p, clnpu_calibration *cal)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    char line[4096];
+    double best_c = 0, best_m = 0;
+    size_t n = 0, lineno = 0;
+    clnpu_status st = CLNPU_OK;
+    while (!st && fgets(line, sizeof line, f)) {
+        lineno++;
+        if (line[0] != '{') continue; /* the text table lines of a mixed log are skipped */
+        cJSON *o = cJSON_Parse(line);
+        if (!o) {
+            st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: not a JSON object", path, lineno);
+            break;
+        }
+        const cJSON *op = cJSON_GetObjectItemCaseSensitive(o, "op"), *m = cJSON_GetObjectItemCaseSensitive(o, "m");
+        const cJSON *gf = cJSON_GetObjectItemCaseSensitive(o, "gflops"), *gb = cJSON_GetObjectItemCaseSensitive(o, "gbps");
+        if (cJSON_IsString(op) && !strcmp(op->valuestring, "gemm") && cJSON_IsNumber(m) && cJSON_IsNumber(gf) &&
+            cJSON_IsNumber(gb)) {
+            /* the best large-M rate is the compute efficiency, the best M = 1 stream the memory one */
+            if (m->valuedouble >= 256) best_c = fmax(best_c, gf->valuedouble * 1e9);
+            if (m->valuedouble == 1) best_m = fmax(best_m, gb->valuedouble * 1e9);
+            n++;
+        }
+        cJSON_Delete(o);
+    }
+    fclose(f);
+    if (st) return st;
+    if (!n) return clnpu_fail(CLNPU_ERR_PARSE, "%s: no gemm measurements (expected clnpu bench gemm --json output)", path);
+    if (best_c > 0 && p->peak[CLNPU_PEAK_FP32] > 0) cal->compute_eff = fmin(1, best_c / p->peak[CLNPU_PEAK_FP32]);
+    if (best_m > 0 && p->memory_bandwidth > 0) cal->memory_eff = fmin(1.5, best_m / p->memory_bandwidth);
+    return CLNPU_OK;
+}
+
+clnpu_status clnpu_expert_load_read(const char *path, const clnpu_graph *g, double **out, size_t *out_layers)
+{
+    *out = NULL, *out_layers = 0;
+    size_t moe = 0;
+    for (size_t u = 0; u < g->count; u++) moe += g->units[u].kind == CLNPU_UNIT_MOE;
+    FILE *f = fopen(path, "rb");
+    if (!f) return clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_file(&parser, f);
+    clnpu_status st = CLNPU_OK;
+    if (!yaml_parser_load(&parser, &doc)) {
+        st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: bad YAML: %s", path, parser.problem_mark.line + 1,
+                        parser.problem ? parser.problem : "parse error");
+        yaml_parser_delete(&parser);
+        fclose(f);
+        return st;
+    }
+    double *loads = calloc(moe * g->experts, sizeof *loads);
+    bool *set = calloc(moe, sizeof *set);
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    if (!loads || !set) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    else if (!root || root->type != YAML_MAPPING_NODE) st = clnpu_fail(CLNPU_ERR_PARSE, "%s: expected a mapping", path);
+    /* first MoE layer index, to map layer numbers to rows */
+    size_t first = 0;
+    for (size_t u = 0; u < g->count; u++)
+        if (g->units[u].kind == CLNPU_UNIT_MOE) { first = (size_t)g->units[u].layer; break; }
+    for (yaml_node_pair_t *p = st ? NULL : root->data.mapping.pairs.start; !st && p < root->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = yaml_document_get_node(&doc, p->key), *v = yaml_document_get_node(&doc, p->value);
+        const char *key = k->type == YAML_SCALAR_NODE ? (const char *)k->data.scalar.value : "";
+        bool is_default = !strcmp(key, "default");
+        if (!is_default && strcmp(key, "layers")) {
+            st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: unknown key '%s' (layers, default)", path, k->start_mark.line + 1, key);
+            break;
+        }
+        /* default: one list; layers: {L: list} */
+        size_t nlists = is_default ? 1 : (v->type == YAML_MAPPING_NODE ? (size_t)(v->data.mapping.pairs.top - v->data.mapping.pairs.start) : 0);
+        for (size_t li = 0; !st && li < nlists; li++) {
+            yaml_node_t *list = v;
+            long layer = -1;
+            if (!is_default) {
+                yaml_node_pair_t *lp = v->data.mapping.pairs.start + li;
+                yaml_node_t *lk = yaml_document_get_node(&doc, lp->key);
+                layer = lk->type == YAML_SCALAR_NODE ? strtol((const char *)lk->data.scalar.value, NULL, 10) : -1;
+                list = yaml_document_get_node(&doc, lp->value);
+                if (layer < (long)first || (size_t)layer >= first + moe) {
+                    st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: layer %ld is not a MoE layer (%zu..%zu)", path,
+                                    lk->start_mark.line + 1, layer, first, first + moe - 1);
+                    break;
+                }
+            }
+            if (list->type != YAML_SEQUENCE_NODE ||
+                (size_t)(list->data.sequence.items.top - list->data.sequence.items.start) != g->experts) {
+                st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: a load list needs %zu numbers", path, list->start_mark.line + 1,
+                                g->experts);
+                break;
+            }
+            for (size_t row = 0; row < moe && !st; row++) {
+                if (!is_default && row != (size_t)layer - first) continue;
+                if (is_default && set[row]) continue;
+                for (size_t e = 0; e < g->experts && !st; e++) {
+                    yaml_node_t *x = yaml_document_get_node(&doc, list->data.sequence.items.start[e]);
+                    char *end;
+                    double w = x->type == YAML_SCALAR_NODE ? strtod((const char *)x->data.scalar.value, &end) : -1;
+                    if (x->type != YAML_SCALAR_NODE || *end || !(w >= 0))
+                        st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: loads must be non-negative numbers", path, x->start_mark.line + 1);
+                    else loads[row * g->experts + e] = w;
+                }
+                if (!is_default) set[row] = true;
+            }
+        }
+    }
+    for (size_t row = 0; !st && row < moe; row++) {
+        double sum = 0;
+        for (size_t e = 0; e < g->experts; e++) sum += loads[row * g->experts + e];
+        if (sum == 0) /* not given: uniform */
+            for (size_t e = 0; e < g->experts; e++) loads[row * g->experts + e] = 1;
+    }
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    fclose(f);
+    free(set);
+    if (st) {
+        free(loads);
+        return st;
+    }
+    *out = loads, *out_layers = moe;
+    return CLNPU_OK;
+}

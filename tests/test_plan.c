@@ -1,0 +1,278 @@
+/* The scheduler: graph totals, the stage DP against brute force, expert replication against
+ * brute force, plan invariants and sanity properties, plan time, clear infeasibility errors. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "test_util.h"
+
+#define SRC CLNPU_SOURCE_DIR
+
+START_TEST(test_graph_totals)
+{
+    clnpu_model_config cfg;
+    ck_assert_ok(clnpu_model_config_load(SRC "/models/axk1/config.json", &cfg));
+    clnpu_graph g;
+    ck_assert_ok(clnpu_graph_build(&cfg, &g));
+    ck_assert_uint_eq(g.count, 63);
+    ck_assert_msg(g.total_params == 518983063808.0, "total %.0f", g.total_params);
+    ck_assert_msg(g.active_params == 32779344128.0, "active %.0f", g.active_params);
+    double t, a;
+    clnpu_model_config_params(&cfg, &t, &a);
+    ck_assert(t == g.total_params && a == g.active_params);
+    /* decode FLOPs per token (architecture notes 4.2): 63.21 G in the layers and head */
+    double flops = 0;
+    for (size_t u = 0; u < g.count; u++) flops += g.units[u].flops_per_token;
+    ck_assert_msg(fabs(flops / 1e9 - 63.21) < 0.05, "decode FLOPs per token %.3f G", flops / 1e9);
+    ck_assert(g.units[1].kv_bytes_per_token == 1152);
+    clnpu_graph_free(&g);
+}
+END_TEST
+
+typedef struct inst {
+    double t[12][12][8], m[12][12][8];
+} inst;
+
+static double icost(size_t i, size_t j, size_t k, void *c) { return ((inst *)c)->t[i][j - 1][k]; }
+static double imem(size_t i, size_t j, size_t k, void *c) { return ((inst *)c)->m[i][j - 1][k]; }
+
+START_TEST(test_stage_dp_equals_brute_force)
+{
+    inst *in = malloc(sizeof *in);
+    size_t agree = 0, infeasible = 0;
+    for (int seed = 0; seed < 1000; seed++) {
+        const size_t L = 1 + test_rand_u64() % 12, G = 1 + test_rand_u64() % 8;
+        double cap[8];
+        for (size_t k = 0; k < G; k++) cap[k] = test_rand_uniform(2, 10);
+        /* additive unit costs per group (heterogeneous groups), plus a per-stage overhead */
+        double ut[12][8], um[12];
+        for (size_t u = 0; u < L; u++) {
+            um[u] = test_rand_uniform(0.2f, 3);
+            for (size_t k = 0; k < G; k++) ut[u][k] = test_rand_uniform(0.1f, 5);
+        }
+        for (size_t i = 0; i < L; i++)
+            for (size_t j = i; j < L; j++)
+                for (size_t k = 0; k < G; k++) {
+                    double t = 0.3, m = 0;
+                    for (size_t u = i; u <= j; u++) t += ut[u][k], m += um[u];
+                    in->t[i][j][k] = t, in->m[i][j][k] = m;
+                }
+        for (int obj = 0; obj < 2; obj++) {
+            size_t c1[16], c2[16];
+            double v1, v2;
+            size_t k1 = clnpu_stage_dp(L, G, icost, imem, cap, (clnpu_stage_objective)obj, in, c1, &v1);
+            size_t k2 = clnpu_stage_brute(L, G, icost, imem, cap, (clnpu_stage_objective)obj, in, c2, &v2);
+            ck_assert_msg((k1 == 0) == (k2 == 0), "seed %d: feasibility differs (dp %zu, brute %zu)", seed, k1, k2);
+            if (!k1) {
+                infeasible++;
+                continue;
+            }
+            ck_assert_msg(fabs(v1 - v2) <= 1e-9 * fmax(1, v2), "seed %d obj %d: dp %.12g, brute %.12g", seed, obj, v1, v2);
+            /* the DP's cuts achieve its value and respect memory */
+            double v = obj ? 0 : -INFINITY;
+            for (size_t s = 0; s < k1; s++) {
+                ck_assert(imem(c1[s], c1[s + 1], s, in) <= cap[s]);
+                double t = icost(c1[s], c1[s + 1], s, in);
+                v = obj ? v + t : fmax(v, t);
+            }
+            ck_assert(fabs(v - v1) <= 1e-9 * fmax(1, v1) && c1[0] == 0 && c1[k1] == L);
+            agree++;
+        }
+    }
+    fprintf(stderr, "stage DP = brute force on %zu feasible cases, %zu infeasible agreed\n", agree, infeasible);
+    ck_assert_uint_gt(agree, 500);
+    free(in);
+}
+END_TEST
+
+START_TEST(test_expert_replication_and_packing)
+{
+    for (int seed = 0; seed < 300; seed++) {
+        const size_t n = 1 + test_rand_u64() % 6, extra = test_rand_u64() % 7;
+        double w[8];
+        size_t c[8];
+        for (size_t e = 0; e < n; e++) w[e] = test_rand_uniform(0.1f, 10);
+        double greedy = clnpu_expert_replicate(w, n, n + extra, c), brute = clnpu_expert_replicate_brute(w, n, n + extra);
+        ck_assert_msg(fabs(greedy - brute) <= 1e-12 * brute, "seed %d: greedy %.9g brute %.9g", seed, greedy, brute);
+        size_t total = 0;
+        for (size_t e = 0; e < n; e++) {
+            total += c[e];
+            ck_assert_uint_ge(c[e], 1);
+        }
+        ck_assert_uint_eq(total, n + extra);
+    }
+    /* packing 192 experts with skewed loads onto 32 devices: every copy placed, slots respected,
+     * never below the lower bound; report the gap */
+    const size_t E = 192, D = 32, S = 8;
+    double w[192], sum = 0;
+    size_t copies[192], ce[256], cd[256], used[32] = {0};
+    for (size_t e = 0; e < E; e++) sum += (w[e] = 1.0 / (1 + e % 37) + test_rand_uniform(0, 0.2f));
+    double per_copy = clnpu_expert_replicate(w, E, D * S, copies);
+    double mx = clnpu_expert_pack(w, copies, E, D, S, ce, cd);
+    for (size_t i = 0; i < D * S; i++) {
+        ck_assert_uint_lt(cd[i], D);
+        used[cd[i]]++;
+    }
+    for (size_t d = 0; d < D; d++) ck_assert_uint_le(used[d], S);
+    double lb = fmax(sum / D, per_copy);
+    ck_assert(mx >= lb - 1e-12);
+    fprintf(stderr, "expert packing: max device load %.4f, lower bound %.4f, gap %.2f %%\n", mx, lb, 100 * (mx / lb - 1));
+    ck_assert_msg(mx / lb - 1 < 0.25, "packing gap %.3f too large", mx / lb - 1);
+}
+END_TEST
+
+static clnpu_plan *make_plan(const char *model, const char *cluster, clnpu_workload w, clnpu_status *st)
+{
+    clnpu_model_config cfg;
+    clnpu_cluster *cl = NULL;
+    clnpu_plan *p = NULL;
+    *st = clnpu_model_config_load(model, &cfg);
+    if (!*st) *st = clnpu_cluster_load(cluster, NULL, &cl);
+    if (!*st) *st = clnpu_plan_create(&cfg, cl, &w, NULL, &p);
+    clnpu_cluster_destroy(cl);
+    return p;
+}
+
+static char *plan_yaml(const clnpu_plan *p)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    ck_assert_ok(clnpu_plan_write_yaml(p, f));
+    fclose(f);
+    return buf;
+}
+
+START_TEST(test_plan_invariants)
+{
+    const char *clusters[] = {"rebel-quad-8", "h200-2x8", "mixed-rebel-atom", "atom-max-16", "pocl-2", "pocl-4"};
+    for (size_t i = 0; i < sizeof clusters / sizeof clusters[0]; i++) {
+        char path[512];
+        snprintf(path, sizeof path, SRC "/clusters/%s.yaml", clusters[i]);
+        clnpu_workload w = clnpu_workload_default();
+        const bool small = !strncmp(clusters[i], "pocl", 4);
+        const char *model = small ? SRC "/models/axk1-mini/config.json" : SRC "/models/axk1/config.json";
+        if (!strcmp(clusters[i], "atom-max-16")) w.weights = CLNPU_DTYPE_FP8_E4M3; /* bf16 does not fit 64 dies */
+        clnpu_status st;
+        clnpu_plan *p = make_plan(model, path, w, &st);
+        ck_assert_msg(st == CLNPU_OK, "%s: %s", clusters[i], clnpu_error_message());
+        clnpu_plan_summary s = clnpu_plan_get_summary(p);
+        ck_assert(s.tokens_per_s > 0 && s.step_s > 0 && s.batch >= 1);
+        ck_assert_msg(s.token_latency_s * 1e3 <= CLNPU_PLAN_DEFAULT_SLO_MS + 1e-9, "%s: latency over the SLO", clusters[i]);
+        ck_assert_msg(s.max_memory_fraction <= 1.0 + 1e-9, "%s: memory %.3f of capacity", clusters[i], s.max_memory_fraction);
+        for (size_t d = 0; d < s.devices_used / (s.dp / (s.ep / s.tp) ? s.dp / (s.ep / s.tp) : 1); d++) {
+            double m[6];
+            clnpu_plan_device_memory(p, d, m);
+            ck_assert_msg(m[0] + m[1] + m[2] + m[3] + m[4] <= m[5] * (1 + 1e-9), "%s device %zu over capacity", clusters[i], d);
+        }
+        /* every expert has at least one copy; the YAML lists each device's experts */
+        char *y = plan_yaml(p);
+        ck_assert_ptr_nonnull(strstr(y, "experts:"));
+        ck_assert_ptr_nonnull(strstr(y, "stages:"));
+        /* identical input, identical output */
+        clnpu_plan *q = make_plan(model, path, w, &st);
+        char *y2 = plan_yaml(q);
+        ck_assert_msg(!strcmp(y, y2), "%s: two runs differ", clusters[i]);
+        free(y), free(y2);
+        clnpu_plan_destroy(q);
+        clnpu_plan_destroy(p);
+    }
+}
+END_TEST
+
+START_TEST(test_plan_sanity)
+{
+    /* halving link bandwidth never speeds a plan up (fixed batch) */
+    clnpu_model_config cfg;
+    ck_assert_ok(clnpu_model_config_load(SRC "/models/axk1/config.json", &cfg));
+    clnpu_cluster *cl;
+    ck_assert_ok(clnpu_cluster_load(SRC "/clusters/h200-2x8.yaml", NULL, &cl));
+    clnpu_workload w = clnpu_workload_default();
+    w.batch = 256;
+    clnpu_plan *p;
+    ck_assert_ok(clnpu_plan_create(&cfg, cl, &w, NULL, &p));
+    double fast = clnpu_plan_get_summary(p).tokens_per_s;
+    clnpu_plan_destroy(p);
+    cl->intra.bandwidth /= 2, cl->inter.bandwidth /= 2;
+    ck_assert_ok(clnpu_plan_create(&cfg, cl, &w, NULL, &p));
+    double slow = clnpu_plan_get_summary(p).tokens_per_s;
+    clnpu_plan_destroy(p);
+    ck_assert_msg(slow <= fast * (1 + 1e-9), "halving bandwidth sped up: %.1f -> %.1f", fast, slow);
+    /* a longer context never raises the feasible batch */
+    w = clnpu_workload_default();
+    size_t prev = (size_t)-1;
+    const size_t ctxs[] = {1024, 4096, 16384, 65536};
+    for (size_t i = 0; i < 4; i++) {
+        w.context = ctxs[i];
+        clnpu_status st = clnpu_plan_create(&cfg, cl, &w, NULL, &p);
+        size_t b = st ? 0 : clnpu_plan_get_summary(p).batch;
+        ck_assert_msg(b <= prev, "context %zu: batch %zu > %zu at a shorter context", ctxs[i], b, prev);
+        prev = b;
+        clnpu_plan_destroy(p);
+    }
+    clnpu_cluster_destroy(cl);
+    /* more devices never lower the best predicted throughput */
+    clnpu_status st;
+    w = clnpu_workload_default();
+    clnpu_plan *p8 = make_plan(SRC "/models/axk1/config.json", SRC "/clusters/rebel-quad-8.yaml", w, &st);
+    ck_assert_ok(st);
+    ck_assert_ok(clnpu_cluster_load(SRC "/clusters/rebel-quad-8.yaml", NULL, &cl));
+    cl->devices = realloc(cl->devices, 2 * cl->count * sizeof *cl->devices);
+    memcpy(cl->devices + cl->count, cl->devices, cl->count * sizeof *cl->devices);
+    cl->count *= 2;
+    ck_assert_ok(clnpu_plan_create(&cfg, cl, &w, NULL, &p));
+    ck_assert_msg(clnpu_plan_get_summary(p).tokens_per_s >= clnpu_plan_get_summary(p8).tokens_per_s,
+                  "16 cards slower than 8");
+    clnpu_plan_destroy(p), clnpu_plan_destroy(p8);
+    clnpu_cluster_destroy(cl);
+}
+END_TEST
+
+START_TEST(test_plan_time_and_errors)
+{
+    clnpu_workload w = clnpu_workload_default();
+    clnpu_status st;
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    clnpu_plan *p = make_plan(SRC "/models/axk1/config.json", SRC "/clusters/atom-1024.yaml", w, &st);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    ck_assert_msg(st == CLNPU_OK, "%s", clnpu_error_message());
+    double t = (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9;
+    fprintf(stderr, "plan for 1024 devices: %.2f s (target < 1 s)\n", t);
+    ck_assert_msg(t < 30, "planning 1024 devices took %.1f s", t);
+    clnpu_plan_destroy(p);
+    /* bf16 A.X K1 does not fit 64 ATOM dies: the error says how much is missing and what would do */
+    p = make_plan(SRC "/models/axk1/config.json", SRC "/clusters/atom-max-16.yaml", w, &st);
+    ck_assert_int_eq(st, CLNPU_ERR_OUT_OF_MEMORY);
+    ck_assert_ptr_null(p);
+    const char *msg = clnpu_error_message();
+    ck_assert_msg(strstr(msg, "missing") && strstr(msg, "devices of type rebellions-atom"), "%s", msg);
+    /* cluster files: unknown profile and unknown key, with file and line */
+    clnpu_cluster *cl = NULL;
+    const char *bad1 = "name: x\nnodes:\n  - devices:\n      - {profile: no-such-npu, count: 2}\n";
+    ck_assert_int_eq(clnpu_cluster_parse(bad1, strlen(bad1), "c.yaml", NULL, &cl), CLNPU_ERR_PARSE);
+    ck_assert_msg(strstr(clnpu_error_message(), "c.yaml:4:") && strstr(clnpu_error_message(), "no-such-npu"), "%s",
+                  clnpu_error_message());
+    const char *bad2 = "name: x\nnodez: []\n";
+    ck_assert_int_eq(clnpu_cluster_parse(bad2, strlen(bad2), "c.yaml", NULL, &cl), CLNPU_ERR_PARSE);
+    ck_assert_msg(strstr(clnpu_error_message(), "c.yaml:2:") && strstr(clnpu_error_message(), "nodez"), "%s",
+                  clnpu_error_message());
+}
+END_TEST
+
+Suite *suite_plan(void)
+{
+    Suite *s = suite_create("plan");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_graph_totals);
+    tcase_add_test(tc, test_stage_dp_equals_brute_force);
+    tcase_add_test(tc, test_expert_replication_and_packing);
+    tcase_add_test(tc, test_plan_invariants);
+    tcase_add_test(tc, test_plan_sanity);
+    tcase_add_test(tc, test_plan_time_and_errors);
+    suite_add_tcase(s, tc);
+    return s;
+}
