@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "clnpu/device.h"
 #include "clnpu/profile.h"
@@ -151,7 +152,7 @@ static unsigned type_bit(clnpu_device_type t)
 
 /* Score: -1 no match; otherwise the number of rule kinds that matched (more specific wins).
  * Vendor patterns are case-insensitive substrings of the device or platform vendor; name
- * patterns are case-insensitive globs over the device name. */
+ * patterns are case-insensitive globs over the device name; an exact name scores extra. */
 static int match_score(const clnpu_profile *p, const clnpu_device_info *info)
 {
     if (!p->match_vendor_count && !p->match_name_count && !p->match_types) return -1;
@@ -170,6 +171,9 @@ static int match_score(const clnpu_profile *p, const clnpu_device_info *info)
             ok = fnmatch(p->match_name[i], info->name, FNM_CASEFOLD) == 0;
         if (!ok) return -1;
         score += 4;
+        /* an exact device name (a probed profile) beats any pattern */
+        for (int i = 0; i < p->match_name_count; i++)
+            if (!strpbrk(p->match_name[i], "*?[") && !strcasecmp(p->match_name[i], info->name)) score += 4;
     }
     if (p->match_types) {
         if (!(p->match_types & type_bit(info->type))) return -1;

@@ -60,17 +60,21 @@ __kernel void clnpu_embed_f32(__global float *y, __global const float *E, __glob
                                                            : as_float(0x7fc00000u);
 }
 
-/* Row softmax in place, fp32, max-subtracted. One work-item per row. */
+/* Row softmax in place, fp32, max-subtracted. One work-item per row. Built without fast-math
+ * options, so the compensation below is kept. */
 __kernel void clnpu_softmax(__global float *x, const uint ld, const uint n)
 {
     __global float *r = x + (size_t)get_global_id(0) * ld;
     float m = -INFINITY;
     for (uint i = 0; i < n; i++) m = fmax(m, r[i]);
-    float s = 0.0f;
+    /* Kahan-compensated sum: a plain f32 sum over a 163840-token vocabulary drifts by ~1e-4. */
+    float s = 0.0f, comp = 0.0f;
     for (uint i = 0; i < n; i++) {
         const float e = exp(r[i] - m);
         r[i] = e;
-        s += e;
+        const float y = e - comp, t = s + y;
+        comp = (t - s) - y;
+        s = t;
     }
     const float inv = 1.0f / s;
     for (uint i = 0; i < n; i++) r[i] *= inv;
@@ -103,4 +107,39 @@ __kernel void clnpu_mla_assemble_k(__global float *K, __global const float *kv, 
     const float v = d < nope ? kv[((size_t)s * heads + h) * (nope + vdim) + d]
                              : latent[(size_t)s * lat_ld + lat_off + (d - nope)];
     K[((size_t)s * heads + h) * (nope + rope) + d] = v;
+}
+
+/* Probe: a long chain of independent FMAs per work-item in float8 registers (FMA-bound). The
+ * result is stored so the compiler cannot drop the loop. */
+__kernel void clnpu_probe_fma(__global float *out, const uint iters, const float a)
+{
+    float8 x0 = (float8)(get_global_id(0) * 1e-9f), x1 = x0 + 1.0f, x2 = x0 + 2.0f, x3 = x0 + 3.0f;
+    float8 x4 = x0 + 4.0f, x5 = x0 + 5.0f, x6 = x0 + 6.0f, x7 = x0 + 7.0f;
+    const float8 b = (float8)(0.999f);
+    for (uint i = 0; i < iters; i++) {
+        x0 = fma(x0, b, a); x1 = fma(x1, b, a); x2 = fma(x2, b, a); x3 = fma(x3, b, a);
+        x4 = fma(x4, b, a); x5 = fma(x5, b, a); x6 = fma(x6, b, a); x7 = fma(x7, b, a);
+    }
+    float8 s = x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7;
+    out[get_global_id(0)] = s.s0 + s.s1 + s.s2 + s.s3 + s.s4 + s.s5 + s.s6 + s.s7;
+}
+
+/* Probe: read-only bandwidth (sum of float16 rows per work-item, two chains). */
+__kernel void clnpu_probe_read(__global float *out, __global const float16 *x, const uint per_item)
+{
+    const size_t base = (size_t)get_global_id(0) * per_item;
+    float16 s = (float16)(0.0f), t = (float16)(0.0f);
+    for (uint i = 0; i < per_item; i += 2) {
+        s += x[base + i];
+        t += x[base + i + 1];
+    }
+    s += t;
+    out[get_global_id(0)] = s.s0 + s.s1 + s.s2 + s.s3 + s.s4 + s.s5 + s.s6 + s.s7 + s.s8 + s.s9 + s.sa + s.sb +
+                            s.sc + s.sd + s.se + s.sf;
+}
+
+/* Probe: an empty kernel for launch latency. */
+__kernel void clnpu_probe_empty(__global float *out)
+{
+    if (get_global_id(0) == 0xffffffffu) out[0] = 0.0f;
 }

@@ -146,10 +146,12 @@ static clnpu_status variant(clnpu_device *dev, const clnpu_weight *w, clnpu_epil
                             unsigned mr, clnpu_program **out)
 {
     char opts[256];
+    const bool no_ksplit = clnpu_quirk_disabled(clnpu_device_get_info(dev), "gemm.ksplit", NULL);
     snprintf(opts, sizeof opts,
              "-DCLNPU_GEMM_WTYPE=%d -DCLNPU_GEMM_QGROUP=%zu -DCLNPU_GEMM_EPILOGUE=%d "
-             "-DCLNPU_GEMM_MR=%u -DCLNPU_GEMM_NR=%u",
-             (int)w->dtype, w->dtype == CLNPU_DTYPE_I8 ? w->group_k : (size_t)128, (int)ep, mr, w->nr);
+             "-DCLNPU_GEMM_MR=%u -DCLNPU_GEMM_NR=%u%s",
+             (int)w->dtype, w->dtype == CLNPU_DTYPE_I8 ? w->group_k : (size_t)128, (int)ep, mr, w->nr,
+             no_ksplit ? " -DCLNPU_GEMM_KSPLIT=0" : "");
     return clnpu_program_get(dev, "gemm.cl", opts, out);
 }
 

@@ -1,5 +1,6 @@
 /* The clnpu command line: help, version, listing, and usage errors with exit code 2. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "test_util.h"
@@ -82,6 +83,57 @@ START_TEST(test_bench_gemm)
 }
 END_TEST
 
+/* The vendor kit: conformance tiers 0-3 pass on this device and write a report; probe writes a
+ * profile that loads; quirks can be forced from the environment. */
+START_TEST(test_vendor_kit)
+{
+    char dir[256], cmd[1024], out[65536], path[512];
+    test_mkdtemp(dir, sizeof dir);
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' conformance --tier 3 --report '%s/conf.yaml'", CLNPU_SOURCE_DIR,
+             CLNPU_CLI_PATH, dir);
+    int rc = test_run(cmd, out, sizeof out);
+    ck_assert_msg(rc == 0, "conformance failed (%d): %s", rc, out);
+    ck_assert_msg(strstr(out, "0 failed, 0 unsupported"), "%s", out);
+    snprintf(path, sizeof path, "%s/conf.yaml", dir);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t n = fread(out, 1, sizeof out - 1, f);
+    out[n] = '\0';
+    fclose(f);
+    ck_assert(strstr(out, "format: clnpu-conformance-1") && strstr(out, "op: model_forward") &&
+              strstr(out, "status: pass") && !strstr(out, "status: fail"));
+    snprintf(cmd, sizeof cmd, "'%s' conformance --tier 7", CLNPU_CLI_PATH);
+    ck_assert_int_eq(test_run(cmd, out, sizeof out), 2);
+
+    snprintf(cmd, sizeof cmd, "'%s' probe --quick -o '%s/probe.yaml'", CLNPU_CLI_PATH, dir);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%s", out);
+    ck_assert_ptr_nonnull(strstr(out, "GFLOP/s"));
+    snprintf(path, sizeof path, "%s/probe.yaml", dir);
+    clnpu_profile p;
+    ck_assert_ok(clnpu_profile_load_file(path, &p));
+    ck_assert(p.peak[CLNPU_PEAK_FP32] > 1e9 && p.memory_bandwidth > 1e8 && p.memory_bytes > 0);
+    clnpu_profile_set *set;
+    ck_assert_ok(clnpu_profile_set_builtin(&set));
+    ck_assert_ok(clnpu_profile_set_add(set, &p));
+    clnpu_profile bound;
+    bool matched;
+    ck_assert_ok(clnpu_profile_match(set, clnpu_device_get_info(test_device()), &bound, &matched));
+    ck_assert_msg(!strcmp(bound.name, p.name), "the probed profile %s did not bind (got %s)", p.name, bound.name);
+    clnpu_profile_set_destroy(set);
+
+    const char *why = NULL;
+    ck_assert(!clnpu_quirk_disabled(clnpu_device_get_info(test_device()), "gemm.ksplit", &why));
+    setenv("CLNPU_QUIRKS", "other,gemm.ksplit", 1);
+    ck_assert(clnpu_quirk_disabled(clnpu_device_get_info(test_device()), "gemm.ksplit", &why));
+    ck_assert_ptr_nonnull(strstr(why, "CLNPU_QUIRKS"));
+    unsetenv("CLNPU_QUIRKS");
+    clnpu_device_info nv = *clnpu_device_get_info(test_device());
+    snprintf(nv.vendor, sizeof nv.vendor, "NVIDIA Corporation");
+    ck_assert(clnpu_quirk_disabled(&nv, "gemm.ksplit", &why));
+    test_rmdir(dir);
+}
+END_TEST
+
 Suite *suite_cli(void)
 {
     Suite *s = suite_create("cli");
@@ -91,6 +143,7 @@ Suite *suite_cli(void)
     tcase_add_test(tc, test_usage_errors);
     tcase_add_test(tc, test_devices_listing);
     tcase_add_test(tc, test_bench_gemm);
+    tcase_add_test(tc, test_vendor_kit);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -48,5 +48,7 @@ int cmd_kernels(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
+int cmd_probe(int argc, char **argv);
+int cmd_conformance(int argc, char **argv);
 
 #endif

@@ -15,6 +15,8 @@ static const command commands[] = {
     {"kernels", cmd_kernels, "build every embedded kernel on a device (uses the binary cache)"},
     {"run", cmd_run, "run A.X K1: prefill a prompt, generate tokens, dump logits, stats, traces"},
     {"plan", cmd_plan, "split the model across a cluster: layout, stages, experts, memory, prediction"},
+    {"conformance", cmd_conformance, "check every kernel A.X K1 needs on a device, tier by tier (report)"},
+    {"probe", cmd_probe, "measure a device (FMA peak, bandwidth, launch latency) and write a profile"},
     {"bench", cmd_bench, "measure kernels: medians, GFLOP/s, GB/s, fraction of the roofline"},
 };
 

@@ -121,6 +121,13 @@ void *clnpu_device_cl_device(const clnpu_device *device);
 /* Wait for all queued work. */
 clnpu_status clnpu_device_finish(clnpu_device *device);
 
+/* Quirks: kernel variants ("gemm.ksplit", ...) disabled on a device by the quirk table (vendor /
+ * device / driver) or by CLNPU_QUIRKS; out_reason says why. */
+bool clnpu_quirk_disabled(const clnpu_device_info *info, const char *variant, const char **out_reason);
+/* The quirks that apply to a device (variant names and reasons); returns how many. */
+size_t clnpu_quirks_applied(const clnpu_device_info *info, const char **out_variants, const char **out_reasons,
+                            size_t cap);
+
 /* Kernel traces (device opened with options.profiling): every launch after trace_start is
  * recorded and written as Chrome / Perfetto JSON, one span per kernel. */
 clnpu_status clnpu_device_trace_start(clnpu_device *device);
