@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "device_internal.h"
+#include "clnpu/tuning.h"
 #include "error.h"
 
 clnpu_device_options clnpu_device_options_default(void)
@@ -134,6 +135,8 @@ clnpu_status clnpu_device_open(size_t index, const clnpu_device_options *options
     dev->no_cache = o->no_cache;
     dev->profiling = o->profiling;
     if (!dev->no_cache) choose_cache_dir(dev, o);
+    else if (o->cache_dir) snprintf(dev->cache_dir, sizeof dev->cache_dir, "%s", o->cache_dir);
+    clnpu_device_load_default_tuning(dev);
     *out = dev;
     return CLNPU_OK;
 }
@@ -143,6 +146,7 @@ void clnpu_device_close(clnpu_device *dev)
     if (!dev) return;
     if (dev->queue) clFinish(dev->queue);
     clnpu_trace_free(dev->trace);
+    clnpu_tuning_db_destroy(dev->owned_tuning);
     clnpu_programs_release(dev);
     if (dev->queue) clReleaseCommandQueue(dev->queue);
     if (dev->context) clReleaseContext(dev->context);

@@ -31,7 +31,13 @@ struct clnpu_device {
     struct clnpu_program *programs; /* built in this process, newest first */
     bool profiling;
     struct clnpu_trace *trace;      /* NULL unless tracing */
+    const struct clnpu_tuning_db *tuning; /* consulted by the kernels' host code */
+    struct clnpu_tuning_db *owned_tuning; /* the default one, freed with the device */
+    int tuning_verbose;
+    char tuning_said[2048];
 };
+
+void clnpu_device_load_default_tuning(clnpu_device *dev);
 
 void clnpu_trace_free(struct clnpu_trace *t);
 

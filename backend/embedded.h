@@ -13,6 +13,10 @@ extern const clnpu_embedded_file clnpu_embedded_kernels[];
 extern const size_t clnpu_embedded_kernels_count;
 extern const clnpu_embedded_file clnpu_embedded_targets[];
 extern const size_t clnpu_embedded_targets_count;
+extern const clnpu_embedded_file clnpu_embedded_tuning[];
+extern const size_t clnpu_embedded_tuning_count;
+extern const clnpu_embedded_file clnpu_embedded_tunables[];
+extern const size_t clnpu_embedded_tunables_count;
 
 const clnpu_embedded_file *clnpu_embedded_find(const clnpu_embedded_file *set, const char *name);
 

@@ -3,6 +3,7 @@
 
 #include "../backend/error.h"
 #include "clnpu/ops.h"
+#include "clnpu/tuning.h"
 #include "launch.h"
 
 static clnpu_status check_rows(const clnpu_view *v, size_t rows, size_t heads, size_t hs, size_t d,
@@ -37,7 +38,12 @@ clnpu_status clnpu_flash_attention(clnpu_device *dev, const clnpu_attention_args
         return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "attention: local-memory budget %llu B cannot hold one "
                           "key/value row of %zu floats", (unsigned long long)budget, a->dqk + a->dv);
     const bool cpu = clnpu_device_get_info(dev)->type == CLNPU_DEVICE_TYPE_CPU;
-    const size_t bq = 8, wg = cpu ? 1 : 32;
+    char cls[32];
+    snprintf(cls, sizeof cls, "d%zu_%zu", a->dqk, a->dv);
+    const clnpu_tuning_entry *te = clnpu_device_tuning_lookup(dev, "attention", "f32", cls);
+    const int tbq = clnpu_tuning_param(te, "bq", 8), tbk = clnpu_tuning_param(te, "bk", 0);
+    const size_t bq = tbq >= 1 && tbq <= 16 ? (size_t)tbq : 8, wg = cpu ? 1 : 32;
+    if (tbk > 0 && (size_t)tbk < bk) bk = (size_t)tbk; /* never past the local-memory budget */
     char opts[160];
     snprintf(opts, sizeof opts, "-DCLNPU_ATTN_DQK=%zu -DCLNPU_ATTN_DV=%zu -DCLNPU_ATTN_BQ=%zu "
              "-DCLNPU_ATTN_BK=%zu -DCLNPU_ATTN_WG=%zu", a->dqk, a->dv, bq, bk, wg);
@@ -74,7 +80,11 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
         a->max_seq_len > a->max_blocks * a->page_size)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla decode: a buffer is smaller than its shape");
     /* Heads per work-item share each cache row; chunks of the context fill the device. */
-    const size_t hg = H < 8 ? H : 8;
+    char cls[16];
+    snprintf(cls, sizeof cls, "%s", a->max_seq_len <= 1024 ? "ctx1k" : a->max_seq_len <= 4096 ? "ctx4k" :
+                                    a->max_seq_len <= 32768 ? "ctx32k" : "ctx128k");
+    const int thg = clnpu_tuning_param(clnpu_device_tuning_lookup(dev, "mla", "f32", cls), "hg", 8);
+    const size_t hg = H < (size_t)(thg >= 1 && thg <= 16 ? thg : 8) ? H : (size_t)(thg >= 1 && thg <= 16 ? thg : 8);
     unsigned splits = a->splits;
     if (!splits) {
         size_t cus = clnpu_device_get_info(dev)->compute_units, items = B * ((H + hg - 1) / hg);

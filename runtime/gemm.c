@@ -8,6 +8,7 @@
 #include "../backend/error.h"
 #include "clnpu/gemm.h"
 #include "clnpu/program.h"
+#include "clnpu/tuning.h"
 #include "gemm_internal.h"
 
 struct clnpu_weight {
@@ -141,25 +142,39 @@ size_t clnpu_weight_device_bytes(const clnpu_weight *w)
     return clnpu_buffer_size(w->w) + (w->s ? clnpu_buffer_size(w->s) : 0);
 }
 
-/* The program variant for this weight, epilogue and register-block height. */
-static clnpu_status variant(clnpu_device *dev, const clnpu_weight *w, clnpu_epilogue ep,
-                            unsigned mr, clnpu_program **out)
+/* Shape classes the tuning database keys GEMM entries by. */
+static const char *gemm_class(size_t m, bool grouped)
+{
+    return grouped ? "grouped" : m == 1 ? "gemv" : m <= 8 ? "decode" : "prefill";
+}
+
+/* The program variant for this weight, epilogue and register-block height; the tuning entry (if
+ * any) sets the accumulator chains and the K walk. */
+static clnpu_status variant(clnpu_device *dev, const clnpu_weight *w, clnpu_epilogue ep, unsigned mr,
+                            const clnpu_tuning_entry *te, clnpu_program **out)
 {
     char opts[256];
     const bool no_ksplit = clnpu_quirk_disabled(clnpu_device_get_info(dev), "gemm.ksplit", NULL);
-    snprintf(opts, sizeof opts,
-             "-DCLNPU_GEMM_WTYPE=%d -DCLNPU_GEMM_QGROUP=%zu -DCLNPU_GEMM_EPILOGUE=%d "
-             "-DCLNPU_GEMM_MR=%u -DCLNPU_GEMM_NR=%u%s",
-             (int)w->dtype, w->dtype == CLNPU_DTYPE_I8 ? w->group_k : (size_t)128, (int)ep, mr, w->nr,
-             no_ksplit ? " -DCLNPU_GEMM_KSPLIT=0" : "");
+    int n = snprintf(opts, sizeof opts,
+                     "-DCLNPU_GEMM_WTYPE=%d -DCLNPU_GEMM_QGROUP=%zu -DCLNPU_GEMM_EPILOGUE=%d "
+                     "-DCLNPU_GEMM_MR=%u -DCLNPU_GEMM_NR=%u",
+                     (int)w->dtype, w->dtype == CLNPU_DTYPE_I8 ? w->group_k : (size_t)128, (int)ep, mr, w->nr);
+    int kacc = clnpu_tuning_param(te, "kacc", 0), ksplit = clnpu_tuning_param(te, "ksplit", -1);
+    if (kacc > 0 && n > 0 && (size_t)n < sizeof opts) n += snprintf(opts + n, sizeof opts - (size_t)n, " -DCLNPU_GEMM_KACC=%d", kacc);
+    if (no_ksplit) ksplit = 0;
+    if (ksplit >= 0 && n > 0 && (size_t)n < sizeof opts)
+        snprintf(opts + n, sizeof opts - (size_t)n, " -DCLNPU_GEMM_KSPLIT=%d", ksplit);
     return clnpu_program_get(dev, "gemm.cl", opts, out);
 }
 
-static unsigned choose_mr(const clnpu_device *dev, const clnpu_weight *w, clnpu_epilogue ep, size_t m)
+static unsigned choose_mr(const clnpu_device *dev, const clnpu_weight *w, clnpu_epilogue ep, size_t m,
+                          const clnpu_tuning_entry *te)
 {
     if (m == 1) return 1; /* decode of one token: a pure stream over W */
     unsigned mr = profile_mr(dev);
-    if (ep == CLNPU_EPILOGUE_SWIGLU) mr = mr / 2 ? mr / 2 : 1; /* two accumulator sets */
+    int tuned = clnpu_tuning_param(te, "mr", 0);
+    if (tuned >= 1 && tuned <= 8) mr = (unsigned)tuned;
+    if (ep == CLNPU_EPILOGUE_SWIGLU && !tuned) mr = mr / 2 ? mr / 2 : 1; /* two accumulator sets */
     (void)w;
     return mr;
 }
@@ -254,12 +269,14 @@ clnpu_status clnpu_gemm(clnpu_device *dev, const clnpu_weight *w, size_t matrix,
     if (matrix >= w->count)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "gemm: matrix %zu of a group of %zu", matrix, w->count);
     if (a->m == 0) return CLNPU_OK;
-    unsigned mr = choose_mr(dev, w, a->epilogue, a->m);
+    const clnpu_tuning_entry *te =
+        clnpu_device_tuning_lookup(dev, "gemm", clnpu_dtype_name(w->dtype), gemm_class(a->m, false));
+    unsigned mr = choose_mr(dev, w, a->epilogue, a->m, te);
     const size_t out_panels = (w->n + w->nr - 1) / w->nr, rowblocks = (a->m + mr - 1) / mr;
     unsigned splits = choose_splits(dev, w, a, out_panels * rowblocks, ldy);
     clnpu_epilogue ep = splits > 1 ? CLNPU_EPILOGUE_NONE : a->epilogue;
     clnpu_program *prog;
-    st = variant(dev, w, ep, mr, &prog);
+    st = variant(dev, w, ep, mr, te, &prog);
     if (st) return st;
     cl_kernel k;
     st = clnpu_program_kernel(prog, "clnpu_gemm", (void **)&k);
@@ -341,7 +358,8 @@ clnpu_status clnpu_gemm_grouped(clnpu_device *dev, const clnpu_weight *w, const 
         if (segs[i].rows > maxrows) maxrows = segs[i].rows;
     }
     if (!maxrows) return CLNPU_OK;
-    unsigned mr = choose_mr(dev, w, a->epilogue, maxrows);
+    const clnpu_tuning_entry *te = clnpu_device_tuning_lookup(dev, "gemm", clnpu_dtype_name(w->dtype), "grouped");
+    unsigned mr = choose_mr(dev, w, a->epilogue, maxrows, te);
     for (size_t i = 0; i < count; i++) total += (segs[i].rows + mr - 1) / mr;
     cl_int *tiles = malloc(total * 3 * sizeof *tiles);
     if (!tiles) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
@@ -354,7 +372,7 @@ clnpu_status clnpu_gemm_grouped(clnpu_device *dev, const clnpu_weight *w, const 
             t++;
         }
     clnpu_program *prog;
-    st = variant(dev, w, a->epilogue, mr, &prog);
+    st = variant(dev, w, a->epilogue, mr, te, &prog);
     cl_kernel k = NULL;
     if (!st) st = clnpu_program_kernel(prog, "clnpu_gemm_grouped", (void **)&k);
     cl_int err = 0;

@@ -45,5 +45,6 @@ Suite *suite_ops(void);
 Suite *suite_model(void);
 Suite *suite_checkpoint(void);
 Suite *suite_plan(void);
+Suite *suite_tuning(void);
 
 #endif

@@ -50,5 +50,6 @@ int cmd_run(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
 int cmd_probe(int argc, char **argv);
 int cmd_conformance(int argc, char **argv);
+int cmd_tune(int argc, char **argv);
 
 #endif

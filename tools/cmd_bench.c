@@ -10,7 +10,7 @@
 
 static const char usage[] =
     "clnpu bench gemm " CLI_DEVICE_USAGE " [--dtype f32|bf16|f16|int8|fp8[,...]] "
-    "[--shape MxNxK ...] [--min-time S] [--json]";
+    "[--shape MxNxK ...] [--min-time S] [--json] [--verbose]";
 
 typedef struct shape {
     size_t m, n, k;
@@ -163,6 +163,7 @@ static int bench_gemm(int argc, char **argv)
         CLI_DEVICE_LONGOPTS,
         {"dtype", required_argument, NULL, OPT_DTYPE}, {"shape", required_argument, NULL, OPT_SHAPE},
         {"json", no_argument, NULL, OPT_JSON}, {"min-time", required_argument, NULL, OPT_MIN_TIME},
+        {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     cli_device_args da = {0};
     shape shapes[64];
@@ -171,6 +172,7 @@ static int bench_gemm(int argc, char **argv)
     size_t ndt = 0;
     bool json = false;
     double min_time = 0.5;
+    bool verbose = false;
     int opt;
     opterr = 0;
     optind = 1;
@@ -202,6 +204,7 @@ static int bench_gemm(int argc, char **argv)
             nshapes++;
             break;
         case OPT_JSON: json = true; break;
+        case 'v': verbose = true; break;
         case OPT_MIN_TIME:
             if ((min_time = atof(optarg)) <= 0)
                 return cli_usage_error("bench gemm", usage, "bad --min-time '%s'", optarg);
@@ -220,6 +223,7 @@ static int bench_gemm(int argc, char **argv)
     clnpu_device *dev;
     clnpu_status st = cli_open_device(&da, false, &dev);
     if (st) return cli_fail("bench", st);
+    clnpu_device_set_tuning_verbose(dev, verbose);
     if (!json) {
         printf("device %zu: %s, profile %s\n", clnpu_device_get_info(dev)->index,
                clnpu_device_get_info(dev)->name, clnpu_device_get_profile(dev)->name);

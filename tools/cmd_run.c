@@ -13,7 +13,7 @@ static const char usage[] =
     "clnpu run (--model DIR | --random-weights --config FILE) " CLI_DEVICE_USAGE "\n"
     "          (--ids 1,2,3 | --ids-file F) [-n NEW] [--greedy | --temperature T [--top-k K] [--top-p P] "
     "[--seed S]]\n          [--decode-from P] [--weights int8|fp8] [--context L] [--dump-logits OUT.safetensors] "
-    "[--stats] [--trace OUT.json]";
+    "[--stats] [--trace OUT.json] [--verbose]";
 
 static double now_s(void)
 {
@@ -69,7 +69,7 @@ static char *read_file(const char *path)
 typedef struct run_args {
     cli_device_args da;
     const char *model, *config, *ids, *ids_file, *dump, *trace;
-    bool random_weights, stats, greedy;
+    bool random_weights, stats, greedy, verbose;
     size_t n, decode_from, context;
     bool has_decode_from;
     clnpu_sampling samp;
@@ -89,12 +89,13 @@ static int parse(int argc, char **argv, run_args *r)
         {"decode-from", required_argument, NULL, O_DECODE_FROM}, {"dump-logits", required_argument, NULL, O_DUMP},
         {"stats", no_argument, NULL, O_STATS}, {"trace", required_argument, NULL, O_TRACE},
         {"weights", required_argument, NULL, O_WEIGHTS}, {"context", required_argument, NULL, O_CONTEXT},
+        {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt;
     opterr = 0;
     optind = 1;
     char *end;
-    while ((opt = getopt_long(argc, argv, "hn:", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "hvn:", longopts, NULL)) != -1) {
         int d = cli_device_option(opt, optarg, &r->da);
         if (d == 1) continue;
         if (d == -1) return cli_usage_error("run", usage, "bad value '%s' for --device", optarg);
@@ -142,6 +143,7 @@ static int parse(int argc, char **argv, run_args *r)
             break;
         case O_DUMP: r->dump = optarg; break;
         case O_STATS: r->stats = true; break;
+        case 'v': r->verbose = true; break;
         case O_TRACE: r->trace = optarg; break;
         case O_WEIGHTS:
             if (!strcmp(optarg, "int8")) r->weights = CLNPU_DTYPE_I8;
@@ -198,6 +200,7 @@ int cmd_run(int argc, char **argv)
     clnpu_status st = clnpu_model_config_load(cfgpath, &cfg);
     if (!st && !r.random_weights) st = clnpu_checkpoint_open(r.model, &ck);
     if (!st) st = cli_open_device(&r.da, r.trace != NULL, &dev);
+    if (!st) clnpu_device_set_tuning_verbose(dev, r.verbose); /* say which tuning entries the kernels use */
     const size_t V = cfg.vocab_size;
     const size_t P = r.has_decode_from ? r.decode_from : T;
     clnpu_model_options o = clnpu_model_options_default();

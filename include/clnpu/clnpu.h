@@ -13,6 +13,7 @@
 #include "clnpu/checkpoint.h"
 #include "clnpu/model.h"
 #include "clnpu/plan.h"
+#include "clnpu/tuning.h"
 
 #ifdef __cplusplus
 extern "C" {

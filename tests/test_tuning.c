@@ -1,0 +1,167 @@
+/* The tuning database: save / load / merge round trip, stale kernel sources ignored, the nearest
+ * tuned device by capabilities, and the runtime using an entry. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "test_util.h"
+
+static clnpu_tuning_entry entry_for(clnpu_device *dev, const char *kernel, const char *dtype, const char *cls)
+{
+    clnpu_tuning_entry e;
+    memset(&e, 0, sizeof e);
+    clnpu_tuning_entry_set_device(&e, dev);
+    snprintf(e.kernel, sizeof e.kernel, "%s", kernel);
+    snprintf(e.dtype, sizeof e.dtype, "%s", dtype);
+    snprintf(e.shape_class, sizeof e.shape_class, "%s", cls);
+    clnpu_tuning_source_hash(!strcmp(kernel, "gemm") ? "gemm.cl" : "attention.cl", e.source_hash);
+    return e;
+}
+
+START_TEST(test_db_roundtrip_and_lookup)
+{
+    clnpu_device *dev = test_device();
+    char dir[256], path[512];
+    test_mkdtemp(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/t.yaml", dir);
+    clnpu_tuning_db *db;
+    ck_assert_ok(clnpu_tuning_db_load(path, &db)); /* missing file: empty */
+    ck_assert_uint_eq(clnpu_tuning_db_count(db), 0);
+    clnpu_tuning_entry e = entry_for(dev, "gemm", "bf16", "decode");
+    snprintf(e.names[0], sizeof e.names[0], "mr"), e.values[0] = 3;
+    snprintf(e.names[1], sizeof e.names[1], "kacc"), e.values[1] = 2;
+    e.nparams = 2, e.ms = 0.5, e.default_ms = 0.9;
+    snprintf(e.measured, sizeof e.measured, "2026-11-28");
+    snprintf(e.how, sizeof e.how, "test");
+    ck_assert_ok(clnpu_tuning_db_put(db, &e));
+    ck_assert_ok(clnpu_tuning_db_put(db, &e)); /* same slot replaces */
+    ck_assert_uint_eq(clnpu_tuning_db_count(db), 1);
+    ck_assert_ok(clnpu_tuning_db_save(db, path));
+    clnpu_tuning_db *back;
+    ck_assert_ok(clnpu_tuning_db_load(path, &back));
+    ck_assert_uint_eq(clnpu_tuning_db_count(back), 1);
+    clnpu_tuning_match m;
+    const char *note;
+    const clnpu_tuning_entry *got = clnpu_tuning_lookup(back, dev, "gemm", "bf16", "decode", &m, &note);
+    ck_assert_ptr_nonnull(got);
+    ck_assert_int_eq(m, CLNPU_TUNING_EXACT);
+    ck_assert_int_eq(clnpu_tuning_param(got, "mr", 0), 3);
+    ck_assert_int_eq(clnpu_tuning_param(got, "nope", 7), 7);
+    ck_assert(got->ms == 0.5 && !strcmp(got->measured, "2026-11-28"));
+    /* another device of the same kind: the nearest entry; a GPU-only entry loses to it */
+    clnpu_tuning_entry other = e, gpu = e;
+    snprintf(other.device_key, sizeof other.device_key, "Other|cpu-x|1.0|0");
+    other.values[0] = 5;
+    snprintf(gpu.device_key, sizeof gpu.device_key, "GPU|gpu-y|1.0|0");
+    gpu.type = CLNPU_DEVICE_TYPE_GPU, gpu.compute_units = 132, gpu.values[0] = 8;
+    clnpu_tuning_db *far;
+    ck_assert_ok(clnpu_tuning_db_create(&far));
+    ck_assert_ok(clnpu_tuning_db_put(far, &gpu));
+    ck_assert_ok(clnpu_tuning_db_put(far, &other));
+    got = clnpu_tuning_lookup(far, dev, "gemm", "bf16", "decode", &m, &note);
+    ck_assert_int_eq(m, CLNPU_TUNING_NEAREST);
+    ck_assert_int_eq(clnpu_tuning_param(got, "mr", 0), 5);
+    /* an entry measured with another kernel source is ignored, with a note */
+    clnpu_tuning_entry stale = e;
+    snprintf(stale.source_hash, sizeof stale.source_hash, "0000000000000000");
+    clnpu_tuning_db *sdb;
+    ck_assert_ok(clnpu_tuning_db_create(&sdb));
+    ck_assert_ok(clnpu_tuning_db_put(sdb, &stale));
+    got = clnpu_tuning_lookup(sdb, dev, "gemm", "bf16", "decode", &m, &note);
+    ck_assert_ptr_null(got);
+    ck_assert_int_eq(m, CLNPU_TUNING_NONE);
+    ck_assert_ptr_nonnull(note);
+    /* merging a second file: its entries replace the first's for the same slot */
+    clnpu_tuning_db_put(sdb, &gpu);
+    snprintf(path, sizeof path, "%s/u.yaml", dir);
+    ck_assert_ok(clnpu_tuning_db_save(sdb, path));
+    ck_assert_ok(clnpu_tuning_db_merge_file(back, path));
+    ck_assert_uint_eq(clnpu_tuning_db_count(back), 2);
+    /* malformed databases are errors with the file */
+    ck_assert_int_eq(clnpu_tuning_db_merge_text(back, "format: other\n", 14, "x.yaml"), CLNPU_ERR_PARSE);
+    ck_assert_ptr_nonnull(strstr(clnpu_error_message(), "x.yaml"));
+    clnpu_tuning_db_destroy(db), clnpu_tuning_db_destroy(back), clnpu_tuning_db_destroy(far), clnpu_tuning_db_destroy(sdb);
+    test_rmdir(dir);
+}
+END_TEST
+
+/* With an entry, the GEMM builds the tuned variant, still correct; the CLI says which entry. */
+START_TEST(test_runtime_uses_entry)
+{
+    clnpu_device *dev = test_device();
+    clnpu_tuning_db *db;
+    ck_assert_ok(clnpu_tuning_db_create(&db));
+    clnpu_tuning_entry e = entry_for(dev, "gemm", "f32", "decode");
+    snprintf(e.names[0], sizeof e.names[0], "mr"), e.values[0] = 5;
+    snprintf(e.names[1], sizeof e.names[1], "kacc"), e.values[1] = 3;
+    snprintf(e.names[2], sizeof e.names[2], "ksplit"), e.values[2] = 1;
+    e.nparams = 3;
+    ck_assert_ok(clnpu_tuning_db_put(db, &e));
+    const clnpu_tuning_db *prev = clnpu_device_get_tuning(dev);
+    clnpu_device_set_tuning(dev, db);
+    const size_t m = 7, n = 45, k = 333;
+    float *w = malloc(n * k * 4), *x = malloc(m * k * 4), *y = malloc(m * n * 4);
+    for (size_t i = 0; i < n * k; i++) w[i] = test_rand_uniform(-1, 1);
+    for (size_t i = 0; i < m * k; i++) x[i] = test_rand_uniform(-1, 1);
+    clnpu_weight_desc d = {CLNPU_DTYPE_F32, n, k, w, NULL, 0};
+    clnpu_weight *wt;
+    clnpu_buffer *bx, *by;
+    ck_assert_ok(clnpu_weight_upload(dev, &d, 1, &wt));
+    ck_assert_ok(clnpu_buffer_create(dev, m * k * 4, &bx));
+    ck_assert_ok(clnpu_buffer_write(bx, 0, x, m * k * 4));
+    ck_assert_ok(clnpu_buffer_create(dev, m * n * 4, &by));
+    clnpu_gemm_args a = clnpu_gemm_args_default();
+    a.x = bx, a.y = by, a.m = m;
+    ck_assert_ok(clnpu_gemm(dev, wt, 0, &a));
+    ck_assert_ok(clnpu_buffer_read(by, 0, y, m * n * 4));
+    double num = 0, den = 0;
+    for (size_t i = 0; i < m; i++)
+        for (size_t o = 0; o < n; o++) {
+            double r = 0;
+            for (size_t kk = 0; kk < k; kk++) r += (double)x[i * k + kk] * w[o * k + kk];
+            num += (y[i * n + o] - r) * (y[i * n + o] - r), den += r * r;
+        }
+    ck_assert_msg(num / den < 1e-10, "tuned variant wrong: %g", num / den);
+    /* the variant really was built with the entry's defines */
+    clnpu_program *p;
+    ck_assert_ok(clnpu_program_get(dev, "gemm.cl",
+                                   "-DCLNPU_GEMM_WTYPE=0 -DCLNPU_GEMM_QGROUP=128 -DCLNPU_GEMM_EPILOGUE=0 "
+                                   "-DCLNPU_GEMM_MR=5 -DCLNPU_GEMM_NR=16 -DCLNPU_GEMM_KACC=3 -DCLNPU_GEMM_KSPLIT=1", &p));
+    ck_assert_int_eq(clnpu_program_get_origin(p), CLNPU_PROGRAM_MEMORY);
+    clnpu_device_set_tuning(dev, prev);
+    clnpu_weight_destroy(wt);
+    clnpu_buffer_destroy(bx), clnpu_buffer_destroy(by);
+    clnpu_tuning_db_destroy(db);
+    free(w), free(x), free(y);
+}
+END_TEST
+
+/* clnpu tune on one small class: a database appears, a second run resumes from it. */
+START_TEST(test_tune_cli)
+{
+    char dir[256], cmd[1024], out[16384];
+    test_mkdtemp(dir, sizeof dir);
+    snprintf(cmd, sizeof cmd, "'%s' tune --ops mla --budget 3 --db '%s/db.yaml'", CLNPU_CLI_PATH, dir);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%s", out);
+    ck_assert_msg(strstr(out, "mla f32 ctx4k") && strstr(out, "speedup"), "%s", out);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0 && strstr(out, "already tuned"), "no resume: %s", out);
+    snprintf(cmd, sizeof cmd, "CLNPU_TUNING_DB='%s/db.yaml' '%s' bench mla --context 300 --heads 4 --min-time 0.01 "
+             "--json 2>&1", dir, CLNPU_CLI_PATH);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%s", out);
+    snprintf(cmd, sizeof cmd, "'%s' tune --ops nothing", CLNPU_CLI_PATH);
+    ck_assert_int_eq(test_run(cmd, out, sizeof out), 2);
+    test_rmdir(dir);
+}
+END_TEST
+
+Suite *suite_tuning(void)
+{
+    Suite *s = suite_create("tuning");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_db_roundtrip_and_lookup);
+    tcase_add_test(tc, test_runtime_uses_entry);
+    tcase_add_test(tc, test_tune_cli);
+    suite_add_tcase(s, tc);
+    return s;
+}

@@ -1,0 +1,587 @@
+/* `clnpu tune`: search kernel parameters per device and shape class (kernels-cl/tunables.yaml),
+ * check every candidate against a float64 reference first, keep the fastest in a YAML database
+ * that the runtime then uses. Exhaustive where the space is small, random sampling plus local
+ * refinement otherwise, inside a time budget; an interrupted run resumes from the database. */
+#include <getopt.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <ctype.h>
+#include <yaml.h>
+
+#include "bench_util.h"
+
+static const char usage[] = "clnpu tune " CLI_DEVICE_USAGE " [--ops gemm,attention,mla] [--dtype f32,bf16,...] "
+                            "[--budget SECONDS] [--db FILE] [--force]";
+
+static double now_wall(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+#define MAXP 4
+#define MAXV 8
+
+typedef struct space {
+    int np;
+    char name[MAXP][16];
+    int vals[MAXP][MAXV], nv[MAXP];
+    char prod[2][16]; int prod_max; /* max_product */
+    bool local_rows;                /* bk * attention_row <= budget */
+} space;
+
+/* The declaration of one family from the embedded tunables.yaml. */
+static bool load_space(const char *family, space *sp)
+{
+    memset(sp, 0, sizeof *sp);
+    yaml_parser_t p;
+    yaml_document_t d;
+    const char *text = clnpu_tunables_yaml();
+    yaml_parser_initialize(&p);
+    yaml_parser_set_input_string(&p, (const unsigned char *)text, strlen(text));
+    if (!yaml_parser_load(&p, &d)) {
+        yaml_parser_delete(&p);
+        return false;
+    }
+    yaml_node_t *root = yaml_document_get_root_node(&d);
+    bool ok = false;
+    for (yaml_node_pair_t *pr = root ? root->data.mapping.pairs.start : NULL; root && pr < root->data.mapping.pairs.top; pr++) {
+        yaml_node_t *k = yaml_document_get_node(&d, pr->key), *fam = yaml_document_get_node(&d, pr->value);
+        if (strcmp((char *)k->data.scalar.value, family)) continue;
+        for (yaml_node_pair_t *q = fam->data.mapping.pairs.start; q < fam->data.mapping.pairs.top; q++) {
+            yaml_node_t *qk = yaml_document_get_node(&d, q->key), *qv = yaml_document_get_node(&d, q->value);
+            if (!strcmp((char *)qk->data.scalar.value, "params")) {
+                for (yaml_node_pair_t *x = qv->data.mapping.pairs.start; x < qv->data.mapping.pairs.top && sp->np < MAXP; x++) {
+                    yaml_node_t *xn = yaml_document_get_node(&d, x->key), *xl = yaml_document_get_node(&d, x->value);
+                    snprintf(sp->name[sp->np], 16, "%s", (char *)xn->data.scalar.value);
+                    for (yaml_node_item_t *it = xl->data.sequence.items.start; it < xl->data.sequence.items.top && sp->nv[sp->np] < MAXV; it++)
+                        sp->vals[sp->np][sp->nv[sp->np]++] = atoi((char *)yaml_document_get_node(&d, *it)->data.scalar.value);
+                    sp->np++;
+                }
+            } else if (!strcmp((char *)qk->data.scalar.value, "constraints")) {
+                for (yaml_node_pair_t *x = qv->data.mapping.pairs.start; x < qv->data.mapping.pairs.top; x++) {
+                    const char *cn = (char *)yaml_document_get_node(&d, x->key)->data.scalar.value;
+                    yaml_node_t *lst = yaml_document_get_node(&d, x->value);
+                    yaml_node_t *rule = yaml_document_get_node(&d, *lst->data.sequence.items.start);
+                    yaml_node_item_t *ri = rule->data.sequence.items.start;
+                    if (!strcmp(cn, "max_product")) {
+                        snprintf(sp->prod[0], 16, "%s", (char *)yaml_document_get_node(&d, ri[0])->data.scalar.value);
+                        snprintf(sp->prod[1], 16, "%s", (char *)yaml_document_get_node(&d, ri[1])->data.scalar.value);
+                        sp->prod_max = atoi((char *)yaml_document_get_node(&d, ri[2])->data.scalar.value);
+                    } else if (!strcmp(cn, "local_mem_per")) {
+                        sp->local_rows = true;
+                    }
+                }
+            }
+        }
+        ok = sp->np > 0;
+    }
+    yaml_document_delete(&d);
+    yaml_parser_delete(&p);
+    return ok;
+}
+
+static int value_of(const space *sp, const int *v, const char *name, int def)
+{
+    for (int i = 0; i < sp->np; i++)
+        if (!strcmp(sp->name[i], name)) return v[i];
+    return isdigit((unsigned char)name[0]) ? atoi(name) : def;
+}
+
+static bool allowed(const space *sp, const int *v, uint64_t local_budget, int row_bytes)
+{
+    if (sp->prod_max && value_of(sp, v, sp->prod[0], 1) * value_of(sp, v, sp->prod[1], 1) > sp->prod_max) return false;
+    if (sp->local_rows && (uint64_t)value_of(sp, v, "bk", 0) * (uint64_t)row_bytes > local_budget) return false;
+    return true;
+}
+
+/* ---- the shape classes and their workloads ---- */
+
+typedef struct job {
+    const char *kernel, *cls;
+    clnpu_dtype dtype;
+    size_t m, n, k, segs;  /* gemm: rows, out, in, grouped segments */
+} job;
+
+typedef struct runner {
+    clnpu_device *dev;
+    const job *j;
+    clnpu_weight *w;
+    clnpu_buffer *x, *y, *z3[6];
+    clnpu_gemm_segment segs[16];
+    clnpu_attention_args att;
+    clnpu_mla_decode_args mla;
+    size_t copies, rot;
+    float *hx;
+    double *ref;
+    size_t check_n;
+} runner;
+
+static float rnd(uint64_t *s)
+{
+    *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
+    return (float)((*s >> 40) / 8388608.0 - 1.0);
+}
+
+static clnpu_status gemm_setup(runner *r, size_t m, size_t n, size_t k, bool check)
+{
+    const job *j = r->j;
+    uint64_t s = 0x1234567ULL + m * 31 + n;
+    float *w = malloc(n * k * 4), *deq = malloc(n * k * 4), *sc = malloc((n * ((k + 127) / 128) + 64) * 4);
+    void *q = malloc(n * k * 4);
+    r->hx = malloc(m * k * 4);
+    for (size_t i = 0; i < n * k; i++) w[i] = rnd(&s) * 0.5f;
+    for (size_t i = 0; i < m * k; i++) r->hx[i] = rnd(&s);
+    clnpu_weight_desc d = {j->dtype, n, k, q, NULL, 0};
+    clnpu_status st = CLNPU_OK;
+    if (j->dtype == CLNPU_DTYPE_F32) memcpy(q, w, n * k * 4);
+    else if (j->dtype == CLNPU_DTYPE_BF16 || j->dtype == CLNPU_DTYPE_F16)
+        for (size_t i = 0; i < n * k; i++)
+            ((uint16_t *)q)[i] = j->dtype == CLNPU_DTYPE_BF16 ? clnpu_f32_to_bf16(w[i]) : clnpu_f32_to_f16(w[i]);
+    else if (j->dtype == CLNPU_DTYPE_I8) d.scales = sc, d.group_k = 128, st = clnpu_quantize_i8(w, n, k, 128, q, sc);
+    else d.scales = sc, st = clnpu_quantize_fp8(w, n, k, q, sc);
+    size_t nmat = j->segs ? j->segs : 1;
+    /* timing: enough copies of the weights to exceed the last-level cache twice, rotated per
+     * launch, so weight-bound classes are tuned from memory as a model runs them */
+    size_t copies = 1;
+    if (!check) {
+        double wsize = (double)n * k * clnpu_dtype_size(j->dtype) * nmat;
+        double llc = (double)clnpu_device_get_info(r->dev)->global_cache_bytes;
+        copies = wsize >= 2 * llc ? 1 : (size_t)ceil(2 * llc / wsize);
+        while (copies > 1 && (copies * wsize > 768e6 || copies * nmat > 256)) copies--;
+    }
+    r->copies = copies;
+    clnpu_weight_desc *ds = malloc(nmat * copies * sizeof *ds);
+    for (size_t i = 0; ds && i < nmat * copies; i++) ds[i] = d;
+    if (!st) st = ds ? clnpu_weight_upload(r->dev, ds, nmat * copies, &r->w) : CLNPU_ERR_OUT_OF_MEMORY;
+    free(ds);
+    if (!st) st = clnpu_buffer_create(r->dev, m * k * 4, &r->x);
+    if (!st) st = clnpu_buffer_write(r->x, 0, r->hx, m * k * 4);
+    if (!st) st = clnpu_buffer_create(r->dev, m * n * 4, &r->y);
+    if (!st && check) { /* float64 reference with the dequantised weights */
+        clnpu_weight_desc_to_f32(&d, deq);
+        r->ref = malloc(m * n * sizeof *r->ref);
+        for (size_t i = 0; i < m; i++)
+            for (size_t o = 0; o < n; o++) {
+                double a = 0;
+                for (size_t kk = 0; kk < k; kk++) a += (double)r->hx[i * k + kk] * deq[o * k + kk];
+                r->ref[i * n + o] = a;
+            }
+        r->check_n = m * n;
+    }
+    for (size_t i = 0; i < nmat; i++) r->segs[i] = (clnpu_gemm_segment){i, i * (m / nmat), m / nmat};
+    free(w), free(deq), free(sc), free(q);
+    return st;
+}
+
+static clnpu_status gemm_step(void *p)
+{
+    runner *r = p;
+    clnpu_gemm_args a = clnpu_gemm_args_default();
+    a.x = r->x, a.y = r->y;
+    a.m = clnpu_buffer_size(r->x) / 4 / clnpu_weight_k(r->w); /* rows of the set-up case */
+    const size_t nmat = r->j->segs ? r->j->segs : 1, base = r->rot * nmat;
+    r->rot = r->copies > 1 ? (r->rot + 1) % r->copies : 0;
+    if (!r->j->segs) return clnpu_gemm(r->dev, r->w, base, &a);
+    clnpu_gemm_segment segs[16];
+    for (size_t i = 0; i < nmat; i++) segs[i] = (clnpu_gemm_segment){base + i, r->segs[i].row, r->segs[i].rows};
+    return clnpu_gemm_grouped(r->dev, r->w, segs, nmat, &a);
+}
+
+static void runner_free(runner *r)
+{
+    clnpu_weight_destroy(r->w);
+    clnpu_buffer_destroy(r->x), clnpu_buffer_destroy(r->y);
+    for (int i = 0; i < 6; i++) clnpu_buffer_destroy(r->z3[i]);
+    free(r->hx), free(r->ref);
+    memset(r, 0, sizeof *r);
+}
+
+static clnpu_status attn_setup(runner *r, size_t T, bool check)
+{
+    const size_t H = 4, dq = 192, dv = 128;
+    uint64_t s = 77;
+    clnpu_status st = CLNPU_OK;
+    size_t sizes[4] = {T * H * dq, T * H * dq, T * H * dv, T * H * dv};
+    float *host[3];
+    for (int i = 0; i < 4 && !st; i++) {
+        st = clnpu_buffer_create(r->dev, sizes[i] * 4, &r->z3[i]);
+        if (i < 3) {
+            host[i] = malloc(sizes[i] * 4);
+            for (size_t e = 0; e < sizes[i]; e++) host[i][e] = rnd(&s);
+            if (!st) st = clnpu_buffer_write(r->z3[i], 0, host[i], sizes[i] * 4);
+        }
+    }
+    r->att = (clnpu_attention_args){.q = {r->z3[0], 0, H * dq}, .k = {r->z3[1], 0, H * dq}, .v = {r->z3[2], 0, H * dv},
+                                    .o = {r->z3[3], 0, H * dv}, .q_head_stride = dq, .k_head_stride = dq,
+                                    .v_head_stride = dv, .o_head_stride = dv, .heads = H, .dqk = dq, .dv = dv,
+                                    .tokens = T, .prefix = 0, .scale = 0.0721688f};
+    if (check) {
+        r->ref = malloc(T * H * dv * sizeof *r->ref);
+        double *sc = malloc(T * sizeof *sc);
+        for (size_t t = 0; t < T; t++)
+            for (size_t h = 0; h < H; h++) {
+                double mx = -INFINITY, z = 0;
+                for (size_t j = 0; j <= t; j++) {
+                    double a = 0;
+                    for (size_t d = 0; d < dq; d++) a += (double)host[0][(t * H + h) * dq + d] * host[1][(j * H + h) * dq + d];
+                    mx = fmax(mx, sc[j] = a * 0.0721688f);
+                }
+                for (size_t j = 0; j <= t; j++) z += (sc[j] = exp(sc[j] - mx));
+                for (size_t d = 0; d < dv; d++) {
+                    double a = 0;
+                    for (size_t j = 0; j <= t; j++) a += sc[j] * host[2][(j * H + h) * dv + d];
+                    r->ref[(t * H + h) * dv + d] = a / z;
+                }
+            }
+        free(sc);
+        r->check_n = T * H * dv;
+    }
+    for (int i = 0; i < 3; i++) free(host[i]);
+    return st;
+}
+
+static clnpu_status attn_step(void *p)
+{
+    runner *r = p;
+    return clnpu_flash_attention(r->dev, &r->att);
+}
+
+static clnpu_status mla_setup(runner *r, size_t L, bool check)
+{
+    const size_t H = 16, R = 512, DR = 64, page = 64, mb = (L + page - 1) / page;
+    uint64_t s = 99;
+    size_t sizes[6] = {mb * page * (R + DR), H * R, H * DR, mb, 1, H * R};
+    float *host[3] = {0};
+    clnpu_status st = CLNPU_OK;
+    for (int i = 0; i < 6 && !st; i++) {
+        st = clnpu_buffer_create(r->dev, sizes[i] * 4, &r->z3[i]);
+        if (i < 3 && !st) {
+            host[i] = malloc(sizes[i] * 4);
+            for (size_t e = 0; e < sizes[i]; e++) host[i][e] = rnd(&s) * (i ? 0.1f : 1.0f);
+            st = clnpu_buffer_write(r->z3[i], 0, host[i], sizes[i] * 4);
+        }
+    }
+    int *bt = malloc(mb * sizeof *bt), len = (int)L;
+    for (size_t b = 0; b < mb; b++) bt[b] = (int)b;
+    if (!st) st = clnpu_buffer_write(r->z3[3], 0, bt, mb * 4);
+    if (!st) st = clnpu_buffer_write(r->z3[4], 0, &len, 4);
+    r->mla = (clnpu_mla_decode_args){r->z3[1], r->z3[2], r->z3[0], page, r->z3[3], mb, r->z3[4], L, 1, H, R, DR, 1.0f,
+                                     r->z3[5], 0, 0, 0};
+    if (check) {
+        r->ref = malloc(H * R * sizeof *r->ref);
+        double *sc = malloc(L * sizeof *sc);
+        for (size_t h = 0; h < H; h++) {
+            double mx = -INFINITY, z = 0;
+            for (size_t t = 0; t < L; t++) {
+                double a = 0;
+                for (size_t d = 0; d < R; d++) a += (double)host[1][h * R + d] * host[0][t * (R + DR) + d];
+                for (size_t d = 0; d < DR; d++) a += (double)host[2][h * DR + d] * host[0][t * (R + DR) + R + d];
+                mx = fmax(mx, sc[t] = a);
+            }
+            for (size_t t = 0; t < L; t++) z += (sc[t] = exp(sc[t] - mx));
+            for (size_t d = 0; d < R; d++) {
+                double a = 0;
+                for (size_t t = 0; t < L; t++) a += sc[t] * host[0][t * (R + DR) + d];
+                r->ref[h * R + d] = a / z;
+            }
+        }
+        free(sc);
+        r->check_n = H * R;
+    }
+    free(bt);
+    for (int i = 0; i < 3; i++) free(host[i]);
+    return st;
+}
+
+static clnpu_status mla_step(void *p)
+{
+    runner *r = p;
+    return clnpu_mla_decode(r->dev, &r->mla);
+}
+
+/* Build the job's workload: small (check) or representative (timing). */
+static clnpu_status setup(runner *r, clnpu_device *dev, const job *j, bool check)
+{
+    memset(r, 0, sizeof *r);
+    r->dev = dev, r->j = j;
+    if (!strcmp(j->kernel, "gemm"))
+        return check ? gemm_setup(r, j->segs ? j->segs * 2 : (j->m < 9 ? j->m : 21), 37, 300, true)
+                     : gemm_setup(r, j->m, j->n, j->k, false);
+    if (!strcmp(j->kernel, "attention")) return attn_setup(r, check ? 37 : 512, check);
+    return mla_setup(r, check ? 300 : 4096, check);
+}
+
+static bench_fn step_of(const job *j)
+{
+    return !strcmp(j->kernel, "gemm") ? gemm_step : !strcmp(j->kernel, "attention") ? attn_step : mla_step;
+}
+
+/* Read back the check output: relative error against the reference. */
+static double check_error(runner *r)
+{
+    clnpu_buffer *out = !strcmp(r->j->kernel, "gemm") ? r->y : !strcmp(r->j->kernel, "attention") ? r->z3[3] : r->z3[5];
+    float *o = malloc(r->check_n * 4);
+    double num = 0, den = 0;
+    if (clnpu_buffer_read(out, 0, o, r->check_n * 4)) {
+        free(o);
+        return INFINITY;
+    }
+    for (size_t i = 0; i < r->check_n; i++) {
+        if (isnan(o[i])) {
+            free(o);
+            return INFINITY;
+        }
+        num += (o[i] - r->ref[i]) * (o[i] - r->ref[i]);
+        den += r->ref[i] * r->ref[i];
+    }
+    free(o);
+    return sqrt(num / den);
+}
+
+/* Evaluate one candidate: correctness on the small case, then the time of the big one. */
+static double evaluate(clnpu_device *dev, clnpu_tuning_db *db, const job *j, const space *sp, const int *v,
+                       runner *timing, double min_time, const char **why)
+{
+    clnpu_tuning_entry e;
+    memset(&e, 0, sizeof e);
+    clnpu_tuning_entry_set_device(&e, dev);
+    snprintf(e.kernel, sizeof e.kernel, "%s", j->kernel);
+    snprintf(e.dtype, sizeof e.dtype, "%s", clnpu_dtype_name(j->dtype));
+    snprintf(e.shape_class, sizeof e.shape_class, "%s", j->cls);
+    clnpu_tuning_source_hash(!strcmp(j->kernel, "gemm") ? "gemm.cl" : !strcmp(j->kernel, "attention") ? "attention.cl" : "mla.cl",
+                             e.source_hash);
+    for (int i = 0; v && i < sp->np; i++) {
+        snprintf(e.names[e.nparams], sizeof e.names[0], "%s", sp->name[i]);
+        e.values[e.nparams++] = v[i];
+    }
+    clnpu_tuning_db_put(db, &e); /* the runtime picks the candidate up through the device's db */
+    runner r;
+    clnpu_status st = setup(&r, dev, j, true);
+    if (!st) st = step_of(j)(&r);
+    if (!st) st = clnpu_device_finish(dev);
+    double err = st ? INFINITY : check_error(&r);
+    runner_free(&r);
+    if (st == CLNPU_ERR_BUILD || st == CLNPU_ERR_OPENCL || st == CLNPU_ERR_OUT_OF_MEMORY) {
+        *why = "build or launch failed";
+        return INFINITY;
+    }
+    if (!(err <= 2e-5)) {
+        *why = "wrong result";
+        return INFINITY;
+    }
+    double t = bench_median(dev, step_of(j), timing, min_time, &st);
+    if (st || t <= 0) {
+        *why = "failed while timing";
+        return INFINITY;
+    }
+    *why = NULL;
+    return t * 1e3;
+}
+
+static void progress(const char *label, size_t done, size_t total)
+{
+    int w = 30, filled = total ? (int)(w * done / total) : w;
+    fprintf(stderr, "\r  [%.*s%*s] %-28s %zu/%zu", filled, "##############################", w - filled, "", label, done, total);
+    if (done == total) fprintf(stderr, "\n");
+    fflush(stderr);
+}
+
+int cmd_tune(int argc, char **argv)
+{
+    enum { O_OPS = CLI_OPT_FIRST_FREE, O_DTYPE, O_BUDGET, O_DB, O_FORCE };
+    static const struct option longopts[] = {CLI_DEVICE_LONGOPTS, {"ops", required_argument, NULL, O_OPS},
+                                             {"dtype", required_argument, NULL, O_DTYPE},
+                                             {"budget", required_argument, NULL, O_BUDGET},
+                                             {"db", required_argument, NULL, O_DB}, {"force", no_argument, NULL, O_FORCE},
+                                             {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    cli_device_args da = {0};
+    const char *ops = "gemm,attention,mla", *dtypes = "f32,bf16,int8,fp8", *dbpath = NULL;
+    double budget = 120;
+    bool force = false;
+    int opt;
+    opterr = 0;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        int r = cli_device_option(opt, optarg, &da);
+        if (r == 1) continue;
+        if (r == -1) return cli_usage_error("tune", usage, "bad value '%s' for --device", optarg);
+        switch (opt) {
+        case 'h':
+            printf("usage: %s\n\nSearches the tunables of kernels-cl/tunables.yaml per shape class (gemm: gemv, "
+                   "decode, grouped,\nprefill per weight dtype; attention per head-dim pair; mla per context bucket), "
+                   "checks each\ncandidate against a float64 reference, and keeps the fastest in the database "
+                   "(default\n<cache dir>/tuning.yaml, used automatically by the runtime). --budget is in seconds "
+                   "(default 120).\n", usage);
+            return CLI_EXIT_OK;
+        case O_OPS: ops = optarg; break;
+        case O_DTYPE: dtypes = optarg; break;
+        case O_BUDGET:
+            if ((budget = atof(optarg)) <= 0) return cli_usage_error("tune", usage, "bad --budget '%s'", optarg);
+            break;
+        case O_DB: dbpath = optarg; break;
+        case O_FORCE: force = true; break;
+        default: return cli_usage_error("tune", usage, "unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) return cli_usage_error("tune", usage, "unexpected argument '%s'", argv[optind]);
+    /* the jobs: shape classes x dtypes */
+    job jobs[64];
+    size_t nj = 0;
+    char dbuf[128], obuf[128];
+    snprintf(obuf, sizeof obuf, "%s", ops);
+    for (char *op = strtok(obuf, ","); op; op = strtok(NULL, ",")) {
+        if (!strcmp(op, "gemm")) {
+            snprintf(dbuf, sizeof dbuf, "%s", dtypes);
+            char *save = NULL;
+            for (char *dt = strtok_r(dbuf, ",", &save); dt; dt = strtok_r(NULL, ",", &save)) {
+                int t = clnpu_dtype_parse(dt);
+                if (t < 0 || t == CLNPU_DTYPE_I32) return cli_usage_error("tune", usage, "unknown dtype '%s'", dt);
+                jobs[nj++] = (job){"gemm", "gemv", (clnpu_dtype)t, 1, 2048, 4096, 0};
+                jobs[nj++] = (job){"gemm", "decode", (clnpu_dtype)t, 8, 2048, 2048, 0};
+                jobs[nj++] = (job){"gemm", "grouped", (clnpu_dtype)t, 16, 512, 1024, 8};
+                jobs[nj++] = (job){"gemm", "prefill", (clnpu_dtype)t, 256, 512, 1024, 0};
+            }
+        } else if (!strcmp(op, "attention")) {
+            jobs[nj++] = (job){"attention", "d192_128", CLNPU_DTYPE_F32, 0, 0, 0, 0};
+        } else if (!strcmp(op, "mla")) {
+            jobs[nj++] = (job){"mla", "ctx4k", CLNPU_DTYPE_F32, 0, 0, 0, 0};
+        } else {
+            return cli_usage_error("tune", usage, "unknown op '%s' (gemm, attention, mla)", op);
+        }
+    }
+    clnpu_device *dev;
+    clnpu_status st = cli_open_device(&da, false, &dev);
+    if (st) return cli_fail("tune", st);
+    char defpath[1200];
+    snprintf(defpath, sizeof defpath, "%s/tuning.yaml", clnpu_device_cache_dir(dev));
+    if (!dbpath) dbpath = *clnpu_device_cache_dir(dev) ? defpath : "tuning.yaml";
+    clnpu_tuning_db *db = NULL, *work = NULL;
+    st = clnpu_tuning_db_load(dbpath, &db);
+    if (!st) st = clnpu_tuning_db_create(&work);
+    if (st) {
+        clnpu_device_close(dev);
+        return cli_fail("tune", st);
+    }
+    clnpu_device_set_tuning(dev, work); /* candidates go through here */
+    const clnpu_device_info *info = clnpu_device_get_info(dev);
+    printf("tuning %s (%s), profile %s, budget %.0f s, database %s\n", info->name, info->vendor,
+           clnpu_device_get_profile(dev)->name, budget, dbpath);
+    const double t_start = now_wall();
+    typedef struct row { char label[48]; double def, best; char params[64]; char how[96]; } row;
+    row rows[64];
+    size_t nr = 0;
+    char key[384];
+    clnpu_tuning_device_key(dev, key, sizeof key);
+    for (size_t ji = 0; ji < nj; ji++) {
+        const job *j = &jobs[ji];
+        char label[48];
+        snprintf(label, sizeof label, "%s %s %s", j->kernel, clnpu_dtype_name(j->dtype), j->cls);
+        /* resume: an entry for this device and source already measured */
+        clnpu_tuning_match m;
+        const clnpu_tuning_entry *have = clnpu_tuning_lookup(db, dev, j->kernel, clnpu_dtype_name(j->dtype), j->cls, &m, NULL);
+        if (have && m == CLNPU_TUNING_EXACT && !force) {
+            printf("  %-28s already tuned (%s); --force to redo\n", label, have->measured);
+            continue;
+        }
+        space sp;
+        if (!load_space(j->kernel, &sp)) continue;
+        if (!strcmp(j->cls, "gemv")) { /* M = 1 always uses one row per work-item */
+            for (int i = 0; i < sp.np; i++)
+                if (!strcmp(sp.name[i], "mr")) sp.vals[i][0] = 1, sp.nv[i] = 1;
+        }
+        const int row_bytes = (192 + 128) * 4;
+        const uint64_t local = clnpu_device_local_mem_budget(dev);
+        /* every allowed combination */
+        int cand[512][MAXP];
+        size_t nc = 0, total = 1;
+        for (int i = 0; i < sp.np; i++) total *= (size_t)sp.nv[i];
+        for (size_t c = 0; c < total && nc < 512; c++) {
+            size_t x = c;
+            for (int i = 0; i < sp.np; i++) {
+                cand[nc][i] = sp.vals[i][x % (size_t)sp.nv[i]];
+                x /= (size_t)sp.nv[i];
+            }
+            if (allowed(&sp, cand[nc], local, row_bytes)) nc++;
+        }
+        const double left = budget - (now_wall() - t_start);
+        const double share = left / (double)(nj - ji);
+        const double min_time = 0.05;
+        const char *why;
+        runner timing; /* the representative workload, set up once per class */
+        st = setup(&timing, dev, j, false);
+        if (st) {
+            runner_free(&timing);
+            break;
+        }
+        double def = evaluate(dev, work, j, &sp, NULL, &timing, min_time, &why); /* the kernel's defaults */
+        double best = def;
+        int bestv[MAXP] = {0};
+        bool have_best = false;
+        size_t tried = 0, rejected = 0;
+        /* exhaustive when it fits the share (a cold build costs ~0.5 s), else random order */
+        const double per = 0.8;
+        const bool exhaustive = (double)nc * per <= share;
+        uint64_t s = 0x5eed + ji;
+        for (size_t i = nc; i > 1 && !exhaustive; i--) {
+            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+            size_t k = s % i;
+            int tmp[MAXP];
+            memcpy(tmp, cand[i - 1], sizeof tmp), memcpy(cand[i - 1], cand[k], sizeof tmp), memcpy(cand[k], tmp, sizeof tmp);
+        }
+        const double t_job = now_wall();
+        for (size_t c = 0; c < nc; c++) {
+            if (now_wall() - t_job > share && tried > 0) break;
+            double t = evaluate(dev, work, j, &sp, cand[c], &timing, min_time, &why);
+            tried++;
+            if (why) rejected++;
+            if (t < best * 0.995) best = t, memcpy(bestv, cand[c], sizeof bestv), have_best = true;
+            progress(label, c + 1, nc);
+        }
+        if (tried < nc) fprintf(stderr, "\n");
+        runner_free(&timing);
+        clnpu_tuning_entry e;
+        memset(&e, 0, sizeof e);
+        clnpu_tuning_entry_set_device(&e, dev);
+        snprintf(e.kernel, sizeof e.kernel, "%s", j->kernel);
+        snprintf(e.dtype, sizeof e.dtype, "%s", clnpu_dtype_name(j->dtype));
+        snprintf(e.shape_class, sizeof e.shape_class, "%s", j->cls);
+        clnpu_tuning_source_hash(!strcmp(j->kernel, "gemm") ? "gemm.cl" : !strcmp(j->kernel, "attention") ? "attention.cl" : "mla.cl",
+                                 e.source_hash);
+        if (have_best)
+            for (int i = 0; i < sp.np; i++) {
+                snprintf(e.names[e.nparams], sizeof e.names[0], "%s", sp.name[i]);
+                e.values[e.nparams++] = bestv[i];
+            }
+        e.ms = best, e.default_ms = def;
+        time_t now = time(NULL);
+        strftime(e.measured, sizeof e.measured, "%Y-%m-%d", gmtime(&now));
+        snprintf(e.how, sizeof e.how, "%s %zu of %zu candidates, %zu rejected", exhaustive ? "exhaustive" : "random",
+                 tried, nc, rejected);
+        clnpu_tuning_db_put(db, &e);
+        st = clnpu_tuning_db_save(db, dbpath); /* after every class: an interrupted run resumes */
+        if (st) break;
+        row *rw = &rows[nr++];
+        snprintf(rw->label, sizeof rw->label, "%s", label);
+        rw->def = def, rw->best = best;
+        rw->params[0] = '\0';
+        for (int i = 0; i < e.nparams; i++)
+            snprintf(rw->params + strlen(rw->params), sizeof rw->params - strlen(rw->params), "%s%s=%d", i ? " " : "",
+                     e.names[i], e.values[i]);
+        if (!e.nparams) snprintf(rw->params, sizeof rw->params, "(defaults are best)");
+        snprintf(rw->how, sizeof rw->how, "%s", e.how);
+    }
+    printf("\n%-28s %11s %11s %8s  %s\n", "kernel dtype class", "default ms", "tuned ms", "speedup", "parameters");
+    for (size_t i = 0; i < nr; i++)
+        printf("%-28s %11.3f %11.3f %7.2fx  %s  [%s]\n", rows[i].label, rows[i].def, rows[i].best,
+               rows[i].def / rows[i].best, rows[i].params, rows[i].how);
+    printf("tuning time %.0f s; database %s (%zu entries)\n", now_wall() - t_start, dbpath, clnpu_tuning_db_count(db));
+    clnpu_device_set_tuning(dev, NULL);
+    clnpu_tuning_db_destroy(work);
+    clnpu_tuning_db_destroy(db);
+    clnpu_device_close(dev);
+    return st ? cli_fail("tune", st) : CLI_EXIT_OK;
+}
