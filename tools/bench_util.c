@@ -4,14 +4,14 @@
 
 #include "bench_util.h"
 
-static double now_s(void)
+double bench_now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static int cmp_double(const void *a, const void *b)
+int bench_cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -22,23 +22,23 @@ double bench_median(clnpu_device *dev, bench_fn fn, void *ctx, double min_time, 
     clnpu_status st = CLNPU_OK;
     for (int i = 0; i < 2 && !st; i++) st = fn(ctx); /* builds variants, first-launch costs */
     if (!st) st = clnpu_device_finish(dev);
-    double t0 = now_s();
+    double t0 = bench_now_s();
     if (!st) st = fn(ctx);
     if (!st) st = clnpu_device_finish(dev);
-    const double single = now_s() - t0;
+    const double single = bench_now_s() - t0;
     int batch = single > 0 ? (int)(min_time / 9 / single) : 1;
     if (batch < 1) batch = 1;
     if (batch > 200) batch = 200;
     double times[9];
     for (int n = 0; n < 9 && !st; n++) {
-        t0 = now_s();
+        t0 = bench_now_s();
         for (int i = 0; i < batch && !st; i++) st = fn(ctx);
         if (!st) st = clnpu_device_finish(dev);
-        times[n] = (now_s() - t0) / batch;
+        times[n] = (bench_now_s() - t0) / batch;
     }
     *out_st = st;
     if (st) return -1;
-    qsort(times, 9, sizeof times[0], cmp_double);
+    qsort(times, 9, sizeof times[0], bench_cmp_double);
     return times[4];
 }
 

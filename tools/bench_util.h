@@ -5,6 +5,10 @@
 
 typedef clnpu_status (*bench_fn)(void *ctx);
 
+/* Monotonic seconds; a qsort comparator for doubles. */
+double bench_now_s(void);
+int bench_cmp_double(const void *a, const void *b);
+
 /* Median time per call of fn (which enqueues work) over 9 batches after two warm-up calls; each
  * batch runs back to back and finishes once, as a decode step queues its kernels. Batches are
  * sized so the whole takes about min_time seconds. Returns a negative time on failure (*out_st). */

@@ -37,6 +37,9 @@ enum { CLI_OPT_DEVICE = 1000, CLI_OPT_TARGET, CLI_OPT_TARGETS_DIR, CLI_OPT_NO_CA
 #define CLI_DEVICE_USAGE "[--device N] [--target NAME] [--targets-dir DIR] [--no-cache]"
 /* Handle one of the device options: 1 handled, 0 not a device option, -1 bad value. */
 int cli_device_option(int opt, const char *arg, cli_device_args *a);
+/* The same in a getopt loop: 1 handled (continue), 0 not a device option, or minus the usage
+ * exit code after printing the error (return its negation). */
+int cli_device_option_checked(int opt, const char *arg, cli_device_args *a, const char *cmd, const char *usage);
 
 /* Open the device chosen by the flags (loading extra profiles if asked). */
 clnpu_status cli_open_device(const cli_device_args *a, bool profiling, clnpu_device **out);

@@ -70,3 +70,10 @@ int cli_device_option(int opt, const char *arg, cli_device_args *a)
     default: return 0;
     }
 }
+
+int cli_device_option_checked(int opt, const char *arg, cli_device_args *a, const char *cmd, const char *usage)
+{
+    int r = cli_device_option(opt, arg, a);
+    if (r == -1) return -cli_usage_error(cmd, usage, "bad value '%s' for --device", arg);
+    return r;
+}

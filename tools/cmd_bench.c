@@ -177,9 +177,9 @@ static int bench_gemm(int argc, char **argv)
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        int r = cli_device_option(opt, optarg, &da);
+        int r = cli_device_option_checked(opt, optarg, &da, "bench gemm", usage);
         if (r == 1) continue;
-        if (r == -1) return cli_usage_error("bench gemm", usage, "bad value '%s' for --device", optarg);
+        if (r < 0) return -r;
         switch (opt) {
         case 'h':
             printf("usage: %s\n\nMedian time per launch of Y = X.W^T (X f32, W of the given dtype) "

@@ -156,9 +156,9 @@ int cmd_conformance(int argc, char **argv)
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        int r = cli_device_option(opt, optarg, &da);
+        int r = cli_device_option_checked(opt, optarg, &da, "conformance", usage);
         if (r == 1) continue;
-        if (r == -1) return cli_usage_error("conformance", usage, "bad value '%s' for --device", optarg);
+        if (r < 0) return -r;
         switch (opt) {
         case 'h':
             printf("usage: %s\n\nTier 0: buffers, copies, launches, events. 1: elementwise, RMSNorm, RoPE/YaRN, "

@@ -22,9 +22,9 @@ int cmd_kernels(int argc, char **argv)
                    "bound profile's\nparameters, and reports cache hits and build times.\n", usage);
             return CLI_EXIT_OK;
         }
-        int r = cli_device_option(opt, optarg, &da);
+        int r = cli_device_option_checked(opt, optarg, &da, "kernels", usage);
         if (r == 1) continue;
-        if (r == -1) return cli_usage_error("kernels", usage, "bad value '%s' for --device", optarg);
+        if (r < 0) return -r;
         return cli_usage_error("kernels", usage, "unknown or incomplete option '%s'", argv[optind - 1]);
     }
     if (optind < argc) return cli_usage_error("kernels", usage, "unexpected argument '%s'", argv[optind]);

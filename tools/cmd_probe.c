@@ -8,22 +8,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "cli.h"
+#include "bench_util.h"
 
 static const char usage[] = "clnpu probe [--device N] [-o FILE.yaml] [--quick]";
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 typedef struct probe {
     clnpu_device *dev;
@@ -38,13 +25,13 @@ static double time_kernel(probe *p, cl_kernel k, size_t global, size_t local, cl
     double t[9];
     int n = p->reps > 9 ? 9 : p->reps;
     for (int i = 0; i < n && !*st; i++) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         cl_int e = clEnqueueNDRangeKernel(p->q, k, 1, NULL, &global, local ? &local : NULL, 0, NULL, NULL);
         if (!e) e = clFinish(p->q);
         if (e) *st = CLNPU_ERR_OPENCL;
-        t[i] = now_s() - t0;
+        t[i] = bench_now_s() - t0;
     }
-    qsort(t, (size_t)n, sizeof t[0], cmp_d);
+    qsort(t, (size_t)n, sizeof t[0], bench_cmp_double);
     return t[n / 2];
 }
 
@@ -123,13 +110,13 @@ int cmd_probe(int argc, char **argv)
     if (!st) { /* device copy: bytes read + bytes written */
         double t[9];
         for (int i = 0; i < p.reps && !st; i++) {
-            double t0 = now_s();
+            double t0 = bench_now_s();
             if (clEnqueueCopyBuffer(p.q, clnpu_buffer_cl_mem(a), clnpu_buffer_cl_mem(b), 0, 0, bytes, 0, NULL, NULL) ||
                 clFinish(p.q))
                 st = CLNPU_ERR_OPENCL;
-            t[i] = now_s() - t0;
+            t[i] = bench_now_s() - t0;
         }
-        qsort(t, (size_t)p.reps, sizeof t[0], cmp_d);
+        qsort(t, (size_t)p.reps, sizeof t[0], bench_cmp_double);
         copy_bw = 2.0 * bytes / t[p.reps / 2];
     }
     if (!st) { /* launch latency: alone, and amortised in a queue */
@@ -138,34 +125,34 @@ int cmd_probe(int argc, char **argv)
         double t[51];
         for (int i = 0; i < 51 && !st; i++) {
             size_t g1 = 1;
-            double t0 = now_s();
+            double t0 = bench_now_s();
             if (clEnqueueNDRangeKernel(p.q, p.empty, 1, NULL, &g1, &g1, 0, NULL, NULL) || clFinish(p.q)) st = CLNPU_ERR_OPENCL;
-            t[i] = now_s() - t0;
+            t[i] = bench_now_s() - t0;
         }
-        qsort(t, 51, sizeof t[0], cmp_d);
+        qsort(t, 51, sizeof t[0], bench_cmp_double);
         lat1 = t[25];
-        double t0 = now_s();
+        double t0 = bench_now_s();
         for (int i = 0; i < 1000 && !st; i++) {
             size_t g1 = 1;
             if (clEnqueueNDRangeKernel(p.q, p.empty, 1, NULL, &g1, &g1, 0, NULL, NULL)) st = CLNPU_ERR_OPENCL;
         }
         if (!st && clFinish(p.q)) st = CLNPU_ERR_OPENCL;
-        latq = (now_s() - t0) / 1000;
+        latq = (bench_now_s() - t0) / 1000;
     }
     void *host = st ? NULL : malloc(bytes);
     if (!st && host) { /* host <-> device */
         memset(host, 1, bytes);
         double tw[9], tr[9];
         for (int i = 0; i < p.reps && !st; i++) {
-            double t0 = now_s();
+            double t0 = bench_now_s();
             st = clnpu_buffer_write(b, 0, host, bytes);
-            tw[i] = now_s() - t0;
-            t0 = now_s();
+            tw[i] = bench_now_s() - t0;
+            t0 = bench_now_s();
             if (!st) st = clnpu_buffer_read(b, 0, host, bytes);
-            tr[i] = now_s() - t0;
+            tr[i] = bench_now_s() - t0;
         }
-        qsort(tw, (size_t)p.reps, sizeof tw[0], cmp_d);
-        qsort(tr, (size_t)p.reps, sizeof tr[0], cmp_d);
+        qsort(tw, (size_t)p.reps, sizeof tw[0], bench_cmp_double);
+        qsort(tr, (size_t)p.reps, sizeof tr[0], bench_cmp_double);
         h2d = bytes / tw[p.reps / 2], d2h = bytes / tr[p.reps / 2];
     }
     free(host);

@@ -15,13 +15,6 @@
 static const char usage[] = "clnpu tune " CLI_DEVICE_USAGE " [--ops gemm,attention,mla] [--dtype f32,bf16,...] "
                             "[--budget SECONDS] [--db FILE] [--force]";
 
-static double now_wall(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 #define MAXP 4
 #define MAXV 8
 
@@ -342,9 +335,8 @@ static double check_error(runner *r)
     return sqrt(num / den);
 }
 
-/* Evaluate one candidate: correctness on the small case, then the time of the big one. */
-static double evaluate(clnpu_device *dev, clnpu_tuning_db *db, const job *j, const space *sp, const int *v,
-                       runner *timing, double min_time, const char **why)
+/* An entry for this device and job with the given parameter values (NULL: none). */
+static clnpu_tuning_entry job_entry(clnpu_device *dev, const job *j, const space *sp, const int *v)
 {
     clnpu_tuning_entry e;
     memset(&e, 0, sizeof e);
@@ -358,6 +350,14 @@ static double evaluate(clnpu_device *dev, clnpu_tuning_db *db, const job *j, con
         snprintf(e.names[e.nparams], sizeof e.names[0], "%s", sp->name[i]);
         e.values[e.nparams++] = v[i];
     }
+    return e;
+}
+
+/* Evaluate one candidate: correctness on the small case, then the time of the big one. */
+static double evaluate(clnpu_device *dev, clnpu_tuning_db *db, const job *j, const space *sp, const int *v,
+                       runner *timing, double min_time, const char **why)
+{
+    clnpu_tuning_entry e = job_entry(dev, j, sp, v);
     clnpu_tuning_db_put(db, &e); /* the runtime picks the candidate up through the device's db */
     runner r;
     clnpu_status st = setup(&r, dev, j, true);
@@ -406,9 +406,9 @@ int cmd_tune(int argc, char **argv)
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        int r = cli_device_option(opt, optarg, &da);
+        int r = cli_device_option_checked(opt, optarg, &da, "tune", usage);
         if (r == 1) continue;
-        if (r == -1) return cli_usage_error("tune", usage, "bad value '%s' for --device", optarg);
+        if (r < 0) return -r;
         switch (opt) {
         case 'h':
             printf("usage: %s\n\nSearches the tunables of kernels-cl/tunables.yaml per shape class (gemm: gemv, "
@@ -470,7 +470,7 @@ int cmd_tune(int argc, char **argv)
     const clnpu_device_info *info = clnpu_device_get_info(dev);
     printf("tuning %s (%s), profile %s, budget %.0f s, database %s\n", info->name, info->vendor,
            clnpu_device_get_profile(dev)->name, budget, dbpath);
-    const double t_start = now_wall();
+    const double t_start = bench_now_s();
     typedef struct row { char label[48]; double def, best; char params[64]; char how[96]; } row;
     row rows[64];
     size_t nr = 0;
@@ -507,7 +507,7 @@ int cmd_tune(int argc, char **argv)
             }
             if (allowed(&sp, cand[nc], local, row_bytes)) nc++;
         }
-        const double left = budget - (now_wall() - t_start);
+        const double left = budget - (bench_now_s() - t_start);
         const double share = left / (double)(nj - ji);
         const double min_time = 0.05;
         const char *why;
@@ -532,9 +532,9 @@ int cmd_tune(int argc, char **argv)
             int tmp[MAXP];
             memcpy(tmp, cand[i - 1], sizeof tmp), memcpy(cand[i - 1], cand[k], sizeof tmp), memcpy(cand[k], tmp, sizeof tmp);
         }
-        const double t_job = now_wall();
+        const double t_job = bench_now_s();
         for (size_t c = 0; c < nc; c++) {
-            if (now_wall() - t_job > share && tried > 0) break;
+            if (bench_now_s() - t_job > share && tried > 0) break;
             double t = evaluate(dev, work, j, &sp, cand[c], &timing, min_time, &why);
             tried++;
             if (why) rejected++;
@@ -543,19 +543,7 @@ int cmd_tune(int argc, char **argv)
         }
         if (tried < nc) fprintf(stderr, "\n");
         runner_free(&timing);
-        clnpu_tuning_entry e;
-        memset(&e, 0, sizeof e);
-        clnpu_tuning_entry_set_device(&e, dev);
-        snprintf(e.kernel, sizeof e.kernel, "%s", j->kernel);
-        snprintf(e.dtype, sizeof e.dtype, "%s", clnpu_dtype_name(j->dtype));
-        snprintf(e.shape_class, sizeof e.shape_class, "%s", j->cls);
-        clnpu_tuning_source_hash(!strcmp(j->kernel, "gemm") ? "gemm.cl" : !strcmp(j->kernel, "attention") ? "attention.cl" : "mla.cl",
-                                 e.source_hash);
-        if (have_best)
-            for (int i = 0; i < sp.np; i++) {
-                snprintf(e.names[e.nparams], sizeof e.names[0], "%s", sp.name[i]);
-                e.values[e.nparams++] = bestv[i];
-            }
+        clnpu_tuning_entry e = job_entry(dev, j, &sp, have_best ? bestv : NULL);
         e.ms = best, e.default_ms = def;
         time_t now = time(NULL);
         strftime(e.measured, sizeof e.measured, "%Y-%m-%d", gmtime(&now));
@@ -578,7 +566,7 @@ int cmd_tune(int argc, char **argv)
     for (size_t i = 0; i < nr; i++)
         printf("%-28s %11.3f %11.3f %7.2fx  %s  [%s]\n", rows[i].label, rows[i].def, rows[i].best,
                rows[i].def / rows[i].best, rows[i].params, rows[i].how);
-    printf("tuning time %.0f s; database %s (%zu entries)\n", now_wall() - t_start, dbpath, clnpu_tuning_db_count(db));
+    printf("tuning time %.0f s; database %s (%zu entries)\n", bench_now_s() - t_start, dbpath, clnpu_tuning_db_count(db));
     clnpu_device_set_tuning(dev, NULL);
     clnpu_tuning_db_destroy(work);
     clnpu_tuning_db_destroy(db);
