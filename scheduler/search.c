@@ -131,12 +131,12 @@ static double unit_mem(const cand *c, const clnpu_graph_unit *u)
     return m;
 }
 
+/* Stage costs from prefix sums over the units (O(1) per DP step). */
 static double stage_cost(size_t i, size_t j, size_t k, void *ctx)
 {
     const cand *c = ctx;
-    const double *t = c->unit_time + k * c->gr->count;
-    double s = 0;
-    for (size_t u = i; u < j; u++) s += t[u];
+    const double *t = c->unit_time + k * (c->gr->count + 1);
+    double s = t[j] - t[i];
     /* receiving the stage input: hidden + residual per token */
     if (i > 0) {
         const clnpu_link *l = link_for(c, 2 * c->g); /* stage boundaries may cross nodes */
@@ -148,10 +148,8 @@ static double stage_cost(size_t i, size_t j, size_t k, void *ctx)
 static double stage_mem(size_t i, size_t j, size_t k, void *ctx)
 {
     const cand *c = ctx;
-    const double *m = c->unit_mem + k * c->gr->count;
-    double s = c->fixed_mem[k];
-    for (size_t u = i; u < j; u++) s += m[u];
-    return s;
+    const double *m = c->unit_mem + k * (c->gr->count + 1);
+    return c->fixed_mem[k] + m[j] - m[i];
 }
 
 static void cand_free(cand *c)
@@ -167,8 +165,8 @@ static bool cand_prepare(cand *c)
     c->ngroups = N / c->g;
     if (!c->ngroups) return false;
     if (c->ngroups > U) c->ngroups = U; /* never more stages than units */
-    c->unit_time = malloc(c->ngroups * U * sizeof(double));
-    c->unit_mem = malloc(c->ngroups * U * sizeof(double));
+    c->unit_time = malloc(c->ngroups * (U + 1) * sizeof(double));
+    c->unit_mem = malloc(c->ngroups * (U + 1) * sizeof(double));
     c->fixed_mem = malloc(c->ngroups * sizeof(double));
     c->cap = malloc(c->ngroups * sizeof(double));
     if (!c->unit_time || !c->unit_mem || !c->fixed_mem || !c->cap) return false;
@@ -177,9 +175,18 @@ static bool cand_prepare(cand *c)
         const clnpu_profile *p = &c->cl->devices[k * c->g].profile;
         for (size_t x = 1; x < c->g; x++)
             if (strcmp(c->cl->devices[k * c->g + x].profile.name, p->name)) return false;
-        for (size_t u = 0; u < U; u++) {
-            c->unit_time[k * U + u] = unit_time(c, p, &c->gr->units[u]);
-            c->unit_mem[k * U + u] = unit_mem(c, &c->gr->units[u]);
+        double *t = c->unit_time + k * (U + 1), *m = c->unit_mem + k * (U + 1);
+        /* groups of the same kind share their tables: copy the previous group's */
+        if (k > 0 && !strcmp(c->cl->devices[(k - 1) * c->g].profile.name, p->name) &&
+            c->cl->devices[(k - 1) * c->g].profile.memory_bytes == p->memory_bytes) {
+            memcpy(t, t - (U + 1), (U + 1) * sizeof *t);
+            memcpy(m, m - (U + 1), (U + 1) * sizeof *m);
+        } else {
+            t[0] = m[0] = 0;
+            for (size_t u = 0; u < U; u++) { /* prefix sums */
+                t[u + 1] = t[u] + unit_time(c, p, &c->gr->units[u]);
+                m[u + 1] = m[u] + unit_mem(c, &c->gr->units[u]);
+            }
         }
         double cap = (double)p->memory_bytes;
         /* activations (f32, a dozen live buffers) and the expert all-to-all buffers */

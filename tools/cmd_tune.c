@@ -533,13 +533,39 @@ int cmd_tune(int argc, char **argv)
             memcpy(tmp, cand[i - 1], sizeof tmp), memcpy(cand[i - 1], cand[k], sizeof tmp), memcpy(cand[k], tmp, sizeof tmp);
         }
         const double t_job = bench_now_s();
+        bool done[512] = {false};
+        size_t refined = 0;
+        /* random phase: all of the share when exhaustive, else 60 % of it */
+        const double phase = exhaustive ? share : 0.6 * share;
         for (size_t c = 0; c < nc; c++) {
-            if (bench_now_s() - t_job > share && tried > 0) break;
+            if (bench_now_s() - t_job > phase && tried > 0) break;
             double t = evaluate(dev, work, j, &sp, cand[c], &timing, min_time, &why);
-            tried++;
+            tried++, done[c] = true;
             if (why) rejected++;
             if (t < best * 0.995) best = t, memcpy(bestv, cand[c], sizeof bestv), have_best = true;
             progress(label, c + 1, nc);
+        }
+        /* local refinement: move one parameter of the best to a neighbouring value, repeat while
+         * that helps and the share lasts */
+        for (bool improved = have_best && !exhaustive; improved && bench_now_s() - t_job < share;) {
+            improved = false;
+            for (int i = 0; i < sp.np && !improved; i++)
+                for (int dir = -1; dir <= 1 && !improved; dir += 2) {
+                    int at = 0;
+                    while (at < sp.nv[i] && sp.vals[i][at] != bestv[i]) at++;
+                    if (at + dir < 0 || at + dir >= sp.nv[i]) continue;
+                    int nb[MAXP];
+                    memcpy(nb, bestv, sizeof nb);
+                    nb[i] = sp.vals[i][at + dir];
+                    for (size_t c = 0; c < nc; c++) {
+                        if (done[c] || memcmp(cand[c], nb, (size_t)sp.np * sizeof(int))) continue;
+                        double t = evaluate(dev, work, j, &sp, cand[c], &timing, min_time, &why);
+                        tried++, refined++, done[c] = true;
+                        if (why) rejected++;
+                        if (t < best * 0.995) best = t, memcpy(bestv, cand[c], sizeof bestv), improved = true;
+                        break;
+                    }
+                }
         }
         if (tried < nc) fprintf(stderr, "\n");
         runner_free(&timing);
@@ -547,8 +573,8 @@ int cmd_tune(int argc, char **argv)
         e.ms = best, e.default_ms = def;
         time_t now = time(NULL);
         strftime(e.measured, sizeof e.measured, "%Y-%m-%d", gmtime(&now));
-        snprintf(e.how, sizeof e.how, "%s %zu of %zu candidates, %zu rejected", exhaustive ? "exhaustive" : "random",
-                 tried, nc, rejected);
+        snprintf(e.how, sizeof e.how, "%s %zu of %zu candidates (%zu by local refinement), %zu rejected",
+                 exhaustive ? "exhaustive" : "random", tried, nc, refined, rejected);
         clnpu_tuning_db_put(db, &e);
         st = clnpu_tuning_db_save(db, dbpath); /* after every class: an interrupted run resumes */
         if (st) break;
