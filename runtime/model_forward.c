@@ -140,13 +140,23 @@ static clnpu_status attention_decode(clnpu_model *m, model_layer *ly, size_t B, 
 clnpu_status clnpu_model_forward(clnpu_model *m, size_t T, const int *ids, const size_t *seq_of,
                                  const size_t *pos_of, bool decode, float *logits)
 {
+    return clnpu_model_forward_stage(m, T, ids, seq_of, pos_of, decode, NULL, NULL, logits);
+}
+
+clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids, const size_t *seq_of,
+                                       const size_t *pos_of, bool decode, const float *h_in, float *h_out,
+                                       float *logits)
+{
     const clnpu_model_config *c = &m->cfg;
     const size_t d = c->hidden_size, H = c->num_attention_heads, R = c->kv_lora_rank;
     if (!T) return CLNPU_OK;
     if (T > m->opt.max_tokens)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%zu tokens in one step; the model was created for %zu", T,
                           m->opt.max_tokens);
-    for (size_t i = 0; i < T; i++)
+    if (m->opt.embed ? !ids : !h_in)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "stage %s needs %s", m->opt.embed ? "with the embedding" : "after the first",
+                          m->opt.embed ? "token ids" : "the previous stage's hidden states");
+    for (size_t i = 0; m->opt.embed && i < T; i++)
         if (ids[i] < 0 || (size_t)ids[i] >= c->vocab_size)
             return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "token id %d at %zu is outside the vocabulary of %zu",
                               ids[i], i, c->vocab_size);
@@ -158,19 +168,20 @@ clnpu_status clnpu_model_forward(clnpu_model *m, size_t T, const int *ids, const
         pos[i] = (int)pos_of[i], seq[i] = (int)seq_of[i], lens[i] = (int)pos_of[i] + 1;
         if ((size_t)lens[i] > maxlen) maxlen = (size_t)lens[i];
     }
-    if (!st) st = clnpu_buffer_write(m->ids, 0, ids, T * sizeof(int));
+    if (!st && m->opt.embed) st = clnpu_buffer_write(m->ids, 0, ids, T * sizeof(int));
     if (!st) st = clnpu_buffer_write(m->pos, 0, pos, T * sizeof(int));
     if (!st) st = clnpu_buffer_write(m->seqs, 0, seq, T * sizeof(int));
     if (!st && decode) st = clnpu_buffer_write(m->lens, 0, lens, T * sizeof(int));
     free(pos), free(seq), free(lens);
-    if (!st) st = clnpu_embed(m->dev, m->h, m->embed, m->embed_dtype, m->ids, T, d, c->vocab_size);
-    if (!st) st = capture(m, 0, m->h, T);
+    if (!st && m->opt.embed) st = clnpu_embed(m->dev, m->h, m->embed, m->embed_dtype, m->ids, T, d, c->vocab_size);
+    else if (!st) st = clnpu_buffer_write(m->h, 0, h_in, T * d * sizeof(float)); /* from the previous stage */
+    if (!st && m->opt.embed) st = capture(m, 0, m->h, T);
     const clnpu_view hv = {m->h, 0, d}, av = {m->a, 0, d}, none = {0};
     const float eps = (float)c->rms_norm_eps;
     char opts[96];
     snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu", R, c->qk_rope_head_dim);
     const clnpu_rope_layout layout = c->rope_interleave ? CLNPU_ROPE_INTERLEAVED : CLNPU_ROPE_HALF_SPLIT;
-    for (size_t l = 0; !st && l < c->num_hidden_layers; l++) {
+    for (size_t l = m->opt.layer_begin; !st && l < m->opt.layer_end; l++) {
         model_layer *ly = &m->layers[l];
         st = clnpu_rmsnorm(m->dev, hv, none, av, ly->in_norm, T, d, eps);
         /* q (through the low-rank q_a / q_b when the model has it), the latent c and k_pe */
@@ -218,9 +229,10 @@ clnpu_status clnpu_model_forward(clnpu_model *m, size_t T, const int *ids, const
         }
         if (!st) st = capture(m, l + 1, m->h, T);
     }
-    if (!st) st = clnpu_rmsnorm(m->dev, hv, none, av, m->final_norm, T, d, eps);
-    if (!st) st = capture(m, c->num_hidden_layers + 1, m->a, T);
-    if (!st && logits) {
+    if (!st && !m->opt.head && h_out) st = clnpu_buffer_read(m->h, 0, h_out, T * d * sizeof(float));
+    if (!st && m->opt.head) st = clnpu_rmsnorm(m->dev, hv, none, av, m->final_norm, T, d, eps);
+    if (!st && m->opt.head) st = capture(m, c->num_hidden_layers + 1, m->a, T);
+    if (!st && logits && m->opt.head) {
         st = mm(m, m->lm_head, 0, m->a, 0, d, m->logits, 0, c->vocab_size, T, CLNPU_EPILOGUE_NONE);
         if (!st) st = clnpu_buffer_read(m->logits, 0, logits, T * c->vocab_size * sizeof(float));
     }

@@ -284,7 +284,7 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
 
 clnpu_model_options clnpu_model_options_default(void)
 {
-    clnpu_model_options o = {4, 0, 512, 16, -1, 0x5eed, false, false};
+    clnpu_model_options o = {4, 0, 512, 16, -1, 0x5eed, false, false, 0, (size_t)-1, true, true};
     return o;
 }
 
@@ -313,7 +313,22 @@ void clnpu_model_destroy(clnpu_model *m)
     free(m);
 }
 
+static clnpu_status load_embedding(clnpu_model *m, loader *L);
+
 static clnpu_status load_globals(clnpu_model *m, loader *L)
+{
+    const clnpu_model_config *c = &m->cfg;
+    const size_t V = c->vocab_size, d = c->hidden_size;
+    clnpu_status st = CLNPU_OK;
+    if (m->opt.embed) st = load_embedding(m, L);
+    if (!st && m->opt.head) st = upload_vec(m->dev, L, "model.norm.weight", d, &m->final_norm);
+    if (!st && m->opt.head)
+        st = upload_mat(m->dev, L, c->tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", V, d,
+                        &m->lm_head);
+    return st;
+}
+
+static clnpu_status load_embedding(clnpu_model *m, loader *L)
 {
     const clnpu_model_config *c = &m->cfg;
     const size_t V = c->vocab_size, d = c->hidden_size;
@@ -331,9 +346,6 @@ static clnpu_status load_globals(clnpu_model *m, loader *L)
         st = clnpu_buffer_create(m->dev, V * d * clnpu_dtype_size(e.dtype), &m->embed);
         if (!st) st = clnpu_buffer_write(m->embed, 0, e.data, V * d * clnpu_dtype_size(e.dtype));
     }
-    if (!st) st = upload_vec(m->dev, L, "model.norm.weight", d, &m->final_norm);
-    if (!st) st = upload_mat(m->dev, L, c->tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight",
-                             V, d, &m->lm_head);
     return st;
 }
 
@@ -347,7 +359,7 @@ static clnpu_status alloc_activations(clnpu_model *m)
     struct { clnpu_buffer **b; size_t bytes; } a[] = {
         {&m->h, T * d * 4}, {&m->a, T * d * 4}, {&m->cq, T * (c->q_lora_rank ? c->q_lora_rank : 1) * 4},
         {&m->q, T * H * m->dqk * 4}, {&m->kv0, T * m->lat * 4}, {&m->attn, T * H * c->v_head_dim * 4},
-        {&m->mlp, T * d * 4}, {&m->mlp_h, T * mlp * 4}, {&m->logits, T * c->vocab_size * 4},
+        {&m->mlp, T * d * 4}, {&m->mlp_h, T * mlp * 4}, {&m->logits, (m->opt.head ? T : 1) * c->vocab_size * 4},
         {&m->ids, T * 4}, {&m->pos, T * 4}, {&m->seqs, T * 4},
         {&m->latent, S * m->lat * 4}, {&m->kvfull, S * H * (c->qk_nope_head_dim + c->v_head_dim) * 4},
         {&m->kfull, S * H * m->dqk * 4}, {&m->q_abs, B * H * R * 4}, {&m->z, B * H * R * 4},
@@ -393,9 +405,13 @@ clnpu_status clnpu_model_create(clnpu_device *dev, const clnpu_model_config *cfg
     if (!st) st = alloc_activations(m);
     if (!st) st = load_globals(m, &L);
     release_host(&L);
-    for (size_t l = 0; !st && l < cfg->num_hidden_layers; l++) {
+    if (m->opt.layer_end > cfg->num_hidden_layers) m->opt.layer_end = cfg->num_hidden_layers;
+    if (!st && m->opt.layer_begin > m->opt.layer_end)
+        st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "stage layers [%zu, %zu) are empty or reversed", m->opt.layer_begin,
+                        m->opt.layer_end);
+    for (size_t l = m->opt.layer_begin; !st && l < m->opt.layer_end; l++) {
         if (m->opt.progress)
-            fprintf(stderr, "\rclnpu: loading layer %zu/%zu (%.1f MiB on the device)", l + 1, cfg->num_hidden_layers,
+            fprintf(stderr, "\rclnpu: loading layer %zu/%zu (%.1f MiB on the device)", l + 1, m->opt.layer_end,
                     clnpu_device_memory_used(dev) / 1048576.0);
         st = load_layer(m, &L, l);
         release_host(&L);

@@ -24,5 +24,6 @@ struct clnpu_plan {
     size_t slots_per_device, *copy_expert, *copy_device, ncopies;
     double weight_bytes_per_param;
     char profile_names[4][64];
+    char (*stage_profiles)[64];  /* [nstages] */
 };
 #endif

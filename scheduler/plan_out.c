@@ -99,6 +99,7 @@ clnpu_status clnpu_plan_write_yaml(const clnpu_plan *p, FILE *f)
         const plan_stage *st = &p->stages[i];
         clnpu_yaml_map_begin(y);
         clnpu_yaml_kv_int(y, "stage", (long long)i);
+        clnpu_yaml_kv_str(y, "profile", p->stage_profiles[i]);
         clnpu_yaml_key(y, "devices");
         clnpu_yaml_flow_seq_begin(y);
         for (size_t d = 0; d < p->g; d++) clnpu_yaml_int(y, (long long)(st->device_begin + d));

@@ -450,6 +450,7 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
     cand_prepare(&c);
     p->g = best.g, p->nstages = best.stages;
     p->stages = calloc(best.stages, sizeof *p->stages);
+    p->stage_profiles = calloc(best.stages, sizeof *p->stage_profiles);
     double maxfrac = 0, comm = 0;
     for (size_t s = 0; p->stages && s < best.stages; s++) {
         plan_stage *ps = &p->stages[s];
@@ -473,6 +474,7 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
                 comm += 2 * c.tokens * (double)best.micro * fmin((double)p->graph.top_k, best.g * (1 - pow(1 - 1.0 / best.g, (double)p->graph.top_k))) * d * 2 *
                         (best.g > 1);
         snprintf(p->profile_names[s < 3 ? s : 3], 64, "%s", cl->devices[ps->device_begin].profile.name);
+        if (p->stage_profiles) snprintf(p->stage_profiles[s], 64, "%s", cl->devices[ps->device_begin].profile.name);
     }
     /* one layer's placement for the report */
     const size_t E = p->graph.experts;
@@ -508,7 +510,7 @@ void clnpu_plan_destroy(clnpu_plan *p)
 {
     if (!p) return;
     clnpu_graph_free(&p->graph);
-    free(p->stages), free(p->copy_expert), free(p->copy_device);
+    free(p->stages), free(p->copy_expert), free(p->copy_device), free(p->stage_profiles);
     free(p);
 }
 

@@ -300,6 +300,44 @@ START_TEST(test_cli_run)
         clnpu_safetensors_close(got);
         clnpu_safetensors_close(ref);
     }
+    /* A plan from `clnpu plan`, and a three-stage plan with an emulated NPU stage, run through the
+     * pipeline: the same logits. */
+    snprintf(cmd, sizeof cmd, "'%s' plan --model '%s/config.json' --cluster '%s/clusters/pocl-2.yaml' -o %s/plan.yaml "
+             "--context 64 && '%s' run --model '%s' --ids %s --plan %s/plan.yaml --dump-logits %s/p.safetensors",
+             CLNPU_CLI_PATH, TINY, CLNPU_SOURCE_DIR, dir, CLNPU_CLI_PATH, TINY, ids, dir, dir);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%s", out);
+    char plan3[512];
+    snprintf(plan3, sizeof plan3, "%s/plan3.yaml", dir);
+    ck_assert_int_eq(test_write_file(plan3,
+        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 1, pp: 3, ep: 1, dp: 1}\nstages:\n"
+        "- {stage: 0, profile: pocl-cpu, devices: [0], embedding: true, head: false, layers: [0]}\n"
+        "- {stage: 1, profile: rebellions-atom, devices: [1], embedding: false, head: false, layers: [1]}\n"
+        "- {stage: 2, profile: pocl-cpu, devices: [2], embedding: false, head: true, layers: [2]}\n"), 0);
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s --plan %s --decode-from 3 --dump-logits %s/p3.safetensors",
+             CLNPU_CLI_PATH, TINY, ids, plan3, dir);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%s", out);
+    for (int k = 0; k < 2; k++) {
+        char path[512];
+        snprintf(path, sizeof path, k ? "%s/p3.safetensors" : "%s/p.safetensors", dir);
+        clnpu_safetensors *got, *ref;
+        ck_assert_ok(clnpu_safetensors_open(path, &got));
+        ck_assert_ok(clnpu_safetensors_open(TINY "/reference.safetensors", &ref));
+        const clnpu_tensor_info *a = clnpu_safetensors_find(got, "logits"), *b = clnpu_safetensors_find(ref, "logits");
+        double num = 0, den = 0;
+        for (size_t i = 0; i < a->bytes / 4; i++) {
+            double x = ((const float *)a->data)[i], y = ((const float *)b->data)[i];
+            num += (x - y) * (x - y), den += y * y;
+        }
+        ck_assert_msg(sqrt(num / den) <= 1e-4, "plan run %d: %.3g", k, sqrt(num / den));
+        clnpu_safetensors_close(got);
+        clnpu_safetensors_close(ref);
+    }
+    /* a plan for another model is refused */
+    ck_assert_int_eq(test_write_file(plan3, "format: clnpu-plan-1\nlayers: 61\nstages: []\n"), 0);
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids 1,2 --plan %s", CLNPU_CLI_PATH, TINY, plan3);
+    ck_assert_int_eq(test_run(cmd, out, sizeof out), 1);
+    ck_assert_msg(strstr(out, "61 layers"), "%s", out);
+
     snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids 1,2,999", CLNPU_CLI_PATH, TINY);
     ck_assert_int_eq(test_run(cmd, out, sizeof out), 1);
     ck_assert_msg(strstr(out, "token id 999"), "%s", out);

@@ -137,6 +137,46 @@ START_TEST(test_logits_match_transformers)
 }
 END_TEST
 
+/* Pipeline stages over several devices (two PoCL devices and more contexts on them): logits equal
+ * the single-device run and transformers', through prefill and through decode. */
+START_TEST(test_pipeline_stages)
+{
+    fixture f;
+    open_fixture(&f);
+    const size_t T = f.T, V = f.cfg.vocab_size;
+    const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
+    const clnpu_stage_spec pp2[] = {{0, "", 0, 1, true, false}, {1, "", 1, 3, false, true}};
+    const clnpu_stage_spec pp3[] = {{0, "", 0, 1, true, false}, {1, "", 1, 2, false, false}, {2, "", 2, 3, false, true}};
+    /* a stage with the embedding only, one with the head only, and an emulated NPU in between */
+    const clnpu_stage_spec pp4[] = {{0, "", 0, 0, true, false}, {1, "rebellions-atom", 0, 2, false, false},
+                                    {0, "", 2, 3, false, false}, {1, "", 3, 3, false, true}};
+    const struct { const clnpu_stage_spec *s; size_t n; } cases[] = {{pp2, 2}, {pp3, 3}, {pp4, 4}};
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_sequences = 2, o.max_context = 64, o.max_tokens = 32;
+    float *lg = malloc(T * V * sizeof *lg);
+    for (size_t c = 0; c < 3; c++) {
+        clnpu_pipeline *p;
+        ck_assert_ok(clnpu_pipeline_create(&f.cfg, f.ck, cases[c].s, cases[c].n, &o, &p));
+        ck_assert_uint_eq(clnpu_pipeline_stage_count(p), cases[c].n);
+        for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
+        ck_assert_ok(clnpu_pipeline_prefill(p, 0, f.ids, T, lg));
+        double e = rel(lg, ref, T * V);
+        ck_assert_msg(e <= 1e-4, "PP=%zu prefill: %.3g", cases[c].n, e);
+        ck_assert_ok(clnpu_pipeline_prefill(p, 1, f.ids, 1, lg));
+        for (size_t t = 1; t < T; t++) {
+            size_t s = 1;
+            ck_assert_ok(clnpu_pipeline_decode(p, &s, f.ids + t, 1, lg + t * V));
+        }
+        e = rel(lg, ref, T * V);
+        ck_assert_msg(e <= 1e-4, "PP=%zu decode: %.3g", cases[c].n, e);
+        fprintf(stderr, "pipeline of %zu stages: logits rel error %.2e (prefill 1 + decode)\n", cases[c].n, e);
+        clnpu_pipeline_destroy(p);
+    }
+    free(lg);
+    close_fixture(&f);
+}
+END_TEST
+
 Suite *suite_model(void)
 {
     Suite *s = suite_create("model");
@@ -144,6 +184,7 @@ Suite *suite_model(void)
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_config);
     tcase_add_test(tc, test_logits_match_transformers);
+    tcase_add_test(tc, test_pipeline_stages);
     suite_add_tcase(s, tc);
     return s;
 }

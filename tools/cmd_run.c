@@ -13,7 +13,7 @@ static const char usage[] =
     "clnpu run (--model DIR | --random-weights --config FILE) " CLI_DEVICE_USAGE "\n"
     "          (--ids 1,2,3 | --ids-file F) [-n NEW] [--greedy | --temperature T [--top-k K] [--top-p P] "
     "[--seed S]]\n          [--decode-from P] [--weights int8|fp8] [--context L] [--dump-logits OUT.safetensors] "
-    "[--stats] [--trace OUT.json] [--verbose]";
+    "[--stats] [--trace OUT.json] [--verbose]\n          [--plan plan.yaml]";
 
 static double now_s(void)
 {
@@ -68,7 +68,7 @@ static char *read_file(const char *path)
 
 typedef struct run_args {
     cli_device_args da;
-    const char *model, *config, *ids, *ids_file, *dump, *trace;
+    const char *model, *config, *ids, *ids_file, *dump, *trace, *plan;
     bool random_weights, stats, greedy, verbose;
     size_t n, decode_from, context;
     bool has_decode_from;
@@ -79,7 +79,7 @@ typedef struct run_args {
 static int parse(int argc, char **argv, run_args *r)
 {
     enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CONFIG, O_RANDOM, O_IDS, O_IDS_FILE, O_GREEDY, O_TEMP, O_TOPP, O_TOPK,
-           O_SEED, O_DECODE_FROM, O_DUMP, O_STATS, O_TRACE, O_WEIGHTS, O_CONTEXT };
+           O_SEED, O_DECODE_FROM, O_DUMP, O_STATS, O_TRACE, O_WEIGHTS, O_CONTEXT, O_PLAN };
     static const struct option longopts[] = {
         CLI_DEVICE_LONGOPTS, {"model", required_argument, NULL, O_MODEL}, {"config", required_argument, NULL, O_CONFIG},
         {"random-weights", no_argument, NULL, O_RANDOM}, {"ids", required_argument, NULL, O_IDS},
@@ -89,7 +89,7 @@ static int parse(int argc, char **argv, run_args *r)
         {"decode-from", required_argument, NULL, O_DECODE_FROM}, {"dump-logits", required_argument, NULL, O_DUMP},
         {"stats", no_argument, NULL, O_STATS}, {"trace", required_argument, NULL, O_TRACE},
         {"weights", required_argument, NULL, O_WEIGHTS}, {"context", required_argument, NULL, O_CONTEXT},
-        {"verbose", no_argument, NULL, 'v'},
+        {"verbose", no_argument, NULL, 'v'}, {"plan", required_argument, NULL, O_PLAN},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt;
     opterr = 0;
@@ -144,6 +144,7 @@ static int parse(int argc, char **argv, run_args *r)
         case O_DUMP: r->dump = optarg; break;
         case O_STATS: r->stats = true; break;
         case 'v': r->verbose = true; break;
+        case O_PLAN: r->plan = optarg; break;
         case O_TRACE: r->trace = optarg; break;
         case O_WEIGHTS:
             if (!strcmp(optarg, "int8")) r->weights = CLNPU_DTYPE_I8;
@@ -161,6 +162,8 @@ static int parse(int argc, char **argv, run_args *r)
     if (r->random_weights && !r->config && !r->model)
         return cli_usage_error("run", usage, "--random-weights needs --config FILE (or --model DIR)");
     if (!r->ids == !r->ids_file) return cli_usage_error("run", usage, "give exactly one of --ids and --ids-file");
+    if (r->plan && (r->trace || r->da.target))
+        return cli_usage_error("run", usage, "--plan chooses devices and profiles itself (no --trace / --target)");
     if (r->greedy && r->samp.temperature > 0)
         return cli_usage_error("run", usage, "--greedy and --temperature exclude each other");
     return -1;
@@ -209,17 +212,31 @@ int cmd_run(int argc, char **argv)
     o.max_tokens = P < 512 ? (P ? P : 1) : 512;
     o.weights = r.weights;
     o.progress = isatty(STDERR_FILENO); /* a live progress line only for a person watching */
+    clnpu_pipeline *pl = NULL;
+    clnpu_stage_spec *specs = NULL;
+    size_t nspecs = 0, ep = 1;
     double t0 = now_s();
-    if (!st) st = clnpu_model_create(dev, &cfg, ck, &o, &m);
+    if (!st && r.plan) {
+        /* The plan's stages, each on its own device: the residual stream crosses them. */
+        st = clnpu_pipeline_read_plan(r.plan, &cfg, &specs, &nspecs, &ep);
+        if (!st && ep > 1)
+            fprintf(stderr, "clnpu run: note: the plan spreads each stage's experts over %zu devices; this "
+                    "executor keeps a stage's experts on its first device (expert parallelism is planned, not "
+                    "yet executed)\n", ep);
+        if (!st) st = clnpu_pipeline_create(&cfg, ck, specs, nspecs, &o, &pl);
+    } else if (!st) {
+        st = clnpu_model_create(dev, &cfg, ck, &o, &m);
+    }
     double t_load = now_s() - t0;
     if (!st && r.trace) st = clnpu_device_trace_start(dev);
     if (!st && !(logits = malloc(T * V * sizeof *logits))) st = CLNPU_ERR_OUT_OF_MEMORY;
     t0 = now_s();
-    if (!st) st = clnpu_model_prefill(m, 0, ids, P, logits);
+    if (!st) st = pl ? clnpu_pipeline_prefill(pl, 0, ids, P, logits) : clnpu_model_prefill(m, 0, ids, P, logits);
     double t_prefill = now_s() - t0;
     t0 = now_s();
     size_t seq = 0, decoded = 0;
-    for (size_t t = P; !st && t < T; t++, decoded++) st = clnpu_model_decode(m, &seq, ids + t, 1, logits + t * V);
+    for (size_t t = P; !st && t < T; t++, decoded++)
+        st = pl ? clnpu_pipeline_decode(pl, &seq, ids + t, 1, logits + t * V) : clnpu_model_decode(m, &seq, ids + t, 1, logits + t * V);
     /* Generation: sample from the last position's logits, feed the token back. */
     if (!st && r.n && (!(gen = malloc(r.n * sizeof *gen)) || !(row = malloc(V * sizeof *row)))) st = CLNPU_ERR_OUT_OF_MEMORY;
     if (!st && r.n) st = clnpu_buffer_create(dev, V * 4, &lb);
@@ -230,7 +247,7 @@ int cmd_run(int argc, char **argv)
         if (!st) st = clnpu_sample(dev, ob, (clnpu_view){lb, 0, V}, 1, V, &r.samp, i);
         if (!st) st = clnpu_buffer_read(ob, 0, &gen[i], 4);
         if (!st && i + 1 < r.n) {
-            st = clnpu_model_decode(m, &seq, &gen[i], 1, row);
+            st = pl ? clnpu_pipeline_decode(pl, &seq, &gen[i], 1, row) : clnpu_model_decode(m, &seq, &gen[i], 1, row);
             decoded++;
         }
     }
@@ -261,13 +278,21 @@ int cmd_run(int argc, char **argv)
         if (decoded)
             fprintf(stderr, "decode: %zu tokens in %.1f ms, %.2f tokens/s\n", decoded, t_decode * 1e3,
                     decoded / t_decode);
-        fprintf(stderr, "device %zu (%s, profile %s): %s of %s in use\n", clnpu_device_get_info(dev)->index,
-                clnpu_device_get_info(dev)->name, clnpu_device_get_profile(dev)->name, mem, cap);
+        for (size_t s = 0; s < (pl ? nspecs : 1); s++) {
+            clnpu_device *dv = pl ? clnpu_pipeline_stage_device(pl, s) : dev;
+            cli_format_bytes((double)clnpu_device_memory_used(dv), mem, sizeof mem);
+            cli_format_bytes((double)clnpu_device_memory_capacity(dv), cap, sizeof cap);
+            fprintf(stderr, "%sdevice %zu (%s, profile %s%s): %s of %s in use\n", pl ? "stage " : "",
+                    clnpu_device_get_info(dv)->index, clnpu_device_get_info(dv)->name, clnpu_device_get_profile(dv)->name,
+                    clnpu_device_is_emulated(dv) ? ", emulated" : "", mem, cap);
+        }
     }
     if (!st && r.trace) fprintf(stderr, "trace: %zu kernel spans in %s\n", events, r.trace);
     rc = st ? cli_fail("run", st) : CLI_EXIT_OK;
     clnpu_buffer_destroy(lb), clnpu_buffer_destroy(ob);
     clnpu_model_destroy(m);
+    clnpu_pipeline_destroy(pl);
+    free(specs);
     clnpu_checkpoint_close(ck);
     clnpu_device_close(dev);
     free(ids), free(logits), free(row), free(gen);

@@ -14,6 +14,7 @@
 #include "clnpu/model.h"
 #include "clnpu/plan.h"
 #include "clnpu/tuning.h"
+#include "clnpu/pipeline.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -58,6 +58,11 @@ typedef struct clnpu_model_options {
     uint64_t seed;        /* random weights (no checkpoint) */
     bool progress;        /* a progress line on stderr while loading */
     bool capture;         /* keep hidden states and routing of the last forward (tests) */
+    /* A pipeline stage: only decoder layers [layer_begin, layer_end) are loaded and run (the
+     * default end, SIZE_MAX, means all; [0, 0) none); the embedding and the final norm + LM head only where embed / head are set. Only the
+     * tensors of the stage are read from the checkpoint. */
+    size_t layer_begin, layer_end;
+    bool embed, head;
 } clnpu_model_options;
 
 clnpu_model_options clnpu_model_options_default(void);
@@ -77,6 +82,13 @@ clnpu_status clnpu_model_prefill(clnpu_model *m, size_t seq, const int *ids, siz
  * logits: [n][vocab] or NULL. */
 clnpu_status clnpu_model_decode(clnpu_model *m, const size_t *seqs, const int *ids, size_t n,
                                 float *logits);
+/* One pipeline stage's share of a forward: ids in (embedding stage) or the residual stream
+ * h_in [n][hidden] (host) from the previous stage; out: logits [n][vocab] (head stage) or the
+ * residual stream h_out for the next stage. decode: one token per listed sequence. */
+clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t n, const int *ids, const size_t *seqs,
+                                       const size_t *positions, bool decode, const float *h_in, float *h_out,
+                                       float *logits);
+
 /* Forget a sequence (its cache pages return to the pool). */
 void clnpu_model_reset(clnpu_model *m, size_t seq);
 size_t clnpu_model_sequence_length(const clnpu_model *m, size_t seq);

@@ -1,0 +1,51 @@
+/* Running a model split into pipeline stages over several devices in one process: each stage
+ * loads only its layers (and the embedding / head where it holds them) on its own device, and
+ * the residual stream crosses stage boundaries device to device through the host.
+ *
+ *     clnpu_stage_spec *st; size_t n, ep;
+ *     clnpu_pipeline_read_plan("plan.yaml", &cfg, &st, &n, &ep);   // written by `clnpu plan -o`
+ *     clnpu_pipeline *pl;
+ *     clnpu_pipeline_create(&cfg, ck, st, n, &opt, &pl);
+ *     clnpu_pipeline_prefill(pl, 0, ids, T, logits);
+ *
+ * A plan device index d runs on OpenCL device d mod (number of devices), each in its own context
+ * and bound to the stage's profile, so a plan for many NPUs runs on a laptop with one device.
+ */
+#ifndef CLNPU_PIPELINE_H
+#define CLNPU_PIPELINE_H
+
+#include "clnpu/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct clnpu_stage_spec {
+    size_t device;          /* plan device index */
+    char profile[64];       /* "" = match automatically */
+    size_t layer_begin, layer_end;
+    bool embed, head;
+} clnpu_stage_spec;
+
+/* Read a plan (format clnpu-plan-1) for this config: stages must cover every layer in order, the
+ * embedding on the first and the head on the last. out_ep: devices per stage in the plan. */
+clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config *cfg, clnpu_stage_spec **out_specs,
+                                      size_t *out_count, size_t *out_ep);
+
+typedef struct clnpu_pipeline clnpu_pipeline;
+
+clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
+                                   const clnpu_stage_spec *specs, size_t count, const clnpu_model_options *opt,
+                                   clnpu_pipeline **out_pipeline);
+void clnpu_pipeline_destroy(clnpu_pipeline *p);
+size_t clnpu_pipeline_stage_count(const clnpu_pipeline *p);
+clnpu_device *clnpu_pipeline_stage_device(const clnpu_pipeline *p, size_t stage);
+
+/* As clnpu_model_prefill / clnpu_model_decode, through every stage in turn. */
+clnpu_status clnpu_pipeline_prefill(clnpu_pipeline *p, size_t seq, const int *ids, size_t n, float *logits);
+clnpu_status clnpu_pipeline_decode(clnpu_pipeline *p, const size_t *seqs, const int *ids, size_t n, float *logits);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

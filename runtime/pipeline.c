@@ -1,0 +1,207 @@
+/* Pipeline-parallel execution in one process: one model stage per device, the residual stream
+ * handed from stage to stage through the host. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "../backend/error.h"
+#include "clnpu/pipeline.h"
+#include "model_internal.h"
+
+struct clnpu_pipeline {
+    clnpu_model_config cfg;
+    size_t count;
+    clnpu_device **devs;
+    clnpu_model **stages;
+    float *h[2];        /* host hand-off buffers [max_tokens][hidden] */
+    size_t max_tokens;
+};
+
+static yaml_node_t *get(yaml_document_t *d, yaml_node_t *map, const char *key)
+{
+    if (!map || map->type != YAML_MAPPING_NODE) return NULL;
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = yaml_document_get_node(d, p->key);
+        if (k->type == YAML_SCALAR_NODE && !strcmp((char *)k->data.scalar.value, key)) return yaml_document_get_node(d, p->value);
+    }
+    return NULL;
+}
+
+static const char *str(yaml_node_t *n)
+{
+    return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config *cfg, clnpu_stage_spec **out,
+                                      size_t *count, size_t *ep)
+{
+    *out = NULL, *count = 0, *ep = 1;
+    FILE *f = fopen(path, "rb");
+    if (!f) return clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_file(&parser, f);
+    if (!yaml_parser_load(&parser, &doc)) {
+        clnpu_status st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: bad YAML: %s", path, parser.problem_mark.line + 1,
+                                     parser.problem ? parser.problem : "parse error");
+        yaml_parser_delete(&parser);
+        fclose(f);
+        return st;
+    }
+    clnpu_status st = CLNPU_OK;
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    const char *fmt = str(get(&doc, root, "format")), *layers = str(get(&doc, root, "layers"));
+    yaml_node_t *stages = get(&doc, root, "stages"), *par = get(&doc, root, "parallel");
+    if (!fmt || strcmp(fmt, "clnpu-plan-1"))
+        st = clnpu_fail(CLNPU_ERR_PARSE, "%s: not a clnpu plan (format: clnpu-plan-1)", path);
+    else if (!layers || (size_t)atol(layers) != cfg->num_hidden_layers)
+        st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%s: the plan is for %s layers, the model has %zu", path,
+                        layers ? layers : "?", cfg->num_hidden_layers);
+    else if (!stages || stages->type != YAML_SEQUENCE_NODE || stages->data.sequence.items.start == stages->data.sequence.items.top)
+        st = clnpu_fail(CLNPU_ERR_PARSE, "%s: no stages", path);
+    if (!st && str(get(&doc, par, "ep"))) *ep = (size_t)atol(str(get(&doc, par, "ep")));
+    size_t n = st ? 0 : (size_t)(stages->data.sequence.items.top - stages->data.sequence.items.start);
+    clnpu_stage_spec *sp = n ? calloc(n, sizeof *sp) : NULL;
+    if (n && !sp) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    size_t next = 0;
+    for (size_t i = 0; !st && i < n; i++) {
+        yaml_node_t *s = yaml_document_get_node(&doc, stages->data.sequence.items.start[i]);
+        yaml_node_t *devs = get(&doc, s, "devices"), *ls = get(&doc, s, "layers");
+        const char *emb = str(get(&doc, s, "embedding")), *head = str(get(&doc, s, "head")), *prof = str(get(&doc, s, "profile"));
+        if (!devs || devs->type != YAML_SEQUENCE_NODE || devs->data.sequence.items.start == devs->data.sequence.items.top ||
+            !ls || ls->type != YAML_SEQUENCE_NODE) {
+            st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: a stage needs devices and layers", path, s->start_mark.line + 1);
+            break;
+        }
+        sp[i].device = (size_t)atol(str(yaml_document_get_node(&doc, *devs->data.sequence.items.start)));
+        if (prof) snprintf(sp[i].profile, sizeof sp[i].profile, "%s", prof);
+        sp[i].embed = emb && !strcmp(emb, "true");
+        sp[i].head = head && !strcmp(head, "true");
+        sp[i].layer_begin = next;
+        for (yaml_node_item_t *it = ls->data.sequence.items.start; it < ls->data.sequence.items.top; it++) {
+            size_t l = (size_t)atol(str(yaml_document_get_node(&doc, *it)));
+            if (l != next) {
+                st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: stage %zu lists layer %zu where layer %zu should come", path,
+                                s->start_mark.line + 1, i, l, next);
+                break;
+            }
+            next++;
+        }
+        sp[i].layer_end = next;
+        if (!st && (sp[i].embed != (i == 0) || sp[i].head != (i == n - 1)))
+            st = clnpu_fail(CLNPU_ERR_PARSE, "%s: the embedding must be on the first stage and the head on the last", path);
+    }
+    if (!st && next != cfg->num_hidden_layers)
+        st = clnpu_fail(CLNPU_ERR_PARSE, "%s: the stages cover %zu of %zu layers", path, next, cfg->num_hidden_layers);
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    fclose(f);
+    if (st) {
+        free(sp);
+        return st;
+    }
+    *out = sp, *count = n;
+    return CLNPU_OK;
+}
+
+void clnpu_pipeline_destroy(clnpu_pipeline *p)
+{
+    if (!p) return;
+    for (size_t i = 0; i < p->count; i++) {
+        if (p->stages) clnpu_model_destroy(p->stages[i]);
+        if (p->devs) clnpu_device_close(p->devs[i]);
+    }
+    free(p->stages), free(p->devs), free(p->h[0]), free(p->h[1]);
+    free(p);
+}
+
+clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
+                                   const clnpu_stage_spec *sp, size_t n, const clnpu_model_options *opt,
+                                   clnpu_pipeline **out)
+{
+    *out = NULL;
+    if (!n) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "pipeline: no stages");
+    clnpu_device_info *infos = NULL;
+    size_t ndev = 0;
+    clnpu_status st = clnpu_device_list(&infos, &ndev);
+    clnpu_device_list_free(infos);
+    if (st) return st;
+    clnpu_pipeline *p = calloc(1, sizeof *p);
+    if (!p) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    p->cfg = *cfg, p->count = n;
+    p->devs = calloc(n, sizeof *p->devs);
+    p->stages = calloc(n, sizeof *p->stages);
+    clnpu_model_options o = opt ? *opt : clnpu_model_options_default();
+    p->max_tokens = o.max_tokens ? o.max_tokens : 512;
+    p->h[0] = malloc(p->max_tokens * cfg->hidden_size * sizeof(float));
+    p->h[1] = malloc(p->max_tokens * cfg->hidden_size * sizeof(float));
+    if (!p->devs || !p->stages || !p->h[0] || !p->h[1]) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (size_t i = 0; !st && i < n; i++) {
+        /* plan device d on OpenCL device d mod N, in its own context, bound to the stage's
+         * profile (emulation when it is not this device's own) */
+        clnpu_device_options dopt = clnpu_device_options_default();
+        clnpu_profile_set *set = NULL;
+        if (sp[i].profile[0] && !clnpu_profile_set_builtin(&set) && clnpu_profile_set_find(set, sp[i].profile))
+            dopt.target = sp[i].profile;
+        st = clnpu_device_open(sp[i].device % ndev, &dopt, &p->devs[i]);
+        clnpu_profile_set_destroy(set);
+        if (st) {
+            st = clnpu_fail_context(st, "stage %zu (plan device %zu)", i, sp[i].device);
+            break;
+        }
+        clnpu_model_options so = o;
+        so.layer_begin = sp[i].layer_begin, so.layer_end = sp[i].layer_end;
+        so.embed = sp[i].embed, so.head = sp[i].head;
+        st = clnpu_model_create(p->devs[i], cfg, ck, &so, &p->stages[i]);
+        if (st) st = clnpu_fail_context(st, "stage %zu (layers %zu..%zu)", i, sp[i].layer_begin, sp[i].layer_end);
+    }
+    if (st) {
+        clnpu_pipeline_destroy(p);
+        return st;
+    }
+    *out = p;
+    return CLNPU_OK;
+}
+
+size_t clnpu_pipeline_stage_count(const clnpu_pipeline *p) { return p->count; }
+clnpu_device *clnpu_pipeline_stage_device(const clnpu_pipeline *p, size_t s) { return s < p->count ? p->devs[s] : NULL; }
+
+/* One step through every stage: stage s reads h[s % 2] and writes h[(s + 1) % 2]. */
+static clnpu_status run(clnpu_pipeline *p, size_t n, const int *ids, const size_t *seqs, const size_t *pos, bool decode,
+                        float *logits)
+{
+    clnpu_status st = CLNPU_OK;
+    for (size_t s = 0; !st && s < p->count; s++)
+        st = clnpu_model_forward_stage(p->stages[s], n, ids, seqs, pos, decode, s ? p->h[s % 2] : NULL,
+                                       s + 1 < p->count ? p->h[(s + 1) % 2] : NULL, s + 1 == p->count ? logits : NULL);
+    return st;
+}
+
+clnpu_status clnpu_pipeline_prefill(clnpu_pipeline *p, size_t seq, const int *ids, size_t n, float *logits)
+{
+    size_t *seqs = malloc((n ? n : 1) * sizeof *seqs), *pos = malloc((n ? n : 1) * sizeof *pos);
+    clnpu_status st = seqs && pos ? CLNPU_OK : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (size_t done = 0; !st && done < n;) {
+        size_t T = n - done < p->max_tokens ? n - done : p->max_tokens;
+        size_t p0 = clnpu_model_sequence_length(p->stages[0], seq);
+        for (size_t i = 0; i < T; i++) seqs[i] = seq, pos[i] = p0 + i;
+        st = run(p, T, ids + done, seqs, pos, false, logits ? logits + done * p->cfg.vocab_size : NULL);
+        done += T;
+    }
+    free(seqs), free(pos);
+    return st;
+}
+
+clnpu_status clnpu_pipeline_decode(clnpu_pipeline *p, const size_t *seqs, const int *ids, size_t n, float *logits)
+{
+    size_t *pos = malloc((n ? n : 1) * sizeof *pos);
+    if (!pos) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (size_t i = 0; i < n; i++) pos[i] = clnpu_model_sequence_length(p->stages[0], seqs[i]);
+    clnpu_status st = n > p->max_tokens ? clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "decode batch of %zu > %zu", n, p->max_tokens)
+                                        : run(p, n, ids, seqs, pos, true, logits);
+    free(pos);
+    return st;
+}
