@@ -230,7 +230,9 @@ static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *l
                                (float)c->routed_scaling_factor};
         clnpu_moe_weights w = {router, bias, g, u, d, c->n_shared_experts ? &sg : NULL,
                                c->n_shared_experts ? &su : NULL, c->n_shared_experts ? &sd : NULL};
-        st = clnpu_moe_block_create(m->dev, &mc, &w, m->opt.max_tokens, &ly->moe);
+        st = m->opt.ep_count ? clnpu_moe_block_create_sharded(m->dev, &mc, &w, m->opt.max_tokens, m->opt.ep_shards,
+                                                              m->opt.ep_count, &ly->moe)
+                             : clnpu_moe_block_create(m->dev, &mc, &w, m->opt.max_tokens, &ly->moe);
     }
     free(g), free(u), free(d);
     if (!st && c->post_mlp_layernorm) {
@@ -284,7 +286,7 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
 
 clnpu_model_options clnpu_model_options_default(void)
 {
-    clnpu_model_options o = {4, 0, 512, 16, -1, 0x5eed, false, false, 0, (size_t)-1, true, true};
+    clnpu_model_options o = {4, 0, 512, 16, -1, 0x5eed, false, false, 0, (size_t)-1, true, true, NULL, 0};
     return o;
 }
 

@@ -1,11 +1,22 @@
 /* One MoE block on a device: router, routing, dispatch, grouped expert GEMMs, combine. */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../backend/error.h"
 #include "clnpu/moe.h"
 
+typedef struct moe_shard {
+    clnpu_device *dev;
+    size_t *experts, count;       /* global ids served here, ascending */
+    clnpu_weight *gate_up, *down; /* a group of `count` matrices */
+    clnpu_buffer *x, *h, *y;      /* scratch for up to max_tokens x top_k rows */
+} moe_shard;
+
 struct clnpu_moe_block {
+    moe_shard *shards;            /* expert parallel: NULL when every expert is on this device */
+    size_t nshards;
+    float *host_x, *host_y;
     clnpu_moe_config cfg;
     size_t hidden, inter, shared_inter, max_tokens, tokens;
     clnpu_weight *router, *gate_up, *down, *shared_gate_up, *shared_down;
@@ -25,12 +36,65 @@ void clnpu_moe_block_destroy(clnpu_moe_block *b)
                           b->slot_row, b->xp, b->hp, b->yp, b->sh_h, b->sh_y};
     for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) clnpu_buffer_destroy(bs[i]);
     free(b->host_counts);
+    for (size_t i = 0; i < b->nshards; i++) {
+        moe_shard *sh = &b->shards[i];
+        clnpu_weight_destroy(sh->gate_up), clnpu_weight_destroy(sh->down);
+        clnpu_buffer_destroy(sh->x), clnpu_buffer_destroy(sh->h), clnpu_buffer_destroy(sh->y);
+        free(sh->experts);
+    }
+    free(b->shards), free(b->host_x), free(b->host_y);
     free(b);
 }
+
+static clnpu_status create(clnpu_device *dev, const clnpu_moe_config *cfg, const clnpu_moe_weights *w,
+                           size_t max_tokens, const clnpu_moe_shard *shards, size_t nshards, clnpu_moe_block **out);
 
 clnpu_status clnpu_moe_block_create(clnpu_device *dev, const clnpu_moe_config *cfg,
                                     const clnpu_moe_weights *w, size_t max_tokens,
                                     clnpu_moe_block **out)
+{
+    return create(dev, cfg, w, max_tokens, NULL, 0, out);
+}
+
+clnpu_status clnpu_moe_block_create_sharded(clnpu_device *dev, const clnpu_moe_config *cfg,
+                                            const clnpu_moe_weights *w, size_t max_tokens,
+                                            const clnpu_moe_shard *shards, size_t nshards, clnpu_moe_block **out)
+{
+    if (!shards || !nshards) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe block: no expert shards");
+    return create(dev, cfg, w, max_tokens, shards, nshards, out);
+}
+
+/* Upload one shard's experts: the first listed copy of each expert serves it. */
+static clnpu_status make_shard(clnpu_moe_block *b, const clnpu_moe_weights *w, const clnpu_moe_shard *spec,
+                               bool *taken, moe_shard *sh)
+{
+    const size_t E = b->cfg.experts, rows = b->max_tokens * b->cfg.top_k;
+    sh->dev = spec->device;
+    sh->experts = malloc((spec->count ? spec->count : 1) * sizeof *sh->experts);
+    clnpu_weight_desc *g = calloc(spec->count ? spec->count : 1, sizeof *g), *u = calloc(spec->count ? spec->count : 1, sizeof *u),
+                      *d = calloc(spec->count ? spec->count : 1, sizeof *d);
+    clnpu_status st = sh->experts && g && u && d ? CLNPU_OK : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (size_t e = 0; !st && e < E; e++) { /* ascending global ids */
+        bool here = false;
+        for (size_t i = 0; i < spec->count && !here; i++) here = spec->experts[i] == e;
+        if (!here || taken[e]) continue;
+        taken[e] = true;
+        g[sh->count] = w->gate[e], u[sh->count] = w->up[e], d[sh->count] = w->down[e];
+        sh->experts[sh->count++] = e;
+    }
+    for (size_t i = 0; !st && i < spec->count; i++)
+        if (spec->experts[i] >= E) st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe shard: expert %zu of %zu", spec->experts[i], E);
+    if (!st && sh->count) st = clnpu_weight_upload_swiglu(sh->dev, g, u, sh->count, &sh->gate_up);
+    if (!st && sh->count) st = clnpu_weight_upload(sh->dev, d, sh->count, &sh->down);
+    if (!st && sh->count) st = clnpu_buffer_create(sh->dev, rows * b->hidden * 4, &sh->x);
+    if (!st && sh->count) st = clnpu_buffer_create(sh->dev, rows * b->inter * 4, &sh->h);
+    if (!st && sh->count) st = clnpu_buffer_create(sh->dev, rows * b->hidden * 4, &sh->y);
+    free(g), free(u), free(d);
+    return st;
+}
+
+static clnpu_status create(clnpu_device *dev, const clnpu_moe_config *cfg, const clnpu_moe_weights *w,
+                           size_t max_tokens, const clnpu_moe_shard *shards, size_t nshards, clnpu_moe_block **out)
 {
     *out = NULL;
     if (!cfg || !w || !w->gate || !w->up || !w->down || !max_tokens)
@@ -47,6 +111,7 @@ clnpu_status clnpu_moe_block_create(clnpu_device *dev, const clnpu_moe_config *c
     b->hidden = H, b->inter = I, b->max_tokens = max_tokens;
     const size_t K = cfg->top_k, rows = max_tokens * K;
     clnpu_status st = CLNPU_OK;
+    b->max_tokens = max_tokens; /* make_shard sizes its scratch from it */
     /* The router runs in fp32 as in HF (near-ties must not flip with the weight dtype). */
     float *r32 = malloc(E * H * sizeof *r32);
     if (!r32) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
@@ -56,8 +121,19 @@ clnpu_status clnpu_moe_block_create(clnpu_device *dev, const clnpu_moe_config *c
         st = clnpu_weight_upload(dev, &rd, 1, &b->router);
     }
     free(r32);
-    if (!st) st = clnpu_weight_upload_swiglu(dev, w->gate, w->up, E, &b->gate_up);
-    if (!st) st = clnpu_weight_upload(dev, w->down, E, &b->down);
+    if (!st && !nshards) st = clnpu_weight_upload_swiglu(dev, w->gate, w->up, E, &b->gate_up);
+    if (!st && !nshards) st = clnpu_weight_upload(dev, w->down, E, &b->down);
+    if (!st && nshards) {
+        bool *taken = calloc(E, sizeof *taken);
+        b->shards = calloc(nshards, sizeof *b->shards);
+        b->host_x = malloc(max_tokens * K * H * sizeof(float));
+        b->host_y = malloc(max_tokens * K * H * sizeof(float));
+        if (!taken || !b->shards || !b->host_x || !b->host_y) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+        for (size_t i = 0; !st && i < nshards; i++, b->nshards++) st = make_shard(b, w, &shards[i], taken, &b->shards[i]);
+        for (size_t e = 0; !st && e < E; e++)
+            if (!taken[e]) st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe block: expert %zu is on no device", e);
+        free(taken);
+    }
     if (!st && w->shared_gate) {
         b->shared_inter = w->shared_gate->n;
         st = clnpu_weight_upload_swiglu(dev, w->shared_gate, w->shared_up, 1, &b->shared_gate_up);
@@ -86,6 +162,47 @@ clnpu_status clnpu_moe_block_create(clnpu_device *dev, const clnpu_moe_config *c
     }
     *out = b;
     return CLNPU_OK;
+}
+
+/* Expert parallel: the permuted rows (grouped by expert on the main device) go to the devices
+ * holding their experts, through the host; the outputs come back in the same order. */
+static clnpu_status dispatch_shards(clnpu_moe_block *b, const clnpu_gemm_segment *segs, size_t nseg, size_t rows)
+{
+    const size_t H = b->hidden;
+    clnpu_status st = clnpu_buffer_read(b->xp, 0, b->host_x, rows * H * sizeof(float));
+    clnpu_gemm_segment *local = malloc((nseg ? nseg : 1) * sizeof *local);
+    if (!local) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (size_t s = 0; !st && s < b->nshards; s++) {
+        moe_shard *sh = &b->shards[s];
+        size_t n = 0, r = 0;
+        /* this shard's segments, packed contiguously */
+        for (size_t i = 0; i < nseg; i++)
+            for (size_t j = 0; j < sh->count; j++)
+                if (sh->experts[j] == segs[i].matrix) {
+                    memcpy(b->host_y + r * H, b->host_x + segs[i].row * H, segs[i].rows * H * sizeof(float));
+                    local[n++] = (clnpu_gemm_segment){j, r, segs[i].rows};
+                    r += segs[i].rows;
+                }
+        if (!r) continue;
+        st = clnpu_buffer_write(sh->x, 0, b->host_y, r * H * sizeof(float));
+        clnpu_gemm_args g = clnpu_gemm_args_default();
+        g.x = sh->x, g.y = sh->h, g.m = r, g.epilogue = CLNPU_EPILOGUE_SWIGLU;
+        if (!st) st = clnpu_gemm_grouped(sh->dev, sh->gate_up, local, n, &g);
+        g = clnpu_gemm_args_default();
+        g.x = sh->h, g.y = sh->y, g.m = r;
+        if (!st) st = clnpu_gemm_grouped(sh->dev, sh->down, local, n, &g);
+        if (!st) st = clnpu_buffer_read(sh->y, 0, b->host_y, r * H * sizeof(float));
+        /* back to the rows' places in expert order (host_x holds the outputs from here on) */
+        for (size_t i = 0, k = 0; !st && i < nseg; i++)
+            for (size_t j = 0; j < sh->count; j++)
+                if (sh->experts[j] == segs[i].matrix) {
+                    memcpy(b->host_x + segs[i].row * H, b->host_y + k * H, segs[i].rows * H * sizeof(float));
+                    k += segs[i].rows;
+                }
+    }
+    free(local);
+    if (!st) st = clnpu_buffer_write(b->yp, 0, b->host_x, rows * H * sizeof(float));
+    return st;
 }
 
 clnpu_status clnpu_moe_block_forward(clnpu_device *dev, clnpu_moe_block *b, clnpu_view x, size_t T,
@@ -128,12 +245,14 @@ clnpu_status clnpu_moe_block_forward(clnpu_device *dev, clnpu_moe_block *b, clnp
         if (b->host_counts[e]) segs[nseg++] = (clnpu_gemm_segment){e, row, (size_t)b->host_counts[e]};
         row += (size_t)b->host_counts[e];
     }
-    if (!st) {
+    if (!st && b->nshards) {
+        st = dispatch_shards(b, segs, nseg, T * K);
+    } else if (!st) {
         g = clnpu_gemm_args_default();
         g.x = b->xp, g.y = b->hp, g.m = T * K, g.epilogue = CLNPU_EPILOGUE_SWIGLU;
         st = clnpu_gemm_grouped(dev, b->gate_up, segs, nseg, &g);
     }
-    if (!st) {
+    if (!st && !b->nshards) {
         g = clnpu_gemm_args_default();
         g.x = b->hp, g.y = b->yp, g.m = T * K;
         st = clnpu_gemm_grouped(dev, b->down, segs, nseg, &g);
@@ -155,8 +274,10 @@ clnpu_status clnpu_moe_block_last_routing(clnpu_moe_block *b, int *ids, float *w
 
 size_t clnpu_moe_block_device_bytes(const clnpu_moe_block *b)
 {
-    size_t s = clnpu_weight_device_bytes(b->router) + clnpu_weight_device_bytes(b->gate_up) +
-               clnpu_weight_device_bytes(b->down);
+    size_t s = clnpu_weight_device_bytes(b->router);
+    if (b->gate_up) s += clnpu_weight_device_bytes(b->gate_up) + clnpu_weight_device_bytes(b->down);
+    for (size_t i = 0; i < b->nshards; i++)
+        if (b->shards[i].gate_up) s += clnpu_weight_device_bytes(b->shards[i].gate_up) + clnpu_weight_device_bytes(b->shards[i].down);
     if (b->shared_gate_up) s += clnpu_weight_device_bytes(b->shared_gate_up) + clnpu_weight_device_bytes(b->shared_down);
     return s;
 }

@@ -14,6 +14,7 @@ struct clnpu_pipeline {
     clnpu_model_config cfg;
     size_t count;
     clnpu_device **devs;
+    clnpu_device **ep_devs; /* [count][CLNPU_MAX_EP], NULL where the main device serves */
     clnpu_model **stages;
     float *h[2];        /* host hand-off buffers [max_tokens][hidden] */
     size_t max_tokens;
@@ -64,8 +65,27 @@ clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config
         st = clnpu_fail(CLNPU_ERR_PARSE, "%s: no stages", path);
     if (!st && str(get(&doc, par, "ep"))) *ep = (size_t)atol(str(get(&doc, par, "ep")));
     size_t n = st ? 0 : (size_t)(stages->data.sequence.items.top - stages->data.sequence.items.start);
-    clnpu_stage_spec *sp = n ? calloc(n, sizeof *sp) : NULL;
+    /* the experts of each device in a stage (every MoE layer alike), in one block with the specs */
+    yaml_node_t *experts = get(&doc, root, "experts");
+    size_t total = 0, nids[CLNPU_MAX_EP] = {0};
+    const size_t *ids[CLNPU_MAX_EP] = {0};
+    if (experts && experts->type == YAML_SEQUENCE_NODE)
+        for (yaml_node_item_t *it = experts->data.sequence.items.start; it < experts->data.sequence.items.top; it++) {
+            yaml_node_t *l = yaml_document_get_node(&doc, *it);
+            if (l->type == YAML_SEQUENCE_NODE) total += (size_t)(l->data.sequence.items.top - l->data.sequence.items.start);
+        }
+    clnpu_stage_spec *sp = n ? calloc(1, n * sizeof *sp + total * sizeof(size_t)) : NULL;
     if (n && !sp) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (sp && experts && experts->type == YAML_SEQUENCE_NODE) {
+        size_t *pool = (size_t *)(sp + n), k = 0, j = 0;
+        for (yaml_node_item_t *it = experts->data.sequence.items.start; it < experts->data.sequence.items.top && j < CLNPU_MAX_EP; it++, j++) {
+            yaml_node_t *l = yaml_document_get_node(&doc, *it);
+            ids[j] = pool + k;
+            for (yaml_node_item_t *e = l->type == YAML_SEQUENCE_NODE ? l->data.sequence.items.start : NULL;
+                 e && e < l->data.sequence.items.top; e++, nids[j]++)
+                pool[k++] = (size_t)atol(str(yaml_document_get_node(&doc, *e)));
+        }
+    }
     size_t next = 0;
     for (size_t i = 0; !st && i < n; i++) {
         yaml_node_t *s = yaml_document_get_node(&doc, stages->data.sequence.items.start[i]);
@@ -77,6 +97,20 @@ clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config
             break;
         }
         sp[i].device = (size_t)atol(str(yaml_document_get_node(&doc, *devs->data.sequence.items.start)));
+        size_t nd = (size_t)(devs->data.sequence.items.top - devs->data.sequence.items.start);
+        if (nd > 1) { /* expert parallel over the stage's devices, experts from the plan's list */
+            if (nd > CLNPU_MAX_EP || !experts || (size_t)(experts->data.sequence.items.top - experts->data.sequence.items.start) < nd) {
+                st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: stage %zu spreads experts over %zu devices: this executor runs up to "
+                                "%d, with an 'experts' list per device", path, i, nd, CLNPU_MAX_EP);
+                break;
+            }
+            sp[i].ep_count = nd;
+            for (size_t j = 0; j < nd; j++) {
+                sp[i].ep_devices[j] = (size_t)atol(str(yaml_document_get_node(&doc, devs->data.sequence.items.start[j])));
+                sp[i].ep_experts[j] = ids[j];
+                sp[i].ep_expert_counts[j] = nids[j];
+            }
+        }
         if (prof) snprintf(sp[i].profile, sizeof sp[i].profile, "%s", prof);
         sp[i].embed = emb && !strcmp(emb, "true");
         sp[i].head = head && !strcmp(head, "true");
@@ -113,8 +147,9 @@ void clnpu_pipeline_destroy(clnpu_pipeline *p)
     for (size_t i = 0; i < p->count; i++) {
         if (p->stages) clnpu_model_destroy(p->stages[i]);
         if (p->devs) clnpu_device_close(p->devs[i]);
+        for (size_t j = 0; p->ep_devs && j < CLNPU_MAX_EP; j++) clnpu_device_close(p->ep_devs[i * CLNPU_MAX_EP + j]);
     }
-    free(p->stages), free(p->devs), free(p->h[0]), free(p->h[1]);
+    free(p->stages), free(p->devs), free(p->ep_devs), free(p->h[0]), free(p->h[1]);
     free(p);
 }
 
@@ -134,6 +169,7 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
     p->cfg = *cfg, p->count = n;
     p->devs = calloc(n, sizeof *p->devs);
     p->stages = calloc(n, sizeof *p->stages);
+    p->ep_devs = calloc(n * CLNPU_MAX_EP, sizeof *p->ep_devs);
     clnpu_model_options o = opt ? *opt : clnpu_model_options_default();
     p->max_tokens = o.max_tokens ? o.max_tokens : 512;
     p->h[0] = malloc(p->max_tokens * cfg->hidden_size * sizeof(float));
@@ -155,6 +191,19 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         clnpu_model_options so = o;
         so.layer_begin = sp[i].layer_begin, so.layer_end = sp[i].layer_end;
         so.embed = sp[i].embed, so.head = sp[i].head;
+        /* expert parallel: one device (context) per plan device of the stage, the main one reused */
+        clnpu_moe_shard shards[CLNPU_MAX_EP];
+        for (size_t j = 0; !st && j < sp[i].ep_count && j < CLNPU_MAX_EP; j++) {
+            clnpu_device *d = p->devs[i];
+            if (sp[i].ep_devices[j] != sp[i].device) {
+                st = clnpu_device_open(sp[i].ep_devices[j] % ndev, &dopt, &p->ep_devs[i * CLNPU_MAX_EP + j]);
+                d = p->ep_devs[i * CLNPU_MAX_EP + j];
+            }
+            shards[j] = (clnpu_moe_shard){d, sp[i].ep_experts[j], sp[i].ep_expert_counts[j]};
+        }
+        if (st) break;
+        so.ep_shards = sp[i].ep_count ? shards : NULL;
+        so.ep_count = sp[i].ep_count < CLNPU_MAX_EP ? sp[i].ep_count : CLNPU_MAX_EP;
         st = clnpu_model_create(p->devs[i], cfg, ck, &so, &p->stages[i]);
         if (st) st = clnpu_fail_context(st, "stage %zu (layers %zu..%zu)", i, sp[i].layer_begin, sp[i].layer_end);
     }

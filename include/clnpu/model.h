@@ -63,6 +63,10 @@ typedef struct clnpu_model_options {
      * tensors of the stage are read from the checkpoint. */
     size_t layer_begin, layer_end;
     bool embed, head;
+    /* Expert parallelism: every MoE layer's routed experts on these devices (see moe.h); the
+     * router, shared expert and attention stay on the model's device. 0 shards: all here. */
+    const struct clnpu_moe_shard *ep_shards;
+    size_t ep_count;
 } clnpu_model_options;
 
 clnpu_model_options clnpu_model_options_default(void);

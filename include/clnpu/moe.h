@@ -32,6 +32,20 @@ typedef struct clnpu_moe_block clnpu_moe_block;
 clnpu_status clnpu_moe_block_create(clnpu_device *dev, const clnpu_moe_config *cfg,
                                     const clnpu_moe_weights *w, size_t max_tokens,
                                     clnpu_moe_block **out_block);
+/* Expert parallelism: the routed experts live on several devices (experts[i] on devices[i]); the
+ * router, the shared expert and the combine stay on `dev`. Tokens are dispatched to the devices
+ * holding their experts and the outputs combined back (through the host). Every expert must be
+ * on at least one device; a replicated expert serves from its first listed copy. */
+typedef struct clnpu_moe_shard {
+    clnpu_device *device;
+    const size_t *experts;
+    size_t count;
+} clnpu_moe_shard;
+
+clnpu_status clnpu_moe_block_create_sharded(clnpu_device *dev, const clnpu_moe_config *cfg,
+                                            const clnpu_moe_weights *w, size_t max_tokens,
+                                            const clnpu_moe_shard *shards, size_t nshards,
+                                            clnpu_moe_block **out_block);
 void clnpu_moe_block_destroy(clnpu_moe_block *block);
 
 /* out[t] = sum_k w_k Expert_k(x[t]) + Shared(x[t]) for t < tokens (<= max_tokens).

@@ -15,16 +15,25 @@
 #define CLNPU_PIPELINE_H
 
 #include "clnpu/model.h"
+#include "clnpu/moe.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
+#define CLNPU_MAX_EP 16
+
 typedef struct clnpu_stage_spec {
-    size_t device;          /* plan device index */
+    size_t device;          /* plan device index of the stage's main device */
     char profile[64];       /* "" = match automatically */
     size_t layer_begin, layer_end;
     bool embed, head;
+    /* expert parallel inside the stage (ep_count 0: every expert on the main device):
+     * ep_experts[i] (ep_expert_counts[i] ids) on plan device ep_devices[i] */
+    size_t ep_count;
+    size_t ep_devices[CLNPU_MAX_EP];
+    const size_t *ep_experts[CLNPU_MAX_EP];
+    size_t ep_expert_counts[CLNPU_MAX_EP];
 } clnpu_stage_spec;
 
 /* Read a plan (format clnpu-plan-1) for this config: stages must cover every layer in order, the
