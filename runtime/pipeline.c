@@ -64,6 +64,9 @@ clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config
     else if (!stages || stages->type != YAML_SEQUENCE_NODE || stages->data.sequence.items.start == stages->data.sequence.items.top)
         st = clnpu_fail(CLNPU_ERR_PARSE, "%s: no stages", path);
     if (!st && str(get(&doc, par, "ep"))) *ep = (size_t)atol(str(get(&doc, par, "ep")));
+    if (!st && str(get(&doc, par, "tp")) && atol(str(get(&doc, par, "tp"))) > 1)
+        st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: tensor parallel plans (tp %s) are not executed yet; plan with "
+                        "--max-tp 1", path, str(get(&doc, par, "tp")));
     size_t n = st ? 0 : (size_t)(stages->data.sequence.items.top - stages->data.sequence.items.start);
     /* the experts of each device in a stage (every MoE layer alike), in one block with the specs */
     yaml_node_t *experts = get(&doc, root, "experts");

@@ -13,7 +13,7 @@
 
 clnpu_workload clnpu_workload_default(void)
 {
-    clnpu_workload w = {CLNPU_PHASE_DECODE, 0, 4096, CLNPU_DTYPE_BF16, 0, NULL, 0};
+    clnpu_workload w = {CLNPU_PHASE_DECODE, 0, 4096, CLNPU_DTYPE_BF16, 0, NULL, 0, 0};
     return w;
 }
 
@@ -117,7 +117,9 @@ static double unit_time(const cand *c, const clnpu_profile *p, const clnpu_graph
     /* Communication overlaps compute (two interleaved micro-batches / asynchronous all-to-all);
      * a tenth of the shorter side stays exposed (scheduler notes 7.1). */
     time = fmax(comp, comm) + 0.1 * fmin(comp, comm);
-    return time + 24 * c->cl->launch_overhead_s; /* kernels per decoder layer */
+    /* kernels per decoder layer, and for MoE layers the host round trip that reads the expert
+     * counts to cut the grouped GEMM (measured on PoCL, docs/distributed.md) */
+    return time + 24 * c->cl->launch_overhead_s + (u->kind == CLNPU_UNIT_MOE ? 2 * c->cl->launch_overhead_s : 0);
 }
 
 /* Weights + KV of one unit per device. */
@@ -406,6 +408,7 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
     size_t per_node = cl->count / (cl->nodes ? cl->nodes : 1);
     if (!per_node) per_node = 1;
     p->devices_per_node = per_node;
+    if (w->max_tp && w->max_tp < per_node) per_node = w->max_tp; /* TP stays inside a node and under the cap */
     result best = {0};
     if (w->batch) {
         best = search(&p->graph, cl, w, &cal, (double)w->batch, per_node);

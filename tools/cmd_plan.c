@@ -8,19 +8,20 @@
 static const char usage[] =
     "clnpu plan --model CONFIG.json --cluster FILE.yaml [--phase decode|prefill] [--batch B] [--context L]\n"
     "           [--weights bf16|fp8|int8] [--slo-ms X] [--expert-load FILE] [--calibration BENCH.jsonl]\n"
-    "           [--targets-dir DIR] [-o plan.yaml] [--svg plan.svg]";
+    "           [--targets-dir DIR] [--max-tp N] [-o plan.yaml] [--svg plan.svg]";
 
 int cmd_plan(int argc, char **argv)
 {
     enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CLUSTER, O_PHASE, O_BATCH, O_CONTEXT, O_WEIGHTS, O_SLO, O_LOAD, O_CAL,
-           O_SVG, O_TDIR };
+           O_SVG, O_TDIR, O_MAXTP };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, O_MODEL}, {"cluster", required_argument, NULL, O_CLUSTER},
         {"phase", required_argument, NULL, O_PHASE}, {"batch", required_argument, NULL, O_BATCH},
         {"context", required_argument, NULL, O_CONTEXT}, {"weights", required_argument, NULL, O_WEIGHTS},
         {"slo-ms", required_argument, NULL, O_SLO}, {"expert-load", required_argument, NULL, O_LOAD},
         {"calibration", required_argument, NULL, O_CAL}, {"svg", required_argument, NULL, O_SVG},
-        {"targets-dir", required_argument, NULL, O_TDIR}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+        {"targets-dir", required_argument, NULL, O_TDIR}, {"max-tp", required_argument, NULL, O_MAXTP},
+        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     const char *model = NULL, *cluster = NULL, *load = NULL, *cal_path = NULL, *out = NULL, *svg = NULL, *tdir = NULL;
     clnpu_workload w = clnpu_workload_default();
     int opt;
@@ -63,6 +64,9 @@ int cmd_plan(int argc, char **argv)
         case 'o': out = optarg; break;
         case O_SVG: svg = optarg; break;
         case O_TDIR: tdir = optarg; break;
+        case O_MAXTP:
+            if (!cli_parse_size(optarg, &w.max_tp) || !w.max_tp) return cli_usage_error("plan", usage, "bad --max-tp '%s'", optarg);
+            break;
         default: return cli_usage_error("plan", usage, "unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }

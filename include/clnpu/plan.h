@@ -90,6 +90,7 @@ typedef struct clnpu_workload {
     double slo_ms;       /* per output token (decode) or per prompt (prefill); 0 = none */
     const double *expert_load; /* [moe layers][experts] relative loads, NULL = uniform */
     size_t expert_load_layers;
+    size_t max_tp;       /* largest tensor-parallel width to consider; 0 = the node size */
 } clnpu_workload;
 
 clnpu_workload clnpu_workload_default(void);
