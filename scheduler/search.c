@@ -110,7 +110,11 @@ static double unit_time(const cand *c, const clnpu_profile *p, const clnpu_graph
                      distinct * u->expert_params * c->wb + (u->shared_params / t + u->router_params) * c->wb);
         /* dispatch (in the weight dtype when it is 8-bit, as DeepEP does) + combine (bf16), to
          * each token's distinct destination devices */
-        const double fan = fmin(k, g * (1 - pow(1 - 1 / g, k))), disp = c->wb < 2 ? 1.0 : act;
+        double fan = fmin(k, g * (1 - pow(1 - 1 / g, k)));
+        /* group-aware placement: a token's experts lie in at most topk_group groups' devices */
+        if (c->gr->n_group > 1 && c->gr->topk_group)
+            fan = fmin(fan, (double)c->gr->topk_group * ceil(g / (double)c->gr->n_group));
+        const double disp = c->wb < 2 ? 1.0 : act;
         comm += alltoall(c, link_for(c, c->g), g, c->tokens / g * fan * d * disp) +
                 alltoall(c, link_for(c, c->g), g, c->tokens / g * fan * d * act);
     }
@@ -241,7 +245,7 @@ static void place_experts(cand *c, double *out_gap)
         double sum = 0, mx_w = 0;
         for (size_t e = 0; e < E; e++) sum += w[e], mx_w = fmax(mx_w, w[e]);
         double per_copy = clnpu_expert_replicate(w, E, c->slots * c->g, copies);
-        double mx = clnpu_expert_pack(w, copies, E, c->g, c->slots, ce, cd);
+        double mx = clnpu_expert_pack_grouped(w, copies, E, c->gr->n_group, c->g, c->slots, ce, cd);
         double mean = sum / (double)c->g, lb = fmax(mean, per_copy);
         if (mean > 0) c->imbalance = fmax(c->imbalance, mx / mean);
         if (lb > 0) *out_gap = fmax(*out_gap, mx / lb - 1);
@@ -491,7 +495,7 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
             for (size_t e = 0; e < E; e++) uni[e] = 1;
             const double *wl = w->expert_load ? w->expert_load : uni;
             clnpu_expert_replicate(wl, E, p->ncopies, copies);
-            clnpu_expert_pack(wl, copies, E, best.g, c.slots, p->copy_expert, p->copy_device);
+            clnpu_expert_pack_grouped(wl, copies, E, p->graph.n_group, best.g, c.slots, p->copy_expert, p->copy_device);
         }
         free(copies), free(uni);
     }

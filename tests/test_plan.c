@@ -120,6 +120,22 @@ START_TEST(test_expert_replication_and_packing)
     ck_assert(mx >= lb - 1e-12);
     fprintf(stderr, "expert packing: max device load %.4f, lower bound %.4f, gap %.2f %%\n", mx, lb, 100 * (mx / lb - 1));
     ck_assert_msg(mx / lb - 1 < 0.25, "packing gap %.3f too large", mx / lb - 1);
+    /* group-aware: 8 groups of 24 on 8 devices, uniform loads: each device holds exactly one group;
+     * on 2 devices each holds four whole groups; the max load equals the flat packing's */
+    double u[192];
+    for (size_t e = 0; e < 192; e++) u[e] = 1;
+    for (int layout = 0; layout < 2; layout++) {
+        const size_t devs = layout ? 2 : 8, slots = 192 / devs;
+        double pc = clnpu_expert_replicate(u, 192, 192, copies);
+        double m = clnpu_expert_pack_grouped(u, copies, 192, 8, devs, slots, ce, cd);
+        ck_assert(pc == 1 && m == 192.0 / devs);
+        for (size_t i = 0; i < 192; i++) {
+            size_t group = ce[i] / 24;
+            if (!layout) ck_assert_msg(cd[i] == group, "expert %zu (group %zu) on device %zu", ce[i], group, cd[i]);
+            for (size_t j = 0; j < 192; j++) /* a group never spans two devices */
+                if (ce[j] / 24 == group) ck_assert_uint_eq(cd[j], cd[i]);
+        }
+    }
 }
 END_TEST
 

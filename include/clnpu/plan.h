@@ -137,6 +137,12 @@ double clnpu_expert_replicate_brute(const double *w, size_t n, size_t slots);
 double clnpu_expert_pack(const double *w, const size_t *copies, size_t n, size_t devices, size_t per_device,
                          size_t *out_expert, size_t *out_device);
 
+/* Group-aware packing (hierarchical EPLB): a group's experts on its own device set when devices
+ * are a multiple of n_group, whole groups per device when n_group is a multiple of devices, else
+ * the flat packing. Same outputs as clnpu_expert_pack. */
+double clnpu_expert_pack_grouped(const double *w, const size_t *copies, size_t n, size_t n_group, size_t devices,
+                                 size_t per_device, size_t *out_expert, size_t *out_device);
+
 /* ---- the plan ---- */
 
 typedef struct clnpu_plan clnpu_plan;
