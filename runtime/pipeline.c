@@ -1,6 +1,11 @@
 /* Pipeline-parallel execution in one process: one model stage per device, the residual stream
  * handed from stage to stage through the host. */
 #include <errno.h>
+#include <signal.h>
+#include <time.h>
+#ifdef CLNPU_HAVE_MPI
+#include <mpi.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +23,12 @@ struct clnpu_pipeline {
     clnpu_model **stages;
     float *h[2];        /* host hand-off buffers [max_tokens][hidden] */
     size_t max_tokens;
+    size_t *seq_len;    /* tokens per sequence, kept here (stage 0 may live on another rank) */
+    size_t max_sequences;
+    /* MPI: stage s runs on rank owner[s]; this process builds only its own stages */
+    int rank, nranks, mpi_owner_init;
+    int *owner;
+    double timeout_s;
 };
 
 static yaml_node_t *get(yaml_document_t *d, yaml_node_t *map, const char *key)
@@ -149,12 +160,56 @@ void clnpu_pipeline_destroy(clnpu_pipeline *p)
     if (!p) return;
     for (size_t i = 0; i < p->count; i++) {
         if (p->stages) clnpu_model_destroy(p->stages[i]);
+        if (!p->devs) continue;
         if (p->devs) clnpu_device_close(p->devs[i]);
         for (size_t j = 0; p->ep_devs && j < CLNPU_MAX_EP; j++) clnpu_device_close(p->ep_devs[i * CLNPU_MAX_EP + j]);
     }
     free(p->stages), free(p->devs), free(p->ep_devs), free(p->h[0]), free(p->h[1]);
+    free(p->seq_len), free(p->owner);
+#ifdef CLNPU_HAVE_MPI
+    if (p->mpi_owner_init) MPI_Finalize();
+#endif
     free(p);
 }
+
+/* Under mpirun (Open MPI's environment), stages are dealt to ranks in contiguous runs; without it
+ * every stage is this process's. CLNPU_FAULT_RANK=r kills rank r here (fault-injection for the
+ * dead-rank tests); CLNPU_MPI_TIMEOUT (seconds, default 120) bounds every wait for a peer. */
+static clnpu_status mpi_setup(clnpu_pipeline *p, size_t n)
+{
+    p->rank = 0, p->nranks = 1;
+    const char *size = getenv("OMPI_COMM_WORLD_SIZE");
+    const char *to = getenv("CLNPU_MPI_TIMEOUT");
+    p->timeout_s = to && atof(to) > 0 ? atof(to) : 120;
+    if (!size || atoi(size) <= 1) return CLNPU_OK;
+#ifdef CLNPU_HAVE_MPI
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) {
+        int provided;
+        if (MPI_Init_thread(NULL, NULL, MPI_THREAD_SINGLE, &provided) != MPI_SUCCESS)
+            return clnpu_fail(CLNPU_ERR_IO, "MPI_Init failed");
+        p->mpi_owner_init = 1;
+    }
+    /* errors come back as codes so a lost peer becomes a message, not a silent abort */
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(MPI_COMM_WORLD, &p->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &p->nranks);
+    if ((size_t)p->nranks > n)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%d MPI ranks for a plan of %zu stages: at most one rank per stage",
+                          p->nranks, n);
+    for (size_t s = 0; s < n; s++) p->owner[s] = (int)(s * (size_t)p->nranks / n);
+    const char *fault = getenv("CLNPU_FAULT_RANK");
+    if (fault && atoi(fault) == p->rank) raise(SIGKILL);
+    return CLNPU_OK;
+#else
+    return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "started by mpirun with %s ranks, but clnpu was built without MPI "
+                      "(install libopenmpi-dev and rebuild)", size);
+#endif
+}
+
+int clnpu_pipeline_rank(const clnpu_pipeline *p) { return p->rank; }
+int clnpu_pipeline_ranks(const clnpu_pipeline *p) { return p->nranks; }
 
 clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
                                    const clnpu_stage_spec *sp, size_t n, const clnpu_model_options *opt,
@@ -177,8 +232,15 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
     p->max_tokens = o.max_tokens ? o.max_tokens : 512;
     p->h[0] = malloc(p->max_tokens * cfg->hidden_size * sizeof(float));
     p->h[1] = malloc(p->max_tokens * cfg->hidden_size * sizeof(float));
-    if (!p->devs || !p->stages || !p->h[0] || !p->h[1]) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    p->max_sequences = o.max_sequences ? o.max_sequences : 1;
+    p->seq_len = calloc(p->max_sequences, sizeof *p->seq_len);
+    p->owner = calloc(n, sizeof *p->owner);
+    p->nranks = 1;
+    if (!p->devs || !p->stages || !p->h[0] || !p->h[1] || !p->seq_len || !p->owner)
+        st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (!st) st = mpi_setup(p, n);
     for (size_t i = 0; !st && i < n; i++) {
+        if (p->owner[i] != p->rank) continue; /* another rank's stage */
         /* plan device d on OpenCL device d mod N, in its own context, bound to the stage's
          * profile (emulation when it is not this device's own) */
         clnpu_device_options dopt = clnpu_device_options_default();
@@ -221,24 +283,78 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
 size_t clnpu_pipeline_stage_count(const clnpu_pipeline *p) { return p->count; }
 clnpu_device *clnpu_pipeline_stage_device(const clnpu_pipeline *p, size_t s) { return s < p->count ? p->devs[s] : NULL; }
 
-/* One step through every stage: stage s reads h[s % 2] and writes h[(s + 1) % 2]. */
+#ifdef CLNPU_HAVE_MPI
+/* Wait for a request with a deadline: a peer that died or hangs becomes an error, not a hang. */
+static clnpu_status mpi_wait(clnpu_pipeline *p, MPI_Request *rq, const char *what, int peer)
+{
+    struct timespec t0, now, nap = {0, 100000};
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        int done = 0;
+        if (MPI_Test(rq, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+            return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI error while %s rank %d (did it fail?)", p->rank, what, peer);
+        if (done) return CLNPU_OK;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) * 1e-9 > p->timeout_s)
+            return clnpu_fail(CLNPU_ERR_IO, "rank %d: nothing from rank %d for %.0f s while %s it: the rank failed or "
+                              "hangs (CLNPU_MPI_TIMEOUT)", p->rank, peer, p->timeout_s, what);
+        nanosleep(&nap, NULL);
+    }
+}
+#endif
+
+/* One step through every stage: stage s reads h[s % 2] and writes h[(s + 1) % 2]. Across ranks
+ * the residual stream goes by point-to-point messages, and the logits are broadcast from the
+ * last stage's rank so every rank sees the same next token. */
 static clnpu_status run(clnpu_pipeline *p, size_t n, const int *ids, const size_t *seqs, const size_t *pos, bool decode,
                         float *logits)
 {
     clnpu_status st = CLNPU_OK;
-    for (size_t s = 0; !st && s < p->count; s++)
-        st = clnpu_model_forward_stage(p->stages[s], n, ids, seqs, pos, decode, s ? p->h[s % 2] : NULL,
-                                       s + 1 < p->count ? p->h[(s + 1) % 2] : NULL, s + 1 == p->count ? logits : NULL);
+    const size_t hn = n * p->cfg.hidden_size;
+    for (size_t s = 0; !st && s < p->count; s++) {
+        const int me = p->owner[s];
+        const bool last = s + 1 == p->count;
+#ifdef CLNPU_HAVE_MPI
+        if (p->nranks > 1 && s > 0 && p->owner[s - 1] != me && me == p->rank) { /* input from the previous rank */
+            MPI_Request rq;
+            MPI_Irecv(p->h[s % 2], (int)hn, MPI_FLOAT, p->owner[s - 1], (int)s, MPI_COMM_WORLD, &rq);
+            st = mpi_wait(p, &rq, "receiving hidden states from", p->owner[s - 1]);
+        }
+#endif
+        if (!st && me == p->rank)
+            st = clnpu_model_forward_stage(p->stages[s], n, ids, seqs, pos, decode, s ? p->h[s % 2] : NULL,
+                                           last ? NULL : p->h[(s + 1) % 2], last ? logits : NULL);
+#ifdef CLNPU_HAVE_MPI
+        if (!st && p->nranks > 1 && !last && me == p->rank && p->owner[s + 1] != me) {
+            MPI_Request rq;
+            MPI_Isend(p->h[(s + 1) % 2], (int)hn, MPI_FLOAT, p->owner[s + 1], (int)(s + 1), MPI_COMM_WORLD, &rq);
+            st = mpi_wait(p, &rq, "sending hidden states to", p->owner[s + 1]);
+        }
+#endif
+    }
+#ifdef CLNPU_HAVE_MPI
+    if (!st && p->nranks > 1 && logits) {
+        MPI_Request rq;
+        MPI_Ibcast(logits, (int)(n * p->cfg.vocab_size), MPI_FLOAT, p->owner[p->count - 1], MPI_COMM_WORLD, &rq);
+        st = mpi_wait(p, &rq, "receiving logits from", p->owner[p->count - 1]);
+    }
+#endif
+    (void)hn;
+    if (!st)
+        for (size_t i = 0; i < n; i++)
+            if (seqs[i] < p->max_sequences && pos[i] + 1 > p->seq_len[seqs[i]]) p->seq_len[seqs[i]] = pos[i] + 1;
     return st;
 }
 
 clnpu_status clnpu_pipeline_prefill(clnpu_pipeline *p, size_t seq, const int *ids, size_t n, float *logits)
 {
+    if (seq >= p->max_sequences)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "sequence %zu: the pipeline was created for %zu", seq, p->max_sequences);
     size_t *seqs = malloc((n ? n : 1) * sizeof *seqs), *pos = malloc((n ? n : 1) * sizeof *pos);
     clnpu_status st = seqs && pos ? CLNPU_OK : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     for (size_t done = 0; !st && done < n;) {
         size_t T = n - done < p->max_tokens ? n - done : p->max_tokens;
-        size_t p0 = clnpu_model_sequence_length(p->stages[0], seq);
+        size_t p0 = seq < p->max_sequences ? p->seq_len[seq] : 0;
         for (size_t i = 0; i < T; i++) seqs[i] = seq, pos[i] = p0 + i;
         st = run(p, T, ids + done, seqs, pos, false, logits ? logits + done * p->cfg.vocab_size : NULL);
         done += T;
@@ -251,7 +367,7 @@ clnpu_status clnpu_pipeline_decode(clnpu_pipeline *p, const size_t *seqs, const 
 {
     size_t *pos = malloc((n ? n : 1) * sizeof *pos);
     if (!pos) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    for (size_t i = 0; i < n; i++) pos[i] = clnpu_model_sequence_length(p->stages[0], seqs[i]);
+    for (size_t i = 0; i < n; i++) pos[i] = seqs[i] < p->max_sequences ? p->seq_len[seqs[i]] : 0;
     clnpu_status st = n > p->max_tokens ? clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "decode batch of %zu > %zu", n, p->max_tokens)
                                         : run(p, n, ids, seqs, pos, true, logits);
     free(pos);

@@ -142,12 +142,12 @@ START_TEST(test_tune_cli)
     char dir[256], cmd[1024], out[16384];
     test_mkdtemp(dir, sizeof dir);
     snprintf(cmd, sizeof cmd, "'%s' tune --ops mla --budget 3 --db '%s/db.yaml'", CLNPU_CLI_PATH, dir);
-    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%s", out);
-    ck_assert_msg(strstr(out, "mla f32 ctx4k") && strstr(out, "speedup"), "%s", out);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    ck_assert_msg(strstr(out, "mla f32 ctx4k") && strstr(out, "speedup"), "%.1500s", out);
     ck_assert_msg(test_run(cmd, out, sizeof out) == 0 && strstr(out, "already tuned"), "no resume: %s", out);
     snprintf(cmd, sizeof cmd, "CLNPU_TUNING_DB='%s/db.yaml' '%s' bench mla --context 300 --heads 4 --min-time 0.01 "
              "--json 2>&1", dir, CLNPU_CLI_PATH);
-    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%s", out);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
     snprintf(cmd, sizeof cmd, "'%s' tune --ops nothing", CLNPU_CLI_PATH);
     ck_assert_int_eq(test_run(cmd, out, sizeof out), 2);
     test_rmdir(dir);

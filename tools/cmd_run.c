@@ -249,18 +249,20 @@ int cmd_run(int argc, char **argv)
         }
     }
     double t_decode = now_s() - t0;
-    if (!st && r.dump) {
+    /* under MPI every rank has the same ids and logits; rank 0 speaks */
+    const bool speak = !pl || clnpu_pipeline_rank(pl) == 0;
+    if (!st && r.dump && speak) {
         clnpu_tensor_out out = {"logits", CLNPU_DTYPE_F32, 2, {(int64_t)T, (int64_t)V}, logits};
         st = clnpu_safetensors_write(r.dump, &out, 1);
     }
     size_t events = 0;
     if (!st && r.trace) st = clnpu_device_trace_write(dev, r.trace, &events);
-    if (!st) {
+    if (!st && speak) {
         for (size_t i = 0; i < r.n; i++) printf(i ? ",%d" : "%d", gen[i]);
         if (r.n) printf("\n");
         fflush(stdout);
     }
-    if (!st && r.stats) {
+    if (!st && r.stats && speak) {
         char mem[32], cap[32];
         cli_format_bytes((double)clnpu_device_memory_used(dev), mem, sizeof mem);
         cli_format_bytes((double)clnpu_device_memory_capacity(dev), cap, sizeof cap);
@@ -277,6 +279,7 @@ int cmd_run(int argc, char **argv)
                     decoded / t_decode);
         for (size_t s = 0; s < (pl ? nspecs : 1); s++) {
             clnpu_device *dv = pl ? clnpu_pipeline_stage_device(pl, s) : dev;
+            if (!dv) continue; /* a stage of another MPI rank */
             cli_format_bytes((double)clnpu_device_memory_used(dv), mem, sizeof mem);
             cli_format_bytes((double)clnpu_device_memory_capacity(dv), cap, sizeof cap);
             fprintf(stderr, "%sdevice %zu (%s, profile %s%s): %s of %s in use\n", pl ? "stage " : "",
@@ -285,6 +288,8 @@ int cmd_run(int argc, char **argv)
         }
     }
     if (!st && r.trace) fprintf(stderr, "trace: %zu kernel spans in %s\n", events, r.trace);
+    if (st && pl && clnpu_pipeline_ranks(pl) > 1) fprintf(stderr, "clnpu run: rank %d of %d:\n", clnpu_pipeline_rank(pl),
+                                                         clnpu_pipeline_ranks(pl));
     rc = st ? cli_fail("run", st) : CLI_EXIT_OK;
     clnpu_buffer_destroy(lb), clnpu_buffer_destroy(ob);
     clnpu_model_destroy(m);

@@ -50,6 +50,12 @@ void clnpu_pipeline_destroy(clnpu_pipeline *p);
 size_t clnpu_pipeline_stage_count(const clnpu_pipeline *p);
 clnpu_device *clnpu_pipeline_stage_device(const clnpu_pipeline *p, size_t stage);
 
+/* Under mpirun (Open MPI), each rank builds only its stages (contiguous runs of the plan) and the
+ * residual stream crosses ranks by point-to-point messages; every wait has a deadline
+ * (CLNPU_MPI_TIMEOUT seconds, default 120), so a failed rank ends the run with an error. */
+int clnpu_pipeline_rank(const clnpu_pipeline *p);
+int clnpu_pipeline_ranks(const clnpu_pipeline *p);
+
 /* As clnpu_model_prefill / clnpu_model_decode, through every stage in turn. */
 clnpu_status clnpu_pipeline_prefill(clnpu_pipeline *p, size_t seq, const int *ids, size_t n, float *logits);
 clnpu_status clnpu_pipeline_decode(clnpu_pipeline *p, const size_t *seqs, const int *ids, size_t n, float *logits);
