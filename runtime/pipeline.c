@@ -1,6 +1,7 @@
 /* Pipeline-parallel execution in one process: one model stage per device, the residual stream
  * handed from stage to stage through the host. */
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <time.h>
 #ifdef CLNPU_HAVE_MPI
@@ -29,6 +30,7 @@ struct clnpu_pipeline {
     int rank, nranks, mpi_owner_init;
     int *owner;
     double timeout_s;
+    int fault_step;               /* CLNPU_FAULT_RANK: this rank dies at its first step */
 };
 
 static yaml_node_t *get(yaml_document_t *d, yaml_node_t *map, const char *key)
@@ -172,9 +174,30 @@ void clnpu_pipeline_destroy(clnpu_pipeline *p)
     free(p);
 }
 
+#ifdef CLNPU_HAVE_MPI
+/* Wait for a request with a deadline: a peer that died or hangs becomes an error, not a hang. */
+static clnpu_status mpi_wait(clnpu_pipeline *p, MPI_Request *rq, const char *what, int peer)
+{
+    char who[32] = "the other ranks"; /* peer < 0: a collective */
+    if (peer >= 0) snprintf(who, sizeof who, "rank %d", peer);
+    struct timespec t0, now, nap = {0, 100000};
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        int done = 0;
+        if (MPI_Test(rq, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+            return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI error while %s %s (did it fail?)", p->rank, what, who);
+        if (done) return CLNPU_OK;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) * 1e-9 > p->timeout_s)
+            return clnpu_fail(CLNPU_ERR_IO, "rank %d: nothing from %s for %.0f s while %s it: a rank failed or "
+                              "hangs (CLNPU_MPI_TIMEOUT)", p->rank, who, p->timeout_s, what);
+        nanosleep(&nap, NULL);
+    }
+}
+#endif
+
 /* Under mpirun (Open MPI's environment), stages are dealt to ranks in contiguous runs; without it
- * every stage is this process's. CLNPU_FAULT_RANK=r kills rank r here (fault-injection for the
- * dead-rank tests); CLNPU_MPI_TIMEOUT (seconds, default 120) bounds every wait for a peer. */
+ * every stage is this process's. CLNPU_MPI_TIMEOUT (seconds, default 120) bounds every wait for a peer. */
 static clnpu_status mpi_setup(clnpu_pipeline *p, size_t n)
 {
     p->rank = 0, p->nranks = 1;
@@ -199,8 +222,13 @@ static clnpu_status mpi_setup(clnpu_pipeline *p, size_t n)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%d MPI ranks for a plan of %zu stages: at most one rank per stage",
                           p->nranks, n);
     for (size_t s = 0; s < n; s++) p->owner[s] = (int)(s * (size_t)p->nranks / n);
+    /* fault injection for the tests: "r" kills rank r at its first step, "r:load" makes rank r
+     * fail its set-up with an error */
     const char *fault = getenv("CLNPU_FAULT_RANK");
-    if (fault && atoi(fault) == p->rank) raise(SIGKILL);
+    if (fault && *fault && atoi(fault) == p->rank) {
+        if (strstr(fault, ":load")) return clnpu_fail(CLNPU_ERR_IO, "rank %d: set-up failure injected (CLNPU_FAULT_RANK)", p->rank);
+        p->fault_step = 1;
+    }
     return CLNPU_OK;
 #else
     return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "started by mpirun with %s ranks, but clnpu was built without MPI "
@@ -272,6 +300,20 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         st = clnpu_model_create(p->devs[i], cfg, ck, &so, &p->stages[i]);
         if (st) st = clnpu_fail_context(st, "stage %zu (layers %zu..%zu)", i, sp[i].layer_begin, sp[i].layer_end);
     }
+#ifdef CLNPU_HAVE_MPI
+    /* every rank agrees that set-up worked before any step starts: a rank that failed to load
+     * its stages is named on all of them, and timings start with every rank ready */
+    if (p && p->nranks > 1) {
+        int mine = st ? p->rank : INT_MAX, first = INT_MAX;
+        MPI_Request rq;
+        clnpu_status ws = MPI_Iallreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD, &rq) == MPI_SUCCESS
+                              ? mpi_wait(p, &rq, "agreeing on set-up with", -1)
+                              : clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Iallreduce failed", p->rank);
+        if (!st && ws) st = ws;
+        if (!st && first != INT_MAX)
+            st = clnpu_fail(CLNPU_ERR_IO, "rank %d could not set up its stages (its own message says why)", first);
+    }
+#endif
     if (st) {
         clnpu_pipeline_destroy(p);
         return st;
@@ -283,25 +325,6 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
 size_t clnpu_pipeline_stage_count(const clnpu_pipeline *p) { return p->count; }
 clnpu_device *clnpu_pipeline_stage_device(const clnpu_pipeline *p, size_t s) { return s < p->count ? p->devs[s] : NULL; }
 
-#ifdef CLNPU_HAVE_MPI
-/* Wait for a request with a deadline: a peer that died or hangs becomes an error, not a hang. */
-static clnpu_status mpi_wait(clnpu_pipeline *p, MPI_Request *rq, const char *what, int peer)
-{
-    struct timespec t0, now, nap = {0, 100000};
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        int done = 0;
-        if (MPI_Test(rq, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
-            return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI error while %s rank %d (did it fail?)", p->rank, what, peer);
-        if (done) return CLNPU_OK;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if ((now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) * 1e-9 > p->timeout_s)
-            return clnpu_fail(CLNPU_ERR_IO, "rank %d: nothing from rank %d for %.0f s while %s it: the rank failed or "
-                              "hangs (CLNPU_MPI_TIMEOUT)", p->rank, peer, p->timeout_s, what);
-        nanosleep(&nap, NULL);
-    }
-}
-#endif
 
 /* One step through every stage: stage s reads h[s % 2] and writes h[(s + 1) % 2]. Across ranks
  * the residual stream goes by point-to-point messages, and the logits are broadcast from the
@@ -311,6 +334,7 @@ static clnpu_status run(clnpu_pipeline *p, size_t n, const int *ids, const size_
 {
     clnpu_status st = CLNPU_OK;
     const size_t hn = n * p->cfg.hidden_size;
+    if (p->fault_step) raise(SIGKILL);
     for (size_t s = 0; !st && s < p->count; s++) {
         const int me = p->owner[s];
         const bool last = s + 1 == p->count;

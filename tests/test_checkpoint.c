@@ -416,6 +416,15 @@ START_TEST(test_mpi_ranks)
     ck_assert_msg(rc != 0 && rc != 124, "a dead rank did not end the job with an error (%d): %.1500s", rc, out);
     ck_assert_msg(strstr(out, "rank 1"), "no word of rank 1: %.1500s", out);
     ck_assert_msg((double)time(NULL) - t0 < 60, "the job took too long to notice");
+    /* a rank that fails to load its stages: every rank stops with an error naming it, no hang */
+    snprintf(cmd, sizeof cmd, "CLNPU_FAULT_RANK=1:load CLNPU_MPI_TIMEOUT=20 timeout 120 mpirun --oversubscribe -np 2 '%s' "
+             "run --model '%s' --ids %s --plan %s -n 2", CLNPU_CLI_PATH, TINY, ids, plan);
+    t0 = (double)time(NULL);
+    rc = test_run(cmd, out, sizeof out);
+    ck_assert_msg(rc != 0 && rc != 124, "a failed set-up did not end the job with an error (%d): %.1500s", rc, out);
+    ck_assert_msg(strstr(out, "rank 1 could not set up its stages"), "rank 0 did not name rank 1: %.1500s", out);
+    ck_assert_msg(strstr(out, "set-up failure injected"), "rank 1's own message is lost: %.1500s", out);
+    ck_assert_msg((double)time(NULL) - t0 < 60, "the job took too long to stop");
     if (asan) setenv("ASAN_OPTIONS", asan, 1);
     else unsetenv("ASAN_OPTIONS");
     test_rmdir(dir);
