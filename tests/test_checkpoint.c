@@ -416,6 +416,17 @@ START_TEST(test_mpi_ranks)
     ck_assert_msg(rc != 0 && rc != 124, "a dead rank did not end the job with an error (%d): %.1500s", rc, out);
     ck_assert_msg(strstr(out, "rank 1"), "no word of rank 1: %.1500s", out);
     ck_assert_msg((double)time(NULL) - t0 < 60, "the job took too long to notice");
+    /* several ranks without a plan would each repeat the job: a usage error */
+    snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe -np 2 '%s' run --model '%s' --ids %s -n 2",
+             CLNPU_CLI_PATH, TINY, ids);
+    rc = test_run(cmd, out, sizeof out);
+    ck_assert_msg(rc != 0 && rc != 124 && strstr(out, "give --plan"), "(%d): %.1500s", rc, out);
+    /* more ranks than stages: refused up front, on every rank */
+    snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=20 timeout 120 mpirun --oversubscribe -np 5 '%s' run --model '%s' "
+             "--ids %s --plan %s -n 2", CLNPU_CLI_PATH, TINY, ids, plan);
+    rc = test_run(cmd, out, sizeof out);
+    ck_assert_msg(rc != 0 && rc != 124, "5 ranks for 4 stages ran (%d): %.1500s", rc, out);
+    ck_assert_msg(strstr(out, "5 MPI ranks for a plan of 4 stages"), "%.1500s", out);
     /* a rank that fails to load its stages: every rank stops with an error naming it, no hang */
     snprintf(cmd, sizeof cmd, "CLNPU_FAULT_RANK=1:load CLNPU_MPI_TIMEOUT=20 timeout 120 mpirun --oversubscribe -np 2 '%s' "
              "run --model '%s' --ids %s --plan %s -n 2", CLNPU_CLI_PATH, TINY, ids, plan);

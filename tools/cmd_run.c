@@ -166,6 +166,10 @@ static int parse(int argc, char **argv, run_args *r)
         return cli_usage_error("run", usage, "--plan chooses devices and profiles itself (no --trace / --target)");
     if (r->greedy && r->samp.temperature > 0)
         return cli_usage_error("run", usage, "--greedy and --temperature exclude each other");
+    /* ranks share work only through a plan; without one every rank would repeat the same job */
+    const char *ranks = getenv("OMPI_COMM_WORLD_SIZE");
+    if (!r->plan && ranks && atoi(ranks) > 1)
+        return cli_usage_error("run", usage, "started by mpirun with %s ranks: give --plan (ranks run its stages)", ranks);
     return -1;
 }
 
