@@ -233,6 +233,7 @@ static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *l
         st = m->opt.ep_count ? clnpu_moe_block_create_sharded(m->dev, &mc, &w, m->opt.max_tokens, m->opt.ep_shards,
                                                               m->opt.ep_count, &ly->moe)
                              : clnpu_moe_block_create(m->dev, &mc, &w, m->opt.max_tokens, &ly->moe);
+        if (!st) clnpu_moe_block_set_tag(ly->moe, l);
     }
     free(g), free(u), free(d);
     if (!st && c->post_mlp_layernorm) {
@@ -438,4 +439,9 @@ clnpu_status clnpu_model_create(clnpu_device *dev, const clnpu_model_config *cfg
 size_t clnpu_model_device_bytes(const clnpu_model *m)
 {
     return (size_t)clnpu_device_memory_used(m->dev);
+}
+
+clnpu_moe_block *clnpu_model_moe_block(clnpu_model *m, size_t layer)
+{
+    return m->layers && layer < m->cfg.num_hidden_layers ? m->layers[layer].moe : NULL;
 }

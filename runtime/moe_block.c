@@ -7,7 +7,8 @@
 #include "clnpu/moe.h"
 
 typedef struct moe_shard {
-    clnpu_device *dev;
+    clnpu_device *dev;            /* NULL: served by another process through remote */
+    const clnpu_moe_remote *remote;
     size_t *experts, count;       /* global ids served here, ascending */
     clnpu_weight *gate_up, *down; /* a group of `count` matrices */
     clnpu_buffer *x, *h, *y;      /* scratch for up to max_tokens x top_k rows */
@@ -18,6 +19,7 @@ struct clnpu_moe_block {
     size_t nshards;
     float *host_x, *host_y;
     clnpu_moe_config cfg;
+    size_t tag;                   /* identifies the block to remote shards' peers */
     size_t hidden, inter, shared_inter, max_tokens, tokens;
     clnpu_weight *router, *gate_up, *down, *shared_gate_up, *shared_down;
     clnpu_buffer *bias;
@@ -69,7 +71,9 @@ static clnpu_status make_shard(clnpu_moe_block *b, const clnpu_moe_weights *w, c
                                bool *taken, moe_shard *sh)
 {
     const size_t E = b->cfg.experts, rows = b->max_tokens * b->cfg.top_k;
-    sh->dev = spec->device;
+    sh->dev = spec->remote ? NULL : spec->device;
+    sh->remote = spec->remote;
+    if (!sh->remote && !sh->dev) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe shard: neither a device nor remote");
     sh->experts = malloc((spec->count ? spec->count : 1) * sizeof *sh->experts);
     clnpu_weight_desc *g = calloc(spec->count ? spec->count : 1, sizeof *g), *u = calloc(spec->count ? spec->count : 1, sizeof *u),
                       *d = calloc(spec->count ? spec->count : 1, sizeof *d);
@@ -84,6 +88,10 @@ static clnpu_status make_shard(clnpu_moe_block *b, const clnpu_moe_weights *w, c
     }
     for (size_t i = 0; !st && i < spec->count; i++)
         if (spec->experts[i] >= E) st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe shard: expert %zu of %zu", spec->experts[i], E);
+    if (sh->remote) { /* the peer holds the weights: only the expert list is kept here */
+        free(g), free(u), free(d);
+        return st;
+    }
     if (!st && sh->count) st = clnpu_weight_upload_swiglu(sh->dev, g, u, sh->count, &sh->gate_up);
     if (!st && sh->count) st = clnpu_weight_upload(sh->dev, d, sh->count, &sh->down);
     if (!st && sh->count) st = clnpu_buffer_create(sh->dev, rows * b->hidden * 4, &sh->x);
@@ -164,8 +172,26 @@ static clnpu_status create(clnpu_device *dev, const clnpu_moe_config *cfg, const
     return CLNPU_OK;
 }
 
+/* One local shard's experts on r rows already grouped by its segments; in and out in host memory
+ * (out may be in). */
+static clnpu_status run_shard(clnpu_moe_block *b, moe_shard *sh, const float *in, size_t r,
+                              const clnpu_gemm_segment *local, size_t n, float *out)
+{
+    const size_t H = b->hidden;
+    clnpu_status st = clnpu_buffer_write(sh->x, 0, in, r * H * sizeof(float));
+    clnpu_gemm_args g = clnpu_gemm_args_default();
+    g.x = sh->x, g.y = sh->h, g.m = r, g.epilogue = CLNPU_EPILOGUE_SWIGLU;
+    if (!st) st = clnpu_gemm_grouped(sh->dev, sh->gate_up, local, n, &g);
+    g = clnpu_gemm_args_default();
+    g.x = sh->h, g.y = sh->y, g.m = r;
+    if (!st) st = clnpu_gemm_grouped(sh->dev, sh->down, local, n, &g);
+    if (!st) st = clnpu_buffer_read(sh->y, 0, out, r * H * sizeof(float));
+    return st;
+}
+
 /* Expert parallel: the permuted rows (grouped by expert on the main device) go to the devices
- * holding their experts, through the host; the outputs come back in the same order. */
+ * holding their experts, through the host (or to another process for a remote shard); the
+ * outputs come back in the same order. */
 static clnpu_status dispatch_shards(clnpu_moe_block *b, const clnpu_gemm_segment *segs, size_t nseg, size_t rows)
 {
     const size_t H = b->hidden;
@@ -184,14 +210,8 @@ static clnpu_status dispatch_shards(clnpu_moe_block *b, const clnpu_gemm_segment
                     r += segs[i].rows;
                 }
         if (!r) continue;
-        st = clnpu_buffer_write(sh->x, 0, b->host_y, r * H * sizeof(float));
-        clnpu_gemm_args g = clnpu_gemm_args_default();
-        g.x = sh->x, g.y = sh->h, g.m = r, g.epilogue = CLNPU_EPILOGUE_SWIGLU;
-        if (!st) st = clnpu_gemm_grouped(sh->dev, sh->gate_up, local, n, &g);
-        g = clnpu_gemm_args_default();
-        g.x = sh->h, g.y = sh->y, g.m = r;
-        if (!st) st = clnpu_gemm_grouped(sh->dev, sh->down, local, n, &g);
-        if (!st) st = clnpu_buffer_read(sh->y, 0, b->host_y, r * H * sizeof(float));
+        st = sh->remote ? sh->remote->exchange(sh->remote->ctx, b->tag, s, b->host_y, r, local, n, b->host_y)
+                        : run_shard(b, sh, b->host_y, r, local, n, b->host_y);
         /* back to the rows' places in expert order (host_x holds the outputs from here on) */
         for (size_t i = 0, k = 0; !st && i < nseg; i++)
             for (size_t j = 0; j < sh->count; j++)
@@ -203,6 +223,28 @@ static clnpu_status dispatch_shards(clnpu_moe_block *b, const clnpu_gemm_segment
     free(local);
     if (!st) st = clnpu_buffer_write(b->yp, 0, b->host_x, rows * H * sizeof(float));
     return st;
+}
+
+void clnpu_moe_block_set_tag(clnpu_moe_block *b, size_t tag) { b->tag = tag; }
+
+clnpu_status clnpu_moe_block_serve(clnpu_moe_block *b, size_t shard, const float *rows, size_t nrows,
+                                   const clnpu_gemm_segment *segs, size_t nseg, float *out)
+{
+    if (shard >= b->nshards || b->shards[shard].remote)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe block %zu: shard %zu is not served here", b->tag, shard);
+    moe_shard *sh = &b->shards[shard];
+    if (nrows > b->max_tokens * b->cfg.top_k)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe block %zu: %zu rows for shard %zu, at most %zu", b->tag, nrows,
+                          shard, b->max_tokens * b->cfg.top_k);
+    size_t covered = 0;
+    for (size_t i = 0; i < nseg; i++) {
+        if (segs[i].matrix >= sh->count || segs[i].row != covered)
+            return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe block %zu: malformed segment %zu for shard %zu", b->tag, i, shard);
+        covered += segs[i].rows;
+    }
+    if (covered != nrows)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe block %zu: segments cover %zu of %zu rows", b->tag, covered, nrows);
+    return nrows ? run_shard(b, sh, rows, nrows, segs, nseg, out) : CLNPU_OK;
 }
 
 clnpu_status clnpu_moe_block_forward(clnpu_device *dev, clnpu_moe_block *b, clnpu_view x, size_t T,

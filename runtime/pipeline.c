@@ -29,6 +29,15 @@ struct clnpu_pipeline {
     /* MPI: stage s runs on rank owner[s]; this process builds only its own stages */
     int rank, nranks, mpi_owner_init;
     int *owner;
+    /* expert parallel across ranks: shard j of stage s is served by rank shard_rank[s][j]; a
+     * rank that serves a shard of a stage it does not own keeps that stage's model in stages[s]
+     * (its own shard local, the others remote) and answers the owner's exchanges */
+    int *shard_rank;
+    struct remote_ctx *remote_ctx;
+    clnpu_moe_remote *remotes, never;
+    float *srv_rows;
+    clnpu_gemm_segment *srv_segs;
+    long long *wire_segs;
     double timeout_s;
     int fault_step;               /* CLNPU_FAULT_RANK: this rank dies at its first step */
 };
@@ -167,7 +176,8 @@ void clnpu_pipeline_destroy(clnpu_pipeline *p)
         for (size_t j = 0; p->ep_devs && j < CLNPU_MAX_EP; j++) clnpu_device_close(p->ep_devs[i * CLNPU_MAX_EP + j]);
     }
     free(p->stages), free(p->devs), free(p->ep_devs), free(p->h[0]), free(p->h[1]);
-    free(p->seq_len), free(p->owner);
+    free(p->seq_len), free(p->owner), free(p->shard_rank), free(p->remote_ctx), free(p->remotes);
+    free(p->srv_rows), free(p->srv_segs), free(p->wire_segs);
 #ifdef CLNPU_HAVE_MPI
     if (p->mpi_owner_init) MPI_Finalize();
 #endif
@@ -196,9 +206,12 @@ static clnpu_status mpi_wait(clnpu_pipeline *p, MPI_Request *rq, const char *wha
 }
 #endif
 
-/* Under mpirun (Open MPI's environment), stages are dealt to ranks in contiguous runs; without it
- * every stage is this process's. CLNPU_MPI_TIMEOUT (seconds, default 120) bounds every wait for a peer. */
-static clnpu_status mpi_setup(clnpu_pipeline *p, size_t n)
+/* Under mpirun (Open MPI's environment), either the stages are dealt to ranks in contiguous runs
+ * (ranks <= stages; a stage's expert shards stay with its rank), or every plan device gets its own
+ * rank (ranks = devices; a stage's first device's rank owns it, the others serve its expert shards).
+ * Without mpirun every stage is this process's. CLNPU_MPI_TIMEOUT (seconds, default 120) bounds
+ * every wait for a peer. */
+static clnpu_status mpi_setup(clnpu_pipeline *p, const clnpu_stage_spec *sp, size_t n)
 {
     p->rank = 0, p->nranks = 1;
     const char *size = getenv("OMPI_COMM_WORLD_SIZE");
@@ -218,10 +231,24 @@ static clnpu_status mpi_setup(clnpu_pipeline *p, size_t n)
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &p->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &p->nranks);
-    if ((size_t)p->nranks > n)
-        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%d MPI ranks for a plan of %zu stages: at most one rank per stage",
-                          p->nranks, n);
-    for (size_t s = 0; s < n; s++) p->owner[s] = (int)(s * (size_t)p->nranks / n);
+    size_t slots = 0;
+    for (size_t s = 0; s < n; s++) slots += sp[s].ep_count ? sp[s].ep_count : 1;
+    if ((size_t)p->nranks <= n) {
+        for (size_t s = 0; s < n; s++) {
+            p->owner[s] = (int)(s * (size_t)p->nranks / n);
+            for (size_t j = 0; j < CLNPU_MAX_EP; j++) p->shard_rank[s * CLNPU_MAX_EP + j] = p->owner[s];
+        }
+    } else if ((size_t)p->nranks == slots) {
+        int r = 0;
+        for (size_t s = 0; s < n; s++) {
+            p->owner[s] = r;
+            for (size_t j = 0; j < CLNPU_MAX_EP; j++) p->shard_rank[s * CLNPU_MAX_EP + j] = r + (j < sp[s].ep_count ? (int)j : 0);
+            r += sp[s].ep_count ? (int)sp[s].ep_count : 1;
+        }
+    } else {
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%d MPI ranks for a plan of %zu stages on %zu devices: give at most "
+                          "%zu (stages dealt in runs) or exactly %zu (a rank per device)", p->nranks, n, slots, n, slots);
+    }
     /* fault injection for the tests: "r" kills rank r at its first step, "r:load" makes rank r
      * fail its set-up with an error */
     const char *fault = getenv("CLNPU_FAULT_RANK");
@@ -231,10 +258,111 @@ static clnpu_status mpi_setup(clnpu_pipeline *p, size_t n)
     }
     return CLNPU_OK;
 #else
+    (void)sp;
     return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "started by mpirun with %s ranks, but clnpu was built without MPI "
                       "(install libopenmpi-dev and rebuild)", size);
 #endif
 }
+
+/* Expert exchange between a stage's owner and the ranks serving its other shards: a header
+ * {layer, shard, rows, segments}, the segments and the rows go out, the outputs come back; a
+ * header with rows = -1 ends the stage's step. Tags stay clear of the stage numbers used for
+ * hidden states. */
+enum { TAG_EXP_HDR = 30000, TAG_EXP_SEGS, TAG_EXP_ROWS, TAG_EXP_OUT };
+
+struct remote_ctx {
+    clnpu_pipeline *p;
+    size_t stage;
+};
+
+static clnpu_status never_called(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
+                                 const clnpu_gemm_segment *segs, size_t nseg, float *out)
+{
+    (void)ctx, (void)rows, (void)nrows, (void)segs, (void)nseg, (void)out;
+    return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "layer %zu: shard %zu belongs to the stage's owner rank", tag, shard);
+}
+
+#ifdef CLNPU_HAVE_MPI
+static clnpu_status mpi_wait(clnpu_pipeline *p, MPI_Request *rq, const char *what, int peer);
+
+static clnpu_status mpi_xfer(clnpu_pipeline *p, bool send, void *buf, size_t count, MPI_Datatype type, int peer,
+                             int tag, const char *what)
+{
+    if (!count) return CLNPU_OK;
+    if (count > INT_MAX) return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "rank %d: message of %zu items to rank %d", p->rank, count, peer);
+    MPI_Request rq;
+    int rc = send ? MPI_Isend(buf, (int)count, type, peer, tag, MPI_COMM_WORLD, &rq)
+                  : MPI_Irecv(buf, (int)count, type, peer, tag, MPI_COMM_WORLD, &rq);
+    if (rc != MPI_SUCCESS) return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI failed %s rank %d", p->rank, what, peer);
+    return mpi_wait(p, &rq, what, peer);
+}
+#endif
+
+static clnpu_status mpi_exchange(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
+                                 const clnpu_gemm_segment *segs, size_t nseg, float *out)
+{
+    struct remote_ctx *c = ctx;
+    clnpu_pipeline *p = c->p;
+#ifdef CLNPU_HAVE_MPI
+    const int peer = p->shard_rank[c->stage * CLNPU_MAX_EP + shard];
+    const size_t H = p->cfg.hidden_size;
+    long long hdr[4] = {(long long)tag, (long long)shard, (long long)nrows, (long long)nseg};
+    for (size_t i = 0; i < nseg; i++)
+        p->wire_segs[3 * i] = (long long)segs[i].matrix, p->wire_segs[3 * i + 1] = (long long)segs[i].row,
+        p->wire_segs[3 * i + 2] = (long long)segs[i].rows;
+    clnpu_status st = mpi_xfer(p, true, hdr, 4, MPI_LONG_LONG, peer, TAG_EXP_HDR, "sending experts' rows to");
+    if (!st) st = mpi_xfer(p, true, p->wire_segs, 3 * nseg, MPI_LONG_LONG, peer, TAG_EXP_SEGS, "sending experts' rows to");
+    if (!st) st = mpi_xfer(p, true, (void *)rows, nrows * H, MPI_FLOAT, peer, TAG_EXP_ROWS, "sending experts' rows to");
+    if (!st) st = mpi_xfer(p, false, out, nrows * H, MPI_FLOAT, peer, TAG_EXP_OUT, "receiving experts' outputs from");
+    return st;
+#else
+    (void)p, (void)tag, (void)shard, (void)rows, (void)nrows, (void)segs, (void)nseg, (void)out;
+    return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "remote expert shards need MPI");
+#endif
+}
+
+#ifdef CLNPU_HAVE_MPI
+/* A rank serving a shard of stage s: answer the owner's exchanges until it ends the step. */
+static clnpu_status serve_stage(clnpu_pipeline *p, size_t s)
+{
+    const int owner = p->owner[s];
+    const size_t H = p->cfg.hidden_size, E = p->cfg.n_routed_experts;
+    const size_t max_rows = p->max_tokens * p->cfg.num_experts_per_tok;
+    for (;;) {
+        long long hdr[4];
+        clnpu_status st = mpi_xfer(p, false, hdr, 4, MPI_LONG_LONG, owner, TAG_EXP_HDR, "waiting for experts' rows from");
+        if (st) return st;
+        if (hdr[2] < 0) return CLNPU_OK; /* the stage's step is over */
+        if (hdr[2] > (long long)max_rows || hdr[3] < 0 || hdr[3] > (long long)E)
+            return clnpu_fail(CLNPU_ERR_IO, "rank %d: malformed exchange from rank %d", p->rank, owner);
+        const size_t nrows = (size_t)hdr[2], nseg = (size_t)hdr[3];
+        st = mpi_xfer(p, false, p->wire_segs, 3 * nseg, MPI_LONG_LONG, owner, TAG_EXP_SEGS, "receiving experts' rows from");
+        if (!st) st = mpi_xfer(p, false, p->srv_rows, nrows * H, MPI_FLOAT, owner, TAG_EXP_ROWS, "receiving experts' rows from");
+        for (size_t i = 0; !st && i < nseg; i++)
+            p->srv_segs[i] = (clnpu_gemm_segment){(size_t)p->wire_segs[3 * i], (size_t)p->wire_segs[3 * i + 1],
+                                                  (size_t)p->wire_segs[3 * i + 2]};
+        clnpu_moe_block *b = st ? NULL : clnpu_model_moe_block(p->stages[s], (size_t)hdr[0]);
+        if (!st && !b) st = clnpu_fail(CLNPU_ERR_IO, "rank %d: rank %d sent rows for layer %lld, not a MoE layer of stage %zu",
+                                       p->rank, owner, hdr[0], s);
+        if (!st) st = clnpu_moe_block_serve(b, (size_t)hdr[1], p->srv_rows, nrows, p->srv_segs, nseg, p->srv_rows);
+        if (!st) st = mpi_xfer(p, true, p->srv_rows, nrows * H, MPI_FLOAT, owner, TAG_EXP_OUT, "sending experts' outputs to");
+        if (st) return clnpu_fail_context(st, "serving stage %zu's experts", s);
+    }
+}
+
+/* The owner of stage s tells every rank serving one of its shards that the step is over. */
+static clnpu_status end_stage(clnpu_pipeline *p, size_t s)
+{
+    clnpu_status st = CLNPU_OK;
+    long long done[4] = {0, 0, -1, 0};
+    for (size_t j = 1; !st && j < CLNPU_MAX_EP; j++) {
+        const int r = p->shard_rank[s * CLNPU_MAX_EP + j];
+        if (r != p->rank && r != p->shard_rank[s * CLNPU_MAX_EP + j - 1])
+            st = mpi_xfer(p, true, done, 4, MPI_LONG_LONG, r, TAG_EXP_HDR, "ending the step with");
+    }
+    return st;
+}
+#endif
 
 int clnpu_pipeline_rank(const clnpu_pipeline *p) { return p->rank; }
 int clnpu_pipeline_ranks(const clnpu_pipeline *p) { return p->nranks; }
@@ -263,42 +391,69 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
     p->max_sequences = o.max_sequences ? o.max_sequences : 1;
     p->seq_len = calloc(p->max_sequences, sizeof *p->seq_len);
     p->owner = calloc(n, sizeof *p->owner);
+    p->shard_rank = calloc(n * CLNPU_MAX_EP, sizeof *p->shard_rank);
+    p->remote_ctx = calloc(n, sizeof *p->remote_ctx);
+    p->remotes = calloc(n, sizeof *p->remotes);
     p->nranks = 1;
-    if (!p->devs || !p->stages || !p->h[0] || !p->h[1] || !p->seq_len || !p->owner)
+    if (!p->devs || !p->stages || !p->h[0] || !p->h[1] || !p->seq_len || !p->owner || !p->shard_rank ||
+        !p->remote_ctx || !p->remotes)
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    if (!st) st = mpi_setup(p, n);
+    if (!st) st = mpi_setup(p, sp, n);
+    p->never = (clnpu_moe_remote){never_called, p};
+    if (!st && p->nranks > 1 && !(p->wire_segs = malloc(3 * (cfg->n_routed_experts + 1) * sizeof *p->wire_segs)))
+        st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     for (size_t i = 0; !st && i < n; i++) {
-        if (p->owner[i] != p->rank) continue; /* another rank's stage */
+        p->remote_ctx[i] = (struct remote_ctx){p, i};
+        p->remotes[i] = (clnpu_moe_remote){mpi_exchange, &p->remote_ctx[i]};
+        /* this rank's part of stage i: the whole stage (owner), one expert shard, or nothing */
+        const bool own = p->owner[i] == p->rank;
+        size_t serve = CLNPU_MAX_EP;
+        for (size_t j = 0; !own && j < sp[i].ep_count && j < CLNPU_MAX_EP; j++)
+            if (p->shard_rank[i * CLNPU_MAX_EP + j] == p->rank) serve = j;
+        if (!own && serve == CLNPU_MAX_EP) continue;
+        const size_t main_dev = own ? sp[i].device : sp[i].ep_devices[serve];
         /* plan device d on OpenCL device d mod N, in its own context, bound to the stage's
          * profile (emulation when it is not this device's own) */
         clnpu_device_options dopt = clnpu_device_options_default();
         clnpu_profile_set *set = NULL;
         if (sp[i].profile[0] && !clnpu_profile_set_builtin(&set) && clnpu_profile_set_find(set, sp[i].profile))
             dopt.target = sp[i].profile;
-        st = clnpu_device_open(sp[i].device % ndev, &dopt, &p->devs[i]);
+        st = clnpu_device_open(main_dev % ndev, &dopt, &p->devs[i]);
         clnpu_profile_set_destroy(set);
         if (st) {
-            st = clnpu_fail_context(st, "stage %zu (plan device %zu)", i, sp[i].device);
+            st = clnpu_fail_context(st, "stage %zu (plan device %zu)", i, main_dev);
             break;
         }
         clnpu_model_options so = o;
         so.layer_begin = sp[i].layer_begin, so.layer_end = sp[i].layer_end;
-        so.embed = sp[i].embed, so.head = sp[i].head;
-        /* expert parallel: one device (context) per plan device of the stage, the main one reused */
+        so.embed = own && sp[i].embed, so.head = own && sp[i].head;
+        /* expert parallel: one device (context) per plan device of the stage held by this rank,
+         * the main one reused; shards of other ranks are remote */
         clnpu_moe_shard shards[CLNPU_MAX_EP];
         for (size_t j = 0; !st && j < sp[i].ep_count && j < CLNPU_MAX_EP; j++) {
+            shards[j] = (clnpu_moe_shard){NULL, sp[i].ep_experts[j], sp[i].ep_expert_counts[j], NULL};
+            if (p->shard_rank[i * CLNPU_MAX_EP + j] != p->rank) {
+                shards[j].remote = own ? &p->remotes[i] : &p->never;
+                continue;
+            }
             clnpu_device *d = p->devs[i];
-            if (sp[i].ep_devices[j] != sp[i].device) {
+            if (sp[i].ep_devices[j] != main_dev) {
                 st = clnpu_device_open(sp[i].ep_devices[j] % ndev, &dopt, &p->ep_devs[i * CLNPU_MAX_EP + j]);
                 d = p->ep_devs[i * CLNPU_MAX_EP + j];
             }
-            shards[j] = (clnpu_moe_shard){d, sp[i].ep_experts[j], sp[i].ep_expert_counts[j]};
+            shards[j].device = d;
         }
         if (st) break;
         so.ep_shards = sp[i].ep_count ? shards : NULL;
         so.ep_count = sp[i].ep_count < CLNPU_MAX_EP ? sp[i].ep_count : CLNPU_MAX_EP;
         st = clnpu_model_create(p->devs[i], cfg, ck, &so, &p->stages[i]);
         if (st) st = clnpu_fail_context(st, "stage %zu (layers %zu..%zu)", i, sp[i].layer_begin, sp[i].layer_end);
+        if (!st && !own && !p->srv_rows) { /* room for the largest exchange */
+            const size_t rows = p->max_tokens * cfg->num_experts_per_tok, E = cfg->n_routed_experts;
+            p->srv_rows = malloc(rows * cfg->hidden_size * sizeof(float));
+            p->srv_segs = malloc((E ? E : 1) * sizeof *p->srv_segs);
+            if (!p->srv_rows || !p->srv_segs) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+        }
     }
 #ifdef CLNPU_HAVE_MPI
     /* every rank agrees that set-up worked before any step starts: a rank that failed to load
@@ -345,9 +500,17 @@ static clnpu_status run(clnpu_pipeline *p, size_t n, const int *ids, const size_
             st = mpi_wait(p, &rq, "receiving hidden states from", p->owner[s - 1]);
         }
 #endif
-        if (!st && me == p->rank)
+        if (!st && me == p->rank) {
             st = clnpu_model_forward_stage(p->stages[s], n, ids, seqs, pos, decode, s ? p->h[s % 2] : NULL,
                                            last ? NULL : p->h[(s + 1) % 2], last ? logits : NULL);
+#ifdef CLNPU_HAVE_MPI
+            if (!st && p->nranks > 1) st = end_stage(p, s);
+#endif
+        }
+#ifdef CLNPU_HAVE_MPI
+        else if (!st && p->stages[s]) /* this rank serves one of the stage's expert shards */
+            st = serve_stage(p, s);
+#endif
 #ifdef CLNPU_HAVE_MPI
         if (!st && p->nranks > 1 && !last && me == p->rank && p->owner[s + 1] != me) {
             MPI_Request rq;

@@ -372,7 +372,7 @@ static double logits_error(const char *path)
  * that dies ends the job with a non-zero exit and a message, quickly. */
 START_TEST(test_mpi_ranks)
 {
-    char dir[256], cmd[2048], out[16384], plan[512], path[512];
+    char dir[256], cmd[2048], out[16384], plan[512], plan2[512], path[512];
     if (system("command -v mpirun >/dev/null 2>&1") != 0) {
         fprintf(stderr, "test_mpi_ranks: mpirun not installed, skipped\n");
         return;
@@ -408,6 +408,30 @@ START_TEST(test_mpi_ranks)
         fprintf(stderr, "mpirun -np %d, 4 stages: logits rel error %.2e\n", ranks[i], e);
         ck_assert_msg(e <= 1e-4, "-np %d: %.3g", ranks[i], e);
     }
+    /* expert parallel across ranks: with a rank per plan device, each stage's second device is a
+     * rank serving its expert shard (an expert listed twice serves from its first copy); with
+     * one rank per stage the shards stay in the stage's rank */
+    snprintf(plan2, sizeof plan2, "%s/plan-ep.yaml", dir);
+    ck_assert_int_eq(test_write_file(plan2,
+        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 1, pp: 2, ep: 2, dp: 1}\n"
+        "experts: [[0, 1, 2, 3, 4, 5, 6, 7, 8], [8, 9, 10, 11, 12, 13, 14, 15]]\nstages:\n"
+        "- {stage: 0, devices: [0, 1], embedding: true, head: false, layers: [0, 1]}\n"
+        "- {stage: 1, devices: [2, 3], embedding: false, head: true, layers: [2]}\n"), 0);
+    const int ep_ranks[] = {4, 2};
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/mpi-ep%d.safetensors", dir, ep_ranks[i]);
+        snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np %d '%s' run --model '%s' "
+                 "--ids %s --plan %s --decode-from 2 -n 2 --dump-logits %s", ep_ranks[i], CLNPU_CLI_PATH, TINY, ids, plan2, path);
+        int rc = test_run(cmd, out, sizeof out);
+        ck_assert_msg(rc == 0, "mpirun -np %d (EP plan) failed (%d): %.1500s", ep_ranks[i], rc, out);
+        double e = logits_error(path);
+        fprintf(stderr, "mpirun -np %d, PP 2 x EP 2: logits rel error %.2e\n", ep_ranks[i], e);
+        ck_assert_msg(e <= 1e-4, "EP -np %d: %.3g", ep_ranks[i], e);
+    }
+    snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe -np 3 '%s' run --model '%s' --ids %s --plan %s -n 2",
+             CLNPU_CLI_PATH, TINY, ids, plan2);
+    ck_assert_msg(test_run(cmd, out, sizeof out) != 0 && strstr(out, "give at most 2 (stages dealt in runs) or exactly 4"),
+                  "3 ranks for 2 stages on 4 devices: %.1500s", out);
     /* a rank killed after start-up: the job ends, non-zero, saying which rank */
     snprintf(cmd, sizeof cmd, "CLNPU_FAULT_RANK=1 CLNPU_MPI_TIMEOUT=20 timeout 120 mpirun --oversubscribe -np 2 '%s' run "
              "--model '%s' --ids %s --plan %s -n 2", CLNPU_CLI_PATH, TINY, ids, plan);

@@ -510,6 +510,21 @@ static double silu(double v)
 }
 
 /* The whole block: router (fp32) + routing + grouped SwiGLU experts + shared expert. */
+typedef struct peer_ctx {
+    clnpu_moe_block *peer;
+    size_t calls;
+} peer_ctx;
+
+static clnpu_status peer_exchange(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
+                                  const clnpu_gemm_segment *segs, size_t nseg, float *out)
+{
+    peer_ctx *c = ctx;
+    ck_assert_ptr_nonnull(c); /* the peer's own remote entry is never called */
+    ck_assert_uint_eq(tag, 7);
+    c->calls++;
+    return clnpu_moe_block_serve(c->peer, shard, rows, nrows, segs, nseg, out);
+}
+
 START_TEST(test_moe_block)
 {
     clnpu_device *dev = test_device();
@@ -581,7 +596,7 @@ START_TEST(test_moe_block)
     clnpu_device_list_free(infos);
     ck_assert_ok(clnpu_device_open(ndev > 1 ? 1 : 0, NULL, &d2));
     const size_t ea[] = {0, 1, 2, 3, 4, 5, 6}, eb[] = {5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    const clnpu_moe_shard shards[] = {{dev, ea, 7}, {d2, eb, 11}};
+    const clnpu_moe_shard shards[] = {{dev, ea, 7, NULL}, {d2, eb, 11, NULL}};
     clnpu_moe_block *ep;
     ck_assert_ok(clnpu_moe_block_create_sharded(dev, &cfg, &w, 32, shards, 2, &ep));
     float nan = NAN;
@@ -591,11 +606,35 @@ START_TEST(test_moe_block)
     CHECK_ERR(out2, ref, T * H, 1e-5, "moe block over two devices");
     for (size_t i = 0; i < T * H; i++) ck_assert_msg(fabsf(out2[i] - out[i]) <= 1e-6f * (1 + fabsf(out[i])), "EP differs at %zu", i);
     /* an expert on no device is refused */
-    const clnpu_moe_shard partial[] = {{dev, ea, 7}};
+    const clnpu_moe_shard partial[] = {{dev, ea, 7, NULL}};
     clnpu_moe_block *bad = NULL;
     ck_assert_int_eq(clnpu_moe_block_create_sharded(dev, &cfg, &w, 32, partial, 1, &bad), CLNPU_ERR_INVALID_ARGUMENT);
     ck_assert_ptr_nonnull(strstr(clnpu_error_message(), "expert 7"));
-    free(out2);
+    /* the second shard served by a peer block, as another process would (pipeline.c does it
+     * over MPI): the peer holds only that shard's weights, the output is the same */
+    peer_ctx pc = {NULL, 0};
+    const clnpu_moe_remote to_peer = {peer_exchange, &pc}, never = {peer_exchange, NULL};
+    const clnpu_moe_shard mine[] = {{dev, ea, 7, NULL}, {NULL, eb, 11, &to_peer}};
+    const clnpu_moe_shard theirs[] = {{NULL, ea, 7, &never}, {d2, eb, 11, NULL}};
+    clnpu_moe_block *lead, *peer;
+    ck_assert_ok(clnpu_moe_block_create_sharded(dev, &cfg, &w, 32, mine, 2, &lead));
+    ck_assert_ok(clnpu_moe_block_create_sharded(d2, &cfg, &w, 32, theirs, 2, &peer));
+    pc.peer = peer;
+    clnpu_moe_block_set_tag(lead, 7);
+    ck_assert_ok(clnpu_buffer_fill(bo, &nan, sizeof nan));
+    ck_assert_ok(clnpu_moe_block_forward(dev, lead, (clnpu_view){bx, 0, H}, T, (clnpu_view){bo, 0, H}));
+    float *out3 = read_f32(bo, T * H);
+    ck_assert_uint_eq(pc.calls, 1);
+    for (size_t i = 0; i < T * H; i++) ck_assert_msg(fabsf(out3[i] - out[i]) <= 1e-6f * (1 + fabsf(out[i])), "remote shard differs at %zu", i);
+    /* a peer refuses what it does not hold and malformed segments */
+    float row[2 * 96];
+    for (size_t i = 0; i < 2 * H; i++) row[i] = 1.0f;
+    const clnpu_gemm_segment seg1 = {0, 0, 1}, bad_seg = {11, 0, 1};
+    ck_assert_int_eq(clnpu_moe_block_serve(peer, 0, row, 1, &seg1, 1, row), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(clnpu_moe_block_serve(peer, 1, row, 1, &bad_seg, 1, row), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(clnpu_moe_block_serve(peer, 1, row, 2, &seg1, 1, row), CLNPU_ERR_INVALID_ARGUMENT);
+    free(out2), free(out3);
+    clnpu_moe_block_destroy(lead), clnpu_moe_block_destroy(peer);
     clnpu_moe_block_destroy(ep);
     clnpu_device_close(d2);
     free(out), free(ref), free(x), free(bias);

@@ -103,6 +103,9 @@ clnpu_status clnpu_model_hidden(const clnpu_model *m, size_t index, float *out);
 /* With options.capture: routed experts of MoE layer l in the last forward, [tokens][top_k]. */
 clnpu_status clnpu_model_routing(const clnpu_model *m, size_t layer, int *out_ids, float *out_weights);
 size_t clnpu_model_device_bytes(const clnpu_model *m);
+/* The MoE block of loaded layer l (its tag is l), or NULL for a dense or unloaded layer: how an
+ * expert-parallel peer process serves remote shards (clnpu_moe_block_serve). */
+struct clnpu_moe_block *clnpu_model_moe_block(clnpu_model *m, size_t layer);
 
 #ifdef __cplusplus
 }

@@ -36,11 +36,24 @@ clnpu_status clnpu_moe_block_create(clnpu_device *dev, const clnpu_moe_config *c
  * router, the shared expert and the combine stay on `dev`. Tokens are dispatched to the devices
  * holding their experts and the outputs combined back (through the host). Every expert must be
  * on at least one device; a replicated expert serves from its first listed copy. */
+typedef struct clnpu_moe_remote clnpu_moe_remote;
 typedef struct clnpu_moe_shard {
-    clnpu_device *device;
+    clnpu_device *device;           /* NULL when remote */
     const size_t *experts;
     size_t count;
+    const clnpu_moe_remote *remote; /* served by another process (see below), or NULL */
 } clnpu_moe_shard;
+
+/* A shard held by another process: its rows go out through `exchange` and come back in the same
+ * order. rows: nrows x hidden floats, grouped by segs (matrix = index into the shard's experts in
+ * ascending id order); out (which may be rows) receives nrows x hidden. tag identifies the block
+ * (the model sets it to the layer index); the other process answers with
+ * clnpu_moe_block_serve on a block created from the same shard list. */
+struct clnpu_moe_remote {
+    clnpu_status (*exchange)(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
+                             const clnpu_gemm_segment *segs, size_t nseg, float *out);
+    void *ctx;
+};
 
 clnpu_status clnpu_moe_block_create_sharded(clnpu_device *dev, const clnpu_moe_config *cfg,
                                             const clnpu_moe_weights *w, size_t max_tokens,
@@ -57,6 +70,14 @@ clnpu_status clnpu_moe_block_forward(clnpu_device *dev, clnpu_moe_block *block, 
 clnpu_status clnpu_moe_block_last_routing(clnpu_moe_block *block, int *out_ids, float *out_weights);
 
 size_t clnpu_moe_block_device_bytes(const clnpu_moe_block *block);
+
+/* The tag passed to remote shards' exchange (default 0). */
+void clnpu_moe_block_set_tag(clnpu_moe_block *block, size_t tag);
+
+/* Serve a remote peer: run local shard `shard`'s experts on nrows rows grouped by segs (as in
+ * clnpu_moe_remote) and write the outputs to out (which may be rows). */
+clnpu_status clnpu_moe_block_serve(clnpu_moe_block *block, size_t shard, const float *rows, size_t nrows,
+                                   const clnpu_gemm_segment *segs, size_t nseg, float *out);
 
 #ifdef __cplusplus
 }
