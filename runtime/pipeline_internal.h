@@ -1,0 +1,57 @@
+/* What pipeline.c (stages, steps) and pipeline_mpi.c (ranks, messages) share. */
+#ifndef CLNPU_PIPELINE_INTERNAL_H
+#define CLNPU_PIPELINE_INTERNAL_H
+
+#include "clnpu/pipeline.h"
+#include "model_internal.h"
+
+struct remote_ctx {
+    struct clnpu_pipeline *p;
+    size_t stage;
+};
+
+struct clnpu_pipeline {
+    clnpu_model_config cfg;
+    size_t count;
+    clnpu_device **devs;
+    clnpu_device **ep_devs; /* [count][CLNPU_MAX_EP], NULL where the main device serves */
+    clnpu_model **stages;
+    float *h[2];        /* host hand-off buffers [max_tokens][hidden] */
+    size_t max_tokens;
+    size_t *seq_len;    /* tokens per sequence, kept here (stage 0 may live on another rank) */
+    size_t max_sequences;
+    /* MPI: stage s runs on rank owner[s]; this process builds only its own stages */
+    int rank, nranks, mpi_owner_init;
+    int *owner;
+    /* expert parallel across ranks: shard j of stage s is served by rank shard_rank[s][j]; a
+     * rank that serves a shard of a stage it does not own keeps that stage's model in stages[s]
+     * (its own shard local, the others remote) and answers the owner's exchanges */
+    int *shard_rank;
+    struct remote_ctx *remote_ctx;
+    clnpu_moe_remote *remotes, never;
+    float *srv_rows;
+    clnpu_gemm_segment *srv_segs;
+    long long *wire_segs;
+    double timeout_s;
+    int fault_step;               /* CLNPU_FAULT_RANK: this rank dies at its first step */
+};
+
+/* Ranks: decide who owns which stage and shard (no-op outside mpirun) and, after set-up, make
+ * every rank agree that it worked. */
+clnpu_status pipeline_mpi_setup(clnpu_pipeline *p, const clnpu_stage_spec *sp, size_t n);
+clnpu_status pipeline_mpi_agree(clnpu_pipeline *p, clnpu_status mine);
+void pipeline_mpi_finalize(clnpu_pipeline *p);
+/* The residual stream between stages' ranks, and the last stage's logits to every rank. */
+clnpu_status pipeline_recv_hidden(clnpu_pipeline *p, size_t s, size_t count);
+clnpu_status pipeline_send_hidden(clnpu_pipeline *p, size_t s, size_t count);
+clnpu_status pipeline_bcast_logits(clnpu_pipeline *p, float *logits, size_t count);
+/* Expert shards of a stage on other ranks: the owner's exchange, its end-of-step message, and
+ * the serving rank's loop. never_called backs shards a serving rank does not hold. */
+clnpu_status pipeline_mpi_exchange(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
+                                   const clnpu_gemm_segment *segs, size_t nseg, float *out);
+clnpu_status pipeline_never_called(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
+                                   const clnpu_gemm_segment *segs, size_t nseg, float *out);
+clnpu_status pipeline_end_stage(clnpu_pipeline *p, size_t s);
+clnpu_status pipeline_serve_stage(clnpu_pipeline *p, size_t s);
+
+#endif
