@@ -50,9 +50,11 @@ void clnpu_pipeline_destroy(clnpu_pipeline *p);
 size_t clnpu_pipeline_stage_count(const clnpu_pipeline *p);
 clnpu_device *clnpu_pipeline_stage_device(const clnpu_pipeline *p, size_t stage);
 
-/* Under mpirun (Open MPI), each rank builds only its stages (contiguous runs of the plan) and the
- * residual stream crosses ranks by point-to-point messages; every wait has a deadline
- * (CLNPU_MPI_TIMEOUT seconds, default 120), so a failed rank ends the run with an error. */
+/* Under mpirun (Open MPI): with at most as many ranks as stages, each rank builds only its stages
+ * (contiguous runs of the plan); with one rank per plan device, each stage's other devices are
+ * ranks serving its expert shards. The residual stream crosses ranks by point-to-point messages;
+ * every wait has a deadline (CLNPU_MPI_TIMEOUT seconds, default 120), so a failed rank ends the
+ * run with an error. */
 int clnpu_pipeline_rank(const clnpu_pipeline *p);
 int clnpu_pipeline_ranks(const clnpu_pipeline *p);
 
