@@ -172,55 +172,71 @@ static clnpu_status create(clnpu_device *dev, const clnpu_moe_config *cfg, const
     return CLNPU_OK;
 }
 
-/* One local shard's experts on r rows already grouped by its segments; in and out in host memory
- * (out may be in). */
-static clnpu_status run_shard(clnpu_moe_block *b, moe_shard *sh, const float *in, size_t r,
-                              const clnpu_gemm_segment *local, size_t n, float *out)
+/* One local shard's experts on r rows already grouped by its segments: start queues the work
+ * (the device computes while the host moves on), finish reads the outputs (out may be in). */
+static clnpu_status start_shard(clnpu_moe_block *b, moe_shard *sh, const float *in, size_t r,
+                                const clnpu_gemm_segment *local, size_t n)
 {
-    const size_t H = b->hidden;
-    clnpu_status st = clnpu_buffer_write(sh->x, 0, in, r * H * sizeof(float));
+    clnpu_status st = clnpu_buffer_write(sh->x, 0, in, r * b->hidden * sizeof(float));
     clnpu_gemm_args g = clnpu_gemm_args_default();
     g.x = sh->x, g.y = sh->h, g.m = r, g.epilogue = CLNPU_EPILOGUE_SWIGLU;
     if (!st) st = clnpu_gemm_grouped(sh->dev, sh->gate_up, local, n, &g);
     g = clnpu_gemm_args_default();
     g.x = sh->h, g.y = sh->y, g.m = r;
     if (!st) st = clnpu_gemm_grouped(sh->dev, sh->down, local, n, &g);
-    if (!st) st = clnpu_buffer_read(sh->y, 0, out, r * H * sizeof(float));
     return st;
 }
 
-/* Expert parallel: the permuted rows (grouped by expert on the main device) go to the devices
- * holding their experts, through the host (or to another process for a remote shard); the
- * outputs come back in the same order. */
+static clnpu_status finish_shard(clnpu_moe_block *b, moe_shard *sh, size_t r, float *out)
+{
+    return clnpu_buffer_read(sh->y, 0, out, r * b->hidden * sizeof(float));
+}
+
+/* Expert parallel: the permuted rows (grouped by expert on the main device) are packed shard by
+ * shard in host memory; remote shards get theirs first, local devices compute while they work,
+ * then every output goes back to its rows' place. */
 static clnpu_status dispatch_shards(clnpu_moe_block *b, const clnpu_gemm_segment *segs, size_t nseg, size_t rows)
 {
-    const size_t H = b->hidden;
+    const size_t H = b->hidden, S = b->nshards;
     clnpu_status st = clnpu_buffer_read(b->xp, 0, b->host_x, rows * H * sizeof(float));
     clnpu_gemm_segment *local = malloc((nseg ? nseg : 1) * sizeof *local);
-    if (!local) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    for (size_t s = 0; !st && s < b->nshards; s++) {
-        moe_shard *sh = &b->shards[s];
-        size_t n = 0, r = 0;
-        /* this shard's segments, packed contiguously */
+    size_t *at = malloc(4 * S * sizeof *at), *nr = at + S, *first = at + 2 * S, *ns = at + 3 * S;
+    if (!local || !at) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    size_t r = 0, n = 0;
+    for (size_t s = 0; !st && s < S; s++) { /* each shard's segments, packed contiguously */
+        const moe_shard *sh = &b->shards[s];
+        at[s] = r, first[s] = n;
         for (size_t i = 0; i < nseg; i++)
             for (size_t j = 0; j < sh->count; j++)
                 if (sh->experts[j] == segs[i].matrix) {
                     memcpy(b->host_y + r * H, b->host_x + segs[i].row * H, segs[i].rows * H * sizeof(float));
-                    local[n++] = (clnpu_gemm_segment){j, r, segs[i].rows};
+                    local[n++] = (clnpu_gemm_segment){j, r - at[s], segs[i].rows};
                     r += segs[i].rows;
                 }
-        if (!r) continue;
-        st = sh->remote ? sh->remote->exchange(sh->remote->ctx, b->tag, s, b->host_y, r, local, n, b->host_y)
-                        : run_shard(b, sh, b->host_y, r, local, n, b->host_y);
-        /* back to the rows' places in expert order (host_x holds the outputs from here on) */
-        for (size_t i = 0, k = 0; !st && i < nseg; i++)
-            for (size_t j = 0; j < sh->count; j++)
-                if (sh->experts[j] == segs[i].matrix) {
+        nr[s] = r - at[s], ns[s] = n - first[s];
+    }
+    /* every shard busy at once: local devices queued, remote peers sent their rows, then collected */
+    for (size_t s = 0; !st && s < S; s++)
+        if (!b->shards[s].remote && nr[s])
+            st = start_shard(b, &b->shards[s], b->host_y + at[s] * H, nr[s], local + first[s], ns[s]);
+    for (size_t s = 0; !st && s < S; s++)
+        if (b->shards[s].remote && nr[s])
+            st = b->shards[s].remote->send(b->shards[s].remote->ctx, b->tag, s, b->host_y + at[s] * H, nr[s],
+                                           local + first[s], ns[s]);
+    for (size_t s = 0; !st && s < S; s++)
+        if (!b->shards[s].remote && nr[s]) st = finish_shard(b, &b->shards[s], nr[s], b->host_y + at[s] * H);
+    for (size_t s = 0; !st && s < S; s++)
+        if (b->shards[s].remote && nr[s])
+            st = b->shards[s].remote->recv(b->shards[s].remote->ctx, b->tag, s, b->host_y + at[s] * H, nr[s]);
+    /* back to the rows' places in expert order (host_x holds the outputs from here on) */
+    for (size_t s = 0, k = 0; !st && s < S; s++)
+        for (size_t i = 0; i < nseg; i++)
+            for (size_t j = 0; j < b->shards[s].count; j++)
+                if (b->shards[s].experts[j] == segs[i].matrix) {
                     memcpy(b->host_x + segs[i].row * H, b->host_y + k * H, segs[i].rows * H * sizeof(float));
                     k += segs[i].rows;
                 }
-    }
-    free(local);
+    free(local), free(at);
     if (!st) st = clnpu_buffer_write(b->yp, 0, b->host_x, rows * H * sizeof(float));
     return st;
 }
@@ -244,7 +260,8 @@ clnpu_status clnpu_moe_block_serve(clnpu_moe_block *b, size_t shard, const float
     }
     if (covered != nrows)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe block %zu: segments cover %zu of %zu rows", b->tag, covered, nrows);
-    return nrows ? run_shard(b, sh, rows, nrows, segs, nseg, out) : CLNPU_OK;
+    clnpu_status st = nrows ? start_shard(b, sh, rows, nrows, segs, nseg) : CLNPU_OK;
+    return !st && nrows ? finish_shard(b, sh, nrows, out) : st;
 }
 
 clnpu_status clnpu_moe_block_forward(clnpu_device *dev, clnpu_moe_block *b, clnpu_view x, size_t T,

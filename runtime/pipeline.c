@@ -60,12 +60,12 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         !p->remote_ctx || !p->remotes)
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     if (!st) st = pipeline_mpi_setup(p, sp, n);
-    p->never = (clnpu_moe_remote){pipeline_never_called, p};
+    p->never = (clnpu_moe_remote){pipeline_never_send, pipeline_never_recv, p};
     if (!st && p->nranks > 1 && !(p->wire_segs = malloc(3 * (cfg->n_routed_experts + 1) * sizeof *p->wire_segs)))
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     for (size_t i = 0; !st && i < n; i++) {
         p->remote_ctx[i] = (struct remote_ctx){p, i};
-        p->remotes[i] = (clnpu_moe_remote){pipeline_mpi_exchange, &p->remote_ctx[i]};
+        p->remotes[i] = (clnpu_moe_remote){pipeline_mpi_send, pipeline_mpi_recv, &p->remote_ctx[i]};
         /* this rank's part of stage i: the whole stage (owner), one expert shard, or nothing */
         const bool own = p->owner[i] == p->rank;
         size_t serve = CLNPU_MAX_EP;

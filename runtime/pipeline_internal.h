@@ -45,12 +45,14 @@ void pipeline_mpi_finalize(clnpu_pipeline *p);
 clnpu_status pipeline_recv_hidden(clnpu_pipeline *p, size_t s, size_t count);
 clnpu_status pipeline_send_hidden(clnpu_pipeline *p, size_t s, size_t count);
 clnpu_status pipeline_bcast_logits(clnpu_pipeline *p, float *logits, size_t count);
-/* Expert shards of a stage on other ranks: the owner's exchange, its end-of-step message, and
- * the serving rank's loop. never_called backs shards a serving rank does not hold. */
-clnpu_status pipeline_mpi_exchange(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
-                                   const clnpu_gemm_segment *segs, size_t nseg, float *out);
-clnpu_status pipeline_never_called(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
-                                   const clnpu_gemm_segment *segs, size_t nseg, float *out);
+/* Expert shards of a stage on other ranks: the owner's send and receive, its end-of-step message, and
+ * the serving rank's loop. The never_ pair backs shards a serving rank does not hold. */
+clnpu_status pipeline_mpi_send(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
+                               const clnpu_gemm_segment *segs, size_t nseg);
+clnpu_status pipeline_mpi_recv(void *ctx, size_t tag, size_t shard, float *out, size_t nrows);
+clnpu_status pipeline_never_send(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
+                                 const clnpu_gemm_segment *segs, size_t nseg);
+clnpu_status pipeline_never_recv(void *ctx, size_t tag, size_t shard, float *out, size_t nrows);
 clnpu_status pipeline_end_stage(clnpu_pipeline *p, size_t s);
 clnpu_status pipeline_serve_stage(clnpu_pipeline *p, size_t s);
 

@@ -99,11 +99,16 @@ clnpu_status pipeline_mpi_setup(clnpu_pipeline *p, const clnpu_stage_spec *sp, s
  * hidden states. */
 enum { TAG_EXP_HDR = 30000, TAG_EXP_SEGS, TAG_EXP_ROWS, TAG_EXP_OUT };
 
-clnpu_status pipeline_never_called(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
-                                   const clnpu_gemm_segment *segs, size_t nseg, float *out)
+clnpu_status pipeline_never_send(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
+                                 const clnpu_gemm_segment *segs, size_t nseg)
 {
-    (void)ctx, (void)rows, (void)nrows, (void)segs, (void)nseg, (void)out;
+    (void)ctx, (void)rows, (void)nrows, (void)segs, (void)nseg;
     return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "layer %zu: shard %zu belongs to the stage's owner rank", tag, shard);
+}
+
+clnpu_status pipeline_never_recv(void *ctx, size_t tag, size_t shard, float *out, size_t nrows)
+{
+    return pipeline_never_send(ctx, tag, shard, out, nrows, NULL, 0);
 }
 
 #ifdef CLNPU_HAVE_MPI
@@ -120,25 +125,38 @@ static clnpu_status mpi_xfer(clnpu_pipeline *p, bool send, void *buf, size_t cou
 }
 #endif
 
-clnpu_status pipeline_mpi_exchange(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
-                                   const clnpu_gemm_segment *segs, size_t nseg, float *out)
+clnpu_status pipeline_mpi_send(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
+                               const clnpu_gemm_segment *segs, size_t nseg)
 {
     struct remote_ctx *c = ctx;
     clnpu_pipeline *p = c->p;
 #ifdef CLNPU_HAVE_MPI
     const int peer = p->shard_rank[c->stage * CLNPU_MAX_EP + shard];
-    const size_t H = p->cfg.hidden_size;
     long long hdr[4] = {(long long)tag, (long long)shard, (long long)nrows, (long long)nseg};
     for (size_t i = 0; i < nseg; i++)
         p->wire_segs[3 * i] = (long long)segs[i].matrix, p->wire_segs[3 * i + 1] = (long long)segs[i].row,
         p->wire_segs[3 * i + 2] = (long long)segs[i].rows;
     clnpu_status st = mpi_xfer(p, true, hdr, 4, MPI_LONG_LONG, peer, TAG_EXP_HDR, "sending experts' rows to");
     if (!st) st = mpi_xfer(p, true, p->wire_segs, 3 * nseg, MPI_LONG_LONG, peer, TAG_EXP_SEGS, "sending experts' rows to");
-    if (!st) st = mpi_xfer(p, true, (void *)rows, nrows * H, MPI_FLOAT, peer, TAG_EXP_ROWS, "sending experts' rows to");
-    if (!st) st = mpi_xfer(p, false, out, nrows * H, MPI_FLOAT, peer, TAG_EXP_OUT, "receiving experts' outputs from");
+    if (!st)
+        st = mpi_xfer(p, true, (void *)rows, nrows * p->cfg.hidden_size, MPI_FLOAT, peer, TAG_EXP_ROWS, "sending experts' rows to");
     return st;
 #else
-    (void)p, (void)tag, (void)shard, (void)rows, (void)nrows, (void)segs, (void)nseg, (void)out;
+    (void)p, (void)tag, (void)shard, (void)rows, (void)nrows, (void)segs, (void)nseg;
+    return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "remote expert shards need MPI");
+#endif
+}
+
+clnpu_status pipeline_mpi_recv(void *ctx, size_t tag, size_t shard, float *out, size_t nrows)
+{
+    struct remote_ctx *c = ctx;
+    clnpu_pipeline *p = c->p;
+    (void)tag;
+#ifdef CLNPU_HAVE_MPI
+    const int peer = p->shard_rank[c->stage * CLNPU_MAX_EP + shard];
+    return mpi_xfer(p, false, out, nrows * p->cfg.hidden_size, MPI_FLOAT, peer, TAG_EXP_OUT, "receiving experts' outputs from");
+#else
+    (void)p, (void)shard, (void)out, (void)nrows;
     return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "remote expert shards need MPI");
 #endif
 }

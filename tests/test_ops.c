@@ -510,19 +510,35 @@ static double silu(double v)
 }
 
 /* The whole block: router (fp32) + routing + grouped SwiGLU experts + shared expert. */
+/* A peer block in the same process standing in for another rank: send computes into a stash,
+ * recv hands it over (so a recv without a send, or for another shard, is caught). */
 typedef struct peer_ctx {
     clnpu_moe_block *peer;
-    size_t calls;
+    size_t sends, recvs, shard, rows;
+    float stash[96 * 96]; /* T x top_k rows of hidden 96 */
 } peer_ctx;
 
-static clnpu_status peer_exchange(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
-                                  const clnpu_gemm_segment *segs, size_t nseg, float *out)
+static clnpu_status peer_send(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
+                              const clnpu_gemm_segment *segs, size_t nseg)
 {
     peer_ctx *c = ctx;
     ck_assert_ptr_nonnull(c); /* the peer's own remote entry is never called */
     ck_assert_uint_eq(tag, 7);
-    c->calls++;
-    return clnpu_moe_block_serve(c->peer, shard, rows, nrows, segs, nseg, out);
+    ck_assert_uint_le(nrows, 96);
+    c->sends++, c->shard = shard, c->rows = nrows;
+    return clnpu_moe_block_serve(c->peer, shard, rows, nrows, segs, nseg, c->stash);
+}
+
+static clnpu_status peer_recv(void *ctx, size_t tag, size_t shard, float *out, size_t nrows)
+{
+    peer_ctx *c = ctx;
+    ck_assert_ptr_nonnull(c);
+    ck_assert_uint_eq(tag, 7);
+    ck_assert_uint_eq(shard, c->shard);
+    ck_assert_uint_eq(nrows, c->rows);
+    c->recvs++;
+    memcpy(out, c->stash, nrows * 96 * sizeof(float));
+    return CLNPU_OK;
 }
 
 START_TEST(test_moe_block)
@@ -612,8 +628,9 @@ START_TEST(test_moe_block)
     ck_assert_ptr_nonnull(strstr(clnpu_error_message(), "expert 7"));
     /* the second shard served by a peer block, as another process would (pipeline.c does it
      * over MPI): the peer holds only that shard's weights, the output is the same */
-    peer_ctx pc = {NULL, 0};
-    const clnpu_moe_remote to_peer = {peer_exchange, &pc}, never = {peer_exchange, NULL};
+    static peer_ctx pc;
+    memset(&pc, 0, sizeof pc);
+    const clnpu_moe_remote to_peer = {peer_send, peer_recv, &pc}, never = {peer_send, peer_recv, NULL};
     const clnpu_moe_shard mine[] = {{dev, ea, 7, NULL}, {NULL, eb, 11, &to_peer}};
     const clnpu_moe_shard theirs[] = {{NULL, ea, 7, &never}, {d2, eb, 11, NULL}};
     clnpu_moe_block *lead, *peer;
@@ -624,7 +641,8 @@ START_TEST(test_moe_block)
     ck_assert_ok(clnpu_buffer_fill(bo, &nan, sizeof nan));
     ck_assert_ok(clnpu_moe_block_forward(dev, lead, (clnpu_view){bx, 0, H}, T, (clnpu_view){bo, 0, H}));
     float *out3 = read_f32(bo, T * H);
-    ck_assert_uint_eq(pc.calls, 1);
+    ck_assert_uint_eq(pc.sends, 1);
+    ck_assert_uint_eq(pc.recvs, 1);
     for (size_t i = 0; i < T * H; i++) ck_assert_msg(fabsf(out3[i] - out[i]) <= 1e-6f * (1 + fabsf(out[i])), "remote shard differs at %zu", i);
     /* a peer refuses what it does not hold and malformed segments */
     float row[2 * 96];

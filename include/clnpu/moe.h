@@ -44,14 +44,16 @@ typedef struct clnpu_moe_shard {
     const clnpu_moe_remote *remote; /* served by another process (see below), or NULL */
 } clnpu_moe_shard;
 
-/* A shard held by another process: its rows go out through `exchange` and come back in the same
- * order. rows: nrows x hidden floats, grouped by segs (matrix = index into the shard's experts in
- * ascending id order); out (which may be rows) receives nrows x hidden. tag identifies the block
- * (the model sets it to the layer index); the other process answers with
- * clnpu_moe_block_serve on a block created from the same shard list. */
+/* A shard held by another process: its rows go out through `send` (which may return before the
+ * peer has computed, so remote shards work while local ones do) and the outputs come back, in
+ * the same order, through `recv`. rows: nrows x hidden floats grouped by segs (matrix = index
+ * into the shard's experts in ascending id order). tag identifies the block (the model sets it
+ * to the layer index); the peer answers with clnpu_moe_block_serve on a block created from the
+ * same shard list. A shard with no rows in a forward is not contacted. */
 struct clnpu_moe_remote {
-    clnpu_status (*exchange)(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
-                             const clnpu_gemm_segment *segs, size_t nseg, float *out);
+    clnpu_status (*send)(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
+                         const clnpu_gemm_segment *segs, size_t nseg);
+    clnpu_status (*recv)(void *ctx, size_t tag, size_t shard, float *out, size_t nrows);
     void *ctx;
 };
 
@@ -71,7 +73,7 @@ clnpu_status clnpu_moe_block_last_routing(clnpu_moe_block *block, int *out_ids, 
 
 size_t clnpu_moe_block_device_bytes(const clnpu_moe_block *block);
 
-/* The tag passed to remote shards' exchange (default 0). */
+/* The tag passed to remote shards (default 0). */
 void clnpu_moe_block_set_tag(clnpu_moe_block *block, size_t tag);
 
 /* Serve a remote peer: run local shard `shard`'s experts on nrows rows grouped by segs (as in
