@@ -12,6 +12,7 @@
 
 #include "clnpu/profile.h"
 #include "error.h"
+#include "file_read.h"
 
 typedef struct parse_ctx {
     yaml_document_t *doc;
@@ -320,25 +321,11 @@ clnpu_status clnpu_profile_parse(const char *text, size_t len, const char *origi
 
 clnpu_status clnpu_profile_load_file(const char *path, clnpu_profile *out)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4096 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            char *nb = realloc(buf, cap);
-            if (!nb) { free(buf); fclose(f); return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "%s: out of memory", path); }
-            buf = nb;
-        }
-        size_t n = fread(buf + len, 1, cap - len, f);
-        len += n;
-        if (n == 0) break;
-    }
-    bool bad = ferror(f);
-    fclose(f);
-    if (bad) { free(buf); return clnpu_fail(CLNPU_ERR_IO, "%s: read error", path); }
-    clnpu_status st = clnpu_profile_parse(buf, len, path, out);
+    char *buf;
+    size_t len;
+    clnpu_status st = clnpu_file_read_all(path, &buf, &len);
+    if (st) return st;
+    st = clnpu_profile_parse(buf, len, path, out);
     free(buf);
     return st;
 }

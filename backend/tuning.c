@@ -13,6 +13,8 @@
 #include "device_internal.h"
 #include "embedded.h"
 #include "error.h"
+#include "file_read.h"
+#include "yaml_in.h"
 #include "hash.h"
 #include "yaml_out.h"
 
@@ -60,43 +62,14 @@ clnpu_status clnpu_tuning_db_put(clnpu_tuning_db *db, const clnpu_tuning_entry *
     return CLNPU_OK;
 }
 
-static const char *sv(yaml_document_t *d, yaml_node_t *map, const char *key)
-{
-    if (!map || map->type != YAML_MAPPING_NODE) return NULL;
-    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
-        yaml_node_t *k = yaml_document_get_node(d, p->key), *v = yaml_document_get_node(d, p->value);
-        if (k->type == YAML_SCALAR_NODE && !strcmp((char *)k->data.scalar.value, key) && v->type == YAML_SCALAR_NODE)
-            return (const char *)v->data.scalar.value;
-    }
-    return NULL;
-}
-
-static yaml_node_t *child(yaml_document_t *d, yaml_node_t *map, const char *key)
-{
-    if (!map || map->type != YAML_MAPPING_NODE) return NULL;
-    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
-        yaml_node_t *k = yaml_document_get_node(d, p->key);
-        if (k->type == YAML_SCALAR_NODE && !strcmp((char *)k->data.scalar.value, key)) return yaml_document_get_node(d, p->value);
-    }
-    return NULL;
-}
-
 clnpu_status clnpu_tuning_db_merge_text(clnpu_tuning_db *db, const char *text, size_t len, const char *origin)
 {
-    yaml_parser_t parser;
     yaml_document_t doc;
-    yaml_parser_initialize(&parser);
-    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
-    if (!yaml_parser_load(&parser, &doc)) {
-        clnpu_status st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: bad YAML: %s", origin, parser.problem_mark.line + 1,
-                                     parser.problem ? parser.problem : "parse error");
-        yaml_parser_delete(&parser);
-        return st;
-    }
-    clnpu_status st = CLNPU_OK;
+    clnpu_status st = clnpu_yaml_load_text(text, len, origin, &doc);
+    if (st) return st;
     yaml_node_t *root = yaml_document_get_root_node(&doc);
-    const char *fmt = root ? sv(&doc, root, "format") : NULL;
-    yaml_node_t *entries = root ? child(&doc, root, "entries") : NULL;
+    const char *fmt = root ? clnpu_yaml_value(&doc, root, "format") : NULL;
+    yaml_node_t *entries = root ? clnpu_yaml_get(&doc, root, "entries") : NULL;
     if (root && (!fmt || strcmp(fmt, "clnpu-tuning-1")))
         st = clnpu_fail(CLNPU_ERR_PARSE, "%s: not a clnpu tuning database (format: clnpu-tuning-1)", origin);
     else if (entries && entries->type != YAML_SEQUENCE_NODE)
@@ -106,9 +79,9 @@ clnpu_status clnpu_tuning_db_merge_text(clnpu_tuning_db *db, const char *text, s
         yaml_node_t *n = yaml_document_get_node(&doc, *it);
         clnpu_tuning_entry e;
         memset(&e, 0, sizeof e);
-        const char *dev = sv(&doc, n, "device"), *k = sv(&doc, n, "kernel"), *dt = sv(&doc, n, "dtype"),
-                   *cl = sv(&doc, n, "class"), *src = sv(&doc, n, "source");
-        yaml_node_t *params = child(&doc, n, "params"), *caps = child(&doc, n, "capabilities");
+        const char *dev = clnpu_yaml_value(&doc, n, "device"), *k = clnpu_yaml_value(&doc, n, "kernel"), *dt = clnpu_yaml_value(&doc, n, "dtype"),
+                   *cl = clnpu_yaml_value(&doc, n, "class"), *src = clnpu_yaml_value(&doc, n, "source");
+        yaml_node_t *params = clnpu_yaml_get(&doc, n, "params"), *caps = clnpu_yaml_get(&doc, n, "capabilities");
         if (!dev || !k || !dt || !cl || !src || !params || params->type != YAML_MAPPING_NODE) {
             st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: an entry needs device, kernel, dtype, class, source and params",
                             origin, n->start_mark.line + 1);
@@ -133,32 +106,30 @@ clnpu_status clnpu_tuning_db_merge_text(clnpu_tuning_db *db, const char *text, s
             e.values[e.nparams++] = (int)v;
         }
         const char *s;
-        if ((s = sv(&doc, n, "ms"))) e.ms = strtod(s, NULL);
-        if ((s = sv(&doc, n, "default_ms"))) e.default_ms = strtod(s, NULL);
-        if ((s = sv(&doc, n, "measured"))) snprintf(e.measured, sizeof e.measured, "%s", s);
-        if ((s = sv(&doc, n, "how"))) snprintf(e.how, sizeof e.how, "%s", s);
-        if ((s = sv(&doc, caps, "type"))) e.type = atoi(s);
-        if ((s = sv(&doc, caps, "compute_units"))) e.compute_units = atoi(s);
-        if ((s = sv(&doc, caps, "local_mem"))) e.local_mem = atoll(s);
-        if ((s = sv(&doc, caps, "vector_width"))) e.vector_width = atoi(s);
-        if ((s = sv(&doc, caps, "fp16"))) e.fp16 = atoi(s);
-        if ((s = sv(&doc, caps, "int_dot"))) e.int_dot = atoi(s);
+        if ((s = clnpu_yaml_value(&doc, n, "ms"))) e.ms = strtod(s, NULL);
+        if ((s = clnpu_yaml_value(&doc, n, "default_ms"))) e.default_ms = strtod(s, NULL);
+        if ((s = clnpu_yaml_value(&doc, n, "measured"))) snprintf(e.measured, sizeof e.measured, "%s", s);
+        if ((s = clnpu_yaml_value(&doc, n, "how"))) snprintf(e.how, sizeof e.how, "%s", s);
+        if ((s = clnpu_yaml_value(&doc, caps, "type"))) e.type = atoi(s);
+        if ((s = clnpu_yaml_value(&doc, caps, "compute_units"))) e.compute_units = atoi(s);
+        if ((s = clnpu_yaml_value(&doc, caps, "local_mem"))) e.local_mem = atoll(s);
+        if ((s = clnpu_yaml_value(&doc, caps, "vector_width"))) e.vector_width = atoi(s);
+        if ((s = clnpu_yaml_value(&doc, caps, "fp16"))) e.fp16 = atoi(s);
+        if ((s = clnpu_yaml_value(&doc, caps, "int_dot"))) e.int_dot = atoi(s);
         if (!st) st = clnpu_tuning_db_put(db, &e);
     }
     yaml_document_delete(&doc);
-    yaml_parser_delete(&parser);
     return st;
 }
 
 clnpu_status clnpu_tuning_db_merge_file(clnpu_tuning_db *db, const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return errno == ENOENT ? CLNPU_OK : clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    char *buf = malloc(8 << 20);
-    size_t n = buf ? fread(buf, 1, (8 << 20) - 1, f) : 0;
-    fclose(f);
-    if (!buf) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    clnpu_status st = clnpu_tuning_db_merge_text(db, buf, n, path);
+    if (access(path, F_OK) != 0 && errno == ENOENT) return CLNPU_OK; /* no database yet */
+    char *buf;
+    size_t n;
+    clnpu_status st = clnpu_file_read_all(path, &buf, &n);
+    if (st) return st;
+    st = clnpu_tuning_db_merge_text(db, buf, n, path);
     free(buf);
     return st;
 }

@@ -1,49 +1,23 @@
 /* Reading a plan file (format clnpu-plan-1, written by `clnpu plan -o`) into stage specs. */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <yaml.h>
 
 #include "../backend/error.h"
+#include "../backend/yaml_in.h"
 #include "clnpu/pipeline.h"
-
-static yaml_node_t *get(yaml_document_t *d, yaml_node_t *map, const char *key)
-{
-    if (!map || map->type != YAML_MAPPING_NODE) return NULL;
-    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
-        yaml_node_t *k = yaml_document_get_node(d, p->key);
-        if (k->type == YAML_SCALAR_NODE && !strcmp((char *)k->data.scalar.value, key)) return yaml_document_get_node(d, p->value);
-    }
-    return NULL;
-}
-
-static const char *str(yaml_node_t *n)
-{
-    return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
-}
 
 clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config *cfg, clnpu_stage_spec **out,
                                       size_t *count, size_t *ep)
 {
     *out = NULL, *count = 0, *ep = 1;
-    FILE *f = fopen(path, "rb");
-    if (!f) return clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    yaml_parser_t parser;
     yaml_document_t doc;
-    yaml_parser_initialize(&parser);
-    yaml_parser_set_input_file(&parser, f);
-    if (!yaml_parser_load(&parser, &doc)) {
-        clnpu_status st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: bad YAML: %s", path, parser.problem_mark.line + 1,
-                                     parser.problem ? parser.problem : "parse error");
-        yaml_parser_delete(&parser);
-        fclose(f);
-        return st;
-    }
-    clnpu_status st = CLNPU_OK;
+    clnpu_status st = clnpu_yaml_load_file(path, &doc);
+    if (st) return st;
     yaml_node_t *root = yaml_document_get_root_node(&doc);
-    const char *fmt = str(get(&doc, root, "format")), *layers = str(get(&doc, root, "layers"));
-    yaml_node_t *stages = get(&doc, root, "stages"), *par = get(&doc, root, "parallel");
+    const char *fmt = clnpu_yaml_value(&doc, root, "format"), *layers = clnpu_yaml_value(&doc, root, "layers");
+    yaml_node_t *stages = clnpu_yaml_get(&doc, root, "stages"), *par = clnpu_yaml_get(&doc, root, "parallel");
     if (!fmt || strcmp(fmt, "clnpu-plan-1"))
         st = clnpu_fail(CLNPU_ERR_PARSE, "%s: not a clnpu plan (format: clnpu-plan-1)", path);
     else if (!layers || (size_t)atol(layers) != cfg->num_hidden_layers)
@@ -51,13 +25,13 @@ clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config
                         layers ? layers : "?", cfg->num_hidden_layers);
     else if (!stages || stages->type != YAML_SEQUENCE_NODE || stages->data.sequence.items.start == stages->data.sequence.items.top)
         st = clnpu_fail(CLNPU_ERR_PARSE, "%s: no stages", path);
-    if (!st && str(get(&doc, par, "ep"))) *ep = (size_t)atol(str(get(&doc, par, "ep")));
-    if (!st && str(get(&doc, par, "tp")) && atol(str(get(&doc, par, "tp"))) > 1)
+    if (!st && clnpu_yaml_value(&doc, par, "ep")) *ep = (size_t)atol(clnpu_yaml_value(&doc, par, "ep"));
+    if (!st && clnpu_yaml_value(&doc, par, "tp") && atol(clnpu_yaml_value(&doc, par, "tp")) > 1)
         st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: tensor parallel plans (tp %s) are not executed yet; plan with "
-                        "--max-tp 1", path, str(get(&doc, par, "tp")));
+                        "--max-tp 1", path, clnpu_yaml_value(&doc, par, "tp"));
     size_t n = st ? 0 : (size_t)(stages->data.sequence.items.top - stages->data.sequence.items.start);
     /* the experts of each device in a stage (every MoE layer alike), in one block with the specs */
-    yaml_node_t *experts = get(&doc, root, "experts");
+    yaml_node_t *experts = clnpu_yaml_get(&doc, root, "experts");
     size_t total = 0, nids[CLNPU_MAX_EP] = {0};
     const size_t *ids[CLNPU_MAX_EP] = {0};
     if (experts && experts->type == YAML_SEQUENCE_NODE)
@@ -74,20 +48,21 @@ clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config
             ids[j] = pool + k;
             for (yaml_node_item_t *e = l->type == YAML_SEQUENCE_NODE ? l->data.sequence.items.start : NULL;
                  e && e < l->data.sequence.items.top; e++, nids[j]++)
-                pool[k++] = (size_t)atol(str(yaml_document_get_node(&doc, *e)));
+                pool[k++] = (size_t)atol(clnpu_yaml_scalar(yaml_document_get_node(&doc, *e)));
         }
     }
     size_t next = 0;
     for (size_t i = 0; !st && i < n; i++) {
         yaml_node_t *s = yaml_document_get_node(&doc, stages->data.sequence.items.start[i]);
-        yaml_node_t *devs = get(&doc, s, "devices"), *ls = get(&doc, s, "layers");
-        const char *emb = str(get(&doc, s, "embedding")), *head = str(get(&doc, s, "head")), *prof = str(get(&doc, s, "profile"));
+        yaml_node_t *devs = clnpu_yaml_get(&doc, s, "devices"), *ls = clnpu_yaml_get(&doc, s, "layers");
+        const char *emb = clnpu_yaml_value(&doc, s, "embedding"), *head = clnpu_yaml_value(&doc, s, "head");
+        const char *prof = clnpu_yaml_value(&doc, s, "profile");
         if (!devs || devs->type != YAML_SEQUENCE_NODE || devs->data.sequence.items.start == devs->data.sequence.items.top ||
             !ls || ls->type != YAML_SEQUENCE_NODE) {
             st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: a stage needs devices and layers", path, s->start_mark.line + 1);
             break;
         }
-        sp[i].device = (size_t)atol(str(yaml_document_get_node(&doc, *devs->data.sequence.items.start)));
+        sp[i].device = (size_t)atol(clnpu_yaml_scalar(yaml_document_get_node(&doc, *devs->data.sequence.items.start)));
         size_t nd = (size_t)(devs->data.sequence.items.top - devs->data.sequence.items.start);
         if (nd > 1) { /* expert parallel over the stage's devices, experts from the plan's list */
             if (nd > CLNPU_MAX_EP || !experts || (size_t)(experts->data.sequence.items.top - experts->data.sequence.items.start) < nd) {
@@ -97,7 +72,7 @@ clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config
             }
             sp[i].ep_count = nd;
             for (size_t j = 0; j < nd; j++) {
-                sp[i].ep_devices[j] = (size_t)atol(str(yaml_document_get_node(&doc, devs->data.sequence.items.start[j])));
+                sp[i].ep_devices[j] = (size_t)atol(clnpu_yaml_scalar(yaml_document_get_node(&doc, devs->data.sequence.items.start[j])));
                 sp[i].ep_experts[j] = ids[j];
                 sp[i].ep_expert_counts[j] = nids[j];
             }
@@ -107,7 +82,7 @@ clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config
         sp[i].head = head && !strcmp(head, "true");
         sp[i].layer_begin = next;
         for (yaml_node_item_t *it = ls->data.sequence.items.start; it < ls->data.sequence.items.top; it++) {
-            size_t l = (size_t)atol(str(yaml_document_get_node(&doc, *it)));
+            size_t l = (size_t)atol(clnpu_yaml_scalar(yaml_document_get_node(&doc, *it)));
             if (l != next) {
                 st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: stage %zu lists layer %zu where layer %zu should come", path,
                                 s->start_mark.line + 1, i, l, next);
@@ -122,8 +97,6 @@ clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config
     if (!st && next != cfg->num_hidden_layers)
         st = clnpu_fail(CLNPU_ERR_PARSE, "%s: the stages cover %zu of %zu layers", path, next, cfg->num_hidden_layers);
     yaml_document_delete(&doc);
-    yaml_parser_delete(&parser);
-    fclose(f);
     if (st) {
         free(sp);
         return st;

@@ -10,6 +10,8 @@
 #include <yaml.h>
 
 #include "../backend/error.h"
+#include "../backend/file_read.h"
+#include "../backend/yaml_in.h"
 #include "clnpu/plan.h"
 
 typedef struct ctx {
@@ -28,20 +30,9 @@ static clnpu_status at(const ctx *c, const yaml_node_t *n, const char *fmt, ...)
     return clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu:%zu: %s", c->origin, n->start_mark.line + 1, n->start_mark.column + 1, msg);
 }
 
-static const char *sval(const yaml_node_t *n)
-{
-    return n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
-}
+static const char *sval(const yaml_node_t *n) { return clnpu_yaml_scalar(n); }
 
-static yaml_node_t *get(const ctx *c, const yaml_node_t *map, const char *key)
-{
-    if (map->type != YAML_MAPPING_NODE) return NULL;
-    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
-        const char *k = sval(yaml_document_get_node(c->doc, p->key));
-        if (k && !strcmp(k, key)) return yaml_document_get_node(c->doc, p->value);
-    }
-    return NULL;
-}
+static yaml_node_t *get(const ctx *c, const yaml_node_t *map, const char *key) { return clnpu_yaml_get(c->doc, map, key); }
 
 static clnpu_status check_keys(const ctx *c, const yaml_node_t *map, const char *what, const char *const *allowed)
 {
@@ -180,15 +171,9 @@ clnpu_status clnpu_cluster_parse(const char *text, size_t len, const char *origi
         if (st) return st;
         profiles = builtin;
     }
-    yaml_parser_t parser;
     yaml_document_t doc;
-    clnpu_status st = CLNPU_OK;
-    yaml_parser_initialize(&parser);
-    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
-    if (!yaml_parser_load(&parser, &doc)) {
-        st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu:%zu: bad YAML: %s", origin, parser.problem_mark.line + 1,
-                        parser.problem_mark.column + 1, parser.problem ? parser.problem : "parse error");
-        yaml_parser_delete(&parser);
+    clnpu_status st = clnpu_yaml_load_text(text, len, origin, &doc);
+    if (st) {
         clnpu_profile_set_destroy(builtin);
         return st;
     }
@@ -200,7 +185,6 @@ clnpu_status clnpu_cluster_parse(const char *text, size_t len, const char *origi
     else st = parse_root(&c, root, profiles, cl);
     if (!st && !cl->name[0]) snprintf(cl->name, sizeof cl->name, "%s", origin);
     yaml_document_delete(&doc);
-    yaml_parser_delete(&parser);
     clnpu_profile_set_destroy(builtin);
     if (st) {
         clnpu_cluster_destroy(cl);
@@ -212,13 +196,11 @@ clnpu_status clnpu_cluster_parse(const char *text, size_t len, const char *origi
 
 clnpu_status clnpu_cluster_load(const char *path, const clnpu_profile_set *profiles, clnpu_cluster **out)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    char *buf = malloc(1 << 20);
-    size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
-    fclose(f);
-    if (!buf) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    clnpu_status st = clnpu_cluster_parse(buf, n, path, profiles, out);
+    char *buf;
+    size_t n;
+    clnpu_status st = clnpu_file_read_all(path, &buf, &n);
+    if (st) return st;
+    st = clnpu_cluster_parse(buf, n, path, profiles, out);
     free(buf);
     return st;
 }

@@ -10,6 +10,7 @@
 #include <yaml.h>
 
 #include "../backend/error.h"
+#include "../backend/yaml_in.h"
 #include "clnpu/plan.h"
 
 clnpu_status clnpu_calibration_read(const char *path, const clnpu_profile *p, clnpu_calibration *cal)
@@ -52,20 +53,9 @@ clnpu_status clnpu_expert_load_read(const char *path, const clnpu_graph *g, doub
     *out = NULL, *out_layers = 0;
     size_t moe = 0;
     for (size_t u = 0; u < g->count; u++) moe += g->units[u].kind == CLNPU_UNIT_MOE;
-    FILE *f = fopen(path, "rb");
-    if (!f) return clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    yaml_parser_t parser;
     yaml_document_t doc;
-    yaml_parser_initialize(&parser);
-    yaml_parser_set_input_file(&parser, f);
-    clnpu_status st = CLNPU_OK;
-    if (!yaml_parser_load(&parser, &doc)) {
-        st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: bad YAML: %s", path, parser.problem_mark.line + 1,
-                        parser.problem ? parser.problem : "parse error");
-        yaml_parser_delete(&parser);
-        fclose(f);
-        return st;
-    }
+    clnpu_status st = clnpu_yaml_load_file(path, &doc);
+    if (st) return st;
     double *loads = calloc(moe * g->experts, sizeof *loads);
     bool *set = calloc(moe, sizeof *set);
     yaml_node_t *root = yaml_document_get_root_node(&doc);
@@ -127,8 +117,6 @@ clnpu_status clnpu_expert_load_read(const char *path, const clnpu_graph *g, doub
             for (size_t e = 0; e < g->experts; e++) loads[row * g->experts + e] = 1;
     }
     yaml_document_delete(&doc);
-    yaml_parser_delete(&parser);
-    fclose(f);
     free(set);
     if (st) {
         free(loads);

@@ -275,6 +275,25 @@ START_TEST(test_plan_time_and_errors)
     ck_assert_int_eq(clnpu_cluster_parse(bad2, strlen(bad2), "c.yaml", NULL, &cl), CLNPU_ERR_PARSE);
     ck_assert_msg(strstr(clnpu_error_message(), "c.yaml:2:") && strstr(clnpu_error_message(), "nodez"), "%s",
                   clnpu_error_message());
+    /* a cluster file past 1 MiB (generated files with long comments) is read whole, not cut */
+    char dir[256], path[512];
+    test_mkdtemp(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/big.yaml", dir);
+    const char *tail = "name: big\nnodes:\n  - devices:\n      - {profile: pocl-cpu, count: 3}\n";
+    const size_t pad = 1300000;
+    char *text = malloc(pad + strlen(tail) + 1);
+    for (size_t i = 0; i < pad; i += 100) {
+        memset(text + i, 'x', 99);
+        text[i] = '#', text[i + 99] = '\n';
+    }
+    strcpy(text + pad, tail);
+    ck_assert_int_eq(test_write_file(path, text), 0);
+    free(text);
+    ck_assert_ok(clnpu_cluster_load(path, NULL, &cl));
+    ck_assert_str_eq(cl->name, "big");
+    ck_assert_uint_eq(cl->count, 3);
+    clnpu_cluster_destroy(cl);
+    test_rmdir(dir);
 }
 END_TEST
 
