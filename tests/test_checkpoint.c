@@ -368,11 +368,27 @@ static double logits_error(const char *path)
     return sqrt(num / den);
 }
 
+/* The reference prompt through `plan` under mpirun with np ranks (prefill 2, then decode): the
+ * dumped logits' error against transformers. */
+static double mpirun_logits_error(const char *dir, int np, const char *plan, const char *ids, const char *what)
+{
+    static int runs;
+    char path[512], cmd[2048], out[16384];
+    snprintf(path, sizeof path, "%s/mpi-%d.safetensors", dir, runs++);
+    snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np %d '%s' run --model '%s' "
+             "--ids %s --plan %s --decode-from 2 -n 2 --dump-logits %s", np, CLNPU_CLI_PATH, TINY, ids, plan, path);
+    int rc = test_run(cmd, out, sizeof out);
+    ck_assert_msg(rc == 0, "mpirun -np %d (%s) failed (%d): %.1500s", np, what, rc, out);
+    double e = logits_error(path);
+    fprintf(stderr, "mpirun -np %d, %s: logits rel error %.2e\n", np, what, e);
+    return e;
+}
+
 /* Plans across Open MPI ranks on loopback: 2, 3 and 4 ranks give the transformers logits; a rank
  * that dies ends the job with a non-zero exit and a message, quickly. */
 START_TEST(test_mpi_ranks)
 {
-    char dir[256], cmd[2048], out[16384], plan[512], plan2[512], path[512];
+    char dir[256], cmd[2048], out[16384], plan[512], plan2[512];
     if (system("command -v mpirun >/dev/null 2>&1") != 0) {
         fprintf(stderr, "test_mpi_ranks: mpirun not installed, skipped\n");
         return;
@@ -409,13 +425,7 @@ START_TEST(test_mpi_ranks)
 #endif
     const int ranks[] = {2, 3, 4};
     for (int i = 0; i < 3; i++) {
-        snprintf(path, sizeof path, "%s/mpi%d.safetensors", dir, ranks[i]);
-        snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np %d '%s' run --model '%s' "
-                 "--ids %s --plan %s --decode-from 2 -n 2 --dump-logits %s", ranks[i], CLNPU_CLI_PATH, TINY, ids, plan, path);
-        int rc = test_run(cmd, out, sizeof out);
-        ck_assert_msg(rc == 0, "mpirun -np %d failed (%d): %.1500s", ranks[i], rc, out);
-        double e = logits_error(path);
-        fprintf(stderr, "mpirun -np %d, 4 stages: logits rel error %.2e\n", ranks[i], e);
+        double e = mpirun_logits_error(dir, ranks[i], plan, ids, "4 stages");
         ck_assert_msg(e <= 1e-4, "-np %d: %.3g", ranks[i], e);
     }
     /* expert parallel across ranks: with a rank per plan device, each stage's second device is a
@@ -429,13 +439,7 @@ START_TEST(test_mpi_ranks)
         "- {stage: 1, devices: [2, 3], embedding: false, head: true, layers: [2]}\n"), 0);
     const int ep_ranks[] = {4, 2};
     for (int i = 0; i < 2; i++) {
-        snprintf(path, sizeof path, "%s/mpi-ep%d.safetensors", dir, ep_ranks[i]);
-        snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np %d '%s' run --model '%s' "
-                 "--ids %s --plan %s --decode-from 2 -n 2 --dump-logits %s", ep_ranks[i], CLNPU_CLI_PATH, TINY, ids, plan2, path);
-        int rc = test_run(cmd, out, sizeof out);
-        ck_assert_msg(rc == 0, "mpirun -np %d (EP plan) failed (%d): %.1500s", ep_ranks[i], rc, out);
-        double e = logits_error(path);
-        fprintf(stderr, "mpirun -np %d, PP 2 x EP 2: logits rel error %.2e\n", ep_ranks[i], e);
+        double e = mpirun_logits_error(dir, ep_ranks[i], plan2, ids, "PP 2 x EP 2");
         ck_assert_msg(e <= 1e-4, "EP -np %d: %.3g", ep_ranks[i], e);
     }
     snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe -np 3 '%s' run --model '%s' --ids %s --plan %s -n 2",
