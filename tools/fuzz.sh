@@ -1,5 +1,5 @@
 #!/bin/sh
-# Fuzz the safetensors header, shard index and config.json parsers with libFuzzer (clang),
+# Fuzz the safetensors header, shard index, config.json and target-profile parsers with libFuzzer (clang),
 # under ASan + UBSan, for a bounded time. Usage: tools/fuzz.sh [SECONDS]   (default 60)
 # Seeds come from the shipped tiny checkpoint; crashes are written to build-fuzz/.
 set -e
@@ -13,8 +13,9 @@ mkdir -p build-fuzz/corpus
 clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE \
     -DCL_TARGET_OPENCL_VERSION=300 -Iinclude -Ibackend \
     tests/fuzz/fuzz_parsers.c runtime/safetensors.c runtime/checkpoint.c runtime/model_config.c \
-    runtime/dtype.c backend/status.c backend/cl_error.c -lcjson -lm -o build-fuzz/fuzz_parsers
-# Seeds: selector byte + a real header, index and config.
+    runtime/dtype.c backend/status.c backend/cl_error.c backend/profile_parse.c backend/file_read.c \
+    -lcjson -lyaml -lm -o build-fuzz/fuzz_parsers
+# Seeds: selector byte + a real header, index, config and profile.
 python3 - <<'PY'
 import struct
 d = "models/tiny-axk1/"
@@ -23,6 +24,7 @@ n = struct.unpack("<Q", raw[:8])[0]
 open("build-fuzz/corpus/header", "wb").write(b"\x00" + raw[8:8 + n])
 open("build-fuzz/corpus/index", "wb").write(b"\x01" + open(d + "model.safetensors.index.json", "rb").read())
 open("build-fuzz/corpus/config", "wb").write(b"\x02" + open(d + "config.json", "rb").read())
+open("build-fuzz/corpus/profile", "wb").write(b"\x03" + open("targets/rebellions-atom.yaml", "rb").read())
 PY
 cd build-fuzz
 ./fuzz_parsers -max_total_time="$SECONDS_BUDGET" -max_len=32768 -print_final_stats=1 corpus 2>&1 | tail -15

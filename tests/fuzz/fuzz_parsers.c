@@ -1,5 +1,5 @@
 /* libFuzzer target for the parsers that read untrusted files: the safetensors header, the shard
- * index and config.json. The first byte picks the parser; the rest is its input. Every input
+ * index, config.json and target profiles (YAML). The first byte picks the parser; the rest is its input. Every input
  * must end in CLNPU_OK or a clean error (ASan / UBSan watch the rest). */
 #include <stddef.h>
 #include <stdint.h>
@@ -8,13 +8,14 @@
 
 #include "clnpu/checkpoint.h"
 #include "clnpu/model.h"
+#include "clnpu/profile.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1) return 0;
     const char *text = (const char *)data + 1;
     const size_t len = size - 1;
-    switch (data[0] % 3) {
+    switch (data[0] % 4) {
     case 0: {
         /* The data area is as long as the input claims in its first two bytes (bounded). */
         size_t area = len >= 2 ? (size_t)(data[1] | data[2] << 8) : 0;
@@ -35,6 +36,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             for (size_t i = 0; i < n; i++) free(names[i]), free(files[i]);
             free(names), free(files);
         }
+        break;
+    }
+    case 3: {
+        clnpu_profile p;
+        (void)clnpu_profile_parse(text, len, "fuzz.yaml", &p);
         break;
     }
     default: {
