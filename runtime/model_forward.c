@@ -7,6 +7,7 @@
 #include "../backend/error.h"
 #include "launch.h"
 #include "model_internal.h"
+#include "step.h"
 
 /* Y[rows] = X . W^T (+ Y when residual), with views for X and Y. */
 static clnpu_status mm(clnpu_model *m, const clnpu_weight *w, size_t matrix, clnpu_buffer *x, size_t xoff,
@@ -245,45 +246,27 @@ clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids,
     return st;
 }
 
+static clnpu_status model_step(void *ctx, size_t n, const int *ids, const size_t *seqs, const size_t *pos, bool decode,
+                               float *logits)
+{
+    return clnpu_model_forward(ctx, n, ids, seqs, pos, decode, logits);
+}
+
+static clnpu_stepper stepper(clnpu_model *m)
+{
+    return (clnpu_stepper){model_step, m, m->seq_len, m->opt.max_sequences, m->opt.max_tokens, m->cfg.vocab_size, "model"};
+}
+
 clnpu_status clnpu_model_prefill(clnpu_model *m, size_t seq, const int *ids, size_t n, float *logits)
 {
-    if (seq >= m->opt.max_sequences)
-        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "sequence %zu: the model was created for %zu", seq,
-                          m->opt.max_sequences);
-    size_t *seqs = malloc((n ? n : 1) * sizeof *seqs), *pos = malloc((n ? n : 1) * sizeof *pos);
-    clnpu_status st = seqs && pos ? CLNPU_OK : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    /* Long prompts go through in chunks of max_tokens (chunked prefill over the cached prefix). */
-    for (size_t done = 0; !st && done < n;) {
-        size_t T = n - done < m->opt.max_tokens ? n - done : m->opt.max_tokens;
-        size_t p0 = m->seq_len[seq];
-        for (size_t i = 0; i < T; i++) seqs[i] = seq, pos[i] = p0 + i;
-        st = clnpu_model_forward(m, T, ids + done, seqs, pos, false, logits ? logits + done * m->cfg.vocab_size : NULL);
-        done += T;
-    }
-    free(seqs), free(pos);
-    return st;
+    const clnpu_stepper s = stepper(m);
+    return clnpu_step_prefill(&s, seq, ids, n, logits);
 }
 
 clnpu_status clnpu_model_decode(clnpu_model *m, const size_t *seqs, const int *ids, size_t n, float *logits)
 {
-    size_t *pos = malloc((n ? n : 1) * sizeof *pos);
-    if (!pos) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    clnpu_status st = CLNPU_OK;
-    for (size_t i = 0; i < n && !st; i++) {
-        if (seqs[i] >= m->opt.max_sequences) {
-            st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "sequence %zu: the model was created for %zu", seqs[i],
-                            m->opt.max_sequences);
-            break;
-        }
-        for (size_t j = 0; j < i; j++)
-            if (seqs[j] == seqs[i]) st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "sequence %zu twice in one decode step", seqs[i]);
-        pos[i] = m->seq_len[seqs[i]];
-    }
-    if (!st && n > m->opt.max_sequences)
-        st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "decode batch of %zu > %zu sequences", n, m->opt.max_sequences);
-    if (!st) st = clnpu_model_forward(m, n, ids, seqs, pos, true, logits);
-    free(pos);
-    return st;
+    const clnpu_stepper s = stepper(m);
+    return clnpu_step_decode(&s, seqs, ids, n, logits);
 }
 
 clnpu_status clnpu_model_hidden(const clnpu_model *m, size_t index, float *out)

@@ -8,6 +8,7 @@
 
 #include "../backend/error.h"
 #include "pipeline_internal.h"
+#include "step.h"
 
 void clnpu_pipeline_destroy(clnpu_pipeline *p)
 {
@@ -158,30 +159,25 @@ static clnpu_status run(clnpu_pipeline *p, size_t n, const int *ids, const size_
     return st;
 }
 
+static clnpu_status pipeline_step(void *ctx, size_t n, const int *ids, const size_t *seqs, const size_t *pos,
+                                  bool decode, float *logits)
+{
+    return run(ctx, n, ids, seqs, pos, decode, logits);
+}
+
+static clnpu_stepper stepper(clnpu_pipeline *p)
+{
+    return (clnpu_stepper){pipeline_step, p, p->seq_len, p->max_sequences, p->max_tokens, p->cfg.vocab_size, "pipeline"};
+}
+
 clnpu_status clnpu_pipeline_prefill(clnpu_pipeline *p, size_t seq, const int *ids, size_t n, float *logits)
 {
-    if (seq >= p->max_sequences)
-        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "sequence %zu: the pipeline was created for %zu", seq, p->max_sequences);
-    size_t *seqs = malloc((n ? n : 1) * sizeof *seqs), *pos = malloc((n ? n : 1) * sizeof *pos);
-    clnpu_status st = seqs && pos ? CLNPU_OK : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    for (size_t done = 0; !st && done < n;) {
-        size_t T = n - done < p->max_tokens ? n - done : p->max_tokens;
-        size_t p0 = seq < p->max_sequences ? p->seq_len[seq] : 0;
-        for (size_t i = 0; i < T; i++) seqs[i] = seq, pos[i] = p0 + i;
-        st = run(p, T, ids + done, seqs, pos, false, logits ? logits + done * p->cfg.vocab_size : NULL);
-        done += T;
-    }
-    free(seqs), free(pos);
-    return st;
+    const clnpu_stepper s = stepper(p);
+    return clnpu_step_prefill(&s, seq, ids, n, logits);
 }
 
 clnpu_status clnpu_pipeline_decode(clnpu_pipeline *p, const size_t *seqs, const int *ids, size_t n, float *logits)
 {
-    size_t *pos = malloc((n ? n : 1) * sizeof *pos);
-    if (!pos) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    for (size_t i = 0; i < n; i++) pos[i] = seqs[i] < p->max_sequences ? p->seq_len[seqs[i]] : 0;
-    clnpu_status st = n > p->max_tokens ? clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "decode batch of %zu > %zu", n, p->max_tokens)
-                                        : run(p, n, ids, seqs, pos, true, logits);
-    free(pos);
-    return st;
+    const clnpu_stepper s = stepper(p);
+    return clnpu_step_decode(&s, seqs, ids, n, logits);
 }

@@ -188,6 +188,10 @@ START_TEST(test_pipeline_stages)
         e = rel(lg, ref, T * V);
         ck_assert_msg(e <= 1e-4, "%s decode: %.3g", cases[c].name, e);
         fprintf(stderr, "%s: logits rel error %.2e (prefill 1 + decode)\n", cases[c].name, e);
+        /* sequences the pipeline was not created for, or one twice in a step, are refused */
+        const size_t bad[2] = {o.max_sequences, 1}, twice[2] = {1, 1};
+        ck_assert_int_eq(clnpu_pipeline_decode(p, bad, f.ids, 1, lg), CLNPU_ERR_INVALID_ARGUMENT);
+        ck_assert_int_eq(clnpu_pipeline_decode(p, twice, f.ids, 2, lg), CLNPU_ERR_INVALID_ARGUMENT);
         clnpu_pipeline_destroy(p);
     }
     free(lg);
