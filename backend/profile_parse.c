@@ -1,7 +1,6 @@
 /* Target profile YAML parser (libyaml document API). Every error names file, line and column. */
 #include <errno.h>
 #include <stdbool.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <math.h>
 #include <stdio.h>
@@ -13,25 +12,13 @@
 #include "clnpu/profile.h"
 #include "error.h"
 #include "file_read.h"
+#include "yaml_in.h"
 
 typedef struct parse_ctx {
     yaml_document_t *doc;
     const char *origin;
 } parse_ctx;
 
-static clnpu_status fail_at(const parse_ctx *c, const yaml_node_t *n, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static clnpu_status fail_at(const parse_ctx *c, const yaml_node_t *n, const char *fmt, ...)
-{
-    char msg[768];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu:%zu: %s", c->origin, n->start_mark.line + 1,
-                      n->start_mark.column + 1, msg);
-}
 
 static const char *scalar(const yaml_node_t *n)
 {
@@ -48,9 +35,9 @@ static bool is_null(const yaml_node_t *n)
 static clnpu_status get_string(const parse_ctx *c, const yaml_node_t *n, const char *key, char *out,
                                size_t cap)
 {
-    if (n->type != YAML_SCALAR_NODE) return fail_at(c, n, "'%s' must be a string", key);
+    if (n->type != YAML_SCALAR_NODE) return clnpu_yaml_fail_at(c->origin, n, "'%s' must be a string", key);
     if (strlen(scalar(n)) >= cap)
-        return fail_at(c, n, "'%s' is longer than %zu characters", key, cap - 1);
+        return clnpu_yaml_fail_at(c->origin, n, "'%s' is longer than %zu characters", key, cap - 1);
     strcpy(out, scalar(n));
     return CLNPU_OK;
 }
@@ -61,14 +48,14 @@ static clnpu_status get_number(const parse_ctx *c, const yaml_node_t *n, const c
 {
     if (allow_null && is_null(n)) { *out = 0; return CLNPU_OK; }
     if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
-        return fail_at(c, n, "'%s' must be a number%s", key, allow_null ? " or null" : "");
+        return clnpu_yaml_fail_at(c->origin, n, "'%s' must be a number%s", key, allow_null ? " or null" : "");
     char *end = NULL;
     errno = 0;
     double v = strtod(scalar(n), &end);
     if (end == scalar(n) || *end || errno || !isfinite(v))
-        return fail_at(c, n, "'%s' must be a number%s, got '%s'", key, allow_null ? " or null" : "",
+        return clnpu_yaml_fail_at(c->origin, n, "'%s' must be a number%s, got '%s'", key, allow_null ? " or null" : "",
                        scalar(n));
-    if (v < 0) return fail_at(c, n, "'%s' must not be negative, got '%s'", key, scalar(n));
+    if (v < 0) return clnpu_yaml_fail_at(c->origin, n, "'%s' must not be negative, got '%s'", key, scalar(n));
     *out = v;
     return CLNPU_OK;
 }
@@ -80,7 +67,7 @@ static clnpu_status get_int(const parse_ctx *c, const yaml_node_t *n, const char
     clnpu_status st = get_number(c, n, key, allow_null, &v);
     if (st) return st;
     if (v != floor(v) || v > (double)max)
-        return fail_at(c, n, "'%s' must be a whole number up to %lld, got '%s'", key, (long long)max,
+        return clnpu_yaml_fail_at(c->origin, n, "'%s' must be a whole number up to %lld, got '%s'", key, (long long)max,
                        scalar(n));
     *out = (int64_t)v;
     return CLNPU_OK;
@@ -92,10 +79,10 @@ static clnpu_status get_string_list(const parse_ctx *c, const yaml_node_t *n, co
 {
     *out_count = 0;
     if (n->type == YAML_SCALAR_NODE) return get_string(c, n, key, out[(*out_count)++], 64);
-    if (n->type != YAML_SEQUENCE_NODE) return fail_at(c, n, "'%s' must be a list of strings", key);
+    if (n->type != YAML_SEQUENCE_NODE) return clnpu_yaml_fail_at(c->origin, n, "'%s' must be a list of strings", key);
     for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
         yaml_node_t *e = yaml_document_get_node(c->doc, *it);
-        if (*out_count == cap) return fail_at(c, e, "'%s' has more than %d entries", key, cap);
+        if (*out_count == cap) return clnpu_yaml_fail_at(c->origin, e, "'%s' has more than %d entries", key, cap);
         clnpu_status st = get_string(c, e, key, out[(*out_count)++], 64);
         if (st) return st;
     }
@@ -109,14 +96,14 @@ typedef clnpu_status (*field_fn)(const parse_ctx *c, const yaml_node_t *key, con
 static clnpu_status each_pair(const parse_ctx *c, const yaml_node_t *map, const char *what,
                               field_fn fn, void *target)
 {
-    if (map->type != YAML_MAPPING_NODE) return fail_at(c, map, "'%s' must be a mapping", what);
+    if (map->type != YAML_MAPPING_NODE) return clnpu_yaml_fail_at(c->origin, map, "'%s' must be a mapping", what);
     for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
         yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
         yaml_node_t *v = yaml_document_get_node(c->doc, p->value);
-        if (k->type != YAML_SCALAR_NODE) return fail_at(c, k, "keys in '%s' must be strings", what);
+        if (k->type != YAML_SCALAR_NODE) return clnpu_yaml_fail_at(c->origin, k, "keys in '%s' must be strings", what);
         for (yaml_node_pair_t *q = map->data.mapping.pairs.start; q < p; q++)
             if (!strcmp(scalar(yaml_document_get_node(c->doc, q->key)), scalar(k)))
-                return fail_at(c, k, "duplicate key '%s' in '%s'", scalar(k), what);
+                return clnpu_yaml_fail_at(c->origin, k, "duplicate key '%s' in '%s'", scalar(k), what);
         clnpu_status st = fn(c, k, v, target);
         if (st) return st;
     }
@@ -131,7 +118,7 @@ static clnpu_status compute_field(const parse_ctx *c, const yaml_node_t *k, cons
     clnpu_profile *p = target;
     for (int i = 0; i < CLNPU_PEAK_COUNT; i++)
         if (!strcmp(scalar(k), peak_names[i])) return get_number(c, v, scalar(k), true, &p->peak[i]);
-    return fail_at(c, k, "unknown key 'compute.%s' (expected fp32, fp16, bf16, fp8, int8, int4)",
+    return clnpu_yaml_fail_at(c->origin, k, "unknown key 'compute.%s' (expected fp32, fp16, bf16, fp8, int8, int4)",
                    scalar(k));
 }
 
@@ -143,7 +130,7 @@ static clnpu_status memory_field(const parse_ctx *c, const yaml_node_t *k, const
     if (!strcmp(key, "type")) return get_string(c, v, "memory.type", p->memory_type, sizeof p->memory_type);
     if (!strcmp(key, "bytes")) return get_int(c, v, "memory.bytes", false, INT64_MAX / 2, &p->memory_bytes);
     if (!strcmp(key, "bandwidth")) return get_number(c, v, "memory.bandwidth", false, &p->memory_bandwidth);
-    return fail_at(c, k, "unknown key 'memory.%s' (expected type, bytes, bandwidth)", key);
+    return clnpu_yaml_fail_at(c->origin, k, "unknown key 'memory.%s' (expected type, bytes, bandwidth)", key);
 }
 
 static clnpu_status link_field(const parse_ctx *c, const yaml_node_t *k, const yaml_node_t *v,
@@ -154,7 +141,7 @@ static clnpu_status link_field(const parse_ctx *c, const yaml_node_t *k, const y
     if (!strcmp(key, "type")) return get_string(c, v, "link.type", l->type, sizeof l->type);
     if (!strcmp(key, "bandwidth")) return get_number(c, v, "link.bandwidth", true, &l->bandwidth);
     if (!strcmp(key, "latency_s")) return get_number(c, v, "link.latency_s", true, &l->latency_s);
-    return fail_at(c, k, "unknown key '%s' in a link (expected type, bandwidth, latency_s)", key);
+    return clnpu_yaml_fail_at(c->origin, k, "unknown key '%s' in a link (expected type, bandwidth, latency_s)", key);
 }
 
 static clnpu_status kernel_field(const parse_ctx *c, const yaml_node_t *k, const yaml_node_t *v,
@@ -180,7 +167,7 @@ static clnpu_status kernel_field(const parse_ctx *c, const yaml_node_t *k, const
     }
     if (!strcmp(key, "local_mem_bytes"))
         return get_int(c, v, "kernel.local_mem_bytes", true, INT64_MAX / 2, &kp->local_mem_bytes);
-    return fail_at(c, k,
+    return clnpu_yaml_fail_at(c->origin, k,
                    "unknown key 'kernel.%s' (expected tile_m, tile_n, tile_k, vector_width, wg_x, "
                    "wg_y, local_mem_bytes)", key);
 }
@@ -205,11 +192,11 @@ static clnpu_status match_field(const parse_ctx *c, const yaml_node_t *k, const 
             if (!strcasecmp(types[i], "cpu")) p->match_types |= CLNPU_MATCH_TYPE_CPU;
             else if (!strcasecmp(types[i], "gpu")) p->match_types |= CLNPU_MATCH_TYPE_GPU;
             else if (!strcasecmp(types[i], "accelerator")) p->match_types |= CLNPU_MATCH_TYPE_ACCELERATOR;
-            else return fail_at(c, v, "unknown device type '%s' (expected cpu, gpu, accelerator)", types[i]);
+            else return clnpu_yaml_fail_at(c->origin, v, "unknown device type '%s' (expected cpu, gpu, accelerator)", types[i]);
         }
         return CLNPU_OK;
     }
-    return fail_at(c, k, "unknown key 'match.%s' (expected vendor, name, type)", key);
+    return clnpu_yaml_fail_at(c->origin, k, "unknown key 'match.%s' (expected vendor, name, type)", key);
 }
 
 typedef struct seen_fields {
@@ -226,7 +213,7 @@ static clnpu_status top_field(const parse_ctx *c, const yaml_node_t *k, const ya
     if (!strcmp(key, "name")) {
         s->name = true;
         clnpu_status st = get_string(c, v, "name", p->name, sizeof p->name);
-        if (!st && !p->name[0]) return fail_at(c, v, "'name' must not be empty");
+        if (!st && !p->name[0]) return clnpu_yaml_fail_at(c->origin, v, "'name' must not be empty");
         return st;
     }
     if (!strcmp(key, "class")) { s->class_name = true; return get_string(c, v, "class", p->class_name, sizeof p->class_name); }
@@ -252,13 +239,13 @@ static clnpu_status top_field(const parse_ctx *c, const yaml_node_t *k, const ya
         if (st) return st;
         for (int i = 0; i < n; i++) {
             if (strlen(p->estimated) + strlen(items[i]) + 2 >= sizeof p->estimated)
-                return fail_at(c, v, "'estimated' list is too long");
+                return clnpu_yaml_fail_at(c->origin, v, "'estimated' list is too long");
             if (i) strcat(p->estimated, ",");
             strcat(p->estimated, items[i]);
         }
         return CLNPU_OK;
     }
-    return fail_at(c, k,
+    return clnpu_yaml_fail_at(c->origin, k,
                    "unknown key '%s' (expected name, class, vendor, match, compute, memory, "
                    "sram_bytes, compute_units, link, host_link, kernel, estimated, notes)", key);
 }
@@ -300,11 +287,11 @@ clnpu_status clnpu_profile_parse(const char *text, size_t len, const char *origi
                               : !seen.memory     ? "memory"
                                                  : NULL;
         if (!st && missing)
-            st = fail_at(&c, root, "missing required field '%s'", missing);
+            st = clnpu_yaml_fail_at(c.origin, root, "missing required field '%s'", missing);
         if (!st && out->memory_bytes <= 0)
-            st = fail_at(&c, root, "missing required field 'memory.bytes'");
+            st = clnpu_yaml_fail_at(c.origin, root, "missing required field 'memory.bytes'");
         if (!st && out->memory_bandwidth <= 0)
-            st = fail_at(&c, root, "missing required field 'memory.bandwidth'");
+            st = clnpu_yaml_fail_at(c.origin, root, "missing required field 'memory.bandwidth'");
         /* A second document in the same file is almost certainly a mistake: say so. */
         yaml_document_t extra;
         if (!st && yaml_parser_load(&parser, &extra)) {

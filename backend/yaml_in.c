@@ -2,6 +2,7 @@
 #include "yaml_in.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -60,4 +61,14 @@ const char *clnpu_yaml_scalar(const yaml_node_t *node)
 const char *clnpu_yaml_value(yaml_document_t *doc, const yaml_node_t *map, const char *key)
 {
     return clnpu_yaml_scalar(clnpu_yaml_get(doc, map, key));
+}
+
+clnpu_status clnpu_yaml_fail_at(const char *origin, const yaml_node_t *n, const char *fmt, ...)
+{
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu:%zu: %s", origin, n->start_mark.line + 1, n->start_mark.column + 1, msg);
 }

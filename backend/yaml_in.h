@@ -12,6 +12,10 @@
 clnpu_status clnpu_yaml_load_text(const char *text, size_t len, const char *origin, yaml_document_t *doc);
 clnpu_status clnpu_yaml_load_file(const char *path, yaml_document_t *doc);
 
+/* CLNPU_ERR_PARSE with "origin:line:column: " of node n before the formatted message. */
+clnpu_status clnpu_yaml_fail_at(const char *origin, const yaml_node_t *n, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* The value under key in a mapping node (NULL when absent or map is not a mapping), and a
  * scalar's text (NULL for anything else). */
 yaml_node_t *clnpu_yaml_get(yaml_document_t *doc, const yaml_node_t *map, const char *key);

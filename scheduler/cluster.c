@@ -2,7 +2,6 @@
  * with overrides, the links inside and between nodes, a memory reserve. */
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,16 +18,6 @@ typedef struct ctx {
     const char *origin;
 } ctx;
 
-static clnpu_status at(const ctx *c, const yaml_node_t *n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static clnpu_status at(const ctx *c, const yaml_node_t *n, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu:%zu: %s", c->origin, n->start_mark.line + 1, n->start_mark.column + 1, msg);
-}
 
 static const char *sval(const yaml_node_t *n) { return clnpu_yaml_scalar(n); }
 
@@ -36,13 +25,13 @@ static yaml_node_t *get(const ctx *c, const yaml_node_t *map, const char *key) {
 
 static clnpu_status check_keys(const ctx *c, const yaml_node_t *map, const char *what, const char *const *allowed)
 {
-    if (map->type != YAML_MAPPING_NODE) return at(c, map, "%s must be a mapping", what);
+    if (map->type != YAML_MAPPING_NODE) return clnpu_yaml_fail_at(c->origin, map, "%s must be a mapping", what);
     for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
         yaml_node_t *kn = yaml_document_get_node(c->doc, p->key);
         const char *k = sval(kn);
         bool ok = false;
         for (size_t i = 0; k && allowed[i] && !ok; i++) ok = !strcmp(k, allowed[i]);
-        if (!ok) return at(c, kn, "unknown key '%s' in %s", k ? k : "?", what);
+        if (!ok) return clnpu_yaml_fail_at(c->origin, kn, "unknown key '%s' in %s", k ? k : "?", what);
     }
     return CLNPU_OK;
 }
@@ -53,7 +42,7 @@ static clnpu_status num(const ctx *c, const yaml_node_t *n, const char *key, dou
     char *end;
     errno = 0;
     double v = s ? strtod(s, &end) : 0;
-    if (!s || end == s || *end || errno || !isfinite(v) || v < 0) return at(c, n, "'%s' must be a non-negative number", key);
+    if (!s || end == s || *end || errno || !isfinite(v) || v < 0) return clnpu_yaml_fail_at(c->origin, n, "'%s' must be a non-negative number", key);
     *out = v;
     return CLNPU_OK;
 }
@@ -66,7 +55,7 @@ static clnpu_status link_of(const ctx *c, const yaml_node_t *n, const char *what
     if (!st && (v = get(c, n, "bandwidth"))) st = num(c, v, "bandwidth", &l->bandwidth);
     if (!st && (v = get(c, n, "latency_s"))) st = num(c, v, "latency_s", &l->latency_s);
     if (!st && (v = get(c, n, "type")) && sval(v)) snprintf(l->type, sizeof l->type, "%s", sval(v));
-    if (!st && l->bandwidth <= 0) st = at(c, n, "%s needs a positive bandwidth", what);
+    if (!st && l->bandwidth <= 0) st = clnpu_yaml_fail_at(c->origin, n, "%s needs a positive bandwidth", what);
     return st;
 }
 
@@ -114,11 +103,11 @@ static clnpu_status parse_root(const ctx *c, const yaml_node_t *root, const clnp
     if (!st && (v = get(c, root, "name")) && sval(v)) snprintf(cl->name, sizeof cl->name, "%s", sval(v));
     cl->reserve_fraction = 0.05, cl->launch_overhead_s = 5e-6;
     if (!st && (v = get(c, root, "memory_reserve"))) st = num(c, v, "memory_reserve", &cl->reserve_fraction);
-    if (!st && cl->reserve_fraction >= 1) st = at(c, v, "memory_reserve is a fraction below 1");
+    if (!st && cl->reserve_fraction >= 1) st = clnpu_yaml_fail_at(c->origin, v, "memory_reserve is a fraction below 1");
     if (!st && (v = get(c, root, "launch_overhead_s"))) st = num(c, v, "launch_overhead_s", &cl->launch_overhead_s);
     yaml_node_t *nodes = st ? NULL : get(c, root, "nodes");
     if (!st && (!nodes || nodes->type != YAML_SEQUENCE_NODE || nodes->data.sequence.items.start == nodes->data.sequence.items.top))
-        st = at(c, root, "'nodes' must be a non-empty list");
+        st = clnpu_yaml_fail_at(c->origin, root, "'nodes' must be a non-empty list");
     size_t cap = 0;
     for (yaml_node_item_t *it = st ? NULL : nodes->data.sequence.items.start; !st && it < nodes->data.sequence.items.top; it++) {
         yaml_node_t *nd = yaml_document_get_node(c->doc, *it);
@@ -126,9 +115,9 @@ static clnpu_status parse_root(const ctx *c, const yaml_node_t *root, const clnp
         st = check_keys(c, nd, "a node", nkeys);
         double repeat = 1;
         if (!st && (v = get(c, nd, "count"))) st = num(c, v, "count", &repeat);
-        if (!st && (repeat < 1 || repeat != floor(repeat) || repeat > 65536)) st = at(c, nd, "node count must be 1..65536");
+        if (!st && (repeat < 1 || repeat != floor(repeat) || repeat > 65536)) st = clnpu_yaml_fail_at(c->origin, nd, "node count must be 1..65536");
         yaml_node_t *devs = st ? NULL : get(c, nd, "devices");
-        if (!st && (!devs || devs->type != YAML_SEQUENCE_NODE)) st = at(c, nd, "a node needs a 'devices' list");
+        if (!st && (!devs || devs->type != YAML_SEQUENCE_NODE)) st = clnpu_yaml_fail_at(c->origin, nd, "a node needs a 'devices' list");
         for (size_t r = 0; !st && r < (size_t)repeat; r++, cl->nodes++)
             for (yaml_node_item_t *di = devs->data.sequence.items.start; !st && di < devs->data.sequence.items.top; di++) {
                 yaml_node_t *dv = yaml_document_get_node(c->doc, *di);
@@ -136,10 +125,10 @@ static clnpu_status parse_root(const ctx *c, const yaml_node_t *root, const clnp
                 st = check_keys(c, dv, "a device entry", dkeys);
                 const char *pname = st ? NULL : (get(c, dv, "profile") ? sval(get(c, dv, "profile")) : NULL);
                 const clnpu_profile *p = pname ? clnpu_profile_set_find(set, pname) : NULL;
-                if (!st && !p) st = at(c, dv, "unknown device profile '%s'", pname ? pname : "(none)");
+                if (!st && !p) st = clnpu_yaml_fail_at(c->origin, dv, "unknown device profile '%s'", pname ? pname : "(none)");
                 double n = 1;
                 if (!st && (v = get(c, dv, "count"))) st = num(c, v, "count", &n);
-                if (!st && (n < 1 || n != floor(n))) st = at(c, dv, "device count must be a positive integer");
+                if (!st && (n < 1 || n != floor(n))) st = clnpu_yaml_fail_at(c->origin, dv, "device count must be a positive integer");
                 clnpu_profile prof;
                 if (!st) prof = *p;
                 if (!st && (v = get(c, dv, "overrides"))) st = apply_overrides(c, v, &prof);
