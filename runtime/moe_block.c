@@ -199,9 +199,11 @@ static clnpu_status dispatch_shards(clnpu_moe_block *b, const clnpu_gemm_segment
 {
     const size_t H = b->hidden, S = b->nshards;
     clnpu_status st = clnpu_buffer_read(b->xp, 0, b->host_x, rows * H * sizeof(float));
+    /* local[i]: segment i as its shard sees it; home[i]: where its rows sit in expert order */
     clnpu_gemm_segment *local = malloc((nseg ? nseg : 1) * sizeof *local);
+    size_t *home = malloc((nseg ? nseg : 1) * sizeof *home);
     size_t *at = malloc(4 * S * sizeof *at), *nr = at + S, *first = at + 2 * S, *ns = at + 3 * S;
-    if (!local || !at) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (!local || !home || !at) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     size_t r = 0, n = 0;
     for (size_t s = 0; !st && s < S; s++) { /* each shard's segments, packed contiguously */
         const moe_shard *sh = &b->shards[s];
@@ -210,6 +212,7 @@ static clnpu_status dispatch_shards(clnpu_moe_block *b, const clnpu_gemm_segment
             for (size_t j = 0; j < sh->count; j++)
                 if (sh->experts[j] == segs[i].matrix) {
                     memcpy(b->host_y + r * H, b->host_x + segs[i].row * H, segs[i].rows * H * sizeof(float));
+                    home[n] = segs[i].row;
                     local[n++] = (clnpu_gemm_segment){j, r - at[s], segs[i].rows};
                     r += segs[i].rows;
                 }
@@ -229,14 +232,10 @@ static clnpu_status dispatch_shards(clnpu_moe_block *b, const clnpu_gemm_segment
         if (b->shards[s].remote && nr[s])
             st = b->shards[s].remote->recv(b->shards[s].remote->ctx, b->tag, s, b->host_y + at[s] * H, nr[s]);
     /* back to the rows' places in expert order (host_x holds the outputs from here on) */
-    for (size_t s = 0, k = 0; !st && s < S; s++)
-        for (size_t i = 0; i < nseg; i++)
-            for (size_t j = 0; j < b->shards[s].count; j++)
-                if (b->shards[s].experts[j] == segs[i].matrix) {
-                    memcpy(b->host_x + segs[i].row * H, b->host_y + k * H, segs[i].rows * H * sizeof(float));
-                    k += segs[i].rows;
-                }
-    free(local), free(at);
+    for (size_t s = 0; !st && s < S; s++)
+        for (size_t i = first[s]; i < first[s] + ns[s]; i++)
+            memcpy(b->host_x + home[i] * H, b->host_y + (at[s] + local[i].row) * H, local[i].rows * H * sizeof(float));
+    free(local), free(home), free(at);
     if (!st) st = clnpu_buffer_write(b->yp, 0, b->host_x, rows * H * sizeof(float));
     return st;
 }

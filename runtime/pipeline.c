@@ -155,7 +155,7 @@ static clnpu_status run(clnpu_pipeline *p, size_t n, const int *ids, const size_
     if (!st) st = pipeline_bcast_logits(p, logits, n * p->cfg.vocab_size);
     if (!st)
         for (size_t i = 0; i < n; i++)
-            if (seqs[i] < p->max_sequences && pos[i] + 1 > p->seq_len[seqs[i]]) p->seq_len[seqs[i]] = pos[i] + 1;
+            if (pos[i] + 1 > p->seq_len[seqs[i]]) p->seq_len[seqs[i]] = pos[i] + 1; /* seqs checked by the stepper */
     return st;
 }
 
