@@ -15,7 +15,6 @@ void clnpu_pipeline_destroy(clnpu_pipeline *p)
     if (!p) return;
     for (size_t i = 0; i < p->count; i++) {
         if (p->stages) clnpu_model_destroy(p->stages[i]);
-        if (!p->devs) continue;
         if (p->devs) clnpu_device_close(p->devs[i]);
         for (size_t j = 0; p->ep_devs && j < CLNPU_MAX_EP; j++) clnpu_device_close(p->ep_devs[i * CLNPU_MAX_EP + j]);
     }
@@ -64,6 +63,8 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
     p->never = (clnpu_moe_remote){pipeline_never_send, pipeline_never_recv, p};
     if (!st && p->nranks > 1 && !(p->wire_segs = malloc(3 * (cfg->n_routed_experts + 1) * sizeof *p->wire_segs)))
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    clnpu_profile_set *set = NULL; /* to tell a known stage profile from a typo */
+    if (!st) st = clnpu_profile_set_builtin(&set);
     for (size_t i = 0; !st && i < n; i++) {
         p->remote_ctx[i] = (struct remote_ctx){p, i};
         p->remotes[i] = (clnpu_moe_remote){pipeline_mpi_send, pipeline_mpi_recv, &p->remote_ctx[i]};
@@ -77,11 +78,8 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         /* plan device d on OpenCL device d mod N, in its own context, bound to the stage's
          * profile (emulation when it is not this device's own) */
         clnpu_device_options dopt = clnpu_device_options_default();
-        clnpu_profile_set *set = NULL;
-        if (sp[i].profile[0] && !clnpu_profile_set_builtin(&set) && clnpu_profile_set_find(set, sp[i].profile))
-            dopt.target = sp[i].profile;
+        if (sp[i].profile[0] && clnpu_profile_set_find(set, sp[i].profile)) dopt.target = sp[i].profile;
         st = clnpu_device_open(main_dev % ndev, &dopt, &p->devs[i]);
-        clnpu_profile_set_destroy(set);
         if (st) {
             st = clnpu_fail_context(st, "stage %zu (plan device %zu)", i, main_dev);
             break;
@@ -117,6 +115,7 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
             if (!p->srv_rows || !p->srv_segs) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
         }
     }
+    clnpu_profile_set_destroy(set);
     st = pipeline_mpi_agree(p, st);
     if (st) {
         clnpu_pipeline_destroy(p);
