@@ -123,14 +123,12 @@ static clnpu_status mpi_xfer(clnpu_pipeline *p, bool send, void *buf, size_t cou
     if (rc != MPI_SUCCESS) return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI failed %s rank %d", p->rank, what, peer);
     return mpi_wait(p, &rq, what, peer);
 }
-#endif
 
 clnpu_status pipeline_mpi_send(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
                                const clnpu_gemm_segment *segs, size_t nseg)
 {
     struct remote_ctx *c = ctx;
     clnpu_pipeline *p = c->p;
-#ifdef CLNPU_HAVE_MPI
     const int peer = p->shard_rank[c->stage * CLNPU_MAX_EP + shard];
     long long hdr[4] = {(long long)tag, (long long)shard, (long long)nrows, (long long)nseg};
     for (size_t i = 0; i < nseg; i++)
@@ -141,10 +139,6 @@ clnpu_status pipeline_mpi_send(void *ctx, size_t tag, size_t shard, const float 
     if (!st)
         st = mpi_xfer(p, true, (void *)rows, nrows * p->cfg.hidden_size, MPI_FLOAT, peer, TAG_EXP_ROWS, "sending experts' rows to");
     return st;
-#else
-    (void)p, (void)tag, (void)shard, (void)rows, (void)nrows, (void)segs, (void)nseg;
-    return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "remote expert shards need MPI");
-#endif
 }
 
 clnpu_status pipeline_mpi_recv(void *ctx, size_t tag, size_t shard, float *out, size_t nrows)
@@ -152,16 +146,10 @@ clnpu_status pipeline_mpi_recv(void *ctx, size_t tag, size_t shard, float *out, 
     struct remote_ctx *c = ctx;
     clnpu_pipeline *p = c->p;
     (void)tag;
-#ifdef CLNPU_HAVE_MPI
     const int peer = p->shard_rank[c->stage * CLNPU_MAX_EP + shard];
     return mpi_xfer(p, false, out, nrows * p->cfg.hidden_size, MPI_FLOAT, peer, TAG_EXP_OUT, "receiving experts' outputs from");
-#else
-    (void)p, (void)shard, (void)out, (void)nrows;
-    return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "remote expert shards need MPI");
-#endif
 }
 
-#ifdef CLNPU_HAVE_MPI
 /* A rank serving a shard of stage s: answer the owner's exchanges until it ends the step. */
 clnpu_status pipeline_serve_stage(clnpu_pipeline *p, size_t s)
 {
@@ -202,9 +190,7 @@ clnpu_status pipeline_end_stage(clnpu_pipeline *p, size_t s)
     }
     return st;
 }
-#endif
 
-#ifdef CLNPU_HAVE_MPI
 clnpu_status pipeline_mpi_agree(clnpu_pipeline *p, clnpu_status mine_st)
 {
     /* every rank agrees that set-up worked before any step starts: a rank that failed to load
@@ -257,6 +243,16 @@ clnpu_status pipeline_recv_hidden(clnpu_pipeline *p, size_t s, size_t c) { (void
 clnpu_status pipeline_send_hidden(clnpu_pipeline *p, size_t s, size_t c) { (void)p, (void)s, (void)c; return CLNPU_OK; }
 clnpu_status pipeline_bcast_logits(clnpu_pipeline *p, float *l, size_t c) { (void)p, (void)l, (void)c; return CLNPU_OK; }
 clnpu_status pipeline_end_stage(clnpu_pipeline *p, size_t s) { (void)p, (void)s; return CLNPU_OK; }
+/* no rank is remote without MPI, so these are never reached */
+clnpu_status pipeline_mpi_send(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
+                               const clnpu_gemm_segment *segs, size_t nseg)
+{
+    return pipeline_never_send(ctx, tag, shard, rows, nrows, segs, nseg);
+}
+clnpu_status pipeline_mpi_recv(void *ctx, size_t tag, size_t shard, float *out, size_t nrows)
+{
+    return pipeline_never_recv(ctx, tag, shard, out, nrows);
+}
 clnpu_status pipeline_serve_stage(clnpu_pipeline *p, size_t s)
 {
     (void)p;
