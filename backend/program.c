@@ -22,6 +22,7 @@ struct clnpu_program {
     kernel_entry *kernels; /* cached kernel objects, created on first use */
     char *key;
     char *options;
+    const clnpu_embedded_file *embedded; /* the embedded source it was built from, or NULL */
     char cache_path[1100];
     cl_program program;
     clnpu_program_origin origin;
@@ -234,7 +235,26 @@ clnpu_status clnpu_program_get(clnpu_device *dev, const char *name, const char *
 {
     const clnpu_embedded_file *f = clnpu_embedded_find(clnpu_embedded_kernels, name ? name : "");
     if (!f) return clnpu_fail(CLNPU_ERR_NOT_FOUND, "no embedded kernel source named '%s'", name ? name : "(null)");
-    return clnpu_program_get_source(dev, name, f->data, extra, out);
+    if (!dev || !out) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "clnpu_program_get: NULL argument");
+    /* Every launch asks for its program: embedded sources never change, so a program built from
+     * the same file with the same options is found without hashing the source (the full key
+     * costs ~50 us per launch for gemm.cl, which on a 2-core CPU device is taken from the
+     * kernels themselves). */
+    char opts[1024];
+    clnpu_device_base_options(dev, opts, sizeof opts);
+    size_t n = strlen(opts), m = extra ? strlen(extra) : 0;
+    if (n + m + 2 <= sizeof opts) {
+        if (m) opts[n] = ' ', memcpy(opts + n + 1, extra, m + 1);
+        for (clnpu_program *p = dev->programs; p; p = p->next)
+            if (p->embedded == f && !strcmp(p->options, opts)) {
+                p->origin = CLNPU_PROGRAM_MEMORY;
+                *out = p;
+                return CLNPU_OK;
+            }
+    }
+    clnpu_status st = clnpu_program_get_source(dev, name, f->data, extra, out);
+    if (!st) (*out)->embedded = f;
+    return st;
 }
 
 clnpu_status clnpu_program_create_kernel(const clnpu_program *p, const char *kernel_name,

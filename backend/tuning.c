@@ -206,8 +206,8 @@ void clnpu_tuning_device_key(const clnpu_device *dev, char *out, size_t cap)
 void clnpu_tuning_source_hash(const char *name, char out[17])
 {
     const clnpu_embedded_file *f = clnpu_embedded_find(clnpu_embedded_kernels, name);
-    uint64_t h = f ? clnpu_fnv1a(CLNPU_FNV_OFFSET, f->data, f->size) : 0;
-    snprintf(out, 17, "%016llx", (unsigned long long)h);
+    /* hashed at build time (tools/embed.py): this runs on every tuned launch */
+    snprintf(out, 17, "%016llx", f ? f->hash : 0ULL);
 }
 
 void clnpu_tuning_entry_set_device(clnpu_tuning_entry *e, const clnpu_device *dev)

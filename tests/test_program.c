@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "clnpu/tuning.h"
 #include "test_util.h"
 
 static clnpu_device *open_with_cache(const char *dir)
@@ -34,6 +35,17 @@ START_TEST(test_embedded_sources)
     ck_assert_ptr_nonnull(strstr(src, "clnpu_bf16_to_f32"));
     clnpu_program *p;
     ck_assert_int_eq(clnpu_program_get(test_device(), "nope.cl", NULL, &p), CLNPU_ERR_NOT_FOUND);
+    /* Source hashes (tuning keys) are computed by tools/embed.py at build time; they must be
+     * the FNV-1a of the embedded text, as computed here. */
+    for (size_t i = 0; i < clnpu_kernel_source_count(); i++) {
+        const char *name = clnpu_kernel_source_name(i), *text = clnpu_kernel_source(name);
+        unsigned long long h = 0xcbf29ce484222325ULL;
+        for (const unsigned char *c = (const unsigned char *)text; *c; c++) h = (h ^ *c) * 0x100000001b3ULL;
+        char want[17], got[17];
+        snprintf(want, sizeof want, "%016llx", h);
+        clnpu_tuning_source_hash(name, got);
+        ck_assert_str_eq(got, want);
+    }
 }
 END_TEST
 

@@ -32,6 +32,14 @@ def expand(path, seen):
     return out
 
 
+def fnv1a64(data):
+    """64-bit FNV-1a, the same function as backend/hash.h (CLNPU_FNV_OFFSET)."""
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xffffffffffffffff
+    return h
+
+
 def c_bytes(data):
     rows = []
     for i in range(0, len(data), 20):
@@ -47,8 +55,8 @@ def main():
     for i, path in enumerate(sorted(files, key=os.path.basename)):
         text = ''.join(expand(path, {path})).encode('utf-8')
         parts.append(f'static const char {symbol}_{i}[] = {{\n{c_bytes(text)}0}};\n')
-        entries.append(f'    {{"{os.path.basename(path)}", {symbol}_{i}, {len(text)}}},\n')
-    parts.append(f'const clnpu_embedded_file {symbol}[] = {{\n{"".join(entries)}    {{NULL, NULL, 0}}\n}};\n')
+        entries.append(f'    {{"{os.path.basename(path)}", {symbol}_{i}, {len(text)}, 0x{fnv1a64(text):016x}ULL}},\n')
+    parts.append(f'const clnpu_embedded_file {symbol}[] = {{\n{"".join(entries)}    {{NULL, NULL, 0, 0}}\n}};\n')
     parts.append(f'const size_t {symbol}_count = {len(entries)};\n')
     with open(out_path, 'w', encoding='utf-8') as f:
         f.write(''.join(parts))
