@@ -364,6 +364,37 @@ __kernel void clnpu_gemm_grouped(__global const float *X, const uint xoff, const
               R + roff, ldr, row0, rows, p, 0, K, K, N, alpha);
 }
 
+/* Grouped GEMM with its segments on the device, so MoE layers need no host round trip: matrix e
+ * takes rows [offsets[e], offsets[e] + counts[e]) of X (what clnpu_moe_plan writes). Work-item
+ * (p, t) finds tile t by walking the matrices' tile counts; E is at most a few hundred ints,
+ * small next to the K x NR panel each work-item streams. Tiles past the last do nothing, and a
+ * segment that does not fit in M rows (an inconsistent plan) is not written. */
+__kernel void clnpu_gemm_grouped_counts(__global const float *X, const uint xoff, const uint ldx,
+                                        __global const WT *Wp, __global const float *S,
+                                        __global float *Y, const uint yoff, const uint ldy,
+                                        __global const float *R, const uint roff, const uint ldr,
+                                        __global const int *counts, __global const int *offsets,
+                                        const uint E, const uint M, const uint N, const uint K,
+                                        const ulong w_stride, const ulong s_stride, const float alpha)
+{
+    const uint p = get_global_id(0);
+    uint t = get_global_id(1);
+    if (p >= (N + NR - 1) / NR) return;
+    for (uint e = 0; e < E; e++) {
+        const int c = counts[e];
+        const uint nt = c > 0 ? ((uint)c + MR - 1) / MR : 0;
+        if (t < nt) {
+            const int o = offsets[e];
+            const uint row0 = (uint)o + t * MR, rows = min((uint)MR, (uint)c - t * MR);
+            if (o < 0 || (ulong)o + (ulong)c > M) return;
+            gemm_tile(X + xoff, ldx, Wp + (size_t)e * w_stride, S + (size_t)e * s_stride, Y + yoff,
+                      ldy, R + roff, ldr, row0, rows, p, 0, K, K, N, alpha);
+            return;
+        }
+        t -= nt;
+    }
+}
+
 /* Split-K reduction: Y[m][n] = sum_s Wk[s][m][n] (+ R[m][n]), summed in split order. */
 __kernel void clnpu_gemm_splitk_reduce(__global const float *Wk, const uint splits,
                                        __global float *Y, const uint yoff, const uint ldy,

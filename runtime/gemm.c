@@ -425,3 +425,59 @@ clnpu_status clnpu_gemm_grouped(clnpu_device *dev, const clnpu_weight *w, const 
     clReleaseMemObject(tb); /* released once the queued launch no longer needs it */
     return set;
 }
+
+clnpu_status clnpu_gemm_grouped_counts(clnpu_device *dev, const clnpu_weight *w, clnpu_buffer *counts,
+                                       clnpu_buffer *offsets, size_t max_rows, const clnpu_gemm_args *a)
+{
+    size_t ldx = 0, ldy = 0, ldr = 0;
+    clnpu_status st = check_args(w, a, &ldx, &ldy, &ldr);
+    if (st) return st;
+    if (!counts || !offsets)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "grouped gemm: counts and offsets buffers are required");
+    const size_t E = w->count;
+    if (clnpu_buffer_size(counts) < E * sizeof(cl_int) || clnpu_buffer_size(offsets) < E * sizeof(cl_int))
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "grouped gemm: counts / offsets hold fewer than the %zu "
+                          "matrices' ints", E);
+    if (a->m == 0) return CLNPU_OK;
+    if (a->m > 0xffffffffu) return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "grouped gemm: %zu rows", a->m);
+    const clnpu_tuning_entry *te = clnpu_device_tuning_lookup(dev, "gemm", clnpu_dtype_name(w->dtype), "grouped");
+    unsigned mr = choose_mr(dev, w, a->epilogue, max_rows ? max_rows : a->m, te);
+    /* However the m rows fall into segments, each non-empty one adds at most one partial tile. */
+    const size_t busy = a->m < E ? a->m : E, tiles = (a->m + busy * (mr - 1)) / mr;
+    clnpu_program *prog;
+    st = variant(dev, w, a->epilogue, mr, te, &prog);
+    cl_kernel k = NULL;
+    if (!st) st = clnpu_program_kernel(prog, "clnpu_gemm_grouped_counts", (void **)&k);
+    if (st) return st;
+    cl_mem r = a->residual ? mem_or_null(a->residual) : mem_or_null(a->y);
+    cl_mem s = w->s ? mem_or_null(w->s) : mem_or_null(w->w);
+    SETARG(k, 0, mem_or_null(a->x));
+    SETARG(k, 1, (cl_uint)a->x_offset);
+    SETARG(k, 2, (cl_uint)ldx);
+    SETARG(k, 3, mem_or_null(w->w));
+    SETARG(k, 4, s);
+    SETARG(k, 5, mem_or_null(a->y));
+    SETARG(k, 6, (cl_uint)a->y_offset);
+    SETARG(k, 7, (cl_uint)ldy);
+    SETARG(k, 8, r);
+    SETARG(k, 9, (cl_uint)a->r_offset);
+    SETARG(k, 10, (cl_uint)ldr);
+    SETARG(k, 11, mem_or_null(counts));
+    SETARG(k, 12, mem_or_null(offsets));
+    SETARG(k, 13, (cl_uint)E);
+    SETARG(k, 14, (cl_uint)a->m);
+    SETARG(k, 15, (cl_uint)w->n);
+    SETARG(k, 16, (cl_uint)w->k);
+    SETARG(k, 17, (cl_ulong)w->w_stride);
+    SETARG(k, 18, (cl_ulong)w->s_stride);
+    SETARG(k, 19, (cl_float)a->alpha);
+    size_t global[3], local[3];
+    launch_dims(dev, (w->n + w->nr - 1) / w->nr, tiles, 1, global, local);
+    const bool trace = clnpu_device_tracing(dev);
+    cl_event ev = NULL;
+    cl_int err = clEnqueueNDRangeKernel(clnpu_device_cl_queue(dev), k, 2, NULL, global, local, 0, NULL,
+                                        trace ? &ev : NULL);
+    if (err) return clnpu_fail_cl(err, "clEnqueueNDRangeKernel", "launching clnpu_gemm_grouped_counts");
+    if (trace) clnpu_device_trace_record(dev, "clnpu_gemm_grouped", ev);
+    return CLNPU_OK;
+}

@@ -240,6 +240,28 @@ static clnpu_status dispatch_shards(clnpu_moe_block *b, const clnpu_gemm_segment
     return st;
 }
 
+/* Expert parallel: the counts come back to the host, which cuts the permuted rows into
+ * segments and hands them to the shards (one sync per layer). */
+static clnpu_status dispatch_routed(clnpu_moe_block *b, size_t T)
+{
+    const size_t E = b->cfg.experts, K = b->cfg.top_k;
+    clnpu_status st = clnpu_buffer_read(b->counts, 0, b->host_counts, E * sizeof(int));
+    clnpu_gemm_segment *segs = NULL;
+    if (!st && !(segs = malloc(E * sizeof *segs))) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    size_t row = 0, nseg = 0;
+    for (size_t e = 0; !st && e < E; e++) {
+        if (b->host_counts[e] < 0 || row + (size_t)b->host_counts[e] > T * K) {
+            st = clnpu_fail(CLNPU_ERR_OPENCL, "moe block: device returned inconsistent expert counts");
+            break;
+        }
+        if (b->host_counts[e]) segs[nseg++] = (clnpu_gemm_segment){e, row, (size_t)b->host_counts[e]};
+        row += (size_t)b->host_counts[e];
+    }
+    if (!st) st = dispatch_shards(b, segs, nseg, T * K);
+    free(segs);
+    return st;
+}
+
 void clnpu_moe_block_set_tag(clnpu_moe_block *b, size_t tag) { b->tag = tag; }
 
 clnpu_status clnpu_moe_block_serve(clnpu_moe_block *b, size_t shard, const float *rows, size_t nrows,
@@ -277,7 +299,7 @@ clnpu_status clnpu_moe_block_forward(clnpu_device *dev, clnpu_moe_block *b, clnp
     clnpu_status st = clnpu_gemm(dev, b->router, 0, &g);
     if (!st) st = clnpu_moe_route(dev, (clnpu_view){b->logits, 0, E}, b->bias, T, &b->cfg, b->ids, b->weights);
     if (!st) st = clnpu_moe_plan(dev, b->ids, T, K, E, b->counts, b->offsets, b->src, b->slot_row);
-    /* The shared expert does not depend on routing: queue it before the one sync. */
+    /* The shared expert does not depend on routing: queue it first. */
     if (!st && b->shared_gate_up) {
         g = clnpu_gemm_args_default();
         g.x = x.buf, g.x_offset = x.offset, g.ldx = x.ld, g.y = b->sh_h, g.m = T;
@@ -290,32 +312,18 @@ clnpu_status clnpu_moe_block_forward(clnpu_device *dev, clnpu_moe_block *b, clnp
         }
     }
     if (!st) st = clnpu_moe_gather(dev, b->xp, x, b->src, T * K, H);
-    /* Counts come back to the host to cut the grouped GEMM into tiles (one sync per layer). */
-    if (!st) st = clnpu_buffer_read(b->counts, 0, b->host_counts, E * sizeof(int));
-    clnpu_gemm_segment *segs = NULL;
-    if (!st && !(segs = malloc(E * sizeof *segs))) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    size_t row = 0, nseg = 0;
-    for (size_t e = 0; !st && e < E; e++) {
-        if (b->host_counts[e] < 0 || row + (size_t)b->host_counts[e] > T * K) {
-            st = clnpu_fail(CLNPU_ERR_OPENCL, "moe block: device returned inconsistent expert counts");
-            break;
-        }
-        if (b->host_counts[e]) segs[nseg++] = (clnpu_gemm_segment){e, row, (size_t)b->host_counts[e]};
-        row += (size_t)b->host_counts[e];
-    }
-    if (!st && b->nshards) {
-        st = dispatch_shards(b, segs, nseg, T * K);
-    } else if (!st) {
+    if (!st && !b->nshards) {
+        /* All experts here: the grouped GEMMs read the plan's counts on the device, so the
+         * whole layer is queued without waiting (an expert takes at most T rows). */
         g = clnpu_gemm_args_default();
         g.x = b->xp, g.y = b->hp, g.m = T * K, g.epilogue = CLNPU_EPILOGUE_SWIGLU;
-        st = clnpu_gemm_grouped(dev, b->gate_up, segs, nseg, &g);
-    }
-    if (!st && !b->nshards) {
+        st = clnpu_gemm_grouped_counts(dev, b->gate_up, b->counts, b->offsets, T, &g);
         g = clnpu_gemm_args_default();
         g.x = b->hp, g.y = b->yp, g.m = T * K;
-        st = clnpu_gemm_grouped(dev, b->down, segs, nseg, &g);
+        if (!st) st = clnpu_gemm_grouped_counts(dev, b->down, b->counts, b->offsets, T, &g);
+    } else if (!st) {
+        st = dispatch_routed(b, T);
     }
-    free(segs);
     if (!st)
         st = clnpu_moe_combine(dev, out, (clnpu_view){b->sh_y, 0, H}, b->yp, b->slot_row, b->weights, T, K, H);
     return st;

@@ -79,6 +79,14 @@ static clnpu_buffer *upload_f32(const float *v, size_t n)
     return b;
 }
 
+static clnpu_buffer *upload_i32(const int *v, size_t n)
+{
+    clnpu_buffer *b;
+    ck_assert_ok(clnpu_buffer_create(test_device(), n * sizeof(int), &b));
+    ck_assert_ok(clnpu_buffer_write(b, 0, v, n * sizeof(int)));
+    return b;
+}
+
 static void poison(clnpu_buffer *b)
 {
     float nan = NAN;
@@ -405,6 +413,56 @@ START_TEST(test_gemm_grouped)
                           clnpu_dtype_name(types[ti]), swiglu, err);
             free(ref);
         }
+        /* The same segments with counts and offsets on the device, in matrix order (what the
+         * MoE routing plan writes), for both tile heights; a segment past m is not written. */
+        int cnt[6], off[6];
+        size_t at = 0;
+        for (size_t e = 0; e < E; e++) {
+            size_t r = 0;
+            for (size_t i = 0; i < E; i++)
+                if (segs[i].matrix == e) r = segs[i].rows;
+            cnt[e] = (int)r, off[e] = (int)at, at += r;
+        }
+        clnpu_buffer *bc = upload_i32(cnt, E), *bo = upload_i32(off, E);
+        for (int swiglu = 0; swiglu < 2; swiglu++)
+            for (size_t maxr = 1; maxr <= 14; maxr += 13) {
+                clnpu_gemm_args a = clnpu_gemm_args_default();
+                a.x = bx, a.y = by, a.m = m;
+                a.epilogue = swiglu ? CLNPU_EPILOGUE_SWIGLU : CLNPU_EPILOGUE_NONE;
+                poison(by);
+                ck_assert_ok(clnpu_gemm_grouped_counts(dev, swiglu ? ws : wp, bc, bo, maxr, &a));
+                ck_assert_ok(clnpu_buffer_read(by, 0, out, m * n * sizeof(float)));
+                double *ref = malloc(m * n * sizeof *ref);
+                for (size_t e = 0; e < E; e++) {
+                    if (!cnt[e]) continue;
+                    const size_t r0 = (size_t)off[e], nr = (size_t)cnt[e];
+                    double *g = reference(x + r0 * k, hg[e].deq, nr, n, k, 1, NULL);
+                    double *u = reference(x + r0 * k, hu[e].deq, nr, n, k, 1, NULL);
+                    for (size_t j = 0; j < nr * n; j++)
+                        ref[r0 * n + j] = swiglu ? g[j] / (1 + exp(-g[j])) * u[j] : g[j];
+                    free(g);
+                    free(u);
+                }
+                double err = rel_error(out, ref, m, n, n);
+                ck_assert_msg(err <= 2 * tolerance(k), "grouped counts %s swiglu=%d max_rows=%zu: %.3g",
+                              clnpu_dtype_name(types[ti]), swiglu, maxr, err);
+                free(ref);
+            }
+        /* An inconsistent plan (the last segment runs past m) leaves those rows alone. */
+        cnt[E - 1] += 5;
+        ck_assert_ok(clnpu_buffer_write(bc, 0, cnt, sizeof cnt));
+        {
+            clnpu_gemm_args a = clnpu_gemm_args_default();
+            a.x = bx, a.y = by, a.m = m;
+            poison(by);
+            ck_assert_ok(clnpu_gemm_grouped_counts(dev, wp, bc, bo, 0, &a));
+            ck_assert_ok(clnpu_buffer_read(by, 0, out, m * n * sizeof(float)));
+            const size_t r0 = (size_t)off[E - 1];
+            for (size_t j = r0 * n; j < m * n; j++) ck_assert_msg(isnan(out[j]), "row %zu written", j / n);
+            for (size_t j = 0; j < r0 * n; j++) ck_assert(!isnan(out[j]));
+        }
+        clnpu_buffer_destroy(bc);
+        clnpu_buffer_destroy(bo);
         /* A segment outside X is refused; an all-empty call is a no-op. */
         clnpu_gemm_segment bad = {0, m - 1, 2};
         clnpu_gemm_args a = clnpu_gemm_args_default();

@@ -97,6 +97,15 @@ clnpu_status clnpu_gemm_grouped(clnpu_device *device, const clnpu_weight *weight
                                 const clnpu_gemm_segment *segments, size_t count,
                                 const clnpu_gemm_args *args);
 
+/* The same with the segments on the device, as clnpu_moe_plan leaves them: matrix e (of the
+ * weight's count) takes rows [offsets[e], offsets[e] + counts[e]) of X; counts and offsets hold
+ * int32. No host round trip, so a MoE layer is queued whole. max_rows bounds the rows of any one
+ * segment (it picks the tile height; 0 = args->m); results do not depend on it. A segment that
+ * does not fit in args->m rows is skipped, its rows not written. */
+clnpu_status clnpu_gemm_grouped_counts(clnpu_device *device, const clnpu_weight *weight,
+                                       clnpu_buffer *counts, clnpu_buffer *offsets, size_t max_rows,
+                                       const clnpu_gemm_args *args);
+
 /* Host-side quantisation in the formats above (used by --weights int8|fp8 and tests). */
 clnpu_status clnpu_quantize_i8(const float *w, size_t n, size_t k, size_t group_k, int8_t *out_q,
                                float *out_scales);

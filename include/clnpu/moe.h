@@ -64,7 +64,8 @@ clnpu_status clnpu_moe_block_create_sharded(clnpu_device *dev, const clnpu_moe_c
 void clnpu_moe_block_destroy(clnpu_moe_block *block);
 
 /* out[t] = sum_k w_k Expert_k(x[t]) + Shared(x[t]) for t < tokens (<= max_tokens).
- * Synchronises once (the expert counts decide the grouped GEMM's tiles). */
+ * With every expert on `dev` the layer is only queued (the grouped GEMMs read the routing's
+ * counts on the device); with shards it synchronises once, to cut the rows for them. */
 clnpu_status clnpu_moe_block_forward(clnpu_device *dev, clnpu_moe_block *block, clnpu_view x,
                                      size_t tokens, clnpu_view out);
 
