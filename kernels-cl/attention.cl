@@ -142,3 +142,129 @@ __kernel void clnpu_flash_attn(__global const float *Q, const uint qoff, const u
         for (int d = 0; d < DV; d++) orow[d] = o[i][d] * inv;
     }
 }
+
+/* The same attention for devices whose local memory is ordinary cached memory (CPUs): no local
+ * tiles and no barriers, and the queries run along the vector lanes. A work-item takes QG
+ * groups of QV consecutive queries of one head; per block of KB keys the scores S^T[key][query]
+ * sit in QG * KB vector registers, built like a GEMM micro-kernel (QG query-column loads and KB
+ * broadcasts feed QG * KB FMAs per head-dim element). The online softmax is then element-wise
+ * across those vectors (max, exp and sum over QV queries at once, no horizontal reductions),
+ * and P.V accumulates into O^T[dv][query] with KB broadcast FMAs per load/store. Each key block
+ * is first copied to a private tile so the inner loops address it with constant offsets.
+ * Measured on PoCL: docs/performance.md.
+ * Tunables: CLNPU_ATTN_QV (8 or 16), CLNPU_ATTN_QG (1 or 2), CLNPU_ATTN_KB (keys per block). */
+#ifndef CLNPU_ATTN_QV
+#define CLNPU_ATTN_QV 16
+#endif
+#ifndef CLNPU_ATTN_QG
+#define CLNPU_ATTN_QG 1
+#endif
+#ifndef CLNPU_ATTN_KB
+#define CLNPU_ATTN_KB 8
+#endif
+#define QV CLNPU_ATTN_QV
+#define QG CLNPU_ATTN_QG
+#define KB CLNPU_ATTN_KB
+#define QN (QV * QG) /* queries per work-item */
+#if QV == 16
+#define QF float16
+#define QI int16
+#define QL vload16
+#define QS vstore16
+#elif QV == 8
+#define QF float8
+#define QI int8
+#define QL vload8
+#define QS vstore8
+#else
+#error "CLNPU_ATTN_QV must be 8 or 16"
+#endif
+
+__kernel void clnpu_flash_attn_regs(__global const float *Q, const uint qoff, const uint ldq,
+                                    const uint hsq, __global const float *K, const uint koff,
+                                    const uint ldk, const uint hsk, __global const float *V,
+                                    const uint voff, const uint ldv, const uint hsv, __global float *O,
+                                    const uint ooff, const uint ldo, const uint hso, const uint T,
+                                    const uint P, const float scale)
+{
+    const uint h = get_global_id(1), t0 = get_global_id(0) * QN;
+    if (t0 >= T) return;
+    /* qt[d][i] and ot[dv][i] hold query i of the work-item in lane i % QV of vector i / QV */
+    float qt[DQK * QN], ot[DV * QN], kt[KB * DQK], vt[KB * DV], lane[QN];
+    for (int i = 0; i < QN; i++) {
+        /* rows past T repeat the last query; they are computed but never stored */
+        __global const float *qr = Q + qoff + (size_t)min(t0 + i, T - 1) * ldq + (size_t)h * hsq;
+        for (int d = 0; d < DQK; d++) qt[d * QN + i] = qr[d] * scale;
+        lane[i] = (float)(P + t0 + i); /* the query's position: it sees keys <= lane */
+    }
+    for (int d = 0; d < DV * QN; d++) ot[d] = 0.0f;
+    QF qpos[QG], m[QG], lsum[QG];
+#pragma unroll
+    for (int g = 0; g < QG; g++) {
+        qpos[g] = QL(0, lane + g * QV);
+        m[g] = (QF)(-INFINITY);
+        lsum[g] = (QF)(0.0f);
+    }
+    const uint kend = P + min(T, t0 + QN); /* keys any of the queries may see */
+    for (uint j0 = 0; j0 < kend; j0 += KB) {
+        for (int jj = 0; jj < KB; jj++) { /* rows past kend repeat the last key, masked below */
+            const size_t j = min(j0 + jj, kend - 1);
+            __global const float *kr = K + koff + j * ldk + (size_t)h * hsk;
+            __global const float *vr = V + voff + j * ldv + (size_t)h * hsv;
+#if DQK % 16 == 0 && DV % 16 == 0
+            for (int d = 0; d < DQK; d += 16) vstore16(vload16(0, kr + d), 0, kt + jj * DQK + d);
+            for (int d = 0; d < DV; d += 16) vstore16(vload16(0, vr + d), 0, vt + jj * DV + d);
+#else
+            for (int d = 0; d < DQK; d += 4) vstore4(vload4(0, kr + d), 0, kt + jj * DQK + d);
+            for (int d = 0; d < DV; d += 4) vstore4(vload4(0, vr + d), 0, vt + jj * DV + d);
+#endif
+        }
+        QF s[QG * KB];
+#pragma unroll
+        for (int r = 0; r < QG * KB; r++) s[r] = (QF)(0.0f);
+        for (int d = 0; d < DQK; d++) {
+#pragma unroll
+            for (int g = 0; g < QG; g++) {
+                const QF qv = QL(0, qt + d * QN + g * QV);
+#pragma unroll
+                for (int jj = 0; jj < KB; jj++) s[g * KB + jj] = fma((QF)(kt[jj * DQK + d]), qv, s[g * KB + jj]);
+            }
+        }
+        /* causal mask and the online softmax, for all queries at once; the first block always
+         * holds key 0, which every query sees, so m is finite after it */
+        QF corr[QG];
+#pragma unroll
+        for (int g = 0; g < QG; g++) {
+            QF bm = m[g];
+#pragma unroll
+            for (int jj = 0; jj < KB; jj++) {
+                const QI hide = isgreater((QF)((float)(j0 + jj)), qpos[g]) | (QI)(j0 + jj >= kend ? -1 : 0);
+                s[g * KB + jj] = select(s[g * KB + jj], (QF)(-INFINITY), hide);
+                bm = fmax(bm, s[g * KB + jj]);
+            }
+            corr[g] = exp(m[g] - bm);
+            m[g] = bm;
+            lsum[g] *= corr[g];
+#pragma unroll
+            for (int jj = 0; jj < KB; jj++) {
+                s[g * KB + jj] = exp(s[g * KB + jj] - bm);
+                lsum[g] += s[g * KB + jj];
+            }
+        }
+        for (int d = 0; d < DV; d++) {
+#pragma unroll
+            for (int g = 0; g < QG; g++) {
+                QF acc = QL(0, ot + d * QN + g * QV) * corr[g];
+#pragma unroll
+                for (int jj = 0; jj < KB; jj++) acc = fma(s[g * KB + jj], (QF)(vt[jj * DV + d]), acc);
+                QS(acc, 0, ot + d * QN + g * QV);
+            }
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < QG; g++) QS((QF)(1.0f) / lsum[g], 0, lane + g * QV);
+    for (int i = 0; i < QN && t0 + i < T; i++) {
+        __global float *orow = O + ooff + (size_t)(t0 + i) * ldo + (size_t)h * hso;
+        for (int d = 0; d < DV; d++) orow[d] = ot[d * QN + i] * lane[i];
+    }
+}

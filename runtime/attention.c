@@ -1,5 +1,7 @@
 /* Attention operators: causal flash attention for prefill, absorbed MLA decode. */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "../backend/error.h"
 #include "clnpu/ops.h"
@@ -30,23 +32,9 @@ clnpu_status clnpu_flash_attention(clnpu_device *dev, const clnpu_attention_args
     if (!st) st = check_rows(&a->v, S, a->heads, a->v_head_stride, a->dv, "v");
     if (!st) st = check_rows(&a->o, a->tokens, a->heads, a->o_head_stride, a->dv, "o");
     if (st) return st;
-    /* Key tile rows from the local-memory budget (the emulated NPU's SRAM when emulating). */
-    const uint64_t budget = clnpu_device_local_mem_budget(dev);
-    size_t bk = (size_t)(budget / ((a->dqk + a->dv) * sizeof(float)));
-    if (bk > 64) bk = 64;
-    if (bk < 1)
-        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "attention: local-memory budget %llu B cannot hold one "
-                          "key/value row of %zu floats", (unsigned long long)budget, a->dqk + a->dv);
-    const bool cpu = clnpu_device_get_info(dev)->type == CLNPU_DEVICE_TYPE_CPU;
     char cls[32];
     snprintf(cls, sizeof cls, "d%zu_%zu", a->dqk, a->dv);
     const clnpu_tuning_entry *te = clnpu_device_tuning_lookup(dev, "attention", "f32", cls);
-    const int tbq = clnpu_tuning_param(te, "bq", 8), tbk = clnpu_tuning_param(te, "bk", 0);
-    const size_t bq = tbq >= 1 && tbq <= 16 ? (size_t)tbq : 8, wg = cpu ? 1 : 32;
-    if (tbk > 0 && (size_t)tbk < bk) bk = (size_t)tbk; /* never past the local-memory budget */
-    char opts[160];
-    snprintf(opts, sizeof opts, "-DCLNPU_ATTN_DQK=%zu -DCLNPU_ATTN_DV=%zu -DCLNPU_ATTN_BQ=%zu "
-             "-DCLNPU_ATTN_BK=%zu -DCLNPU_ATTN_WG=%zu", a->dqk, a->dv, bq, bk, wg);
     cl_mem q = clnpu_mem(a->q.buf), k = clnpu_mem(a->k.buf), v = clnpu_mem(a->v.buf), o = clnpu_mem(a->o.buf);
     cl_uint qo = (cl_uint)a->q.offset, ql = (cl_uint)a->q.ld, qh = (cl_uint)a->q_head_stride;
     cl_uint ko = (cl_uint)a->k.offset, kl = (cl_uint)a->k.ld, kh = (cl_uint)a->k_head_stride;
@@ -57,9 +45,41 @@ clnpu_status clnpu_flash_attention(clnpu_device *dev, const clnpu_attention_args
     clnpu_karg args[] = {KARG(q), KARG(qo), KARG(ql), KARG(qh), KARG(k), KARG(ko), KARG(kl), KARG(kh),
                          KARG(v), KARG(vo), KARG(vl), KARG(vh), KARG(o), KARG(oo), KARG(ol), KARG(oh),
                          KARG(T), KARG(P), KARG(sc)};
+    char opts[160];
+    if (clnpu_attention_uses_registers(dev)) {
+        /* Local memory is ordinary memory here: the register-blocked variant, queries in lanes. */
+        const int tqv = clnpu_tuning_param(te, "qv", 16), tqg = clnpu_tuning_param(te, "qg", 1),
+                  tkb = clnpu_tuning_param(te, "kb", 8);
+        const size_t qv = tqv == 8 ? 8 : 16, qg = tqg == 2 ? 2 : 1, kb = tkb >= 1 && tkb <= 32 ? (size_t)tkb : 8;
+        snprintf(opts, sizeof opts, "-DCLNPU_ATTN_DQK=%zu -DCLNPU_ATTN_DV=%zu -DCLNPU_ATTN_QV=%zu "
+                 "-DCLNPU_ATTN_QG=%zu -DCLNPU_ATTN_KB=%zu", a->dqk, a->dv, qv, qg, kb);
+        size_t g[2] = {(a->tokens + qv * qg - 1) / (qv * qg), a->heads}, l[2] = {1, 1};
+        return clnpu_launch(dev, "attention.cl", opts, "clnpu_flash_attn_regs", 2, g, l, args, 19);
+    }
+    /* Key tile rows from the local-memory budget (the emulated NPU's SRAM when emulating). */
+    const uint64_t budget = clnpu_device_local_mem_budget(dev);
+    size_t bk = (size_t)(budget / ((a->dqk + a->dv) * sizeof(float)));
+    if (bk > 64) bk = 64;
+    if (bk < 1)
+        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "attention: local-memory budget %llu B cannot hold one "
+                          "key/value row of %zu floats", (unsigned long long)budget, a->dqk + a->dv);
+    const bool cpu = clnpu_device_get_info(dev)->type == CLNPU_DEVICE_TYPE_CPU;
+    const int tbq = clnpu_tuning_param(te, "bq", 8), tbk = clnpu_tuning_param(te, "bk", 0);
+    const size_t bq = tbq >= 1 && tbq <= 16 ? (size_t)tbq : 8, wg = cpu ? 1 : 32;
+    if (tbk > 0 && (size_t)tbk < bk) bk = (size_t)tbk; /* never past the local-memory budget */
+    snprintf(opts, sizeof opts, "-DCLNPU_ATTN_DQK=%zu -DCLNPU_ATTN_DV=%zu -DCLNPU_ATTN_BQ=%zu "
+             "-DCLNPU_ATTN_BK=%zu -DCLNPU_ATTN_WG=%zu", a->dqk, a->dv, bq, bk, wg);
     const size_t groups = (a->tokens + wg * bq - 1) / (wg * bq);
     size_t g[2] = {groups * wg, a->heads}, l[2] = {wg, 1};
     return clnpu_launch(dev, "attention.cl", opts, "clnpu_flash_attn", 2, g, l, args, 19);
+}
+
+bool clnpu_attention_uses_registers(const clnpu_device *dev)
+{
+    const char *force = getenv("CLNPU_ATTENTION");
+    if (force && !strcmp(force, "local")) return false;
+    if (force && !strcmp(force, "registers")) return true;
+    return clnpu_device_get_info(dev)->local_mem_is_global;
 }
 
 clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)

@@ -274,6 +274,11 @@ START_TEST(test_flash_attention)
     clnpu_device *dev = test_device();
     const size_t Ts[] = {1, 7, 64, 129, 1000};
     const size_t dims[][3] = {{192, 128, 2}, {64, 64, 3}, {20, 12, 5}}; /* dqk, dv, heads */
+    /* both kernels: local-memory tiles (GPUs, NPUs) and register blocks (CPUs) */
+    static const char *const variant[] = {"local", "registers"};
+    for (int vi = 0; vi < 2; vi++) {
+    setenv("CLNPU_ATTENTION", variant[vi], 1);
+    ck_assert(clnpu_attention_uses_registers(dev) == (vi == 1));
     for (size_t ti = 0; ti < 5; ti++)
         for (size_t di = 0; di < 3; di++)
             for (int withp = 0; withp < 2; withp++) {
@@ -293,11 +298,13 @@ START_TEST(test_flash_attention)
                 double *ref = malloc(T * H * dv * sizeof *ref);
                 attention_ref(q, k, v, ref, T, P, H, dqk, dv, scale);
                 CHECK_ERR(o, ref, T * H * dv, 2e-6 * sqrt((double)S) + 1e-6,
-                          "attention T=%zu P=%zu H=%zu dqk=%zu dv=%zu", T, P, H, dqk, dv);
+                          "%s attention T=%zu P=%zu H=%zu dqk=%zu dv=%zu", variant[vi], T, P, H, dqk, dv);
                 free(q), free(k), free(v), free(o), free(ref);
                 clnpu_buffer_destroy(bq), clnpu_buffer_destroy(bk), clnpu_buffer_destroy(bv);
                 clnpu_buffer_destroy(bo);
             }
+    }
+    unsetenv("CLNPU_ATTENTION");
 }
 END_TEST
 

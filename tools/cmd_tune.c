@@ -488,7 +488,9 @@ int cmd_tune(int argc, char **argv)
             continue;
         }
         space sp;
-        if (!load_space(j->kernel, &sp)) continue;
+        /* attention has two kernels; the tunables are those of the one this device runs */
+        const bool regs = !strcmp(j->kernel, "attention") && clnpu_attention_uses_registers(dev);
+        if (!load_space(regs ? "attention_regs" : j->kernel, &sp)) continue;
         if (!strcmp(j->cls, "gemv")) { /* M = 1 always uses one row per work-item */
             for (int i = 0; i < sp.np; i++)
                 if (!strcmp(sp.name[i], "mr")) sp.vals[i][0] = 1, sp.nv[i] = 1;

@@ -98,8 +98,14 @@ typedef struct clnpu_attention_args {
     float scale;                    /* softmax scale */
 } clnpu_attention_args;
 
-/* Causal flash attention (prefill / chunked prefill): query t sees keys 0 .. P + t. */
+/* Causal flash attention (prefill / chunked prefill): query t sees keys 0 .. P + t. Two kernels:
+ * key/value tiles in local memory sized from the profile's budget (GPUs, NPUs), and a
+ * register-blocked one with the queries in vector lanes for devices whose local memory is
+ * ordinary memory (CPUs). */
 clnpu_status clnpu_flash_attention(clnpu_device *dev, const clnpu_attention_args *args);
+/* Which kernel clnpu_flash_attention uses on this device: true for the register-blocked one.
+ * CLNPU_ATTENTION=local|registers overrides the choice (tests run both on one device). */
+bool clnpu_attention_uses_registers(const clnpu_device *dev);
 
 typedef struct clnpu_mla_decode_args {
     const clnpu_buffer *q_abs;       /* [B][H][R]: q_nope folded through W_UK */
