@@ -1,9 +1,13 @@
 /* Side-by-side GEMM / GEMV in one process: clnpu, CLBlast (CLBlastSgemm on the same OpenCL
  * device and queue) and OpenBLAS (cblas_sgemm, cblas_sgemv for M = 1) on the host.
  * Medians of repeated runs; weights rotate over enough copies to exceed the last-level cache
- * for the memory-bound shapes, so nobody is timed on cached weights.
+ * for the memory-bound shapes, so nobody is timed on cached weights. For the M = 1 shapes a
+ * second table streams f32 and bf16 weights and compares their bytes per second with a STREAM
+ * triad measured in the same run (one host thread per online CPU).
  * Usage: gemm_compare [--device N] [--shape MxNxK ...] [--min-time S] */
 #include <CL/cl.h>
+#include <pthread.h>
+#include <unistd.h>
 #include <cblas.h>
 #include <clblast_c.h>
 #include <math.h>
@@ -104,6 +108,90 @@ static double time_it(ctx *c, run_fn run, run_fn finish, double min_time)
     return t[3];
 }
 
+/* ---- STREAM triad a[i] = b[i] + s * c[i], counted as 24 bytes per element as STREAM does ---- */
+typedef struct triad_part {
+    double *a, *b, *c;
+    size_t lo, hi;
+} triad_part;
+
+static void *triad_run(void *arg)
+{
+    triad_part *p = arg;
+    for (size_t i = p->lo; i < p->hi; i++) p->a[i] = p->b[i] + 3.0 * p->c[i];
+    return NULL;
+}
+
+static void triad_fill(double *a, double *b, double *c, size_t lo, size_t hi)
+{
+    for (size_t i = lo; i < hi; i++) a[i] = 1.0, b[i] = 2.0, c[i] = 0.5;
+}
+
+/* Median GB/s of 10 triads over arrays of 4x the last-level cache (at most 1 GiB each). Each
+ * thread touches its own slice first, so its pages sit near it. */
+static double stream_triad(uint64_t llc, int *out_threads)
+{
+    long nt = sysconf(_SC_NPROCESSORS_ONLN);
+    if (nt < 1) nt = 1;
+    if (nt > 64) nt = 64;
+    *out_threads = (int)nt;
+    size_t n = (size_t)(4 * llc / sizeof(double));
+    if (n < ((size_t)1 << 23)) n = (size_t)1 << 23;
+    if (n > ((size_t)1 << 27)) n = (size_t)1 << 27;
+    double *a = malloc(n * 8), *b = malloc(n * 8), *c = malloc(n * 8);
+    double t[10], gbs = NAN;
+    triad_part parts[64];
+    pthread_t th[64];
+    if (!a || !b || !c) goto done;
+    for (long i = 0; i < nt; i++) {
+        parts[i] = (triad_part){a, b, c, n * (size_t)i / (size_t)nt, n * (size_t)(i + 1) / (size_t)nt};
+        triad_fill(a, b, c, parts[i].lo, parts[i].hi);
+    }
+    for (int r = 0; r < 10; r++) {
+        double t0 = now_s();
+        long started = 0;
+        for (; started < nt; started++)
+            if (pthread_create(&th[started], NULL, triad_run, &parts[started])) break;
+        for (long i = 0; i < started; i++) pthread_join(th[i], NULL);
+        if (started < nt) goto done;
+        t[r] = now_s() - t0;
+    }
+    qsort(t, 10, sizeof t[0], cmp_d);
+    gbs = 24.0 * n / ((t[4] + t[5]) / 2) / 1e9;
+done:
+    free(a), free(b), free(c);
+    return gbs;
+}
+
+/* clnpu GEMV (M = 1) over `dtype` weights: median ms, with enough copies to leave the cache. */
+static double gemv_ms(clnpu_device *dev, clnpu_dtype dtype, size_t n, size_t k, uint64_t llc, double min_time)
+{
+    const size_t es = dtype == CLNPU_DTYPE_BF16 ? 2 : 4, wbytes = n * k * es;
+    size_t copies = wbytes >= 2 * llc ? 1 : (size_t)((2 * llc + wbytes - 1) / wbytes);
+    if (copies * wbytes > (1u << 30)) copies = (1u << 30) / wbytes ? (1u << 30) / wbytes : 1;
+    void *hw = malloc(n * k * es);
+    float *hx = malloc(k * sizeof *hx);
+    clnpu_weight_desc *d = calloc(copies, sizeof *d);
+    double ms = NAN;
+    if (!hw || !hx || !d) goto done;
+    for (size_t i = 0; i < n * k; i++) {
+        float v = (float)((i * 7919) % 1000) * 1e-4f - 0.05f;
+        if (es == 2) ((uint16_t *)hw)[i] = clnpu_f32_to_bf16(v);
+        else ((float *)hw)[i] = v;
+    }
+    for (size_t i = 0; i < k; i++) hx[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
+    for (size_t i = 0; i < copies; i++) d[i] = (clnpu_weight_desc){dtype, n, k, hw, NULL, 0};
+    ctx c = {.m = 1, .n = n, .k = k, .copies = copies, .dev = dev};
+    if (!clnpu_weight_upload(dev, d, copies, &c.w) && !clnpu_buffer_create(dev, k * 4, &c.x) &&
+        !clnpu_buffer_create(dev, n * 4, &c.y) && !clnpu_buffer_write(c.x, 0, hx, k * 4))
+        ms = 1e3 * time_it(&c, run_clnpu, finish_clnpu, min_time);
+    clnpu_weight_destroy(c.w);
+    clnpu_buffer_destroy(c.x);
+    clnpu_buffer_destroy(c.y);
+done:
+    free(hw), free(hx), free(d);
+    return ms;
+}
+
 int main(int argc, char **argv)
 {
     size_t devidx = 0, nshapes = 0;
@@ -183,6 +271,29 @@ int main(int argc, char **argv)
         free(c.hw);
         free(c.hx);
         free(c.hy);
+    }
+    /* Weight streaming at M = 1: bytes of W per second against this machine's STREAM triad. */
+    const uint64_t llc = info->global_cache_bytes ? info->global_cache_bytes : (64u << 20);
+    int threads = 0;
+    const double triad = rc ? NAN : stream_triad(llc, &threads);
+    bool header = false;
+    for (size_t si = 0; si < nshapes && !rc; si++) {
+        const size_t n = shapes[si][1], k = shapes[si][2];
+        if (shapes[si][0] != 1) continue;
+        if (!header) {
+            printf("\nGEMV weight streaming vs STREAM triad in this run: %.1f GB/s (%d threads)\n", triad, threads);
+            printf("%-16s %9s %9s   %9s %9s   %9s %9s\n", "M x N x K", "f32 ms", "bf16 ms", "f32 GB/s", "bf16 GB/s",
+                   "f32/STRM", "bf16/STRM");
+            header = true;
+        }
+        const double t32 = gemv_ms(dev, CLNPU_DTYPE_F32, n, k, llc, min_time);
+        const double t16 = gemv_ms(dev, CLNPU_DTYPE_BF16, n, k, llc, min_time);
+        const double g32 = n * k * 4.0 / t32 / 1e6, g16 = n * k * 2.0 / t16 / 1e6;
+        char name[32];
+        snprintf(name, sizeof name, "1x%zux%zu", n, k);
+        printf("%-16s %9.3f %9.3f   %9.1f %9.1f   %8.2fx %8.2fx\n", name, t32, t16, g32, g16, g32 / triad,
+               g16 / triad);
+        fflush(stdout);
     }
     clnpu_device_close(dev);
     return rc;
