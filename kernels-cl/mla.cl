@@ -6,7 +6,7 @@
  * Sequences of different lengths share one launch through a block table (page ids per
  * sequence, PAGE rows each). The context is split into chunks (one per work-group along dim 2);
  * each chunk writes a partial z with its max and sum, and clnpu_mla_combine merges them, so a
- * long context keeps every compute unit busy. q_pe of (b, h) is at qp + qp_off + (b*H + h) * qp_hs,
+ * long context keeps every compute unit busy (with one chunk the output is written directly). q_pe of (b, h) is at qp + qp_off + (b*H + h) * qp_hs,
  * so it can be read in place from the projected q. A work-item serves HG heads so each cache row is
  * read once for all of them. Tunables: CLNPU_MLA_HG, CLNPU_MLA_BT (rows per softmax step). */
 #include "clnpu_common.h"
@@ -132,6 +132,11 @@ __kernel void clnpu_mla_decode(__global const float *qa, __global const float *q
     }
     for (uint g = 0; g < nh; g++) {
         const size_t idx = ((size_t)b * H + hg0 + g) * splits + sp;
+        if (splits == 1) { /* the whole context in one chunk: part_z is the output, no merge pass */
+            const float inv = 1.0f / lsum[g];
+            for (int d = 0; d < R; d++) part_z[idx * R + d] = z[g][d] * inv;
+            continue;
+        }
         for (int d = 0; d < R; d++) part_z[idx * R + d] = z[g][d];
         part_ml[2 * idx] = m[g];     /* -inf for an empty chunk */
         part_ml[2 * idx + 1] = lsum[g];

@@ -114,16 +114,18 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
         if (!splits) splits = 1;
     }
     const size_t chunk = (a->max_seq_len + splits - 1) / splits;
+    /* One chunk (short contexts, decode on a few compute units): the kernel normalises and
+     * writes the output itself; no partials, no merge launch. */
     clnpu_buffer *pz = NULL, *pml = NULL;
-    clnpu_status st = clnpu_buffer_create(dev, B * H * splits * R * sizeof(float), &pz);
-    if (!st) st = clnpu_buffer_create(dev, B * H * splits * 2 * sizeof(float), &pml);
+    clnpu_status st = splits == 1 ? CLNPU_OK : clnpu_buffer_create(dev, B * H * splits * R * sizeof(float), &pz);
+    if (!st && splits > 1) st = clnpu_buffer_create(dev, B * H * splits * 2 * sizeof(float), &pml);
     char opts[128];
     snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu", R,
              a->rope_dim, hg);
     if (!st) {
         cl_mem qa = clnpu_mem(a->q_abs), qp = clnpu_mem(a->q_pe), c = clnpu_mem(a->cache),
-               bt = clnpu_mem(a->block_table), sl = clnpu_mem(a->seq_len), mz = clnpu_mem(pz),
-               mml = clnpu_mem(pml);
+               bt = clnpu_mem(a->block_table), sl = clnpu_mem(a->seq_len),
+               mz = clnpu_mem(splits > 1 ? pz : a->out), mml = clnpu_mem(splits > 1 ? pml : a->out);
         cl_uint page = (cl_uint)a->page_size, mb = (cl_uint)a->max_blocks, h = (cl_uint)H,
                 sp = splits, ch = (cl_uint)chunk, qo = (cl_uint)a->q_pe_offset, qs = (cl_uint)qps;
         cl_float sc = a->scale;
@@ -132,7 +134,7 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
         size_t g[3] = {(H + hg - 1) / hg, B, splits};
         st = clnpu_launch(dev, "mla.cl", opts, "clnpu_mla_decode", 3, g, NULL, args, 15);
     }
-    if (!st) {
+    if (!st && splits > 1) {
         cl_mem mz = clnpu_mem(pz), mml = clnpu_mem(pml), mo = clnpu_mem(a->out);
         cl_uint h = (cl_uint)H, sp = splits;
         clnpu_karg args[] = {KARG(mz), KARG(mml), KARG(mo), KARG(h), KARG(sp)};

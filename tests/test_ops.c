@@ -313,7 +313,9 @@ START_TEST(test_mla_decode)
     clnpu_device *dev = test_device();
     const size_t shapes[][3] = {{32, 8, 5}, {512, 64, 4}}; /* R, DR, H */
     for (size_t si = 0; si < 2; si++)
-        for (unsigned forced = 0; forced < 2; forced++) {
+        for (unsigned fi = 0; fi < 3; fi++) {
+            /* splits: chosen, forced to 7 (merge pass), forced to 1 (the kernel writes out) */
+            const unsigned forced = fi == 0 ? 0 : fi == 1 ? 7 : 1;
             const size_t R = shapes[si][0], DR = shapes[si][1], H = shapes[si][2], B = 3, page = 16;
             const int lens[3] = {1, 37, 1300};
             const size_t maxlen = 1300, max_blocks = (maxlen + page - 1) / page, npages = B * max_blocks;
@@ -333,7 +335,7 @@ START_TEST(test_mla_decode)
                          *bl = dev_i32(lens, B), *bo = dev_nan(B * H * R);
             const float scale = 0.15f;
             clnpu_mla_decode_args a = {bqa, bqp, bc, page, bbt, max_blocks, bl, maxlen, B, H, R, DR,
-                                       scale, bo, forced ? 7 : 0, 0, 0};
+                                       scale, bo, forced, 0, 0};
             ck_assert_ok(clnpu_mla_decode(dev, &a));
             float *o = read_f32(bo, B * H * R);
             double *ref = malloc(B * H * R * sizeof *ref), *s = malloc(maxlen * sizeof *s);
@@ -356,8 +358,8 @@ START_TEST(test_mla_decode)
                         ref[(b * H + h) * R + d] = acc / z;
                     }
                 }
-            CHECK_ERR(o, ref, B * H * R, 2e-6 * sqrt((double)maxlen) + 1e-6, "mla R=%zu H=%zu splits=%s", R, H,
-                      forced ? "7" : "auto");
+            CHECK_ERR(o, ref, B * H * R, 2e-6 * sqrt((double)maxlen) + 1e-6, "mla R=%zu H=%zu splits=%u (0: chosen)", R,
+                      H, forced);
             free(perm), free(bt), free(cache), free(qa), free(qp), free(o), free(ref), free(s);
             clnpu_buffer_destroy(bc), clnpu_buffer_destroy(bqa), clnpu_buffer_destroy(bqp);
             clnpu_buffer_destroy(bbt), clnpu_buffer_destroy(bl), clnpu_buffer_destroy(bo);

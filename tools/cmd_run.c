@@ -281,6 +281,16 @@ int cmd_run(int argc, char **argv)
         if (decoded)
             fprintf(stderr, "decode: %zu tokens in %.1f ms, %.2f tokens/s\n", decoded, t_decode * 1e3,
                     decoded / t_decode);
+        /* The memory roofline of decode: every active weight byte read once per token (the
+         * embedding table is not: one row is), at the profile's memory bandwidth. */
+        const double bw = clnpu_device_get_profile(dev)->memory_bandwidth;
+        const int wdt = r.weights >= 0 ? r.weights : r.random_weights ? CLNPU_DTYPE_BF16 : -1;
+        if (decoded && !pl && wdt >= 0 && bw > 0) {
+            const double bytes = (active - (double)cfg.vocab_size * cfg.hidden_size) * clnpu_dtype_size((clnpu_dtype)wdt);
+            fprintf(stderr, "decode roofline: %.0f MB of %s weights per token at %.1f GB/s (profile %s) = %.1f tokens/s; "
+                    "measured %.2fx\n", bytes / 1e6, clnpu_dtype_name((clnpu_dtype)wdt), bw / 1e9,
+                    clnpu_device_get_profile(dev)->name, bw / bytes, decoded / t_decode / (bw / bytes));
+        }
         for (size_t s = 0; s < (pl ? nspecs : 1); s++) {
             clnpu_device *dv = pl ? clnpu_pipeline_stage_device(pl, s) : dev;
             if (!dv) continue; /* a stage of another MPI rank */
