@@ -190,6 +190,7 @@ struct clnpu_buffer {
     clnpu_device *dev;
     cl_mem mem;
     size_t size;
+    bool sub;
 };
 
 clnpu_status clnpu_buffer_create(clnpu_device *d, size_t bytes, clnpu_buffer **out)
@@ -232,11 +233,43 @@ clnpu_status clnpu_buffer_create(clnpu_device *d, size_t bytes, clnpu_buffer **o
     return CLNPU_OK;
 }
 
+clnpu_status clnpu_buffer_create_sub(clnpu_buffer *parent, size_t offset, size_t bytes, clnpu_buffer **out)
+{
+    *out = NULL;
+    cl_uint align_bits = 0;
+    clGetDeviceInfo(parent->dev->device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits, NULL);
+    const size_t align = align_bits >= 8 ? align_bits / 8 : 1;
+    if (!bytes || offset % align || offset + bytes > parent->size)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "sub-buffer [%zu, +%zu) of a %zu-byte buffer: empty, past the "
+                          "end, or not aligned to the device's %zu bytes", offset, bytes, parent->size, align);
+    clnpu_buffer *b = calloc(1, sizeof *b);
+    if (!b) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    cl_buffer_region region = {offset, bytes};
+    cl_int err;
+    b->mem = clCreateSubBuffer(parent->mem, CL_MEM_READ_WRITE, CL_BUFFER_CREATE_TYPE_REGION, &region, &err);
+    if (!b->mem) {
+        free(b);
+        return clnpu_fail_cl(err, "clCreateSubBuffer", NULL);
+    }
+    b->dev = parent->dev;
+    b->size = bytes;
+    b->sub = true; /* its bytes are the parent's: not counted twice */
+    *out = b;
+    return CLNPU_OK;
+}
+
+size_t clnpu_buffer_sub_align(const clnpu_device *d)
+{
+    cl_uint align_bits = 0;
+    clGetDeviceInfo(d->device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits, NULL);
+    return align_bits >= 8 ? align_bits / 8 : 1;
+}
+
 void clnpu_buffer_destroy(clnpu_buffer *b)
 {
     if (!b) return;
     clReleaseMemObject(b->mem);
-    b->dev->used -= b->size;
+    if (!b->sub) b->dev->used -= b->size;
     free(b);
 }
 
@@ -249,6 +282,14 @@ static clnpu_status check_range(const clnpu_buffer *b, size_t off, size_t bytes,
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%s of %zu bytes at offset %zu is outside a "
                           "buffer of %zu bytes", op, bytes, off, b->size);
     return CLNPU_OK;
+}
+
+clnpu_status clnpu_buffer_write_async(clnpu_buffer *b, size_t off, const void *src, size_t bytes)
+{
+    clnpu_status st = check_range(b, off, bytes, "write");
+    if (st || !bytes) return st;
+    cl_int err = clEnqueueWriteBuffer(b->dev->queue, b->mem, CL_FALSE, off, bytes, src, 0, NULL, NULL);
+    return err ? clnpu_fail_cl(err, "clEnqueueWriteBuffer", NULL) : CLNPU_OK;
 }
 
 clnpu_status clnpu_buffer_write(clnpu_buffer *b, size_t off, const void *src, size_t bytes)

@@ -162,18 +162,17 @@ clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids,
             return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "token id %d at %zu is outside the vocabulary of %zu",
                               ids[i], i, c->vocab_size);
     clnpu_status st = ensure_pages(m, T, seq_of, pos_of);
-    int *pos = malloc(T * sizeof *pos), *seq = malloc(T * sizeof *seq), *lens = malloc(T * sizeof *lens);
+    /* ids, positions, sequences and lengths go up in one write, queued without waiting (a decode
+     * step would otherwise sync four times before its first kernel); the step ends with a sync. */
+    const size_t slot = m->step_slot / sizeof(int);
+    int *hid = m->step_host, *pos = hid + slot, *seq = pos + slot, *lens = seq + slot;
     size_t maxlen = 0;
-    if (!pos || !seq || !lens) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     for (size_t i = 0; !st && i < T; i++) {
+        hid[i] = m->opt.embed ? ids[i] : 0;
         pos[i] = (int)pos_of[i], seq[i] = (int)seq_of[i], lens[i] = (int)pos_of[i] + 1;
         if ((size_t)lens[i] > maxlen) maxlen = (size_t)lens[i];
     }
-    if (!st && m->opt.embed) st = clnpu_buffer_write(m->ids, 0, ids, T * sizeof(int));
-    if (!st) st = clnpu_buffer_write(m->pos, 0, pos, T * sizeof(int));
-    if (!st) st = clnpu_buffer_write(m->seqs, 0, seq, T * sizeof(int));
-    if (!st && decode) st = clnpu_buffer_write(m->lens, 0, lens, T * sizeof(int));
-    free(pos), free(seq), free(lens);
+    if (!st) st = clnpu_buffer_write_async(m->stepbuf, 0, m->step_host, 3 * m->step_slot + T * sizeof(int));
     if (!st && m->opt.embed) st = clnpu_embed(m->dev, m->h, m->embed, m->embed_dtype, m->ids, T, d, c->vocab_size);
     else if (!st) st = clnpu_buffer_write(m->h, 0, h_in, T * d * sizeof(float)); /* from the previous stage */
     if (!st && m->opt.embed) st = capture(m, 0, m->h, T);
@@ -233,11 +232,18 @@ clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids,
     if (!st && !m->opt.head && h_out) st = clnpu_buffer_read(m->h, 0, h_out, T * d * sizeof(float));
     if (!st && m->opt.head) st = clnpu_rmsnorm(m->dev, hv, none, av, m->final_norm, T, d, eps);
     if (!st && m->opt.head) st = capture(m, c->num_hidden_layers + 1, m->a, T);
-    if (!st && logits && m->opt.head) {
+    if (!st && (logits || m->sample) && m->opt.head) {
         st = mm(m, m->lm_head, 0, m->a, 0, d, m->logits, 0, c->vocab_size, T, CLNPU_EPILOGUE_NONE);
-        if (!st) st = clnpu_buffer_read(m->logits, 0, logits, T * c->vocab_size * sizeof(float));
+        /* sampling on the device: only the ids cross back */
+        if (!st && m->sample)
+            st = clnpu_sample(m->dev, m->sampled, (clnpu_view){m->logits, 0, c->vocab_size}, T, c->vocab_size, m->sample,
+                              m->sample_step);
+        if (!st && m->sample) st = clnpu_buffer_read(m->sampled, 0, m->sample_out, T * sizeof(int));
+        if (!st && logits) st = clnpu_buffer_read(m->logits, 0, logits, T * c->vocab_size * sizeof(float));
     }
-    if (!st) st = clnpu_device_finish(m->dev);
+    /* Always: the queued upload reads m->step_host until here, even after a failure. */
+    clnpu_status fin = clnpu_device_finish(m->dev);
+    if (!st) st = fin;
     if (!st) {
         m->captured_tokens = T;
         for (size_t i = 0; i < T; i++)
@@ -267,6 +273,17 @@ clnpu_status clnpu_model_decode(clnpu_model *m, const size_t *seqs, const int *i
 {
     const clnpu_stepper s = stepper(m);
     return clnpu_step_decode(&s, seqs, ids, n, logits);
+}
+
+clnpu_status clnpu_model_decode_sample(clnpu_model *m, const size_t *seqs, const int *ids, size_t n,
+                                       const clnpu_sampling *s, size_t step, int *out_ids, float *logits)
+{
+    if (!s || !out_ids) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "decode with sampling: no sampling or output");
+    if (!m->opt.head) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "decode with sampling: this stage has no head");
+    m->sample = s, m->sample_step = step, m->sample_out = out_ids;
+    clnpu_status st = clnpu_model_decode(m, seqs, ids, n, logits);
+    m->sample = NULL, m->sample_out = NULL;
+    return st;
 }
 
 clnpu_status clnpu_model_hidden(const clnpu_model *m, size_t index, float *out)

@@ -4,6 +4,7 @@
 
 #include "clnpu/gemm.h"
 #include "clnpu/model.h"
+#include "clnpu/ops.h"
 #include "clnpu/moe.h"
 
 typedef struct model_layer {
@@ -41,6 +42,14 @@ struct clnpu_model {
     clnpu_buffer *h, *a, *cq, *q, *kv0, *attn, *mlp, *mlp_h, *logits, *ids, *pos, *seqs;
     clnpu_buffer *latent, *kvfull, *kfull; /* prefill: whole-context expansion */
     clnpu_buffer *q_abs, *z, *qpe, *lens;   /* decode */
+    clnpu_buffer *sampled;                  /* decode: ids drawn on the device */
+    clnpu_buffer *stepbuf;  /* parent of ids, pos, seqs, lens: one upload per step */
+    size_t step_slot;       /* bytes per slot */
+    int *step_host;         /* its host mirror, uploaded without waiting */
+    /* set by clnpu_model_decode_sample for the one forward it runs */
+    const clnpu_sampling *sample;
+    size_t sample_step;
+    int *sample_out;
     /* capture (tests) */
     float *hidden;   /* [layers + 2][tokens][hidden] */
     int *route_ids;  /* [layers][tokens][top_k] */

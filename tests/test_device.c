@@ -124,6 +124,24 @@ START_TEST(test_buffer_bounds)
     clnpu_buffer_destroy(b);
     clnpu_buffer *z = NULL;
     ck_assert_int_eq(clnpu_buffer_create(dev, 0, &z), CLNPU_ERR_INVALID_ARGUMENT);
+    /* Sub-buffers: aligned views written through, their bytes counted once, bad views refused. */
+    const size_t al = clnpu_buffer_sub_align(dev), used = clnpu_device_memory_used(dev);
+    clnpu_buffer *parent, *v1, *bad = NULL;
+    ck_assert_ok(clnpu_buffer_create(dev, 4 * al, &parent));
+    ck_assert_ok(clnpu_buffer_create_sub(parent, al, 2 * al, &v1));
+    ck_assert_uint_eq(clnpu_device_memory_used(dev), used + 4 * al);
+    float zero = 0.0f, one = 1.0f;
+    ck_assert_ok(clnpu_buffer_fill(parent, &zero, sizeof zero));
+    ck_assert_ok(clnpu_buffer_write_async(v1, 0, &one, sizeof one));
+    float first = -1;
+    ck_assert_ok(clnpu_buffer_read(parent, al, &first, sizeof first)); /* in order after the write */
+    ck_assert_float_eq(first, 1.0f);
+    if (al > 1) ck_assert_int_eq(clnpu_buffer_create_sub(parent, al / 2, al, &bad), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(clnpu_buffer_create_sub(parent, 2 * al, 3 * al, &bad), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_null(bad);
+    clnpu_buffer_destroy(v1);
+    clnpu_buffer_destroy(parent);
+    ck_assert_uint_eq(clnpu_device_memory_used(dev), used);
 }
 END_TEST
 

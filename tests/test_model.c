@@ -131,7 +131,39 @@ START_TEST(test_logits_match_transformers)
     ck_assert_ok(clnpu_model_decode(m, seqs, next, 2, two));
     ck_assert_msg(rel(two, ref + 5 * V, V) <= 1e-4 && rel(two + V, ref + 9 * V, V) <= 1e-4,
                   "batched decode differs from the reference");
-    free(two), free(lg), free(h);
+    free(two);
+    /* Generation with the sampler on the device: the same tokens as sampling the returned
+     * logits, greedy and with temperature / top-k / top-p, and the same logits. */
+    const clnpu_sampling samp[2] = {{0.0f, 0, 1.0f, 7}, {0.9f, 20, 0.8f, 1234}};
+    clnpu_buffer *lb, *ob;
+    ck_assert_ok(clnpu_buffer_create(test_device(), V * 4, &lb));
+    ck_assert_ok(clnpu_buffer_create(test_device(), 4, &ob));
+    for (int si = 0; si < 2; si++) {
+        clnpu_model_reset(m, 0);
+        clnpu_model_reset(m, 1);
+        ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, 4, NULL));
+        ck_assert_ok(clnpu_model_prefill(m, 1, f.ids, 4, NULL));
+        int tok0 = f.ids[4], tok1 = f.ids[4];
+        for (size_t step = 1; step < 12; step++) {
+            size_t s0 = 0, s1 = 1;
+            int got = -1, want = -1;
+            for (size_t i = 0; i < 2 * V; i++) lg[i] = NAN;
+            ck_assert_ok(clnpu_model_decode_sample(m, &s0, &tok0, 1, &samp[si], step, &got, lg));
+            ck_assert_ok(clnpu_model_decode(m, &s1, &tok1, 1, lg + V));
+            ck_assert_msg(rel(lg, lg + V, V) <= 1e-6, "decode_sample logits differ at step %zu", step);
+            ck_assert_ok(clnpu_buffer_write(lb, 0, lg + V, V * 4));
+            ck_assert_ok(clnpu_sample(test_device(), ob, (clnpu_view){lb, 0, V}, 1, V, &samp[si], step));
+            ck_assert_ok(clnpu_buffer_read(ob, 0, &want, 4));
+            ck_assert_msg(got == want && got >= 0 && (size_t)got < V, "sampler %d step %zu: %d on the device, %d from the logits",
+                          si, step, got, want);
+            tok0 = got, tok1 = want;
+        }
+    }
+    size_t s0 = 0;
+    int out = 0;
+    ck_assert_int_eq(clnpu_model_decode_sample(m, &s0, f.ids, 1, NULL, 0, &out, NULL), CLNPU_ERR_INVALID_ARGUMENT);
+    clnpu_buffer_destroy(lb), clnpu_buffer_destroy(ob);
+    free(lg), free(h);
     clnpu_model_destroy(m);
     close_fixture(&f);
 }

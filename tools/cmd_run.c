@@ -243,14 +243,18 @@ int cmd_run(int argc, char **argv)
     if (!st && r.n) st = clnpu_buffer_create(dev, V * 4, &lb);
     if (!st && r.n) st = clnpu_buffer_create(dev, 4, &ob);
     if (!st && r.n) memcpy(row, logits + (T - 1) * V, V * sizeof *row);
+    /* The first token from the prompt's logits; then each decode step of one model draws the
+     * next token on the device (only the id comes back); a pipeline returns the logits. */
     for (size_t i = 0; !st && i < r.n; i++) {
-        st = clnpu_buffer_write(lb, 0, row, V * 4);
+        if (i && !pl) {
+            st = clnpu_model_decode_sample(m, &seq, &gen[i - 1], 1, &r.samp, i, &gen[i], NULL);
+            decoded++;
+            continue;
+        }
+        if (i) st = clnpu_pipeline_decode(pl, &seq, &gen[i - 1], 1, row), decoded++;
+        if (!st) st = clnpu_buffer_write(lb, 0, row, V * 4);
         if (!st) st = clnpu_sample(dev, ob, (clnpu_view){lb, 0, V}, 1, V, &r.samp, i);
         if (!st) st = clnpu_buffer_read(ob, 0, &gen[i], 4);
-        if (!st && i + 1 < r.n) {
-            st = pl ? clnpu_pipeline_decode(pl, &seq, &gen[i], 1, row) : clnpu_model_decode(m, &seq, &gen[i], 1, row);
-            decoded++;
-        }
     }
     double t_decode = now_s() - t0;
     /* under MPI every rank has the same ids and logits; rank 0 speaks */

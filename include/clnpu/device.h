@@ -140,9 +140,18 @@ clnpu_status clnpu_device_trace_write(clnpu_device *device, const char *path, si
 typedef struct clnpu_buffer clnpu_buffer;
 clnpu_status clnpu_buffer_create(clnpu_device *device, size_t bytes, clnpu_buffer **out_buffer);
 void clnpu_buffer_destroy(clnpu_buffer *buffer);
+/* A view of bytes [offset, offset + bytes) of parent as a buffer of its own (clCreateSubBuffer):
+ * several small inputs packed in one parent are uploaded with one write. offset must be a
+ * multiple of clnpu_buffer_sub_align; destroy the views before the parent. */
+clnpu_status clnpu_buffer_create_sub(clnpu_buffer *parent, size_t offset, size_t bytes, clnpu_buffer **out_buffer);
+size_t clnpu_buffer_sub_align(const clnpu_device *device);
 size_t clnpu_buffer_size(const clnpu_buffer *buffer);
 void *clnpu_buffer_cl_mem(const clnpu_buffer *buffer); /* cl_mem */
 clnpu_status clnpu_buffer_write(clnpu_buffer *buffer, size_t offset, const void *src, size_t bytes);
+/* Queued in order with the kernels, without waiting: src must stay valid and unchanged until
+ * the queue has passed it (clnpu_device_finish, or a blocking read after it). Saves a host round
+ * trip per small upload (a decode step's token ids and positions). */
+clnpu_status clnpu_buffer_write_async(clnpu_buffer *buffer, size_t offset, const void *src, size_t bytes);
 clnpu_status clnpu_buffer_read(clnpu_buffer *buffer, size_t offset, void *dst, size_t bytes);
 clnpu_status clnpu_buffer_fill(clnpu_buffer *buffer, const void *pattern, size_t pattern_size);
 

@@ -86,6 +86,11 @@ clnpu_status clnpu_model_prefill(clnpu_model *m, size_t seq, const int *ids, siz
  * logits: [n][vocab] or NULL. */
 clnpu_status clnpu_model_decode(clnpu_model *m, const size_t *seqs, const int *ids, size_t n,
                                 float *logits);
+/* Generation: the same decode step, then each sequence's next token drawn on the device with
+ * clnpu_sample (draw `step` of the seed); only out_ids [n] come back, and the logits too when
+ * `logits` is not NULL. One host sync per step. */
+clnpu_status clnpu_model_decode_sample(clnpu_model *m, const size_t *seqs, const int *ids, size_t n,
+                                       const clnpu_sampling *s, size_t step, int *out_ids, float *logits);
 /* One pipeline stage's share of a forward: ids in (embedding stage) or the residual stream
  * h_in [n][hidden] (host) from the previous stage; out: logits [n][vocab] (head stage) or the
  * residual stream h_out for the next stage. decode: one token per listed sequence. */
