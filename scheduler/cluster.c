@@ -97,14 +97,18 @@ static clnpu_status add_devices(clnpu_cluster *cl, const clnpu_profile *p, size_
 
 static clnpu_status parse_root(const ctx *c, const yaml_node_t *root, const clnpu_profile_set *set, clnpu_cluster *cl)
 {
-    static const char *const top[] = {"name", "nodes", "links", "memory_reserve", "launch_overhead_s", "notes", NULL};
+    static const char *const top[] = {"name", "nodes", "links", "memory_reserve", "launch_overhead_s", "comm_overlap",
+                                      "notes", NULL};
     clnpu_status st = check_keys(c, root, "the cluster", top);
     yaml_node_t *v = NULL;
     if (!st && (v = get(c, root, "name")) && sval(v)) snprintf(cl->name, sizeof cl->name, "%s", sval(v));
-    cl->reserve_fraction = 0.05, cl->launch_overhead_s = 5e-6;
+    cl->reserve_fraction = 0.05, cl->launch_overhead_s = 5e-6, cl->comm_overlap = 0.9;
     if (!st && (v = get(c, root, "memory_reserve"))) st = num(c, v, "memory_reserve", &cl->reserve_fraction);
     if (!st && cl->reserve_fraction >= 1) st = clnpu_yaml_fail_at(c->origin, v, "memory_reserve is a fraction below 1");
     if (!st && (v = get(c, root, "launch_overhead_s"))) st = num(c, v, "launch_overhead_s", &cl->launch_overhead_s);
+    if (!st && (v = get(c, root, "comm_overlap"))) st = num(c, v, "comm_overlap", &cl->comm_overlap);
+    if (!st && v && (cl->comm_overlap < 0 || cl->comm_overlap > 1))
+        st = clnpu_yaml_fail_at(c->origin, v, "comm_overlap is a fraction from 0 to 1");
     yaml_node_t *nodes = st ? NULL : get(c, root, "nodes");
     if (!st && (!nodes || nodes->type != YAML_SEQUENCE_NODE || nodes->data.sequence.items.start == nodes->data.sequence.items.top))
         st = clnpu_yaml_fail_at(c->origin, root, "'nodes' must be a non-empty list");

@@ -79,10 +79,18 @@ static const clnpu_link *link_for(const cand *c, size_t width)
     return width <= c->per_node ? &c->cl->intra : &c->cl->inter;
 }
 
+/* Tokens on the busiest attention replica: replicas take whole sequences, so with fewer
+ * sequences than replicas some idle and one still carries a full sequence. */
+static double tokens_per_replica(const cand *c)
+{
+    const double per_seq = c->w->phase == CLNPU_PHASE_PREFILL ? (double)c->w->context : 1.0;
+    return ceil(c->tokens / per_seq / c->r - 1e-9) * per_seq;
+}
+
 /* Time of one unit on one device of a stage group (profile p) for the whole step. */
 static double unit_time(const cand *c, const clnpu_profile *p, const clnpu_graph_unit *u)
 {
-    const double d = (double)c->gr->hidden, tr = c->tokens / c->r, ctx = (double)c->w->context;
+    const double d = (double)c->gr->hidden, tr = tokens_per_replica(c), ctx = (double)c->w->context;
     const double t = (double)c->t, g = (double)c->g, act = 2.0; /* bf16 activations on the wire */
     const bool prefill = c->w->phase == CLNPU_PHASE_PREFILL;
     double time = 0;
@@ -118,12 +126,13 @@ static double unit_time(const cand *c, const clnpu_profile *p, const clnpu_graph
         comm += alltoall(c, link_for(c, c->g), g, c->tokens / g * fan * d * disp) +
                 alltoall(c, link_for(c, c->g), g, c->tokens / g * fan * d * act);
     }
-    /* Communication overlaps compute (two interleaved micro-batches / asynchronous all-to-all);
-     * a tenth of the shorter side stays exposed (scheduler notes 7.1). */
-    time = fmax(comp, comm) + 0.1 * fmin(comp, comm);
-    /* kernels per decoder layer, and for MoE layers the host round trip that reads the expert
-     * counts to cut the grouped GEMM (measured on PoCL, docs/distributed.md) */
-    return time + 24 * c->cl->launch_overhead_s + (u->kind == CLNPU_UNIT_MOE ? 2 * c->cl->launch_overhead_s : 0);
+    /* Communication overlaps compute (two interleaved micro-batches / asynchronous all-to-all):
+     * the cluster says how much of the shorter side is hidden (0.9 by default, scheduler notes
+     * 7.1; 0 where the executor exchanges synchronously). */
+    time = fmax(comp, comm) + (1 - c->cl->comm_overlap) * fmin(comp, comm);
+    /* kernels per decoder layer, and for expert-parallel MoE layers the host round trip that
+     * reads the expert counts to cut the rows for the shards (one device: counts stay on it) */
+    return time + 24 * c->cl->launch_overhead_s + (u->kind == CLNPU_UNIT_MOE && c->g > 1 ? 2 * c->cl->launch_overhead_s : 0);
 }
 
 /* Weights + KV of one unit per device. */
@@ -176,7 +185,7 @@ static bool cand_prepare(cand *c)
     c->fixed_mem = malloc(c->ngroups * sizeof(double));
     c->cap = malloc(c->ngroups * sizeof(double));
     if (!c->unit_time || !c->unit_mem || !c->fixed_mem || !c->cap) return false;
-    const double d = (double)c->gr->hidden, tr = c->tokens / c->r;
+    const double d = (double)c->gr->hidden, tr = tokens_per_replica(c);
     for (size_t k = 0; k < c->ngroups; k++) {
         const clnpu_profile *p = &c->cl->devices[k * c->g].profile;
         for (size_t x = 1; x < c->g; x++)

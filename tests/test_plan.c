@@ -275,6 +275,34 @@ START_TEST(test_plan_time_and_errors)
     ck_assert_int_eq(clnpu_cluster_parse(bad2, strlen(bad2), "c.yaml", NULL, &cl), CLNPU_ERR_PARSE);
     ck_assert_msg(strstr(clnpu_error_message(), "c.yaml:2:") && strstr(clnpu_error_message(), "nodez"), "%s",
                   clnpu_error_message());
+    /* comm_overlap: a fraction; an executor that hides nothing (0) never predicts a shorter step
+     * than one that hides most (0.9), and an EP plan's exposed exchange makes it longer */
+    const char *bad3 = "name: x\ncomm_overlap: 1.5\nnodes:\n  - devices:\n      - {profile: pocl-cpu, count: 2}\n";
+    ck_assert_int_eq(clnpu_cluster_parse(bad3, strlen(bad3), "c.yaml", NULL, &cl), CLNPU_ERR_PARSE);
+    ck_assert_msg(strstr(clnpu_error_message(), "comm_overlap"), "%s", clnpu_error_message());
+    {
+        clnpu_model_config cfg;
+        ck_assert_ok(clnpu_model_config_load(SRC "/models/axk1-mini/config.json", &cfg));
+        clnpu_workload wm = clnpu_workload_default();
+        wm.batch = 1, wm.context = 64, wm.max_tp = 1;
+        double step[2];
+        for (int i = 0; i < 2; i++) {
+            char text[512];
+            snprintf(text, sizeof text, "name: x\ncomm_overlap: %s\nnodes:\n  - devices:\n"
+                     "      - {profile: pocl-cpu, count: 2, overrides: {memory_bytes: 6.0e8}}\n"
+                     "links:\n  intra_node: {type: shared-memory, bandwidth: 1.0e10, latency_s: 3.0e-5}\n",
+                     i ? "0" : "0.9");
+            ck_assert_ok(clnpu_cluster_parse(text, strlen(text), "c.yaml", NULL, &cl));
+            clnpu_plan *pm = NULL;
+            ck_assert_ok(clnpu_plan_create(&cfg, cl, &wm, NULL, &pm));
+            const clnpu_plan_summary sm = clnpu_plan_get_summary(pm);
+            step[i] = sm.step_s;
+            ck_assert_uint_gt(sm.ep, 1); /* 0.6 GB devices: the experts must be split */
+            clnpu_plan_destroy(pm);
+            clnpu_cluster_destroy(cl);
+        }
+        ck_assert_msg(step[1] > step[0], "exposed exchange %.3f ms vs overlapped %.3f ms", step[1] * 1e3, step[0] * 1e3);
+    }
     /* a cluster file past 1 MiB (generated files with long comments) is read whole, not cut */
     char dir[256], path[512];
     test_mkdtemp(dir, sizeof dir);

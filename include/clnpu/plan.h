@@ -68,6 +68,9 @@ typedef struct clnpu_cluster {
     clnpu_link intra, inter;       /* inside a node, between nodes */
     double reserve_fraction;       /* of every device's memory kept free */
     double launch_overhead_s;      /* per kernel */
+    double comm_overlap;           /* fraction of the shorter of compute / communication hidden
+                                    * behind the other (0.9 default: micro-batches, async all-to-all;
+                                    * 0 for an executor that exchanges synchronously) */
 } clnpu_cluster;
 
 /* YAML: name, nodes: [{name, count (identical nodes), devices: [{profile, count, overrides}]}],
