@@ -17,6 +17,7 @@
  *   CLNPU_GEMM_NR   panel width, 8 or 16 (vector width of the accumulators)
  *   CLNPU_GEMM_KACC independent accumulator chains along K (default 4/MR for MR < 4)
  *   CLNPU_GEMM_KSPLIT 1: the chains walk separate stretches of K (more memory streams)
+ *   CLNPU_GEMM_NB   output panels per work-item in clnpu_gemm, 1 or 2 (MR x 2NR register block)
  * Epilogue (CLNPU_GEMM_EPILOGUE): 0 Y = alpha*acc; 1 Y = alpha*acc + R (residual add);
  *   2 SwiGLU: W holds gate and up panels interleaved (panel 2p = gate, 2p+1 = up, same columns),
  *     Y = silu(alpha*g) * (alpha*u); the intermediate g and u never touch memory.
@@ -39,6 +40,27 @@
 #endif
 #ifndef CLNPU_GEMM_EPILOGUE
 #define CLNPU_GEMM_EPILOGUE 0
+#endif
+#ifndef CLNPU_GEMM_NB
+#define CLNPU_GEMM_NB 1
+#endif
+/* PAIR: a work-item streams two weight panels against the same broadcast X values — the gate and
+ * up panels of SwiGLU (2p, 2p + 1), or with NB = 2 two adjacent output panels (p, p + 1; the
+ * upload pads an odd panel count with a zero panel), so each broadcast feeds two vector FMAs. */
+#if CLNPU_GEMM_EPILOGUE == 2
+#define PAIR 1
+#define GEMM_NB 1
+#define Q1(p) (2 * (p))
+#define Q2(p) (2 * (p) + 1)
+#elif CLNPU_GEMM_NB == 2
+#define PAIR 1
+#define GEMM_NB 2
+#define Q1(p) (p)
+#define Q2(p) ((p) + 1)
+#else
+#define PAIR 0
+#define GEMM_NB 1
+#define Q1(p) (p)
 #endif
 #define FP8_BLOCK 128
 
@@ -179,14 +201,13 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
     for (int r = 0; r < MR; r++) /* rows past the end re-read the last row; never stored */
         xr[r] = X + (size_t)(row0 + min((uint)r, rows - 1)) * ldx;
 
-#if CLNPU_GEMM_EPILOGUE == 2
-    const uint qg = 2 * p, qu = 2 * p + 1; /* gate and up panels, interleaved */
+    const uint qg = Q1(p);
+#if PAIR
+    const uint qu = Q2(p); /* the second panel: SwiGLU's up projection, or output panel p + 1 */
     VF accu[MR * KACC];
 #pragma unroll
     for (int r = 0; r < MR * KACC; r++) accu[r] = (VF)(0.0f);
     const __global WT *wu = Wp + (size_t)qu * K * NR;
-#else
-    const uint qg = p;
 #endif
     VF acc[MR * KACC];
 #pragma unroll
@@ -198,7 +219,7 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
     for (uint kb = k0; kb < k1;) {
         const uint kn = min(k1, (kb / QBLOCK + 1) * QBLOCK);
         const VF sg = block_scale(S, qg, kb / QBLOCK, nblocks);
-#if CLNPU_GEMM_EPILOGUE == 2
+#if PAIR
         const VF su = block_scale(S, qu, kb / QBLOCK, nblocks);
 #endif
 #define SCALE_G(w) (w) *= sg
@@ -222,7 +243,7 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
                 const uint kk = k + c * q;
                 VF w = LOAD_ROW(wg, kk);
                 SCALE_G(w);
-#if CLNPU_GEMM_EPILOGUE == 2
+#if PAIR
                 VF w2 = LOAD_ROW(wu, kk);
                 SCALE_U(w2);
 #endif
@@ -230,7 +251,7 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
                 for (int r = 0; r < MR; r++) {
                     const VF xv = (VF)(xr[r][kk]);
                     acc[r * KACC + c] = fma(xv, w, acc[r * KACC + c]);
-#if CLNPU_GEMM_EPILOGUE == 2
+#if PAIR
                     accu[r * KACC + c] = fma(xv, w2, accu[r * KACC + c]);
 #endif
                 }
@@ -244,7 +265,7 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
             for (int c = 0; c < KACC; c++) {
                 VF w = LOAD_ROW(wg, k + c);
                 SCALE_G(w);
-#if CLNPU_GEMM_EPILOGUE == 2
+#if PAIR
                 VF w2 = LOAD_ROW(wu, k + c);
                 SCALE_U(w2);
 #endif
@@ -252,7 +273,7 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
                 for (int r = 0; r < MR; r++) {
                     const VF xv = (VF)(xr[r][k + c]);
                     acc[r * KACC + c] = fma(xv, w, acc[r * KACC + c]);
-#if CLNPU_GEMM_EPILOGUE == 2
+#if PAIR
                     accu[r * KACC + c] = fma(xv, w2, accu[r * KACC + c]);
 #endif
                 }
@@ -262,7 +283,7 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
         for (; k < kn; k++) {
             VF w = LOAD_ROW(wg, k);
             SCALE_G(w);
-#if CLNPU_GEMM_EPILOGUE == 2
+#if PAIR
             VF w2 = LOAD_ROW(wu, k);
             SCALE_U(w2);
 #endif
@@ -270,7 +291,7 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
             for (int r = 0; r < MR; r++) {
                 const VF xv = (VF)(xr[r][k]);
                 acc[r * KACC] = fma(xv, w, acc[r * KACC]);
-#if CLNPU_GEMM_EPILOGUE == 2
+#if PAIR
                 accu[r * KACC] = fma(xv, w2, accu[r * KACC]);
 #endif
             }
@@ -287,7 +308,7 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
 #pragma unroll
         for (int c = 1; c < KACC; c++) {
             acc[r * KACC] += acc[r * KACC + c];
-#if CLNPU_GEMM_EPILOGUE == 2
+#if PAIR
             accu[r * KACC] += accu[r * KACC + c];
 #endif
         }
@@ -296,11 +317,11 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
 
 #if CLNPU_GEMM_WTYPE == 3 && CLNPU_GEMM_QGROUP == 0
     const VF chg = VLOADF(0, S + (size_t)qg * NR); /* per output channel */
-#if CLNPU_GEMM_EPILOGUE == 2
+#if PAIR
     const VF chu = VLOADF(0, S + (size_t)qu * NR);
 #endif
 #endif
-    const uint n0 = p * NR;
+    const uint n0 = p * NR; /* output panel p (and p + 1 with NB = 2) */
 #pragma unroll
     for (int r = 0; r < MR; r++) {
         if ((uint)r < rows) {
@@ -308,16 +329,24 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
 #if CLNPU_GEMM_WTYPE == 3 && CLNPU_GEMM_QGROUP == 0
             v *= chg;
 #endif
-#if CLNPU_GEMM_EPILOGUE == 2
+#if PAIR
             VF u = accu[r * KACC] * alpha;
 #if CLNPU_GEMM_WTYPE == 3 && CLNPU_GEMM_QGROUP == 0
             u *= chu;
 #endif
+#endif
+#if CLNPU_GEMM_EPILOGUE == 2
             v = v / (1.0f + exp(-v)) * u; /* silu(g) * u */
 #elif CLNPU_GEMM_EPILOGUE == 1
             v += load_row_ragged(R + (size_t)(row0 + r) * ldr + n0, n0, N);
+#if PAIR
+            u += load_row_ragged(R + (size_t)(row0 + r) * ldr + n0 + NR, n0 + NR, N);
+#endif
 #endif
             store_row(Y + (size_t)(row0 + r) * ldy + n0, v, n0, N);
+#if PAIR && CLNPU_GEMM_EPILOGUE != 2
+            store_row(Y + (size_t)(row0 + r) * ldy + n0 + NR, u, n0 + NR, N); /* panel p + 1 */
+#endif
         }
     }
 }
@@ -334,7 +363,8 @@ __kernel void clnpu_gemm(__global const float *X, const uint xoff, const uint ld
 {
     /* rows_first: consecutive work-items share one weight panel (it stays in cache while the
      * row blocks pass), the right order when W dominates the traffic (small M). */
-    const uint p = get_global_id(rows_first ? 1 : 0), rb = get_global_id(rows_first ? 0 : 1);
+    const uint g0 = get_global_id(0), g1 = get_global_id(1);
+    const uint p = (rows_first ? g1 : g0) * GEMM_NB, rb = rows_first ? g0 : g1;
     const uint split = get_global_id(2);
     const uint npanels = (N + NR - 1) / NR;
     const uint row0 = rb * MR;
@@ -345,6 +375,7 @@ __kernel void clnpu_gemm(__global const float *X, const uint xoff, const uint ld
               min((uint)MR, M - row0), p, k0, k1, K, N, alpha);
 }
 
+#if GEMM_NB == 1 /* the grouped kernels take one output panel per work-item */
 /* Grouped GEMM for MoE experts: one launch over many (matrix, row range) segments. The host
  * lists tiles of at most MR rows: tiles[t] = {matrix index, first row, rows}; empty segments
  * simply have no tiles. Matrices of one group share N and K and sit back to back in Wp / S. */
@@ -394,6 +425,8 @@ __kernel void clnpu_gemm_grouped_counts(__global const float *X, const uint xoff
         t -= nt;
     }
 }
+
+#endif
 
 /* Split-K reduction: Y[m][n] = sum_s Wk[s][m][n] (+ R[m][n]), summed in split order. */
 __kernel void clnpu_gemm_splitk_reduce(__global const float *Wk, const uint splits,

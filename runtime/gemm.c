@@ -77,7 +77,9 @@ static clnpu_status upload(clnpu_device *dev, const clnpu_weight_desc *a, const 
     w->swiglu = b != NULL;
     w->nr = profile_nr(dev);
     const size_t P = (w->n + w->nr - 1) / w->nr, es = clnpu_dtype_size(w->dtype);
-    w->panels = b ? 2 * P : P;
+    /* an even panel count, so a work-item can always take two adjacent panels (NB = 2); SwiGLU
+     * interleaves gate and up panels, which pairs them already */
+    w->panels = b ? 2 * P : P + (P & 1);
     w->w_stride = w->panels * w->k * w->nr;
     const size_t spp = clnpu_pack_scale_count(first, w->nr) / P; /* scale floats per panel */
     w->s_stride = w->panels * spp;
@@ -150,7 +152,7 @@ static const char *gemm_class(size_t m, bool grouped)
 
 /* The program variant for this weight, epilogue and register-block height; the tuning entry (if
  * any) sets the accumulator chains and the K walk. */
-static clnpu_status variant(clnpu_device *dev, const clnpu_weight *w, clnpu_epilogue ep, unsigned mr,
+static clnpu_status variant(clnpu_device *dev, const clnpu_weight *w, clnpu_epilogue ep, unsigned mr, unsigned nb,
                             const clnpu_tuning_entry *te, clnpu_program **out)
 {
     char opts[256];
@@ -163,7 +165,8 @@ static clnpu_status variant(clnpu_device *dev, const clnpu_weight *w, clnpu_epil
     if (kacc > 0 && n > 0 && (size_t)n < sizeof opts) n += snprintf(opts + n, sizeof opts - (size_t)n, " -DCLNPU_GEMM_KACC=%d", kacc);
     if (no_ksplit) ksplit = 0;
     if (ksplit >= 0 && n > 0 && (size_t)n < sizeof opts)
-        snprintf(opts + n, sizeof opts - (size_t)n, " -DCLNPU_GEMM_KSPLIT=%d", ksplit);
+        n += snprintf(opts + n, sizeof opts - (size_t)n, " -DCLNPU_GEMM_KSPLIT=%d", ksplit);
+    if (nb == 2 && n > 0 && (size_t)n < sizeof opts) snprintf(opts + n, sizeof opts - (size_t)n, " -DCLNPU_GEMM_NB=2");
     return clnpu_program_get(dev, "gemm.cl", opts, out);
 }
 
@@ -272,11 +275,15 @@ clnpu_status clnpu_gemm(clnpu_device *dev, const clnpu_weight *w, size_t matrix,
     const clnpu_tuning_entry *te =
         clnpu_device_tuning_lookup(dev, "gemm", clnpu_dtype_name(w->dtype), gemm_class(a->m, false));
     unsigned mr = choose_mr(dev, w, a->epilogue, a->m, te);
+    /* two output panels per work-item where the tuner found it faster (not with SwiGLU, whose
+     * gate and up panels already make two) */
+    const unsigned nb = a->epilogue != CLNPU_EPILOGUE_SWIGLU && clnpu_tuning_param(te, "nb", 1) == 2 ? 2 : 1;
     const size_t out_panels = (w->n + w->nr - 1) / w->nr, rowblocks = (a->m + mr - 1) / mr;
-    unsigned splits = choose_splits(dev, w, a, out_panels * rowblocks, ldy);
+    const size_t items0 = (out_panels + nb - 1) / nb;
+    unsigned splits = choose_splits(dev, w, a, items0 * rowblocks, ldy);
     clnpu_epilogue ep = splits > 1 ? CLNPU_EPILOGUE_NONE : a->epilogue;
     clnpu_program *prog;
-    st = variant(dev, w, ep, mr, te, &prog);
+    st = variant(dev, w, ep, mr, nb, te, &prog);
     if (st) return st;
     cl_kernel k;
     st = clnpu_program_kernel(prog, "clnpu_gemm", (void **)&k);
@@ -310,8 +317,8 @@ clnpu_status clnpu_gemm(clnpu_device *dev, const clnpu_weight *w, size_t matrix,
     const cl_uint rows_first = rowblocks > 1 && a->m <= 64;
     SETARG(k, 18, rows_first);
     size_t global[3], local[3];
-    if (rows_first) launch_dims(dev, rowblocks, out_panels, splits, global, local);
-    else launch_dims(dev, out_panels, rowblocks, splits, global, local);
+    if (rows_first) launch_dims(dev, rowblocks, items0, splits, global, local);
+    else launch_dims(dev, items0, rowblocks, splits, global, local);
     cl_command_queue q = clnpu_device_cl_queue(dev);
     const bool trace = clnpu_device_tracing(dev);
     cl_event ev = NULL;
@@ -338,6 +345,27 @@ clnpu_status clnpu_gemm(clnpu_device *dev, const clnpu_weight *w, size_t matrix,
     err = clEnqueueNDRangeKernel(q, red, 2, NULL, rg, rl, 0, NULL, trace ? &ev : NULL);
     if (!err && trace) clnpu_device_trace_record(dev, "clnpu_gemm_splitk_reduce", ev);
     return err ? clnpu_fail_cl(err, "clEnqueueNDRangeKernel", "launching the split-K reduction") : CLNPU_OK;
+}
+
+/* Arguments 0-10 of both grouped kernels: X, its offset and stride, the packed weights and
+ * scales, Y, R (each with offset and stride). */
+static clnpu_status grouped_common_args(cl_kernel k, const clnpu_weight *w, const clnpu_gemm_args *a, size_t ldx,
+                                        size_t ldy, size_t ldr)
+{
+    cl_mem r = a->residual ? mem_or_null(a->residual) : mem_or_null(a->y);
+    cl_mem s = w->s ? mem_or_null(w->s) : mem_or_null(w->w);
+    SETARG(k, 0, mem_or_null(a->x));
+    SETARG(k, 1, (cl_uint)a->x_offset);
+    SETARG(k, 2, (cl_uint)ldx);
+    SETARG(k, 3, mem_or_null(w->w));
+    SETARG(k, 4, s);
+    SETARG(k, 5, mem_or_null(a->y));
+    SETARG(k, 6, (cl_uint)a->y_offset);
+    SETARG(k, 7, (cl_uint)ldy);
+    SETARG(k, 8, r);
+    SETARG(k, 9, (cl_uint)a->r_offset);
+    SETARG(k, 10, (cl_uint)ldr);
+    return CLNPU_OK;
 }
 
 clnpu_status clnpu_gemm_grouped(clnpu_device *dev, const clnpu_weight *w, const clnpu_gemm_segment *segs,
@@ -372,7 +400,7 @@ clnpu_status clnpu_gemm_grouped(clnpu_device *dev, const clnpu_weight *w, const 
             t++;
         }
     clnpu_program *prog;
-    st = variant(dev, w, a->epilogue, mr, te, &prog);
+    st = variant(dev, w, a->epilogue, mr, 1, te, &prog);
     cl_kernel k = NULL;
     if (!st) st = clnpu_program_kernel(prog, "clnpu_gemm_grouped", (void **)&k);
     cl_int err = 0;
@@ -385,26 +413,13 @@ clnpu_status clnpu_gemm_grouped(clnpu_device *dev, const clnpu_weight *w, const 
     }
     free(tiles);
     if (st) return st;
-    cl_mem r = a->residual ? mem_or_null(a->residual) : mem_or_null(a->y);
-    cl_mem s = w->s ? mem_or_null(w->s) : mem_or_null(w->w);
-    clnpu_status set = CLNPU_OK;
+    clnpu_status set = grouped_common_args(k, w, a, ldx, ldy, ldr);
 #define GSET(i, v)                                                                                 \
     do {                                                                                           \
         __typeof__(v) v_ = (v);                                                                    \
         if (!set && (err = clSetKernelArg(k, i, sizeof v_, &v_)))                                  \
             set = clnpu_fail_cl(err, "clSetKernelArg", "setting grouped GEMM arguments");          \
     } while (0)
-    GSET(0, mem_or_null(a->x));
-    GSET(1, (cl_uint)a->x_offset);
-    GSET(2, (cl_uint)ldx);
-    GSET(3, mem_or_null(w->w));
-    GSET(4, s);
-    GSET(5, mem_or_null(a->y));
-    GSET(6, (cl_uint)a->y_offset);
-    GSET(7, (cl_uint)ldy);
-    GSET(8, r);
-    GSET(9, (cl_uint)a->r_offset);
-    GSET(10, (cl_uint)ldr);
     GSET(11, tb);
     GSET(12, (cl_uint)total);
     GSET(13, (cl_uint)w->n);
@@ -445,23 +460,12 @@ clnpu_status clnpu_gemm_grouped_counts(clnpu_device *dev, const clnpu_weight *w,
     /* However the m rows fall into segments, each non-empty one adds at most one partial tile. */
     const size_t busy = a->m < E ? a->m : E, tiles = (a->m + busy * (mr - 1)) / mr;
     clnpu_program *prog;
-    st = variant(dev, w, a->epilogue, mr, te, &prog);
+    st = variant(dev, w, a->epilogue, mr, 1, te, &prog);
     cl_kernel k = NULL;
     if (!st) st = clnpu_program_kernel(prog, "clnpu_gemm_grouped_counts", (void **)&k);
     if (st) return st;
-    cl_mem r = a->residual ? mem_or_null(a->residual) : mem_or_null(a->y);
-    cl_mem s = w->s ? mem_or_null(w->s) : mem_or_null(w->w);
-    SETARG(k, 0, mem_or_null(a->x));
-    SETARG(k, 1, (cl_uint)a->x_offset);
-    SETARG(k, 2, (cl_uint)ldx);
-    SETARG(k, 3, mem_or_null(w->w));
-    SETARG(k, 4, s);
-    SETARG(k, 5, mem_or_null(a->y));
-    SETARG(k, 6, (cl_uint)a->y_offset);
-    SETARG(k, 7, (cl_uint)ldy);
-    SETARG(k, 8, r);
-    SETARG(k, 9, (cl_uint)a->r_offset);
-    SETARG(k, 10, (cl_uint)ldr);
+    st = grouped_common_args(k, w, a, ldx, ldy, ldr);
+    if (st) return st;
     SETARG(k, 11, mem_or_null(counts));
     SETARG(k, 12, mem_or_null(offsets));
     SETARG(k, 13, (cl_uint)E);

@@ -122,7 +122,8 @@ size_t clnpu_pack_scale_count(const clnpu_weight_desc *d, size_t nr)
 }
 
 /* Panel q_dst of the packed output takes panel p of matrix d: element size es bytes. Padding
- * columns are zero (their scales too, so they can never produce NaN). */
+ * columns are zero (their scales too, so they can never produce NaN); so is a whole padding panel
+ * past the last column. */
 void clnpu_pack_panel(const clnpu_weight_desc *d, size_t p, size_t nr, void *dst_w, float *dst_s)
 {
     const size_t es = clnpu_dtype_size(d->dtype), K = d->k;
@@ -146,6 +147,6 @@ void clnpu_pack_panel(const clnpu_weight_desc *d, size_t p, size_t nr, void *dst
             }
     } else if (d->dtype == CLNPU_DTYPE_FP8_E4M3) {
         size_t kb = (K + CLNPU_FP8_BLOCK - 1) / CLNPU_FP8_BLOCK, nb = (p * nr) / CLNPU_FP8_BLOCK;
-        for (size_t b = 0; b < kb; b++) dst_s[b] = d->scales[nb * kb + b];
+        for (size_t b = 0; b < kb; b++) dst_s[b] = p * nr < d->n ? d->scales[nb * kb + b] : 0.0f;
     }
 }

@@ -484,6 +484,64 @@ START_TEST(test_gemm_grouped)
 }
 END_TEST
 
+/* Two output panels per work-item (tunable nb = 2), forced through a tuning entry for every class:
+ * each weight dtype, an odd and an even number of panels, with and without a residual. */
+START_TEST(test_gemm_two_panels)
+{
+    clnpu_device *dev = test_device();
+    const clnpu_tuning_db *prev = clnpu_device_get_tuning(dev);
+    clnpu_tuning_db *db;
+    ck_assert_ok(clnpu_tuning_db_create(&db));
+    const clnpu_dtype types[] = {CLNPU_DTYPE_F32, CLNPU_DTYPE_BF16, CLNPU_DTYPE_F16, CLNPU_DTYPE_I8,
+                                 CLNPU_DTYPE_I8, CLNPU_DTYPE_FP8_E4M3};
+    const char *classes[] = {"gemv", "decode", "prefill"};
+    for (int ti = 0; ti < 5; ti++) /* types[3] and [4] share the int8 entry */
+        for (int c = 0; c < 3; c++) {
+            clnpu_tuning_entry e;
+            memset(&e, 0, sizeof e);
+            clnpu_tuning_entry_set_device(&e, dev);
+            snprintf(e.kernel, sizeof e.kernel, "gemm");
+            snprintf(e.dtype, sizeof e.dtype, "%s", clnpu_dtype_name(types[ti == 4 ? 5 : ti]));
+            snprintf(e.shape_class, sizeof e.shape_class, "%s", classes[c]);
+            clnpu_tuning_source_hash("gemm.cl", e.source_hash);
+            snprintf(e.names[0], sizeof e.names[0], "nb"), e.values[0] = 2;
+            snprintf(e.names[1], sizeof e.names[1], "mr"), e.values[1] = c == 2 ? 5 : 3;
+            e.nparams = 2;
+            ck_assert_ok(clnpu_tuning_db_put(db, &e));
+        }
+    clnpu_device_set_tuning(dev, db);
+    const size_t dims[][3] = {{1, 45, 300}, {5, 150, 257}, {17, 200, 130}}; /* 3, 10, 13 panels */
+    for (int ti = 0; ti < 6; ti++)
+        for (int si = 0; si < 3; si++)
+            for (int resid = 0; resid < 2; resid++) {
+                const size_t m = dims[si][0], n = dims[si][1], k = dims[si][2];
+                host_weight h;
+                make_weight(&h, types[ti], n, k, ti == 4 ? 128 : 0);
+                clnpu_weight *w;
+                ck_assert_ok(clnpu_weight_upload(dev, &h.d, 1, &w));
+                float *x = random_vec(m * k), *r = random_vec(m * n), *out = malloc(m * n * sizeof *out);
+                clnpu_buffer *bx = upload_f32(x, m * k), *br = upload_f32(r, m * n), *by;
+                ck_assert_ok(clnpu_buffer_create(dev, m * n * sizeof(float), &by));
+                poison(by);
+                clnpu_gemm_args a = clnpu_gemm_args_default();
+                a.x = bx, a.y = by, a.m = m, a.alpha = 0.75f, a.split_k = 1;
+                if (resid) a.residual = br, a.epilogue = CLNPU_EPILOGUE_RESIDUAL;
+                ck_assert_ok(clnpu_gemm(dev, w, 0, &a));
+                ck_assert_ok(clnpu_buffer_read(by, 0, out, m * n * sizeof(float)));
+                double *ref = reference(x, h.deq, m, n, k, 0.75f, resid ? r : NULL);
+                double err = rel_error(out, ref, m, n, n);
+                ck_assert_msg(err <= 2 * tolerance(k), "two panels %s%s %zux%zux%zu resid=%d: %.3g",
+                              clnpu_dtype_name(types[ti]), ti == 4 ? " (groups)" : "", m, n, k, resid, err);
+                free(ref), free(x), free(r), free(out);
+                clnpu_buffer_destroy(bx), clnpu_buffer_destroy(br), clnpu_buffer_destroy(by);
+                clnpu_weight_destroy(w);
+                free_weight(&h);
+            }
+    clnpu_device_set_tuning(dev, prev);
+    clnpu_tuning_db_destroy(db);
+}
+END_TEST
+
 /* Split-K with a workspace, with and without a residual, on a long ragged K. */
 START_TEST(test_gemm_splitk)
 {
@@ -561,6 +619,7 @@ Suite *suite_gemm(void)
     tcase_add_test(tc, test_gemm_exact_widening);
     tcase_add_test(tc, test_gemm_epilogues);
     tcase_add_test(tc, test_gemm_grouped);
+    tcase_add_test(tc, test_gemm_two_panels);
     tcase_add_test(tc, test_gemm_splitk);
     tcase_add_test(tc, test_gemm_bad_input);
     suite_add_tcase(s, tc);

@@ -495,6 +495,10 @@ int cmd_tune(int argc, char **argv)
             for (int i = 0; i < sp.np; i++)
                 if (!strcmp(sp.name[i], "mr")) sp.vals[i][0] = 1, sp.nv[i] = 1;
         }
+        if (!strcmp(j->cls, "grouped")) { /* the grouped kernels take one panel per work-item */
+            for (int i = 0; i < sp.np; i++)
+                if (!strcmp(sp.name[i], "nb")) sp.vals[i][0] = 1, sp.nv[i] = 1;
+        }
         const int row_bytes = (192 + 128) * 4;
         const uint64_t local = clnpu_device_local_mem_budget(dev);
         /* every allowed combination */
