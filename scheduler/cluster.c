@@ -82,7 +82,8 @@ void clnpu_cluster_destroy(clnpu_cluster *c)
     free(c);
 }
 
-static clnpu_status add_devices(clnpu_cluster *cl, const clnpu_profile *p, size_t count, size_t node, size_t *cap)
+static clnpu_status add_devices(clnpu_cluster *cl, const clnpu_profile *p, size_t count, size_t node, double shared,
+                                size_t *cap)
 {
     if (cl->count + count > 1u << 20) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "more than 2^20 devices");
     if (cl->count + count > *cap) {
@@ -91,7 +92,7 @@ static clnpu_status add_devices(clnpu_cluster *cl, const clnpu_profile *p, size_
         if (!n) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
         cl->devices = n, *cap = nc;
     }
-    for (size_t i = 0; i < count; i++) cl->devices[cl->count++] = (clnpu_cluster_device){*p, node};
+    for (size_t i = 0; i < count; i++) cl->devices[cl->count++] = (clnpu_cluster_device){*p, node, shared};
     return CLNPU_OK;
 }
 
@@ -115,9 +116,11 @@ static clnpu_status parse_root(const ctx *c, const yaml_node_t *root, const clnp
     size_t cap = 0;
     for (yaml_node_item_t *it = st ? NULL : nodes->data.sequence.items.start; !st && it < nodes->data.sequence.items.top; it++) {
         yaml_node_t *nd = yaml_document_get_node(c->doc, *it);
-        static const char *const nkeys[] = {"name", "count", "devices", NULL};
+        static const char *const nkeys[] = {"name", "count", "shared_memory_bandwidth", "devices", NULL};
         st = check_keys(c, nd, "a node", nkeys);
-        double repeat = 1;
+        double repeat = 1, shared = 0;
+        if (!st && (v = get(c, nd, "shared_memory_bandwidth"))) st = num(c, v, "shared_memory_bandwidth", &shared);
+        if (!st && v && !(shared > 0)) st = clnpu_yaml_fail_at(c->origin, v, "shared_memory_bandwidth must be positive (bytes/s)");
         if (!st && (v = get(c, nd, "count"))) st = num(c, v, "count", &repeat);
         if (!st && (repeat < 1 || repeat != floor(repeat) || repeat > 65536)) st = clnpu_yaml_fail_at(c->origin, nd, "node count must be 1..65536");
         yaml_node_t *devs = st ? NULL : get(c, nd, "devices");
@@ -136,7 +139,7 @@ static clnpu_status parse_root(const ctx *c, const yaml_node_t *root, const clnp
                 clnpu_profile prof;
                 if (!st) prof = *p;
                 if (!st && (v = get(c, dv, "overrides"))) st = apply_overrides(c, v, &prof);
-                if (!st) st = add_devices(cl, &prof, (size_t)n, cl->nodes, &cap);
+                if (!st) st = add_devices(cl, &prof, (size_t)n, cl->nodes, shared, &cap);
             }
     }
     yaml_node_t *links = st ? NULL : get(c, root, "links");

@@ -87,12 +87,28 @@ static double tokens_per_replica(const cand *c)
     return ceil(c->tokens / per_seq / c->r - 1e-9) * per_seq;
 }
 
-/* Time of one unit on one device of a stage group (profile p) for the whole step. */
-static double unit_time(const cand *c, const clnpu_profile *p, const clnpu_graph_unit *u)
+/* Devices of a node that share one memory system split its bandwidth among those streaming at
+ * the same time (`busy` of them), e.g. PoCL devices carved from one CPU socket. */
+static clnpu_profile sharing(const clnpu_cluster_device *dv, double busy)
+{
+    clnpu_profile p = dv->profile;
+    if (dv->shared_bandwidth > 0 && busy >= 1) p.memory_bandwidth = fmin(p.memory_bandwidth, dv->shared_bandwidth / busy);
+    return p;
+}
+
+/* Time of one unit on one device of a stage group (device dv) for the whole step. */
+static double unit_time(const cand *c, const clnpu_cluster_device *dv, const clnpu_graph_unit *u)
 {
     const double d = (double)c->gr->hidden, tr = tokens_per_replica(c), ctx = (double)c->w->context;
     const double t = (double)c->t, g = (double)c->g, act = 2.0; /* bf16 activations on the wire */
     const bool prefill = c->w->phase == CLNPU_PHASE_PREFILL;
+    /* On a shared memory system: attention replicas busy at once (fewer sequences than replicas
+     * leave some idle) times their TP ranks, and the devices that receive expert rows. */
+    const double seqs = c->tokens / (prefill ? ctx : 1.0);
+    const double busy_attn = fmin(g, t * fmin((double)c->r, ceil(seqs - 1e-9)));
+    const double busy_exp = prefill ? g : g * (1 - pow(1 - 1 / g, c->tokens * (double)c->gr->top_k));
+    const clnpu_profile pa = sharing(dv, busy_attn), pe = sharing(dv, busy_exp);
+    const clnpu_profile *p = &pa;
     double time = 0;
     if (u->kind == CLNPU_UNIT_EMBED) return roof(c, p, 0, tr * d * 2) + c->cl->launch_overhead_s;
     if (u->kind == CLNPU_UNIT_HEAD) {
@@ -114,8 +130,13 @@ static double unit_time(const cand *c, const clnpu_profile *p, const clnpu_graph
         const double k = (double)c->gr->top_k, s = (double)c->slots;
         const double per_dev = c->tokens * k / g * c->imbalance;
         const double distinct = s * (1 - pow(1 - 1 / s, per_dev)); /* experts that see a token */
-        comp += roof(c, p, 2 * u->expert_params * per_dev + 2 * (u->shared_params + u->router_params) * tr / t,
-                     distinct * u->expert_params * c->wb + (u->shared_params / t + u->router_params) * c->wb);
+        if (dv->shared_bandwidth > 0) /* routed and shared experts see different bandwidths */
+            comp += roof(c, &pe, 2 * u->expert_params * per_dev, distinct * u->expert_params * c->wb) +
+                    roof(c, p, 2 * (u->shared_params + u->router_params) * tr / t,
+                         (u->shared_params / t + u->router_params) * c->wb);
+        else
+            comp += roof(c, p, 2 * u->expert_params * per_dev + 2 * (u->shared_params + u->router_params) * tr / t,
+                         distinct * u->expert_params * c->wb + (u->shared_params / t + u->router_params) * c->wb);
         /* dispatch (in the weight dtype when it is 8-bit, as DeepEP does) + combine (bf16), to
          * each token's distinct destination devices */
         double fan = fmin(k, g * (1 - pow(1 - 1 / g, k)));
@@ -187,19 +208,22 @@ static bool cand_prepare(cand *c)
     if (!c->unit_time || !c->unit_mem || !c->fixed_mem || !c->cap) return false;
     const double d = (double)c->gr->hidden, tr = tokens_per_replica(c);
     for (size_t k = 0; k < c->ngroups; k++) {
-        const clnpu_profile *p = &c->cl->devices[k * c->g].profile;
+        const clnpu_cluster_device *dv = &c->cl->devices[k * c->g];
+        const clnpu_profile *p = &dv->profile;
         for (size_t x = 1; x < c->g; x++)
             if (strcmp(c->cl->devices[k * c->g + x].profile.name, p->name)) return false;
         double *t = c->unit_time + k * (U + 1), *m = c->unit_mem + k * (U + 1);
         /* groups of the same kind share their tables: copy the previous group's */
-        if (k > 0 && !strcmp(c->cl->devices[(k - 1) * c->g].profile.name, p->name) &&
-            c->cl->devices[(k - 1) * c->g].profile.memory_bytes == p->memory_bytes) {
+        const clnpu_cluster_device *pv = k > 0 ? &c->cl->devices[(k - 1) * c->g] : NULL;
+        if (pv && !strcmp(pv->profile.name, p->name) && pv->profile.memory_bytes == p->memory_bytes &&
+            pv->profile.memory_bandwidth == p->memory_bandwidth && pv->shared_bandwidth == dv->shared_bandwidth &&
+            !memcmp(pv->profile.peak, p->peak, sizeof p->peak)) {
             memcpy(t, t - (U + 1), (U + 1) * sizeof *t);
             memcpy(m, m - (U + 1), (U + 1) * sizeof *m);
         } else {
             t[0] = m[0] = 0;
             for (size_t u = 0; u < U; u++) { /* prefix sums */
-                t[u + 1] = t[u] + unit_time(c, p, &c->gr->units[u]);
+                t[u + 1] = t[u] + unit_time(c, dv, &c->gr->units[u]);
                 m[u + 1] = m[u] + unit_mem(c, &c->gr->units[u]);
             }
         }
@@ -339,11 +363,11 @@ static bool better(const result *a, const result *b)
 
 /* Best layout for a given batch (sequences per pipeline replica). */
 static result search(const clnpu_graph *gr, const clnpu_cluster *cl, const clnpu_workload *w,
-                     const clnpu_calibration *cal, double batch, size_t per_node)
+                     const clnpu_calibration *cal, double batch, size_t per_node, size_t tp_cap)
 {
     result best = {0};
     for (size_t g = 1; g <= cl->count; g *= 2) {
-        for (size_t t = 1; t <= g && t <= per_node; t *= 2) {
+        for (size_t t = 1; t <= g && t <= tp_cap; t *= 2) {
             if (gr->heads % t || g % t) continue;
             result r = evaluate(gr, cl, w, cal, g, t, batch, per_node);
             if (r.ok && w->slo_ms > 0 && r.latency * 1e3 > w->slo_ms) r.ok = false;
@@ -356,7 +380,7 @@ static result search(const clnpu_graph *gr, const clnpu_cluster *cl, const clnpu
     }
     /* g = all devices when N is not a power of two */
     if ((cl->count & (cl->count - 1)) != 0)
-        for (size_t t = 1; t <= per_node; t *= 2) {
+        for (size_t t = 1; t <= tp_cap; t *= 2) {
             if (gr->heads % t || cl->count % t) continue;
             result r = evaluate(gr, cl, w, cal, cl->count, t, batch, per_node);
             if (r.ok && w->slo_ms > 0 && r.latency * 1e3 > w->slo_ms) r.ok = false;
@@ -421,30 +445,31 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
     size_t per_node = cl->count / (cl->nodes ? cl->nodes : 1);
     if (!per_node) per_node = 1;
     p->devices_per_node = per_node;
-    if (w->max_tp && w->max_tp < per_node) per_node = w->max_tp; /* TP stays inside a node and under the cap */
+    /* TP stays inside a node and under the cap; the node size still decides which link EP uses */
+    const size_t tp_cap = w->max_tp && w->max_tp < per_node ? w->max_tp : per_node;
     result best = {0};
     if (w->batch) {
-        best = search(&p->graph, cl, w, &cal, (double)w->batch, per_node);
+        best = search(&p->graph, cl, w, &cal, (double)w->batch, per_node, tp_cap);
         if (best.ok && best.dp > 1) { /* the global batch is shared by the pipeline replicas */
-            result r2 = search(&p->graph, cl, w, &cal, ceil((double)w->batch / best.dp), per_node);
+            result r2 = search(&p->graph, cl, w, &cal, ceil((double)w->batch / best.dp), per_node, tp_cap);
             if (r2.ok) best = r2;
         }
     } else {
         /* the largest batch that fits (and meets the SLO): feasibility falls with the batch */
         size_t lo = 0, hi = 1;
-        result r = search(&p->graph, cl, w, &cal, 1, per_node);
+        result r = search(&p->graph, cl, w, &cal, 1, per_node, tp_cap);
         if (r.ok) {
             best = r, lo = 1;
             while (hi < (1u << 20)) {
                 hi *= 2;
-                r = search(&p->graph, cl, w, &cal, (double)hi, per_node);
+                r = search(&p->graph, cl, w, &cal, (double)hi, per_node, tp_cap);
                 if (!r.ok) break;
                 best = r, lo = hi;
             }
             if (r.ok) hi = lo + 1;
             while (hi - lo > 1 && hi - lo > lo / 64) { /* within 1.5 % */
                 size_t mid = lo + (hi - lo) / 2;
-                r = search(&p->graph, cl, w, &cal, (double)mid, per_node);
+                r = search(&p->graph, cl, w, &cal, (double)mid, per_node, tp_cap);
                 if (r.ok) best = r, lo = mid;
                 else hi = mid;
             }

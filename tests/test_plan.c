@@ -302,6 +302,32 @@ START_TEST(test_plan_time_and_errors)
             clnpu_cluster_destroy(cl);
         }
         ck_assert_msg(step[1] > step[0], "exposed exchange %.3f ms vs overlapped %.3f ms", step[1] * 1e3, step[0] * 1e3);
+        /* EP inside a node pays the node's link, also when --max-tp caps TP below the node size;
+         * a node whose devices share one memory system gains nothing from splitting the experts */
+        const char *variants[3][2] = {{"1.0e-6", ""}, {"1.0e-3", ""}, {"1.0e-6", "    shared_memory_bandwidth: 3.1e10\n"}};
+        double st3[3];
+        size_t ep3[3];
+        for (int i = 0; i < 3; i++) {
+            char text[640];
+            snprintf(text, sizeof text, "name: x\ncomm_overlap: 0\nnodes:\n  - name: n\n%s    devices:\n"
+                     "      - {profile: pocl-cpu, count: 2, overrides: {memory_bytes: 6.0e8}}\n"
+                     "links:\n  intra_node: {bandwidth: 1.0e10, latency_s: %s}\n"
+                     "  inter_node: {bandwidth: 1.0e10, latency_s: 1.0e-6}\n", variants[i][1], variants[i][0]);
+            ck_assert_ok(clnpu_cluster_parse(text, strlen(text), "c.yaml", NULL, &cl));
+            clnpu_plan *pm = NULL;
+            ck_assert_ok(clnpu_plan_create(&cfg, cl, &wm, NULL, &pm));
+            const clnpu_plan_summary sm = clnpu_plan_get_summary(pm);
+            st3[i] = sm.step_s, ep3[i] = sm.ep;
+            clnpu_plan_destroy(pm);
+            clnpu_cluster_destroy(cl);
+        }
+        ck_assert_uint_gt(ep3[0], 1);
+        ck_assert_msg(ep3[1] == 1 || st3[1] > st3[0] + 7 * 1e-3, "a slow node link is not charged: %.3f vs %.3f ms",
+                      st3[1] * 1e3, st3[0] * 1e3);
+        ck_assert_msg(st3[2] > st3[0] * 1.05, "shared memory: %.3f ms, own memory %.3f ms", st3[2] * 1e3, st3[0] * 1e3);
+        const char *bad4 = "name: x\nnodes:\n  - shared_memory_bandwidth: 0\n    devices:\n      - {profile: pocl-cpu}\n";
+        ck_assert_int_eq(clnpu_cluster_parse(bad4, strlen(bad4), "c.yaml", NULL, &cl), CLNPU_ERR_PARSE);
+        ck_assert_msg(strstr(clnpu_error_message(), "shared_memory_bandwidth"), "%s", clnpu_error_message());
     }
     /* a cluster file past 1 MiB (generated files with long comments) is read whole, not cut */
     char dir[256], path[512];

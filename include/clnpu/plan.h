@@ -59,6 +59,7 @@ void clnpu_graph_free(clnpu_graph *g);
 typedef struct clnpu_cluster_device {
     clnpu_profile profile; /* with overrides applied */
     size_t node;
+    double shared_bandwidth; /* the node's memory system shared by its devices (bytes/s), 0: own */
 } clnpu_cluster_device;
 
 typedef struct clnpu_cluster {
@@ -73,7 +74,9 @@ typedef struct clnpu_cluster {
                                     * 0 for an executor that exchanges synchronously) */
 } clnpu_cluster;
 
-/* YAML: name, nodes: [{name, count (identical nodes), devices: [{profile, count, overrides}]}],
+/* YAML: name, nodes: [{name, count (identical nodes), shared_memory_bandwidth (optional: the
+ * node's devices draw on one memory system of this many bytes/s, as sub-devices of one CPU
+ * socket do), devices: [{profile, count, overrides}]}],
  * links: {intra_node: {bandwidth, latency_s}, inter_node: {...}}, memory_reserve (fraction),
  * launch_overhead_s. Profiles come from `profiles` (NULL: the built-in set). */
 clnpu_status clnpu_cluster_load(const char *path, const clnpu_profile_set *profiles, clnpu_cluster **out);
