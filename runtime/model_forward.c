@@ -125,7 +125,7 @@ static clnpu_status attention_decode(clnpu_model *m, model_layer *ly, size_t B, 
     g.x = m->q, g.ldx = m->dqk, g.y = m->q_abs, g.ldy = R, g.m = B * H;
     clnpu_status st = clnpu_gemm_grouped(m->dev, ly->uk_t, segs, B * H, &g);
     if (!st) {
-        clnpu_mla_decode_args a = {m->q_abs, m->q, ly->cache, m->opt.page_size, m->block_table_dev, m->max_blocks,
+        clnpu_mla_decode_args a = {m->q_abs, m->q, ly->cache, m->opt.page_size, m->step_bt, m->max_blocks,
                                    m->lens, maxlen, B, H, R, c->qk_rope_head_dim, m->scale, m->z, 0,
                                    nope, m->dqk};
         st = clnpu_mla_decode(m->dev, &a);
@@ -173,6 +173,11 @@ clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids,
         if ((size_t)lens[i] > maxlen) maxlen = (size_t)lens[i];
     }
     if (!st) st = clnpu_buffer_write_async(m->stepbuf, 0, m->step_host, 3 * m->step_slot + T * sizeof(int));
+    /* MLA decode reads one block-table row per batch row: the rows of this step's sequences, in
+     * their order (the model's table is indexed by sequence). */
+    for (size_t b = 0; !st && decode && b < T; b++)
+        memcpy(m->step_bt_host + b * m->max_blocks, m->block_table + seq_of[b] * m->max_blocks, m->max_blocks * sizeof(int));
+    if (!st && decode) st = clnpu_buffer_write_async(m->step_bt, 0, m->step_bt_host, T * m->max_blocks * sizeof(int));
     if (!st && m->opt.embed) st = clnpu_embed(m->dev, m->h, m->embed, m->embed_dtype, m->ids, T, d, c->vocab_size);
     else if (!st) st = clnpu_buffer_write(m->h, 0, h_in, T * d * sizeof(float)); /* from the previous stage */
     if (!st && m->opt.embed) st = capture(m, 0, m->h, T);

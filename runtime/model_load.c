@@ -307,11 +307,11 @@ void clnpu_model_destroy(clnpu_model *m)
     free(m->layers);
     clnpu_buffer *bs[] = {m->embed, m->final_norm, m->block_table_dev, m->h, m->a, m->cq, m->q, m->kv0, m->attn,
                           m->mlp, m->mlp_h, m->logits, m->ids, m->pos, m->seqs, m->latent, m->kvfull, m->kfull,
-                          m->q_abs, m->z, m->qpe, m->lens, m->sampled, m->stepbuf}; /* views before their parent */
+                          m->q_abs, m->z, m->qpe, m->lens, m->sampled, m->step_bt, m->stepbuf}; /* views before their parent */
     for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) clnpu_buffer_destroy(bs[i]);
     clnpu_weight_destroy(m->lm_head);
     clnpu_rope_table_destroy(m->rope);
-    free(m->block_table), free(m->free_pages), free(m->seq_len), free(m->step_host);
+    free(m->block_table), free(m->free_pages), free(m->seq_len), free(m->step_host), free(m->step_bt_host);
     free(m->hidden), free(m->route_ids), free(m->route_w);
     free(m);
 }
@@ -366,7 +366,7 @@ static clnpu_status alloc_activations(clnpu_model *m)
         {&m->latent, S * m->lat * 4}, {&m->kvfull, S * H * (c->qk_nope_head_dim + c->v_head_dim) * 4},
         {&m->kfull, S * H * m->dqk * 4}, {&m->q_abs, B * H * R * 4}, {&m->z, B * H * R * 4},
         {&m->qpe, B * H * c->qk_rope_head_dim * 4}, {&m->sampled, T * 4},
-        {&m->block_table_dev, B * m->max_blocks * 4},
+        {&m->block_table_dev, B * m->max_blocks * 4}, {&m->step_bt, B * m->max_blocks * 4},
     };
     /* A step's small inputs (token ids, positions, sequences, lengths) sit in one buffer, each
      * in an aligned slot seen as a buffer of its own, so a step uploads them in one write. */
@@ -374,6 +374,8 @@ static clnpu_status alloc_activations(clnpu_model *m)
     m->step_slot = (n * sizeof(int) + al - 1) / al * al;
     clnpu_status st = (m->step_host = malloc(4 * m->step_slot)) ? CLNPU_OK
                                                                 : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (!st && !(m->step_bt_host = malloc(B * m->max_blocks * sizeof(int))))
+        st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     if (!st) st = clnpu_buffer_create(m->dev, 4 * m->step_slot, &m->stepbuf);
     clnpu_buffer **slots[] = {&m->ids, &m->pos, &m->seqs, &m->lens};
     for (size_t i = 0; !st && i < 4; i++) st = clnpu_buffer_create_sub(m->stepbuf, i * m->step_slot, m->step_slot, slots[i]);

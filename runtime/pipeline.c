@@ -26,6 +26,7 @@ void clnpu_pipeline_destroy(clnpu_pipeline *p)
 }
 
 int clnpu_pipeline_rank(const clnpu_pipeline *p) { return p->rank; }
+void clnpu_pipeline_set_micro_batches(clnpu_pipeline *p, size_t m) { p->micro = m ? m : 1; }
 int clnpu_pipeline_ranks(const clnpu_pipeline *p) { return p->nranks; }
 
 clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
@@ -138,7 +139,9 @@ static clnpu_status run(clnpu_pipeline *p, size_t n, const int *ids, const size_
     clnpu_status st = CLNPU_OK;
     const size_t hn = n * p->cfg.hidden_size;
     if (p->fault_step) raise(SIGKILL);
-    for (size_t s = 0; !st && s < p->count; s++) {
+    const bool micro = decode && p->micro > 1 && n > 1 && p->count > 1 && p->nranks <= 1;
+    if (micro) st = pipeline_run_micro(p, n, ids, seqs, pos, logits);
+    for (size_t s = 0; !micro && !st && s < p->count; s++) {
         const bool last = s + 1 == p->count;
         if (p->owner[s] == p->rank) {
             st = pipeline_recv_hidden(p, s, hn);

@@ -34,7 +34,13 @@ struct clnpu_pipeline {
     long long *wire_segs;
     double timeout_s;
     int fault_step;               /* CLNPU_FAULT_RANK: this rank dies at its first step */
+    size_t micro;                 /* decode micro-batches in flight (in one process) */
 };
+
+#define CLNPU_MAX_MICRO 64
+/* One decode step with the sequences cut into micro-batches, a host thread per stage. */
+clnpu_status pipeline_run_micro(clnpu_pipeline *p, size_t n, const int *ids, const size_t *seqs, const size_t *pos,
+                                float *logits);
 
 /* Ranks: decide who owns which stage and shard (no-op outside mpirun) and, after set-up, make
  * every rank agree that it worked. */

@@ -9,9 +9,11 @@
 #include "clnpu/pipeline.h"
 
 clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config *cfg, clnpu_stage_spec **out,
-                                      size_t *count, size_t *ep)
+                                      size_t *count, clnpu_plan_layout *layout)
 {
-    *out = NULL, *count = 0, *ep = 1;
+    clnpu_plan_layout lay = {1, 1};
+    *out = NULL, *count = 0;
+    if (layout) *layout = lay;
     yaml_document_t doc;
     clnpu_status st = clnpu_yaml_load_file(path, &doc);
     if (st) return st;
@@ -25,7 +27,14 @@ clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config
                         layers ? layers : "?", cfg->num_hidden_layers);
     else if (!stages || stages->type != YAML_SEQUENCE_NODE || stages->data.sequence.items.start == stages->data.sequence.items.top)
         st = clnpu_fail(CLNPU_ERR_PARSE, "%s: no stages", path);
-    if (!st && clnpu_yaml_value(&doc, par, "ep")) *ep = (size_t)atol(clnpu_yaml_value(&doc, par, "ep"));
+    if (!st && clnpu_yaml_value(&doc, par, "ep")) lay.ep = (size_t)atol(clnpu_yaml_value(&doc, par, "ep"));
+    if (!st && clnpu_yaml_value(&doc, par, "micro_batches")) {
+        long mb = atol(clnpu_yaml_value(&doc, par, "micro_batches"));
+        if (mb < 1 || mb > 1024) st = clnpu_fail(CLNPU_ERR_PARSE, "%s: micro_batches %s is not 1..1024", path,
+                                                 clnpu_yaml_value(&doc, par, "micro_batches"));
+        else lay.micro_batches = (size_t)mb;
+    }
+    if (!st && layout) *layout = lay;
     if (!st && clnpu_yaml_value(&doc, par, "tp") && atol(clnpu_yaml_value(&doc, par, "tp")) > 1)
         st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: tensor parallel plans (tp %s) are not executed yet; plan with "
                         "--max-tp 1", path, clnpu_yaml_value(&doc, par, "tp"));

@@ -131,6 +131,15 @@ START_TEST(test_logits_match_transformers)
     ck_assert_ok(clnpu_model_decode(m, seqs, next, 2, two));
     ck_assert_msg(rel(two, ref + 5 * V, V) <= 1e-4 && rel(two + V, ref + 9 * V, V) <= 1e-4,
                   "batched decode differs from the reference");
+    /* The other order, and one sequence alone: each row attends over its own sequence's pages
+     * (the two prompts differ in length, so pages of the wrong sequence give other logits). */
+    size_t rev[2] = {1, 0};
+    int nrev[2] = {f.ids[10], f.ids[6]};
+    ck_assert_ok(clnpu_model_decode(m, rev, nrev, 2, two));
+    ck_assert_msg(rel(two, ref + 10 * V, V) <= 1e-4 && rel(two + V, ref + 6 * V, V) <= 1e-4,
+                  "decode in reversed sequence order differs from the reference");
+    ck_assert_ok(clnpu_model_decode(m, rev, f.ids + 11, 1, two));
+    ck_assert_msg(rel(two, ref + 11 * V, V) <= 1e-4, "decode of sequence 1 alone differs from the reference");
     free(two);
     /* Generation with the sampler on the device: the same tokens as sampling the returned
      * logits, greedy and with temperature / top-k / top-p, and the same logits. */
@@ -165,6 +174,54 @@ START_TEST(test_logits_match_transformers)
     clnpu_buffer_destroy(lb), clnpu_buffer_destroy(ob);
     free(lg), free(h);
     clnpu_model_destroy(m);
+    close_fixture(&f);
+}
+END_TEST
+
+/* Decode micro-batches in flight: four sequences of different lengths decode together through
+ * PP 3 and PP 2 x EP 2, cut into 1..4 micro-batches (and more than there are sequences); every
+ * sequence's logits match transformers' at its position. */
+START_TEST(test_pipeline_micro_batches)
+{
+    fixture f;
+    open_fixture(&f);
+    const size_t V = f.cfg.vocab_size;
+    const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
+#define STAGE(d, b, e, em, hd) {.device = d, .profile = "", .layer_begin = b, .layer_end = e, .embed = em, .head = hd}
+    const clnpu_stage_spec pp3[] = {STAGE(0, 0, 1, true, false), STAGE(1, 1, 2, false, false), STAGE(0, 2, 3, false, true)};
+    clnpu_stage_spec ppep[2] = {STAGE(0, 0, 2, true, false), STAGE(1, 2, 3, false, true)};
+#undef STAGE
+    static const size_t e2[2][8] = {{0, 2, 4, 6, 8, 10, 12, 14}, {1, 3, 5, 7, 9, 11, 13, 15}};
+    ppep[0].ep_count = 2;
+    for (size_t i = 0; i < 2; i++) ppep[0].ep_devices[i] = i, ppep[0].ep_experts[i] = e2[i], ppep[0].ep_expert_counts[i] = 8;
+    const struct { const clnpu_stage_spec *s; size_t n; const char *name; } cases[] = {{pp3, 3, "PP 3"}, {ppep, 2, "PP 2 x EP 2"}};
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_sequences = 4, o.max_context = 64, o.max_tokens = 32;
+    const size_t len[4] = {3, 8, 5, 11}, micro[] = {1, 2, 3, 4, 9};
+    float *lg = malloc(4 * V * sizeof *lg);
+    for (size_t c = 0; c < 2; c++)
+        for (size_t mi = 0; mi < sizeof micro / sizeof micro[0]; mi++) {
+            clnpu_pipeline *p;
+            ck_assert_ok(clnpu_pipeline_create(&f.cfg, f.ck, cases[c].s, cases[c].n, &o, &p));
+            clnpu_pipeline_set_micro_batches(p, micro[mi]);
+            for (size_t q = 0; q < 4; q++) ck_assert_ok(clnpu_pipeline_prefill(p, q, f.ids, len[q], NULL));
+            double worst = 0;
+            for (size_t step = 0; step < 3; step++) {
+                const size_t seqs[4] = {0, 1, 2, 3};
+                int next[4];
+                for (size_t q = 0; q < 4; q++) next[q] = f.ids[len[q] + step];
+                for (size_t i = 0; i < 4 * V; i++) lg[i] = NAN;
+                ck_assert_ok(clnpu_pipeline_decode(p, seqs, next, 4, lg));
+                for (size_t q = 0; q < 4; q++) {
+                    double e = rel(lg + q * V, ref + (len[q] + step) * V, V);
+                    if (e > worst) worst = e;
+                }
+            }
+            ck_assert_msg(worst <= 1e-4, "%s, %zu micro-batches: rel error %.3g", cases[c].name, micro[mi], worst);
+            if (micro[mi] == 3) fprintf(stderr, "%s, 3 micro-batches in flight: logits rel error %.2e\n", cases[c].name, worst);
+            clnpu_pipeline_destroy(p);
+        }
+    free(lg);
     close_fixture(&f);
 }
 END_TEST
@@ -239,6 +296,7 @@ Suite *suite_model(void)
     tcase_add_test(tc, test_config);
     tcase_add_test(tc, test_logits_match_transformers);
     tcase_add_test(tc, test_pipeline_stages);
+    tcase_add_test(tc, test_pipeline_micro_batches);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -218,13 +218,15 @@ int cmd_run(int argc, char **argv)
     o.progress = isatty(STDERR_FILENO); /* a live progress line only for a person watching */
     clnpu_pipeline *pl = NULL;
     clnpu_stage_spec *specs = NULL;
-    size_t nspecs = 0, ep = 1;
+    size_t nspecs = 0;
     double t0 = now_s();
     if (!st && r.plan) {
         /* The plan's stages, each on its own device: the residual stream crosses them. */
-        st = clnpu_pipeline_read_plan(r.plan, &cfg, &specs, &nspecs, &ep);
-        (void)ep; /* stages with several devices run their experts there (expert parallel) */
+        /* stages with several devices run their experts there (expert parallel) */
+        clnpu_plan_layout lay;
+        st = clnpu_pipeline_read_plan(r.plan, &cfg, &specs, &nspecs, &lay);
         if (!st) st = clnpu_pipeline_create(&cfg, ck, specs, nspecs, &o, &pl);
+        if (!st) clnpu_pipeline_set_micro_batches(pl, lay.micro_batches);
     } else if (!st) {
         st = clnpu_model_create(dev, &cfg, ck, &o, &m);
     }

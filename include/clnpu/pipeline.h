@@ -36,10 +36,16 @@ typedef struct clnpu_stage_spec {
     size_t ep_expert_counts[CLNPU_MAX_EP];
 } clnpu_stage_spec;
 
+/* The plan's parallel layout beyond its stages. */
+typedef struct clnpu_plan_layout {
+    size_t ep;            /* devices per stage */
+    size_t micro_batches; /* decode micro-batches kept in flight (1: none) */
+} clnpu_plan_layout;
+
 /* Read a plan (format clnpu-plan-1) for this config: stages must cover every layer in order, the
- * embedding on the first and the head on the last. out_ep: devices per stage in the plan. */
+ * embedding on the first and the head on the last. out_layout may be NULL. */
 clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config *cfg, clnpu_stage_spec **out_specs,
-                                      size_t *out_count, size_t *out_ep);
+                                      size_t *out_count, clnpu_plan_layout *out_layout);
 
 typedef struct clnpu_pipeline clnpu_pipeline;
 
@@ -57,6 +63,12 @@ clnpu_device *clnpu_pipeline_stage_device(const clnpu_pipeline *p, size_t stage)
  * run with an error. */
 int clnpu_pipeline_rank(const clnpu_pipeline *p);
 int clnpu_pipeline_ranks(const clnpu_pipeline *p);
+
+/* Decode micro-batches in flight (in one process): a decode step of n >= 2 sequences is cut into
+ * up to m groups, and stage s works on group j while stage s + 1 works on group j - 1, each stage
+ * driven by its own host thread. 1 (the default) runs the stages one after another. Ranks of an
+ * MPI run step their stages one after another whatever m is. */
+void clnpu_pipeline_set_micro_batches(clnpu_pipeline *p, size_t micro_batches);
 
 /* As clnpu_model_prefill / clnpu_model_decode, through every stage in turn. */
 clnpu_status clnpu_pipeline_prefill(clnpu_pipeline *p, size_t seq, const int *ids, size_t n, float *logits);
