@@ -63,6 +63,14 @@ clnpu_status clnpu_moe_block_create_sharded(clnpu_device *dev, const clnpu_moe_c
                                             const clnpu_moe_shard *shards, size_t nshards, clnpu_moe_block **out)
 {
     if (!shards || !nshards) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe block: no expert shards");
+    if (nshards > CLNPU_MAX_EP)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe block: %zu expert shards, at most %d", nshards, CLNPU_MAX_EP);
+    const clnpu_moe_remote *rm = NULL;
+    for (size_t i = 0; i < nshards; i++) {
+        if (shards[i].remote && rm && shards[i].remote != rm)
+            return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe block: remote shards need one clnpu_moe_remote");
+        if (shards[i].remote) rm = shards[i].remote;
+    }
     return create(dev, cfg, w, max_tokens, shards, nshards, out);
 }
 
@@ -218,19 +226,23 @@ static clnpu_status dispatch_shards(clnpu_moe_block *b, const clnpu_gemm_segment
                 }
         nr[s] = r - at[s], ns[s] = n - first[s];
     }
-    /* every shard busy at once: local devices queued, remote peers sent their rows, then collected */
+    /* every shard busy at once: local devices queued, then one exchange with every remote shard
+     * (dispatch and combine) while they compute, then the local outputs collected */
     for (size_t s = 0; !st && s < S; s++)
         if (!b->shards[s].remote && nr[s])
             st = start_shard(b, &b->shards[s], b->host_y + at[s] * H, nr[s], local + first[s], ns[s]);
+    clnpu_moe_remote_part parts[CLNPU_MAX_EP];
+    const clnpu_moe_remote *remote = NULL;
+    size_t np = 0;
     for (size_t s = 0; !st && s < S; s++)
-        if (b->shards[s].remote && nr[s])
-            st = b->shards[s].remote->send(b->shards[s].remote->ctx, b->tag, s, b->host_y + at[s] * H, nr[s],
-                                           local + first[s], ns[s]);
+        if (b->shards[s].remote) {
+            remote = b->shards[s].remote;
+            parts[np++] = (clnpu_moe_remote_part){s, b->host_y + at[s] * H, nr[s], local + first[s], ns[s],
+                                                  b->host_y + at[s] * H};
+        }
+    if (!st && np) st = remote->exchange(remote->ctx, b->tag, parts, np);
     for (size_t s = 0; !st && s < S; s++)
         if (!b->shards[s].remote && nr[s]) st = finish_shard(b, &b->shards[s], nr[s], b->host_y + at[s] * H);
-    for (size_t s = 0; !st && s < S; s++)
-        if (b->shards[s].remote && nr[s])
-            st = b->shards[s].remote->recv(b->shards[s].remote->ctx, b->tag, s, b->host_y + at[s] * H, nr[s]);
     /* back to the rows' places in expert order (host_x holds the outputs from here on) */
     for (size_t s = 0; !st && s < S; s++)
         for (size_t i = first[s]; i < first[s] + ns[s]; i++)

@@ -20,7 +20,7 @@ void clnpu_pipeline_destroy(clnpu_pipeline *p)
     }
     free(p->stages), free(p->devs), free(p->ep_devs), free(p->h[0]), free(p->h[1]);
     free(p->seq_len), free(p->owner), free(p->shard_rank), free(p->remote_ctx), free(p->remotes);
-    free(p->srv_rows), free(p->srv_segs), free(p->wire_segs);
+    free(p->srv_rows), free(p->xch_rows), free(p->srv_segs), free(p->wire_segs);
     pipeline_mpi_finalize(p);
     free(p);
 }
@@ -61,14 +61,14 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         !p->remote_ctx || !p->remotes)
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     if (!st) st = pipeline_mpi_setup(p, sp, n);
-    p->never = (clnpu_moe_remote){pipeline_never_send, pipeline_never_recv, p};
+    p->never = (clnpu_moe_remote){pipeline_never_exchange, p};
     if (!st && p->nranks > 1 && !(p->wire_segs = malloc(3 * (cfg->n_routed_experts + 1) * sizeof *p->wire_segs)))
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     clnpu_profile_set *set = NULL; /* to tell a known stage profile from a typo */
     if (!st) st = clnpu_profile_set_builtin(&set);
     for (size_t i = 0; !st && i < n; i++) {
         p->remote_ctx[i] = (struct remote_ctx){p, i};
-        p->remotes[i] = (clnpu_moe_remote){pipeline_mpi_send, pipeline_mpi_recv, &p->remote_ctx[i]};
+        p->remotes[i] = (clnpu_moe_remote){pipeline_mpi_exchange, &p->remote_ctx[i]};
         /* this rank's part of stage i: the whole stage (owner), one expert shard, or nothing */
         const bool own = p->owner[i] == p->rank;
         size_t serve = CLNPU_MAX_EP;
@@ -109,6 +109,10 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         so.ep_count = sp[i].ep_count < CLNPU_MAX_EP ? sp[i].ep_count : CLNPU_MAX_EP;
         st = clnpu_model_create(p->devs[i], cfg, ck, &so, &p->stages[i]);
         if (st) st = clnpu_fail_context(st, "stage %zu (layers %zu..%zu)", i, sp[i].layer_begin, sp[i].layer_end);
+        if (!st && own && p->group_size > 1 && !p->xch_rows) { /* the owner packs its exchanges here */
+            p->xch_rows = malloc(p->max_tokens * cfg->num_experts_per_tok * cfg->hidden_size * sizeof(float));
+            if (!p->xch_rows) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+        }
         if (!st && !own && !p->srv_rows) { /* room for the largest exchange */
             const size_t rows = p->max_tokens * cfg->num_experts_per_tok, E = cfg->n_routed_experts;
             p->srv_rows = malloc(rows * cfg->hidden_size * sizeof(float));

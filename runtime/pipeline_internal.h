@@ -29,9 +29,11 @@ struct clnpu_pipeline {
     int *shard_rank;
     struct remote_ctx *remote_ctx;
     clnpu_moe_remote *remotes, never;
-    float *srv_rows;
+    float *srv_rows, *xch_rows;   /* rows served here; rows packed for an exchange */
     clnpu_gemm_segment *srv_segs;
     long long *wire_segs;
+    void *group_comm;             /* MPI_Comm of this rank's stage group (a rank per device) */
+    int group_rank, group_size;
     double timeout_s;
     int fault_step;               /* CLNPU_FAULT_RANK: this rank dies at its first step */
     size_t micro;                 /* decode micro-batches in flight (in one process) */
@@ -51,14 +53,11 @@ void pipeline_mpi_finalize(clnpu_pipeline *p);
 clnpu_status pipeline_recv_hidden(clnpu_pipeline *p, size_t s, size_t count);
 clnpu_status pipeline_send_hidden(clnpu_pipeline *p, size_t s, size_t count);
 clnpu_status pipeline_bcast_logits(clnpu_pipeline *p, float *logits, size_t count);
-/* Expert shards of a stage on other ranks: the owner's send and receive, its end-of-step message, and
- * the serving rank's loop. The never_ pair backs shards a serving rank does not hold. */
-clnpu_status pipeline_mpi_send(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
-                               const clnpu_gemm_segment *segs, size_t nseg);
-clnpu_status pipeline_mpi_recv(void *ctx, size_t tag, size_t shard, float *out, size_t nrows);
-clnpu_status pipeline_never_send(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
-                                 const clnpu_gemm_segment *segs, size_t nseg);
-clnpu_status pipeline_never_recv(void *ctx, size_t tag, size_t shard, float *out, size_t nrows);
+/* Expert shards of a stage on other ranks: the owner's exchange with its stage's group (counts,
+ * then MPI_Ialltoallv dispatch and combine), its end-of-step message, and the serving rank's
+ * loop. pipeline_never_exchange backs shards a serving rank does not hold. */
+clnpu_status pipeline_mpi_exchange(void *ctx, size_t tag, const clnpu_moe_remote_part *parts, size_t n);
+clnpu_status pipeline_never_exchange(void *ctx, size_t tag, const clnpu_moe_remote_part *parts, size_t n);
 clnpu_status pipeline_end_stage(clnpu_pipeline *p, size_t s);
 clnpu_status pipeline_serve_stage(clnpu_pipeline *p, size_t s);
 

@@ -68,12 +68,23 @@ clnpu_status pipeline_mpi_setup(clnpu_pipeline *p, const clnpu_stage_spec *sp, s
             for (size_t j = 0; j < CLNPU_MAX_EP; j++) p->shard_rank[s * CLNPU_MAX_EP + j] = p->owner[s];
         }
     } else if ((size_t)p->nranks == slots) {
-        int r = 0;
+        int r = 0, color = 0;
         for (size_t s = 0; s < n; s++) {
             p->owner[s] = r;
             for (size_t j = 0; j < CLNPU_MAX_EP; j++) p->shard_rank[s * CLNPU_MAX_EP + j] = r + (j < sp[s].ep_count ? (int)j : 0);
-            r += sp[s].ep_count ? (int)sp[s].ep_count : 1;
+            const int width = sp[s].ep_count ? (int)sp[s].ep_count : 1;
+            if (p->rank >= r && p->rank < r + width) color = (int)s;
+            r += width;
         }
+        /* a communicator per stage: its owner (group rank 0) and the ranks serving its shards */
+        if (!(p->group_comm = malloc(sizeof(MPI_Comm)))) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+        if (MPI_Comm_split(MPI_COMM_WORLD, color, p->rank, (MPI_Comm *)p->group_comm) != MPI_SUCCESS) {
+            free(p->group_comm), p->group_comm = NULL;
+            return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Comm_split failed", p->rank);
+        }
+        MPI_Comm_set_errhandler(*(MPI_Comm *)p->group_comm, MPI_ERRORS_RETURN);
+        MPI_Comm_rank(*(MPI_Comm *)p->group_comm, &p->group_rank);
+        MPI_Comm_size(*(MPI_Comm *)p->group_comm, &p->group_size);
     } else {
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%d MPI ranks for a plan of %zu stages on %zu devices: give at most "
                           "%zu (stages dealt in runs) or exactly %zu (a rank per device)", p->nranks, n, slots, n, slots);
@@ -93,25 +104,20 @@ clnpu_status pipeline_mpi_setup(clnpu_pipeline *p, const clnpu_stage_spec *sp, s
 #endif
 }
 
-/* Expert exchange between a stage's owner and the ranks serving its other shards: a header
- * {layer, shard, rows, segments}, the segments and the rows go out, the outputs come back; a
- * header with rows = -1 ends the stage's step. Tags stay clear of the stage numbers used for
- * hidden states. */
-enum { TAG_EXP_HDR = 30000, TAG_EXP_SEGS, TAG_EXP_ROWS, TAG_EXP_OUT };
-
-clnpu_status pipeline_never_send(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
-                                 const clnpu_gemm_segment *segs, size_t nseg)
+/* Expert exchange inside a stage's group of ranks (the owner is group rank 0, shard j's rank is
+ * group rank j): per MoE layer the counts go first (MPI_Ialltoall of a header {layer, rows,
+ * segments} per destination), then the segments and rows (MPI_Ialltoallv, dispatch), and after the
+ * shards have computed their outputs come back (MPI_Ialltoallv, combine). A header with rows = -1
+ * ends the stage's step. */
+clnpu_status pipeline_never_exchange(void *ctx, size_t tag, const clnpu_moe_remote_part *parts, size_t n)
 {
-    (void)ctx, (void)rows, (void)nrows, (void)segs, (void)nseg;
-    return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "layer %zu: shard %zu belongs to the stage's owner rank", tag, shard);
-}
-
-clnpu_status pipeline_never_recv(void *ctx, size_t tag, size_t shard, float *out, size_t nrows)
-{
-    return pipeline_never_send(ctx, tag, shard, out, nrows, NULL, 0);
+    (void)ctx, (void)parts, (void)n;
+    return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "layer %zu: only the stage's owner rank exchanges expert rows", tag);
 }
 
 #ifdef CLNPU_HAVE_MPI
+#define GROUP(p) (*(MPI_Comm *)(p)->group_comm)
+
 static clnpu_status mpi_xfer(clnpu_pipeline *p, bool send, void *buf, size_t count, MPI_Datatype type, int peer,
                              int tag, const char *what)
 {
@@ -124,71 +130,109 @@ static clnpu_status mpi_xfer(clnpu_pipeline *p, bool send, void *buf, size_t cou
     return mpi_wait(p, &rq, what, peer);
 }
 
-clnpu_status pipeline_mpi_send(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
-                               const clnpu_gemm_segment *segs, size_t nseg)
+/* One all-to-all-v of `type` items: this rank sends scount[j] items at sbuf + sdisp[j] to group
+ * rank j and receives rcount[j] at rbuf + rdisp[j]. */
+static clnpu_status xch(clnpu_pipeline *p, const void *sbuf, const int *scount, const int *sdisp, void *rbuf,
+                        const int *rcount, const int *rdisp, MPI_Datatype type, const char *what)
 {
-    struct remote_ctx *c = ctx;
-    clnpu_pipeline *p = c->p;
-    const int peer = p->shard_rank[c->stage * CLNPU_MAX_EP + shard];
-    long long hdr[4] = {(long long)tag, (long long)shard, (long long)nrows, (long long)nseg};
-    for (size_t i = 0; i < nseg; i++)
-        p->wire_segs[3 * i] = (long long)segs[i].matrix, p->wire_segs[3 * i + 1] = (long long)segs[i].row,
-        p->wire_segs[3 * i + 2] = (long long)segs[i].rows;
-    clnpu_status st = mpi_xfer(p, true, hdr, 4, MPI_LONG_LONG, peer, TAG_EXP_HDR, "sending experts' rows to");
-    if (!st) st = mpi_xfer(p, true, p->wire_segs, 3 * nseg, MPI_LONG_LONG, peer, TAG_EXP_SEGS, "sending experts' rows to");
-    if (!st)
-        st = mpi_xfer(p, true, (void *)rows, nrows * p->cfg.hidden_size, MPI_FLOAT, peer, TAG_EXP_ROWS, "sending experts' rows to");
-    return st;
+    MPI_Request rq;
+    if (MPI_Ialltoallv(sbuf, scount, sdisp, type, rbuf, rcount, rdisp, type, GROUP(p), &rq) != MPI_SUCCESS)
+        return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Ialltoallv failed %s", p->rank, what);
+    return mpi_wait(p, &rq, what, -1);
 }
 
-clnpu_status pipeline_mpi_recv(void *ctx, size_t tag, size_t shard, float *out, size_t nrows)
+static clnpu_status headers(clnpu_pipeline *p, long long *out, long long *in)
 {
-    struct remote_ctx *c = ctx;
-    clnpu_pipeline *p = c->p;
-    (void)tag;
-    const int peer = p->shard_rank[c->stage * CLNPU_MAX_EP + shard];
-    return mpi_xfer(p, false, out, nrows * p->cfg.hidden_size, MPI_FLOAT, peer, TAG_EXP_OUT, "receiving experts' outputs from");
+    MPI_Request rq;
+    if (MPI_Ialltoall(out, 3, MPI_LONG_LONG, in, 3, MPI_LONG_LONG, GROUP(p), &rq) != MPI_SUCCESS)
+        return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Ialltoall failed exchanging expert counts", p->rank);
+    return mpi_wait(p, &rq, "exchanging expert counts with", -1);
+}
+
+static clnpu_status too_many(const clnpu_pipeline *p, size_t items)
+{
+    return items > INT_MAX ? clnpu_fail(CLNPU_ERR_UNSUPPORTED, "rank %d: %zu items in one exchange", p->rank, items)
+                           : CLNPU_OK;
+}
+
+clnpu_status pipeline_mpi_exchange(void *ctx, size_t tag, const clnpu_moe_remote_part *parts, size_t n)
+{
+    clnpu_pipeline *p = ((struct remote_ctx *)ctx)->p;
+    const size_t H = p->cfg.hidden_size;
+    const int g = p->group_size;
+    long long hout[3 * CLNPU_MAX_EP] = {0}, hin[3 * CLNPU_MAX_EP];
+    int sc[CLNPU_MAX_EP] = {0}, sd[CLNPU_MAX_EP] = {0}, rc[CLNPU_MAX_EP] = {0}, rd[CLNPU_MAX_EP] = {0};
+    size_t rows = 0, segs = 0;
+    for (size_t i = 0; i < n; i++) {
+        const size_t j = parts[i].shard;
+        if ((int)j >= g || !j) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "layer %zu: shard %zu is not another rank of the stage", tag, j);
+        hout[3 * j] = (long long)tag, hout[3 * j + 1] = (long long)parts[i].nrows, hout[3 * j + 2] = (long long)parts[i].nseg;
+        for (size_t k = 0; k < parts[i].nseg; k++, segs++)
+            p->wire_segs[3 * segs] = (long long)parts[i].segs[k].matrix, p->wire_segs[3 * segs + 1] = (long long)parts[i].segs[k].row,
+            p->wire_segs[3 * segs + 2] = (long long)parts[i].segs[k].rows;
+        memcpy(p->xch_rows + rows * H, parts[i].rows, parts[i].nrows * H * sizeof(float));
+        rows += parts[i].nrows;
+    }
+    clnpu_status st = too_many(p, rows * H);
+    if (!st) st = headers(p, hout, hin); /* counts first */
+    /* dispatch: segments, then rows, from this rank (group rank 0) to each shard's rank */
+    size_t at = 0;
+    for (int j = 0; j < g; j++) sc[j] = (int)(3 * hout[3 * j + 2]), sd[j] = (int)at, at += (size_t)sc[j];
+    if (!st) st = xch(p, p->wire_segs, sc, sd, NULL, rc, rd, MPI_LONG_LONG, "sending expert segments");
+    at = 0;
+    for (int j = 0; j < g; j++) sc[j] = (int)(hout[3 * j + 1] * (long long)H), sd[j] = (int)at, at += (size_t)sc[j];
+    if (!st) st = xch(p, p->xch_rows, sc, sd, NULL, rc, rd, MPI_FLOAT, "sending experts' rows");
+    /* combine: every shard's outputs back, in the same order */
+    for (int j = 0; j < g; j++) rc[j] = sc[j], rd[j] = sd[j], sc[j] = 0, sd[j] = 0;
+    if (!st) st = xch(p, NULL, sc, sd, p->xch_rows, rc, rd, MPI_FLOAT, "receiving experts' outputs");
+    rows = 0;
+    for (size_t i = 0; !st && i < n; i++) {
+        memcpy(parts[i].out, p->xch_rows + rows * H, parts[i].nrows * H * sizeof(float));
+        rows += parts[i].nrows;
+    }
+    return st;
 }
 
 /* A rank serving a shard of stage s: answer the owner's exchanges until it ends the step. */
 clnpu_status pipeline_serve_stage(clnpu_pipeline *p, size_t s)
 {
-    const int owner = p->owner[s];
     const size_t H = p->cfg.hidden_size, E = p->cfg.n_routed_experts;
     const size_t max_rows = p->max_tokens * p->cfg.num_experts_per_tok;
+    const int g = p->group_size, me = p->group_rank;
     for (;;) {
-        long long hdr[4];
-        clnpu_status st = mpi_xfer(p, false, hdr, 4, MPI_LONG_LONG, owner, TAG_EXP_HDR, "waiting for experts' rows from");
-        if (st) return st;
-        if (hdr[2] < 0) return CLNPU_OK; /* the stage's step is over */
-        if (hdr[2] > (long long)max_rows || hdr[3] < 0 || hdr[3] > (long long)E)
-            return clnpu_fail(CLNPU_ERR_IO, "rank %d: malformed exchange from rank %d", p->rank, owner);
-        const size_t nrows = (size_t)hdr[2], nseg = (size_t)hdr[3];
-        st = mpi_xfer(p, false, p->wire_segs, 3 * nseg, MPI_LONG_LONG, owner, TAG_EXP_SEGS, "receiving experts' rows from");
-        if (!st) st = mpi_xfer(p, false, p->srv_rows, nrows * H, MPI_FLOAT, owner, TAG_EXP_ROWS, "receiving experts' rows from");
-        for (size_t i = 0; !st && i < nseg; i++)
+        long long hout[3 * CLNPU_MAX_EP] = {0}, hin[3 * CLNPU_MAX_EP];
+        int sc[CLNPU_MAX_EP] = {0}, sd[CLNPU_MAX_EP] = {0}, rc[CLNPU_MAX_EP] = {0}, rd[CLNPU_MAX_EP] = {0};
+        clnpu_status st = headers(p, hout, hin);
+        if (st) return clnpu_fail_context(st, "serving stage %zu's experts", s);
+        const long long layer = hin[0], nrows = hin[1], nseg = hin[2]; /* from group rank 0, the owner */
+        if (nrows < 0) return CLNPU_OK; /* the stage's step is over */
+        if (nrows > (long long)max_rows || nseg < 0 || nseg > (long long)E)
+            return clnpu_fail(CLNPU_ERR_IO, "rank %d: malformed exchange from rank %d", p->rank, p->owner[s]);
+        rc[0] = (int)(3 * nseg);
+        st = xch(p, NULL, sc, sd, p->wire_segs, rc, rd, MPI_LONG_LONG, "receiving expert segments");
+        rc[0] = (int)(nrows * (long long)H);
+        if (!st) st = xch(p, NULL, sc, sd, p->srv_rows, rc, rd, MPI_FLOAT, "receiving experts' rows");
+        for (long long i = 0; !st && i < nseg; i++)
             p->srv_segs[i] = (clnpu_gemm_segment){(size_t)p->wire_segs[3 * i], (size_t)p->wire_segs[3 * i + 1],
                                                   (size_t)p->wire_segs[3 * i + 2]};
-        clnpu_moe_block *b = st ? NULL : clnpu_model_moe_block(p->stages[s], (size_t)hdr[0]);
+        clnpu_moe_block *b = st ? NULL : clnpu_model_moe_block(p->stages[s], (size_t)layer);
         if (!st && !b) st = clnpu_fail(CLNPU_ERR_IO, "rank %d: rank %d sent rows for layer %lld, not a MoE layer of stage %zu",
-                                       p->rank, owner, hdr[0], s);
-        if (!st) st = clnpu_moe_block_serve(b, (size_t)hdr[1], p->srv_rows, nrows, p->srv_segs, nseg, p->srv_rows);
-        if (!st) st = mpi_xfer(p, true, p->srv_rows, nrows * H, MPI_FLOAT, owner, TAG_EXP_OUT, "sending experts' outputs to");
+                                       p->rank, p->owner[s], layer, s);
+        if (!st) st = clnpu_moe_block_serve(b, (size_t)me, p->srv_rows, (size_t)nrows, p->srv_segs, (size_t)nseg, p->srv_rows);
+        rc[0] = 0, sc[0] = (int)(nrows * (long long)H);
+        if (!st) st = xch(p, p->srv_rows, sc, sd, NULL, rc, rd, MPI_FLOAT, "sending experts' outputs");
+        (void)g;
         if (st) return clnpu_fail_context(st, "serving stage %zu's experts", s);
     }
 }
 
-/* The owner of stage s tells every rank serving one of its shards that the step is over. */
+/* The owner of stage s tells the ranks serving its shards that the step is over. */
 clnpu_status pipeline_end_stage(clnpu_pipeline *p, size_t s)
 {
-    clnpu_status st = CLNPU_OK;
-    long long done[4] = {0, 0, -1, 0};
-    for (size_t j = 1; !st && j < CLNPU_MAX_EP; j++) {
-        const int r = p->shard_rank[s * CLNPU_MAX_EP + j];
-        if (r != p->rank && r != p->shard_rank[s * CLNPU_MAX_EP + j - 1])
-            st = mpi_xfer(p, true, done, 4, MPI_LONG_LONG, r, TAG_EXP_HDR, "ending the step with");
-    }
-    return st;
+    if (p->group_size <= 1 || p->owner[s] != p->rank) return CLNPU_OK;
+    long long hout[3 * CLNPU_MAX_EP], hin[3 * CLNPU_MAX_EP];
+    for (int j = 0; j < 3 * CLNPU_MAX_EP; j += 3) hout[j] = 0, hout[j + 1] = -1, hout[j + 2] = 0;
+    return headers(p, hout, hin);
 }
 
 clnpu_status pipeline_mpi_agree(clnpu_pipeline *p, clnpu_status mine_st)
@@ -210,6 +254,8 @@ clnpu_status pipeline_mpi_agree(clnpu_pipeline *p, clnpu_status mine_st)
 
 void pipeline_mpi_finalize(clnpu_pipeline *p)
 {
+    if (p->group_comm) MPI_Comm_free((MPI_Comm *)p->group_comm);
+    free(p->group_comm);
     if (p->mpi_owner_init) MPI_Finalize();
 }
 
@@ -243,15 +289,10 @@ clnpu_status pipeline_recv_hidden(clnpu_pipeline *p, size_t s, size_t c) { (void
 clnpu_status pipeline_send_hidden(clnpu_pipeline *p, size_t s, size_t c) { (void)p, (void)s, (void)c; return CLNPU_OK; }
 clnpu_status pipeline_bcast_logits(clnpu_pipeline *p, float *l, size_t c) { (void)p, (void)l, (void)c; return CLNPU_OK; }
 clnpu_status pipeline_end_stage(clnpu_pipeline *p, size_t s) { (void)p, (void)s; return CLNPU_OK; }
-/* no rank is remote without MPI, so these are never reached */
-clnpu_status pipeline_mpi_send(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
-                               const clnpu_gemm_segment *segs, size_t nseg)
+/* no rank is remote without MPI, so this is never reached */
+clnpu_status pipeline_mpi_exchange(void *ctx, size_t tag, const clnpu_moe_remote_part *parts, size_t n)
 {
-    return pipeline_never_send(ctx, tag, shard, rows, nrows, segs, nseg);
-}
-clnpu_status pipeline_mpi_recv(void *ctx, size_t tag, size_t shard, float *out, size_t nrows)
-{
-    return pipeline_never_recv(ctx, tag, shard, out, nrows);
+    return pipeline_never_exchange(ctx, tag, parts, n);
 }
 clnpu_status pipeline_serve_stage(clnpu_pipeline *p, size_t s)
 {

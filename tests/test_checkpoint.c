@@ -454,6 +454,15 @@ START_TEST(test_mpi_ranks)
     ck_assert_msg(rc != 0 && rc != 124, "a dead rank did not end the job with an error (%d): %.1500s", rc, out);
     ck_assert_msg(strstr(out, "rank 1"), "no word of rank 1: %.1500s", out);
     ck_assert_msg((double)time(NULL) - t0 < 60, "the job took too long to notice");
+    /* a rank serving an expert shard killed: the owner's all-to-all fails or times out, the job
+     * ends non-zero saying which rank */
+    snprintf(cmd, sizeof cmd, "CLNPU_FAULT_RANK=1 CLNPU_MPI_TIMEOUT=20 timeout 120 mpirun --oversubscribe -np 4 '%s' run "
+             "--model '%s' --ids %s --plan %s -n 2", CLNPU_CLI_PATH, TINY, ids, plan2);
+    t0 = (double)time(NULL);
+    rc = test_run(cmd, out, sizeof out);
+    ck_assert_msg(rc != 0 && rc != 124, "a dead shard rank did not end the job with an error (%d): %.1500s", rc, out);
+    ck_assert_msg(strstr(out, "rank 1"), "no word of rank 1: %.1500s", out);
+    ck_assert_msg((double)time(NULL) - t0 < 60, "the job took too long to notice the dead shard rank");
     /* several ranks without a plan would each repeat the job: a usage error */
     snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe -np 2 '%s' run --model '%s' --ids %s -n 2",
              CLNPU_CLI_PATH, TINY, ids);

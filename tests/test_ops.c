@@ -519,34 +519,27 @@ static double silu(double v)
 }
 
 /* The whole block: router (fp32) + routing + grouped SwiGLU experts + shared expert. */
-/* A peer block in the same process standing in for another rank: send computes into a stash,
- * recv hands it over (so a recv without a send, or for another shard, is caught). */
+/* A peer block in the same process standing in for another rank: each exchange serves every
+ * remote part through the peer block (as the serving rank would) and writes its outputs back. */
 typedef struct peer_ctx {
     clnpu_moe_block *peer;
-    size_t sends, recvs, shard, rows;
-    float stash[96 * 96]; /* T x top_k rows of hidden 96 */
+    size_t exchanges, parts, rows;
 } peer_ctx;
 
-static clnpu_status peer_send(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
-                              const clnpu_gemm_segment *segs, size_t nseg)
+static clnpu_status peer_exchange(void *ctx, size_t tag, const clnpu_moe_remote_part *parts, size_t n)
 {
     peer_ctx *c = ctx;
     ck_assert_ptr_nonnull(c); /* the peer's own remote entry is never called */
     ck_assert_uint_eq(tag, 7);
-    ck_assert_uint_le(nrows, 96);
-    c->sends++, c->shard = shard, c->rows = nrows;
-    return clnpu_moe_block_serve(c->peer, shard, rows, nrows, segs, nseg, c->stash);
-}
-
-static clnpu_status peer_recv(void *ctx, size_t tag, size_t shard, float *out, size_t nrows)
-{
-    peer_ctx *c = ctx;
-    ck_assert_ptr_nonnull(c);
-    ck_assert_uint_eq(tag, 7);
-    ck_assert_uint_eq(shard, c->shard);
-    ck_assert_uint_eq(nrows, c->rows);
-    c->recvs++;
-    memcpy(out, c->stash, nrows * 96 * sizeof(float));
+    c->exchanges++, c->parts += n;
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_uint_le(parts[i].nrows, 96);
+        c->rows += parts[i].nrows;
+        clnpu_status st = parts[i].nrows ? clnpu_moe_block_serve(c->peer, parts[i].shard, parts[i].rows, parts[i].nrows,
+                                                                 parts[i].segs, parts[i].nseg, parts[i].out)
+                                         : CLNPU_OK;
+        if (st) return st;
+    }
     return CLNPU_OK;
 }
 
@@ -639,7 +632,7 @@ START_TEST(test_moe_block)
      * over MPI): the peer holds only that shard's weights, the output is the same */
     static peer_ctx pc;
     memset(&pc, 0, sizeof pc);
-    const clnpu_moe_remote to_peer = {peer_send, peer_recv, &pc}, never = {peer_send, peer_recv, NULL};
+    const clnpu_moe_remote to_peer = {peer_exchange, &pc}, never = {peer_exchange, NULL};
     const clnpu_moe_shard mine[] = {{dev, ea, 7, NULL}, {NULL, eb, 11, &to_peer}};
     const clnpu_moe_shard theirs[] = {{NULL, ea, 7, &never}, {d2, eb, 11, NULL}};
     clnpu_moe_block *lead, *peer;
@@ -650,8 +643,9 @@ START_TEST(test_moe_block)
     ck_assert_ok(clnpu_buffer_fill(bo, &nan, sizeof nan));
     ck_assert_ok(clnpu_moe_block_forward(dev, lead, (clnpu_view){bx, 0, H}, T, (clnpu_view){bo, 0, H}));
     float *out3 = read_f32(bo, T * H);
-    ck_assert_uint_eq(pc.sends, 1);
-    ck_assert_uint_eq(pc.recvs, 1);
+    ck_assert_uint_eq(pc.exchanges, 1); /* one exchange per forward, with the one remote shard */
+    ck_assert_uint_eq(pc.parts, 1);
+    ck_assert_uint_gt(pc.rows, 0);
     for (size_t i = 0; i < T * H; i++) ck_assert_msg(fabsf(out3[i] - out[i]) <= 1e-6f * (1 + fabsf(out[i])), "remote shard differs at %zu", i);
     /* a peer refuses what it does not hold and malformed segments */
     float row[2 * 96];

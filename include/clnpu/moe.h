@@ -29,6 +29,8 @@ typedef struct clnpu_moe_weights {
 
 typedef struct clnpu_moe_block clnpu_moe_block;
 
+#define CLNPU_MAX_EP 16 /* expert shards (devices) per MoE block */
+
 clnpu_status clnpu_moe_block_create(clnpu_device *dev, const clnpu_moe_config *cfg,
                                     const clnpu_moe_weights *w, size_t max_tokens,
                                     clnpu_moe_block **out_block);
@@ -44,16 +46,24 @@ typedef struct clnpu_moe_shard {
     const clnpu_moe_remote *remote; /* served by another process (see below), or NULL */
 } clnpu_moe_shard;
 
-/* A shard held by another process: its rows go out through `send` (which may return before the
- * peer has computed, so remote shards work while local ones do) and the outputs come back, in
- * the same order, through `recv`. rows: nrows x hidden floats grouped by segs (matrix = index
- * into the shard's experts in ascending id order). tag identifies the block (the model sets it
- * to the layer index); the peer answers with clnpu_moe_block_serve on a block created from the
- * same shard list. A shard with no rows in a forward is not contacted. */
+/* Shards held by other processes: every forward makes one exchange with all of the block's
+ * remote shards — their rows out (dispatch), their outputs back (combine) — while the local
+ * shards compute. One part per remote shard, in shard order, rows possibly 0: rows are nrows x
+ * hidden floats grouped by segs (matrix = index into the shard's experts in ascending id order),
+ * outputs go to out (which may be rows). tag identifies the block (the model sets the layer
+ * index); the peer answers with clnpu_moe_block_serve on a block created from the same shard
+ * list. All remote shards of a block use one clnpu_moe_remote. */
+typedef struct clnpu_moe_remote_part {
+    size_t shard;
+    const float *rows;
+    size_t nrows;
+    const clnpu_gemm_segment *segs;
+    size_t nseg;
+    float *out;
+} clnpu_moe_remote_part;
+
 struct clnpu_moe_remote {
-    clnpu_status (*send)(void *ctx, size_t tag, size_t shard, const float *rows, size_t nrows,
-                         const clnpu_gemm_segment *segs, size_t nseg);
-    clnpu_status (*recv)(void *ctx, size_t tag, size_t shard, float *out, size_t nrows);
+    clnpu_status (*exchange)(void *ctx, size_t tag, const clnpu_moe_remote_part *parts, size_t nparts);
     void *ctx;
 };
 

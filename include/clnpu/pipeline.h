@@ -21,8 +21,6 @@
 extern "C" {
 #endif
 
-#define CLNPU_MAX_EP 16
-
 typedef struct clnpu_stage_spec {
     size_t device;          /* plan device index of the stage's main device */
     char profile[64];       /* "" = match automatically */
