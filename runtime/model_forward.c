@@ -265,7 +265,8 @@ static clnpu_status model_step(void *ctx, size_t n, const int *ids, const size_t
 
 static clnpu_stepper stepper(clnpu_model *m)
 {
-    return (clnpu_stepper){model_step, m, m->seq_len, m->opt.max_sequences, m->opt.max_tokens, m->cfg.vocab_size, "model"};
+    return (clnpu_stepper){model_step, m, m->seq_len, m->opt.max_sequences, m->opt.max_tokens, m->cfg.vocab_size, "model",
+                           NULL};
 }
 
 clnpu_status clnpu_model_prefill(clnpu_model *m, size_t seq, const int *ids, size_t n, float *logits)

@@ -144,7 +144,13 @@ static clnpu_status run(clnpu_pipeline *p, size_t n, const int *ids, const size_
     const size_t hn = n * p->cfg.hidden_size;
     if (p->fault_step) raise(SIGKILL);
     const bool micro = decode && p->micro > 1 && n > 1 && p->count > 1 && p->nranks <= 1;
-    if (micro) st = pipeline_run_micro(p, n, ids, seqs, pos, logits);
+    if (micro) {
+        /* near-equal groups of sequences, in order */
+        size_t start[CLNPU_MAX_MICRO + 1], groups = p->micro < n ? p->micro : n;
+        if (groups > CLNPU_MAX_MICRO) groups = CLNPU_MAX_MICRO;
+        for (size_t j = 0; j <= groups; j++) start[j] = n * j / groups;
+        st = pipeline_run_micro(p, n, ids, seqs, pos, true, start, groups, logits);
+    }
     for (size_t s = 0; !micro && !st && s < p->count; s++) {
         const bool last = s + 1 == p->count;
         if (p->owner[s] == p->rank) {
@@ -171,9 +177,32 @@ static clnpu_status pipeline_step(void *ctx, size_t n, const int *ids, const siz
     return run(ctx, n, ids, seqs, pos, decode, logits);
 }
 
+/* A long prompt's chunks: in flight through the stages when micro-batching is on in one process,
+ * else one after another. */
+static clnpu_status pipeline_chunks(void *ctx, size_t n, const int *ids, const size_t *seqs, const size_t *pos,
+                                    size_t chunk, float *logits)
+{
+    clnpu_pipeline *p = ctx;
+    const size_t V = p->cfg.vocab_size, groups = (n + chunk - 1) / chunk;
+    if (p->micro <= 1 || p->count <= 1 || p->nranks > 1 || groups > CLNPU_MAX_MICRO) {
+        clnpu_status st = CLNPU_OK;
+        for (size_t a = 0; !st && a < n; a += chunk) {
+            const size_t T = n - a < chunk ? n - a : chunk;
+            st = run(p, T, ids + a, seqs + a, pos + a, false, logits ? logits + a * V : NULL);
+        }
+        return st;
+    }
+    size_t start[CLNPU_MAX_MICRO + 1];
+    for (size_t j = 0; j <= groups; j++) start[j] = j * chunk < n ? j * chunk : n;
+    clnpu_status st = pipeline_run_micro(p, n, ids, seqs, pos, false, start, groups, logits);
+    if (!st) p->seq_len[seqs[0]] = pos[n - 1] + 1; /* one sequence, positions in order */
+    return st;
+}
+
 static clnpu_stepper stepper(clnpu_pipeline *p)
 {
-    return (clnpu_stepper){pipeline_step, p, p->seq_len, p->max_sequences, p->max_tokens, p->cfg.vocab_size, "pipeline"};
+    return (clnpu_stepper){pipeline_step, p, p->seq_len, p->max_sequences, p->max_tokens, p->cfg.vocab_size, "pipeline",
+                           pipeline_chunks};
 }
 
 clnpu_status clnpu_pipeline_prefill(clnpu_pipeline *p, size_t seq, const int *ids, size_t n, float *logits)

@@ -40,9 +40,10 @@ struct clnpu_pipeline {
 };
 
 #define CLNPU_MAX_MICRO 64
-/* One decode step with the sequences cut into micro-batches, a host thread per stage. */
+/* n rows cut into groups (group j: rows [start[j], start[j + 1])) through the stages with a host
+ * thread per stage, several groups in flight; logits [n][vocab] from the last stage (or NULL). */
 clnpu_status pipeline_run_micro(clnpu_pipeline *p, size_t n, const int *ids, const size_t *seqs, const size_t *pos,
-                                float *logits);
+                                bool decode, const size_t *start, size_t groups, float *logits);
 
 /* Ranks: decide who owns which stage and shard (no-op outside mpirun) and, after set-up, make
  * every rank agree that it worked. */

@@ -1,7 +1,8 @@
-/* Decode micro-batches in flight through the stages of one process: one host thread per stage,
- * each taking the step's micro-batches in order as the previous stage hands them over, so stage s
- * computes micro-batch j while stage s + 1 computes j - 1 (each stage has its own device and
- * queue). Sequences are independent in decode, so any split gives the same logits. */
+/* Micro-batches in flight through the stages of one process: one host thread per stage, each
+ * taking the groups in order as the previous stage hands them over, so stage s computes group j
+ * while stage s + 1 computes j - 1 (each stage has its own device and queue). Decode groups are
+ * sets of sequences (independent); prefill groups are a prompt's chunks, which every stage takes
+ * in order, so each chunk finds its prefix's cache rows already written. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +13,9 @@
 
 typedef struct micro_run {
     clnpu_pipeline *p;
-    size_t n, groups, start[CLNPU_MAX_MICRO + 1];
+    bool decode;
+    size_t n, groups;
+    const size_t *start; /* group j: rows [start[j], start[j + 1]) */
     const int *ids;
     const size_t *seqs, *pos;
     float *logits, *hand; /* hand: [stages - 1][n][hidden], stage s's output rows */
@@ -40,10 +43,10 @@ static void *stage_main(void *arg)
         pthread_mutex_unlock(&r->mu);
         if (stop) return NULL;
         const size_t a = r->start[j], len = r->start[j + 1] - a;
-        clnpu_status st = clnpu_model_forward_stage(r->p->stages[s], len, r->ids + a, r->seqs + a, r->pos + a, true,
+        clnpu_status st = clnpu_model_forward_stage(r->p->stages[s], len, r->ids + a, r->seqs + a, r->pos + a, r->decode,
                                                     s ? r->hand + ((s - 1) * r->n + a) * H : NULL,
                                                     last ? NULL : r->hand + (s * r->n + a) * H,
-                                                    last ? r->logits + a * V : NULL);
+                                                    last && r->logits ? r->logits + a * V : NULL);
         pthread_mutex_lock(&r->mu);
         if (st && !r->st) {
             r->st = st;
@@ -58,13 +61,10 @@ static void *stage_main(void *arg)
 }
 
 clnpu_status pipeline_run_micro(clnpu_pipeline *p, size_t n, const int *ids, const size_t *seqs, const size_t *pos,
-                                float *logits)
+                                bool decode, const size_t *start, size_t groups, float *logits)
 {
-    micro_run r = {.p = p, .n = n, .ids = ids, .seqs = seqs, .pos = pos, .logits = logits};
-    size_t groups = p->micro < n ? p->micro : n;
-    if (groups > CLNPU_MAX_MICRO) groups = CLNPU_MAX_MICRO;
-    r.groups = groups;
-    for (size_t j = 0; j <= groups; j++) r.start[j] = n * j / groups; /* near-equal, in order */
+    micro_run r = {.p = p, .decode = decode, .n = n, .groups = groups, .start = start, .ids = ids, .seqs = seqs,
+                   .pos = pos, .logits = logits};
     r.hand = malloc((p->count - 1) * n * p->cfg.hidden_size * sizeof(float));
     r.done = calloc(p->count, sizeof *r.done);
     stage_arg *args = calloc(p->count, sizeof *args);

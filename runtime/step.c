@@ -12,7 +12,15 @@ clnpu_status clnpu_step_prefill(const clnpu_stepper *s, size_t seq, const int *i
                           s->max_sequences);
     size_t *seqs = malloc((n ? n : 1) * sizeof *seqs), *pos = malloc((n ? n : 1) * sizeof *pos);
     clnpu_status st = seqs && pos ? CLNPU_OK : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    /* Long prompts go through in chunks of max_tokens (chunked prefill over the cached prefix). */
+    /* Long prompts go through in chunks of max_tokens (chunked prefill over the cached prefix);
+     * an owner that can keep chunks in flight gets them all at once. */
+    if (!st && s->forward_chunks && n > s->max_tokens) {
+        const size_t p0 = s->seq_len[seq];
+        for (size_t i = 0; i < n; i++) seqs[i] = seq, pos[i] = p0 + i;
+        st = s->forward_chunks(s->ctx, n, ids, seqs, pos, s->max_tokens, logits);
+        free(seqs), free(pos);
+        return st;
+    }
     for (size_t done = 0; !st && done < n;) {
         const size_t T = n - done < s->max_tokens ? n - done : s->max_tokens, p0 = s->seq_len[seq];
         for (size_t i = 0; i < T; i++) seqs[i] = seq, pos[i] = p0 + i;

@@ -13,12 +13,18 @@
 typedef clnpu_status (*clnpu_step_fn)(void *ctx, size_t n, const int *ids, const size_t *seqs, const size_t *pos,
                                       bool decode, float *logits);
 
+/* Optional: a whole prompt of n tokens (n > max_tokens) in chunks of `chunk` tokens at once, so the
+ * owner may keep several chunks in flight (pipeline stages). */
+typedef clnpu_status (*clnpu_chunks_fn)(void *ctx, size_t n, const int *ids, const size_t *seqs, const size_t *pos,
+                                        size_t chunk, float *logits);
+
 typedef struct clnpu_stepper {
     clnpu_step_fn forward;
     void *ctx;
     const size_t *seq_len;  /* tokens so far per sequence, kept by forward */
     size_t max_sequences, max_tokens, vocab;
     const char *what;       /* "model" / "pipeline", for messages */
+    clnpu_chunks_fn forward_chunks; /* NULL: chunk by chunk through forward */
 } clnpu_stepper;
 
 /* n prompt tokens of sequence seq in chunks of max_tokens, continuing its positions. */

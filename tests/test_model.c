@@ -178,9 +178,10 @@ START_TEST(test_logits_match_transformers)
 }
 END_TEST
 
-/* Decode micro-batches in flight: four sequences of different lengths decode together through
- * PP 3 and PP 2 x EP 2, cut into 1..4 micro-batches (and more than there are sequences); every
- * sequence's logits match transformers' at its position. */
+/* Micro-batches in flight: prompts of 3..11 tokens prefilled in chunks of 4 (chunks in flight),
+ * then four sequences of different lengths decoding together through PP 3 and PP 2 x EP 2, cut
+ * into 1..4 micro-batches (and more than there are sequences); every logit row matches
+ * transformers' at its position. */
 START_TEST(test_pipeline_micro_batches)
 {
     fixture f;
@@ -196,16 +197,24 @@ START_TEST(test_pipeline_micro_batches)
     for (size_t i = 0; i < 2; i++) ppep[0].ep_devices[i] = i, ppep[0].ep_experts[i] = e2[i], ppep[0].ep_expert_counts[i] = 8;
     const struct { const clnpu_stage_spec *s; size_t n; const char *name; } cases[] = {{pp3, 3, "PP 3"}, {ppep, 2, "PP 2 x EP 2"}};
     clnpu_model_options o = clnpu_model_options_default();
-    o.max_sequences = 4, o.max_context = 64, o.max_tokens = 32;
+    o.max_sequences = 4, o.max_context = 64, o.max_tokens = 4; /* prompts of 5..11 tokens: 2-3 chunks */
     const size_t len[4] = {3, 8, 5, 11}, micro[] = {1, 2, 3, 4, 9};
-    float *lg = malloc(4 * V * sizeof *lg);
+    float *lg = malloc(11 * V * sizeof *lg);
     for (size_t c = 0; c < 2; c++)
         for (size_t mi = 0; mi < sizeof micro / sizeof micro[0]; mi++) {
             clnpu_pipeline *p;
             ck_assert_ok(clnpu_pipeline_create(&f.cfg, f.ck, cases[c].s, cases[c].n, &o, &p));
             clnpu_pipeline_set_micro_batches(p, micro[mi]);
-            for (size_t q = 0; q < 4; q++) ck_assert_ok(clnpu_pipeline_prefill(p, q, f.ids, len[q], NULL));
+            /* prefill: the chunks of each prompt in flight too; logits at every position */
             double worst = 0;
+            for (size_t q = 0; q < 4; q++) {
+                for (size_t i = 0; i < len[q] * V; i++) lg[i] = NAN;
+                ck_assert_ok(clnpu_pipeline_prefill(p, q, f.ids, len[q], lg));
+                double e = rel(lg, ref, len[q] * V);
+                if (e > worst) worst = e;
+            }
+            ck_assert_msg(worst <= 1e-4, "%s, %zu micro-batches, chunked prefill: rel error %.3g", cases[c].name,
+                          micro[mi], worst);
             for (size_t step = 0; step < 3; step++) {
                 const size_t seqs[4] = {0, 1, 2, 3};
                 int next[4];
