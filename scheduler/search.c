@@ -291,6 +291,18 @@ static void place_experts(cand *c, double *out_gap)
     }
 }
 
+/* Stage groups that stream weights at the same time on one node whose devices share a memory
+ * system: a replica keeps min(m, k) of its k stages busy (m micro-batches), and the node's groups
+ * belong to different replicas or stages. unit_time already splits the bandwidth among one
+ * group's devices; this is the further factor for the other groups on the node (1: own memory). */
+static double node_sharing(const clnpu_cluster *cl, size_t g, size_t k, double dp, size_t m, size_t per_node,
+                           bool prefill)
+{
+    if (prefill || cl->devices[0].shared_bandwidth <= 0 || g >= per_node) return 1;
+    const double groups_on_node = (double)(per_node / g), busy = dp * (double)(m < k ? m : k);
+    return fmax(1, fmin(groups_on_node, busy));
+}
+
 /* One layout (g devices per stage, TP t) at one batch: for each number of micro-batches m, the
  * stage DP on per-micro-batch costs (decode: at most m stages keep the pipeline full); the
  * period is m times the slowest stage, since every micro-batch reads its stage's weights. */
@@ -321,7 +333,8 @@ static result evaluate(const clnpu_graph *gr, const clnpu_cluster *cl, const cln
         for (size_t k = 1; any && k <= c.ngroups; k++) {
             if (!isfinite(per_k[k])) continue;
             double dp = (double)(cl->count / (g * k));
-            double period = prefill ? per_k[k] : (double)(m > k ? m : k) * per_k[k];
+            double period = (prefill ? per_k[k] : (double)(m > k ? m : k) * per_k[k]) *
+                            node_sharing(cl, g, k, dp, m, per_node, prefill);
             if (w->slo_ms > 0 && period * 1e3 > w->slo_ms) continue;
             double tps = (prefill ? batch * (double)w->context : batch) / period * dp;
             if (tps > best_tps * (1 + 1e-12)) best_tps = tps, best_k = k;
@@ -338,7 +351,7 @@ static result evaluate(const clnpu_graph *gr, const clnpu_cluster *cl, const cln
             r.imbalance = c.imbalance, r.lb_gap = gap, r.slots = c.slots;
             if (!prefill) {
                 /* fewer micro-batches than stages leave bubbles: a step takes max(m, k) slots */
-                r.period = (double)(m > k ? m : k) * mx; /* one token for every sequence */
+                r.period = (double)(m > k ? m : k) * mx * node_sharing(cl, g, k, (double)r.dp, m, per_node, false);
                 r.latency = r.period;                    /* a sequence waits one period per token */
                 r.tps = batch / r.period * (double)r.dp;
             } else {

@@ -325,6 +325,24 @@ START_TEST(test_plan_time_and_errors)
         ck_assert_msg(ep3[1] == 1 || st3[1] > st3[0] + 7 * 1e-3, "a slow node link is not charged: %.3f vs %.3f ms",
                       st3[1] * 1e3, st3[0] * 1e3);
         ck_assert_msg(st3[2] > st3[0] * 1.05, "shared memory: %.3f ms, own memory %.3f ms", st3[2] * 1e3, st3[0] * 1e3);
+        /* data-parallel replicas on one shared memory system: no more tokens/s than one device;
+         * with memory of their own, twice */
+        double tps[3];
+        const char *dp[3] = {"count: 1", "count: 2", "count: 2"};
+        for (int i = 0; i < 3; i++) {
+            char text[512];
+            snprintf(text, sizeof text, "name: x\nnodes:\n  - name: n\n%s    devices:\n"
+                     "      - {profile: pocl-cpu, %s, overrides: {memory_bytes: 2.0e9}}\n",
+                     i == 2 ? "    shared_memory_bandwidth: 3.1e10\n" : "", dp[i]);
+            ck_assert_ok(clnpu_cluster_parse(text, strlen(text), "c.yaml", NULL, &cl));
+            clnpu_plan *pm = NULL;
+            ck_assert_ok(clnpu_plan_create(&cfg, cl, &wm, NULL, &pm));
+            tps[i] = clnpu_plan_get_summary(pm).tokens_per_s;
+            clnpu_plan_destroy(pm);
+            clnpu_cluster_destroy(cl);
+        }
+        ck_assert_msg(tps[1] > 1.9 * tps[0], "two devices with their own memory: %.1f vs %.1f tokens/s", tps[1], tps[0]);
+        ck_assert_msg(tps[2] < 1.02 * tps[0], "two devices sharing one memory: %.1f vs %.1f tokens/s", tps[2], tps[0]);
         const char *bad4 = "name: x\nnodes:\n  - shared_memory_bandwidth: 0\n    devices:\n      - {profile: pocl-cpu}\n";
         ck_assert_int_eq(clnpu_cluster_parse(bad4, strlen(bad4), "c.yaml", NULL, &cl), CLNPU_ERR_PARSE);
         ck_assert_msg(strstr(clnpu_error_message(), "shared_memory_bandwidth"), "%s", clnpu_error_message());
