@@ -442,6 +442,15 @@ START_TEST(test_mpi_ranks)
         double e = mpirun_logits_error(dir, ep_ranks[i], plan2, ids, "PP 2 x EP 2");
         ck_assert_msg(e <= 1e-4, "EP -np %d: %.3g", ep_ranks[i], e);
     }
+    /* EP 4: one stage on four devices, a rank each (three serve expert shards) */
+    char plan4[600];
+    snprintf(plan4, sizeof plan4, "%s/plan-ep4.yaml", dir);
+    ck_assert_int_eq(test_write_file(plan4,
+        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 1, pp: 1, ep: 4, dp: 1}\n"
+        "experts: [[0, 4, 8, 12], [1, 5, 9, 13], [2, 6, 10, 14], [3, 7, 11, 15]]\nstages:\n"
+        "- {stage: 0, devices: [0, 1, 2, 3], embedding: true, head: true, layers: [0, 1, 2]}\n"), 0);
+    double e4 = mpirun_logits_error(dir, 4, plan4, ids, "EP 4");
+    ck_assert_msg(e4 <= 1e-4, "EP 4 -np 4: %.3g", e4);
     snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe -np 3 '%s' run --model '%s' --ids %s --plan %s -n 2",
              CLNPU_CLI_PATH, TINY, ids, plan2);
     ck_assert_msg(test_run(cmd, out, sizeof out) != 0 && strstr(out, "give at most 2 (stages dealt in runs) or exactly 4"),
