@@ -141,30 +141,35 @@ static clnpu_status run(clnpu_pipeline *p, size_t n, const int *ids, const size_
                         float *logits)
 {
     clnpu_status st = CLNPU_OK;
-    const size_t hn = n * p->cfg.hidden_size;
     if (p->fault_step) raise(SIGKILL);
-    const bool micro = decode && p->micro > 1 && n > 1 && p->count > 1 && p->nranks <= 1;
-    if (micro) {
-        /* near-equal groups of sequences, in order */
-        size_t start[CLNPU_MAX_MICRO + 1], groups = p->micro < n ? p->micro : n;
-        if (groups > CLNPU_MAX_MICRO) groups = CLNPU_MAX_MICRO;
-        for (size_t j = 0; j <= groups; j++) start[j] = n * j / groups;
-        st = pipeline_run_micro(p, n, ids, seqs, pos, true, start, groups, logits);
-    }
-    for (size_t s = 0; !micro && !st && s < p->count; s++) {
+    /* decode micro-batches: near-equal groups of sequences, in order */
+    size_t start[CLNPU_MAX_MICRO + 1], groups = decode && p->micro > 1 && n > 1 && p->count > 1 ? p->micro : 1;
+    if (groups > n) groups = n;
+    if (groups > CLNPU_MAX_MICRO) groups = CLNPU_MAX_MICRO;
+    for (size_t j = 0; j <= groups; j++) start[j] = n * j / groups;
+    const bool threads = groups > 1 && p->nranks <= 1; /* in one process: a host thread per stage */
+    if (threads) st = pipeline_run_micro(p, n, ids, seqs, pos, true, start, groups, logits);
+    /* Otherwise stage by stage; across ranks each group goes on to the next stage's rank as soon
+     * as it is done, so that rank computes it while this one computes the next group. */
+    const size_t H = p->cfg.hidden_size, V = p->cfg.vocab_size;
+    for (size_t s = 0; !threads && !st && s < p->count; s++) {
         const bool last = s + 1 == p->count;
         if (p->owner[s] == p->rank) {
-            st = pipeline_recv_hidden(p, s, hn);
-            if (!st)
-                st = clnpu_model_forward_stage(p->stages[s], n, ids, seqs, pos, decode, s ? p->h[s % 2] : NULL,
-                                               last ? NULL : p->h[(s + 1) % 2], last ? logits : NULL);
+            for (size_t j = 0; !st && j < groups; j++) {
+                const size_t a = start[j], len = start[j + 1] - a;
+                st = pipeline_recv_hidden(p, s, a, len);
+                if (!st)
+                    st = clnpu_model_forward_stage(p->stages[s], len, ids + a, seqs + a, pos + a, decode,
+                                                   s ? p->h[s % 2] + a * H : NULL, last ? NULL : p->h[(s + 1) % 2] + a * H,
+                                                   last && logits ? logits + a * V : NULL);
+                if (!st) st = pipeline_send_hidden(p, s, a, len);
+            }
             if (!st) st = pipeline_end_stage(p, s);
-            if (!st) st = pipeline_send_hidden(p, s, hn);
         } else if (p->stages[s]) { /* this rank serves one of the stage's expert shards */
             st = pipeline_serve_stage(p, s);
         }
     }
-    if (!st) st = pipeline_bcast_logits(p, logits, n * p->cfg.vocab_size);
+    if (!st) st = pipeline_bcast_logits(p, logits, n * V);
     if (!st)
         for (size_t i = 0; i < n; i++)
             if (pos[i] + 1 > p->seq_len[seqs[i]]) p->seq_len[seqs[i]] = pos[i] + 1; /* seqs checked by the stepper */

@@ -51,8 +51,9 @@ clnpu_status pipeline_mpi_setup(clnpu_pipeline *p, const clnpu_stage_spec *sp, s
 clnpu_status pipeline_mpi_agree(clnpu_pipeline *p, clnpu_status mine);
 void pipeline_mpi_finalize(clnpu_pipeline *p);
 /* The residual stream between stages' ranks, and the last stage's logits to every rank. */
-clnpu_status pipeline_recv_hidden(clnpu_pipeline *p, size_t s, size_t count);
-clnpu_status pipeline_send_hidden(clnpu_pipeline *p, size_t s, size_t count);
+/* rows [row, row + rows) of the hand-off buffer */
+clnpu_status pipeline_recv_hidden(clnpu_pipeline *p, size_t s, size_t row, size_t rows);
+clnpu_status pipeline_send_hidden(clnpu_pipeline *p, size_t s, size_t row, size_t rows);
 clnpu_status pipeline_bcast_logits(clnpu_pipeline *p, float *logits, size_t count);
 /* Expert shards of a stage on other ranks: the owner's exchange with its stage's group (counts,
  * then MPI_Ialltoallv dispatch and combine), its end-of-step message, and the serving rank's

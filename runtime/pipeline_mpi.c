@@ -259,16 +259,21 @@ void pipeline_mpi_finalize(clnpu_pipeline *p)
     if (p->mpi_owner_init) MPI_Finalize();
 }
 
-clnpu_status pipeline_recv_hidden(clnpu_pipeline *p, size_t s, size_t count)
+/* Messages between two ranks with one tag arrive in order, so a step's groups need no numbering. */
+clnpu_status pipeline_recv_hidden(clnpu_pipeline *p, size_t s, size_t row, size_t rows)
 {
     if (p->nranks <= 1 || !s || p->owner[s] != p->rank || p->owner[s - 1] == p->rank) return CLNPU_OK;
-    return mpi_xfer(p, false, p->h[s % 2], count, MPI_FLOAT, p->owner[s - 1], (int)s, "receiving hidden states from");
+    const size_t H = p->cfg.hidden_size;
+    return mpi_xfer(p, false, p->h[s % 2] + row * H, rows * H, MPI_FLOAT, p->owner[s - 1], (int)s,
+                    "receiving hidden states from");
 }
 
-clnpu_status pipeline_send_hidden(clnpu_pipeline *p, size_t s, size_t count)
+clnpu_status pipeline_send_hidden(clnpu_pipeline *p, size_t s, size_t row, size_t rows)
 {
     if (p->nranks <= 1 || s + 1 >= p->count || p->owner[s] != p->rank || p->owner[s + 1] == p->rank) return CLNPU_OK;
-    return mpi_xfer(p, true, p->h[(s + 1) % 2], count, MPI_FLOAT, p->owner[s + 1], (int)(s + 1), "sending hidden states to");
+    const size_t H = p->cfg.hidden_size;
+    return mpi_xfer(p, true, p->h[(s + 1) % 2] + row * H, rows * H, MPI_FLOAT, p->owner[s + 1], (int)(s + 1),
+                    "sending hidden states to");
 }
 
 clnpu_status pipeline_bcast_logits(clnpu_pipeline *p, float *logits, size_t count)
@@ -285,8 +290,8 @@ clnpu_status pipeline_bcast_logits(clnpu_pipeline *p, float *logits, size_t coun
 /* Built without MPI: one process runs every stage; nothing crosses ranks. */
 clnpu_status pipeline_mpi_agree(clnpu_pipeline *p, clnpu_status mine) { (void)p; return mine; }
 void pipeline_mpi_finalize(clnpu_pipeline *p) { (void)p; }
-clnpu_status pipeline_recv_hidden(clnpu_pipeline *p, size_t s, size_t c) { (void)p, (void)s, (void)c; return CLNPU_OK; }
-clnpu_status pipeline_send_hidden(clnpu_pipeline *p, size_t s, size_t c) { (void)p, (void)s, (void)c; return CLNPU_OK; }
+clnpu_status pipeline_recv_hidden(clnpu_pipeline *p, size_t s, size_t r, size_t n) { (void)p, (void)s, (void)r, (void)n; return CLNPU_OK; }
+clnpu_status pipeline_send_hidden(clnpu_pipeline *p, size_t s, size_t r, size_t n) { (void)p, (void)s, (void)r, (void)n; return CLNPU_OK; }
 clnpu_status pipeline_bcast_logits(clnpu_pipeline *p, float *l, size_t c) { (void)p, (void)l, (void)c; return CLNPU_OK; }
 clnpu_status pipeline_end_stage(clnpu_pipeline *p, size_t s) { (void)p, (void)s; return CLNPU_OK; }
 /* no rank is remote without MPI, so this is never reached */

@@ -1,5 +1,6 @@
 /* Checkpoint and config loading: bad input gets a clear error naming the problem, never a crash
  * (run under ASan in CI). Corrupt copies of the shipped fixture are made in a temporary folder. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -386,6 +387,21 @@ static double mpirun_logits_error(const char *dir, int np, const char *plan, con
 
 /* Plans across Open MPI ranks on loopback: 2, 3 and 4 ranks give the transformers logits; a rank
  * that dies ends the job with a non-zero exit and a message, quickly. */
+/* The lines of generated ids in a command's output (digits and commas only). */
+static void id_lines(const char *out, char *ids, size_t cap)
+{
+    size_t n = 0;
+    ids[0] = '\0';
+    for (const char *l = out; *l;) {
+        const char *e = strchr(l, '\n');
+        size_t len = e ? (size_t)(e - l) : strlen(l);
+        bool digits = len > 0;
+        for (size_t i = 0; i < len; i++) digits = digits && (l[i] == ',' || (l[i] >= '0' && l[i] <= '9'));
+        if (digits && n + len + 2 < cap) memcpy(ids + n, l, len), n += len, ids[n++] = '\n', ids[n] = '\0';
+        l = e ? e + 1 : l + len;
+    }
+}
+
 START_TEST(test_mpi_ranks)
 {
     char dir[256], cmd[2048], out[16384], plan[512], plan2[512];
@@ -442,6 +458,39 @@ START_TEST(test_mpi_ranks)
         double e = mpirun_logits_error(dir, ep_ranks[i], plan2, ids, "PP 2 x EP 2");
         ck_assert_msg(e <= 1e-4, "EP -np %d: %.3g", ep_ranks[i], e);
     }
+    /* several sequences decoding together, with two micro-batches in flight: in one process (a
+     * thread per stage) and over two ranks (each group goes on as soon as it is done), the same
+     * ids as one device; and each line the same as that sequence's prompt run alone */
+    char plan_mb[600], want[1024], got[1024];
+    snprintf(plan_mb, sizeof plan_mb, "%s/plan-mb.yaml", dir);
+    ck_assert_int_eq(test_write_file(plan_mb,
+        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 1, pp: 2, ep: 1, dp: 1, micro_batches: 2}\n"
+        "stages:\n- {stage: 0, devices: [0], embedding: true, head: false, layers: [0, 1]}\n"
+        "- {stage: 1, devices: [1], embedding: false, head: true, layers: [2]}\n"), 0);
+    const char *seq_ids = "3,9,17,4,22,8,1,5";
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s -n 6 --sequences 3", CLNPU_CLI_PATH, TINY, seq_ids);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    id_lines(out, want, sizeof want);
+    char alone[1024] = "";
+    const char *prompts[3] = {"3,9,17,4,22,8,1,5", "9,17,4,22,8,1,5", "17,4,22,8,1,5"};
+    for (int q = 0; q < 3; q++) {
+        snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s -n 6", CLNPU_CLI_PATH, TINY, prompts[q]);
+        ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+        id_lines(out, got, sizeof got);
+        strncat(alone, got, sizeof alone - strlen(alone) - 1);
+    }
+    ck_assert_msg(!strcmp(want, alone) && strlen(want) > 20, "--sequences 3:\n%s\nalone:\n%s", want, alone);
+    snprintf(cmd, sizeof cmd, "POCL_DEVICES='pthread pthread' '%s' run --model '%s' --ids %s -n 6 --sequences 3 --plan %s",
+             CLNPU_CLI_PATH, TINY, seq_ids, plan_mb);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    id_lines(out, got, sizeof got);
+    ck_assert_msg(!strcmp(want, got), "micro-batches in one process:\n%s\none device:\n%s", got, want);
+    snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 2 '%s' run --model '%s' --ids %s "
+             "-n 6 --sequences 3 --plan %s", CLNPU_CLI_PATH, TINY, seq_ids, plan_mb);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    id_lines(out, got, sizeof got);
+    ck_assert_msg(!strcmp(want, got), "micro-batches over 2 ranks:\n%s\none device:\n%s", got, want);
+    fprintf(stderr, "3 sequences, 2 micro-batches in flight over 2 ranks: the same ids as one device\n");
     /* EP 4: one stage on four devices, a rank each (three serve expert shards) */
     char plan4[600];
     snprintf(plan4, sizeof plan4, "%s/plan-ep4.yaml", dir);

@@ -13,7 +13,7 @@ static const char usage[] =
     "clnpu run (--model DIR | --random-weights --config FILE) " CLI_DEVICE_USAGE "\n"
     "          (--ids 1,2,3 | --ids-file F) [-n NEW] [--greedy | --temperature T [--top-k K] [--top-p P] "
     "[--seed S]]\n          [--decode-from P] [--weights int8|fp8] [--context L] [--dump-logits OUT.safetensors] "
-    "[--stats] [--trace OUT.json] [--verbose]\n          [--plan plan.yaml]";
+    "[--stats] [--trace OUT.json] [--verbose]\n          [--plan plan.yaml] [--sequences N]";
 
 static double now_s(void)
 {
@@ -70,7 +70,7 @@ typedef struct run_args {
     cli_device_args da;
     const char *model, *config, *ids, *ids_file, *dump, *trace, *plan;
     bool random_weights, stats, greedy, verbose;
-    size_t n, decode_from, context;
+    size_t n, decode_from, context, sequences;
     bool has_decode_from;
     clnpu_sampling samp;
     int weights;
@@ -79,7 +79,7 @@ typedef struct run_args {
 static int parse(int argc, char **argv, run_args *r)
 {
     enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CONFIG, O_RANDOM, O_IDS, O_IDS_FILE, O_GREEDY, O_TEMP, O_TOPP, O_TOPK,
-           O_SEED, O_DECODE_FROM, O_DUMP, O_STATS, O_TRACE, O_WEIGHTS, O_CONTEXT, O_PLAN };
+           O_SEED, O_DECODE_FROM, O_DUMP, O_STATS, O_TRACE, O_WEIGHTS, O_CONTEXT, O_PLAN, O_SEQS };
     static const struct option longopts[] = {
         CLI_DEVICE_LONGOPTS, {"model", required_argument, NULL, O_MODEL}, {"config", required_argument, NULL, O_CONFIG},
         {"random-weights", no_argument, NULL, O_RANDOM}, {"ids", required_argument, NULL, O_IDS},
@@ -90,6 +90,7 @@ static int parse(int argc, char **argv, run_args *r)
         {"stats", no_argument, NULL, O_STATS}, {"trace", required_argument, NULL, O_TRACE},
         {"weights", required_argument, NULL, O_WEIGHTS}, {"context", required_argument, NULL, O_CONTEXT},
         {"verbose", no_argument, NULL, 'v'}, {"plan", required_argument, NULL, O_PLAN},
+        {"sequences", required_argument, NULL, O_SEQS},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt;
     opterr = 0;
@@ -105,7 +106,8 @@ static int parse(int argc, char **argv, run_args *r)
                    "then -n new tokens\nthrough decode; prints the generated ids. --decode-from P prefills the "
                    "first P ids and\nfeeds the rest one at a time through decode. --dump-logits writes F32 "
                    "'logits' [T, vocab]\nfor every prompt position. --random-weights runs any config with seeded "
-                   "random weights.\n", usage);
+                   "random weights.\n--sequences N decodes N sequences together (sequence q's prompt drops its first "
+                   "q mod T ids);\nit prints one line of ids per sequence.\n", usage);
             return CLI_EXIT_OK;
         case O_MODEL: r->model = optarg; break;
         case O_CONFIG: r->config = optarg; break;
@@ -154,6 +156,10 @@ static int parse(int argc, char **argv, run_args *r)
         case O_CONTEXT:
             if (!cli_parse_size(optarg, &r->context) || !r->context) return cli_usage_error("run", usage, "bad --context");
             break;
+        case O_SEQS:
+            if (!cli_parse_size(optarg, &r->sequences) || !r->sequences || r->sequences > 256)
+                return cli_usage_error("run", usage, "bad --sequences '%s' (1..256)", optarg);
+            break;
         default: return cli_usage_error("run", usage, "unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
@@ -164,6 +170,8 @@ static int parse(int argc, char **argv, run_args *r)
     if (!r->ids == !r->ids_file) return cli_usage_error("run", usage, "give exactly one of --ids and --ids-file");
     if (r->plan && (r->trace || r->da.target))
         return cli_usage_error("run", usage, "--plan chooses devices and profiles itself (no --trace / --target)");
+    if (r->sequences > 1 && r->has_decode_from)
+        return cli_usage_error("run", usage, "--decode-from is for one sequence");
     if (r->greedy && r->samp.temperature > 0)
         return cli_usage_error("run", usage, "--greedy and --temperature exclude each other");
     /* ranks share work only through a plan; without one every rank would repeat the same job */
@@ -211,7 +219,8 @@ int cmd_run(int argc, char **argv)
     const size_t V = cfg.vocab_size;
     const size_t P = r.has_decode_from ? r.decode_from : T;
     clnpu_model_options o = clnpu_model_options_default();
-    o.max_sequences = 1;
+    const size_t S = r.sequences ? r.sequences : 1;
+    o.max_sequences = S;
     o.max_context = r.context ? r.context : T + r.n + 1;
     o.max_tokens = P < 512 ? (P ? P : 1) : 512;
     o.weights = r.weights;
@@ -235,29 +244,44 @@ int cmd_run(int argc, char **argv)
     if (!st && !(logits = malloc(T * V * sizeof *logits))) st = CLNPU_ERR_OUT_OF_MEMORY;
     t0 = now_s();
     if (!st) st = pl ? clnpu_pipeline_prefill(pl, 0, ids, P, logits) : clnpu_model_prefill(m, 0, ids, P, logits);
+    /* the other sequences: the prompt without its first q mod P ids; their last rows kept */
+    float *last = !st && r.n ? malloc(S * V * sizeof *last) : NULL, *tmp = S > 1 && !st ? malloc(P * V * sizeof *tmp) : NULL;
+    if (!st && ((r.n && !last) || (S > 1 && !tmp))) st = CLNPU_ERR_OUT_OF_MEMORY;
+    size_t prefilled = P;
+    for (size_t q = 1; !st && q < S; q++) {
+        const size_t off = q % P, len = P - off;
+        st = pl ? clnpu_pipeline_prefill(pl, q, ids + off, len, tmp) : clnpu_model_prefill(m, q, ids + off, len, tmp);
+        if (!st && last) memcpy(last + q * V, tmp + (len - 1) * V, V * sizeof *last);
+        prefilled += len;
+    }
     double t_prefill = now_s() - t0;
     t0 = now_s();
     size_t seq = 0, decoded = 0;
     for (size_t t = P; !st && t < T; t++, decoded++)
         st = pl ? clnpu_pipeline_decode(pl, &seq, ids + t, 1, logits + t * V) : clnpu_model_decode(m, &seq, ids + t, 1, logits + t * V);
-    /* Generation: sample from the last position's logits, feed the token back. */
-    if (!st && r.n && (!(gen = malloc(r.n * sizeof *gen)) || !(row = malloc(V * sizeof *row)))) st = CLNPU_ERR_OUT_OF_MEMORY;
-    if (!st && r.n) st = clnpu_buffer_create(dev, V * 4, &lb);
-    if (!st && r.n) st = clnpu_buffer_create(dev, 4, &ob);
-    if (!st && r.n) memcpy(row, logits + (T - 1) * V, V * sizeof *row);
-    /* The first token from the prompt's logits; then each decode step of one model draws the
-     * next token on the device (only the id comes back); a pipeline returns the logits. */
+    /* Generation: sample from each sequence's last logits, feed the tokens back (gen[i][q]). */
+    size_t *seqs = malloc(S * sizeof *seqs);
+    if (!st && (!seqs || (r.n && (!(gen = malloc(r.n * S * sizeof *gen)) || !(row = malloc(S * V * sizeof *row))))))
+        st = CLNPU_ERR_OUT_OF_MEMORY;
+    for (size_t q = 0; !st && q < S; q++) seqs[q] = q;
+    if (!st && r.n) st = clnpu_buffer_create(dev, S * V * 4, &lb);
+    if (!st && r.n) st = clnpu_buffer_create(dev, S * 4, &ob);
+    if (!st && r.n) memcpy(last, logits + (T - 1) * V, V * sizeof *last);
+    if (!st && r.n) memcpy(row, last, S * V * sizeof *row);
+    /* The first tokens from the prompts' logits; then each decode step of one model draws the
+     * next tokens on the device (only the ids come back); a pipeline returns the logits. */
     for (size_t i = 0; !st && i < r.n; i++) {
         if (i && !pl) {
-            st = clnpu_model_decode_sample(m, &seq, &gen[i - 1], 1, &r.samp, i, &gen[i], NULL);
-            decoded++;
+            st = clnpu_model_decode_sample(m, seqs, &gen[(i - 1) * S], S, &r.samp, i, &gen[i * S], NULL);
+            decoded += S;
             continue;
         }
-        if (i) st = clnpu_pipeline_decode(pl, &seq, &gen[i - 1], 1, row), decoded++;
-        if (!st) st = clnpu_buffer_write(lb, 0, row, V * 4);
-        if (!st) st = clnpu_sample(dev, ob, (clnpu_view){lb, 0, V}, 1, V, &r.samp, i);
-        if (!st) st = clnpu_buffer_read(ob, 0, &gen[i], 4);
+        if (i) st = clnpu_pipeline_decode(pl, seqs, &gen[(i - 1) * S], S, row), decoded += S;
+        if (!st) st = clnpu_buffer_write(lb, 0, row, S * V * 4);
+        if (!st) st = clnpu_sample(dev, ob, (clnpu_view){lb, 0, V}, S, V, &r.samp, i);
+        if (!st) st = clnpu_buffer_read(ob, 0, &gen[i * S], S * 4);
     }
+    free(seqs), free(last), free(tmp);
     double t_decode = now_s() - t0;
     /* under MPI every rank has the same ids and logits; rank 0 speaks */
     const bool speak = !pl || clnpu_pipeline_rank(pl) == 0;
@@ -268,8 +292,10 @@ int cmd_run(int argc, char **argv)
     size_t events = 0;
     if (!st && r.trace) st = clnpu_device_trace_write(dev, r.trace, &events);
     if (!st && speak) {
-        for (size_t i = 0; i < r.n; i++) printf(i ? ",%d" : "%d", gen[i]);
-        if (r.n) printf("\n");
+        for (size_t q = 0; q < S && r.n; q++) {
+            for (size_t i = 0; i < r.n; i++) printf(i ? ",%d" : "%d", gen[i * S + q]);
+            printf("\n");
+        }
         fflush(stdout);
     }
     if (!st && r.stats && speak) {
@@ -282,8 +308,8 @@ int cmd_run(int argc, char **argv)
                 cfg.model_type, total / 1e6, active / 1e6,
                 r.weights >= 0 ? clnpu_dtype_name((clnpu_dtype)r.weights) : r.random_weights ? "bf16" : "checkpoint",
                 r.random_weights ? " (random)" : "");
-        fprintf(stderr, "load: %.2f s\nprefill: %zu tokens in %.1f ms, %.1f tokens/s\n", t_load, P,
-                t_prefill * 1e3, P / t_prefill);
+        fprintf(stderr, "load: %.2f s\nprefill: %zu tokens in %.1f ms, %.1f tokens/s\n", t_load, prefilled,
+                t_prefill * 1e3, prefilled / t_prefill);
         if (decoded)
             fprintf(stderr, "decode: %zu tokens in %.1f ms, %.2f tokens/s\n", decoded, t_decode * 1e3,
                     decoded / t_decode);
@@ -291,7 +317,7 @@ int cmd_run(int argc, char **argv)
          * embedding table is not: one row is), at the profile's memory bandwidth. */
         const double bw = clnpu_device_get_profile(dev)->memory_bandwidth;
         const int wdt = r.weights >= 0 ? r.weights : r.random_weights ? CLNPU_DTYPE_BF16 : -1;
-        if (decoded && !pl && wdt >= 0 && bw > 0) {
+        if (decoded && !pl && wdt >= 0 && bw > 0 && S == 1) { /* a batch shares the weight reads */
             const double bytes = (active - (double)cfg.vocab_size * cfg.hidden_size) * clnpu_dtype_size((clnpu_dtype)wdt);
             fprintf(stderr, "decode roofline: %.0f MB of %s weights per token at %.1f GB/s (profile %s) = %.1f tokens/s; "
                     "measured %.2fx\n", bytes / 1e6, clnpu_dtype_name((clnpu_dtype)wdt), bw / 1e9,
