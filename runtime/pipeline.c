@@ -164,6 +164,7 @@ static clnpu_status run(clnpu_pipeline *p, size_t n, const int *ids, const size_
                                                    last && logits ? logits + a * V : NULL);
                 if (!st) st = pipeline_send_hidden(p, s, a, len);
             }
+            if (!st) st = pipeline_sends_done(p);
             if (!st) st = pipeline_end_stage(p, s);
         } else if (p->stages[s]) { /* this rank serves one of the stage's expert shards */
             st = pipeline_serve_stage(p, s);

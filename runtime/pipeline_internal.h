@@ -10,6 +10,8 @@ struct remote_ctx {
     size_t stage;
 };
 
+#define CLNPU_MAX_MICRO 64 /* micro-batches (groups) in flight per step */
+
 struct clnpu_pipeline {
     clnpu_model_config cfg;
     size_t count;
@@ -33,13 +35,15 @@ struct clnpu_pipeline {
     clnpu_gemm_segment *srv_segs;
     long long *wire_segs;
     void *group_comm;             /* MPI_Comm of this rank's stage group (a rank per device) */
+    void *sends;                  /* MPI_Request[CLNPU_MAX_MICRO]: hidden-state sends in flight */
+    int send_peer[CLNPU_MAX_MICRO];
+    size_t nsends;
     int group_rank, group_size;
     double timeout_s;
     int fault_step;               /* CLNPU_FAULT_RANK: this rank dies at its first step */
     size_t micro;                 /* decode micro-batches in flight (in one process) */
 };
 
-#define CLNPU_MAX_MICRO 64
 /* n rows cut into groups (group j: rows [start[j], start[j + 1])) through the stages with a host
  * thread per stage, several groups in flight; logits [n][vocab] from the last stage (or NULL). */
 clnpu_status pipeline_run_micro(clnpu_pipeline *p, size_t n, const int *ids, const size_t *seqs, const size_t *pos,
@@ -54,6 +58,8 @@ void pipeline_mpi_finalize(clnpu_pipeline *p);
 /* rows [row, row + rows) of the hand-off buffer */
 clnpu_status pipeline_recv_hidden(clnpu_pipeline *p, size_t s, size_t row, size_t rows);
 clnpu_status pipeline_send_hidden(clnpu_pipeline *p, size_t s, size_t row, size_t rows);
+/* Wait for the hidden-state sends still travelling (each with the deadline). */
+clnpu_status pipeline_sends_done(clnpu_pipeline *p);
 clnpu_status pipeline_bcast_logits(clnpu_pipeline *p, float *logits, size_t count);
 /* Expert shards of a stage on other ranks: the owner's exchange with its stage's group (counts,
  * then MPI_Ialltoallv dispatch and combine), its end-of-step message, and the serving rank's

@@ -89,6 +89,7 @@ clnpu_status pipeline_mpi_setup(clnpu_pipeline *p, const clnpu_stage_spec *sp, s
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%d MPI ranks for a plan of %zu stages on %zu devices: give at most "
                           "%zu (stages dealt in runs) or exactly %zu (a rank per device)", p->nranks, n, slots, n, slots);
     }
+    if (!(p->sends = calloc(CLNPU_MAX_MICRO, sizeof(MPI_Request)))) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     /* fault injection for the tests: "r" kills rank r at its first step, "r:load" makes rank r
      * fail its set-up with an error */
     const char *fault = getenv("CLNPU_FAULT_RANK");
@@ -254,6 +255,8 @@ clnpu_status pipeline_mpi_agree(clnpu_pipeline *p, clnpu_status mine_st)
 
 void pipeline_mpi_finalize(clnpu_pipeline *p)
 {
+    if (p->nsends) pipeline_sends_done(p); /* an error path may leave sends running */
+    free(p->sends);
     if (p->group_comm) MPI_Comm_free((MPI_Comm *)p->group_comm);
     free(p->group_comm);
     if (p->mpi_owner_init) MPI_Finalize();
@@ -268,12 +271,34 @@ clnpu_status pipeline_recv_hidden(clnpu_pipeline *p, size_t s, size_t row, size_
                     "receiving hidden states from");
 }
 
+/* Sends are started and left running: the rank goes on with its next group while this one
+ * travels (each group has its own rows of the buffer); pipeline_sends_done waits for them. */
 clnpu_status pipeline_send_hidden(clnpu_pipeline *p, size_t s, size_t row, size_t rows)
 {
     if (p->nranks <= 1 || s + 1 >= p->count || p->owner[s] != p->rank || p->owner[s + 1] == p->rank) return CLNPU_OK;
-    const size_t H = p->cfg.hidden_size;
-    return mpi_xfer(p, true, p->h[(s + 1) % 2] + row * H, rows * H, MPI_FLOAT, p->owner[s + 1], (int)(s + 1),
-                    "sending hidden states to");
+    const size_t H = p->cfg.hidden_size, count = rows * H;
+    if (count > INT_MAX) return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "rank %d: %zu hidden values in one message", p->rank, count);
+    if (p->nsends >= CLNPU_MAX_MICRO) {
+        clnpu_status st = pipeline_sends_done(p);
+        if (st) return st;
+    }
+    MPI_Request *rq = &((MPI_Request *)p->sends)[p->nsends];
+    if (MPI_Isend(p->h[(s + 1) % 2] + row * H, (int)count, MPI_FLOAT, p->owner[s + 1], (int)(s + 1), MPI_COMM_WORLD, rq) !=
+        MPI_SUCCESS)
+        return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI failed sending hidden states to rank %d", p->rank, p->owner[s + 1]);
+    p->send_peer[p->nsends++] = p->owner[s + 1];
+    return CLNPU_OK;
+}
+
+clnpu_status pipeline_sends_done(clnpu_pipeline *p)
+{
+    clnpu_status st = CLNPU_OK;
+    for (size_t i = 0; i < p->nsends; i++) {
+        clnpu_status w = mpi_wait(p, &((MPI_Request *)p->sends)[i], "sending hidden states to", p->send_peer[i]);
+        if (!st) st = w;
+    }
+    p->nsends = 0;
+    return st;
 }
 
 clnpu_status pipeline_bcast_logits(clnpu_pipeline *p, float *logits, size_t count)
@@ -292,6 +317,7 @@ clnpu_status pipeline_mpi_agree(clnpu_pipeline *p, clnpu_status mine) { (void)p;
 void pipeline_mpi_finalize(clnpu_pipeline *p) { (void)p; }
 clnpu_status pipeline_recv_hidden(clnpu_pipeline *p, size_t s, size_t r, size_t n) { (void)p, (void)s, (void)r, (void)n; return CLNPU_OK; }
 clnpu_status pipeline_send_hidden(clnpu_pipeline *p, size_t s, size_t r, size_t n) { (void)p, (void)s, (void)r, (void)n; return CLNPU_OK; }
+clnpu_status pipeline_sends_done(clnpu_pipeline *p) { (void)p; return CLNPU_OK; }
 clnpu_status pipeline_bcast_logits(clnpu_pipeline *p, float *l, size_t c) { (void)p, (void)l, (void)c; return CLNPU_OK; }
 clnpu_status pipeline_end_stage(clnpu_pipeline *p, size_t s) { (void)p, (void)s; return CLNPU_OK; }
 /* no rank is remote without MPI, so this is never reached */
