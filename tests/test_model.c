@@ -227,6 +227,13 @@ START_TEST(test_pipeline_micro_batches)
                 }
             }
             ck_assert_msg(worst <= 1e-4, "%s, %zu micro-batches: rel error %.3g", cases[c].name, micro[mi], worst);
+            if (micro[mi] == 2) { /* a failure in one group stops every stage and says where */
+                const size_t seqs[4] = {0, 1, 2, 3};
+                int next[4] = {1, 2, 3, (int)V};
+                ck_assert_int_eq(clnpu_pipeline_decode(p, seqs, next, 4, lg), CLNPU_ERR_INVALID_ARGUMENT);
+                ck_assert_msg(strstr(clnpu_error_message(), "stage 0, micro-batch 1") &&
+                                  strstr(clnpu_error_message(), "outside the vocabulary"), "%s", clnpu_error_message());
+            }
             if (micro[mi] == 3) fprintf(stderr, "%s, 3 micro-batches in flight: logits rel error %.2e\n", cases[c].name, worst);
             clnpu_pipeline_destroy(p);
         }
