@@ -37,6 +37,8 @@ static void choose_cache_dir(clnpu_device *dev, const clnpu_device_options *o)
         dev->no_cache = true; /* nowhere sensible to write: build every time */
 }
 
+static void format_base_options(const clnpu_device *d, char *out, size_t cap);
+
 static clnpu_status bind_profile(clnpu_device *dev, const clnpu_device_options *o)
 {
     clnpu_profile_set *builtin = NULL;
@@ -136,6 +138,8 @@ clnpu_status clnpu_device_open(size_t index, const clnpu_device_options *options
     dev->profiling = o->profiling;
     if (!dev->no_cache) choose_cache_dir(dev, o);
     else if (o->cache_dir) snprintf(dev->cache_dir, sizeof dev->cache_dir, "%s", o->cache_dir);
+    format_base_options(dev, dev->base_options, sizeof dev->base_options);
+    clnpu_tuning_format_device_key(dev, dev->tuning_key, sizeof dev->tuning_key);
     clnpu_device_load_default_tuning(dev);
     *out = dev;
     return CLNPU_OK;
@@ -170,7 +174,10 @@ clnpu_status clnpu_device_finish(clnpu_device *d)
     return err ? clnpu_fail_cl(err, "clFinish", d->info.name) : CLNPU_OK;
 }
 
-void clnpu_device_base_options(const clnpu_device *d, char *out, size_t cap)
+/* The -D options every program of this device gets, from its bound profile and local-memory
+ * budget; both are fixed at open, so this runs once there (programs and the tuning key use it
+ * on every launch). */
+static void format_base_options(const clnpu_device *d, char *out, size_t cap)
 {
     const clnpu_kernel_params *k = &d->profile.kernel;
     int n = snprintf(out, cap, "-DCLNPU_LOCAL_MEM_BYTES=%llu", (unsigned long long)d->local_budget);
@@ -182,6 +189,11 @@ void clnpu_device_base_options(const clnpu_device *d, char *out, size_t cap)
         if (defs[i].v > 0 && n >= 0 && (size_t)n < cap)
             n += snprintf(out + n, cap - (size_t)n, " -D%s=%d", defs[i].name, defs[i].v);
     if (d->info.fp16 && n >= 0 && (size_t)n < cap) snprintf(out + n, cap - (size_t)n, " -DCLNPU_HAS_FP16=1");
+}
+
+void clnpu_device_base_options(const clnpu_device *d, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s", d->base_options);
 }
 
 /* ---- buffers ---- */

@@ -35,9 +35,13 @@ struct clnpu_device {
     struct clnpu_tuning_db *owned_tuning; /* the default one, freed with the device */
     int tuning_verbose;
     char tuning_said[2048];
+    char base_options[1024]; /* fixed at open: see clnpu_device_base_options */
+    char tuning_key[384];    /* fixed at open: see clnpu_tuning_device_key */
 };
 
 void clnpu_device_load_default_tuning(clnpu_device *dev);
+/* The device's tuning key (vendor, name, driver, hash of its base options), made once at open. */
+void clnpu_tuning_format_device_key(const clnpu_device *dev, char *out, size_t cap);
 
 void clnpu_trace_free(struct clnpu_trace *t);
 

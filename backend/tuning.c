@@ -194,13 +194,16 @@ clnpu_status clnpu_tuning_db_save(const clnpu_tuning_db *db, const char *path)
     return CLNPU_OK;
 }
 
-void clnpu_tuning_device_key(const clnpu_device *dev, char *out, size_t cap)
+void clnpu_tuning_format_device_key(const clnpu_device *dev, char *out, size_t cap)
 {
-    char opts[1024];
-    clnpu_device_base_options(dev, opts, sizeof opts);
-    uint64_t h = clnpu_fnv1a(CLNPU_FNV_OFFSET, opts, strlen(opts));
+    uint64_t h = clnpu_fnv1a(CLNPU_FNV_OFFSET, dev->base_options, strlen(dev->base_options));
     snprintf(out, cap, "%s|%s|%s|%016llx", dev->info.vendor, dev->info.name, dev->info.driver_version,
              (unsigned long long)h);
+}
+
+void clnpu_tuning_device_key(const clnpu_device *dev, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s", dev->tuning_key);
 }
 
 void clnpu_tuning_source_hash(const char *name, char out[17])
@@ -244,8 +247,8 @@ const clnpu_tuning_entry *clnpu_tuning_lookup(const clnpu_tuning_db *db, const c
     if (match) *match = CLNPU_TUNING_NONE;
     if (note) *note = NULL;
     if (!db) return NULL;
-    char key[384], src[17];
-    clnpu_tuning_device_key(dev, key, sizeof key);
+    const char *key = dev->tuning_key;
+    char src[17];
     clnpu_tuning_source_hash(source_of(kernel), src);
     const clnpu_tuning_entry *best = NULL;
     double bd = INFINITY;
