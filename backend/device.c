@@ -245,12 +245,17 @@ clnpu_status clnpu_buffer_create(clnpu_device *d, size_t bytes, clnpu_buffer **o
     return CLNPU_OK;
 }
 
+size_t clnpu_buffer_sub_align(const clnpu_device *d)
+{
+    cl_uint align_bits = 0;
+    clGetDeviceInfo(d->device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits, NULL);
+    return align_bits >= 8 ? align_bits / 8 : 1;
+}
+
 clnpu_status clnpu_buffer_create_sub(clnpu_buffer *parent, size_t offset, size_t bytes, clnpu_buffer **out)
 {
     *out = NULL;
-    cl_uint align_bits = 0;
-    clGetDeviceInfo(parent->dev->device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits, NULL);
-    const size_t align = align_bits >= 8 ? align_bits / 8 : 1;
+    const size_t align = clnpu_buffer_sub_align(parent->dev);
     if (!bytes || offset % align || offset + bytes > parent->size)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "sub-buffer [%zu, +%zu) of a %zu-byte buffer: empty, past the "
                           "end, or not aligned to the device's %zu bytes", offset, bytes, parent->size, align);
@@ -270,12 +275,6 @@ clnpu_status clnpu_buffer_create_sub(clnpu_buffer *parent, size_t offset, size_t
     return CLNPU_OK;
 }
 
-size_t clnpu_buffer_sub_align(const clnpu_device *d)
-{
-    cl_uint align_bits = 0;
-    clGetDeviceInfo(d->device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits, NULL);
-    return align_bits >= 8 ? align_bits / 8 : 1;
-}
 
 void clnpu_buffer_destroy(clnpu_buffer *b)
 {

@@ -10,6 +10,7 @@
 #include "clnpu/program.h"
 #include "clnpu/tuning.h"
 #include "gemm_internal.h"
+#include "launch.h"
 
 struct clnpu_weight {
     clnpu_device *dev;
@@ -319,13 +320,8 @@ clnpu_status clnpu_gemm(clnpu_device *dev, const clnpu_weight *w, size_t matrix,
     size_t global[3], local[3];
     if (rows_first) launch_dims(dev, rowblocks, items0, splits, global, local);
     else launch_dims(dev, items0, rowblocks, splits, global, local);
-    cl_command_queue q = clnpu_device_cl_queue(dev);
-    const bool trace = clnpu_device_tracing(dev);
-    cl_event ev = NULL;
-    cl_int err = clEnqueueNDRangeKernel(q, k, 3, NULL, global, local, 0, NULL, trace ? &ev : NULL);
-    if (err) return clnpu_fail_cl(err, "clEnqueueNDRangeKernel", "launching clnpu_gemm");
-    if (trace) clnpu_device_trace_record(dev, a->m <= 8 ? "clnpu_gemv" : "clnpu_gemm", ev);
-    if (splits == 1) return CLNPU_OK;
+    st = clnpu_enqueue(dev, k, 3, global, local, a->m <= 8 ? "clnpu_gemv" : "clnpu_gemm");
+    if (st || splits == 1) return st;
 
     cl_kernel red;
     st = clnpu_program_kernel(prog, "clnpu_gemm_splitk_reduce", (void **)&red);
@@ -342,9 +338,7 @@ clnpu_status clnpu_gemm(clnpu_device *dev, const clnpu_weight *w, size_t matrix,
     SETARG(red, 9, (cl_uint)w->n);
     SETARG(red, 10, (cl_uint)(a->epilogue == CLNPU_EPILOGUE_RESIDUAL));
     size_t rl[2] = {64, 1}, rg[2] = {(w->n + 63) / 64 * 64, a->m};
-    err = clEnqueueNDRangeKernel(q, red, 2, NULL, rg, rl, 0, NULL, trace ? &ev : NULL);
-    if (!err && trace) clnpu_device_trace_record(dev, "clnpu_gemm_splitk_reduce", ev);
-    return err ? clnpu_fail_cl(err, "clEnqueueNDRangeKernel", "launching the split-K reduction") : CLNPU_OK;
+    return clnpu_enqueue(dev, red, 2, rg, rl, "clnpu_gemm_splitk_reduce");
 }
 
 /* Arguments 0-10 of both grouped kernels: X, its offset and stride, the packed weights and
@@ -431,11 +425,7 @@ clnpu_status clnpu_gemm_grouped(clnpu_device *dev, const clnpu_weight *w, const 
     if (!set) {
         size_t global[3], local[3];
         launch_dims(dev, (w->n + w->nr - 1) / w->nr, total, 1, global, local);
-        const bool trace = clnpu_device_tracing(dev);
-        cl_event ev = NULL;
-        err = clEnqueueNDRangeKernel(clnpu_device_cl_queue(dev), k, 2, NULL, global, local, 0, NULL, trace ? &ev : NULL);
-        if (err) set = clnpu_fail_cl(err, "clEnqueueNDRangeKernel", "launching clnpu_gemm_grouped");
-        else if (trace) clnpu_device_trace_record(dev, "clnpu_gemm_grouped", ev);
+        set = clnpu_enqueue(dev, k, 2, global, local, "clnpu_gemm_grouped");
     }
     clReleaseMemObject(tb); /* released once the queued launch no longer needs it */
     return set;
@@ -477,11 +467,5 @@ clnpu_status clnpu_gemm_grouped_counts(clnpu_device *dev, const clnpu_weight *w,
     SETARG(k, 19, (cl_float)a->alpha);
     size_t global[3], local[3];
     launch_dims(dev, (w->n + w->nr - 1) / w->nr, tiles, 1, global, local);
-    const bool trace = clnpu_device_tracing(dev);
-    cl_event ev = NULL;
-    cl_int err = clEnqueueNDRangeKernel(clnpu_device_cl_queue(dev), k, 2, NULL, global, local, 0, NULL,
-                                        trace ? &ev : NULL);
-    if (err) return clnpu_fail_cl(err, "clEnqueueNDRangeKernel", "launching clnpu_gemm_grouped_counts");
-    if (trace) clnpu_device_trace_record(dev, "clnpu_gemm_grouped", ev);
-    return CLNPU_OK;
+    return clnpu_enqueue(dev, k, 2, global, local, "clnpu_gemm_grouped");
 }

@@ -33,14 +33,20 @@ clnpu_status clnpu_launch(clnpu_device *dev, const char *source, const char *opt
         g[d] = (global[d] + l[d] - 1) / l[d] * l[d];
         if (g[d] == 0) return CLNPU_OK; /* nothing to do */
     }
+    return clnpu_enqueue(dev, k, dims, g, l, kernel);
+}
+
+clnpu_status clnpu_enqueue(clnpu_device *dev, cl_kernel k, cl_uint dims, const size_t *global, const size_t *local,
+                           const char *trace_name)
+{
     cl_event ev = NULL;
     const bool trace = clnpu_device_tracing(dev);
-    cl_int err = clEnqueueNDRangeKernel(clnpu_device_cl_queue(dev), k, dims, NULL, g, l, 0, NULL,
+    cl_int err = clEnqueueNDRangeKernel(clnpu_device_cl_queue(dev), k, dims, NULL, global, local, 0, NULL,
                                         trace ? &ev : NULL);
-    if (!err && trace) clnpu_device_trace_record(dev, kernel, ev);
+    if (!err && trace) clnpu_device_trace_record(dev, trace_name, ev);
     if (err) {
         char what[128];
-        snprintf(what, sizeof what, "launching %s", kernel);
+        snprintf(what, sizeof what, "launching %s", trace_name);
         return clnpu_fail_cl(err, "clEnqueueNDRangeKernel", what);
     }
     return CLNPU_OK;

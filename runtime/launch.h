@@ -19,6 +19,11 @@ clnpu_status clnpu_launch(clnpu_device *dev, const char *source, const char *opt
                           const char *kernel, cl_uint dims, const size_t *global,
                           const size_t *local, const clnpu_karg *args, size_t nargs);
 
+/* Enqueue kernel k with its arguments set (global sizes already multiples of local ones); with
+ * tracing on, its span is recorded under trace_name. */
+clnpu_status clnpu_enqueue(clnpu_device *dev, cl_kernel k, cl_uint dims, const size_t *global, const size_t *local,
+                           const char *trace_name);
+
 /* cl_mem of a buffer, or NULL. */
 cl_mem clnpu_mem(const clnpu_buffer *b);
 #endif

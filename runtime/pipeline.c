@@ -183,32 +183,30 @@ static clnpu_status pipeline_step(void *ctx, size_t n, const int *ids, const siz
     return run(ctx, n, ids, seqs, pos, decode, logits);
 }
 
-/* A long prompt's chunks: in flight through the stages when micro-batching is on in one process,
- * else one after another. */
+/* A long prompt's chunks in flight through the stages (micro-batching in one process), at most
+ * CLNPU_MAX_MICRO chunks per round. */
 static clnpu_status pipeline_chunks(void *ctx, size_t n, const int *ids, const size_t *seqs, const size_t *pos,
                                     size_t chunk, float *logits)
 {
     clnpu_pipeline *p = ctx;
-    const size_t V = p->cfg.vocab_size, groups = (n + chunk - 1) / chunk;
-    if (p->micro <= 1 || p->count <= 1 || p->nranks > 1 || groups > CLNPU_MAX_MICRO) {
-        clnpu_status st = CLNPU_OK;
-        for (size_t a = 0; !st && a < n; a += chunk) {
-            const size_t T = n - a < chunk ? n - a : chunk;
-            st = run(p, T, ids + a, seqs + a, pos + a, false, logits ? logits + a * V : NULL);
-        }
-        return st;
+    clnpu_status st = CLNPU_OK;
+    for (size_t a = 0; !st && a < n; a += CLNPU_MAX_MICRO * chunk) {
+        const size_t len = n - a < CLNPU_MAX_MICRO * chunk ? n - a : CLNPU_MAX_MICRO * chunk;
+        size_t start[CLNPU_MAX_MICRO + 1], groups = (len + chunk - 1) / chunk;
+        for (size_t j = 0; j <= groups; j++) start[j] = j * chunk < len ? j * chunk : len;
+        st = pipeline_run_micro(p, len, ids + a, seqs + a, pos + a, false, start, groups,
+                                logits ? logits + a * p->cfg.vocab_size : NULL);
+        if (!st) p->seq_len[seqs[a]] = pos[a + len - 1] + 1; /* one sequence, positions in order */
     }
-    size_t start[CLNPU_MAX_MICRO + 1];
-    for (size_t j = 0; j <= groups; j++) start[j] = j * chunk < n ? j * chunk : n;
-    clnpu_status st = pipeline_run_micro(p, n, ids, seqs, pos, false, start, groups, logits);
-    if (!st) p->seq_len[seqs[0]] = pos[n - 1] + 1; /* one sequence, positions in order */
     return st;
 }
 
 static clnpu_stepper stepper(clnpu_pipeline *p)
 {
+    /* chunks go through together only where stages can overlap: one process, micro-batching on */
+    const bool chunks = p->micro > 1 && p->count > 1 && p->nranks <= 1;
     return (clnpu_stepper){pipeline_step, p, p->seq_len, p->max_sequences, p->max_tokens, p->cfg.vocab_size, "pipeline",
-                           pipeline_chunks};
+                           chunks ? pipeline_chunks : NULL};
 }
 
 clnpu_status clnpu_pipeline_prefill(clnpu_pipeline *p, size_t seq, const int *ids, size_t n, float *logits)

@@ -199,7 +199,7 @@ clnpu_status pipeline_serve_stage(clnpu_pipeline *p, size_t s)
 {
     const size_t H = p->cfg.hidden_size, E = p->cfg.n_routed_experts;
     const size_t max_rows = p->max_tokens * p->cfg.num_experts_per_tok;
-    const int g = p->group_size, me = p->group_rank;
+    const int me = p->group_rank;
     for (;;) {
         long long hout[3 * CLNPU_MAX_EP] = {0}, hin[3 * CLNPU_MAX_EP];
         int sc[CLNPU_MAX_EP] = {0}, sd[CLNPU_MAX_EP] = {0}, rc[CLNPU_MAX_EP] = {0}, rd[CLNPU_MAX_EP] = {0};
@@ -222,7 +222,6 @@ clnpu_status pipeline_serve_stage(clnpu_pipeline *p, size_t s)
         if (!st) st = clnpu_moe_block_serve(b, (size_t)me, p->srv_rows, (size_t)nrows, p->srv_segs, (size_t)nseg, p->srv_rows);
         rc[0] = 0, sc[0] = (int)(nrows * (long long)H);
         if (!st) st = xch(p, p->srv_rows, sc, sd, NULL, rc, rd, MPI_FLOAT, "sending experts' outputs");
-        (void)g;
         if (st) return clnpu_fail_context(st, "serving stage %zu's experts", s);
     }
 }

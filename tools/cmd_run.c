@@ -267,7 +267,6 @@ int cmd_run(int argc, char **argv)
     if (!st && r.n) st = clnpu_buffer_create(dev, S * V * 4, &lb);
     if (!st && r.n) st = clnpu_buffer_create(dev, S * 4, &ob);
     if (!st && r.n) memcpy(last, logits + (T - 1) * V, V * sizeof *last);
-    if (!st && r.n) memcpy(row, last, S * V * sizeof *row);
     /* The first tokens from the prompts' logits; then each decode step of one model draws the
      * next tokens on the device (only the ids come back); a pipeline returns the logits. */
     for (size_t i = 0; !st && i < r.n; i++) {
@@ -277,7 +276,7 @@ int cmd_run(int argc, char **argv)
             continue;
         }
         if (i) st = clnpu_pipeline_decode(pl, seqs, &gen[(i - 1) * S], S, row), decoded += S;
-        if (!st) st = clnpu_buffer_write(lb, 0, row, S * V * 4);
+        if (!st) st = clnpu_buffer_write(lb, 0, i ? row : last, S * V * 4);
         if (!st) st = clnpu_sample(dev, ob, (clnpu_view){lb, 0, V}, S, V, &r.samp, i);
         if (!st) st = clnpu_buffer_read(ob, 0, &gen[i * S], S * 4);
     }
