@@ -190,6 +190,30 @@ inline VF load_row_ragged(__global const float *rr, uint n0, uint N)
     return VLOADF(0, tmp);
 }
 
+/* One k step of accumulator chain c: weight row kk of the panel (and of the paired panel),
+ * scaled, against the MR rows' broadcast X values. Used by gemm_tile's three k walks. */
+#if PAIR
+#define PAIR_LOAD(kk)                                                                              \
+    VF w2 = LOAD_ROW(wu, kk);                                                                      \
+    SCALE_U(w2)
+#define PAIR_FMA(r, c) accu[(r) * KACC + (c)] = fma(xv, w2, accu[(r) * KACC + (c)])
+#else
+#define PAIR_LOAD(kk)
+#define PAIR_FMA(r, c)
+#endif
+#define K_STEP(kk, c)                                                                              \
+    {                                                                                              \
+        const uint kk_ = (kk);                                                                     \
+        VF w = LOAD_ROW(wg, kk_);                                                                  \
+        SCALE_G(w);                                                                                \
+        PAIR_LOAD(kk_);                                                                            \
+        _Pragma("unroll") for (int r = 0; r < MR; r++) {                                           \
+            const VF xv = (VF)(xr[r][kk_]);                                                        \
+            acc[r * KACC + (c)] = fma(xv, w, acc[r * KACC + (c)]);                                 \
+            PAIR_FMA(r, c);                                                                        \
+        }                                                                                          \
+    }
+
 /* The micro-kernel. Wp points at this matrix's packed panels, S at its per-panel scales. */
 inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
                       __global const float *S, __global float *Y, uint ldy,
@@ -239,63 +263,17 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
         uint k = kb;
         for (uint i = 0; i < q; i++, k++) {
 #pragma unroll
-            for (int c = 0; c < KACC; c++) {
-                const uint kk = k + c * q;
-                VF w = LOAD_ROW(wg, kk);
-                SCALE_G(w);
-#if PAIR
-                VF w2 = LOAD_ROW(wu, kk);
-                SCALE_U(w2);
-#endif
-#pragma unroll
-                for (int r = 0; r < MR; r++) {
-                    const VF xv = (VF)(xr[r][kk]);
-                    acc[r * KACC + c] = fma(xv, w, acc[r * KACC + c]);
-#if PAIR
-                    accu[r * KACC + c] = fma(xv, w2, accu[r * KACC + c]);
-#endif
-                }
-            }
+            for (int c = 0; c < KACC; c++) K_STEP(k + c * q, c);
         }
         k = kb + KACC * q;
 #else
         uint k = kb;
         for (; k + KACC <= kn; k += KACC) {
 #pragma unroll
-            for (int c = 0; c < KACC; c++) {
-                VF w = LOAD_ROW(wg, k + c);
-                SCALE_G(w);
-#if PAIR
-                VF w2 = LOAD_ROW(wu, k + c);
-                SCALE_U(w2);
-#endif
-#pragma unroll
-                for (int r = 0; r < MR; r++) {
-                    const VF xv = (VF)(xr[r][k + c]);
-                    acc[r * KACC + c] = fma(xv, w, acc[r * KACC + c]);
-#if PAIR
-                    accu[r * KACC + c] = fma(xv, w2, accu[r * KACC + c]);
-#endif
-                }
-            }
+            for (int c = 0; c < KACC; c++) K_STEP(k + c, c);
         }
 #endif
-        for (; k < kn; k++) {
-            VF w = LOAD_ROW(wg, k);
-            SCALE_G(w);
-#if PAIR
-            VF w2 = LOAD_ROW(wu, k);
-            SCALE_U(w2);
-#endif
-#pragma unroll
-            for (int r = 0; r < MR; r++) {
-                const VF xv = (VF)(xr[r][k]);
-                acc[r * KACC] = fma(xv, w, acc[r * KACC]);
-#if PAIR
-                accu[r * KACC] = fma(xv, w2, accu[r * KACC]);
-#endif
-            }
-        }
+        for (; k < kn; k++) K_STEP(k, 0);
 #undef SCALE_G
 #undef SCALE_U
 #ifdef QBLOCK
