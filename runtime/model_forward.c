@@ -1,5 +1,6 @@
 /* The A.X K1 forward pass (architecture notes section 2): prefill through expanded MLA and
  * flash attention, decode through absorbed MLA over the paged latent cache. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,7 @@
 #include "launch.h"
 #include "model_internal.h"
 #include "step.h"
+#include "tp.h"
 
 /* Y[rows] = X . W^T (+ Y when residual), with views for X and Y. */
 static clnpu_status mm(clnpu_model *m, const clnpu_weight *w, size_t matrix, clnpu_buffer *x, size_t xoff,
@@ -56,6 +58,7 @@ static clnpu_status ensure_pages(clnpu_model *m, size_t n, const size_t *seq_of,
 void clnpu_model_reset(clnpu_model *m, size_t seq)
 {
     if (seq >= m->opt.max_sequences) return;
+    for (size_t r = 1; m->peers && r < m->tp_size; r++) clnpu_model_reset(m->peers[r - 1], seq);
     for (size_t b = 0; b < m->max_blocks; b++) {
         int *slot = &m->block_table[seq * m->max_blocks + b];
         if (*slot >= 0) m->free_pages[m->nfree++] = *slot;
@@ -80,7 +83,7 @@ static clnpu_status capture(clnpu_model *m, size_t index, clnpu_buffer *b, size_
 static clnpu_status attention_prefill(clnpu_model *m, model_layer *ly, size_t seq, size_t p0, size_t T)
 {
     const clnpu_model_config *c = &m->cfg;
-    const size_t H = c->num_attention_heads, R = c->kv_lora_rank, nope = c->qk_nope_head_dim,
+    const size_t H = m->heads, R = c->kv_lora_rank, nope = c->qk_nope_head_dim,
                  vd = c->v_head_dim, S = p0 + T, blk = nope + vd;
     /* The whole context's latent rows (cached prefix + these), expanded to per-head K and V. */
     cl_mem lat = clnpu_mem(m->latent), cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev);
@@ -114,7 +117,7 @@ static clnpu_status attention_prefill(clnpu_model *m, model_layer *ly, size_t se
 static clnpu_status attention_decode(clnpu_model *m, model_layer *ly, size_t B, size_t maxlen)
 {
     const clnpu_model_config *c = &m->cfg;
-    const size_t H = c->num_attention_heads, R = c->kv_lora_rank, nope = c->qk_nope_head_dim, vd = c->v_head_dim;
+    const size_t H = m->heads, R = c->kv_lora_rank, nope = c->qk_nope_head_dim, vd = c->v_head_dim;
     /* Per-head products as one grouped GEMM each: row b*H + h of q (stride dqk) goes through
      * matrix h. q_abs[b, h] = q_nope[b, h] . W_UK[h]  (W_UK^T stored per head as [R, nope]). */
     clnpu_gemm_segment *segs = malloc(B * H * sizeof *segs);
@@ -144,13 +147,23 @@ clnpu_status clnpu_model_forward(clnpu_model *m, size_t T, const int *ids, const
     return clnpu_model_forward_stage(m, T, ids, seq_of, pos_of, decode, NULL, NULL, logits);
 }
 
-clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids, const size_t *seq_of,
-                                       const size_t *pos_of, bool decode, const float *h_in, float *h_out,
-                                       float *logits)
+/* Tensor parallel: the partial sums of this rank's heads or features in h (rank 0 added the
+ * residual) summed over the ranks; or rank 0's h to every rank. No-ops on one device. */
+static clnpu_status tp_sum(clnpu_model *m, size_t T)
+{
+    return m->tp ? clnpu_tp_allreduce(m->tp, m->tp_rank, m->h, T * m->cfg.hidden_size) : CLNPU_OK;
+}
+
+static clnpu_status tp_from_root(clnpu_model *m, size_t T)
+{
+    return m->tp ? clnpu_tp_broadcast(m->tp, m->tp_rank, m->h, T * m->cfg.hidden_size) : CLNPU_OK;
+}
+
+/* A step's inputs, checked once before any rank starts (a rank that returned early would leave
+ * its peers waiting at their first collective). */
+static clnpu_status check_inputs(const clnpu_model *m, size_t T, const int *ids, const float *h_in)
 {
     const clnpu_model_config *c = &m->cfg;
-    const size_t d = c->hidden_size, H = c->num_attention_heads, R = c->kv_lora_rank;
-    if (!T) return CLNPU_OK;
     if (T > m->opt.max_tokens)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%zu tokens in one step; the model was created for %zu", T,
                           m->opt.max_tokens);
@@ -161,6 +174,16 @@ clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids,
         if (ids[i] < 0 || (size_t)ids[i] >= c->vocab_size)
             return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "token id %d at %zu is outside the vocabulary of %zu",
                               ids[i], i, c->vocab_size);
+    return CLNPU_OK;
+}
+
+static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const size_t *seq_of, const size_t *pos_of,
+                                 bool decode, const float *h_in, float *h_out, float *logits)
+{
+    const clnpu_model_config *c = &m->cfg;
+    const size_t d = c->hidden_size, H = m->heads, R = c->kv_lora_rank;
+    /* the partial products of ranks after the first overwrite h: rank 0 carries the residual */
+    const clnpu_epilogue partial = m->tp_rank ? CLNPU_EPILOGUE_NONE : CLNPU_EPILOGUE_RESIDUAL;
     clnpu_status st = ensure_pages(m, T, seq_of, pos_of);
     /* ids, positions, sequences and lengths go up in one write, queued without waiting (a decode
      * step would otherwise sync four times before its first kernel); the step ends with a sync. */
@@ -179,7 +202,8 @@ clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids,
         memcpy(m->step_bt_host + b * m->max_blocks, m->block_table + seq_of[b] * m->max_blocks, m->max_blocks * sizeof(int));
     if (!st && decode) st = clnpu_buffer_write_async(m->step_bt, 0, m->step_bt_host, T * m->max_blocks * sizeof(int));
     if (!st && m->opt.embed) st = clnpu_embed(m->dev, m->h, m->embed, m->embed_dtype, m->ids, T, d, c->vocab_size);
-    else if (!st) st = clnpu_buffer_write(m->h, 0, h_in, T * d * sizeof(float)); /* from the previous stage */
+    else if (!st && !m->tp_embed) st = clnpu_buffer_write(m->h, 0, h_in, T * d * sizeof(float)); /* previous stage */
+    if (!st && (m->opt.embed || m->tp_embed)) st = tp_from_root(m, T);
     if (!st && m->opt.embed) st = capture(m, 0, m->h, T);
     const clnpu_view hv = {m->h, 0, d}, av = {m->a, 0, d}, none = {0};
     const float eps = (float)c->rms_norm_eps;
@@ -216,12 +240,15 @@ clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids,
         }
         if (!st) st = decode ? attention_decode(m, ly, T, maxlen) : attention_prefill(m, ly, seq_of[0], pos_of[0], T);
         /* h += attn . Wo^T, then the MLP on the post-attention norm */
-        if (!st) st = mm(m, ly->o, 0, m->attn, 0, H * c->v_head_dim, m->h, 0, d, T, CLNPU_EPILOGUE_RESIDUAL);
+        if (!st) st = mm(m, ly->o, 0, m->attn, 0, H * c->v_head_dim, m->h, 0, d, T, partial);
+        if (!st) st = tp_sum(m, T);
         if (!st) st = clnpu_rmsnorm(m->dev, hv, none, av, ly->post_attn_norm, T, d, eps);
         if (!st && ly->dense_gate_up) {
-            st = mm(m, ly->dense_gate_up, 0, m->a, 0, d, m->mlp_h, 0, c->intermediate_size, T, CLNPU_EPILOGUE_SWIGLU);
-            if (!st)
-                st = mm(m, ly->dense_down, 0, m->mlp_h, 0, c->intermediate_size, m->h, 0, d, T, CLNPU_EPILOGUE_RESIDUAL);
+            st = mm(m, ly->dense_gate_up, 0, m->a, 0, d, m->mlp_h, 0, m->inter, T, CLNPU_EPILOGUE_SWIGLU);
+            if (!st) st = mm(m, ly->dense_down, 0, m->mlp_h, 0, m->inter, m->h, 0, d, T, partial);
+            if (!st) st = tp_sum(m, T);
+        } else if (!st && !ly->moe) { /* a peer rank: the MoE output comes from rank 0 */
+            st = tp_from_root(m, T);
         } else if (!st) {
             clnpu_view mv = {m->mlp, 0, d};
             st = clnpu_moe_block_forward(m->dev, ly->moe, av, T, mv);
@@ -231,6 +258,7 @@ clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids,
                 const size_t K = c->num_experts_per_tok, off = l * m->opt.max_tokens * K;
                 st = clnpu_moe_block_last_routing(ly->moe, m->route_ids + off, m->route_w + off);
             }
+            if (!st) st = tp_from_root(m, T);
         }
         if (!st) st = capture(m, l + 1, m->h, T);
     }
@@ -246,6 +274,7 @@ clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids,
         if (!st && m->sample) st = clnpu_buffer_read(m->sampled, 0, m->sample_out, T * sizeof(int));
         if (!st && logits) st = clnpu_buffer_read(m->logits, 0, logits, T * c->vocab_size * sizeof(float));
     }
+    if (st && m->tp) clnpu_tp_fail(m->tp, m->tp_rank, st); /* release the ranks waiting for this one */
     /* Always: the queued upload reads m->step_host until here, even after a failure. */
     clnpu_status fin = clnpu_device_finish(m->dev);
     if (!st) st = fin;
@@ -255,6 +284,49 @@ clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids,
             if (pos_of[i] + 1 > m->seq_len[seq_of[i]]) m->seq_len[seq_of[i]] = pos_of[i] + 1;
     }
     return st;
+}
+
+typedef struct tp_call {
+    clnpu_model *m;
+    size_t T;
+    const int *ids;
+    const size_t *seq_of, *pos_of;
+    bool decode;
+    const float *h_in;
+} tp_call;
+
+static void *tp_rank_main(void *arg)
+{
+    const tp_call *a = arg;
+    forward_rank(a->m, a->T, a->ids, a->seq_of, a->pos_of, a->decode, a->h_in, NULL, NULL); /* fails into the group */
+    return NULL;
+}
+
+clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids, const size_t *seq_of,
+                                       const size_t *pos_of, bool decode, const float *h_in, float *h_out,
+                                       float *logits)
+{
+    if (!T) return CLNPU_OK;
+    clnpu_status st = check_inputs(m, T, ids, h_in);
+    if (st) return st;
+    if (!m->peers) return forward_rank(m, T, ids, seq_of, pos_of, decode, h_in, h_out, logits);
+    /* tensor parallel: ranks 1.. on their own threads, rank 0 on this one */
+    const size_t n = m->tp_size - 1;
+    pthread_t th[CLNPU_MAX_TP];
+    tp_call calls[CLNPU_MAX_TP];
+    size_t started = 0;
+    clnpu_tp_group_begin(m->tp);
+    for (; started < n; started++) {
+        calls[started] = (tp_call){m->peers[started], T, ids, seq_of, pos_of, decode, h_in};
+        if (pthread_create(&th[started], NULL, tp_rank_main, &calls[started])) {
+            clnpu_tp_fail(m->tp, started + 1, clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "cannot start its host thread"));
+            break;
+        }
+    }
+    st = forward_rank(m, T, ids, seq_of, pos_of, decode, h_in, h_out, logits);
+    for (size_t i = 0; i < started; i++) pthread_join(th[i], NULL);
+    const clnpu_status group = clnpu_tp_group_status(m->tp); /* the first failure, with its message */
+    return group ? group : st;
 }
 
 static clnpu_status model_step(void *ctx, size_t n, const int *ids, const size_t *seqs, const size_t *pos, bool decode,

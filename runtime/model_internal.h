@@ -19,10 +19,18 @@ typedef struct model_layer {
     clnpu_buffer *cache; /* [pages][page][R + DR] */
 } model_layer;
 
+struct clnpu_tp_group;
+
 struct clnpu_model {
     clnpu_device *dev;
     clnpu_model_config cfg;
     clnpu_model_options opt;
+    /* tensor parallel (clnpu_model_create_tp): this rank's heads [h0, h0 + heads) and dense MLP
+     * features [i0, i0 + inter); rank 0 holds the embedding, head and MoE blocks, and the peers */
+    size_t tp_rank, tp_size, heads, h0, inter, i0;
+    struct clnpu_tp_group *tp;
+    struct clnpu_model **peers; /* rank 0: ranks 1 .. tp_size - 1 */
+    bool tp_embed;              /* peer of a stage with the embedding: h comes from rank 0 */
     size_t dqk, lat;   /* qk head dim, latent row (R + DR) */
     float scale;       /* softmax scale */
     model_layer *layers;

@@ -8,6 +8,7 @@
 #include "../backend/error.h"
 #include "../backend/hash.h"
 #include "model_internal.h"
+#include "tp.h"
 
 typedef struct loader {
     const clnpu_checkpoint *ck;
@@ -74,8 +75,8 @@ static clnpu_status requantize(loader *L, const char *name, clnpu_weight_desc *o
     return CLNPU_OK;
 }
 
-/* A matrix [n, k] as a GEMM weight description, converted to the requested weight format. */
-static clnpu_status get_mat(loader *L, const char *name, size_t n, size_t k, clnpu_weight_desc *out)
+/* A matrix [n, k] as stored (or seeded random bf16). */
+static clnpu_status get_raw(loader *L, const char *name, size_t n, size_t k, clnpu_weight_desc *out)
 {
     memset(out, 0, sizeof *out);
     out->n = n, out->k = k;
@@ -96,6 +97,40 @@ static clnpu_status get_mat(loader *L, const char *name, size_t n, size_t k, cln
         for (size_t i = 0; i < n * k; i++) w[i] = clnpu_f32_to_bf16(a * rnd_uniform(&s));
         out->dtype = CLNPU_DTYPE_BF16, out->data = w;
     }
+    return CLNPU_OK;
+}
+
+/* A matrix [n, k] as a GEMM weight description, converted to the requested weight format. */
+static clnpu_status get_mat(loader *L, const char *name, size_t n, size_t k, clnpu_weight_desc *out)
+{
+    clnpu_status st = get_raw(L, name, n, k, out);
+    return st ? st : requantize(L, name, out);
+}
+
+/* Tensor parallel: rows [r0, r0 + rows) of a stored [n, k] matrix (a rank's output features:
+ * its heads of q_b / kv_b, its slice of a gate or up projection). Sliced before quantising. */
+static clnpu_status get_rows(loader *L, const char *name, size_t n, size_t k, size_t r0, size_t rows,
+                             clnpu_weight_desc *out)
+{
+    clnpu_status st = get_raw(L, name, n, k, out);
+    if (st) return st;
+    out->data = (const char *)out->data + r0 * k * clnpu_dtype_size(out->dtype);
+    out->n = rows;
+    return requantize(L, name, out);
+}
+
+/* Columns [c0, c0 + cols) of a stored [n, k] matrix (a rank's input features: o_proj over its
+ * heads, down over its slice of the MLP): copied, since the rows are strided. */
+static clnpu_status get_cols(loader *L, const char *name, size_t n, size_t k, size_t c0, size_t cols,
+                             clnpu_weight_desc *out)
+{
+    clnpu_status st = get_raw(L, name, n, k, out);
+    if (st) return st;
+    const size_t es = clnpu_dtype_size(out->dtype);
+    char *w = keep(L, malloc(n * cols * es));
+    if (!w) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for %s", name);
+    for (size_t i = 0; i < n; i++) memcpy(w + i * cols * es, (const char *)out->data + (i * k + c0) * es, cols * es);
+    out->data = w, out->k = cols;
     return requantize(L, name, out);
 }
 
@@ -144,10 +179,19 @@ static clnpu_status upload_mat(clnpu_device *dev, loader *L, const char *name, s
     return st ? clnpu_fail_context(st, "loading %s", name) : CLNPU_OK;
 }
 
+static clnpu_status upload_rows(clnpu_device *dev, loader *L, const char *name, size_t n, size_t k, size_t r0,
+                                size_t rows, clnpu_weight **out)
+{
+    clnpu_weight_desc d;
+    clnpu_status st = get_rows(L, name, n, k, r0, rows, &d);
+    if (!st) st = clnpu_weight_upload(dev, &d, 1, out);
+    return st ? clnpu_fail_context(st, "loading %s", name) : CLNPU_OK;
+}
+
 /* W_UK^T and W_UV per head from kv_b_proj [H * (nope + v), R], for the absorbed decode. */
 static clnpu_status upload_absorbed(clnpu_model *m, loader *L, const clnpu_weight_desc *kvb, model_layer *ly)
 {
-    const size_t H = m->cfg.num_attention_heads, R = m->cfg.kv_lora_rank, nope = m->cfg.qk_nope_head_dim,
+    const size_t H = m->heads, R = m->cfg.kv_lora_rank, nope = m->cfg.qk_nope_head_dim,
                  vd = m->cfg.v_head_dim, blk = nope + vd;
     float *f = malloc(kvb->n * R * sizeof *f);
     float *ukt = keep(L, malloc(H * R * nope * sizeof *ukt)), *uv = keep(L, malloc(H * vd * R * sizeof *uv));
@@ -249,7 +293,10 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
 {
     const clnpu_model_config *c = &m->cfg;
     model_layer *ly = &m->layers[l];
-    const size_t d = c->hidden_size, H = c->num_attention_heads, R = c->kv_lora_rank;
+    /* H heads in all; this rank's are [h0, h0 + Hl) (all of them without tensor parallelism):
+     * q_b and kv_b by rows, o by columns; q_a, kv_a and the latent cache are whole on every rank */
+    const size_t d = c->hidden_size, H = c->num_attention_heads, R = c->kv_lora_rank, Hl = m->heads, h0 = m->h0;
+    const size_t vd = c->v_head_dim, blk = c->qk_nope_head_dim + vd;
     char name[256];
 #define NAME(fmt) (snprintf(name, sizeof name, "model.layers.%zu." fmt, l), name)
     clnpu_status st = upload_vec(m->dev, L, NAME("input_layernorm.weight"), d, &ly->in_norm);
@@ -257,27 +304,32 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
     if (!st && c->q_lora_rank) {
         st = upload_mat(m->dev, L, NAME("self_attn.q_a_proj.weight"), c->q_lora_rank, d, &ly->q_a);
         if (!st) st = upload_vec(m->dev, L, NAME("self_attn.q_a_layernorm.weight"), c->q_lora_rank, &ly->q_a_norm);
-        if (!st) st = upload_mat(m->dev, L, NAME("self_attn.q_b_proj.weight"), H * m->dqk, c->q_lora_rank, &ly->q_b);
+        if (!st)
+            st = upload_rows(m->dev, L, NAME("self_attn.q_b_proj.weight"), H * m->dqk, c->q_lora_rank, h0 * m->dqk,
+                             Hl * m->dqk, &ly->q_b);
     } else if (!st) {
-        st = upload_mat(m->dev, L, NAME("self_attn.q_proj.weight"), H * m->dqk, d, &ly->q_b);
+        st = upload_rows(m->dev, L, NAME("self_attn.q_proj.weight"), H * m->dqk, d, h0 * m->dqk, Hl * m->dqk, &ly->q_b);
     }
     if (!st) st = upload_mat(m->dev, L, NAME("self_attn.kv_a_proj_with_mqa.weight"), m->lat, d, &ly->kv_a);
     if (!st) st = upload_vec(m->dev, L, NAME("self_attn.kv_a_layernorm.weight"), R, &ly->kv_a_norm);
-    clnpu_weight_desc kvb;
-    const size_t kvb_n = H * (c->qk_nope_head_dim + c->v_head_dim);
-    if (!st) st = get_mat(L, NAME("self_attn.kv_b_proj.weight"), kvb_n, R, &kvb);
+    clnpu_weight_desc kvb, o;
+    if (!st) st = get_rows(L, NAME("self_attn.kv_b_proj.weight"), H * blk, R, h0 * blk, Hl * blk, &kvb);
     if (!st) st = clnpu_weight_upload(m->dev, &kvb, 1, &ly->kv_b);
     if (!st) st = upload_absorbed(m, L, &kvb, ly);
-    if (!st) st = upload_mat(m->dev, L, NAME("self_attn.o_proj.weight"), d, H * c->v_head_dim, &ly->o);
+    if (!st) st = m->tp_size > 1 ? get_cols(L, NAME("self_attn.o_proj.weight"), d, H * vd, h0 * vd, Hl * vd, &o)
+                                 : get_mat(L, NAME("self_attn.o_proj.weight"), d, H * vd, &o);
+    if (!st) st = clnpu_weight_upload(m->dev, &o, 1, &ly->o);
     if (!st && !clnpu_model_config_is_moe(c, l)) {
+        /* the dense MLP's features [i0, i0 + inter): gate and up by rows, down by columns */
         clnpu_weight_desc g, u, dn;
         const size_t I = c->intermediate_size;
-        st = get_mat(L, NAME("mlp.gate_proj.weight"), I, d, &g);
-        if (!st) st = get_mat(L, NAME("mlp.up_proj.weight"), I, d, &u);
-        if (!st) st = get_mat(L, NAME("mlp.down_proj.weight"), d, I, &dn);
+        st = get_rows(L, NAME("mlp.gate_proj.weight"), I, d, m->i0, m->inter, &g);
+        if (!st) st = get_rows(L, NAME("mlp.up_proj.weight"), I, d, m->i0, m->inter, &u);
+        if (!st) st = m->tp_size > 1 ? get_cols(L, NAME("mlp.down_proj.weight"), d, I, m->i0, m->inter, &dn)
+                                     : get_mat(L, NAME("mlp.down_proj.weight"), d, I, &dn);
         if (!st) st = clnpu_weight_upload_swiglu(m->dev, &g, &u, 1, &ly->dense_gate_up);
         if (!st) st = clnpu_weight_upload(m->dev, &dn, 1, &ly->dense_down);
-    } else if (!st) {
+    } else if (!st && m->tp_rank == 0) { /* MoE blocks (router, shared and routed experts) on rank 0 */
         st = load_moe(m, L, l, ly);
     }
 #undef NAME
@@ -303,6 +355,9 @@ static void destroy_layer(model_layer *ly)
 void clnpu_model_destroy(clnpu_model *m)
 {
     if (!m) return;
+    for (size_t r = 1; m->peers && r < m->tp_size; r++) clnpu_model_destroy(m->peers[r - 1]);
+    if (m->peers) clnpu_tp_group_destroy(m->tp);
+    free(m->peers);
     for (size_t l = 0; m->layers && l < m->cfg.num_hidden_layers; l++) destroy_layer(&m->layers[l]);
     free(m->layers);
     clnpu_buffer *bs[] = {m->embed, m->final_norm, m->block_table_dev, m->h, m->a, m->cq, m->q, m->kv0, m->attn,
@@ -355,7 +410,7 @@ static clnpu_status load_embedding(clnpu_model *m, loader *L)
 static clnpu_status alloc_activations(clnpu_model *m)
 {
     const clnpu_model_config *c = &m->cfg;
-    const size_t T = m->opt.max_tokens, S = m->opt.max_context, d = c->hidden_size, H = c->num_attention_heads;
+    const size_t T = m->opt.max_tokens, S = m->opt.max_context, d = c->hidden_size, H = m->heads;
     const size_t R = c->kv_lora_rank, B = m->opt.max_sequences;
     size_t mlp = c->intermediate_size > c->moe_intermediate_size ? c->intermediate_size : c->moe_intermediate_size;
     if (mlp < d) mlp = d;
@@ -383,8 +438,9 @@ static clnpu_status alloc_activations(clnpu_model *m)
     return st ? clnpu_fail_context(st, "allocating activations for %zu tokens per step, context %zu", T, S) : CLNPU_OK;
 }
 
-clnpu_status clnpu_model_create(clnpu_device *dev, const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
-                                const clnpu_model_options *opt, clnpu_model **out)
+/* Rank `rank` of `size` tensor-parallel ranks (0 of 1: the whole model). */
+static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
+                                 const clnpu_model_options *opt, size_t rank, size_t size, clnpu_model **out)
 {
     *out = NULL;
     clnpu_model *m = calloc(1, sizeof *m);
@@ -392,6 +448,10 @@ clnpu_status clnpu_model_create(clnpu_device *dev, const clnpu_model_config *cfg
     m->dev = dev;
     m->cfg = *cfg;
     m->opt = opt ? *opt : clnpu_model_options_default();
+    const size_t H = cfg->num_attention_heads, I = cfg->intermediate_size;
+    m->tp_rank = rank, m->tp_size = size;
+    m->h0 = H * rank / size, m->heads = H * (rank + 1) / size - m->h0;
+    m->i0 = I * rank / size, m->inter = I * (rank + 1) / size - m->i0;
     if (!m->opt.max_context) m->opt.max_context = cfg->max_position_embeddings < 4096 ? cfg->max_position_embeddings : 4096;
     if (!m->opt.max_sequences) m->opt.max_sequences = 1;
     if (!m->opt.page_size) m->opt.page_size = 16;
@@ -436,6 +496,42 @@ clnpu_status clnpu_model_create(clnpu_device *dev, const clnpu_model_config *cfg
         m->route_ids = calloc(cfg->num_hidden_layers * T * cfg->num_experts_per_tok, sizeof *m->route_ids);
         m->route_w = calloc(cfg->num_hidden_layers * T * cfg->num_experts_per_tok, sizeof *m->route_w);
         if (!m->hidden || !m->route_ids || !m->route_w) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    }
+    if (st) {
+        clnpu_model_destroy(m);
+        return st;
+    }
+    *out = m;
+    return CLNPU_OK;
+}
+
+clnpu_status clnpu_model_create(clnpu_device *dev, const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
+                                const clnpu_model_options *opt, clnpu_model **out)
+{
+    return model_create(dev, cfg, ck, opt, 0, 1, out);
+}
+
+clnpu_status clnpu_model_create_tp(clnpu_device *const *devs, size_t tp, const clnpu_model_config *cfg,
+                                   const clnpu_checkpoint *ck, const clnpu_model_options *opt, clnpu_model **out)
+{
+    *out = NULL;
+    if (tp <= 1) return clnpu_model_create(devs[0], cfg, ck, opt, out);
+    if (tp > CLNPU_MAX_TP || tp > cfg->num_attention_heads || tp > cfg->intermediate_size)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "tensor parallel over %zu devices: at most %d, and the model has %zu "
+                          "attention heads (each rank needs one)", tp, CLNPU_MAX_TP, cfg->num_attention_heads);
+    clnpu_model *m;
+    clnpu_status st = model_create(devs[0], cfg, ck, opt, 0, tp, &m);
+    if (st) return clnpu_fail_context(st, "tensor-parallel rank 0");
+    m->peers = calloc(tp - 1, sizeof *m->peers);
+    if (!m->peers) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    /* the residual stream of a step's tokens crosses at the collectives */
+    if (!st) st = clnpu_tp_group_create(tp, m->opt.max_tokens * cfg->hidden_size, &m->tp);
+    clnpu_model_options po = m->opt; /* peers: attention and dense MLP slices only */
+    po.embed = po.head = po.capture = false, po.ep_shards = NULL, po.ep_count = 0;
+    for (size_t r = 1; !st && r < tp; r++) {
+        st = model_create(devs[r], cfg, ck, &po, r, tp, &m->peers[r - 1]);
+        if (st) st = clnpu_fail_context(st, "tensor-parallel rank %zu", r);
+        else m->peers[r - 1]->tp = m->tp, m->peers[r - 1]->tp_embed = m->opt.embed;
     }
     if (st) {
         clnpu_model_destroy(m);

@@ -91,23 +91,37 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         /* expert parallel: one device (context) per plan device of the stage held by this rank,
          * the main one reused; shards of other ranks are remote */
         clnpu_moe_shard shards[CLNPU_MAX_EP];
-        for (size_t j = 0; !st && j < sp[i].ep_count && j < CLNPU_MAX_EP; j++) {
-            shards[j] = (clnpu_moe_shard){NULL, sp[i].ep_experts[j], sp[i].ep_expert_counts[j], NULL};
-            if (p->shard_rank[i * CLNPU_MAX_EP + j] != p->rank) {
+        clnpu_device *tp_devs[CLNPU_MAX_EP] = {p->devs[i]};
+        const size_t tp = own && sp[i].tp > 1 ? sp[i].tp : 1;
+        if (tp > CLNPU_MAX_EP) {
+            st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "stage %zu: tensor parallel over %zu devices; at most %d", i, tp, CLNPU_MAX_EP);
+            break;
+        }
+        const size_t width = sp[i].ep_count > tp ? sp[i].ep_count : tp;
+        for (size_t j = 0; !st && j < width && j < CLNPU_MAX_EP; j++) {
+            const bool shard = j < sp[i].ep_count;
+            if (shard) shards[j] = (clnpu_moe_shard){NULL, sp[i].ep_experts[j], sp[i].ep_expert_counts[j], NULL};
+            if (shard && p->shard_rank[i * CLNPU_MAX_EP + j] != p->rank) {
                 shards[j].remote = own ? &p->remotes[i] : &p->never;
                 continue;
             }
             clnpu_device *d = p->devs[i];
+            if (j && j < tp && sp[i].ep_devices[j] == main_dev) {
+                st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "stage %zu: tensor-parallel rank %zu is on the main device %zu "
+                                "again; each rank needs a device of its own", i, j, main_dev);
+                break;
+            }
             if (sp[i].ep_devices[j] != main_dev) {
                 st = clnpu_device_open(sp[i].ep_devices[j] % ndev, &dopt, &p->ep_devs[i * CLNPU_MAX_EP + j]);
                 d = p->ep_devs[i * CLNPU_MAX_EP + j];
             }
-            shards[j].device = d;
+            if (shard) shards[j].device = d;
+            if (j < tp) tp_devs[j] = d; /* a device serves its TP rank and its expert shard */
         }
         if (st) break;
         so.ep_shards = sp[i].ep_count ? shards : NULL;
         so.ep_count = sp[i].ep_count < CLNPU_MAX_EP ? sp[i].ep_count : CLNPU_MAX_EP;
-        st = clnpu_model_create(p->devs[i], cfg, ck, &so, &p->stages[i]);
+        st = clnpu_model_create_tp(tp_devs, tp, cfg, ck, &so, &p->stages[i]);
         if (st) st = clnpu_fail_context(st, "stage %zu (layers %zu..%zu)", i, sp[i].layer_begin, sp[i].layer_end);
         if (!st && own && p->group_size > 1 && !p->xch_rows) { /* the owner packs its exchanges here */
             p->xch_rows = malloc(p->max_tokens * cfg->num_experts_per_tok * cfg->hidden_size * sizeof(float));

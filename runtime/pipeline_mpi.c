@@ -68,6 +68,10 @@ clnpu_status pipeline_mpi_setup(clnpu_pipeline *p, const clnpu_stage_spec *sp, s
             for (size_t j = 0; j < CLNPU_MAX_EP; j++) p->shard_rank[s * CLNPU_MAX_EP + j] = p->owner[s];
         }
     } else if ((size_t)p->nranks == slots) {
+        for (size_t s = 0; s < n; s++)
+            if (sp[s].tp > 1)
+                return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "stage %zu is tensor parallel (tp %zu): its ranks run in one process, "
+                                  "so give at most %zu MPI ranks (stages dealt in runs), not a rank per device", s, sp[s].tp, n);
         int r = 0, color = 0;
         for (size_t s = 0; s < n; s++) {
             p->owner[s] = r;

@@ -35,9 +35,13 @@ clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config
         else lay.micro_batches = (size_t)mb;
     }
     if (!st && layout) *layout = lay;
-    if (!st && clnpu_yaml_value(&doc, par, "tp") && atol(clnpu_yaml_value(&doc, par, "tp")) > 1)
-        st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: tensor parallel plans (tp %s) are not executed yet; plan with "
-                        "--max-tp 1", path, clnpu_yaml_value(&doc, par, "tp"));
+    size_t tp = 1;
+    if (!st && clnpu_yaml_value(&doc, par, "tp")) {
+        long t = atol(clnpu_yaml_value(&doc, par, "tp"));
+        if (t < 1 || t > CLNPU_MAX_EP) st = clnpu_fail(CLNPU_ERR_PARSE, "%s: tp %s is not 1..%d", path,
+                                                      clnpu_yaml_value(&doc, par, "tp"), CLNPU_MAX_EP);
+        else tp = (size_t)t;
+    }
     size_t n = st ? 0 : (size_t)(stages->data.sequence.items.top - stages->data.sequence.items.start);
     /* the experts of each device in a stage (every MoE layer alike), in one block with the specs */
     yaml_node_t *experts = clnpu_yaml_get(&doc, root, "experts");
@@ -73,6 +77,12 @@ clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config
         }
         sp[i].device = (size_t)atol(clnpu_yaml_scalar(yaml_document_get_node(&doc, *devs->data.sequence.items.start)));
         size_t nd = (size_t)(devs->data.sequence.items.top - devs->data.sequence.items.start);
+        /* tensor parallel over the stage's first tp devices (its first attention replica) */
+        if (tp > nd) {
+            st = clnpu_fail(CLNPU_ERR_PARSE, "%s: stage %zu has %zu devices for tensor parallel %zu", path, i, nd, tp);
+            break;
+        }
+        sp[i].tp = tp;
         if (nd > 1) { /* expert parallel over the stage's devices, experts from the plan's list */
             if (nd > CLNPU_MAX_EP || !experts || (size_t)(experts->data.sequence.items.top - experts->data.sequence.items.start) < nd) {
                 st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: stage %zu spreads experts over %zu devices: this executor runs up to "

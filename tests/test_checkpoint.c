@@ -318,9 +318,20 @@ START_TEST(test_cli_run)
     snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s --plan %s --decode-from 3 --dump-logits %s/p3.safetensors",
              CLNPU_CLI_PATH, TINY, ids, plan3, dir);
     ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
-    for (int k = 0; k < 2; k++) {
+    /* tensor parallel: PP 2 x TP 2, each stage's experts over its two devices */
+    char plantp[512];
+    snprintf(plantp, sizeof plantp, "%s/plantp.yaml", dir);
+    ck_assert_int_eq(test_write_file(plantp,
+        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 2, pp: 2, ep: 2, dp: 1}\nstages:\n"
+        "- {stage: 0, profile: pocl-cpu, devices: [0, 1], embedding: true, head: false, layers: [0, 1]}\n"
+        "- {stage: 1, profile: pocl-cpu, devices: [2, 3], embedding: false, head: true, layers: [2]}\n"
+        "experts:\n- [0, 1, 2, 3, 4, 5, 6, 7]\n- [8, 9, 10, 11, 12, 13, 14, 15]\n"), 0);
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s --plan %s --decode-from 5 --dump-logits %s/ptp.safetensors",
+             CLNPU_CLI_PATH, TINY, ids, plantp, dir);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    for (int k = 0; k < 3; k++) {
         char path[512];
-        snprintf(path, sizeof path, k ? "%s/p3.safetensors" : "%s/p.safetensors", dir);
+        snprintf(path, sizeof path, k == 2 ? "%s/ptp.safetensors" : k ? "%s/p3.safetensors" : "%s/p.safetensors", dir);
         clnpu_safetensors *got, *ref;
         ck_assert_ok(clnpu_safetensors_open(path, &got));
         ck_assert_ok(clnpu_safetensors_open(TINY "/reference.safetensors", &ref));
@@ -521,6 +532,22 @@ START_TEST(test_mpi_ranks)
     ck_assert_msg(rc != 0 && rc != 124, "a dead shard rank did not end the job with an error (%d): %.1500s", rc, out);
     ck_assert_msg(strstr(out, "rank 1"), "no word of rank 1: %.1500s", out);
     ck_assert_msg((double)time(NULL) - t0 < 60, "the job took too long to notice the dead shard rank");
+    /* tensor parallel under mpirun: a rank per stage runs its stage's TP ranks in-process; a rank
+     * per device is refused, saying what works */
+    char plantp[600];
+    snprintf(plantp, sizeof plantp, "%s/plan-tp.yaml", dir);
+    ck_assert_int_eq(test_write_file(plantp,
+        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 2, pp: 2, ep: 2, dp: 1}\n"
+        "experts: [[0, 1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15]]\nstages:\n"
+        "- {stage: 0, devices: [0, 1], embedding: true, head: false, layers: [0, 1]}\n"
+        "- {stage: 1, devices: [2, 3], embedding: false, head: true, layers: [2]}\n"), 0);
+    double etp = mpirun_logits_error(dir, 2, plantp, ids, "PP 2 x TP 2");
+    ck_assert_msg(etp <= 1e-4, "PP 2 x TP 2 -np 2: %.3g", etp);
+    snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=20 timeout 120 mpirun --oversubscribe -np 4 '%s' run --model '%s' "
+             "--ids %s --plan %s -n 2", CLNPU_CLI_PATH, TINY, ids, plantp);
+    rc = test_run(cmd, out, sizeof out);
+    ck_assert_msg(rc != 0 && rc != 124 && strstr(out, "tensor parallel (tp 2)") && strstr(out, "at most 2 MPI ranks"),
+                  "TP with a rank per device (%d): %.1500s", rc, out);
     /* several ranks without a plan would each repeat the job: a usage error */
     snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe -np 2 '%s' run --model '%s' --ids %s -n 2",
              CLNPU_CLI_PATH, TINY, ids);

@@ -5,6 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <pthread.h>
+
+#include "../backend/error.h"
+#include "../runtime/tp.h"
 #include "test_util.h"
 
 #ifndef CLNPU_SOURCE_DIR
@@ -191,16 +195,21 @@ START_TEST(test_pipeline_micro_batches)
 #define STAGE(d, b, e, em, hd) {.device = d, .profile = "", .layer_begin = b, .layer_end = e, .embed = em, .head = hd}
     const clnpu_stage_spec pp3[] = {STAGE(0, 0, 1, true, false), STAGE(1, 1, 2, false, false), STAGE(0, 2, 3, false, true)};
     clnpu_stage_spec ppep[2] = {STAGE(0, 0, 2, true, false), STAGE(1, 2, 3, false, true)};
+    clnpu_stage_spec pptp[2] = {STAGE(0, 0, 2, true, false), STAGE(2, 2, 3, false, true)};
 #undef STAGE
     static const size_t e2[2][8] = {{0, 2, 4, 6, 8, 10, 12, 14}, {1, 3, 5, 7, 9, 11, 13, 15}};
-    ppep[0].ep_count = 2;
-    for (size_t i = 0; i < 2; i++) ppep[0].ep_devices[i] = i, ppep[0].ep_experts[i] = e2[i], ppep[0].ep_expert_counts[i] = 8;
-    const struct { const clnpu_stage_spec *s; size_t n; const char *name; } cases[] = {{pp3, 3, "PP 3"}, {ppep, 2, "PP 2 x EP 2"}};
+    ppep[0].ep_count = 2, pptp[0].tp = pptp[1].tp = 2;
+    for (size_t i = 0; i < 2; i++) {
+        ppep[0].ep_devices[i] = i, ppep[0].ep_experts[i] = e2[i], ppep[0].ep_expert_counts[i] = 8;
+        pptp[0].ep_devices[i] = i, pptp[1].ep_devices[i] = 2 + i; /* each stage's TP ranks on threads of its own */
+    }
+    const struct { const clnpu_stage_spec *s; size_t n; const char *name; } cases[] = {
+        {pp3, 3, "PP 3"}, {ppep, 2, "PP 2 x EP 2"}, {pptp, 2, "PP 2 x TP 2"}};
     clnpu_model_options o = clnpu_model_options_default();
     o.max_sequences = 4, o.max_context = 64, o.max_tokens = 4; /* prompts of 5..11 tokens: 2-3 chunks */
     const size_t len[4] = {3, 8, 5, 11}, micro[] = {1, 2, 3, 4, 9};
     float *lg = malloc(11 * V * sizeof *lg);
-    for (size_t c = 0; c < 2; c++)
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
         for (size_t mi = 0; mi < sizeof micro / sizeof micro[0]; mi++) {
             clnpu_pipeline *p;
             ck_assert_ok(clnpu_pipeline_create(&f.cfg, f.ck, cases[c].s, cases[c].n, &o, &p));
@@ -304,6 +313,149 @@ START_TEST(test_pipeline_stages)
 }
 END_TEST
 
+/* Tensor parallel: heads and dense MLP features split over 2 and 4 devices, alone, under
+ * pipeline stages and with expert shards; logits equal one device's and transformers', through
+ * prefill and decode. */
+START_TEST(test_tensor_parallel)
+{
+    fixture f;
+    open_fixture(&f);
+    const size_t T = f.T, V = f.cfg.vocab_size;
+    const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_sequences = 2, o.max_context = 64, o.max_tokens = 32;
+    float *one = malloc(T * V * sizeof *one), *lg = malloc(T * V * sizeof *lg);
+    clnpu_model *m;
+    ck_assert_ok(clnpu_model_create(test_device(), &f.cfg, f.ck, &o, &m));
+    ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, T, one));
+    clnpu_model_destroy(m);
+#define STAGE(b, e, em, hd, t) {.device = 0, .profile = "", .layer_begin = b, .layer_end = e, .embed = em, .head = hd, .tp = t}
+    clnpu_stage_spec tp2[1] = {STAGE(0, 3, true, true, 2)}, tp4[1] = {STAGE(0, 3, true, true, 4)};
+    clnpu_stage_spec pptp[2] = {STAGE(0, 2, true, false, 2), STAGE(2, 3, false, true, 2)};
+    clnpu_stage_spec tpep[1] = {STAGE(0, 3, true, true, 2)}, tpep4[1] = {STAGE(0, 3, true, true, 2)};
+#undef STAGE
+    static const size_t e2[2][8] = {{0, 1, 2, 3, 4, 5, 6, 7}, {8, 9, 10, 11, 12, 13, 14, 15}};
+    static const size_t e4[4][4] = {{0, 4, 8, 12}, {1, 5, 9, 13}, {2, 6, 10, 14}, {3, 7, 11, 15}};
+    pptp[1].device = 2, tpep[0].ep_count = 2, tpep4[0].ep_count = 4;
+    for (size_t i = 0; i < 4; i++) {
+        tp2[0].ep_devices[i] = tp4[0].ep_devices[i] = tpep4[0].ep_devices[i] = i;
+        tpep4[0].ep_experts[i] = e4[i], tpep4[0].ep_expert_counts[i] = 4;
+        if (i < 2) {
+            tpep[0].ep_devices[i] = i, tpep[0].ep_experts[i] = e2[i], tpep[0].ep_expert_counts[i] = 8;
+            pptp[0].ep_devices[i] = i, pptp[1].ep_devices[i] = 2 + i;
+        }
+    }
+    const struct { const clnpu_stage_spec *s; size_t n; const char *name; } cases[] = {
+        {tp2, 1, "TP 2"}, {tp4, 1, "TP 4"}, {pptp, 2, "PP 2 x TP 2"}, {tpep, 1, "TP 2 x EP 2"},
+        {tpep4, 1, "TP 2 in EP 4"}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        clnpu_pipeline *p;
+        ck_assert_ok(clnpu_pipeline_create(&f.cfg, f.ck, cases[c].s, cases[c].n, &o, &p));
+        for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
+        ck_assert_ok(clnpu_pipeline_prefill(p, 0, f.ids, T, lg));
+        double e1 = rel(lg, one, T * V), e = rel(lg, ref, T * V);
+        ck_assert_msg(e1 <= 1e-4 && e <= 1e-4, "%s prefill: %.3g from one device, %.3g from transformers", cases[c].name,
+                      e1, e);
+        for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
+        ck_assert_ok(clnpu_pipeline_prefill(p, 1, f.ids, 1, lg));
+        for (size_t t = 1; t < T; t++) {
+            size_t s = 1;
+            ck_assert_ok(clnpu_pipeline_decode(p, &s, f.ids + t, 1, lg + t * V));
+        }
+        e1 = rel(lg, one, T * V), e = rel(lg, ref, T * V);
+        ck_assert_msg(e1 <= 1e-4 && e <= 1e-4, "%s decode: %.3g from one device, %.3g from transformers", cases[c].name,
+                      e1, e);
+        fprintf(stderr, "%s: logits rel error %.2e from one device, %.2e from transformers (prefill 1 + decode)\n",
+                cases[c].name, e1, e);
+        /* a failure on every rank (a sequence the model was not made for) is an error, not a hang */
+        const size_t bad = o.max_sequences;
+        ck_assert_int_eq(clnpu_pipeline_decode(p, &bad, f.ids, 1, lg), CLNPU_ERR_INVALID_ARGUMENT);
+        clnpu_pipeline_destroy(p);
+    }
+    /* more ranks than heads, and one device twice, are refused */
+    clnpu_stage_spec wide[1] = {{.layer_end = 3, .embed = true, .head = true, .tp = 8}};
+    for (size_t i = 0; i < 8; i++) wide[0].ep_devices[i] = i;
+    ck_assert_int_eq(clnpu_pipeline_create(&f.cfg, f.ck, wide, 1, &o, &(clnpu_pipeline *){NULL}), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(clnpu_error_message(), "attention heads"), "%s", clnpu_error_message());
+    wide[0].tp = 2, wide[0].ep_devices[1] = 0;
+    ck_assert_int_eq(clnpu_pipeline_create(&f.cfg, f.ck, wide, 1, &o, &(clnpu_pipeline *){NULL}), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(clnpu_error_message(), "device of its own"), "%s", clnpu_error_message());
+    free(one), free(lg);
+    close_fixture(&f);
+}
+END_TEST
+
+/* The TP group's collectives: sums in rank order on every rank; a rank that fails releases the
+ * others with its message instead of leaving them waiting. */
+typedef struct tp_rank_arg {
+    clnpu_tp_group *g;
+    size_t rank, n;
+    clnpu_buffer *b;
+    bool fail;
+    clnpu_status st;
+    char msg[256];
+} tp_rank_arg;
+
+static void *tp_rank_thread(void *p)
+{
+    tp_rank_arg *a = p;
+    a->st = CLNPU_OK;
+    for (int k = 0; !a->st && k < 5; k++) /* five collectives: the slots' parities alternate */
+        a->st = k % 2 ? clnpu_tp_broadcast(a->g, a->rank, a->b, a->n) : clnpu_tp_allreduce(a->g, a->rank, a->b, a->n);
+    if (a->fail) a->st = clnpu_tp_fail(a->g, a->rank, clnpu_fail(CLNPU_ERR_IO, "injected failure"));
+    else if (!a->st) a->st = clnpu_tp_allreduce(a->g, a->rank, a->b, a->n);
+    snprintf(a->msg, sizeof a->msg, "%s", clnpu_error_message());
+    return NULL;
+}
+
+START_TEST(test_tp_collectives)
+{
+    enum { R = 3, N = 1000 };
+    clnpu_tp_group *g;
+    ck_assert_ok(clnpu_tp_group_create(R, N, &g));
+    float *x = malloc(R * N * sizeof *x), *out = malloc(N * sizeof *out);
+    tp_rank_arg args[R];
+    pthread_t th[R];
+    for (int round = 0; round < 2; round++) { /* round 1: rank 1 fails after the five */
+        clnpu_tp_group_begin(g);
+        uint64_t s = 0x9e3779b97f4a7c15ull + (uint64_t)round;
+        for (size_t i = 0; i < R * N; i++) s ^= s << 13, s ^= s >> 7, s ^= s << 17, x[i] = (float)((s >> 40) / 16777216.0) - 0.5f;
+        for (size_t r = 0; r < R; r++) {
+            args[r] = (tp_rank_arg){g, r, N, NULL, round == 1 && r == 1, CLNPU_OK, ""};
+            ck_assert_ok(clnpu_buffer_create(test_device(), N * sizeof(float), &args[r].b));
+            ck_assert_ok(clnpu_buffer_write(args[r].b, 0, x + r * N, N * sizeof(float)));
+        }
+        for (size_t r = 0; r < R; r++) ck_assert_int_eq(pthread_create(&th[r], NULL, tp_rank_thread, &args[r]), 0);
+        for (size_t r = 0; r < R; r++) pthread_join(th[r], NULL);
+        /* allreduce, broadcast, allreduce, broadcast, allreduce (+ allreduce): R^2 (R^3) x the sum */
+        double scale = round ? R * R : R * R * R, worst = 0;
+        for (size_t r = 0; r < R; r++) {
+            if (round) {
+                ck_assert_int_eq(args[r].st, CLNPU_ERR_IO); /* the failing rank's status, everywhere */
+                ck_assert_msg(strstr(args[r].msg, r == 1 ? "injected failure" : "another rank failed"), "%s", args[r].msg);
+            } else {
+                ck_assert_ok(args[r].st);
+            }
+            ck_assert_ok(clnpu_buffer_read(args[r].b, 0, out, N * sizeof(float)));
+            for (size_t i = 0; i < N; i++) {
+                double want = scale * ((double)x[i] + x[N + i] + x[2 * N + i]);
+                ck_assert_msg(!isnan(out[i]), "NaN");
+                if (fabs(out[i] - want) > worst) worst = fabs(out[i] - want);
+            }
+            clnpu_buffer_destroy(args[r].b);
+        }
+        ck_assert_msg(worst < 1e-4, "round %d: %.3g", round, worst);
+        if (round) {
+            ck_assert_int_eq(clnpu_tp_group_status(g), CLNPU_ERR_IO);
+            ck_assert_msg(strstr(clnpu_error_message(), "tensor-parallel rank 1: injected failure"), "%s",
+                          clnpu_error_message());
+        }
+    }
+    clnpu_tp_group_destroy(g);
+    free(x), free(out);
+}
+END_TEST
+
 Suite *suite_model(void)
 {
     Suite *s = suite_create("model");
@@ -313,6 +465,8 @@ Suite *suite_model(void)
     tcase_add_test(tc, test_logits_match_transformers);
     tcase_add_test(tc, test_pipeline_stages);
     tcase_add_test(tc, test_pipeline_micro_batches);
+    tcase_add_test(tc, test_tensor_parallel);
+    tcase_add_test(tc, test_tp_collectives);
     suite_add_tcase(s, tc);
     return s;
 }

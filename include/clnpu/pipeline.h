@@ -29,6 +29,9 @@ typedef struct clnpu_stage_spec {
     /* expert parallel inside the stage (ep_count 0: every expert on the main device):
      * ep_experts[i] (ep_expert_counts[i] ids) on plan device ep_devices[i] */
     size_t ep_count;
+    /* tensor parallel (0 or 1: none): attention and dense MLPs over plan devices
+     * ep_devices[0 .. tp) (ep_devices[0] is the main device), see clnpu_model_create_tp */
+    size_t tp;
     size_t ep_devices[CLNPU_MAX_EP];
     const size_t *ep_experts[CLNPU_MAX_EP];
     size_t ep_expert_counts[CLNPU_MAX_EP];

@@ -1,0 +1,126 @@
+/* Collectives of an in-process tensor-parallel group (see tp.h): a barrier that a failing rank
+ * can break, and host slots double-buffered by call parity so that one barrier per collective
+ * suffices (a rank can only overwrite parity p's slot after every rank has passed the barrier of
+ * the call in between, so every rank has finished reading parity p). */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../backend/error.h"
+#include "tp.h"
+
+struct clnpu_tp_group {
+    size_t size, floats;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    size_t arrived, generation;
+    clnpu_status failed; /* the first failure this step */
+    char msg[1024];
+    float *slots;        /* [2][size][floats] */
+    float *sums;         /* [size][floats]: each rank's sum before it goes up */
+    size_t *calls;       /* collectives made by each rank this step */
+};
+
+clnpu_status clnpu_tp_group_create(size_t size, size_t floats, clnpu_tp_group **out)
+{
+    *out = NULL;
+    clnpu_tp_group *g = calloc(1, sizeof *g);
+    if (!g) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    g->size = size, g->floats = floats;
+    g->slots = malloc(2 * size * floats * sizeof *g->slots);
+    g->sums = malloc(size * floats * sizeof *g->sums);
+    g->calls = calloc(size, sizeof *g->calls);
+    if (!g->slots || !g->sums || !g->calls) {
+        free(g->slots), free(g->sums), free(g->calls), free(g);
+        return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for a tensor-parallel group");
+    }
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    *out = g;
+    return CLNPU_OK;
+}
+
+void clnpu_tp_group_destroy(clnpu_tp_group *g)
+{
+    if (!g) return;
+    pthread_cond_destroy(&g->cv);
+    pthread_mutex_destroy(&g->mu);
+    free(g->slots), free(g->sums), free(g->calls), free(g);
+}
+
+size_t clnpu_tp_group_size(const clnpu_tp_group *g) { return g->size; }
+
+void clnpu_tp_group_begin(clnpu_tp_group *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->failed = CLNPU_OK, g->msg[0] = '\0', g->arrived = 0;
+    for (size_t r = 0; r < g->size; r++) g->calls[r] = 0;
+    pthread_mutex_unlock(&g->mu);
+}
+
+clnpu_status clnpu_tp_fail(clnpu_tp_group *g, size_t rank, clnpu_status st)
+{
+    pthread_mutex_lock(&g->mu);
+    if (!g->failed) {
+        g->failed = st;
+        snprintf(g->msg, sizeof g->msg, "tensor-parallel rank %zu: %s", rank, clnpu_error_message());
+    }
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+    return st;
+}
+
+clnpu_status clnpu_tp_group_status(clnpu_tp_group *g)
+{
+    pthread_mutex_lock(&g->mu);
+    const clnpu_status st = g->failed;
+    char msg[sizeof g->msg];
+    memcpy(msg, g->msg, sizeof msg);
+    pthread_mutex_unlock(&g->mu);
+    return st ? clnpu_fail(st, "%s", msg) : CLNPU_OK;
+}
+
+/* Every rank arrives, or some rank has failed. */
+static clnpu_status barrier(clnpu_tp_group *g)
+{
+    pthread_mutex_lock(&g->mu);
+    const size_t gen = g->generation;
+    if (!g->failed && ++g->arrived == g->size) {
+        g->arrived = 0, g->generation++;
+        pthread_cond_broadcast(&g->cv);
+    }
+    while (!g->failed && g->generation == gen) pthread_cond_wait(&g->cv, &g->mu);
+    const clnpu_status st = g->generation != gen ? CLNPU_OK : g->failed; /* passed before the failure */
+    pthread_mutex_unlock(&g->mu);
+    return st ? clnpu_fail(st, "tensor-parallel group stopped: another rank failed") : CLNPU_OK;
+}
+
+static clnpu_status collective(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t n, bool sum)
+{
+    if (n > g->floats)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "tensor-parallel collective of %zu floats; the group holds %zu", n,
+                          g->floats);
+    float *slots = g->slots + (g->calls[rank]++ & 1) * g->size * g->floats;
+    clnpu_status st = sum || rank == 0 ? clnpu_buffer_read(b, 0, slots + rank * g->floats, n * sizeof(float)) : CLNPU_OK;
+    if (st) return st;
+    if ((st = barrier(g))) return st;
+    if (!sum) return rank ? clnpu_buffer_write(b, 0, slots, n * sizeof(float)) : CLNPU_OK;
+    float *acc = g->sums + rank * g->floats;
+    memcpy(acc, slots, n * sizeof(float));
+    for (size_t r = 1; r < g->size; r++) {
+        const float *part = slots + r * g->floats;
+        for (size_t i = 0; i < n; i++) acc[i] += part[i];
+    }
+    return clnpu_buffer_write(b, 0, acc, n * sizeof(float));
+}
+
+clnpu_status clnpu_tp_allreduce(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t n)
+{
+    return collective(g, rank, b, n, true);
+}
+
+clnpu_status clnpu_tp_broadcast(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t n)
+{
+    return collective(g, rank, b, n, false);
+}

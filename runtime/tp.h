@@ -1,0 +1,32 @@
+/* Tensor parallel inside one process: the t models of a TP group (one device each) run a step
+ * on t host threads and meet at collectives on the residual stream. A collective reads each
+ * rank's buffer to the host, and every rank sums the ranks' parts in rank order (so every rank
+ * holds the same bits) and writes the sum back. A rank that fails breaks the group: the others
+ * leave their next collective with an error instead of waiting for it. */
+#ifndef CLNPU_RUNTIME_TP_H
+#define CLNPU_RUNTIME_TP_H
+
+#include <stddef.h>
+
+#include "clnpu/device.h"
+
+typedef struct clnpu_tp_group clnpu_tp_group;
+
+/* A group of `size` ranks exchanging up to `floats` floats per collective. */
+clnpu_status clnpu_tp_group_create(size_t size, size_t floats, clnpu_tp_group **out);
+void clnpu_tp_group_destroy(clnpu_tp_group *g);
+size_t clnpu_tp_group_size(const clnpu_tp_group *g);
+
+/* Before a step: clear a previous step's failure. Called by rank 0 while no rank is inside. */
+void clnpu_tp_group_begin(clnpu_tp_group *g);
+/* Sum n floats of every rank's buffer b into every rank's b. */
+clnpu_status clnpu_tp_allreduce(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t n);
+/* Rank 0's n floats of b into every rank's b. */
+clnpu_status clnpu_tp_broadcast(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t n);
+/* This rank failed with st (message from this thread): record the first failure, release the
+ * others. Returns st. */
+clnpu_status clnpu_tp_fail(clnpu_tp_group *g, size_t rank, clnpu_status st);
+/* The group's first failure this step (CLNPU_OK if none), re-raised on this thread. */
+clnpu_status clnpu_tp_group_status(clnpu_tp_group *g);
+
+#endif
