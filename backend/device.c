@@ -311,6 +311,21 @@ clnpu_status clnpu_buffer_write(clnpu_buffer *b, size_t off, const void *src, si
     return err ? clnpu_fail_cl(err, "clEnqueueWriteBuffer", NULL) : CLNPU_OK;
 }
 
+clnpu_status clnpu_buffer_write_2d(clnpu_buffer *b, size_t off, size_t pitch, const void *src, size_t src_pitch,
+                                   size_t width, size_t rows)
+{
+    if (!rows || !width) return CLNPU_OK;
+    if (width > pitch || width > src_pitch)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "2-D write: rows of %zu bytes with pitches %zu and %zu", width,
+                          pitch, src_pitch);
+    clnpu_status st = check_range(b, off, (rows - 1) * pitch + width, "2-D write");
+    if (st) return st;
+    const size_t zero[3] = {0, 0, 0}, dst_origin[3] = {off, 0, 0}, region[3] = {width, rows, 1};
+    cl_int err = clEnqueueWriteBufferRect(b->dev->queue, b->mem, CL_TRUE, dst_origin, zero, region, pitch, 0, src_pitch,
+                                          0, src, 0, NULL, NULL);
+    return err ? clnpu_fail_cl(err, "clEnqueueWriteBufferRect", NULL) : CLNPU_OK;
+}
+
 clnpu_status clnpu_buffer_read(clnpu_buffer *b, size_t off, void *dst, size_t bytes)
 {
     clnpu_status st = check_range(b, off, bytes, "read");

@@ -38,26 +38,29 @@ __kernel void clnpu_silu_mul(__global float *y, const uint ldy, __global const f
     y[(size_t)r * ldy + i] = a / (1.0f + exp(-a)) * u[(size_t)r * ldu + i];
 }
 
-/* Embedding lookup: y[t] = E[ids[t]] with bf16 rows widened to f32 (exact). Out-of-range ids
- * write NaN so they are caught, never read outside the table. */
+/* Embedding lookup: y[t] = E[ids[t]] with bf16 rows widened to f32 (exact). The table holds
+ * rows [first, first + rows) of a vocabulary of `vocab` (a tensor-parallel rank's slice): other
+ * ids of the vocabulary give zeros (another rank has them), ids outside it NaN, so they are
+ * caught, never read outside the table. */
 __kernel void clnpu_embed_bf16(__global float *y, __global const ushort *E, __global const int *ids,
-                               const uint dim, const uint vocab)
+                               const uint dim, const uint first, const uint rows, const uint vocab)
 {
     const uint i = get_global_id(0), t = get_global_id(1);
     if (i >= dim) return;
     const int id = ids[t];
-    y[(size_t)t * dim + i] = (id >= 0 && (uint)id < vocab)
-                                 ? clnpu_bf16_to_f32(E[(size_t)id * dim + i]) : as_float(0x7fc00000u);
+    const uint r = (uint)id - first;
+    y[(size_t)t * dim + i] = id < 0 || (uint)id >= vocab ? as_float(0x7fc00000u)
+                             : r < rows ? clnpu_bf16_to_f32(E[(size_t)r * dim + i]) : 0.0f;
 }
 
 __kernel void clnpu_embed_f32(__global float *y, __global const float *E, __global const int *ids,
-                              const uint dim, const uint vocab)
+                              const uint dim, const uint first, const uint rows, const uint vocab)
 {
     const uint i = get_global_id(0), t = get_global_id(1);
     if (i >= dim) return;
     const int id = ids[t];
-    y[(size_t)t * dim + i] = (id >= 0 && (uint)id < vocab) ? E[(size_t)id * dim + i]
-                                                           : as_float(0x7fc00000u);
+    const uint r = (uint)id - first;
+    y[(size_t)t * dim + i] = id < 0 || (uint)id >= vocab ? as_float(0x7fc00000u) : r < rows ? E[(size_t)r * dim + i] : 0.0f;
 }
 
 /* Row softmax in place, fp32, max-subtracted. One work-item per row. Built without fast-math

@@ -147,16 +147,11 @@ clnpu_status clnpu_model_forward(clnpu_model *m, size_t T, const int *ids, const
     return clnpu_model_forward_stage(m, T, ids, seq_of, pos_of, decode, NULL, NULL, logits);
 }
 
-/* Tensor parallel: the partial sums of this rank's heads or features in h (rank 0 added the
- * residual) summed over the ranks; or rank 0's h to every rank. No-ops on one device. */
-static clnpu_status tp_sum(clnpu_model *m, size_t T)
+/* Tensor parallel: the partial sums of this rank's heads, features or vocabulary rows in b (in
+ * h, rank 0 added the residual) summed over the ranks. A no-op on one device. */
+static clnpu_status tp_sum(clnpu_model *m, clnpu_buffer *b, size_t T)
 {
-    return m->tp ? clnpu_tp_allreduce(m->tp, m->tp_rank, m->h, T * m->cfg.hidden_size) : CLNPU_OK;
-}
-
-static clnpu_status tp_from_root(clnpu_model *m, size_t T)
-{
-    return m->tp ? clnpu_tp_broadcast(m->tp, m->tp_rank, m->h, T * m->cfg.hidden_size) : CLNPU_OK;
+    return m->tp ? clnpu_tp_allreduce(m->tp, m->tp_rank, b, T * m->cfg.hidden_size) : CLNPU_OK;
 }
 
 /* A step's inputs, checked once before any rank starts (a rank that returned early would leave
@@ -177,8 +172,9 @@ static clnpu_status check_inputs(const clnpu_model *m, size_t T, const int *ids,
     return CLNPU_OK;
 }
 
+/* want_logits: the step computes the LM head (the same on every TP rank). */
 static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const size_t *seq_of, const size_t *pos_of,
-                                 bool decode, const float *h_in, float *h_out, float *logits)
+                                 bool decode, const float *h_in, float *h_out, float *logits, bool want_logits)
 {
     const clnpu_model_config *c = &m->cfg;
     const size_t d = c->hidden_size, H = m->heads, R = c->kv_lora_rank;
@@ -201,9 +197,12 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
     for (size_t b = 0; !st && decode && b < T; b++)
         memcpy(m->step_bt_host + b * m->max_blocks, m->block_table + seq_of[b] * m->max_blocks, m->max_blocks * sizeof(int));
     if (!st && decode) st = clnpu_buffer_write_async(m->step_bt, 0, m->step_bt_host, T * m->max_blocks * sizeof(int));
-    if (!st && m->opt.embed) st = clnpu_embed(m->dev, m->h, m->embed, m->embed_dtype, m->ids, T, d, c->vocab_size);
-    else if (!st && !m->tp_embed) st = clnpu_buffer_write(m->h, 0, h_in, T * d * sizeof(float)); /* previous stage */
-    if (!st && (m->opt.embed || m->tp_embed)) st = tp_from_root(m, T);
+    if (!st && m->opt.embed) { /* this rank's vocabulary rows (zeros for the others' ids), summed */
+        st = clnpu_embed_rows(m->dev, m->h, m->embed, m->embed_dtype, m->ids, T, d, m->v0, m->vocab, c->vocab_size);
+        if (!st) st = tp_sum(m, m->h, T);
+    } else if (!st) {
+        st = clnpu_buffer_write(m->h, 0, h_in, T * d * sizeof(float)); /* from the previous stage */
+    }
     if (!st && m->opt.embed) st = capture(m, 0, m->h, T);
     const clnpu_view hv = {m->h, 0, d}, av = {m->a, 0, d}, none = {0};
     const float eps = (float)c->rms_norm_eps;
@@ -241,32 +240,45 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
         if (!st) st = decode ? attention_decode(m, ly, T, maxlen) : attention_prefill(m, ly, seq_of[0], pos_of[0], T);
         /* h += attn . Wo^T, then the MLP on the post-attention norm */
         if (!st) st = mm(m, ly->o, 0, m->attn, 0, H * c->v_head_dim, m->h, 0, d, T, partial);
-        if (!st) st = tp_sum(m, T);
+        if (!st) st = tp_sum(m, m->h, T);
         if (!st) st = clnpu_rmsnorm(m->dev, hv, none, av, ly->post_attn_norm, T, d, eps);
-        if (!st && ly->dense_gate_up) {
+        const bool moe = clnpu_model_config_is_moe(c, l);
+        if (!st && !moe) {
             st = mm(m, ly->dense_gate_up, 0, m->a, 0, d, m->mlp_h, 0, m->inter, T, CLNPU_EPILOGUE_SWIGLU);
             if (!st) st = mm(m, ly->dense_down, 0, m->mlp_h, 0, m->inter, m->h, 0, d, T, partial);
-            if (!st) st = tp_sum(m, T);
-        } else if (!st && !ly->moe) { /* a peer rank: the MoE output comes from rank 0 */
-            st = tp_from_root(m, T);
+            if (!st) st = tp_sum(m, m->h, T);
         } else if (!st) {
+            /* rank 0: routed experts + its slice of the shared expert; a peer: its slice only;
+             * summed over the ranks before the norm after the block */
             clnpu_view mv = {m->mlp, 0, d};
-            st = clnpu_moe_block_forward(m->dev, ly->moe, av, T, mv);
+            if (ly->moe) {
+                st = clnpu_moe_block_forward(m->dev, ly->moe, av, T, mv);
+            } else if (ly->dense_gate_up) {
+                st = mm(m, ly->dense_gate_up, 0, m->a, 0, d, m->mlp_h, 0, m->shared, T, CLNPU_EPILOGUE_SWIGLU);
+                if (!st) st = mm(m, ly->dense_down, 0, m->mlp_h, 0, m->shared, m->mlp, 0, d, T, CLNPU_EPILOGUE_NONE);
+            } else {
+                const float zero = 0;
+                st = clnpu_buffer_fill(m->mlp, &zero, sizeof zero);
+            }
+            if (!st) st = tp_sum(m, m->mlp, T);
             if (!st && ly->post_mlp_norm) st = clnpu_rmsnorm(m->dev, mv, none, mv, ly->post_mlp_norm, T, d, eps);
             if (!st) st = add_into(m, m->h, m->mlp, T * d);
             if (!st && m->opt.capture) {
                 const size_t K = c->num_experts_per_tok, off = l * m->opt.max_tokens * K;
                 st = clnpu_moe_block_last_routing(ly->moe, m->route_ids + off, m->route_w + off);
             }
-            if (!st) st = tp_from_root(m, T);
         }
         if (!st) st = capture(m, l + 1, m->h, T);
     }
     if (!st && !m->opt.head && h_out) st = clnpu_buffer_read(m->h, 0, h_out, T * d * sizeof(float));
     if (!st && m->opt.head) st = clnpu_rmsnorm(m->dev, hv, none, av, m->final_norm, T, d, eps);
     if (!st && m->opt.head) st = capture(m, c->num_hidden_layers + 1, m->a, T);
-    if (!st && (logits || m->sample) && m->opt.head) {
-        st = mm(m, m->lm_head, 0, m->a, 0, d, m->logits, 0, c->vocab_size, T, CLNPU_EPILOGUE_NONE);
+    if (!st && want_logits && m->opt.head) {
+        /* this rank's vocabulary columns: rank 0's in place in [T][vocab], the others' gathered */
+        const size_t ld = m->tp_rank ? m->vocab : c->vocab_size;
+        st = mm(m, m->lm_head, 0, m->a, 0, d, m->logits, 0, ld, T, CLNPU_EPILOGUE_NONE);
+        if (!st && m->tp)
+            st = clnpu_tp_gather_columns(m->tp, m->tp_rank, m->logits, T, m->v0, m->vocab, c->vocab_size, m->logits_host);
         /* sampling on the device: only the ids cross back */
         if (!st && m->sample)
             st = clnpu_sample(m->dev, m->sampled, (clnpu_view){m->logits, 0, c->vocab_size}, T, c->vocab_size, m->sample,
@@ -293,12 +305,13 @@ typedef struct tp_call {
     const size_t *seq_of, *pos_of;
     bool decode;
     const float *h_in;
+    bool want_logits;
 } tp_call;
 
 static void *tp_rank_main(void *arg)
 {
     const tp_call *a = arg;
-    forward_rank(a->m, a->T, a->ids, a->seq_of, a->pos_of, a->decode, a->h_in, NULL, NULL); /* fails into the group */
+    forward_rank(a->m, a->T, a->ids, a->seq_of, a->pos_of, a->decode, a->h_in, NULL, NULL, a->want_logits); /* fails into the group */
     return NULL;
 }
 
@@ -309,7 +322,8 @@ clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids,
     if (!T) return CLNPU_OK;
     clnpu_status st = check_inputs(m, T, ids, h_in);
     if (st) return st;
-    if (!m->peers) return forward_rank(m, T, ids, seq_of, pos_of, decode, h_in, h_out, logits);
+    const bool want_logits = logits || m->sample;
+    if (!m->peers) return forward_rank(m, T, ids, seq_of, pos_of, decode, h_in, h_out, logits, want_logits);
     /* tensor parallel: ranks 1.. on their own threads, rank 0 on this one */
     const size_t n = m->tp_size - 1;
     pthread_t th[CLNPU_MAX_TP];
@@ -317,13 +331,13 @@ clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids,
     size_t started = 0;
     clnpu_tp_group_begin(m->tp);
     for (; started < n; started++) {
-        calls[started] = (tp_call){m->peers[started], T, ids, seq_of, pos_of, decode, h_in};
+        calls[started] = (tp_call){m->peers[started], T, ids, seq_of, pos_of, decode, h_in, want_logits};
         if (pthread_create(&th[started], NULL, tp_rank_main, &calls[started])) {
             clnpu_tp_fail(m->tp, started + 1, clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "cannot start its host thread"));
             break;
         }
     }
-    st = forward_rank(m, T, ids, seq_of, pos_of, decode, h_in, h_out, logits);
+    st = forward_rank(m, T, ids, seq_of, pos_of, decode, h_in, h_out, logits, want_logits);
     for (size_t i = 0; i < started; i++) pthread_join(th[i], NULL);
     const clnpu_status group = clnpu_tp_group_status(m->tp); /* the first failure, with its message */
     return group ? group : st;

@@ -14,7 +14,7 @@ typedef struct model_layer {
     clnpu_weight *uk_t; /* H matrices [R, nope]: W_UK^T per head, for the absorbed decode */
     clnpu_weight *uv;   /* H matrices [v, R]: W_UV per head */
     clnpu_weight *o;
-    clnpu_weight *dense_gate_up, *dense_down;
+    clnpu_weight *dense_gate_up, *dense_down; /* MoE layers of TP peers: their shared-expert slice */
     clnpu_moe_block *moe;
     clnpu_buffer *cache; /* [pages][page][R + DR] */
 } model_layer;
@@ -28,13 +28,15 @@ struct clnpu_model {
     /* tensor parallel (clnpu_model_create_tp): this rank's heads [h0, h0 + heads) and dense MLP
      * features [i0, i0 + inter); rank 0 holds the embedding, head and MoE blocks, and the peers */
     size_t tp_rank, tp_size, heads, h0, inter, i0;
+    size_t shared, s0; /* this rank's features of the shared expert(s): [s0, s0 + shared) */
+    size_t vocab, v0;  /* this rank's rows of the embedding and LM head: [v0, v0 + vocab) */
     struct clnpu_tp_group *tp;
     struct clnpu_model **peers; /* rank 0: ranks 1 .. tp_size - 1 */
-    bool tp_embed;              /* peer of a stage with the embedding: h comes from rank 0 */
+    float *logits_host;         /* peers with the head: their logits columns on the way to rank 0 */
     size_t dqk, lat;   /* qk head dim, latent row (R + DR) */
     float scale;       /* softmax scale */
     model_layer *layers;
-    clnpu_buffer *embed; /* [vocab][hidden], bf16 or f32 */
+    clnpu_buffer *embed; /* [vocab][hidden] (this rank's rows), bf16 or f32 */
     clnpu_dtype embed_dtype;
     clnpu_buffer *final_norm;
     clnpu_weight *lm_head;

@@ -211,6 +211,45 @@ static clnpu_status upload_absorbed(clnpu_model *m, loader *L, const clnpu_weigh
     return st;
 }
 
+/* The shared expert(s), fused into one wider MLP of SI features: this rank's [s0, s0 + shared). */
+static clnpu_status get_shared(clnpu_model *m, loader *L, size_t l, clnpu_weight_desc *g, clnpu_weight_desc *u,
+                               clnpu_weight_desc *d)
+{
+    const size_t H = m->cfg.hidden_size, SI = m->cfg.moe_intermediate_size * m->cfg.n_shared_experts;
+    char name[256];
+    snprintf(name, sizeof name, "model.layers.%zu.mlp.shared_experts.gate_proj.weight", l);
+    clnpu_status st = get_rows(L, name, SI, H, m->s0, m->shared, g);
+    snprintf(name, sizeof name, "model.layers.%zu.mlp.shared_experts.up_proj.weight", l);
+    if (!st) st = get_rows(L, name, SI, H, m->s0, m->shared, u);
+    snprintf(name, sizeof name, "model.layers.%zu.mlp.shared_experts.down_proj.weight", l);
+    if (!st) st = m->tp_size > 1 ? get_cols(L, name, H, SI, m->s0, m->shared, d) : get_mat(L, name, H, SI, d);
+    return st;
+}
+
+static clnpu_status load_post_mlp_norm(clnpu_model *m, loader *L, size_t l, model_layer *ly)
+{
+    char name[256];
+    snprintf(name, sizeof name, "model.layers.%zu.post_mlp_layernorm.weight", l);
+    if (L->ck && !clnpu_checkpoint_find(L->ck, name)) /* transformers 5 keeps it under mlp. */
+        snprintf(name, sizeof name, "model.layers.%zu.mlp.post_mlp_layernorm.weight", l);
+    return upload_vec(m->dev, L, name, m->cfg.hidden_size, &ly->post_mlp_norm);
+}
+
+/* A TP peer's part of a MoE layer: its slice of the shared expert (as the layer's dense MLP,
+ * summed with rank 0's routed experts + slice), and the norm after the block. */
+static clnpu_status load_moe_peer(clnpu_model *m, loader *L, size_t l, model_layer *ly)
+{
+    clnpu_weight_desc g, u, d;
+    clnpu_status st = CLNPU_OK;
+    if (m->cfg.n_shared_experts && m->shared) {
+        st = get_shared(m, L, l, &g, &u, &d);
+        if (!st) st = clnpu_weight_upload_swiglu(m->dev, &g, &u, 1, &ly->dense_gate_up);
+        if (!st) st = clnpu_weight_upload(m->dev, &d, 1, &ly->dense_down);
+    }
+    if (!st && m->cfg.post_mlp_layernorm) st = load_post_mlp_norm(m, L, l, ly);
+    return st;
+}
+
 static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *ly)
 {
     const clnpu_model_config *c = &m->cfg;
@@ -249,15 +288,8 @@ static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *l
             if (!st) st = get_mat(L, name, H, I, &d[e]);
         }
     }
-    const size_t SI = I * c->n_shared_experts; /* shared experts fused into one wider MLP */
-    if (!st && c->n_shared_experts) {
-        snprintf(name, sizeof name, "model.layers.%zu.mlp.shared_experts.gate_proj.weight", l);
-        st = get_mat(L, name, SI, H, &sg);
-        snprintf(name, sizeof name, "model.layers.%zu.mlp.shared_experts.up_proj.weight", l);
-        if (!st) st = get_mat(L, name, SI, H, &su);
-        snprintf(name, sizeof name, "model.layers.%zu.mlp.shared_experts.down_proj.weight", l);
-        if (!st) st = get_mat(L, name, H, SI, &sd);
-    }
+    const bool shared = c->n_shared_experts && m->shared;
+    if (!st && shared) st = get_shared(m, L, l, &sg, &su, &sd); /* this TP rank's slice */
     snprintf(name, sizeof name, "model.layers.%zu.mlp.gate.weight", l);
     if (!st) {
         loader raw = *L; /* the router stays in the checkpoint dtype, widened to f32 */
@@ -272,20 +304,14 @@ static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *l
     if (!st) {
         clnpu_moe_config mc = {E, c->n_group, c->topk_group, c->num_experts_per_tok, c->norm_topk_prob,
                                (float)c->routed_scaling_factor};
-        clnpu_moe_weights w = {router, bias, g, u, d, c->n_shared_experts ? &sg : NULL,
-                               c->n_shared_experts ? &su : NULL, c->n_shared_experts ? &sd : NULL};
+        clnpu_moe_weights w = {router, bias, g, u, d, shared ? &sg : NULL, shared ? &su : NULL, shared ? &sd : NULL};
         st = m->opt.ep_count ? clnpu_moe_block_create_sharded(m->dev, &mc, &w, m->opt.max_tokens, m->opt.ep_shards,
                                                               m->opt.ep_count, &ly->moe)
                              : clnpu_moe_block_create(m->dev, &mc, &w, m->opt.max_tokens, &ly->moe);
         if (!st) clnpu_moe_block_set_tag(ly->moe, l);
     }
     free(g), free(u), free(d);
-    if (!st && c->post_mlp_layernorm) {
-        snprintf(name, sizeof name, "model.layers.%zu.post_mlp_layernorm.weight", l);
-        if (L->ck && !clnpu_checkpoint_find(L->ck, name)) /* transformers 5 keeps it under mlp. */
-            snprintf(name, sizeof name, "model.layers.%zu.mlp.post_mlp_layernorm.weight", l);
-        st = upload_vec(m->dev, L, name, H, &ly->post_mlp_norm);
-    }
+    if (!st && c->post_mlp_layernorm) st = load_post_mlp_norm(m, L, l, ly);
     return st;
 }
 
@@ -329,8 +355,8 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
                                      : get_mat(L, NAME("mlp.down_proj.weight"), d, I, &dn);
         if (!st) st = clnpu_weight_upload_swiglu(m->dev, &g, &u, 1, &ly->dense_gate_up);
         if (!st) st = clnpu_weight_upload(m->dev, &dn, 1, &ly->dense_down);
-    } else if (!st && m->tp_rank == 0) { /* MoE blocks (router, shared and routed experts) on rank 0 */
-        st = load_moe(m, L, l, ly);
+    } else if (!st) { /* the MoE block (router, routed experts) on rank 0; the shared expert split */
+        st = m->tp_rank ? load_moe_peer(m, L, l, ly) : load_moe(m, L, l, ly);
     }
 #undef NAME
     if (!st) st = clnpu_buffer_create(m->dev, m->pages * m->opt.page_size * m->lat * sizeof(float), &ly->cache);
@@ -367,7 +393,7 @@ void clnpu_model_destroy(clnpu_model *m)
     clnpu_weight_destroy(m->lm_head);
     clnpu_rope_table_destroy(m->rope);
     free(m->block_table), free(m->free_pages), free(m->seq_len), free(m->step_host), free(m->step_bt_host);
-    free(m->hidden), free(m->route_ids), free(m->route_w);
+    free(m->hidden), free(m->route_ids), free(m->route_w), free(m->logits_host);
     free(m);
 }
 
@@ -380,9 +406,11 @@ static clnpu_status load_globals(clnpu_model *m, loader *L)
     clnpu_status st = CLNPU_OK;
     if (m->opt.embed) st = load_embedding(m, L);
     if (!st && m->opt.head) st = upload_vec(m->dev, L, "model.norm.weight", d, &m->final_norm);
-    if (!st && m->opt.head)
-        st = upload_mat(m->dev, L, c->tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", V, d,
-                        &m->lm_head);
+    if (!st && m->opt.head) /* this rank's vocabulary rows */
+        st = upload_rows(m->dev, L, c->tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", V, d,
+                         m->v0, m->vocab, &m->lm_head);
+    if (!st && m->opt.head && m->tp_rank && !(m->logits_host = malloc(m->opt.max_tokens * m->vocab * sizeof(float))))
+        st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     return st;
 }
 
@@ -395,14 +423,15 @@ static clnpu_status load_embedding(clnpu_model *m, loader *L)
     clnpu_model_options o = *L->opt;
     o.weights = -1;
     raw.opt = &o;
-    clnpu_status st = get_mat(&raw, "model.embed_tokens.weight", V, d, &e);
+    clnpu_status st = get_rows(&raw, "model.embed_tokens.weight", V, d, m->v0, m->vocab, &e); /* this rank's rows */
     L->allocs = raw.allocs, L->nallocs = raw.nallocs, L->cap = raw.cap;
     if (!st && e.dtype == CLNPU_DTYPE_F16)
         st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "model.embed_tokens.weight: f16 tables are not supported (bf16, f32)");
     if (!st) {
+        const size_t bytes = m->vocab * d * clnpu_dtype_size(e.dtype);
         m->embed_dtype = e.dtype;
-        st = clnpu_buffer_create(m->dev, V * d * clnpu_dtype_size(e.dtype), &m->embed);
-        if (!st) st = clnpu_buffer_write(m->embed, 0, e.data, V * d * clnpu_dtype_size(e.dtype));
+        st = clnpu_buffer_create(m->dev, bytes, &m->embed);
+        if (!st) st = clnpu_buffer_write(m->embed, 0, e.data, bytes);
     }
     return st;
 }
@@ -452,6 +481,9 @@ static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cf
     m->tp_rank = rank, m->tp_size = size;
     m->h0 = H * rank / size, m->heads = H * (rank + 1) / size - m->h0;
     m->i0 = I * rank / size, m->inter = I * (rank + 1) / size - m->i0;
+    const size_t SI = cfg->moe_intermediate_size * cfg->n_shared_experts;
+    m->s0 = SI * rank / size, m->shared = SI * (rank + 1) / size - m->s0;
+    m->v0 = cfg->vocab_size * rank / size, m->vocab = cfg->vocab_size * (rank + 1) / size - m->v0;
     if (!m->opt.max_context) m->opt.max_context = cfg->max_position_embeddings < 4096 ? cfg->max_position_embeddings : 4096;
     if (!m->opt.max_sequences) m->opt.max_sequences = 1;
     if (!m->opt.page_size) m->opt.page_size = 16;
@@ -526,12 +558,12 @@ clnpu_status clnpu_model_create_tp(clnpu_device *const *devs, size_t tp, const c
     if (!m->peers) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     /* the residual stream of a step's tokens crosses at the collectives */
     if (!st) st = clnpu_tp_group_create(tp, m->opt.max_tokens * cfg->hidden_size, &m->tp);
-    clnpu_model_options po = m->opt; /* peers: attention and dense MLP slices only */
-    po.embed = po.head = po.capture = false, po.ep_shards = NULL, po.ep_count = 0;
+    clnpu_model_options po = m->opt; /* peers: no routed experts, nothing captured */
+    po.capture = false, po.ep_shards = NULL, po.ep_count = 0;
     for (size_t r = 1; !st && r < tp; r++) {
         st = model_create(devs[r], cfg, ck, &po, r, tp, &m->peers[r - 1]);
         if (st) st = clnpu_fail_context(st, "tensor-parallel rank %zu", r);
-        else m->peers[r - 1]->tp = m->tp, m->peers[r - 1]->tp_embed = m->opt.embed;
+        else m->peers[r - 1]->tp = m->tp;
     }
     if (st) {
         clnpu_model_destroy(m);

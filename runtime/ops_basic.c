@@ -70,20 +70,30 @@ clnpu_status clnpu_embed(clnpu_device *dev, clnpu_buffer *y, const clnpu_buffer 
                          clnpu_dtype dt, const clnpu_buffer *ids, size_t count, size_t dim,
                          size_t vocab)
 {
+    return clnpu_embed_rows(dev, y, table, dt, ids, count, dim, 0, vocab, vocab);
+}
+
+clnpu_status clnpu_embed_rows(clnpu_device *dev, clnpu_buffer *y, const clnpu_buffer *table, clnpu_dtype dt,
+                              const clnpu_buffer *ids, size_t count, size_t dim, size_t first, size_t rows,
+                              size_t vocab)
+{
     if (dt != CLNPU_DTYPE_BF16 && dt != CLNPU_DTYPE_F32)
         return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "embedding table in %s (bf16 or f32 only)",
                           clnpu_dtype_name(dt) ? clnpu_dtype_name(dt) : "?");
     if (!y || !table || !ids) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "embed: NULL buffer");
-    if (clnpu_buffer_size(table) < vocab * dim * clnpu_dtype_size(dt) ||
+    if (first > vocab || rows > vocab - first)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "embed: rows [%zu, %zu) of a vocabulary of %zu", first,
+                          first + rows, vocab);
+    if (clnpu_buffer_size(table) < rows * dim * clnpu_dtype_size(dt) ||
         clnpu_buffer_size(y) < count * dim * sizeof(float) || clnpu_buffer_size(ids) < count * 4)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "embed: a buffer is smaller than its shape");
     if (!count) return CLNPU_OK;
     cl_mem my = clnpu_mem(y), mt = clnpu_mem(table), mi = clnpu_mem(ids);
-    cl_uint d = (cl_uint)dim, v = (cl_uint)vocab;
-    clnpu_karg a[] = {KARG(my), KARG(mt), KARG(mi), KARG(d), KARG(v)};
+    cl_uint d = (cl_uint)dim, f = (cl_uint)first, r = (cl_uint)rows, v = (cl_uint)vocab;
+    clnpu_karg a[] = {KARG(my), KARG(mt), KARG(mi), KARG(d), KARG(f), KARG(r), KARG(v)};
     size_t g[2] = {dim, count}, l[2] = {elementwise_wg(dev), 1};
     return clnpu_launch(dev, "elementwise.cl", NULL,
-                        dt == CLNPU_DTYPE_BF16 ? "clnpu_embed_bf16" : "clnpu_embed_f32", 2, g, l, a, 5);
+                        dt == CLNPU_DTYPE_BF16 ? "clnpu_embed_bf16" : "clnpu_embed_f32", 2, g, l, a, 7);
 }
 
 clnpu_status clnpu_softmax(clnpu_device *dev, clnpu_view x, size_t rows, size_t n)

@@ -19,7 +19,11 @@ struct clnpu_tp_group {
     char msg[1024];
     float *slots;        /* [2][size][floats] */
     float *sums;         /* [size][floats]: each rank's sum before it goes up */
-    size_t *calls;       /* collectives made by each rank this step */
+    size_t *calls;       /* all-reduces made by each rank this step */
+    struct tp_part {     /* gather: each rank's host copy of its columns */
+        const float *host;
+        size_t col0, cols;
+    } *parts;
 };
 
 clnpu_status clnpu_tp_group_create(size_t size, size_t floats, clnpu_tp_group **out)
@@ -31,8 +35,9 @@ clnpu_status clnpu_tp_group_create(size_t size, size_t floats, clnpu_tp_group **
     g->slots = malloc(2 * size * floats * sizeof *g->slots);
     g->sums = malloc(size * floats * sizeof *g->sums);
     g->calls = calloc(size, sizeof *g->calls);
-    if (!g->slots || !g->sums || !g->calls) {
-        free(g->slots), free(g->sums), free(g->calls), free(g);
+    g->parts = calloc(size, sizeof *g->parts);
+    if (!g->slots || !g->sums || !g->calls || !g->parts) {
+        free(g->slots), free(g->sums), free(g->calls), free(g->parts), free(g);
         return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for a tensor-parallel group");
     }
     pthread_mutex_init(&g->mu, NULL);
@@ -46,7 +51,7 @@ void clnpu_tp_group_destroy(clnpu_tp_group *g)
     if (!g) return;
     pthread_cond_destroy(&g->cv);
     pthread_mutex_destroy(&g->mu);
-    free(g->slots), free(g->sums), free(g->calls), free(g);
+    free(g->slots), free(g->sums), free(g->calls), free(g->parts), free(g);
 }
 
 size_t clnpu_tp_group_size(const clnpu_tp_group *g) { return g->size; }
@@ -96,16 +101,15 @@ static clnpu_status barrier(clnpu_tp_group *g)
     return st ? clnpu_fail(st, "tensor-parallel group stopped: another rank failed") : CLNPU_OK;
 }
 
-static clnpu_status collective(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t n, bool sum)
+clnpu_status clnpu_tp_allreduce(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t n)
 {
     if (n > g->floats)
-        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "tensor-parallel collective of %zu floats; the group holds %zu", n,
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "tensor-parallel all-reduce of %zu floats; the group holds %zu", n,
                           g->floats);
     float *slots = g->slots + (g->calls[rank]++ & 1) * g->size * g->floats;
-    clnpu_status st = sum || rank == 0 ? clnpu_buffer_read(b, 0, slots + rank * g->floats, n * sizeof(float)) : CLNPU_OK;
+    clnpu_status st = clnpu_buffer_read(b, 0, slots + rank * g->floats, n * sizeof(float));
+    if (!st) st = barrier(g);
     if (st) return st;
-    if ((st = barrier(g))) return st;
-    if (!sum) return rank ? clnpu_buffer_write(b, 0, slots, n * sizeof(float)) : CLNPU_OK;
     float *acc = g->sums + rank * g->floats;
     memcpy(acc, slots, n * sizeof(float));
     for (size_t r = 1; r < g->size; r++) {
@@ -115,12 +119,18 @@ static clnpu_status collective(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, 
     return clnpu_buffer_write(b, 0, acc, n * sizeof(float));
 }
 
-clnpu_status clnpu_tp_allreduce(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t n)
+clnpu_status clnpu_tp_gather_columns(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t rows, size_t col0,
+                                     size_t cols, size_t total, float *host)
 {
-    return collective(g, rank, b, n, true);
-}
-
-clnpu_status clnpu_tp_broadcast(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t n)
-{
-    return collective(g, rank, b, n, false);
+    clnpu_status st = rank ? clnpu_buffer_read(b, 0, host, rows * cols * sizeof(float)) : CLNPU_OK;
+    if (!st) g->parts[rank] = (struct tp_part){host, col0, cols};
+    if (!st) st = barrier(g);
+    /* rank 0 reads the peers' host copies after they have left; they are theirs again only at
+     * the next step, after every rank's thread has been joined */
+    for (size_t r = 1; !st && rank == 0 && r < g->size; r++) {
+        const struct tp_part *q = &g->parts[r];
+        st = clnpu_buffer_write_2d(b, q->col0 * sizeof(float), total * sizeof(float), q->host, q->cols * sizeof(float),
+                                   q->cols * sizeof(float), rows);
+    }
+    return st;
 }

@@ -1,7 +1,7 @@
 /* Tensor parallel inside one process: the t models of a TP group (one device each) run a step
  * on t host threads and meet at collectives on the residual stream. A collective reads each
  * rank's buffer to the host, and every rank sums the ranks' parts in rank order (so every rank
- * holds the same bits) and writes the sum back. A rank that fails breaks the group: the others
+ * holds the same bits) and writes the sum back; a gather assembles column blocks on rank 0. A rank that fails breaks the group: the others
  * leave their next collective with an error instead of waiting for it. */
 #ifndef CLNPU_RUNTIME_TP_H
 #define CLNPU_RUNTIME_TP_H
@@ -21,8 +21,12 @@ size_t clnpu_tp_group_size(const clnpu_tp_group *g);
 void clnpu_tp_group_begin(clnpu_tp_group *g);
 /* Sum n floats of every rank's buffer b into every rank's b. */
 clnpu_status clnpu_tp_allreduce(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t n);
-/* Rank 0's n floats of b into every rank's b. */
-clnpu_status clnpu_tp_broadcast(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t n);
+/* Columns [col0, col0 + cols) of a [rows][total] matrix: each rank holds its block [rows][cols]
+ * in b, and rank 0's b ([rows][total], its own block in place) receives the others' blocks.
+ * A rank after the first reads its block through host, which stays untouched until the step
+ * ends. */
+clnpu_status clnpu_tp_gather_columns(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t rows, size_t col0,
+                                     size_t cols, size_t total, float *host);
 /* This rank failed with st (message from this thread): record the first failure, release the
  * others. Returns st. */
 clnpu_status clnpu_tp_fail(clnpu_tp_group *g, size_t rank, clnpu_status st);

@@ -29,6 +29,7 @@ clnpu_status clnpu_graph_build(const clnpu_model_config *c, clnpu_graph *g)
         u = &g->units[l + 1];
         u->layer = (int)l;
         u->attn_params = attn;
+        u->attn_whole_params = (qlr ? d * qlr + qlr : 0) + d * (R + rope) + R;
         u->norm_params = 2 * d;
         /* absorbed decode: scores over R + rope, values over R, per head */
         u->attn_flops_per_ctx = 2 * H * (R + rope + R);

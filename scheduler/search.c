@@ -110,18 +110,24 @@ static double unit_time(const cand *c, const clnpu_cluster_device *dv, const cln
     const clnpu_profile pa = sharing(dv, busy_attn), pe = sharing(dv, busy_exp);
     const clnpu_profile *p = &pa;
     double time = 0;
-    if (u->kind == CLNPU_UNIT_EMBED) return roof(c, p, 0, tr * d * 2) + c->cl->launch_overhead_s;
+    /* the embedding and the LM head split by vocabulary rows over the TP ranks: each rank's rows
+     * (zeros for the others' ids) summed by an all-reduce; the head's columns gathered on the
+     * first rank (about half an all-reduce's traffic), where clnpu samples */
+    if (u->kind == CLNPU_UNIT_EMBED)
+        return roof(c, p, 0, tr * d * 2) + allreduce(c, link_for(c, c->t), t, tr * d * act) + c->cl->launch_overhead_s;
     if (u->kind == CLNPU_UNIT_HEAD) {
         /* LM head on the last position of each sequence (prefill) or every token (decode) */
         double rows = prefill ? c->batch / c->r : tr;
         return roof(c, p, 2 * u->dense_params * rows / t, u->dense_params * c->wb / t) +
-               allreduce(c, link_for(c, c->t), t, rows * d * act) + 2 * c->cl->launch_overhead_s;
+               allreduce(c, link_for(c, c->t), t, rows * (u->dense_params / d) * 4) / 2 + 2 * c->cl->launch_overhead_s;
     }
-    /* attention projections (TP over t) and the core: absorbed decode reads the latent of the
-     * replica's sequences on every TP rank; prefill is quadratic (half the keys on average). */
+    /* attention projections (q_b, kv_b, o over the t TP ranks; q_a and kv_a whole on each) and
+     * the core: absorbed decode reads the latent of the replica's sequences on every TP rank;
+     * prefill is quadratic (half the keys on average). */
     double core_flops = u->attn_flops_per_ctx * (prefill ? ctx / 2 : ctx) * tr / t;
     double core_bytes = prefill ? 0 : u->kv_bytes_per_token * ctx * (c->batch / c->r);
-    double comp = roof(c, p, 2 * u->attn_params * tr / t + core_flops, u->attn_params * c->wb / t + core_bytes);
+    const double attn_rank = (u->attn_params - u->attn_whole_params) / t + u->attn_whole_params;
+    double comp = roof(c, p, 2 * attn_rank * tr + core_flops, attn_rank * c->wb + core_bytes);
     double comm = 2 * allreduce(c, link_for(c, c->t), t, tr * d * act); /* after o_proj and after the MLP */
     if (u->kind == CLNPU_UNIT_DENSE) {
         comp += roof(c, p, 2 * u->dense_params * tr / t, u->dense_params * c->wb / t);
@@ -160,8 +166,8 @@ static double unit_time(const cand *c, const clnpu_cluster_device *dv, const cln
 static double unit_mem(const cand *c, const clnpu_graph_unit *u)
 {
     const double t = (double)c->t;
-    double m = (u->attn_params + u->dense_params + u->shared_params) * c->wb / t +
-               (u->router_params + u->norm_params) * 4;
+    double m = ((u->attn_params - u->attn_whole_params + u->dense_params + u->shared_params) / t +
+                u->attn_whole_params) * c->wb + (u->router_params + u->norm_params) * 4;
     if (u->kind == CLNPU_UNIT_MOE) m += (double)c->slots * u->expert_params * c->wb;
     m += u->kv_bytes_per_token * (double)c->w->context * (c->batch / c->r);
     return m;

@@ -372,6 +372,30 @@ START_TEST(test_tensor_parallel)
         ck_assert_int_eq(clnpu_pipeline_decode(p, &bad, f.ids, 1, lg), CLNPU_ERR_INVALID_ARGUMENT);
         clnpu_pipeline_destroy(p);
     }
+    /* generation with the sampler on rank 0's device over the gathered logits: the tokens of one
+     * device, greedy and sampled */
+    clnpu_device *devs[2];
+    for (int i = 0; i < 2; i++) ck_assert_ok(clnpu_device_open(0, NULL, &devs[i]));
+    clnpu_model *tp;
+    ck_assert_ok(clnpu_model_create_tp(devs, 2, &f.cfg, f.ck, &o, &tp));
+    ck_assert_ok(clnpu_model_create(test_device(), &f.cfg, f.ck, &o, &m));
+    const clnpu_sampling samp[2] = {{0.0f, 0, 1.0f, 7}, {0.9f, 20, 0.8f, 1234}};
+    for (int si = 0; si < 2; si++) {
+        clnpu_model_reset(m, 0), clnpu_model_reset(tp, 0);
+        ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, 4, NULL));
+        ck_assert_ok(clnpu_model_prefill(tp, 0, f.ids, 4, NULL));
+        int a = f.ids[4], b = f.ids[4];
+        for (size_t step = 1; step < 12; step++) {
+            const size_t s0 = 0;
+            ck_assert_ok(clnpu_model_decode_sample(m, &s0, &a, 1, &samp[si], step, &a, NULL));
+            ck_assert_ok(clnpu_model_decode_sample(tp, &s0, &b, 1, &samp[si], step, &b, lg));
+            ck_assert_msg(a == b, "sampler %d step %zu: %d on one device, %d with TP 2", si, step, a, b);
+            for (size_t i = 0; i < V; i++) ck_assert_msg(!isnan(lg[i]), "TP logits: NaN at %zu (a column not gathered)", i);
+        }
+    }
+    ck_assert_uint_eq(clnpu_model_sequence_length(tp, 0), 15);
+    clnpu_model_destroy(m), clnpu_model_destroy(tp);
+    clnpu_device_close(devs[0]), clnpu_device_close(devs[1]);
     /* more ranks than heads, and one device twice, are refused */
     clnpu_stage_spec wide[1] = {{.layer_end = 3, .embed = true, .head = true, .tp = 8}};
     for (size_t i = 0; i < 8; i++) wide[0].ep_devices[i] = i;
@@ -385,23 +409,29 @@ START_TEST(test_tensor_parallel)
 }
 END_TEST
 
-/* The TP group's collectives: sums in rank order on every rank; a rank that fails releases the
- * others with its message instead of leaving them waiting. */
+/* The TP group's collectives: sums in rank order on every rank, column blocks gathered on rank 0;
+ * a rank that fails releases the others with its message instead of leaving them waiting. */
 typedef struct tp_rank_arg {
     clnpu_tp_group *g;
     size_t rank, n;
-    clnpu_buffer *b;
+    clnpu_buffer *b, *cols;
+    float *host;
     bool fail;
     clnpu_status st;
     char msg[256];
 } tp_rank_arg;
 
+enum { TP_R = 3, TP_N = 1000, TP_ROWS = 7, TP_COLS = 10 }; /* column blocks of 3, 3, 4 */
+
 static void *tp_rank_thread(void *p)
 {
     tp_rank_arg *a = p;
+    const size_t c0 = TP_COLS * a->rank / TP_R, nc = TP_COLS * (a->rank + 1) / TP_R - c0;
     a->st = CLNPU_OK;
-    for (int k = 0; !a->st && k < 5; k++) /* five collectives: the slots' parities alternate */
-        a->st = k % 2 ? clnpu_tp_broadcast(a->g, a->rank, a->b, a->n) : clnpu_tp_allreduce(a->g, a->rank, a->b, a->n);
+    for (int k = 0; !a->st && k < 5; k++) { /* five all-reduces (the slots' parities alternate), a gather inside */
+        a->st = clnpu_tp_allreduce(a->g, a->rank, a->b, a->n);
+        if (!a->st && k == 2) a->st = clnpu_tp_gather_columns(a->g, a->rank, a->cols, TP_ROWS, c0, nc, TP_COLS, a->host);
+    }
     if (a->fail) a->st = clnpu_tp_fail(a->g, a->rank, clnpu_fail(CLNPU_ERR_IO, "injected failure"));
     else if (!a->st) a->st = clnpu_tp_allreduce(a->g, a->rank, a->b, a->n);
     snprintf(a->msg, sizeof a->msg, "%s", clnpu_error_message());
@@ -410,41 +440,54 @@ static void *tp_rank_thread(void *p)
 
 START_TEST(test_tp_collectives)
 {
-    enum { R = 3, N = 1000 };
     clnpu_tp_group *g;
-    ck_assert_ok(clnpu_tp_group_create(R, N, &g));
-    float *x = malloc(R * N * sizeof *x), *out = malloc(N * sizeof *out);
-    tp_rank_arg args[R];
-    pthread_t th[R];
+    ck_assert_ok(clnpu_tp_group_create(TP_R, TP_N, &g));
+    float *x = malloc(TP_R * TP_N * sizeof *x), *out = malloc(TP_N * sizeof *out), m[TP_ROWS * TP_COLS];
+    float host[TP_R][TP_ROWS * TP_COLS];
+    tp_rank_arg args[TP_R];
+    pthread_t th[TP_R];
     for (int round = 0; round < 2; round++) { /* round 1: rank 1 fails after the five */
         clnpu_tp_group_begin(g);
-        uint64_t s = 0x9e3779b97f4a7c15ull + (uint64_t)round;
-        for (size_t i = 0; i < R * N; i++) s ^= s << 13, s ^= s >> 7, s ^= s << 17, x[i] = (float)((s >> 40) / 16777216.0) - 0.5f;
-        for (size_t r = 0; r < R; r++) {
-            args[r] = (tp_rank_arg){g, r, N, NULL, round == 1 && r == 1, CLNPU_OK, ""};
-            ck_assert_ok(clnpu_buffer_create(test_device(), N * sizeof(float), &args[r].b));
-            ck_assert_ok(clnpu_buffer_write(args[r].b, 0, x + r * N, N * sizeof(float)));
+        for (size_t i = 0; i < TP_R * TP_N; i++) x[i] = (float)test_rand_normal();
+        for (size_t i = 0; i < TP_ROWS * TP_COLS; i++) m[i] = (float)test_rand_normal();
+        for (size_t r = 0; r < TP_R; r++) {
+            args[r] = (tp_rank_arg){g, r, TP_N, NULL, NULL, host[r], round == 1 && r == 1, CLNPU_OK, ""};
+            ck_assert_ok(clnpu_buffer_create(test_device(), TP_N * sizeof(float), &args[r].b));
+            ck_assert_ok(clnpu_buffer_write(args[r].b, 0, x + r * TP_N, TP_N * sizeof(float)));
+            /* rank r's block [rows][its columns]; rank 0's in place in [rows][all], the rest NaN */
+            const size_t c0 = TP_COLS * r / TP_R, nc = TP_COLS * (r + 1) / TP_R - c0;
+            float blk[TP_ROWS * TP_COLS];
+            for (size_t i = 0; i < TP_ROWS * TP_COLS; i++) blk[i] = NAN;
+            for (size_t i = 0; i < TP_ROWS; i++)
+                for (size_t j = 0; j < nc; j++) blk[i * (r ? nc : TP_COLS) + j] = m[i * TP_COLS + c0 + j];
+            ck_assert_ok(clnpu_buffer_create(test_device(), sizeof blk, &args[r].cols));
+            ck_assert_ok(clnpu_buffer_write(args[r].cols, 0, blk, sizeof blk));
         }
-        for (size_t r = 0; r < R; r++) ck_assert_int_eq(pthread_create(&th[r], NULL, tp_rank_thread, &args[r]), 0);
-        for (size_t r = 0; r < R; r++) pthread_join(th[r], NULL);
-        /* allreduce, broadcast, allreduce, broadcast, allreduce (+ allreduce): R^2 (R^3) x the sum */
-        double scale = round ? R * R : R * R * R, worst = 0;
-        for (size_t r = 0; r < R; r++) {
+        for (size_t r = 0; r < TP_R; r++) ck_assert_int_eq(pthread_create(&th[r], NULL, tp_rank_thread, &args[r]), 0);
+        for (size_t r = 0; r < TP_R; r++) pthread_join(th[r], NULL);
+        /* the first all-reduce makes the sum, each further one multiplies it by R: five give R^4 x
+         * the sum (R^5 with the sixth of round 0) */
+        const double scale = round ? pow(TP_R, 4) : pow(TP_R, 5);
+        for (size_t r = 0; r < TP_R; r++) {
             if (round) {
                 ck_assert_int_eq(args[r].st, CLNPU_ERR_IO); /* the failing rank's status, everywhere */
                 ck_assert_msg(strstr(args[r].msg, r == 1 ? "injected failure" : "another rank failed"), "%s", args[r].msg);
             } else {
                 ck_assert_ok(args[r].st);
             }
-            ck_assert_ok(clnpu_buffer_read(args[r].b, 0, out, N * sizeof(float)));
-            for (size_t i = 0; i < N; i++) {
-                double want = scale * ((double)x[i] + x[N + i] + x[2 * N + i]);
+            ck_assert_ok(clnpu_buffer_read(args[r].b, 0, out, TP_N * sizeof(float)));
+            double num = 0, den = 0;
+            for (size_t i = 0; i < TP_N; i++) {
+                const double want = scale * ((double)x[i] + x[TP_N + i] + x[2 * TP_N + i]);
                 ck_assert_msg(!isnan(out[i]), "NaN");
-                if (fabs(out[i] - want) > worst) worst = fabs(out[i] - want);
+                num += (out[i] - want) * (out[i] - want), den += want * want;
             }
+            ck_assert_msg(sqrt(num / den) < 1e-6, "round %d rank %zu: %.3g", round, r, sqrt(num / den));
             clnpu_buffer_destroy(args[r].b);
         }
-        ck_assert_msg(worst < 1e-4, "round %d: %.3g", round, worst);
+        ck_assert_ok(clnpu_buffer_read(args[0].cols, 0, out, TP_ROWS * TP_COLS * sizeof(float)));
+        ck_assert_int_eq(memcmp(out, m, sizeof m), 0);
+        for (size_t r = 0; r < TP_R; r++) clnpu_buffer_destroy(args[r].cols);
         if (round) {
             ck_assert_int_eq(clnpu_tp_group_status(g), CLNPU_ERR_IO);
             ck_assert_msg(strstr(clnpu_error_message(), "tensor-parallel rank 1: injected failure"), "%s",

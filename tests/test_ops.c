@@ -159,6 +159,23 @@ START_TEST(test_elementwise)
         for (size_t i = 0; i < dim; i++)
             ck_assert_msg(y[t * dim + i] == clnpu_bf16_to_f32(tab[ids[t] * dim + i]), "embed [%zu,%zu]", t, i);
     for (size_t i = 0; i < dim; i++) ck_assert(isnan(y[3 * dim + i]));
+    free(y);
+    /* a tensor-parallel slice, rows [10, 20) of the table: other ids zeros, 37 still NaN */
+    clnpu_buffer *bs;
+    ck_assert_ok(clnpu_buffer_create(dev, 10 * dim * 2, &bs));
+    ck_assert_ok(clnpu_buffer_write(bs, 0, tab + 10 * dim, 10 * dim * 2));
+    ids[0] = 19, ids[1] = 10, ids[2] = 20;
+    ck_assert_ok(clnpu_buffer_write(bid, 0, ids, sizeof ids));
+    const float nan = NAN;
+    ck_assert_ok(clnpu_buffer_fill(be, &nan, sizeof nan));
+    ck_assert_ok(clnpu_embed_rows(dev, be, bs, CLNPU_DTYPE_BF16, bid, 4, dim, 10, 10, vocab));
+    y = read_f32(be, 4 * dim);
+    for (size_t i = 0; i < dim; i++) {
+        ck_assert(y[i] == clnpu_bf16_to_f32(tab[19 * dim + i]) && y[dim + i] == clnpu_bf16_to_f32(tab[10 * dim + i]));
+        ck_assert(y[2 * dim + i] == 0.0f && isnan(y[3 * dim + i]));
+    }
+    ck_assert_int_eq(clnpu_embed_rows(dev, be, bs, CLNPU_DTYPE_BF16, bid, 4, dim, 30, 10, vocab), CLNPU_ERR_INVALID_ARGUMENT);
+    clnpu_buffer_destroy(bs);
     free(y), free(tab), free(g), free(u), free(x), free(ref);
     clnpu_buffer_destroy(bg), clnpu_buffer_destroy(bu), clnpu_buffer_destroy(by), clnpu_buffer_destroy(bx);
     clnpu_buffer_destroy(bi), clnpu_buffer_destroy(bt), clnpu_buffer_destroy(bid), clnpu_buffer_destroy(be);

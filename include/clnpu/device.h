@@ -152,6 +152,9 @@ clnpu_status clnpu_buffer_write(clnpu_buffer *buffer, size_t offset, const void 
  * the queue has passed it (clnpu_device_finish, or a blocking read after it). Saves a host round
  * trip per small upload (a decode step's token ids and positions). */
 clnpu_status clnpu_buffer_write_async(clnpu_buffer *buffer, size_t offset, const void *src, size_t bytes);
+/* rows rows of width bytes, src_pitch apart in src, to offset + r * pitch (blocking). */
+clnpu_status clnpu_buffer_write_2d(clnpu_buffer *buffer, size_t offset, size_t pitch, const void *src,
+                                   size_t src_pitch, size_t width, size_t rows);
 clnpu_status clnpu_buffer_read(clnpu_buffer *buffer, size_t offset, void *dst, size_t bytes);
 clnpu_status clnpu_buffer_fill(clnpu_buffer *buffer, const void *pattern, size_t pattern_size);
 

@@ -78,12 +78,12 @@ clnpu_status clnpu_model_create(clnpu_device *dev, const clnpu_model_config *cfg
                                 const clnpu_checkpoint *ck, const clnpu_model_options *opt,
                                 clnpu_model **out_model);
 /* Tensor parallel over tp devices (devs[0 .. tp)), one model per device, returned as rank 0:
- * attention heads and the dense MLPs' features are split between the ranks (q_b, kv_b, gate, up
- * by rows; o and down by columns), q_a, kv_a and the latent cache are whole on every rank, and
- * the partial outputs are summed at two all-reduces per layer (through the host). The embedding,
- * the final norm + LM head and the MoE blocks (router, shared expert; routed experts on opt's
- * shards) run on rank 0, whose MoE output goes to the others by a broadcast. A forward on the
- * returned model runs every rank on its own host thread; destroy frees them all. */
+ * attention heads and the features of the dense MLPs and of the shared expert are split between
+ * the ranks (q_b, kv_b, gate, up by rows; o and down by columns); q_a, kv_a and the latent cache
+ * are whole on every rank; the partial outputs are summed at two all-reduces per layer (through
+ * the host). The embedding, the MoE router with the routed experts (on opt's shards) and the
+ * final norm + LM head run on rank 0. A forward on the returned model runs every rank on its
+ * own host thread; destroy frees them all. */
 #define CLNPU_MAX_TP 16 /* tensor-parallel ranks of one model */
 clnpu_status clnpu_model_create_tp(clnpu_device *const *devs, size_t tp, const clnpu_model_config *cfg,
                                    const clnpu_checkpoint *ck, const clnpu_model_options *opt,

@@ -41,6 +41,11 @@ clnpu_status clnpu_silu_mul(clnpu_device *dev, clnpu_view y, clnpu_view g, clnpu
 clnpu_status clnpu_embed(clnpu_device *dev, clnpu_buffer *y, const clnpu_buffer *table,
                          clnpu_dtype table_dtype, const clnpu_buffer *ids, size_t count,
                          size_t dim, size_t vocab);
+/* The same where table holds rows [first, first + rows) of the vocabulary (a tensor-parallel
+ * slice): ids of the vocabulary outside the slice give rows of zeros. */
+clnpu_status clnpu_embed_rows(clnpu_device *dev, clnpu_buffer *y, const clnpu_buffer *table,
+                              clnpu_dtype table_dtype, const clnpu_buffer *ids, size_t count, size_t dim,
+                              size_t first, size_t rows, size_t vocab);
 
 /* Row softmax in place; row argmax into int32 out (ties: lowest index). */
 clnpu_status clnpu_softmax(clnpu_device *dev, clnpu_view x, size_t rows, size_t n);

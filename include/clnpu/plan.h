@@ -34,6 +34,7 @@ typedef struct clnpu_graph_unit {
     clnpu_unit_kind kind;
     int layer;                 /* -1 for embed / head */
     double attn_params;        /* q/kv/o projections and their norms */
+    double attn_whole_params;  /* of which every tensor-parallel rank holds whole: q_a, kv_a, norms */
     double dense_params;       /* dense MLP (layer 0), or embedding / LM head */
     double expert_params;      /* one routed expert */
     double shared_params;      /* shared expert(s) */
