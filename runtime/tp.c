@@ -116,7 +116,9 @@ clnpu_status clnpu_tp_allreduce(clnpu_tp_group *g, size_t rank, clnpu_buffer *b,
         const float *part = slots + r * g->floats;
         for (size_t i = 0; i < n; i++) acc[i] += part[i];
     }
-    return clnpu_buffer_write(b, 0, acc, n * sizeof(float));
+    /* queued without waiting: acc is next written after this rank's next all-reduce has read
+     * its buffer, which the in-order queue does only after this write */
+    return clnpu_buffer_write_async(b, 0, acc, n * sizeof(float));
 }
 
 clnpu_status clnpu_tp_gather_columns(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t rows, size_t col0,

@@ -13,7 +13,7 @@
 
 clnpu_workload clnpu_workload_default(void)
 {
-    clnpu_workload w = {CLNPU_PHASE_DECODE, 0, 4096, CLNPU_DTYPE_BF16, 0, NULL, 0, 0};
+    clnpu_workload w = {CLNPU_PHASE_DECODE, 0, 4096, CLNPU_DTYPE_BF16, 0, NULL, 0, 0, 0};
     return w;
 }
 
@@ -387,7 +387,7 @@ static result search(const clnpu_graph *gr, const clnpu_cluster *cl, const clnpu
     result best = {0};
     for (size_t g = 1; g <= cl->count; g *= 2) {
         for (size_t t = 1; t <= g && t <= tp_cap; t *= 2) {
-            if (gr->heads % t || g % t) continue;
+            if (gr->heads % t || g % t || t < w->min_tp) continue;
             result r = evaluate(gr, cl, w, cal, g, t, batch, per_node);
             if (r.ok && w->slo_ms > 0 && r.latency * 1e3 > w->slo_ms) r.ok = false;
             if (getenv("CLNPU_PLAN_DEBUG"))
@@ -400,7 +400,7 @@ static result search(const clnpu_graph *gr, const clnpu_cluster *cl, const clnpu
     /* g = all devices when N is not a power of two */
     if ((cl->count & (cl->count - 1)) != 0)
         for (size_t t = 1; t <= tp_cap; t *= 2) {
-            if (gr->heads % t || cl->count % t) continue;
+            if (gr->heads % t || cl->count % t || t < w->min_tp) continue;
             result r = evaluate(gr, cl, w, cal, cl->count, t, batch, per_node);
             if (r.ok && w->slo_ms > 0 && r.latency * 1e3 > w->slo_ms) r.ok = false;
             if (better(&r, &best)) best = r;

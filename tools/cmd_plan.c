@@ -8,12 +8,12 @@
 static const char usage[] =
     "clnpu plan --model CONFIG.json --cluster FILE.yaml [--phase decode|prefill] [--batch B] [--context L]\n"
     "           [--weights bf16|fp8|int8] [--slo-ms X] [--expert-load FILE] [--calibration BENCH.jsonl]\n"
-    "           [--targets-dir DIR] [--max-tp N] [-o plan.yaml] [--svg plan.svg]";
+    "           [--targets-dir DIR] [--max-tp N] [--min-tp N] [-o plan.yaml] [--svg plan.svg]";
 
 int cmd_plan(int argc, char **argv)
 {
     enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CLUSTER, O_PHASE, O_BATCH, O_CONTEXT, O_WEIGHTS, O_SLO, O_LOAD, O_CAL,
-           O_SVG, O_TDIR, O_MAXTP };
+           O_SVG, O_TDIR, O_MAXTP, O_MINTP };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, O_MODEL}, {"cluster", required_argument, NULL, O_CLUSTER},
         {"phase", required_argument, NULL, O_PHASE}, {"batch", required_argument, NULL, O_BATCH},
@@ -21,6 +21,7 @@ int cmd_plan(int argc, char **argv)
         {"slo-ms", required_argument, NULL, O_SLO}, {"expert-load", required_argument, NULL, O_LOAD},
         {"calibration", required_argument, NULL, O_CAL}, {"svg", required_argument, NULL, O_SVG},
         {"targets-dir", required_argument, NULL, O_TDIR}, {"max-tp", required_argument, NULL, O_MAXTP},
+        {"min-tp", required_argument, NULL, O_MINTP},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     const char *model = NULL, *cluster = NULL, *load = NULL, *cal_path = NULL, *out = NULL, *svg = NULL, *tdir = NULL;
     clnpu_workload w = clnpu_workload_default();
@@ -66,6 +67,9 @@ int cmd_plan(int argc, char **argv)
         case O_TDIR: tdir = optarg; break;
         case O_MAXTP:
             if (!cli_parse_size(optarg, &w.max_tp) || !w.max_tp) return cli_usage_error("plan", usage, "bad --max-tp '%s'", optarg);
+            break;
+        case O_MINTP:
+            if (!cli_parse_size(optarg, &w.min_tp) || !w.min_tp) return cli_usage_error("plan", usage, "bad --min-tp '%s'", optarg);
             break;
         default: return cli_usage_error("plan", usage, "unknown or incomplete option '%s'", argv[optind - 1]);
         }

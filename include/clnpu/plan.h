@@ -98,6 +98,7 @@ typedef struct clnpu_workload {
     const double *expert_load; /* [moe layers][experts] relative loads, NULL = uniform */
     size_t expert_load_layers;
     size_t max_tp;       /* largest tensor-parallel width to consider; 0 = the node size */
+    size_t min_tp;       /* smallest one (0 or 1: from 1); with max_tp, pins the width */
 } clnpu_workload;
 
 clnpu_workload clnpu_workload_default(void);
