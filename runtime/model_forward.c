@@ -9,6 +9,7 @@
 #include "launch.h"
 #include "model_internal.h"
 #include "step.h"
+#include "dp.h"
 #include "tp.h"
 
 /* Y[rows] = X . W^T (+ Y when residual), with views for X and Y. */
@@ -241,8 +242,11 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
         /* h += attn . Wo^T, then the MLP on the post-attention norm */
         if (!st) st = mm(m, ly->o, 0, m->attn, 0, H * c->v_head_dim, m->h, 0, d, T, partial);
         if (!st) st = tp_sum(m, m->h, T);
-        if (!st) st = clnpu_rmsnorm(m->dev, hv, none, av, ly->post_attn_norm, T, d, eps);
         const bool moe = clnpu_model_config_is_moe(c, l);
+        /* data-parallel attention: a TP peer leaves its device alone in a MoE layer, which the
+         * replica that runs the stage's MoE may be using */
+        const bool idle = m->dp && moe && m->tp_rank;
+        if (!st && !idle) st = clnpu_rmsnorm(m->dev, hv, none, av, ly->post_attn_norm, T, d, eps);
         if (!st && !moe) {
             st = mm(m, ly->dense_gate_up, 0, m->a, 0, d, m->mlp_h, 0, m->inter, T, CLNPU_EPILOGUE_SWIGLU);
             if (!st) st = mm(m, ly->dense_down, 0, m->mlp_h, 0, m->inter, m->h, 0, d, T, partial);
@@ -251,7 +255,11 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
             /* rank 0: routed experts + its slice of the shared expert; a peer: its slice only;
              * summed over the ranks before the norm after the block */
             clnpu_view mv = {m->mlp, 0, d};
-            if (ly->moe) {
+            if (m->dp && !m->tp_rank) { /* the stage's MoE, on every replica's rows at once */
+                st = clnpu_dp_moe(m->dp, m->replica, m, l, T);
+            } else if (idle) {
+                /* adds nothing to the replica's sum below */
+            } else if (ly->moe) {
                 st = clnpu_moe_block_forward(m->dev, ly->moe, av, T, mv);
             } else if (ly->dense_gate_up) {
                 st = mm(m, ly->dense_gate_up, 0, m->a, 0, d, m->mlp_h, 0, m->shared, T, CLNPU_EPILOGUE_SWIGLU);
@@ -260,10 +268,10 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
                 const float zero = 0;
                 st = clnpu_buffer_fill(m->mlp, &zero, sizeof zero);
             }
-            if (!st) st = tp_sum(m, m->mlp, T);
+            if (!st) st = m->tp ? clnpu_tp_allreduce_add(m->tp, m->tp_rank, m->mlp, T * d, !idle) : CLNPU_OK;
             if (!st && ly->post_mlp_norm) st = clnpu_rmsnorm(m->dev, mv, none, mv, ly->post_mlp_norm, T, d, eps);
             if (!st) st = add_into(m, m->h, m->mlp, T * d);
-            if (!st && m->opt.capture) {
+            if (!st && m->opt.capture && ly->moe && !m->dp) {
                 const size_t K = c->num_experts_per_tok, off = l * m->opt.max_tokens * K;
                 st = clnpu_moe_block_last_routing(ly->moe, m->route_ids + off, m->route_w + off);
             }
@@ -287,6 +295,7 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
         if (!st && logits) st = clnpu_buffer_read(m->logits, 0, logits, T * c->vocab_size * sizeof(float));
     }
     if (st && m->tp) clnpu_tp_fail(m->tp, m->tp_rank, st); /* release the ranks waiting for this one */
+    if (st && m->dp && !m->tp_rank) clnpu_dp_fail(m->dp, m->replica, st); /* and the other replicas */
     /* Always: the queued upload reads m->step_host until here, even after a failure. */
     clnpu_status fin = clnpu_device_finish(m->dev);
     if (!st) st = fin;

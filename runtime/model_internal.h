@@ -33,6 +33,10 @@ struct clnpu_model {
     struct clnpu_tp_group *tp;
     struct clnpu_model **peers; /* rank 0: ranks 1 .. tp_size - 1 */
     float *logits_host;         /* peers with the head: their logits columns on the way to rank 0 */
+    /* data-parallel attention (a replica of a stage): the MoE layers meet the other replicas in
+     * dp; replica 0's first rank holds the MoE blocks, for moe_rows rows */
+    struct clnpu_dp_group *dp;
+    size_t replica, moe_rows;
     size_t dqk, lat;   /* qk head dim, latent row (R + DR) */
     float scale;       /* softmax scale */
     model_layer *layers;
@@ -68,6 +72,13 @@ struct clnpu_model {
     float *route_w;
     size_t captured_tokens;
 };
+
+struct clnpu_dp_group;
+/* Replica `replica` of `replicas` data-parallel attention replicas of a stage, tensor parallel
+ * over devs[0 .. tp) (clnpu_model_create_tp), meeting the others at the MoE layers in dp. */
+clnpu_status clnpu_model_create_replica(clnpu_device *const *devs, size_t tp, size_t replica, size_t replicas,
+                                        struct clnpu_dp_group *dp, const clnpu_model_config *cfg,
+                                        const clnpu_checkpoint *ck, const clnpu_model_options *opt, clnpu_model **out);
 
 clnpu_status clnpu_model_forward(clnpu_model *m, size_t ntok, const int *ids, const size_t *seq_of,
                                  const size_t *pos_of, bool decode, float *logits);

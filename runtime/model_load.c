@@ -305,9 +305,9 @@ static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *l
         clnpu_moe_config mc = {E, c->n_group, c->topk_group, c->num_experts_per_tok, c->norm_topk_prob,
                                (float)c->routed_scaling_factor};
         clnpu_moe_weights w = {router, bias, g, u, d, shared ? &sg : NULL, shared ? &su : NULL, shared ? &sd : NULL};
-        st = m->opt.ep_count ? clnpu_moe_block_create_sharded(m->dev, &mc, &w, m->opt.max_tokens, m->opt.ep_shards,
+        st = m->opt.ep_count ? clnpu_moe_block_create_sharded(m->dev, &mc, &w, m->moe_rows, m->opt.ep_shards,
                                                               m->opt.ep_count, &ly->moe)
-                             : clnpu_moe_block_create(m->dev, &mc, &w, m->opt.max_tokens, &ly->moe);
+                             : clnpu_moe_block_create(m->dev, &mc, &w, m->moe_rows, &ly->moe);
         if (!st) clnpu_moe_block_set_tag(ly->moe, l);
     }
     free(g), free(u), free(d);
@@ -356,7 +356,7 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
         if (!st) st = clnpu_weight_upload_swiglu(m->dev, &g, &u, 1, &ly->dense_gate_up);
         if (!st) st = clnpu_weight_upload(m->dev, &dn, 1, &ly->dense_down);
     } else if (!st) { /* the MoE block (router, routed experts) on rank 0; the shared expert split */
-        st = m->tp_rank ? load_moe_peer(m, L, l, ly) : load_moe(m, L, l, ly);
+        st = m->tp_rank || m->replica ? load_moe_peer(m, L, l, ly) : load_moe(m, L, l, ly);
     }
 #undef NAME
     if (!st) st = clnpu_buffer_create(m->dev, m->pages * m->opt.page_size * m->lat * sizeof(float), &ly->cache);
@@ -467,10 +467,17 @@ static clnpu_status alloc_activations(clnpu_model *m)
     return st ? clnpu_fail_context(st, "allocating activations for %zu tokens per step, context %zu", T, S) : CLNPU_OK;
 }
 
-/* Rank `rank` of `size` tensor-parallel ranks (0 of 1: the whole model). */
+/* Which part of a stage a model is: tensor-parallel rank `rank` of `size` in data-parallel
+ * attention replica `replica` of `replicas` (0 of 1 and 0 of 1: the whole model). */
+typedef struct model_part {
+    size_t rank, size, replica, replicas;
+    struct clnpu_dp_group *dp;
+} model_part;
+
 static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
-                                 const clnpu_model_options *opt, size_t rank, size_t size, clnpu_model **out)
+                                 const clnpu_model_options *opt, const model_part *part, clnpu_model **out)
 {
+    const size_t rank = part->rank, size = part->size;
     *out = NULL;
     clnpu_model *m = calloc(1, sizeof *m);
     if (!m) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
@@ -483,12 +490,17 @@ static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cf
     m->i0 = I * rank / size, m->inter = I * (rank + 1) / size - m->i0;
     const size_t SI = cfg->moe_intermediate_size * cfg->n_shared_experts;
     m->s0 = SI * rank / size, m->shared = SI * (rank + 1) / size - m->s0;
+    /* replicas share one MoE block (replica 0's first rank): its shared expert whole, for all
+     * their rows */
+    m->replica = part->replica, m->dp = part->dp, m->moe_rows = part->replicas;
+    if (part->replicas > 1) m->s0 = 0, m->shared = rank || part->replica ? 0 : SI;
     m->v0 = cfg->vocab_size * rank / size, m->vocab = cfg->vocab_size * (rank + 1) / size - m->v0;
     if (!m->opt.max_context) m->opt.max_context = cfg->max_position_embeddings < 4096 ? cfg->max_position_embeddings : 4096;
     if (!m->opt.max_sequences) m->opt.max_sequences = 1;
     if (!m->opt.page_size) m->opt.page_size = 16;
     if (!m->opt.max_tokens) m->opt.max_tokens = 512;
     if (m->opt.max_tokens < m->opt.max_sequences) m->opt.max_tokens = m->opt.max_sequences;
+    m->moe_rows *= m->opt.max_tokens;
     m->dqk = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim;
     m->lat = cfg->kv_lora_rank + cfg->qk_rope_head_dim;
     m->scale = (float)clnpu_rope_softmax_scale(&cfg->rope, m->dqk);
@@ -540,20 +552,35 @@ static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cf
 clnpu_status clnpu_model_create(clnpu_device *dev, const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
                                 const clnpu_model_options *opt, clnpu_model **out)
 {
-    return model_create(dev, cfg, ck, opt, 0, 1, out);
+    const model_part whole = {0, 1, 0, 1, NULL};
+    return model_create(dev, cfg, ck, opt, &whole, out);
 }
 
 clnpu_status clnpu_model_create_tp(clnpu_device *const *devs, size_t tp, const clnpu_model_config *cfg,
                                    const clnpu_checkpoint *ck, const clnpu_model_options *opt, clnpu_model **out)
 {
+    return clnpu_model_create_replica(devs, tp, 0, 1, NULL, cfg, ck, opt, out);
+}
+
+clnpu_status clnpu_model_create_replica(clnpu_device *const *devs, size_t tp, size_t replica, size_t replicas,
+                                        struct clnpu_dp_group *dp, const clnpu_model_config *cfg,
+                                        const clnpu_checkpoint *ck, const clnpu_model_options *opt, clnpu_model **out)
+{
     *out = NULL;
-    if (tp <= 1) return clnpu_model_create(devs[0], cfg, ck, opt, out);
+    if (!tp) tp = 1;
     if (tp > CLNPU_MAX_TP || tp > cfg->num_attention_heads || tp > cfg->intermediate_size)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "tensor parallel over %zu devices: at most %d, and the model has %zu "
                           "attention heads (each rank needs one)", tp, CLNPU_MAX_TP, cfg->num_attention_heads);
+    clnpu_model_options ro = opt ? *opt : clnpu_model_options_default();
+    if (replica) ro.capture = false, ro.ep_shards = NULL, ro.ep_count = 0; /* the MoE block is replica 0's */
     clnpu_model *m;
-    clnpu_status st = model_create(devs[0], cfg, ck, opt, 0, tp, &m);
-    if (st) return clnpu_fail_context(st, "tensor-parallel rank 0");
+    const model_part p0 = {0, tp, replica, replicas, dp};
+    clnpu_status st = model_create(devs[0], cfg, ck, &ro, &p0, &m);
+    if (st) return tp > 1 ? clnpu_fail_context(st, "tensor-parallel rank 0") : st;
+    if (tp == 1) {
+        *out = m;
+        return CLNPU_OK;
+    }
     m->peers = calloc(tp - 1, sizeof *m->peers);
     if (!m->peers) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     /* the residual stream of a step's tokens crosses at the collectives */
@@ -561,7 +588,8 @@ clnpu_status clnpu_model_create_tp(clnpu_device *const *devs, size_t tp, const c
     clnpu_model_options po = m->opt; /* peers: no routed experts, nothing captured */
     po.capture = false, po.ep_shards = NULL, po.ep_count = 0;
     for (size_t r = 1; !st && r < tp; r++) {
-        st = model_create(devs[r], cfg, ck, &po, r, tp, &m->peers[r - 1]);
+        const model_part pr = {r, tp, replica, replicas, dp};
+        st = model_create(devs[r], cfg, ck, &po, &pr, &m->peers[r - 1]);
         if (st) st = clnpu_fail_context(st, "tensor-parallel rank %zu", r);
         else m->peers[r - 1]->tp = m->tp;
     }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../backend/error.h"
+#include "dp.h"
 #include "pipeline_internal.h"
 #include "step.h"
 
@@ -15,10 +16,12 @@ void clnpu_pipeline_destroy(clnpu_pipeline *p)
     if (!p) return;
     for (size_t i = 0; i < p->count; i++) {
         if (p->stages) clnpu_model_destroy(p->stages[i]);
+        for (size_t j = 1; p->reps && j < CLNPU_MAX_EP; j++) clnpu_model_destroy(p->reps[i * CLNPU_MAX_EP + j]);
+        if (p->dps) clnpu_dp_group_destroy(p->dps[i]);
         if (p->devs) clnpu_device_close(p->devs[i]);
         for (size_t j = 0; p->ep_devs && j < CLNPU_MAX_EP; j++) clnpu_device_close(p->ep_devs[i * CLNPU_MAX_EP + j]);
     }
-    free(p->stages), free(p->devs), free(p->ep_devs), free(p->h[0]), free(p->h[1]);
+    free(p->stages), free(p->reps), free(p->dps), free(p->nrep), free(p->devs), free(p->ep_devs), free(p->h[0]), free(p->h[1]);
     free(p->seq_len), free(p->owner), free(p->shard_rank), free(p->remote_ctx), free(p->remotes);
     free(p->srv_rows), free(p->xch_rows), free(p->srv_segs), free(p->wire_segs);
     pipeline_mpi_finalize(p);
@@ -45,6 +48,9 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
     p->cfg = *cfg, p->count = n;
     p->devs = calloc(n, sizeof *p->devs);
     p->stages = calloc(n, sizeof *p->stages);
+    p->reps = calloc(n * CLNPU_MAX_EP, sizeof *p->reps);
+    p->dps = calloc(n, sizeof *p->dps);
+    p->nrep = calloc(n, sizeof *p->nrep);
     p->ep_devs = calloc(n * CLNPU_MAX_EP, sizeof *p->ep_devs);
     clnpu_model_options o = opt ? *opt : clnpu_model_options_default();
     p->max_tokens = o.max_tokens ? o.max_tokens : 512;
@@ -57,7 +63,7 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
     p->remote_ctx = calloc(n, sizeof *p->remote_ctx);
     p->remotes = calloc(n, sizeof *p->remotes);
     p->nranks = 1;
-    if (!p->devs || !p->stages || !p->h[0] || !p->h[1] || !p->seq_len || !p->owner || !p->shard_rank ||
+    if (!p->devs || !p->stages || !p->reps || !p->dps || !p->nrep || !p->h[0] || !p->h[1] || !p->seq_len || !p->owner || !p->shard_rank ||
         !p->remote_ctx || !p->remotes)
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     if (!st) st = pipeline_mpi_setup(p, sp, n);
@@ -91,13 +97,17 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         /* expert parallel: one device (context) per plan device of the stage held by this rank,
          * the main one reused; shards of other ranks are remote */
         clnpu_moe_shard shards[CLNPU_MAX_EP];
+        /* attention replica j: tensor parallel over tp_devs[j * tp .. (j + 1) * tp) */
         clnpu_device *tp_devs[CLNPU_MAX_EP] = {p->devs[i]};
+        /* with a rank per device (expert shards on other ranks) the owner runs all attention */
         const size_t tp = own && sp[i].tp > 1 ? sp[i].tp : 1;
-        if (tp > CLNPU_MAX_EP) {
-            st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "stage %zu: tensor parallel over %zu devices; at most %d", i, tp, CLNPU_MAX_EP);
+        const size_t reps = own && sp[i].replicas > 1 && !p->group_comm ? sp[i].replicas : 1;
+        if (tp * reps > CLNPU_MAX_EP) {
+            st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "stage %zu: %zu attention replicas of tensor parallel %zu; at most %d "
+                            "devices", i, reps, tp, CLNPU_MAX_EP);
             break;
         }
-        const size_t width = sp[i].ep_count > tp ? sp[i].ep_count : tp;
+        const size_t width = sp[i].ep_count > tp * reps ? sp[i].ep_count : tp * reps;
         for (size_t j = 0; !st && j < width && j < CLNPU_MAX_EP; j++) {
             const bool shard = j < sp[i].ep_count;
             if (shard) shards[j] = (clnpu_moe_shard){NULL, sp[i].ep_experts[j], sp[i].ep_expert_counts[j], NULL};
@@ -106,7 +116,7 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
                 continue;
             }
             clnpu_device *d = p->devs[i];
-            if (j && j < tp && sp[i].ep_devices[j] == main_dev) {
+            if (j && j < tp * reps && sp[i].ep_devices[j] == main_dev) {
                 st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "stage %zu: tensor-parallel rank %zu is on the main device %zu "
                                 "again; each rank needs a device of its own", i, j, main_dev);
                 break;
@@ -116,12 +126,22 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
                 d = p->ep_devs[i * CLNPU_MAX_EP + j];
             }
             if (shard) shards[j].device = d;
-            if (j < tp) tp_devs[j] = d; /* a device serves its TP rank and its expert shard */
+            if (j < tp * reps) tp_devs[j] = d; /* a device serves its TP rank and its expert shard */
         }
         if (st) break;
         so.ep_shards = sp[i].ep_count ? shards : NULL;
         so.ep_count = sp[i].ep_count < CLNPU_MAX_EP ? sp[i].ep_count : CLNPU_MAX_EP;
-        st = clnpu_model_create_tp(tp_devs, tp, cfg, ck, &so, &p->stages[i]);
+        p->nrep[i] = reps;
+        if (reps > 1) { /* replicas take sequences q with q mod reps = j, as local sequence q / reps */
+            so.max_sequences = (p->max_sequences + reps - 1) / reps;
+            st = clnpu_dp_group_create(reps, so.max_tokens ? so.max_tokens : 512, cfg->hidden_size, p->devs[i], &p->dps[i]);
+        }
+        for (size_t j = 0; !st && j < reps; j++) {
+            clnpu_model **m = j ? &p->reps[i * CLNPU_MAX_EP + j] : &p->stages[i];
+            st = clnpu_model_create_replica(tp_devs + j * tp, tp, j, reps, p->dps[i], cfg, ck, &so, m);
+            if (st && reps > 1) st = clnpu_fail_context(st, "attention replica %zu", j);
+        }
+        if (!st && p->dps[i]) clnpu_dp_group_set_leader(p->dps[i], p->stages[i]);
         if (st) st = clnpu_fail_context(st, "stage %zu (layers %zu..%zu)", i, sp[i].layer_begin, sp[i].layer_end);
         if (!st && own && p->group_size > 1 && !p->xch_rows) { /* the owner packs its exchanges here */
             p->xch_rows = malloc(p->max_tokens * cfg->num_experts_per_tok * cfg->hidden_size * sizeof(float));
@@ -173,7 +193,7 @@ static clnpu_status run(clnpu_pipeline *p, size_t n, const int *ids, const size_
                 const size_t a = start[j], len = start[j + 1] - a;
                 st = pipeline_recv_hidden(p, s, a, len);
                 if (!st)
-                    st = clnpu_model_forward_stage(p->stages[s], len, ids + a, seqs + a, pos + a, decode,
+                    st = pipeline_stage_forward(p, s, len, ids + a, seqs + a, pos + a, decode,
                                                    s ? p->h[s % 2] + a * H : NULL, last ? NULL : p->h[(s + 1) % 2] + a * H,
                                                    last && logits ? logits + a * V : NULL);
                 if (!st) st = pipeline_send_hidden(p, s, a, len);

@@ -17,7 +17,10 @@ struct clnpu_pipeline {
     size_t count;
     clnpu_device **devs;
     clnpu_device **ep_devs; /* [count][CLNPU_MAX_EP], NULL where the main device serves */
-    clnpu_model **stages;
+    clnpu_model **stages;  /* each stage's model (its attention replica 0) */
+    clnpu_model **reps;    /* [count][CLNPU_MAX_EP]: attention replicas 1.. of a stage */
+    struct clnpu_dp_group **dps;
+    size_t *nrep;          /* attention replicas per stage (1: none) */
     float *h[2];        /* host hand-off buffers [max_tokens][hidden] */
     size_t max_tokens;
     size_t *seq_len;    /* tokens per sequence, kept here (stage 0 may live on another rank) */
@@ -43,6 +46,10 @@ struct clnpu_pipeline {
     int fault_step;               /* CLNPU_FAULT_RANK: this rank dies at its first step */
     size_t micro;                 /* decode micro-batches in flight (in one process) */
 };
+
+/* One stage's forward on this rank (its attention replicas on threads of their own). */
+clnpu_status pipeline_stage_forward(clnpu_pipeline *p, size_t s, size_t n, const int *ids, const size_t *seqs,
+                                    const size_t *pos, bool decode, const float *h_in, float *h_out, float *logits);
 
 /* n rows cut into groups (group j: rows [start[j], start[j + 1])) through the stages with a host
  * thread per stage, several groups in flight; logits [n][vocab] from the last stage (or NULL). */

@@ -43,7 +43,7 @@ static void *stage_main(void *arg)
         pthread_mutex_unlock(&r->mu);
         if (stop) return NULL;
         const size_t a = r->start[j], len = r->start[j + 1] - a;
-        clnpu_status st = clnpu_model_forward_stage(r->p->stages[s], len, r->ids + a, r->seqs + a, r->pos + a, r->decode,
+        clnpu_status st = pipeline_stage_forward(r->p, s, len, r->ids + a, r->seqs + a, r->pos + a, r->decode,
                                                     s ? r->hand + ((s - 1) * r->n + a) * H : NULL,
                                                     last ? NULL : r->hand + (s * r->n + a) * H,
                                                     last && r->logits ? r->logits + a * V : NULL);

@@ -77,12 +77,13 @@ clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config
         }
         sp[i].device = (size_t)atol(clnpu_yaml_scalar(yaml_document_get_node(&doc, *devs->data.sequence.items.start)));
         size_t nd = (size_t)(devs->data.sequence.items.top - devs->data.sequence.items.start);
-        /* tensor parallel over the stage's first tp devices (its first attention replica) */
-        if (tp > nd) {
-            st = clnpu_fail(CLNPU_ERR_PARSE, "%s: stage %zu has %zu devices for tensor parallel %zu", path, i, nd, tp);
+        /* attention replicas of tp devices each (tensor parallel inside a replica) */
+        if (nd % tp) {
+            st = clnpu_fail(CLNPU_ERR_PARSE, "%s: stage %zu has %zu devices, not a multiple of tensor parallel %zu", path, i,
+                            nd, tp);
             break;
         }
-        sp[i].tp = tp;
+        sp[i].tp = tp, sp[i].replicas = nd / tp;
         if (nd > 1) { /* expert parallel over the stage's devices, experts from the plan's list */
             if (nd > CLNPU_MAX_EP || !experts || (size_t)(experts->data.sequence.items.top - experts->data.sequence.items.start) < nd) {
                 st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: stage %zu spreads experts over %zu devices: this executor runs up to "

@@ -103,11 +103,18 @@ static clnpu_status barrier(clnpu_tp_group *g)
 
 clnpu_status clnpu_tp_allreduce(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t n)
 {
+    return clnpu_tp_allreduce_add(g, rank, b, n, true);
+}
+
+clnpu_status clnpu_tp_allreduce_add(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t n, bool add)
+{
     if (n > g->floats)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "tensor-parallel all-reduce of %zu floats; the group holds %zu", n,
                           g->floats);
     float *slots = g->slots + (g->calls[rank]++ & 1) * g->size * g->floats;
-    clnpu_status st = clnpu_buffer_read(b, 0, slots + rank * g->floats, n * sizeof(float));
+    clnpu_status st = CLNPU_OK;
+    if (add) st = clnpu_buffer_read(b, 0, slots + rank * g->floats, n * sizeof(float));
+    else memset(slots + rank * g->floats, 0, n * sizeof(float)); /* zeros, without touching the device */
     if (!st) st = barrier(g);
     if (st) return st;
     float *acc = g->sums + rank * g->floats;

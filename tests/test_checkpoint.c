@@ -511,6 +511,13 @@ START_TEST(test_mpi_ranks)
         "- {stage: 0, devices: [0, 1, 2, 3], embedding: true, head: true, layers: [0, 1, 2]}\n"), 0);
     double e4 = mpirun_logits_error(dir, 4, plan4, ids, "EP 4");
     ck_assert_msg(e4 <= 1e-4, "EP 4 -np 4: %.3g", e4);
+    /* in one process the same plan runs four attention replicas (a sequence each), meeting at
+     * the MoE layers: three sequences decoding together give one device's ids */
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s -n 6 --sequences 3 --plan %s", CLNPU_CLI_PATH, TINY,
+             seq_ids, plan4);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    id_lines(out, got, sizeof got);
+    ck_assert_msg(!strcmp(want, got), "3 sequences on 4 attention replicas:\n%s\none device:\n%s", got, want);
     snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe -np 3 '%s' run --model '%s' --ids %s --plan %s -n 2",
              CLNPU_CLI_PATH, TINY, ids, plan2);
     ck_assert_msg(test_run(cmd, out, sizeof out) != 0 && strstr(out, "give at most 2 (stages dealt in runs) or exactly 4"),

@@ -196,15 +196,20 @@ START_TEST(test_pipeline_micro_batches)
     const clnpu_stage_spec pp3[] = {STAGE(0, 0, 1, true, false), STAGE(1, 1, 2, false, false), STAGE(0, 2, 3, false, true)};
     clnpu_stage_spec ppep[2] = {STAGE(0, 0, 2, true, false), STAGE(1, 2, 3, false, true)};
     clnpu_stage_spec pptp[2] = {STAGE(0, 0, 2, true, false), STAGE(2, 2, 3, false, true)};
+    clnpu_stage_spec ppdp[2] = {STAGE(0, 0, 2, true, false), STAGE(2, 2, 3, false, true)};
 #undef STAGE
     static const size_t e2[2][8] = {{0, 2, 4, 6, 8, 10, 12, 14}, {1, 3, 5, 7, 9, 11, 13, 15}};
     ppep[0].ep_count = 2, pptp[0].tp = pptp[1].tp = 2;
     for (size_t i = 0; i < 2; i++) {
         ppep[0].ep_devices[i] = i, ppep[0].ep_experts[i] = e2[i], ppep[0].ep_expert_counts[i] = 8;
         pptp[0].ep_devices[i] = i, pptp[1].ep_devices[i] = 2 + i; /* each stage's TP ranks on threads of its own */
+        /* two attention replicas per stage, the experts over both devices of the stage */
+        for (size_t t = 0; t < 2; t++)
+            ppdp[t].ep_devices[i] = 2 * t + i, ppdp[t].ep_experts[i] = e2[i], ppdp[t].ep_expert_counts[i] = 8;
     }
+    ppdp[0].replicas = ppdp[1].replicas = 2, ppdp[0].ep_count = ppdp[1].ep_count = 2;
     const struct { const clnpu_stage_spec *s; size_t n; const char *name; } cases[] = {
-        {pp3, 3, "PP 3"}, {ppep, 2, "PP 2 x EP 2"}, {pptp, 2, "PP 2 x TP 2"}};
+        {pp3, 3, "PP 3"}, {ppep, 2, "PP 2 x EP 2"}, {pptp, 2, "PP 2 x TP 2"}, {ppdp, 2, "PP 2 x DP 2 attention"}};
     clnpu_model_options o = clnpu_model_options_default();
     o.max_sequences = 4, o.max_context = 64, o.max_tokens = 4; /* prompts of 5..11 tokens: 2-3 chunks */
     const size_t len[4] = {3, 8, 5, 11}, micro[] = {1, 2, 3, 4, 9};
@@ -333,21 +338,25 @@ START_TEST(test_tensor_parallel)
     clnpu_stage_spec tp2[1] = {STAGE(0, 3, true, true, 2)}, tp4[1] = {STAGE(0, 3, true, true, 4)};
     clnpu_stage_spec pptp[2] = {STAGE(0, 2, true, false, 2), STAGE(2, 3, false, true, 2)};
     clnpu_stage_spec tpep[1] = {STAGE(0, 3, true, true, 2)}, tpep4[1] = {STAGE(0, 3, true, true, 2)};
+    /* data-parallel attention: two replicas of one device, and two replicas of TP 2 */
+    clnpu_stage_spec dp2[1] = {STAGE(0, 3, true, true, 1)}, dptp[1] = {STAGE(0, 3, true, true, 2)};
 #undef STAGE
     static const size_t e2[2][8] = {{0, 1, 2, 3, 4, 5, 6, 7}, {8, 9, 10, 11, 12, 13, 14, 15}};
     static const size_t e4[4][4] = {{0, 4, 8, 12}, {1, 5, 9, 13}, {2, 6, 10, 14}, {3, 7, 11, 15}};
     pptp[1].device = 2, tpep[0].ep_count = 2, tpep4[0].ep_count = 4;
+    dp2[0].replicas = dptp[0].replicas = 2, dp2[0].ep_count = 2, dptp[0].ep_count = 4;
     for (size_t i = 0; i < 4; i++) {
-        tp2[0].ep_devices[i] = tp4[0].ep_devices[i] = tpep4[0].ep_devices[i] = i;
-        tpep4[0].ep_experts[i] = e4[i], tpep4[0].ep_expert_counts[i] = 4;
+        tp2[0].ep_devices[i] = tp4[0].ep_devices[i] = tpep4[0].ep_devices[i] = dptp[0].ep_devices[i] = i;
+        tpep4[0].ep_experts[i] = dptp[0].ep_experts[i] = e4[i], tpep4[0].ep_expert_counts[i] = dptp[0].ep_expert_counts[i] = 4;
         if (i < 2) {
+            dp2[0].ep_devices[i] = i, dp2[0].ep_experts[i] = e2[i], dp2[0].ep_expert_counts[i] = 8;
             tpep[0].ep_devices[i] = i, tpep[0].ep_experts[i] = e2[i], tpep[0].ep_expert_counts[i] = 8;
             pptp[0].ep_devices[i] = i, pptp[1].ep_devices[i] = 2 + i;
         }
     }
     const struct { const clnpu_stage_spec *s; size_t n; const char *name; } cases[] = {
         {tp2, 1, "TP 2"}, {tp4, 1, "TP 4"}, {pptp, 2, "PP 2 x TP 2"}, {tpep, 1, "TP 2 x EP 2"},
-        {tpep4, 1, "TP 2 in EP 4"}};
+        {tpep4, 1, "TP 2 in EP 4"}, {dp2, 1, "DP 2 attention x EP 2"}, {dptp, 1, "DP 2 x TP 2 attention, EP 4"}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         clnpu_pipeline *p;
         ck_assert_ok(clnpu_pipeline_create(&f.cfg, f.ck, cases[c].s, cases[c].n, &o, &p));

@@ -32,6 +32,10 @@ typedef struct clnpu_stage_spec {
     /* tensor parallel (0 or 1: none): attention and dense MLPs over plan devices
      * ep_devices[0 .. tp) (ep_devices[0] is the main device), see clnpu_model_create_tp */
     size_t tp;
+    /* data-parallel attention (0 or 1: none): replica j runs attention on ep_devices[j * tp ..
+     * (j + 1) * tp) for the sequences q with q mod replicas = j, each with its own latent cache;
+     * at every MoE layer all replicas' rows go through the stage's one MoE block together */
+    size_t replicas;
     size_t ep_devices[CLNPU_MAX_EP];
     const size_t *ep_experts[CLNPU_MAX_EP];
     size_t ep_expert_counts[CLNPU_MAX_EP];

@@ -1,0 +1,133 @@
+/* The MoE meeting point of data-parallel attention replicas (see dp.h). Rows travel through the
+ * host: each replica reads its rows into its place in one host array, the last to arrive writes
+ * them to the leader's device, runs the MoE block on all of them and reads the outputs back,
+ * and each replica writes its own rows of the output to its device. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../backend/error.h"
+#include "dp.h"
+#include "model_internal.h"
+
+struct clnpu_dp_group {
+    size_t replicas, rows, hidden;
+    clnpu_device *dev;
+    struct clnpu_model *leader;
+    clnpu_buffer *in, *out;   /* on the leader's device: [replicas * rows][hidden] */
+    float *host_in, *host_out;
+    size_t *first, *count;    /* this step: replica j's rows are [first[j], first[j] + count[j]) */
+    size_t active, total;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    size_t arrived, generation;
+    clnpu_status failed;
+    char msg[1024];
+};
+
+clnpu_status clnpu_dp_group_create(size_t replicas, size_t rows, size_t hidden, clnpu_device *dev, clnpu_dp_group **out)
+{
+    *out = NULL;
+    clnpu_dp_group *g = calloc(1, sizeof *g);
+    if (!g) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    g->replicas = replicas, g->rows = rows, g->hidden = hidden, g->dev = dev;
+    const size_t n = replicas * rows * hidden;
+    g->host_in = malloc(n * sizeof(float)), g->host_out = malloc(n * sizeof(float));
+    g->first = calloc(replicas, sizeof *g->first), g->count = calloc(replicas, sizeof *g->count);
+    clnpu_status st = g->host_in && g->host_out && g->first && g->count
+                          ? CLNPU_OK : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (!st) st = clnpu_buffer_create(dev, n * sizeof(float), &g->in);
+    if (!st) st = clnpu_buffer_create(dev, n * sizeof(float), &g->out);
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    if (st) {
+        clnpu_dp_group_destroy(g);
+        return clnpu_fail_context(st, "data-parallel attention over %zu replicas", replicas);
+    }
+    *out = g;
+    return CLNPU_OK;
+}
+
+void clnpu_dp_group_destroy(clnpu_dp_group *g)
+{
+    if (!g) return;
+    clnpu_buffer_destroy(g->in), clnpu_buffer_destroy(g->out);
+    pthread_cond_destroy(&g->cv);
+    pthread_mutex_destroy(&g->mu);
+    free(g->host_in), free(g->host_out), free(g->first), free(g->count), free(g);
+}
+
+void clnpu_dp_group_set_leader(clnpu_dp_group *g, struct clnpu_model *leader) { g->leader = leader; }
+
+void clnpu_dp_group_begin(clnpu_dp_group *g, const size_t *rows)
+{
+    pthread_mutex_lock(&g->mu);
+    g->failed = CLNPU_OK, g->msg[0] = '\0', g->arrived = 0, g->active = 0, g->total = 0;
+    for (size_t j = 0; j < g->replicas; j++) {
+        g->first[j] = g->total, g->count[j] = rows[j];
+        g->total += rows[j];
+        g->active += rows[j] > 0;
+    }
+    pthread_mutex_unlock(&g->mu);
+}
+
+clnpu_status clnpu_dp_fail(clnpu_dp_group *g, size_t replica, clnpu_status st)
+{
+    pthread_mutex_lock(&g->mu);
+    if (!g->failed) {
+        g->failed = st;
+        snprintf(g->msg, sizeof g->msg, "attention replica %zu: %s", replica, clnpu_error_message());
+    }
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+    return st;
+}
+
+clnpu_status clnpu_dp_group_status(clnpu_dp_group *g)
+{
+    pthread_mutex_lock(&g->mu);
+    const clnpu_status st = g->failed;
+    char msg[sizeof g->msg];
+    memcpy(msg, g->msg, sizeof msg);
+    pthread_mutex_unlock(&g->mu);
+    return st ? clnpu_fail(st, "%s", msg) : CLNPU_OK;
+}
+
+/* Every replica's rows through the leader's MoE block of this layer. */
+static clnpu_status run_moe(clnpu_dp_group *g, size_t layer)
+{
+    const size_t d = g->hidden, n = g->total * d * sizeof(float);
+    clnpu_moe_block *moe = g->leader->layers[layer].moe;
+    clnpu_status st = clnpu_buffer_write(g->in, 0, g->host_in, n);
+    if (!st) st = clnpu_moe_block_forward(g->dev, moe, (clnpu_view){g->in, 0, d}, g->total, (clnpu_view){g->out, 0, d});
+    if (!st) st = clnpu_buffer_read(g->out, 0, g->host_out, n);
+    return st ? clnpu_fail_context(st, "MoE layer %zu of the stage's %zu rows", layer, g->total) : CLNPU_OK;
+}
+
+clnpu_status clnpu_dp_moe(clnpu_dp_group *g, size_t replica, struct clnpu_model *m, size_t layer, size_t rows)
+{
+    const size_t d = g->hidden;
+    if (rows != g->count[replica])
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "replica %zu: %zu rows at the MoE, %zu announced", replica, rows,
+                          g->count[replica]);
+    clnpu_status st = clnpu_buffer_read(m->a, 0, g->host_in + g->first[replica] * d, rows * d * sizeof(float));
+    if (st) return st;
+    pthread_mutex_lock(&g->mu);
+    const size_t gen = g->generation;
+    if (!g->failed && ++g->arrived == g->active) {
+        /* the last to arrive runs the MoE; every other replica is waiting below, so this thread
+         * is the only one enqueueing on the stage's devices */
+        pthread_mutex_unlock(&g->mu);
+        st = run_moe(g, layer);
+        if (st) clnpu_dp_fail(g, replica, st);
+        pthread_mutex_lock(&g->mu);
+        g->arrived = 0, g->generation++;
+        pthread_cond_broadcast(&g->cv);
+    }
+    while (!g->failed && g->generation == gen) pthread_cond_wait(&g->cv, &g->mu);
+    const clnpu_status failed = g->generation != gen && !g->failed ? CLNPU_OK : g->failed;
+    pthread_mutex_unlock(&g->mu);
+    if (failed) return st ? st : clnpu_fail(failed, "the stage's MoE stopped: another attention replica failed");
+    return clnpu_buffer_write(m->mlp, 0, g->host_out + g->first[replica] * d, rows * d * sizeof(float));
+}
