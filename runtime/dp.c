@@ -99,7 +99,8 @@ static clnpu_status run_moe(clnpu_dp_group *g, size_t layer)
 {
     const size_t d = g->hidden, n = g->total * d * sizeof(float);
     clnpu_moe_block *moe = g->leader->layers[layer].moe;
-    clnpu_status st = clnpu_buffer_write(g->in, 0, g->host_in, n);
+    /* queued without waiting: the blocking read of the outputs below comes after it */
+    clnpu_status st = clnpu_buffer_write_async(g->in, 0, g->host_in, n);
     if (!st) st = clnpu_moe_block_forward(g->dev, moe, (clnpu_view){g->in, 0, d}, g->total, (clnpu_view){g->out, 0, d});
     if (!st) st = clnpu_buffer_read(g->out, 0, g->host_out, n);
     return st ? clnpu_fail_context(st, "MoE layer %zu of the stage's %zu rows", layer, g->total) : CLNPU_OK;
@@ -129,5 +130,7 @@ clnpu_status clnpu_dp_moe(clnpu_dp_group *g, size_t replica, struct clnpu_model 
     const clnpu_status failed = g->generation != gen && !g->failed ? CLNPU_OK : g->failed;
     pthread_mutex_unlock(&g->mu);
     if (failed) return st ? st : clnpu_fail(failed, "the stage's MoE stopped: another attention replica failed");
-    return clnpu_buffer_write(m->mlp, 0, g->host_out + g->first[replica] * d, rows * d * sizeof(float));
+    /* queued without waiting: this replica's rows of host_out are next overwritten only after it
+     * has arrived at the next MoE layer, behind a blocking read on the same queue */
+    return clnpu_buffer_write_async(m->mlp, 0, g->host_out + g->first[replica] * d, rows * d * sizeof(float));
 }
