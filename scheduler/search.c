@@ -136,13 +136,17 @@ static double unit_time(const cand *c, const clnpu_cluster_device *dv, const cln
         const double k = (double)c->gr->top_k, s = (double)c->slots;
         const double per_dev = c->tokens * k / g * c->imbalance;
         const double distinct = s * (1 - pow(1 - 1 / s, per_dev)); /* experts that see a token */
+        /* router and shared expert: with one attention replica, the replica's tokens with the
+         * shared expert split over its TP ranks; with several, clnpu runs them once for every
+         * replica's tokens on the first device while the replicas wait at the layer */
+        const double sh_rows = c->r > 1 ? c->tokens : tr / t, sh_split = c->r > 1 ? 1 : t;
+        const double sh_flops = 2 * (u->shared_params + u->router_params) * sh_rows;
+        const double sh_bytes = (u->shared_params / sh_split + u->router_params) * c->wb;
         if (dv->shared_bandwidth > 0) /* routed and shared experts see different bandwidths */
             comp += roof(c, &pe, 2 * u->expert_params * per_dev, distinct * u->expert_params * c->wb) +
-                    roof(c, p, 2 * (u->shared_params + u->router_params) * tr / t,
-                         (u->shared_params / t + u->router_params) * c->wb);
+                    roof(c, p, sh_flops, sh_bytes);
         else
-            comp += roof(c, p, 2 * u->expert_params * per_dev + 2 * (u->shared_params + u->router_params) * tr / t,
-                         distinct * u->expert_params * c->wb + (u->shared_params / t + u->router_params) * c->wb);
+            comp += roof(c, p, 2 * u->expert_params * per_dev + sh_flops, distinct * u->expert_params * c->wb + sh_bytes);
         /* dispatch (in the weight dtype when it is 8-bit, as DeepEP does) + combine (bf16), to
          * each token's distinct destination devices */
         double fan = fmin(k, g * (1 - pow(1 - 1 / g, k)));
@@ -166,8 +170,9 @@ static double unit_time(const cand *c, const clnpu_cluster_device *dv, const cln
 static double unit_mem(const cand *c, const clnpu_graph_unit *u)
 {
     const double t = (double)c->t;
-    double m = ((u->attn_params - u->attn_whole_params + u->dense_params + u->shared_params) / t +
-                u->attn_whole_params) * c->wb + (u->router_params + u->norm_params) * 4;
+    /* with several attention replicas the first device holds the shared expert whole */
+    double m = ((u->attn_params - u->attn_whole_params + u->dense_params) / t + u->attn_whole_params +
+                u->shared_params / (c->r > 1 ? 1 : t)) * c->wb + (u->router_params + u->norm_params) * 4;
     if (u->kind == CLNPU_UNIT_MOE) m += (double)c->slots * u->expert_params * c->wb;
     m += u->kv_bytes_per_token * (double)c->w->context * (c->batch / c->r);
     return m;
