@@ -177,7 +177,7 @@ static unsigned choose_mr(const clnpu_device *dev, const clnpu_weight *w, clnpu_
     if (m == 1) return 1; /* decode of one token: a pure stream over W */
     unsigned mr = profile_mr(dev);
     int tuned = clnpu_tuning_param(te, "mr", 0);
-    if (tuned >= 1 && tuned <= 8) mr = (unsigned)tuned;
+    if (tuned >= 1 && tuned <= 16) mr = (unsigned)tuned; /* 10 x 2 panels: 20 of AVX-512's 32 registers */
     if (ep == CLNPU_EPILOGUE_SWIGLU && !tuned) mr = mr / 2 ? mr / 2 : 1; /* two accumulator sets */
     (void)w;
     return mr;

@@ -11,7 +11,7 @@
 clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config *cfg, clnpu_stage_spec **out,
                                       size_t *count, clnpu_plan_layout *layout)
 {
-    clnpu_plan_layout lay = {1, 1};
+    clnpu_plan_layout lay = {1, 1, 1};
     *out = NULL, *count = 0;
     if (layout) *layout = lay;
     yaml_document_t doc;
@@ -33,6 +33,12 @@ clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config
         if (mb < 1 || mb > 1024) st = clnpu_fail(CLNPU_ERR_PARSE, "%s: micro_batches %s is not 1..1024", path,
                                                  clnpu_yaml_value(&doc, par, "micro_batches"));
         else lay.micro_batches = (size_t)mb;
+    }
+    if (!st && clnpu_yaml_value(&doc, par, "pipeline_replicas")) {
+        long pr = atol(clnpu_yaml_value(&doc, par, "pipeline_replicas"));
+        if (pr < 1) st = clnpu_fail(CLNPU_ERR_PARSE, "%s: pipeline_replicas %s is not >= 1", path,
+                                    clnpu_yaml_value(&doc, par, "pipeline_replicas"));
+        else lay.pipeline_replicas = (size_t)pr;
     }
     if (!st && layout) *layout = lay;
     size_t tp = 1;
@@ -122,5 +128,24 @@ clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config
         return st;
     }
     *out = sp, *count = n;
+    return CLNPU_OK;
+}
+
+clnpu_status clnpu_stage_specs_replica(clnpu_stage_spec *sp, size_t n, size_t k, size_t replicas)
+{
+    if (k >= replicas)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "pipeline replica %zu, but the plan has %zu pipeline replica%s (0..%zu)",
+                          k, replicas, replicas == 1 ? "" : "s", replicas ? replicas - 1 : 0);
+    size_t span = 0;
+    for (size_t i = 0; i < n; i++) {
+        const size_t w = sp[i].ep_count > 1 ? sp[i].ep_count : 1, tr = (sp[i].tp ? sp[i].tp : 1) * (sp[i].replicas ? sp[i].replicas : 1);
+        if (sp[i].device + 1 > span) span = sp[i].device + 1;
+        for (size_t j = 0; j < (w > tr ? w : tr) && j < CLNPU_MAX_EP; j++)
+            if (sp[i].ep_devices[j] + 1 > span) span = sp[i].ep_devices[j] + 1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        sp[i].device += k * span;
+        for (size_t j = 0; j < CLNPU_MAX_EP; j++) sp[i].ep_devices[j] += k * span;
+    }
     return CLNPU_OK;
 }

@@ -82,6 +82,8 @@ clnpu_status clnpu_plan_write_yaml(const clnpu_plan *p, FILE *f)
     clnpu_yaml_kv_int(y, "ep", (long long)s->ep);
     clnpu_yaml_kv_int(y, "dp", (long long)s->dp);
     clnpu_yaml_kv_int(y, "micro_batches", (long long)s->micro_batches);
+    /* whole copies of the stages below, replica k on devices k * (devices of one) and up */
+    clnpu_yaml_kv_int(y, "pipeline_replicas", (long long)(s->dp / (p->g / s->tp)));
     clnpu_yaml_map_end(y);
     clnpu_yaml_key(y, "predicted");
     clnpu_yaml_map_begin(y);

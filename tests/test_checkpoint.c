@@ -329,9 +329,24 @@ START_TEST(test_cli_run)
     snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s --plan %s --decode-from 5 --dump-logits %s/ptp.safetensors",
              CLNPU_CLI_PATH, TINY, ids, plantp, dir);
     ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
-    for (int k = 0; k < 3; k++) {
+    /* pipeline replica 1 of a plan with two: the same stages on the next devices, the same logits;
+     * a replica the plan does not have is refused */
+    char planr[512];
+    snprintf(planr, sizeof planr, "%s/planr.yaml", dir);
+    ck_assert_int_eq(test_write_file(planr,
+        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 1, pp: 2, ep: 1, dp: 2, pipeline_replicas: 2}\n"
+        "stages:\n- {stage: 0, devices: [0], embedding: true, head: false, layers: [0, 1]}\n"
+        "- {stage: 1, devices: [1], embedding: false, head: true, layers: [2]}\n"), 0);
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s --plan %s --replica 1 --dump-logits %s/pr.safetensors",
+             CLNPU_CLI_PATH, TINY, ids, planr, dir);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s --plan %s --replica 2", CLNPU_CLI_PATH, TINY, ids, planr);
+    ck_assert_int_eq(test_run(cmd, out, sizeof out), 1);
+    ck_assert_msg(strstr(out, "2 pipeline replicas (0..1)"), "%.1500s", out);
+    for (int k = 0; k < 4; k++) {
         char path[512];
-        snprintf(path, sizeof path, k == 2 ? "%s/ptp.safetensors" : k ? "%s/p3.safetensors" : "%s/p.safetensors", dir);
+        const char *names[4] = {"p", "p3", "ptp", "pr"};
+        snprintf(path, sizeof path, "%s/%s.safetensors", dir, names[k]);
         clnpu_safetensors *got, *ref;
         ck_assert_ok(clnpu_safetensors_open(path, &got));
         ck_assert_ok(clnpu_safetensors_open(TINY "/reference.safetensors", &ref));

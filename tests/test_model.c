@@ -418,6 +418,24 @@ START_TEST(test_tensor_parallel)
 }
 END_TEST
 
+/* Pipeline replica k of a plan's stages: every device index moved up by k x (devices of one). */
+START_TEST(test_stage_specs_replica)
+{
+    clnpu_stage_spec sp[2] = {{.device = 0, .ep_count = 2, .ep_devices = {0, 1}},
+                              {.device = 2, .tp = 2, .replicas = 1, .ep_devices = {2, 3}}};
+    ck_assert_ok(clnpu_stage_specs_replica(sp, 2, 3, 4));
+    ck_assert_uint_eq(sp[0].device, 12);
+    ck_assert_uint_eq(sp[0].ep_devices[1], 13);
+    ck_assert_uint_eq(sp[1].device, 14);
+    ck_assert_uint_eq(sp[1].ep_devices[0], 14);
+    ck_assert_uint_eq(sp[1].ep_devices[1], 15);
+    ck_assert_ok(clnpu_stage_specs_replica(sp, 2, 0, 1));
+    ck_assert_uint_eq(sp[1].ep_devices[1], 15);
+    ck_assert_int_eq(clnpu_stage_specs_replica(sp, 2, 1, 1), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(clnpu_error_message(), "1 pipeline replica (0..0)"), "%s", clnpu_error_message());
+}
+END_TEST
+
 /* The TP group's collectives: sums in rank order on every rank, column blocks gathered on rank 0;
  * a rank that fails releases the others with its message instead of leaving them waiting. */
 typedef struct tp_rank_arg {
@@ -519,6 +537,7 @@ Suite *suite_model(void)
     tcase_add_test(tc, test_pipeline_micro_batches);
     tcase_add_test(tc, test_tensor_parallel);
     tcase_add_test(tc, test_tp_collectives);
+    tcase_add_test(tc, test_stage_specs_replica);
     suite_add_tcase(s, tc);
     return s;
 }

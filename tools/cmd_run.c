@@ -13,7 +13,7 @@ static const char usage[] =
     "clnpu run (--model DIR | --random-weights --config FILE) " CLI_DEVICE_USAGE "\n"
     "          (--ids 1,2,3 | --ids-file F) [-n NEW] [--greedy | --temperature T [--top-k K] [--top-p P] "
     "[--seed S]]\n          [--decode-from P] [--weights int8|fp8] [--context L] [--dump-logits OUT.safetensors] "
-    "[--stats] [--trace OUT.json] [--verbose]\n          [--plan plan.yaml] [--sequences N]";
+    "[--stats] [--trace OUT.json] [--verbose]\n          [--plan plan.yaml [--replica K]] [--sequences N]";
 
 static double now_s(void)
 {
@@ -70,7 +70,7 @@ typedef struct run_args {
     cli_device_args da;
     const char *model, *config, *ids, *ids_file, *dump, *trace, *plan;
     bool random_weights, stats, greedy, verbose;
-    size_t n, decode_from, context, sequences;
+    size_t n, decode_from, context, sequences, replica;
     bool has_decode_from;
     clnpu_sampling samp;
     int weights;
@@ -79,7 +79,7 @@ typedef struct run_args {
 static int parse(int argc, char **argv, run_args *r)
 {
     enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CONFIG, O_RANDOM, O_IDS, O_IDS_FILE, O_GREEDY, O_TEMP, O_TOPP, O_TOPK,
-           O_SEED, O_DECODE_FROM, O_DUMP, O_STATS, O_TRACE, O_WEIGHTS, O_CONTEXT, O_PLAN, O_SEQS };
+           O_SEED, O_DECODE_FROM, O_DUMP, O_STATS, O_TRACE, O_WEIGHTS, O_CONTEXT, O_PLAN, O_SEQS, O_REPLICA };
     static const struct option longopts[] = {
         CLI_DEVICE_LONGOPTS, {"model", required_argument, NULL, O_MODEL}, {"config", required_argument, NULL, O_CONFIG},
         {"random-weights", no_argument, NULL, O_RANDOM}, {"ids", required_argument, NULL, O_IDS},
@@ -90,7 +90,7 @@ static int parse(int argc, char **argv, run_args *r)
         {"stats", no_argument, NULL, O_STATS}, {"trace", required_argument, NULL, O_TRACE},
         {"weights", required_argument, NULL, O_WEIGHTS}, {"context", required_argument, NULL, O_CONTEXT},
         {"verbose", no_argument, NULL, 'v'}, {"plan", required_argument, NULL, O_PLAN},
-        {"sequences", required_argument, NULL, O_SEQS},
+        {"sequences", required_argument, NULL, O_SEQS}, {"replica", required_argument, NULL, O_REPLICA},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt;
     opterr = 0;
@@ -156,6 +156,9 @@ static int parse(int argc, char **argv, run_args *r)
         case O_CONTEXT:
             if (!cli_parse_size(optarg, &r->context) || !r->context) return cli_usage_error("run", usage, "bad --context");
             break;
+        case O_REPLICA:
+            if (!cli_parse_size(optarg, &r->replica)) return cli_usage_error("run", usage, "bad --replica '%s'", optarg);
+            break;
         case O_SEQS:
             if (!cli_parse_size(optarg, &r->sequences) || !r->sequences || r->sequences > 256)
                 return cli_usage_error("run", usage, "bad --sequences '%s' (1..256)", optarg);
@@ -170,6 +173,7 @@ static int parse(int argc, char **argv, run_args *r)
     if (!r->ids == !r->ids_file) return cli_usage_error("run", usage, "give exactly one of --ids and --ids-file");
     if (r->plan && (r->trace || r->da.target))
         return cli_usage_error("run", usage, "--plan chooses devices and profiles itself (no --trace / --target)");
+    if (r->replica && !r->plan) return cli_usage_error("run", usage, "--replica is a plan's pipeline replica: give --plan");
     if (r->sequences > 1 && r->has_decode_from)
         return cli_usage_error("run", usage, "--decode-from is for one sequence");
     if (r->greedy && r->samp.temperature > 0)
@@ -234,6 +238,8 @@ int cmd_run(int argc, char **argv)
         /* stages with several devices run their experts there (expert parallel) */
         clnpu_plan_layout lay;
         st = clnpu_pipeline_read_plan(r.plan, &cfg, &specs, &nspecs, &lay);
+        /* pipeline replica k on its own devices */
+        if (!st) st = clnpu_stage_specs_replica(specs, nspecs, r.replica, lay.pipeline_replicas);
         if (!st) st = clnpu_pipeline_create(&cfg, ck, specs, nspecs, &o, &pl);
         if (!st) clnpu_pipeline_set_micro_batches(pl, lay.micro_batches);
     } else if (!st) {

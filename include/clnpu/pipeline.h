@@ -43,14 +43,20 @@ typedef struct clnpu_stage_spec {
 
 /* The plan's parallel layout beyond its stages. */
 typedef struct clnpu_plan_layout {
-    size_t ep;            /* devices per stage */
-    size_t micro_batches; /* decode micro-batches kept in flight (1: none) */
+    size_t ep;                /* devices per stage */
+    size_t micro_batches;     /* decode micro-batches kept in flight (1: none) */
+    size_t pipeline_replicas; /* whole copies of the stages (each its own process, see below) */
 } clnpu_plan_layout;
 
 /* Read a plan (format clnpu-plan-1) for this config: stages must cover every layer in order, the
  * embedding on the first and the head on the last. out_layout may be NULL. */
 clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config *cfg, clnpu_stage_spec **out_specs,
                                       size_t *out_count, clnpu_plan_layout *out_layout);
+
+/* Pipeline replica k of a plan with `replicas` of them: every plan device index of the specs
+ * moved up by k times the devices of one replica (the largest index + 1), so the replicas of a
+ * plan run side by side as separate processes, each on its own devices. k >= replicas fails. */
+clnpu_status clnpu_stage_specs_replica(clnpu_stage_spec *specs, size_t count, size_t k, size_t replicas);
 
 typedef struct clnpu_pipeline clnpu_pipeline;
 
