@@ -2,12 +2,12 @@
  * host: each replica reads its rows into its place in one host array, the last to arrive writes
  * them to the leader's device, runs the MoE block on all of them and reads the outputs back,
  * and each replica writes its own rows of the output to its device. */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../backend/error.h"
+#include "barrier.h"
 #include "dp.h"
 #include "model_internal.h"
 
@@ -19,11 +19,7 @@ struct clnpu_dp_group {
     float *host_in, *host_out;
     size_t *first, *count;    /* this step: replica j's rows are [first[j], first[j] + count[j]) */
     size_t active, total;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    size_t arrived, generation;
-    clnpu_status failed;
-    char msg[1024];
+    clnpu_barrier bar;
 };
 
 clnpu_status clnpu_dp_group_create(size_t replicas, size_t rows, size_t hidden, clnpu_device *dev, clnpu_dp_group **out)
@@ -39,8 +35,7 @@ clnpu_status clnpu_dp_group_create(size_t replicas, size_t rows, size_t hidden, 
                           ? CLNPU_OK : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     if (!st) st = clnpu_buffer_create(dev, n * sizeof(float), &g->in);
     if (!st) st = clnpu_buffer_create(dev, n * sizeof(float), &g->out);
-    pthread_mutex_init(&g->mu, NULL);
-    pthread_cond_init(&g->cv, NULL);
+    clnpu_barrier_init(&g->bar);
     if (st) {
         clnpu_dp_group_destroy(g);
         return clnpu_fail_context(st, "data-parallel attention over %zu replicas", replicas);
@@ -53,8 +48,7 @@ void clnpu_dp_group_destroy(clnpu_dp_group *g)
 {
     if (!g) return;
     clnpu_buffer_destroy(g->in), clnpu_buffer_destroy(g->out);
-    pthread_cond_destroy(&g->cv);
-    pthread_mutex_destroy(&g->mu);
+    clnpu_barrier_destroy(&g->bar);
     free(g->host_in), free(g->host_out), free(g->first), free(g->count), free(g);
 }
 
@@ -62,42 +56,35 @@ void clnpu_dp_group_set_leader(clnpu_dp_group *g, struct clnpu_model *leader) { 
 
 void clnpu_dp_group_begin(clnpu_dp_group *g, const size_t *rows)
 {
-    pthread_mutex_lock(&g->mu);
-    g->failed = CLNPU_OK, g->msg[0] = '\0', g->arrived = 0, g->active = 0, g->total = 0;
+    clnpu_barrier_reset(&g->bar);
+    g->active = 0, g->total = 0;
     for (size_t j = 0; j < g->replicas; j++) {
         g->first[j] = g->total, g->count[j] = rows[j];
         g->total += rows[j];
         g->active += rows[j] > 0;
     }
-    pthread_mutex_unlock(&g->mu);
 }
 
 clnpu_status clnpu_dp_fail(clnpu_dp_group *g, size_t replica, clnpu_status st)
 {
-    pthread_mutex_lock(&g->mu);
-    if (!g->failed) {
-        g->failed = st;
-        snprintf(g->msg, sizeof g->msg, "attention replica %zu: %s", replica, clnpu_error_message());
-    }
-    pthread_cond_broadcast(&g->cv);
-    pthread_mutex_unlock(&g->mu);
-    return st;
+    char who[64];
+    snprintf(who, sizeof who, "attention replica %zu", replica);
+    return clnpu_barrier_fail(&g->bar, who, st);
 }
 
-clnpu_status clnpu_dp_group_status(clnpu_dp_group *g)
-{
-    pthread_mutex_lock(&g->mu);
-    const clnpu_status st = g->failed;
-    char msg[sizeof g->msg];
-    memcpy(msg, g->msg, sizeof msg);
-    pthread_mutex_unlock(&g->mu);
-    return st ? clnpu_fail(st, "%s", msg) : CLNPU_OK;
-}
+clnpu_status clnpu_dp_group_status(clnpu_dp_group *g) { return clnpu_barrier_status(&g->bar); }
 
-/* Every replica's rows through the leader's MoE block of this layer. */
-static clnpu_status run_moe(clnpu_dp_group *g, size_t layer)
+/* Every replica's rows through the leader's MoE block of this layer; the last replica to arrive
+ * runs it while the others wait, so it is the only thread enqueueing on the stage's devices. */
+struct moe_call {
+    clnpu_dp_group *g;
+    size_t layer;
+};
+
+static clnpu_status run_moe(void *ctx)
 {
-    const size_t d = g->hidden, n = g->total * d * sizeof(float);
+    clnpu_dp_group *g = ((struct moe_call *)ctx)->g;
+    const size_t layer = ((struct moe_call *)ctx)->layer, d = g->hidden, n = g->total * d * sizeof(float);
     clnpu_moe_block *moe = g->leader->layers[layer].moe;
     /* queued without waiting: the blocking read of the outputs below comes after it */
     clnpu_status st = clnpu_buffer_write_async(g->in, 0, g->host_in, n);
@@ -114,22 +101,12 @@ clnpu_status clnpu_dp_moe(clnpu_dp_group *g, size_t replica, struct clnpu_model 
                           g->count[replica]);
     clnpu_status st = clnpu_buffer_read(m->a, 0, g->host_in + g->first[replica] * d, rows * d * sizeof(float));
     if (st) return st;
-    pthread_mutex_lock(&g->mu);
-    const size_t gen = g->generation;
-    if (!g->failed && ++g->arrived == g->active) {
-        /* the last to arrive runs the MoE; every other replica is waiting below, so this thread
-         * is the only one enqueueing on the stage's devices */
-        pthread_mutex_unlock(&g->mu);
-        st = run_moe(g, layer);
-        if (st) clnpu_dp_fail(g, replica, st);
-        pthread_mutex_lock(&g->mu);
-        g->arrived = 0, g->generation++;
-        pthread_cond_broadcast(&g->cv);
-    }
-    while (!g->failed && g->generation == gen) pthread_cond_wait(&g->cv, &g->mu);
-    const clnpu_status failed = g->generation != gen && !g->failed ? CLNPU_OK : g->failed;
-    pthread_mutex_unlock(&g->mu);
-    if (failed) return st ? st : clnpu_fail(failed, "the stage's MoE stopped: another attention replica failed");
+    struct moe_call call = {g, layer}; /* every replica meets at the same layer */
+    char who[64];
+    snprintf(who, sizeof who, "attention replica %zu", replica);
+    st = clnpu_barrier_wait(&g->bar, g->active, run_moe, &call, who,
+                            "the stage's MoE stopped: another attention replica failed");
+    if (st) return st;
     /* queued without waiting: this replica's rows of host_out are next overwritten only after it
      * has arrived at the next MoE layer, behind a blocking read on the same queue */
     return clnpu_buffer_write_async(m->mlp, 0, g->host_out + g->first[replica] * d, rows * d * sizeof(float));

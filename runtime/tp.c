@@ -2,21 +2,17 @@
  * can break, and host slots double-buffered by call parity so that one barrier per collective
  * suffices (a rank can only overwrite parity p's slot after every rank has passed the barrier of
  * the call in between, so every rank has finished reading parity p). */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../backend/error.h"
+#include "barrier.h"
 #include "tp.h"
 
 struct clnpu_tp_group {
     size_t size, floats;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    size_t arrived, generation;
-    clnpu_status failed; /* the first failure this step */
-    char msg[1024];
+    clnpu_barrier bar;
     float *slots;        /* [2][size][floats] */
     float *sums;         /* [size][floats]: each rank's sum before it goes up */
     size_t *calls;       /* all-reduces made by each rank this step */
@@ -40,8 +36,7 @@ clnpu_status clnpu_tp_group_create(size_t size, size_t floats, clnpu_tp_group **
         free(g->slots), free(g->sums), free(g->calls), free(g->parts), free(g);
         return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for a tensor-parallel group");
     }
-    pthread_mutex_init(&g->mu, NULL);
-    pthread_cond_init(&g->cv, NULL);
+    clnpu_barrier_init(&g->bar);
     *out = g;
     return CLNPU_OK;
 }
@@ -49,8 +44,7 @@ clnpu_status clnpu_tp_group_create(size_t size, size_t floats, clnpu_tp_group **
 void clnpu_tp_group_destroy(clnpu_tp_group *g)
 {
     if (!g) return;
-    pthread_cond_destroy(&g->cv);
-    pthread_mutex_destroy(&g->mu);
+    clnpu_barrier_destroy(&g->bar);
     free(g->slots), free(g->sums), free(g->calls), free(g->parts), free(g);
 }
 
@@ -58,47 +52,23 @@ size_t clnpu_tp_group_size(const clnpu_tp_group *g) { return g->size; }
 
 void clnpu_tp_group_begin(clnpu_tp_group *g)
 {
-    pthread_mutex_lock(&g->mu);
-    g->failed = CLNPU_OK, g->msg[0] = '\0', g->arrived = 0;
+    clnpu_barrier_reset(&g->bar);
     for (size_t r = 0; r < g->size; r++) g->calls[r] = 0;
-    pthread_mutex_unlock(&g->mu);
 }
 
 clnpu_status clnpu_tp_fail(clnpu_tp_group *g, size_t rank, clnpu_status st)
 {
-    pthread_mutex_lock(&g->mu);
-    if (!g->failed) {
-        g->failed = st;
-        snprintf(g->msg, sizeof g->msg, "tensor-parallel rank %zu: %s", rank, clnpu_error_message());
-    }
-    pthread_cond_broadcast(&g->cv);
-    pthread_mutex_unlock(&g->mu);
-    return st;
+    char who[64];
+    snprintf(who, sizeof who, "tensor-parallel rank %zu", rank);
+    return clnpu_barrier_fail(&g->bar, who, st);
 }
 
-clnpu_status clnpu_tp_group_status(clnpu_tp_group *g)
-{
-    pthread_mutex_lock(&g->mu);
-    const clnpu_status st = g->failed;
-    char msg[sizeof g->msg];
-    memcpy(msg, g->msg, sizeof msg);
-    pthread_mutex_unlock(&g->mu);
-    return st ? clnpu_fail(st, "%s", msg) : CLNPU_OK;
-}
+clnpu_status clnpu_tp_group_status(clnpu_tp_group *g) { return clnpu_barrier_status(&g->bar); }
 
 /* Every rank arrives, or some rank has failed. */
 static clnpu_status barrier(clnpu_tp_group *g)
 {
-    pthread_mutex_lock(&g->mu);
-    const size_t gen = g->generation;
-    if (!g->failed && ++g->arrived == g->size) {
-        g->arrived = 0, g->generation++;
-        pthread_cond_broadcast(&g->cv);
-    }
-    while (!g->failed && g->generation == gen) pthread_cond_wait(&g->cv, &g->mu);
-    const clnpu_status st = g->generation != gen ? CLNPU_OK : g->failed; /* passed before the failure */
-    pthread_mutex_unlock(&g->mu);
-    return st ? clnpu_fail(st, "tensor-parallel group stopped: another rank failed") : CLNPU_OK;
+    return clnpu_barrier_wait(&g->bar, g->size, NULL, NULL, NULL, "tensor-parallel group stopped: another rank failed");
 }
 
 clnpu_status clnpu_tp_allreduce(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t n)
