@@ -96,9 +96,9 @@ static clnpu_status run_moe(void *ctx)
 clnpu_status clnpu_dp_moe(clnpu_dp_group *g, size_t replica, struct clnpu_model *m, size_t layer, size_t rows)
 {
     const size_t d = g->hidden;
-    if (rows != g->count[replica])
-        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "replica %zu: %zu rows at the MoE, %zu announced", replica, rows,
-                          g->count[replica]);
+    if (rows != g->count[replica] || g->total > g->replicas * g->rows)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "replica %zu: %zu rows at the MoE, %zu announced (%zu in all, room "
+                          "for %zu)", replica, rows, g->count[replica], g->total, g->replicas * g->rows);
     clnpu_status st = clnpu_buffer_read(m->a, 0, g->host_in + g->first[replica] * d, rows * d * sizeof(float));
     if (st) return st;
     struct moe_call call = {g, layer}; /* every replica meets at the same layer */
