@@ -20,6 +20,8 @@ struct clnpu_dp_group {
     size_t *first, *count;    /* this step: replica j's rows are [first[j], first[j] + count[j]) */
     size_t active, total;
     clnpu_barrier bar;
+    clnpu_dp_meet_fn meet;    /* replicas in other processes: the meeting goes through this */
+    void *meet_ctx;
 };
 
 clnpu_status clnpu_dp_group_create(size_t replicas, size_t rows, size_t hidden, clnpu_device *dev, clnpu_dp_group **out)
@@ -76,6 +78,23 @@ clnpu_status clnpu_dp_group_status(clnpu_dp_group *g) { return clnpu_barrier_sta
 
 /* Every replica's rows through the leader's MoE block of this layer; the last replica to arrive
  * runs it while the others wait, so it is the only thread enqueueing on the stage's devices. */
+void clnpu_dp_group_set_remote(clnpu_dp_group *g, clnpu_dp_meet_fn meet, void *ctx) { g->meet = meet, g->meet_ctx = ctx; }
+
+clnpu_status clnpu_dp_run_moe(clnpu_dp_group *g, size_t layer, const float *in, size_t total, float *out)
+{
+    const size_t d = g->hidden, n = total * d * sizeof(float);
+    if (total > g->replicas * g->rows)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "MoE layer %zu: %zu rows from the replicas, room for %zu", layer,
+                          total, g->replicas * g->rows);
+    clnpu_moe_block *moe = g->leader ? g->leader->layers[layer].moe : NULL;
+    if (!moe) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "layer %zu: this replica holds no MoE block", layer);
+    /* queued without waiting: the blocking read of the outputs below comes after it */
+    clnpu_status st = clnpu_buffer_write_async(g->in, 0, in, n);
+    if (!st) st = clnpu_moe_block_forward(g->dev, moe, (clnpu_view){g->in, 0, d}, total, (clnpu_view){g->out, 0, d});
+    if (!st) st = clnpu_buffer_read(g->out, 0, out, n);
+    return st ? clnpu_fail_context(st, "MoE layer %zu of the stage's %zu rows", layer, total) : CLNPU_OK;
+}
+
 struct moe_call {
     clnpu_dp_group *g;
     size_t layer;
@@ -84,18 +103,19 @@ struct moe_call {
 static clnpu_status run_moe(void *ctx)
 {
     clnpu_dp_group *g = ((struct moe_call *)ctx)->g;
-    const size_t layer = ((struct moe_call *)ctx)->layer, d = g->hidden, n = g->total * d * sizeof(float);
-    clnpu_moe_block *moe = g->leader->layers[layer].moe;
-    /* queued without waiting: the blocking read of the outputs below comes after it */
-    clnpu_status st = clnpu_buffer_write_async(g->in, 0, g->host_in, n);
-    if (!st) st = clnpu_moe_block_forward(g->dev, moe, (clnpu_view){g->in, 0, d}, g->total, (clnpu_view){g->out, 0, d});
-    if (!st) st = clnpu_buffer_read(g->out, 0, g->host_out, n);
-    return st ? clnpu_fail_context(st, "MoE layer %zu of the stage's %zu rows", layer, g->total) : CLNPU_OK;
+    return clnpu_dp_run_moe(g, ((struct moe_call *)ctx)->layer, g->host_in, g->total, g->host_out);
 }
 
 clnpu_status clnpu_dp_moe(clnpu_dp_group *g, size_t replica, struct clnpu_model *m, size_t layer, size_t rows)
 {
     const size_t d = g->hidden;
+    if (g->meet) { /* the other replicas are processes: this one's rows there and back */
+        if (rows > g->rows)
+            return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "replica %zu: %zu rows, room for %zu", replica, rows, g->rows);
+        clnpu_status st = clnpu_buffer_read(m->a, 0, g->host_in, rows * d * sizeof(float));
+        if (!st) st = g->meet(g->meet_ctx, layer, g->host_in, rows, g->host_out);
+        return st ? st : clnpu_buffer_write(m->mlp, 0, g->host_out, rows * d * sizeof(float));
+    }
     if (rows != g->count[replica] || g->total > g->replicas * g->rows)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "replica %zu: %zu rows at the MoE, %zu announced (%zu in all, room "
                           "for %zu)", replica, rows, g->count[replica], g->total, g->replicas * g->rows);

@@ -25,6 +25,14 @@ void clnpu_dp_group_begin(clnpu_dp_group *g, const size_t *rows);
 /* Replica j's MoE layer: its post-attention rows (m's `a`) in, the MoE output out in m's
  * `mlp` (not yet normalised). */
 clnpu_status clnpu_dp_moe(clnpu_dp_group *g, size_t replica, struct clnpu_model *m, size_t layer, size_t rows);
+/* Replicas in other processes (MPI ranks): a replica's MoE layer hands its n rows (host memory)
+ * to meet, which returns their MoE outputs in out; rows may be NULL with n = 0 for a replica
+ * with no rows this step, which still takes part. */
+typedef clnpu_status (*clnpu_dp_meet_fn)(void *ctx, size_t layer, const float *rows, size_t n, float *out);
+void clnpu_dp_group_set_remote(clnpu_dp_group *g, clnpu_dp_meet_fn meet, void *ctx);
+/* The leader's MoE block of `layer` on `total` rows (host memory) of every replica. */
+clnpu_status clnpu_dp_run_moe(clnpu_dp_group *g, size_t layer, const float *in, size_t total, float *out);
+
 /* Replica j failed with st (message on this thread): the first failure is kept, waiting replicas
  * are released. Returns st. */
 clnpu_status clnpu_dp_fail(clnpu_dp_group *g, size_t replica, clnpu_status st);

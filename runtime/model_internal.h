@@ -80,6 +80,10 @@ clnpu_status clnpu_model_create_replica(clnpu_device *const *devs, size_t tp, si
                                         struct clnpu_dp_group *dp, const clnpu_model_config *cfg,
                                         const clnpu_checkpoint *ck, const clnpu_model_options *opt, clnpu_model **out);
 
+/* A whole model (its MoE blocks loaded, as an expert-shard rank's) made attention replica
+ * `replica` of a stage whose replicas meet in dp (other processes, clnpu_dp_group_set_remote). */
+void clnpu_model_attach_dp(clnpu_model *m, struct clnpu_dp_group *dp, size_t replica);
+
 clnpu_status clnpu_model_forward(clnpu_model *m, size_t ntok, const int *ids, const size_t *seq_of,
                                  const size_t *pos_of, bool decode, float *logits);
 #endif

@@ -610,3 +610,8 @@ clnpu_moe_block *clnpu_model_moe_block(clnpu_model *m, size_t layer)
 {
     return m->layers && layer < m->cfg.num_hidden_layers ? m->layers[layer].moe : NULL;
 }
+
+void clnpu_model_attach_dp(clnpu_model *m, struct clnpu_dp_group *dp, size_t replica)
+{
+    m->dp = dp, m->replica = replica;
+}

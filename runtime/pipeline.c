@@ -21,7 +21,7 @@ void clnpu_pipeline_destroy(clnpu_pipeline *p)
         if (p->devs) clnpu_device_close(p->devs[i]);
         for (size_t j = 0; p->ep_devs && j < CLNPU_MAX_EP; j++) clnpu_device_close(p->ep_devs[i * CLNPU_MAX_EP + j]);
     }
-    free(p->stages), free(p->reps), free(p->dps), free(p->nrep), free(p->devs), free(p->ep_devs), free(p->h[0]), free(p->h[1]);
+    free(p->stages), free(p->reps), free(p->dps), free(p->nrep), free(p->dp_ranks), free(p->dp_in), free(p->dp_out), free(p->devs), free(p->ep_devs), free(p->h[0]), free(p->h[1]);
     free(p->seq_len), free(p->owner), free(p->shard_rank), free(p->remote_ctx), free(p->remotes);
     free(p->srv_rows), free(p->xch_rows), free(p->srv_segs), free(p->wire_segs);
     pipeline_mpi_finalize(p);
@@ -51,6 +51,7 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
     p->reps = calloc(n * CLNPU_MAX_EP, sizeof *p->reps);
     p->dps = calloc(n, sizeof *p->dps);
     p->nrep = calloc(n, sizeof *p->nrep);
+    p->dp_ranks = calloc(n, sizeof *p->dp_ranks);
     p->ep_devs = calloc(n * CLNPU_MAX_EP, sizeof *p->ep_devs);
     clnpu_model_options o = opt ? *opt : clnpu_model_options_default();
     p->max_tokens = o.max_tokens ? o.max_tokens : 512;
@@ -63,7 +64,7 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
     p->remote_ctx = calloc(n, sizeof *p->remote_ctx);
     p->remotes = calloc(n, sizeof *p->remotes);
     p->nranks = 1;
-    if (!p->devs || !p->stages || !p->reps || !p->dps || !p->nrep || !p->h[0] || !p->h[1] || !p->seq_len || !p->owner || !p->shard_rank ||
+    if (!p->devs || !p->stages || !p->reps || !p->dps || !p->nrep || !p->dp_ranks || !p->h[0] || !p->h[1] || !p->seq_len || !p->owner || !p->shard_rank ||
         !p->remote_ctx || !p->remotes)
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     if (!st) st = pipeline_mpi_setup(p, sp, n);
@@ -93,7 +94,11 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         }
         clnpu_model_options so = o;
         so.layer_begin = sp[i].layer_begin, so.layer_end = sp[i].layer_end;
-        so.embed = own && sp[i].embed, so.head = own && sp[i].head;
+        /* attention replicas on the stage's ranks (a rank per device): each runs the whole stage
+         * for its sequences, the embedding and head included */
+        const bool dp_rank = p->group_comm && sp[i].replicas > 1 && sp[i].tp <= 1;
+        so.embed = (own || dp_rank) && sp[i].embed, so.head = (own || dp_rank) && sp[i].head;
+        if (dp_rank) so.max_sequences = (p->max_sequences + sp[i].replicas - 1) / sp[i].replicas;
         /* expert parallel: one device (context) per plan device of the stage held by this rank,
          * the main one reused; shards of other ranks are remote */
         clnpu_moe_shard shards[CLNPU_MAX_EP];
@@ -140,6 +145,17 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
             clnpu_model **m = j ? &p->reps[i * CLNPU_MAX_EP + j] : &p->stages[i];
             st = clnpu_model_create_replica(tp_devs + j * tp, tp, j, reps, p->dps[i], cfg, ck, &so, m);
             if (st && reps > 1) st = clnpu_fail_context(st, "attention replica %zu", j);
+        }
+        if (!st && dp_rank) {
+            /* a rank per device: this rank is attention replica (its place in the stage's group)
+             * and meets the other ranks at every MoE layer */
+            p->dp_ranks[i] = true, p->nrep[i] = sp[i].replicas;
+            st = clnpu_dp_group_create(sp[i].replicas, p->max_tokens, cfg->hidden_size, p->devs[i], &p->dps[i]);
+            if (!st) clnpu_dp_group_set_remote(p->dps[i], pipeline_mpi_meet, &p->remote_ctx[i]);
+            if (!st) clnpu_model_attach_dp(p->stages[i], p->dps[i], (size_t)p->group_rank);
+            const size_t rows = sp[i].replicas * p->max_tokens * cfg->hidden_size;
+            if (!st && own && !p->dp_in && (!(p->dp_in = malloc(rows * sizeof(float))) || !(p->dp_out = malloc(rows * sizeof(float)))))
+                st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
         }
         if (!st && p->dps[i]) clnpu_dp_group_set_leader(p->dps[i], p->stages[i]);
         if (st) st = clnpu_fail_context(st, "stage %zu (layers %zu..%zu)", i, sp[i].layer_begin, sp[i].layer_end);
@@ -199,7 +215,13 @@ static clnpu_status run(clnpu_pipeline *p, size_t n, const int *ids, const size_
                 if (!st) st = pipeline_send_hidden(p, s, a, len);
             }
             if (!st) st = pipeline_sends_done(p);
-            if (!st) st = pipeline_end_stage(p, s);
+            if (!st && !p->dp_ranks[s]) st = pipeline_end_stage(p, s);
+        } else if (p->stages[s] && p->dp_ranks[s]) { /* this rank is one of the stage's attention replicas */
+            for (size_t j = 0; !st && j < groups; j++) {
+                const size_t a = start[j], len = start[j + 1] - a;
+                st = pipeline_stage_forward(p, s, len, ids + a, seqs + a, pos + a, decode, NULL, NULL,
+                                            last && logits ? logits + a * V : NULL);
+            }
         } else if (p->stages[s]) { /* this rank serves one of the stage's expert shards */
             st = pipeline_serve_stage(p, s);
         }

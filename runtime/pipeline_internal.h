@@ -45,11 +45,22 @@ struct clnpu_pipeline {
     double timeout_s;
     int fault_step;               /* CLNPU_FAULT_RANK: this rank dies at its first step */
     size_t micro;                 /* decode micro-batches in flight (in one process) */
+    /* attention replicas across the ranks of a stage (a rank per device): this step's rows per
+     * group rank, and the owner's rows of every replica for a MoE meeting */
+    bool *dp_ranks;               /* [count]: the stage runs its replicas on its ranks */
+    size_t dp_count[CLNPU_MAX_EP];
+    float *dp_in, *dp_out;
 };
 
 /* One stage's forward on this rank (its attention replicas on threads of their own). */
 clnpu_status pipeline_stage_forward(clnpu_pipeline *p, size_t s, size_t n, const int *ids, const size_t *seqs,
                                     const size_t *pos, bool decode, const float *h_in, float *h_out, float *logits);
+
+/* Attention replicas across a stage's ranks: the stage's step on this rank, and a MoE layer's
+ * meeting (clnpu_dp_meet_fn, ctx a struct remote_ctx). */
+clnpu_status pipeline_mpi_dp_forward(clnpu_pipeline *p, size_t s, size_t n, const int *ids, const size_t *seqs,
+                                     const size_t *pos, bool decode, const float *h_in, float *h_out, float *logits);
+clnpu_status pipeline_mpi_meet(void *ctx, size_t layer, const float *rows, size_t n, float *out);
 
 /* n rows cut into groups (group j: rows [start[j], start[j + 1])) through the stages with a host
  * thread per stage, several groups in flight; logits [n][vocab] from the last stage (or NULL). */

@@ -11,6 +11,7 @@
 #endif
 
 #include "../backend/error.h"
+#include "dp.h"
 #include "pipeline_internal.h"
 
 #ifdef CLNPU_HAVE_MPI
@@ -198,19 +199,20 @@ clnpu_status pipeline_mpi_exchange(void *ctx, size_t tag, const clnpu_moe_remote
     return st;
 }
 
-/* A rank serving a shard of stage s: answer the owner's exchanges until it ends the step. */
-clnpu_status pipeline_serve_stage(clnpu_pipeline *p, size_t s)
+/* One of the owner's exchanges, served; *ended when the owner ended the stage's step instead. */
+static clnpu_status serve_one(clnpu_pipeline *p, size_t s, bool *ended)
 {
     const size_t H = p->cfg.hidden_size, E = p->cfg.n_routed_experts;
-    const size_t max_rows = p->max_tokens * p->cfg.num_experts_per_tok;
+    const size_t max_rows = p->max_tokens * p->cfg.num_experts_per_tok; /* a step's rows, all replicas' together */
     const int me = p->group_rank;
-    for (;;) {
+    *ended = false;
+    {
         long long hout[3 * CLNPU_MAX_EP] = {0}, hin[3 * CLNPU_MAX_EP];
         int sc[CLNPU_MAX_EP] = {0}, sd[CLNPU_MAX_EP] = {0}, rc[CLNPU_MAX_EP] = {0}, rd[CLNPU_MAX_EP] = {0};
         clnpu_status st = headers(p, hout, hin);
         if (st) return clnpu_fail_context(st, "serving stage %zu's experts", s);
         const long long layer = hin[0], nrows = hin[1], nseg = hin[2]; /* from group rank 0, the owner */
-        if (nrows < 0) return CLNPU_OK; /* the stage's step is over */
+        if (nrows < 0) return *ended = true, CLNPU_OK; /* the stage's step is over */
         if (nrows > (long long)max_rows || nseg < 0 || nseg > (long long)E)
             return clnpu_fail(CLNPU_ERR_IO, "rank %d: malformed exchange from rank %d", p->rank, p->owner[s]);
         rc[0] = (int)(3 * nseg);
@@ -226,8 +228,112 @@ clnpu_status pipeline_serve_stage(clnpu_pipeline *p, size_t s)
         if (!st) st = clnpu_moe_block_serve(b, (size_t)me, p->srv_rows, (size_t)nrows, p->srv_segs, (size_t)nseg, p->srv_rows);
         rc[0] = 0, sc[0] = (int)(nrows * (long long)H);
         if (!st) st = xch(p, p->srv_rows, sc, sd, NULL, rc, rd, MPI_FLOAT, "sending experts' outputs");
-        if (st) return clnpu_fail_context(st, "serving stage %zu's experts", s);
+        return st ? clnpu_fail_context(st, "serving stage %zu's experts", s) : CLNPU_OK;
     }
+}
+
+/* A rank serving a shard of stage s: answer the owner's exchanges until it ends the step. */
+clnpu_status pipeline_serve_stage(clnpu_pipeline *p, size_t s)
+{
+    for (bool ended = false;;) {
+        clnpu_status st = serve_one(p, s, &ended);
+        if (st || ended) return st;
+    }
+}
+
+/* ---- attention replicas on the ranks of a stage (a rank per device) ---- */
+
+/* Counts and displacements (in items of `width`) of each group rank's rows this step. */
+static void dp_layout(const clnpu_pipeline *p, size_t width, int *count, int *disp)
+{
+    int at = 0;
+    for (int j = 0; j < p->group_size; j++) count[j] = (int)(p->dp_count[j] * width), disp[j] = at, at += count[j];
+}
+
+static clnpu_status gatherv(clnpu_pipeline *p, const float *mine, size_t n, float *all, size_t width, const char *what)
+{
+    int count[CLNPU_MAX_EP], disp[CLNPU_MAX_EP];
+    dp_layout(p, width, count, disp);
+    MPI_Request rq;
+    if (MPI_Igatherv(mine, (int)(n * width), MPI_FLOAT, all, count, disp, MPI_FLOAT, 0, GROUP(p), &rq) != MPI_SUCCESS)
+        return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Igatherv failed %s", p->rank, what);
+    return mpi_wait(p, &rq, what, -1);
+}
+
+static clnpu_status scatterv(clnpu_pipeline *p, const float *all, float *mine, size_t n, size_t width, const char *what)
+{
+    int count[CLNPU_MAX_EP], disp[CLNPU_MAX_EP];
+    dp_layout(p, width, count, disp);
+    MPI_Request rq;
+    if (MPI_Iscatterv(all, count, disp, MPI_FLOAT, mine, (int)(n * width), MPI_FLOAT, 0, GROUP(p), &rq) != MPI_SUCCESS)
+        return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Iscatterv failed %s", p->rank, what);
+    return mpi_wait(p, &rq, what, -1);
+}
+
+/* A MoE layer's meeting of the stage's replicas: every rank's rows to the owner, which runs the
+ * stage's MoE block on all of them (its expert exchange served by the other ranks meanwhile),
+ * and each rank's outputs back. */
+clnpu_status pipeline_mpi_meet(void *ctx, size_t layer, const float *rows, size_t n, float *out)
+{
+    clnpu_pipeline *p = ((struct remote_ctx *)ctx)->p;
+    const size_t s = ((struct remote_ctx *)ctx)->stage, H = p->cfg.hidden_size;
+    size_t total = 0;
+    for (int j = 0; j < p->group_size; j++) total += p->dp_count[j];
+    clnpu_status st = gatherv(p, rows, n, p->dp_in, H, "gathering the replicas' rows for a MoE layer with");
+    if (!st && p->group_rank == 0) {
+        st = clnpu_dp_run_moe(p->dps[s], layer, p->dp_in, total, p->dp_out);
+    } else if (!st) {
+        bool ended;
+        st = serve_one(p, s, &ended);
+        if (!st && ended) st = clnpu_fail(CLNPU_ERR_IO, "rank %d: the owner of stage %zu ended the step inside MoE layer %zu",
+                                          p->rank, s, layer);
+    }
+    if (!st) st = scatterv(p, p->dp_out, out, n, H, "returning the replicas' MoE outputs with");
+    return st ? clnpu_fail_context(st, "stage %zu, MoE layer %zu", s, layer) : CLNPU_OK;
+}
+
+/* Stage s's step on this rank, one attention replica per rank of the stage: the rows of
+ * sequences q with q mod replicas = this rank's place, the previous stage's hidden states
+ * scattered from the owner and the outputs gathered back to it in the step's order. A rank
+ * without rows still takes part in every MoE layer's meeting. */
+clnpu_status pipeline_mpi_dp_forward(clnpu_pipeline *p, size_t s, size_t n, const int *ids, const size_t *seqs,
+                                     const size_t *pos, bool decode, const float *h_in, float *h_out, float *logits)
+{
+    const size_t R = (size_t)p->group_size, me = (size_t)p->group_rank, H = p->cfg.hidden_size, V = p->cfg.vocab_size;
+    const bool owner = me == 0, embed = p->stages[s]->opt.embed, last = p->stages[s]->opt.head;
+    size_t first[CLNPU_MAX_EP + 1] = {0}, fill[CLNPU_MAX_EP];
+    for (size_t j = 0; j < R; j++) p->dp_count[j] = 0;
+    for (size_t i = 0; i < n; i++) p->dp_count[seqs[i] % R]++;
+    for (size_t j = 0; j < R; j++) first[j + 1] = first[j] + p->dp_count[j], fill[j] = first[j];
+    const size_t mine = p->dp_count[me], width = last ? V : H;
+    size_t *order = malloc((n + 1) * sizeof *order), *lseq = malloc((mine + 1) * sizeof *lseq);
+    size_t *lpos = malloc((mine + 1) * sizeof *lpos);
+    int *lids = malloc((mine + 1) * sizeof *lids);
+    float *hin = malloc((mine + 1) * H * sizeof *hin), *res = malloc((mine + 1) * width * sizeof *res);
+    float *all = owner ? malloc((n + 1) * width * sizeof *all) : NULL;
+    clnpu_status st = order && lseq && lpos && lids && hin && res && (!owner || all)
+                          ? CLNPU_OK : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (size_t i = 0, k = 0; !st && i < n; i++) {
+        const size_t j = seqs[i] % R, at = fill[j]++;
+        order[at] = i;
+        if (j == me) lids[k] = ids ? ids[i] : 0, lseq[k] = seqs[i] / R, lpos[k] = pos[i], k++;
+        if (owner && !embed) memcpy(p->dp_in + at * H, h_in + i * H, H * sizeof(float)); /* in replica order */
+    }
+    if (!st && !embed) st = scatterv(p, p->dp_in, hin, mine, H, "scattering the stage's hidden states with");
+    if (!st && mine) {
+        st = clnpu_model_forward_stage(p->stages[s], mine, lids, lseq, lpos, decode, embed ? NULL : hin,
+                                       last ? NULL : res, last && logits ? res : NULL);
+    } else if (!st) { /* no rows here this step: meet the others at every MoE layer all the same */
+        float none[1];
+        for (size_t l = p->stages[s]->opt.layer_begin; !st && l < p->stages[s]->opt.layer_end; l++)
+            if (clnpu_model_config_is_moe(&p->cfg, l)) st = pipeline_mpi_meet(&p->remote_ctx[s], l, NULL, 0, none);
+    }
+    /* the outputs to the owner, back in the step's order */
+    if (!st && (!last || logits)) st = gatherv(p, res, mine, all, width, "gathering the replicas' outputs with");
+    for (size_t k = 0; !st && owner && k < n; k++)
+        memcpy((last ? logits : h_out) + order[k] * width, all + k * width, width * sizeof(float));
+    free(order), free(lseq), free(lpos), free(lids), free(hin), free(res), free(all);
+    return st;
 }
 
 /* The owner of stage s tells the ranks serving its shards that the step is over. */
@@ -327,6 +433,17 @@ clnpu_status pipeline_end_stage(clnpu_pipeline *p, size_t s) { (void)p, (void)s;
 clnpu_status pipeline_mpi_exchange(void *ctx, size_t tag, const clnpu_moe_remote_part *parts, size_t n)
 {
     return pipeline_never_exchange(ctx, tag, parts, n);
+}
+clnpu_status pipeline_mpi_meet(void *ctx, size_t layer, const float *rows, size_t n, float *out)
+{
+    (void)ctx, (void)rows, (void)n, (void)out;
+    return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "layer %zu: attention replicas across ranks need MPI", layer);
+}
+clnpu_status pipeline_mpi_dp_forward(clnpu_pipeline *p, size_t s, size_t n, const int *ids, const size_t *seqs,
+                                     const size_t *pos, bool decode, const float *h_in, float *h_out, float *logits)
+{
+    (void)p, (void)n, (void)ids, (void)seqs, (void)pos, (void)decode, (void)h_in, (void)h_out, (void)logits;
+    return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "stage %zu: attention replicas across ranks need MPI", s);
 }
 clnpu_status pipeline_serve_stage(clnpu_pipeline *p, size_t s)
 {

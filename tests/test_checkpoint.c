@@ -533,6 +533,19 @@ START_TEST(test_mpi_ranks)
     ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
     id_lines(out, got, sizeof got);
     ck_assert_msg(!strcmp(want, got), "3 sequences on 4 attention replicas:\n%s\none device:\n%s", got, want);
+    /* with a rank per device each rank is an attention replica with its own sequences, meeting
+     * the others at every MoE layer (a rank without rows too): one device's ids, with EP 4 on 4
+     * ranks and with PP 2 x EP 2 (two replicas per stage) on 4 ranks */
+    const char *dp_plans[2] = {plan4, plan2};
+    for (int k = 0; k < 2; k++) {
+        snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 4 '%s' run --model '%s' "
+                 "--ids %s -n 6 --sequences 3 --plan %s", CLNPU_CLI_PATH, TINY, seq_ids, dp_plans[k]);
+        ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+        id_lines(out, got, sizeof got);
+        ck_assert_msg(!strcmp(want, got), "3 sequences, attention replicas on 4 ranks (%s):\n%s\none device:\n%s",
+                      k ? "PP 2 x EP 2" : "EP 4", got, want);
+    }
+    fprintf(stderr, "3 sequences on attention replicas over 4 ranks (EP 4, PP 2 x EP 2): the same ids as one device\n");
     snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe -np 3 '%s' run --model '%s' --ids %s --plan %s -n 2",
              CLNPU_CLI_PATH, TINY, ids, plan2);
     ck_assert_msg(test_run(cmd, out, sizeof out) != 0 && strstr(out, "give at most 2 (stages dealt in runs) or exactly 4"),
