@@ -259,7 +259,7 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
                 st = clnpu_dp_moe(m->dp, m->replica, m, l, T);
             } else if (idle) {
                 /* adds nothing to the replica's sum below */
-            } else if (ly->moe) {
+            } else if (ly->moe && !m->tp_rank) { /* (a peer's block only serves its shard) */
                 st = clnpu_moe_block_forward(m->dev, ly->moe, av, T, mv);
             } else if (ly->dense_gate_up) {
                 st = mm(m, ly->dense_gate_up, 0, m->a, 0, d, m->mlp_h, 0, m->shared, T, CLNPU_EPILOGUE_SWIGLU);
@@ -268,6 +268,8 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
                 const float zero = 0;
                 st = clnpu_buffer_fill(m->mlp, &zero, sizeof zero);
             }
+            /* a peer in its own process serves its expert shard while rank 0 runs the block */
+            if (!st && m->tp && m->tp_rank && !m->dp) st = clnpu_tp_peer_moe(m->tp, l);
             if (!st) st = m->tp ? clnpu_tp_allreduce_add(m->tp, m->tp_rank, m->mlp, T * d, !idle) : CLNPU_OK;
             if (!st && ly->post_mlp_norm) st = clnpu_rmsnorm(m->dev, mv, none, mv, ly->post_mlp_norm, T, d, eps);
             if (!st) st = add_into(m, m->h, m->mlp, T * d);
@@ -305,6 +307,14 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
             if (pos_of[i] + 1 > m->seq_len[seq_of[i]]) m->seq_len[seq_of[i]] = pos_of[i] + 1;
     }
     return st;
+}
+
+clnpu_status clnpu_model_forward_rank(clnpu_model *m, size_t T, const int *ids, const size_t *seq_of, const size_t *pos_of,
+                                      bool decode, const float *h_in, float *h_out, float *logits, bool want_logits)
+{
+    if (!T) return CLNPU_OK;
+    clnpu_status st = m->tp_rank ? CLNPU_OK : check_inputs(m, T, ids, h_in);
+    return st ? st : forward_rank(m, T, ids, seq_of, pos_of, decode, h_in, h_out, logits, want_logits);
 }
 
 typedef struct tp_call {

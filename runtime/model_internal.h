@@ -37,6 +37,7 @@ struct clnpu_model {
      * dp; replica 0's first rank holds the MoE blocks, for moe_rows rows */
     struct clnpu_dp_group *dp;
     size_t replica, moe_rows;
+    bool serve_shard; /* a TP peer in its own process: MoE blocks only to serve its expert shard */
     size_t dqk, lat;   /* qk head dim, latent row (R + DR) */
     float scale;       /* softmax scale */
     model_layer *layers;
@@ -83,6 +84,16 @@ clnpu_status clnpu_model_create_replica(clnpu_device *const *devs, size_t tp, si
 /* A whole model (its MoE blocks loaded, as an expert-shard rank's) made attention replica
  * `replica` of a stage whose replicas meet in dp (other processes, clnpu_dp_group_set_remote). */
 void clnpu_model_attach_dp(clnpu_model *m, struct clnpu_dp_group *dp, size_t replica);
+
+/* Tensor-parallel rank `rank` of `tp` alone (the other ranks in other processes), meeting them in
+ * group (clnpu_tp_group_set_remote); with opt's expert shards a peer also holds its shard. */
+clnpu_status clnpu_model_create_tp_rank(clnpu_device *dev, size_t rank, size_t tp, struct clnpu_tp_group *group,
+                                       const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
+                                       const clnpu_model_options *opt, clnpu_model **out);
+/* One rank's forward (clnpu_model_forward_stage without spawning peers); want_logits must be the
+ * same on every rank of a TP group (the head's columns are gathered). */
+clnpu_status clnpu_model_forward_rank(clnpu_model *m, size_t T, const int *ids, const size_t *seq_of, const size_t *pos_of,
+                                      bool decode, const float *h_in, float *h_out, float *logits, bool want_logits);
 
 clnpu_status clnpu_model_forward(clnpu_model *m, size_t ntok, const int *ids, const size_t *seq_of,
                                  const size_t *pos_of, bool decode, float *logits);

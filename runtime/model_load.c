@@ -250,7 +250,7 @@ static clnpu_status load_moe_peer(clnpu_model *m, loader *L, size_t l, model_lay
     return st;
 }
 
-static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *ly)
+static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *ly, bool norm)
 {
     const clnpu_model_config *c = &m->cfg;
     const size_t E = c->n_routed_experts, H = c->hidden_size, I = c->moe_intermediate_size;
@@ -311,7 +311,7 @@ static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *l
         if (!st) clnpu_moe_block_set_tag(ly->moe, l);
     }
     free(g), free(u), free(d);
-    if (!st && c->post_mlp_layernorm) st = load_post_mlp_norm(m, L, l, ly);
+    if (!st && norm && c->post_mlp_layernorm) st = load_post_mlp_norm(m, L, l, ly);
     return st;
 }
 
@@ -356,7 +356,9 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
         if (!st) st = clnpu_weight_upload_swiglu(m->dev, &g, &u, 1, &ly->dense_gate_up);
         if (!st) st = clnpu_weight_upload(m->dev, &dn, 1, &ly->dense_down);
     } else if (!st) { /* the MoE block (router, routed experts) on rank 0; the shared expert split */
-        st = m->tp_rank || m->replica ? load_moe_peer(m, L, l, ly) : load_moe(m, L, l, ly);
+        st = m->tp_rank || m->replica ? load_moe_peer(m, L, l, ly) : load_moe(m, L, l, ly, true);
+        /* a TP peer in its own process also serves its expert shard: a block for that alone */
+        if (!st && m->tp_rank && m->serve_shard) st = load_moe(m, L, l, ly, false);
     }
 #undef NAME
     if (!st) st = clnpu_buffer_create(m->dev, m->pages * m->opt.page_size * m->lat * sizeof(float), &ly->cache);
@@ -472,6 +474,7 @@ static clnpu_status alloc_activations(clnpu_model *m)
 typedef struct model_part {
     size_t rank, size, replica, replicas;
     struct clnpu_dp_group *dp;
+    bool serve_shard; /* a TP peer holding the opt's expert shards to serve them */
 } model_part;
 
 static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
@@ -492,7 +495,7 @@ static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cf
     m->s0 = SI * rank / size, m->shared = SI * (rank + 1) / size - m->s0;
     /* replicas share one MoE block (replica 0's first rank): its shared expert whole, for all
      * their rows */
-    m->replica = part->replica, m->dp = part->dp, m->moe_rows = part->replicas;
+    m->replica = part->replica, m->dp = part->dp, m->moe_rows = part->replicas, m->serve_shard = part->serve_shard;
     if (part->replicas > 1) m->s0 = 0, m->shared = rank || part->replica ? 0 : SI;
     m->v0 = cfg->vocab_size * rank / size, m->vocab = cfg->vocab_size * (rank + 1) / size - m->v0;
     if (!m->opt.max_context) m->opt.max_context = cfg->max_position_embeddings < 4096 ? cfg->max_position_embeddings : 4096;
@@ -552,7 +555,7 @@ static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cf
 clnpu_status clnpu_model_create(clnpu_device *dev, const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
                                 const clnpu_model_options *opt, clnpu_model **out)
 {
-    const model_part whole = {0, 1, 0, 1, NULL};
+    const model_part whole = {0, 1, 0, 1, NULL, false};
     return model_create(dev, cfg, ck, opt, &whole, out);
 }
 
@@ -574,7 +577,7 @@ clnpu_status clnpu_model_create_replica(clnpu_device *const *devs, size_t tp, si
     clnpu_model_options ro = opt ? *opt : clnpu_model_options_default();
     if (replica) ro.capture = false, ro.ep_shards = NULL, ro.ep_count = 0; /* the MoE block is replica 0's */
     clnpu_model *m;
-    const model_part p0 = {0, tp, replica, replicas, dp};
+    const model_part p0 = {0, tp, replica, replicas, dp, false};
     clnpu_status st = model_create(devs[0], cfg, ck, &ro, &p0, &m);
     if (st) return tp > 1 ? clnpu_fail_context(st, "tensor-parallel rank 0") : st;
     if (tp == 1) {
@@ -588,7 +591,7 @@ clnpu_status clnpu_model_create_replica(clnpu_device *const *devs, size_t tp, si
     clnpu_model_options po = m->opt; /* peers: no routed experts, nothing captured */
     po.capture = false, po.ep_shards = NULL, po.ep_count = 0;
     for (size_t r = 1; !st && r < tp; r++) {
-        const model_part pr = {r, tp, replica, replicas, dp};
+        const model_part pr = {r, tp, replica, replicas, dp, false};
         st = model_create(devs[r], cfg, ck, &po, &pr, &m->peers[r - 1]);
         if (st) st = clnpu_fail_context(st, "tensor-parallel rank %zu", r);
         else m->peers[r - 1]->tp = m->tp;
@@ -614,4 +617,20 @@ clnpu_moe_block *clnpu_model_moe_block(clnpu_model *m, size_t layer)
 void clnpu_model_attach_dp(clnpu_model *m, struct clnpu_dp_group *dp, size_t replica)
 {
     m->dp = dp, m->replica = replica;
+}
+
+clnpu_status clnpu_model_create_tp_rank(clnpu_device *dev, size_t rank, size_t tp, struct clnpu_tp_group *group,
+                                       const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
+                                       const clnpu_model_options *opt, clnpu_model **out)
+{
+    *out = NULL;
+    if (tp > CLNPU_MAX_TP || tp > cfg->num_attention_heads || rank >= tp)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "tensor-parallel rank %zu of %zu: the model has %zu attention heads",
+                          rank, tp, cfg->num_attention_heads);
+    clnpu_model_options o = opt ? *opt : clnpu_model_options_default();
+    if (rank) o.capture = false;
+    const model_part part = {rank, tp, 0, 1, NULL, rank && o.ep_count};
+    clnpu_status st = model_create(dev, cfg, ck, &o, &part, out);
+    if (!st) (*out)->tp = group;
+    return st;
 }

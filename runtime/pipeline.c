@@ -8,6 +8,7 @@
 
 #include "../backend/error.h"
 #include "dp.h"
+#include "tp.h"
 #include "pipeline_internal.h"
 #include "step.h"
 
@@ -18,10 +19,11 @@ void clnpu_pipeline_destroy(clnpu_pipeline *p)
         if (p->stages) clnpu_model_destroy(p->stages[i]);
         for (size_t j = 1; p->reps && j < CLNPU_MAX_EP; j++) clnpu_model_destroy(p->reps[i * CLNPU_MAX_EP + j]);
         if (p->dps) clnpu_dp_group_destroy(p->dps[i]);
+        if (p->tps) clnpu_tp_group_destroy(p->tps[i]); /* after the stage's model, which uses it */
         if (p->devs) clnpu_device_close(p->devs[i]);
         for (size_t j = 0; p->ep_devs && j < CLNPU_MAX_EP; j++) clnpu_device_close(p->ep_devs[i * CLNPU_MAX_EP + j]);
     }
-    free(p->stages), free(p->reps), free(p->dps), free(p->nrep), free(p->dp_ranks), free(p->dp_in), free(p->dp_out), free(p->devs), free(p->ep_devs), free(p->h[0]), free(p->h[1]);
+    free(p->stages), free(p->reps), free(p->dps), free(p->nrep), free(p->dp_ranks), free(p->tp_ranks), free(p->tps), free(p->dp_in), free(p->dp_out), free(p->devs), free(p->ep_devs), free(p->h[0]), free(p->h[1]);
     free(p->seq_len), free(p->owner), free(p->shard_rank), free(p->remote_ctx), free(p->remotes);
     free(p->srv_rows), free(p->xch_rows), free(p->srv_segs), free(p->wire_segs);
     pipeline_mpi_finalize(p);
@@ -52,6 +54,8 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
     p->dps = calloc(n, sizeof *p->dps);
     p->nrep = calloc(n, sizeof *p->nrep);
     p->dp_ranks = calloc(n, sizeof *p->dp_ranks);
+    p->tp_ranks = calloc(n, sizeof *p->tp_ranks);
+    p->tps = calloc(n, sizeof *p->tps);
     p->ep_devs = calloc(n * CLNPU_MAX_EP, sizeof *p->ep_devs);
     clnpu_model_options o = opt ? *opt : clnpu_model_options_default();
     p->max_tokens = o.max_tokens ? o.max_tokens : 512;
@@ -64,7 +68,7 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
     p->remote_ctx = calloc(n, sizeof *p->remote_ctx);
     p->remotes = calloc(n, sizeof *p->remotes);
     p->nranks = 1;
-    if (!p->devs || !p->stages || !p->reps || !p->dps || !p->nrep || !p->dp_ranks || !p->h[0] || !p->h[1] || !p->seq_len || !p->owner || !p->shard_rank ||
+    if (!p->devs || !p->stages || !p->reps || !p->dps || !p->nrep || !p->dp_ranks || !p->tp_ranks || !p->tps || !p->h[0] || !p->h[1] || !p->seq_len || !p->owner || !p->shard_rank ||
         !p->remote_ctx || !p->remotes)
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     if (!st) st = pipeline_mpi_setup(p, sp, n);
@@ -97,7 +101,9 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         /* attention replicas on the stage's ranks (a rank per device): each runs the whole stage
          * for its sequences, the embedding and head included */
         const bool dp_rank = p->group_comm && sp[i].replicas > 1 && sp[i].tp <= 1;
-        so.embed = (own || dp_rank) && sp[i].embed, so.head = (own || dp_rank) && sp[i].head;
+        /* tensor-parallel ranks on the stage's ranks: each holds its share of every layer */
+        const bool tp_rank = p->group_comm && sp[i].tp > 1;
+        so.embed = (own || dp_rank || tp_rank) && sp[i].embed, so.head = (own || dp_rank || tp_rank) && sp[i].head;
         if (dp_rank) so.max_sequences = (p->max_sequences + sp[i].replicas - 1) / sp[i].replicas;
         /* expert parallel: one device (context) per plan device of the stage held by this rank,
          * the main one reused; shards of other ranks are remote */
@@ -105,7 +111,7 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         /* attention replica j: tensor parallel over tp_devs[j * tp .. (j + 1) * tp) */
         clnpu_device *tp_devs[CLNPU_MAX_EP] = {p->devs[i]};
         /* with a rank per device (expert shards on other ranks) the owner runs all attention */
-        const size_t tp = own && sp[i].tp > 1 ? sp[i].tp : 1;
+        const size_t tp = own && sp[i].tp > 1 && !p->group_comm ? sp[i].tp : 1;
         const size_t reps = own && sp[i].replicas > 1 && !p->group_comm ? sp[i].replicas : 1;
         if (tp * reps > CLNPU_MAX_EP) {
             st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "stage %zu: %zu attention replicas of tensor parallel %zu; at most %d "
@@ -141,7 +147,17 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
             so.max_sequences = (p->max_sequences + reps - 1) / reps;
             st = clnpu_dp_group_create(reps, so.max_tokens ? so.max_tokens : 512, cfg->hidden_size, p->devs[i], &p->dps[i]);
         }
-        for (size_t j = 0; !st && j < reps; j++) {
+        if (tp_rank) { /* this rank is TP rank (its place in the stage's group) */
+            p->tp_ranks[i] = true;
+            st = clnpu_tp_group_create(sp[i].tp, p->max_tokens * cfg->hidden_size, &p->tps[i]);
+            const clnpu_tp_remote remote = pipeline_mpi_tp_remote(p, i);
+            if (!st) clnpu_tp_group_set_remote(p->tps[i], &remote);
+            if (!st) st = clnpu_model_create_tp_rank(p->devs[i], (size_t)p->group_rank, sp[i].tp, p->tps[i], cfg, ck, &so,
+                                                     &p->stages[i]);
+            if (!st && !own && !p->dp_in && !(p->dp_in = malloc(p->max_tokens * cfg->hidden_size * sizeof(float))))
+                st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+        }
+        for (size_t j = 0; !st && !tp_rank && j < reps; j++) {
             clnpu_model **m = j ? &p->reps[i * CLNPU_MAX_EP + j] : &p->stages[i];
             st = clnpu_model_create_replica(tp_devs + j * tp, tp, j, reps, p->dps[i], cfg, ck, &so, m);
             if (st && reps > 1) st = clnpu_fail_context(st, "attention replica %zu", j);
@@ -215,8 +231,8 @@ static clnpu_status run(clnpu_pipeline *p, size_t n, const int *ids, const size_
                 if (!st) st = pipeline_send_hidden(p, s, a, len);
             }
             if (!st) st = pipeline_sends_done(p);
-            if (!st && !p->dp_ranks[s]) st = pipeline_end_stage(p, s);
-        } else if (p->stages[s] && p->dp_ranks[s]) { /* this rank is one of the stage's attention replicas */
+            if (!st && !p->dp_ranks[s] && !p->tp_ranks[s]) st = pipeline_end_stage(p, s);
+        } else if (p->stages[s] && (p->dp_ranks[s] || p->tp_ranks[s])) { /* one of the stage's replicas or TP ranks */
             for (size_t j = 0; !st && j < groups; j++) {
                 const size_t a = start[j], len = start[j + 1] - a;
                 st = pipeline_stage_forward(p, s, len, ids + a, seqs + a, pos + a, decode, NULL, NULL,

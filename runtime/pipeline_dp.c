@@ -34,6 +34,7 @@ clnpu_status pipeline_stage_forward(clnpu_pipeline *p, size_t s, size_t n, const
                                     const size_t *pos, bool decode, const float *h_in, float *h_out, float *logits)
 {
     if (p->dp_ranks[s]) return pipeline_mpi_dp_forward(p, s, n, ids, seqs, pos, decode, h_in, h_out, logits);
+    if (p->tp_ranks[s]) return pipeline_mpi_tp_forward(p, s, n, ids, seqs, pos, decode, h_in, h_out, logits);
     const size_t R = p->nrep[s];
     if (R <= 1) return clnpu_model_forward_stage(p->stages[s], n, ids, seqs, pos, decode, h_in, h_out, logits);
     const size_t d = p->cfg.hidden_size, V = p->cfg.vocab_size;

@@ -4,6 +4,7 @@
 
 #include "clnpu/pipeline.h"
 #include "model_internal.h"
+#include "tp.h"
 
 struct remote_ctx {
     struct clnpu_pipeline *p;
@@ -48,6 +49,8 @@ struct clnpu_pipeline {
     /* attention replicas across the ranks of a stage (a rank per device): this step's rows per
      * group rank, and the owner's rows of every replica for a MoE meeting */
     bool *dp_ranks;               /* [count]: the stage runs its replicas on its ranks */
+    bool *tp_ranks;               /* [count]: the stage runs its TP ranks on its ranks */
+    struct clnpu_tp_group **tps;  /* [count]: their collectives */
     size_t dp_count[CLNPU_MAX_EP];
     float *dp_in, *dp_out;
 };
@@ -61,6 +64,11 @@ clnpu_status pipeline_stage_forward(clnpu_pipeline *p, size_t s, size_t n, const
 clnpu_status pipeline_mpi_dp_forward(clnpu_pipeline *p, size_t s, size_t n, const int *ids, const size_t *seqs,
                                      const size_t *pos, bool decode, const float *h_in, float *h_out, float *logits);
 clnpu_status pipeline_mpi_meet(void *ctx, size_t layer, const float *rows, size_t n, float *out);
+/* Tensor-parallel ranks across a stage's ranks: the stage's step on this rank, and the
+ * collectives' transport. */
+clnpu_status pipeline_mpi_tp_forward(clnpu_pipeline *p, size_t s, size_t n, const int *ids, const size_t *seqs,
+                                     const size_t *pos, bool decode, const float *h_in, float *h_out, float *logits);
+clnpu_tp_remote pipeline_mpi_tp_remote(clnpu_pipeline *p, size_t s);
 
 /* n rows cut into groups (group j: rows [start[j], start[j + 1])) through the stages with a host
  * thread per stage, several groups in flight; logits [n][vocab] from the last stage (or NULL). */

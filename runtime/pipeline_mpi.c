@@ -70,9 +70,10 @@ clnpu_status pipeline_mpi_setup(clnpu_pipeline *p, const clnpu_stage_spec *sp, s
         }
     } else if ((size_t)p->nranks == slots) {
         for (size_t s = 0; s < n; s++)
-            if (sp[s].tp > 1)
-                return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "stage %zu is tensor parallel (tp %zu): its ranks run in one process, "
-                                  "so give at most %zu MPI ranks (stages dealt in runs), not a rank per device", s, sp[s].tp, n);
+            if (sp[s].tp > 1 && sp[s].replicas > 1)
+                return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "stage %zu is tensor parallel (tp %zu) with %zu attention replicas: "
+                                  "that runs in one process, so give at most %zu MPI ranks (stages dealt in runs), not a "
+                                  "rank per device", s, sp[s].tp, sp[s].replicas, n);
         int r = 0, color = 0;
         for (size_t s = 0; s < n; s++) {
             p->owner[s] = r;
@@ -239,6 +240,71 @@ clnpu_status pipeline_serve_stage(clnpu_pipeline *p, size_t s)
         clnpu_status st = serve_one(p, s, &ended);
         if (st || ended) return st;
     }
+}
+
+/* ---- tensor-parallel ranks of a stage (a rank per device) ---- */
+
+static clnpu_status tp_allgather(void *ctx, const float *mine, size_t n, float *all)
+{
+    clnpu_pipeline *p = ((struct remote_ctx *)ctx)->p;
+    if (n > INT_MAX) return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "rank %d: %zu floats in one all-gather", p->rank, n);
+    MPI_Request rq;
+    if (MPI_Iallgather(mine, (int)n, MPI_FLOAT, all, (int)n, MPI_FLOAT, GROUP(p), &rq) != MPI_SUCCESS)
+        return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Iallgather failed", p->rank);
+    return mpi_wait(p, &rq, "summing tensor-parallel partial results with", -1);
+}
+
+static clnpu_status tp_gatherv(void *ctx, const float *mine, size_t n, float *all, size_t rows)
+{
+    clnpu_pipeline *p = ((struct remote_ctx *)ctx)->p;
+    const size_t V = p->cfg.vocab_size, t = (size_t)p->group_size;
+    int count[CLNPU_MAX_EP], disp[CLNPU_MAX_EP], at = 0;
+    for (size_t r = 0; r < t; r++) {
+        const size_t cols = r ? V * (r + 1) / t - V * r / t : 0; /* rank 0's columns are in place */
+        count[r] = (int)(rows * cols), disp[r] = at, at += count[r];
+    }
+    MPI_Request rq;
+    if (MPI_Igatherv(mine, (int)n, MPI_FLOAT, all, count, disp, MPI_FLOAT, 0, GROUP(p), &rq) != MPI_SUCCESS)
+        return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Igatherv failed", p->rank);
+    return mpi_wait(p, &rq, "gathering the logits' columns with", -1);
+}
+
+static clnpu_status tp_moe(void *ctx, size_t layer)
+{
+    clnpu_pipeline *p = ((struct remote_ctx *)ctx)->p;
+    const size_t s = ((struct remote_ctx *)ctx)->stage;
+    bool ended;
+    clnpu_status st = serve_one(p, s, &ended);
+    if (!st && ended)
+        st = clnpu_fail(CLNPU_ERR_IO, "rank %d: the owner of stage %zu ended the step inside MoE layer %zu", p->rank, s, layer);
+    return st;
+}
+
+clnpu_tp_remote pipeline_mpi_tp_remote(clnpu_pipeline *p, size_t s)
+{
+    return (clnpu_tp_remote){tp_allgather, tp_gatherv, tp_moe, &p->remote_ctx[s]};
+}
+
+/* Stage s's step on one of its TP ranks: the previous stage's hidden states from the owner to
+ * every rank (MPI_Ibcast), then this rank's share of every layer; the owner keeps the outputs. */
+clnpu_status pipeline_mpi_tp_forward(clnpu_pipeline *p, size_t s, size_t n, const int *ids, const size_t *seqs,
+                                     const size_t *pos, bool decode, const float *h_in, float *h_out, float *logits)
+{
+    const size_t H = p->cfg.hidden_size;
+    clnpu_model *m = p->stages[s];
+    const bool owner = p->group_rank == 0, want = m->opt.head && logits;
+    float *h = owner ? (float *)h_in : p->dp_in;
+    clnpu_status st = CLNPU_OK;
+    if (!m->opt.embed) {
+        if (n * H > INT_MAX) return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "rank %d: %zu hidden values", p->rank, n * H);
+        MPI_Request rq;
+        st = MPI_Ibcast(h, (int)(n * H), MPI_FLOAT, 0, GROUP(p), &rq) == MPI_SUCCESS
+                 ? mpi_wait(p, &rq, "receiving the stage's hidden states with", -1)
+                 : clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Ibcast failed", p->rank);
+    }
+    if (!st) st = clnpu_model_forward_rank(m, n, ids, seqs, pos, decode, m->opt.embed ? NULL : h, owner ? h_out : NULL,
+                                           owner ? logits : NULL, want);
+    return st ? clnpu_fail_context(st, "stage %zu, tensor-parallel rank %d", s, p->group_rank) : CLNPU_OK;
 }
 
 /* ---- attention replicas on the ranks of a stage (a rank per device) ---- */
@@ -433,6 +499,17 @@ clnpu_status pipeline_end_stage(clnpu_pipeline *p, size_t s) { (void)p, (void)s;
 clnpu_status pipeline_mpi_exchange(void *ctx, size_t tag, const clnpu_moe_remote_part *parts, size_t n)
 {
     return pipeline_never_exchange(ctx, tag, parts, n);
+}
+clnpu_tp_remote pipeline_mpi_tp_remote(clnpu_pipeline *p, size_t s)
+{
+    (void)p, (void)s;
+    return (clnpu_tp_remote){NULL, NULL, NULL, NULL};
+}
+clnpu_status pipeline_mpi_tp_forward(clnpu_pipeline *p, size_t s, size_t n, const int *ids, const size_t *seqs,
+                                     const size_t *pos, bool decode, const float *h_in, float *h_out, float *logits)
+{
+    (void)p, (void)n, (void)ids, (void)seqs, (void)pos, (void)decode, (void)h_in, (void)h_out, (void)logits;
+    return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "stage %zu: tensor parallel across ranks needs MPI", s);
 }
 clnpu_status pipeline_mpi_meet(void *ctx, size_t layer, const float *rows, size_t n, float *out)
 {

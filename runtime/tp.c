@@ -13,6 +13,9 @@
 struct clnpu_tp_group {
     size_t size, floats;
     clnpu_barrier bar;
+    clnpu_tp_remote remote;   /* ranks in other processes (remote.allgather set) */
+    float *gathered;          /* remote gather: [rows][total] on rank 0 */
+    size_t gathered_cap;
     float *slots;        /* [2][size][floats] */
     float *sums;         /* [size][floats]: each rank's sum before it goes up */
     size_t *calls;       /* all-reduces made by each rank this step */
@@ -45,7 +48,7 @@ void clnpu_tp_group_destroy(clnpu_tp_group *g)
 {
     if (!g) return;
     clnpu_barrier_destroy(&g->bar);
-    free(g->slots), free(g->sums), free(g->calls), free(g->parts), free(g);
+    free(g->gathered), free(g->slots), free(g->sums), free(g->calls), free(g->parts), free(g);
 }
 
 size_t clnpu_tp_group_size(const clnpu_tp_group *g) { return g->size; }
@@ -65,6 +68,13 @@ clnpu_status clnpu_tp_fail(clnpu_tp_group *g, size_t rank, clnpu_status st)
 
 clnpu_status clnpu_tp_group_status(clnpu_tp_group *g) { return clnpu_barrier_status(&g->bar); }
 
+void clnpu_tp_group_set_remote(clnpu_tp_group *g, const clnpu_tp_remote *r) { g->remote = *r; }
+
+clnpu_status clnpu_tp_peer_moe(clnpu_tp_group *g, size_t layer)
+{
+    return g->remote.moe ? g->remote.moe(g->remote.ctx, layer) : CLNPU_OK;
+}
+
 /* Every rank arrives, or some rank has failed. */
 static clnpu_status barrier(clnpu_tp_group *g)
 {
@@ -81,16 +91,21 @@ clnpu_status clnpu_tp_allreduce_add(clnpu_tp_group *g, size_t rank, clnpu_buffer
     if (n > g->floats)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "tensor-parallel all-reduce of %zu floats; the group holds %zu", n,
                           g->floats);
-    float *slots = g->slots + (g->calls[rank]++ & 1) * g->size * g->floats;
+    const bool remote = g->remote.allgather != NULL;
+    /* across processes every rank's part arrives packed [size][n] (an all-gather), so each
+     * process sums them in rank order too and all hold the same bits */
+    const size_t stride = remote ? n : g->floats;
+    float *slots = g->slots + (remote ? 0 : (g->calls[rank]++ & 1) * g->size * g->floats);
+    float *mine = remote ? g->sums : slots + rank * stride;
     clnpu_status st = CLNPU_OK;
-    if (add) st = clnpu_buffer_read(b, 0, slots + rank * g->floats, n * sizeof(float));
-    else memset(slots + rank * g->floats, 0, n * sizeof(float)); /* zeros, without touching the device */
-    if (!st) st = barrier(g);
+    if (add) st = clnpu_buffer_read(b, 0, mine, n * sizeof(float));
+    else memset(mine, 0, n * sizeof(float)); /* zeros, without touching the device */
+    if (!st) st = remote ? g->remote.allgather(g->remote.ctx, mine, n, slots) : barrier(g);
     if (st) return st;
-    float *acc = g->sums + rank * g->floats;
+    float *acc = g->sums + (remote ? 0 : rank) * g->floats;
     memcpy(acc, slots, n * sizeof(float));
     for (size_t r = 1; r < g->size; r++) {
-        const float *part = slots + r * g->floats;
+        const float *part = slots + r * stride;
         for (size_t i = 0; i < n; i++) acc[i] += part[i];
     }
     /* queued without waiting: acc is next written after this rank's next all-reduce has read
@@ -102,6 +117,23 @@ clnpu_status clnpu_tp_gather_columns(clnpu_tp_group *g, size_t rank, clnpu_buffe
                                      size_t cols, size_t total, float *host)
 {
     clnpu_status st = rank ? clnpu_buffer_read(b, 0, host, rows * cols * sizeof(float)) : CLNPU_OK;
+    if (!st && g->remote.gatherv) { /* the peers' blocks, one after another, to rank 0's process */
+        if (rank == 0 && g->gathered_cap < rows * total) {
+            free(g->gathered);
+            g->gathered_cap = 0;
+            if (!(g->gathered = malloc(rows * total * sizeof(float))))
+                return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+            g->gathered_cap = rows * total;
+        }
+        st = g->remote.gatherv(g->remote.ctx, host, rank ? rows * cols : 0, g->gathered, rows);
+        for (size_t r = 1, at = 0; !st && rank == 0 && r < g->size; r++) {
+            const size_t c0 = total * r / g->size, nc = total * (r + 1) / g->size - c0;
+            st = clnpu_buffer_write_2d(b, c0 * sizeof(float), total * sizeof(float), g->gathered + at,
+                                       nc * sizeof(float), nc * sizeof(float), rows);
+            at += rows * nc;
+        }
+        return st;
+    }
     if (!st) g->parts[rank] = (struct tp_part){host, col0, cols};
     if (!st) st = barrier(g);
     /* rank 0 reads the peers' host copies after they have left; they are theirs again only at

@@ -31,6 +31,20 @@ clnpu_status clnpu_tp_allreduce_add(clnpu_tp_group *g, size_t rank, clnpu_buffer
  * ends. */
 clnpu_status clnpu_tp_gather_columns(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t rows, size_t col0,
                                      size_t cols, size_t total, float *host);
+/* Ranks in other processes (MPI): this process holds one rank; the collectives go through
+ * these. allgather: every rank's n floats, packed [size][n] in all. gatherv: every rank's block
+ * (rank 0's: none) packed in rank order in all on rank 0, rows rows of the vocabulary split
+ * total * r / size. moe: a peer's part in MoE layer `layer` (serving its expert shard). */
+typedef struct clnpu_tp_remote {
+    clnpu_status (*allgather)(void *ctx, const float *mine, size_t n, float *all);
+    clnpu_status (*gatherv)(void *ctx, const float *mine, size_t n, float *all, size_t rows);
+    clnpu_status (*moe)(void *ctx, size_t layer);
+    void *ctx;
+} clnpu_tp_remote;
+void clnpu_tp_group_set_remote(clnpu_tp_group *g, const clnpu_tp_remote *remote);
+/* A peer rank's turn in a MoE layer that rank 0 runs (no-op in one process). */
+clnpu_status clnpu_tp_peer_moe(clnpu_tp_group *g, size_t layer);
+
 /* This rank failed with st (message from this thread): record the first failure, release the
  * others. Returns st. */
 clnpu_status clnpu_tp_fail(clnpu_tp_group *g, size_t rank, clnpu_status st);

@@ -567,8 +567,9 @@ START_TEST(test_mpi_ranks)
     ck_assert_msg(rc != 0 && rc != 124, "a dead shard rank did not end the job with an error (%d): %.1500s", rc, out);
     ck_assert_msg(strstr(out, "rank 1"), "no word of rank 1: %.1500s", out);
     ck_assert_msg((double)time(NULL) - t0 < 60, "the job took too long to notice the dead shard rank");
-    /* tensor parallel under mpirun: a rank per stage runs its stage's TP ranks in-process; a rank
-     * per device is refused, saying what works */
+    /* tensor parallel under mpirun: a rank per stage runs its stage's TP ranks in-process, a rank
+     * per device makes each TP rank a process (collectives by MPI, each peer serving its expert
+     * shard); TP with attention replicas on a rank per device is refused, saying what works */
     char plantp[600];
     snprintf(plantp, sizeof plantp, "%s/plan-tp.yaml", dir);
     ck_assert_int_eq(test_write_file(plantp,
@@ -578,11 +579,24 @@ START_TEST(test_mpi_ranks)
         "- {stage: 1, devices: [2, 3], embedding: false, head: true, layers: [2]}\n"), 0);
     double etp = mpirun_logits_error(dir, 2, plantp, ids, "PP 2 x TP 2");
     ck_assert_msg(etp <= 1e-4, "PP 2 x TP 2 -np 2: %.3g", etp);
+    etp = mpirun_logits_error(dir, 4, plantp, ids, "PP 2 x TP 2, a rank per device");
+    ck_assert_msg(etp <= 1e-4, "PP 2 x TP 2 -np 4: %.3g", etp);
+    snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 4 '%s' run --model '%s' "
+             "--ids %s -n 6 --sequences 3 --plan %s", CLNPU_CLI_PATH, TINY, seq_ids, plantp);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    id_lines(out, got, sizeof got);
+    ck_assert_msg(!strcmp(want, got), "3 sequences, TP ranks on 4 ranks:\n%s\none device:\n%s", got, want);
+    ck_assert_int_eq(test_write_file(plantp,
+        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 2, pp: 1, ep: 4, dp: 2}\n"
+        "experts: [[0, 4, 8, 12], [1, 5, 9, 13], [2, 6, 10, 14], [3, 7, 11, 15]]\nstages:\n"
+        "- {stage: 0, devices: [0, 1, 2, 3], embedding: true, head: true, layers: [0, 1, 2]}\n"), 0);
     snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=20 timeout 120 mpirun --oversubscribe -np 4 '%s' run --model '%s' "
              "--ids %s --plan %s -n 2", CLNPU_CLI_PATH, TINY, ids, plantp);
     rc = test_run(cmd, out, sizeof out);
-    ck_assert_msg(rc != 0 && rc != 124 && strstr(out, "tensor parallel (tp 2)") && strstr(out, "at most 2 MPI ranks"),
-                  "TP with a rank per device (%d): %.1500s", rc, out);
+    ck_assert_msg(rc != 0 && rc != 124 && strstr(out, "tensor parallel (tp 2) with 2 attention replicas") &&
+                      strstr(out, "at most 1 MPI ranks"), "TP with replicas on a rank per device (%d): %.1500s", rc, out);
+    double etp1 = mpirun_logits_error(dir, 1, plantp, ids, "TP 2 x 2 attention replicas, one rank");
+    ck_assert_msg(etp1 <= 1e-4, "TP 2 x DP 2 -np 1: %.3g", etp1);
     /* several ranks without a plan would each repeat the job: a usage error */
     snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe -np 2 '%s' run --model '%s' --ids %s -n 2",
              CLNPU_CLI_PATH, TINY, ids);
