@@ -268,8 +268,9 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
                 const float zero = 0;
                 st = clnpu_buffer_fill(m->mlp, &zero, sizeof zero);
             }
-            /* a peer in its own process serves its expert shard while rank 0 runs the block */
-            if (!st && m->tp && m->tp_rank && !m->dp) st = clnpu_tp_peer_moe(m->tp, l);
+            /* a peer in its own process serves its expert shard while rank 0 runs the block (with
+             * attention replicas: meets them with no rows of its own) */
+            if (!st && m->tp && m->tp_rank) st = clnpu_tp_peer_moe(m->tp, l);
             if (!st) st = m->tp ? clnpu_tp_allreduce_add(m->tp, m->tp_rank, m->mlp, T * d, !idle) : CLNPU_OK;
             if (!st && ly->post_mlp_norm) st = clnpu_rmsnorm(m->dev, mv, none, mv, ly->post_mlp_norm, T, d, eps);
             if (!st) st = add_into(m, m->h, m->mlp, T * d);

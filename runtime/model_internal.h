@@ -81,13 +81,11 @@ clnpu_status clnpu_model_create_replica(clnpu_device *const *devs, size_t tp, si
                                         struct clnpu_dp_group *dp, const clnpu_model_config *cfg,
                                         const clnpu_checkpoint *ck, const clnpu_model_options *opt, clnpu_model **out);
 
-/* A whole model (its MoE blocks loaded, as an expert-shard rank's) made attention replica
- * `replica` of a stage whose replicas meet in dp (other processes, clnpu_dp_group_set_remote). */
-void clnpu_model_attach_dp(clnpu_model *m, struct clnpu_dp_group *dp, size_t replica);
-
-/* Tensor-parallel rank `rank` of `tp` alone (the other ranks in other processes), meeting them in
- * group (clnpu_tp_group_set_remote); with opt's expert shards a peer also holds its shard. */
+/* Tensor-parallel rank `rank` of `tp` of attention replica `replica` of `replicas` alone (the other
+ * ranks in other processes), meeting them in group (clnpu_tp_group_set_remote) and the other
+ * replicas in dp; with opt's expert shards any but the first rank also holds its shard to serve. */
 clnpu_status clnpu_model_create_tp_rank(clnpu_device *dev, size_t rank, size_t tp, struct clnpu_tp_group *group,
+                                       size_t replica, size_t replicas, struct clnpu_dp_group *dp,
                                        const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
                                        const clnpu_model_options *opt, clnpu_model **out);
 /* One rank's forward (clnpu_model_forward_stage without spawning peers); want_logits must be the

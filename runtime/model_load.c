@@ -357,8 +357,9 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
         if (!st) st = clnpu_weight_upload(m->dev, &dn, 1, &ly->dense_down);
     } else if (!st) { /* the MoE block (router, routed experts) on rank 0; the shared expert split */
         st = m->tp_rank || m->replica ? load_moe_peer(m, L, l, ly) : load_moe(m, L, l, ly, true);
-        /* a TP peer in its own process also serves its expert shard: a block for that alone */
-        if (!st && m->tp_rank && m->serve_shard) st = load_moe(m, L, l, ly, false);
+        /* a TP peer or another replica in its own process also serves its expert shard: a block
+         * for that alone */
+        if (!st && (m->tp_rank || m->replica) && m->serve_shard) st = load_moe(m, L, l, ly, false);
     }
 #undef NAME
     if (!st) st = clnpu_buffer_create(m->dev, m->pages * m->opt.page_size * m->lat * sizeof(float), &ly->cache);
@@ -614,12 +615,8 @@ clnpu_moe_block *clnpu_model_moe_block(clnpu_model *m, size_t layer)
     return m->layers && layer < m->cfg.num_hidden_layers ? m->layers[layer].moe : NULL;
 }
 
-void clnpu_model_attach_dp(clnpu_model *m, struct clnpu_dp_group *dp, size_t replica)
-{
-    m->dp = dp, m->replica = replica;
-}
-
 clnpu_status clnpu_model_create_tp_rank(clnpu_device *dev, size_t rank, size_t tp, struct clnpu_tp_group *group,
+                                       size_t replica, size_t replicas, struct clnpu_dp_group *dp,
                                        const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
                                        const clnpu_model_options *opt, clnpu_model **out)
 {
@@ -628,8 +625,8 @@ clnpu_status clnpu_model_create_tp_rank(clnpu_device *dev, size_t rank, size_t t
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "tensor-parallel rank %zu of %zu: the model has %zu attention heads",
                           rank, tp, cfg->num_attention_heads);
     clnpu_model_options o = opt ? *opt : clnpu_model_options_default();
-    if (rank) o.capture = false;
-    const model_part part = {rank, tp, 0, 1, NULL, rank && o.ep_count};
+    if (rank || replica) o.capture = false;
+    const model_part part = {rank, tp, replica, replicas, dp, (rank || replica) && o.ep_count};
     clnpu_status st = model_create(dev, cfg, ck, &o, &part, out);
     if (!st) (*out)->tp = group;
     return st;

@@ -100,7 +100,7 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         so.layer_begin = sp[i].layer_begin, so.layer_end = sp[i].layer_end;
         /* attention replicas on the stage's ranks (a rank per device): each runs the whole stage
          * for its sequences, the embedding and head included */
-        const bool dp_rank = p->group_comm && sp[i].replicas > 1 && sp[i].tp <= 1;
+        const bool dp_rank = p->group_comm && sp[i].replicas > 1;
         /* tensor-parallel ranks on the stage's ranks: each holds its share of every layer */
         const bool tp_rank = p->group_comm && sp[i].tp > 1;
         so.embed = (own || dp_rank || tp_rank) && sp[i].embed, so.head = (own || dp_rank || tp_rank) && sp[i].head;
@@ -147,31 +147,28 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
             so.max_sequences = (p->max_sequences + reps - 1) / reps;
             st = clnpu_dp_group_create(reps, so.max_tokens ? so.max_tokens : 512, cfg->hidden_size, p->devs[i], &p->dps[i]);
         }
-        if (tp_rank) { /* this rank is TP rank (its place in the stage's group) */
-            p->tp_ranks[i] = true;
-            st = clnpu_tp_group_create(sp[i].tp, p->max_tokens * cfg->hidden_size, &p->tps[i]);
+        if (tp_rank || dp_rank) {
+            /* a rank per device: this rank is TP rank (its place in the stage's group) mod tp of
+             * attention replica (its place) / tp; its replica's TP ranks get a communicator, and
+             * the replicas meet at every MoE layer */
+            const size_t t = sp[i].tp > 1 ? sp[i].tp : 1, R = dp_rank ? sp[i].replicas : 1, g = (size_t)p->group_rank;
+            p->tp_ranks[i] = tp_rank, p->dp_ranks[i] = dp_rank, p->nrep[i] = R;
+            if (tp_rank) st = pipeline_mpi_tp_comm(p, t);
+            if (!st && tp_rank) st = clnpu_tp_group_create(t, p->max_tokens * cfg->hidden_size, &p->tps[i]);
             const clnpu_tp_remote remote = pipeline_mpi_tp_remote(p, i);
-            if (!st) clnpu_tp_group_set_remote(p->tps[i], &remote);
-            if (!st) st = clnpu_model_create_tp_rank(p->devs[i], (size_t)p->group_rank, sp[i].tp, p->tps[i], cfg, ck, &so,
+            if (!st && tp_rank) clnpu_tp_group_set_remote(p->tps[i], &remote);
+            if (!st && dp_rank) st = clnpu_dp_group_create(R, p->max_tokens, cfg->hidden_size, p->devs[i], &p->dps[i]);
+            if (!st && dp_rank) clnpu_dp_group_set_remote(p->dps[i], pipeline_mpi_meet, &p->remote_ctx[i]);
+            if (!st) st = clnpu_model_create_tp_rank(p->devs[i], g % t, t, p->tps[i], g / t, R, p->dps[i], cfg, ck, &so,
                                                      &p->stages[i]);
-            if (!st && !own && !p->dp_in && !(p->dp_in = malloc(p->max_tokens * cfg->hidden_size * sizeof(float))))
+            const size_t rows = R * p->max_tokens * cfg->hidden_size;
+            if (!st && !p->dp_in && (!(p->dp_in = malloc(rows * sizeof(float))) || !(p->dp_out = malloc(rows * sizeof(float)))))
                 st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
         }
-        for (size_t j = 0; !st && !tp_rank && j < reps; j++) {
+        for (size_t j = 0; !st && !tp_rank && !dp_rank && j < reps; j++) {
             clnpu_model **m = j ? &p->reps[i * CLNPU_MAX_EP + j] : &p->stages[i];
             st = clnpu_model_create_replica(tp_devs + j * tp, tp, j, reps, p->dps[i], cfg, ck, &so, m);
             if (st && reps > 1) st = clnpu_fail_context(st, "attention replica %zu", j);
-        }
-        if (!st && dp_rank) {
-            /* a rank per device: this rank is attention replica (its place in the stage's group)
-             * and meets the other ranks at every MoE layer */
-            p->dp_ranks[i] = true, p->nrep[i] = sp[i].replicas;
-            st = clnpu_dp_group_create(sp[i].replicas, p->max_tokens, cfg->hidden_size, p->devs[i], &p->dps[i]);
-            if (!st) clnpu_dp_group_set_remote(p->dps[i], pipeline_mpi_meet, &p->remote_ctx[i]);
-            if (!st) clnpu_model_attach_dp(p->stages[i], p->dps[i], (size_t)p->group_rank);
-            const size_t rows = sp[i].replicas * p->max_tokens * cfg->hidden_size;
-            if (!st && own && !p->dp_in && (!(p->dp_in = malloc(rows * sizeof(float))) || !(p->dp_out = malloc(rows * sizeof(float)))))
-                st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
         }
         if (!st && p->dps[i]) clnpu_dp_group_set_leader(p->dps[i], p->stages[i]);
         if (st) st = clnpu_fail_context(st, "stage %zu (layers %zu..%zu)", i, sp[i].layer_begin, sp[i].layer_end);

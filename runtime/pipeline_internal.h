@@ -50,6 +50,8 @@ struct clnpu_pipeline {
      * group rank, and the owner's rows of every replica for a MoE meeting */
     bool *dp_ranks;               /* [count]: the stage runs its replicas on its ranks */
     bool *tp_ranks;               /* [count]: the stage runs its TP ranks on its ranks */
+    void *tp_comm;                /* MPI_Comm of this rank's TP ranks (its replica's) */
+    size_t tp_size;
     struct clnpu_tp_group **tps;  /* [count]: their collectives */
     size_t dp_count[CLNPU_MAX_EP];
     float *dp_in, *dp_out;
@@ -69,6 +71,7 @@ clnpu_status pipeline_mpi_meet(void *ctx, size_t layer, const float *rows, size_
 clnpu_status pipeline_mpi_tp_forward(clnpu_pipeline *p, size_t s, size_t n, const int *ids, const size_t *seqs,
                                      const size_t *pos, bool decode, const float *h_in, float *h_out, float *logits);
 clnpu_tp_remote pipeline_mpi_tp_remote(clnpu_pipeline *p, size_t s);
+clnpu_status pipeline_mpi_tp_comm(clnpu_pipeline *p, size_t t);
 
 /* n rows cut into groups (group j: rows [start[j], start[j + 1])) through the stages with a host
  * thread per stage, several groups in flight; logits [n][vocab] from the last stage (or NULL). */

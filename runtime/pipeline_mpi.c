@@ -69,11 +69,6 @@ clnpu_status pipeline_mpi_setup(clnpu_pipeline *p, const clnpu_stage_spec *sp, s
             for (size_t j = 0; j < CLNPU_MAX_EP; j++) p->shard_rank[s * CLNPU_MAX_EP + j] = p->owner[s];
         }
     } else if ((size_t)p->nranks == slots) {
-        for (size_t s = 0; s < n; s++)
-            if (sp[s].tp > 1 && sp[s].replicas > 1)
-                return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "stage %zu is tensor parallel (tp %zu) with %zu attention replicas: "
-                                  "that runs in one process, so give at most %zu MPI ranks (stages dealt in runs), not a "
-                                  "rank per device", s, sp[s].tp, sp[s].replicas, n);
         int r = 0, color = 0;
         for (size_t s = 0; s < n; s++) {
             p->owner[s] = r;
@@ -124,6 +119,20 @@ clnpu_status pipeline_never_exchange(void *ctx, size_t tag, const clnpu_moe_remo
 
 #ifdef CLNPU_HAVE_MPI
 #define GROUP(p) (*(MPI_Comm *)(p)->group_comm)
+#define TPCOMM(p) (*(MPI_Comm *)(p)->tp_comm)
+
+/* The tensor-parallel communicator of this rank's replica: t consecutive ranks of the stage. */
+clnpu_status pipeline_mpi_tp_comm(clnpu_pipeline *p, size_t t)
+{
+    if (!(p->tp_comm = malloc(sizeof(MPI_Comm)))) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (MPI_Comm_split(GROUP(p), p->group_rank / (int)t, p->group_rank, (MPI_Comm *)p->tp_comm) != MPI_SUCCESS) {
+        free(p->tp_comm), p->tp_comm = NULL;
+        return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Comm_split failed", p->rank);
+    }
+    MPI_Comm_set_errhandler(TPCOMM(p), MPI_ERRORS_RETURN);
+    p->tp_size = t;
+    return CLNPU_OK;
+}
 
 static clnpu_status mpi_xfer(clnpu_pipeline *p, bool send, void *buf, size_t count, MPI_Datatype type, int peer,
                              int tag, const char *what)
@@ -249,7 +258,7 @@ static clnpu_status tp_allgather(void *ctx, const float *mine, size_t n, float *
     clnpu_pipeline *p = ((struct remote_ctx *)ctx)->p;
     if (n > INT_MAX) return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "rank %d: %zu floats in one all-gather", p->rank, n);
     MPI_Request rq;
-    if (MPI_Iallgather(mine, (int)n, MPI_FLOAT, all, (int)n, MPI_FLOAT, GROUP(p), &rq) != MPI_SUCCESS)
+    if (MPI_Iallgather(mine, (int)n, MPI_FLOAT, all, (int)n, MPI_FLOAT, TPCOMM(p), &rq) != MPI_SUCCESS)
         return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Iallgather failed", p->rank);
     return mpi_wait(p, &rq, "summing tensor-parallel partial results with", -1);
 }
@@ -257,14 +266,14 @@ static clnpu_status tp_allgather(void *ctx, const float *mine, size_t n, float *
 static clnpu_status tp_gatherv(void *ctx, const float *mine, size_t n, float *all, size_t rows)
 {
     clnpu_pipeline *p = ((struct remote_ctx *)ctx)->p;
-    const size_t V = p->cfg.vocab_size, t = (size_t)p->group_size;
+    const size_t V = p->cfg.vocab_size, t = p->tp_size;
     int count[CLNPU_MAX_EP], disp[CLNPU_MAX_EP], at = 0;
     for (size_t r = 0; r < t; r++) {
         const size_t cols = r ? V * (r + 1) / t - V * r / t : 0; /* rank 0's columns are in place */
         count[r] = (int)(rows * cols), disp[r] = at, at += count[r];
     }
     MPI_Request rq;
-    if (MPI_Igatherv(mine, (int)n, MPI_FLOAT, all, count, disp, MPI_FLOAT, 0, GROUP(p), &rq) != MPI_SUCCESS)
+    if (MPI_Igatherv(mine, (int)n, MPI_FLOAT, all, count, disp, MPI_FLOAT, 0, TPCOMM(p), &rq) != MPI_SUCCESS)
         return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Igatherv failed", p->rank);
     return mpi_wait(p, &rq, "gathering the logits' columns with", -1);
 }
@@ -273,6 +282,10 @@ static clnpu_status tp_moe(void *ctx, size_t layer)
 {
     clnpu_pipeline *p = ((struct remote_ctx *)ctx)->p;
     const size_t s = ((struct remote_ctx *)ctx)->stage;
+    if (p->dp_ranks[s]) { /* with attention replicas: the meeting, with no rows of this rank's */
+        float none[1];
+        return pipeline_mpi_meet(ctx, layer, NULL, 0, none);
+    }
     bool ended;
     clnpu_status st = serve_one(p, s, &ended);
     if (!st && ended)
@@ -365,41 +378,56 @@ clnpu_status pipeline_mpi_meet(void *ctx, size_t layer, const float *rows, size_
 clnpu_status pipeline_mpi_dp_forward(clnpu_pipeline *p, size_t s, size_t n, const int *ids, const size_t *seqs,
                                      const size_t *pos, bool decode, const float *h_in, float *h_out, float *logits)
 {
-    const size_t R = (size_t)p->group_size, me = (size_t)p->group_rank, H = p->cfg.hidden_size, V = p->cfg.vocab_size;
-    const bool owner = me == 0, embed = p->stages[s]->opt.embed, last = p->stages[s]->opt.head;
-    size_t first[CLNPU_MAX_EP + 1] = {0}, fill[CLNPU_MAX_EP];
-    for (size_t j = 0; j < R; j++) p->dp_count[j] = 0;
-    for (size_t i = 0; i < n; i++) p->dp_count[seqs[i] % R]++;
-    for (size_t j = 0; j < R; j++) first[j + 1] = first[j] + p->dp_count[j], fill[j] = first[j];
-    const size_t mine = p->dp_count[me], width = last ? V : H;
+    /* t ranks per replica (tensor parallel inside it): replica j is group ranks j*t .. j*t+t-1,
+     * and its first rank alone brings rows to the MoE meetings and outputs to the owner */
+    const size_t t = p->tp_size ? p->tp_size : 1, G = (size_t)p->group_size, R = G / t, me = (size_t)p->group_rank;
+    const size_t rep = me / t, H = p->cfg.hidden_size, V = p->cfg.vocab_size;
+    clnpu_model *m = p->stages[s];
+    const bool owner = me == 0, lead = me % t == 0, embed = m->opt.embed, last = m->opt.head;
+    size_t cnt[CLNPU_MAX_EP] = {0}, first[CLNPU_MAX_EP + 1] = {0}, fill[CLNPU_MAX_EP];
+    for (size_t i = 0; i < n; i++) cnt[seqs[i] % R]++;
+    for (size_t j = 0; j < R; j++) first[j + 1] = first[j] + cnt[j], fill[j] = first[j];
+    for (size_t g = 0; g < G; g++) p->dp_count[g] = g % t ? 0 : cnt[g / t];
+    const size_t mine = cnt[rep], width = last ? V : H;
     size_t *order = malloc((n + 1) * sizeof *order), *lseq = malloc((mine + 1) * sizeof *lseq);
     size_t *lpos = malloc((mine + 1) * sizeof *lpos);
     int *lids = malloc((mine + 1) * sizeof *lids);
     float *hin = malloc((mine + 1) * H * sizeof *hin), *res = malloc((mine + 1) * width * sizeof *res);
-    float *all = owner ? malloc((n + 1) * width * sizeof *all) : NULL;
+    float *all = owner ? malloc((n * t + 1) * (width > H ? width : H) * sizeof *all) : NULL;
     clnpu_status st = order && lseq && lpos && lids && hin && res && (!owner || all)
                           ? CLNPU_OK : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     for (size_t i = 0, k = 0; !st && i < n; i++) {
-        const size_t j = seqs[i] % R, at = fill[j]++;
-        order[at] = i;
-        if (j == me) lids[k] = ids ? ids[i] : 0, lseq[k] = seqs[i] / R, lpos[k] = pos[i], k++;
-        if (owner && !embed) memcpy(p->dp_in + at * H, h_in + i * H, H * sizeof(float)); /* in replica order */
+        const size_t j = seqs[i] % R;
+        order[fill[j]++] = i;
+        if (j == rep) lids[k] = ids ? ids[i] : 0, lseq[k] = seqs[i] / R, lpos[k] = pos[i], k++;
     }
-    if (!st && !embed) st = scatterv(p, p->dp_in, hin, mine, H, "scattering the stage's hidden states with");
+    if (!st && !embed) { /* every rank of replica j gets its rows of the previous stage's states */
+        int count[CLNPU_MAX_EP], disp[CLNPU_MAX_EP], at = 0;
+        for (size_t g = 0; g < G; g++) {
+            count[g] = (int)(cnt[g / t] * H), disp[g] = at;
+            for (size_t k = first[g / t]; owner && k < first[g / t + 1]; k++)
+                memcpy(all + (size_t)at + (k - first[g / t]) * H, h_in + order[k] * H, H * sizeof(float));
+            at += count[g];
+        }
+        MPI_Request rq;
+        st = MPI_Iscatterv(all, count, disp, MPI_FLOAT, hin, (int)(mine * H), MPI_FLOAT, 0, GROUP(p), &rq) == MPI_SUCCESS
+                 ? mpi_wait(p, &rq, "scattering the stage's hidden states with", -1)
+                 : clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Iscatterv failed", p->rank);
+    }
     if (!st && mine) {
-        st = clnpu_model_forward_stage(p->stages[s], mine, lids, lseq, lpos, decode, embed ? NULL : hin,
-                                       last ? NULL : res, last && logits ? res : NULL);
+        st = clnpu_model_forward_rank(m, mine, lids, lseq, lpos, decode, embed ? NULL : hin, lead && !last ? res : NULL,
+                                      lead && last && logits ? res : NULL, last && logits);
     } else if (!st) { /* no rows here this step: meet the others at every MoE layer all the same */
         float none[1];
-        for (size_t l = p->stages[s]->opt.layer_begin; !st && l < p->stages[s]->opt.layer_end; l++)
+        for (size_t l = m->opt.layer_begin; !st && l < m->opt.layer_end; l++)
             if (clnpu_model_config_is_moe(&p->cfg, l)) st = pipeline_mpi_meet(&p->remote_ctx[s], l, NULL, 0, none);
     }
-    /* the outputs to the owner, back in the step's order */
-    if (!st && (!last || logits)) st = gatherv(p, res, mine, all, width, "gathering the replicas' outputs with");
+    /* the replicas' outputs to the owner (from their first ranks), back in the step's order */
+    if (!st && (!last || logits)) st = gatherv(p, res, lead ? mine : 0, all, width, "gathering the replicas' outputs with");
     for (size_t k = 0; !st && owner && k < n; k++)
         memcpy((last ? logits : h_out) + order[k] * width, all + k * width, width * sizeof(float));
     free(order), free(lseq), free(lpos), free(lids), free(hin), free(res), free(all);
-    return st;
+    return st ? clnpu_fail_context(st, "stage %zu, rank %zu of its %zu", s, me, G) : CLNPU_OK;
 }
 
 /* The owner of stage s tells the ranks serving its shards that the step is over. */
@@ -432,6 +460,8 @@ void pipeline_mpi_finalize(clnpu_pipeline *p)
 {
     if (p->nsends) pipeline_sends_done(p); /* an error path may leave sends running */
     free(p->sends);
+    if (p->tp_comm) MPI_Comm_free((MPI_Comm *)p->tp_comm);
+    free(p->tp_comm);
     if (p->group_comm) MPI_Comm_free((MPI_Comm *)p->group_comm);
     free(p->group_comm);
     if (p->mpi_owner_init) MPI_Finalize();
@@ -499,6 +529,11 @@ clnpu_status pipeline_end_stage(clnpu_pipeline *p, size_t s) { (void)p, (void)s;
 clnpu_status pipeline_mpi_exchange(void *ctx, size_t tag, const clnpu_moe_remote_part *parts, size_t n)
 {
     return pipeline_never_exchange(ctx, tag, parts, n);
+}
+clnpu_status pipeline_mpi_tp_comm(clnpu_pipeline *p, size_t t)
+{
+    (void)p;
+    return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "tensor parallel %zu across ranks needs MPI", t);
 }
 clnpu_tp_remote pipeline_mpi_tp_remote(clnpu_pipeline *p, size_t s)
 {

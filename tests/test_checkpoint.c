@@ -568,8 +568,8 @@ START_TEST(test_mpi_ranks)
     ck_assert_msg(strstr(out, "rank 1"), "no word of rank 1: %.1500s", out);
     ck_assert_msg((double)time(NULL) - t0 < 60, "the job took too long to notice the dead shard rank");
     /* tensor parallel under mpirun: a rank per stage runs its stage's TP ranks in-process, a rank
-     * per device makes each TP rank a process (collectives by MPI, each peer serving its expert
-     * shard); TP with attention replicas on a rank per device is refused, saying what works */
+     * per device makes each TP rank a process (collectives by MPI over its replica's ranks, each
+     * serving its expert shard), also inside attention replicas */
     char plantp[600];
     snprintf(plantp, sizeof plantp, "%s/plan-tp.yaml", dir);
     ck_assert_int_eq(test_write_file(plantp,
@@ -590,13 +590,17 @@ START_TEST(test_mpi_ranks)
         "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 2, pp: 1, ep: 4, dp: 2}\n"
         "experts: [[0, 4, 8, 12], [1, 5, 9, 13], [2, 6, 10, 14], [3, 7, 11, 15]]\nstages:\n"
         "- {stage: 0, devices: [0, 1, 2, 3], embedding: true, head: true, layers: [0, 1, 2]}\n"), 0);
-    snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=20 timeout 120 mpirun --oversubscribe -np 4 '%s' run --model '%s' "
-             "--ids %s --plan %s -n 2", CLNPU_CLI_PATH, TINY, ids, plantp);
-    rc = test_run(cmd, out, sizeof out);
-    ck_assert_msg(rc != 0 && rc != 124 && strstr(out, "tensor parallel (tp 2) with 2 attention replicas") &&
-                      strstr(out, "at most 1 MPI ranks"), "TP with replicas on a rank per device (%d): %.1500s", rc, out);
-    double etp1 = mpirun_logits_error(dir, 1, plantp, ids, "TP 2 x 2 attention replicas, one rank");
-    ck_assert_msg(etp1 <= 1e-4, "TP 2 x DP 2 -np 1: %.3g", etp1);
+    const int tpdp_ranks[2] = {1, 4};
+    for (int k = 0; k < 2; k++) {
+        double e = mpirun_logits_error(dir, tpdp_ranks[k], plantp, ids, "TP 2 x 2 attention replicas x EP 4");
+        ck_assert_msg(e <= 1e-4, "TP 2 x DP 2 -np %d: %.3g", tpdp_ranks[k], e);
+    }
+    snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 4 '%s' run --model '%s' "
+             "--ids %s -n 6 --sequences 3 --plan %s", CLNPU_CLI_PATH, TINY, seq_ids, plantp);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    id_lines(out, got, sizeof got);
+    ck_assert_msg(!strcmp(want, got), "3 sequences, TP 2 x 2 replicas on 4 ranks:\n%s\none device:\n%s", got, want);
+    fprintf(stderr, "3 sequences, TP 2 x 2 attention replicas x EP 4 over 4 ranks: the same ids as one device\n");
     /* several ranks without a plan would each repeat the job: a usage error */
     snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe -np 2 '%s' run --model '%s' --ids %s -n 2",
              CLNPU_CLI_PATH, TINY, ids);
