@@ -601,6 +601,11 @@ START_TEST(test_mpi_ranks)
     id_lines(out, got, sizeof got);
     ck_assert_msg(!strcmp(want, got), "3 sequences, TP 2 x 2 replicas on 4 ranks:\n%s\none device:\n%s", got, want);
     fprintf(stderr, "3 sequences, TP 2 x 2 attention replicas x EP 4 over 4 ranks: the same ids as one device\n");
+    /* a TP rank that dies: the job ends, non-zero, naming it */
+    snprintf(cmd, sizeof cmd, "CLNPU_FAULT_RANK=3 CLNPU_MPI_TIMEOUT=20 timeout 120 mpirun --oversubscribe -np 4 '%s' run "
+             "--model '%s' --ids %s --plan %s -n 2", CLNPU_CLI_PATH, TINY, ids, plantp);
+    rc = test_run(cmd, out, sizeof out);
+    ck_assert_msg(rc != 0 && rc != 124 && strstr(out, "rank 3"), "a dead TP rank (%d): %.1500s", rc, out);
     /* several ranks without a plan would each repeat the job: a usage error */
     snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe -np 2 '%s' run --model '%s' --ids %s -n 2",
              CLNPU_CLI_PATH, TINY, ids);
