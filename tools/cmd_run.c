@@ -349,5 +349,12 @@ int cmd_run(int argc, char **argv)
     clnpu_checkpoint_close(ck);
     clnpu_device_close(dev);
     free(ids), free(logits), free(row), free(gen);
+    /* mpirun ends the whole job when the first rank exits non-zero: a failing rank lingers a
+     * moment so the others' reports (rank 0's names the rank at fault) are not cut off */
+    const char *size = getenv("OMPI_COMM_WORLD_SIZE");
+    if (rc != CLI_EXIT_OK && size && atoi(size) > 1) {
+        struct timespec linger = {0, 500000000};
+        nanosleep(&linger, NULL);
+    }
     return rc;
 }
