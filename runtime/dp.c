@@ -1,7 +1,8 @@
-/* The MoE meeting point of data-parallel attention replicas (see dp.h). Rows travel through the
- * host: each replica reads its rows into its place in one host array, the last to arrive writes
- * them to the leader's device, runs the MoE block on all of them and reads the outputs back,
- * and each replica writes its own rows of the output to its device. */
+/* The MoE meeting point of data-parallel attention replicas (see dp.h). In one process rows
+ * travel through the host: each replica reads its rows into its place in one host array, the
+ * last to arrive writes them to the leader's device, runs the MoE block on all of them and reads
+ * the outputs back, and each replica writes its own rows of the output to its device. Across
+ * processes the meet function moves the rows instead. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +16,7 @@ struct clnpu_dp_group {
     size_t replicas, rows, hidden;
     clnpu_device *dev;
     struct clnpu_model *leader;
-    clnpu_buffer *in, *out;   /* on the leader's device: [replicas * rows][hidden] */
+    clnpu_buffer *in, *out;   /* on the leader's device: [replicas * rows][hidden], made at first use */
     float *host_in, *host_out;
     size_t *first, *count;    /* this step: replica j's rows are [first[j], first[j] + count[j]) */
     size_t active, total;
@@ -33,11 +34,9 @@ clnpu_status clnpu_dp_group_create(size_t replicas, size_t rows, size_t hidden, 
     const size_t n = replicas * rows * hidden;
     g->host_in = malloc(n * sizeof(float)), g->host_out = malloc(n * sizeof(float));
     g->first = calloc(replicas, sizeof *g->first), g->count = calloc(replicas, sizeof *g->count);
+    clnpu_barrier_init(&g->bar);
     clnpu_status st = g->host_in && g->host_out && g->first && g->count
                           ? CLNPU_OK : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    if (!st) st = clnpu_buffer_create(dev, n * sizeof(float), &g->in);
-    if (!st) st = clnpu_buffer_create(dev, n * sizeof(float), &g->out);
-    clnpu_barrier_init(&g->bar);
     if (st) {
         clnpu_dp_group_destroy(g);
         return clnpu_fail_context(st, "data-parallel attention over %zu replicas", replicas);
@@ -88,8 +87,13 @@ clnpu_status clnpu_dp_run_moe(clnpu_dp_group *g, size_t layer, const float *in, 
                           total, g->replicas * g->rows);
     clnpu_moe_block *moe = g->leader ? g->leader->layers[layer].moe : NULL;
     if (!moe) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "layer %zu: this replica holds no MoE block", layer);
+    /* the device side only where the MoE runs (the other processes' groups never need it) */
+    const size_t cap = g->replicas * g->rows * d * sizeof(float);
+    clnpu_status st = CLNPU_OK;
+    if (!g->in) st = clnpu_buffer_create(g->dev, cap, &g->in);
+    if (!st && !g->out) st = clnpu_buffer_create(g->dev, cap, &g->out);
     /* queued without waiting: the blocking read of the outputs below comes after it */
-    clnpu_status st = clnpu_buffer_write_async(g->in, 0, in, n);
+    if (!st) st = clnpu_buffer_write_async(g->in, 0, in, n);
     if (!st) st = clnpu_moe_block_forward(g->dev, moe, (clnpu_view){g->in, 0, d}, total, (clnpu_view){g->out, 0, d});
     if (!st) st = clnpu_buffer_read(g->out, 0, out, n);
     return st ? clnpu_fail_context(st, "MoE layer %zu of the stage's %zu rows", layer, total) : CLNPU_OK;

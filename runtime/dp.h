@@ -1,9 +1,10 @@
-/* Data-parallel attention inside a pipeline stage (one process): the stage's devices form r
+/* Data-parallel attention inside a pipeline stage: the stage's devices form r
  * replicas (each a tensor-parallel group), each running attention for its own sequences with
  * its own latent cache, on its own host thread. At every MoE layer the replicas' rows meet: the
  * last replica to arrive runs the stage's one MoE block (router, shared expert, routed experts
  * over all the stage's devices, held by replica 0) on every replica's rows at once, while the
- * others wait, so no two threads ever enqueue on one device at the same time. */
+ * others wait, so no two threads ever enqueue on one device at the same time. With replicas in
+ * other processes (MPI ranks) the meeting is a function the pipeline provides. */
 #ifndef CLNPU_RUNTIME_DP_H
 #define CLNPU_RUNTIME_DP_H
 
