@@ -51,7 +51,6 @@ void clnpu_tp_group_destroy(clnpu_tp_group *g)
     free(g->gathered), free(g->slots), free(g->sums), free(g->calls), free(g->parts), free(g);
 }
 
-size_t clnpu_tp_group_size(const clnpu_tp_group *g) { return g->size; }
 
 void clnpu_tp_group_begin(clnpu_tp_group *g)
 {

@@ -1,8 +1,10 @@
-/* Tensor parallel inside one process: the t models of a TP group (one device each) run a step
- * on t host threads and meet at collectives on the residual stream. A collective reads each
- * rank's buffer to the host, and every rank sums the ranks' parts in rank order (so every rank
- * holds the same bits) and writes the sum back; a gather assembles column blocks on rank 0. A rank that fails breaks the group: the others
- * leave their next collective with an error instead of waiting for it. */
+/* Tensor parallel: the t models of a TP group (one device each) run a step side by side and meet
+ * at collectives on the residual stream. In one process each rank is a host thread; a collective
+ * reads each rank's buffer to the host, every rank sums the ranks' parts in rank order (so every
+ * rank holds the same bits) and writes the sum back, and a gather assembles the logits' column
+ * blocks on rank 0. A rank that fails breaks the group: the others leave their next collective
+ * with an error instead of waiting for it. With ranks in other processes the parts travel
+ * through the transport given by clnpu_tp_group_set_remote (MPI), summed the same way. */
 #ifndef CLNPU_RUNTIME_TP_H
 #define CLNPU_RUNTIME_TP_H
 
@@ -16,7 +18,6 @@ typedef struct clnpu_tp_group clnpu_tp_group;
 /* A group of `size` ranks exchanging up to `floats` floats per collective. */
 clnpu_status clnpu_tp_group_create(size_t size, size_t floats, clnpu_tp_group **out);
 void clnpu_tp_group_destroy(clnpu_tp_group *g);
-size_t clnpu_tp_group_size(const clnpu_tp_group *g);
 
 /* Before a step: clear a previous step's failure. Called by rank 0 while no rank is inside. */
 void clnpu_tp_group_begin(clnpu_tp_group *g);

@@ -121,6 +121,18 @@ START_TEST(test_buffer_bounds)
     float back[64];
     ck_assert_ok(clnpu_buffer_read(b, 0, back, sizeof back));
     for (int i = 0; i < 64; i++) ck_assert_float_eq(back[i], 3.0f);
+    /* 2-D writes: 3 rows of 5 floats into a pitch of 16 floats at float 2, the rest untouched */
+    const float src[3][7] = {{1, 2, 3, 4, 5, -1, -1}, {6, 7, 8, 9, 10, -1, -1}, {11, 12, 13, 14, 15, -1, -1}};
+    ck_assert_ok(clnpu_buffer_write_2d(b, 2 * sizeof(float), 16 * sizeof(float), src, 7 * sizeof(float), 5 * sizeof(float), 3));
+    ck_assert_ok(clnpu_buffer_read(b, 0, back, sizeof back));
+    for (int i = 0; i < 64; i++) {
+        const int r = i / 16, c = i % 16 - 2;
+        ck_assert_float_eq(back[i], r < 3 && c >= 0 && c < 5 ? src[r][c] : 3.0f);
+    }
+    ck_assert_int_eq(clnpu_buffer_write_2d(b, 0, 64 * sizeof(float), src, 7 * sizeof(float), 5 * sizeof(float), 3),
+                     CLNPU_ERR_INVALID_ARGUMENT); /* past the end */
+    ck_assert_int_eq(clnpu_buffer_write_2d(b, 0, 4 * sizeof(float), src, 7 * sizeof(float), 5 * sizeof(float), 3),
+                     CLNPU_ERR_INVALID_ARGUMENT); /* rows wider than the pitch */
     clnpu_buffer_destroy(b);
     clnpu_buffer *z = NULL;
     ck_assert_int_eq(clnpu_buffer_create(dev, 0, &z), CLNPU_ERR_INVALID_ARGUMENT);
