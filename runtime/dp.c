@@ -16,7 +16,7 @@ struct clnpu_dp_group {
     size_t replicas, rows, hidden;
     clnpu_device *dev;
     struct clnpu_model *leader;
-    clnpu_buffer *in, *out;   /* on the leader's device: [replicas * rows][hidden], made at first use */
+    clnpu_buffer *in, *out;   /* on the leader's device: [rows][hidden], made at first use */
     float *host_in, *host_out;
     size_t *first, *count;    /* this step: replica j's rows are [first[j], first[j] + count[j]) */
     size_t active, total;
@@ -31,7 +31,7 @@ clnpu_status clnpu_dp_group_create(size_t replicas, size_t rows, size_t hidden, 
     clnpu_dp_group *g = calloc(1, sizeof *g);
     if (!g) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     g->replicas = replicas, g->rows = rows, g->hidden = hidden, g->dev = dev;
-    const size_t n = replicas * rows * hidden;
+    const size_t n = rows * hidden;
     g->host_in = malloc(n * sizeof(float)), g->host_out = malloc(n * sizeof(float));
     g->first = calloc(replicas, sizeof *g->first), g->count = calloc(replicas, sizeof *g->count);
     clnpu_barrier_init(&g->bar);
@@ -82,13 +82,13 @@ void clnpu_dp_group_set_remote(clnpu_dp_group *g, clnpu_dp_meet_fn meet, void *c
 clnpu_status clnpu_dp_run_moe(clnpu_dp_group *g, size_t layer, const float *in, size_t total, float *out)
 {
     const size_t d = g->hidden, n = total * d * sizeof(float);
-    if (total > g->replicas * g->rows)
+    if (total > g->rows)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "MoE layer %zu: %zu rows from the replicas, room for %zu", layer,
-                          total, g->replicas * g->rows);
+                          total, g->rows);
     clnpu_moe_block *moe = g->leader ? g->leader->layers[layer].moe : NULL;
     if (!moe) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "layer %zu: this replica holds no MoE block", layer);
     /* the device side only where the MoE runs (the other processes' groups never need it) */
-    const size_t cap = g->replicas * g->rows * d * sizeof(float);
+    const size_t cap = g->rows * d * sizeof(float);
     clnpu_status st = CLNPU_OK;
     if (!g->in) st = clnpu_buffer_create(g->dev, cap, &g->in);
     if (!st && !g->out) st = clnpu_buffer_create(g->dev, cap, &g->out);
@@ -120,9 +120,9 @@ clnpu_status clnpu_dp_moe(clnpu_dp_group *g, size_t replica, struct clnpu_model 
         if (!st) st = g->meet(g->meet_ctx, layer, g->host_in, rows, g->host_out);
         return st ? st : clnpu_buffer_write(m->mlp, 0, g->host_out, rows * d * sizeof(float));
     }
-    if (rows != g->count[replica] || g->total > g->replicas * g->rows)
+    if (rows != g->count[replica] || g->total > g->rows)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "replica %zu: %zu rows at the MoE, %zu announced (%zu in all, room "
-                          "for %zu)", replica, rows, g->count[replica], g->total, g->replicas * g->rows);
+                          "for %zu)", replica, rows, g->count[replica], g->total, g->rows);
     clnpu_status st = clnpu_buffer_read(m->a, 0, g->host_in + g->first[replica] * d, rows * d * sizeof(float));
     if (st) return st;
     struct moe_call call = {g, layer}; /* every replica meets at the same layer */

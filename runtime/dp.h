@@ -15,7 +15,8 @@
 struct clnpu_model;
 typedef struct clnpu_dp_group clnpu_dp_group;
 
-/* r replicas of up to `rows` rows each, hidden size d; the MoE runs on dev (replica 0's). */
+/* r replicas with up to `rows` rows in a step, all of them together (a step's rows are dealt to
+ * the replicas), hidden size d; the MoE runs on dev (replica 0's). */
 clnpu_status clnpu_dp_group_create(size_t replicas, size_t rows, size_t hidden, clnpu_device *dev,
                                    clnpu_dp_group **out);
 void clnpu_dp_group_destroy(clnpu_dp_group *g);

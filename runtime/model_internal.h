@@ -34,9 +34,10 @@ struct clnpu_model {
     struct clnpu_model **peers; /* rank 0: ranks 1 .. tp_size - 1 */
     float *logits_host;         /* peers with the head: their logits columns on the way to rank 0 */
     /* data-parallel attention (a replica of a stage): the MoE layers meet the other replicas in
-     * dp; replica 0's first rank holds the MoE blocks, for moe_rows rows */
+     * dp; replica 0's first rank holds the MoE blocks (a step's rows, all replicas' together,
+     * are at most max_tokens) */
     struct clnpu_dp_group *dp;
-    size_t replica, moe_rows;
+    size_t replica;
     bool serve_shard; /* a TP peer in its own process: MoE blocks only to serve its expert shard */
     size_t dqk, lat;   /* qk head dim, latent row (R + DR) */
     float scale;       /* softmax scale */

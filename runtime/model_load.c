@@ -120,12 +120,13 @@ static clnpu_status get_rows(loader *L, const char *name, size_t n, size_t k, si
 }
 
 /* Columns [c0, c0 + cols) of a stored [n, k] matrix (a rank's input features: o_proj over its
- * heads, down over its slice of the MLP): copied, since the rows are strided. */
+ * heads, down over its slice of the MLP): copied, since the rows are strided (all of them: as
+ * stored, no copy). */
 static clnpu_status get_cols(loader *L, const char *name, size_t n, size_t k, size_t c0, size_t cols,
                              clnpu_weight_desc *out)
 {
     clnpu_status st = get_raw(L, name, n, k, out);
-    if (st) return st;
+    if (st || (c0 == 0 && cols == k)) return st ? st : requantize(L, name, out);
     const size_t es = clnpu_dtype_size(out->dtype);
     char *w = keep(L, malloc(n * cols * es));
     if (!w) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for %s", name);
@@ -222,7 +223,7 @@ static clnpu_status get_shared(clnpu_model *m, loader *L, size_t l, clnpu_weight
     snprintf(name, sizeof name, "model.layers.%zu.mlp.shared_experts.up_proj.weight", l);
     if (!st) st = get_rows(L, name, SI, H, m->s0, m->shared, u);
     snprintf(name, sizeof name, "model.layers.%zu.mlp.shared_experts.down_proj.weight", l);
-    if (!st) st = m->tp_size > 1 ? get_cols(L, name, H, SI, m->s0, m->shared, d) : get_mat(L, name, H, SI, d);
+    if (!st) st = get_cols(L, name, H, SI, m->s0, m->shared, d);
     return st;
 }
 
@@ -305,9 +306,9 @@ static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *l
         clnpu_moe_config mc = {E, c->n_group, c->topk_group, c->num_experts_per_tok, c->norm_topk_prob,
                                (float)c->routed_scaling_factor};
         clnpu_moe_weights w = {router, bias, g, u, d, shared ? &sg : NULL, shared ? &su : NULL, shared ? &sd : NULL};
-        st = m->opt.ep_count ? clnpu_moe_block_create_sharded(m->dev, &mc, &w, m->moe_rows, m->opt.ep_shards,
+        st = m->opt.ep_count ? clnpu_moe_block_create_sharded(m->dev, &mc, &w, m->opt.max_tokens, m->opt.ep_shards,
                                                               m->opt.ep_count, &ly->moe)
-                             : clnpu_moe_block_create(m->dev, &mc, &w, m->moe_rows, &ly->moe);
+                             : clnpu_moe_block_create(m->dev, &mc, &w, m->opt.max_tokens, &ly->moe);
         if (!st) clnpu_moe_block_set_tag(ly->moe, l);
     }
     free(g), free(u), free(d);
@@ -342,8 +343,7 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
     if (!st) st = get_rows(L, NAME("self_attn.kv_b_proj.weight"), H * blk, R, h0 * blk, Hl * blk, &kvb);
     if (!st) st = clnpu_weight_upload(m->dev, &kvb, 1, &ly->kv_b);
     if (!st) st = upload_absorbed(m, L, &kvb, ly);
-    if (!st) st = m->tp_size > 1 ? get_cols(L, NAME("self_attn.o_proj.weight"), d, H * vd, h0 * vd, Hl * vd, &o)
-                                 : get_mat(L, NAME("self_attn.o_proj.weight"), d, H * vd, &o);
+    if (!st) st = get_cols(L, NAME("self_attn.o_proj.weight"), d, H * vd, h0 * vd, Hl * vd, &o);
     if (!st) st = clnpu_weight_upload(m->dev, &o, 1, &ly->o);
     if (!st && !clnpu_model_config_is_moe(c, l)) {
         /* the dense MLP's features [i0, i0 + inter): gate and up by rows, down by columns */
@@ -351,8 +351,7 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
         const size_t I = c->intermediate_size;
         st = get_rows(L, NAME("mlp.gate_proj.weight"), I, d, m->i0, m->inter, &g);
         if (!st) st = get_rows(L, NAME("mlp.up_proj.weight"), I, d, m->i0, m->inter, &u);
-        if (!st) st = m->tp_size > 1 ? get_cols(L, NAME("mlp.down_proj.weight"), d, I, m->i0, m->inter, &dn)
-                                     : get_mat(L, NAME("mlp.down_proj.weight"), d, I, &dn);
+        if (!st) st = get_cols(L, NAME("mlp.down_proj.weight"), d, I, m->i0, m->inter, &dn);
         if (!st) st = clnpu_weight_upload_swiglu(m->dev, &g, &u, 1, &ly->dense_gate_up);
         if (!st) st = clnpu_weight_upload(m->dev, &dn, 1, &ly->dense_down);
     } else if (!st) { /* the MoE block (router, routed experts) on rank 0; the shared expert split */
@@ -496,7 +495,7 @@ static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cf
     m->s0 = SI * rank / size, m->shared = SI * (rank + 1) / size - m->s0;
     /* replicas share one MoE block (replica 0's first rank): its shared expert whole, for all
      * their rows */
-    m->replica = part->replica, m->dp = part->dp, m->moe_rows = part->replicas, m->serve_shard = part->serve_shard;
+    m->replica = part->replica, m->dp = part->dp, m->serve_shard = part->serve_shard;
     if (part->replicas > 1) m->s0 = 0, m->shared = rank || part->replica ? 0 : SI;
     m->v0 = cfg->vocab_size * rank / size, m->vocab = cfg->vocab_size * (rank + 1) / size - m->v0;
     if (!m->opt.max_context) m->opt.max_context = cfg->max_position_embeddings < 4096 ? cfg->max_position_embeddings : 4096;
@@ -504,7 +503,6 @@ static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cf
     if (!m->opt.page_size) m->opt.page_size = 16;
     if (!m->opt.max_tokens) m->opt.max_tokens = 512;
     if (m->opt.max_tokens < m->opt.max_sequences) m->opt.max_tokens = m->opt.max_sequences;
-    m->moe_rows *= m->opt.max_tokens;
     m->dqk = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim;
     m->lat = cfg->kv_lora_rank + cfg->qk_rope_head_dim;
     m->scale = (float)clnpu_rope_softmax_scale(&cfg->rope, m->dqk);

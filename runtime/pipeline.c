@@ -145,7 +145,7 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         p->nrep[i] = reps;
         if (reps > 1) { /* replicas take sequences q with q mod reps = j, as local sequence q / reps */
             so.max_sequences = (p->max_sequences + reps - 1) / reps;
-            st = clnpu_dp_group_create(reps, so.max_tokens ? so.max_tokens : 512, cfg->hidden_size, p->devs[i], &p->dps[i]);
+            st = clnpu_dp_group_create(reps, p->max_tokens, cfg->hidden_size, p->devs[i], &p->dps[i]);
         }
         if (tp_rank || dp_rank) {
             /* a rank per device: this rank is TP rank (its place in the stage's group) mod tp of
@@ -161,7 +161,7 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
             if (!st && dp_rank) clnpu_dp_group_set_remote(p->dps[i], pipeline_mpi_meet, &p->remote_ctx[i]);
             if (!st) st = clnpu_model_create_tp_rank(p->devs[i], g % t, t, p->tps[i], g / t, R, p->dps[i], cfg, ck, &so,
                                                      &p->stages[i]);
-            const size_t rows = R * p->max_tokens * cfg->hidden_size;
+            const size_t rows = p->max_tokens * cfg->hidden_size; /* a step's rows, every replica's */
             if (!st && !p->dp_in && (!(p->dp_in = malloc(rows * sizeof(float))) || !(p->dp_out = malloc(rows * sizeof(float)))))
                 st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
         }

@@ -30,6 +30,21 @@ static void *replica_main(void *arg)
     return NULL;
 }
 
+void pipeline_deal_rows(size_t n, const size_t *seqs, const int *ids, const size_t *pos, size_t R, size_t *count,
+                        size_t *start, size_t *order, int *lids, size_t *lseq, size_t *lpos)
+{
+    size_t fill[CLNPU_MAX_EP];
+    start[0] = 0;
+    for (size_t j = 0; j < R; j++) count[j] = 0;
+    for (size_t i = 0; i < n; i++) count[seqs[i] % R]++;
+    for (size_t j = 0; j < R; j++) start[j + 1] = start[j] + count[j], fill[j] = start[j];
+    for (size_t i = 0; i < n; i++) {
+        const size_t k = fill[seqs[i] % R]++;
+        order[k] = i;
+        if (lids) lids[k] = ids ? ids[i] : 0, lseq[k] = seqs[i] / R, lpos[k] = pos[i];
+    }
+}
+
 clnpu_status pipeline_stage_forward(clnpu_pipeline *p, size_t s, size_t n, const int *ids, const size_t *seqs,
                                     const size_t *pos, bool decode, const float *h_in, float *h_out, float *logits)
 {
@@ -38,10 +53,7 @@ clnpu_status pipeline_stage_forward(clnpu_pipeline *p, size_t s, size_t n, const
     const size_t R = p->nrep[s];
     if (R <= 1) return clnpu_model_forward_stage(p->stages[s], n, ids, seqs, pos, decode, h_in, h_out, logits);
     const size_t d = p->cfg.hidden_size, V = p->cfg.vocab_size;
-    /* rows of replica j, in step order: order[start[j] .. start[j + 1]) */
-    size_t count[CLNPU_MAX_EP] = {0}, start[CLNPU_MAX_EP + 1] = {0}, fill[CLNPU_MAX_EP];
-    for (size_t i = 0; i < n; i++) count[seqs[i] % R]++;
-    for (size_t j = 0; j < R; j++) start[j + 1] = start[j] + count[j], fill[j] = start[j];
+    size_t count[CLNPU_MAX_EP], start[CLNPU_MAX_EP + 1];
     size_t *order = malloc(n * sizeof *order), *lseq = malloc(n * sizeof *lseq), *lpos = malloc(n * sizeof *lpos);
     int *lids = malloc(n * sizeof *lids);
     float *hin = h_in ? malloc(n * d * sizeof *hin) : NULL, *hout = h_out ? malloc(n * d * sizeof *hout) : NULL;
@@ -49,11 +61,8 @@ clnpu_status pipeline_stage_forward(clnpu_pipeline *p, size_t s, size_t n, const
     clnpu_status st = CLNPU_OK;
     if (!order || !lseq || !lpos || !lids || (h_in && !hin) || (h_out && !hout) || (logits && !lg))
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    for (size_t i = 0; !st && i < n; i++) {
-        const size_t k = fill[seqs[i] % R]++;
-        order[k] = i, lseq[k] = seqs[i] / R, lpos[k] = pos[i], lids[k] = ids ? ids[i] : 0;
-        if (hin) memcpy(hin + k * d, h_in + i * d, d * sizeof *hin);
-    }
+    if (!st) pipeline_deal_rows(n, seqs, ids, pos, R, count, start, order, lids, lseq, lpos);
+    for (size_t k = 0; hin && !st && k < n; k++) memcpy(hin + k * d, h_in + order[k] * d, d * sizeof *hin);
     replica_call calls[CLNPU_MAX_EP];
     pthread_t th[CLNPU_MAX_EP];
     bool started[CLNPU_MAX_EP] = {false};

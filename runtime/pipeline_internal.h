@@ -61,6 +61,12 @@ struct clnpu_pipeline {
 clnpu_status pipeline_stage_forward(clnpu_pipeline *p, size_t s, size_t n, const int *ids, const size_t *seqs,
                                     const size_t *pos, bool decode, const float *h_in, float *h_out, float *logits);
 
+/* A step's n rows dealt to R attention replicas by sequence (q mod R): replica j's rows are
+ * order[start[j] .. start[j] + count[j]) (their step rows, in step order), and, when lids is
+ * not NULL, their token ids, local sequences (q / R) and positions at the same places. */
+void pipeline_deal_rows(size_t n, const size_t *seqs, const int *ids, const size_t *pos, size_t R, size_t *count,
+                        size_t *start, size_t *order, int *lids, size_t *lseq, size_t *lpos);
+
 /* Attention replicas across a stage's ranks: the stage's step on this rank, and a MoE layer's
  * meeting (clnpu_dp_meet_fn, ctx a struct remote_ctx). */
 clnpu_status pipeline_mpi_dp_forward(clnpu_pipeline *p, size_t s, size_t n, const int *ids, const size_t *seqs,

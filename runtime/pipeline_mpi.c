@@ -216,30 +216,28 @@ static clnpu_status serve_one(clnpu_pipeline *p, size_t s, bool *ended)
     const size_t max_rows = p->max_tokens * p->cfg.num_experts_per_tok; /* a step's rows, all replicas' together */
     const int me = p->group_rank;
     *ended = false;
-    {
-        long long hout[3 * CLNPU_MAX_EP] = {0}, hin[3 * CLNPU_MAX_EP];
-        int sc[CLNPU_MAX_EP] = {0}, sd[CLNPU_MAX_EP] = {0}, rc[CLNPU_MAX_EP] = {0}, rd[CLNPU_MAX_EP] = {0};
-        clnpu_status st = headers(p, hout, hin);
-        if (st) return clnpu_fail_context(st, "serving stage %zu's experts", s);
-        const long long layer = hin[0], nrows = hin[1], nseg = hin[2]; /* from group rank 0, the owner */
-        if (nrows < 0) return *ended = true, CLNPU_OK; /* the stage's step is over */
-        if (nrows > (long long)max_rows || nseg < 0 || nseg > (long long)E)
-            return clnpu_fail(CLNPU_ERR_IO, "rank %d: malformed exchange from rank %d", p->rank, p->owner[s]);
-        rc[0] = (int)(3 * nseg);
-        st = xch(p, NULL, sc, sd, p->wire_segs, rc, rd, MPI_LONG_LONG, "receiving expert segments");
-        rc[0] = (int)(nrows * (long long)H);
-        if (!st) st = xch(p, NULL, sc, sd, p->srv_rows, rc, rd, MPI_FLOAT, "receiving experts' rows");
-        for (long long i = 0; !st && i < nseg; i++)
-            p->srv_segs[i] = (clnpu_gemm_segment){(size_t)p->wire_segs[3 * i], (size_t)p->wire_segs[3 * i + 1],
-                                                  (size_t)p->wire_segs[3 * i + 2]};
-        clnpu_moe_block *b = st ? NULL : clnpu_model_moe_block(p->stages[s], (size_t)layer);
-        if (!st && !b) st = clnpu_fail(CLNPU_ERR_IO, "rank %d: rank %d sent rows for layer %lld, not a MoE layer of stage %zu",
-                                       p->rank, p->owner[s], layer, s);
-        if (!st) st = clnpu_moe_block_serve(b, (size_t)me, p->srv_rows, (size_t)nrows, p->srv_segs, (size_t)nseg, p->srv_rows);
-        rc[0] = 0, sc[0] = (int)(nrows * (long long)H);
-        if (!st) st = xch(p, p->srv_rows, sc, sd, NULL, rc, rd, MPI_FLOAT, "sending experts' outputs");
-        return st ? clnpu_fail_context(st, "serving stage %zu's experts", s) : CLNPU_OK;
-    }
+    long long hout[3 * CLNPU_MAX_EP] = {0}, hin[3 * CLNPU_MAX_EP];
+    int sc[CLNPU_MAX_EP] = {0}, sd[CLNPU_MAX_EP] = {0}, rc[CLNPU_MAX_EP] = {0}, rd[CLNPU_MAX_EP] = {0};
+    clnpu_status st = headers(p, hout, hin);
+    if (st) return clnpu_fail_context(st, "serving stage %zu's experts", s);
+    const long long layer = hin[0], nrows = hin[1], nseg = hin[2]; /* from group rank 0, the owner */
+    if (nrows < 0) return *ended = true, CLNPU_OK; /* the stage's step is over */
+    if (nrows > (long long)max_rows || nseg < 0 || nseg > (long long)E)
+        return clnpu_fail(CLNPU_ERR_IO, "rank %d: malformed exchange from rank %d", p->rank, p->owner[s]);
+    rc[0] = (int)(3 * nseg);
+    st = xch(p, NULL, sc, sd, p->wire_segs, rc, rd, MPI_LONG_LONG, "receiving expert segments");
+    rc[0] = (int)(nrows * (long long)H);
+    if (!st) st = xch(p, NULL, sc, sd, p->srv_rows, rc, rd, MPI_FLOAT, "receiving experts' rows");
+    for (long long i = 0; !st && i < nseg; i++)
+        p->srv_segs[i] = (clnpu_gemm_segment){(size_t)p->wire_segs[3 * i], (size_t)p->wire_segs[3 * i + 1],
+                                              (size_t)p->wire_segs[3 * i + 2]};
+    clnpu_moe_block *b = st ? NULL : clnpu_model_moe_block(p->stages[s], (size_t)layer);
+    if (!st && !b) st = clnpu_fail(CLNPU_ERR_IO, "rank %d: rank %d sent rows for layer %lld, not a MoE layer of stage %zu",
+                                   p->rank, p->owner[s], layer, s);
+    if (!st) st = clnpu_moe_block_serve(b, (size_t)me, p->srv_rows, (size_t)nrows, p->srv_segs, (size_t)nseg, p->srv_rows);
+    rc[0] = 0, sc[0] = (int)(nrows * (long long)H);
+    if (!st) st = xch(p, p->srv_rows, sc, sd, NULL, rc, rd, MPI_FLOAT, "sending experts' outputs");
+    return st ? clnpu_fail_context(st, "serving stage %zu's experts", s) : CLNPU_OK;
 }
 
 /* A rank serving a shard of stage s: answer the owner's exchanges until it ends the step. */
@@ -384,23 +382,17 @@ clnpu_status pipeline_mpi_dp_forward(clnpu_pipeline *p, size_t s, size_t n, cons
     const size_t rep = me / t, H = p->cfg.hidden_size, V = p->cfg.vocab_size;
     clnpu_model *m = p->stages[s];
     const bool owner = me == 0, lead = me % t == 0, embed = m->opt.embed, last = m->opt.head;
-    size_t cnt[CLNPU_MAX_EP] = {0}, first[CLNPU_MAX_EP + 1] = {0}, fill[CLNPU_MAX_EP];
-    for (size_t i = 0; i < n; i++) cnt[seqs[i] % R]++;
-    for (size_t j = 0; j < R; j++) first[j + 1] = first[j] + cnt[j], fill[j] = first[j];
+    size_t cnt[CLNPU_MAX_EP] = {0}, first[CLNPU_MAX_EP + 1] = {0};
+    size_t *order = malloc((n + 1) * sizeof *order), *lseq = malloc((n + 1) * sizeof *lseq);
+    size_t *lpos = malloc((n + 1) * sizeof *lpos);
+    int *lids = malloc((n + 1) * sizeof *lids);
+    if (order && lseq && lpos && lids) pipeline_deal_rows(n, seqs, ids, pos, R, cnt, first, order, lids, lseq, lpos);
     for (size_t g = 0; g < G; g++) p->dp_count[g] = g % t ? 0 : cnt[g / t];
-    const size_t mine = cnt[rep], width = last ? V : H;
-    size_t *order = malloc((n + 1) * sizeof *order), *lseq = malloc((mine + 1) * sizeof *lseq);
-    size_t *lpos = malloc((mine + 1) * sizeof *lpos);
-    int *lids = malloc((mine + 1) * sizeof *lids);
+    const size_t mine = cnt[rep], width = last ? V : H, at0 = first[rep];
     float *hin = malloc((mine + 1) * H * sizeof *hin), *res = malloc((mine + 1) * width * sizeof *res);
     float *all = owner ? malloc((n * t + 1) * (width > H ? width : H) * sizeof *all) : NULL;
     clnpu_status st = order && lseq && lpos && lids && hin && res && (!owner || all)
                           ? CLNPU_OK : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    for (size_t i = 0, k = 0; !st && i < n; i++) {
-        const size_t j = seqs[i] % R;
-        order[fill[j]++] = i;
-        if (j == rep) lids[k] = ids ? ids[i] : 0, lseq[k] = seqs[i] / R, lpos[k] = pos[i], k++;
-    }
     if (!st && !embed) { /* every rank of replica j gets its rows of the previous stage's states */
         int count[CLNPU_MAX_EP], disp[CLNPU_MAX_EP], at = 0;
         for (size_t g = 0; g < G; g++) {
@@ -415,8 +407,8 @@ clnpu_status pipeline_mpi_dp_forward(clnpu_pipeline *p, size_t s, size_t n, cons
                  : clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Iscatterv failed", p->rank);
     }
     if (!st && mine) {
-        st = clnpu_model_forward_rank(m, mine, lids, lseq, lpos, decode, embed ? NULL : hin, lead && !last ? res : NULL,
-                                      lead && last && logits ? res : NULL, last && logits);
+        st = clnpu_model_forward_rank(m, mine, lids + at0, lseq + at0, lpos + at0, decode, embed ? NULL : hin,
+                                      lead && !last ? res : NULL, lead && last && logits ? res : NULL, last && logits);
     } else if (!st) { /* no rows here this step: meet the others at every MoE layer all the same */
         float none[1];
         for (size_t l = m->opt.layer_begin; !st && l < m->opt.layer_end; l++)

@@ -277,6 +277,35 @@ START_TEST(test_bad_configs)
 END_TEST
 
 /* The CLI end to end: dumped logits equal transformers'; bad input exits non-zero with a message. */
+static double logits_error(const char *path)
+{
+    clnpu_safetensors *got, *ref;
+    ck_assert_ok(clnpu_safetensors_open(path, &got));
+    ck_assert_ok(clnpu_safetensors_open(TINY "/reference.safetensors", &ref));
+    const clnpu_tensor_info *a = clnpu_safetensors_find(got, "logits"), *b = clnpu_safetensors_find(ref, "logits");
+    ck_assert(a && b && a->bytes == b->bytes);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a->bytes / 4; i++) {
+        double x = ((const float *)a->data)[i], y = ((const float *)b->data)[i];
+        num += (x - y) * (x - y), den += y * y;
+    }
+    clnpu_safetensors_close(got);
+    clnpu_safetensors_close(ref);
+    return sqrt(num / den);
+}
+
+/* Write plan `name` (yaml) in dir and run the reference prompt through it with extra arguments,
+ * dumping the logits to dir/name.safetensors; the run must succeed. */
+static void run_plan(const char *dir, const char *name, const char *yaml, const char *ids, const char *args)
+{
+    char plan[512], cmd[2048], out[16384];
+    snprintf(plan, sizeof plan, "%s/%s.yaml", dir, name);
+    ck_assert_int_eq(test_write_file(plan, yaml), 0);
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s --plan %s %s --dump-logits %s/%s.safetensors", CLNPU_CLI_PATH,
+             TINY, ids, plan, args, dir, name);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+}
+
 START_TEST(test_cli_run)
 {
     char dir[256], cmd[2048], out[16384];
@@ -308,57 +337,35 @@ START_TEST(test_cli_run)
              "--context 64 && '%s' run --model '%s' --ids %s --plan %s/plan.yaml --dump-logits %s/p.safetensors",
              CLNPU_CLI_PATH, TINY, CLNPU_SOURCE_DIR, dir, CLNPU_CLI_PATH, TINY, ids, dir, dir);
     ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
-    char plan3[512];
-    snprintf(plan3, sizeof plan3, "%s/plan3.yaml", dir);
-    ck_assert_int_eq(test_write_file(plan3,
+    run_plan(dir, "p3",
         "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 1, pp: 3, ep: 1, dp: 1}\nstages:\n"
         "- {stage: 0, profile: pocl-cpu, devices: [0], embedding: true, head: false, layers: [0]}\n"
         "- {stage: 1, profile: rebellions-atom, devices: [1], embedding: false, head: false, layers: [1]}\n"
-        "- {stage: 2, profile: pocl-cpu, devices: [2], embedding: false, head: true, layers: [2]}\n"), 0);
-    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s --plan %s --decode-from 3 --dump-logits %s/p3.safetensors",
-             CLNPU_CLI_PATH, TINY, ids, plan3, dir);
-    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+        "- {stage: 2, profile: pocl-cpu, devices: [2], embedding: false, head: true, layers: [2]}\n", ids, "--decode-from 3");
     /* tensor parallel: PP 2 x TP 2, each stage's experts over its two devices */
-    char plantp[512];
-    snprintf(plantp, sizeof plantp, "%s/plantp.yaml", dir);
-    ck_assert_int_eq(test_write_file(plantp,
+    run_plan(dir, "ptp",
         "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 2, pp: 2, ep: 2, dp: 1}\nstages:\n"
         "- {stage: 0, profile: pocl-cpu, devices: [0, 1], embedding: true, head: false, layers: [0, 1]}\n"
         "- {stage: 1, profile: pocl-cpu, devices: [2, 3], embedding: false, head: true, layers: [2]}\n"
-        "experts:\n- [0, 1, 2, 3, 4, 5, 6, 7]\n- [8, 9, 10, 11, 12, 13, 14, 15]\n"), 0);
-    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s --plan %s --decode-from 5 --dump-logits %s/ptp.safetensors",
-             CLNPU_CLI_PATH, TINY, ids, plantp, dir);
-    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+        "experts:\n- [0, 1, 2, 3, 4, 5, 6, 7]\n- [8, 9, 10, 11, 12, 13, 14, 15]\n", ids, "--decode-from 5");
     /* pipeline replica 1 of a plan with two: the same stages on the next devices, the same logits;
      * a replica the plan does not have is refused */
-    char planr[512];
-    snprintf(planr, sizeof planr, "%s/planr.yaml", dir);
-    ck_assert_int_eq(test_write_file(planr,
+    run_plan(dir, "pr",
         "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 1, pp: 2, ep: 1, dp: 2, pipeline_replicas: 2}\n"
         "stages:\n- {stage: 0, devices: [0], embedding: true, head: false, layers: [0, 1]}\n"
-        "- {stage: 1, devices: [1], embedding: false, head: true, layers: [2]}\n"), 0);
-    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s --plan %s --replica 1 --dump-logits %s/pr.safetensors",
-             CLNPU_CLI_PATH, TINY, ids, planr, dir);
-    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+        "- {stage: 1, devices: [1], embedding: false, head: true, layers: [2]}\n", ids, "--replica 1");
+    char plan3[512], planr[512];
+    snprintf(plan3, sizeof plan3, "%s/p3.yaml", dir);
+    snprintf(planr, sizeof planr, "%s/pr.yaml", dir);
     snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s --plan %s --replica 2", CLNPU_CLI_PATH, TINY, ids, planr);
     ck_assert_int_eq(test_run(cmd, out, sizeof out), 1);
     ck_assert_msg(strstr(out, "2 pipeline replicas (0..1)"), "%.1500s", out);
+    const char *names[4] = {"p", "p3", "ptp", "pr"};
     for (int k = 0; k < 4; k++) {
         char path[512];
-        const char *names[4] = {"p", "p3", "ptp", "pr"};
         snprintf(path, sizeof path, "%s/%s.safetensors", dir, names[k]);
-        clnpu_safetensors *got, *ref;
-        ck_assert_ok(clnpu_safetensors_open(path, &got));
-        ck_assert_ok(clnpu_safetensors_open(TINY "/reference.safetensors", &ref));
-        const clnpu_tensor_info *a = clnpu_safetensors_find(got, "logits"), *b = clnpu_safetensors_find(ref, "logits");
-        double num = 0, den = 0;
-        for (size_t i = 0; i < a->bytes / 4; i++) {
-            double x = ((const float *)a->data)[i], y = ((const float *)b->data)[i];
-            num += (x - y) * (x - y), den += y * y;
-        }
-        ck_assert_msg(sqrt(num / den) <= 1e-4, "plan run %d: %.3g", k, sqrt(num / den));
-        clnpu_safetensors_close(got);
-        clnpu_safetensors_close(ref);
+        const double e = logits_error(path);
+        ck_assert_msg(e <= 1e-4, "plan run %d: %.3g", k, e);
     }
     /* a plan for another model is refused */
     ck_assert_int_eq(test_write_file(plan3, "format: clnpu-plan-1\nlayers: 61\nstages: []\n"), 0);
@@ -378,22 +385,6 @@ START_TEST(test_cli_run)
 }
 END_TEST
 
-static double logits_error(const char *path)
-{
-    clnpu_safetensors *got, *ref;
-    ck_assert_ok(clnpu_safetensors_open(path, &got));
-    ck_assert_ok(clnpu_safetensors_open(TINY "/reference.safetensors", &ref));
-    const clnpu_tensor_info *a = clnpu_safetensors_find(got, "logits"), *b = clnpu_safetensors_find(ref, "logits");
-    ck_assert(a && b && a->bytes == b->bytes);
-    double num = 0, den = 0;
-    for (size_t i = 0; i < a->bytes / 4; i++) {
-        double x = ((const float *)a->data)[i], y = ((const float *)b->data)[i];
-        num += (x - y) * (x - y), den += y * y;
-    }
-    clnpu_safetensors_close(got);
-    clnpu_safetensors_close(ref);
-    return sqrt(num / den);
-}
 
 /* The reference prompt through `plan` under mpirun with np ranks (prefill 2, then decode): the
  * dumped logits' error against transformers. */
