@@ -419,6 +419,18 @@ static void id_lines(const char *out, char *ids, size_t cap)
     }
 }
 
+/* Three sequences decoding together through `plan`, started with `launch` ("" or an mpirun
+ * line): the run succeeds and prints `want`, one device's ids. */
+static void expect_ids(const char *launch, const char *seq_ids, const char *plan, const char *want, const char *what)
+{
+    char cmd[2048], out[16384], got[1024];
+    snprintf(cmd, sizeof cmd, "%s '%s' run --model '%s' --ids %s -n 6 --sequences 3 --plan %s", launch, CLNPU_CLI_PATH,
+             TINY, seq_ids, plan);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    id_lines(out, got, sizeof got);
+    ck_assert_msg(!strcmp(want, got), "%s:\n%s\none device:\n%s", what, got, want);
+}
+
 START_TEST(test_mpi_ranks)
 {
     char dir[256], cmd[2048], out[16384], plan[512], plan2[512];
@@ -497,16 +509,8 @@ START_TEST(test_mpi_ranks)
         strncat(alone, got, sizeof alone - strlen(alone) - 1);
     }
     ck_assert_msg(!strcmp(want, alone) && strlen(want) > 20, "--sequences 3:\n%s\nalone:\n%s", want, alone);
-    snprintf(cmd, sizeof cmd, "POCL_DEVICES='pthread pthread' '%s' run --model '%s' --ids %s -n 6 --sequences 3 --plan %s",
-             CLNPU_CLI_PATH, TINY, seq_ids, plan_mb);
-    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
-    id_lines(out, got, sizeof got);
-    ck_assert_msg(!strcmp(want, got), "micro-batches in one process:\n%s\none device:\n%s", got, want);
-    snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 2 '%s' run --model '%s' --ids %s "
-             "-n 6 --sequences 3 --plan %s", CLNPU_CLI_PATH, TINY, seq_ids, plan_mb);
-    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
-    id_lines(out, got, sizeof got);
-    ck_assert_msg(!strcmp(want, got), "micro-batches over 2 ranks:\n%s\none device:\n%s", got, want);
+    expect_ids("POCL_DEVICES='pthread pthread'", seq_ids, plan_mb, want, "micro-batches in one process");
+    expect_ids("CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 2", seq_ids, plan_mb, want, "micro-batches over 2 ranks");
     fprintf(stderr, "3 sequences, 2 micro-batches in flight over 2 ranks: the same ids as one device\n");
     /* EP 4: one stage on four devices, a rank each (three serve expert shards) */
     char plan4[600];
@@ -519,22 +523,15 @@ START_TEST(test_mpi_ranks)
     ck_assert_msg(e4 <= 1e-4, "EP 4 -np 4: %.3g", e4);
     /* in one process the same plan runs four attention replicas (a sequence each), meeting at
      * the MoE layers: three sequences decoding together give one device's ids */
-    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s -n 6 --sequences 3 --plan %s", CLNPU_CLI_PATH, TINY,
-             seq_ids, plan4);
-    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
-    id_lines(out, got, sizeof got);
-    ck_assert_msg(!strcmp(want, got), "3 sequences on 4 attention replicas:\n%s\none device:\n%s", got, want);
+    expect_ids("", seq_ids, plan4, want, "3 sequences on 4 attention replicas");
     /* with a rank per device each rank is an attention replica with its own sequences, meeting
      * the others at every MoE layer (a rank without rows too): one device's ids, with EP 4 on 4
      * ranks and with PP 2 x EP 2 (two replicas per stage) on 4 ranks */
     const char *dp_plans[2] = {plan4, plan2};
     for (int k = 0; k < 2; k++) {
-        snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 4 '%s' run --model '%s' "
-                 "--ids %s -n 6 --sequences 3 --plan %s", CLNPU_CLI_PATH, TINY, seq_ids, dp_plans[k]);
-        ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
-        id_lines(out, got, sizeof got);
-        ck_assert_msg(!strcmp(want, got), "3 sequences, attention replicas on 4 ranks (%s):\n%s\none device:\n%s",
-                      k ? "PP 2 x EP 2" : "EP 4", got, want);
+        expect_ids("CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 4", seq_ids, dp_plans[k], want,
+                   k ? "3 sequences, attention replicas on 4 ranks (PP 2 x EP 2)"
+                     : "3 sequences, attention replicas on 4 ranks (EP 4)");
     }
     fprintf(stderr, "3 sequences on attention replicas over 4 ranks (EP 4, PP 2 x EP 2): the same ids as one device\n");
     snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe -np 3 '%s' run --model '%s' --ids %s --plan %s -n 2",
@@ -572,11 +569,7 @@ START_TEST(test_mpi_ranks)
     ck_assert_msg(etp <= 1e-4, "PP 2 x TP 2 -np 2: %.3g", etp);
     etp = mpirun_logits_error(dir, 4, plantp, ids, "PP 2 x TP 2, a rank per device");
     ck_assert_msg(etp <= 1e-4, "PP 2 x TP 2 -np 4: %.3g", etp);
-    snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 4 '%s' run --model '%s' "
-             "--ids %s -n 6 --sequences 3 --plan %s", CLNPU_CLI_PATH, TINY, seq_ids, plantp);
-    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
-    id_lines(out, got, sizeof got);
-    ck_assert_msg(!strcmp(want, got), "3 sequences, TP ranks on 4 ranks:\n%s\none device:\n%s", got, want);
+    expect_ids("CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 4", seq_ids, plantp, want, "3 sequences, TP ranks on 4 ranks");
     ck_assert_int_eq(test_write_file(plantp,
         "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 2, pp: 1, ep: 4, dp: 2}\n"
         "experts: [[0, 4, 8, 12], [1, 5, 9, 13], [2, 6, 10, 14], [3, 7, 11, 15]]\nstages:\n"
@@ -586,11 +579,7 @@ START_TEST(test_mpi_ranks)
         double e = mpirun_logits_error(dir, tpdp_ranks[k], plantp, ids, "TP 2 x 2 attention replicas x EP 4");
         ck_assert_msg(e <= 1e-4, "TP 2 x DP 2 -np %d: %.3g", tpdp_ranks[k], e);
     }
-    snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 4 '%s' run --model '%s' "
-             "--ids %s -n 6 --sequences 3 --plan %s", CLNPU_CLI_PATH, TINY, seq_ids, plantp);
-    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
-    id_lines(out, got, sizeof got);
-    ck_assert_msg(!strcmp(want, got), "3 sequences, TP 2 x 2 replicas on 4 ranks:\n%s\none device:\n%s", got, want);
+    expect_ids("CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 4", seq_ids, plantp, want, "3 sequences, TP 2 x 2 replicas on 4 ranks");
     fprintf(stderr, "3 sequences, TP 2 x 2 attention replicas x EP 4 over 4 ranks: the same ids as one device\n");
     /* a TP rank that dies: the job ends, non-zero, naming it */
     snprintf(cmd, sizeof cmd, "CLNPU_FAULT_RANK=3 CLNPU_MPI_TIMEOUT=20 timeout 120 mpirun --oversubscribe -np 4 '%s' run "
