@@ -10,7 +10,7 @@
 #include <mpi.h>
 #endif
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "dp.h"
 #include "pipeline_internal.h"
 

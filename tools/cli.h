@@ -44,7 +44,7 @@ int cli_device_option_checked(int opt, const char *arg, cli_device_args *a, cons
 /* Open the device chosen by the flags (loading extra profiles if asked). */
 clnpu_status cli_open_device(const cli_device_args *a, bool profiling, clnpu_device **out);
 
-#include "../backend/yaml_out.h"
+#include "../common/yaml_out.h"
 
 int cmd_devices(int argc, char **argv);
 int cmd_kernels(int argc, char **argv);
