@@ -2,6 +2,8 @@
 #ifndef CLNPU_H
 #define CLNPU_H
 
+#include "clnpu/export.h"
+
 #include "clnpu/status.h"
 #include "clnpu/profile.h"
 #include "clnpu/device.h"
@@ -20,7 +22,7 @@
 extern "C" {
 #endif
 /* Library version, "MAJOR.MINOR.PATCH". */
-const char *clnpu_version(void);
+CLNPU_API const char *clnpu_version(void);
 #ifdef __cplusplus
 }
 #endif

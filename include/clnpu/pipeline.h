@@ -14,6 +14,8 @@
 #ifndef CLNPU_PIPELINE_H
 #define CLNPU_PIPELINE_H
 
+#include "clnpu/export.h"
+
 #include "clnpu/model.h"
 #include "clnpu/moe.h"
 
@@ -50,40 +52,40 @@ typedef struct clnpu_plan_layout {
 
 /* Read a plan (format clnpu-plan-1) for this config: stages must cover every layer in order, the
  * embedding on the first and the head on the last. out_layout may be NULL. */
-clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config *cfg, clnpu_stage_spec **out_specs,
+CLNPU_API clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config *cfg, clnpu_stage_spec **out_specs,
                                       size_t *out_count, clnpu_plan_layout *out_layout);
 
 /* Pipeline replica k of a plan with `replicas` of them: every plan device index of the specs
  * moved up by k times the devices of one replica (the largest index + 1), so the replicas of a
  * plan run side by side as separate processes, each on its own devices. k >= replicas fails. */
-clnpu_status clnpu_stage_specs_replica(clnpu_stage_spec *specs, size_t count, size_t k, size_t replicas);
+CLNPU_API clnpu_status clnpu_stage_specs_replica(clnpu_stage_spec *specs, size_t count, size_t k, size_t replicas);
 
 typedef struct clnpu_pipeline clnpu_pipeline;
 
-clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
+CLNPU_API clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
                                    const clnpu_stage_spec *specs, size_t count, const clnpu_model_options *opt,
                                    clnpu_pipeline **out_pipeline);
-void clnpu_pipeline_destroy(clnpu_pipeline *p);
-size_t clnpu_pipeline_stage_count(const clnpu_pipeline *p);
-clnpu_device *clnpu_pipeline_stage_device(const clnpu_pipeline *p, size_t stage);
+CLNPU_API void clnpu_pipeline_destroy(clnpu_pipeline *p);
+CLNPU_API size_t clnpu_pipeline_stage_count(const clnpu_pipeline *p);
+CLNPU_API clnpu_device *clnpu_pipeline_stage_device(const clnpu_pipeline *p, size_t stage);
 
 /* Under mpirun (Open MPI): with at most as many ranks as stages, each rank builds only its stages
  * (contiguous runs of the plan); with one rank per plan device, each stage's other devices are
  * ranks serving its expert shards. The residual stream crosses ranks by point-to-point messages;
  * every wait has a deadline (CLNPU_MPI_TIMEOUT seconds, default 120), so a failed rank ends the
  * run with an error. */
-int clnpu_pipeline_rank(const clnpu_pipeline *p);
-int clnpu_pipeline_ranks(const clnpu_pipeline *p);
+CLNPU_API int clnpu_pipeline_rank(const clnpu_pipeline *p);
+CLNPU_API int clnpu_pipeline_ranks(const clnpu_pipeline *p);
 
 /* Decode micro-batches in flight (in one process): a decode step of n >= 2 sequences is cut into
  * up to m groups, and stage s works on group j while stage s + 1 works on group j - 1, each stage
  * driven by its own host thread. 1 (the default) runs the stages one after another. Ranks of an
  * MPI run step their stages one after another whatever m is. */
-void clnpu_pipeline_set_micro_batches(clnpu_pipeline *p, size_t micro_batches);
+CLNPU_API void clnpu_pipeline_set_micro_batches(clnpu_pipeline *p, size_t micro_batches);
 
 /* As clnpu_model_prefill / clnpu_model_decode, through every stage in turn. */
-clnpu_status clnpu_pipeline_prefill(clnpu_pipeline *p, size_t seq, const int *ids, size_t n, float *logits);
-clnpu_status clnpu_pipeline_decode(clnpu_pipeline *p, const size_t *seqs, const int *ids, size_t n, float *logits);
+CLNPU_API clnpu_status clnpu_pipeline_prefill(clnpu_pipeline *p, size_t seq, const int *ids, size_t n, float *logits);
+CLNPU_API clnpu_status clnpu_pipeline_decode(clnpu_pipeline *p, const size_t *seqs, const int *ids, size_t n, float *logits);
 
 #ifdef __cplusplus
 }

@@ -13,6 +13,8 @@
 #ifndef CLNPU_PROFILE_H
 #define CLNPU_PROFILE_H
 
+#include "clnpu/export.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -82,22 +84,22 @@ typedef struct clnpu_profile {
 typedef struct clnpu_profile_set clnpu_profile_set;
 
 /* Parse one profile from YAML text; `origin` names the file in error messages. */
-clnpu_status clnpu_profile_parse(const char *yaml_text, size_t len, const char *origin,
+CLNPU_API clnpu_status clnpu_profile_parse(const char *yaml_text, size_t len, const char *origin,
                                  clnpu_profile *out_profile);
-clnpu_status clnpu_profile_load_file(const char *path, clnpu_profile *out_profile);
+CLNPU_API clnpu_status clnpu_profile_load_file(const char *path, clnpu_profile *out_profile);
 
-clnpu_status clnpu_profile_set_create(clnpu_profile_set **out_set);
+CLNPU_API clnpu_status clnpu_profile_set_create(clnpu_profile_set **out_set);
 /* A set holding every profile shipped in targets/ (embedded at build time). */
-clnpu_status clnpu_profile_set_builtin(clnpu_profile_set **out_set);
+CLNPU_API clnpu_status clnpu_profile_set_builtin(clnpu_profile_set **out_set);
 /* Add (or replace, by name) a profile. */
-clnpu_status clnpu_profile_set_add(clnpu_profile_set *set, const clnpu_profile *profile);
-clnpu_status clnpu_profile_set_add_file(clnpu_profile_set *set, const char *path);
+CLNPU_API clnpu_status clnpu_profile_set_add(clnpu_profile_set *set, const clnpu_profile *profile);
+CLNPU_API clnpu_status clnpu_profile_set_add_file(clnpu_profile_set *set, const char *path);
 /* Add every *.yaml file in a directory. */
-clnpu_status clnpu_profile_set_add_dir(clnpu_profile_set *set, const char *dir);
-size_t clnpu_profile_set_count(const clnpu_profile_set *set);
-const clnpu_profile *clnpu_profile_set_get(const clnpu_profile_set *set, size_t index);
-const clnpu_profile *clnpu_profile_set_find(const clnpu_profile_set *set, const char *name);
-void clnpu_profile_set_destroy(clnpu_profile_set *set);
+CLNPU_API clnpu_status clnpu_profile_set_add_dir(clnpu_profile_set *set, const char *dir);
+CLNPU_API size_t clnpu_profile_set_count(const clnpu_profile_set *set);
+CLNPU_API const clnpu_profile *clnpu_profile_set_get(const clnpu_profile_set *set, size_t index);
+CLNPU_API const clnpu_profile *clnpu_profile_set_find(const clnpu_profile_set *set, const char *name);
+CLNPU_API void clnpu_profile_set_destroy(clnpu_profile_set *set);
 
 #ifdef __cplusplus
 }

@@ -13,6 +13,8 @@
 #ifndef CLNPU_PROGRAM_H
 #define CLNPU_PROGRAM_H
 
+#include "clnpu/export.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -32,37 +34,37 @@ typedef enum clnpu_program_origin {
 } clnpu_program_origin;
 
 /* Names of the embedded kernel sources ("elementwise.cl", ...). */
-size_t clnpu_kernel_source_count(void);
-const char *clnpu_kernel_source_name(size_t index);
+CLNPU_API size_t clnpu_kernel_source_count(void);
+CLNPU_API const char *clnpu_kernel_source_name(size_t index);
 /* The embedded text of a kernel source, or NULL. */
-const char *clnpu_kernel_source(const char *name);
+CLNPU_API const char *clnpu_kernel_source(const char *name);
 
 /* Build (or fetch from cache) an embedded source on a device. The program is owned by the
  * device and lives until clnpu_device_close. */
-clnpu_status clnpu_program_get(clnpu_device *device, const char *source_name,
+CLNPU_API clnpu_status clnpu_program_get(clnpu_device *device, const char *source_name,
                                const char *extra_options, clnpu_program **out_program);
 /* Same for arbitrary source text (tests, user kernels); `label` names it in messages. */
-clnpu_status clnpu_program_get_source(clnpu_device *device, const char *label, const char *source,
+CLNPU_API clnpu_status clnpu_program_get_source(clnpu_device *device, const char *label, const char *source,
                                       const char *extra_options, clnpu_program **out_program);
 
-void *clnpu_program_cl_program(const clnpu_program *program); /* cl_program */
-clnpu_program_origin clnpu_program_get_origin(const clnpu_program *program);
-double clnpu_program_build_ms(const clnpu_program *program);
+CLNPU_API void *clnpu_program_cl_program(const clnpu_program *program); /* cl_program */
+CLNPU_API clnpu_program_origin clnpu_program_get_origin(const clnpu_program *program);
+CLNPU_API double clnpu_program_build_ms(const clnpu_program *program);
 /* Full option string the program was built with. */
-const char *clnpu_program_options(const clnpu_program *program);
+CLNPU_API const char *clnpu_program_options(const clnpu_program *program);
 /* Path of the disk cache entry ("" when caching is off). */
-const char *clnpu_program_cache_path(const clnpu_program *program);
+CLNPU_API const char *clnpu_program_cache_path(const clnpu_program *program);
 
 /* Create a kernel object from a program (caller releases it with clReleaseKernel). */
-clnpu_status clnpu_program_create_kernel(const clnpu_program *program, const char *kernel_name,
+CLNPU_API clnpu_status clnpu_program_create_kernel(const clnpu_program *program, const char *kernel_name,
                                          void **out_cl_kernel);
 
 /* A kernel object owned and cached by the program (created on first use, released with the
  * device). Setting its arguments is not thread-safe: one host thread drives a device. */
-clnpu_status clnpu_program_kernel(clnpu_program *program, const char *kernel_name, void **out_cl_kernel);
+CLNPU_API clnpu_status clnpu_program_kernel(clnpu_program *program, const char *kernel_name, void **out_cl_kernel);
 
 /* The cache directory a device uses ("" when caching is off). */
-const char *clnpu_device_cache_dir(const clnpu_device *device);
+CLNPU_API const char *clnpu_device_cache_dir(const clnpu_device *device);
 
 #ifdef __cplusplus
 }

@@ -12,6 +12,8 @@
 #ifndef CLNPU_STATUS_H
 #define CLNPU_STATUS_H
 
+#include "clnpu/export.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -29,13 +31,13 @@ typedef enum clnpu_status {
 } clnpu_status;
 
 /* Short constant name of a status, e.g. "CLNPU_ERR_BUILD". */
-const char *clnpu_status_name(clnpu_status status);
+CLNPU_API const char *clnpu_status_name(clnpu_status status);
 
 /* Message of the last failure on this thread ("" if none). Valid until the next failing call. */
-const char *clnpu_error_message(void);
+CLNPU_API const char *clnpu_error_message(void);
 
 /* Forget the last message. */
-void clnpu_error_clear(void);
+CLNPU_API void clnpu_error_clear(void);
 
 #ifdef __cplusplus
 }
