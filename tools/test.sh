@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 sh tools/deps.sh
 [ -f build/build.ninja ] || meson setup build --buildtype=release
 ninja -C build
-sh tools/check_exports.sh build/libclnpu.so
+sh tools/check_edges.sh build/libclnpu.so
 export CK_VERBOSITY=normal
 # Build programs once per run into a private cache; PoCL's own cache stays as it is.
 export CLNPU_CACHE_DIR="${CLNPU_CACHE_DIR:-$PWD/build/kernel-cache}"

@@ -69,11 +69,22 @@ CLNPU_API void clnpu_pipeline_destroy(clnpu_pipeline *p);
 CLNPU_API size_t clnpu_pipeline_stage_count(const clnpu_pipeline *p);
 CLNPU_API clnpu_device *clnpu_pipeline_stage_device(const clnpu_pipeline *p, size_t stage);
 
-/* Under mpirun (Open MPI): with at most as many ranks as stages, each rank builds only its stages
+/* Across MPI ranks: the caller initialises MPI and hands over a communicator (mpi_comm points to
+ * an MPI_Comm: `MPI_Comm w = MPI_COMM_WORLD;` then `&w`; read during the call only). NULL runs
+ * every stage in this process, as clnpu_pipeline_create does. Every rank of the communicator calls
+ * this with the same plan. With at most as many ranks as stages, each rank builds only its stages
  * (contiguous runs of the plan); with one rank per plan device, each stage's other devices are
- * ranks serving its expert shards. The residual stream crosses ranks by point-to-point messages;
- * every wait has a deadline (CLNPU_MPI_TIMEOUT seconds, default 120), so a failed rank ends the
- * run with an error. */
+ * ranks serving its expert shards. The library duplicates the communicator (MPI_Comm_dup, freed by
+ * clnpu_pipeline_destroy) and never calls MPI_Init, MPI_Finalize or MPI_Abort. The residual stream
+ * crosses ranks by point-to-point messages; every wait has a deadline (CLNPU_MPI_TIMEOUT seconds,
+ * default 120), so a failed or stopped rank becomes an error on the others. After an error the
+ * ranks no longer agree on where the run is: the caller ends the job (MPI_Abort) rather than wait
+ * in MPI_Finalize for a peer that may never come (tools/cli_mpi.c does). A library built without
+ * MPI refuses a non-NULL communicator. */
+CLNPU_API clnpu_status clnpu_pipeline_create_mpi(const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
+                                       const clnpu_stage_spec *specs, size_t count, const clnpu_model_options *opt,
+                                       const void *mpi_comm, clnpu_pipeline **out_pipeline);
+/* This process's rank and the number of ranks (0 and 1 without a communicator). */
 CLNPU_API int clnpu_pipeline_rank(const clnpu_pipeline *p);
 CLNPU_API int clnpu_pipeline_ranks(const clnpu_pipeline *p);
 
