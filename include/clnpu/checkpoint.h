@@ -1,16 +1,16 @@
 /* Checkpoints: safetensors files (one, or sharded with model.safetensors.index.json), memory-
- * mapped and validated before any tensor is used.
+ * mapped and validated before any tensor is used. From examples/generate.c:
  *
- *     clnpu_checkpoint *ck;
- *     if (clnpu_checkpoint_open("models/tiny-axk1", &ck)) { ... clnpu_error_message() ... }
- *     const clnpu_tensor_info *t;
- *     int64_t shape[2] = {384, 96};
- *     clnpu_checkpoint_require(ck, "lm_head.weight", 2, shape, &t);  // names file and shapes
+ *     CHECK(clnpu_checkpoint_open(dir, &ck));
+ *     int64_t shape[2] = {(int64_t)cfg.vocab_size, (int64_t)cfg.hidden_size};
+ *     CHECK(clnpu_checkpoint_require(ck, "lm_head.weight", 2, shape, &t)); // names file and shapes
  *     ... t->data, t->dtype ...
  *     clnpu_checkpoint_close(ck);
  *
  * Validation: header length within the file, offsets inside the data area and not overlapping,
  * byte size = dtype size x product of the shape, known dtypes (BF16, F16, F32, F8_E4M3, I8, I32).
+ * Ownership: a clnpu_tensor_info and its data point into the checkpoint's mappings and are valid
+ * until clnpu_checkpoint_close. A checkpoint is read-only once open: several threads may read it.
  */
 #ifndef CLNPU_CHECKPOINT_H
 #define CLNPU_CHECKPOINT_H

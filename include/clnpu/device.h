@@ -1,16 +1,15 @@
 /* Devices: every OpenCL device on every platform, its capabilities, and the target profile
- * bound to it.
+ * bound to it. From examples/devices.c (built and run by the tests):
  *
- *     clnpu_device_info *infos; size_t n;
- *     clnpu_device_list(&infos, &n);                  // enumerate and query
- *     clnpu_device *dev;
+ *     if (clnpu_device_list(&infos, &n) || clnpu_profile_set_builtin(&set)) goto fail; // enumerate and query
  *     clnpu_device_options opt = clnpu_device_options_default();
- *     opt.target = "rebellions-atom";                 // emulate an NPU on this device
- *     clnpu_device_open(0, &opt, &dev);
- *     clnpu_buffer *b;
- *     clnpu_buffer_create(dev, 1 << 20, &b);          // fails past the profile's memory
+ *     opt.target = target; // a profile name, e.g. "rebellions-atom": emulate that NPU on this device
+ *     if (clnpu_device_open(0, &opt, &dev)) goto fail;
+ *     if (clnpu_buffer_create(dev, 1 << 20, &b)) goto fail; // fails past the profile's memory
  *     ...
- *     clnpu_buffer_destroy(b); clnpu_device_close(dev); clnpu_device_list_free(infos);
+ *     clnpu_buffer_destroy(b);
+ *     clnpu_device_close(dev);
+ *     clnpu_device_list_free(infos);
  *
  * Binding: with no explicit target, the profile whose match rules fit best is bound; an
  * unknown device gets "generic", filled from its queried capabilities. A device is never
@@ -18,6 +17,12 @@
  * (for example an NPU profile on the PoCL CPU device) is *emulation*: the backend then
  * enforces the profile's memory capacity and local-memory budget and builds kernels with its
  * parameters.
+ *
+ * Ownership and threads: buffers, weights, programs, models and MoE blocks created on a device
+ * borrow it; destroy them before clnpu_device_close (programs and cached kernels go with the
+ * device). A device and everything created on it are used by one host thread at a time; two
+ * devices are independent. Calls that launch kernels return once queued; a blocking
+ * clnpu_buffer_read or clnpu_device_finish waits for the queue.
  */
 #ifndef CLNPU_DEVICE_H
 #define CLNPU_DEVICE_H

@@ -1,18 +1,21 @@
 /* Linear layers on a device: Y[M,N] = epilogue(alpha * X[M,K] . W[N,K]^T), X and Y in f32,
- * W in f32, bf16, f16, int8 (+ f32 scales) or fp8 e4m3 (+ 128x128 block scales).
+ * W in f32, bf16, f16, int8 (+ f32 scales) or fp8 e4m3 (+ 128x128 block scales). From
+ * examples/gemm_check.c, a vendor's first program (CHECK: print clnpu_error_message(), clean up):
  *
  *     clnpu_weight_desc d = {.dtype = CLNPU_DTYPE_BF16, .n = N, .k = K, .data = w_bf16};
- *     clnpu_weight *w;
- *     clnpu_weight_upload(dev, &d, 1, &w);            // packed once for the kernels
+ *     CHECK(clnpu_weight_upload(dev, &d, 1, &w));                  // packed once for the kernels
  *     clnpu_gemm_args a = clnpu_gemm_args_default();
- *     a.x = xbuf; a.y = ybuf; a.m = M;
- *     clnpu_gemm(dev, w, 0, &a);                       // GEMV path when M <= 8
+ *     a.x = xbuf, a.y = ybuf, a.m = M;
+ *     CHECK(clnpu_gemm(dev, w, 0, &a));                            // Y = X . W^T, queued
+ *     CHECK(clnpu_buffer_read(ybuf, 0, y, M * N * sizeof(float))); // blocking, after the GEMM
  *     clnpu_weight_destroy(w);
  *
  * Weights are given in checkpoint layout ([out, in] row-major) and repacked on upload into the
- * panel layout described in kernels-cl/gemm.cl. Several same-shaped matrices (MoE experts) can
- * share one clnpu_weight; clnpu_gemm_grouped runs any number of (matrix, row range) segments
- * in one launch. Calls enqueue work and return; use clnpu_device_finish to wait.
+ * panel layout described in kernels-cl/gemm.cl; the host data is copied during the upload and
+ * may be freed after it. Several same-shaped matrices (MoE experts) can share one clnpu_weight;
+ * clnpu_gemm_grouped runs any number of (matrix, row range) segments in one launch. Calls enqueue
+ * work and return; use clnpu_device_finish (or a blocking read) to wait. GEMM on M <= 8 rows takes
+ * the GEMV path.
  */
 #ifndef CLNPU_GEMM_H
 #define CLNPU_GEMM_H

@@ -1,14 +1,19 @@
 /* The A.X K1 model (DeepSeek-V3 family) on one device: config, weights, paged MLA cache,
- * prefill and decode.
+ * prefill and decode. From examples/generate.c (CHECK: print clnpu_error_message(), clean up):
  *
- *     clnpu_model_config cfg;
- *     clnpu_model_config_load("models/tiny-axk1/config.json", &cfg);
- *     clnpu_checkpoint *ck;  clnpu_checkpoint_open("models/tiny-axk1", &ck);
+ *     CHECK(clnpu_model_config_load(path, &cfg));       // the checkpoint's config.json
+ *     CHECK(clnpu_checkpoint_open(dir, &ck));
  *     clnpu_model_options o = clnpu_model_options_default();
- *     clnpu_model *m;  clnpu_model_create(dev, &cfg, ck, &o, &m);
- *     clnpu_model_prefill(m, 0, ids, n, logits);     // logits [n][vocab] (or NULL)
- *     clnpu_model_decode(m, seqs, next_ids, 1, logits); // one token per listed sequence
- *     clnpu_model_destroy(m);
+ *     CHECK(clnpu_model_create(dev, &cfg, ck, &o, &m));
+ *     clnpu_checkpoint_close(ck);                        // the model holds its own copy of the weights on the device
+ *     CHECK(clnpu_model_prefill(m, 0, ids, T, logits)); // logits [T][vocab] (or NULL)
+ *     CHECK(clnpu_model_decode(m, &seq, &next, 1, logits)); // one token for sequence 0
+ *     clnpu_model_destroy(m);                            // before its device
+ *
+ * Ownership and threads: the model borrows its device (destroy the model first) and copies the
+ * config and options; the checkpoint is read during clnpu_model_create only. One model is driven
+ * by one host thread at a time; a tensor-parallel model runs its ranks on threads of its own,
+ * inside each call.
  */
 #ifndef CLNPU_MODEL_H
 #define CLNPU_MODEL_H

@@ -3,11 +3,13 @@
  *   expert GEMMs (gate/up fused) and down projections; weighted un-permute with fp32
  *   accumulation; plus the shared expert(s) with weight 1.
  *
- *     clnpu_moe_block *moe;
- *     clnpu_moe_block_create(dev, &cfg, &weights, max_tokens, &moe);
- *     clnpu_moe_block_forward(dev, moe, x, T, out);   // out = MoE(x), not normalised
+ *   clnpu_moe_block_create(dev, &cfg, &weights, max_tokens, &moe) uploads the weights (host data
+ *   copied during the call); clnpu_moe_block_forward(dev, moe, x, T, out) queues out = MoE(x), not
+ *   normalised; clnpu_moe_block_destroy(moe) before the device closes. (A fragment: the model
+ *   builds its blocks this way in runtime/model_load.c; tests/test_ops.c runs one on its own.)
  *
- * The A.X K1 post_mlp_layernorm is applied by the caller (clnpu_rmsnorm).
+ * The A.X K1 post_mlp_layernorm is applied by the caller (clnpu_rmsnorm). A block borrows its
+ * devices and the clnpu_moe_remote of its shards for its lifetime.
  */
 #ifndef CLNPU_MOE_H
 #define CLNPU_MOE_H

@@ -1,10 +1,14 @@
 /* Transformer operators on a device (besides GEMM, see gemm.h): RMSNorm, RoPE with YaRN,
  * flash attention (prefill), MLA decode attention, MoE routing and dispatch, sampling.
  * All tensors are f32 on the device unless said otherwise; a clnpu_view names a row-major
- * matrix inside a buffer (offset and row stride in elements). Calls enqueue and return.
+ * matrix inside a buffer (offset and row stride in elements). Calls enqueue and return. From
+ * examples/rmsnorm.c:
  *
- *     clnpu_view x = {buf, 0, 7168};
- *     clnpu_rmsnorm(dev, x, (clnpu_view){0}, x, norm_w, T, 7168, 1e-6f);  // in place
+ *     clnpu_view x = {buf, 0, DIM};                                        // rows of DIM floats
+ *     CHECK(clnpu_rmsnorm(dev, x, (clnpu_view){0}, x, norm_w, T, DIM, eps)); // in place, queued
+ *     CHECK(clnpu_buffer_read(buf, 0, y, sizeof y));
+ *
+ * Views borrow their buffers for the call; the device and its buffers follow device.h's rules.
  */
 #ifndef CLNPU_OPS_H
 #define CLNPU_OPS_H

@@ -1,15 +1,19 @@
-/* Running a model split into pipeline stages over several devices in one process: each stage
- * loads only its layers (and the embedding / head where it holds them) on its own device, and
- * the residual stream crosses stage boundaries device to device through the host.
+/* Running a model split into pipeline stages over several devices: each stage loads only its
+ * layers (and the embedding / head where it holds them) on its own device, and the residual
+ * stream crosses stage boundaries device to device through the host, or between MPI ranks
+ * (clnpu_pipeline_create_mpi). From examples/pipeline.c:
  *
- *     clnpu_stage_spec *st; size_t n, ep;
- *     clnpu_pipeline_read_plan("plan.yaml", &cfg, &st, &n, &ep);   // written by `clnpu plan -o`
- *     clnpu_pipeline *pl;
- *     clnpu_pipeline_create(&cfg, ck, st, n, &opt, &pl);
- *     clnpu_pipeline_prefill(pl, 0, ids, T, logits);
+ *     CHECK(clnpu_pipeline_read_plan(argv[2], &cfg, &st, &n, &lay)); // written by `clnpu plan -o`
+ *     CHECK(clnpu_pipeline_create(&cfg, ck, st, n, &opt, &pl)); // one process; see _create_mpi for ranks
+ *     CHECK(clnpu_pipeline_prefill(pl, 0, ids, T, logits));
+ *     clnpu_pipeline_destroy(pl); // its stages' models and devices with it
+ *     free(st);                   // the specs are the caller's (malloc'd by read_plan)
  *
  * A plan device index d runs on OpenCL device d mod (number of devices), each in its own context
  * and bound to the stage's profile, so a plan for many NPUs runs on a laptop with one device.
+ * Ownership and threads: the pipeline opens and owns its stages' devices and models, copies the
+ * config and options, and reads the specs and checkpoint during create only. One host thread
+ * drives a pipeline; its micro-batch, replica and TP threads run inside each call.
  */
 #ifndef CLNPU_PIPELINE_H
 #define CLNPU_PIPELINE_H

@@ -1,13 +1,20 @@
 /* Planning A.X K1 (or any DeepSeek-V3-family config) across a cluster of NPUs / GPUs: the
  * full-scale graph, an analytic cost model fed by target profiles (and measurements), a search
  * over tensor / pipeline / expert / data parallel layouts with an exact stage DP, expert
- * placement with replication, and a per-device memory plan. No weights are read.
+ * placement with replication, and a per-device memory plan. No weights are read. From
+ * examples/plan.c:
  *
- *     clnpu_cluster *cl;  clnpu_cluster_load("clusters/rebel-quad-8.yaml", NULL, &cl);
- *     clnpu_workload w = clnpu_workload_default();       // decode, bf16, batch searched
- *     clnpu_plan *p;
- *     if (clnpu_plan_create(&cfg, cl, &w, &p)) puts(clnpu_error_message()); // says what is missing
- *     clnpu_plan_print(p, stdout);  clnpu_plan_write_yaml(p, f);  clnpu_plan_write_svg(p, g);
+ *     if (clnpu_model_config_load(argv[1], &cfg) || clnpu_cluster_load(argv[2], NULL, &cl)) {
+ *     clnpu_workload w = clnpu_workload_default(); // decode, bf16, batch searched
+ *     if (clnpu_plan_create(&cfg, cl, &w, NULL, &p)) { // NULL: default calibration
+ *         fprintf(stderr, "plan: %s\n", clnpu_error_message()); // says what is missing
+ *     clnpu_plan_print(p, stdout);
+ *     if (!f || clnpu_plan_write_yaml(p, f)) {
+ *     clnpu_plan_destroy(p);
+ *     clnpu_cluster_destroy(cl); // the plan keeps no pointer into the cluster
+ *
+ * Threads: planning keeps no shared state (its caches are per thread), so plans may be made on
+ * several threads at once; a cluster or plan, once made, may be read from several threads.
  */
 #ifndef CLNPU_PLAN_H
 #define CLNPU_PLAN_H

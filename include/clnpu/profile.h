@@ -3,12 +3,17 @@
  * A profile carries the figures the scheduler's cost model needs (peak throughput per
  * dtype, memory capacity and bandwidth, on-chip SRAM, links) and the kernel parameters
  * the backend passes to the OpenCL compiler as -D options. The shipped profiles are
- * embedded into the library; more can be loaded from files.
+ * embedded into the library; more can be loaded from files (clnpu_profile_set_add_file:
+ * errors name the file and line). From examples/devices.c:
  *
- *     clnpu_profile_set *set;
- *     clnpu_profile_set_builtin(&set);                 // the shipped targets/
- *     clnpu_profile_set_add_file(set, "my-npu.yaml");   // errors name file and line
- *     const clnpu_profile *p = clnpu_profile_set_find(set, "my-npu");
+ *     if (clnpu_device_list(&infos, &n) || clnpu_profile_set_builtin(&set)) goto fail; // the shipped targets/
+ *     const clnpu_profile *npu = clnpu_profile_set_find(set, target);
+ *     clnpu_profile_set_destroy(set);
+ *
+ * Ownership: a profile returned by a set points into it (valid until the set is destroyed); a
+ * clnpu_profile filled by value (clnpu_profile_match) is the caller's. A set given to
+ * clnpu_device_options.profiles is read during clnpu_device_open only. Once built, a set may be
+ * read from several threads.
  */
 #ifndef CLNPU_PROFILE_H
 #define CLNPU_PROFILE_H

@@ -1,14 +1,19 @@
 /* Kernel programs: embedded OpenCL C sources built per device, with an on-disk binary cache.
+ * From examples/rmsnorm.c:
  *
- *     clnpu_program *prog;
- *     clnpu_program_get(dev, "elementwise.cl", NULL, &prog);   // cached per device
- *     cl_kernel k = clnpu_program_cl_program(prog) ...
+ *     CHECK(clnpu_program_get(dev, "elementwise.cl", NULL, &prog)); // cached per device
+ *     CHECK(clnpu_program_create_kernel(prog, "clnpu_fill_f32", &k));
+ *     cl_mem mem = clnpu_buffer_cl_mem(buf);
+ *     ... clSetKernelArg, clEnqueueNDRangeKernel on clnpu_device_cl_queue(dev) ...
+ *     clReleaseKernel(k);
  *
  * Build options: every build gets -D defines from the bound profile's kernel parameters
  * (CLNPU_TILE_M, CLNPU_VECTOR_WIDTH, CLNPU_LOCAL_MEM_BYTES, ...) plus `extra_options`.
  * The cache key hashes source, full options, device name, driver and platform versions and the
  * cache-format version; the full key is also stored in the entry and compared on load, so a
  * mismatched or corrupt entry is rebuilt, never trusted. Writes are atomic (temp + rename).
+ * Ownership: programs belong to their device (freed by clnpu_device_close); a kernel from
+ * clnpu_program_create_kernel is the caller's, one from clnpu_program_kernel the program's.
  */
 #ifndef CLNPU_PROGRAM_H
 #define CLNPU_PROGRAM_H

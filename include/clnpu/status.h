@@ -2,12 +2,15 @@
  *
  * Every fallible call returns a clnpu_status. On failure the library also leaves a
  * human-readable message (what failed, on which device, with which input) in a
- * thread-local slot that the caller reads with clnpu_error_message():
+ * thread-local slot that the caller reads with clnpu_error_message() (from examples/devices.c):
  *
- *     if (clnpu_device_open(0, NULL, NULL, &dev) != CLNPU_OK)
- *         fprintf(stderr, "clnpu: %s\n", clnpu_error_message());
+ *     if (clnpu_device_open(0, &opt, &dev)) goto fail;
+ *     ...
+ * fail:
+ *     fprintf(stderr, "devices: %s\n", clnpu_error_message());
  *
- * The library never exits or aborts.
+ * The library never exits, aborts or raises a signal, and leaves MPI to the caller
+ * (tools/check_edges.sh checks the shared library for it).
  */
 #ifndef CLNPU_STATUS_H
 #define CLNPU_STATUS_H

@@ -1,12 +1,16 @@
 /* Kernel tuning database: the best parameters per device, kernel, weight dtype and shape class,
- * measured by `clnpu tune`, stored as YAML, used automatically by the runtime.
+ * measured by `clnpu tune`, stored as YAML, used automatically by the runtime. From
+ * examples/devices.c:
  *
- *     clnpu_tuning_db *db;
- *     clnpu_tuning_db_load("tuning/pocl-cpu.yaml", &db);    // a missing file is an empty db
- *     clnpu_device_set_tuning(dev, db);                       // the device keeps a reference
+ *     if (clnpu_tuning_db_load("tuning/pocl-cpu.yaml", &db)) goto fail;
+ *     clnpu_device_set_tuning(dev, db);
  *     ... clnpu_gemm() now builds the entry's variant for its shape class ...
+ *     clnpu_device_close(dev);
+ *     clnpu_tuning_db_destroy(db);
  *
- * Entries are keyed by the device (vendor, name, driver, hash of the build options) and carry the
+ * A missing file is an empty database. The device borrows the database given to it: destroy the
+ * database after the device (or after setting another). Entries are keyed by the device (vendor,
+ * name, driver, hash of the build options) and carry the
  * hash of the kernel source they were measured with: an entry whose source changed is ignored
  * (with a note), never trusted. A device with no entry gets the entry of the nearest tuned device
  * by capabilities (type, compute units, local memory, vector width, fp16, integer dot product),
