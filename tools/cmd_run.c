@@ -361,6 +361,8 @@ static int run_job(run_args r, const void *comm)
     if (!st && r.trace) fprintf(stderr, "trace: %zu kernel spans in %s\n", events, r.trace);
     if (st && comm) fprintf(stderr, "clnpu run: rank %d of %d:\n", cli_mpi_rank(), cli_mpi_ranks_from_env());
     rc = st ? cli_fail("run", st) : CLI_EXIT_OK;
+    /* a failed rank ends the job now: freeing the pipeline could wait for sends to a stopped peer */
+    if (rc != CLI_EXIT_OK && comm) cli_mpi_end(rc);
     clnpu_buffer_destroy(lb), clnpu_buffer_destroy(ob);
     clnpu_model_destroy(m);
     clnpu_pipeline_destroy(pl);
