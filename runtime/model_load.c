@@ -367,7 +367,7 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
 
 clnpu_model_options clnpu_model_options_default(void)
 {
-    clnpu_model_options o = {4, 0, 512, 16, -1, 0x5eed, false, false, 0, (size_t)-1, true, true, NULL, 0};
+    clnpu_model_options o = {4, 0, 512, 16, -1, 0x5eed, false, false, 0, (size_t)-1, true, true, NULL, 0, false};
     return o;
 }
 

@@ -13,7 +13,7 @@
 
 clnpu_workload clnpu_workload_default(void)
 {
-    clnpu_workload w = {CLNPU_PHASE_DECODE, 0, 4096, CLNPU_DTYPE_BF16, 0, NULL, 0, 0, 0};
+    clnpu_workload w = {CLNPU_PHASE_DECODE, 0, 4096, CLNPU_DTYPE_BF16, 0, NULL, 0, 0, 0, CLNPU_DTYPE_F32};
     return w;
 }
 

@@ -211,6 +211,7 @@ START_TEST(test_pipeline_micro_batches)
     const struct { const clnpu_stage_spec *s; size_t n; const char *name; } cases[] = {
         {pp3, 3, "PP 3"}, {ppep, 2, "PP 2 x EP 2"}, {pptp, 2, "PP 2 x TP 2"}, {ppdp, 2, "PP 2 x DP 2 attention"}};
     clnpu_model_options o = clnpu_model_options_default();
+    o.share_devices = true; /* plans of up to 4 (8) devices on the runner's two */
     o.max_sequences = 4, o.max_context = 64, o.max_tokens = 4; /* prompts of 5..11 tokens: 2-3 chunks */
     const size_t len[4] = {3, 8, 5, 11}, micro[] = {1, 2, 3, 4, 9};
     float *lg = malloc(11 * V * sizeof *lg);
@@ -289,6 +290,7 @@ START_TEST(test_pipeline_stages)
     const struct { const clnpu_stage_spec *s; size_t n; const char *name; } cases[] = {
         {pp2, 2, "PP 2"}, {pp3, 3, "PP 3"}, {pp4, 4, "PP 4"}, {ep2, 1, "EP 2"}, {ep4, 1, "EP 4"}, {ppep, 2, "PP 2 x EP 2"}};
     clnpu_model_options o = clnpu_model_options_default();
+    o.share_devices = true; /* plans of up to 4 (8) devices on the runner's two */
     o.max_sequences = 2, o.max_context = 64, o.max_tokens = 32;
     float *lg = malloc(T * V * sizeof *lg);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -328,6 +330,7 @@ START_TEST(test_tensor_parallel)
     const size_t T = f.T, V = f.cfg.vocab_size;
     const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
     clnpu_model_options o = clnpu_model_options_default();
+    o.share_devices = true; /* plans of up to 4 (8) devices on the runner's two */
     o.max_sequences = 2, o.max_context = 64, o.max_tokens = 32;
     float *one = malloc(T * V * sizeof *one), *lg = malloc(T * V * sizeof *lg);
     clnpu_model *m;
@@ -414,6 +417,80 @@ START_TEST(test_tensor_parallel)
     ck_assert_int_eq(clnpu_pipeline_create(&f.cfg, f.ck, wide, 1, &o, &(clnpu_pipeline *){NULL}), CLNPU_ERR_INVALID_ARGUMENT);
     ck_assert_msg(strstr(clnpu_error_message(), "device of its own"), "%s", clnpu_error_message());
     free(one), free(lg);
+    close_fixture(&f);
+}
+END_TEST
+
+/* Every stage's weights live on its plan device: a two-stage plan on devices 0 and 1 puts memory
+ * on each (none of it on a second context of device 0), the two together hold one device's
+ * model plus one more stage's fixed buffers; a plan device that is not present, or two plan
+ * devices on one OpenCL device, is refused unless shared. */
+START_TEST(test_pipeline_placement)
+{
+    fixture f;
+    open_fixture(&f);
+    size_t ndev = 0;
+    clnpu_device_info *infos = NULL;
+    ck_assert_ok(clnpu_device_list(&infos, &ndev));
+    clnpu_device_list_free(infos);
+    if (ndev < 2) {
+        fprintf(stderr, "test_pipeline_placement: one OpenCL device, skipped\n");
+        close_fixture(&f);
+        return;
+    }
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_sequences = 2, o.max_context = 32, o.max_tokens = 8;
+    /* the whole model on one device, and a stage with no layers (its fixed buffers alone) */
+    clnpu_device *d0, *d1;
+    clnpu_model *m;
+    ck_assert_ok(clnpu_device_open(0, NULL, &d0));
+    ck_assert_ok(clnpu_device_open(1, NULL, &d1));
+    ck_assert_ok(clnpu_model_create(d0, &f.cfg, f.ck, &o, &m));
+    const double whole = (double)clnpu_device_memory_used(d0);
+    clnpu_model_destroy(m);
+    clnpu_model_options e = o;
+    e.layer_begin = e.layer_end = 0, e.embed = e.head = false;
+    ck_assert_ok(clnpu_model_create(d0, &f.cfg, f.ck, &e, &m));
+    const double fixed = (double)clnpu_device_memory_used(d0);
+    clnpu_model_destroy(m);
+    const clnpu_stage_spec two[2] = {{.device = 0, .layer_begin = 0, .layer_end = 2, .embed = true},
+                                     {.device = 1, .layer_begin = 2, .layer_end = 3, .head = true}};
+    clnpu_pipeline *p;
+    ck_assert_ok(clnpu_pipeline_create(&f.cfg, f.ck, two, 2, &o, &p));
+    double sum = 0;
+    for (size_t s = 0; s < 2; s++) {
+        clnpu_device *dv = clnpu_pipeline_stage_device(p, s);
+        const double used = (double)clnpu_device_memory_used(dv);
+        ck_assert_msg(used > 0.1 * whole, "stage %zu: %.0f B in use on its device (the whole model: %.0f B)", s, used, whole);
+        ck_assert_msg(clnpu_device_cl_device(dv) == clnpu_device_cl_device(s ? d1 : d0), "stage %zu not on OpenCL device %zu",
+                      s, s);
+        sum += used;
+    }
+    ck_assert_msg(sum >= whole && sum <= whole + fixed * 1.001 + 4096,
+                  "two stages hold %.0f B; one device %.0f B, one stage's fixed buffers %.0f B", sum, whole, fixed);
+    /* the same logits as one device */
+    float *lg = malloc(f.T * f.cfg.vocab_size * sizeof *lg);
+    const size_t T = f.T < 8 ? f.T : 8;
+    ck_assert_ok(clnpu_pipeline_prefill(p, 0, f.ids, T, lg));
+    ck_assert_msg(rel(lg, clnpu_safetensors_find(f.ref, "logits")->data, T * f.cfg.vocab_size) <= 1e-4, "logits");
+    free(lg);
+    clnpu_pipeline_destroy(p);
+    fprintf(stderr, "two stages on devices 0 and 1: %.0f + fixed; one device %.0f B, fixed %.0f B\n", sum, whole, fixed);
+    /* plan device 2 on two devices, and plan devices 0 and 2 meeting on device 0: refused */
+    clnpu_stage_spec far[2] = {two[0], two[1]};
+    far[1].device = ndev;
+    ck_assert_int_eq(clnpu_pipeline_create(&f.cfg, f.ck, far, 2, &o, &p), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(clnpu_error_message(), "is not present"), "%s", clnpu_error_message());
+    o.share_devices = true; /* shared: plan device ndev on device 0, in a context of its own */
+    ck_assert_ok(clnpu_pipeline_create(&f.cfg, f.ck, far, 2, &o, &p));
+    clnpu_pipeline_destroy(p);
+    /* an unknown stage profile is an error, not a silent default */
+    clnpu_stage_spec typo[2] = {two[0], two[1]};
+    snprintf(typo[1].profile, sizeof typo[1].profile, "rebelions-atom");
+    o.share_devices = false;
+    ck_assert_int_eq(clnpu_pipeline_create(&f.cfg, f.ck, typo, 2, &o, &p), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(clnpu_error_message(), "no target profile 'rebelions-atom'"), "%s", clnpu_error_message());
+    clnpu_device_close(d0), clnpu_device_close(d1);
     close_fixture(&f);
 }
 END_TEST
@@ -538,6 +615,7 @@ Suite *suite_model(void)
     tcase_add_test(tc, test_tensor_parallel);
     tcase_add_test(tc, test_tp_collectives);
     tcase_add_test(tc, test_stage_specs_replica);
+    tcase_add_test(tc, test_pipeline_placement);
     suite_add_tcase(s, tc);
     return s;
 }

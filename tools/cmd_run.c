@@ -13,7 +13,7 @@ static const char usage[] =
     "clnpu run (--model DIR | --random-weights --config FILE) " CLI_DEVICE_USAGE "\n"
     "          (--ids 1,2,3 | --ids-file F) [-n NEW] [--greedy | --temperature T [--top-k K] [--top-p P] "
     "[--seed S]]\n          [--decode-from P] [--weights int8|fp8] [--context L] [--dump-logits OUT.safetensors] "
-    "[--stats] [--trace OUT.json] [--verbose]\n          [--plan plan.yaml [--replica K]] [--sequences N]";
+    "[--stats] [--trace OUT.json] [--verbose]\n          [--plan plan.yaml [--replica K] [--share-devices]] [--sequences N]";
 
 static double now_s(void)
 {
@@ -69,7 +69,7 @@ static char *read_file(const char *path)
 typedef struct run_args {
     cli_device_args da;
     const char *model, *config, *ids, *ids_file, *dump, *trace, *plan;
-    bool random_weights, stats, greedy, verbose;
+    bool random_weights, stats, greedy, verbose, share_devices;
     size_t n, decode_from, context, sequences, replica;
     bool has_decode_from;
     clnpu_sampling samp;
@@ -79,7 +79,7 @@ typedef struct run_args {
 static int parse(int argc, char **argv, run_args *r)
 {
     enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CONFIG, O_RANDOM, O_IDS, O_IDS_FILE, O_GREEDY, O_TEMP, O_TOPP, O_TOPK,
-           O_SEED, O_DECODE_FROM, O_DUMP, O_STATS, O_TRACE, O_WEIGHTS, O_CONTEXT, O_PLAN, O_SEQS, O_REPLICA };
+           O_SEED, O_DECODE_FROM, O_DUMP, O_STATS, O_TRACE, O_WEIGHTS, O_CONTEXT, O_PLAN, O_SEQS, O_REPLICA, O_SHARE };
     static const struct option longopts[] = {
         CLI_DEVICE_LONGOPTS, {"model", required_argument, NULL, O_MODEL}, {"config", required_argument, NULL, O_CONFIG},
         {"random-weights", no_argument, NULL, O_RANDOM}, {"ids", required_argument, NULL, O_IDS},
@@ -91,6 +91,7 @@ static int parse(int argc, char **argv, run_args *r)
         {"weights", required_argument, NULL, O_WEIGHTS}, {"context", required_argument, NULL, O_CONTEXT},
         {"verbose", no_argument, NULL, 'v'}, {"plan", required_argument, NULL, O_PLAN},
         {"sequences", required_argument, NULL, O_SEQS}, {"replica", required_argument, NULL, O_REPLICA},
+        {"share-devices", no_argument, NULL, O_SHARE},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt;
     opterr = 0;
@@ -147,6 +148,7 @@ static int parse(int argc, char **argv, run_args *r)
         case O_STATS: r->stats = true; break;
         case 'v': r->verbose = true; break;
         case O_PLAN: r->plan = optarg; break;
+        case O_SHARE: r->share_devices = true; break;
         case O_TRACE: r->trace = optarg; break;
         case O_WEIGHTS:
             if (!strcmp(optarg, "int8")) r->weights = CLNPU_DTYPE_I8;
@@ -173,6 +175,7 @@ static int parse(int argc, char **argv, run_args *r)
     if (!r->ids == !r->ids_file) return cli_usage_error("run", usage, "give exactly one of --ids and --ids-file");
     if (r->plan && (r->trace || r->da.target))
         return cli_usage_error("run", usage, "--plan chooses devices and profiles itself (no --trace / --target)");
+    if (r->share_devices && !r->plan) return cli_usage_error("run", usage, "--share-devices is for a plan's devices: give --plan");
     if (r->replica && !r->plan) return cli_usage_error("run", usage, "--replica is a plan's pipeline replica: give --plan");
     if (r->sequences > 1 && r->has_decode_from)
         return cli_usage_error("run", usage, "--decode-from is for one sequence");
@@ -238,6 +241,10 @@ int cmd_run(int argc, char **argv)
         /* stages with several devices run their experts there (expert parallel) */
         clnpu_plan_layout lay;
         st = clnpu_pipeline_read_plan(r.plan, &cfg, &specs, &nspecs, &lay);
+        /* the plan's weight dtype is what its memory assumed: honoured, or a clash refused */
+        if (!st) st = clnpu_plan_layout_weights(&lay, r.plan, r.weights, &r.weights);
+        o.weights = r.weights;
+        o.share_devices = r.share_devices;
         /* pipeline replica k on its own devices */
         if (!st) st = clnpu_stage_specs_replica(specs, nspecs, r.replica, lay.pipeline_replicas);
         if (!st) st = clnpu_pipeline_create(&cfg, ck, specs, nspecs, &o, &pl);

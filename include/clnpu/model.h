@@ -67,6 +67,9 @@ typedef struct clnpu_model_options {
      * router, shared expert and attention stay on the model's device. 0 shards: all here. */
     const struct clnpu_moe_shard *ep_shards;
     size_t ep_count;
+    /* Pipelines (clnpu_pipeline_create): plan devices past the OpenCL devices present share them
+     * (plan device d on device d mod N, a context each) instead of being refused. */
+    bool share_devices;
 } clnpu_model_options;
 
 clnpu_model_options clnpu_model_options_default(void);

@@ -8,12 +8,16 @@
  *     clnpu_pipeline_create(&cfg, ck, st, n, &opt, &pl);
  *     clnpu_pipeline_prefill(pl, 0, ids, T, logits);
  *
- * A plan device index d runs on OpenCL device d mod (number of devices), each in its own context
- * and bound to the stage's profile, so a plan for many NPUs runs on a laptop with one device.
+ * Plan device d runs on OpenCL device d, in its own context and bound to the stage's profile
+ * (an NPU profile on another device emulates the NPU). A plan device that is not present is an
+ * error unless clnpu_model_options.share_devices is set: then plan device d runs on device
+ * d mod N, so a plan for many NPUs runs on a laptop with one device. Under mpirun plan devices
+ * number the job's devices and a rank opens d mod its node's devices.
  */
 #ifndef CLNPU_PIPELINE_H
 #define CLNPU_PIPELINE_H
 
+#include "clnpu/dtype.h"
 #include "clnpu/model.h"
 #include "clnpu/moe.h"
 
@@ -46,12 +50,23 @@ typedef struct clnpu_plan_layout {
     size_t ep;                /* devices per stage */
     size_t micro_batches;     /* decode micro-batches kept in flight (1: none) */
     size_t pipeline_replicas; /* whole copies of the stages (each its own process, see below) */
+    int weights;              /* -1: bf16 (the checkpoint's); or CLNPU_DTYPE_FP8_E4M3 / CLNPU_DTYPE_I8 */
+    clnpu_dtype latent_cache; /* the latent cache's element type the plan's memory assumed */
+    size_t batch, context;    /* the sequences and tokens per sequence the plan's memory assumed */
 } clnpu_plan_layout;
 
-/* Read a plan (format clnpu-plan-1) for this config: stages must cover every layer in order, the
- * embedding on the first and the head on the last. out_layout may be NULL. */
+/* Read a plan (format clnpu-plan-2, docs/formats.md) for this config. Everything is checked: the
+ * model (type, layers, hidden size, routed experts), every value (strictly: "3abc" or "1e3" for a
+ * count is an error), stages covering every layer in order with the embedding on the first and
+ * the head on the last, distinct devices within a stage, stage profiles that exist, expert lists
+ * covering every expert. out_layout may be NULL. */
 clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config *cfg, clnpu_stage_spec **out_specs,
                                       size_t *out_count, clnpu_plan_layout *out_layout);
+
+/* The weight dtype to run a plan with: the plan's (what its memory assumed) when requested is -1
+ * (not chosen), else requested if it is the plan's; another is refused, naming origin. */
+clnpu_status clnpu_plan_layout_weights(const clnpu_plan_layout *layout, const char *origin, int requested,
+                                       int *out_weights);
 
 /* Pipeline replica k of a plan with `replicas` of them: every plan device index of the specs
  * moved up by k times the devices of one replica (the largest index + 1), so the replicas of a

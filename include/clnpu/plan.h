@@ -18,6 +18,7 @@
 
 #include "clnpu/dtype.h"
 #include "clnpu/model.h"
+#include "clnpu/pipeline.h"
 #include "clnpu/profile.h"
 
 #ifdef __cplusplus
@@ -99,6 +100,7 @@ typedef struct clnpu_workload {
     size_t expert_load_layers;
     size_t max_tp;       /* largest tensor-parallel width to consider; 0 = the node size */
     size_t min_tp;       /* smallest one (0 or 1: from 1); with max_tp, pins the width */
+    clnpu_dtype latent_cache; /* the latent cache's element type (what the executor allocates: F32) */
 } clnpu_workload;
 
 clnpu_workload clnpu_workload_default(void);
@@ -173,7 +175,12 @@ typedef struct clnpu_plan_summary {
 
 clnpu_plan_summary clnpu_plan_get_summary(const clnpu_plan *p);
 void clnpu_plan_print(const clnpu_plan *p, FILE *out);
+/* The plan file (format clnpu-plan-2, docs/formats.md); clnpu_pipeline_read_plan reads it back. */
 clnpu_status clnpu_plan_write_yaml(const clnpu_plan *p, FILE *out);
+/* The plan straight to the executor, no file: stage specs for clnpu_pipeline_create (one block,
+ * free(*out_specs)), checked as a plan file is (against cfg, the model to run). */
+clnpu_status clnpu_plan_stage_specs(const clnpu_plan *p, const clnpu_model_config *cfg, clnpu_stage_spec **out_specs,
+                                    size_t *out_count, clnpu_plan_layout *out_layout);
 clnpu_status clnpu_plan_write_svg(const clnpu_plan *p, FILE *out);
 /* Memory of device d: weights, kv, activations, comm buffers, reserve, capacity (bytes). */
 void clnpu_plan_device_memory(const clnpu_plan *p, size_t d, double out[6]);
