@@ -404,8 +404,10 @@ static double mpirun_logits_error(const char *dir, int np, const char *plan, con
     static int runs;
     char path[512], cmd[2048], out[16384];
     snprintf(path, sizeof path, "%s/mpi-%d.safetensors", dir, runs++);
+    /* one rank is one process: a plan for more devices than the runner's two shares them */
     snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np %d '%s' run --model '%s' "
-             "--ids %s --plan %s --decode-from 2 -n 2 --dump-logits %s", np, CLNPU_CLI_PATH, TINY, ids, plan, path);
+             "--ids %s --plan %s --decode-from 2 -n 2 --dump-logits %s%s", np, CLNPU_CLI_PATH, TINY, ids, plan, path,
+             np == 1 ? " --share-devices" : "");
     int rc = test_run(cmd, out, sizeof out);
     ck_assert_msg(rc == 0, "mpirun -np %d (%s) failed (%d): %.1500s", np, what, rc, out);
     double e = logits_error(path);
@@ -522,6 +524,20 @@ START_TEST(test_mpi_ranks)
     ck_assert_msg(!strcmp(want, alone) && strlen(want) > 20, "--sequences 3:\n%s\nalone:\n%s", want, alone);
     expect_ids("POCL_DEVICES='pthread pthread'", seq_ids, plan_mb, want, "micro-batches in one process");
     expect_ids("CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 2", seq_ids, plan_mb, want, "micro-batches over 2 ranks");
+    /* a stage per rank: each rank's stage weights on its plan device (memory in use on both, about
+     * the same on each: layers 0-1 with the embedding, layer 2 with the head) */
+    snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 2 '%s' run --model '%s' --ids "
+             "%s -n 2 --plan %s --stats", CLNPU_CLI_PATH, TINY, seq_ids, plan_mb);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    for (int d = 0; d < 2; d++) {
+        char key[32];
+        snprintf(key, sizeof key, "rank %d: stage device %d (", d, d);
+        const char *l = strstr(out, key), *u = l ? strstr(l, "): ") : NULL;
+        double kib = u ? strtod(u + 3, NULL) : 0;
+        ck_assert_msg(u && kib > 100 && strncmp(u + 3, "0 B", 3) && strstr(u, "KiB of"), "rank's stage on device %d: %.1500s",
+                      d, out);
+    }
+
     fprintf(stderr, "3 sequences, 2 micro-batches in flight over 2 ranks: the same ids as one device\n");
     /* EP 4: one stage on four devices, a rank each (three serve expert shards) */
     char plan4[600];

@@ -335,15 +335,19 @@ int cmd_run(int argc, char **argv)
                     "measured %.2fx\n", bytes / 1e6, clnpu_dtype_name((clnpu_dtype)wdt), bw / 1e9,
                     clnpu_device_get_profile(dev)->name, bw / bytes, decoded / t_decode / (bw / bytes));
         }
-        for (size_t s = 0; s < (pl ? nspecs : 1); s++) {
-            clnpu_device *dv = pl ? clnpu_pipeline_stage_device(pl, s) : dev;
-            if (!dv) continue; /* a stage of another MPI rank */
-            cli_format_bytes((double)clnpu_device_memory_used(dv), mem, sizeof mem);
-            cli_format_bytes((double)clnpu_device_memory_capacity(dv), cap, sizeof cap);
-            fprintf(stderr, "%sdevice %zu (%s, profile %s%s): %s of %s in use\n", pl ? "stage " : "",
-                    clnpu_device_get_info(dv)->index, clnpu_device_get_info(dv)->name, clnpu_device_get_profile(dv)->name,
-                    clnpu_device_is_emulated(dv) ? ", emulated" : "", mem, cap);
-        }
+    }
+    /* each rank's own stages' devices (under MPI every rank reports its own) */
+    for (size_t s = 0; !st && r.stats && s < (pl ? nspecs : 1); s++) {
+        char mem[32], cap[32];
+        clnpu_device *dv = pl ? clnpu_pipeline_stage_device(pl, s) : dev;
+        if (!dv) continue; /* a stage of another MPI rank */
+        cli_format_bytes((double)clnpu_device_memory_used(dv), mem, sizeof mem);
+        cli_format_bytes((double)clnpu_device_memory_capacity(dv), cap, sizeof cap);
+        char who[32] = "";
+        if (pl && clnpu_pipeline_ranks(pl) > 1) snprintf(who, sizeof who, "rank %d: ", clnpu_pipeline_rank(pl));
+        fprintf(stderr, "%s%sdevice %zu (%s, profile %s%s): %s of %s in use\n", who, pl ? "stage " : "",
+                clnpu_device_get_info(dv)->index, clnpu_device_get_info(dv)->name, clnpu_device_get_profile(dv)->name,
+                clnpu_device_is_emulated(dv) ? ", emulated" : "", mem, cap);
     }
     if (!st && r.trace) fprintf(stderr, "trace: %zu kernel spans in %s\n", events, r.trace);
     if (st && pl && clnpu_pipeline_ranks(pl) > 1) fprintf(stderr, "clnpu run: rank %d of %d:\n", clnpu_pipeline_rank(pl),
