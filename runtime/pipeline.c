@@ -129,6 +129,7 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
             break;
         }
         if (sp[i].profile[0]) dopt.target = sp[i].profile;
+        dopt.memory_bytes = sp[i].memory_bytes;
         size_t cl_index = 0;
         st = map_device(&map, main_dev, &cl_index);
         if (!st) st = clnpu_device_open(cl_index, &dopt, &p->devs[i]);

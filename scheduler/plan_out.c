@@ -83,6 +83,9 @@ static clnpu_status plan_doc(const clnpu_plan *p, clnpu_plan_doc *d)
     d->prefill = p->work.phase == CLNPU_PHASE_PREFILL;
     d->weights = p->work.weights, d->latent_cache = p->work.latent_cache;
     d->batch = s->batch, d->context = p->work.context;
+    /* the batch is the whole plan's; each pipeline replica runs its share */
+    const size_t prep = s->dp / (p->g / s->tp) ? s->dp / (p->g / s->tp) : 1;
+    d->max_tokens = plan_exec_max_tokens(&p->work, p->g / s->tp, (double)s->batch / (double)prep);
     d->tp = s->tp, d->pp = s->pp, d->ep = s->ep, d->dp = s->dp, d->micro_batches = s->micro_batches;
     /* whole copies of the stages, replica k on devices k * (devices of one) and up */
     d->pipeline_replicas = s->dp / (p->g / s->tp);

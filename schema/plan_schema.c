@@ -21,7 +21,7 @@ void clnpu_plan_doc_init(clnpu_plan_doc *d)
 {
     memset(d, 0, sizeof *d);
     d->weights = CLNPU_DTYPE_BF16, d->latent_cache = CLNPU_DTYPE_F32;
-    d->batch = 1, d->context = 1;
+    d->batch = 1, d->context = 1, d->max_tokens = 512;
     d->tp = d->pp = d->ep = d->dp = d->micro_batches = d->pipeline_replicas = 1;
 }
 
@@ -184,7 +184,7 @@ static clnpu_status known_keys(const reader *r, const yaml_node_t *map, const ch
 }
 
 static const char *const top_keys[] = {"format", "model", "layers", "hidden_size", "routed_experts", "cluster",
-                                       "phase", "weights", "latent_cache", "batch", "context", "parallel",
+                                       "phase", "weights", "latent_cache", "batch", "context", "max_tokens", "parallel",
                                        "predicted", "stages", "experts", NULL};
 static const char *const parallel_keys[] = {"tp", "pp", "ep", "dp", "micro_batches", "pipeline_replicas", NULL};
 static const char *const stage_keys[] = {"stage", "profile", "devices", "embedding", "head", "layers", "time_s",
@@ -329,6 +329,8 @@ static clnpu_status parse_doc(const reader *r, clnpu_plan_doc *d)
     if (!st && (n = clnpu_yaml_get(r->doc, root, "batch"))) st = get_size(r, n, "batch", 1, CLNPU_PLAN_MAX_BATCH, &d->batch);
     if (!st && (n = clnpu_yaml_get(r->doc, root, "context")))
         st = get_size(r, n, "context", 1, CLNPU_PLAN_MAX_CONTEXT, &d->context);
+    if (!st && (n = clnpu_yaml_get(r->doc, root, "max_tokens")))
+        st = get_size(r, n, "max_tokens", 1, CLNPU_PLAN_MAX_TOKENS, &d->max_tokens);
     if (!st && (n = clnpu_yaml_get(r->doc, root, "parallel"))) st = read_parallel(r, n, d);
     if (!st && (n = clnpu_yaml_get(r->doc, root, "predicted"))) {
         st = need_map(r, n, "predicted");
@@ -490,6 +492,9 @@ clnpu_status clnpu_plan_doc_specs(const clnpu_plan_doc *d, const char *origin, c
         const clnpu_plan_doc_stage *s = &d->stages[i];
         sp[i].device = s->devices[0];
         snprintf(sp[i].profile, sizeof sp[i].profile, "%s", s->profile);
+        /* the devices are held to the capacity the plan's memory assumed */
+        const double capb = s->memory[CLNPU_PLAN_MEM_KINDS - 1];
+        sp[i].memory_bytes = capb >= 1 && capb < 1.8e19 ? (uint64_t)capb : 0;
         sp[i].layer_begin = s->layer_begin, sp[i].layer_end = s->layer_end;
         sp[i].embed = s->embedding, sp[i].head = s->head;
         /* attention replicas of tp devices each (tensor parallel inside a replica) */
@@ -504,7 +509,7 @@ clnpu_status clnpu_plan_doc_specs(const clnpu_plan_doc *d, const char *origin, c
         layout->ep = nd, layout->micro_batches = d->micro_batches, layout->pipeline_replicas = d->pipeline_replicas;
         layout->weights = d->weights == CLNPU_DTYPE_BF16 ? -1 : (int)d->weights;
         layout->latent_cache = d->latent_cache;
-        layout->batch = d->batch, layout->context = d->context;
+        layout->batch = d->batch, layout->context = d->context, layout->max_tokens = d->max_tokens;
     }
     *out = sp, *count = n;
     return CLNPU_OK;
@@ -530,6 +535,7 @@ clnpu_status clnpu_plan_doc_write(const clnpu_plan_doc *d, FILE *f)
     clnpu_yaml_kv_str(y, "latent_cache", clnpu_dtype_name(d->latent_cache));
     clnpu_yaml_kv_int(y, "batch", (long long)d->batch);
     clnpu_yaml_kv_int(y, "context", (long long)d->context);
+    clnpu_yaml_kv_int(y, "max_tokens", (long long)d->max_tokens);
     clnpu_yaml_key(y, "parallel");
     clnpu_yaml_map_begin(y);
     const size_t par[6] = {d->tp, d->pp, d->ep, d->dp, d->micro_batches, d->pipeline_replicas};

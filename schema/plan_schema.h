@@ -35,6 +35,7 @@
 #define CLNPU_PLAN_MAX_MICRO 1024
 #define CLNPU_PLAN_MAX_BATCH 1000000
 #define CLNPU_PLAN_MAX_CONTEXT 100000000
+#define CLNPU_PLAN_MAX_TOKENS 1000000
 
 /* memory_per_device keys, in order */
 #define CLNPU_PLAN_MEM_KINDS 6
@@ -61,6 +62,7 @@ typedef struct clnpu_plan_doc {
     clnpu_dtype weights;     /* BF16, FP8_E4M3 or I8 */
     clnpu_dtype latent_cache; /* the latent (MLA) cache's element type the plan assumed */
     size_t batch, context;
+    size_t max_tokens;       /* tokens per forward call (prefill chunk) the memory assumed */
     size_t tp, pp, ep, dp, micro_batches, pipeline_replicas;
     double predicted[CLNPU_PLAN_PREDICTED];
     size_t nstages;

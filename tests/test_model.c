@@ -495,6 +495,119 @@ START_TEST(test_pipeline_placement)
 }
 END_TEST
 
+/* clnpu_model_memory_estimate against what a model allocates: the parts that grow with the
+ * context and with the tokens per step, measured as differences on a fresh device (the weights
+ * cancel), and a stage without layers (workspaces alone). */
+static double model_used(const fixture *f, const clnpu_model_options *o)
+{
+    clnpu_device *d;
+    clnpu_model *m;
+    ck_assert_ok(clnpu_device_open(0, NULL, &d));
+    ck_assert_msg(clnpu_model_create(d, &f->cfg, f->ck, o, &m) == CLNPU_OK, "%s", clnpu_error_message());
+    const double used = (double)clnpu_device_memory_used(d);
+    clnpu_model_destroy(m);
+    clnpu_device_close(d);
+    return used;
+}
+
+START_TEST(test_model_memory_estimate)
+{
+    fixture f;
+    open_fixture(&f);
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_sequences = 3, o.max_context = 40, o.max_tokens = 8;
+    clnpu_model_memory a, b;
+    const double slack = 4 * 1024; /* the step-input slots' alignment, estimated from above */
+    clnpu_model_options e = o;
+    e.layer_begin = e.layer_end = 0, e.embed = e.head = false;
+    ck_assert_ok(clnpu_model_memory_estimate(&f.cfg, &e, 1, &a));
+    double got = model_used(&f, &e);
+    ck_assert_msg(got <= a.workspaces && got >= a.workspaces - slack, "workspaces: %.0f B allocated, %.0f estimated", got,
+                  a.workspaces);
+    /* the context: workspaces, rope table and every layer's cache pages */
+    const double L = (double)f.cfg.num_hidden_layers;
+    clnpu_model_options o2 = o;
+    o2.max_context = 97;
+    ck_assert_ok(clnpu_model_memory_estimate(&f.cfg, &o, 1, &a));
+    ck_assert_ok(clnpu_model_memory_estimate(&f.cfg, &o2, 1, &b));
+    double want = b.workspaces - a.workspaces + L * (b.cache_per_layer - a.cache_per_layer);
+    got = model_used(&f, &o2) - model_used(&f, &o);
+    ck_assert_msg(fabs(got - want) <= slack, "context 40 -> 97: %.0f B more allocated, %.0f estimated", got, want);
+    /* the tokens per step: workspaces, the head's logits, every MoE layer's scratch */
+    size_t moe = 0;
+    for (size_t l = 0; l < f.cfg.num_hidden_layers; l++) moe += clnpu_model_config_is_moe(&f.cfg, l);
+    o2 = o;
+    o2.max_tokens = 21;
+    ck_assert_ok(clnpu_model_memory_estimate(&f.cfg, &o2, 1, &b));
+    want = b.workspaces - a.workspaces + b.logits - a.logits + (double)moe * (b.moe_scratch - a.moe_scratch);
+    got = model_used(&f, &o2) - model_used(&f, &o);
+    ck_assert_msg(fabs(got - want) <= slack, "tokens 8 -> 21: %.0f B more allocated, %.0f estimated", got, want);
+    close_fixture(&f);
+}
+END_TEST
+
+/* The planner counts what the executor allocates: plans of the tiny A.X K1 on the PoCL clusters
+ * (and on two 1.8 MB devices, which split it) predict each stage device's bytes within 10 % of
+ * what the run holds; a plan that fills a 12 MB device to >= 95 % runs with exactly that
+ * capacity (its batch of sequences, prefill and decode) without running out of memory. */
+START_TEST(test_plan_memory_matches_run)
+{
+    fixture f;
+    open_fixture(&f);
+    const char *clusters[] = {"clusters/pocl-2", "clusters/pocl-4", "clusters/pocl-2-small", "clusters/pocl-4-small",
+                              "tests/data/pocl-2-tight", "tests/data/pocl-1-tight"};
+    const size_t V = f.cfg.vocab_size;
+    float *lg = malloc(8 * V * sizeof *lg);
+    for (size_t c = 0; c < sizeof clusters / sizeof clusters[0]; c++) {
+        const bool full = strstr(clusters[c], "pocl-1-tight") != NULL;
+        char path[512];
+        snprintf(path, sizeof path, CLNPU_SOURCE_DIR "/%s.yaml", clusters[c]);
+        clnpu_cluster *cl;
+        ck_assert_ok(clnpu_cluster_load(path, NULL, &cl));
+        clnpu_workload w = clnpu_workload_default();
+        w.context = 64, w.batch = full ? 0 : 2; /* full: the largest batch that fits */
+        clnpu_plan *p;
+        ck_assert_msg(clnpu_plan_create(&f.cfg, cl, &w, NULL, &p) == CLNPU_OK, "%s: %s", clusters[c], clnpu_error_message());
+        const clnpu_plan_summary sum = clnpu_plan_get_summary(p);
+        if (full) ck_assert_msg(sum.max_memory_fraction >= 0.95, "%s: %.3f used", clusters[c], sum.max_memory_fraction);
+        clnpu_stage_spec *sp;
+        size_t n;
+        clnpu_plan_layout lay;
+        ck_assert_msg(clnpu_plan_stage_specs(p, &f.cfg, &sp, &n, &lay) == CLNPU_OK, "%s", clnpu_error_message());
+        clnpu_model_options o = clnpu_model_options_default();
+        /* what clnpu run gives one pipeline replica: its share of the batch, the plan's chunk */
+        const size_t seqs = (lay.batch + lay.pipeline_replicas - 1) / lay.pipeline_replicas;
+        o.max_sequences = seqs, o.max_context = lay.context, o.max_tokens = lay.max_tokens, o.share_devices = true;
+        clnpu_pipeline *pl;
+        ck_assert_msg(clnpu_pipeline_create(&f.cfg, f.ck, sp, n, &o, &pl) == CLNPU_OK, "%s: %s", clusters[c],
+                      clnpu_error_message());
+        ck_assert_ok(clnpu_pipeline_prefill(pl, 0, f.ids, 8, lg));
+        const size_t nd = seqs < 4 ? seqs : 4, sq[4] = {0, 1, 2, 3};
+        for (size_t q = 1; q < nd; q++) ck_assert_ok(clnpu_pipeline_prefill(pl, q, f.ids, 3, NULL));
+        const int next[4] = {1, 2, 3, 4};
+        ck_assert_ok(clnpu_pipeline_decode(pl, sq, next, nd, lg));
+        for (size_t s = 0; s < n; s++) {
+            double m[6];
+            clnpu_plan_device_memory(p, sp[s].device, m);
+            const clnpu_device *dv = clnpu_pipeline_stage_device(pl, s);
+            const double want = m[0] + m[1] + m[2] + m[3], got = (double)clnpu_device_memory_used(dv);
+            ck_assert_msg(fabs(got - want) <= 0.1 * got, "%s stage %zu: predicted %.0f B, the run holds %.0f B", clusters[c],
+                          s, want, got);
+            ck_assert_msg((double)clnpu_device_memory_capacity(dv) == m[5], "%s stage %zu: capacity %.0f, the plan's %.0f",
+                          clusters[c], s, (double)clnpu_device_memory_capacity(dv), m[5]);
+            fprintf(stderr, "%s (%zu sequences, %.1f %% used), stage %zu: predicted %.3f MB, the run holds %.3f MB (%+.1f %%)\n",
+                    clusters[c], seqs, 100 * sum.max_memory_fraction, s, want / 1e6, got / 1e6, 100 * (want - got) / got);
+        }
+        clnpu_pipeline_destroy(pl);
+        free(sp);
+        clnpu_plan_destroy(p);
+        clnpu_cluster_destroy(cl);
+    }
+    free(lg);
+    close_fixture(&f);
+}
+END_TEST
+
 /* Pipeline replica k of a plan's stages: every device index moved up by k x (devices of one). */
 START_TEST(test_stage_specs_replica)
 {
@@ -616,6 +729,8 @@ Suite *suite_model(void)
     tcase_add_test(tc, test_tp_collectives);
     tcase_add_test(tc, test_stage_specs_replica);
     tcase_add_test(tc, test_pipeline_placement);
+    tcase_add_test(tc, test_model_memory_estimate);
+    tcase_add_test(tc, test_plan_memory_matches_run);
     suite_add_tcase(s, tc);
     return s;
 }

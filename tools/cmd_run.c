@@ -245,6 +245,8 @@ int cmd_run(int argc, char **argv)
         if (!st) st = clnpu_plan_layout_weights(&lay, r.plan, r.weights, &r.weights);
         o.weights = r.weights;
         o.share_devices = r.share_devices;
+        /* prompts in chunks of at most the plan's max_tokens: the workspaces its memory counted */
+        if (!st && o.max_tokens > lay.max_tokens) o.max_tokens = lay.max_tokens;
         /* pipeline replica k on its own devices */
         if (!st) st = clnpu_stage_specs_replica(specs, nspecs, r.replica, lay.pipeline_replicas);
         if (!st) st = clnpu_pipeline_create(&cfg, ck, specs, nspecs, &o, &pl);

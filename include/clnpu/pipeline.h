@@ -28,6 +28,7 @@ extern "C" {
 typedef struct clnpu_stage_spec {
     size_t device;          /* plan device index of the stage's main device */
     char profile[64];       /* "" = match automatically */
+    uint64_t memory_bytes;  /* the capacity the plan assumed per device (0: the profile's); held to it */
     size_t layer_begin, layer_end;
     bool embed, head;
     /* expert parallel inside the stage (ep_count 0: every expert on the main device):
@@ -53,6 +54,7 @@ typedef struct clnpu_plan_layout {
     int weights;              /* -1: bf16 (the checkpoint's); or CLNPU_DTYPE_FP8_E4M3 / CLNPU_DTYPE_I8 */
     clnpu_dtype latent_cache; /* the latent cache's element type the plan's memory assumed */
     size_t batch, context;    /* the sequences and tokens per sequence the plan's memory assumed */
+    size_t max_tokens;        /* tokens per forward call (prefill chunk) it assumed: run with at most this */
 } clnpu_plan_layout;
 
 /* Read a plan (format clnpu-plan-2, docs/formats.md) for this config. Everything is checked: the

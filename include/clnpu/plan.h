@@ -43,7 +43,7 @@ typedef struct clnpu_graph_unit {
     double norm_params;        /* layer norms */
     double flops_per_token;    /* projections and MLPs; attention core excluded */
     double attn_flops_per_ctx; /* attention core FLOPs per token per key (absorbed decode) */
-    double kv_bytes_per_token; /* latent cache bytes per token (bf16) */
+    double kv_bytes_per_token; /* latent cache bytes per token (CLNPU_LATENT_CACHE_DTYPE, what the executor allocates) */
 } clnpu_graph_unit;
 
 typedef struct clnpu_graph {
@@ -51,6 +51,7 @@ typedef struct clnpu_graph {
     clnpu_graph_unit *units;
     double total_params, active_params;
     size_t experts, top_k, n_group, topk_group, hidden, heads;
+    clnpu_model_config cfg; /* the config it was built from (the executor's buffers follow from it) */
 } clnpu_graph;
 
 clnpu_status clnpu_graph_build(const clnpu_model_config *cfg, clnpu_graph *out_graph);
