@@ -42,7 +42,11 @@ clnpu_status clnpu_model_memory_estimate(const clnpu_model_config *c, const clnp
     /* a model without the head keeps a one-row logits buffer */
     out->logits = (T - 1) * V * 4;
     out->workspaces += V * 4;
-    out->cache_per_layer = blocks * B * (double)o.page_size * lat * clnpu_dtype_size(CLNPU_LATENT_CACHE_DTYPE);
+    const size_t esize = clnpu_dtype_size(o.latent_cache);
+    if (o.latent_cache != CLNPU_DTYPE_F32 && o.latent_cache != CLNPU_DTYPE_BF16)
+        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "a %s latent cache: f32 or bf16",
+                          clnpu_dtype_name(o.latent_cache) ? clnpu_dtype_name(o.latent_cache) : "?");
+    out->cache_per_layer = blocks * B * (double)o.page_size * lat * (double)esize;
     const double E = (double)c->n_routed_experts, K = (double)c->num_experts_per_tok, I = (double)c->moe_intermediate_size;
     const double rows = T * K;
     out->moe_scratch = T * E * 4 + rows * 4 * 4 + E * 4 + (E + 1) * 4 + rows * d * 4 * 2 + rows * I * 4;

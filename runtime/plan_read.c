@@ -33,6 +33,17 @@ clnpu_status clnpu_plan_layout_weights(const clnpu_plan_layout *lay, const char 
     return CLNPU_OK;
 }
 
+clnpu_status clnpu_plan_layout_latent_cache(const clnpu_plan_layout *lay, const char *origin, int requested,
+                                            clnpu_dtype *out)
+{
+    if (requested >= 0 && requested != (int)lay->latent_cache)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%s: the plan is for a %s latent cache, not %s (its memory "
+                          "assumed %s)", origin, clnpu_dtype_name(lay->latent_cache),
+                          clnpu_dtype_name((clnpu_dtype)requested), clnpu_dtype_name(lay->latent_cache));
+    *out = lay->latent_cache;
+    return CLNPU_OK;
+}
+
 clnpu_status clnpu_stage_specs_replica(clnpu_stage_spec *sp, size_t n, size_t k, size_t replicas)
 {
     if (k >= replicas)

@@ -24,9 +24,19 @@ static clnpu_model_memory exec_memory(const clnpu_graph *gr, const clnpu_workloa
     const double per = r ? batch / (double)r : batch;
     o.max_sequences = per < 1 ? 1 : (size_t)(per + 0.999999);
     o.max_tokens = plan_exec_max_tokens(w, r, batch);
+    o.latent_cache = w->latent_cache;
     clnpu_model_memory mm = {0};
     if (clnpu_model_memory_estimate(&gr->cfg, &o, t, &mm)) mm = (clnpu_model_memory){0};
     return mm;
+}
+
+void plan_graph_set_latent_cache(clnpu_graph *g, clnpu_dtype cache)
+{
+    const clnpu_model_config *c = &g->cfg;
+    for (size_t u = 0; u < g->count; u++)
+        if (g->units[u].layer >= 0)
+            g->units[u].kv_bytes_per_token =
+                (double)(c->kv_lora_rank + c->qk_rope_head_dim) * (double)clnpu_dtype_size(cache);
 }
 
 double plan_exec_fixed_bytes(const clnpu_graph *gr, const clnpu_workload *w, size_t t, size_t r, double batch)

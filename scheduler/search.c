@@ -463,6 +463,7 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
         free(p);
         return st;
     }
+    plan_graph_set_latent_cache(&p->graph, w->latent_cache); /* what the executor will allocate */
     p->cfg = *cfg, p->work = *w, p->devices_total = cl->count;
     if (!w_in->slo_ms && w->slo_ms) p->work.slo_ms = w->slo_ms;
     snprintf(p->cluster_name, sizeof p->cluster_name, "%s", cl->name);

@@ -495,6 +495,60 @@ START_TEST(test_pipeline_placement)
 }
 END_TEST
 
+/* A bf16 latent cache: the transformers logits through prefill (the cached prefix gathered back)
+ * and through prefill 1 + decode 23 (every decode step reads the cache); half the cache bytes. */
+START_TEST(test_latent_cache_bf16)
+{
+    fixture f;
+    open_fixture(&f);
+    const size_t T = f.T, V = f.cfg.vocab_size;
+    const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
+    float *lg = malloc(T * V * sizeof *lg);
+    double used[2];
+    for (int k = 0; k < 2; k++) {
+        clnpu_model_options o = clnpu_model_options_default();
+        o.max_sequences = 1, o.max_context = 64, o.max_tokens = 8;
+        o.latent_cache = k ? CLNPU_DTYPE_BF16 : CLNPU_DTYPE_F32;
+        clnpu_device *d;
+        clnpu_model *m;
+        ck_assert_ok(clnpu_device_open(0, NULL, &d));
+        ck_assert_ok(clnpu_model_create(d, &f.cfg, f.ck, &o, &m));
+        used[k] = (double)clnpu_device_memory_used(d);
+        for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
+        ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, T, lg)); /* 8-token chunks: later ones read the cache */
+        const double ep = rel(lg, ref, T * V);
+        clnpu_model_destroy(m);
+        ck_assert_ok(clnpu_model_create(d, &f.cfg, f.ck, &o, &m));
+        for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
+        ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, 1, lg));
+        for (size_t t = 1; t < T; t++) {
+            const size_t s0 = 0;
+            ck_assert_ok(clnpu_model_decode(m, &s0, &f.ids[t], 1, lg + t * V));
+        }
+        const double ed = rel(lg, ref, T * V);
+        fprintf(stderr, "%s latent cache: logits rel error %.2e (chunked prefill), %.2e (prefill 1 + decode %zu)\n",
+                k ? "bf16" : "f32", ep, ed, T - 1);
+        /* bf16 keeps 8 significant bits of each cached value: a bound of 1e-2, not f32's 1e-4 */
+        ck_assert_msg(ep <= (k ? 1e-2 : 1e-4) && ed <= (k ? 1e-2 : 1e-4), "%s cache: %.3g / %.3g", k ? "bf16" : "f32", ep, ed);
+        clnpu_model_destroy(m);
+        clnpu_device_close(d);
+    }
+    clnpu_model_memory a, b;
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_sequences = 1, o.max_context = 64, o.max_tokens = 8;
+    ck_assert_ok(clnpu_model_memory_estimate(&f.cfg, &o, 1, &a));
+    o.latent_cache = CLNPU_DTYPE_BF16;
+    ck_assert_ok(clnpu_model_memory_estimate(&f.cfg, &o, 1, &b));
+    ck_assert(b.cache_per_layer * 2 == a.cache_per_layer);
+    ck_assert_msg(used[0] - used[1] == (double)f.cfg.num_hidden_layers * (a.cache_per_layer - b.cache_per_layer),
+                  "the bf16 cache saves %.0f B", used[0] - used[1]);
+    o.latent_cache = CLNPU_DTYPE_FP8_E4M3;
+    ck_assert_int_eq(clnpu_model_memory_estimate(&f.cfg, &o, 1, &b), CLNPU_ERR_UNSUPPORTED);
+    free(lg);
+    close_fixture(&f);
+}
+END_TEST
+
 /* clnpu_model_memory_estimate against what a model allocates: the parts that grow with the
  * context and with the tokens per step, measured as differences on a fresh device (the weights
  * cancel), and a stage without layers (workspaces alone). */
@@ -555,17 +609,18 @@ START_TEST(test_plan_memory_matches_run)
     fixture f;
     open_fixture(&f);
     const char *clusters[] = {"clusters/pocl-2", "clusters/pocl-4", "clusters/pocl-2-small", "clusters/pocl-4-small",
-                              "tests/data/pocl-2-tight", "tests/data/pocl-1-tight"};
+                              "tests/data/pocl-2-tight", "tests/data/pocl-1-tight", "tests/data/pocl-1-tight"};
     const size_t V = f.cfg.vocab_size;
     float *lg = malloc(8 * V * sizeof *lg);
     for (size_t c = 0; c < sizeof clusters / sizeof clusters[0]; c++) {
-        const bool full = strstr(clusters[c], "pocl-1-tight") != NULL;
+        const bool full = strstr(clusters[c], "pocl-1-tight") != NULL, bf = c == 6; /* the last: a bf16 cache */
         char path[512];
         snprintf(path, sizeof path, CLNPU_SOURCE_DIR "/%s.yaml", clusters[c]);
         clnpu_cluster *cl;
         ck_assert_ok(clnpu_cluster_load(path, NULL, &cl));
         clnpu_workload w = clnpu_workload_default();
         w.context = 64, w.batch = full ? 0 : 2; /* full: the largest batch that fits */
+        if (bf) w.latent_cache = CLNPU_DTYPE_BF16;
         clnpu_plan *p;
         ck_assert_msg(clnpu_plan_create(&f.cfg, cl, &w, NULL, &p) == CLNPU_OK, "%s: %s", clusters[c], clnpu_error_message());
         const clnpu_plan_summary sum = clnpu_plan_get_summary(p);
@@ -578,6 +633,8 @@ START_TEST(test_plan_memory_matches_run)
         /* what clnpu run gives one pipeline replica: its share of the batch, the plan's chunk */
         const size_t seqs = (lay.batch + lay.pipeline_replicas - 1) / lay.pipeline_replicas;
         o.max_sequences = seqs, o.max_context = lay.context, o.max_tokens = lay.max_tokens, o.share_devices = true;
+        o.latent_cache = lay.latent_cache;
+        ck_assert_int_eq(lay.latent_cache, bf ? CLNPU_DTYPE_BF16 : CLNPU_DTYPE_F32);
         clnpu_pipeline *pl;
         ck_assert_msg(clnpu_pipeline_create(&f.cfg, f.ck, sp, n, &o, &pl) == CLNPU_OK, "%s: %s", clusters[c],
                       clnpu_error_message());
@@ -595,8 +652,8 @@ START_TEST(test_plan_memory_matches_run)
                           s, want, got);
             ck_assert_msg((double)clnpu_device_memory_capacity(dv) == m[5], "%s stage %zu: capacity %.0f, the plan's %.0f",
                           clusters[c], s, (double)clnpu_device_memory_capacity(dv), m[5]);
-            fprintf(stderr, "%s (%zu sequences, %.1f %% used), stage %zu: predicted %.3f MB, the run holds %.3f MB (%+.1f %%)\n",
-                    clusters[c], seqs, 100 * sum.max_memory_fraction, s, want / 1e6, got / 1e6, 100 * (want - got) / got);
+            fprintf(stderr, "%s (%s cache, %zu sequences, %.1f %% used), stage %zu: predicted %.3f MB, the run holds %.3f MB (%+.1f %%)\n",
+                    clusters[c], bf ? "bf16" : "f32", seqs, 100 * sum.max_memory_fraction, s, want / 1e6, got / 1e6, 100 * (want - got) / got);
         }
         clnpu_pipeline_destroy(pl);
         free(sp);
@@ -730,6 +787,7 @@ Suite *suite_model(void)
     tcase_add_test(tc, test_stage_specs_replica);
     tcase_add_test(tc, test_pipeline_placement);
     tcase_add_test(tc, test_model_memory_estimate);
+    tcase_add_test(tc, test_latent_cache_bf16);
     tcase_add_test(tc, test_plan_memory_matches_run);
     suite_add_tcase(s, tc);
     return s;

@@ -12,7 +12,7 @@
 static const char usage[] =
     "clnpu run (--model DIR | --random-weights --config FILE) " CLI_DEVICE_USAGE "\n"
     "          (--ids 1,2,3 | --ids-file F) [-n NEW] [--greedy | --temperature T [--top-k K] [--top-p P] "
-    "[--seed S]]\n          [--decode-from P] [--weights int8|fp8] [--context L] [--dump-logits OUT.safetensors] "
+    "[--seed S]]\n          [--decode-from P] [--weights int8|fp8] [--latent-cache f32|bf16] [--context L] [--dump-logits OUT.safetensors] "
     "[--stats] [--trace OUT.json] [--verbose]\n          [--plan plan.yaml [--replica K] [--share-devices]] [--sequences N]";
 
 static double now_s(void)
@@ -73,13 +73,13 @@ typedef struct run_args {
     size_t n, decode_from, context, sequences, replica;
     bool has_decode_from;
     clnpu_sampling samp;
-    int weights;
+    int weights, latent_cache;
 } run_args;
 
 static int parse(int argc, char **argv, run_args *r)
 {
     enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CONFIG, O_RANDOM, O_IDS, O_IDS_FILE, O_GREEDY, O_TEMP, O_TOPP, O_TOPK,
-           O_SEED, O_DECODE_FROM, O_DUMP, O_STATS, O_TRACE, O_WEIGHTS, O_CONTEXT, O_PLAN, O_SEQS, O_REPLICA, O_SHARE };
+           O_SEED, O_DECODE_FROM, O_DUMP, O_STATS, O_TRACE, O_WEIGHTS, O_CONTEXT, O_PLAN, O_SEQS, O_REPLICA, O_SHARE, O_CACHE };
     static const struct option longopts[] = {
         CLI_DEVICE_LONGOPTS, {"model", required_argument, NULL, O_MODEL}, {"config", required_argument, NULL, O_CONFIG},
         {"random-weights", no_argument, NULL, O_RANDOM}, {"ids", required_argument, NULL, O_IDS},
@@ -91,7 +91,7 @@ static int parse(int argc, char **argv, run_args *r)
         {"weights", required_argument, NULL, O_WEIGHTS}, {"context", required_argument, NULL, O_CONTEXT},
         {"verbose", no_argument, NULL, 'v'}, {"plan", required_argument, NULL, O_PLAN},
         {"sequences", required_argument, NULL, O_SEQS}, {"replica", required_argument, NULL, O_REPLICA},
-        {"share-devices", no_argument, NULL, O_SHARE},
+        {"share-devices", no_argument, NULL, O_SHARE}, {"latent-cache", required_argument, NULL, O_CACHE},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt;
     opterr = 0;
@@ -155,6 +155,11 @@ static int parse(int argc, char **argv, run_args *r)
             else if (!strcmp(optarg, "fp8")) r->weights = CLNPU_DTYPE_FP8_E4M3;
             else return cli_usage_error("run", usage, "bad --weights '%s' (int8 or fp8)", optarg);
             break;
+        case O_CACHE:
+            if (!strcmp(optarg, "f32")) r->latent_cache = CLNPU_DTYPE_F32;
+            else if (!strcmp(optarg, "bf16")) r->latent_cache = CLNPU_DTYPE_BF16;
+            else return cli_usage_error("run", usage, "bad --latent-cache '%s' (f32 or bf16)", optarg);
+            break;
         case O_CONTEXT:
             if (!cli_parse_size(optarg, &r->context) || !r->context) return cli_usage_error("run", usage, "bad --context");
             break;
@@ -190,7 +195,7 @@ static int parse(int argc, char **argv, run_args *r)
 
 int cmd_run(int argc, char **argv)
 {
-    run_args r = {.weights = -1};
+    run_args r = {.weights = -1, .latent_cache = -1};
     int rc = parse(argc, argv, &r);
     if (rc >= 0) return rc;
     int *ids = NULL;
@@ -231,6 +236,7 @@ int cmd_run(int argc, char **argv)
     o.max_context = r.context ? r.context : T + r.n + 1;
     o.max_tokens = P < 512 ? (P ? P : 1) : 512;
     o.weights = r.weights;
+    o.latent_cache = r.latent_cache >= 0 ? (clnpu_dtype)r.latent_cache : CLNPU_DTYPE_F32;
     o.progress = isatty(STDERR_FILENO); /* a live progress line only for a person watching */
     clnpu_pipeline *pl = NULL;
     clnpu_stage_spec *specs = NULL;
@@ -244,6 +250,7 @@ int cmd_run(int argc, char **argv)
         /* the plan's weight dtype is what its memory assumed: honoured, or a clash refused */
         if (!st) st = clnpu_plan_layout_weights(&lay, r.plan, r.weights, &r.weights);
         o.weights = r.weights;
+        if (!st) st = clnpu_plan_layout_latent_cache(&lay, r.plan, r.latent_cache, &o.latent_cache);
         o.share_devices = r.share_devices;
         /* prompts in chunks of at most the plan's max_tokens: the workspaces its memory counted */
         if (!st && o.max_tokens > lay.max_tokens) o.max_tokens = lay.max_tokens;

@@ -15,7 +15,7 @@
 extern "C" {
 #endif
 
-/* The latent cache's element type (runtime/model_load.c allocates f32 pages). */
+/* The latent cache's default element type (clnpu_model_options.latent_cache: f32 or bf16). */
 #define CLNPU_LATENT_CACHE_DTYPE CLNPU_DTYPE_F32
 
 typedef struct clnpu_model_memory {

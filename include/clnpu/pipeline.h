@@ -70,6 +70,11 @@ clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config
 clnpu_status clnpu_plan_layout_weights(const clnpu_plan_layout *layout, const char *origin, int requested,
                                        int *out_weights);
 
+/* The latent cache type likewise: the plan's when requested is -1, else requested if it is the
+ * plan's; another is refused. */
+clnpu_status clnpu_plan_layout_latent_cache(const clnpu_plan_layout *layout, const char *origin, int requested,
+                                            clnpu_dtype *out_cache);
+
 /* Pipeline replica k of a plan with `replicas` of them: every plan device index of the specs
  * moved up by k times the devices of one replica (the largest index + 1), so the replicas of a
  * plan run side by side as separate processes, each on its own devices. k >= replicas fails. */
