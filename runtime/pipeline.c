@@ -46,7 +46,7 @@ static size_t slot_device(const clnpu_stage_spec *s, size_t j) { return j ? s->e
 typedef struct device_map {
     size_t ndev;
     bool share, mpi;
-    size_t plan[CLNPU_MAX_EP * 8], cl[CLNPU_MAX_EP * 8], n; /* what this process opened so far */
+    size_t *plan, *cl, n, cap; /* what this process opened so far (plan device, OpenCL device) */
 } device_map;
 
 static clnpu_status map_device(device_map *m, size_t d, size_t *out)
@@ -63,7 +63,7 @@ static clnpu_status map_device(device_map *m, size_t d, size_t *out)
                               "of this process (%zu present); give each its own device, or share devices (clnpu run "
                               "--share-devices)", m->plan[k], d, *out, m->ndev);
     }
-    if (m->n < sizeof m->plan / sizeof m->plan[0]) m->plan[m->n] = d, m->cl[m->n++] = *out;
+    if (m->n < m->cap) m->plan[m->n] = d, m->cl[m->n++] = *out; /* cap: every device of every stage */
     return CLNPU_OK;
 }
 
@@ -110,7 +110,9 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     clnpu_profile_set *set = NULL; /* to tell a known stage profile from a typo */
     if (!st) st = clnpu_profile_set_builtin(&set);
-    device_map map = {.ndev = ndev, .share = o.share_devices, .mpi = p->nranks > 1};
+    device_map map = {.ndev = ndev, .share = o.share_devices, .mpi = p->nranks > 1, .cap = n * CLNPU_MAX_EP};
+    map.plan = calloc(map.cap, sizeof *map.plan), map.cl = calloc(map.cap, sizeof *map.cl);
+    if (!st && (!map.plan || !map.cl)) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     for (size_t i = 0; !st && i < n; i++) {
         p->remote_ctx[i] = (struct remote_ctx){p, i};
         p->remotes[i] = (clnpu_moe_remote){pipeline_mpi_exchange, &p->remote_ctx[i]};
@@ -229,6 +231,7 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         }
     }
     clnpu_profile_set_destroy(set);
+    free(map.plan), free(map.cl);
     st = pipeline_mpi_agree(p, st);
     if (st) {
         clnpu_pipeline_destroy(p);
