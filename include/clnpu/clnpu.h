@@ -37,6 +37,7 @@
 #include "clnpu/moe.h"
 #include "clnpu/checkpoint.h"
 #include "clnpu/model.h"
+#include "clnpu/model_memory.h"
 #include "clnpu/plan.h"
 #include "clnpu/tuning.h"
 #include "clnpu/pipeline.h"

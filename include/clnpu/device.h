@@ -92,6 +92,7 @@ typedef struct clnpu_device_options {
     bool no_cache;                 /* skip the on-disk program binary cache */
     const char *cache_dir;         /* NULL = $CLNPU_CACHE_DIR, $XDG_CACHE_HOME/clnpu, ~/.cache/clnpu */
     bool profiling;                /* create the queue with CL_QUEUE_PROFILING_ENABLE */
+    uint64_t memory_bytes;         /* buffers capped at this (0: the profile's capacity); below the device's own */
 } clnpu_device_options;
 
 CLNPU_API clnpu_device_options clnpu_device_options_default(void);

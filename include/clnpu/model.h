@@ -74,6 +74,12 @@ typedef struct clnpu_model_options {
      * router, shared expert and attention stay on the model's device. 0 shards: all here. */
     const struct clnpu_moe_shard *ep_shards;
     size_t ep_count;
+    /* Pipelines (clnpu_pipeline_create): plan devices past the OpenCL devices present share them
+     * (plan device d on device d mod N, a context each) instead of being refused. */
+    bool share_devices;
+    /* The latent (MLA) cache's elements: CLNPU_DTYPE_F32 (the default) or CLNPU_DTYPE_BF16 (half
+     * the cache memory; logits within ~1e-3 of f32, see docs/formats.md). */
+    clnpu_dtype latent_cache;
 } clnpu_model_options;
 
 CLNPU_API clnpu_model_options clnpu_model_options_default(void);

@@ -132,6 +132,7 @@ typedef struct clnpu_mla_decode_args {
     clnpu_buffer *out;               /* [B][H][R]: z = sum_t p_t c_t */
     unsigned splits;                 /* 0: choose from the context length and device */
     size_t q_pe_offset, q_pe_stride; /* elements; stride 0 = rope_dim (dense [B][H][DR]) */
+    clnpu_dtype cache_dtype;         /* the cache's elements: CLNPU_DTYPE_F32 (0) or CLNPU_DTYPE_BF16 */
 } clnpu_mla_decode_args;
 
 /* Absorbed MLA decode over a paged latent cache, split over the context with a reduction. */

@@ -9,8 +9,11 @@
  *     clnpu_pipeline_destroy(pl); // its stages' models and devices with it
  *     free(st);                   // the specs are the caller's (malloc'd by read_plan)
  *
- * A plan device index d runs on OpenCL device d mod (number of devices), each in its own context
- * and bound to the stage's profile, so a plan for many NPUs runs on a laptop with one device.
+ * Plan device d runs on OpenCL device d, in its own context and bound to the stage's profile
+ * (an NPU profile on another device emulates the NPU). A plan device that is not present is an
+ * error unless clnpu_model_options.share_devices is set: then plan device d runs on device
+ * d mod N, so a plan for many NPUs runs on a laptop with one device. Under mpirun plan devices
+ * number the job's devices and a rank opens d mod its node's devices.
  * Ownership and threads: the pipeline opens and owns its stages' devices and models, copies the
  * config and options, and reads the specs and checkpoint during create only. One host thread
  * drives a pipeline; its micro-batch, replica and TP threads run inside each call.
@@ -20,6 +23,7 @@
 
 #include "clnpu/export.h"
 
+#include "clnpu/dtype.h"
 #include "clnpu/model.h"
 #include "clnpu/moe.h"
 
@@ -30,6 +34,7 @@ extern "C" {
 typedef struct clnpu_stage_spec {
     size_t device;          /* plan device index of the stage's main device */
     char profile[64];       /* "" = match automatically */
+    uint64_t memory_bytes;  /* the capacity the plan assumed per device (0: the profile's); held to it */
     size_t layer_begin, layer_end;
     bool embed, head;
     /* expert parallel inside the stage (ep_count 0: every expert on the main device):
@@ -52,12 +57,29 @@ typedef struct clnpu_plan_layout {
     size_t ep;                /* devices per stage */
     size_t micro_batches;     /* decode micro-batches kept in flight (1: none) */
     size_t pipeline_replicas; /* whole copies of the stages (each its own process, see below) */
+    int weights;              /* -1: bf16 (the checkpoint's); or CLNPU_DTYPE_FP8_E4M3 / CLNPU_DTYPE_I8 */
+    clnpu_dtype latent_cache; /* the latent cache's element type the plan's memory assumed */
+    size_t batch, context;    /* the sequences and tokens per sequence the plan's memory assumed */
+    size_t max_tokens;        /* tokens per forward call (prefill chunk) it assumed: run with at most this */
 } clnpu_plan_layout;
 
-/* Read a plan (format clnpu-plan-1) for this config: stages must cover every layer in order, the
- * embedding on the first and the head on the last. out_layout may be NULL. */
+/* Read a plan (format clnpu-plan-2, docs/formats.md) for this config. Everything is checked: the
+ * model (type, layers, hidden size, routed experts), every value (strictly: "3abc" or "1e3" for a
+ * count is an error), stages covering every layer in order with the embedding on the first and
+ * the head on the last, distinct devices within a stage, stage profiles that exist, expert lists
+ * covering every expert. out_layout may be NULL. */
 CLNPU_API clnpu_status clnpu_pipeline_read_plan(const char *path, const clnpu_model_config *cfg, clnpu_stage_spec **out_specs,
                                       size_t *out_count, clnpu_plan_layout *out_layout);
+
+/* The weight dtype to run a plan with: the plan's (what its memory assumed) when requested is -1
+ * (not chosen), else requested if it is the plan's; another is refused, naming origin. */
+CLNPU_API clnpu_status clnpu_plan_layout_weights(const clnpu_plan_layout *layout, const char *origin, int requested,
+                                       int *out_weights);
+
+/* The latent cache type likewise: the plan's when requested is -1, else requested if it is the
+ * plan's; another is refused. */
+CLNPU_API clnpu_status clnpu_plan_layout_latent_cache(const clnpu_plan_layout *layout, const char *origin, int requested,
+                                            clnpu_dtype *out_cache);
 
 /* Pipeline replica k of a plan with `replicas` of them: every plan device index of the specs
  * moved up by k times the devices of one replica (the largest index + 1), so the replicas of a

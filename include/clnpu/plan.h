@@ -27,6 +27,7 @@
 
 #include "clnpu/dtype.h"
 #include "clnpu/model.h"
+#include "clnpu/pipeline.h"
 #include "clnpu/profile.h"
 
 #ifdef __cplusplus
@@ -51,7 +52,7 @@ typedef struct clnpu_graph_unit {
     double norm_params;        /* layer norms */
     double flops_per_token;    /* projections and MLPs; attention core excluded */
     double attn_flops_per_ctx; /* attention core FLOPs per token per key (absorbed decode) */
-    double kv_bytes_per_token; /* latent cache bytes per token (bf16) */
+    double kv_bytes_per_token; /* latent cache bytes per token (CLNPU_LATENT_CACHE_DTYPE, what the executor allocates) */
 } clnpu_graph_unit;
 
 typedef struct clnpu_graph {
@@ -59,6 +60,7 @@ typedef struct clnpu_graph {
     clnpu_graph_unit *units;
     double total_params, active_params;
     size_t experts, top_k, n_group, topk_group, hidden, heads;
+    clnpu_model_config cfg; /* the config it was built from (the executor's buffers follow from it) */
 } clnpu_graph;
 
 CLNPU_API clnpu_status clnpu_graph_build(const clnpu_model_config *cfg, clnpu_graph *out_graph);
@@ -108,6 +110,7 @@ typedef struct clnpu_workload {
     size_t expert_load_layers;
     size_t max_tp;       /* largest tensor-parallel width to consider; 0 = the node size */
     size_t min_tp;       /* smallest one (0 or 1: from 1); with max_tp, pins the width */
+    clnpu_dtype latent_cache; /* the latent cache's element type (what the executor allocates: F32) */
 } clnpu_workload;
 
 CLNPU_API clnpu_workload clnpu_workload_default(void);
@@ -182,7 +185,12 @@ typedef struct clnpu_plan_summary {
 
 CLNPU_API clnpu_plan_summary clnpu_plan_get_summary(const clnpu_plan *p);
 CLNPU_API void clnpu_plan_print(const clnpu_plan *p, FILE *out);
+/* The plan file (format clnpu-plan-2, docs/formats.md); clnpu_pipeline_read_plan reads it back. */
 CLNPU_API clnpu_status clnpu_plan_write_yaml(const clnpu_plan *p, FILE *out);
+/* The plan straight to the executor, no file: stage specs for clnpu_pipeline_create (one block,
+ * free(*out_specs)), checked as a plan file is (against cfg, the model to run). */
+CLNPU_API clnpu_status clnpu_plan_stage_specs(const clnpu_plan *p, const clnpu_model_config *cfg, clnpu_stage_spec **out_specs,
+                                    size_t *out_count, clnpu_plan_layout *out_layout);
 CLNPU_API clnpu_status clnpu_plan_write_svg(const clnpu_plan *p, FILE *out);
 /* Memory of device d: weights, kv, activations, comm buffers, reserve, capacity (bytes). */
 CLNPU_API void clnpu_plan_device_memory(const clnpu_plan *p, size_t d, double out[6]);
