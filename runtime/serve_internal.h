@@ -1,0 +1,22 @@
+/* Internal: what the serving engine's files share. */
+#ifndef CLNPU_SERVE_INTERNAL_H
+#define CLNPU_SERVE_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "clnpu/serve.h"
+
+typedef struct serve_cand {
+    float v;
+    int id;
+} serve_cand;
+
+/* One token drawn from a row of logits [V] under s (greedy when temperature <= 0); rng is the
+ * request's generator state; work holds V candidates. */
+int serve_sample(const float *logits, size_t V, const clnpu_sampling *s, uint64_t *rng, serve_cand *work);
+/* log p(token) under softmax(logits), and the `top` most likely ids with their log p. */
+void serve_logprobs(const float *logits, size_t V, int token, size_t top, serve_cand *work, float *out_lp,
+                    int *out_ids, float *out_lps);
+
+#endif

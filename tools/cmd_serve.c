@@ -1,0 +1,177 @@
+/* `clnpu serve`: an OpenAI-compatible HTTP server over one model with continuous batching
+ * (docs/serving.md). The process's signals are the CLI's: SIGINT / SIGTERM stop it cleanly. */
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char usage[] =
+    "clnpu serve (--model DIR | --random-weights --config FILE) " CLI_DEVICE_USAGE "\n"
+    "          [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--name NAME] [--sequences N] [--context L]\n"
+    "          [--cache-pages P] [--step-tokens T] [--no-prefix-cache] [--max-waiting W] [--max-body BYTES]\n"
+    "          [--max-tokens N] [--timeout S] [--weights int8|fp8]";
+
+typedef struct serve_args {
+    cli_device_args da;
+    const char *model, *config, *host, *api_key, *name;
+    bool random_weights, no_prefix;
+    size_t port, sequences, context, cache_pages, step_tokens, max_waiting, max_body, max_tokens, timeout;
+    int weights;
+} serve_args;
+
+static int parse(int argc, char **argv, serve_args *a)
+{
+    enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CONFIG, O_RANDOM, O_HOST, O_PORT, O_KEY, O_NAME, O_SEQS, O_CONTEXT, O_PAGES,
+           O_STEP, O_NOPREFIX, O_WAITING, O_BODY, O_MAXTOK, O_TIMEOUT, O_WEIGHTS };
+    static const struct option longopts[] = {
+        CLI_DEVICE_LONGOPTS, {"model", required_argument, NULL, O_MODEL}, {"config", required_argument, NULL, O_CONFIG},
+        {"random-weights", no_argument, NULL, O_RANDOM}, {"host", required_argument, NULL, O_HOST},
+        {"port", required_argument, NULL, O_PORT}, {"api-key", required_argument, NULL, O_KEY},
+        {"name", required_argument, NULL, O_NAME}, {"sequences", required_argument, NULL, O_SEQS},
+        {"context", required_argument, NULL, O_CONTEXT}, {"cache-pages", required_argument, NULL, O_PAGES},
+        {"step-tokens", required_argument, NULL, O_STEP}, {"no-prefix-cache", no_argument, NULL, O_NOPREFIX},
+        {"max-waiting", required_argument, NULL, O_WAITING}, {"max-body", required_argument, NULL, O_BODY},
+        {"max-tokens", required_argument, NULL, O_MAXTOK}, {"timeout", required_argument, NULL, O_TIMEOUT},
+        {"weights", required_argument, NULL, O_WEIGHTS}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    struct { int opt; size_t *dst; size_t lo, hi; const char *name; } sizes[] = {
+        {O_PORT, &a->port, 0, 65535, "--port"}, {O_SEQS, &a->sequences, 1, 256, "--sequences"},
+        {O_CONTEXT, &a->context, 1, 1 << 20, "--context"}, {O_PAGES, &a->cache_pages, 1, 1 << 24, "--cache-pages"},
+        {O_STEP, &a->step_tokens, 1, 1 << 16, "--step-tokens"}, {O_WAITING, &a->max_waiting, 1, 1 << 20, "--max-waiting"},
+        {O_BODY, &a->max_body, 64, 1 << 30, "--max-body"}, {O_MAXTOK, &a->max_tokens, 1, 1 << 20, "--max-tokens"},
+        {O_TIMEOUT, &a->timeout, 1, 86400, "--timeout"}};
+    int opt;
+    opterr = 0;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        int d = cli_device_option_checked(opt, optarg, &a->da, "serve", usage);
+        if (d == 1) continue;
+        if (d < 0) return -d;
+        bool done = false;
+        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+            if (sizes[i].opt != opt) continue;
+            if (!cli_parse_size(optarg, sizes[i].dst) || *sizes[i].dst < sizes[i].lo || *sizes[i].dst > sizes[i].hi)
+                return cli_usage_error("serve", usage, "bad %s '%s' (%zu..%zu)", sizes[i].name, optarg, sizes[i].lo,
+                                       sizes[i].hi);
+            done = true;
+        }
+        if (done) continue;
+        switch (opt) {
+        case 'h':
+            printf("usage: %s\n\nServes the model over HTTP (OpenAI API: /v1/completions, /v1/chat/completions, "
+                   "/v1/models,\n/health, /metrics) with continuous batching of up to --sequences requests (default 8) "
+                   "over\nthe paged latent cache (--cache-pages, default: every sequence at full context). Binds "
+                   "127.0.0.1\nunless --host says otherwise. See docs/serving.md.\n", usage);
+            return CLI_EXIT_OK;
+        case O_MODEL: a->model = optarg; break;
+        case O_CONFIG: a->config = optarg; break;
+        case O_RANDOM: a->random_weights = true; break;
+        case O_HOST: a->host = optarg; break;
+        case O_KEY: a->api_key = optarg; break;
+        case O_NAME: a->name = optarg; break;
+        case O_NOPREFIX: a->no_prefix = true; break;
+        case O_WEIGHTS:
+            if (!strcmp(optarg, "int8")) a->weights = CLNPU_DTYPE_I8;
+            else if (!strcmp(optarg, "fp8")) a->weights = CLNPU_DTYPE_FP8_E4M3;
+            else return cli_usage_error("serve", usage, "bad --weights '%s' (int8 or fp8)", optarg);
+            break;
+        default: return cli_usage_error("serve", usage, "unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) return cli_usage_error("serve", usage, "unexpected argument '%s'", argv[optind]);
+    if (!a->model && !a->random_weights) return cli_usage_error("serve", usage, "--model DIR is required");
+    if (a->random_weights && !a->config && !a->model)
+        return cli_usage_error("serve", usage, "--random-weights needs --config FILE (or --model DIR)");
+    if (a->api_key && !*a->api_key) return cli_usage_error("serve", usage, "--api-key must not be empty");
+    return -1;
+}
+
+/* eos_token_id of config.json, or of generation_config.json when that has one (an id or a list). */
+static size_t read_eos(const char *dir, int *out, size_t cap)
+{
+    static const char *files[] = {"generation_config.json", "config.json"};
+    for (size_t f = 0; dir && f < 2; f++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, files[f]);
+        FILE *fp = fopen(path, "rb");
+        if (!fp) continue;
+        char buf[65536];
+        const size_t n = fread(buf, 1, sizeof buf - 1, fp);
+        fclose(fp);
+        buf[n] = '\0';
+        cJSON *j = cJSON_Parse(buf);
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "eos_token_id"), *v;
+        size_t k = 0;
+        if (cJSON_IsNumber(e) && e->valuedouble >= 0) out[k++] = (int)e->valuedouble;
+        if (cJSON_IsArray(e))
+            cJSON_ArrayForEach(v, e) if (k < cap && cJSON_IsNumber(v) && v->valuedouble >= 0) out[k++] = (int)v->valuedouble;
+        cJSON_Delete(j);
+        if (k) return k;
+    }
+    return 0;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    serve_args a = {.weights = -1, .port = 8080, .sequences = 8, .host = "127.0.0.1"};
+    int rc = parse(argc, argv, &a);
+    if (rc >= 0) return rc;
+    char cfgpath[4096];
+    snprintf(cfgpath, sizeof cfgpath, "%s/config.json", a.model);
+    if (a.config) snprintf(cfgpath, sizeof cfgpath, "%s", a.config);
+    /* the signals that stop the server wait for sigwait below, in no thread's way */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT), sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    clnpu_model_config cfg;
+    clnpu_checkpoint *ck = NULL;
+    clnpu_device *dev = NULL;
+    clnpu_model *m = NULL;
+    clnpu_engine *e = NULL;
+    clnpu_server *srv = NULL;
+    clnpu_status st = clnpu_model_config_load(cfgpath, &cfg);
+    if (!st && !a.random_weights) st = clnpu_checkpoint_open(a.model, &ck);
+    if (!st) st = cli_open_device(&a.da, false, &dev);
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_sequences = a.sequences;
+    o.max_context = a.context;
+    o.cache_pages = a.cache_pages;
+    o.weights = a.weights;
+    if (!st) st = clnpu_model_create(dev, &cfg, ck, &o, &m);
+    clnpu_engine_options eo = clnpu_engine_options_default();
+    eo.prefix_cache = !a.no_prefix;
+    if (a.step_tokens) eo.step_tokens = a.step_tokens;
+    if (a.max_waiting) eo.max_waiting = a.max_waiting;
+    if (!st) st = clnpu_engine_create(m, &eo, &e);
+    if (!st) st = clnpu_engine_start(e);
+    int eos[16];
+    clnpu_server_options so = clnpu_server_options_default();
+    so.host = a.host, so.port = (unsigned)a.port, so.api_key = a.api_key;
+    const char *base = a.model ? strrchr(a.model, '/') : NULL;
+    so.model_name = a.name ? a.name : base && base[1] ? base + 1 : a.model ? a.model : cfg.model_type;
+    if (a.max_body) so.max_body = a.max_body;
+    if (a.max_tokens) so.max_tokens = a.max_tokens;
+    if (a.timeout) so.timeout_s = (unsigned)a.timeout;
+    so.eos_count = read_eos(a.model, eos, 16), so.eos_ids = eos;
+    if (!st) st = clnpu_server_start(e, &so, &srv);
+    if (!st) {
+        clnpu_engine_stats es;
+        clnpu_engine_get_stats(e, &es);
+        fprintf(stderr, "clnpu serve: http://%s:%u/ (model %s, %zu sequences, %zu-token context, %zu cache pages)\n",
+                strchr(a.host, ':') ? "[::1]" : a.host, clnpu_server_port(srv), so.model_name, a.sequences,
+                clnpu_engine_context(e), es.pages);
+        int sig;
+        sigwait(&sigs, &sig);
+        fprintf(stderr, "clnpu serve: %s: stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    }
+    rc = st ? cli_fail("serve", st) : CLI_EXIT_OK;
+    clnpu_server_stop(srv);
+    clnpu_engine_destroy(e);
+    clnpu_model_destroy(m);
+    clnpu_checkpoint_close(ck);
+    clnpu_device_close(dev);
+    return rc;
+}
