@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "../backend/error.h"
+#include "clnpu/pipeline.h"
 #include "model_internal.h"
 #include "serve_internal.h"
 #include "serve_prefix.h"
@@ -34,13 +35,14 @@ typedef struct rq {
 #define LAT_RING 1024
 
 struct clnpu_engine {
-    clnpu_model *m;
+    clnpu_model *m;     /* one model, or */
+    clnpu_pipeline *pl; /* a plan's stages (no prefix cache: its pages are per stage and replica) */
     clnpu_engine_options opt;
-    size_t V, slots, ctx, page;
+    size_t V, slots, ctx, page, pool; /* pool: the pages a sequence may hold at most */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     pthread_t th;
-    bool started, stop;
+    bool started, stop, shut;
     rq *wait_head, *wait_tail;
     size_t nwait;
     rq **run; /* [slots] */
@@ -68,6 +70,38 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* ---- the model or pipeline underneath ---- */
+
+/* Over MPI ranks every pipeline call is announced first: the other ranks make it too. */
+static clnpu_status be_prefill(clnpu_engine *e, size_t seq, const int *ids, size_t n, float *logits)
+{
+    if (!e->pl) return clnpu_model_prefill(e->m, seq, ids, n, logits);
+    clnpu_status st = serve_mpi_announce(e->pl, SERVE_CMD_PREFILL, seq, NULL, ids, n, logits != NULL);
+    return st ? st : clnpu_pipeline_prefill(e->pl, seq, ids, n, logits);
+}
+
+static clnpu_status be_decode(clnpu_engine *e, size_t n, float *logits)
+{
+    if (!e->pl) return clnpu_model_decode(e->m, e->seqs, e->ids, n, logits);
+    clnpu_status st = serve_mpi_announce(e->pl, SERVE_CMD_DECODE, 0, e->seqs, e->ids, n, true);
+    return st ? st : clnpu_pipeline_decode(e->pl, e->seqs, e->ids, n, logits);
+}
+
+static void be_reset(clnpu_engine *e, size_t seq)
+{
+    if (!e->pl) {
+        clnpu_model_reset(e->m, seq);
+        return;
+    }
+    serve_mpi_announce(e->pl, SERVE_CMD_RESET, seq, NULL, NULL, 0, false); /* a lost rank fails the next step */
+    clnpu_pipeline_reset(e->pl, seq);
+}
+
+static clnpu_cache_usage be_usage(clnpu_engine *e)
+{
+    return e->pl ? clnpu_pipeline_cache_usage(e->pl) : clnpu_model_cache_usage(e->m);
+}
+
 clnpu_engine_options clnpu_engine_options_default(void)
 {
     return (clnpu_engine_options){256, 0, true};
@@ -79,19 +113,13 @@ static void rq_free(rq *r)
     free(r->tok), free(r->stop), free(r);
 }
 
-clnpu_status clnpu_engine_create(clnpu_model *m, const clnpu_engine_options *opt, clnpu_engine **out)
+static clnpu_status engine_init(clnpu_engine *e, const clnpu_engine_options *opt, size_t max_tokens, size_t pages,
+                                clnpu_engine **out)
 {
-    *out = NULL;
-    if (!m->opt.head || !m->opt.embed || m->opt.layer_begin || m->opt.layer_end < m->cfg.num_hidden_layers)
-        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "serving needs a whole model (this one is a pipeline stage)");
-    clnpu_engine *e = calloc(1, sizeof *e);
-    if (!e) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    e->m = m;
     e->opt = opt ? *opt : clnpu_engine_options_default();
     if (!e->opt.max_waiting) e->opt.max_waiting = 1;
-    if (!e->opt.step_tokens || e->opt.step_tokens > m->opt.max_tokens) e->opt.step_tokens = m->opt.max_tokens;
-    e->V = m->cfg.vocab_size, e->slots = m->opt.max_sequences, e->ctx = m->opt.max_context;
-    e->page = m->opt.page_size;
+    if (!e->opt.step_tokens || e->opt.step_tokens > max_tokens) e->opt.step_tokens = max_tokens;
+    if (e->pl) e->opt.prefix_cache = false;
     const size_t B = e->opt.step_tokens;
     e->run = calloc(e->slots, sizeof *e->run);
     e->logits = malloc(B * e->V * sizeof *e->logits);
@@ -99,7 +127,7 @@ clnpu_status clnpu_engine_create(clnpu_model *m, const clnpu_engine_options *opt
     e->ids = malloc(B * sizeof *e->ids), e->out_ids = malloc(B * sizeof *e->out_ids);
     e->seqs = malloc(B * sizeof *e->seqs), e->rows = malloc(B * sizeof *e->rows);
     e->pages = malloc((e->ctx / e->page + 1) * sizeof *e->pages);
-    if (e->opt.prefix_cache) e->prefix = serve_prefix_create(m->pages, e->page);
+    if (e->opt.prefix_cache) e->prefix = serve_prefix_create(pages, e->page);
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     if (!e->run || !e->logits || !e->cand || !e->ids || !e->out_ids || !e->seqs || !e->rows || !e->pages ||
@@ -108,10 +136,40 @@ clnpu_status clnpu_engine_create(clnpu_model *m, const clnpu_engine_options *opt
         return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for the serving engine");
     }
     e->rate_t0 = now_s();
-    const clnpu_cache_usage u = clnpu_model_cache_usage(m);
+    const clnpu_cache_usage u = be_usage(e);
     e->st.pages = u.pages, e->st.pages_free = u.free; /* the loop keeps them (it owns the model) */
     *out = e;
     return CLNPU_OK;
+}
+
+clnpu_status clnpu_engine_create(clnpu_model *m, const clnpu_engine_options *opt, clnpu_engine **out)
+{
+    *out = NULL;
+    if (!m->opt.head || !m->opt.embed || m->opt.layer_begin || m->opt.layer_end < m->cfg.num_hidden_layers)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "serving needs a whole model (this one is a pipeline stage)");
+    clnpu_engine *e = calloc(1, sizeof *e);
+    if (!e) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    e->m = m;
+    e->V = m->cfg.vocab_size, e->slots = m->opt.max_sequences, e->ctx = m->opt.max_context;
+    e->page = m->opt.page_size, e->pool = m->pages;
+    return engine_init(e, opt, m->opt.max_tokens, m->pages, out);
+}
+
+clnpu_status clnpu_engine_create_pipeline(clnpu_pipeline *p, const clnpu_engine_options *opt, clnpu_engine **out)
+{
+    *out = NULL;
+    if (clnpu_pipeline_rank(p) != 0)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rank %d serves no engine: it follows rank 0 "
+                          "(clnpu_pipeline_serve_follow)", clnpu_pipeline_rank(p));
+    clnpu_engine *e = calloc(1, sizeof *e);
+    if (!e) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    e->pl = p;
+    const clnpu_cache_usage u = clnpu_pipeline_cache_usage(p);
+    e->V = clnpu_pipeline_config(p)->vocab_size, e->slots = clnpu_pipeline_max_sequences(p);
+    e->ctx = clnpu_pipeline_context(p), e->page = u.page_size ? u.page_size : 16;
+    /* every sequence has its whole context's pages on every stage: admission is by slots */
+    e->pool = (e->ctx + e->page - 1) / e->page;
+    return engine_init(e, opt, clnpu_pipeline_max_tokens(p), 0, out);
 }
 
 /* ---- events and endings ---- */
@@ -145,7 +203,7 @@ static void retire(clnpu_engine *e, rq *r, clnpu_finish_reason fin, const char *
             if (full && !clnpu_model_sequence_pages(e->m, r->slot, full, e->pages))
                 serve_prefix_insert(e->prefix, e->m, r->tok, full, e->pages);
         }
-        clnpu_model_reset(e->m, r->slot);
+        be_reset(e, r->slot);
     }
     pthread_mutex_lock(&e->mu);
     if (r->state != RQ_WAITING) e->run[r->slot] = NULL, e->nrun--;
@@ -159,7 +217,7 @@ static void retire(clnpu_engine *e, rq *r, clnpu_finish_reason fin, const char *
 /* Back to the head of the queue: its pages are freed; it is recomputed from its tokens so far. */
 static void preempt(clnpu_engine *e, rq *r)
 {
-    clnpu_model_reset(e->m, r->slot);
+    be_reset(e, r->slot);
     r->state = RQ_WAITING, r->computed = 0, r->resumed = true;
     pthread_mutex_lock(&e->mu);
     e->run[r->slot] = NULL, e->nrun--;
@@ -175,7 +233,8 @@ static void preempt(clnpu_engine *e, rq *r)
 
 static size_t pages_free(clnpu_engine *e)
 {
-    return clnpu_model_cache_usage(e->m).free;
+    /* a pipeline gives every sequence its pages up front (on each stage): never short */
+    return e->pl ? SIZE_MAX : clnpu_model_cache_usage(e->m).free;
 }
 
 /* Make `want` pages free, evicting cached prefixes first; false if it cannot. */
@@ -218,9 +277,9 @@ clnpu_status clnpu_engine_submit(clnpu_engine *e, const clnpu_engine_request *q,
     if (q->prompt_len + q->max_tokens > e->ctx)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "prompt of %zu tokens + max_tokens %zu exceed the context of %zu",
                           q->prompt_len, q->max_tokens, e->ctx);
-    if (pages_for(e, 0, q->prompt_len + q->max_tokens) > e->m->pages)
+    if (pages_for(e, 0, q->prompt_len + q->max_tokens) > e->pool)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "prompt + max_tokens need more than the %zu cache pages",
-                          e->m->pages);
+                          e->pool);
     rq *r = calloc(1, sizeof *r);
     const size_t cap = q->prompt_len + q->max_tokens;
     if (r) r->tok = malloc(cap * sizeof *r->tok);
@@ -238,9 +297,11 @@ clnpu_status clnpu_engine_submit(clnpu_engine *e, const clnpu_engine_request *q,
     pthread_mutex_lock(&e->mu);
     if (e->nwait >= e->opt.max_waiting || e->stop) {
         const size_t n = e->nwait;
+        const bool stopping = e->stop;
         pthread_mutex_unlock(&e->mu);
         rq_free(r);
-        return clnpu_fail(CLNPU_ERR_BUSY, "queue full: %zu requests waiting", n);
+        return stopping ? clnpu_fail(CLNPU_ERR_BUSY, "the server is shutting down")
+                        : clnpu_fail(CLNPU_ERR_BUSY, "queue full: %zu requests waiting", n);
     }
     r->id = ++e->next_id, r->arrival = ++e->arrivals;
     if (!q->sampling.seed) r->rng ^= r->id * 0x9e3779b97f4a7c15ull;
@@ -372,11 +433,12 @@ static size_t decode_step(clnpu_engine *e)
         greedy &= !(r->samp.temperature > 0), lp |= r->logprobs > 0;
     }
     clnpu_status st;
-    if (greedy && !lp) { /* the device's argmax: only the ids come back */
+    const bool on_device = greedy && !lp && e->m; /* the device's argmax: only the ids come back */
+    if (on_device) {
         const clnpu_sampling g = {0};
         st = clnpu_model_decode_sample(e->m, e->seqs, e->ids, n, &g, 0, e->out_ids, NULL);
     } else {
-        st = clnpu_model_decode(e->m, e->seqs, e->ids, n, e->logits);
+        st = be_decode(e, n, e->logits);
     }
     if (st) {
         fail_all(e, clnpu_error_message());
@@ -385,7 +447,7 @@ static size_t decode_step(clnpu_engine *e)
     for (size_t i = 0; i < n; i++) {
         rq *r = e->rows[i];
         r->computed++;
-        const float *row = greedy && !lp ? NULL : e->logits + i * e->V;
+        const float *row = on_device ? NULL : e->logits + i * e->V;
         const int tok = row ? serve_sample(row, e->V, &r->samp, &r->rng, e->cand) : e->out_ids[i];
         accept(e, r, tok, row);
     }
@@ -407,7 +469,7 @@ static size_t prefill_step(clnpu_engine *e, size_t budget)
         while (chunk && !make_room(e, pages_for(e, r->computed, r->computed + chunk))) chunk--;
         if (!chunk) return used;
         const bool last = r->computed + chunk == r->ntok;
-        clnpu_status st = clnpu_model_prefill(e->m, r->slot, r->tok + r->computed, chunk, last ? e->logits : NULL);
+        clnpu_status st = be_prefill(e, r->slot, r->tok + r->computed, chunk, last ? e->logits : NULL);
         if (st) {
             fail_all(e, clnpu_error_message());
             return used + chunk;
@@ -447,7 +509,7 @@ clnpu_status clnpu_engine_step(clnpu_engine *e, bool *out_busy)
     } else if (!dec && !pre) {
         admit(e); /* a retirement in this iteration may have made room */
     }
-    const clnpu_cache_usage u = clnpu_model_cache_usage(e->m);
+    const clnpu_cache_usage u = be_usage(e);
     const size_t cached = e->prefix ? serve_prefix_pages(e->prefix) : 0;
     const size_t alone = e->prefix ? serve_prefix_evictable(e->prefix, e->m) : 0;
     pthread_mutex_lock(&e->mu);
@@ -488,23 +550,53 @@ clnpu_status clnpu_engine_start(clnpu_engine *e)
     return CLNPU_OK;
 }
 
-void clnpu_engine_destroy(clnpu_engine *e)
+clnpu_status clnpu_engine_run(clnpu_engine *e)
 {
-    if (!e) return;
+    if (e->started) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "the serving engine runs already");
+    loop(e);
+    return CLNPU_OK;
+}
+
+void clnpu_engine_stop(clnpu_engine *e)
+{
     pthread_mutex_lock(&e->mu);
     e->stop = true;
     pthread_cond_broadcast(&e->cv);
     pthread_mutex_unlock(&e->mu);
+}
+
+void clnpu_engine_shutdown(clnpu_engine *e)
+{
+    if (!e || e->shut) return;
+    pthread_mutex_lock(&e->mu);
+    e->stop = true; /* submit refuses from here on */
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
     if (e->started) pthread_join(e->th, NULL);
+    e->started = false, e->shut = true;
     for (size_t s = 0; e->run && s < e->slots; s++)
         if (e->run[s]) retire(e, e->run[s], CLNPU_FINISH_CANCELLED, NULL);
-    while (e->wait_head) {
+    for (;;) {
+        pthread_mutex_lock(&e->mu);
         rq *r = e->wait_head;
-        e->wait_head = r->next;
+        if (r) {
+            e->wait_head = r->next;
+            if (!e->wait_head) e->wait_tail = NULL;
+            e->nwait--;
+        }
+        pthread_mutex_unlock(&e->mu);
+        if (!r) break;
         r->state = RQ_WAITING;
         retire(e, r, CLNPU_FINISH_CANCELLED, NULL);
     }
+}
+
+void clnpu_engine_destroy(clnpu_engine *e)
+{
+    if (!e) return;
+    clnpu_engine_shutdown(e);
     serve_prefix_destroy(e->prefix, e->m);
+    if (e->pl) serve_mpi_announce(e->pl, SERVE_CMD_STOP, 0, NULL, NULL, 0, false); /* the other ranks may go */
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     free(e->run), free(e->logits), free(e->cand), free(e->ids), free(e->out_ids), free(e->seqs), free(e->rows);

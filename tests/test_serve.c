@@ -153,6 +153,51 @@ START_TEST(test_engine_matches_alone)
 }
 END_TEST
 
+/* The same over a plan in this process: two pipeline stages on the test's two devices, decode
+ * in two micro-batches; admission by slots (each sequence has its pages on every stage). */
+START_TEST(test_engine_pipeline)
+{
+    open_tiny();
+    make_prompts();
+    reference();
+#define STAGE(d, b, e, em, hd) {.device = d, .profile = "", .layer_begin = b, .layer_end = e, .embed = em, .head = hd}
+    const clnpu_stage_spec pp2[] = {STAGE(0, 0, 1, true, false), STAGE(1, 1, 3, false, true)};
+#undef STAGE
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_sequences = 4, o.max_context = 128, o.max_tokens = 24;
+    clnpu_pipeline *pl;
+    ck_assert_ok(clnpu_pipeline_create(&cfg, ck, pp2, 2, &o, &pl));
+    clnpu_pipeline_set_micro_batches(pl, 2);
+    clnpu_engine *e;
+    ck_assert_ok(clnpu_engine_create_pipeline(pl, NULL, &e));
+    ck_assert_ok(clnpu_engine_start(e));
+    static got g[NP];
+    for (size_t p = 0; p < NP; p++) {
+        memset(&g[p], 0, sizeof g[p]);
+        pthread_mutex_init(&g[p].mu, NULL);
+        clnpu_engine_request rq = {prompts[p], plen[p], NEW, GREEDY, NULL, 0, 0, collect, &g[p]};
+        ck_assert_ok(clnpu_engine_submit(e, &rq, NULL));
+    }
+    for (int i = 0; i < 3000; i++) {
+        clnpu_engine_stats st;
+        clnpu_engine_get_stats(e, &st);
+        if (st.requests_finished == NP) break;
+        usleep(10000);
+    }
+    for (size_t p = 0; p < NP; p++) {
+        pthread_mutex_lock(&g[p].mu);
+        ck_assert_msg(g[p].fin == CLNPU_FINISH_LENGTH && g[p].n == NEW, "request %zu: finish %d, %zu ids", p, g[p].fin,
+                      g[p].n);
+        for (size_t i = 0; i < NEW; i++) ck_assert_int_eq(g[p].ids[i], ref[p][i]);
+        pthread_mutex_unlock(&g[p].mu);
+    }
+    clnpu_engine_destroy(e);
+    const clnpu_cache_usage u = clnpu_pipeline_cache_usage(pl);
+    ck_assert_uint_eq(u.free, u.pages);
+    clnpu_pipeline_destroy(pl);
+}
+END_TEST
+
 START_TEST(test_engine_refuses)
 {
     clnpu_model *m = tiny_model(2, 128, 6, 64); /* 6 pages of 16 rows */
@@ -362,6 +407,7 @@ static server_fixture start_server(size_t seqs, size_t pages, const char *key, s
 
 static void stop_server(server_fixture *f)
 {
+    clnpu_engine_shutdown(f->e);
     clnpu_server_stop(f->s);
     clnpu_engine_destroy(f->e);
     clnpu_model_destroy(f->m);
@@ -572,6 +618,7 @@ Suite *suite_serve(void)
     TCase *t = tcase_create("serve");
     tcase_set_timeout(t, 600);
     tcase_add_test(t, test_engine_matches_alone);
+    tcase_add_test(t, test_engine_pipeline);
     tcase_add_test(t, test_engine_refuses);
     tcase_add_test(t, test_http_api);
     tcase_add_test(t, test_http_key_and_queue);

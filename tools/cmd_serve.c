@@ -2,6 +2,7 @@
  * (docs/serving.md). The process's signals are the CLI's: SIGINT / SIGTERM stop it cleanly. */
 #include <cjson/cJSON.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,11 +13,12 @@ static const char usage[] =
     "clnpu serve (--model DIR | --random-weights --config FILE) " CLI_DEVICE_USAGE "\n"
     "          [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--name NAME] [--sequences N] [--context L]\n"
     "          [--cache-pages P] [--step-tokens T] [--no-prefix-cache] [--max-waiting W] [--max-body BYTES]\n"
-    "          [--max-tokens N] [--timeout S] [--weights int8|fp8]";
+    "          [--max-tokens N] [--timeout S] [--weights int8|fp8] [--plan plan.yaml]\n"
+    "mpirun -np R clnpu serve --plan plan.yaml ...   (rank 0 serves HTTP; the others run their stages)";
 
 typedef struct serve_args {
     cli_device_args da;
-    const char *model, *config, *host, *api_key, *name;
+    const char *model, *config, *host, *api_key, *name, *plan;
     bool random_weights, no_prefix;
     size_t port, sequences, context, cache_pages, step_tokens, max_waiting, max_body, max_tokens, timeout;
     int weights;
@@ -25,7 +27,7 @@ typedef struct serve_args {
 static int parse(int argc, char **argv, serve_args *a)
 {
     enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CONFIG, O_RANDOM, O_HOST, O_PORT, O_KEY, O_NAME, O_SEQS, O_CONTEXT, O_PAGES,
-           O_STEP, O_NOPREFIX, O_WAITING, O_BODY, O_MAXTOK, O_TIMEOUT, O_WEIGHTS };
+           O_STEP, O_NOPREFIX, O_WAITING, O_BODY, O_MAXTOK, O_TIMEOUT, O_WEIGHTS, O_PLAN };
     static const struct option longopts[] = {
         CLI_DEVICE_LONGOPTS, {"model", required_argument, NULL, O_MODEL}, {"config", required_argument, NULL, O_CONFIG},
         {"random-weights", no_argument, NULL, O_RANDOM}, {"host", required_argument, NULL, O_HOST},
@@ -35,7 +37,7 @@ static int parse(int argc, char **argv, serve_args *a)
         {"step-tokens", required_argument, NULL, O_STEP}, {"no-prefix-cache", no_argument, NULL, O_NOPREFIX},
         {"max-waiting", required_argument, NULL, O_WAITING}, {"max-body", required_argument, NULL, O_BODY},
         {"max-tokens", required_argument, NULL, O_MAXTOK}, {"timeout", required_argument, NULL, O_TIMEOUT},
-        {"weights", required_argument, NULL, O_WEIGHTS}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+        {"weights", required_argument, NULL, O_WEIGHTS}, {"plan", required_argument, NULL, O_PLAN}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     struct { int opt; size_t *dst; size_t lo, hi; const char *name; } sizes[] = {
         {O_PORT, &a->port, 0, 65535, "--port"}, {O_SEQS, &a->sequences, 1, 256, "--sequences"},
         {O_CONTEXT, &a->context, 1, 1 << 20, "--context"}, {O_PAGES, &a->cache_pages, 1, 1 << 24, "--cache-pages"},
@@ -72,6 +74,7 @@ static int parse(int argc, char **argv, serve_args *a)
         case O_KEY: a->api_key = optarg; break;
         case O_NAME: a->name = optarg; break;
         case O_NOPREFIX: a->no_prefix = true; break;
+        case O_PLAN: a->plan = optarg; break;
         case O_WEIGHTS:
             if (!strcmp(optarg, "int8")) a->weights = CLNPU_DTYPE_I8;
             else if (!strcmp(optarg, "fp8")) a->weights = CLNPU_DTYPE_FP8_E4M3;
@@ -85,6 +88,12 @@ static int parse(int argc, char **argv, serve_args *a)
     if (a->random_weights && !a->config && !a->model)
         return cli_usage_error("serve", usage, "--random-weights needs --config FILE (or --model DIR)");
     if (a->api_key && !*a->api_key) return cli_usage_error("serve", usage, "--api-key must not be empty");
+    if (a->plan && (a->cache_pages || a->da.target))
+        return cli_usage_error("serve", usage, "--plan gives every sequence its pages on each stage and chooses "
+                               "devices itself (no --cache-pages / --target)");
+    const char *ranks = getenv("OMPI_COMM_WORLD_SIZE");
+    if (!a->plan && ranks && atoi(ranks) > 1)
+        return cli_usage_error("serve", usage, "started by mpirun with %s ranks: give --plan", ranks);
     return -1;
 }
 
@@ -113,6 +122,17 @@ static size_t read_eos(const char *dir, int *out, size_t cap)
     return 0;
 }
 
+/* SIGINT / SIGTERM (blocked in every thread) end the engine's loop on the main thread. */
+static void *wait_signal(void *arg)
+{
+    void **a = arg;
+    int sig;
+    sigwait(a[1], &sig);
+    fprintf(stderr, "clnpu serve: %s: stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    clnpu_engine_stop(a[0]);
+    return NULL;
+}
+
 int cmd_serve(int argc, char **argv)
 {
     serve_args a = {.weights = -1, .port = 8080, .sequences = 8, .host = "127.0.0.1"};
@@ -121,7 +141,7 @@ int cmd_serve(int argc, char **argv)
     char cfgpath[4096];
     snprintf(cfgpath, sizeof cfgpath, "%s/config.json", a.model);
     if (a.config) snprintf(cfgpath, sizeof cfgpath, "%s", a.config);
-    /* the signals that stop the server wait for sigwait below, in no thread's way */
+    /* the signals that stop the server go to one thread's sigwait, in no other thread's way */
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT), sigaddset(&sigs, SIGTERM);
@@ -130,23 +150,40 @@ int cmd_serve(int argc, char **argv)
     clnpu_checkpoint *ck = NULL;
     clnpu_device *dev = NULL;
     clnpu_model *m = NULL;
+    clnpu_pipeline *pl = NULL;
+    clnpu_stage_spec *specs = NULL;
+    size_t nspecs = 0;
     clnpu_engine *e = NULL;
     clnpu_server *srv = NULL;
     clnpu_status st = clnpu_model_config_load(cfgpath, &cfg);
     if (!st && !a.random_weights) st = clnpu_checkpoint_open(a.model, &ck);
-    if (!st) st = cli_open_device(&a.da, false, &dev);
     clnpu_model_options o = clnpu_model_options_default();
     o.max_sequences = a.sequences;
     o.max_context = a.context;
     o.cache_pages = a.cache_pages;
     o.weights = a.weights;
-    if (!st) st = clnpu_model_create(dev, &cfg, ck, &o, &m);
+    if (!st && a.plan) {
+        clnpu_plan_layout lay;
+        st = clnpu_pipeline_read_plan(a.plan, &cfg, &specs, &nspecs, &lay);
+        if (!st) st = clnpu_pipeline_create(&cfg, ck, specs, nspecs, &o, &pl);
+        if (!st) clnpu_pipeline_set_micro_batches(pl, lay.micro_batches);
+        if (!st && clnpu_pipeline_rank(pl) != 0) { /* a rank that runs its stages when rank 0 says */
+            st = clnpu_pipeline_serve_follow(pl);
+            rc = st ? cli_fail("serve", st) : CLI_EXIT_OK;
+            clnpu_pipeline_destroy(pl);
+            free(specs);
+            clnpu_checkpoint_close(ck);
+            return rc;
+        }
+    } else if (!st) {
+        st = cli_open_device(&a.da, false, &dev);
+        if (!st) st = clnpu_model_create(dev, &cfg, ck, &o, &m);
+    }
     clnpu_engine_options eo = clnpu_engine_options_default();
     eo.prefix_cache = !a.no_prefix;
     if (a.step_tokens) eo.step_tokens = a.step_tokens;
     if (a.max_waiting) eo.max_waiting = a.max_waiting;
-    if (!st) st = clnpu_engine_create(m, &eo, &e);
-    if (!st) st = clnpu_engine_start(e);
+    if (!st) st = pl ? clnpu_engine_create_pipeline(pl, &eo, &e) : clnpu_engine_create(m, &eo, &e);
     int eos[16];
     clnpu_server_options so = clnpu_server_options_default();
     so.host = a.host, so.port = (unsigned)a.port, so.api_key = a.api_key;
@@ -160,17 +197,26 @@ int cmd_serve(int argc, char **argv)
     if (!st) {
         clnpu_engine_stats es;
         clnpu_engine_get_stats(e, &es);
-        fprintf(stderr, "clnpu serve: http://%s:%u/ (model %s, %zu sequences, %zu-token context, %zu cache pages)\n",
+        fprintf(stderr, "clnpu serve: http://%s:%u/ (model %s, %zu sequences, %zu-token context, %zu cache pages%s)\n",
                 strchr(a.host, ':') ? "[::1]" : a.host, clnpu_server_port(srv), so.model_name, a.sequences,
-                clnpu_engine_context(e), es.pages);
-        int sig;
-        sigwait(&sigs, &sig);
-        fprintf(stderr, "clnpu serve: %s: stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+                clnpu_engine_context(e), es.pages, pl ? ", a plan" : "");
+        void *arg[2] = {e, &sigs};
+        pthread_t th;
+        if (pthread_create(&th, NULL, wait_signal, arg)) {
+            fprintf(stderr, "clnpu serve: error: cannot start the signal thread\n");
+            rc = CLI_EXIT_FAIL;
+        } else {
+            st = clnpu_engine_run(e); /* the engine on this thread: MPI calls stay on the main thread */
+            pthread_join(th, NULL);
+        }
     }
-    rc = st ? cli_fail("serve", st) : CLI_EXIT_OK;
+    if (!rc) rc = st ? cli_fail("serve", st) : CLI_EXIT_OK;
+    clnpu_engine_shutdown(e); /* open requests end (cancelled), so their connections close */
     clnpu_server_stop(srv);
     clnpu_engine_destroy(e);
     clnpu_model_destroy(m);
+    clnpu_pipeline_destroy(pl);
+    free(specs);
     clnpu_checkpoint_close(ck);
     clnpu_device_close(dev);
     return rc;

@@ -86,11 +86,28 @@ clnpu_engine_options clnpu_engine_options_default(void);
 typedef struct clnpu_engine clnpu_engine;
 
 clnpu_status clnpu_engine_create(clnpu_model *model, const clnpu_engine_options *opt, clnpu_engine **out_engine);
+/* Over a plan's stages (pipeline stages, expert shards, attention replicas, decode
+ * micro-batches): each sequence keeps its pages on every stage, so admission is by sequence
+ * slots and there is no prefix cache. Under mpirun the engine is rank 0's; every other rank
+ * calls clnpu_pipeline_serve_follow, which makes the pipeline calls rank 0 announces until
+ * rank 0's engine is destroyed. */
+struct clnpu_pipeline;
+clnpu_status clnpu_engine_create_pipeline(struct clnpu_pipeline *pipeline, const clnpu_engine_options *opt,
+                                          clnpu_engine **out_engine);
+clnpu_status clnpu_pipeline_serve_follow(struct clnpu_pipeline *pipeline);
 /* Run the loop on a thread of its own (until destroy). Without it, call clnpu_engine_step. */
 clnpu_status clnpu_engine_start(clnpu_engine *e);
+/* Run the loop on the caller's thread until clnpu_engine_stop (from another thread): what a
+ * host does whose MPI calls must stay on its main thread. */
+clnpu_status clnpu_engine_run(clnpu_engine *e);
+void clnpu_engine_stop(clnpu_engine *e);
 /* One iteration on the caller's thread (tests, single-threaded hosts); out_busy: work remains. */
 clnpu_status clnpu_engine_step(clnpu_engine *e, bool *out_busy);
-/* Cancels every request (their last event: CANCELLED), stops the thread, frees. The model stays. */
+/* Stops the loop (joining its thread), refuses new requests and ends every open one (its last
+ * event: CANCELLED). A server is stopped after this and before destroy, so that no connection
+ * waits for a request that will not end. */
+void clnpu_engine_shutdown(clnpu_engine *e);
+/* Shuts down if not yet, frees. The model stays. */
 void clnpu_engine_destroy(clnpu_engine *e);
 
 /* Queue a request. CLNPU_ERR_INVALID_ARGUMENT: it can never run (empty prompt, ids outside the
