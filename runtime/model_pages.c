@@ -2,7 +2,7 @@
  * pages shared between sequences by reference count (what a server's prefix cache builds on). */
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "model_internal.h"
 
 clnpu_cache_usage clnpu_model_cache_usage(const clnpu_model *m)

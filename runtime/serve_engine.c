@@ -7,7 +7,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/pipeline.h"
 #include "model_internal.h"
 #include "serve_internal.h"

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "serve_api.h"
 
 struct clnpu_server {

@@ -1,12 +1,13 @@
 /* Serving a plan across MPI ranks: rank 0 runs the engine (and the HTTP server); before each
  * pipeline call it announces the call to the other ranks, which make the same call, so every
  * rank steps its stages in the same order as under `clnpu run` (where every rank runs the same
- * program). Ranks wait for the next call without spinning a core (a test every 200 us). */
+ * program), over the pipeline's own communicator. Ranks wait for the next call without
+ * spinning a core (a test every 200 us). */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "pipeline_internal.h"
 #include "serve_internal.h"
 #ifdef CLNPU_HAVE_MPI
@@ -16,10 +17,10 @@
 
 #ifdef CLNPU_HAVE_MPI
 /* header: op, sequence, rows, logits wanted */
-static clnpu_status bcast(void *buf, int count, MPI_Datatype t, bool idle)
+static clnpu_status bcast(const clnpu_pipeline *p, void *buf, int count, MPI_Datatype t, bool idle)
 {
     MPI_Request rq;
-    if (MPI_Ibcast(buf, count, t, 0, MPI_COMM_WORLD, &rq) != MPI_SUCCESS)
+    if (MPI_Ibcast(buf, count, t, 0, *(MPI_Comm *)p->comm, &rq) != MPI_SUCCESS)
         return clnpu_fail(CLNPU_ERR_IO, "serving: MPI_Ibcast failed");
     for (;;) {
         int done = 0;
@@ -40,13 +41,13 @@ clnpu_status serve_mpi_announce(clnpu_pipeline *p, int op, size_t seq, const siz
     if (p->nranks <= 1) return CLNPU_OK;
 #ifdef CLNPU_HAVE_MPI
     long long h[4] = {op, (long long)seq, (long long)n, logits};
-    clnpu_status st = bcast(h, 4, MPI_LONG_LONG, false);
-    if (!st && n) st = bcast((void *)ids, (int)n, MPI_INT, false);
+    clnpu_status st = bcast(p, h, 4, MPI_LONG_LONG, false);
+    if (!st && n) st = bcast(p, (void *)ids, (int)n, MPI_INT, false);
     if (!st && n && seqs) {
         long long *s = malloc(n * sizeof *s);
         if (!s) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
         for (size_t i = 0; i < n; i++) s[i] = (long long)seqs[i];
-        st = bcast(s, (int)n, MPI_LONG_LONG, false);
+        st = bcast(p, s, (int)n, MPI_LONG_LONG, false);
         free(s);
     }
     return st;
@@ -69,7 +70,7 @@ clnpu_status clnpu_pipeline_serve_follow(clnpu_pipeline *p)
     clnpu_status st = ids && s && seqs && logits ? CLNPU_OK : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     while (!st) {
         long long h[4];
-        if ((st = bcast(h, 4, MPI_LONG_LONG, true))) break;
+        if ((st = bcast(p, h, 4, MPI_LONG_LONG, true))) break;
         const int op = (int)h[0];
         const size_t n = (size_t)h[2];
         if (op == SERVE_CMD_STOP) break;
@@ -77,9 +78,9 @@ clnpu_status clnpu_pipeline_serve_follow(clnpu_pipeline *p)
             st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "serving: the leader sent %zu rows (at most %zu)", n, B);
             break;
         }
-        if (n && (st = bcast(ids, (int)n, MPI_INT, false))) break;
+        if (n && (st = bcast(p, ids, (int)n, MPI_INT, false))) break;
         if (op == SERVE_CMD_DECODE && n) {
-            if ((st = bcast(s, (int)n, MPI_LONG_LONG, false))) break;
+            if ((st = bcast(p, s, (int)n, MPI_LONG_LONG, false))) break;
             for (size_t i = 0; i < n; i++) seqs[i] = (size_t)s[i];
         }
         if (op == SERVE_CMD_PREFILL) st = clnpu_pipeline_prefill(p, (size_t)h[1], ids, n, h[3] ? logits : NULL);

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/plan.h"
 
 clnpu_status clnpu_graph_build(const clnpu_model_config *c, clnpu_graph *g)

@@ -4,8 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../backend/error.h"
-#include "../backend/yaml_out.h"
+#include "../common/error.h"
+#include "../common/yaml_out.h"
 #include "plan_internal.h"
 
 static const char *unit_name(const clnpu_plan *p, size_t u, char *buf, size_t cap)

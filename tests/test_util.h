@@ -47,5 +47,6 @@ Suite *suite_checkpoint(void);
 Suite *suite_plan(void);
 Suite *suite_tuning(void);
 Suite *suite_serve(void);
+Suite *suite_examples(void);
 
 #endif

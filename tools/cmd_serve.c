@@ -133,11 +133,22 @@ static void *wait_signal(void *arg)
     return NULL;
 }
 
+static int serve_job(serve_args a, const void *comm);
+
 int cmd_serve(int argc, char **argv)
 {
     serve_args a = {.weights = -1, .port = 8080, .sequences = 8, .host = "127.0.0.1"};
     int rc = parse(argc, argv, &a);
     if (rc >= 0) return rc;
+    /* under mpirun: MPI is the CLI's, and a failed rank ends the job (tools/cli_mpi.c) */
+    const void *comm = NULL;
+    if (a.plan && cli_mpi_begin(&comm)) return CLI_EXIT_FAIL;
+    return cli_mpi_end(serve_job(a, comm));
+}
+
+static int serve_job(serve_args a, const void *comm)
+{
+    int rc = CLI_EXIT_OK;
     char cfgpath[4096];
     snprintf(cfgpath, sizeof cfgpath, "%s/config.json", a.model);
     if (a.config) snprintf(cfgpath, sizeof cfgpath, "%s", a.config);
@@ -165,7 +176,7 @@ int cmd_serve(int argc, char **argv)
     if (!st && a.plan) {
         clnpu_plan_layout lay;
         st = clnpu_pipeline_read_plan(a.plan, &cfg, &specs, &nspecs, &lay);
-        if (!st) st = clnpu_pipeline_create(&cfg, ck, specs, nspecs, &o, &pl);
+        if (!st) st = clnpu_pipeline_create_mpi(&cfg, ck, specs, nspecs, &o, comm, &pl);
         if (!st) clnpu_pipeline_set_micro_batches(pl, lay.micro_batches);
         if (!st && clnpu_pipeline_rank(pl) != 0) { /* a rank that runs its stages when rank 0 says */
             st = clnpu_pipeline_serve_follow(pl);

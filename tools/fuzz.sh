@@ -13,7 +13,7 @@ mkdir -p build-fuzz/corpus
 clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE \
     -DCL_TARGET_OPENCL_VERSION=300 -Iinclude -Ibackend \
     tests/fuzz/fuzz_parsers.c runtime/safetensors.c runtime/checkpoint.c runtime/model_config.c \
-    runtime/dtype.c backend/status.c backend/cl_error.c backend/profile_parse.c backend/file_read.c backend/yaml_in.c \
+    runtime/dtype.c common/status.c common/cl_error.c backend/profile_parse.c common/file_read.c common/yaml_in.c \
     -lcjson -lyaml -lm -o build-fuzz/fuzz_parsers
 # Seeds: selector byte + a real header, index, config and profile.
 python3 - <<'PY'

@@ -29,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "clnpu/export.h"
 #include "clnpu/model.h"
 #include "clnpu/ops.h"
 
@@ -81,42 +82,42 @@ typedef struct clnpu_engine_options {
     bool prefix_cache;     /* reuse cached pages of shared prompt prefixes, default true */
 } clnpu_engine_options;
 
-clnpu_engine_options clnpu_engine_options_default(void);
+CLNPU_API clnpu_engine_options clnpu_engine_options_default(void);
 
 typedef struct clnpu_engine clnpu_engine;
 
-clnpu_status clnpu_engine_create(clnpu_model *model, const clnpu_engine_options *opt, clnpu_engine **out_engine);
+CLNPU_API clnpu_status clnpu_engine_create(clnpu_model *model, const clnpu_engine_options *opt, clnpu_engine **out_engine);
 /* Over a plan's stages (pipeline stages, expert shards, attention replicas, decode
  * micro-batches): each sequence keeps its pages on every stage, so admission is by sequence
  * slots and there is no prefix cache. Under mpirun the engine is rank 0's; every other rank
  * calls clnpu_pipeline_serve_follow, which makes the pipeline calls rank 0 announces until
  * rank 0's engine is destroyed. */
 struct clnpu_pipeline;
-clnpu_status clnpu_engine_create_pipeline(struct clnpu_pipeline *pipeline, const clnpu_engine_options *opt,
+CLNPU_API clnpu_status clnpu_engine_create_pipeline(struct clnpu_pipeline *pipeline, const clnpu_engine_options *opt,
                                           clnpu_engine **out_engine);
-clnpu_status clnpu_pipeline_serve_follow(struct clnpu_pipeline *pipeline);
+CLNPU_API clnpu_status clnpu_pipeline_serve_follow(struct clnpu_pipeline *pipeline);
 /* Run the loop on a thread of its own (until destroy). Without it, call clnpu_engine_step. */
-clnpu_status clnpu_engine_start(clnpu_engine *e);
+CLNPU_API clnpu_status clnpu_engine_start(clnpu_engine *e);
 /* Run the loop on the caller's thread until clnpu_engine_stop (from another thread): what a
  * host does whose MPI calls must stay on its main thread. */
-clnpu_status clnpu_engine_run(clnpu_engine *e);
-void clnpu_engine_stop(clnpu_engine *e);
+CLNPU_API clnpu_status clnpu_engine_run(clnpu_engine *e);
+CLNPU_API void clnpu_engine_stop(clnpu_engine *e);
 /* One iteration on the caller's thread (tests, single-threaded hosts); out_busy: work remains. */
-clnpu_status clnpu_engine_step(clnpu_engine *e, bool *out_busy);
+CLNPU_API clnpu_status clnpu_engine_step(clnpu_engine *e, bool *out_busy);
 /* Stops the loop (joining its thread), refuses new requests and ends every open one (its last
  * event: CANCELLED). A server is stopped after this and before destroy, so that no connection
  * waits for a request that will not end. */
-void clnpu_engine_shutdown(clnpu_engine *e);
+CLNPU_API void clnpu_engine_shutdown(clnpu_engine *e);
 /* Shuts down if not yet, frees. The model stays. */
-void clnpu_engine_destroy(clnpu_engine *e);
+CLNPU_API void clnpu_engine_destroy(clnpu_engine *e);
 
 /* Queue a request. CLNPU_ERR_INVALID_ARGUMENT: it can never run (empty prompt, ids outside the
  * vocabulary, longer than the context or the cache); CLNPU_ERR_BUSY: max_waiting requests are
  * waiting already (a server answers 429). */
-clnpu_status clnpu_engine_submit(clnpu_engine *e, const clnpu_engine_request *rq, uint64_t *out_id);
+CLNPU_API clnpu_status clnpu_engine_submit(clnpu_engine *e, const clnpu_engine_request *rq, uint64_t *out_id);
 /* End a request early (a client went away): its pages are freed and its last event is
  * CANCELLED. Unknown or finished ids are ignored. */
-void clnpu_engine_cancel(clnpu_engine *e, uint64_t id);
+CLNPU_API void clnpu_engine_cancel(clnpu_engine *e, uint64_t id);
 
 typedef struct clnpu_engine_stats {
     size_t waiting, running;
@@ -130,9 +131,9 @@ typedef struct clnpu_engine_stats {
     double ttft_p50_s, ttft_p99_s, itl_p50_s, itl_p99_s; /* over the last 1024 samples */
 } clnpu_engine_stats;
 
-void clnpu_engine_get_stats(clnpu_engine *e, clnpu_engine_stats *out);
+CLNPU_API void clnpu_engine_get_stats(clnpu_engine *e, clnpu_engine_stats *out);
 /* Tokens per sequence (prompt + new tokens) the engine's model holds. */
-size_t clnpu_engine_context(const clnpu_engine *e);
+CLNPU_API size_t clnpu_engine_context(const clnpu_engine *e);
 
 /* ---- the HTTP server (libmicrohttpd) ----
  *
@@ -169,15 +170,15 @@ typedef struct clnpu_server_options {
     const clnpu_server_text *text;
 } clnpu_server_options;
 
-clnpu_server_options clnpu_server_options_default(void);
+CLNPU_API clnpu_server_options clnpu_server_options_default(void);
 
 typedef struct clnpu_server clnpu_server;
 
 /* Serve e (started) until clnpu_server_stop. */
-clnpu_status clnpu_server_start(clnpu_engine *e, const clnpu_server_options *opt, clnpu_server **out_server);
-unsigned clnpu_server_port(const clnpu_server *s);
+CLNPU_API clnpu_status clnpu_server_start(clnpu_engine *e, const clnpu_server_options *opt, clnpu_server **out_server);
+CLNPU_API unsigned clnpu_server_port(const clnpu_server *s);
 /* Stops accepting, ends open connections (their requests are cancelled), frees. */
-void clnpu_server_stop(clnpu_server *s);
+CLNPU_API void clnpu_server_stop(clnpu_server *s);
 
 #ifdef __cplusplus
 }
