@@ -276,7 +276,7 @@ static size_t text_tokens(const serve_conn *c)
 static void decode_text(serve_conn *c)
 {
     const size_t n = text_tokens(c);
-    if (n == c->shown_tok || !c->text || !c->text->decode || c->finish == CLNPU_FINISH_STOP) return;
+    if (n == c->shown_tok || !c->text || !c->text->decode || c->finish == CLNPU_ENGINE_FINISH_STOP) return;
     int *ids = malloc((n ? n : 1) * sizeof *ids);
     if (!ids) return;
     for (size_t i = 0; i < n; i++) ids[i] = c->toks[i].id;
@@ -285,9 +285,9 @@ static void decode_text(serve_conn *c)
     if (!c->text->decode(c->text->ctx, ids, n, &t, &len)) {
         for (size_t s = 0; s < c->nstops; s++) {
             const char *hit = strstr(t, c->stops[s]);
-            if (hit && (size_t)(hit - t) < len) len = (size_t)(hit - t), c->finish = CLNPU_FINISH_STOP;
+            if (hit && (size_t)(hit - t) < len) len = (size_t)(hit - t), c->finish = CLNPU_ENGINE_FINISH_STOP;
         }
-        if (c->finish == CLNPU_FINISH_STOP) c->want_cancel = true;
+        if (c->finish == CLNPU_ENGINE_FINISH_STOP) c->want_cancel = true;
         if (len < c->text_sent) len = c->text_sent; /* never take back what was sent */
         free(c->text_all);
         c->text_all = t, c->text_len = len;
@@ -370,13 +370,13 @@ static cJSON *logprobs_json(const serve_conn *c, size_t from, size_t to)
     return o;
 }
 
-static const char *finish_name(clnpu_finish_reason f)
+static const char *finish_name(clnpu_engine_finish f)
 {
     switch (f) {
-    case CLNPU_FINISH_LENGTH: return "length";
-    case CLNPU_FINISH_STOP: return "stop";
-    case CLNPU_FINISH_CANCELLED: return "cancelled";
-    case CLNPU_FINISH_ERROR: return "error";
+    case CLNPU_ENGINE_FINISH_LENGTH: return "length";
+    case CLNPU_ENGINE_FINISH_STOP: return "stop";
+    case CLNPU_ENGINE_FINISH_CANCELLED: return "cancelled";
+    case CLNPU_ENGINE_FINISH_ERROR: return "error";
     default: return NULL;
     }
 }
@@ -454,7 +454,7 @@ static void sanitize_tail(serve_conn *c)
 void serve_conn_render(serve_conn *c)
 {
     decode_text(c);
-    const bool finished = c->done || c->finish == CLNPU_FINISH_STOP;
+    const bool finished = c->done || c->finish == CLNPU_ENGINE_FINISH_STOP;
     if (finished && c->text_all) sanitize_tail(c);
     if (!c->stream || c->stream_closed) return;
     const size_t upto = sendable(c, finished), ntext = c->text && c->text->decode ? c->shown_tok : text_tokens(c);
@@ -468,7 +468,7 @@ void serve_conn_render(serve_conn *c)
         sse(c, o);
     }
     if (!finished) return;
-    if (c->finish == CLNPU_FINISH_ERROR) {
+    if (c->finish == CLNPU_ENGINE_FINISH_ERROR) {
         char *e = serve_error_json(500, c->error);
         if (e) {
             append(&c->out, &c->out_len, &c->out_cap, "data: ", 6);

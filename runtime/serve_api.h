@@ -45,7 +45,7 @@ typedef struct serve_conn {
     /* progress */
     uint64_t id;
     bool submitted, done, want_cancel;
-    clnpu_finish_reason finish;
+    clnpu_engine_finish finish;
     char error[512];
     size_t usage_prompt, usage_cached;
     serve_tok *toks; /* every token the engine drew */

@@ -180,7 +180,7 @@ static void lat_push(double *ring, size_t *n, double v)
     (*n)++;
 }
 
-static bool emit(clnpu_engine *e, rq *r, int token, clnpu_finish_reason fin, const char *msg, const float *row)
+static bool emit(clnpu_engine *e, rq *r, int token, clnpu_engine_finish fin, const char *msg, const float *row)
 {
     clnpu_engine_event ev = {.id = r->id, .token = token, .finish = fin, .message = msg,
                              .prompt_tokens = r->prompt_len, .completion_tokens = r->generated,
@@ -195,10 +195,10 @@ static bool emit(clnpu_engine *e, rq *r, int token, clnpu_finish_reason fin, con
 }
 
 /* Leave the running set: the full pages go to the prefix cache, the slot is freed. */
-static void retire(clnpu_engine *e, rq *r, clnpu_finish_reason fin, const char *msg)
+static void retire(clnpu_engine *e, rq *r, clnpu_engine_finish fin, const char *msg)
 {
     if (r->state != RQ_WAITING) {
-        if (e->prefix && fin != CLNPU_FINISH_ERROR) {
+        if (e->prefix && fin != CLNPU_ENGINE_FINISH_ERROR) {
             const size_t full = r->computed / e->page;
             if (full && !clnpu_model_sequence_pages(e->m, r->slot, full, e->pages))
                 serve_prefix_insert(e->prefix, e->m, r->tok, full, e->pages);
@@ -207,7 +207,7 @@ static void retire(clnpu_engine *e, rq *r, clnpu_finish_reason fin, const char *
     }
     pthread_mutex_lock(&e->mu);
     if (r->state != RQ_WAITING) e->run[r->slot] = NULL, e->nrun--;
-    if (fin == CLNPU_FINISH_ERROR) e->st.requests_failed++;
+    if (fin == CLNPU_ENGINE_FINISH_ERROR) e->st.requests_failed++;
     else e->st.requests_finished++;
     pthread_mutex_unlock(&e->mu);
     emit(e, r, -1, fin, msg, NULL);
@@ -334,7 +334,7 @@ void clnpu_engine_cancel(clnpu_engine *e, uint64_t id)
     pthread_mutex_unlock(&e->mu);
     if (gone) {
         gone->state = RQ_WAITING;
-        retire(e, gone, CLNPU_FINISH_CANCELLED, NULL);
+        retire(e, gone, CLNPU_ENGINE_FINISH_CANCELLED, NULL);
     }
 }
 
@@ -398,16 +398,16 @@ static void accept(clnpu_engine *e, rq *r, int tok, const float *row)
     pthread_mutex_unlock(&e->mu);
     bool stop = false;
     for (size_t i = 0; i < r->nstop; i++) stop |= r->stop[i] == tok;
-    const bool halt = emit(e, r, tok, CLNPU_FINISH_NONE, NULL, row);
-    if (stop || halt) retire(e, r, CLNPU_FINISH_STOP, NULL);
-    else if (r->generated == r->max_new || r->ntok >= e->ctx) retire(e, r, CLNPU_FINISH_LENGTH, NULL);
+    const bool halt = emit(e, r, tok, CLNPU_ENGINE_FINISH_NONE, NULL, row);
+    if (stop || halt) retire(e, r, CLNPU_ENGINE_FINISH_STOP, NULL);
+    else if (r->generated == r->max_new || r->ntok >= e->ctx) retire(e, r, CLNPU_ENGINE_FINISH_LENGTH, NULL);
     else r->state = RQ_DECODE;
 }
 
 static void fail_all(clnpu_engine *e, const char *msg)
 {
     for (size_t s = 0; s < e->slots; s++)
-        if (e->run[s]) retire(e, e->run[s], CLNPU_FINISH_ERROR, msg);
+        if (e->run[s]) retire(e, e->run[s], CLNPU_ENGINE_FINISH_ERROR, msg);
 }
 
 /* One decode step for every sequence in RQ_DECODE; returns the rows run. */
@@ -497,7 +497,7 @@ clnpu_status clnpu_engine_step(clnpu_engine *e, bool *out_busy)
         pthread_mutex_lock(&e->mu);
         const bool c = e->run[s] && e->run[s]->cancel;
         pthread_mutex_unlock(&e->mu);
-        if (c) retire(e, e->run[s], CLNPU_FINISH_CANCELLED, NULL);
+        if (c) retire(e, e->run[s], CLNPU_ENGINE_FINISH_CANCELLED, NULL);
     }
     admit(e);
     const size_t dec = decode_step(e);
@@ -575,7 +575,7 @@ void clnpu_engine_shutdown(clnpu_engine *e)
     if (e->started) pthread_join(e->th, NULL);
     e->started = false, e->shut = true;
     for (size_t s = 0; e->run && s < e->slots; s++)
-        if (e->run[s]) retire(e, e->run[s], CLNPU_FINISH_CANCELLED, NULL);
+        if (e->run[s]) retire(e, e->run[s], CLNPU_ENGINE_FINISH_CANCELLED, NULL);
     for (;;) {
         pthread_mutex_lock(&e->mu);
         rq *r = e->wait_head;
@@ -587,7 +587,7 @@ void clnpu_engine_shutdown(clnpu_engine *e)
         pthread_mutex_unlock(&e->mu);
         if (!r) break;
         r->state = RQ_WAITING;
-        retire(e, r, CLNPU_FINISH_CANCELLED, NULL);
+        retire(e, r, CLNPU_ENGINE_FINISH_CANCELLED, NULL);
     }
 }
 

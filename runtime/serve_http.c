@@ -48,7 +48,7 @@ static bool on_event(void *user, const clnpu_engine_event *ev)
 {
     serve_conn *c = user;
     pthread_mutex_lock(&c->mu);
-    if (ev->finish == CLNPU_FINISH_NONE) serve_conn_push(c, ev);
+    if (ev->finish == CLNPU_ENGINE_FINISH_NONE) serve_conn_push(c, ev);
     else {
         if (!c->finish) c->finish = ev->finish;
         if (ev->message) snprintf(c->error, sizeof c->error, "%s", ev->message);
@@ -197,7 +197,7 @@ static enum MHD_Result run_request(clnpu_server *s, struct MHD_Connection *con, 
     }
     serve_conn_render(c);
     char *body = serve_conn_final_json(c);
-    const bool failed = c->finish == CLNPU_FINISH_ERROR;
+    const bool failed = c->finish == CLNPU_ENGINE_FINISH_ERROR;
     pthread_mutex_unlock(&c->mu);
     if (!body) return send_error(s, con, 500, "out of host memory");
     enum MHD_Result r = failed ? send_error(s, con, 500, "%s", c->error) : send_text(con, 200, "application/json", body);

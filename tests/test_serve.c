@@ -87,7 +87,7 @@ static void reference(void)
 typedef struct got {
     int ids[LONG + 4];
     size_t n;
-    clnpu_finish_reason fin;
+    clnpu_engine_finish fin;
     pthread_mutex_t mu;
 } got;
 
@@ -95,7 +95,7 @@ static bool collect(void *user, const clnpu_engine_event *ev)
 {
     got *g = user;
     pthread_mutex_lock(&g->mu);
-    if (ev->finish == CLNPU_FINISH_NONE && g->n < LONG + 4) g->ids[g->n++] = ev->token;
+    if (ev->finish == CLNPU_ENGINE_FINISH_NONE && g->n < LONG + 4) g->ids[g->n++] = ev->token;
     if (ev->finish) g->fin = ev->finish;
     pthread_mutex_unlock(&g->mu);
     return false;
@@ -138,7 +138,7 @@ START_TEST(test_engine_matches_alone)
     clnpu_engine_get_stats(e, &st);
     for (size_t p = 0; p < NP; p++) {
         const size_t want = p < 4 ? LONG : NEW;
-        ck_assert_msg(g[p].fin == CLNPU_FINISH_LENGTH, "request %zu: finish %d", p, g[p].fin);
+        ck_assert_msg(g[p].fin == CLNPU_ENGINE_FINISH_LENGTH, "request %zu: finish %d", p, g[p].fin);
         ck_assert_uint_eq(g[p].n, want);
         for (size_t i = 0; i < want; i++)
             ck_assert_msg(g[p].ids[i] == ref[p][i], "request %zu (prompt %zu ids) token %zu: %d, alone %d", p, plen[p],
@@ -189,7 +189,7 @@ START_TEST(test_engine_pipeline)
     }
     for (size_t p = 0; p < NP; p++) {
         pthread_mutex_lock(&g[p].mu);
-        ck_assert_msg(g[p].fin == CLNPU_FINISH_LENGTH && g[p].n == NEW, "request %zu: finish %d, %zu ids", p, g[p].fin,
+        ck_assert_msg(g[p].fin == CLNPU_ENGINE_FINISH_LENGTH && g[p].n == NEW, "request %zu: finish %d, %zu ids", p, g[p].fin,
                       g[p].n);
         for (size_t i = 0; i < NEW; i++) ck_assert_int_eq(g[p].ids[i], ref[p][i]);
         pthread_mutex_unlock(&g[p].mu);
@@ -234,16 +234,16 @@ START_TEST(test_engine_refuses)
     ck_assert_ok(clnpu_engine_submit(e, &(clnpu_engine_request){ids, 5, 8, GREEDY, NULL, 0, 0, collect, &a}, &ida));
     ck_assert_ok(clnpu_engine_submit(e, &(clnpu_engine_request){ids, 5, 8, GREEDY, NULL, 0, 0, collect, &b}, &idb));
     clnpu_engine_cancel(e, idb);
-    ck_assert_int_eq(b.fin, CLNPU_FINISH_CANCELLED);
+    ck_assert_int_eq(b.fin, CLNPU_ENGINE_FINISH_CANCELLED);
     bool busy = true;
     for (int i = 0; i < 100 && busy; i++) ck_assert_ok(clnpu_engine_step(e, &busy));
-    ck_assert_int_eq(a.fin, CLNPU_FINISH_LENGTH);
+    ck_assert_int_eq(a.fin, CLNPU_ENGINE_FINISH_LENGTH);
     const int stop = a.ids[2];
     memset(&a.ids, 0, sizeof a.ids), a.n = 0, a.fin = 0;
     ck_assert_ok(clnpu_engine_submit(e, &(clnpu_engine_request){ids, 5, 8, GREEDY, &stop, 1, 0, collect, &a}, &ida));
     busy = true;
     for (int i = 0; i < 100 && busy; i++) ck_assert_ok(clnpu_engine_step(e, &busy));
-    ck_assert_int_eq(a.fin, CLNPU_FINISH_STOP);
+    ck_assert_int_eq(a.fin, CLNPU_ENGINE_FINISH_STOP);
     ck_assert_uint_le(a.n, 3);
     ck_assert_int_eq(a.ids[a.n - 1], stop);
     clnpu_engine_destroy(e);

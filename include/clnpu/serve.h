@@ -37,13 +37,13 @@
 extern "C" {
 #endif
 
-typedef enum clnpu_finish_reason {
-    CLNPU_FINISH_NONE = 0,  /* not finished: a token */
-    CLNPU_FINISH_LENGTH,    /* max_tokens reached, or the context is full */
-    CLNPU_FINISH_STOP,      /* a stop id was drawn, or the event handler asked to stop */
-    CLNPU_FINISH_CANCELLED, /* clnpu_engine_cancel, or the engine was destroyed */
-    CLNPU_FINISH_ERROR,     /* a forward step failed: see message */
-} clnpu_finish_reason;
+typedef enum clnpu_engine_finish {
+    CLNPU_ENGINE_FINISH_NONE = 0,  /* not finished: a token */
+    CLNPU_ENGINE_FINISH_LENGTH,    /* max_tokens reached, or the context is full */
+    CLNPU_ENGINE_FINISH_STOP,      /* a stop id was drawn, or the event handler asked to stop */
+    CLNPU_ENGINE_FINISH_CANCELLED, /* clnpu_engine_cancel, or the engine was destroyed */
+    CLNPU_ENGINE_FINISH_ERROR,     /* a forward step failed: see message */
+} clnpu_engine_finish;
 
 #define CLNPU_ENGINE_MAX_LOGPROBS 20
 
@@ -54,13 +54,13 @@ typedef struct clnpu_engine_event {
     size_t top_count;             /* alternatives with the highest logprobs, when asked */
     int top_ids[CLNPU_ENGINE_MAX_LOGPROBS];
     float top_logprobs[CLNPU_ENGINE_MAX_LOGPROBS];
-    clnpu_finish_reason finish;   /* NONE for a token; otherwise this is the request's last event */
+    clnpu_engine_finish finish;   /* NONE for a token; otherwise this is the request's last event */
     const char *message;          /* FINISH_ERROR: what failed */
     size_t prompt_tokens, completion_tokens, cached_tokens; /* usage so far */
     double queue_s, first_token_s; /* waited before admission; submit to first token */
 } clnpu_engine_event;
 
-/* Return true to end the request now with CLNPU_FINISH_STOP (a stop string was seen). The last
+/* Return true to end the request now with CLNPU_ENGINE_FINISH_STOP (a stop string was seen). The last
  * event's return value is ignored. */
 typedef bool (*clnpu_engine_event_fn)(void *user, const clnpu_engine_event *ev);
 
