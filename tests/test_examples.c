@@ -1,6 +1,6 @@
 /* The programs in examples/ (the public headers' usage examples, whole, linked against the shared
  * library) build and run: the vendor's GEMM check and the RMSNorm / raw-kernel check pass, and
- * generate, plan and pipeline agree with the CLI and with each other on the tiny checkpoint. */
+ * generate, engine, plan and pipeline agree with the CLI and with each other on the tiny checkpoint. */
 #include <stdio.h>
 #include <string.h>
 
@@ -72,6 +72,12 @@ START_TEST(test_example_generate_plan_pipeline)
     ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%s", out);
     ids_line(out, cli, sizeof cli);
     ck_assert_msg(mine[0] && !strcmp(mine, cli), "generate printed '%s', clnpu run '%s'", mine, cli);
+
+    /* the serving engine, greedy, draws the same tokens */
+    char served[256];
+    rc = example("engine", TINY " 4", out, sizeof out);
+    ids_line(out, served, sizeof served);
+    ck_assert_msg(rc == 0 && !strcmp(served, mine), "engine (%d) printed '%s', generate '%s': %s", rc, served, mine, out);
 
     test_mkdtemp(dir, sizeof dir);
     snprintf(args, sizeof args, "'%s/config.json' '%s/clusters/pocl-2.yaml' '%s/plan.yaml'", TINY, CLNPU_SOURCE_DIR, dir);

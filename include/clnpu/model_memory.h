@@ -1,10 +1,12 @@
 /* Device memory a model instance allocates besides its weights, computed from the config and the
  * options alone (no device): the scheduler plans with it, so a plan counts what the executor
- * allocates, and a test holds it to clnpu_device_memory_used.
+ * allocates, and a test holds it to clnpu_device_memory_used. From examples/generate.c:
  *
  *     clnpu_model_memory mm;
- *     clnpu_model_memory_estimate(&cfg, &opt, 1, &mm);
- *     double bytes = weights + mm.workspaces + layers * mm.cache_per_layer + moe_layers * mm.moe_scratch;
+ *     CHECK(clnpu_model_memory_estimate(&cfg, &o, 1, &mm));
+ *     const double besides = mm.workspaces + mm.logits + cfg.num_hidden_layers * mm.cache_per_layer + moe_layers * mm.moe_scratch;
+ *
+ * (plus the weights: what a model of one device holds in all).
  */
 #ifndef CLNPU_MODEL_MEMORY_H
 #define CLNPU_MODEL_MEMORY_H

@@ -9,14 +9,15 @@
  * needs a page and none is free, the newest request is pre-empted (its pages freed; it is
  * recomputed later from its tokens so far), so running requests never fail for lack of pages.
  *
+ * From examples/engine.c (CHECK: print clnpu_error_message(), clean up):
+ *
  *     clnpu_engine_options eo = clnpu_engine_options_default();
- *     clnpu_engine *e;  clnpu_engine_create(model, &eo, &e);
- *     clnpu_engine_start(e);                           // its loop on a thread of its own
- *     clnpu_engine_request rq = {.prompt = ids, .prompt_len = n, .max_tokens = 16,
- *                                .on_event = my_fn, .user = me};
- *     uint64_t id;  clnpu_engine_submit(e, &rq, &id);  // my_fn sees each token, then the end
+ *     CHECK(clnpu_engine_create(model, &eo, &e));
+ *     CHECK(clnpu_engine_start(e)); // its loop on a thread of its own
+ *     clnpu_engine_request rq = {.prompt = ids, .prompt_len = n, .max_tokens = n_new, .on_event = my_fn, .user = &me};
+ *     CHECK(clnpu_engine_submit(e, &rq, &id)); // my_fn sees each token, then the end
  *     ...
- *     clnpu_engine_destroy(e);                         // cancels what is left, stops the thread
+ *     clnpu_engine_destroy(e); // cancels what is left, stops the thread; the model stays
  *
  * Thread safety: submit, cancel and stats may be called from any thread; events are delivered on
  * the engine's thread and must return quickly (copy and signal). The model belongs to the engine
