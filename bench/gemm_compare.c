@@ -4,7 +4,7 @@
  * for the memory-bound shapes, so nobody is timed on cached weights. For the M = 1 shapes a
  * second table streams f32 and bf16 weights and compares their bytes per second with a STREAM
  * triad measured in the same run (one host thread per online CPU).
- * Usage: gemm_compare [--device N] [--shape MxNxK ...] [--min-time S] */
+ * Usage: gemm_compare [--device N] [--shape MxNxK ...] [--min-time S] [--no-clblast] */
 #include <CL/cl.h>
 #include <pthread.h>
 #include <unistd.h>
@@ -108,6 +108,20 @@ static double time_it(ctx *c, run_fn run, run_fn finish, double min_time)
     return t[3];
 }
 
+/* The 1-minute load average, for the record next to each figure. */
+static const char *loadavg(void)
+{
+    static char buf[64];
+    FILE *f = fopen("/proc/loadavg", "r");
+    buf[0] = '\0';
+    if (f) {
+        if (!fgets(buf, sizeof buf, f)) buf[0] = '\0';
+        fclose(f);
+    }
+    buf[strcspn(buf, " \n")] = '\0';
+    return buf;
+}
+
 /* ---- STREAM triad a[i] = b[i] + s * c[i], counted as 24 bytes per element as STREAM does ---- */
 typedef struct triad_part {
     double *a, *b, *c;
@@ -197,15 +211,21 @@ int main(int argc, char **argv)
     size_t devidx = 0, nshapes = 0;
     size_t shapes[32][3];
     double min_time = 1.0;
+    bool clblast = true;
+    const char *params = NULL; /* "mr=10,nb=2;mr=8": configurations to alternate (CLNPU_GEMM) */
+    int rounds = 5;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) devidx = strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--no-clblast")) clblast = false;
+        else if (!strcmp(argv[i], "--params") && i + 1 < argc) params = argv[++i];
+        else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--min-time") && i + 1 < argc) min_time = atof(argv[++i]);
         else if (!strcmp(argv[i], "--shape") && i + 1 < argc && nshapes < 32 &&
                  sscanf(argv[++i], "%zux%zux%zu", &shapes[nshapes][0], &shapes[nshapes][1],
                         &shapes[nshapes][2]) == 3)
             nshapes++;
         else {
-            fprintf(stderr, "usage: gemm_compare [--device N] [--shape MxNxK ...] [--min-time S]\n");
+            fprintf(stderr, "usage: gemm_compare [--device N] [--shape MxNxK ...] [--min-time S] [--no-clblast]\n");
             return 2;
         }
     }
@@ -250,9 +270,41 @@ int main(int argc, char **argv)
             fprintf(stderr, "gemm_compare: %s\n", clnpu_error_message());
             rc = 1;
         }
-        c.clw = rc ? NULL : clCreateBuffer(clnpu_device_cl_context(dev), CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+        c.clw = rc || !clblast ? NULL : clCreateBuffer(clnpu_device_cl_context(dev), CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
                                            c.copies * wbytes, c.hw, &err);
-        if (!rc) {
+        if (!rc && params) {
+            /* Round robin over the configurations and OpenBLAS, so each configuration is timed
+             * next to OpenBLAS in the same seconds of a noisy machine: medians of the ratios. */
+            char list[1024];
+            snprintf(list, sizeof list, "%s", params);
+            char *cfg[16];
+            int ncfg = 0;
+            for (char *save = NULL, *t = strtok_r(list, ";", &save); t && ncfg < 16; t = strtok_r(NULL, ";", &save))
+                cfg[ncfg++] = t;
+            double ratio[16][64], gf[16][64], ob[64];
+            if (rounds > 64) rounds = 64;
+            const double f = 2.0 * c.m * c.n * c.k / 1e9;
+            for (int r = 0; r < rounds; r++) {
+                double to = time_it(&c, run_openblas, finish_none, min_time);
+                ob[r] = f / to;
+                for (int j = 0; j < ncfg; j++) {
+                    setenv("CLNPU_GEMM", cfg[j], 1);
+                    double t = time_it(&c, run_clnpu, finish_clnpu, min_time);
+                    gf[j][r] = f / t;
+                    ratio[j][r] = to / t;
+                }
+            }
+            unsetenv("CLNPU_GEMM");
+            qsort(ob, (size_t)rounds, sizeof ob[0], cmp_d);
+            printf("%zux%zux%zu: OpenBLAS median %.1f GFLOP/s (load %s)\n", c.m, c.n, c.k, ob[rounds / 2], loadavg());
+            for (int j = 0; j < ncfg; j++) {
+                qsort(ratio[j], (size_t)rounds, sizeof ratio[j][0], cmp_d);
+                qsort(gf[j], (size_t)rounds, sizeof gf[j][0], cmp_d);
+                printf("  %-40s %7.1f GFLOP/s  %5.2fx (%.2f-%.2f)\n", cfg[j], gf[j][rounds / 2], ratio[j][rounds / 2],
+                       ratio[j][0], ratio[j][rounds - 1]);
+            }
+            fflush(stdout);
+        } else if (!rc) {
             double t1 = time_it(&c, run_clnpu, finish_clnpu, min_time);
             double t2 = c.clw ? time_it(&c, run_clblast, finish_clnpu, min_time) : NAN;
             double t3 = time_it(&c, run_openblas, finish_none, min_time);
