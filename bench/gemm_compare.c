@@ -108,6 +108,37 @@ static double time_it(ctx *c, run_fn run, run_fn finish, double min_time)
     return t[3];
 }
 
+/* Matrix i of the f32 copies as a weight of dtype t (int8: groups of 128 along K, as the model
+ * loads them); what it allocates is freed with free_desc. */
+static int make_desc(clnpu_dtype t, const float *w, size_t n, size_t k, clnpu_weight_desc *d)
+{
+    *d = (clnpu_weight_desc){t, n, k, w, NULL, 0};
+    if (t == CLNPU_DTYPE_F32) return 0;
+    void *q = malloc(n * k * clnpu_dtype_size(t));
+    float *s = NULL;
+    if (!q) return 1;
+    d->data = q;
+    if (t == CLNPU_DTYPE_BF16 || t == CLNPU_DTYPE_F16) {
+        for (size_t i = 0; i < n * k; i++)
+            ((uint16_t *)q)[i] = t == CLNPU_DTYPE_BF16 ? clnpu_f32_to_bf16(w[i]) : clnpu_f32_to_f16(w[i]);
+        return 0;
+    }
+    if (t == CLNPU_DTYPE_I8) {
+        s = malloc(n * ((k + 127) / 128) * sizeof *s);
+        d->group_k = 128, d->scales = s;
+        return !s || clnpu_quantize_i8(w, n, k, 128, q, s);
+    }
+    s = malloc(((n + 127) / 128) * ((k + 127) / 128) * sizeof *s);
+    d->scales = s;
+    return !s || clnpu_quantize_fp8(w, n, k, q, s);
+}
+
+static void free_desc(clnpu_weight_desc *d)
+{
+    if (d->dtype != CLNPU_DTYPE_F32) free((void *)d->data);
+    free((void *)d->scales);
+}
+
 /* The 1-minute load average, for the record next to each figure. */
 static const char *loadavg(void)
 {
@@ -214,11 +245,20 @@ int main(int argc, char **argv)
     bool clblast = true;
     const char *params = NULL; /* "mr=10,nb=2;mr=8": configurations to alternate (CLNPU_GEMM) */
     int rounds = 5;
+    clnpu_dtype wtype = CLNPU_DTYPE_F32; /* clnpu's weights (OpenBLAS and CLBlast: always f32) */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) devidx = strtoul(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--no-clblast")) clblast = false;
         else if (!strcmp(argv[i], "--params") && i + 1 < argc) params = argv[++i];
         else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
+            const int t = clnpu_dtype_parse(argv[++i]);
+            if (t < 0) {
+                fprintf(stderr, "gemm_compare: unknown dtype '%s'\n", argv[i]);
+                return 2;
+            }
+            wtype = (clnpu_dtype)t;
+        }
         else if (!strcmp(argv[i], "--min-time") && i + 1 < argc) min_time = atof(argv[++i]);
         else if (!strcmp(argv[i], "--shape") && i + 1 < argc && nshapes < 32 &&
                  sscanf(argv[++i], "%zux%zux%zu", &shapes[nshapes][0], &shapes[nshapes][1],
@@ -261,10 +301,10 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < c.copies * c.n * c.k; i++) c.hw[i] = (float)((i * 7919) % 1000) * 1e-4f - 0.05f;
         for (size_t i = 0; i < c.m * c.k; i++) c.hx[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
         clnpu_weight_desc *d = calloc(c.copies, sizeof *d);
-        for (size_t i = 0; i < c.copies; i++)
-            d[i] = (clnpu_weight_desc){CLNPU_DTYPE_F32, c.n, c.k, c.hw + i * c.n * c.k, NULL, 0};
+        int bad = 0;
+        for (size_t i = 0; i < c.copies; i++) bad |= make_desc(wtype, c.hw + i * c.n * c.k, c.n, c.k, &d[i]);
         cl_int err;
-        if (clnpu_weight_upload(dev, d, c.copies, &c.w) ||
+        if (bad || clnpu_weight_upload(dev, d, c.copies, &c.w) ||
             clnpu_buffer_create(dev, c.m * c.k * 4, &c.x) || clnpu_buffer_create(dev, c.m * c.n * 4, &c.y) ||
             clnpu_buffer_write(c.x, 0, c.hx, c.m * c.k * 4)) {
             fprintf(stderr, "gemm_compare: %s\n", clnpu_error_message());
@@ -319,6 +359,7 @@ int main(int argc, char **argv)
         clnpu_weight_destroy(c.w);
         clnpu_buffer_destroy(c.x);
         clnpu_buffer_destroy(c.y);
+        for (size_t i = 0; i < c.copies; i++) free_desc(&d[i]);
         free(d);
         free(c.hw);
         free(c.hx);

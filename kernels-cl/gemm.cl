@@ -157,6 +157,13 @@
 /* Scales are repacked per weight panel q at upload (see runtime/gemm_pack.c):
  *   int8 per channel: S[q][NR]; int8 per group: S[q][ngroups][NR]; fp8: S[q][kblocks]. */
 
+/* Quantised weights: scale each block's sum once (one FMA per accumulator per block) instead of
+ * each widened weight row (one multiply per k step) — the multiply is a fifth of an int8 GEMV's
+ * vector work; it needs a second set of accumulators, so only where few are live. */
+#ifndef CLNPU_GEMM_DEFER_SCALE
+#define CLNPU_GEMM_DEFER_SCALE (MR * KACC * (1 + PAIR) <= 8)
+#endif
+#define DEFER_SCALE CLNPU_GEMM_DEFER_SCALE
 #define MB CLNPU_GEMM_MB
 #define KC CLNPU_GEMM_KC
 
@@ -194,20 +201,20 @@
 #define PAIR_LOAD(kk)                                                                              \
     VF w2 = LOAD_ROW(wu, kk);                                                                      \
     SCALE_U(w2)
-#define PAIR_FMA(r, c) accu[(r) * KACC + (c)] = fma(xv, w2, accu[(r) * KACC + (c)])
+#define PAIR_FMA(r, c) ACC_U[(r) * KACC + (c)] = fma(xv, w2, ACC_U[(r) * KACC + (c)])
 #else
 #define PAIR_LOAD(kk)
 #define PAIR_FMA(r, c)
 #endif
 #define K_STEP(kk, c)                                                                              \
     {                                                                                              \
-        const uint kk_ = (kk);                                                                     \
+        const size_t kk_ = (kk);                                                                   \
         VF w = LOAD_ROW(wg, kk_);                                                                  \
         SCALE_G(w);                                                                                \
         PAIR_LOAD(kk_);                                                                            \
         _Pragma("unroll") for (int r = 0; r < MR; r++) {                                           \
             const VF xv = (VF)(xr[r][kk_]);                                                        \
-            acc[r * KACC + (c)] = fma(xv, w, acc[r * KACC + (c)]);                                 \
+            ACC_G[r * KACC + (c)] = fma(xv, w, ACC_G[r * KACC + (c)]);                             \
             PAIR_FMA(r, c);                                                                        \
         }                                                                                          \
     }
@@ -257,8 +264,18 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
             for (int r = 0; r < MR * KACC; r++) accu[r] = (VF)(0.0f);
 #endif
 #ifdef QBLOCK
-            for (uint kb = kc; kb < kc1;) {
-                const uint kn = min(kc1, (kb / QBLOCK + 1) * QBLOCK);
+            for (size_t kb = kc; kb < kc1;) {
+#if DEFER_SCALE
+                VF bacc[MR * KACC];
+#pragma unroll
+                for (int r = 0; r < MR * KACC; r++) bacc[r] = (VF)(0.0f);
+#if PAIR
+                VF baccu[MR * KACC];
+#pragma unroll
+                for (int r = 0; r < MR * KACC; r++) baccu[r] = (VF)(0.0f);
+#endif
+#endif
+                const size_t kn = min((size_t)kc1, (kb / QBLOCK + 1) * QBLOCK);
 #if CLNPU_GEMM_WTYPE == 3
                 const VF sg = VLOADF(0, S + ((size_t)qg * nblocks + kb / QBLOCK) * NR);
 #else
@@ -271,13 +288,24 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
                 const VF su = (VF)(S[(size_t)qu * nblocks + kb / QBLOCK]);
 #endif
 #endif
-#define SCALE_G(w) (w) *= sg
-#define SCALE_U(w) (w) *= su
-#else
-            {
-                const uint kb = kc, kn = kc1;
+#if DEFER_SCALE
 #define SCALE_G(w)
 #define SCALE_U(w)
+#define ACC_G bacc
+#define ACC_U baccu
+#else
+#define SCALE_G(w) (w) *= sg
+#define SCALE_U(w) (w) *= su
+#define ACC_G acc
+#define ACC_U accu
+#endif
+#else
+            {
+                const size_t kb = kc, kn = kc1;
+#define SCALE_G(w)
+#define SCALE_U(w)
+#define ACC_G acc
+#define ACC_U accu
 #endif
                 /* KACC independent accumulator chains along k hide the FMA latency when MR is
                  * small. */
@@ -286,15 +314,15 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
                  * memory streams per work-item keep more cache-line fills in flight than one
                  * (worth ~25 % for f32 / bf16 GEMV on PoCL; the 8-bit types are bound by their
                  * decode). */
-                const uint q = (kn - kb) / KACC;
-                uint k = kb;
-                for (uint i = 0; i < q; i++, k++) {
+                const size_t q = (kn - kb) / KACC;
+                size_t k = kb;
+                for (size_t i = 0; i < q; i++, k++) {
 #pragma unroll
                     for (int c = 0; c < KACC; c++) K_STEP(k + c * q, c);
                 }
                 k = kb + KACC * q;
 #else
-                uint k = kb;
+                size_t k = kb;
                 for (; k + KACC <= kn; k += KACC) {
 #pragma unroll
                     for (int c = 0; c < KACC; c++) K_STEP(k + c, c);
@@ -303,7 +331,18 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
                 for (; k < kn; k++) K_STEP(k, 0);
 #undef SCALE_G
 #undef SCALE_U
+#undef ACC_G
+#undef ACC_U
 #ifdef QBLOCK
+#if DEFER_SCALE
+#pragma unroll
+                for (int r = 0; r < MR * KACC; r++) {
+                    acc[r] = fma(bacc[r], sg, acc[r]);
+#if PAIR
+                    accu[r] = fma(baccu[r], su, accu[r]);
+#endif
+                }
+#endif
                 kb = kn;
 #endif
             }
