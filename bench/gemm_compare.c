@@ -4,7 +4,12 @@
  * for the memory-bound shapes, so nobody is timed on cached weights. For the M = 1 shapes a
  * second table streams f32 and bf16 weights and compares their bytes per second with a STREAM
  * triad measured in the same run (one host thread per online CPU).
- * Usage: gemm_compare [--device N] [--shape MxNxK ...] [--min-time S] [--no-clblast] */
+ * Usage: gemm_compare [--device N] [--shape MxNxK ...] [--min-time S] [--no-clblast] [--dtype T]
+ *                     [--also bf16,int8] [--model CONFIG] [--verbose] [--params "a;b" [--rounds R]]
+ *        gemm_compare --report   (the issue-14 report: every ratio of docs/performance.md in one run)
+ * --also times clnpu with those weight dtypes too, as a ratio of its f32 rate; --model runs a
+ * random-weight model end to end (bench/model_bench.c); --verbose names every GEMM parameter's
+ * source (tuning entry, derived from the device, ...). */
 #include <CL/cl.h>
 #include <pthread.h>
 #include <unistd.h>
@@ -17,6 +22,7 @@
 #include <time.h>
 
 #include "clnpu/clnpu.h"
+#include "model_bench.h"
 
 static double now_s(void)
 {
@@ -246,9 +252,39 @@ int main(int argc, char **argv)
     const char *params = NULL; /* "mr=10,nb=2;mr=8": configurations to alternate (CLNPU_GEMM) */
     int rounds = 5;
     clnpu_dtype wtype = CLNPU_DTYPE_F32; /* clnpu's weights (OpenBLAS and CLBlast: always f32) */
+    clnpu_dtype also[4];
+    size_t nalso = 0;
+    bool verbose = false;
+    const char *model = NULL;
+    double oblas_2048 = NAN; /* OpenBLAS at 2048^3 in this run: the model's prefill reference */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) devidx = strtoul(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--no-clblast")) clblast = false;
+        else if (!strcmp(argv[i], "--verbose")) verbose = true;
+        else if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
+        else if (!strcmp(argv[i], "--also") && i + 1 < argc) {
+            char buf[128];
+            snprintf(buf, sizeof buf, "%s", argv[++i]);
+            for (char *save = NULL, *t = strtok_r(buf, ",", &save); t && nalso < 4; t = strtok_r(NULL, ",", &save)) {
+                const int d = clnpu_dtype_parse(t);
+                if (d < 0) {
+                    fprintf(stderr, "gemm_compare: unknown dtype '%s'\n", t);
+                    return 2;
+                }
+                also[nalso++] = (clnpu_dtype)d;
+            }
+        } else if (!strcmp(argv[i], "--report")) {
+            /* issue 14's shapes: squares, a short-K large square, A.X K1's prefill matrices at
+             * M = 512, its decode GEMVs; bf16 and int8 against f32; the model */
+            static const size_t rep[][3] = {{1024, 1024, 1024}, {2048, 2048, 2048}, {4096, 4096, 1024},
+                                            {512, 2048, 7168},  {512, 7168, 2048},  {512, 1536, 7168},
+                                            {512, 12288, 1536}, {512, 576, 7168},   {512, 18432, 7168},
+                                            {1, 2048, 7168},    {1, 7168, 2048},    {1, 1536, 7168}};
+            nshapes = sizeof rep / sizeof rep[0];
+            memcpy(shapes, rep, sizeof rep);
+            clblast = false, verbose = true, model = "models/axk1-mini/config.json";
+            also[0] = CLNPU_DTYPE_BF16, also[1] = CLNPU_DTYPE_I8, nalso = 2;
+        }
         else if (!strcmp(argv[i], "--params") && i + 1 < argc) params = argv[++i];
         else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
@@ -283,6 +319,21 @@ int main(int argc, char **argv)
         return 1;
     }
     const clnpu_device_info *info = clnpu_device_get_info(dev);
+    clnpu_device_set_tuning_verbose(dev, verbose);
+    {
+        const clnpu_device_isa *isa = clnpu_device_get_isa(dev);
+        FILE *lf = fopen("/proc/loadavg", "r");
+        char load[64] = "?";
+        if (lf) {
+            if (!fgets(load, sizeof load, lf)) snprintf(load, sizeof load, "?");
+            fclose(lf);
+        }
+        load[strcspn(load, "\n")] = '\0';
+        printf("machine: %s; ISA class %s (LLVM CPU %s, %u x %u-lane registers, L1d %llu KiB, L2 %llu KiB); "
+               "load average %s\n", isa->cpu[0] ? isa->cpu : "?", isa->name, isa->llvm_cpu[0] ? isa->llvm_cpu : "?",
+               isa->registers, isa->lanes, (unsigned long long)(isa->l1d_bytes >> 10),
+               (unsigned long long)(isa->l2_bytes >> 10), load);
+    }
     printf("device: %s (%s); %s, core %s, %d threads\n", info->name,
            clnpu_device_get_profile(dev)->name, OPENBLAS_VERSION, openblas_get_corename(),
            openblas_get_num_threads());
@@ -351,8 +402,27 @@ int main(int argc, char **argv)
             double f = 2.0 * c.m * c.n * c.k / 1e9;
             char name[32];
             snprintf(name, sizeof name, "%zux%zux%zu", c.m, c.n, c.k);
-            printf("%-16s %9.3f %9.3f %9.3f   %9.1f %9.1f %9.1f   %7.2fx %7.2fx\n", name, t1 * 1e3,
+            printf("%-16s %9.3f %9.3f %9.3f   %9.1f %9.1f %9.1f   %7.2fx %7.2fx", name, t1 * 1e3,
                    t2 * 1e3, t3 * 1e3, f / t1, f / t2, f / t3, t2 / t1, t3 / t1);
+            if (c.m == 2048 && c.n == 2048 && c.k == 2048) oblas_2048 = f / t3;
+            /* the same shape with other weight dtypes: their rate against clnpu's f32 */
+            for (size_t a = 0; a < nalso && c.m > 1; a++) {
+                clnpu_weight *f32w = c.w, *ow = NULL;
+                clnpu_weight_desc *od = calloc(c.copies, sizeof *od);
+                int obad = !od;
+                for (size_t i = 0; !obad && i < c.copies; i++) obad |= make_desc(also[a], c.hw + i * c.n * c.k, c.n, c.k, &od[i]);
+                double ta = NAN;
+                if (!obad && !clnpu_weight_upload(dev, od, c.copies, &ow)) {
+                    c.w = ow;
+                    ta = time_it(&c, run_clnpu, finish_clnpu, min_time);
+                    c.w = f32w;
+                }
+                clnpu_weight_destroy(ow);
+                for (size_t i = 0; od && i < c.copies; i++) free_desc(&od[i]);
+                free(od);
+                printf("   %s %6.1f GF %5.2fx", clnpu_dtype_name(also[a]), f / ta, t1 / ta);
+            }
+            printf("\n");
             fflush(stdout);
         }
         if (c.clw) clReleaseMemObject(c.clw);
@@ -369,6 +439,7 @@ int main(int argc, char **argv)
     const uint64_t llc = info->global_cache_bytes ? info->global_cache_bytes : (64u << 20);
     int threads = 0;
     const double triad = rc ? NAN : stream_triad(llc, &threads);
+    if (!rc) printf("\nSTREAM triad in this run: %.1f GB/s (%d threads)\n", triad, threads);
     bool header = false;
     for (size_t si = 0; si < nshapes && !rc; si++) {
         const size_t n = shapes[si][1], k = shapes[si][2];
@@ -387,6 +458,16 @@ int main(int argc, char **argv)
         printf("%-16s %9.3f %9.3f   %9.1f %9.1f   %8.2fx %8.2fx\n", name, t32, t16, g32, g16, g32 / triad,
                g16 / triad);
         fflush(stdout);
+    }
+    if (!rc && model) {
+        if (isnan(oblas_2048)) { /* not in the shape list: measure it for the reference */
+            ctx c = {.m = 2048, .n = 2048, .k = 2048, .copies = 1};
+            c.hw = malloc(2048 * 2048 * 4), c.hx = malloc(2048 * 2048 * 4), c.hy = malloc(2048 * 2048 * 4);
+            for (size_t i = 0; c.hw && c.hx && i < 2048 * 2048; i++) c.hw[i] = c.hx[i] = (float)(i % 1000) * 1e-3f;
+            if (c.hw && c.hx && c.hy) oblas_2048 = 2.0 * 2048 * 2048 * 2048 / 1e9 / time_it(&c, run_openblas, finish_none, min_time);
+            free(c.hw), free(c.hx), free(c.hy);
+        }
+        rc = model_bench_run(dev, model, oblas_2048, triad);
     }
     clnpu_device_close(dev);
     return rc;
