@@ -209,6 +209,14 @@ START_TEST(test_tune_cli)
     ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
     snprintf(cmd, sizeof cmd, "'%s' tune --ops nothing", CLNPU_CLI_PATH);
     ck_assert_int_eq(test_run(cmd, out, sizeof out), 2);
+    /* --verbose names every GEMM parameter's source: without a database all derived from the
+     * device or the kernel's own defaults; CLNPU_GEMM overrides are named as such */
+    snprintf(cmd, sizeof cmd, "CLNPU_TUNING=off CLNPU_GEMM=mb=2 '%s' bench gemm --dtype f32 --shape 20x64x300 "
+             "--min-time 0.01 --verbose 2>&1", CLNPU_CLI_PATH);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    const char *line = strstr(out, "gemm f32 prefill m20 n64 k300: mr ");
+    ck_assert_msg(line && strstr(line, "mb 2 (env)") && strstr(line, "kacc auto (kernel)"), "%.1500s", out);
+    if (clnpu_device_get_info(test_device())->type == CLNPU_DEVICE_TYPE_CPU) ck_assert_msg(strstr(line, "(derived)"), "%.1500s", out);
     test_rmdir(dir);
 }
 END_TEST
