@@ -438,8 +438,14 @@ clnpu_status clnpu_gemm_grouped_counts(clnpu_device *dev, const clnpu_weight *w,
                           "matrices' ints", E);
     if (a->m == 0) return CLNPU_OK;
     if (a->m > 0xffffffffu) return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "grouped gemm: %zu rows", a->m);
+    /* The counts are on the device; tiles are sized for twice the mean rows per matrix (a tile
+     * computes all its MR rows, so sizing for the largest possible segment would multiply a
+     * decode batch's FMAs by MR / rows: 8 sequences over 64 experts is ~1 row each). */
+    size_t hint = max_rows ? max_rows : a->m;
+    const size_t mean2 = 2 * ((a->m + E - 1) / E);
+    if (mean2 < hint) hint = mean2;
     clnpu_gemm_params gp;
-    choose(dev, w, a->epilogue, max_rows ? max_rows : a->m, true, &gp);
+    choose(dev, w, a->epilogue, hint, true, &gp);
     const size_t mr = (size_t)gp.v[CLNPU_GP_MR] * (size_t)gp.v[CLNPU_GP_MB]; /* rows per tile */
     /* However the m rows fall into segments, each non-empty one adds at most one partial tile. */
     const size_t busy = a->m < E ? a->m : E, tiles = (a->m + busy * (mr - 1)) / mr;
