@@ -25,5 +25,6 @@ struct clnpu_plan {
     double weight_bytes_per_param;
     char profile_names[4][64];
     char (*stage_profiles)[64];  /* [nstages] */
+    clnpu_plan_breakdown breakdown;
 };
 #endif

@@ -369,6 +369,8 @@ START_TEST(test_plan_time_and_errors)
 }
 END_TEST
 
+TCase *tcase_plan_published(void); /* test_plan_published.c */
+
 Suite *suite_plan(void)
 {
     Suite *s = suite_create("plan");
@@ -381,5 +383,6 @@ Suite *suite_plan(void)
     tcase_add_test(tc, test_plan_sanity);
     tcase_add_test(tc, test_plan_time_and_errors);
     suite_add_tcase(s, tc);
+    suite_add_tcase(s, tcase_plan_published());
     return s;
 }
