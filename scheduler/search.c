@@ -269,9 +269,10 @@ static parts unit_parts_tbo(const cand *c, const clnpu_cluster_device *dv, const
     /* split the exchange into dispatch and combine as the bytes do (1 B + scales vs 2 B) */
     const double one_b = h.wb < 2 ? 1.0 + 4.0 / 128 : 2.0, frac_d = one_b / (one_b + 2.0);
     const double c1 = P.attn + P.other, c2 = P.moe, dd = P.comm * frac_d, mm = P.comm * (1 - frac_d);
-    /* exchange kernels that hold compute units slow the compute beside them */
-    const double sm = rate(c->cal->rates.alltoall_sm_fraction, c->cl->rates.alltoall_sm_fraction, 0), slow = 1 / (1 - sm);
-    const double slots = fmax(c1 * slow, dd) + fmax(c2 * slow, dd) + fmax(c2 * slow, mm) + fmax(c1 * slow, mm);
+    /* the exchange kernels keep compute units busy for part of their time (packing, sending,
+     * receiving): that much of the exchange also runs on the compute stream beside it */
+    const double sm = rate(c->cal->rates.alltoall_sm_fraction, c->cl->rates.alltoall_sm_fraction, 0);
+    const double slots = fmax(c1 + sm * dd, dd) + fmax(c2 + sm * dd, dd) + fmax(c2 + sm * mm, mm) + fmax(c1 + sm * mm, mm);
     R.overlap = R.attn + R.moe + R.comm + R.other - slots;
     return R;
 }
