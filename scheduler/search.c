@@ -147,7 +147,12 @@ static double ep_exchange(const cand *c, double bytes_per_value)
     const double bw = rate(c->cal->rates.alltoall_bandwidth, c->cl->rates.alltoall_bandwidth, l->bandwidth * c->cal->link_eff);
     const double lat = rate(c->cal->rates.alltoall_latency_s, c->cl->rates.alltoall_latency_s, l->latency_s);
     if (c->g <= 1) return 0;
-    const double remote = (g - 1) / g;
+    /* A measured rate (DeepEP's tests, a calibration) is applied to bytes counted the way it was
+     * measured: DeepEP counts every (token, expert) selection in low-latency mode and every
+     * destination node of a token, its own included, in normal mode. A link's own bandwidth is
+     * applied to what crosses it: the remote share. */
+    const bool measured = c->cl->rates.alltoall_bandwidth > 0 || c->cal->rates.alltoall_bandwidth > 0;
+    const double remote = measured ? 1 : (g - 1) / g;
     if (dispatch_mode(c) == CLNPU_DISPATCH_EXPERT) /* one message per (token, expert), posted at once */
         return lat + per_dev * k * remote * d * bytes_per_value * c->imbalance / bw;
     /* distinct destination devices of a token; group-aware placement bounds them by topk_group */
@@ -157,13 +162,12 @@ static double ep_exchange(const cand *c, double bytes_per_value)
         /* once per destination node over the network, then NVLink fan-out inside the node */
         const double nodes = g / (double)c->per_node;
         const double nfan = fmin(fan, nodes * (1 - pow(1 - 1 / nodes, fan)));
-        const double inter = lat + per_dev * nfan * (nodes - 1) / nodes * d * bytes_per_value * c->imbalance / bw;
+        const double inter = lat + per_dev * nfan * (measured ? 1 : (nodes - 1) / nodes) * d * bytes_per_value * c->imbalance / bw;
         const double intra = c->cl->intra.latency_s +
                              per_dev * fan * d * bytes_per_value * c->imbalance / (c->cl->intra.bandwidth * c->cal->link_eff);
         return fmax(inter, intra);
     }
-    if (c->cl->rates.alltoall_bandwidth > 0 || c->cal->rates.alltoall_bandwidth > 0)
-        return (g - 1) * lat + per_dev * fan * remote * d * bytes_per_value * c->imbalance / bw;
+    if (measured) return (g - 1) * lat + per_dev * fan * remote * d * bytes_per_value * c->imbalance / bw;
     return alltoall(c, l, g, per_dev * fan * d * bytes_per_value);
 }
 
