@@ -245,13 +245,21 @@ START_TEST(test_published_scale)
     char dir[256], path[512];
     test_mkdtemp(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/big.yaml", dir);
-    ck_assert_int_eq(test_write_file(path, "name: big\nnodes:\n  - {name: h, count: 4096, devices: "
-                                           "[{profile: rebellions-atom, count: 16}]}\n"), 0);
+    /* under the sanitizers (CI's second pass, 5-10x slower) 16,384 devices keep the test cheap */
+#if defined(__SANITIZE_ADDRESS__)
+    const size_t nodes = 1024;
+#else
+    const size_t nodes = 4096;
+#endif
+    char text[256];
+    snprintf(text, sizeof text, "name: big\nnodes:\n  - {name: h, count: %zu, devices: [{profile: rebellions-atom, count: 16}]}\n",
+             nodes);
+    ck_assert_int_eq(test_write_file(path, text), 0);
     clnpu_model_config cfg;
     ck_assert_ok(clnpu_model_config_load(SRC "/models/axk1/config.json", &cfg));
     clnpu_cluster *cl;
     ck_assert_ok(clnpu_cluster_load(path, NULL, &cl));
-    ck_assert_uint_eq(cl->count, 65536);
+    ck_assert_uint_eq(cl->count, nodes * 16);
     clnpu_workload w = clnpu_workload_default();
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
@@ -259,14 +267,14 @@ START_TEST(test_published_scale)
     ck_assert_ok(clnpu_plan_create(&cfg, cl, &w, NULL, &p));
     clock_gettime(CLOCK_MONOTONIC, &b);
     const double t = (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9;
-    fprintf(stderr, "plan for 65536 devices: %.2f s (target <= 30 s)\n", t);
-    ck_assert_msg(t <= 30, "65536 devices took %.1f s", t);
+    fprintf(stderr, "plan for %zu devices: %.2f s (target <= 30 s; 16,384: <= 5 s)\n", cl->count, t);
+    ck_assert_msg(t <= 30, "%zu devices took %.1f s", cl->count, t);
     clnpu_plan_destroy(p);
-    clnpu_cluster_device *more = realloc(cl->devices, (cl->count + 1) * sizeof *more);
+    clnpu_cluster_device *more = realloc(cl->devices, 65537 * sizeof *more);
     ck_assert_ptr_nonnull(more);
     cl->devices = more;
-    cl->devices[cl->count] = cl->devices[0];
-    cl->count++;
+    for (size_t i = cl->count; i < 65537; i++) cl->devices[i] = cl->devices[0];
+    cl->count = 65537;
     ck_assert_int_eq(clnpu_plan_create(&cfg, cl, &w, NULL, &p), CLNPU_ERR_INVALID_ARGUMENT);
     ck_assert_msg(strstr(clnpu_error_message(), "65537 devices") && strstr(clnpu_error_message(), "limit of 65536"), "%s",
                   clnpu_error_message());
