@@ -708,6 +708,9 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "plan: weights must be bf16, fp8 or int8");
     if (!w->context) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "plan: context must be positive");
     clnpu_calibration cal = cal_in ? *cal_in : clnpu_calibration_default();
+    if (redundant_slots(cl, w) > cfg->n_routed_experts)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "plan: %zu redundant expert slots for %zu experts (at most as many "
+                          "as there are experts)", redundant_slots(cl, w), (size_t)cfg->n_routed_experts);
     place_cache pc = {.n = 0};
     cache_now = &pc;
     clnpu_plan *p = calloc(1, sizeof *p);

@@ -127,6 +127,9 @@ START_TEST(test_published_overlap_and_inputs)
     /* bad workload inputs are refused by the library too */
     wp.prefix_hit = 1;
     ck_assert_int_eq(clnpu_plan_create(&cfg, cl, &wp, NULL, &p), CLNPU_ERR_INVALID_ARGUMENT);
+    wp.prefix_hit = 0, wp.redundant_experts = 257;
+    ck_assert_int_eq(clnpu_plan_create(&cfg, cl, &wp, NULL, &p), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(clnpu_error_message(), "257 redundant expert slots for 256 experts"));
     clnpu_cluster_destroy(cl);
     /* cluster keys: kernel rates need their source; words are checked */
     const char *bad[] = {"name: x\nkernel_rates: {gemm_flops: 1e15}\nnodes:\n  - devices: [{profile: pocl-cpu}]\n",
