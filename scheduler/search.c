@@ -685,9 +685,19 @@ static clnpu_status infeasible(const clnpu_graph *gr, const clnpu_cluster *cl, c
                       need <= have ? " (memory adds up, but no split satisfies every device's limit and the SLO)" : "");
 }
 
-clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluster *cl, const clnpu_workload *w_in,
+clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluster *cl_in, const clnpu_workload *w_in,
                                const clnpu_calibration *cal_in, clnpu_plan **out)
 {
+    /* the phase's own kernels and overlap where the cluster names them */
+    clnpu_cluster cl_phase;
+    const clnpu_cluster *cl = cl_in;
+    if (cl_in && w_in && cl_in->phase[w_in->phase].set) {
+        const struct clnpu_cluster_phase *P = &cl_in->phase[w_in->phase];
+        cl_phase = *cl_in;
+        cl_phase.ep_dispatch = P->ep_dispatch, cl_phase.tbo = P->tbo, cl_phase.rates = P->rates;
+        snprintf(cl_phase.rates_source, sizeof cl_phase.rates_source, "%s", P->rates_source);
+        cl = &cl_phase;
+    }
     /* Searching the batch for throughput alone ends in absurd per-token latencies: without an
      * SLO, decode plans aim at an interactive 100 ms per token (documented in docs/scheduler.md). */
     clnpu_workload wcopy = *w_in;

@@ -287,6 +287,46 @@ START_TEST(test_published_scale)
 }
 END_TEST
 
+START_TEST(test_published_disaggregation)
+{
+    /* a pool with per-phase kernels: the blocks are read */
+    clnpu_cluster *cl;
+    ck_assert_ok(clnpu_cluster_load(SRC "/clusters/h100-sglang-12.yaml", NULL, &cl));
+    ck_assert(cl->phase[CLNPU_PHASE_PREFILL].set && cl->phase[CLNPU_PHASE_DECODE].set);
+    ck_assert_int_eq(cl->phase[CLNPU_PHASE_PREFILL].ep_dispatch, CLNPU_DISPATCH_NODE);
+    ck_assert_int_eq(cl->phase[CLNPU_PHASE_DECODE].ep_dispatch, CLNPU_DISPATCH_EXPERT);
+    ck_assert(cl->phase[CLNPU_PHASE_DECODE].rates.alltoall_bandwidth == 4.4e10);
+    clnpu_cluster_destroy(cl);
+    const char *bad = "name: x\nprefill: {ep_dispatch: node, speed: 2}\nnodes:\n  - devices: [{profile: pocl-cpu}]\n";
+    ck_assert_int_eq(clnpu_cluster_parse(bad, strlen(bad), "c.yaml", NULL, &cl), CLNPU_ERR_PARSE);
+    ck_assert_msg(strstr(clnpu_error_message(), "speed"), "%s", clnpu_error_message());
+    /* the split of a small pool: each phase on its own nodes, the requests/s the better phase
+     * limit of the two, and the prefill plan sending its KV over the network */
+    const char *pool = "name: pool\nnodes:\n  - count: 4\n    devices: [{profile: pocl-cpu, overrides: {memory_bytes: 2.0e9}}]\n"
+                       "links:\n  inter_node: {bandwidth: 1.0e9, latency_s: 1.0e-5}\n";
+    ck_assert_ok(clnpu_cluster_parse(pool, strlen(pool), "pool.yaml", NULL, &cl));
+    clnpu_model_config cfg;
+    ck_assert_ok(clnpu_model_config_load(SRC "/models/axk1-mini/config.json", &cfg));
+    clnpu_workload w = clnpu_workload_default();
+    clnpu_plan *p = NULL, *d = NULL;
+    size_t np = 0;
+    double rps = 0;
+    ck_assert_ok(clnpu_plan_disaggregate(&cfg, cl, &w, &w, NULL, 256, 64, &p, &d, &np, &rps));
+    ck_assert(np >= 1 && np <= 3 && rps > 0);
+    const clnpu_plan_summary sp = clnpu_plan_get_summary(p), sd = clnpu_plan_get_summary(d);
+    ck_assert_uint_le(sp.devices_used, np);
+    ck_assert_uint_le(sd.devices_used, 4 - np);
+    ck_assert_msg(fabs(rps - fmin(sp.tokens_per_s / 256, sd.tokens_per_s / 64)) < 1e-9 * rps, "%.3f", rps);
+    clnpu_plan_destroy(p), clnpu_plan_destroy(d);
+    /* one node cannot be split */
+    clnpu_cluster one = *cl;
+    one.nodes = 1;
+    ck_assert_int_eq(clnpu_plan_disaggregate(&cfg, &one, &w, &w, NULL, 256, 64, &p, &d, &np, &rps),
+                     CLNPU_ERR_INVALID_ARGUMENT);
+    clnpu_cluster_destroy(cl);
+}
+END_TEST
+
 TCase *tcase_plan_published(void)
 {
     TCase *tc = tcase_create("published");
@@ -296,5 +336,6 @@ TCase *tcase_plan_published(void)
     tcase_add_test(tc, test_published_calibration);
     tcase_add_test(tc, test_published_validation_table);
     tcase_add_test(tc, test_published_scale);
+    tcase_add_test(tc, test_published_disaggregation);
     return tc;
 }

@@ -13,7 +13,8 @@ static const char usage[] =
     "           [--targets-dir DIR] [--max-tp N] [--min-tp N] [--prefix-hit F] [--mtp-accept F]\n"
     "           [--expert-imbalance X] [--redundant-experts R] [--tbo auto|on|off] [--kv-transfer]\n"
     "           [--explain] [-o plan.yaml] [--svg plan.svg]\n"
-    "       clnpu plan --validate ROWS.yaml [--base-dir DIR]";
+    "       clnpu plan --validate ROWS.yaml [--base-dir DIR]\n"
+    "       clnpu plan --model CONFIG.json --cluster FILE.yaml --disaggregate IN,OUT [workload flags]";
 
 /* A fraction in [0, hi) from a flag. */
 static bool parse_frac(const char *s, double hi, double *out)
@@ -48,7 +49,9 @@ static void explain(const clnpu_model_config *cfg, const clnpu_cluster *cl, cons
     VARIANT("two-micro-batch overlap off", b.tbo, W->tbo = CLNPU_TBO_OFF)
     VARIANT("two-micro-batch overlap on", !b.tbo, W->tbo = CLNPU_TBO_ON)
     VARIANT("no redundant experts", w->redundant_experts || cl->redundant_experts, (W->redundant_experts = 0, C->redundant_experts = 0))
-    VARIANT("kernel rates from peak x efficiency", cl->rates_source[0], memset(&C->rates, 0, sizeof C->rates))
+    VARIANT("kernel rates from peak x efficiency", cl->rates_source[0] || cl->phase[w->phase].rates_source[0],
+            (memset(&C->rates, 0, sizeof C->rates), memset(&C->phase[0].rates, 0, sizeof C->rates),
+             memset(&C->phase[1].rates, 0, sizeof C->rates)))
     VARIANT("no KV transfer", w->kv_transfer, W->kv_transfer = false)
 #undef VARIANT
     for (size_t i = 0; i < n; i++) {
@@ -63,13 +66,14 @@ static void explain(const clnpu_model_config *cfg, const clnpu_cluster *cl, cons
                t.batch);
         clnpu_plan_destroy(q);
     }
-    if (cl->rates_source[0]) printf("explain: kernel rates from %s\n", cl->rates_source);
+    const char *src = cl->phase[w->phase].set ? cl->phase[w->phase].rates_source : cl->rates_source;
+    if (src[0]) printf("explain: kernel rates from %s\n", src);
 }
 
 int cmd_plan(int argc, char **argv)
 {
     enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CLUSTER, O_PHASE, O_BATCH, O_CONTEXT, O_WEIGHTS, O_SLO, O_LOAD, O_CAL,
-           O_SVG, O_TDIR, O_MAXTP, O_MINTP, O_HIT, O_MTP, O_IMB, O_RED, O_TBO, O_KVX, O_EXPLAIN, O_VALIDATE, O_BASE };
+           O_SVG, O_TDIR, O_MAXTP, O_MINTP, O_HIT, O_MTP, O_IMB, O_RED, O_TBO, O_KVX, O_EXPLAIN, O_VALIDATE, O_BASE, O_DISAGG };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, O_MODEL}, {"cluster", required_argument, NULL, O_CLUSTER},
         {"phase", required_argument, NULL, O_PHASE}, {"batch", required_argument, NULL, O_BATCH},
@@ -82,11 +86,12 @@ int cmd_plan(int argc, char **argv)
         {"expert-imbalance", required_argument, NULL, O_IMB}, {"redundant-experts", required_argument, NULL, O_RED},
         {"tbo", required_argument, NULL, O_TBO}, {"kv-transfer", no_argument, NULL, O_KVX},
         {"explain", no_argument, NULL, O_EXPLAIN}, {"validate", required_argument, NULL, O_VALIDATE},
-        {"base-dir", required_argument, NULL, O_BASE},
+        {"base-dir", required_argument, NULL, O_BASE}, {"disaggregate", required_argument, NULL, O_DISAGG},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     const char *model = NULL, *cluster = NULL, *load = NULL, *cal_path = NULL, *out = NULL, *svg = NULL, *tdir = NULL;
     const char *validate = NULL, *base = ".";
     bool want_explain = false;
+    size_t dis_in = 0, dis_out = 0;
     clnpu_workload w = clnpu_workload_default();
     int opt;
     char *end;
@@ -158,6 +163,15 @@ int cmd_plan(int argc, char **argv)
         case O_EXPLAIN: want_explain = true; break;
         case O_VALIDATE: validate = optarg; break;
         case O_BASE: base = optarg; break;
+        case O_DISAGG: {
+            char *comma = strchr(optarg, ',');
+            if (!comma) return cli_usage_error("plan", usage, "bad --disaggregate '%s' (IN,OUT token lengths)", optarg);
+            *comma = 0;
+            bool ok = cli_parse_size(optarg, &dis_in) && cli_parse_size(comma + 1, &dis_out) && dis_in && dis_out;
+            *comma = ',';
+            if (!ok) return cli_usage_error("plan", usage, "bad --disaggregate '%s' (IN,OUT token lengths)", optarg);
+            break;
+        }
         default: return cli_usage_error("plan", usage, "unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
@@ -187,8 +201,26 @@ int cmd_plan(int argc, char **argv)
         w.expert_load = loads;
     }
     if (!st && cal_path) st = clnpu_calibration_read(cal_path, &cl->devices[0].profile, &cal);
-    if (!st) st = clnpu_plan_create(&cfg, cl, &w, &cal, &p);
-    if (!st) clnpu_plan_print(p, stdout);
+    if (!st && dis_in) {
+        /* the decode half keeps the flags' SLO and MTP; the prefill half its batch search */
+        clnpu_workload wp = w, wd = w;
+        wp.batch = 0, wp.mtp_accept = 0, wp.slo_ms = 0, wd.prefix_hit = 0;
+        clnpu_plan *pd = NULL;
+        size_t np = 0;
+        double rps = 0;
+        st = clnpu_plan_disaggregate(&cfg, cl, &wp, &wd, &cal, dis_in, dis_out, &p, &pd, &np, &rps);
+        if (!st) {
+            printf("disaggregated: %zu of %zu nodes prefill, %zu decode: %.1f requests/s of %zu + %zu tokens\n\n", np,
+                   cl->nodes, cl->nodes - np, rps, dis_in, dis_out);
+            clnpu_plan_print(p, stdout);
+            printf("\n");
+            clnpu_plan_print(pd, stdout);
+        }
+        clnpu_plan_destroy(pd);
+        if (!st && (out || svg || want_explain)) printf("(-o, --svg and --explain apply to single-phase plans)\n");
+        out = svg = NULL, want_explain = false;
+    } else if (!st) st = clnpu_plan_create(&cfg, cl, &w, &cal, &p);
+    if (!st && !dis_in) clnpu_plan_print(p, stdout);
     if (!st && want_explain) explain(&cfg, cl, &w, &cal, p);
     if (!st && out) {
         FILE *f = fopen(out, "w");

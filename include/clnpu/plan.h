@@ -105,6 +105,14 @@ typedef struct clnpu_cluster {
     int tbo;                       /* CLNPU_TBO_*: two-micro-batch overlap (DeepSeek / SGLang) */
     clnpu_kernel_rates rates;      /* published or measured kernel rates (0: peak x efficiency) */
     char rates_source[256];        /* where `rates` come from (stated in the cluster file) */
+    /* Per-phase settings (`prefill:` / `decode:` blocks), for a pool that serves both phases with
+     * different kernels (DeepEP normal kernels for prefill, low-latency ones for decode). */
+    struct clnpu_cluster_phase {
+        bool set;
+        int ep_dispatch, tbo;
+        clnpu_kernel_rates rates;
+        char rates_source[256];
+    } phase[2];                    /* [CLNPU_PHASE_DECODE], [CLNPU_PHASE_PREFILL] */
 } clnpu_cluster;
 
 /* YAML: name, nodes: [{name, count (identical nodes), shared_memory_bandwidth (optional: the
@@ -238,6 +246,19 @@ typedef struct clnpu_plan_breakdown {
     double tokens_per_step, output_tokens_per_step;
 } clnpu_plan_breakdown;
 clnpu_plan_breakdown clnpu_plan_get_breakdown(const clnpu_plan *p);
+
+/* Prefill / decode disaggregation (DistServe-style, scheduler notes 7.5): split the cluster's
+ * nodes into a prefill part and a decode part, plan each phase on its part (the prefill plan
+ * sends its KV cache over the network link), and keep the split that serves the most requests
+ * per second for prompts of `input_len` and answers of `output_len` tokens:
+ * min(prefill tokens/s / input_len, decode tokens/s / output_len). `prefill` and `decode` carry
+ * the other workload inputs (weights, SLO, MTP, ...); their phase and context are set here.
+ * out_prefill / out_decode receive the two plans (destroy both), out_prefill_nodes the split. */
+clnpu_status clnpu_plan_disaggregate(const clnpu_model_config *cfg, const clnpu_cluster *cluster,
+                                     const clnpu_workload *prefill, const clnpu_workload *decode,
+                                     const clnpu_calibration *cal, size_t input_len, size_t output_len,
+                                     clnpu_plan **out_prefill, clnpu_plan **out_decode, size_t *out_prefill_nodes,
+                                     double *out_requests_per_s);
 
 /* Validation against published deployments: a YAML file of rows (model, cluster, workload,
  * published value and unit, source), each planned and compared. Paths in the file are relative
