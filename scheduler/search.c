@@ -306,9 +306,11 @@ static const clnpu_graph_unit *mtp_layer(const cand *c)
 static double unit_mem(const cand *c, const clnpu_graph_unit *u)
 {
     const double t = (double)c->t;
-    /* with several attention replicas the first device holds the shared expert whole */
+    /* with several attention replicas clnpu's executor holds the shared expert whole on the first
+     * device; DeepEP-style deployments on every device, split over a replica's TP ranks */
+    const bool whole = c->r > 1 && dispatch_mode(c) == CLNPU_DISPATCH_DEVICE;
     double m = ((u->attn_params - u->attn_whole_params + u->dense_params) / t + u->attn_whole_params +
-                u->shared_params / (c->r > 1 ? 1 : t)) * c->wb + (u->router_params + u->norm_params) * 4;
+                u->shared_params / (whole ? 1 : t)) * c->wb + (u->router_params + u->norm_params) * 4;
     if (u->kind == CLNPU_UNIT_MOE) m += (double)c->slots * u->expert_params * c->wb;
     m += u->kv_bytes_per_token * (double)c->w->context * (c->batch / c->r);
     return m;
