@@ -210,11 +210,18 @@ static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const cln
     const double core_flops = per_key * keys * tr / t;
     const double core_bytes = prefill ? 0 : u->kv_bytes_per_token * ctx * ceil(seqs / c->r - 1e-9);
     const double attn_rank = (u->attn_params - u->attn_whole_params) / t + u->attn_whole_params;
-    P.attn = roof(c, p, own, 2 * attn_rank * tr, attn_rank * c->wb) + attn_roof(c, p, own, core_flops, core_bytes);
+    /* the memory-bound kernels between the GEMMs stream activations (bf16): the attention block's
+     * norms, rope, fp8 quantisation and residual add, about 13 passes of a hidden row (read and
+     * write counted), and the o_proj input's quantisation (3 bytes per value of 2 hidden rows) */
+    const double elem_attn = tr / t * (13 + 6) * d;
+    P.attn = roof(c, p, own, 2 * attn_rank * tr, attn_rank * c->wb) + attn_roof(c, p, own, core_flops, core_bytes) +
+             elem_attn / stream_rate(c, p, own);
     double comm = 2 * allreduce(c, link_for(c, c->t), t, tr * d * act); /* after o_proj and after the MLP */
     double comp1 = P.attn, comp2 = 0;
     if (u->kind == CLNPU_UNIT_DENSE) {
-        comp1 += roof(c, p, own, 2 * u->dense_params * tr / t, u->dense_params * c->wb / t);
+        /* SiLU x up reads 2 I and writes I (fp8) per row, the down input's quantisation 3 d */
+        const double I = u->dense_params / (3 * d), elem = tr / t * (5 * I / t + 3 * d);
+        comp1 += roof(c, p, own, 2 * u->dense_params * tr / t, u->dense_params * c->wb / t) + elem / stream_rate(c, p, own);
         P.moe = comp1 - P.attn;
     } else {
         /* routed experts over the g devices of the stage: tokens x top_k spread by placement */
@@ -233,6 +240,11 @@ static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const cln
                     roof(c, p, own, sh_flops, sh_bytes);
         else
             comp2 = roof(c, p, own, 2 * u->expert_params * per_dev + sh_flops, distinct * u->expert_params * c->wb + sh_bytes);
+        /* routed rows gathered into expert order (read and write, fp8), SiLU x up on each routed
+         * and shared row (5 I bytes), the shared expert's input quantisation */
+        const double I = u->expert_params / (3 * d), Ish = u->shared_params / (3 * d);
+        const double elem = per_dev * (2 * d + 5 * I) + sh_rows * (5 * Ish / sh_split + 3 * d);
+        comp2 += elem / stream_rate(c, u->kind == CLNPU_UNIT_MOE && dv->shared_bandwidth > 0 ? &pe : p, own);
         P.moe = comp2;
         /* dispatch (in the weight dtype when it is 8-bit, as DeepEP does) + combine (bf16) */
         const double disp = ep_exchange(c, c->wb < 2 ? 1.0 + 4.0 / 128 : act), comb = ep_exchange(c, act);
