@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/plan.h"
 
 /* The nodes [first, first + n) of a cluster as a cluster of their own (devices are stored node

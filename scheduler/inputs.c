@@ -9,8 +9,8 @@
 #include <string.h>
 #include <yaml.h>
 
-#include "../backend/error.h"
-#include "../backend/yaml_in.h"
+#include "../common/error.h"
+#include "../common/yaml_in.h"
 #include "clnpu/plan.h"
 
 /* The best of each kind of measurement in a `clnpu bench --json` log. */

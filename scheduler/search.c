@@ -8,12 +8,13 @@
 #include <string.h>
 #include <time.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "plan_internal.h"
 
 clnpu_workload clnpu_workload_default(void)
 {
-    clnpu_workload w = {.phase = CLNPU_PHASE_DECODE, .context = 4096, .weights = CLNPU_DTYPE_BF16};
+    clnpu_workload w = {.phase = CLNPU_PHASE_DECODE, .context = 4096, .weights = CLNPU_DTYPE_BF16,
+                        .latent_cache = CLNPU_DTYPE_F32};
     return w;
 }
 
@@ -314,6 +315,24 @@ static const clnpu_graph_unit *mtp_layer(const cand *c)
     return NULL;
 }
 
+/* The executor's own buffers: clnpu's (scheduler/memory.c, its runtime's account) when the plan
+ * is for clnpu's executor (device dispatch); a DeepEP-style deployment's executor is not clnpu,
+ * so its activations are priced as a dozen live bf16 rows per token, and no per-unit scratch. */
+static double exec_unit_bytes(const cand *c, const clnpu_graph *gr, const clnpu_workload *w, const clnpu_graph_unit *u)
+{
+    if (dispatch_mode(c) != CLNPU_DISPATCH_DEVICE) return 0;
+    return plan_exec_unit_bytes(gr, w, u, c->g, c->t, c->r, c->batch);
+}
+
+static double exec_fixed_bytes(const cand *c, const clnpu_graph *gr, const clnpu_workload *w)
+{
+    if (dispatch_mode(c) != CLNPU_DISPATCH_DEVICE) {
+        const double tr = tokens_per_replica(c) * (c->tbo ? 0.5 : 1), d = (double)gr->hidden;
+        return tr * d * 2 * 12 + (w->phase == CLNPU_PHASE_PREFILL ? tr * d * 2 * 4 : 0);
+    }
+    return plan_exec_fixed_bytes(gr, w, c->t, c->r, c->batch);
+}
+
 /* Weights + KV of one unit per device. */
 static double unit_mem(const cand *c, const clnpu_graph_unit *u)
 {
@@ -325,7 +344,7 @@ static double unit_mem(const cand *c, const clnpu_graph_unit *u)
                 u->shared_params / (whole ? 1 : t)) * c->wb + (u->router_params + u->norm_params) * 4;
     if (u->kind == CLNPU_UNIT_MOE) m += (double)c->slots * u->expert_params * c->wb;
     m += u->kv_bytes_per_token * (double)c->w->context * (c->batch / c->r);
-    return m;
+    return m + exec_unit_bytes(c, c->gr, c->w, u); /* the executor's scratch */
 }
 
 /* Stage costs from prefix sums over the units (O(1) per DP step). */
@@ -374,7 +393,7 @@ static bool cand_prepare(cand *c)
     c->fixed_mem = malloc(c->ngroups * sizeof(double));
     c->cap = malloc(c->ngroups * sizeof(double));
     if (!c->unit_time || !c->unit_mem || !c->fixed_mem || !c->cap) return false;
-    const double d = (double)c->gr->hidden, tr = tokens_per_replica(c);
+    const double d = (double)c->gr->hidden;
     for (size_t k = 0; k < c->ngroups; k++) {
         const clnpu_cluster_device *dv = &c->cl->devices[k * c->g];
         const clnpu_profile *p = &dv->profile;
@@ -402,8 +421,8 @@ static bool cand_prepare(cand *c)
             }
         }
         double cap = (double)p->memory_bytes;
-        /* activations (f32, a dozen live buffers) and the expert all-to-all buffers */
-        double actv = tr * d * 4 * 12 + (c->w->phase == CLNPU_PHASE_PREFILL ? tr * d * 4 * 4 : 0);
+        /* the executor's workspaces (scheduler/memory.c) and the expert all-to-all buffers */
+        double actv = exec_fixed_bytes(c, c->gr, c->w);
         double comm = c->g > 1 ? 2 * c->tokens / c->g * (double)c->gr->top_k * d * 2 : 0;
         c->fixed_mem[k] = actv + comm + c->cl->reserve_fraction * cap;
         c->cap[k] = cap;
@@ -591,7 +610,8 @@ static size_t ep_widths(const clnpu_graph *gr, const clnpu_cluster *cl, const cl
                         size_t *out, size_t cap)
 {
     const size_t N = cl->count, slots = gr->experts + redundant_slots(cl, w);
-    const size_t top = slots > per_node ? slots : per_node;
+    size_t top = slots > per_node ? slots : per_node;
+    if (w->ep > top) top = w->ep; /* a pinned width is tried even past the slots */
     size_t n = 0;
     for (size_t g = 1; g <= N && g <= top && n < cap; g++) {
         const bool pow2 = !(g & (g - 1));
@@ -609,6 +629,7 @@ static result search(const clnpu_graph *gr, const clnpu_cluster *cl, const clnpu
     const size_t nw = ep_widths(gr, cl, w, per_node, widths, PLACE_CACHE);
     for (size_t i = 0; i < nw; i++) {
         const size_t g = widths[i];
+        if (w->ep && g != w->ep) continue;
         for (size_t t = 1; t <= g && t <= tp_cap; t *= 2) {
             if (gr->heads % t || g % t || t < w->min_tp) continue;
             result r = evaluate(gr, cl, w, cal, g, t, batch, per_node);
@@ -744,6 +765,7 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
         free(p);
         return st;
     }
+    plan_graph_set_latent_cache(&p->graph, w->latent_cache); /* what the executor will allocate */
     p->cfg = *cfg, p->work = *w, p->devices_total = cl->count;
     if (!w_in->slo_ms && w->slo_ms) p->work.slo_ms = w->slo_ms;
     snprintf(p->cluster_name, sizeof p->cluster_name, "%s", cl->name);
@@ -802,15 +824,16 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
         plan_stage *ps = &p->stages[s];
         ps->unit_begin = best.cuts[s], ps->unit_end = best.cuts[s + 1], ps->device_begin = s * best.g;
         ps->time_s = stage_cost(ps->unit_begin, ps->unit_end, s, &c);
-        double wts = 0, kv = 0;
+        double wts = 0, kv = 0, scratch = 0;
         for (size_t u = ps->unit_begin; u < ps->unit_end; u++) {
             const clnpu_graph_unit *x = &p->graph.units[u];
             double kvu = x->kv_bytes_per_token * (double)w->context * (c.batch / c.r);
-            kv += kvu, wts += unit_mem(&c, x) - kvu;
+            double ex = exec_unit_bytes(&c, &p->graph, w, x);
+            kv += kvu, scratch += ex, wts += unit_mem(&c, x) - kvu - ex;
         }
-        const double d = (double)p->graph.hidden, tr = c.tokens / c.r, capb = c.cap[s];
+        const double d = (double)p->graph.hidden, capb = c.cap[s];
         ps->mem[0] = wts, ps->mem[1] = kv;
-        ps->mem[2] = tr * d * 4 * 12 + (w->phase == CLNPU_PHASE_PREFILL ? tr * d * 4 * 4 : 0);
+        ps->mem[2] = exec_fixed_bytes(&c, &p->graph, w) + scratch;
         ps->mem[3] = best.g > 1 ? 2 * c.tokens / best.g * p->graph.top_k * d * 2 : 0;
         ps->mem[4] = cl->reserve_fraction * capb, ps->mem[5] = capb;
         maxfrac = fmax(maxfrac, (ps->mem[0] + ps->mem[1] + ps->mem[2] + ps->mem[3] + ps->mem[4]) / capb);

@@ -7,8 +7,8 @@
 #include <string.h>
 #include <yaml.h>
 
-#include "../backend/error.h"
-#include "../backend/yaml_in.h"
+#include "../common/error.h"
+#include "../common/yaml_in.h"
 #include "clnpu/plan.h"
 
 typedef struct row {
@@ -34,7 +34,7 @@ static clnpu_status row_parse(const char *path, const char *base, yaml_document_
 {
     static const char *const keys[] = {"name", "source", "model", "cluster", "phase", "weights", "context", "batch",
                                        "slo_ms", "prefix_hit", "mtp_accept", "expert_imbalance", "tbo", "kv_transfer",
-                                       "metric", "published", "notes", "known_gap", "max_error", NULL};
+                                       "metric", "published", "notes", "known_gap", "max_error", "latent_cache", "ep", NULL};
     if (n->type != YAML_MAPPING_NODE) return clnpu_yaml_fail_at(path, n, "a row must be a mapping");
     for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
         yaml_node_t *k = yaml_document_get_node(doc, p->key);
@@ -73,11 +73,16 @@ static clnpu_status row_parse(const char *path, const char *base, yaml_document_
         else return clnpu_yaml_fail_at(path, n, "row '%s': tbo is auto, on or off", r->name);
     }
     if ((s = clnpu_yaml_value(doc, n, "kv_transfer"))) r->w.kv_transfer = !strcmp(s, "true");
+    if ((s = clnpu_yaml_value(doc, n, "latent_cache"))) {
+        if (!strcmp(s, "bf16")) r->w.latent_cache = CLNPU_DTYPE_BF16;
+        else if (strcmp(s, "f32")) return clnpu_yaml_fail_at(path, n, "row '%s': latent_cache is f32 or bf16", r->name);
+    }
     double v = 0;
     yaml_node_t *x;
     clnpu_status st = CLNPU_OK;
     if (!st && (x = clnpu_yaml_get(doc, n, "context")) && !(st = row_num(path, x, "context", 1, 1 << 24, &v))) r->w.context = (size_t)v;
     if (!st && (x = clnpu_yaml_get(doc, n, "batch")) && !(st = row_num(path, x, "batch", 0, 1 << 24, &v))) r->w.batch = (size_t)v;
+    if (!st && (x = clnpu_yaml_get(doc, n, "ep")) && !(st = row_num(path, x, "ep", 1, CLNPU_PLAN_MAX_DEVICES, &v))) r->w.ep = (size_t)v;
     if (!st && (x = clnpu_yaml_get(doc, n, "slo_ms"))) st = row_num(path, x, "slo_ms", 1e-6, 1e9, &r->w.slo_ms);
     if (!st && (x = clnpu_yaml_get(doc, n, "prefix_hit"))) st = row_num(path, x, "prefix_hit", 0, 0.999, &r->w.prefix_hit);
     if (!st && (x = clnpu_yaml_get(doc, n, "mtp_accept"))) st = row_num(path, x, "mtp_accept", 0, 1, &r->w.mtp_accept);

@@ -34,6 +34,7 @@ static clnpu_workload dsv3(clnpu_phase phase, size_t batch, size_t context)
 {
     clnpu_workload w = clnpu_workload_default();
     w.phase = phase, w.batch = batch, w.context = context, w.weights = CLNPU_DTYPE_FP8_E4M3;
+    w.latent_cache = CLNPU_DTYPE_BF16; /* the deployments' (FlashMLA's) cache */
     return w;
 }
 
@@ -57,10 +58,16 @@ START_TEST(test_published_layouts)
     /* SGLang decode on 9 nodes: EP72 (288 / 72 = 4 slots) */
     s = plan_of(SRC "/clusters/h100-sglang-decode.yaml", dsv3(CLNPU_PHASE_DECODE, 18432, 2000), NULL);
     ck_assert_msg(s.ep == 72 && s.dp == 72, "EP %zu DP %zu", s.ep, s.dp);
-    /* prefill: EP32 / DP32 attention over all 32 GPUs, TBO */
-    s = plan_of(SRC "/clusters/h800-deepseek-prefill.yaml", dsv3(CLNPU_PHASE_PREFILL, 128, 4096), &b);
-    ck_assert_msg(s.ep == 32 && s.dp == 32 && s.pp == 1, "EP %zu DP %zu PP %zu", s.ep, s.dp, s.pp);
+    /* prefill: attention DP over all 32 GPUs with TBO; the model prefers EP16 x 2 replicas (fewer
+     * nodes per exchange) where memory allows, and EP32 when pinned to DeepSeek's width */
+    clnpu_workload wp = dsv3(CLNPU_PHASE_PREFILL, 128, 4096);
+    wp.latent_cache = CLNPU_DTYPE_BF16;
+    s = plan_of(SRC "/clusters/h800-deepseek-prefill.yaml", wp, &b);
+    ck_assert_msg((s.ep == 32 || s.ep == 16) && s.dp == 32 && s.pp == 1, "EP %zu DP %zu PP %zu", s.ep, s.dp, s.pp);
     ck_assert(b.tbo);
+    wp.ep = 32;
+    s = plan_of(SRC "/clusters/h800-deepseek-prefill.yaml", wp, &b);
+    ck_assert_msg(s.ep == 32 && s.dp == 32 && s.pp == 1 && s.tp == 1, "EP %zu DP %zu PP %zu", s.ep, s.dp, s.pp);
 }
 END_TEST
 
@@ -231,7 +238,7 @@ START_TEST(test_published_validation_table)
     ck_assert_int_eq(test_write_file(path, "rows:\n  - name: off by far\n    source: test\n"
                                            "    model: models/deepseek-v3/config.json\n"
                                            "    cluster: clusters/h100-sglang-decode.yaml\n    weights: fp8\n"
-                                           "    context: 2000\n    batch: 18432\n    published: 1000\n"), 0);
+                                           "    latent_cache: bf16\n    context: 2000\n    batch: 18432\n    published: 1000\n"), 0);
     f = fopen("/dev/null", "w");
     ck_assert_int_eq(clnpu_plan_validate(path, SRC, f, &worst), CLNPU_ERR_INVALID_ARGUMENT);
     fclose(f);

@@ -9,8 +9,8 @@
 
 static const char usage[] =
     "clnpu plan --model CONFIG.json --cluster FILE.yaml [--phase decode|prefill] [--batch B] [--context L]\n"
-    "           [--weights bf16|fp8|int8] [--slo-ms X] [--expert-load FILE] [--calibration BENCH.jsonl]\n"
-    "           [--targets-dir DIR] [--max-tp N] [--min-tp N] [--prefix-hit F] [--mtp-accept F]\n"
+    "           [--weights bf16|fp8|int8] [--latent-cache f32|bf16] [--slo-ms X] [--expert-load FILE] [--calibration BENCH.jsonl]\n"
+    "           [--targets-dir DIR] [--max-tp N] [--min-tp N] [--ep N] [--prefix-hit F] [--mtp-accept F]\n"
     "           [--expert-imbalance X] [--redundant-experts R] [--tbo auto|on|off] [--kv-transfer]\n"
     "           [--explain] [-o plan.yaml] [--svg plan.svg]\n"
     "       clnpu plan --validate ROWS.yaml [--base-dir DIR]\n"
@@ -73,7 +73,7 @@ static void explain(const clnpu_model_config *cfg, const clnpu_cluster *cl, cons
 int cmd_plan(int argc, char **argv)
 {
     enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CLUSTER, O_PHASE, O_BATCH, O_CONTEXT, O_WEIGHTS, O_SLO, O_LOAD, O_CAL,
-           O_SVG, O_TDIR, O_MAXTP, O_MINTP, O_HIT, O_MTP, O_IMB, O_RED, O_TBO, O_KVX, O_EXPLAIN, O_VALIDATE, O_BASE, O_DISAGG };
+           O_SVG, O_TDIR, O_MAXTP, O_MINTP, O_HIT, O_MTP, O_IMB, O_RED, O_TBO, O_KVX, O_EXPLAIN, O_VALIDATE, O_BASE, O_DISAGG, O_CACHE, O_EP };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, O_MODEL}, {"cluster", required_argument, NULL, O_CLUSTER},
         {"phase", required_argument, NULL, O_PHASE}, {"batch", required_argument, NULL, O_BATCH},
@@ -81,7 +81,8 @@ int cmd_plan(int argc, char **argv)
         {"slo-ms", required_argument, NULL, O_SLO}, {"expert-load", required_argument, NULL, O_LOAD},
         {"calibration", required_argument, NULL, O_CAL}, {"svg", required_argument, NULL, O_SVG},
         {"targets-dir", required_argument, NULL, O_TDIR}, {"max-tp", required_argument, NULL, O_MAXTP},
-        {"min-tp", required_argument, NULL, O_MINTP},
+        {"min-tp", required_argument, NULL, O_MINTP}, {"latent-cache", required_argument, NULL, O_CACHE},
+        {"ep", required_argument, NULL, O_EP},
         {"prefix-hit", required_argument, NULL, O_HIT}, {"mtp-accept", required_argument, NULL, O_MTP},
         {"expert-imbalance", required_argument, NULL, O_IMB}, {"redundant-experts", required_argument, NULL, O_RED},
         {"tbo", required_argument, NULL, O_TBO}, {"kv-transfer", no_argument, NULL, O_KVX},
@@ -124,6 +125,11 @@ int cmd_plan(int argc, char **argv)
             else if (!strcmp(optarg, "int8")) w.weights = CLNPU_DTYPE_I8;
             else return cli_usage_error("plan", usage, "bad --weights '%s'", optarg);
             break;
+        case O_CACHE:
+            if (!strcmp(optarg, "f32")) w.latent_cache = CLNPU_DTYPE_F32;
+            else if (!strcmp(optarg, "bf16")) w.latent_cache = CLNPU_DTYPE_BF16;
+            else return cli_usage_error("plan", usage, "bad --latent-cache '%s' (f32 or bf16)", optarg);
+            break;
         case O_SLO:
             w.slo_ms = strtod(optarg, &end);
             if (*end || w.slo_ms <= 0) return cli_usage_error("plan", usage, "bad --slo-ms '%s'", optarg);
@@ -160,6 +166,10 @@ int cmd_plan(int argc, char **argv)
             else return cli_usage_error("plan", usage, "bad --tbo '%s' (auto, on, off)", optarg);
             break;
         case O_KVX: w.kv_transfer = true; break;
+        case O_EP:
+            if (!cli_parse_size(optarg, &w.ep) || !w.ep || w.ep > CLNPU_PLAN_MAX_DEVICES)
+                return cli_usage_error("plan", usage, "bad --ep '%s'", optarg);
+            break;
         case O_EXPLAIN: want_explain = true; break;
         case O_VALIDATE: validate = optarg; break;
         case O_BASE: base = optarg; break;
