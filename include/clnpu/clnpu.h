@@ -15,6 +15,7 @@
 #include "clnpu/plan.h"
 #include "clnpu/tuning.h"
 #include "clnpu/pipeline.h"
+#include "clnpu/tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {
