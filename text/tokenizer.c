@@ -282,7 +282,9 @@ clnpu_status clnpu_tokenizer_encode(const clnpu_tokenizer *t, const char *text, 
             ids[nids++] = id;
             continue;
         }
-        if ((st = tk_normalize(t, text + raw.v[r].a, raw.v[r].b - raw.v[r].a, &norm))) break;
+        size_t nfirst;
+        if ((st = tk_normalize(t, text + raw.v[r].a, raw.v[r].b - raw.v[r].a, &norm, &nfirst))) break;
+        if (raw.v[r].a) nfirst = 0;
         nsg.n = 0;
         if (!split_added(t, norm.p, norm.n, true, &nsg)) goto oom;
         for (size_t k = 0; k < nsg.n && !st; k++) {
@@ -297,7 +299,7 @@ clnpu_status clnpu_tokenizer_encode(const clnpu_tokenizer *t, const char *text, 
             }
             tk_pieces_clear(&pieces);
             if (nsg.v[k].b == nsg.v[k].a) continue;
-            if (!tk_pieces_add(&pieces, norm.p + nsg.v[k].a, nsg.v[k].b - nsg.v[k].a, raw.v[r].a == 0 && nsg.v[k].a == 0)) goto oom;
+            if (!tk_pieces_add(&pieces, norm.p + nsg.v[k].a, nsg.v[k].b - nsg.v[k].a, nfirst > nsg.v[k].a ? nfirst - nsg.v[k].a : 0)) goto oom;
             if ((st = tk_pre_tokenize(t, &pieces, &scratch, md))) break;
             for (size_t p = 0; p < pieces.n && !st; p++) st = tk_bpe_encode(t, pieces.text.p + pieces.off[p], pieces.len[p], &ids, &nids, &cap);
         }

@@ -21,15 +21,16 @@ typedef struct tk_buf {
 bool tk_buf_put(tk_buf *b, const void *s, size_t n);
 void tk_buf_free(tk_buf *b);
 
-/* Pieces of text: spans of one buffer, each with whether it starts the original input (for
- * Metaspace's prepend_scheme "first"). */
+/* Pieces of text: spans of one buffer, each with how many of its first bytes come from the
+ * original input's first character (HF's offsets_original().0 == 0, for Metaspace's
+ * prepend_scheme "first"; a normalizer can expand that character into several). */
 typedef struct tk_pieces {
     tk_buf text;
     size_t *off, *len;
-    bool *first;
+    size_t *first;
     size_t n, cap;
 } tk_pieces;
-bool tk_pieces_add(tk_pieces *ps, const char *s, size_t n, bool first);
+bool tk_pieces_add(tk_pieces *ps, const char *s, size_t n, size_t first);
 void tk_pieces_clear(tk_pieces *ps);
 void tk_pieces_free(tk_pieces *ps);
 
@@ -139,7 +140,8 @@ struct clnpu_tokenizer {
 /* tokenizer_pretok.c */
 clnpu_status tk_parse_normalizer(clnpu_tokenizer *t, const cJSON *j);
 clnpu_status tk_parse_pre_tokenizer(clnpu_tokenizer *t, const cJSON *j);
-clnpu_status tk_normalize(const clnpu_tokenizer *t, const char *s, size_t n, tk_buf *out);
+/* *out_first: how many leading bytes of the result the first input character became. */
+clnpu_status tk_normalize(const clnpu_tokenizer *t, const char *s, size_t n, tk_buf *out, size_t *out_first);
 /* Pre-tokenize `in` (its pieces replaced by the result); md sized for every regex. */
 clnpu_status tk_pre_tokenize(const clnpu_tokenizer *t, tk_pieces *in, tk_pieces *scratch, pcre2_match_data *md);
 void tk_pre_free(tk_pre *p);

@@ -29,7 +29,7 @@ void tk_buf_free(tk_buf *b)
     *b = (tk_buf){0};
 }
 
-bool tk_pieces_add(tk_pieces *ps, const char *s, size_t n, bool first)
+bool tk_pieces_add(tk_pieces *ps, const char *s, size_t n, size_t first)
 {
     if (!n) return true; /* HF drops empty splits */
     if (ps->n == ps->cap) {
@@ -37,7 +37,7 @@ bool tk_pieces_add(tk_pieces *ps, const char *s, size_t n, bool first)
         size_t *o = realloc(ps->off, cap * sizeof *o), *l = o ? realloc(ps->len, cap * sizeof *l) : NULL;
         if (o) ps->off = o;
         if (l) ps->len = l;
-        bool *f = l ? realloc(ps->first, cap * sizeof *f) : NULL;
+        size_t *f = l ? realloc(ps->first, cap * sizeof *f) : NULL;
         if (!f) return false;
         ps->first = f, ps->cap = cap;
     }
@@ -88,7 +88,7 @@ clnpu_status tk_regex_compile(tk_regex *re, const char *pattern, bool literal, c
     int err;
     PCRE2_SIZE at;
     re->code = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED,
-                             PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK | (literal ? PCRE2_LITERAL : 0), &err, &at, NULL);
+                             PCRE2_UTF | PCRE2_NO_UTF_CHECK | (literal ? PCRE2_LITERAL : PCRE2_UCP), &err, &at, NULL);
     if (!re->code) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
@@ -187,7 +187,7 @@ static bool replace_all(const char *s, size_t n, const char *pat, const char *wi
     return true;
 }
 
-clnpu_status tk_normalize(const clnpu_tokenizer *t, const char *s, size_t n, tk_buf *out)
+static clnpu_status normalize_str(const clnpu_tokenizer *t, const char *s, size_t n, tk_buf *out)
 {
     out->n = 0;
     if (!tk_buf_put(out, s, n)) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
@@ -228,6 +228,22 @@ clnpu_status tk_normalize(const clnpu_tokenizer *t, const char *s, size_t n, tk_
 oom:
     tk_buf_free(&tmp);
     return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+}
+
+clnpu_status tk_normalize(const clnpu_tokenizer *t, const char *s, size_t n, tk_buf *out, size_t *out_first)
+{
+    clnpu_status st = normalize_str(t, s, n, out);
+    *out_first = 0;
+    if (st || !n || !out->n) return st;
+    uint32_t cp;
+    size_t l = tk_utf8_next(s, &cp);
+    if (!t->nnorm) return *out_first = l, CLNPU_OK;
+    /* the first character alone; if composition merged it with what follows, the first output character */
+    tk_buf f = {0};
+    st = normalize_str(t, s, l, &f);
+    if (!st) *out_first = f.n && f.n <= out->n && !memcmp(f.p, out->p, f.n) ? f.n : tk_utf8_next(out->p, &cp);
+    tk_buf_free(&f);
+    return st;
 }
 
 /* ---- pre-tokenizers ---- */
@@ -320,10 +336,14 @@ clnpu_status tk_parse_pre_tokenizer(clnpu_tokenizer *t, const cJSON *j)
 
 void tk_pre_free(tk_pre *p) { tk_regex_free(&p->re); }
 
+/* A sub-piece at `off` starts within the original input's first character when its parent's
+ * `first` bytes (those aligned to offset 0) reach past off. */
+#define SUBFIRST(first, off) ((first) > (off) ? (first) - (off) : 0)
+
 /* Split one piece by a regex (pattern.rs find_matches, then normalizer.rs split): spans that
  * match and spans that do not, combined by the behaviour. */
 static clnpu_status split_piece(const tk_regex *re, tk_split_behavior beh, bool invert, const char *s, size_t n,
-                                bool first, pcre2_match_data *md, tk_pieces *out)
+                                size_t first, pcre2_match_data *md, tk_pieces *out)
 {
     enum { MAXSPAN = 64 };
     size_t cap = MAXSPAN, cnt = 0;
@@ -379,7 +399,7 @@ static clnpu_status split_piece(const tk_regex *re, tk_split_behavior beh, bool 
             prevm = m;
         }
         for (size_t k = w; k < cnt; k++)
-            if (!tk_pieces_add(out, s + sp[k][0], sp[k][1] - sp[k][0], first && sp[k][0] == 0)) { st = CLNPU_ERR_OUT_OF_MEMORY; goto done; }
+            if (!tk_pieces_add(out, s + sp[k][0], sp[k][1] - sp[k][0], SUBFIRST(first, sp[k][0]))) { st = CLNPU_ERR_OUT_OF_MEMORY; goto done; }
         goto done;
     }
     for (size_t k = 0; k < cnt; k++) {
@@ -401,7 +421,7 @@ static clnpu_status split_piece(const tk_regex *re, tk_split_behavior beh, bool 
         outn++;
     }
     for (size_t k = 0; k < outn; k++)
-        if (!ism[k] && !tk_pieces_add(out, s + sp[k][0], sp[k][1] - sp[k][0], first && sp[k][0] == 0)) {
+        if (!ism[k] && !tk_pieces_add(out, s + sp[k][0], sp[k][1] - sp[k][0], SUBFIRST(first, sp[k][0]))) {
             st = CLNPU_ERR_OUT_OF_MEMORY;
             break;
         }
@@ -412,7 +432,7 @@ done:
     return st;
 }
 
-static bool add_byte_level(tk_pieces *out, const char *s, size_t n, bool first, tk_buf *tmp)
+static bool add_byte_level(tk_pieces *out, const char *s, size_t n, size_t first, tk_buf *tmp)
 {
     tmp->n = 0;
     for (size_t i = 0; i < n; i++) {
@@ -429,7 +449,7 @@ static clnpu_status pre_step(const tk_pre *p, const tk_pieces *in, tk_pieces *ou
     for (size_t i = 0; i < in->n && !st; i++) {
         const char *s = in->text.p + in->off[i];
         size_t n = in->len[i];
-        bool first = in->first[i];
+        size_t first = in->first[i];
         switch (p->kind) {
         case TK_PRE_SPLIT: st = split_piece(&p->re, p->behavior, p->invert, s, n, first, md, out); break;
         case TK_PRE_DIGITS:
@@ -444,7 +464,7 @@ static clnpu_status pre_step(const tk_pre *p, const tk_pieces *in, tk_pieces *ou
                 while (k < n && (l = tk_utf8_next(s + k, &cp), tk_is_whitespace(cp))) k += l;
                 size_t b = k;
                 while (b < n && (l = tk_utf8_next(s + b, &cp), !tk_is_whitespace(cp))) b += l;
-                if (b > k && !tk_pieces_add(out, s + k, b - k, first && k == 0)) st = CLNPU_ERR_OUT_OF_MEMORY;
+                if (b > k && !tk_pieces_add(out, s + k, b - k, SUBFIRST(first, k))) st = CLNPU_ERR_OUT_OF_MEMORY;
                 a = b;
             }
             break;
@@ -470,6 +490,10 @@ static clnpu_status pre_step(const tk_pre *p, const tk_pieces *in, tk_pieces *ou
             break;
         }
         case TK_PRE_METASPACE: {
+            if (first) { /* the first character's bytes after the replacement */
+                if (!replace_all(s, first < n ? first : n, " ", p->replacement, &tmp)) { st = CLNPU_ERR_OUT_OF_MEMORY; break; }
+                first = tmp.n;
+            }
             if (!replace_all(s, n, " ", p->replacement, &tmp)) { st = CLNPU_ERR_OUT_OF_MEMORY; break; }
             size_t rl = strlen(p->replacement);
             bool starts = tmp.n >= rl && !memcmp(tmp.p, p->replacement, rl);
@@ -478,6 +502,7 @@ static clnpu_status pre_step(const tk_pre *p, const tk_pieces *in, tk_pieces *ou
                 if (!tk_buf_put(&tmp2, p->replacement, rl) || !tk_buf_put(&tmp2, tmp.p, tmp.n)) { st = CLNPU_ERR_OUT_OF_MEMORY; break; }
                 tk_buf x = tmp;
                 tmp = tmp2, tmp2 = x;
+                if (first) first += rl;
             }
             if (p->split) st = split_piece(&p->re, TK_SPLIT_MERGED_NEXT, false, tmp.p ? tmp.p : "", tmp.n, first, md, out);
             else if (tmp.n && !tk_pieces_add(out, tmp.p, tmp.n, first)) st = CLNPU_ERR_OUT_OF_MEMORY;
