@@ -94,6 +94,7 @@ typedef struct tk_added {
 /* Open-addressing map from a string to an id; the strings live in the caller's table. */
 typedef struct tk_strmap {
     int32_t *slot; /* id or -1 */
+    uint32_t *tag; /* high hash bits: most mismatches skip the string compare */
     size_t mask;
 } tk_strmap;
 
@@ -114,7 +115,8 @@ typedef struct tk_cache {
 struct clnpu_tokenizer {
     char origin[512];
     /* the model's vocabulary: id -> string, string -> id */
-    char **tok;
+    char **tok; /* into tok_arena; NULL for ids only added tokens use */
+    char *tok_arena;
     uint32_t *tok_len;
     size_t ntok; /* one past the largest id, added tokens included */
     tk_strmap vocab;
