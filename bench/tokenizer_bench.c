@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "clnpu/tokenizer.h"
@@ -17,8 +18,8 @@ static double now_s(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: tokenizer_bench TOKENIZER.json TEXT_FILE REPEATS\n");
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: tokenizer_bench TOKENIZER.json TEXT_FILE REPEATS [lines]\n");
         return 2;
     }
     FILE *f = fopen(argv[2], "rb");
@@ -37,8 +38,25 @@ int main(int argc, char **argv)
     size_t nids = 0;
     for (int r = 0; r < atoi(argv[3]); r++) {
         free(ids);
+        ids = NULL;
         t0 = now_s();
-        if (clnpu_tokenizer_encode(tok, text, (size_t)n, &ids, &nids)) return fprintf(stderr, "%s\n", clnpu_error_message()), 1;
+        if (argc == 5) { /* each line on its own (the newlines not encoded), ids concatenated */
+            size_t cap = 0;
+            nids = 0;
+            for (char *p = text, *end = text + n; p < end;) {
+                char *nl = memchr(p, '\n', (size_t)(end - p));
+                size_t len = nl ? (size_t)(nl - p) : (size_t)(end - p);
+                int *li;
+                size_t ln;
+                if (clnpu_tokenizer_encode(tok, p, len, &li, &ln)) return fprintf(stderr, "%s\n", clnpu_error_message()), 1;
+                if (nids + ln > cap) ids = realloc(ids, (cap = 2 * (nids + ln) + 1024) * sizeof *ids);
+                if (ln) memcpy(ids + nids, li, ln * sizeof *ids);
+                nids += ln;
+                free(li);
+                p += len + 1;
+            }
+        } else if (clnpu_tokenizer_encode(tok, text, (size_t)n, &ids, &nids))
+            return fprintf(stderr, "%s\n", clnpu_error_message()), 1;
         double t = now_s() - t0;
         if (t < best) best = t;
     }
