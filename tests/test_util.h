@@ -47,5 +47,6 @@ Suite *suite_checkpoint(void);
 Suite *suite_plan(void);
 Suite *suite_tuning(void);
 Suite *suite_tokenizer(void);
+Suite *suite_chat_template(void);
 
 #endif

@@ -16,6 +16,7 @@
 #include "clnpu/tuning.h"
 #include "clnpu/pipeline.h"
 #include "clnpu/tokenizer.h"
+#include "clnpu/chat_template.h"
 
 #ifdef __cplusplus
 extern "C" {
