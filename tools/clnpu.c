@@ -14,6 +14,7 @@ static const command commands[] = {
     {"devices", cmd_devices, "list OpenCL devices, their capabilities and matched target profiles"},
     {"kernels", cmd_kernels, "build every embedded kernel on a device (uses the binary cache)"},
     {"run", cmd_run, "run A.X K1: prefill a prompt, generate tokens, dump logits, stats, traces"},
+    {"chat", cmd_chat, "talk with a checkpoint through its chat template; the KV cache kept between turns"},
     {"tokenize", cmd_tokenize, "text on stdin to token ids with a checkpoint's tokenizer.json"},
     {"detokenize", cmd_detokenize, "token ids on stdin back to text"},
     {"plan", cmd_plan, "split the model across a cluster: layout, stages, experts, memory, prediction"},

@@ -17,6 +17,7 @@
 #include "clnpu/pipeline.h"
 #include "clnpu/tokenizer.h"
 #include "clnpu/chat_template.h"
+#include "clnpu/generate.h"
 
 #ifdef __cplusplus
 extern "C" {
