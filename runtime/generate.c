@@ -109,18 +109,25 @@ void clnpu_generator_destroy(clnpu_generator *g)
     free(g);
 }
 
+static clnpu_status check_cfg(const clnpu_generator *g, const clnpu_generate_config *cfg)
+{
+    if (!cfg) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "generator: no config");
+    if (cfg->n_stop && !g->o.tokenizer) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "generator: stop strings need a tokenizer");
+    if ((cfg->n_stop && !cfg->stop) || (cfg->n_eos && !cfg->eos_ids)) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "generator: NULL stop or eos list");
+    for (size_t i = 0; i < cfg->n_stop; i++)
+        if (!cfg->stop[i] || !*cfg->stop[i]) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "generator: an empty stop string");
+    return CLNPU_OK;
+}
+
 static clnpu_status begin_turn(clnpu_generator *g, size_t seq, const clnpu_generate_config *cfg)
 {
     gseq *s = &g->seq[seq];
-    if (cfg->n_stop && !g->o.tokenizer) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "generator: stop strings need a tokenizer");
     free_cfg(s);
     s->cfg = *cfg;
     if (cfg->n_stop) {
         if (!(s->stop = calloc(cfg->n_stop, sizeof *s->stop))) return oom();
-        for (size_t i = 0; i < cfg->n_stop; i++) {
-            if (!cfg->stop[i] || !*cfg->stop[i]) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "generator: an empty stop string");
+        for (size_t i = 0; i < cfg->n_stop; i++)
             if (!(s->stop[i] = strdup(cfg->stop[i]))) return oom();
-        }
     }
     if (cfg->n_eos) {
         if (!(s->eos = malloc(cfg->n_eos * sizeof *s->eos))) return oom();
@@ -150,8 +157,9 @@ clnpu_status clnpu_generator_start_from_logits(clnpu_generator *g, size_t seq, s
                                                const clnpu_generate_config *cfg)
 {
     clnpu_status st = check_seq(g, seq);
+    if (!st) st = check_cfg(g, cfg);
     if (st) return st;
-    if (!last_logits || !cfg) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "generator: no logits or config");
+    if (!last_logits) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "generator: no logits");
     gseq *s = &g->seq[seq];
     if (!s->logits && !(s->logits = malloc(g->o.vocab_size * sizeof *s->logits))) return oom();
     if ((st = begin_turn(g, seq, cfg))) return st;
@@ -165,8 +173,9 @@ clnpu_status clnpu_generator_start(clnpu_generator *g, size_t seq, const int *id
                                    float *logits)
 {
     clnpu_status st = check_seq(g, seq);
+    if (!st) st = check_cfg(g, cfg);
     if (st) return st;
-    if (!cfg || (n && !ids)) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "generator: no ids or config");
+    if (n && !ids) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "generator: no ids");
     gseq *s = &g->seq[seq];
     const size_t V = g->o.vocab_size, k = n + s->has_unfed;
     if (!k) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "generator: sequence %zu has nothing to prefill", seq);
@@ -179,8 +188,9 @@ clnpu_status clnpu_generator_start(clnpu_generator *g, size_t seq, const int *id
     if (n) memcpy(all + s->has_unfed, ids, n * sizeof *ids);
     for (size_t i = 0; i < k; i++)
         if (all[i] < 0 || (size_t)all[i] >= V) {
+            const int bad = all[i];
             free(all);
-            return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "generator: token id %d is outside the vocabulary (0..%zu)", all[i], V - 1);
+            return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "generator: token id %d is outside the vocabulary (0..%zu)", bad, V - 1);
         }
     if (!s->logits && !(s->logits = malloc(V * sizeof *s->logits))) return free(all), oom();
     /* only the last position's logits are needed: a long prompt runs without them, its last token alone with */

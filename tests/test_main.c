@@ -23,6 +23,7 @@ int main(void)
     srunner_add_suite(sr, suite_tuning());
     srunner_add_suite(sr, suite_tokenizer());
     srunner_add_suite(sr, suite_chat_template());
+    srunner_add_suite(sr, suite_generate());
     /* No fork: OpenCL runtimes are not fork-safe, and sharing one device shares its programs. */
     srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);

@@ -48,5 +48,6 @@ Suite *suite_plan(void);
 Suite *suite_tuning(void);
 Suite *suite_tokenizer(void);
 Suite *suite_chat_template(void);
+Suite *suite_generate(void);
 
 #endif
