@@ -9,6 +9,8 @@ int main(void)
     /* Two PoCL devices, so multi-device code paths are exercised; must be set before the
      * OpenCL ICD loader first loads PoCL. An explicit setting from the caller wins. */
     setenv("POCL_DEVICES", "pthread pthread", 0);
+    /* every kernel variant the suite builds must compile without a warning (users get -w) */
+    setenv("CLNPU_KERNEL_WERROR", "1", 0);
     test_seed();
 
     SRunner *sr = srunner_create(suite_device());
