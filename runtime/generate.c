@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "clnpu/generate.h"
-#include "error.h"
+#include "../common/error.h"
 
 typedef struct gseq {
     bool active, from_logits, has_unfed, dirty;

@@ -12,8 +12,8 @@
 #include <cjson/cJSON.h>
 
 #include "clnpu/chat_template.h"
-#include "error.h"
-#include "file_read.h"
+#include "../common/error.h"
+#include "../common/file_read.h"
 #include "tokenizer_internal.h" /* tk_buf */
 
 /* ---------------- AST ---------------- */

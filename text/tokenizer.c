@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
-#include "file_read.h"
+#include "../common/error.h"
+#include "../common/file_read.h"
 #include "tokenizer_internal.h"
 
 size_t clnpu_tokenizer_vocab_size(const clnpu_tokenizer *t) { return t ? t->ntok : 0; }

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
+#include "../common/error.h"
 #include "tokenizer_internal.h"
 
 uint64_t tk_hash(const char *s, size_t n)

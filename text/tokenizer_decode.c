@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
+#include "../common/error.h"
 #include "tokenizer_internal.h"
 
 /* ---- the byte-level alphabet (GPT-2's bytes_to_unicode) ---- */

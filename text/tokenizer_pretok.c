@@ -5,7 +5,7 @@
 #include <string.h>
 #include <utf8proc.h>
 
-#include "error.h"
+#include "../common/error.h"
 #include "tokenizer_internal.h"
 
 bool tk_buf_put(tk_buf *b, const void *s, size_t n)

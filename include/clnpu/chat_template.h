@@ -1,13 +1,12 @@
 /* A checkpoint's chat template (the Jinja subset Hugging Face chat templates use) rendered into
- * the prompt text, as transformers' apply_chat_template does (trim_blocks, lstrip_blocks).
+ * the prompt text, as transformers' apply_chat_template does (trim_blocks, lstrip_blocks). From
+ * examples/chat.c (messages: a JSON array of {"role", "content"}):
  *
- *     clnpu_chat_template *ct;
- *     clnpu_chat_template_load("models/tiny-axk1", &ct);   // tokenizer_config.json or chat_template.jinja
- *     clnpu_chat_options o = clnpu_chat_options_default();
- *     o.enable_thinking = 0;
- *     char *prompt;
- *     clnpu_chat_template_render(ct, "[{\"role\":\"user\",\"content\":\"hi\"}]", &o, &prompt);  // free(prompt)
- *     clnpu_chat_template_free(ct);
+ *     CHECK(clnpu_chat_template_load(dir, &tmpl));         // chat_template.jinja or tokenizer_config.json
+ *     clnpu_chat_options co = clnpu_chat_options_default();
+ *     co.enable_thinking = 0;                             // as --no-think
+ *     CHECK(clnpu_chat_template_render(tmpl, messages, &co, &prompt));
+ *     clnpu_chat_template_free(tmpl);
  *
  * Supported: text, {{ }}, {% if / elif / else %}, {% for x in y %} (and `for k, v in`), {% set x = ... %}
  * and {% set ns.attr = ... %}, whitespace control (-), comments; expressions with literals, lists,
@@ -26,6 +25,7 @@
 
 #include <stdbool.h>
 
+#include "clnpu/export.h"
 #include "clnpu/status.h"
 
 #ifdef __cplusplus
@@ -35,12 +35,12 @@ extern "C" {
 typedef struct clnpu_chat_template clnpu_chat_template;
 
 /* Parse template source; origin names it in messages ("tokenizer_config.json"). */
-clnpu_status clnpu_chat_template_parse(const char *source, const char *origin, clnpu_chat_template **out_tmpl);
+CLNPU_API clnpu_status clnpu_chat_template_parse(const char *source, const char *origin, clnpu_chat_template **out_tmpl);
 /* A model directory's template: chat_template.jinja, else tokenizer_config.json's "chat_template"
  * (a string, or a list of {name, template}: "default" is taken). Its bos_token / eos_token strings
  * become the template's variables of the same names. */
-clnpu_status clnpu_chat_template_load(const char *model_dir, clnpu_chat_template **out_tmpl);
-void clnpu_chat_template_free(clnpu_chat_template *tmpl);
+CLNPU_API clnpu_status clnpu_chat_template_load(const char *model_dir, clnpu_chat_template **out_tmpl);
+CLNPU_API void clnpu_chat_template_free(clnpu_chat_template *tmpl);
 
 typedef struct clnpu_chat_options {
     bool add_generation_prompt;
@@ -49,10 +49,10 @@ typedef struct clnpu_chat_options {
     const char *bos_token, *eos_token; /* override the loaded ones (NULL: keep) */
 } clnpu_chat_options;
 
-clnpu_chat_options clnpu_chat_options_default(void); /* generation prompt on, thinking undefined */
+CLNPU_API clnpu_chat_options clnpu_chat_options_default(void); /* generation prompt on, thinking undefined */
 
 /* messages_json: a JSON array of {"role", "content", ...} objects. *out_text is malloc'd. */
-clnpu_status clnpu_chat_template_render(const clnpu_chat_template *tmpl, const char *messages_json,
+CLNPU_API clnpu_status clnpu_chat_template_render(const clnpu_chat_template *tmpl, const char *messages_json,
                                         const clnpu_chat_options *opt, char **out_text);
 
 #ifdef __cplusplus

@@ -1,17 +1,18 @@
 /* The generation loop: sequences prefilled, then decoded together one step at a time, each token
  * drawn on the device, streamed as text to a callback, stopped at end-of-sequence ids, stop
  * strings, a token budget or the context. The CLI (`clnpu run`, `clnpu chat`) and a server use it.
+ * From examples/chat.c (print_piece writes each piece to stdout):
  *
- *     clnpu_generator_options go = {.model = m, .device = dev, .tokenizer = tok,
- *                                   .vocab_size = cfg.vocab_size, .max_sequences = 1, .max_context = 4096};
- *     clnpu_generator *g;  clnpu_generator_create(&go, &g);
- *     clnpu_generate_config gc = clnpu_generate_config_default();
- *     gc.max_tokens = 128;  gc.eos_ids = eos;  gc.n_eos = 1;
- *     clnpu_generator_start(g, 0, prompt_ids, n, &gc, NULL);       // prefill
- *     clnpu_generator_run(g, print_token, NULL);                    // until every sequence stops
- *     // a next turn appends to the same sequence: its cache is kept
- *     clnpu_generator_start(g, 0, next_turn_ids, k, &gc, NULL);
+ *     clnpu_generator_options go = {.model = m, .device = dev, .tokenizer = tok, .vocab_size = cfg.vocab_size,
+ *                                   .max_sequences = 1, .max_context = 256};
+ *     CHECK(clnpu_generator_create(&go, &g));
+ *     clnpu_generate_config gc = clnpu_generate_config_default(); // greedy
+ *     gc.eos_ids = &eos, gc.n_eos = eos >= 0;
+ *     CHECK(clnpu_generator_start(g, 0, ids, n, &gc, NULL));      // prefill
+ *     CHECK(clnpu_generator_run(g, print_piece, NULL));           // until EOS or max_tokens
+ *     clnpu_generator_destroy(g);
  *
+ * A next turn appends to the same sequence (its cache is kept): clnpu_generator_start again.
  * A sequence that stopped keeps its last drawn token unfed; the next start on that sequence feeds
  * it before the new ids, so the cache holds the whole conversation.
  * Thread safety: one generator per thread (it drives one model or pipeline).
@@ -22,6 +23,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "clnpu/export.h"
 #include "clnpu/model.h"
 #include "clnpu/ops.h"
 #include "clnpu/pipeline.h"
@@ -40,7 +42,7 @@ typedef struct clnpu_generate_config {
     size_t n_stop;
 } clnpu_generate_config;
 
-clnpu_generate_config clnpu_generate_config_default(void); /* greedy, no limits */
+CLNPU_API clnpu_generate_config clnpu_generate_config_default(void); /* greedy, no limits */
 
 typedef enum clnpu_finish_reason {
     CLNPU_FINISH_NONE = 0, /* still generating */
@@ -50,7 +52,7 @@ typedef enum clnpu_finish_reason {
     CLNPU_FINISH_CONTEXT,  /* the sequence filled max_context */
     CLNPU_FINISH_CALLER,   /* the callback returned false */
 } clnpu_finish_reason;
-const char *clnpu_finish_reason_name(clnpu_finish_reason r); /* "eos", "stop", "length", ... */
+CLNPU_API const char *clnpu_finish_reason_name(clnpu_finish_reason r); /* "eos", "stop", "length", ... */
 
 typedef struct clnpu_generator_options {
     clnpu_model *model;       /* exactly one of model and pipeline */
@@ -62,16 +64,16 @@ typedef struct clnpu_generator_options {
 
 typedef struct clnpu_generator clnpu_generator;
 
-clnpu_status clnpu_generator_create(const clnpu_generator_options *opt, clnpu_generator **out_gen);
-void clnpu_generator_destroy(clnpu_generator *g);
+CLNPU_API clnpu_status clnpu_generator_create(const clnpu_generator_options *opt, clnpu_generator **out_gen);
+CLNPU_API void clnpu_generator_destroy(clnpu_generator *g);
 
 /* Begin a turn of sequence seq: its unfed last token (if any) and ids are prefilled after what
  * the cache holds. logits: NULL or [k][vocab] for the k prefilled positions. */
-clnpu_status clnpu_generator_start(clnpu_generator *g, size_t seq, const int *ids, size_t n,
+CLNPU_API clnpu_status clnpu_generator_start(clnpu_generator *g, size_t seq, const int *ids, size_t n,
                                    const clnpu_generate_config *cfg, float *logits);
 /* Begin a turn whose forward the caller ran: the cache holds `context` tokens of seq and
  * last_logits [vocab] are the next token's. */
-clnpu_status clnpu_generator_start_from_logits(clnpu_generator *g, size_t seq, size_t context,
+CLNPU_API clnpu_status clnpu_generator_start_from_logits(clnpu_generator *g, size_t seq, size_t context,
                                                const float *last_logits, const clnpu_generate_config *cfg);
 
 /* Per token of a sequence: its id, the text it completes (UTF-8 characters whole, text held back
@@ -81,21 +83,21 @@ typedef bool (*clnpu_token_callback)(void *user, size_t seq, int id, const char 
 /* One step: every generating sequence draws a token (the sequences whose turn just started from
  * their prefill logits, the others through one batched decode). *out_active: sequences still
  * generating. A token that ends a turn comes with all the text still withheld. */
-clnpu_status clnpu_generator_step(clnpu_generator *g, clnpu_token_callback cb, void *user, size_t *out_active);
+CLNPU_API clnpu_status clnpu_generator_step(clnpu_generator *g, clnpu_token_callback cb, void *user, size_t *out_active);
 /* Steps until no sequence is generating. */
-clnpu_status clnpu_generator_run(clnpu_generator *g, clnpu_token_callback cb, void *user);
+CLNPU_API clnpu_status clnpu_generator_run(clnpu_generator *g, clnpu_token_callback cb, void *user);
 
-clnpu_finish_reason clnpu_generator_finish_reason(const clnpu_generator *g, size_t seq);
+CLNPU_API clnpu_finish_reason clnpu_generator_finish_reason(const clnpu_generator *g, size_t seq);
 /* The ids drawn in this turn (the stopping token included). */
-const int *clnpu_generator_tokens(const clnpu_generator *g, size_t seq, size_t *out_n);
+CLNPU_API const int *clnpu_generator_tokens(const clnpu_generator *g, size_t seq, size_t *out_n);
 /* The text streamed in this turn (NUL-terminated). */
-const char *clnpu_generator_text(const clnpu_generator *g, size_t seq, size_t *out_len);
+CLNPU_API const char *clnpu_generator_text(const clnpu_generator *g, size_t seq, size_t *out_len);
 /* Tokens in seq's cache. */
-size_t clnpu_generator_context(const clnpu_generator *g, size_t seq);
+CLNPU_API size_t clnpu_generator_context(const clnpu_generator *g, size_t seq);
 /* Decode steps run and tokens decoded through them so far (throughput). */
-size_t clnpu_generator_decoded(const clnpu_generator *g);
+CLNPU_API size_t clnpu_generator_decoded(const clnpu_generator *g);
 /* Forget seq (its cache is freed). */
-void clnpu_generator_reset(clnpu_generator *g, size_t seq);
+CLNPU_API void clnpu_generator_reset(clnpu_generator *g, size_t seq);
 
 #ifdef __cplusplus
 }
