@@ -30,8 +30,8 @@ static clnpu_status mpi_wait(clnpu_pipeline *p, MPI_Request *rq, const char *wha
         if (done) return CLNPU_OK;
         clock_gettime(CLOCK_MONOTONIC, &now);
         if ((now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) * 1e-9 > p->timeout_s)
-            return clnpu_fail(CLNPU_ERR_IO, "rank %d: nothing from %s for %.0f s while %s it: a rank failed or "
-                              "hangs (CLNPU_MPI_TIMEOUT)", p->rank, who, p->timeout_s, what);
+            return clnpu_fail(CLNPU_ERR_IO, "rank %d: nothing from %s for %.0f s while %s %s: a rank failed or "
+                              "hangs (CLNPU_MPI_TIMEOUT)", p->rank, who, p->timeout_s, what, peer >= 0 ? "it" : "them");
         nanosleep(&nap, NULL);
     }
 }
@@ -152,7 +152,9 @@ static clnpu_status xch(clnpu_pipeline *p, const void *sbuf, const int *scount, 
     MPI_Request rq;
     if (MPI_Ialltoallv(sbuf, scount, sdisp, type, rbuf, rcount, rdisp, type, GROUP(p), &rq) != MPI_SUCCESS)
         return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Ialltoallv failed %s", p->rank, what);
-    return mpi_wait(p, &rq, what, -1);
+    char with[96]; /* "receiving experts' outputs from" (the other ranks) */
+    snprintf(with, sizeof with, "%s %s", what, strncmp(what, "sending", 7) ? "from" : "to");
+    return mpi_wait(p, &rq, with, -1);
 }
 
 static clnpu_status headers(clnpu_pipeline *p, long long *out, long long *in)
