@@ -5,7 +5,7 @@
 
 #include "device_internal.h"
 #include "clnpu/tuning.h"
-#include "error.h"
+#include "../common/error.h"
 
 clnpu_device_options clnpu_device_options_default(void)
 {

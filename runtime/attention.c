@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/ops.h"
 #include "clnpu/tuning.h"
 #include "launch.h"

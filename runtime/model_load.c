@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
-#include "../backend/hash.h"
+#include "../common/error.h"
+#include "../common/hash.h"
 #include "model_internal.h"
 #include "tp.h"
 

@@ -1,7 +1,7 @@
 /* What a model instance allocates on its device besides weights: the same sizes as
  * model_load.c's alloc_activations, the rope table, the latent cache pages and moe_block.c's
  * scratch, from the config and options alone. test_model.c holds it to the device's count. */
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/model_memory.h"
 
 /* the sub-buffer alignment of the step-input slots: at most this on the devices we know */

@@ -1,12 +1,11 @@
 /* Pipeline execution: one model stage per device (its own context and profile), the residual
  * stream handed from stage to stage through the host or, under mpirun, between ranks
  * (pipeline_mpi.c); expert shards of a stage on several devices or ranks. */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "dp.h"
 #include "tp.h"
 #include "pipeline_internal.h"
@@ -26,7 +25,7 @@ void clnpu_pipeline_destroy(clnpu_pipeline *p)
     free(p->stages), free(p->reps), free(p->dps), free(p->nrep), free(p->dp_ranks), free(p->tp_ranks), free(p->tps), free(p->dp_in), free(p->dp_out), free(p->devs), free(p->ep_devs), free(p->h[0]), free(p->h[1]);
     free(p->seq_len), free(p->owner), free(p->shard_rank), free(p->remote_ctx), free(p->remotes);
     free(p->srv_rows), free(p->xch_rows), free(p->srv_segs), free(p->wire_segs);
-    pipeline_mpi_finalize(p);
+    pipeline_mpi_release(p);
     free(p);
 }
 
@@ -71,6 +70,13 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
                                    const clnpu_stage_spec *sp, size_t n, const clnpu_model_options *opt,
                                    clnpu_pipeline **out)
 {
+    return clnpu_pipeline_create_mpi(cfg, ck, sp, n, opt, NULL, out);
+}
+
+clnpu_status clnpu_pipeline_create_mpi(const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
+                                       const clnpu_stage_spec *sp, size_t n, const clnpu_model_options *opt,
+                                       const void *mpi_comm, clnpu_pipeline **out)
+{
     *out = NULL;
     if (!n) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "pipeline: no stages");
     clnpu_device_info *infos = NULL;
@@ -104,7 +110,7 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
     if (!p->devs || !p->stages || !p->reps || !p->dps || !p->nrep || !p->dp_ranks || !p->tp_ranks || !p->tps || !p->h[0] || !p->h[1] || !p->seq_len || !p->owner || !p->shard_rank ||
         !p->remote_ctx || !p->remotes)
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    if (!st) st = pipeline_mpi_setup(p, sp, n);
+    if (!st) st = pipeline_mpi_setup(p, sp, n, mpi_comm);
     p->never = (clnpu_moe_remote){pipeline_never_exchange, p};
     if (!st && p->nranks > 1 && !(p->wire_segs = malloc(3 * (cfg->n_routed_experts + 1) * sizeof *p->wire_segs)))
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
@@ -252,7 +258,6 @@ static clnpu_status run(clnpu_pipeline *p, size_t n, const int *ids, const size_
                         float *logits)
 {
     clnpu_status st = CLNPU_OK;
-    if (p->fault_step) raise(SIGKILL);
     /* decode micro-batches: near-equal groups of sequences, in order */
     size_t start[CLNPU_MAX_MICRO + 1], groups = decode && p->micro > 1 && n > 1 && p->count > 1 ? p->micro : 1;
     if (groups > n) groups = n;

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "../schema/plan_schema.h"
 #include "clnpu/pipeline.h"
 

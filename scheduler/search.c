@@ -8,7 +8,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "plan_internal.h"
 
 clnpu_workload clnpu_workload_default(void)

@@ -1,6 +1,6 @@
 /* The plan schema's check that every stage profile exists (apart, so that the format's parser
  * builds without the embedded profile set: tests/fuzz/fuzz_plan.c). */
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "plan_schema.h"
 
 clnpu_status clnpu_plan_doc_check_profiles(const clnpu_plan_doc *d, const clnpu_profile_set *set, const char *origin)

@@ -7,8 +7,8 @@
 #include <string.h>
 #include <yaml.h>
 
-#include "../backend/error.h"
-#include "../backend/yaml_in.h"
+#include "../common/error.h"
+#include "../common/yaml_in.h"
 #include "plan_schema.h"
 
 const char *const clnpu_plan_mem_keys[CLNPU_PLAN_MEM_KINDS] = {"weights",       "kv_cache", "activations",
@@ -517,7 +517,7 @@ clnpu_status clnpu_plan_doc_specs(const clnpu_plan_doc *d, const char *origin, c
 
 /* ---- writing ---- */
 
-#include "../backend/yaml_out.h"
+#include "../common/yaml_out.h"
 
 clnpu_status clnpu_plan_doc_write(const clnpu_plan_doc *d, FILE *f)
 {

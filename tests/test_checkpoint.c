@@ -641,6 +641,15 @@ START_TEST(test_mpi_ranks)
     ck_assert_msg(strstr(out, "rank 1 could not set up its stages"), "rank 0 did not name rank 1: %.1500s", out);
     ck_assert_msg(strstr(out, "set-up failure injected"), "rank 1's own message is lost: %.1500s", out);
     ck_assert_msg((double)time(NULL) - t0 < 60, "the job took too long to stop");
+    /* a rank that hangs (stopped at its first step): the others time out, and the job ends,
+     * non-zero, naming it, instead of waiting for it in MPI_Finalize forever (issue 17's D5) */
+    snprintf(cmd, sizeof cmd, "CLNPU_FAULT_RANK=1:stop CLNPU_MPI_TIMEOUT=2 timeout -k 5 30 mpirun --oversubscribe -np 2 "
+             "'%s' run --model '%s' --ids %s --plan %s -n 2", CLNPU_CLI_PATH, TINY, ids, plan);
+    t0 = (double)time(NULL);
+    rc = test_run(cmd, out, sizeof out);
+    ck_assert_msg(rc != 0 && rc != 124 && rc != 137, "a stopped rank hung the job (%d): %.1500s", rc, out);
+    ck_assert_msg(strstr(out, "rank 1") && strstr(out, "CLNPU_MPI_TIMEOUT"), "no word of the stopped rank 1: %.1500s", out);
+    ck_assert_msg((double)time(NULL) - t0 < 20, "the job took %.0f s to end after a 2 s timeout", (double)time(NULL) - t0);
     if (asan) setenv("ASAN_OPTIONS", asan, 1);
     else unsetenv("ASAN_OPTIONS");
     test_rmdir(dir);

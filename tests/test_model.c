@@ -7,7 +7,7 @@
 
 #include <pthread.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "../runtime/tp.h"
 #include "test_util.h"
 

@@ -193,11 +193,23 @@ static int parse(int argc, char **argv, run_args *r)
     return -1;
 }
 
+static int run_job(run_args r, const void *comm);
+
 int cmd_run(int argc, char **argv)
 {
     run_args r = {.weights = -1, .latent_cache = -1};
     int rc = parse(argc, argv, &r);
     if (rc >= 0) return rc;
+    /* under mpirun the ranks run a plan's stages: MPI is ours to start, and a failed rank ends
+     * the job instead of waiting for the others in MPI_Finalize (tools/cli_mpi.c) */
+    const void *comm = NULL;
+    if (r.plan && cli_mpi_begin(&comm)) return CLI_EXIT_FAIL;
+    return cli_mpi_end(run_job(r, comm));
+}
+
+static int run_job(run_args r, const void *comm)
+{
+    int rc;
     int *ids = NULL;
     size_t T = 0;
     char *text = r.ids_file ? read_file(r.ids_file) : NULL;
@@ -256,7 +268,14 @@ int cmd_run(int argc, char **argv)
         if (!st && o.max_tokens > lay.max_tokens) o.max_tokens = lay.max_tokens;
         /* pipeline replica k on its own devices */
         if (!st) st = clnpu_stage_specs_replica(specs, nspecs, r.replica, lay.pipeline_replicas);
-        if (!st) st = clnpu_pipeline_create(&cfg, ck, specs, nspecs, &o, &pl);
+        /* a test's rank that fails to load its stages: it is given a config the checkpoint does not
+         * match, so the library's own set-up fails there (and the ranks' agreement reports it) */
+        clnpu_model_config stage_cfg = cfg;
+        if (!st && cli_mpi_fault_load()) {
+            fprintf(stderr, "clnpu run: rank %d: set-up failure injected (CLNPU_FAULT_RANK)\n", cli_mpi_rank());
+            stage_cfg.kv_lora_rank++;
+        }
+        if (!st) st = clnpu_pipeline_create_mpi(&stage_cfg, ck, specs, nspecs, &o, comm, &pl);
         if (!st) clnpu_pipeline_set_micro_batches(pl, lay.micro_batches);
     } else if (!st) {
         st = clnpu_model_create(dev, &cfg, ck, &o, &m);
@@ -265,6 +284,7 @@ int cmd_run(int argc, char **argv)
     if (!st && r.trace) st = clnpu_device_trace_start(dev);
     if (!st && !(logits = malloc(T * V * sizeof *logits))) st = CLNPU_ERR_OUT_OF_MEMORY;
     t0 = now_s();
+    if (!st && pl) cli_mpi_fault_step(); /* the tests' killed or stopped rank, at its first step */
     if (!st) st = pl ? clnpu_pipeline_prefill(pl, 0, ids, P, logits) : clnpu_model_prefill(m, 0, ids, P, logits);
     /* the other sequences: the prompt without its first q mod P ids; their last rows kept */
     float *last = !st && r.n ? malloc(S * V * sizeof *last) : NULL, *tmp = S > 1 && !st ? malloc(P * V * sizeof *tmp) : NULL;
@@ -359,9 +379,10 @@ int cmd_run(int argc, char **argv)
                 clnpu_device_is_emulated(dv) ? ", emulated" : "", mem, cap);
     }
     if (!st && r.trace) fprintf(stderr, "trace: %zu kernel spans in %s\n", events, r.trace);
-    if (st && pl && clnpu_pipeline_ranks(pl) > 1) fprintf(stderr, "clnpu run: rank %d of %d:\n", clnpu_pipeline_rank(pl),
-                                                         clnpu_pipeline_ranks(pl));
+    if (st && comm) fprintf(stderr, "clnpu run: rank %d of %d:\n", cli_mpi_rank(), cli_mpi_ranks_from_env());
     rc = st ? cli_fail("run", st) : CLI_EXIT_OK;
+    /* a failed rank ends the job now: freeing the pipeline could wait for sends to a stopped peer */
+    if (rc != CLI_EXIT_OK && comm) cli_mpi_end(rc);
     clnpu_buffer_destroy(lb), clnpu_buffer_destroy(ob);
     clnpu_model_destroy(m);
     clnpu_pipeline_destroy(pl);
@@ -369,12 +390,5 @@ int cmd_run(int argc, char **argv)
     clnpu_checkpoint_close(ck);
     clnpu_device_close(dev);
     free(ids), free(logits), free(row), free(gen);
-    /* mpirun ends the whole job when the first rank exits non-zero: a failing rank lingers a
-     * moment so the others' reports (rank 0's names the rank at fault) are not cut off */
-    const char *size = getenv("OMPI_COMM_WORLD_SIZE");
-    if (rc != CLI_EXIT_OK && size && atoi(size) > 1) {
-        struct timespec linger = {0, 500000000};
-        nanosleep(&linger, NULL);
-    }
     return rc;
 }

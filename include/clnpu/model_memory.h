@@ -9,6 +9,7 @@
 #ifndef CLNPU_MODEL_MEMORY_H
 #define CLNPU_MODEL_MEMORY_H
 
+#include "clnpu/export.h"
 #include "clnpu/model.h"
 
 #ifdef __cplusplus
@@ -30,7 +31,7 @@ typedef struct clnpu_model_memory {
 
 /* For a model with opt's max_tokens, max_context, max_sequences (0: the defaults
  * clnpu_model_create applies) and page size, one of tp tensor-parallel ranks (heads split). */
-clnpu_status clnpu_model_memory_estimate(const clnpu_model_config *cfg, const clnpu_model_options *opt, size_t tp,
+CLNPU_API clnpu_status clnpu_model_memory_estimate(const clnpu_model_config *cfg, const clnpu_model_options *opt, size_t tp,
                                          clnpu_model_memory *out);
 
 #ifdef __cplusplus
