@@ -10,6 +10,7 @@
 #define CLNPU_MODEL_MEMORY_H
 
 #include "clnpu/export.h"
+
 #include "clnpu/model.h"
 
 #ifdef __cplusplus
