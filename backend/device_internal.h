@@ -39,7 +39,7 @@ struct clnpu_device {
     char tuning_key[384];    /* fixed at open: see clnpu_tuning_device_key */
 };
 
-void clnpu_device_load_default_tuning(clnpu_device *dev);
+clnpu_status clnpu_device_load_default_tuning(clnpu_device *dev);
 /* The device's tuning key (vendor, name, driver, hash of its base options), made once at open. */
 void clnpu_tuning_format_device_key(const clnpu_device *dev, char *out, size_t cap);
 

@@ -19,7 +19,11 @@ int cli_usage_error(const char *cmd, const char *usage, const char *fmt, ...)
 
 int cli_fail(const char *cmd, clnpu_status st)
 {
-    fprintf(stderr, "clnpu %s: error: %s (%s)\n", cmd, clnpu_error_message(), clnpu_status_name(st));
+    const char *msg = clnpu_error_message();
+    /* every failure should have set a message; if one did not, say what the status means */
+    if (!*msg) msg = st == CLNPU_ERR_OUT_OF_MEMORY ? "out of memory" : st == CLNPU_ERR_IO ? "input/output error"
+                                                                               : "failed (no details recorded)";
+    fprintf(stderr, "clnpu %s: error: %s (%s)\n", cmd, msg, clnpu_status_name(st));
     return CLI_EXIT_FAIL;
 }
 

@@ -1,5 +1,6 @@
 /* `clnpu bench gemm`: medians of repeated GEMM / GEMV runs per shape and weight dtype, with
  * GFLOP/s, weight GB/s and the fraction of the bound profile's roofline. */
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
@@ -7,6 +8,7 @@
 #include <time.h>
 
 #include "bench_util.h"
+#include "../backend/error.h"
 
 static const char usage[] =
     "clnpu bench gemm " CLI_DEVICE_USAGE " [--dtype f32|bf16|f16|int8|fp8[,...]] "
@@ -34,7 +36,7 @@ static clnpu_status make_desc(clnpu_dtype t, size_t n, size_t k, clnpu_weight_de
                               float **scales)
 {
     float *w = malloc(n * k * sizeof *w);
-    if (!w) return CLNPU_ERR_OUT_OF_MEMORY;
+    if (!w) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for a %zu x %zu weight", n, k);
     uint64_t s = 0x9e3779b97f4a7c15ULL;
     for (size_t i = 0; i < n * k; i++) {
         s ^= s << 13, s ^= s >> 7, s ^= s << 17;
@@ -65,8 +67,9 @@ static clnpu_status make_desc(clnpu_dtype t, size_t n, size_t k, clnpu_weight_de
         *scales = malloc(((n + 127) / 128) * ((k + 127) / 128) * sizeof(float));
         st = clnpu_quantize_fp8(w, n, k, *data, *scales);
         break;
-    default: st = CLNPU_ERR_UNSUPPORTED;
+    default: st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "bench gemm: dtype %s", clnpu_dtype_name(t));
     }
+    if (!st && !*data) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for a %zu x %zu weight", n, k);
     free(w);
     d->data = *data;
     d->scales = *scales;
@@ -114,7 +117,7 @@ static int bench_one(clnpu_device *dev, clnpu_dtype t, shape s, double min_time,
     if (copies > 256) copies = 256;
     while (copies > 1 && copies * wsize > 1.0 * (1u << 30)) copies--;
     clnpu_weight_desc *ds = calloc(copies, sizeof *ds);
-    if (!ds) st = CLNPU_ERR_OUT_OF_MEMORY;
+    if (!ds && !st) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     for (size_t i = 0; !st && i < copies; i++) ds[i] = d;
     if (!st) st = clnpu_weight_upload(dev, ds, copies, &w);
     free(ds);
@@ -150,10 +153,22 @@ static int bench_one(clnpu_device *dev, clnpu_dtype t, shape s, double min_time,
     return CLI_EXIT_OK;
 }
 
+/* MxNxK, each 1..2^24 and no operand past 2^32 elements (16 GiB of f32): digits only, since
+ * sscanf's %zu takes "-1" as SIZE_MAX. */
 static bool parse_shape(const char *s, shape *out)
 {
-    char tail;
-    return sscanf(s, "%zux%zux%zu%c", &out->m, &out->n, &out->k, &tail) == 3 && out->m && out->n && out->k;
+    size_t *dims[3] = {&out->m, &out->n, &out->k};
+    for (int i = 0; i < 3; i++) {
+        if (*s < '0' || *s > '9') return false;
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(s, &end, 10);
+        if (errno || !v || v > (1u << 24) || *end != (i < 2 ? 'x' : '\0')) return false;
+        *dims[i] = (size_t)v;
+        s = end + (i < 2);
+    }
+    const double lim = 4294967296.0;
+    return (double)out->m * out->k <= lim && (double)out->n * out->k <= lim && (double)out->m * out->n <= lim;
 }
 
 static int bench_gemm(int argc, char **argv)
@@ -200,7 +215,7 @@ static int bench_gemm(int argc, char **argv)
         }
         case OPT_SHAPE:
             if (nshapes == 64 || !parse_shape(optarg, &shapes[nshapes]))
-                return cli_usage_error("bench gemm", usage, "bad shape '%s' (expected MxNxK)", optarg);
+                return cli_usage_error("bench gemm", usage, "bad shape '%s' (expected MxNxK, each 1..16777216, operands up to 2^32 elements)", optarg);
             nshapes++;
             break;
         case OPT_JSON: json = true; break;

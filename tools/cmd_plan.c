@@ -1,9 +1,11 @@
 /* `clnpu plan`: split a model config across a cluster and explain the plan. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "../backend/error.h"
 
 static const char usage[] =
     "clnpu plan --model CONFIG.json --cluster FILE.yaml [--phase decode|prefill] [--batch B] [--context L]\n"
@@ -97,18 +99,18 @@ int cmd_plan(int argc, char **argv)
     if (!st) clnpu_plan_print(p, stdout);
     if (!st && out) {
         FILE *f = fopen(out, "w");
-        if (!f) fprintf(stderr, "clnpu plan: error: cannot create %s\n", out), st = CLNPU_ERR_IO;
+        if (!f) st = clnpu_fail(CLNPU_ERR_IO, "%s: cannot create: %s", out, strerror(errno));
         else {
             st = clnpu_plan_write_yaml(p, f);
-            if (fclose(f) && !st) st = CLNPU_ERR_IO;
+            if (fclose(f) && !st) st = clnpu_fail(CLNPU_ERR_IO, "%s: write failed", out);
         }
     }
     if (!st && svg) {
         FILE *f = fopen(svg, "w");
-        if (!f) fprintf(stderr, "clnpu plan: error: cannot create %s\n", svg), st = CLNPU_ERR_IO;
+        if (!f) st = clnpu_fail(CLNPU_ERR_IO, "%s: cannot create: %s", svg, strerror(errno));
         else {
             st = clnpu_plan_write_svg(p, f);
-            if (fclose(f) && !st) st = CLNPU_ERR_IO;
+            if (fclose(f) && !st) st = clnpu_fail(CLNPU_ERR_IO, "%s: write failed", svg);
         }
     }
     int rc = st ? cli_fail("plan", st) : CLI_EXIT_OK;

@@ -2,18 +2,27 @@
  * generate tokens; optionally dump logits, print throughput, write a kernel trace. */
 #include <errno.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "../backend/error.h"
+#include "../backend/file_read.h"
+
+/* Flags that size buffers are bounded before any arithmetic: 2^24 tokens is far past every
+ * model's context (A.X K1: 131072), and keeps n * sequences * vocab * 4 inside size_t. */
+#define RUN_MAX_TOKENS ((size_t)1 << 24)
+/* An ids file holds text ids: 64 MiB is millions of them. */
+#define RUN_IDS_FILE_MAX ((size_t)64 << 20)
 
 static const char usage[] =
     "clnpu run (--model DIR | --random-weights --config FILE) " CLI_DEVICE_USAGE "\n"
     "          (--ids 1,2,3 | --ids-file F) [-n NEW] [--greedy | --temperature T [--top-k K] [--top-p P] "
     "[--seed S]]\n          [--decode-from P] [--weights int8|fp8] [--context L] [--dump-logits OUT.safetensors] "
-    "[--stats] [--trace OUT.json] [--verbose]\n          [--plan plan.yaml [--replica K]] [--sequences N]";
+    "[--stats] [--trace OUT.json] [--verbose]\n          [--plan plan.yaml [--replica K]] [--sequences N] [--check-weights]";
 
 static double now_s(void)
 {
@@ -46,32 +55,23 @@ static int parse_ids(const char *s, int **out, size_t *n)
     return *out && *n ? 0 : -1;
 }
 
-static char *read_file(const char *path)
+/* A finite number, strictly (the whole argument, no NaN or Inf: NaN passes every < check). */
+static bool parse_finite(const char *s, double *out)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    size_t r;
-    while (buf && (r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-        n += r;
-        if (n + 1 == cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) { free(buf); buf = NULL; }
-            else buf = nb;
-        }
-    }
-    fclose(f);
-    if (buf) buf[n] = '\0';
-    return buf;
+    char *end;
+    errno = 0;
+    double v = s && *s ? strtod(s, &end) : NAN;
+    if (!s || !*s || *end || errno == ERANGE || !isfinite(v)) return false;
+    *out = v;
+    return true;
 }
 
 typedef struct run_args {
     cli_device_args da;
     const char *model, *config, *ids, *ids_file, *dump, *trace, *plan;
-    bool random_weights, stats, greedy, verbose;
+    bool random_weights, stats, greedy, verbose, has_temp, check_weights;
     size_t n, decode_from, context, sequences, replica;
-    bool has_decode_from;
+    bool has_decode_from, has_top;
     clnpu_sampling samp;
     int weights;
 } run_args;
@@ -79,7 +79,7 @@ typedef struct run_args {
 static int parse(int argc, char **argv, run_args *r)
 {
     enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CONFIG, O_RANDOM, O_IDS, O_IDS_FILE, O_GREEDY, O_TEMP, O_TOPP, O_TOPK,
-           O_SEED, O_DECODE_FROM, O_DUMP, O_STATS, O_TRACE, O_WEIGHTS, O_CONTEXT, O_PLAN, O_SEQS, O_REPLICA };
+           O_SEED, O_DECODE_FROM, O_DUMP, O_STATS, O_TRACE, O_WEIGHTS, O_CONTEXT, O_PLAN, O_SEQS, O_REPLICA, O_CHECK_WEIGHTS };
     static const struct option longopts[] = {
         CLI_DEVICE_LONGOPTS, {"model", required_argument, NULL, O_MODEL}, {"config", required_argument, NULL, O_CONFIG},
         {"random-weights", no_argument, NULL, O_RANDOM}, {"ids", required_argument, NULL, O_IDS},
@@ -91,11 +91,11 @@ static int parse(int argc, char **argv, run_args *r)
         {"weights", required_argument, NULL, O_WEIGHTS}, {"context", required_argument, NULL, O_CONTEXT},
         {"verbose", no_argument, NULL, 'v'}, {"plan", required_argument, NULL, O_PLAN},
         {"sequences", required_argument, NULL, O_SEQS}, {"replica", required_argument, NULL, O_REPLICA},
+        {"check-weights", no_argument, NULL, O_CHECK_WEIGHTS},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt;
     opterr = 0;
     optind = 1;
-    char *end;
     while ((opt = getopt_long(argc, argv, "hvn:", longopts, NULL)) != -1) {
         int d = cli_device_option(opt, optarg, &r->da);
         if (d == 1) continue;
@@ -107,7 +107,9 @@ static int parse(int argc, char **argv, run_args *r)
                    "first P ids and\nfeeds the rest one at a time through decode. --dump-logits writes F32 "
                    "'logits' [T, vocab]\nfor every prompt position. --random-weights runs any config with seeded "
                    "random weights.\n--sequences N decodes N sequences together (sequence q's prompt drops its first "
-                   "q mod T ids);\nit prints one line of ids per sequence.\n", usage);
+                   "q mod T ids);\nit prints one line of ids per sequence. --check-weights refuses a checkpoint with NaN or Inf "
+                   "weights,\nnaming the tensor (a scan of every weight at load). Generation stops with an error "
+                   "naming the layer\nwhere hidden states or logits turn NaN or Inf.\n", usage);
             return CLI_EXIT_OK;
         case O_MODEL: r->model = optarg; break;
         case O_CONFIG: r->config = optarg; break;
@@ -116,20 +118,32 @@ static int parse(int argc, char **argv, run_args *r)
         case O_IDS_FILE: r->ids_file = optarg; break;
         case O_GREEDY: r->greedy = true; break;
         case 'n':
-            if (!cli_parse_size(optarg, &r->n)) return cli_usage_error("run", usage, "bad -n '%s'", optarg);
+            if (!cli_parse_size(optarg, &r->n) || r->n > RUN_MAX_TOKENS)
+                return cli_usage_error("run", usage, "bad -n '%s' (0..%zu)", optarg, RUN_MAX_TOKENS);
             break;
-        case O_TEMP:
-            r->samp.temperature = strtof(optarg, &end);
-            if (*end || r->samp.temperature < 0) return cli_usage_error("run", usage, "bad --temperature '%s'", optarg);
+        case O_TEMP: {
+            double t;
+            if (!parse_finite(optarg, &t) || t < 0 || t > 1e6)
+                return cli_usage_error("run", usage, "bad --temperature '%s' (a number from 0 to 1e6)", optarg);
+            /* below float's range 1/T overflows; such a T is greedy in all but name */
+            r->samp.temperature = t < 1e-30 ? 0.0f : (float)t;
+            r->has_temp = true;
             break;
-        case O_TOPP:
-            r->samp.top_p = strtof(optarg, &end);
-            if (*end || r->samp.top_p <= 0 || r->samp.top_p > 1) return cli_usage_error("run", usage, "bad --top-p '%s'", optarg);
+        }
+        case O_TOPP: {
+            double p;
+            if (!parse_finite(optarg, &p) || p <= 0 || p > 1)
+                return cli_usage_error("run", usage, "bad --top-p '%s' (in (0, 1])", optarg);
+            r->samp.top_p = (float)p;
+            r->has_top = true;
             break;
+        }
         case O_TOPK: {
             size_t k;
-            if (!cli_parse_size(optarg, &k)) return cli_usage_error("run", usage, "bad --top-k '%s'", optarg);
+            if (!cli_parse_size(optarg, &k) || k > 0xffffffffu) /* a wider k wrapped to 0 = off */
+                return cli_usage_error("run", usage, "bad --top-k '%s' (0..4294967295)", optarg);
             r->samp.top_k = (unsigned)k;
+            r->has_top = true;
             break;
         }
         case O_SEED: {
@@ -154,8 +168,10 @@ static int parse(int argc, char **argv, run_args *r)
             else return cli_usage_error("run", usage, "bad --weights '%s' (int8 or fp8)", optarg);
             break;
         case O_CONTEXT:
-            if (!cli_parse_size(optarg, &r->context) || !r->context) return cli_usage_error("run", usage, "bad --context");
+            if (!cli_parse_size(optarg, &r->context) || !r->context || r->context > RUN_MAX_TOKENS)
+                return cli_usage_error("run", usage, "bad --context '%s' (1..%zu)", optarg, RUN_MAX_TOKENS);
             break;
+        case O_CHECK_WEIGHTS: r->check_weights = true; break;
         case O_REPLICA:
             if (!cli_parse_size(optarg, &r->replica)) return cli_usage_error("run", usage, "bad --replica '%s'", optarg);
             break;
@@ -178,6 +194,8 @@ static int parse(int argc, char **argv, run_args *r)
         return cli_usage_error("run", usage, "--decode-from is for one sequence");
     if (r->greedy && r->samp.temperature > 0)
         return cli_usage_error("run", usage, "--greedy and --temperature exclude each other");
+    if (r->has_top && !(r->samp.temperature > 0))
+        return cli_usage_error("run", usage, "--top-k and --top-p shape sampling: give --temperature T > 0 too");
     /* ranks share work only through a plan; without one every rank would repeat the same job */
     const char *ranks = getenv("OMPI_COMM_WORLD_SIZE");
     if (!r->plan && ranks && atoi(ranks) > 1)
@@ -192,10 +210,11 @@ int cmd_run(int argc, char **argv)
     if (rc >= 0) return rc;
     int *ids = NULL;
     size_t T = 0;
-    char *text = r.ids_file ? read_file(r.ids_file) : NULL;
-    if (r.ids_file && !text) {
-        fprintf(stderr, "clnpu run: error: %s: cannot read: %s\n", r.ids_file, strerror(errno));
-        return CLI_EXIT_FAIL;
+    char *text = NULL;
+    size_t text_len = 0;
+    if (r.ids_file) { /* a regular file under a size cap: not a directory, FIFO or /dev/zero */
+        clnpu_status rst = clnpu_file_read_capped(r.ids_file, RUN_IDS_FILE_MAX, &text, &text_len);
+        if (rst) return cli_fail("run", rst);
     }
     if (parse_ids(r.ids ? r.ids : text, &ids, &T)) {
         free(text), free(ids);
@@ -217,6 +236,12 @@ int cmd_run(int argc, char **argv)
     int *gen = NULL;
     clnpu_buffer *lb = NULL, *ob = NULL;
     clnpu_status st = clnpu_model_config_load(cfgpath, &cfg);
+    /* positions 0 .. T + n - 2 are used (the last token is not fed back) */
+    const size_t positions = T + (r.n ? r.n - 1 : 0);
+    if (!st && (positions > cfg.max_position_embeddings || r.context > cfg.max_position_embeddings))
+        st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%s: %zu prompt ids and %zu new tokens need %zu positions (context "
+                        "%zu); the model has max_position_embeddings %zu", cfgpath, T, r.n, positions,
+                        r.context ? r.context : T + r.n + 1, cfg.max_position_embeddings);
     if (!st && !r.random_weights) st = clnpu_checkpoint_open(r.model, &ck);
     if (!st) st = cli_open_device(&r.da, r.trace != NULL, &dev);
     if (!st) clnpu_device_set_tuning_verbose(dev, r.verbose); /* say which tuning entries the kernels use */
@@ -228,6 +253,7 @@ int cmd_run(int argc, char **argv)
     o.max_context = r.context ? r.context : T + r.n + 1;
     o.max_tokens = P < 512 ? (P ? P : 1) : 512;
     o.weights = r.weights;
+    o.check_weights = r.check_weights;
     o.progress = isatty(STDERR_FILENO); /* a live progress line only for a person watching */
     clnpu_pipeline *pl = NULL;
     clnpu_stage_spec *specs = NULL;
@@ -247,12 +273,13 @@ int cmd_run(int argc, char **argv)
     }
     double t_load = now_s() - t0;
     if (!st && r.trace) st = clnpu_device_trace_start(dev);
-    if (!st && !(logits = malloc(T * V * sizeof *logits))) st = CLNPU_ERR_OUT_OF_MEMORY;
+    if (!st && !(logits = malloc(T * V * sizeof *logits)))
+        st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for the logits of %zu ids (%zu floats each)", T, V);
     t0 = now_s();
     if (!st) st = pl ? clnpu_pipeline_prefill(pl, 0, ids, P, logits) : clnpu_model_prefill(m, 0, ids, P, logits);
     /* the other sequences: the prompt without its first q mod P ids; their last rows kept */
     float *last = !st && r.n ? malloc(S * V * sizeof *last) : NULL, *tmp = S > 1 && !st ? malloc(P * V * sizeof *tmp) : NULL;
-    if (!st && ((r.n && !last) || (S > 1 && !tmp))) st = CLNPU_ERR_OUT_OF_MEMORY;
+    if (!st && ((r.n && !last) || (S > 1 && !tmp))) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     size_t prefilled = P;
     for (size_t q = 1; !st && q < S; q++) {
         const size_t off = q % P, len = P - off;
@@ -268,7 +295,7 @@ int cmd_run(int argc, char **argv)
     /* Generation: sample from each sequence's last logits, feed the tokens back (gen[i][q]). */
     size_t *seqs = malloc(S * sizeof *seqs);
     if (!st && (!seqs || (r.n && (!(gen = malloc(r.n * S * sizeof *gen)) || !(row = malloc(S * V * sizeof *row))))))
-        st = CLNPU_ERR_OUT_OF_MEMORY;
+        st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for %zu new tokens of %zu sequences", r.n, S);
     for (size_t q = 0; !st && q < S; q++) seqs[q] = q;
     if (!st && r.n) st = clnpu_buffer_create(dev, S * V * 4, &lb);
     if (!st && r.n) st = clnpu_buffer_create(dev, S * 4, &ob);

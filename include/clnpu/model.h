@@ -67,6 +67,11 @@ typedef struct clnpu_model_options {
      * router, shared expert and attention stay on the model's device. 0 shards: all here. */
     const struct clnpu_moe_shard *ep_shards;
     size_t ep_count;
+    /* Scan every weight matrix read from the checkpoint for NaN / Inf and refuse it naming the
+     * tensor (off by default: it reads every byte at load). Vectors (norms, router biases) are
+     * always checked; non-finite hidden states or logits in a forward are always an error naming
+     * the layer (a device-side flag, one int per step). */
+    bool check_weights;
 } clnpu_model_options;
 
 clnpu_model_options clnpu_model_options_default(void);
