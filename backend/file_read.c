@@ -27,8 +27,7 @@ clnpu_status clnpu_file_open_regular(const char *path, int *out_fd, size_t *out_
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
         const int e = errno;
-        clnpu_status st = clnpu_fail(e == ENOENT ? CLNPU_ERR_NOT_FOUND : CLNPU_ERR_IO, "%s: cannot open: %s", path,
-                                     strerror(e));
+        clnpu_status st = clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(e));
         errno = e;
         return st;
     }

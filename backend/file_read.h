@@ -13,7 +13,7 @@
 
 /* Open path read-only. O_NONBLOCK makes open() return at once on a FIFO, which fstat then
  * refuses with anything else that is not a regular file ("%s: not a regular file (a FIFO)").
- * ENOENT gives CLNPU_ERR_NOT_FOUND (errno kept), other open failures CLNPU_ERR_IO. *out_size:
+ * Failures are CLNPU_ERR_IO, with errno kept (ENOENT: a missing file). *out_size:
  * the file's size. */
 clnpu_status clnpu_file_open_regular(const char *path, int *out_fd, size_t *out_size);
 

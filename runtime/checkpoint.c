@@ -23,6 +23,7 @@ static char *read_text(const char *path, size_t *len, clnpu_status *st)
 {
     char *buf = NULL;
     *st = clnpu_file_read_all(path, &buf, len); /* a directory or FIFO here is an error, not a hang */
+    if (*st && errno == ENOENT) *st = CLNPU_ERR_NOT_FOUND; /* no index: a single-file checkpoint */
     return *st ? NULL : buf;
 }
 

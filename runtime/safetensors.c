@@ -167,12 +167,7 @@ clnpu_status clnpu_safetensors_open(const char *path, clnpu_safetensors **out)
     int fd;
     size_t size;
     clnpu_status ost = clnpu_file_open_regular(path, &fd, &size); /* a FIFO shard would block in open() */
-    if (ost) {
-        const int e = errno;
-        clnpu_status r = ost == CLNPU_ERR_NOT_FOUND ? CLNPU_ERR_IO : ost; /* callers tell ENOENT by errno */
-        errno = e;
-        return r;
-    }
+    if (ost) return ost; /* CLNPU_ERR_IO; callers tell a missing file by errno (ENOENT) */
     if (size < 8) {
         close(fd);
         return clnpu_fail(CLNPU_ERR_PARSE, "%s: %zu bytes is too short for a safetensors file", path, size);
