@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "cli_ids.h"
 #include "../backend/error.h"
 #include "../backend/file_read.h"
 
@@ -29,30 +30,6 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* Comma / whitespace separated non-negative ids. */
-static int parse_ids(const char *s, int **out, size_t *n)
-{
-    size_t cap = 16;
-    *n = 0;
-    *out = malloc(cap * sizeof **out);
-    while (*out && *s) {
-        while (*s == ',' || *s == ' ' || *s == '\n' || *s == '\t' || *s == '\r') s++;
-        if (!*s) break;
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (end == s || errno || v < 0 || v > 0x7fffffff) return -1;
-        if (*n == cap) {
-            int *nb = realloc(*out, (cap *= 2) * sizeof **out);
-            if (!nb) return -1;
-            *out = nb;
-        }
-        (*out)[(*n)++] = (int)v;
-        s = end;
-    }
-    return *out && *n ? 0 : -1;
 }
 
 /* A finite number, strictly (the whole argument, no NaN or Inf: NaN passes every < check). */
@@ -216,9 +193,13 @@ int cmd_run(int argc, char **argv)
         clnpu_status rst = clnpu_file_read_capped(r.ids_file, RUN_IDS_FILE_MAX, &text, &text_len);
         if (rst) return cli_fail("run", rst);
     }
-    if (parse_ids(r.ids ? r.ids : text, &ids, &T)) {
-        free(text), free(ids);
-        return cli_usage_error("run", usage, "ids must be non-negative integers separated by commas");
+    const int pr = r.ids ? cli_parse_ids(r.ids, strlen(r.ids), RUN_MAX_TOKENS, &ids, &T)
+                         : cli_parse_ids(text, text_len, RUN_MAX_TOKENS, &ids, &T);
+    if (pr) {
+        free(text);
+        if (pr == CLI_IDS_NO_MEMORY) return cli_fail("run", clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory"));
+        if (pr == CLI_IDS_TOO_MANY) return cli_usage_error("run", usage, "more than %zu ids", RUN_MAX_TOKENS);
+        return cli_usage_error("run", usage, "ids must be integers from 0 to 2^31-1 separated by commas or spaces");
     }
     free(text);
     if (r.has_decode_from && r.decode_from > T) {
