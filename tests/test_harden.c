@@ -627,6 +627,9 @@ START_TEST(test_cli_limits)
     /* D13: messages never empty */
     expect_cli("bench gemm --shape 1x1000000000x1000000000", 2, "bad shape");
     expect_cli("bench gemm --shape 1x-1x1", 2, "bad shape");
+    expect_cli("bench gemm --min-time nan", 2, "bad --min-time");
+    expect_cli("tune --budget inf", 2, "bad --budget");
+    expect_cli("run --model " TINY " --ids ' 1' --device ' 0'", 2, "--device");
     expect_cli("plan --model " TINY "/config.json --cluster " CLNPU_SOURCE_DIR "/clusters/pocl-2.yaml -o "
                "/nonexistent/p.yaml", 1, "/nonexistent/p.yaml: cannot create");
     /* D18 through the CLI: a symlink to a pipe (as /dev/stdout is) is refused, not replaced */

@@ -18,6 +18,8 @@ int cli_usage_error(const char *cmd, const char *usage, const char *fmt, ...)
 int cli_fail(const char *cmd, clnpu_status st);
 /* Parse a non-negative integer argument; false if malformed. */
 bool cli_parse_size(const char *s, size_t *out);
+/* Parse a finite number in [lo, hi] (the whole argument; NaN and Inf refused); false if not. */
+bool cli_parse_double(const char *s, double lo, double hi, double *out);
 void cli_format_bytes(double bytes, char *out, size_t cap);
 
 /* Common device selection flags: --device N, --target NAME, --targets-dir DIR, --no-cache. */

@@ -1,5 +1,6 @@
 /* Argument parsing, error printing and device opening shared by clnpu subcommands. */
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,12 +30,23 @@ int cli_fail(const char *cmd, clnpu_status st)
 
 bool cli_parse_size(const char *s, size_t *out)
 {
-    if (!s || !*s || *s == '-') return false;
+    if (!s || *s < '0' || *s > '9') return false; /* strtoull would take " 5", "+5" and "-1" */
     char *end;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
     if (*end || errno) return false;
     *out = (size_t)v;
+    return true;
+}
+
+bool cli_parse_double(const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    const double v = s && *s ? strtod(s, &end) : NAN;
+    /* NaN passes every < test; "1e999" is inf with ERANGE */
+    if (!s || !*s || *end || errno == ERANGE || !isfinite(v) || v < lo || v > hi) return false;
+    *out = v;
     return true;
 }
 

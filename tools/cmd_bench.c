@@ -221,7 +221,7 @@ static int bench_gemm(int argc, char **argv)
         case OPT_JSON: json = true; break;
         case 'v': verbose = true; break;
         case OPT_MIN_TIME:
-            if ((min_time = atof(optarg)) <= 0)
+            if (!cli_parse_double(optarg, 1e-6, 3600, &min_time))
                 return cli_usage_error("bench gemm", usage, "bad --min-time '%s'", optarg);
             break;
         default: return cli_usage_error("bench gemm", usage, "unknown or incomplete option '%s'", argv[optind - 1]);

@@ -6,6 +6,7 @@
 
 #include "cli.h"
 #include "../backend/error.h"
+#include "../backend/file_read.h"
 
 static const char usage[] =
     "clnpu plan --model CONFIG.json --cluster FILE.yaml [--phase decode|prefill] [--batch B] [--context L]\n"
@@ -97,21 +98,15 @@ int cmd_plan(int argc, char **argv)
     if (!st && cal_path) st = clnpu_calibration_read(cal_path, &cl->devices[0].profile, &cal);
     if (!st) st = clnpu_plan_create(&cfg, cl, &w, &cal, &p);
     if (!st) clnpu_plan_print(p, stdout);
-    if (!st && out) {
-        FILE *f = fopen(out, "w");
-        if (!f) st = clnpu_fail(CLNPU_ERR_IO, "%s: cannot create: %s", out, strerror(errno));
-        else {
-            st = clnpu_plan_write_yaml(p, f);
-            if (fclose(f) && !st) st = clnpu_fail(CLNPU_ERR_IO, "%s: write failed", out);
-        }
-    }
-    if (!st && svg) {
-        FILE *f = fopen(svg, "w");
-        if (!f) st = clnpu_fail(CLNPU_ERR_IO, "%s: cannot create: %s", svg, strerror(errno));
-        else {
-            st = clnpu_plan_write_svg(p, f);
-            if (fclose(f) && !st) st = clnpu_fail(CLNPU_ERR_IO, "%s: write failed", svg);
-        }
+    /* outputs through a symlink to its target, written whole or not at all; a FIFO or device is refused */
+    const char *paths[2] = {out, svg};
+    for (int k = 0; k < 2 && !st; k++) {
+        if (!paths[k]) continue;
+        clnpu_file_out fo;
+        st = clnpu_file_out_open(paths[k], &fo);
+        if (!st) st = k ? clnpu_plan_write_svg(p, fo.f) : clnpu_plan_write_yaml(p, fo.f);
+        if (!st) st = clnpu_file_out_commit(&fo);
+        else clnpu_file_out_abort(&fo);
     }
     int rc = st ? cli_fail("plan", st) : CLI_EXIT_OK;
     clnpu_plan_destroy(p);

@@ -32,17 +32,6 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* A finite number, strictly (the whole argument, no NaN or Inf: NaN passes every < check). */
-static bool parse_finite(const char *s, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = s && *s ? strtod(s, &end) : NAN;
-    if (!s || !*s || *end || errno == ERANGE || !isfinite(v)) return false;
-    *out = v;
-    return true;
-}
-
 typedef struct run_args {
     cli_device_args da;
     const char *model, *config, *ids, *ids_file, *dump, *trace, *plan;
@@ -100,7 +89,7 @@ static int parse(int argc, char **argv, run_args *r)
             break;
         case O_TEMP: {
             double t;
-            if (!parse_finite(optarg, &t) || t < 0 || t > 1e6)
+            if (!cli_parse_double(optarg, 0, 1e6, &t))
                 return cli_usage_error("run", usage, "bad --temperature '%s' (a number from 0 to 1e6)", optarg);
             /* below float's range 1/T overflows; such a T is greedy in all but name */
             r->samp.temperature = t < 1e-30 ? 0.0f : (float)t;
@@ -109,7 +98,7 @@ static int parse(int argc, char **argv, run_args *r)
         }
         case O_TOPP: {
             double p;
-            if (!parse_finite(optarg, &p) || p <= 0 || p > 1)
+            if (!cli_parse_double(optarg, 0, 1, &p) || p <= 0)
                 return cli_usage_error("run", usage, "bad --top-p '%s' (in (0, 1])", optarg);
             r->samp.top_p = (float)p;
             r->has_top = true;
