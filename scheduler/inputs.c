@@ -7,16 +7,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #include "../backend/error.h"
+#include "../backend/file_read.h"
 #include "../backend/yaml_in.h"
 #include "clnpu/plan.h"
 
 clnpu_status clnpu_calibration_read(const char *path, const clnpu_profile *p, clnpu_calibration *cal)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
+    clnpu_status ost = clnpu_file_open_regular(path, &fd, NULL); /* a FIFO would block fopen */
+    if (ost) return ost;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    }
     char line[4096];
     double best_c = 0, best_m = 0;
     size_t n = 0, lineno = 0;

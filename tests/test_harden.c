@@ -98,6 +98,9 @@ START_TEST(test_inputs_must_be_regular_files)
     expect_msg(clnpu_profile_set_add_dir(set, tdir), CLNPU_ERR_IO, "fifo.yaml", "a FIFO");
     clnpu_cluster *cl = NULL;
     expect_msg(clnpu_cluster_load("/dev/zero", set, &cl), CLNPU_ERR_IO, "/dev/zero", "a character device");
+    clnpu_calibration cal = clnpu_calibration_default(); /* plan --calibration */
+    expect_msg(clnpu_calibration_read(q, clnpu_profile_set_find(set, "pocl-cpu"), &cal), CLNPU_ERR_IO, "fifo.yaml",
+               "a FIFO");
     clnpu_profile_set_destroy(set);
     clnpu_tuning_db *db;
     ck_assert_ok(clnpu_tuning_db_create(&db));

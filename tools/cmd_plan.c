@@ -29,7 +29,6 @@ int cmd_plan(int argc, char **argv)
     const char *model = NULL, *cluster = NULL, *load = NULL, *cal_path = NULL, *out = NULL, *svg = NULL, *tdir = NULL;
     clnpu_workload w = clnpu_workload_default();
     int opt;
-    char *end;
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "ho:", longopts, NULL)) != -1) {
@@ -48,10 +47,11 @@ int cmd_plan(int argc, char **argv)
             else return cli_usage_error("plan", usage, "bad --phase '%s'", optarg);
             break;
         case O_BATCH:
-            if (!cli_parse_size(optarg, &w.batch) || !w.batch) return cli_usage_error("plan", usage, "bad --batch '%s'", optarg);
+            /* bounded: the planner multiplies batch, context and model sizes in size_t */
+            if (!cli_parse_size(optarg, &w.batch) || !w.batch || w.batch > (1u << 20)) return cli_usage_error("plan", usage, "bad --batch '%s'", optarg);
             break;
         case O_CONTEXT:
-            if (!cli_parse_size(optarg, &w.context) || !w.context) return cli_usage_error("plan", usage, "bad --context '%s'", optarg);
+            if (!cli_parse_size(optarg, &w.context) || !w.context || w.context > (1u << 26)) return cli_usage_error("plan", usage, "bad --context '%s'", optarg);
             break;
         case O_WEIGHTS:
             if (!strcmp(optarg, "bf16")) w.weights = CLNPU_DTYPE_BF16;
@@ -60,8 +60,7 @@ int cmd_plan(int argc, char **argv)
             else return cli_usage_error("plan", usage, "bad --weights '%s'", optarg);
             break;
         case O_SLO:
-            w.slo_ms = strtod(optarg, &end);
-            if (*end || w.slo_ms <= 0) return cli_usage_error("plan", usage, "bad --slo-ms '%s'", optarg);
+            if (!cli_parse_double(optarg, 1e-6, 1e9, &w.slo_ms)) return cli_usage_error("plan", usage, "bad --slo-ms '%s'", optarg);
             break;
         case O_LOAD: load = optarg; break;
         case O_CAL: cal_path = optarg; break;
