@@ -8,7 +8,6 @@
 #include <time.h>
 
 #include "bench_util.h"
-#include "../backend/error.h"
 
 static const char usage[] =
     "clnpu bench gemm " CLI_DEVICE_USAGE " [--dtype f32|bf16|f16|int8|fp8[,...]] "
@@ -36,7 +35,8 @@ static clnpu_status make_desc(clnpu_dtype t, size_t n, size_t k, clnpu_weight_de
                               float **scales)
 {
     float *w = malloc(n * k * sizeof *w);
-    if (!w) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for a %zu x %zu weight", n, k);
+    clnpu_error_clear(); /* failures here are the tool's own: cli_fail says "out of host memory" */
+    if (!w) return CLNPU_ERR_OUT_OF_MEMORY;
     uint64_t s = 0x9e3779b97f4a7c15ULL;
     for (size_t i = 0; i < n * k; i++) {
         s ^= s << 13, s ^= s >> 7, s ^= s << 17;
@@ -67,9 +67,9 @@ static clnpu_status make_desc(clnpu_dtype t, size_t n, size_t k, clnpu_weight_de
         *scales = malloc(((n + 127) / 128) * ((k + 127) / 128) * sizeof(float));
         st = clnpu_quantize_fp8(w, n, k, *data, *scales);
         break;
-    default: st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "bench gemm: dtype %s", clnpu_dtype_name(t));
+    default: st = CLNPU_ERR_UNSUPPORTED;
     }
-    if (!st && !*data) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for a %zu x %zu weight", n, k);
+    if (!st && !*data) st = CLNPU_ERR_OUT_OF_MEMORY;
     free(w);
     d->data = *data;
     d->scales = *scales;
@@ -117,7 +117,7 @@ static int bench_one(clnpu_device *dev, clnpu_dtype t, shape s, double min_time,
     if (copies > 256) copies = 256;
     while (copies > 1 && copies * wsize > 1.0 * (1u << 30)) copies--;
     clnpu_weight_desc *ds = calloc(copies, sizeof *ds);
-    if (!ds && !st) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (!ds && !st) clnpu_error_clear(), st = CLNPU_ERR_OUT_OF_MEMORY;
     for (size_t i = 0; !st && i < copies; i++) ds[i] = d;
     if (!st) st = clnpu_weight_upload(dev, ds, copies, &w);
     free(ds);

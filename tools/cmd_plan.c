@@ -5,8 +5,6 @@
 #include <string.h>
 
 #include "cli.h"
-#include "../backend/error.h"
-#include "../backend/file_read.h"
 
 static const char usage[] =
     "clnpu plan --model CONFIG.json --cluster FILE.yaml [--phase decode|prefill] [--batch B] [--context L]\n"
@@ -97,17 +95,20 @@ int cmd_plan(int argc, char **argv)
     if (!st && cal_path) st = clnpu_calibration_read(cal_path, &cl->devices[0].profile, &cal);
     if (!st) st = clnpu_plan_create(&cfg, cl, &w, &cal, &p);
     if (!st) clnpu_plan_print(p, stdout);
-    /* outputs through a symlink to its target, written whole or not at all; a FIFO or device is refused */
+    /* fopen writes through a symlink to its target; a failure is reported once, with its reason */
     const char *paths[2] = {out, svg};
-    for (int k = 0; k < 2 && !st; k++) {
+    int wrc = CLI_EXIT_OK;
+    for (int k = 0; k < 2 && !st && wrc == CLI_EXIT_OK; k++) {
         if (!paths[k]) continue;
-        clnpu_file_out fo;
-        st = clnpu_file_out_open(paths[k], &fo);
-        if (!st) st = k ? clnpu_plan_write_svg(p, fo.f) : clnpu_plan_write_yaml(p, fo.f);
-        if (!st) st = clnpu_file_out_commit(&fo);
-        else clnpu_file_out_abort(&fo);
+        FILE *f = fopen(paths[k], "w");
+        if (!f) {
+            wrc = cli_fail_msg("plan", "%s: cannot create: %s", paths[k], strerror(errno));
+            break;
+        }
+        st = k ? clnpu_plan_write_svg(p, f) : clnpu_plan_write_yaml(p, f);
+        if (fclose(f) && !st) wrc = cli_fail_msg("plan", "%s: write failed: %s", paths[k], strerror(errno));
     }
-    int rc = st ? cli_fail("plan", st) : CLI_EXIT_OK;
+    int rc = st ? cli_fail("plan", st) : wrc;
     clnpu_plan_destroy(p);
     clnpu_cluster_destroy(cl);
     clnpu_profile_set_destroy(set);

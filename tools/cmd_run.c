@@ -10,8 +10,6 @@
 
 #include "cli.h"
 #include "cli_ids.h"
-#include "../backend/error.h"
-#include "../backend/file_read.h"
 
 /* Flags that size buffers are bounded before any arithmetic: 2^24 tokens is far past every
  * model's context (A.X K1: 131072), and keeps n * sequences * vocab * 4 inside size_t. */
@@ -24,6 +22,14 @@ static const char usage[] =
     "          (--ids 1,2,3 | --ids-file F) [-n NEW] [--greedy | --temperature T [--top-k K] [--top-p P] "
     "[--seed S]]\n          [--decode-from P] [--weights int8|fp8] [--context L] [--dump-logits OUT.safetensors] "
     "[--stats] [--trace OUT.json] [--verbose]\n          [--plan plan.yaml [--replica K]] [--sequences N] [--check-weights]";
+
+/* The tool's own allocation failures: no stale library message may stand for them (cli_fail
+ * prints "out of host memory"). */
+static clnpu_status run_oom(void)
+{
+    clnpu_error_clear();
+    return CLNPU_ERR_OUT_OF_MEMORY;
+}
 
 static double now_s(void)
 {
@@ -179,14 +185,15 @@ int cmd_run(int argc, char **argv)
     char *text = NULL;
     size_t text_len = 0;
     if (r.ids_file) { /* a regular file under a size cap: not a directory, FIFO or /dev/zero */
-        clnpu_status rst = clnpu_file_read_capped(r.ids_file, RUN_IDS_FILE_MAX, &text, &text_len);
-        if (rst) return cli_fail("run", rst);
+        char err[4200];
+        if (!(text = cli_read_file(r.ids_file, RUN_IDS_FILE_MAX, &text_len, err, sizeof err)))
+            return cli_fail_msg("run", "%s", err);
     }
     const int pr = r.ids ? cli_parse_ids(r.ids, strlen(r.ids), RUN_MAX_TOKENS, &ids, &T)
                          : cli_parse_ids(text, text_len, RUN_MAX_TOKENS, &ids, &T);
     if (pr) {
         free(text);
-        if (pr == CLI_IDS_NO_MEMORY) return cli_fail("run", clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory"));
+        if (pr == CLI_IDS_NO_MEMORY) return cli_fail_msg("run", "out of host memory for the ids");
         if (pr == CLI_IDS_TOO_MANY) return cli_usage_error("run", usage, "more than %zu ids", RUN_MAX_TOKENS);
         return cli_usage_error("run", usage, "ids must be integers from 0 to 2^31-1 separated by commas or spaces");
     }
@@ -208,10 +215,12 @@ int cmd_run(int argc, char **argv)
     clnpu_status st = clnpu_model_config_load(cfgpath, &cfg);
     /* positions 0 .. T + n - 2 are used (the last token is not fed back) */
     const size_t positions = T + (r.n ? r.n - 1 : 0);
-    if (!st && (positions > cfg.max_position_embeddings || r.context > cfg.max_position_embeddings))
-        st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%s: %zu prompt ids and %zu new tokens need %zu positions (context "
-                        "%zu); the model has max_position_embeddings %zu", cfgpath, T, r.n, positions,
-                        r.context ? r.context : T + r.n + 1, cfg.max_position_embeddings);
+    if (!st && (positions > cfg.max_position_embeddings || r.context > cfg.max_position_embeddings)) {
+        free(ids); /* nothing else is held yet */
+        return cli_fail_msg("run", "%s: %zu prompt ids and %zu new tokens need %zu positions (context %zu); the model "
+                            "has max_position_embeddings %zu", cfgpath, T, r.n, positions,
+                            r.context ? r.context : T + r.n + 1, cfg.max_position_embeddings);
+    }
     if (!st && !r.random_weights) st = clnpu_checkpoint_open(r.model, &ck);
     if (!st) st = cli_open_device(&r.da, r.trace != NULL, &dev);
     if (!st) clnpu_device_set_tuning_verbose(dev, r.verbose); /* say which tuning entries the kernels use */
@@ -244,12 +253,12 @@ int cmd_run(int argc, char **argv)
     double t_load = now_s() - t0;
     if (!st && r.trace) st = clnpu_device_trace_start(dev);
     if (!st && !(logits = malloc(T * V * sizeof *logits)))
-        st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for the logits of %zu ids (%zu floats each)", T, V);
+        st = run_oom();
     t0 = now_s();
     if (!st) st = pl ? clnpu_pipeline_prefill(pl, 0, ids, P, logits) : clnpu_model_prefill(m, 0, ids, P, logits);
     /* the other sequences: the prompt without its first q mod P ids; their last rows kept */
     float *last = !st && r.n ? malloc(S * V * sizeof *last) : NULL, *tmp = S > 1 && !st ? malloc(P * V * sizeof *tmp) : NULL;
-    if (!st && ((r.n && !last) || (S > 1 && !tmp))) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (!st && ((r.n && !last) || (S > 1 && !tmp))) st = run_oom();
     size_t prefilled = P;
     for (size_t q = 1; !st && q < S; q++) {
         const size_t off = q % P, len = P - off;
@@ -265,7 +274,7 @@ int cmd_run(int argc, char **argv)
     /* Generation: sample from each sequence's last logits, feed the tokens back (gen[i][q]). */
     size_t *seqs = malloc(S * sizeof *seqs);
     if (!st && (!seqs || (r.n && (!(gen = malloc(r.n * S * sizeof *gen)) || !(row = malloc(S * V * sizeof *row))))))
-        st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for %zu new tokens of %zu sequences", r.n, S);
+        st = run_oom();
     for (size_t q = 0; !st && q < S; q++) seqs[q] = q;
     if (!st && r.n) st = clnpu_buffer_create(dev, S * V * 4, &lb);
     if (!st && r.n) st = clnpu_buffer_create(dev, S * 4, &ob);
