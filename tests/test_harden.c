@@ -594,6 +594,7 @@ static void expect_cli(const char *args, int rc, const char *needle)
     ck_assert_msg(got == rc && strstr(out, needle), "%s: exit %d (expected %d), output lacks '%s':\n%.2000s", args, got,
                   rc, needle, out);
     ck_assert_msg(!strstr(out, "error:  ("), "%s: empty message:\n%s", args, out);
+    ck_assert_msg(!strstr(out, "Sanitizer") && !strstr(out, "runtime error"), "%s: sanitizer report:\n%s", args, out);
 }
 
 START_TEST(test_cli_limits)
