@@ -124,6 +124,11 @@ static clnpu_status get_raw(loader *L, const char *name, size_t n, size_t k, cln
 {
     memset(out, 0, sizeof *out);
     out->n = n, out->k = k;
+    /* every host copy of this matrix (f32 for quantising, a column slice) is at most n * k * 4
+     * bytes: checked once here, so none of those products can wrap */
+    size_t bytes;
+    if (!clnpu_size_mul3(n, k, 4, &bytes))
+        return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "%s: a %zu x %zu matrix does not fit in memory", name, n, k);
     if (L->ck) {
         const clnpu_tensor_info *t;
         int64_t shape[2] = {(int64_t)n, (int64_t)k};
@@ -615,9 +620,12 @@ static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cf
     free(L.allocs);
     if (!st && m->opt.capture) {
         const size_t T = m->opt.max_tokens;
-        m->hidden = calloc((cfg->num_hidden_layers + 2) * T * cfg->hidden_size, sizeof *m->hidden);
-        m->route_ids = calloc(cfg->num_hidden_layers * T * cfg->num_experts_per_tok, sizeof *m->route_ids);
-        m->route_w = calloc(cfg->num_hidden_layers * T * cfg->num_experts_per_tok, sizeof *m->route_w);
+        size_t nh, nr; /* products of config sizes: checked (a wrapped count would under-allocate) */
+        const bool fit = clnpu_size_mul3(cfg->num_hidden_layers + 2, T, cfg->hidden_size, &nh) &&
+                         clnpu_size_mul3(cfg->num_hidden_layers, T, cfg->num_experts_per_tok, &nr);
+        m->hidden = fit ? calloc(nh, sizeof *m->hidden) : NULL;
+        m->route_ids = fit ? calloc(nr ? nr : 1, sizeof *m->route_ids) : NULL;
+        m->route_w = fit ? calloc(nr ? nr : 1, sizeof *m->route_w) : NULL;
         if (!m->hidden || !m->route_ids || !m->route_w) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     }
     if (st) {
