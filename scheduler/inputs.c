@@ -89,7 +89,10 @@ clnpu_status clnpu_expert_load_read(const char *path, const clnpu_graph *g, doub
             if (!is_default) {
                 yaml_node_pair_t *lp = v->data.mapping.pairs.start + li;
                 yaml_node_t *lk = yaml_document_get_node(&doc, lp->key);
-                layer = lk->type == YAML_SCALAR_NODE ? strtol((const char *)lk->data.scalar.value, NULL, 10) : -1;
+                char *lend = NULL; /* the whole key: "3abc" is not layer 3 */
+                errno = 0;
+                layer = lk->type == YAML_SCALAR_NODE ? strtol((const char *)lk->data.scalar.value, &lend, 10) : -1;
+                if (!lend || lend == (char *)lk->data.scalar.value || *lend || errno) layer = -1;
                 list = yaml_document_get_node(&doc, lp->value);
                 if (layer < (long)first || (size_t)layer >= first + moe) {
                     st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: layer %ld is not a MoE layer (%zu..%zu)", path,
@@ -110,7 +113,8 @@ clnpu_status clnpu_expert_load_read(const char *path, const clnpu_graph *g, doub
                     yaml_node_t *x = yaml_document_get_node(&doc, list->data.sequence.items.start[e]);
                     char *end;
                     double w = x->type == YAML_SCALAR_NODE ? strtod((const char *)x->data.scalar.value, &end) : -1;
-                    if (x->type != YAML_SCALAR_NODE || *end || !(w >= 0))
+                    if (x->type != YAML_SCALAR_NODE || *end || end == (char *)x->data.scalar.value || !(w >= 0) ||
+                        !isfinite(w))
                         st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: loads must be non-negative numbers", path, x->start_mark.line + 1);
                     else loads[row * g->experts + e] = w;
                 }

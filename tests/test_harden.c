@@ -261,6 +261,38 @@ START_TEST(test_cluster_ranges)
 }
 END_TEST
 
+/* Expert-load files (plan --expert-load): whole numbers for layers, finite loads. */
+START_TEST(test_expert_load_strict)
+{
+    clnpu_model_config cfg;
+    ck_assert_ok(clnpu_model_config_load(TINY "/config.json", &cfg));
+    clnpu_graph g;
+    ck_assert_ok(clnpu_graph_build(&cfg, &g));
+    char dir[256], path[512], text[512], list[256] = "";
+    test_mkdtemp(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/load.yaml", dir);
+    for (size_t e = 0; e < cfg.n_routed_experts; e++) snprintf(list + strlen(list), sizeof list - strlen(list), "%s1", e ? ", " : "");
+    static const char *const bad[][2] = {{"layers: {1abc: [%s]}\n", "not a MoE layer"},
+                                         {"default: [.inf, %s]\n", "numbers"}};
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(text, sizeof text, bad[i][0], i ? list + 3 : list); /* inf replaces the first 1 */
+        ck_assert_int_eq(test_write_file(path, text), 0);
+        double *loads = NULL;
+        size_t n = 0;
+        expect_msg(clnpu_expert_load_read(path, &g, &loads, &n), CLNPU_ERR_PARSE, "load.yaml", bad[i][1]);
+        free(loads);
+    }
+    snprintf(text, sizeof text, "layers: {1: [%s]}\n", list);
+    ck_assert_int_eq(test_write_file(path, text), 0);
+    double *loads = NULL;
+    size_t n = 0;
+    ck_assert_ok(clnpu_expert_load_read(path, &g, &loads, &n));
+    free(loads);
+    clnpu_graph_free(&g);
+    test_rmdir(dir);
+}
+END_TEST
+
 /* ---- D16: tuning databases checked against tunables.yaml ----------------------------------- */
 
 static const char *tdb_head = "format: clnpu-tuning-1\nentries:\n";
@@ -663,6 +695,7 @@ Suite *suite_harden(void)
     tcase_add_test(tc, test_outputs_keep_links);
     tcase_add_test(tc, test_cluster_ranges);
     tcase_add_test(tc, test_tuning_db_validated);
+    tcase_add_test(tc, test_expert_load_strict);
     tcase_add_test(tc, test_cache_dir_too_long);
     tcase_add_test(tc, test_config_strict);
     tcase_add_test(tc, test_duplicate_tensor_key);
