@@ -273,7 +273,7 @@ START_TEST(test_expert_load_strict)
     snprintf(path, sizeof path, "%s/load.yaml", dir);
     for (size_t e = 0; e < cfg.n_routed_experts; e++) snprintf(list + strlen(list), sizeof list - strlen(list), "%s1", e ? ", " : "");
     static const char *const bad[][2] = {{"layers: {1abc: [%s]}\n", "not a MoE layer"},
-                                         {"default: [.inf, %s]\n", "numbers"}};
+                                         {"default: [inf, %s]\n", "numbers"}};
     for (size_t i = 0; i < 2; i++) {
         snprintf(text, sizeof text, bad[i][0], i ? list + 3 : list); /* inf replaces the first 1 */
         ck_assert_int_eq(test_write_file(path, text), 0);
