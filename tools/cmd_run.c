@@ -230,6 +230,7 @@ int cmd_run(int argc, char **argv)
     const size_t S = r.sequences ? r.sequences : 1;
     o.max_sequences = S;
     o.max_context = r.context ? r.context : T + r.n + 1;
+    if (!r.context && o.max_context > cfg.max_position_embeddings) o.max_context = cfg.max_position_embeddings; /* >= positions */
     o.max_tokens = P < 512 ? (P ? P : 1) : 512;
     o.weights = r.weights;
     o.check_weights = r.check_weights;
