@@ -80,7 +80,7 @@ static clnpu_status check_finite(clnpu_model *m, clnpu_buffer *b, size_t n, size
 {
     if (m->tp_rank || !n) return CLNPU_OK;
     cl_mem x = clnpu_mem(b), f = clnpu_mem(m->nonfinite);
-    cl_uint nn = (cl_uint)n;
+    cl_ulong nn = n; /* T x vocab can pass 2^32 */
     cl_int t = (cl_int)tag;
     clnpu_karg a[] = {KARG(x), KARG(nn), KARG(t), KARG(f)};
     size_t g[1] = {n < 1024 ? n : 1024}, l[1] = {64}; /* each work-item strides over the rest */
