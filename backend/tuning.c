@@ -75,6 +75,13 @@ typedef struct tunable {
 } tunable;
 static tunable tunables[TUNABLE_MAX];
 static size_t ntunables;
+/* constraints.max_product rules: a * b <= max (b may be a number), registers per work-item */
+typedef struct tunable_product {
+    char family[32], a[16], b[16];
+    long max;
+} tunable_product;
+static tunable_product products[TUNABLE_MAX];
+static size_t nproducts;
 static pthread_once_t tunables_once = PTHREAD_ONCE_INIT;
 
 static void tunables_load(void)
@@ -101,8 +108,43 @@ static void tunables_load(void)
                 if (v) t->values[t->nvalues++] = atoi(v); /* the project's own file */
             }
         }
+        yaml_node_t *cons = clnpu_yaml_get(&doc, yaml_document_get_node(&doc, f->value), "constraints");
+        yaml_node_t *mp = clnpu_yaml_get(&doc, cons, "max_product");
+        for (yaml_node_item_t *r = fam && mp && mp->type == YAML_SEQUENCE_NODE ? mp->data.sequence.items.start : NULL;
+             r && r < mp->data.sequence.items.top && nproducts < TUNABLE_MAX; r++) {
+            yaml_node_t *rule = yaml_document_get_node(&doc, *r);
+            if (rule->type != YAML_SEQUENCE_NODE || rule->data.sequence.items.top - rule->data.sequence.items.start != 3)
+                continue;
+            const char *a = clnpu_yaml_scalar(yaml_document_get_node(&doc, rule->data.sequence.items.start[0]));
+            const char *b = clnpu_yaml_scalar(yaml_document_get_node(&doc, rule->data.sequence.items.start[1]));
+            const char *mx = clnpu_yaml_scalar(yaml_document_get_node(&doc, rule->data.sequence.items.start[2]));
+            if (!a || !b || !mx) continue;
+            tunable_product *p = &products[nproducts++];
+            snprintf(p->family, sizeof p->family, "%s", fam);
+            snprintf(p->a, sizeof p->a, "%s", a);
+            snprintf(p->b, sizeof p->b, "%s", b);
+            p->max = atol(mx);
+        }
     }
     yaml_document_delete(&doc);
+}
+
+/* An entry's values together: the max_product rules of its kernel's families (registers). */
+static clnpu_status check_products(const char *origin, size_t line, const clnpu_tuning_entry *e)
+{
+    pthread_once(&tunables_once, tunables_load);
+    const size_t kl = strlen(e->kernel);
+    for (size_t i = 0; i < nproducts; i++) {
+        const tunable_product *p = &products[i];
+        if (strncmp(p->family, e->kernel, kl) || (p->family[kl] && p->family[kl] != '_')) continue;
+        const bool b_literal = p->b[0] >= '0' && p->b[0] <= '9';
+        const int a = clnpu_tuning_param(e, p->a, -1), b = b_literal ? atoi(p->b) : clnpu_tuning_param(e, p->b, -1);
+        if (a < 0 || b < 0) continue; /* a parameter the entry leaves at its default */
+        if ((long)a * b > p->max)
+            return clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: %s tunables %s x %s = %ld exceed %ld (kernels-cl/tunables.yaml "
+                              "max_product)", origin, line, e->kernel, p->a, p->b, (long)a * b, p->max);
+    }
+    return CLNPU_OK;
 }
 
 /* Whether kernel's tunable `name` may be `value`; otherwise a message naming what is allowed. */
@@ -221,6 +263,7 @@ clnpu_status clnpu_tuning_db_merge_text(clnpu_tuning_db *db, const char *text, s
             default: e.int_dot = (int)x; break;
             }
         }
+        if (!st) st = check_products(origin, params->start_mark.line + 1, &e);
         const char *s;
         if ((s = clnpu_yaml_value(&doc, n, "measured"))) snprintf(e.measured, sizeof e.measured, "%s", s);
         if ((s = clnpu_yaml_value(&doc, n, "how"))) snprintf(e.how, sizeof e.how, "%s", s);

@@ -318,7 +318,7 @@ START_TEST(test_tuning_db_validated)
     ck_assert_uint_eq(clnpu_tuning_db_count(db), 1); /* nothing merged from the bad file */
     static const struct { const char *params, *needle; } bad[] = {
         {"ksplit: 7", "ksplit = 7"}, {"nosuch: 1", "no tunable 'nosuch'"}, {"mr: 99999999999", "integer values"},
-        {"mr: 2x", "integer values"},
+        {"mr: 2x", "integer values"}, {"mr: 12, kacc: 8", "mr x kacc = 96 exceed 16"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(t, sizeof t, "%s", tdb_head);
