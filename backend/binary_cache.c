@@ -10,9 +10,9 @@
 #include <unistd.h>
 
 #include "binary_cache.h"
-#include "error.h"
-#include "file_read.h"
-#include "hash.h"
+#include "../common/error.h"
+#include "../common/file_read.h"
+#include "../common/hash.h"
 
 static const char magic[8] = {'C', 'L', 'N', 'P', 'U', 'B', 'I', 'N'};
 

@@ -5,8 +5,8 @@
 #include <string.h>
 
 #include "device_internal.h"
-#include "error.h"
-#include "file_read.h"
+#include "../common/error.h"
+#include "../common/file_read.h"
 
 typedef struct trace_entry {
     char name[48];

@@ -7,8 +7,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../backend/error.h"
-#include "../backend/file_read.h"
+#include "../common/error.h"
+#include "../common/file_read.h"
 #include "clnpu/checkpoint.h"
 #include "safetensors_internal.h"
 

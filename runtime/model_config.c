@@ -7,8 +7,8 @@
 #include <string.h>
 #include <strings.h>
 
-#include "../backend/error.h"
-#include "../backend/file_read.h"
+#include "../common/error.h"
+#include "../common/file_read.h"
 #include "clnpu/model.h"
 
 typedef struct cfg_ctx {

@@ -3,7 +3,7 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/ops.h"
 #include "launch.h"
 

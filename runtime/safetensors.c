@@ -11,8 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../backend/error.h"
-#include "../backend/file_read.h"
+#include "../common/error.h"
+#include "../common/file_read.h"
 #include "clnpu/checkpoint.h"
 #include "safetensors_internal.h"
 

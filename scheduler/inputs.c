@@ -10,9 +10,9 @@
 #include <unistd.h>
 #include <yaml.h>
 
-#include "../backend/error.h"
-#include "../backend/file_read.h"
-#include "../backend/yaml_in.h"
+#include "../common/error.h"
+#include "../common/file_read.h"
+#include "../common/yaml_in.h"
 #include "clnpu/plan.h"
 
 clnpu_status clnpu_calibration_read(const char *path, const clnpu_profile *p, clnpu_calibration *cal)

@@ -16,8 +16,8 @@
 
 #include "test_util.h"
 #include "../backend/binary_cache.h"
-#include "../backend/file_read.h"
-#include "../backend/yaml_in.h"
+#include "../common/file_read.h"
+#include "../common/yaml_in.h"
 
 #define TINY CLNPU_SOURCE_DIR "/models/tiny-axk1"
 #define CLI CLNPU_CLI_PATH

@@ -1,10 +1,10 @@
 #!/bin/sh
 # Fuzz the file parsers with libFuzzer (clang), under ASan + UBSan, for a bounded time per target.
 # Usage: tools/fuzz.sh [SECONDS] [RUNS]   SECONDS per target (default 60); RUNS, when given, stops
-# each target after that many executions instead (the long run in docs/testing.md: 1000000).
-# Targets: fuzz_parsers (safetensors header, shard index, config.json, target profiles) and
-# fuzz_inputs (cluster files, tuning databases, token-id lists). Seeds come from the shipped
-# files; crashes are written to build-fuzz/.
+# each target after that many executions instead (the long run in docs/limits.md: 1000000).
+# Targets: fuzz_parsers (safetensors header, shard index, config.json, target profiles), fuzz_plan
+# (plan files) and fuzz_inputs (cluster files, tuning databases, token-id lists). Seeds come from
+# the shipped files; a crash fails the script and is written to build-fuzz/.
 set -e
 cd "$(dirname "$0")/.."
 SECONDS_BUDGET="${1:-60}"
@@ -13,10 +13,10 @@ if ! command -v clang >/dev/null 2>&1; then
     echo "fuzz: clang not found (apt-get install clang); skipping" >&2
     exit 0
 fi
-# float-cast-overflow is a clang-only UBSan check: out-of-range double -> integer casts (D8)
-# One target over its corpus; a crash fails the script (a pipe into tail would hide the status).
+# One target over its corpus (max input length $3, default 32768); a crash fails the script (a pipe
+# into tail would hide the status).
 run_fuzz() {
-    if ! (cd build-fuzz && "./$1" -max_total_time="$SECONDS_BUDGET" -runs="$RUNS" -max_len=32768 \
+    if ! (cd build-fuzz && "./$1" -max_total_time="$SECONDS_BUDGET" -runs="$RUNS" -max_len="${3:-32768}" \
             -print_final_stats=1 "$2" >"$1.log" 2>&1); then
         tail -40 "build-fuzz/$1.log"
         echo "fuzz: $1 failed (crash input and log in build-fuzz/)" >&2
@@ -24,12 +24,13 @@ run_fuzz() {
     fi
     tail -6 "build-fuzz/$1.log"
 }
+# float-cast-overflow is a clang-only UBSan check: out-of-range double -> integer casts (D8)
 SAN="-fsanitize=fuzzer,address,undefined,float-cast-overflow -fno-sanitize-recover=undefined,float-cast-overflow"
 mkdir -p build-fuzz/corpus
 clang -g -O1 $SAN -D_GNU_SOURCE \
     -DCL_TARGET_OPENCL_VERSION=300 -Iinclude -Ibackend \
     tests/fuzz/fuzz_parsers.c runtime/safetensors.c runtime/checkpoint.c runtime/model_config.c \
-    runtime/dtype.c backend/status.c backend/cl_error.c backend/profile_parse.c backend/file_read.c backend/yaml_in.c \
+    runtime/dtype.c common/status.c common/cl_error.c backend/profile_parse.c common/file_read.c common/yaml_in.c \
     -lcjson -lyaml -lm -o build-fuzz/fuzz_parsers
 # Seeds: selector byte + a real header, index, config and profile.
 python3 - <<'PY'
@@ -44,6 +45,17 @@ open("build-fuzz/corpus/profile", "wb").write(b"\x03" + open("targets/rebellions
 PY
 run_fuzz fuzz_parsers corpus
 
+# Plan files (schema/plan_schema.c): a binary of its own, seeded with a plan `clnpu plan` writes and a
+# hand-written one; the same time budget.
+clang -g -O1 $SAN -D_GNU_SOURCE \
+    -DCL_TARGET_OPENCL_VERSION=300 -Iinclude -Ibackend \
+    tests/fuzz/fuzz_plan.c schema/plan_schema.c runtime/dtype.c common/status.c common/cl_error.c \
+    common/file_read.c common/yaml_in.c common/yaml_out.c -lyaml -lm -o build-fuzz/fuzz_plan
+mkdir -p build-fuzz/corpus-plan
+cp tests/data/plan-tiny-ep2.yaml build-fuzz/corpus-plan/ep2
+cp tests/data/plan-tiny-pp3.yaml build-fuzz/corpus-plan/pp3
+run_fuzz fuzz_plan corpus-plan 8192
+
 # --- fuzz_inputs: cluster files, tuning databases, token-id lists (issue 17) ---
 # The builtin profiles, tunables.yaml, shipped tuning databases and kernel sources are embedded as
 # the library build embeds them (tools/embed.py), so the parsers run as they do in libclnpu.
@@ -53,7 +65,7 @@ python3 tools/embed.py clnpu_embedded_tuning build-fuzz/tuning_embed.c tuning/*.
 python3 tools/embed.py clnpu_embedded_kernels build-fuzz/kernels_embed.c kernels-cl/*.cl
 clang -g -O1 $SAN -D_GNU_SOURCE -DCL_TARGET_OPENCL_VERSION=300 -Iinclude -Ibackend \
     tests/fuzz/fuzz_inputs.c tools/cli_ids.c scheduler/cluster.c backend/profile_set.c backend/profile_parse.c \
-    backend/tuning.c backend/yaml_in.c backend/yaml_out.c backend/file_read.c backend/status.c backend/cl_error.c \
+    backend/tuning.c common/yaml_in.c common/yaml_out.c common/file_read.c common/status.c common/cl_error.c \
     build-fuzz/targets_embed.c build-fuzz/tunables_embed.c build-fuzz/tuning_embed.c build-fuzz/kernels_embed.c \
     -lyaml -lm -o build-fuzz/fuzz_inputs
 mkdir -p build-fuzz/corpus-inputs
