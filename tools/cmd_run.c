@@ -41,7 +41,7 @@ static double now_s(void)
 typedef struct run_args {
     cli_device_args da;
     const char *model, *config, *ids, *ids_file, *dump, *trace, *plan;
-    bool random_weights, stats, greedy, verbose, share_devices, has_temp, check_weights;
+    bool random_weights, stats, greedy, verbose, share_devices, check_weights;
     size_t n, decode_from, context, sequences, replica;
     bool has_decode_from, has_top;
     clnpu_sampling samp;
@@ -101,7 +101,6 @@ static int parse(int argc, char **argv, run_args *r)
                 return cli_usage_error("run", usage, "bad --temperature '%s' (a number from 0 to 1e6)", optarg);
             /* below float's range 1/T overflows; such a T is greedy in all but name */
             r->samp.temperature = t < 1e-30 ? 0.0f : (float)t;
-            r->has_temp = true;
             break;
         }
         case O_TOPP: {
