@@ -13,10 +13,10 @@ if ! command -v clang >/dev/null 2>&1; then
     echo "fuzz: clang not found (apt-get install clang); skipping" >&2
     exit 0
 fi
-# One target over its corpus (max input length $3, default 32768); a crash fails the script (a pipe
-# into tail would hide the status).
+# One target over its corpus (max input length $3, default 32768; seconds $4, default SECONDS); a
+# crash fails the script (a pipe into tail would hide the status).
 run_fuzz() {
-    if ! (cd build-fuzz && "./$1" -max_total_time="$SECONDS_BUDGET" -runs="$RUNS" -max_len="${3:-32768}" \
+    if ! (cd build-fuzz && "./$1" -max_total_time="${4:-$SECONDS_BUDGET}" -runs="$RUNS" -max_len="${3:-32768}" \
             -print_final_stats=1 "$2" >"$1.log" 2>&1); then
         tail -40 "build-fuzz/$1.log"
         echo "fuzz: $1 failed (crash input and log in build-fuzz/)" >&2
@@ -79,3 +79,20 @@ open(d + "ids", "wb").write(b"\x02" + b"1,2,3\n4 5\t6")
 PY
 run_fuzz fuzz_inputs corpus-inputs
 # --- end fuzz_inputs ---
+
+# The text parsers (tokenizer.json, chat templates, text through a tokenizer): a third of the budget.
+TEXT_BUDGET=$(( SECONDS_BUDGET / 3 > 0 ? SECONDS_BUDGET / 3 : 1 ))
+clang -g -O1 $SAN -D_GNU_SOURCE \
+    -DCL_TARGET_OPENCL_VERSION=300 -Iinclude -Ibackend \
+    tests/fuzz/fuzz_text.c text/tokenizer.c text/tokenizer_bpe.c text/tokenizer_pretok.c text/tokenizer_decode.c \
+    text/chat_template.c common/status.c common/cl_error.c common/file_read.c \
+    -lcjson -lpcre2-8 -lutf8proc -lm -lpthread -o build-fuzz/fuzz_text
+mkdir -p build-fuzz/corpus-text
+python3 - <<'PY'
+t = open("tests/data/tokenizer-nfc/tokenizer.json", "rb").read()
+open("build-fuzz/corpus-text/tokenizer", "wb").write(b"\x00" + t)
+for name in ("chatml", "deepseek-v3", "features"):
+    open("build-fuzz/corpus-text/" + name, "wb").write(b"\x01" + open("tests/data/chat/%s.jinja" % name, "rb").read())
+open("build-fuzz/corpus-text/text", "wb").write(b"\x02" + "Hello <s> 세계 123  \n".encode())
+PY
+run_fuzz fuzz_text corpus-text 262144 "$TEXT_BUDGET"
