@@ -64,7 +64,7 @@ python3 tools/embed.py clnpu_embedded_tunables build-fuzz/tunables_embed.c kerne
 python3 tools/embed.py clnpu_embedded_tuning build-fuzz/tuning_embed.c tuning/*.yaml
 python3 tools/embed.py clnpu_embedded_kernels build-fuzz/kernels_embed.c kernels-cl/*.cl
 clang -g -O1 $SAN -D_GNU_SOURCE -DCL_TARGET_OPENCL_VERSION=300 -Iinclude -Ibackend \
-    tests/fuzz/fuzz_inputs.c tools/cli_ids.c scheduler/cluster.c backend/profile_set.c backend/profile_parse.c \
+    tests/fuzz/fuzz_inputs.c tools/cli_ids.c scheduler/cluster.c backend/profile_set.c backend/profile_parse.c backend/isa.c \
     backend/tuning.c common/yaml_in.c common/yaml_out.c common/file_read.c common/status.c common/cl_error.c \
     build-fuzz/targets_embed.c build-fuzz/tunables_embed.c build-fuzz/tuning_embed.c build-fuzz/kernels_embed.c \
     -lyaml -lm -o build-fuzz/fuzz_inputs
