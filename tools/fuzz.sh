@@ -3,8 +3,9 @@
 # Usage: tools/fuzz.sh [SECONDS] [RUNS]   SECONDS per target (default 60); RUNS, when given, stops
 # each target after that many executions instead (the long run in docs/limits.md: 1000000).
 # Targets: fuzz_parsers (safetensors header, shard index, config.json, target profiles), fuzz_plan
-# (plan files) and fuzz_inputs (cluster files, tuning databases, token-id lists). Seeds come from
-# the shipped files; a crash fails the script and is written to build-fuzz/.
+# (plan files), fuzz_inputs (cluster files, tuning databases, token-id lists) and fuzz_text
+# (tokenizer.json, chat templates; a third of the time). Seeds come from the shipped files; a crash
+# fails the script and is written to build-fuzz/.
 set -e
 cd "$(dirname "$0")/.."
 SECONDS_BUDGET="${1:-60}"
@@ -45,8 +46,8 @@ open("build-fuzz/corpus/profile", "wb").write(b"\x03" + open("targets/rebellions
 PY
 run_fuzz fuzz_parsers corpus
 
-# Plan files (schema/plan_schema.c): a binary of its own, seeded with a plan `clnpu plan` writes and a
-# hand-written one; the same time budget.
+# Plan files (schema/plan_schema.c): a binary of its own, seeded with two plans of the tiny model;
+# the same time budget.
 clang -g -O1 $SAN -D_GNU_SOURCE \
     -DCL_TARGET_OPENCL_VERSION=300 -Iinclude -Ibackend \
     tests/fuzz/fuzz_plan.c schema/plan_schema.c runtime/dtype.c common/status.c common/cl_error.c \
