@@ -11,6 +11,7 @@
 
 #include "binary_cache.h"
 #include "../common/error.h"
+#include "../common/file_read.h"
 #include "../common/hash.h"
 
 static const char magic[8] = {'C', 'L', 'N', 'P', 'U', 'B', 'I', 'N'};
@@ -34,8 +35,14 @@ clnpu_status clnpu_binary_cache_load(const char *path, const char *key, unsigned
 {
     *out_bin = NULL;
     *out_size = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return clnpu_fail(CLNPU_ERR_NOT_FOUND, "%s: no cache entry", path);
+    int fd;
+    /* a FIFO planted as an entry would block open(); it is a miss like any bad entry */
+    if (clnpu_file_open_regular(path, &fd, NULL)) return clnpu_fail(CLNPU_ERR_NOT_FOUND, "%s: no cache entry", path);
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return clnpu_fail(CLNPU_ERR_NOT_FOUND, "%s: no cache entry", path);
+    }
     entry_header h;
     size_t key_len = strlen(key);
     clnpu_status st = CLNPU_OK;

@@ -23,18 +23,28 @@ static void format_bytes(uint64_t b, char *out, size_t cap)
     snprintf(out, cap, u ? "%.1f %s" : "%.0f %s", v, unit[u]);
 }
 
-static void choose_cache_dir(clnpu_device *dev, const clnpu_device_options *o)
+/* The cache directory, whole or an error: cut to the buffer it would name another directory.
+ * Room is left for "/<16 hex>.clbin.tmp.XXXXXX" inside the entry paths. */
+#define CACHE_DIR_MAX 1000
+static clnpu_status choose_cache_dir(clnpu_device *dev, const clnpu_device_options *o)
 {
-    const char *env;
-    if (o->cache_dir) snprintf(dev->cache_dir, sizeof dev->cache_dir, "%s", o->cache_dir);
+    const char *env, *from = "the cache directory";
+    int n = 0;
+    if (o->cache_dir) n = snprintf(dev->cache_dir, sizeof dev->cache_dir, "%s", o->cache_dir);
     else if ((env = getenv("CLNPU_CACHE_DIR")) && *env)
-        snprintf(dev->cache_dir, sizeof dev->cache_dir, "%s", env);
+        n = snprintf(dev->cache_dir, sizeof dev->cache_dir, "%s", env), from = "CLNPU_CACHE_DIR";
     else if ((env = getenv("XDG_CACHE_HOME")) && *env)
-        snprintf(dev->cache_dir, sizeof dev->cache_dir, "%s/clnpu", env);
+        n = snprintf(dev->cache_dir, sizeof dev->cache_dir, "%s/clnpu", env), from = "XDG_CACHE_HOME/clnpu";
     else if ((env = getenv("HOME")) && *env)
-        snprintf(dev->cache_dir, sizeof dev->cache_dir, "%s/.cache/clnpu", env);
+        n = snprintf(dev->cache_dir, sizeof dev->cache_dir, "%s/.cache/clnpu", env), from = "HOME/.cache/clnpu";
     else
         dev->no_cache = true; /* nowhere sensible to write: build every time */
+    if (n > CACHE_DIR_MAX) {
+        dev->cache_dir[0] = '\0';
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%s is %d characters long: at most %d (or use --no-cache)", from, n,
+                          CACHE_DIR_MAX);
+    }
+    return CLNPU_OK;
 }
 
 static void format_base_options(const clnpu_device *d, char *out, size_t cap);
@@ -138,12 +148,16 @@ clnpu_status clnpu_device_open(size_t index, const clnpu_device_options *options
 
     dev->no_cache = o->no_cache;
     dev->profiling = o->profiling;
-    if (!dev->no_cache) choose_cache_dir(dev, o);
+    if (!dev->no_cache) st = choose_cache_dir(dev, o);
     else if (o->cache_dir) snprintf(dev->cache_dir, sizeof dev->cache_dir, "%s", o->cache_dir);
     format_base_options(dev, dev->base_options, sizeof dev->base_options);
     clnpu_device_isa_of(&dev->info, &dev->isa);
     clnpu_tuning_format_device_key(dev, dev->tuning_key, sizeof dev->tuning_key);
-    clnpu_device_load_default_tuning(dev);
+    if (!st) st = clnpu_device_load_default_tuning(dev);
+    if (st) {
+        clnpu_device_close(dev);
+        return st;
+    }
     *out = dev;
     return CLNPU_OK;
 }

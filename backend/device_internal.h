@@ -41,7 +41,7 @@ struct clnpu_device {
     clnpu_device_isa isa;    /* fixed at open: see clnpu_device_isa_of */
 };
 
-void clnpu_device_load_default_tuning(clnpu_device *dev);
+clnpu_status clnpu_device_load_default_tuning(clnpu_device *dev);
 /* The device's tuning key (vendor, name, driver, hash of its base options), made once at open. */
 void clnpu_tuning_format_device_key(const clnpu_device *dev, char *out, size_t cap);
 

@@ -258,6 +258,8 @@ clnpu_status clnpu_profile_parse(const char *text, size_t len, const char *origi
     memset(out, 0, sizeof *out);
     snprintf(out->source, sizeof out->source, "%s", origin);
 
+    clnpu_status lst = clnpu_yaml_check_limits(text, len, origin); /* before libyaml's quadratic nesting */
+    if (lst) return lst;
     yaml_parser_t parser;
     yaml_document_t doc;
     if (!yaml_parser_initialize(&parser))

@@ -6,6 +6,7 @@
 
 #include "device_internal.h"
 #include "../common/error.h"
+#include "../common/file_read.h"
 
 typedef struct trace_entry {
     char name[48];
@@ -62,8 +63,10 @@ clnpu_status clnpu_device_trace_write(clnpu_device *dev, const char *path, size_
     if (!t) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "tracing was not started");
     clnpu_status st = clnpu_device_finish(dev);
     if (st) return st;
-    FILE *f = fopen(path, "w");
-    if (!f) return clnpu_fail(CLNPU_ERR_IO, "%s: cannot create", path);
+    clnpu_file_out out; /* through a symlink to its target; a device or FIFO is refused */
+    st = clnpu_file_out_open(path, &out);
+    if (st) return st;
+    FILE *f = out.f;
     fprintf(f, "{\"displayTimeUnit\":\"ns\",\"traceEvents\":[");
     cl_ulong t0 = 0;
     size_t written = 0;
@@ -85,8 +88,6 @@ clnpu_status clnpu_device_trace_write(clnpu_device *dev, const char *path, size_
         written++;
     }
     fprintf(f, "\n]}\n");
-    bool ok = !ferror(f);
-    ok = fclose(f) == 0 && ok;
     if (out_events) *out_events = written;
-    return ok ? CLNPU_OK : clnpu_fail(CLNPU_ERR_IO, "%s: write failed", path);
+    return clnpu_file_out_commit(&out);
 }

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fnmatch.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,126 @@ clnpu_status clnpu_tuning_db_put(clnpu_tuning_db *db, const clnpu_tuning_entry *
     return CLNPU_OK;
 }
 
+/* The allowed values of every tunable, from kernels-cl/tunables.yaml (embedded): a database
+ * entry must use one of them, since anything else goes to the compiler as a -D (kacc 1000000
+ * unrolled for minutes). Families named kernel_suffix (attention_regs) belong to kernel. */
+#define TUNABLE_MAX 64
+#define TUNABLE_VALUES 16
+typedef struct tunable {
+    char family[32], name[16];
+    int values[TUNABLE_VALUES];
+    int nvalues;
+} tunable;
+static tunable tunables[TUNABLE_MAX];
+static size_t ntunables;
+/* constraints.max_product rules: a * b <= max (b may be a number), registers per work-item */
+typedef struct tunable_product {
+    char family[32], a[16], b[16];
+    long max;
+} tunable_product;
+static tunable_product products[TUNABLE_MAX];
+static size_t nproducts;
+static pthread_once_t tunables_once = PTHREAD_ONCE_INIT;
+
+static void tunables_load(void)
+{
+    const char *text = clnpu_tunables_yaml();
+    yaml_document_t doc;
+    if (clnpu_yaml_load_text(text, strlen(text), "tunables.yaml", &doc)) return;
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    for (yaml_node_pair_t *f = root && root->type == YAML_MAPPING_NODE ? root->data.mapping.pairs.start : NULL;
+         f && f < root->data.mapping.pairs.top; f++) {
+        const char *fam = clnpu_yaml_scalar(yaml_document_get_node(&doc, f->key));
+        yaml_node_t *params = clnpu_yaml_get(&doc, yaml_document_get_node(&doc, f->value), "params");
+        for (yaml_node_pair_t *p = params && params->type == YAML_MAPPING_NODE ? params->data.mapping.pairs.start : NULL;
+             fam && p && p < params->data.mapping.pairs.top && ntunables < TUNABLE_MAX; p++) {
+            const char *name = clnpu_yaml_scalar(yaml_document_get_node(&doc, p->key));
+            yaml_node_t *vals = yaml_document_get_node(&doc, p->value);
+            if (!name || vals->type != YAML_SEQUENCE_NODE) continue;
+            tunable *t = &tunables[ntunables++];
+            snprintf(t->family, sizeof t->family, "%s", fam);
+            snprintf(t->name, sizeof t->name, "%s", name);
+            for (yaml_node_item_t *it = vals->data.sequence.items.start;
+                 it < vals->data.sequence.items.top && t->nvalues < TUNABLE_VALUES; it++) {
+                const char *v = clnpu_yaml_scalar(yaml_document_get_node(&doc, *it));
+                if (v) t->values[t->nvalues++] = atoi(v); /* the project's own file */
+            }
+        }
+        yaml_node_t *cons = clnpu_yaml_get(&doc, yaml_document_get_node(&doc, f->value), "constraints");
+        yaml_node_t *mp = clnpu_yaml_get(&doc, cons, "max_product");
+        for (yaml_node_item_t *r = fam && mp && mp->type == YAML_SEQUENCE_NODE ? mp->data.sequence.items.start : NULL;
+             r && r < mp->data.sequence.items.top && nproducts < TUNABLE_MAX; r++) {
+            yaml_node_t *rule = yaml_document_get_node(&doc, *r);
+            if (rule->type != YAML_SEQUENCE_NODE || rule->data.sequence.items.top - rule->data.sequence.items.start != 3)
+                continue;
+            const char *a = clnpu_yaml_scalar(yaml_document_get_node(&doc, rule->data.sequence.items.start[0]));
+            const char *b = clnpu_yaml_scalar(yaml_document_get_node(&doc, rule->data.sequence.items.start[1]));
+            const char *mx = clnpu_yaml_scalar(yaml_document_get_node(&doc, rule->data.sequence.items.start[2]));
+            if (!a || !b || !mx) continue;
+            tunable_product *p = &products[nproducts++];
+            snprintf(p->family, sizeof p->family, "%s", fam);
+            snprintf(p->a, sizeof p->a, "%s", a);
+            snprintf(p->b, sizeof p->b, "%s", b);
+            p->max = atol(mx);
+        }
+    }
+    yaml_document_delete(&doc);
+}
+
+/* An entry's values together: the max_product rules of its kernel's families (registers). */
+static clnpu_status check_products(const char *origin, size_t line, const clnpu_tuning_entry *e)
+{
+    pthread_once(&tunables_once, tunables_load);
+    const size_t kl = strlen(e->kernel);
+    for (size_t i = 0; i < nproducts; i++) {
+        const tunable_product *p = &products[i];
+        if (strncmp(p->family, e->kernel, kl) || (p->family[kl] && p->family[kl] != '_')) continue;
+        const bool b_literal = p->b[0] >= '0' && p->b[0] <= '9';
+        const int a = clnpu_tuning_param(e, p->a, -1), b = b_literal ? atoi(p->b) : clnpu_tuning_param(e, p->b, -1);
+        if (a < 0 || b < 0) continue; /* a parameter the entry leaves at its default */
+        if ((long)a * b > p->max)
+            return clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: %s tunables %s x %s = %ld exceed %ld (kernels-cl/tunables.yaml "
+                              "max_product)", origin, line, e->kernel, p->a, p->b, (long)a * b, p->max);
+    }
+    return CLNPU_OK;
+}
+
+/* Whether kernel's tunable `name` may be `value`; otherwise a message naming what is allowed. */
+static clnpu_status check_tunable(const char *origin, size_t line, const char *kernel, const char *name, long value)
+{
+    pthread_once(&tunables_once, tunables_load);
+    const size_t kl = strlen(kernel);
+    bool known_kernel = false;
+    for (size_t i = 0; i < ntunables; i++) {
+        const tunable *t = &tunables[i];
+        if (strncmp(t->family, kernel, kl) || (t->family[kl] && t->family[kl] != '_')) continue;
+        known_kernel = true;
+        if (strcmp(t->name, name)) continue;
+        char list[128] = "";
+        for (int v = 0; v < t->nvalues; v++) {
+            if (t->values[v] == value) return CLNPU_OK;
+            snprintf(list + strlen(list), sizeof list - strlen(list), v ? ", %d" : "%d", t->values[v]);
+        }
+        return clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: %s tunable %s = %ld is not one of %s (kernels-cl/tunables.yaml)",
+                          origin, line, kernel, name, value, list);
+    }
+    return clnpu_fail(CLNPU_ERR_PARSE, known_kernel ? "%s:%zu: kernel %s has no tunable '%s' (kernels-cl/tunables.yaml)"
+                                                    : "%s:%zu: kernel '%s' has no tunables (kernels-cl/tunables.yaml; "
+                                                      "parameter '%s')",
+                      origin, line, kernel, name);
+}
+
+/* A whole-string integer in [lo, hi] (strtoll: no trailing text, no overflow). */
+static bool strict_ll(const char *s, long long lo, long long hi, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = s && *s ? strtoll(s, &end, 10) : 0;
+    if (!s || !*s || *end || errno || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
 /* The ISA class of an entry from its device key (vendor|name|driver|hash) and capabilities. */
 static void entry_isa_from_key(clnpu_tuning_entry *e)
 {
@@ -75,6 +196,9 @@ static void entry_isa_from_key(clnpu_tuning_entry *e)
 
 clnpu_status clnpu_tuning_db_merge_text(clnpu_tuning_db *db, const char *text, size_t len, const char *origin)
 {
+    /* entries go to a scratch database first: a file with a bad entry adds nothing */
+    clnpu_tuning_db *into = db, scratch = {0};
+    db = &scratch;
     yaml_document_t doc;
     clnpu_status st = clnpu_yaml_load_text(text, len, origin, &doc);
     if (st) return st;
@@ -105,34 +229,63 @@ clnpu_status clnpu_tuning_db_merge_text(clnpu_tuning_db *db, const char *text, s
         snprintf(e.source_hash, sizeof e.source_hash, "%s", src);
         for (yaml_node_pair_t *p = params->data.mapping.pairs.start; p < params->data.mapping.pairs.top; p++) {
             yaml_node_t *pk = yaml_document_get_node(&doc, p->key), *pv = yaml_document_get_node(&doc, p->value);
-            char *end;
-            long v = pv->type == YAML_SCALAR_NODE ? strtol((char *)pv->data.scalar.value, &end, 10) : 0;
-            if (pk->type != YAML_SCALAR_NODE || pv->type != YAML_SCALAR_NODE || *end ||
+            long long v = 0;
+            if (pk->type != YAML_SCALAR_NODE || pv->type != YAML_SCALAR_NODE ||
+                !strict_ll((char *)pv->data.scalar.value, -1000000000LL, 1000000000LL, &v) ||
                 e.nparams == CLNPU_TUNING_MAX_PARAMS) {
                 st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: params must be up to %d integer values", origin,
                                 pk->start_mark.line + 1, CLNPU_TUNING_MAX_PARAMS);
                 break;
             }
+            st = check_tunable(origin, pv->start_mark.line + 1, e.kernel, (char *)pk->data.scalar.value, (long)v);
+            if (st) break;
             snprintf(e.names[e.nparams], sizeof e.names[0], "%s", (char *)pk->data.scalar.value);
             e.values[e.nparams++] = (int)v;
         }
+        /* the rest strictly too: numbers that are not are errors, not zeros */
+        static const char *const times[] = {"ms", "default_ms"};
+        double *tdst[] = {&e.ms, &e.default_ms};
+        for (size_t i = 0; !st && i < 2; i++) {
+            yaml_node_t *v = clnpu_yaml_get(&doc, n, times[i]);
+            const char *s = clnpu_yaml_scalar(v);
+            char *end;
+            double x = s ? strtod(s, &end) : 0;
+            if (v && (!s || !*s || *end || !isfinite(x) || x < 0))
+                st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: '%s' must be a non-negative number of milliseconds", origin,
+                                v->start_mark.line + 1, times[i]);
+            else if (v) *tdst[i] = x;
+        }
+        static const char *const capk[] = {"type", "compute_units", "local_mem", "vector_width", "fp16", "int_dot"};
+        for (size_t i = 0; !st && i < sizeof capk / sizeof capk[0]; i++) {
+            yaml_node_t *v = clnpu_yaml_get(&doc, caps, capk[i]);
+            long long x = 0;
+            if (!v) continue;
+            if (!strict_ll(clnpu_yaml_scalar(v), 0, i == 2 ? (1LL << 50) : 0x7fffffffLL, &x)) {
+                st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: capabilities.%s must be a non-negative integer", origin,
+                                v->start_mark.line + 1, capk[i]);
+                break;
+            }
+            switch (i) {
+            case 0: e.type = (int)x; break;
+            case 1: e.compute_units = (int)x; break;
+            case 2: e.local_mem = x; break;
+            case 3: e.vector_width = (int)x; break;
+            case 4: e.fp16 = (int)x; break;
+            default: e.int_dot = (int)x; break;
+            }
+        }
+        if (!st) st = check_products(origin, params->start_mark.line + 1, &e);
         const char *s;
-        if ((s = clnpu_yaml_value(&doc, n, "ms"))) e.ms = strtod(s, NULL);
-        if ((s = clnpu_yaml_value(&doc, n, "default_ms"))) e.default_ms = strtod(s, NULL);
         if ((s = clnpu_yaml_value(&doc, n, "measured"))) snprintf(e.measured, sizeof e.measured, "%s", s);
         if ((s = clnpu_yaml_value(&doc, n, "how"))) snprintf(e.how, sizeof e.how, "%s", s);
-        if ((s = clnpu_yaml_value(&doc, caps, "type"))) e.type = atoi(s);
-        if ((s = clnpu_yaml_value(&doc, caps, "compute_units"))) e.compute_units = atoi(s);
-        if ((s = clnpu_yaml_value(&doc, caps, "local_mem"))) e.local_mem = atoll(s);
-        if ((s = clnpu_yaml_value(&doc, caps, "vector_width"))) e.vector_width = atoi(s);
-        if ((s = clnpu_yaml_value(&doc, caps, "fp16"))) e.fp16 = atoi(s);
-        if ((s = clnpu_yaml_value(&doc, caps, "int_dot"))) e.int_dot = atoi(s);
         if ((s = clnpu_yaml_value(&doc, caps, "isa"))) snprintf(e.isa, sizeof e.isa, "%s", s);
         if ((s = clnpu_yaml_value(&doc, caps, "cpu"))) snprintf(e.cpu, sizeof e.cpu, "%s", s);
         if (!e.isa[0]) entry_isa_from_key(&e); /* databases written before the field */
         if (!st) st = clnpu_tuning_db_put(db, &e);
     }
     yaml_document_delete(&doc);
+    for (size_t i = 0; !st && i < scratch.count; i++) st = clnpu_tuning_db_put(into, &scratch.items[i]);
+    free(scratch.items);
     return st;
 }
 
@@ -161,10 +314,10 @@ clnpu_status clnpu_tuning_db_load(const char *path, clnpu_tuning_db **out)
 
 clnpu_status clnpu_tuning_db_save(const clnpu_tuning_db *db, const char *path)
 {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f) return clnpu_fail(CLNPU_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    clnpu_file_out out; /* through a symlink to its target; a device or FIFO is refused */
+    clnpu_status st = clnpu_file_out_open(path, &out);
+    if (st) return st;
+    FILE *f = out.f;
     clnpu_yaml *y = clnpu_yaml_begin(f);
     clnpu_yaml_map_begin(y);
     clnpu_yaml_kv_str(y, "format", "clnpu-tuning-1");
@@ -201,13 +354,11 @@ clnpu_status clnpu_tuning_db_save(const clnpu_tuning_db *db, const char *path)
     }
     clnpu_yaml_seq_end(y);
     clnpu_yaml_map_end(y);
-    bool ok = clnpu_yaml_end(y);
-    ok = fclose(f) == 0 && ok;
-    if (!ok || rename(tmp, path)) {
-        unlink(tmp);
+    if (!clnpu_yaml_end(y)) {
+        clnpu_file_out_abort(&out);
         return clnpu_fail(CLNPU_ERR_IO, "%s: cannot write the tuning database", path);
     }
-    return CLNPU_OK;
+    return clnpu_file_out_commit(&out);
 }
 
 void clnpu_tuning_format_device_key(const clnpu_device *dev, char *out, size_t cap)
@@ -352,24 +503,33 @@ const clnpu_tuning_entry *clnpu_device_tuning_lookup(clnpu_device *dev, const ch
     return e;
 }
 
-/* The database a device opens with: the shipped files, then $CLNPU_TUNING_DB or the cache's. */
-void clnpu_device_load_default_tuning(clnpu_device *dev)
+/* The database a device opens with: the shipped files, then $CLNPU_TUNING_DB or the cache's.
+ * A user database that does not parse or holds a value outside tunables.yaml is an error naming
+ * the file and the key (it was once skipped without a word, after merging its first entries). */
+clnpu_status clnpu_device_load_default_tuning(clnpu_device *dev)
 {
     const char *off = getenv("CLNPU_TUNING");
-    if (off && !strcmp(off, "off")) return;
+    if (off && !strcmp(off, "off")) return CLNPU_OK;
     clnpu_tuning_db *db = NULL;
-    if (clnpu_tuning_db_create(&db)) return;
-    for (size_t i = 0; i < clnpu_embedded_tuning_count; i++)
-        clnpu_tuning_db_merge_text(db, clnpu_embedded_tuning[i].data, clnpu_embedded_tuning[i].size,
-                                   clnpu_embedded_tuning[i].name);
+    clnpu_status st = clnpu_tuning_db_create(&db);
+    for (size_t i = 0; !st && i < clnpu_embedded_tuning_count; i++) /* tested to parse (test_tuning.c) */
+        st = clnpu_tuning_db_merge_text(db, clnpu_embedded_tuning[i].data, clnpu_embedded_tuning[i].size,
+                                        clnpu_embedded_tuning[i].name);
     const char *env = getenv("CLNPU_TUNING_DB");
     char path[1200];
     if (env && *env) snprintf(path, sizeof path, "%s", env);
     else snprintf(path, sizeof path, "%s/tuning.yaml", dev->cache_dir);
-    if (env || dev->cache_dir[0]) clnpu_tuning_db_merge_file(db, path); /* a broken user file is skipped */
-    clnpu_error_clear();
+    if (!st && ((env && *env) || dev->cache_dir[0])) {
+        st = clnpu_tuning_db_merge_file(db, path);
+        if (st) st = clnpu_fail_context(st, "tuning database (%s)", env && *env ? "$CLNPU_TUNING_DB" : "the cache's");
+    }
+    if (st) {
+        clnpu_tuning_db_destroy(db);
+        return st;
+    }
     dev->owned_tuning = db;
     dev->tuning = db;
+    return CLNPU_OK;
 }
 
 const char *clnpu_tunables_yaml(void)

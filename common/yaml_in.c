@@ -1,12 +1,47 @@
-/* Loading one YAML document with the position of a syntax error in the message. */
+/* Loading one YAML document with the position of a syntax error in the message, under a size
+ * and a nesting cap. */
 #include "yaml_in.h"
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
+#include "file_read.h"
+
+/* libyaml's scanner and loader take time quadratic in the nesting depth (200k levels: minutes);
+ * a pass over the events first refuses a document nested deeper than the cap after reading at
+ * most CLNPU_YAML_MAX_DEPTH levels of it. */
+clnpu_status clnpu_yaml_check_limits(const char *text, size_t len, const char *origin)
+{
+    if (len > CLNPU_FILE_TEXT_MAX)
+        return clnpu_fail(CLNPU_ERR_PARSE, "%s: %zu bytes is larger than the %zu allowed for a YAML document", origin,
+                          len, CLNPU_FILE_TEXT_MAX);
+    yaml_parser_t parser;
+    if (!yaml_parser_initialize(&parser)) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "%s: cannot start a YAML parser", origin);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+    clnpu_status st = CLNPU_OK;
+    int depth = 0;
+    for (bool done = false; !done && !st;) {
+        yaml_event_t ev;
+        if (!yaml_parser_parse(&parser, &ev)) break; /* the loader below reports syntax errors with their place */
+        if (ev.type == YAML_SEQUENCE_START_EVENT || ev.type == YAML_MAPPING_START_EVENT) {
+            if (++depth > CLNPU_YAML_MAX_DEPTH)
+                st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu:%zu: nested deeper than %d levels", origin,
+                                ev.start_mark.line + 1, ev.start_mark.column + 1, CLNPU_YAML_MAX_DEPTH);
+        } else if (ev.type == YAML_SEQUENCE_END_EVENT || ev.type == YAML_MAPPING_END_EVENT) {
+            depth--;
+        } else if (ev.type == YAML_STREAM_END_EVENT) {
+            done = true; /* every document: a profile looks at a second one to refuse it */
+        }
+        yaml_event_delete(&ev);
+    }
+    yaml_parser_delete(&parser);
+    return st;
+}
 
 static clnpu_status load(yaml_parser_t *parser, const char *origin, yaml_document_t *doc)
 {
@@ -20,6 +55,8 @@ static clnpu_status load(yaml_parser_t *parser, const char *origin, yaml_documen
 
 clnpu_status clnpu_yaml_load_text(const char *text, size_t len, const char *origin, yaml_document_t *doc)
 {
+    clnpu_status st = clnpu_yaml_check_limits(text, len, origin);
+    if (st) return st;
     yaml_parser_t parser;
     if (!yaml_parser_initialize(&parser)) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "%s: cannot start a YAML parser", origin);
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
@@ -28,17 +65,12 @@ clnpu_status clnpu_yaml_load_text(const char *text, size_t len, const char *orig
 
 clnpu_status clnpu_yaml_load_file(const char *path, yaml_document_t *doc)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    yaml_parser_t parser;
-    clnpu_status st = CLNPU_OK;
-    if (!yaml_parser_initialize(&parser)) {
-        st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "%s: cannot start a YAML parser", path);
-    } else {
-        yaml_parser_set_input_file(&parser, f);
-        st = load(&parser, path, doc);
-    }
-    fclose(f);
+    char *buf;
+    size_t n;
+    clnpu_status st = clnpu_file_read_all(path, &buf, &n);
+    if (st) return st;
+    st = clnpu_yaml_load_text(buf, n, path, doc);
+    free(buf);
     return st;
 }
 

@@ -6,11 +6,18 @@
 
 #include "clnpu/status.h"
 
+/* Documents nested deeper than this are refused (every clnpu format needs fewer than 8). */
+#define CLNPU_YAML_MAX_DEPTH 64
+
 /* Parse the first document of text (origin names it in messages) or of the file at path into
  * doc; on failure CLNPU_ERR_PARSE "origin:line:column: bad YAML: ..." (or CLNPU_ERR_IO for a file
- * that cannot be read) and nothing to free. On success free doc with yaml_document_delete. */
+ * that cannot be read, is not a regular file or is over CLNPU_FILE_TEXT_MAX bytes) and nothing to
+ * free; deeper than CLNPU_YAML_MAX_DEPTH is a CLNPU_ERR_PARSE too. On success free doc with yaml_document_delete. */
 clnpu_status clnpu_yaml_load_text(const char *text, size_t len, const char *origin, yaml_document_t *doc);
 clnpu_status clnpu_yaml_load_file(const char *path, yaml_document_t *doc);
+
+/* The size and nesting caps alone (for a parser that loads the document itself). */
+clnpu_status clnpu_yaml_check_limits(const char *text, size_t len, const char *origin);
 
 /* CLNPU_ERR_PARSE with "origin:line:column: " of node n before the formatted message. */
 clnpu_status clnpu_yaml_fail_at(const char *origin, const yaml_node_t *n, const char *fmt, ...)

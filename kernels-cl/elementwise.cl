@@ -146,3 +146,15 @@ __kernel void clnpu_probe_empty(__global float *out)
 {
     if (get_global_id(0) == 0xffffffffu) out[0] = 0.0f;
 }
+
+/* The non-finite check of a forward (runtime/model_forward.c): a work-item that finds NaN or Inf
+ * (all exponent bits set: a bit test, immune to fast-math) in its stretch of x [n] lowers *flag to
+ * tag with atomic_min, so after a step *flag holds the smallest tag that went bad (the first
+ * layer). Nothing is written while all is finite, so the flag needs no reset per step. */
+__kernel void clnpu_nonfinite_tag(__global const uint *x, const ulong n, const int tag, __global int *flag)
+{
+    const size_t stride = get_global_size(0);
+    uint bad = 0;
+    for (size_t i = get_global_id(0); i < n; i += stride) bad |= (x[i] & 0x7f800000u) == 0x7f800000u;
+    if (bad) atomic_min(flag, tag);
+}

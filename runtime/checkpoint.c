@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "../common/error.h"
+#include "../common/file_read.h"
 #include "clnpu/checkpoint.h"
 #include "safetensors_internal.h"
 
@@ -20,27 +21,10 @@ struct clnpu_checkpoint {
 
 static char *read_text(const char *path, size_t *len, clnpu_status *st)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        *st = clnpu_fail(errno == ENOENT ? CLNPU_ERR_NOT_FOUND : CLNPU_ERR_IO, "%s: cannot open: %s", path,
-                         strerror(errno));
-        return NULL;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        fclose(f);
-        *st = clnpu_fail(CLNPU_ERR_IO, "%s: read error", path);
-        return NULL;
-    }
-    fclose(f);
-    buf[n] = '\0';
-    *len = (size_t)n;
-    *st = CLNPU_OK;
-    return buf;
+    char *buf = NULL;
+    *st = clnpu_file_read_all(path, &buf, len); /* a directory or FIFO here is an error, not a hang */
+    if (*st && errno == ENOENT) *st = CLNPU_ERR_NOT_FOUND; /* no index: a single-file checkpoint */
+    return *st ? NULL : buf;
 }
 
 clnpu_status clnpu_checkpoint_parse_index(const char *json, size_t len, const char *origin, char ***out_names,

@@ -8,6 +8,7 @@
 #include <strings.h>
 
 #include "../common/error.h"
+#include "../common/file_read.h"
 #include "clnpu/model.h"
 
 typedef struct cfg_ctx {
@@ -39,7 +40,8 @@ static clnpu_status get_double(const cfg_ctx *c, const cJSON *obj, const char *k
         *out = def;
         return CLNPU_OK;
     }
-    if (!cJSON_IsNumber(v)) return clnpu_fail(CLNPU_ERR_PARSE, "%s: \"%s\" must be a number", c->origin, key);
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble)) /* 1e999 parses as inf */
+        return clnpu_fail(CLNPU_ERR_PARSE, "%s: \"%s\" must be a finite number", c->origin, key);
     *out = v->valuedouble;
     return CLNPU_OK;
 }
@@ -105,13 +107,23 @@ static clnpu_status parse_rope(const cfg_ctx *c, clnpu_model_config *m)
 clnpu_status clnpu_model_config_parse(const char *json, size_t len, const char *origin, clnpu_model_config *m)
 {
     memset(m, 0, sizeof *m);
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, false);
     if (!root) return clnpu_fail(CLNPU_ERR_PARSE, "%s: not valid JSON", origin);
+    /* text after the object (a second object, garbage) is an error, not ignored */
+    for (const char *p = end; p && p < json + len; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r' && !(*p == '\0' && p + 1 == json + len)) {
+            cJSON_Delete(root);
+            return clnpu_fail(CLNPU_ERR_PARSE, "%s: text after the JSON object (at byte %zu)", origin, (size_t)(p - json));
+        }
     cfg_ctx c = {root, origin};
     clnpu_status st = CLNPU_OK;
     if (!cJSON_IsObject(root)) st = clnpu_fail(CLNPU_ERR_PARSE, "%s: not a JSON object", origin);
     const char *type = st ? NULL : get_str(root, "model_type");
-    if (!st && !type) st = clnpu_fail(CLNPU_ERR_PARSE, "%s: missing required field \"model_type\"", origin);
+    if (!st && !type)
+        st = clnpu_fail(CLNPU_ERR_PARSE, cJSON_GetObjectItemCaseSensitive(root, "model_type")
+                                             ? "%s: \"model_type\" must be a string (\"axk1\" or \"deepseek_v3\")"
+                                             : "%s: missing required field \"model_type\"", origin);
     bool axk1 = false;
     if (!st) {
         axk1 = !strcasecmp(type, "axk1");
@@ -145,6 +157,9 @@ clnpu_status clnpu_model_config_parse(const char *json, size_t len, const char *
         st = get_size(&c, root, sizes[i].key, sizes[i].req, sizes[i].def, sizes[i].dst);
     if (!st) st = get_double(&c, root, "routed_scaling_factor", axk1 ? 2.5 : 1.0, &m->routed_scaling_factor);
     if (!st) st = get_double(&c, root, "rms_norm_eps", 1e-6, &m->rms_norm_eps);
+    /* x / sqrt(mean(x^2) + eps): a negative eps makes every small row NaN */
+    if (!st && !(m->rms_norm_eps >= 0 && m->rms_norm_eps < 1))
+        st = clnpu_fail(CLNPU_ERR_PARSE, "%s: \"rms_norm_eps\" is %g: it must be in [0, 1)", origin, m->rms_norm_eps);
     if (!st) st = get_bool(&c, root, "norm_topk_prob", true, &m->norm_topk_prob);
     if (!st) st = get_bool(&c, root, "tie_word_embeddings", false, &m->tie_word_embeddings);
     if (!st) st = get_bool(&c, root, "rope_interleave", true, &m->rope_interleave);
@@ -164,6 +179,22 @@ clnpu_status clnpu_model_config_parse(const char *json, size_t len, const char *
     if (!st && qc && !cJSON_IsNull(qc))
         st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: quantized checkpoints (quantization_config) are not "
                         "loaded yet; use --weights int8|fp8 on a bf16 checkpoint", origin);
+    /* Bounds (far past every real model: DeepSeek-V3 has 61 layers, 256 experts, 128 heads, a
+     * 163840 context) that keep the counts the loader multiplies inside size_t and host arrays
+     * inside what an allocator can give; dimensions past 2^32 could not be kernel arguments. */
+    if (!st && (m->num_hidden_layers > 4096 || m->n_routed_experts > 65536 || m->num_attention_heads > 65536 ||
+                m->num_experts_per_tok > 65536 || m->n_group > 65536 || m->n_shared_experts > 65536))
+        st = clnpu_fail(CLNPU_ERR_PARSE, "%s: num_hidden_layers (at most 4096), n_routed_experts, num_attention_heads, "
+                        "num_experts_per_tok, n_group and n_shared_experts (at most 65536) are out of range", origin);
+    const size_t dims[] = {m->vocab_size, m->hidden_size, m->intermediate_size, m->moe_intermediate_size,
+                           m->q_lora_rank, m->kv_lora_rank, m->qk_nope_head_dim, m->qk_rope_head_dim, m->v_head_dim};
+    for (size_t i = 0; !st && i < sizeof dims / sizeof dims[0]; i++)
+        if (dims[i] > ((size_t)1 << 32))
+            st = clnpu_fail(CLNPU_ERR_PARSE, "%s: a size of %zu is past 2^32 (vocab, hidden, intermediate, lora ranks and "
+                            "head dims)", origin, dims[i]);
+    if (!st && (!m->max_position_embeddings || m->max_position_embeddings > ((size_t)1 << 26)))
+        st = clnpu_fail(CLNPU_ERR_PARSE, "%s: \"max_position_embeddings\" is %zu: it must be 1..%zu", origin,
+                        m->max_position_embeddings, (size_t)1 << 26);
     /* Consistency the math relies on. */
     if (!st && (!m->hidden_size || !m->num_attention_heads || !m->num_hidden_layers || !m->vocab_size ||
                 !m->kv_lora_rank || !m->qk_rope_head_dim || m->qk_rope_head_dim % 2))
@@ -182,14 +213,14 @@ clnpu_status clnpu_model_config_parse(const char *json, size_t len, const char *
 
 clnpu_status clnpu_model_config_load(const char *path, clnpu_model_config *out)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf, f);
-    bool big = !feof(f);
-    fclose(f);
-    if (big) return clnpu_fail(CLNPU_ERR_PARSE, "%s: larger than 64 KiB: not a model config", path);
-    return clnpu_model_config_parse(buf, n, path, out);
+    char *buf;
+    size_t n;
+    /* a real config is a few KiB; a directory or FIFO is refused by name, not misread */
+    clnpu_status st = clnpu_file_read_capped(path, 1 << 16, &buf, &n);
+    if (st) return st;
+    st = clnpu_model_config_parse(buf, n, path, out);
+    free(buf);
+    return st;
 }
 
 bool clnpu_model_config_is_moe(const clnpu_model_config *c, size_t l)

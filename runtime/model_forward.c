@@ -74,6 +74,38 @@ size_t clnpu_model_sequence_length(const clnpu_model *m, size_t seq)
     return seq < m->opt.max_sequences ? m->seq_len[seq] : 0;
 }
 
+/* Queue the non-finite check of n floats of b under tag (0: the embedding, l + 1: layer l's
+ * output, layers + 1: the logits). One tiny kernel; the host reads the one flag per step. Rank 0
+ * of a tensor-parallel group checks for all (its h is the group's). */
+static clnpu_status check_finite(clnpu_model *m, clnpu_buffer *b, size_t n, size_t tag)
+{
+    if (m->tp_rank || !n) return CLNPU_OK;
+    cl_mem x = clnpu_mem(b), f = clnpu_mem(m->nonfinite);
+    cl_ulong nn = n; /* T x vocab can pass 2^32 */
+    cl_int t = (cl_int)tag;
+    clnpu_karg a[] = {KARG(x), KARG(nn), KARG(t), KARG(f)};
+    size_t g[1] = {n < 1024 ? n : 1024}, l[1] = {64}; /* each work-item strides over the rest */
+    return clnpu_launch(m->dev, "elementwise.cl", NULL, "clnpu_nonfinite_tag", 1, g, l, a, 4);
+}
+
+/* After a step: the error naming where values first turned NaN / Inf, and the flag reset. */
+static clnpu_status nonfinite_report(clnpu_model *m)
+{
+    if (m->tp_rank) return CLNPU_OK;
+    cl_int tag = CL_INT_MAX;
+    clnpu_status st = clnpu_buffer_read(m->nonfinite, 0, &tag, sizeof tag);
+    if (st || tag == CL_INT_MAX) return st;
+    const cl_int reset = CL_INT_MAX;
+    clnpu_buffer_write(m->nonfinite, 0, &reset, sizeof reset);
+    const size_t L = m->cfg.num_hidden_layers;
+    char where[96];
+    if (tag == 0) snprintf(where, sizeof where, "the embedding output (model.embed_tokens.weight)");
+    else if ((size_t)tag <= L) snprintf(where, sizeof where, "the output of layer %d (model.layers.%d)", tag - 1, tag - 1);
+    else snprintf(where, sizeof where, "the logits (model.norm.weight and the LM head)");
+    return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "non-finite values (NaN or Inf) in %s: the weights or the config are "
+                      "broken (a scan of the weights at load, clnpu run --check-weights, names bad tensors)", where);
+}
+
 static clnpu_status capture(clnpu_model *m, size_t index, clnpu_buffer *b, size_t T)
 {
     if (!m->opt.capture) return CLNPU_OK;
@@ -206,6 +238,7 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
     } else if (!st) {
         st = clnpu_buffer_write(m->h, 0, h_in, T * d * sizeof(float)); /* from the previous stage */
     }
+    if (!st && m->opt.embed) st = check_finite(m, m->h, T * d, 0);
     if (!st && m->opt.embed) st = capture(m, 0, m->h, T);
     const clnpu_view hv = {m->h, 0, d}, av = {m->a, 0, d}, none = {0};
     const float eps = (float)c->rms_norm_eps;
@@ -282,6 +315,7 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
                 st = clnpu_moe_block_last_routing(ly->moe, m->route_ids + off, m->route_w + off);
             }
         }
+        if (!st && !idle) st = check_finite(m, m->h, T * d, l + 1);
         if (!st) st = capture(m, l + 1, m->h, T);
     }
     if (!st && !m->opt.head && h_out) st = clnpu_buffer_read(m->h, 0, h_out, T * d * sizeof(float));
@@ -296,6 +330,7 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
         st = mm(m, m->lm_head, 0, m->a, h0 * d, d, m->logits, 0, ld, HT, CLNPU_EPILOGUE_NONE);
         if (!st && m->tp)
             st = clnpu_tp_gather_columns(m->tp, m->tp_rank, m->logits, HT, m->v0, m->vocab, c->vocab_size, m->logits_host);
+        if (!st) st = check_finite(m, m->logits, HT * c->vocab_size, c->num_hidden_layers + 1);
         /* sampling on the device: only the ids cross back */
         if (!st && m->sample)
             st = clnpu_sample(m->dev, m->sampled, (clnpu_view){m->logits, 0, c->vocab_size}, HT, c->vocab_size, m->sample,
@@ -308,6 +343,7 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
     /* Always: the queued upload reads m->step_host until here, even after a failure. */
     clnpu_status fin = clnpu_device_finish(m->dev);
     if (!st) st = fin;
+    if (!st) st = nonfinite_report(m);
     if (!st) {
         m->captured_tokens = T;
         for (size_t i = 0; i < T; i++)

@@ -61,6 +61,7 @@ struct clnpu_model {
     clnpu_buffer *latent, *kvfull, *kfull; /* prefill: whole-context expansion */
     clnpu_buffer *q_abs, *z, *qpe, *lens;   /* decode */
     clnpu_buffer *sampled;                  /* decode: ids drawn on the device */
+    clnpu_buffer *nonfinite; /* one int: the first tag whose tensor held NaN / Inf (CL_INT_MAX: none) */
     clnpu_buffer *step_bt;  /* decode: block-table rows in batch order (row b = sequence seq_of[b]) */
     int *step_bt_host;      /* its host side, uploaded without waiting */
     clnpu_buffer *stepbuf;  /* parent of ids, pos, seqs, lens: one upload per step */

@@ -5,7 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/checked.h"
 #include "../common/error.h"
+#include "gemm_internal.h"
 #include "../common/hash.h"
 #include "model_internal.h"
 #include "tp.h"
@@ -50,6 +52,45 @@ static float rnd_uniform(uint64_t *s)
     return (float)((*s >> 40) / 16777216.0) * 2.0f - 1.0f;
 }
 
+/* The first element of a bf16 / f16 / f32 array that is NaN or Inf (all exponent bits set), or
+ * SIZE_MAX: a bit test, so it costs one pass over the bytes. */
+static size_t first_nonfinite(clnpu_dtype dt, const void *data, size_t count)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < count; i++) {
+        if (dt == CLNPU_DTYPE_F32) {
+            uint32_t b;
+            memcpy(&b, p + 4 * i, 4);
+            if ((b & 0x7f800000u) == 0x7f800000u) return i;
+        } else {
+            uint16_t b;
+            memcpy(&b, p + 2 * i, 2);
+            const uint16_t mask = dt == CLNPU_DTYPE_F16 ? 0x7c00 : 0x7f80;
+            if ((b & mask) == mask) return i;
+        }
+    }
+    return SIZE_MAX;
+}
+
+/* --check-weights: refuse a stored matrix holding NaN or Inf, naming the tensor and the element. */
+static clnpu_status check_finite(const loader *L, const char *name, const clnpu_weight_desc *d, const char *file)
+{
+    if (!L->opt->check_weights) return CLNPU_OK;
+    const size_t at = first_nonfinite(d->dtype, d->data, d->n * d->k);
+    if (at == SIZE_MAX) return CLNPU_OK;
+    const float v = clnpu_weight_desc_element(d, at / d->k, at % d->k);
+    return clnpu_fail(CLNPU_ERR_PARSE, "%s: element %zu (row %zu, column %zu) is %s (%s)", name, at, at / d->k,
+                      at % d->k, isinf(v) ? "infinite" : "NaN", file);
+}
+
+/* A stored matrix must be a weight dtype this loader reads (integer and fp8 tensors need scales). */
+static clnpu_status check_weight_dtype(const char *name, const clnpu_tensor_info *t)
+{
+    if (t->dtype == CLNPU_DTYPE_BF16 || t->dtype == CLNPU_DTYPE_F16 || t->dtype == CLNPU_DTYPE_F32) return CLNPU_OK;
+    return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: dtype %s is not a weight dtype here (bf16, f16, f32) (%s)", name,
+                      clnpu_dtype_name(t->dtype), t->file);
+}
+
 /* Convert a weight to the requested --weights format (int8 per group of 128, or fp8 blocks). */
 static clnpu_status requantize(loader *L, const char *name, clnpu_weight_desc *out)
 {
@@ -57,9 +98,12 @@ static clnpu_status requantize(loader *L, const char *name, clnpu_weight_desc *o
     if (L->opt->weights == CLNPU_DTYPE_I8 || L->opt->weights == CLNPU_DTYPE_FP8_E4M3) {
         float *f = malloc(n * k * sizeof *f);
         if (!f) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for %s", name);
-        clnpu_weight_desc_to_f32(out, f);
+        clnpu_status st = clnpu_weight_desc_to_f32(out, f); /* failing, f would be uninitialised */
+        if (st) {
+            free(f);
+            return clnpu_fail_context(st, "%s", name);
+        }
         void *q = keep(L, malloc(n * k));
-        clnpu_status st;
         if (L->opt->weights == CLNPU_DTYPE_I8) {
             float *sc = keep(L, malloc(n * ((k + 127) / 128) * sizeof *sc));
             st = q && sc ? clnpu_quantize_i8(f, n, k, 128, q, sc) : CLNPU_ERR_OUT_OF_MEMORY;
@@ -80,15 +124,20 @@ static clnpu_status get_raw(loader *L, const char *name, size_t n, size_t k, cln
 {
     memset(out, 0, sizeof *out);
     out->n = n, out->k = k;
+    /* every host copy of this matrix (f32 for quantising, a column slice) is at most n * k * 4
+     * bytes: checked once here, so none of those products can wrap */
+    size_t bytes;
+    if (!clnpu_size_mul3(n, k, 4, &bytes))
+        return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "%s: a %zu x %zu matrix does not fit in memory", name, n, k);
     if (L->ck) {
         const clnpu_tensor_info *t;
         int64_t shape[2] = {(int64_t)n, (int64_t)k};
         clnpu_status st = clnpu_checkpoint_require(L->ck, name, 2, shape, &t);
+        if (!st) st = check_weight_dtype(name, t);
         if (st) return st;
-        if (t->dtype != CLNPU_DTYPE_BF16 && t->dtype != CLNPU_DTYPE_F16 && t->dtype != CLNPU_DTYPE_F32)
-            return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: dtype %s is not a weight dtype here (bf16, f16, f32) (%s)",
-                              name, clnpu_dtype_name(t->dtype), t->file);
         out->dtype = t->dtype, out->data = t->data;
+        st = check_finite(L, name, out, t->file);
+        if (st) return st;
     } else {
         uint16_t *w = keep(L, malloc(n * k * 2));
         if (!w) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for %s", name);
@@ -154,6 +203,11 @@ static clnpu_status get_vec(loader *L, const char *name, size_t n, float fill, f
             default: return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: dtype %s for a vector (%s)", name,
                                        clnpu_dtype_name(t->dtype), t->file);
             }
+            /* a few numbers, always checked: a NaN norm weight poisons every token, a NaN router
+             * bias silently changes which experts run */
+            if (!isfinite(v[i]))
+                return clnpu_fail(CLNPU_ERR_PARSE, "%s: element %zu is %s (%s)", name, i, isnan(v[i]) ? "NaN" : "infinite",
+                                  t->file);
         }
     } else {
         uint64_t s = name_seed(L, name);
@@ -270,13 +324,21 @@ static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *l
         snprintf(name, sizeof name, "model.layers.%zu.mlp.experts.down_proj", l);
         int64_t d3[3] = {(int64_t)E, (int64_t)H, (int64_t)I};
         if (!st) st = clnpu_checkpoint_require(L->ck, name, 3, d3, &dn);
-        const size_t es = gu ? clnpu_dtype_size(gu->dtype) : 0;
+        char gname[256];
+        snprintf(gname, sizeof gname, "model.layers.%zu.mlp.experts.gate_up_proj", l);
+        if (!st) st = check_weight_dtype(gname, gu);
+        if (!st) st = check_weight_dtype(name, dn);
+        /* each tensor is stepped with its own element size: the two may differ */
+        const size_t ges = st ? 0 : clnpu_dtype_size(gu->dtype), des = st ? 0 : clnpu_dtype_size(dn->dtype);
         for (size_t e = 0; !st && e < E; e++) {
-            g[e] = (clnpu_weight_desc){gu->dtype, I, H, (const char *)gu->data + e * 2 * I * H * es, NULL, 0};
-            u[e] = (clnpu_weight_desc){gu->dtype, I, H, (const char *)gu->data + (e * 2 + 1) * I * H * es, NULL, 0};
-            d[e] = (clnpu_weight_desc){dn->dtype, H, I, (const char *)dn->data + e * H * I * es, NULL, 0};
-            if (!st) st = requantize(L, name, &g[e]);
-            if (!st) st = requantize(L, name, &u[e]);
+            g[e] = (clnpu_weight_desc){gu->dtype, I, H, (const char *)gu->data + e * 2 * I * H * ges, NULL, 0};
+            u[e] = (clnpu_weight_desc){gu->dtype, I, H, (const char *)gu->data + (e * 2 + 1) * I * H * ges, NULL, 0};
+            d[e] = (clnpu_weight_desc){dn->dtype, H, I, (const char *)dn->data + e * H * I * des, NULL, 0};
+            st = check_finite(L, gname, &g[e], gu->file);
+            if (!st) st = check_finite(L, gname, &u[e], gu->file);
+            if (!st) st = check_finite(L, name, &d[e], dn->file);
+            if (!st) st = requantize(L, gname, &g[e]);
+            if (!st) st = requantize(L, gname, &u[e]);
             if (!st) st = requantize(L, name, &d[e]);
         }
     } else {
@@ -369,7 +431,8 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
 
 clnpu_model_options clnpu_model_options_default(void)
 {
-    clnpu_model_options o = {4, 0, 512, 16, -1, 0x5eed, false, false, 0, (size_t)-1, true, true, NULL, 0, false, CLNPU_DTYPE_F32, 0};
+    clnpu_model_options o = {4, 0, 512, 16, -1, 0x5eed, false, false, 0, (size_t)-1, true, true, NULL, 0, false, CLNPU_DTYPE_F32, 0,
+                             false};
     return o;
 }
 
@@ -392,7 +455,7 @@ void clnpu_model_destroy(clnpu_model *m)
     free(m->layers);
     clnpu_buffer *bs[] = {m->embed, m->final_norm, m->block_table_dev, m->h, m->a, m->cq, m->q, m->kv0, m->attn,
                           m->mlp, m->mlp_h, m->logits, m->ids, m->pos, m->seqs, m->latent, m->kvfull, m->kfull,
-                          m->q_abs, m->z, m->qpe, m->lens, m->sampled, m->step_bt, m->stepbuf}; /* views before their parent */
+                          m->q_abs, m->z, m->qpe, m->lens, m->sampled, m->step_bt, m->stepbuf, m->nonfinite}; /* views before their parent */
     for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) clnpu_buffer_destroy(bs[i]);
     clnpu_weight_destroy(m->lm_head);
     clnpu_rope_table_destroy(m->rope);
@@ -447,14 +510,15 @@ static clnpu_status alloc_activations(clnpu_model *m)
     const size_t R = c->kv_lora_rank, B = m->opt.max_sequences;
     size_t mlp = c->intermediate_size > c->moe_intermediate_size ? c->intermediate_size : c->moe_intermediate_size;
     if (mlp < d) mlp = d;
-    struct { clnpu_buffer **b; size_t bytes; } a[] = {
-        {&m->h, T * d * 4}, {&m->a, T * d * 4}, {&m->cq, T * (c->q_lora_rank ? c->q_lora_rank : 1) * 4},
-        {&m->q, T * H * m->dqk * 4}, {&m->kv0, T * m->lat * 4}, {&m->attn, T * H * c->v_head_dim * 4},
-        {&m->mlp, T * d * 4}, {&m->mlp_h, T * mlp * 4}, {&m->logits, (m->opt.head ? T : 1) * c->vocab_size * 4},
-        {&m->latent, S * m->lat * 4}, {&m->kvfull, S * H * (c->qk_nope_head_dim + c->v_head_dim) * 4},
-        {&m->kfull, S * H * m->dqk * 4}, {&m->q_abs, B * H * R * 4}, {&m->z, B * H * R * 4},
-        {&m->qpe, B * H * c->qk_rope_head_dim * 4}, {&m->sampled, T * 4},
-        {&m->block_table_dev, B * m->max_blocks * 4}, {&m->step_bt, B * m->max_blocks * 4},
+    /* 4-byte elements, x * y * z of them: multiplied with overflow checks (sizes from a config) */
+    struct { clnpu_buffer **b; size_t x, y, z; } a[] = {
+        {&m->h, T, d, 1}, {&m->a, T, d, 1}, {&m->cq, T, c->q_lora_rank ? c->q_lora_rank : 1, 1},
+        {&m->q, T, H, m->dqk}, {&m->kv0, T, m->lat, 1}, {&m->attn, T, H, c->v_head_dim},
+        {&m->mlp, T, d, 1}, {&m->mlp_h, T, mlp, 1}, {&m->logits, m->opt.head ? T : 1, c->vocab_size, 1},
+        {&m->latent, S, m->lat, 1}, {&m->kvfull, S, H, c->qk_nope_head_dim + c->v_head_dim},
+        {&m->kfull, S, H, m->dqk}, {&m->q_abs, B, H, R}, {&m->z, B, H, R},
+        {&m->qpe, B, H, c->qk_rope_head_dim}, {&m->sampled, T, 1, 1},
+        {&m->block_table_dev, B, m->max_blocks, 1}, {&m->step_bt, B, m->max_blocks, 1},
     };
     /* A step's small inputs (token ids, positions, sequences, lengths) sit in one buffer, each
      * in an aligned slot seen as a buffer of its own, so a step uploads them in one write. */
@@ -465,9 +529,18 @@ static clnpu_status alloc_activations(clnpu_model *m)
     if (!st && !(m->step_bt_host = malloc(B * m->max_blocks * sizeof(int))))
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     if (!st) st = clnpu_buffer_create(m->dev, 4 * m->step_slot, &m->stepbuf);
+    const cl_int none = CL_INT_MAX;
+    if (!st) st = clnpu_buffer_create(m->dev, sizeof none, &m->nonfinite);
+    if (!st) st = clnpu_buffer_write(m->nonfinite, 0, &none, sizeof none);
     clnpu_buffer **slots[] = {&m->ids, &m->pos, &m->seqs, &m->lens};
     for (size_t i = 0; !st && i < 4; i++) st = clnpu_buffer_create_sub(m->stepbuf, i * m->step_slot, m->step_slot, slots[i]);
-    for (size_t i = 0; !st && i < sizeof a / sizeof a[0]; i++) st = clnpu_buffer_create(m->dev, a[i].bytes, a[i].b);
+    for (size_t i = 0; !st && i < sizeof a / sizeof a[0]; i++) {
+        size_t bytes;
+        if (!clnpu_size_mul3(a[i].x, a[i].y, a[i].z, &bytes) || !clnpu_size_mul(bytes, 4, &bytes))
+            st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "an activation of %zu x %zu x %zu floats does not fit in memory",
+                            a[i].x, a[i].y, a[i].z);
+        if (!st) st = clnpu_buffer_create(m->dev, bytes, a[i].b);
+    }
     return st ? clnpu_fail_context(st, "allocating activations for %zu tokens per step, context %zu", T, S) : CLNPU_OK;
 }
 
@@ -508,20 +581,31 @@ static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cf
     m->dqk = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim;
     m->lat = cfg->kv_lora_rank + cfg->qk_rope_head_dim;
     m->scale = (float)clnpu_rope_softmax_scale(&cfg->rope, m->dqk);
-    m->max_blocks = (m->opt.max_context + m->opt.page_size - 1) / m->opt.page_size;
-    m->pages = m->max_blocks * m->opt.max_sequences;
-    if (m->opt.cache_pages && m->opt.cache_pages < m->pages) m->pages = m->opt.cache_pages;
     clnpu_status st = CLNPU_OK;
-    if (m->opt.latent_cache != CLNPU_DTYPE_F32 && m->opt.latent_cache != CLNPU_DTYPE_BF16)
+    /* sizes from the caller and the config, bounded before they are multiplied */
+    if (m->opt.max_context > cfg->max_position_embeddings)
+        st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "a context of %zu tokens is past the model's max_position_embeddings "
+                        "(%zu)", m->opt.max_context, cfg->max_position_embeddings);
+    else if (m->opt.max_sequences > 65536 || m->opt.max_tokens > ((size_t)1 << 24) || m->opt.page_size > 65536)
+        st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "model options out of range: %zu sequences (at most 65536), %zu "
+                        "tokens per step (2^24), pages of %zu rows (65536)", m->opt.max_sequences, m->opt.max_tokens,
+                        m->opt.page_size);
+    m->max_blocks = st ? 0 : (m->opt.max_context + m->opt.page_size - 1) / m->opt.page_size;
+    const size_t table = m->max_blocks * m->opt.max_sequences; /* block-table entries */
+    m->pages = table;
+    if (m->opt.cache_pages && m->opt.cache_pages < m->pages) m->pages = m->opt.cache_pages;
+    if (!st && m->opt.latent_cache != CLNPU_DTYPE_F32 && m->opt.latent_cache != CLNPU_DTYPE_BF16)
         st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "a %s latent cache: f32 or bf16",
                         clnpu_dtype_name(m->opt.latent_cache) ? clnpu_dtype_name(m->opt.latent_cache) : "?");
-    m->layers = calloc(cfg->num_hidden_layers, sizeof *m->layers);
-    m->block_table = malloc(m->opt.max_sequences * m->max_blocks * sizeof *m->block_table);
-    m->free_pages = malloc(m->pages * sizeof *m->free_pages);
-    m->page_refs = calloc(m->pages, sizeof *m->page_refs);
-    m->seq_len = calloc(m->opt.max_sequences, sizeof *m->seq_len);
-    if (!m->layers || !m->block_table || !m->free_pages || !m->page_refs || !m->seq_len)
-        st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (!st) {
+        m->layers = calloc(cfg->num_hidden_layers, sizeof *m->layers);
+        m->block_table = malloc((table ? table : 1) * sizeof *m->block_table);
+        m->free_pages = malloc((m->pages ? m->pages : 1) * sizeof *m->free_pages);
+        m->page_refs = calloc(m->pages ? m->pages : 1, sizeof *m->page_refs);
+        m->seq_len = calloc(m->opt.max_sequences ? m->opt.max_sequences : 1, sizeof *m->seq_len);
+        if (!m->layers || !m->block_table || !m->free_pages || !m->page_refs || !m->seq_len)
+            st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    }
     for (size_t i = 0; !st && i < m->opt.max_sequences * m->max_blocks; i++) m->block_table[i] = -1;
     for (size_t i = 0; !st && i < m->pages; i++) m->free_pages[i] = (int)(m->pages - 1 - i);
     m->nfree = m->pages;
@@ -545,9 +629,12 @@ static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cf
     free(L.allocs);
     if (!st && m->opt.capture) {
         const size_t T = m->opt.max_tokens;
-        m->hidden = calloc((cfg->num_hidden_layers + 2) * T * cfg->hidden_size, sizeof *m->hidden);
-        m->route_ids = calloc(cfg->num_hidden_layers * T * cfg->num_experts_per_tok, sizeof *m->route_ids);
-        m->route_w = calloc(cfg->num_hidden_layers * T * cfg->num_experts_per_tok, sizeof *m->route_w);
+        size_t nh, nr; /* products of config sizes: checked (a wrapped count would under-allocate) */
+        const bool fit = clnpu_size_mul3(cfg->num_hidden_layers + 2, T, cfg->hidden_size, &nh) &&
+                         clnpu_size_mul3(cfg->num_hidden_layers, T, cfg->num_experts_per_tok, &nr);
+        m->hidden = fit ? calloc(nh, sizeof *m->hidden) : NULL;
+        m->route_ids = fit ? calloc(nr ? nr : 1, sizeof *m->route_ids) : NULL;
+        m->route_w = fit ? calloc(nr ? nr : 1, sizeof *m->route_w) : NULL;
         if (!m->hidden || !m->route_ids || !m->route_w) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     }
     if (st) {

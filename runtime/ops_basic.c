@@ -1,5 +1,6 @@
 /* Row-wise operators: RMSNorm (+ fused residual add), SiLU product, embedding, softmax,
  * argmax, sampling. */
+#include <math.h>
 #include <stdio.h>
 
 #include "../common/error.h"
@@ -129,11 +130,16 @@ clnpu_status clnpu_sample(clnpu_device *dev, clnpu_buffer *out, clnpu_view x, si
     if (!st && (!out || clnpu_buffer_size(out) < rows * 4))
         st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "sample: output must hold %zu ints", rows);
     if (!st && !p) st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "sample: no parameters");
+    /* NaN passes every <= test and would sample garbage: refuse it */
+    if (!st && (isnan(p->temperature) || isinf(p->temperature) || isnan(p->top_p)))
+        st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "sample: temperature %g, top_p %g: not numbers", p->temperature,
+                        p->top_p);
     if (st || !rows) return st;
     if (x.offset) return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "sample: views with offsets are not supported");
     cl_mem mo = clnpu_mem(out), mx = clnpu_mem(x.buf);
     cl_uint ld = (cl_uint)x.ld, nn = (cl_uint)n, k = p->top_k;
-    cl_float t = p->temperature, tp = p->top_p;
+    /* a temperature whose inverse overflows float (below ~3e-39) samples as greedy, its limit */
+    cl_float t = p->temperature > 0 && isinf(1.0f / p->temperature) ? 0.0f : p->temperature, tp = p->top_p;
     cl_ulong seed = p->seed, s = step;
     clnpu_karg a[] = {KARG(mo), KARG(mx), KARG(ld), KARG(nn), KARG(t), KARG(k), KARG(tp), KARG(seed), KARG(s)};
     size_t g[1] = {rows};

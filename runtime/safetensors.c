@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "../common/error.h"
+#include "../common/file_read.h"
 #include "clnpu/checkpoint.h"
 #include "safetensors_internal.h"
 
@@ -135,9 +136,14 @@ clnpu_status clnpu_safetensors_parse(const char *header, size_t len, const void 
     }
     cJSON_Delete(root);
     if (!st && f->count) {
-        /* Overlap check on the byte ranges, then sort by name for lookups. */
-        clnpu_tensor_info **byoff = malloc(f->count * sizeof *byoff);
-        if (!byoff) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+        /* Sort by name for lookups: a name given twice is reported as such (before its two equal
+         * byte ranges would be reported as an overlap), then the byte ranges must not overlap. */
+        qsort(f->items, f->count, sizeof *f->items, cmp_name);
+        for (size_t i = 1; !st && i < f->count; i++)
+            if (!strcmp(f->items[i - 1].name, f->items[i].name))
+                st = clnpu_fail(CLNPU_ERR_PARSE, "%s: tensor %s appears twice in the header", origin, f->items[i].name);
+        clnpu_tensor_info **byoff = st ? NULL : malloc(f->count * sizeof *byoff);
+        if (!st && !byoff) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
         for (size_t i = 0; !st && i < f->count; i++) byoff[i] = &f->items[i];
         if (!st) qsort(byoff, f->count, sizeof *byoff, cmp_off);
         for (size_t i = 1; !st && i < f->count; i++)
@@ -146,10 +152,6 @@ clnpu_status clnpu_safetensors_parse(const char *header, size_t len, const void 
                 st = clnpu_fail(CLNPU_ERR_PARSE, "%s: tensors %s and %s overlap", origin, byoff[i - 1]->name,
                                 byoff[i]->name);
         free(byoff);
-        if (!st) qsort(f->items, f->count, sizeof *f->items, cmp_name);
-        for (size_t i = 1; !st && i < f->count; i++)
-            if (!strcmp(f->items[i - 1].name, f->items[i].name))
-                st = clnpu_fail(CLNPU_ERR_PARSE, "%s: tensor %s appears twice", origin, f->items[i].name);
     }
     if (st) {
         clnpu_safetensors_close(f);
@@ -162,14 +164,10 @@ clnpu_status clnpu_safetensors_parse(const char *header, size_t len, const void 
 clnpu_status clnpu_safetensors_open(const char *path, clnpu_safetensors **out)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb)) {
-        close(fd);
-        return clnpu_fail(CLNPU_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
-    }
-    size_t size = (size_t)sb.st_size;
+    int fd;
+    size_t size;
+    clnpu_status ost = clnpu_file_open_regular(path, &fd, &size); /* a FIFO shard would block in open() */
+    if (ost) return ost; /* CLNPU_ERR_IO; callers tell a missing file by errno (ENOENT) */
     if (size < 8) {
         close(fd);
         return clnpu_fail(CLNPU_ERR_PARSE, "%s: %zu bytes is too short for a safetensors file", path, size);
@@ -234,13 +232,13 @@ clnpu_status clnpu_safetensors_write(const char *path, const clnpu_tensor_out *t
     cJSON_Delete(root);
     if (!hdr) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     uint64_t hlen = strlen(hdr);
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
+    clnpu_file_out out; /* through a symlink to its target; a device or FIFO is refused */
+    clnpu_status st = clnpu_file_out_open(path, &out);
+    if (st) {
         free(hdr);
-        return clnpu_fail(CLNPU_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+        return st;
     }
+    FILE *f = out.f;
     bool ok = fwrite(&hlen, 8, 1, f) == 1 && fwrite(hdr, 1, hlen, f) == hlen;
     for (size_t i = 0; ok && i < n; i++) {
         uint64_t elems = 1;
@@ -249,10 +247,11 @@ clnpu_status clnpu_safetensors_write(const char *path, const clnpu_tensor_out *t
         ok = fwrite(ts[i].data, 1, bytes, f) == bytes;
     }
     free(hdr);
-    ok = fclose(f) == 0 && ok;
-    if (!ok || rename(tmp, path)) {
-        unlink(tmp);
+    if (!ok) {
+        clnpu_file_out_abort(&out);
         return clnpu_fail(CLNPU_ERR_IO, "%s: write failed", path);
     }
+    st = clnpu_file_out_commit(&out);
+    if (st) return st;
     return CLNPU_OK;
 }

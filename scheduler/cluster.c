@@ -114,7 +114,10 @@ static clnpu_status apply_overrides(const ctx *c, const yaml_node_t *n, clnpu_pr
         yaml_node_t *x = get(c, n, keys[i]);
         if (!x) continue;
         if ((st = num(c, x, keys[i], &v))) break;
-        if (i == 0) p->memory_bytes = (int64_t)v;
+        /* range first: casting a double past int64 is undefined (1e19 became negative bytes) */
+        if (i == 0 && !(v <= 0x1p62))
+            st = clnpu_yaml_fail_at(c->origin, x, "memory_bytes %g is past 2^62 bytes", v);
+        else if (i == 0) p->memory_bytes = (int64_t)v;
         else if (i == 1) p->memory_bandwidth = v;
         else p->peak[(int[]){CLNPU_PEAK_FP32, CLNPU_PEAK_FP16, CLNPU_PEAK_BF16, CLNPU_PEAK_FP8, CLNPU_PEAK_INT8}[i - 2]] = v;
     }
@@ -199,7 +202,8 @@ static clnpu_status parse_root(const ctx *c, const yaml_node_t *root, const clnp
                 if (!st && !p) st = clnpu_yaml_fail_at(c->origin, dv, "unknown device profile '%s'", pname ? pname : "(none)");
                 double n = 1;
                 if (!st && (v = get(c, dv, "count"))) st = num(c, v, "count", &n);
-                if (!st && (n < 1 || n != floor(n))) st = clnpu_yaml_fail_at(c->origin, dv, "device count must be a positive integer");
+                if (!st && (n < 1 || n != floor(n) || n > 1 << 20)) /* before the cast to size_t */
+                    st = clnpu_yaml_fail_at(c->origin, dv, "device count must be an integer from 1 to 2^20");
                 clnpu_profile prof;
                 if (!st) prof = *p;
                 if (!st && (v = get(c, dv, "overrides"))) st = apply_overrides(c, v, &prof);

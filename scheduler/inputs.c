@@ -7,9 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #include "../common/error.h"
+#include "../common/file_read.h"
 #include "../common/yaml_in.h"
 #include "clnpu/plan.h"
 
@@ -65,8 +67,14 @@ static void cal_take(const cJSON *o, cal_best *b)
 
 clnpu_status clnpu_calibration_read(const char *path, const clnpu_profile *p, clnpu_calibration *cal)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
+    clnpu_status ost = clnpu_file_open_regular(path, &fd, NULL); /* a FIFO would block fopen */
+    if (ost) return ost;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    }
     char line[4096];
     cal_best b = {0};
     size_t lineno = 0;
@@ -132,7 +140,10 @@ clnpu_status clnpu_expert_load_read(const char *path, const clnpu_graph *g, doub
             if (!is_default) {
                 yaml_node_pair_t *lp = v->data.mapping.pairs.start + li;
                 yaml_node_t *lk = yaml_document_get_node(&doc, lp->key);
-                layer = lk->type == YAML_SCALAR_NODE ? strtol((const char *)lk->data.scalar.value, NULL, 10) : -1;
+                char *lend = NULL; /* the whole key: "3abc" is not layer 3 */
+                errno = 0;
+                layer = lk->type == YAML_SCALAR_NODE ? strtol((const char *)lk->data.scalar.value, &lend, 10) : -1;
+                if (!lend || lend == (char *)lk->data.scalar.value || *lend || errno) layer = -1;
                 list = yaml_document_get_node(&doc, lp->value);
                 if (layer < (long)first || (size_t)layer >= first + moe) {
                     st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: layer %ld is not a MoE layer (%zu..%zu)", path,
@@ -153,7 +164,8 @@ clnpu_status clnpu_expert_load_read(const char *path, const clnpu_graph *g, doub
                     yaml_node_t *x = yaml_document_get_node(&doc, list->data.sequence.items.start[e]);
                     char *end;
                     double w = x->type == YAML_SCALAR_NODE ? strtod((const char *)x->data.scalar.value, &end) : -1;
-                    if (x->type != YAML_SCALAR_NODE || *end || !(w >= 0))
+                    if (x->type != YAML_SCALAR_NODE || *end || end == (char *)x->data.scalar.value || !(w >= 0) ||
+                        !isfinite(w))
                         st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: loads must be non-negative numbers", path, x->start_mark.line + 1);
                     else loads[row * g->experts + e] = w;
                 }

@@ -51,5 +51,6 @@ Suite *suite_examples(void);
 Suite *suite_tokenizer(void);
 Suite *suite_chat_template(void);
 Suite *suite_generate(void);
+Suite *suite_harden(void);
 
 #endif

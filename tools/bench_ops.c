@@ -37,7 +37,7 @@ static int parse_op_opts(int argc, char **argv, const char *op, const char *usag
         case 'h': printf("usage: %s\n\n%s\n", usage, help); return CLI_EXIT_OK;
         case OPT_JSON: o->json = true; break;
         case OPT_MIN_TIME:
-            if ((o->min_time = atof(optarg)) <= 0) return cli_usage_error(op, usage, "bad --min-time '%s'", optarg);
+            if (!cli_parse_double(optarg, 1e-6, 3600, &o->min_time)) return cli_usage_error(op, usage, "bad --min-time '%s'", optarg);
             break;
         case OPT_SIZE:
             if (o->nsizes == 8 || !cli_parse_size(optarg, &o->sizes[o->nsizes]) || !o->sizes[o->nsizes])

@@ -14,10 +14,18 @@
 /* Print "clnpu CMD: message" and the usage line to stderr; returns CLI_EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *usage, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* Print the library's last error for a failed call; returns CLI_EXIT_FAIL. */
+/* Print the library's last error for a failed call; returns CLI_EXIT_FAIL. A caller's own
+ * failure clears the message first (clnpu_error_clear) and gets the status's plain meaning. */
 int cli_fail(const char *cmd, clnpu_status st);
+/* Print "clnpu CMD: error: message" for a failure of the tool itself; returns CLI_EXIT_FAIL. */
+int cli_fail_msg(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A whole regular file of at most max bytes, NUL-terminated (free it); NULL with a message in err
+ * for anything else (missing, a directory, FIFO or device: never blocks, never reads /dev/zero). */
+char *cli_read_file(const char *path, size_t max, size_t *len, char *err, size_t errcap);
 /* Parse a non-negative integer argument; false if malformed. */
 bool cli_parse_size(const char *s, size_t *out);
+/* Parse a finite number in [lo, hi] (the whole argument; NaN and Inf refused); false if not. */
+bool cli_parse_double(const char *s, double lo, double hi, double *out);
 void cli_format_bytes(double bytes, char *out, size_t cap);
 
 /* Common device selection flags: --device N, --target NAME, --targets-dir DIR, --no-cache. */

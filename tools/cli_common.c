@@ -1,5 +1,9 @@
 /* Argument parsing, error printing and device opening shared by clnpu subcommands. */
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,20 +21,85 @@ int cli_usage_error(const char *cmd, const char *usage, const char *fmt, ...)
     return CLI_EXIT_USAGE;
 }
 
+int cli_fail_msg(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "clnpu %s: error: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n");
+    return CLI_EXIT_FAIL;
+}
+
+char *cli_read_file(const char *path, size_t max, size_t *len, char *err, size_t errcap)
+{
+    *len = 0;
+    /* O_NONBLOCK: open() of a FIFO returns at once, and fstat refuses it with anything else
+     * that is not a regular file (a directory, /dev/zero) */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb)) {
+        snprintf(err, errcap, "%s: cannot open: %s", path, strerror(errno));
+        if (fd >= 0) close(fd);
+        return NULL;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        snprintf(err, errcap, "%s: not a regular file (%s)", path,
+                 S_ISDIR(sb.st_mode) ? "a directory" : S_ISFIFO(sb.st_mode) ? "a FIFO" :
+                 S_ISCHR(sb.st_mode) ? "a character device" : S_ISBLK(sb.st_mode) ? "a block device" : "a socket");
+        close(fd);
+        return NULL;
+    }
+    if ((size_t)sb.st_size > max) {
+        snprintf(err, errcap, "%s: larger than %zu bytes", path, max);
+        close(fd);
+        return NULL;
+    }
+    char *buf = malloc((size_t)sb.st_size + 1);
+    size_t n = 0;
+    ssize_t got = 0;
+    while (buf && n < (size_t)sb.st_size && (got = read(fd, buf + n, (size_t)sb.st_size - n)) > 0) n += (size_t)got;
+    close(fd);
+    if (!buf || got < 0) {
+        snprintf(err, errcap, "%s: %s", path, buf ? "read error" : "out of host memory");
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
 int cli_fail(const char *cmd, clnpu_status st)
 {
-    fprintf(stderr, "clnpu %s: error: %s (%s)\n", cmd, clnpu_error_message(), clnpu_status_name(st));
+    const char *msg = clnpu_error_message();
+    /* every failure should have set a message; if one did not, say what the status means */
+    if (!*msg) msg = st == CLNPU_ERR_OUT_OF_MEMORY ? "out of host memory" : st == CLNPU_ERR_IO ? "input/output error"
+                                                                                    : "failed (no details recorded)";
+    fprintf(stderr, "clnpu %s: error: %s (%s)\n", cmd, msg, clnpu_status_name(st));
     return CLI_EXIT_FAIL;
 }
 
 bool cli_parse_size(const char *s, size_t *out)
 {
-    if (!s || !*s || *s == '-') return false;
+    if (!s || *s < '0' || *s > '9') return false; /* strtoull would take " 5", "+5" and "-1" */
     char *end;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
     if (*end || errno) return false;
     *out = (size_t)v;
+    return true;
+}
+
+bool cli_parse_double(const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    const double v = s && *s ? strtod(s, &end) : NAN;
+    /* NaN passes every < test; "1e999" is inf with ERANGE */
+    if (!s || !*s || *end || errno == ERANGE || !isfinite(v) || v < lo || v > hi) return false;
+    *out = v;
     return true;
 }
 

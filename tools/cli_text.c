@@ -11,16 +11,12 @@ static cJSON *read_json(const char *dir, const char *name)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    cJSON *j = NULL;
-    if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n) j = cJSON_ParseWithLength(buf, (size_t)n);
+    /* a regular file under a size cap: a FIFO would block fopen, a directory's ftell is LLONG_MAX */
+    char err[4200];
+    size_t n;
+    char *buf = cli_read_file(path, (size_t)64 << 20, &n, err, sizeof err);
+    cJSON *j = buf ? cJSON_ParseWithLength(buf, n) : NULL;
     free(buf);
-    fclose(f);
     return j;
 }
 

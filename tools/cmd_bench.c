@@ -1,5 +1,6 @@
 /* `clnpu bench gemm`: medians of repeated GEMM / GEMV runs per shape and weight dtype, with
  * GFLOP/s, weight GB/s and the fraction of the bound profile's roofline. */
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
@@ -34,6 +35,7 @@ static clnpu_status make_desc(clnpu_dtype t, size_t n, size_t k, clnpu_weight_de
                               float **scales)
 {
     float *w = malloc(n * k * sizeof *w);
+    clnpu_error_clear(); /* failures here are the tool's own: cli_fail says "out of host memory" */
     if (!w) return CLNPU_ERR_OUT_OF_MEMORY;
     uint64_t s = 0x9e3779b97f4a7c15ULL;
     for (size_t i = 0; i < n * k; i++) {
@@ -67,6 +69,7 @@ static clnpu_status make_desc(clnpu_dtype t, size_t n, size_t k, clnpu_weight_de
         break;
     default: st = CLNPU_ERR_UNSUPPORTED;
     }
+    if (!st && !*data) st = CLNPU_ERR_OUT_OF_MEMORY;
     free(w);
     d->data = *data;
     d->scales = *scales;
@@ -114,7 +117,7 @@ static int bench_one(clnpu_device *dev, clnpu_dtype t, shape s, double min_time,
     if (copies > 256) copies = 256;
     while (copies > 1 && copies * wsize > 1.0 * (1u << 30)) copies--;
     clnpu_weight_desc *ds = calloc(copies, sizeof *ds);
-    if (!ds) st = CLNPU_ERR_OUT_OF_MEMORY;
+    if (!ds && !st) clnpu_error_clear(), st = CLNPU_ERR_OUT_OF_MEMORY;
     for (size_t i = 0; !st && i < copies; i++) ds[i] = d;
     if (!st) st = clnpu_weight_upload(dev, ds, copies, &w);
     free(ds);
@@ -150,10 +153,22 @@ static int bench_one(clnpu_device *dev, clnpu_dtype t, shape s, double min_time,
     return CLI_EXIT_OK;
 }
 
+/* MxNxK, each 1..2^24 and no operand past 2^32 elements (16 GiB of f32): digits only, since
+ * sscanf's %zu takes "-1" as SIZE_MAX. */
 static bool parse_shape(const char *s, shape *out)
 {
-    char tail;
-    return sscanf(s, "%zux%zux%zu%c", &out->m, &out->n, &out->k, &tail) == 3 && out->m && out->n && out->k;
+    size_t *dims[3] = {&out->m, &out->n, &out->k};
+    for (int i = 0; i < 3; i++) {
+        if (*s < '0' || *s > '9') return false;
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(s, &end, 10);
+        if (errno || !v || v > (1u << 24) || *end != (i < 2 ? 'x' : '\0')) return false;
+        *dims[i] = (size_t)v;
+        s = end + (i < 2);
+    }
+    const double lim = 4294967296.0;
+    return (double)out->m * out->k <= lim && (double)out->n * out->k <= lim && (double)out->m * out->n <= lim;
 }
 
 static int bench_gemm(int argc, char **argv)
@@ -200,13 +215,13 @@ static int bench_gemm(int argc, char **argv)
         }
         case OPT_SHAPE:
             if (nshapes == 64 || !parse_shape(optarg, &shapes[nshapes]))
-                return cli_usage_error("bench gemm", usage, "bad shape '%s' (expected MxNxK)", optarg);
+                return cli_usage_error("bench gemm", usage, "bad shape '%s' (expected MxNxK, each 1..16777216, operands up to 2^32 elements)", optarg);
             nshapes++;
             break;
         case OPT_JSON: json = true; break;
         case 'v': verbose = true; break;
         case OPT_MIN_TIME:
-            if ((min_time = atof(optarg)) <= 0)
+            if (!cli_parse_double(optarg, 1e-6, 3600, &min_time))
                 return cli_usage_error("bench gemm", usage, "bad --min-time '%s'", optarg);
             break;
         default: return cli_usage_error("bench gemm", usage, "unknown or incomplete option '%s'", argv[optind - 1]);

@@ -1,4 +1,5 @@
 /* `clnpu plan`: split a model config across a cluster and explain the plan. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -95,7 +96,6 @@ int cmd_plan(int argc, char **argv)
     size_t dis_in = 0, dis_out = 0;
     clnpu_workload w = clnpu_workload_default();
     int opt;
-    char *end;
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "ho:", longopts, NULL)) != -1) {
@@ -114,10 +114,11 @@ int cmd_plan(int argc, char **argv)
             else return cli_usage_error("plan", usage, "bad --phase '%s'", optarg);
             break;
         case O_BATCH:
-            if (!cli_parse_size(optarg, &w.batch) || !w.batch) return cli_usage_error("plan", usage, "bad --batch '%s'", optarg);
+            /* bounded: the planner multiplies batch, context and model sizes in size_t */
+            if (!cli_parse_size(optarg, &w.batch) || !w.batch || w.batch > (1u << 20)) return cli_usage_error("plan", usage, "bad --batch '%s'", optarg);
             break;
         case O_CONTEXT:
-            if (!cli_parse_size(optarg, &w.context) || !w.context) return cli_usage_error("plan", usage, "bad --context '%s'", optarg);
+            if (!cli_parse_size(optarg, &w.context) || !w.context || w.context > (1u << 26)) return cli_usage_error("plan", usage, "bad --context '%s'", optarg);
             break;
         case O_WEIGHTS:
             if (!strcmp(optarg, "bf16")) w.weights = CLNPU_DTYPE_BF16;
@@ -131,8 +132,7 @@ int cmd_plan(int argc, char **argv)
             else return cli_usage_error("plan", usage, "bad --latent-cache '%s' (f32 or bf16)", optarg);
             break;
         case O_SLO:
-            w.slo_ms = strtod(optarg, &end);
-            if (*end || w.slo_ms <= 0) return cli_usage_error("plan", usage, "bad --slo-ms '%s'", optarg);
+            if (!cli_parse_double(optarg, 1e-6, 1e9, &w.slo_ms)) return cli_usage_error("plan", usage, "bad --slo-ms '%s'", optarg);
             break;
         case O_LOAD: load = optarg; break;
         case O_CAL: cal_path = optarg; break;
@@ -232,23 +232,20 @@ int cmd_plan(int argc, char **argv)
     } else if (!st) st = clnpu_plan_create(&cfg, cl, &w, &cal, &p);
     if (!st && !dis_in) clnpu_plan_print(p, stdout);
     if (!st && want_explain) explain(&cfg, cl, &w, &cal, p);
-    if (!st && out) {
-        FILE *f = fopen(out, "w");
-        if (!f) fprintf(stderr, "clnpu plan: error: cannot create %s\n", out), st = CLNPU_ERR_IO;
-        else {
-            st = clnpu_plan_write_yaml(p, f);
-            if (fclose(f) && !st) st = CLNPU_ERR_IO;
+    /* fopen writes through a symlink to its target; a failure is reported once, with its reason */
+    const char *paths[2] = {out, svg};
+    int wrc = CLI_EXIT_OK;
+    for (int k = 0; k < 2 && !st && wrc == CLI_EXIT_OK; k++) {
+        if (!paths[k]) continue;
+        FILE *f = fopen(paths[k], "w");
+        if (!f) {
+            wrc = cli_fail_msg("plan", "%s: cannot create: %s", paths[k], strerror(errno));
+            break;
         }
+        st = k ? clnpu_plan_write_svg(p, f) : clnpu_plan_write_yaml(p, f);
+        if (fclose(f) && !st) wrc = cli_fail_msg("plan", "%s: write failed: %s", paths[k], strerror(errno));
     }
-    if (!st && svg) {
-        FILE *f = fopen(svg, "w");
-        if (!f) fprintf(stderr, "clnpu plan: error: cannot create %s\n", svg), st = CLNPU_ERR_IO;
-        else {
-            st = clnpu_plan_write_svg(p, f);
-            if (fclose(f) && !st) st = CLNPU_ERR_IO;
-        }
-    }
-    int rc = st ? cli_fail("plan", st) : CLI_EXIT_OK;
+    int rc = st ? cli_fail("plan", st) : wrc;
     clnpu_plan_destroy(p);
     clnpu_cluster_destroy(cl);
     clnpu_profile_set_destroy(set);

@@ -2,12 +2,20 @@
  * generate tokens; optionally dump logits, print throughput, write a kernel trace. */
 #include <errno.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "cli_ids.h"
+
+/* Flags that size buffers are bounded before any arithmetic: 2^24 tokens is far past every
+ * model's context (A.X K1: 131072), and keeps n * sequences * vocab * 4 inside size_t. */
+#define RUN_MAX_TOKENS ((size_t)1 << 24)
+/* An ids file holds text ids: 64 MiB is millions of them. */
+#define RUN_IDS_FILE_MAX ((size_t)64 << 20)
 #include "cli_text.h"
 
 static const char usage[] =
@@ -15,57 +23,21 @@ static const char usage[] =
     "          (--ids 1,2,3 | --ids-file F | --prompt TEXT | --prompt-file F [--chat [--no-think] [--system TEXT]])\n"
     "          [-n NEW | --max-tokens NEW] [--stop TEXT]... [--ignore-eos] [--greedy | --temperature T [--top-k K] [--top-p P] "
     "[--seed S]]\n          [--decode-from P] [--weights int8|fp8] [--latent-cache f32|bf16] [--context L] [--dump-logits OUT.safetensors] "
-    "[--stats] [--trace OUT.json] [--verbose]\n          [--plan plan.yaml [--replica K] [--share-devices]] [--sequences N]";
+    "[--stats] [--trace OUT.json] [--verbose]\n          [--plan plan.yaml [--replica K] [--share-devices]] [--sequences N] [--check-weights]";
+
+/* The tool's own allocation failures: no stale library message may stand for them (cli_fail
+ * prints "out of host memory"). */
+static clnpu_status run_oom(void)
+{
+    clnpu_error_clear();
+    return CLNPU_ERR_OUT_OF_MEMORY;
+}
 
 static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* Comma / whitespace separated non-negative ids. */
-static int parse_ids(const char *s, int **out, size_t *n)
-{
-    size_t cap = 16;
-    *n = 0;
-    *out = malloc(cap * sizeof **out);
-    while (*out && *s) {
-        while (*s == ',' || *s == ' ' || *s == '\n' || *s == '\t' || *s == '\r') s++;
-        if (!*s) break;
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (end == s || errno || v < 0 || v > 0x7fffffff) return -1;
-        if (*n == cap) {
-            int *nb = realloc(*out, (cap *= 2) * sizeof **out);
-            if (!nb) return -1;
-            *out = nb;
-        }
-        (*out)[(*n)++] = (int)v;
-        s = end;
-    }
-    return *out && *n ? 0 : -1;
-}
-
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    size_t r;
-    while (buf && (r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-        n += r;
-        if (n + 1 == cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) { free(buf); buf = NULL; }
-            else buf = nb;
-        }
-    }
-    fclose(f);
-    if (buf) buf[n] = '\0';
-    return buf;
 }
 
 #define MAX_STOP 16
@@ -91,9 +63,9 @@ typedef struct run_args {
     const char *prompt, *prompt_file, *system, *stop[MAX_STOP]; /* text in, text out */
     size_t nstop;
     bool chat, no_think, ignore_eos, has_n;
-    bool random_weights, stats, greedy, verbose, share_devices;
+    bool random_weights, stats, greedy, verbose, share_devices, check_weights;
     size_t n, decode_from, context, sequences, replica;
-    bool has_decode_from;
+    bool has_decode_from, has_top;
     clnpu_sampling samp;
     int weights, latent_cache;
 } run_args;
@@ -102,7 +74,8 @@ static int parse(int argc, char **argv, run_args *r)
 {
     enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CONFIG, O_RANDOM, O_IDS, O_IDS_FILE, O_GREEDY, O_TEMP, O_TOPP, O_TOPK,
            O_SEED, O_DECODE_FROM, O_DUMP, O_STATS, O_TRACE, O_WEIGHTS, O_CONTEXT, O_PLAN, O_SEQS, O_REPLICA, O_SHARE, O_CACHE,
-           O_PROMPT, O_PROMPT_FILE, O_CHAT, O_NO_THINK, O_SYSTEM, O_STOP, O_MAX_TOKENS, O_IGNORE_EOS };
+           O_PROMPT, O_PROMPT_FILE, O_CHAT, O_NO_THINK, O_SYSTEM, O_STOP, O_MAX_TOKENS, O_IGNORE_EOS,
+           O_CHECK_WEIGHTS };
     static const struct option longopts[] = {
         CLI_DEVICE_LONGOPTS, {"model", required_argument, NULL, O_MODEL}, {"config", required_argument, NULL, O_CONFIG},
         {"random-weights", no_argument, NULL, O_RANDOM}, {"ids", required_argument, NULL, O_IDS},
@@ -119,11 +92,11 @@ static int parse(int argc, char **argv, run_args *r)
         {"chat", no_argument, NULL, O_CHAT}, {"no-think", no_argument, NULL, O_NO_THINK},
         {"system", required_argument, NULL, O_SYSTEM}, {"stop", required_argument, NULL, O_STOP},
         {"max-tokens", required_argument, NULL, O_MAX_TOKENS}, {"ignore-eos", no_argument, NULL, O_IGNORE_EOS},
+        {"check-weights", no_argument, NULL, O_CHECK_WEIGHTS},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt;
     opterr = 0;
     optind = 1;
-    char *end;
     while ((opt = getopt_long(argc, argv, "hvn:", longopts, NULL)) != -1) {
         int d = cli_device_option(opt, optarg, &r->da);
         if (d == 1) continue;
@@ -135,7 +108,9 @@ static int parse(int argc, char **argv, run_args *r)
                    "first P ids and\nfeeds the rest one at a time through decode. --dump-logits writes F32 "
                    "'logits' [T, vocab]\nfor every prompt position. --random-weights runs any config with seeded "
                    "random weights.\n--sequences N decodes N sequences together (sequence q's prompt drops its first "
-                   "q mod T ids);\nit prints one line of ids per sequence.\n\n"
+                   "q mod T ids);\nit prints one line of ids per sequence. --check-weights refuses a checkpoint with NaN or Inf "
+                   "weights,\nnaming the tensor (a scan of every weight at load). Generation stops with an error "
+                   "naming the layer\nwhere hidden states or logits turn NaN or Inf.\n\n"
                    "Text: --prompt / --prompt-file is encoded with the checkpoint's tokenizer.json (--chat first wraps it\n"
                    "in its chat template as a user message; --no-think sets enable_thinking false); the generated text\n"
                    "streams to stdout. It stops at the end-of-sequence ids of config.json, generation_config.json and\n"
@@ -151,21 +126,32 @@ static int parse(int argc, char **argv, run_args *r)
         case O_IDS_FILE: r->ids_file = optarg; break;
         case O_GREEDY: r->greedy = true; break;
         case 'n':
-            if (!cli_parse_size(optarg, &r->n)) return cli_usage_error("run", usage, "bad -n '%s'", optarg);
+            if (!cli_parse_size(optarg, &r->n) || r->n > RUN_MAX_TOKENS)
+                return cli_usage_error("run", usage, "bad -n '%s' (0..%zu)", optarg, RUN_MAX_TOKENS);
             r->has_n = true;
             break;
-        case O_TEMP:
-            r->samp.temperature = strtof(optarg, &end);
-            if (*end || r->samp.temperature < 0) return cli_usage_error("run", usage, "bad --temperature '%s'", optarg);
+        case O_TEMP: {
+            double t;
+            if (!cli_parse_double(optarg, 0, 1e6, &t))
+                return cli_usage_error("run", usage, "bad --temperature '%s' (a number from 0 to 1e6)", optarg);
+            /* below float's range 1/T overflows; such a T is greedy in all but name */
+            r->samp.temperature = t < 1e-30 ? 0.0f : (float)t;
             break;
-        case O_TOPP:
-            r->samp.top_p = strtof(optarg, &end);
-            if (*end || r->samp.top_p <= 0 || r->samp.top_p > 1) return cli_usage_error("run", usage, "bad --top-p '%s'", optarg);
+        }
+        case O_TOPP: {
+            double p;
+            if (!cli_parse_double(optarg, 0, 1, &p) || p <= 0)
+                return cli_usage_error("run", usage, "bad --top-p '%s' (in (0, 1])", optarg);
+            r->samp.top_p = (float)p;
+            r->has_top = true;
             break;
+        }
         case O_TOPK: {
             size_t k;
-            if (!cli_parse_size(optarg, &k)) return cli_usage_error("run", usage, "bad --top-k '%s'", optarg);
+            if (!cli_parse_size(optarg, &k) || k > 0xffffffffu) /* a wider k wrapped to 0 = off */
+                return cli_usage_error("run", usage, "bad --top-k '%s' (0..4294967295)", optarg);
             r->samp.top_k = (unsigned)k;
+            r->has_top = true;
             break;
         }
         case O_SEED: {
@@ -191,7 +177,8 @@ static int parse(int argc, char **argv, run_args *r)
             r->stop[r->nstop++] = optarg;
             break;
         case O_MAX_TOKENS:
-            if (!cli_parse_size(optarg, &r->n)) return cli_usage_error("run", usage, "bad --max-tokens '%s'", optarg);
+            if (!cli_parse_size(optarg, &r->n) || r->n > RUN_MAX_TOKENS)
+                return cli_usage_error("run", usage, "bad --max-tokens '%s' (0..%zu)", optarg, RUN_MAX_TOKENS);
             r->has_n = true;
             break;
         case O_STATS: r->stats = true; break;
@@ -210,8 +197,10 @@ static int parse(int argc, char **argv, run_args *r)
             else return cli_usage_error("run", usage, "bad --latent-cache '%s' (f32 or bf16)", optarg);
             break;
         case O_CONTEXT:
-            if (!cli_parse_size(optarg, &r->context) || !r->context) return cli_usage_error("run", usage, "bad --context");
+            if (!cli_parse_size(optarg, &r->context) || !r->context || r->context > RUN_MAX_TOKENS)
+                return cli_usage_error("run", usage, "bad --context '%s' (1..%zu)", optarg, RUN_MAX_TOKENS);
             break;
+        case O_CHECK_WEIGHTS: r->check_weights = true; break;
         case O_REPLICA:
             if (!cli_parse_size(optarg, &r->replica)) return cli_usage_error("run", usage, "bad --replica '%s'", optarg);
             break;
@@ -241,6 +230,8 @@ static int parse(int argc, char **argv, run_args *r)
         return cli_usage_error("run", usage, "--decode-from is for one sequence");
     if (r->greedy && r->samp.temperature > 0)
         return cli_usage_error("run", usage, "--greedy and --temperature exclude each other");
+    if (r->has_top && !(r->samp.temperature > 0))
+        return cli_usage_error("run", usage, "--top-k and --top-p shape sampling: give --temperature T > 0 too");
     /* ranks share work only through a plan; without one every rank would repeat the same job */
     const char *ranks = getenv("OMPI_COMM_WORLD_SIZE");
     if (!r->plan && ranks && atoi(ranks) > 1)
@@ -271,11 +262,10 @@ static int run_job(run_args r, const void *comm)
     const bool text_mode = r.prompt || r.prompt_file;
     if (text_mode) {
         /* the prompt through the checkpoint's chat template and tokenizer */
-        char *ptext = r.prompt_file ? read_file(r.prompt_file) : NULL, *rendered = NULL;
-        if (r.prompt_file && !ptext) {
-            fprintf(stderr, "clnpu run: error: %s: cannot read: %s\n", r.prompt_file, strerror(errno));
-            return CLI_EXIT_FAIL;
-        }
+        char err[4200], *rendered = NULL;
+        size_t plen = 0;
+        char *ptext = r.prompt_file ? cli_read_file(r.prompt_file, RUN_IDS_FILE_MAX, &plen, err, sizeof err) : NULL;
+        if (r.prompt_file && !ptext) return cli_fail_msg("run", "%s", err); /* a regular file under a size cap */
         const char *prompt = ptext ? ptext : r.prompt;
         clnpu_status ts = cli_text_load(r.model, r.chat, &tx);
         cli_message msgs[2] = {{"system", r.system}, {"user", prompt}};
@@ -295,14 +285,20 @@ static int run_job(run_args r, const void *comm)
         }
         if (!r.has_n) r.n = tx.max_new_tokens ? tx.max_new_tokens : 256;
     } else {
-        char *text = r.ids_file ? read_file(r.ids_file) : NULL;
-        if (r.ids_file && !text) {
-            fprintf(stderr, "clnpu run: error: %s: cannot read: %s\n", r.ids_file, strerror(errno));
-            return CLI_EXIT_FAIL;
+        char *text = NULL;
+        size_t text_len = 0;
+        if (r.ids_file) { /* a regular file under a size cap: not a directory, FIFO or /dev/zero */
+            char err[4200];
+            if (!(text = cli_read_file(r.ids_file, RUN_IDS_FILE_MAX, &text_len, err, sizeof err)))
+                return cli_fail_msg("run", "%s", err);
         }
-        if (parse_ids(r.ids ? r.ids : text, &ids, &T)) {
-            free(text), free(ids);
-            return cli_usage_error("run", usage, "ids must be non-negative integers separated by commas");
+        const int pr = r.ids ? cli_parse_ids(r.ids, strlen(r.ids), RUN_MAX_TOKENS, &ids, &T)
+                             : cli_parse_ids(text, text_len, RUN_MAX_TOKENS, &ids, &T);
+        if (pr) {
+            free(text);
+            if (pr == CLI_IDS_NO_MEMORY) return cli_fail_msg("run", "out of host memory for the ids");
+            if (pr == CLI_IDS_TOO_MANY) return cli_usage_error("run", usage, "more than %zu ids", RUN_MAX_TOKENS);
+            return cli_usage_error("run", usage, "ids must be integers from 0 to 2^31-1 separated by commas or spaces");
         }
         free(text);
     }
@@ -320,6 +316,15 @@ static int run_job(run_args r, const void *comm)
     float *logits = NULL;
     clnpu_generator *gen = NULL;
     clnpu_status st = clnpu_model_config_load(cfgpath, &cfg);
+    /* positions 0 .. T + n - 2 are used (the last token is not fed back); text mode's default budget
+     * ends where the context does instead */
+    const size_t positions = T + (r.n && (!text_mode || r.has_n) ? r.n - 1 : 0);
+    if (!st && (positions > cfg.max_position_embeddings || r.context > cfg.max_position_embeddings)) {
+        free(ids); /* nothing else is held yet */
+        return cli_fail_msg("run", "%s: %zu prompt ids and %zu new tokens need %zu positions (context %zu); the model "
+                            "has max_position_embeddings %zu", cfgpath, T, r.n, positions,
+                            r.context ? r.context : T + r.n + 1, cfg.max_position_embeddings);
+    }
     if (!st && !r.random_weights) st = clnpu_checkpoint_open(r.model, &ck);
     if (!st) st = cli_open_device(&r.da, r.trace != NULL, &dev);
     if (!st) clnpu_device_set_tuning_verbose(dev, r.verbose); /* say which tuning entries the kernels use */
@@ -329,12 +334,13 @@ static int run_job(run_args r, const void *comm)
     const size_t S = r.sequences ? r.sequences : 1;
     o.max_sequences = S;
     o.max_context = r.context ? r.context : T + r.n + 1;
-    /* text mode: the default budget stops at the model's positions rather than failing */
-    if (text_mode && !r.context && !r.has_n && cfg.max_position_embeddings && o.max_context > cfg.max_position_embeddings)
-        o.max_context = cfg.max_position_embeddings > T ? cfg.max_position_embeddings : T + 1;
+    /* the positions fit (checked above): the default context stops at the model's, which also ends
+     * text mode's default budget there */
+    if (!r.context && o.max_context > cfg.max_position_embeddings) o.max_context = cfg.max_position_embeddings;
     o.max_tokens = P < 512 ? (P ? P : 1) : 512;
     o.weights = r.weights;
     o.latent_cache = r.latent_cache >= 0 ? (clnpu_dtype)r.latent_cache : CLNPU_DTYPE_F32;
+    o.check_weights = r.check_weights;
     o.progress = isatty(STDERR_FILENO); /* a live progress line only for a person watching */
     clnpu_pipeline *pl = NULL;
     clnpu_stage_spec *specs = NULL;
@@ -368,7 +374,8 @@ static int run_job(run_args r, const void *comm)
     }
     double t_load = now_s() - t0;
     if (!st && r.trace) st = clnpu_device_trace_start(dev);
-    if (!st && !(logits = malloc(T * V * sizeof *logits))) st = CLNPU_ERR_OUT_OF_MEMORY;
+    if (!st && !(logits = malloc(T * V * sizeof *logits)))
+        st = run_oom();
     /* kernels are built at their first launch: their time is counted apart from throughput */
     const clnpu_program_stats k0 = build_stats(dev, pl, nspecs);
     t0 = now_s();
@@ -380,7 +387,7 @@ static int run_job(run_args r, const void *comm)
                              : clnpu_model_prefill_last(m, 0, ids, P, logits + (P - 1) * V);
     /* the other sequences: the prompt without its first q mod P ids; their last rows kept */
     float *last = !st && r.n ? malloc(S * V * sizeof *last) : NULL, *tmp = S > 1 && !st ? malloc(P * V * sizeof *tmp) : NULL;
-    if (!st && ((r.n && !last) || (S > 1 && !tmp))) st = CLNPU_ERR_OUT_OF_MEMORY;
+    if (!st && ((r.n && !last) || (S > 1 && !tmp))) st = run_oom();
     size_t prefilled = P;
     for (size_t q = 1; !st && q < S; q++) {
         const size_t off = q % P, len = P - off;

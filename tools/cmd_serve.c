@@ -116,18 +116,21 @@ static size_t read_eos(const char *dir, int *out, size_t cap)
     for (size_t f = 0; dir && f < 2; f++) {
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", dir, files[f]);
-        FILE *fp = fopen(path, "rb");
-        if (!fp) continue;
-        char buf[65536];
-        const size_t n = fread(buf, 1, sizeof buf - 1, fp);
-        fclose(fp);
-        buf[n] = '\0';
-        cJSON *j = cJSON_Parse(buf);
+        /* a regular file of at most 64 KiB (a FIFO would block fopen); ids range-checked before
+         * the cast (1e300 as an int is undefined) */
+        char err[4200];
+        size_t n;
+        char *buf = cli_read_file(path, 1 << 16, &n, err, sizeof err);
+        if (!buf) continue;
+        cJSON *j = cJSON_ParseWithLength(buf, n);
+        free(buf);
         const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "eos_token_id"), *v;
         size_t k = 0;
-        if (cJSON_IsNumber(e) && e->valuedouble >= 0) out[k++] = (int)e->valuedouble;
+#define EOS_OK(x) (cJSON_IsNumber(x) && (x)->valuedouble >= 0 && (x)->valuedouble <= 2147483647.0)
+        if (EOS_OK(e)) out[k++] = (int)e->valuedouble;
         if (cJSON_IsArray(e))
-            cJSON_ArrayForEach(v, e) if (k < cap && cJSON_IsNumber(v) && v->valuedouble >= 0) out[k++] = (int)v->valuedouble;
+            cJSON_ArrayForEach(v, e) if (k < cap && EOS_OK(v)) out[k++] = (int)v->valuedouble;
+#undef EOS_OK
         cJSON_Delete(j);
         if (k) return k;
     }

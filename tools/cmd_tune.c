@@ -489,7 +489,7 @@ int cmd_tune(int argc, char **argv)
         case O_OPS: ops = optarg; break;
         case O_DTYPE: dtypes = optarg; break;
         case O_BUDGET:
-            if ((budget = atof(optarg)) <= 0) return cli_usage_error("tune", usage, "bad --budget '%s'", optarg);
+            if (!cli_parse_double(optarg, 1e-3, 1e7, &budget)) return cli_usage_error("tune", usage, "bad --budget '%s'", optarg);
             break;
         case O_DB: dbpath = optarg; break;
         case O_FORCE: force = true; break;

@@ -83,6 +83,11 @@ typedef struct clnpu_model_options {
     /* Latent cache pages in the pool (0: enough for every sequence at max_context). A server sets
      * fewer, so that more sequences than the pool could hold at full length share it. */
     size_t cache_pages;
+    /* Scan every weight matrix read from the checkpoint for NaN / Inf and refuse it naming the
+     * tensor (off by default: it reads every byte at load). Vectors (norms, router biases) are
+     * always checked; non-finite hidden states or logits in a forward are always an error naming
+     * the layer (a device-side flag, one int per step). */
+    bool check_weights;
 } clnpu_model_options;
 
 CLNPU_API clnpu_model_options clnpu_model_options_default(void);
