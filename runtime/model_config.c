@@ -9,6 +9,7 @@
 
 #include "../backend/error.h"
 #include "clnpu/model.h"
+#include "model_config_internal.h"
 
 typedef struct cfg_ctx {
     const cJSON *root;
@@ -160,10 +161,7 @@ clnpu_status clnpu_model_config_parse(const char *json, size_t len, const char *
     const char *topk = st ? NULL : get_str(root, "topk_method");
     if (!st && topk && strcmp(topk, "noaux_tc"))
         st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: topk_method \"%s\" (only noaux_tc)", origin, topk);
-    const cJSON *qc = st ? NULL : cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
-    if (!st && qc && !cJSON_IsNull(qc))
-        st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: quantized checkpoints (quantization_config) are not "
-                        "loaded yet; use --weights int8|fp8 on a bf16 checkpoint", origin);
+    if (!st) st = clnpu_model_config_parse_quant(root, origin, m);
     /* Consistency the math relies on. */
     if (!st && (!m->hidden_size || !m->num_attention_heads || !m->num_hidden_layers || !m->vocab_size ||
                 !m->kv_lora_rank || !m->qk_rope_head_dim || m->qk_rope_head_dim % 2))

@@ -47,6 +47,7 @@ struct clnpu_model {
     clnpu_buffer *final_norm;
     clnpu_weight *lm_head;
     clnpu_rope_table *rope;
+    clnpu_model_weight_stats wstats; /* the GEMM weights as loaded */
     /* paged cache bookkeeping (same page ids in every layer) */
     size_t pages, max_blocks;
     int *block_table;       /* host [max_sequences][max_blocks], -1 = none */
@@ -93,6 +94,9 @@ clnpu_status clnpu_model_create_tp_rank(clnpu_device *dev, size_t rank, size_t t
  * same on every rank of a TP group (the head's columns are gathered). */
 clnpu_status clnpu_model_forward_rank(clnpu_model *m, size_t T, const int *ids, const size_t *seq_of, const size_t *pos_of,
                                       bool decode, const float *h_in, float *h_out, float *logits, bool want_logits);
+
+/* Count one GEMM weight as loaded (its dtype, elements and scales). */
+void clnpu_model_weight_stats_add(clnpu_model_weight_stats *s, const clnpu_weight_desc *d);
 
 clnpu_status clnpu_model_forward(clnpu_model *m, size_t ntok, const int *ids, const size_t *seq_of,
                                  const size_t *pos_of, bool decode, float *logits);

@@ -7,6 +7,7 @@
 
 #include "../backend/error.h"
 #include "../backend/hash.h"
+#include "model_fp8.h"
 #include "model_internal.h"
 #include "tp.h"
 
@@ -15,6 +16,7 @@ typedef struct loader {
     const clnpu_model_options *opt;
     void **allocs; /* host arrays to free once uploaded */
     size_t nallocs, cap;
+    clnpu_model_weight_stats *stats; /* what the GEMM weights hold, by dtype */
 } loader;
 
 static void *keep(loader *L, void *p)
@@ -54,7 +56,8 @@ static float rnd_uniform(uint64_t *s)
 static clnpu_status requantize(loader *L, const char *name, clnpu_weight_desc *out)
 {
     const size_t n = out->n, k = out->k;
-    if (L->opt->weights == CLNPU_DTYPE_I8 || L->opt->weights == CLNPU_DTYPE_FP8_E4M3) {
+    if ((int)out->dtype != L->opt->weights &&
+        (L->opt->weights == CLNPU_DTYPE_I8 || L->opt->weights == CLNPU_DTYPE_FP8_E4M3)) {
         float *f = malloc(n * k * sizeof *f);
         if (!f) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for %s", name);
         clnpu_weight_desc_to_f32(out, f);
@@ -72,6 +75,7 @@ static clnpu_status requantize(loader *L, const char *name, clnpu_weight_desc *o
         free(f);
         if (st) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "quantising %s failed", name);
     }
+    if (L->stats) clnpu_model_weight_stats_add(L->stats, out);
     return CLNPU_OK;
 }
 
@@ -85,9 +89,16 @@ static clnpu_status get_raw(loader *L, const char *name, size_t n, size_t k, cln
         int64_t shape[2] = {(int64_t)n, (int64_t)k};
         clnpu_status st = clnpu_checkpoint_require(L->ck, name, 2, shape, &t);
         if (st) return st;
-        if (t->dtype != CLNPU_DTYPE_BF16 && t->dtype != CLNPU_DTYPE_F16 && t->dtype != CLNPU_DTYPE_F32)
-            return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: dtype %s is not a weight dtype here (bf16, f16, f32) (%s)",
+        if (t->dtype == CLNPU_DTYPE_FP8_E4M3) { /* DeepSeek-V3's FP8 layout: fp8 + block scales as they are */
+            float *sc;
+            st = clnpu_fp8_scales_load(L->ck, name, n, k, &sc);
+            if (st) return st;
+            out->scales = keep(L, sc);
+            if (!out->scales) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for %s", name);
+        } else if (t->dtype != CLNPU_DTYPE_BF16 && t->dtype != CLNPU_DTYPE_F16 && t->dtype != CLNPU_DTYPE_F32) {
+            return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: dtype %s is not a weight dtype here (bf16, f16, f32, fp8) (%s)",
                               name, clnpu_dtype_name(t->dtype), t->file);
+        }
         out->dtype = t->dtype, out->data = t->data;
     } else {
         uint16_t *w = keep(L, malloc(n * k * 2));
@@ -114,6 +125,10 @@ static clnpu_status get_rows(loader *L, const char *name, size_t n, size_t k, si
 {
     clnpu_status st = get_raw(L, name, n, k, out);
     if (st) return st;
+    if (out->dtype == CLNPU_DTYPE_FP8_E4M3 && (r0 || rows != n)) {
+        st = clnpu_fp8_desc_rows(out, name, r0, rows);
+        return st ? st : requantize(L, name, out);
+    }
     out->data = (const char *)out->data + r0 * k * clnpu_dtype_size(out->dtype);
     out->n = rows;
     return requantize(L, name, out);
@@ -127,6 +142,13 @@ static clnpu_status get_cols(loader *L, const char *name, size_t n, size_t k, si
 {
     clnpu_status st = get_raw(L, name, n, k, out);
     if (st || (c0 == 0 && cols == k)) return st ? st : requantize(L, name, out);
+    if (out->dtype == CLNPU_DTYPE_FP8_E4M3) {
+        void *w;
+        float *s;
+        st = clnpu_fp8_desc_cols(out, name, c0, cols, &w, &s);
+        keep(L, w), keep(L, s);
+        return st ? st : requantize(L, name, out);
+    }
     const size_t es = clnpu_dtype_size(out->dtype);
     char *w = keep(L, malloc(n * cols * es));
     if (!w) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for %s", name);
@@ -206,6 +228,8 @@ static clnpu_status upload_absorbed(clnpu_model *m, loader *L, const clnpu_weigh
         du[h] = (clnpu_weight_desc){CLNPU_DTYPE_F32, R, nope, ukt + h * R * nope, NULL, 0};
         dv[h] = (clnpu_weight_desc){CLNPU_DTYPE_F32, vd, R, uv + h * vd * R, NULL, 0};
     }
+    for (size_t h = 0; !st && L->stats && h < H; h++)
+        clnpu_model_weight_stats_add(L->stats, &du[h]), clnpu_model_weight_stats_add(L->stats, &dv[h]);
     if (!st) st = clnpu_weight_upload(m->dev, du, H, &ly->uk_t);
     if (!st) st = clnpu_weight_upload(m->dev, dv, H, &ly->uv);
     free(f), free(du), free(dv);
@@ -427,8 +451,9 @@ static clnpu_status load_embedding(clnpu_model *m, loader *L)
     raw.opt = &o;
     clnpu_status st = get_rows(&raw, "model.embed_tokens.weight", V, d, m->v0, m->vocab, &e); /* this rank's rows */
     L->allocs = raw.allocs, L->nallocs = raw.nallocs, L->cap = raw.cap;
-    if (!st && e.dtype == CLNPU_DTYPE_F16)
-        st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "model.embed_tokens.weight: f16 tables are not supported (bf16, f32)");
+    if (!st && e.dtype != CLNPU_DTYPE_BF16 && e.dtype != CLNPU_DTYPE_F32)
+        st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "model.embed_tokens.weight: %s tables are not supported (bf16, f32)",
+                        clnpu_dtype_name(e.dtype));
     if (!st) {
         const size_t bytes = m->vocab * d * clnpu_dtype_size(e.dtype);
         m->embed_dtype = e.dtype;
@@ -518,7 +543,7 @@ static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cf
     for (size_t i = 0; !st && i < m->opt.max_sequences * m->max_blocks; i++) m->block_table[i] = -1;
     for (size_t i = 0; !st && i < m->pages; i++) m->free_pages[i] = (int)(m->pages - 1 - i);
     m->nfree = m->pages;
-    loader L = {ck, &m->opt, NULL, 0, 0};
+    loader L = {ck, &m->opt, NULL, 0, 0, &m->wstats};
     if (!st) st = clnpu_rope_table_create(dev, &cfg->rope, m->opt.max_context, &m->rope);
     if (!st) st = alloc_activations(m);
     if (!st) st = load_globals(m, &L);

@@ -26,6 +26,7 @@ int cmd_plan(int argc, char **argv)
     const char *model = NULL, *cluster = NULL, *load = NULL, *cal_path = NULL, *out = NULL, *svg = NULL, *tdir = NULL;
     clnpu_workload w = clnpu_workload_default();
     int opt;
+    bool weights_given = false;
     char *end;
     opterr = 0;
     optind = 1;
@@ -51,6 +52,7 @@ int cmd_plan(int argc, char **argv)
             if (!cli_parse_size(optarg, &w.context) || !w.context) return cli_usage_error("plan", usage, "bad --context '%s'", optarg);
             break;
         case O_WEIGHTS:
+            weights_given = true;
             if (!strcmp(optarg, "bf16")) w.weights = CLNPU_DTYPE_BF16;
             else if (!strcmp(optarg, "fp8")) w.weights = CLNPU_DTYPE_FP8_E4M3;
             else if (!strcmp(optarg, "int8")) w.weights = CLNPU_DTYPE_I8;
@@ -84,6 +86,8 @@ int cmd_plan(int argc, char **argv)
     double *loads = NULL;
     clnpu_calibration cal = clnpu_calibration_default();
     clnpu_status st = clnpu_model_config_load(model, &cfg);
+    /* an FP8 checkpoint is priced by what it holds: 1 byte a weight (its block scales are 1/4096 more) */
+    if (!st && cfg.fp8_checkpoint && !weights_given) w.weights = CLNPU_DTYPE_FP8_E4M3;
     if (!st) st = clnpu_profile_set_builtin(&set);
     if (!st && tdir) st = clnpu_profile_set_add_dir(set, tdir);
     if (!st) st = clnpu_cluster_load(cluster, set, &cl);

@@ -36,6 +36,9 @@ typedef struct clnpu_model_config {
     double routed_scaling_factor, rms_norm_eps;
     size_t max_position_embeddings;
     clnpu_rope_config rope; /* dim = qk_rope_head_dim, theta, YaRN settings */
+    /* quantization_config {quant_method: fp8, fmt: e4m3, weight_block_size: [128, 128]}: the
+     * projections and experts are stored fp8 with f32 `<name>_scale_inv` blocks (DeepSeek-V3) */
+    bool fp8_checkpoint;
 } clnpu_model_config;
 
 /* Read config.json (libcjson). Missing required fields, wrong types and unsupported model types
@@ -119,6 +122,13 @@ clnpu_status clnpu_model_hidden(const clnpu_model *m, size_t index, float *out);
 /* With options.capture: routed experts of MoE layer l in the last forward, [tokens][top_k]. */
 clnpu_status clnpu_model_routing(const clnpu_model *m, size_t layer, int *out_ids, float *out_weights);
 size_t clnpu_model_device_bytes(const clnpu_model *m);
+/* What the model's GEMM weights hold as loaded (this device's share): elements by dtype
+ * (clnpu_dtype) and the bytes of their int8 / fp8 scales. */
+typedef struct clnpu_model_weight_stats {
+    double elements[CLNPU_DTYPE_COUNT];
+    double scale_bytes;
+} clnpu_model_weight_stats;
+void clnpu_model_weight_stats_get(const clnpu_model *m, clnpu_model_weight_stats *out_stats);
 /* The MoE block of loaded layer l (its tag is l), or NULL for a dense or unloaded layer: how an
  * expert-parallel peer process serves remote shards (clnpu_moe_block_serve). */
 struct clnpu_moe_block *clnpu_model_moe_block(clnpu_model *m, size_t layer);

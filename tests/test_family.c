@@ -1,0 +1,170 @@
+/* The newer members of the A.X K / DeepSeek family against transformers: DeepSeek-V3 in its
+ * published FP8 layout (models/tiny-dsv3-fp8), DeepSeek-V3.2 and A.X K2 with the sparse-attention
+ * indexer (models/tiny-dsv32, models/tiny-axk2); fixtures described in models/FAMILY.md. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../backend/error.h"
+#include "test_util.h"
+
+#define MODELS CLNPU_SOURCE_DIR "/models/"
+
+static double rel(const float *a, const float *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_msg(!isnan(a[i]), "NaN at %zu", i);
+        num += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
+        den += (double)ref[i] * ref[i];
+    }
+    return sqrt(num / den);
+}
+
+typedef struct fixture {
+    clnpu_model_config cfg;
+    clnpu_checkpoint *ck;
+    clnpu_safetensors *ref;
+    const int *ids;
+    size_t T;
+} fixture;
+
+static void open_fixture(fixture *f, const char *dir)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    ck_assert_ok(clnpu_model_config_load(path, &f->cfg));
+    ck_assert_ok(clnpu_checkpoint_open(dir, &f->ck));
+    snprintf(path, sizeof path, "%s/reference.safetensors", dir);
+    ck_assert_ok(clnpu_safetensors_open(path, &f->ref));
+    const clnpu_tensor_info *t = clnpu_safetensors_find(f->ref, "input_ids");
+    ck_assert_ptr_nonnull(t);
+    f->ids = t->data;
+    f->T = (size_t)t->shape[0];
+}
+
+static void close_fixture(fixture *f)
+{
+    clnpu_checkpoint_close(f->ck);
+    clnpu_safetensors_close(f->ref);
+}
+
+/* Every position's logits by one prefill and by prefill of 1 + token-by-token decode; the hidden
+ * states of the whole-sequence forward. */
+static void check_fixture(const char *dir, const char *what, clnpu_model **out_m)
+{
+    fixture f;
+    open_fixture(&f, dir);
+    clnpu_model_options o = clnpu_model_options_default();
+    o.capture = true;
+    o.max_sequences = 2;
+    o.max_context = 64;
+    o.max_tokens = 64;
+    clnpu_model *m;
+    ck_assert_ok(clnpu_model_create(test_device(), &f.cfg, f.ck, &o, &m));
+    const size_t T = f.T, V = f.cfg.vocab_size, d = f.cfg.hidden_size;
+    const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
+    float *lg = malloc(T * V * sizeof *lg), *h = malloc(T * d * sizeof *h);
+    for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
+    ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, T, lg));
+    double e = rel(lg, ref, T * V);
+    fprintf(stderr, "%s, one prefill of %zu tokens: logits rel error %.2e\n", what, T, e);
+    ck_assert_msg(e <= 1e-4, "%s prefill logits: rel error %.3g > 1e-4", what, e);
+    const float *hs = clnpu_safetensors_find(f.ref, "hidden_states")->data;
+    const size_t ours[4] = {0, 1, 2, f.cfg.num_hidden_layers + 1};
+    for (size_t i = 0; i < 4; i++) {
+        ck_assert_ok(clnpu_model_hidden(m, ours[i], h));
+        double eh = rel(h, hs + i * T * d, T * d);
+        ck_assert_msg(eh <= 1e-4, "%s hidden state %zu: rel error %.3g", what, i, eh);
+    }
+    for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
+    ck_assert_ok(clnpu_model_prefill(m, 1, f.ids, 1, lg));
+    for (size_t t = 1; t < T; t++) {
+        size_t s = 1;
+        ck_assert_ok(clnpu_model_decode(m, &s, f.ids + t, 1, lg + t * V));
+    }
+    e = rel(lg, ref, T * V);
+    fprintf(stderr, "%s, prefill 1 + decode %zu: logits rel error %.2e\n", what, T - 1, e);
+    ck_assert_msg(e <= 1e-4, "%s decode logits: rel error %.3g > 1e-4", what, e);
+    free(lg), free(h);
+    close_fixture(&f);
+    if (out_m) *out_m = m;
+    else clnpu_model_destroy(m);
+}
+
+/* DeepSeek-V3's FP8 layout: the fp8 weights and their block scales are what the device holds
+ * (1 byte a weight + 4 bytes per 128x128 block), and the logits match transformers run on the
+ * dequantised weights. */
+START_TEST(test_fp8_checkpoint)
+{
+    fixture f;
+    open_fixture(&f, MODELS "tiny-dsv3-fp8");
+    ck_assert(f.cfg.fp8_checkpoint);
+    close_fixture(&f);
+    clnpu_model *m;
+    check_fixture(MODELS "tiny-dsv3-fp8", "tiny DeepSeek-V3 fp8", &m);
+    clnpu_model_weight_stats s;
+    clnpu_model_weight_stats_get(m, &s);
+    /* q_a, q_b, kv_a, kv_b, o per layer, the dense MLP, 8 routed + 1 shared expert of 2 MoE layers */
+    const double attn = 192.0 * 256 + 4 * 48 * 192 + 176.0 * 256 + 4 * 64 * 160 + 256.0 * 128;
+    const double fp8 = 3 * attn + 3 * 384.0 * 256 + 2 * 9 * 3 * 160.0 * 256;
+    ck_assert_msg(s.elements[CLNPU_DTYPE_FP8_E4M3] == fp8, "fp8 weights %.0f, expected %.0f",
+                  s.elements[CLNPU_DTYPE_FP8_E4M3], fp8);
+    ck_assert(s.scale_bytes > 0 && s.scale_bytes < fp8 / 100);
+    /* the embedding, lm_head and routers as stored */
+    ck_assert_msg(s.elements[CLNPU_DTYPE_BF16] == 2 * 512.0 * 256 + 2 * 8 * 256, "bf16 %.0f", s.elements[CLNPU_DTYPE_BF16]);
+    clnpu_model_destroy(m);
+}
+END_TEST
+
+/* Bad FP8 checkpoints: block sizes other than 128 x 128 and other schemes, refused by name. */
+START_TEST(test_fp8_config_refused)
+{
+    const char *bad[][2] = {
+        {"{\"quant_method\": \"fp8\", \"fmt\": \"e4m3\", \"weight_block_size\": [64, 64]}", "[64, 64]"},
+        {"{\"quant_method\": \"fp8\", \"fmt\": \"e5m2\", \"weight_block_size\": [128, 128]}", "e5m2"},
+        {"{\"quant_method\": \"gptq\"}", "gptq"},
+        {"{\"quant_method\": \"fp8\", \"fmt\": \"e4m3\"}", "weight_block_size"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char json[1024];
+        snprintf(json, sizeof json,
+                 "{\"model_type\": \"deepseek_v3\", \"vocab_size\": 64, \"hidden_size\": 32, \"intermediate_size\": 64, "
+                 "\"moe_intermediate_size\": 16, \"num_hidden_layers\": 1, \"num_attention_heads\": 2, "
+                 "\"kv_lora_rank\": 16, \"qk_nope_head_dim\": 8, \"qk_rope_head_dim\": 4, \"v_head_dim\": 8, "
+                 "\"n_routed_experts\": 4, \"quantization_config\": %s}", bad[i][0]);
+        clnpu_model_config c;
+        ck_assert_int_ne(clnpu_model_config_parse(json, strlen(json), "cfg.json", &c), CLNPU_OK);
+        ck_assert_msg(strstr(clnpu_error_message(), bad[i][1]) && strstr(clnpu_error_message(), "cfg.json"),
+                      "message: %s", clnpu_error_message());
+    }
+}
+END_TEST
+
+/* The CLI: --stats says what the fp8 checkpoint holds; the planner prices it in fp8 unless told. */
+START_TEST(test_fp8_cli)
+{
+    char out[8192];
+    int rc = test_run(CLNPU_CLI_PATH " run --model " MODELS "tiny-dsv3-fp8 --ids 1,2,3 -n 1 --stats", out, sizeof out);
+    ck_assert_msg(rc == 0 && strstr(out, "fp8 3.121 M (3.121 MB) + scales"), "rc %d: %s", rc, out);
+    rc = test_run(CLNPU_CLI_PATH " plan --model " MODELS "tiny-dsv3-fp8/config.json --cluster " CLNPU_SOURCE_DIR
+                  "/clusters/pocl-2.yaml --batch 4", out, sizeof out);
+    ck_assert_msg(rc == 0 && strstr(out, "fp8 weights"), "rc %d: %s", rc, out);
+    rc = test_run(CLNPU_CLI_PATH " plan --model " MODELS "tiny-dsv3-fp8/config.json --cluster " CLNPU_SOURCE_DIR
+                  "/clusters/pocl-2.yaml --batch 4 --weights bf16", out, sizeof out);
+    ck_assert_msg(rc == 0 && strstr(out, "bf16 weights"), "rc %d: %s", rc, out);
+}
+END_TEST
+
+Suite *suite_family(void)
+{
+    Suite *s = suite_create("family");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_fp8_checkpoint);
+    tcase_add_test(tc, test_fp8_config_refused);
+    tcase_add_test(tc, test_fp8_cli);
+    suite_add_tcase(s, tc);
+    return s;
+}
