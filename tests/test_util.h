@@ -47,5 +47,6 @@ Suite *suite_checkpoint(void);
 Suite *suite_plan(void);
 Suite *suite_tuning(void);
 Suite *suite_family(void);
+Suite *suite_dsa(void);
 
 #endif

@@ -1,0 +1,225 @@
+/* DeepSeek Sparse Attention (DeepSeek-V3.2, A.X K2), CPU family: the indexer's scores over a
+ * paged key cache, the index_topk highest per query, and absorbed MLA attention over only those
+ * latent rows. One work-item per (key, query) for the scores, per query for the top-k, per
+ * (query, HG heads) for the attention; a work-group family can replace any of them behind the
+ * same arguments.
+ *
+ * Indexer (transformers DeepseekV32Indexer): for query t and key j <= pos[t],
+ *   score[t][j] = sum_h w[t][h] * scale * relu(q[t][h] . k_j),  scale = D^-0.5 * n_heads^-0.5,
+ * q the rotated wq_b(q_resid) heads, k_j = RoPE(LayerNorm(wk(x_j))) from the key cache.
+ * Tunables: CLNPU_DSA_D (indexer head dim), CLNPU_MLA_R / CLNPU_MLA_DR (latent and rope dims),
+ * CLNPU_MLA_HG (heads per work-item). */
+#include "clnpu_common.h"
+
+#ifndef CLNPU_DSA_D
+#define CLNPU_DSA_D 128
+#endif
+#ifndef CLNPU_MLA_R
+#define CLNPU_MLA_R 512
+#endif
+#ifndef CLNPU_MLA_DR
+#define CLNPU_MLA_DR 64
+#endif
+#ifndef CLNPU_MLA_HG
+#define CLNPU_MLA_HG 4
+#endif
+#define D CLNPU_DSA_D
+#define R CLNPU_MLA_R
+#define DR CLNPU_MLA_DR
+#define HG CLNPU_MLA_HG
+#define ROW (R + DR)
+
+#if D % 4 || R % 4 || DR % 4
+#error "indexer head, latent and rope dims must be multiples of 4"
+#endif
+
+inline float hsum4(float4 v)
+{
+    return v.x + v.y + v.z + v.w;
+}
+
+/* Grid: (max_len, T). Keys past a query's position get -inf (never selected). */
+__kernel void clnpu_dsa_scores(__global const float *q, const uint q_off, const uint ldq,
+                               __global const float *w, const uint w_off, const uint ldw,
+                               __global const float *kcache, const uint page,
+                               __global const int *block_table, const uint max_blocks,
+                               __global const int *seq, __global const int *pos,
+                               __global float *scores, const uint lds, const uint NH, const float scale)
+{
+    const uint j = get_global_id(0), t = get_global_id(1);
+    if (j >= lds) return;
+    if (j > (uint)pos[t]) {
+        scores[(size_t)t * lds + j] = -INFINITY;
+        return;
+    }
+    const int pg = block_table[(size_t)seq[t] * max_blocks + j / page];
+    __global const float *k = kcache + ((size_t)pg * page + j % page) * D;
+    float4 kv[D / 4];
+    for (int d = 0; d < D / 4; d++) kv[d] = vload4(d, k);
+    __global const float *qt = q + q_off + (size_t)t * ldq;
+    __global const float *wt = w + w_off + (size_t)t * ldw;
+    float s = 0.0f;
+    for (uint h = 0; h < NH; h++) {
+        float4 acc = (float4)(0.0f);
+        for (int d = 0; d < D / 4; d++) acc = fma(vload4(d, qt + h * D), kv[d], acc);
+        s = fma(wt[h], fmax(hsum4(acc), 0.0f), s);
+    }
+    scores[(size_t)t * lds + j] = s * scale;
+}
+
+/* Order-preserving map of a float to an unsigned key (larger float, larger key). */
+inline uint dsa_key(float f)
+{
+    const uint u = as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* The k highest of scores[t][0 .. pos[t]] (all of them when there are no more than k), as
+ * indices in increasing order; ties at the k-th value go to the lower indices, so the choice is
+ * deterministic. A radix select over the keys' bytes (four passes of a 256-bin histogram)
+ * finds the k-th value, one more pass writes the indices. Grid: (T). */
+__kernel void clnpu_dsa_topk(__global const float *scores, const uint lds, __global const int *pos, const uint k,
+                             __global int *idx, const uint ldi, __global int *count)
+{
+    const uint t = get_global_id(0);
+    const uint n = (uint)pos[t] + 1;
+    __global const float *s = scores + (size_t)t * lds;
+    __global int *out = idx + (size_t)t * ldi;
+    if (n <= k) {
+        for (uint j = 0; j < n; j++) out[j] = (int)j;
+        count[t] = (int)n;
+        return;
+    }
+    uint prefix = 0, mask = 0, want = k; /* want: how many of those matching prefix are still needed */
+    uint hist[256];
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int b = 0; b < 256; b++) hist[b] = 0;
+        for (uint j = 0; j < n; j++) {
+            const uint key = dsa_key(s[j]);
+            if ((key & mask) == prefix) hist[(key >> shift) & 255u]++;
+        }
+        int b = 255;
+        for (; b > 0 && hist[b] < want; b--) want -= hist[b];
+        prefix |= (uint)b << shift;
+        mask |= 255u << shift;
+    }
+    /* prefix is now the k-th highest key; `want` of the elements equal to it are taken */
+    uint o = 0, eq = 0;
+    for (uint j = 0; j < n; j++) {
+        const uint key = dsa_key(s[j]);
+        if (key > prefix || (key == prefix && eq++ < want)) out[o++] = (int)j;
+    }
+    count[t] = (int)o;
+}
+
+/* Absorbed MLA attention over selected latent rows: row r (sequence seq[r]) and head h,
+ * score_j = scale * (q_abs[r,h] . c_j + q_pe[r,h] . kpe_j) for the count[r] cached positions j in
+ * idx[r], softmax over them, z[r,h] = sum_j p_j c_j. q_pe of (r, h) at qp + qp_off + r * qp_ld +
+ * h * qp_hs. Grid: (ceil(H / HG), rows). */
+__kernel void clnpu_mla_sparse(__global const float *qa, __global const float *qp, const uint qp_off,
+                               const uint qp_ld, const uint qp_hs, __global const float *cache, const uint page,
+                               __global const int *block_table, const uint max_blocks, __global const int *seq,
+                               __global const int *idx, const uint ldi, __global const int *count,
+                               __global float *z_out, const uint H, const float scale)
+{
+    const uint hg0 = get_global_id(0) * HG, r = get_global_id(1);
+    if (hg0 >= H) return;
+    const uint nh = min((uint)HG, H - hg0);
+    float q[HG][R], qr[HG][DR], z[HG][R], m[HG], lsum[HG];
+    for (uint g = 0; g < HG; g++) {
+        const uint h = hg0 + min(g, nh - 1);
+        __global const float *a = qa + ((size_t)r * H + h) * R;
+        __global const float *p = qp + qp_off + (size_t)r * qp_ld + (size_t)h * qp_hs;
+        for (int d = 0; d < R; d++) {
+            q[g][d] = a[d] * scale;
+            z[g][d] = 0.0f;
+        }
+        for (int d = 0; d < DR; d++) qr[g][d] = p[d] * scale;
+        m[g] = -INFINITY;
+        lsum[g] = 0.0f;
+    }
+    __global const int *bt = block_table + (size_t)seq[r] * max_blocks;
+    __global const int *sel = idx + (size_t)r * ldi;
+    const uint cnt = (uint)count[r];
+    for (uint i = 0; i < cnt; i++) {
+        const uint j = (uint)sel[i];
+        __global const float *row = cache + ((size_t)bt[j / page] * page + j % page) * ROW;
+        float4 acc[HG];
+        for (int g = 0; g < HG; g++) acc[g] = (float4)(0.0f);
+        for (int d = 0; d < R; d += 4) {
+            const float4 rv = vload4(0, row + d);
+            for (int g = 0; g < HG; g++) acc[g] = fma(vload4(0, q[g] + d), rv, acc[g]);
+        }
+        for (int d = 0; d < DR; d += 4) {
+            const float4 rv = vload4(0, row + R + d);
+            for (int g = 0; g < HG; g++) acc[g] = fma(vload4(0, qr[g] + d), rv, acc[g]);
+        }
+        /* online softmax, one row at a time */
+        float p[HG];
+        for (int g = 0; g < HG; g++) {
+            const float s = hsum4(acc[g]);
+            const float mn = fmax(m[g], s);
+            const float corr = exp(m[g] - mn);
+            p[g] = exp(s - mn);
+            lsum[g] = lsum[g] * corr + p[g];
+            m[g] = mn;
+            for (int d = 0; d < R; d++) z[g][d] *= corr;
+        }
+        for (int d = 0; d < R; d += 4) {
+            const float4 rv = vload4(0, row + d);
+            for (int g = 0; g < HG; g++) vstore4(fma((float4)(p[g]), rv, vload4(0, z[g] + d)), 0, z[g] + d);
+        }
+    }
+    for (uint g = 0; g < nh; g++) {
+        __global float *o = z_out + ((size_t)r * H + hg0 + g) * R;
+        const float inv = 1.0f / lsum[g];
+        for (int d = 0; d < R; d++) o[d] = z[g][d] * inv;
+    }
+}
+
+/* Append indexer keys to their paged cache: row t of src (stride lds) to sequence seq[t] at
+ * pos[t]. Grid: (D, T). */
+__kernel void clnpu_dsa_key_append(__global float *cache, const uint page, __global const int *block_table,
+                                   const uint max_blocks, __global const float *src, const uint src_off,
+                                   const uint lds, __global const int *seq, __global const int *pos)
+{
+    const uint d = get_global_id(0), t = get_global_id(1);
+    if (d >= D) return;
+    const uint p = (uint)pos[t];
+    const int pg = block_table[(size_t)seq[t] * max_blocks + p / page];
+    cache[((size_t)pg * page + p % page) * D + d] = src[src_off + (size_t)t * lds + d];
+}
+
+/* LayerNorm with weight and bias over rows of n (the indexer's k_norm), in place, statistics in
+ * two passes (mean, then the variance about it) as torch does. Grid: (T). */
+__kernel void clnpu_layernorm(__global float *x, const uint off, const uint ld, __global const float *weight,
+                              __global const float *bias, const uint n, const float eps)
+{
+    __global float *row = x + off + (size_t)get_global_id(0) * ld;
+    float mean = 0.0f;
+    for (uint i = 0; i < n; i++) mean += row[i];
+    mean /= (float)n;
+    float var = 0.0f;
+    for (uint i = 0; i < n; i++) var = fma(row[i] - mean, row[i] - mean, var);
+    const float inv = rsqrt(var / (float)n + eps);
+    for (uint i = 0; i < n; i++) row[i] = fma((row[i] - mean) * inv, weight[i], bias[i]);
+}
+
+/* y[t][h][i] *= sigmoid(g[t][h][i]) for rows of `heads` heads of n (A.X K2's attention output gate
+ * and gated norms): y at y_off + t * ldy + h * y_hs + i, g likewise. Grid: (n, heads, T). */
+__kernel void clnpu_mul_sigmoid(__global float *y, const uint y_off, const uint ldy, const uint y_hs,
+                                __global const float *g, const uint g_off, const uint ldg, const uint g_hs)
+{
+    const uint i = get_global_id(0), h = get_global_id(1), t = get_global_id(2);
+    const float gv = g[g_off + (size_t)t * ldg + (size_t)h * g_hs + i];
+    y[y_off + (size_t)t * ldy + (size_t)h * y_hs + i] *= 1.0f / (1.0f + exp(-gv));
+}
+
+/* x = silu(x) = x * sigmoid(x) over rows of n. Grid: (n, T). */
+__kernel void clnpu_silu(__global float *x, const uint off, const uint ld, const uint n)
+{
+    const uint i = get_global_id(0), t = get_global_id(1);
+    if (i >= n) return;
+    const size_t k = off + (size_t)t * ld + i;
+    x[k] = x[k] / (1.0f + exp(-x[k]));
+}
