@@ -113,14 +113,15 @@ clnpu_status clnpu_model_config_parse(const char *json, size_t len, const char *
     if (!cJSON_IsObject(root)) st = clnpu_fail(CLNPU_ERR_PARSE, "%s: not a JSON object", origin);
     const char *type = st ? NULL : get_str(root, "model_type");
     if (!st && !type) st = clnpu_fail(CLNPU_ERR_PARSE, "%s: missing required field \"model_type\"", origin);
-    bool axk1 = false;
+    bool axk1 = false, axk2 = false, v32 = false;
     if (!st) {
-        axk1 = !strcasecmp(type, "axk1");
-        if (!axk1 && strcmp(type, "deepseek_v3"))
-            st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: model_type \"%s\" is not supported (axk1, deepseek_v3)",
-                            origin, type);
+        axk1 = !strcasecmp(type, "axk1"), axk2 = !strcasecmp(type, "axk2"), v32 = !strcmp(type, "deepseek_v32");
+        if (!axk1 && !axk2 && !v32 && strcmp(type, "deepseek_v3"))
+            st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: model_type \"%s\" is not supported (axk1, axk2, deepseek_v3, "
+                            "deepseek_v32)", origin, type);
         else snprintf(m->model_type, sizeof m->model_type, "%s", type);
     }
+    const bool axk = axk1 || axk2; /* the A.X K family's defaults */
     struct { const char *key; size_t *dst; bool req; size_t def; } sizes[] = {
         {"vocab_size", &m->vocab_size, true, 0},
         {"hidden_size", &m->hidden_size, true, 0},
@@ -134,17 +135,17 @@ clnpu_status clnpu_model_config_parse(const char *json, size_t len, const char *
         {"v_head_dim", &m->v_head_dim, true, 0},
         {"n_routed_experts", &m->n_routed_experts, true, 0},
         {"q_lora_rank", &m->q_lora_rank, false, 0},
-        {"first_k_dense_replace", &m->first_k_dense_replace, false, axk1 ? 1 : 3},
+        {"first_k_dense_replace", &m->first_k_dense_replace, false, axk ? 1 : 3},
         {"moe_layer_freq", &m->moe_layer_freq, false, 1},
         {"n_shared_experts", &m->n_shared_experts, false, 1},
         {"num_experts_per_tok", &m->num_experts_per_tok, false, 8},
         {"n_group", &m->n_group, false, 1},
         {"topk_group", &m->topk_group, false, 1},
-        {"max_position_embeddings", &m->max_position_embeddings, false, axk1 ? 131072 : 163840},
+        {"max_position_embeddings", &m->max_position_embeddings, false, axk ? 131072 : 163840},
     };
     for (size_t i = 0; !st && i < sizeof sizes / sizeof sizes[0]; i++)
         st = get_size(&c, root, sizes[i].key, sizes[i].req, sizes[i].def, sizes[i].dst);
-    if (!st) st = get_double(&c, root, "routed_scaling_factor", axk1 ? 2.5 : 1.0, &m->routed_scaling_factor);
+    if (!st) st = get_double(&c, root, "routed_scaling_factor", axk || v32 ? 2.5 : 1.0, &m->routed_scaling_factor);
     if (!st) st = get_double(&c, root, "rms_norm_eps", 1e-6, &m->rms_norm_eps);
     if (!st) st = get_bool(&c, root, "norm_topk_prob", true, &m->norm_topk_prob);
     if (!st) st = get_bool(&c, root, "tie_word_embeddings", false, &m->tie_word_embeddings);
@@ -162,6 +163,7 @@ clnpu_status clnpu_model_config_parse(const char *json, size_t len, const char *
     if (!st && topk && strcmp(topk, "noaux_tc"))
         st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: topk_method \"%s\" (only noaux_tc)", origin, topk);
     if (!st) st = clnpu_model_config_parse_quant(root, origin, m);
+    if (!st) st = clnpu_model_config_parse_family(root, origin, axk2, v32, m);
     /* Consistency the math relies on. */
     if (!st && (!m->hidden_size || !m->num_attention_heads || !m->num_hidden_layers || !m->vocab_size ||
                 !m->kv_lora_rank || !m->qk_rope_head_dim || m->qk_rope_head_dim % 2))
@@ -192,6 +194,7 @@ clnpu_status clnpu_model_config_load(const char *path, clnpu_model_config *out)
 
 bool clnpu_model_config_is_moe(const clnpu_model_config *c, size_t l)
 {
+    if (c->has_mlp_layer_types) return l < CLNPU_MODEL_MAX_LAYERS && (c->mlp_sparse[l / 64] >> (l % 64) & 1);
     return l >= c->first_k_dense_replace && c->moe_layer_freq && l % c->moe_layer_freq == 0;
 }
 

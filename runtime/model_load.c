@@ -275,6 +275,24 @@ static clnpu_status load_moe_peer(clnpu_model *m, loader *L, size_t l, model_lay
     return st;
 }
 
+/* For the loaders in other files (model_load_family.c): a matrix as a GEMM weight in the requested
+ * format, a vector in f32 (fill: random norms' value; NaN: small random values). */
+clnpu_status clnpu_loader_upload_mat(clnpu_model *m, struct loader *L, const char *name, size_t n, size_t k,
+                                     clnpu_weight **out)
+{
+    return upload_mat(m->dev, L, name, n, k, out);
+}
+
+clnpu_status clnpu_loader_upload_vec(clnpu_model *m, struct loader *L, const char *name, size_t n, float fill,
+                                     clnpu_buffer **out)
+{
+    float *v;
+    clnpu_status st = get_vec(L, name, n, fill, &v);
+    if (!st) st = clnpu_buffer_create(m->dev, n * 4, out);
+    if (!st) st = clnpu_buffer_write(*out, 0, v, n * 4);
+    return st ? clnpu_fail_context(st, "loading %s", name) : CLNPU_OK;
+}
+
 static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *ly, bool norm)
 {
     const clnpu_model_config *c = &m->cfg;
@@ -350,12 +368,18 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
     const size_t vd = c->v_head_dim, blk = c->qk_nope_head_dim + vd;
     char name[256];
 #define NAME(fmt) (snprintf(name, sizeof name, "model.layers.%zu." fmt, l), name)
-    clnpu_status st = upload_vec(m->dev, L, NAME("input_layernorm.weight"), d, &ly->in_norm);
-    if (!st) st = upload_vec(m->dev, L, NAME("post_attention_layernorm.weight"), d, &ly->post_attn_norm);
+    /* A.X K2's gated norms keep their RMSNorm weight under .norm (input: every layer; post: MoE layers) */
+    const bool gin = c->gated_norm_rank, gpost = gin && clnpu_model_config_is_moe(c, l);
+    clnpu_status st = upload_vec(m->dev, L, gin ? NAME("input_layernorm.norm.weight") : NAME("input_layernorm.weight"),
+                                 d, &ly->in_norm);
+    if (!st)
+        st = upload_vec(m->dev, L, gpost ? NAME("post_attention_layernorm.norm.weight")
+                                         : NAME("post_attention_layernorm.weight"), d, &ly->post_attn_norm);
+    if (!st) st = clnpu_model_load_family_layer(m, L, l, ly); /* indexer, gates (model_load_family.c) */
     if (!st && c->q_lora_rank) {
         st = upload_mat(m->dev, L, NAME("self_attn.q_a_proj.weight"), c->q_lora_rank, d, &ly->q_a);
         if (!st) st = upload_vec(m->dev, L, NAME("self_attn.q_a_layernorm.weight"), c->q_lora_rank, &ly->q_a_norm);
-        if (!st)
+        if (!st && !c->attn_output_gate) /* (A.X K2: q_gate_proj instead) */
             st = upload_rows(m->dev, L, NAME("self_attn.q_b_proj.weight"), H * m->dqk, c->q_lora_rank, h0 * m->dqk,
                              Hl * m->dqk, &ly->q_b);
     } else if (!st) {
@@ -397,6 +421,7 @@ clnpu_model_options clnpu_model_options_default(void)
 
 static void destroy_layer(model_layer *ly)
 {
+    clnpu_model_family_destroy_layer(ly);
     clnpu_buffer *bs[] = {ly->in_norm, ly->post_attn_norm, ly->q_a_norm, ly->kv_a_norm, ly->post_mlp_norm, ly->cache};
     for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) clnpu_buffer_destroy(bs[i]);
     clnpu_weight *ws[] = {ly->q_a, ly->q_b, ly->kv_a, ly->kv_b, ly->uk_t, ly->uv, ly->o, ly->dense_gate_up, ly->dense_down};
@@ -417,6 +442,7 @@ void clnpu_model_destroy(clnpu_model *m)
                           m->q_abs, m->z, m->qpe, m->lens, m->sampled, m->step_bt, m->stepbuf}; /* views before their parent */
     for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) clnpu_buffer_destroy(bs[i]);
     clnpu_weight_destroy(m->lm_head);
+    clnpu_model_family_destroy(m);
     clnpu_rope_table_destroy(m->rope);
     free(m->block_table), free(m->free_pages), free(m->seq_len), free(m->step_host), free(m->step_bt_host);
     free(m->hidden), free(m->route_ids), free(m->route_w), free(m->logits_host);
@@ -546,6 +572,7 @@ static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cf
     loader L = {ck, &m->opt, NULL, 0, 0, &m->wstats};
     if (!st) st = clnpu_rope_table_create(dev, &cfg->rope, m->opt.max_context, &m->rope);
     if (!st) st = alloc_activations(m);
+    if (!st) st = clnpu_model_family_create(m); /* the newer members' buffers (model_load_family.c) */
     if (!st) st = load_globals(m, &L);
     release_host(&L);
     if (m->opt.layer_end > cfg->num_hidden_layers) m->opt.layer_end = cfg->num_hidden_layers;

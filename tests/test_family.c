@@ -118,6 +118,24 @@ START_TEST(test_fp8_checkpoint)
 }
 END_TEST
 
+/* DeepSeek-V3.2: index_topk 10 of a 40-token prompt, grouped routing. */
+START_TEST(test_dsv32_matches_transformers)
+{
+    clnpu_model *m;
+    check_fixture(MODELS "tiny-dsv32", "tiny DeepSeek-V3.2", &m);
+    clnpu_model_destroy(m);
+}
+END_TEST
+
+/* A.X K2: index_topk 12 of 48, gated norms, the output gate, routing without groups. */
+START_TEST(test_axk2_matches_transformers)
+{
+    clnpu_model *m;
+    check_fixture(MODELS "tiny-axk2", "tiny A.X K2", &m);
+    clnpu_model_destroy(m);
+}
+END_TEST
+
 /* Bad FP8 checkpoints: block sizes other than 128 x 128 and other schemes, refused by name. */
 START_TEST(test_fp8_config_refused)
 {
@@ -165,6 +183,8 @@ Suite *suite_family(void)
     tcase_add_test(tc, test_fp8_checkpoint);
     tcase_add_test(tc, test_fp8_config_refused);
     tcase_add_test(tc, test_fp8_cli);
+    tcase_add_test(tc, test_dsv32_matches_transformers);
+    tcase_add_test(tc, test_axk2_matches_transformers);
     suite_add_tcase(s, tc);
     return s;
 }

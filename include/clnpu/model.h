@@ -24,6 +24,8 @@
 extern "C" {
 #endif
 
+#define CLNPU_MODEL_MAX_LAYERS 512 /* mlp_layer_types entries a config may list */
+
 typedef struct clnpu_model_config {
     char model_type[32];
     size_t vocab_size, hidden_size, intermediate_size, moe_intermediate_size;
@@ -39,6 +41,18 @@ typedef struct clnpu_model_config {
     /* quantization_config {quant_method: fp8, fmt: e4m3, weight_block_size: [128, 128]}: the
      * projections and experts are stored fp8 with f32 `<name>_scale_inv` blocks (DeepSeek-V3) */
     bool fp8_checkpoint;
+    /* DeepSeek Sparse Attention (deepseek_v32, axk2): a lightning indexer of index_n_heads heads of
+     * index_head_dim picks the index_topk cached tokens each query attends to (0: dense attention) */
+    size_t index_topk, index_n_heads, index_head_dim;
+    /* A.X K2: gated RMSNorms of rank gated_norm_rank (input norm of every layer, post-attention
+     * norm of MoE layers), q_gate_proj (per head the query and a sigmoid gate on the attention
+     * output) instead of q_b_proj */
+    size_t gated_norm_rank;
+    bool attn_output_gate;
+    /* mlp_layer_types: bit l set when layer l is "sparse" (MoE); otherwise first_k_dense_replace
+     * and moe_layer_freq decide */
+    bool has_mlp_layer_types;
+    uint64_t mlp_sparse[CLNPU_MODEL_MAX_LAYERS / 64];
 } clnpu_model_config;
 
 /* Read config.json (libcjson). Missing required fields, wrong types and unsupported model types
