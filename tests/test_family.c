@@ -50,6 +50,42 @@ static void close_fixture(fixture *f)
     clnpu_safetensors_close(f->ref);
 }
 
+/* Routed experts against the reference's expert_ids.L / expert_weights.L (sorted ids): all T rows,
+ * or (tiny-dsv32, tiny-axk2) one row, the last position's, which transformers routed last. `last`:
+ * the model's last forward was that position alone (a decode step); else the whole sequence. */
+static void check_routing(const fixture *f, const clnpu_model *m, const char *what, bool last)
+{
+    const size_t K = f->cfg.num_experts_per_tok, T = f->T;
+    int *ids = malloc(T * K * sizeof *ids);
+    float *w = malloc(T * K * sizeof *w);
+    size_t checked = 0;
+    for (size_t l = 0; l < f->cfg.num_hidden_layers; l++) {
+        char name[64];
+        snprintf(name, sizeof name, "expert_ids.%zu", l);
+        const clnpu_tensor_info *t = clnpu_safetensors_find(f->ref, name);
+        snprintf(name, sizeof name, "expert_weights.%zu", l);
+        const clnpu_tensor_info *tw = clnpu_safetensors_find(f->ref, name);
+        if (!t || !tw) continue;
+        ck_assert_ok(clnpu_model_routing(m, l, ids, w));
+        const size_t rows = (size_t)t->shape[0], r0 = rows == T ? 0 : last ? 0 : T - 1;
+        ck_assert(rows == T || rows == 1);
+        if (last && rows == T) continue;
+        const int *rid = t->data;
+        for (size_t i = 0; i < rows * K; i++)
+            ck_assert_msg(ids[r0 * K + i] == rid[i], "%s layer %zu row %zu: expert %d, transformers %d", what, l,
+                          r0 + i / K, ids[r0 * K + i], rid[i]);
+        double num = 0, den = 0;
+        for (size_t i = 0; i < rows * K; i++) {
+            const double rv = ((const float *)tw->data)[i];
+            num += (w[r0 * K + i] - rv) * (w[r0 * K + i] - rv), den += rv * rv;
+        }
+        ck_assert_msg(sqrt(num / den) <= 1e-5, "%s layer %zu: routing weights differ (%.3g)", what, l, sqrt(num / den));
+        checked++;
+    }
+    ck_assert_msg(checked > 0 || !clnpu_safetensors_find(f->ref, "expert_ids.1"), "%s: no routing compared", what);
+    free(ids), free(w);
+}
+
 /* Every position's logits by one prefill and by prefill of 1 + token-by-token decode; the hidden
  * states of the whole-sequence forward. */
 static void check_fixture(const char *dir, const char *what, clnpu_model **out_m)
@@ -78,12 +114,14 @@ static void check_fixture(const char *dir, const char *what, clnpu_model **out_m
         double eh = rel(h, hs + i * T * d, T * d);
         ck_assert_msg(eh <= 1e-4, "%s hidden state %zu: rel error %.3g", what, i, eh);
     }
+    check_routing(&f, m, what, false);
     for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
     ck_assert_ok(clnpu_model_prefill(m, 1, f.ids, 1, lg));
     for (size_t t = 1; t < T; t++) {
         size_t s = 1;
         ck_assert_ok(clnpu_model_decode(m, &s, f.ids + t, 1, lg + t * V));
     }
+    check_routing(&f, m, what, true); /* the last decode step's routing, where the reference has one row */
     e = rel(lg, ref, T * V);
     fprintf(stderr, "%s, prefill 1 + decode %zu: logits rel error %.2e\n", what, T - 1, e);
     ck_assert_msg(e <= 1e-4, "%s decode logits: rel error %.3g > 1e-4", what, e);
@@ -123,7 +161,37 @@ START_TEST(test_dsv32_matches_transformers)
 {
     clnpu_model *m;
     check_fixture(MODELS "tiny-dsv32", "tiny DeepSeek-V3.2", &m);
+    /* two sequences past index_topk decoding together, in both orders: each row's indexer and
+     * attention read its own sequence's pages */
+    fixture f;
+    open_fixture(&f, MODELS "tiny-dsv32");
+    const size_t V = f.cfg.vocab_size;
+    const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
+    clnpu_model_reset(m, 0), clnpu_model_reset(m, 1);
+    ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, 17, NULL));
+    ck_assert_ok(clnpu_model_prefill(m, 1, f.ids, 29, NULL));
+    size_t seqs[2] = {0, 1}, rev[2] = {1, 0};
+    int next[2] = {f.ids[17], f.ids[29]}, nrev[2] = {f.ids[30], f.ids[18]};
+    float *two = malloc(2 * V * sizeof *two);
+    ck_assert_ok(clnpu_model_decode(m, seqs, next, 2, two));
+    ck_assert_msg(rel(two, ref + 17 * V, V) <= 1e-4 && rel(two + V, ref + 29 * V, V) <= 1e-4, "batched sparse decode");
+    ck_assert_ok(clnpu_model_decode(m, rev, nrev, 2, two));
+    ck_assert_msg(rel(two, ref + 30 * V, V) <= 1e-4 && rel(two + V, ref + 18 * V, V) <= 1e-4, "reversed batched decode");
     clnpu_model_destroy(m);
+    /* the fixture tells sparse from dense: attending to every token (index_topk past the prompt)
+     * gives other logits */
+    f.cfg.index_topk = 1000;
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_context = 64, o.max_tokens = 64;
+    ck_assert_ok(clnpu_model_create(test_device(), &f.cfg, f.ck, &o, &m));
+    float *lg = malloc(f.T * V * sizeof *lg);
+    ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, f.T, lg));
+    const double dense = rel(lg, ref, f.T * V);
+    fprintf(stderr, "tiny DeepSeek-V3.2 with dense attention: logits rel error %.2e\n", dense);
+    ck_assert_msg(dense > 1e-3, "dense attention matches the sparse reference (%.3g): the selection is not exercised", dense);
+    free(two), free(lg);
+    clnpu_model_destroy(m);
+    close_fixture(&f);
 }
 END_TEST
 
@@ -133,6 +201,24 @@ START_TEST(test_axk2_matches_transformers)
     clnpu_model *m;
     check_fixture(MODELS "tiny-axk2", "tiny A.X K2", &m);
     clnpu_model_destroy(m);
+    /* the prompt in chunks of 13 (each chunk's queries over the cached prefix + themselves) */
+    fixture f;
+    open_fixture(&f, MODELS "tiny-axk2");
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_context = 64, o.max_tokens = 13;
+    ck_assert_ok(clnpu_model_create(test_device(), &f.cfg, f.ck, &o, &m));
+    const size_t V = f.cfg.vocab_size;
+    float *lg = malloc(f.T * V * sizeof *lg);
+    ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, f.T, lg));
+    const double e = rel(lg, clnpu_safetensors_find(f.ref, "logits")->data, f.T * V);
+    ck_assert_msg(e <= 1e-4, "tiny A.X K2 prefill in chunks of 13: rel error %.3g", e);
+    free(lg);
+    clnpu_model_destroy(m);
+    /* not implemented, refused: the indexer under tensor parallelism */
+    clnpu_device *devs[2] = {test_device(), test_device()};
+    ck_assert_int_eq(clnpu_model_create_tp(devs, 2, &f.cfg, f.ck, &o, &m), CLNPU_ERR_UNSUPPORTED);
+    ck_assert_msg(strstr(clnpu_error_message(), "tensor parallel"), "%s", clnpu_error_message());
+    close_fixture(&f);
 }
 END_TEST
 
@@ -145,6 +231,14 @@ START_TEST(test_fp8_config_refused)
         {"{\"quant_method\": \"gptq\"}", "gptq"},
         {"{\"quant_method\": \"fp8\", \"fmt\": \"e4m3\"}", "weight_block_size"},
     };
+    /* A.X K2 with expert groups (transformers fills unselected groups with 0, not implemented) */
+    const char *grouped = "{\"model_type\": \"axk2\", \"vocab_size\": 64, \"hidden_size\": 32, \"intermediate_size\": 64, "
+                          "\"moe_intermediate_size\": 16, \"num_hidden_layers\": 2, \"num_attention_heads\": 2, "
+                          "\"q_lora_rank\": 16, \"kv_lora_rank\": 16, \"qk_nope_head_dim\": 8, \"qk_rope_head_dim\": 4, "
+                          "\"v_head_dim\": 8, \"n_routed_experts\": 4, \"n_group\": 2, \"topk_group\": 1}";
+    clnpu_model_config gc;
+    ck_assert_int_eq(clnpu_model_config_parse(grouped, strlen(grouped), "g.json", &gc), CLNPU_ERR_UNSUPPORTED);
+    ck_assert_msg(strstr(clnpu_error_message(), "n_group"), "%s", clnpu_error_message());
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char json[1024];
         snprintf(json, sizeof json,
