@@ -209,7 +209,9 @@ void clnpu_model_config_params(const clnpu_model_config *c, double *total, doubl
     const double expert = 3 * d * (double)c->moe_intermediate_size, dense = 3 * d * (double)c->intermediate_size;
     double t = 2 * (double)c->vocab_size * d * (c->tie_word_embeddings ? 0.5 : 1) + d, a = t;
     for (size_t l = 0; l < c->num_hidden_layers; l++) {
-        double base = attn + 2 * d; /* + input and post-attention norms */
+        double fam_attn, fam_gates; /* DeepSeek-V3.2 / A.X K2: the indexer, gates */
+        clnpu_model_config_layer_family(c, l, &fam_attn, NULL, NULL, &fam_gates);
+        double base = attn + 2 * d + fam_attn + fam_gates; /* + input and post-attention norms */
         t += base, a += base;
         if (!clnpu_model_config_is_moe(c, l)) {
             t += dense, a += dense;

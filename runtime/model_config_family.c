@@ -80,3 +80,23 @@ clnpu_status clnpu_model_config_parse_family(const cJSON *root, const char *orig
     }
     return CLNPU_OK;
 }
+
+void clnpu_model_config_layer_family(const clnpu_model_config *c, size_t l, double *attn, double *whole, double *norms,
+                                     double *gates)
+{
+    const double d = (double)c->hidden_size, H = (double)c->num_attention_heads, qr = (double)c->q_lora_rank;
+    const double nh = (double)c->index_n_heads, D = (double)c->index_head_dim, rank = (double)c->gated_norm_rank;
+    const double dqk = (double)(c->qk_nope_head_dim + c->qk_rope_head_dim), vd = (double)c->v_head_dim;
+    double a = 0, w = 0, n = 0, g = 0;
+    if (c->index_topk) {
+        n = 2 * D;                            /* k_norm: LayerNorm weight and bias */
+        w = qr * nh * D + d * D + d * nh + n; /* wq_b, wk, weights_proj */
+        a = w;
+    }
+    if (c->attn_output_gate) a += 2 * qr * H * (dqk + vd) - qr * H * dqk; /* q_gate_proj instead of q_b_proj */
+    if (c->gated_norm_rank) g = 2 * d * rank * (clnpu_model_config_is_moe(c, l) ? 2 : 1);
+    if (attn) *attn = a;
+    if (whole) *whole = w;
+    if (norms) *norms = n;
+    if (gates) *gates = g;
+}

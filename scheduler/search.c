@@ -124,8 +124,13 @@ static double unit_time(const cand *c, const clnpu_cluster_device *dv, const cln
     /* attention projections (q_b, kv_b, o over the t TP ranks; q_a and kv_a whole on each) and
      * the core: absorbed decode reads the latent of the replica's sequences on every TP rank;
      * prefill is quadratic (half the keys on average). */
-    double core_flops = u->attn_flops_per_ctx * (prefill ? ctx / 2 : ctx) * tr / t;
-    double core_bytes = prefill ? 0 : u->kv_bytes_per_token * ctx * (c->batch / c->r);
+    /* DeepSeek Sparse Attention: attention over at most attn_topk keys (prefill: the mean over the
+     * positions of min(position, topk)), the indexer's scores over all of them, whole on each rank */
+    const double kt = (double)u->attn_topk;
+    const double keys = prefill ? (!kt || ctx <= kt ? ctx / 2 : kt - kt * kt / (2 * ctx)) : (!kt || ctx <= kt ? ctx : kt);
+    double core_flops = u->attn_flops_per_ctx * keys * tr / t + u->index_flops_per_ctx * (prefill ? ctx / 2 : ctx) * tr;
+    double core_bytes = prefill ? 0 : ((u->kv_bytes_per_token - u->index_bytes_per_token) * keys +
+                                       u->index_bytes_per_token * ctx) * (c->batch / c->r);
     const double attn_rank = (u->attn_params - u->attn_whole_params) / t + u->attn_whole_params;
     double comp = roof(c, p, 2 * attn_rank * tr + core_flops, attn_rank * c->wb + core_bytes);
     double comm = 2 * allreduce(c, link_for(c, c->t), t, tr * d * act); /* after o_proj and after the MLP */

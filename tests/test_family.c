@@ -269,6 +269,95 @@ START_TEST(test_fp8_cli)
 }
 END_TEST
 
+/* Elements of every tensor a fixture's checkpoint holds (its block scales aside): what transformers
+ * 5.24 saved from the model it built, its parameters and the e_score_correction_bias buffers. */
+static double checkpoint_elements(const char *dir, const char *const *files, size_t nfiles)
+{
+    double n = 0;
+    for (size_t i = 0; i < nfiles; i++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        clnpu_safetensors *st;
+        ck_assert_ok(clnpu_safetensors_open(path, &st));
+        for (size_t t = 0; t < clnpu_safetensors_count(st); t++) {
+            const clnpu_tensor_info *ti = clnpu_safetensors_get(st, t);
+            const size_t len = strlen(ti->name);
+            if (len > 10 && !strcmp(ti->name + len - 10, "_scale_inv")) continue;
+            double e = 1;
+            for (int d = 0; d < ti->ndim; d++) e *= (double)ti->shape[d];
+            n += e;
+        }
+        clnpu_safetensors_close(st);
+    }
+    return n;
+}
+
+static double graph_total(const char *config)
+{
+    clnpu_model_config cfg;
+    ck_assert_ok(clnpu_model_config_load(config, &cfg));
+    clnpu_graph g;
+    ck_assert_ok(clnpu_graph_build(&cfg, &g));
+    double t, a;
+    clnpu_model_config_params(&cfg, &t, &a);
+    ck_assert_msg(t == g.total_params && a == g.active_params, "%s: graph and config counts differ", config);
+    const double total = g.total_params;
+    clnpu_graph_free(&g);
+    return total;
+}
+
+/* The planner's graphs of the new members: parameter counts as transformers built them. */
+START_TEST(test_family_graph_params)
+{
+    const char *one[] = {"model.safetensors"}, *two[] = {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"};
+    ck_assert_double_eq(graph_total(MODELS "tiny-dsv32/config.json"), checkpoint_elements(MODELS "tiny-dsv32", one, 1));
+    ck_assert_double_eq(graph_total(MODELS "tiny-axk2/config.json"), checkpoint_elements(MODELS "tiny-axk2", two, 2));
+    ck_assert_double_eq(graph_total(MODELS "tiny-dsv3-fp8/config.json"), checkpoint_elements(MODELS "tiny-dsv3-fp8", one, 1));
+    /* models/axk2-light is transformers 5.24's default AXK2Config. Its count, from modeling_axk2.py's
+     * module shapes (torch could not be installed where this was written, so not by instantiating
+     * the model; the same formula equals the tiny checkpoints' counts above): 20,314,494,976
+     * parameters (AXK2ForCausalLM.num_parameters()) + 47 MoE layers x 128 e_score_correction_bias
+     * buffers = 20,314,500,992 state-dict elements. */
+    ck_assert_double_eq(graph_total(MODELS "axk2-light/config.json"), 20314500992.0);
+    /* DeepSeek-V3.2 = DeepSeek-V3 (671,026,419,200) + 61 indexers of 1536x64x128 + 7168x128 + 7168x64 + 2x128 */
+    ck_assert_double_eq(graph_total(MODELS "deepseek-v32/config.json"), 671026419200.0 + 61.0 * 13959424);
+    ck_assert_double_eq(graph_total(CLNPU_SOURCE_DIR "/models/deepseek-v3/config.json"), 671026419200.0);
+}
+END_TEST
+
+/* The cost model follows the sparsity: past index_topk, a longer context adds the indexer's cost
+ * (its scores and key cache) but not dense attention's. */
+START_TEST(test_family_plan_cost)
+{
+    clnpu_model_config sparse, dense;
+    ck_assert_ok(clnpu_model_config_load(MODELS "deepseek-v32/config.json", &sparse));
+    ck_assert_ok(clnpu_model_config_load(CLNPU_SOURCE_DIR "/models/deepseek-v3/config.json", &dense));
+    clnpu_graph g;
+    ck_assert_ok(clnpu_graph_build(&sparse, &g));
+    ck_assert_uint_eq(g.units[1].attn_topk, 2048);
+    ck_assert_double_eq(g.units[1].kv_bytes_per_token, (512 + 64) * 2 + 128 * 2);
+    clnpu_graph_free(&g);
+    clnpu_cluster *cl;
+    ck_assert_ok(clnpu_cluster_load(CLNPU_SOURCE_DIR "/clusters/h200-2x8.yaml", NULL, &cl));
+    double step[2][2];
+    const size_t ctx[2] = {4096, 65536};
+    for (int m = 0; m < 2; m++)
+        for (int i = 0; i < 2; i++) {
+            clnpu_workload w = clnpu_workload_default();
+            w.batch = 16, w.context = ctx[i];
+            clnpu_plan *p;
+            ck_assert_ok(clnpu_plan_create(m ? &dense : &sparse, cl, &w, NULL, &p));
+            step[m][i] = clnpu_plan_get_summary(p).step_s;
+            clnpu_plan_destroy(p);
+        }
+    fprintf(stderr, "decode step, batch 16: DeepSeek-V3.2 %.2f -> %.2f ms, DeepSeek-V3 %.2f -> %.2f ms (4k -> 64k)\n",
+            step[0][0] * 1e3, step[0][1] * 1e3, step[1][0] * 1e3, step[1][1] * 1e3);
+    ck_assert(step[0][1] > step[0][0]); /* the indexer still reads every key */
+    ck_assert_msg(step[0][1] - step[0][0] < 0.5 * (step[1][1] - step[1][0]), "sparse attention grows like dense");
+    clnpu_cluster_destroy(cl);
+}
+END_TEST
+
 Suite *suite_family(void)
 {
     Suite *s = suite_create("family");
@@ -279,6 +368,8 @@ Suite *suite_family(void)
     tcase_add_test(tc, test_fp8_cli);
     tcase_add_test(tc, test_dsv32_matches_transformers);
     tcase_add_test(tc, test_axk2_matches_transformers);
+    tcase_add_test(tc, test_family_graph_params);
+    tcase_add_test(tc, test_family_plan_cost);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -63,6 +63,13 @@ clnpu_status clnpu_model_config_parse(const char *json, size_t len, const char *
                                       clnpu_model_config *out_config);
 /* Parameters of the whole model (no MTP), and those active per token. */
 void clnpu_model_config_params(const clnpu_model_config *cfg, double *out_total, double *out_active);
+/* What DeepSeek-V3.2 / A.X K2 add to layer l over DeepSeek-V3's parameters (all 0 for the others):
+ * attn: to the attention block (the indexer's wq_b, wk, k_norm, weights_proj; A.X K2's q_gate_proj
+ * over q_b_proj), of which attn_whole is held whole by every tensor-parallel rank (the indexer)
+ * and attn_norms are norms (k_norm); gates: A.X K2's gated norms' fc1 + fc2 (input norm, and the
+ * post-attention norm on MoE layers). */
+void clnpu_model_config_layer_family(const clnpu_model_config *cfg, size_t layer, double *out_attn,
+                                     double *out_attn_whole, double *out_attn_norms, double *out_gates);
 /* Whether layer l is a MoE layer. */
 bool clnpu_model_config_is_moe(const clnpu_model_config *cfg, size_t layer);
 

@@ -42,7 +42,12 @@ typedef struct clnpu_graph_unit {
     double norm_params;        /* layer norms */
     double flops_per_token;    /* projections and MLPs; attention core excluded */
     double attn_flops_per_ctx; /* attention core FLOPs per token per key (absorbed decode) */
-    double kv_bytes_per_token; /* latent cache bytes per token (bf16) */
+    double kv_bytes_per_token; /* latent cache bytes per token (bf16), with the indexer's keys */
+    /* DeepSeek Sparse Attention: the indexer scores every key, attention reads only attn_topk
+     * (0: all) of them */
+    size_t attn_topk;
+    double index_flops_per_ctx;  /* indexer FLOPs per token per key (whole on every TP rank) */
+    double index_bytes_per_token; /* of kv_bytes_per_token, the indexer's key (bf16) */
 } clnpu_graph_unit;
 
 typedef struct clnpu_graph {
