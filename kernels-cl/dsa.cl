@@ -8,7 +8,7 @@
  *   score[t][j] = sum_h w[t][h] * scale * relu(q[t][h] . k_j),  scale = D^-0.5 * n_heads^-0.5,
  * q the rotated wq_b(q_resid) heads, k_j = RoPE(LayerNorm(wk(x_j))) from the key cache.
  * Tunables: CLNPU_DSA_D (indexer head dim), CLNPU_MLA_R / CLNPU_MLA_DR (latent and rope dims),
- * CLNPU_MLA_HG (heads per work-item). */
+ * CLNPU_MLA_HG (heads per work-item), CLNPU_MLA_BT (selected rows per softmax step). */
 #include "clnpu_common.h"
 
 #ifndef CLNPU_DSA_D
@@ -33,10 +33,37 @@
 #error "indexer head, latent and rope dims must be multiples of 4"
 #endif
 
+#ifndef CLNPU_MLA_BT
+#define CLNPU_MLA_BT 16
+#endif
+#define BT CLNPU_MLA_BT
+
 inline float hsum4(float4 v)
 {
     return v.x + v.y + v.z + v.w;
 }
+
+/* the latent rows' vector width: 16 where R and DR allow it (as kernels-cl/mla.cl) */
+#if R % 16 == 0 && DR % 16 == 0
+#define VW 16
+#define VF float16
+#define VL vload16
+#define VS vstore16
+inline float hsumv(float16 v)
+{
+    float8 a = v.lo + v.hi;
+    return hsum4(a.lo + a.hi);
+}
+#else
+#define VW 4
+#define VF float4
+#define VL vload4
+#define VS vstore4
+inline float hsumv(float4 v)
+{
+    return hsum4(v);
+}
+#endif
 
 /* Grid: (max_len, T). Keys past a query's position get -inf (never selected). */
 __kernel void clnpu_dsa_scores(__global const float *q, const uint q_off, const uint ldq,
@@ -141,33 +168,49 @@ __kernel void clnpu_mla_sparse(__global const float *qa, __global const float *q
     __global const int *bt = block_table + (size_t)seq[r] * max_blocks;
     __global const int *sel = idx + (size_t)r * ldi;
     const uint cnt = (uint)count[r];
-    for (uint i = 0; i < cnt; i++) {
-        const uint j = (uint)sel[i];
-        __global const float *row = cache + ((size_t)bt[j / page] * page + j % page) * ROW;
-        float4 acc[HG];
-        for (int g = 0; g < HG; g++) acc[g] = (float4)(0.0f);
-        for (int d = 0; d < R; d += 4) {
-            const float4 rv = vload4(0, row + d);
-            for (int g = 0; g < HG; g++) acc[g] = fma(vload4(0, q[g] + d), rv, acc[g]);
+    /* BT selected rows at a time: scores for all HG heads, one rescale of z per block */
+    for (uint i0 = 0; i0 < cnt; i0 += BT) {
+        const uint nb = min((uint)BT, cnt - i0);
+        __global const float *rows[BT];
+        for (uint j = 0; j < nb; j++) {
+            const uint t = (uint)sel[i0 + j];
+            rows[j] = cache + ((size_t)bt[t / page] * page + t % page) * ROW;
         }
-        for (int d = 0; d < DR; d += 4) {
-            const float4 rv = vload4(0, row + R + d);
-            for (int g = 0; g < HG; g++) acc[g] = fma(vload4(0, qr[g] + d), rv, acc[g]);
+        float s[HG][BT];
+        for (uint j = 0; j < nb; j++) {
+            VF acc[HG];
+            for (int g = 0; g < HG; g++) acc[g] = (VF)(0.0f);
+            for (int d = 0; d < R; d += VW) {
+                const VF rv = VL(0, rows[j] + d);
+                for (int g = 0; g < HG; g++) acc[g] = fma(VL(0, q[g] + d), rv, acc[g]);
+            }
+            for (int d = 0; d < DR; d += VW) {
+                const VF rv = VL(0, rows[j] + R + d);
+                for (int g = 0; g < HG; g++) acc[g] = fma(VL(0, qr[g] + d), rv, acc[g]);
+            }
+            for (int g = 0; g < HG; g++) s[g][j] = hsumv(acc[g]);
         }
-        /* online softmax, one row at a time */
-        float p[HG];
+        float corr[HG];
         for (int g = 0; g < HG; g++) {
-            const float s = hsum4(acc[g]);
-            const float mn = fmax(m[g], s);
-            const float corr = exp(m[g] - mn);
-            p[g] = exp(s - mn);
-            lsum[g] = lsum[g] * corr + p[g];
+            float bm = -INFINITY;
+            for (uint j = 0; j < nb; j++) bm = fmax(bm, s[g][j]);
+            const float mn = fmax(m[g], bm);
+            corr[g] = exp(m[g] - mn); /* 0 on the first block */
             m[g] = mn;
-            for (int d = 0; d < R; d++) z[g][d] *= corr;
+            lsum[g] *= corr[g];
+            for (uint j = 0; j < nb; j++) {
+                s[g][j] = exp(s[g][j] - mn);
+                lsum[g] += s[g][j];
+            }
         }
-        for (int d = 0; d < R; d += 4) {
-            const float4 rv = vload4(0, row + d);
-            for (int g = 0; g < HG; g++) vstore4(fma((float4)(p[g]), rv, vload4(0, z[g] + d)), 0, z[g] + d);
+        for (int d = 0; d < R; d += VW) {
+            VF zd[HG];
+            for (int g = 0; g < HG; g++) zd[g] = VL(0, z[g] + d) * corr[g];
+            for (uint j = 0; j < nb; j++) {
+                const VF rv = VL(0, rows[j] + d);
+                for (int g = 0; g < HG; g++) zd[g] = fma((VF)(s[g][j]), rv, zd[g]);
+            }
+            for (int g = 0; g < HG; g++) VS(zd[g], 0, z[g] + d);
         }
     }
     for (uint g = 0; g < nh; g++) {

@@ -66,7 +66,7 @@ clnpu_status clnpu_mla_sparse(clnpu_device *dev, const clnpu_mla_sparse_args *a)
         !fits(a->idx, N * a->k) ||
         !fits(a->q_pe, a->q_pe_offset + (N - 1) * a->q_pe_ld + (H - 1) * a->q_pe_hs + a->rope_dim))
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla sparse: a buffer is smaller than its shape");
-    const size_t hg = H < 4 ? H : 4; /* heads per work-item share each latent row they read */
+    const size_t hg = H < 8 ? H : 8; /* heads per work-item share each latent row they read */
     char opts[128];
     snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu", R, a->rope_dim, hg);
     cl_mem qa = clnpu_mem(a->q_abs), qp = clnpu_mem(a->q_pe), c = clnpu_mem(a->cache), bt = clnpu_mem(a->block_table),
