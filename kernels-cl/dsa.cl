@@ -65,7 +65,32 @@ inline float hsumv(float4 v)
 }
 #endif
 
-/* Grid: (max_len, T). Keys past a query's position get -inf (never selected). */
+#ifndef CLNPU_DSA_KB
+#define CLNPU_DSA_KB 8
+#endif
+#define KB CLNPU_DSA_KB
+#if D % 16 == 0
+#define DW 16
+#define DF float16
+#define DL vload16
+#else
+#define DW 4
+#define DF float4
+#define DL vload4
+#endif
+
+inline float hsumd(DF v)
+{
+#if DW == 16
+    float8 a = v.lo + v.hi;
+    return hsum4(a.lo + a.hi);
+#else
+    return hsum4(v);
+#endif
+}
+
+/* Grid: (ceil(max_len / KB), T): a work-item scores KB consecutive keys, so each query head is
+ * loaded once for all of them. Keys past a query's position get -inf (never selected). */
 __kernel void clnpu_dsa_scores(__global const float *q, const uint q_off, const uint ldq,
                                __global const float *w, const uint w_off, const uint ldw,
                                __global const float *kcache, const uint page,
@@ -73,25 +98,33 @@ __kernel void clnpu_dsa_scores(__global const float *q, const uint q_off, const 
                                __global const int *seq, __global const int *pos,
                                __global float *scores, const uint lds, const uint NH, const float scale)
 {
-    const uint j = get_global_id(0), t = get_global_id(1);
-    if (j >= lds) return;
-    if (j > (uint)pos[t]) {
-        scores[(size_t)t * lds + j] = -INFINITY;
-        return;
+    const uint j0 = get_global_id(0) * KB, t = get_global_id(1);
+    if (j0 >= lds) return;
+    const uint last = (uint)pos[t];
+    __global float *out = scores + (size_t)t * lds;
+    const uint nk = j0 > last ? 0 : min((uint)KB, last + 1 - j0);
+    for (uint i = nk; i < KB && j0 + i < lds; i++) out[j0 + i] = -INFINITY;
+    if (!nk) return;
+    __global const float *k[KB];
+    for (uint i = 0; i < KB; i++) {
+        const uint j = j0 + min(i, nk - 1);
+        k[i] = kcache + ((size_t)block_table[(size_t)seq[t] * max_blocks + j / page] * page + j % page) * D;
     }
-    const int pg = block_table[(size_t)seq[t] * max_blocks + j / page];
-    __global const float *k = kcache + ((size_t)pg * page + j % page) * D;
-    float4 kv[D / 4];
-    for (int d = 0; d < D / 4; d++) kv[d] = vload4(d, k);
     __global const float *qt = q + q_off + (size_t)t * ldq;
     __global const float *wt = w + w_off + (size_t)t * ldw;
-    float s = 0.0f;
+    float s[KB];
+    for (int i = 0; i < KB; i++) s[i] = 0.0f;
     for (uint h = 0; h < NH; h++) {
-        float4 acc = (float4)(0.0f);
-        for (int d = 0; d < D / 4; d++) acc = fma(vload4(d, qt + h * D), kv[d], acc);
-        s = fma(wt[h], fmax(hsum4(acc), 0.0f), s);
+        DF acc[KB];
+        for (int i = 0; i < KB; i++) acc[i] = (DF)(0.0f);
+        for (int d = 0; d < D; d += DW) {
+            const DF qv = DL(0, qt + h * D + d);
+            for (int i = 0; i < KB; i++) acc[i] = fma(qv, DL(0, k[i] + d), acc[i]);
+        }
+        const float wh = wt[h];
+        for (int i = 0; i < KB; i++) s[i] = fma(wh, fmax(hsumd(acc[i]), 0.0f), s[i]);
     }
-    scores[(size_t)t * lds + j] = s * scale;
+    for (uint i = 0; i < nk; i++) out[j0 + i] = s[i] * scale;
 }
 
 /* Order-preserving map of a float to an unsigned key (larger float, larger key). */

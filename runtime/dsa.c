@@ -34,7 +34,7 @@ clnpu_status clnpu_dsa_scores(clnpu_device *dev, const clnpu_dsa_scores_args *a)
     clnpu_karg args[] = {KARG(q), KARG(qo), KARG(qld), KARG(w), KARG(wo), KARG(wld), KARG(kc), KARG(page),
                          KARG(bt), KARG(mb), KARG(sq), KARG(ps), KARG(sc), KARG(lds), KARG(nh), KARG(s)};
     /* every key column of the row up to max_len; later columns of a row are never read */
-    size_t g[2] = {a->max_len, T};
+    size_t g[2] = {(a->max_len + 7) / 8, T}; /* CLNPU_DSA_KB (8) keys per work-item */
     return clnpu_launch(dev, "dsa.cl", opts, "clnpu_dsa_scores", 2, g, NULL, args, 16);
 }
 
