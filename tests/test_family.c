@@ -141,7 +141,9 @@ START_TEST(test_fp8_checkpoint)
     ck_assert(f.cfg.fp8_checkpoint);
     close_fixture(&f);
     clnpu_model *m;
+    const double before = (double)clnpu_device_memory_used(test_device());
     check_fixture(MODELS "tiny-dsv3-fp8", "tiny DeepSeek-V3 fp8", &m);
+    const double fp8_bytes = (double)clnpu_device_memory_used(test_device()) - before;
     clnpu_model_weight_stats s;
     clnpu_model_weight_stats_get(m, &s);
     /* q_a, q_b, kv_a, kv_b, o per layer, the dense MLP, 8 routed + 1 shared expert of 2 MoE layers */
@@ -153,6 +155,20 @@ START_TEST(test_fp8_checkpoint)
     /* the embedding, lm_head and routers as stored */
     ck_assert_msg(s.elements[CLNPU_DTYPE_BF16] == 2 * 512.0 * 256 + 2 * 8 * 256, "bf16 %.0f", s.elements[CLNPU_DTYPE_BF16]);
     clnpu_model_destroy(m);
+    /* on the device: the same model with bf16 weights (random, same shapes and options) holds one
+     * more byte for every fp8 weight, less the block scales (panel padding aside) */
+    clnpu_model_config cfg;
+    ck_assert_ok(clnpu_model_config_load(MODELS "tiny-dsv3-fp8/config.json", &cfg));
+    clnpu_model_options o = clnpu_model_options_default();
+    o.capture = true, o.max_sequences = 2, o.max_context = 64, o.max_tokens = 64;
+    const double b0 = (double)clnpu_device_memory_used(test_device());
+    ck_assert_ok(clnpu_model_create(test_device(), &cfg, NULL, &o, &m));
+    const double bf16_bytes = (double)clnpu_device_memory_used(test_device()) - b0;
+    clnpu_model_destroy(m);
+    const double saved = bf16_bytes - fp8_bytes, expect = fp8 - s.scale_bytes;
+    fprintf(stderr, "tiny DeepSeek-V3 fp8 on the device: %.0f bytes, %.0f with bf16 weights (%.0f fp8 weights)\n", fp8_bytes,
+            bf16_bytes, fp8);
+    ck_assert_msg(fabs(saved - expect) < 0.05 * expect, "fp8 saves %.0f bytes, expected about %.0f", saved, expect);
 }
 END_TEST
 
@@ -266,6 +282,13 @@ START_TEST(test_fp8_cli)
     rc = test_run(CLNPU_CLI_PATH " plan --model " MODELS "tiny-dsv3-fp8/config.json --cluster " CLNPU_SOURCE_DIR
                   "/clusters/pocl-2.yaml --batch 4 --weights bf16", out, sizeof out);
     ck_assert_msg(rc == 0 && strstr(out, "bf16 weights"), "rc %d: %s", rc, out);
+    /* random weights for the new model types, requantised */
+    rc = test_run(CLNPU_CLI_PATH " run --random-weights --config " MODELS "tiny-dsv32/config.json --ids 1,2,3,4,5,6,7,8,9,10,11,12 "
+                  "-n 2 --weights int8", out, sizeof out);
+    ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
+    rc = test_run(CLNPU_CLI_PATH " run --random-weights --config " MODELS "tiny-axk2/config.json --ids 1,2,3,4,5,6,7,8,9,10,11,12,13,14 "
+                  "-n 2 --weights fp8", out, sizeof out);
+    ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
 }
 END_TEST
 
