@@ -261,5 +261,6 @@ void conf_tier3(conf_ctx *c)
 {
     case_routing(c);
     case_mla(c);
+    conf_tier3_dsa(c); /* conformance_dsa.c */
     case_model(c);
 }
