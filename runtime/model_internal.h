@@ -109,6 +109,9 @@ clnpu_status clnpu_model_forward_rank(clnpu_model *m, size_t T, const int *ids, 
 struct loader;
 clnpu_status clnpu_loader_upload_mat(clnpu_model *m, struct loader *L, const char *name, size_t n, size_t k,
                                      clnpu_weight **out);
+/* rows [r0, r0 + rows) of a stored [n, k] matrix (a tensor-parallel rank's heads) */
+clnpu_status clnpu_loader_upload_rows(clnpu_model *m, struct loader *L, const char *name, size_t n, size_t k, size_t r0,
+                                      size_t rows, clnpu_weight **out);
 clnpu_status clnpu_loader_upload_vec(clnpu_model *m, struct loader *L, const char *name, size_t n, float fill,
                                      clnpu_buffer **out);
 clnpu_status clnpu_model_family_create(clnpu_model *m);

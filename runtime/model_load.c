@@ -283,6 +283,12 @@ clnpu_status clnpu_loader_upload_mat(clnpu_model *m, struct loader *L, const cha
     return upload_mat(m->dev, L, name, n, k, out);
 }
 
+clnpu_status clnpu_loader_upload_rows(clnpu_model *m, struct loader *L, const char *name, size_t n, size_t k, size_t r0,
+                                      size_t rows, clnpu_weight **out)
+{
+    return upload_rows(m->dev, L, name, n, k, r0, rows, out);
+}
+
 clnpu_status clnpu_loader_upload_vec(clnpu_model *m, struct loader *L, const char *name, size_t n, float fill,
                                      clnpu_buffer **out)
 {

@@ -12,9 +12,8 @@ clnpu_status clnpu_model_family_create(clnpu_model *m)
 {
     const clnpu_model_config *c = &m->cfg;
     if (!c->index_topk && !c->gated_norm_rank && !c->attn_output_gate) return CLNPU_OK;
-    if (m->tp_size > 1)
-        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: tensor parallelism is not implemented for the sparse-attention "
-                          "indexer (run it with TP 1)", c->model_type);
+    /* tensor parallel: the indexer and the gated norms run whole on every rank (each picks the same
+     * rows), the attention heads and their output gates are split */
     model_family *f = m->fam = calloc(1, sizeof *f);
     if (!f) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     const size_t T = m->opt.max_tokens, S = m->opt.max_context, H = m->heads, R = c->kv_lora_rank;
@@ -60,9 +59,10 @@ clnpu_status clnpu_model_load_family_layer(clnpu_model *m, struct loader *L, siz
         /* the indexer's keys, paged with the same page ids as the latent cache */
         if (!st) st = clnpu_buffer_create(m->dev, m->pages * m->opt.page_size * D * sizeof(float), &ly->ix_cache);
     }
-    if (!st && c->attn_output_gate) /* per head: dqk query rows, then v_head_dim gate rows */
-        st = clnpu_loader_upload_mat(m, L, NAME("self_attn.q_gate_proj.weight"),
-                                     c->num_attention_heads * (m->dqk + c->v_head_dim), 2 * qr, &ly->q_b);
+    const size_t P = m->dqk + c->v_head_dim;
+    if (!st && c->attn_output_gate) /* per head: dqk query rows, then v_head_dim gate rows; this rank's heads */
+        st = clnpu_loader_upload_rows(m, L, NAME("self_attn.q_gate_proj.weight"), c->num_attention_heads * P, 2 * qr,
+                                      m->h0 * P, m->heads * P, &ly->q_b);
     if (!st && rank) {
         st = clnpu_loader_upload_mat(m, L, NAME("input_layernorm.mlp.fc1.weight"), rank, d, &ly->in_fc1);
         if (!st) st = clnpu_loader_upload_mat(m, L, NAME("input_layernorm.mlp.fc2.weight"), d, rank, &ly->in_fc2);

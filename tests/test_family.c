@@ -172,6 +172,49 @@ START_TEST(test_fp8_checkpoint)
 }
 END_TEST
 
+/* Tensor parallel over two devices (the indexer and gated norms whole on each rank, the heads and
+ * their gates split), and two attention replicas with the experts over both: prefill and decode
+ * against transformers. */
+static void check_tensor_parallel(const char *dir, const char *what)
+{
+    fixture f;
+    open_fixture(&f, dir);
+    const size_t T = f.T, V = f.cfg.vocab_size;
+    const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_sequences = 2, o.max_context = 64, o.max_tokens = 64;
+    const size_t L = f.cfg.num_hidden_layers, E = f.cfg.n_routed_experts;
+    clnpu_stage_spec tp2 = {.device = 0, .profile = "", .layer_begin = 0, .layer_end = L, .embed = true, .head = true, .tp = 2};
+    clnpu_stage_spec dp2 = tp2;
+    dp2.tp = 1, dp2.replicas = 2, dp2.ep_count = 2;
+    size_t half[2][64];
+    for (size_t i = 0; i < E; i++) half[i % 2][i / 2] = i;
+    for (size_t i = 0; i < 2; i++)
+        tp2.ep_devices[i] = dp2.ep_devices[i] = i, dp2.ep_experts[i] = half[i], dp2.ep_expert_counts[i] = E / 2;
+    const clnpu_stage_spec *cases[2] = {&tp2, &dp2};
+    float *lg = malloc(T * V * sizeof *lg);
+    for (int c = 0; c < 2; c++) {
+        clnpu_pipeline *p;
+        ck_assert_ok(clnpu_pipeline_create(&f.cfg, f.ck, cases[c], 1, &o, &p));
+        for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
+        ck_assert_ok(clnpu_pipeline_prefill(p, 0, f.ids, T, lg));
+        double e = rel(lg, ref, T * V);
+        ck_assert_msg(e <= 1e-4, "%s %s prefill: rel error %.3g", what, c ? "DP 2 x EP 2" : "TP 2", e);
+        for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
+        ck_assert_ok(clnpu_pipeline_prefill(p, 1, f.ids, 1, lg));
+        for (size_t t = 1; t < T; t++) {
+            size_t s = 1;
+            ck_assert_ok(clnpu_pipeline_decode(p, &s, f.ids + t, 1, lg + t * V));
+        }
+        e = rel(lg, ref, T * V);
+        fprintf(stderr, "%s, %s, prefill 1 + decode %zu: logits rel error %.2e\n", what, c ? "DP 2 x EP 2" : "TP 2", T - 1, e);
+        ck_assert_msg(e <= 1e-4, "%s %s decode: rel error %.3g", what, c ? "DP 2 x EP 2" : "TP 2", e);
+        clnpu_pipeline_destroy(p);
+    }
+    free(lg);
+    close_fixture(&f);
+}
+
 /* DeepSeek-V3.2: index_topk 10 of a 40-token prompt, grouped routing. */
 START_TEST(test_dsv32_matches_transformers)
 {
@@ -208,6 +251,7 @@ START_TEST(test_dsv32_matches_transformers)
     free(two), free(lg);
     clnpu_model_destroy(m);
     close_fixture(&f);
+    check_tensor_parallel(MODELS "tiny-dsv32", "tiny DeepSeek-V3.2");
 }
 END_TEST
 
@@ -230,11 +274,8 @@ START_TEST(test_axk2_matches_transformers)
     ck_assert_msg(e <= 1e-4, "tiny A.X K2 prefill in chunks of 13: rel error %.3g", e);
     free(lg);
     clnpu_model_destroy(m);
-    /* not implemented, refused: the indexer under tensor parallelism */
-    clnpu_device *devs[2] = {test_device(), test_device()};
-    ck_assert_int_eq(clnpu_model_create_tp(devs, 2, &f.cfg, f.ck, &o, &m), CLNPU_ERR_UNSUPPORTED);
-    ck_assert_msg(strstr(clnpu_error_message(), "tensor parallel"), "%s", clnpu_error_message());
     close_fixture(&f);
+    check_tensor_parallel(MODELS "tiny-axk2", "tiny A.X K2");
 }
 END_TEST
 
