@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../backend/error.h"
+#include "../runtime/model_fp8.h"
 #include "test_util.h"
 
 #define MODELS CLNPU_SOURCE_DIR "/models/"
@@ -311,6 +312,53 @@ START_TEST(test_fp8_config_refused)
 }
 END_TEST
 
+/* A checkpoint's block scales: missing, misshapen, of another dtype or not finite, each refused
+ * naming the tensor; a tensor-parallel split off the 128-row blocks refused. */
+START_TEST(test_fp8_scales_refused)
+{
+    char dir[256], path[300];
+    test_mkdtemp(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    static uint8_t w[3 * 200];
+    static float good[2] = {0.5f, 0.25f}, bad[2] = {0.5f, NAN}, one[1] = {1};
+    static uint16_t half[2] = {0x3f80, 0x3f80};
+    const clnpu_tensor_out t[] = {
+        {"a.weight", CLNPU_DTYPE_FP8_E4M3, 2, {3, 200}, w}, {"a.weight_scale_inv", CLNPU_DTYPE_F32, 2, {1, 2}, good},
+        {"b.weight", CLNPU_DTYPE_FP8_E4M3, 2, {3, 200}, w}, {"b.weight_scale_inv", CLNPU_DTYPE_F32, 2, {1, 1}, one},
+        {"c.weight", CLNPU_DTYPE_FP8_E4M3, 2, {3, 200}, w}, {"c.weight_scale_inv", CLNPU_DTYPE_F32, 2, {1, 2}, bad},
+        {"d.weight", CLNPU_DTYPE_FP8_E4M3, 2, {3, 200}, w}, {"d.weight_scale_inv", CLNPU_DTYPE_BF16, 2, {1, 2}, half},
+        {"e.weight", CLNPU_DTYPE_FP8_E4M3, 2, {3, 200}, w}};
+    ck_assert_ok(clnpu_safetensors_write(path, t, sizeof t / sizeof t[0]));
+    clnpu_checkpoint *ck;
+    ck_assert_ok(clnpu_checkpoint_open(dir, &ck));
+    float *sc = NULL;
+    ck_assert_ok(clnpu_fp8_scales_load(ck, "a.weight", 3, 200, &sc));
+    ck_assert(sc[0] == 0.5f && sc[1] == 0.25f);
+    free(sc);
+    const char *names[] = {"b.weight", "c.weight", "d.weight", "e.weight"};
+    for (size_t i = 0; i < 4; i++) {
+        sc = NULL;
+        ck_assert_int_ne(clnpu_fp8_scales_load(ck, names[i], 3, 200, &sc), CLNPU_OK);
+        ck_assert_msg(strstr(clnpu_error_message(), names[i]), "%s: %s", names[i], clnpu_error_message());
+        ck_assert_ptr_null(sc);
+    }
+    clnpu_checkpoint_close(ck);
+    test_rmdir(dir);
+    /* the tiny fp8 model split over two ranks: q_b's 192 rows halve at 96, inside a block */
+    fixture f;
+    open_fixture(&f, MODELS "tiny-dsv3-fp8");
+    clnpu_stage_spec tp2 = {.device = 0, .profile = "", .layer_begin = 0, .layer_end = 3, .embed = true, .head = true, .tp = 2};
+    tp2.ep_devices[0] = 0, tp2.ep_devices[1] = 1;
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_context = 64, o.max_tokens = 8;
+    clnpu_pipeline *p;
+    ck_assert_int_eq(clnpu_pipeline_create(&f.cfg, f.ck, &tp2, 1, &o, &p), CLNPU_ERR_UNSUPPORTED);
+    ck_assert_msg(strstr(clnpu_error_message(), "q_b_proj.weight") && strstr(clnpu_error_message(), "block"), "%s",
+                  clnpu_error_message());
+    close_fixture(&f);
+}
+END_TEST
+
 /* The CLI: --stats says what the fp8 checkpoint holds; the planner prices it in fp8 unless told. */
 START_TEST(test_fp8_cli)
 {
@@ -430,6 +478,7 @@ Suite *suite_family(void)
     tcase_add_test(tc, test_fp8_checkpoint);
     tcase_add_test(tc, test_fp8_config_refused);
     tcase_add_test(tc, test_fp8_cli);
+    tcase_add_test(tc, test_fp8_scales_refused);
     tcase_add_test(tc, test_dsv32_matches_transformers);
     tcase_add_test(tc, test_axk2_matches_transformers);
     tcase_add_test(tc, test_family_graph_params);
