@@ -170,6 +170,31 @@ START_TEST(test_fp8_checkpoint)
     fprintf(stderr, "tiny DeepSeek-V3 fp8 on the device: %.0f bytes, %.0f with bf16 weights (%.0f fp8 weights)\n", fp8_bytes,
             bf16_bytes, fp8);
     ck_assert_msg(fabs(saved - expect) < 0.05 * expect, "fp8 saves %.0f bytes, expected about %.0f", saved, expect);
+    /* --weights fp8 keeps the checkpoint's fp8 blocks and quantises only what is stored wider
+     * (lm_head); --weights int8 requantises everything from the stored values */
+    open_fixture(&f, MODELS "tiny-dsv3-fp8");
+    const size_t V = f.cfg.vocab_size, T = 6;
+    float *lg[3];
+    const int wt[3] = {-1, CLNPU_DTYPE_FP8_E4M3, CLNPU_DTYPE_I8};
+    for (int i = 0; i < 3; i++) {
+        o = clnpu_model_options_default();
+        o.max_context = 16, o.max_tokens = 8, o.weights = wt[i];
+        ck_assert_ok(clnpu_model_create(test_device(), &f.cfg, f.ck, &o, &m));
+        lg[i] = malloc(T * V * sizeof *lg[i]);
+        ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, T, lg[i]));
+        clnpu_model_weight_stats ws;
+        clnpu_model_weight_stats_get(m, &ws);
+        const double want = i == 0 ? fp8 : i == 1 ? fp8 + 512.0 * 256 : 0;
+        ck_assert_msg(ws.elements[CLNPU_DTYPE_FP8_E4M3] == want, "weights %d: %.0f fp8 weights, expected %.0f", wt[i],
+                      ws.elements[CLNPU_DTYPE_FP8_E4M3], want);
+        clnpu_model_destroy(m);
+    }
+    for (int i = 1; i < 3; i++) {
+        const double e = rel(lg[i], lg[0], T * V);
+        ck_assert_msg(e > 0 && e < 0.05, "--weights %s on the fp8 checkpoint: rel error %.3g", i == 1 ? "fp8" : "int8", e);
+    }
+    for (int i = 0; i < 3; i++) free(lg[i]);
+    close_fixture(&f);
 }
 END_TEST
 
