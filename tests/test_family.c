@@ -199,8 +199,8 @@ START_TEST(test_fp8_checkpoint)
 END_TEST
 
 /* Tensor parallel over two devices (the indexer and gated norms whole on each rank, the heads and
- * their gates split), and two attention replicas with the experts over both: prefill and decode
- * against transformers. */
+ * their gates split), two attention replicas with the experts over both, and two pipeline stages:
+ * prefill and decode against transformers. */
 static void check_tensor_parallel(const char *dir, const char *what)
 {
     fixture f;
@@ -217,15 +217,20 @@ static void check_tensor_parallel(const char *dir, const char *what)
     for (size_t i = 0; i < E; i++) half[i % 2][i / 2] = i;
     for (size_t i = 0; i < 2; i++)
         tp2.ep_devices[i] = dp2.ep_devices[i] = i, dp2.ep_experts[i] = half[i], dp2.ep_expert_counts[i] = E / 2;
-    const clnpu_stage_spec *cases[2] = {&tp2, &dp2};
+    /* and two pipeline stages (layers [0, 2) with the embedding, [2, L) with the head) */
+    clnpu_stage_spec pp2[2] = {tp2, tp2};
+    pp2[0].tp = pp2[1].tp = 1, pp2[0].layer_end = pp2[1].layer_begin = 2, pp2[0].head = pp2[1].embed = false;
+    pp2[1].device = pp2[1].ep_devices[0] = 1;
+    const clnpu_stage_spec *cases[3] = {&tp2, &dp2, pp2};
+    const char *names[3] = {"TP 2", "DP 2 x EP 2", "PP 2"};
     float *lg = malloc(T * V * sizeof *lg);
-    for (int c = 0; c < 2; c++) {
+    for (int c = 0; c < 3; c++) {
         clnpu_pipeline *p;
-        ck_assert_ok(clnpu_pipeline_create(&f.cfg, f.ck, cases[c], 1, &o, &p));
+        ck_assert_ok(clnpu_pipeline_create(&f.cfg, f.ck, cases[c], c == 2 ? 2 : 1, &o, &p));
         for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
         ck_assert_ok(clnpu_pipeline_prefill(p, 0, f.ids, T, lg));
         double e = rel(lg, ref, T * V);
-        ck_assert_msg(e <= 1e-4, "%s %s prefill: rel error %.3g", what, c ? "DP 2 x EP 2" : "TP 2", e);
+        ck_assert_msg(e <= 1e-4, "%s %s prefill: rel error %.3g", what, names[c], e);
         for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
         ck_assert_ok(clnpu_pipeline_prefill(p, 1, f.ids, 1, lg));
         for (size_t t = 1; t < T; t++) {
@@ -233,8 +238,8 @@ static void check_tensor_parallel(const char *dir, const char *what)
             ck_assert_ok(clnpu_pipeline_decode(p, &s, f.ids + t, 1, lg + t * V));
         }
         e = rel(lg, ref, T * V);
-        fprintf(stderr, "%s, %s, prefill 1 + decode %zu: logits rel error %.2e\n", what, c ? "DP 2 x EP 2" : "TP 2", T - 1, e);
-        ck_assert_msg(e <= 1e-4, "%s %s decode: rel error %.3g", what, c ? "DP 2 x EP 2" : "TP 2", e);
+        fprintf(stderr, "%s, %s, prefill 1 + decode %zu: logits rel error %.2e\n", what, names[c], T - 1, e);
+        ck_assert_msg(e <= 1e-4, "%s %s decode: rel error %.3g", what, names[c], e);
         clnpu_pipeline_destroy(p);
     }
     free(lg);
