@@ -72,11 +72,8 @@ clnpu_status clnpu_model_config_parse_family(const cJSON *root, const char *orig
     if (axk2) {
         m->attn_output_gate = true;
         if (!m->gated_norm_rank) return clnpu_fail(CLNPU_ERR_PARSE, "%s: gated_norm_rank must be positive", origin);
-        /* transformers' AXK2TopkRouter fills the experts of unselected groups with 0 (not -inf, as
-         * DeepSeek-V3 does); that rule is not implemented, so grouped A.X K2 routing is refused */
-        if (m->n_group > 1)
-            return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: axk2 with expert groups (n_group %zu) is not supported "
-                              "(A.X K2 routes without groups: n_group null)", origin, m->n_group);
+        /* grouped A.X K2 routing (AXK2TopkRouter) scores the experts of unkept groups 0, not -inf:
+         * clnpu_moe_config.masked_groups_score_zero; without groups (n_group null) one group */
     }
     return CLNPU_OK;
 }

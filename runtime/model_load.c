@@ -352,7 +352,7 @@ static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *l
     if (!st) st = get_vec(L, name, E, NAN, &bias);
     if (!st) {
         clnpu_moe_config mc = {E, c->n_group, c->topk_group, c->num_experts_per_tok, c->norm_topk_prob,
-                               (float)c->routed_scaling_factor};
+                               (float)c->routed_scaling_factor, c->attn_output_gate /* A.X K2's rule */};
         clnpu_moe_weights w = {router, bias, g, u, d, shared ? &sg : NULL, shared ? &su : NULL, shared ? &sd : NULL};
         st = m->opt.ep_count ? clnpu_moe_block_create_sharded(m->dev, &mc, &w, m->opt.max_tokens, m->opt.ep_shards,
                                                               m->opt.ep_count, &ly->moe)

@@ -298,6 +298,77 @@ START_TEST(test_dsa_elementwise)
 }
 END_TEST
 
+/* transformers' AXK2TopkRouter with groups, in float64: sigmoid, + bias; group score = the two
+ * best biased scores; the topk_group best groups kept, the others' experts scored 0 (not
+ * excluded); top_k by that score (ties: lower index), weights from the unbiased sigmoid. */
+static void ref_route_axk2(const float *logit, const float *bias, size_t E, size_t G, size_t TG, size_t K, bool norm,
+                           double scale, int *ids, double *w)
+{
+    double s[64], sb[64], gsc[64];
+    int keep[64] = {0}, chosen[64] = {0};
+    const size_t gs = E / G;
+    for (size_t e = 0; e < E; e++) s[e] = 1 / (1 + exp(-(double)logit[e])), sb[e] = s[e] + bias[e];
+    for (size_t g = 0; g < G; g++) {
+        double a = -INFINITY, b = -INFINITY;
+        for (size_t e = g * gs; e < (g + 1) * gs; e++) {
+            if (sb[e] > a) b = a, a = sb[e];
+            else if (sb[e] > b) b = sb[e];
+        }
+        gsc[g] = a + b;
+    }
+    for (size_t r = 0; r < TG; r++) {
+        size_t best = G;
+        for (size_t g = 0; g < G; g++)
+            if (!keep[g] && (best == G || gsc[g] > gsc[best])) best = g;
+        keep[best] = 1;
+    }
+    for (size_t e = 0; e < E; e++)
+        if (!keep[e / gs]) sb[e] = 0;
+    double sum = 0;
+    for (size_t r = 0; r < K; r++) {
+        size_t best = E;
+        for (size_t e = 0; e < E; e++)
+            if (!chosen[e] && (best == E || sb[e] > sb[best])) best = e;
+        chosen[best] = 1, sum += s[best];
+    }
+    size_t j = 0;
+    for (size_t e = 0; e < E; e++)
+        if (chosen[e]) ids[j] = (int)e, w[j++] = s[e] * (norm ? scale / (sum + 1e-20) : scale);
+}
+
+/* A.X K2's grouped routing on the device against that reference: negative biases make kept
+ * experts score below the zeros of the dropped groups, and top_k exceeds a kept group. */
+START_TEST(test_moe_route_masked_zero)
+{
+    clnpu_device *dev = test_device();
+    const size_t E = 16, G = 4, TG = 1, K = 6, T = 37;
+    float *logits = rnd(T * E, -3, 3), *bias = rnd(E, -1.2f, 0.3f);
+    clnpu_buffer *bl = dev_buf(logits, T * E), *bb = dev_buf(bias, E), *bi = dev_nan(T * K), *bw = dev_nan(T * K);
+    const clnpu_moe_config cfg = {E, G, TG, K, true, 2.5f, true};
+    ck_assert_ok(clnpu_moe_route(dev, (clnpu_view){bl, 0, E}, bb, T, &cfg, bi, bw));
+    int *ids = malloc(T * K * sizeof *ids), rid[16];
+    float *w = malloc(T * K * sizeof *w);
+    double rw[16], num = 0, den = 0;
+    ck_assert_ok(clnpu_buffer_read(bi, 0, ids, T * K * 4));
+    ck_assert_ok(clnpu_buffer_read(bw, 0, w, T * K * 4));
+    size_t from_dropped = 0;
+    for (size_t t = 0; t < T; t++) {
+        ref_route_axk2(logits + t * E, bias, E, G, TG, K, true, 2.5, rid, rw);
+        for (size_t j = 0; j < K; j++) {
+            ck_assert_msg(ids[t * K + j] == rid[j], "token %zu slot %zu: expert %d, reference %d", t, j, ids[t * K + j], rid[j]);
+            num += (w[t * K + j] - rw[j]) * (w[t * K + j] - rw[j]), den += rw[j] * rw[j];
+        }
+        /* the case this rule exists for: some chosen experts come from groups not kept */
+        int g0 = rid[0] / 4;
+        for (size_t j = 1; j < K; j++) from_dropped += rid[j] / 4 != g0;
+    }
+    ck_assert_msg(sqrt(num / den) <= 1e-6, "routing weights: rel error %.3g", sqrt(num / den));
+    ck_assert_msg(from_dropped > 0, "no token picked an expert of a dropped group: the test does not exercise the rule");
+    clnpu_buffer_destroy(bl), clnpu_buffer_destroy(bb), clnpu_buffer_destroy(bi), clnpu_buffer_destroy(bw);
+    free(logits), free(bias), free(ids), free(w);
+}
+END_TEST
+
 Suite *suite_dsa(void)
 {
     Suite *s = suite_create("dsa");
@@ -307,6 +378,7 @@ Suite *suite_dsa(void)
     tcase_add_test(tc, test_dsa_topk);
     tcase_add_test(tc, test_mla_sparse);
     tcase_add_test(tc, test_dsa_elementwise);
+    tcase_add_test(tc, test_moe_route_masked_zero);
     suite_add_tcase(s, tc);
     return s;
 }

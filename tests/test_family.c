@@ -319,14 +319,14 @@ START_TEST(test_fp8_config_refused)
         {"{\"quant_method\": \"gptq\"}", "gptq"},
         {"{\"quant_method\": \"fp8\", \"fmt\": \"e4m3\"}", "weight_block_size"},
     };
-    /* A.X K2 with expert groups (transformers fills unselected groups with 0, not implemented) */
+    /* A.X K2 with expert groups: accepted (routed by AXK2TopkRouter's rule, tests/test_dsa.c) */
     const char *grouped = "{\"model_type\": \"axk2\", \"vocab_size\": 64, \"hidden_size\": 32, \"intermediate_size\": 64, "
                           "\"moe_intermediate_size\": 16, \"num_hidden_layers\": 2, \"num_attention_heads\": 2, "
                           "\"q_lora_rank\": 16, \"kv_lora_rank\": 16, \"qk_nope_head_dim\": 8, \"qk_rope_head_dim\": 4, "
                           "\"v_head_dim\": 8, \"n_routed_experts\": 4, \"n_group\": 2, \"topk_group\": 1}";
     clnpu_model_config gc;
-    ck_assert_int_eq(clnpu_model_config_parse(grouped, strlen(grouped), "g.json", &gc), CLNPU_ERR_UNSUPPORTED);
-    ck_assert_msg(strstr(clnpu_error_message(), "n_group"), "%s", clnpu_error_message());
+    ck_assert_ok(clnpu_model_config_parse(grouped, strlen(grouped), "g.json", &gc));
+    ck_assert(gc.n_group == 2 && gc.attn_output_gate && gc.index_topk == 2048);
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char json[1024];
         snprintf(json, sizeof json,
