@@ -175,14 +175,17 @@ __kernel void clnpu_dsa_topk(__global const float *scores, const uint lds, __glo
 /* Absorbed MLA attention over selected latent rows: row r (sequence seq[r]) and head h,
  * score_j = scale * (q_abs[r,h] . c_j + q_pe[r,h] . kpe_j) for the count[r] cached positions j in
  * idx[r], softmax over them, z[r,h] = sum_j p_j c_j. q_pe of (r, h) at qp + qp_off + r * qp_ld +
- * h * qp_hs. Grid: (ceil(H / HG), rows). */
+ * h * qp_hs. The selection may be cut into `splits` chunks of `chunk` rows (dim 2), each writing a
+ * partial z with its max and sum for clnpu_mla_combine, so one query keeps many compute units busy.
+ * Grid: (ceil(H / HG), rows, splits). */
 __kernel void clnpu_mla_sparse(__global const float *qa, __global const float *qp, const uint qp_off,
                                const uint qp_ld, const uint qp_hs, __global const float *cache, const uint page,
                                __global const int *block_table, const uint max_blocks, __global const int *seq,
                                __global const int *idx, const uint ldi, __global const int *count,
-                               __global float *z_out, const uint H, const float scale)
+                               __global float *z_out, __global float *part_ml, const uint H, const uint splits,
+                               const uint chunk, const float scale)
 {
-    const uint hg0 = get_global_id(0) * HG, r = get_global_id(1);
+    const uint hg0 = get_global_id(0) * HG, r = get_global_id(1), sp = get_global_id(2);
     if (hg0 >= H) return;
     const uint nh = min((uint)HG, H - hg0);
     float q[HG][R], qr[HG][DR], z[HG][R], m[HG], lsum[HG];
@@ -200,9 +203,10 @@ __kernel void clnpu_mla_sparse(__global const float *qa, __global const float *q
     }
     __global const int *bt = block_table + (size_t)seq[r] * max_blocks;
     __global const int *sel = idx + (size_t)r * ldi;
-    const uint cnt = (uint)count[r];
+    /* this work-item's chunk of the selection (one chunk: all of it) */
+    const uint i_begin = sp * chunk, cnt = min((uint)count[r], i_begin + chunk);
     /* BT selected rows at a time: scores for all HG heads, one rescale of z per block */
-    for (uint i0 = 0; i0 < cnt; i0 += BT) {
+    for (uint i0 = i_begin; i0 < cnt; i0 += BT) {
         const uint nb = min((uint)BT, cnt - i0);
         __global const float *rows[BT];
         for (uint j = 0; j < nb; j++) {
@@ -247,9 +251,16 @@ __kernel void clnpu_mla_sparse(__global const float *qa, __global const float *q
         }
     }
     for (uint g = 0; g < nh; g++) {
-        __global float *o = z_out + ((size_t)r * H + hg0 + g) * R;
-        const float inv = 1.0f / lsum[g];
-        for (int d = 0; d < R; d++) o[d] = z[g][d] * inv;
+        const size_t k = ((size_t)r * H + hg0 + g) * splits + sp;
+        if (splits == 1) { /* the whole selection: normalised here, no merge pass */
+            const float inv = 1.0f / lsum[g];
+            for (int d = 0; d < R; d++) z_out[k * R + d] = z[g][d] * inv;
+            continue;
+        }
+        /* partials for clnpu_mla_combine (kernels-cl/mla.cl): z, max and sum of the chunk */
+        for (int d = 0; d < R; d++) z_out[k * R + d] = z[g][d];
+        part_ml[2 * k] = m[g]; /* -inf for an empty chunk */
+        part_ml[2 * k + 1] = lsum[g];
     }
 }
 

@@ -67,17 +67,45 @@ clnpu_status clnpu_mla_sparse(clnpu_device *dev, const clnpu_mla_sparse_args *a)
         !fits(a->q_pe, a->q_pe_offset + (N - 1) * a->q_pe_ld + (H - 1) * a->q_pe_hs + a->rope_dim))
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla sparse: a buffer is smaller than its shape");
     const size_t hg = H < 8 ? H : 8; /* heads per work-item share each latent row they read */
+    /* chunks of the selection when the rows and head groups alone would leave compute units idle
+     * (decode of a few sequences), as clnpu_mla_decode splits the context; at least 256 rows each */
+    unsigned splits = a->splits;
+    if (!splits) {
+        const size_t cus = clnpu_device_get_info(dev)->compute_units, items = N * ((H + hg - 1) / hg);
+        splits = items >= 4 * cus ? 1 : (unsigned)((4 * cus + items - 1) / items);
+        if (splits > (a->k + 255) / 256) splits = (unsigned)((a->k + 255) / 256);
+        if (!splits) splits = 1;
+    }
+    const size_t chunk = (a->k + splits - 1) / splits;
+    clnpu_buffer *pz = NULL, *pml = NULL;
+    clnpu_status st = splits == 1 ? CLNPU_OK : clnpu_buffer_create(dev, N * H * splits * R * sizeof(float), &pz);
+    if (!st && splits > 1) st = clnpu_buffer_create(dev, N * H * splits * 2 * sizeof(float), &pml);
     char opts[128];
     snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu", R, a->rope_dim, hg);
-    cl_mem qa = clnpu_mem(a->q_abs), qp = clnpu_mem(a->q_pe), c = clnpu_mem(a->cache), bt = clnpu_mem(a->block_table),
-           sq = clnpu_mem(a->seq), ix = clnpu_mem(a->idx), cn = clnpu_mem(a->count), o = clnpu_mem(a->out);
-    cl_uint qo = (cl_uint)a->q_pe_offset, qld = (cl_uint)a->q_pe_ld, qhs = (cl_uint)a->q_pe_hs,
-            page = (cl_uint)a->page_size, mb = (cl_uint)a->max_blocks, ldi = (cl_uint)a->k, h = (cl_uint)H;
-    cl_float sc = a->scale;
-    clnpu_karg args[] = {KARG(qa), KARG(qp), KARG(qo), KARG(qld), KARG(qhs), KARG(c), KARG(page), KARG(bt), KARG(mb),
-                         KARG(sq), KARG(ix), KARG(ldi), KARG(cn), KARG(o), KARG(h), KARG(sc)};
-    size_t g[2] = {(H + hg - 1) / hg, N};
-    return clnpu_launch(dev, "dsa.cl", opts, "clnpu_mla_sparse", 2, g, NULL, args, 16);
+    if (!st) {
+        cl_mem qa = clnpu_mem(a->q_abs), qp = clnpu_mem(a->q_pe), c = clnpu_mem(a->cache), bt = clnpu_mem(a->block_table),
+               sq = clnpu_mem(a->seq), ix = clnpu_mem(a->idx), cn = clnpu_mem(a->count),
+               o = clnpu_mem(splits > 1 ? pz : a->out), ml = clnpu_mem(splits > 1 ? pml : a->out);
+        cl_uint qo = (cl_uint)a->q_pe_offset, qld = (cl_uint)a->q_pe_ld, qhs = (cl_uint)a->q_pe_hs,
+                page = (cl_uint)a->page_size, mb = (cl_uint)a->max_blocks, ldi = (cl_uint)a->k, h = (cl_uint)H,
+                sp = splits, ch = (cl_uint)chunk;
+        cl_float sc = a->scale;
+        clnpu_karg args[] = {KARG(qa), KARG(qp), KARG(qo), KARG(qld), KARG(qhs), KARG(c), KARG(page), KARG(bt), KARG(mb),
+                             KARG(sq), KARG(ix), KARG(ldi), KARG(cn), KARG(o), KARG(ml), KARG(h), KARG(sp), KARG(ch),
+                             KARG(sc)};
+        size_t g[3] = {(H + hg - 1) / hg, N, splits};
+        st = clnpu_launch(dev, "dsa.cl", opts, "clnpu_mla_sparse", 3, g, NULL, args, 19);
+    }
+    if (!st && splits > 1) { /* the same merge as the dense decode's chunks */
+        cl_mem mz = clnpu_mem(pz), mml = clnpu_mem(pml), mo = clnpu_mem(a->out);
+        cl_uint h = (cl_uint)H, sp = splits;
+        clnpu_karg args[] = {KARG(mz), KARG(mml), KARG(mo), KARG(h), KARG(sp)};
+        size_t g[3] = {R, H, N}, l[3] = {R % 64 ? 1 : 64, 1, 1};
+        st = clnpu_launch(dev, "mla.cl", opts, "clnpu_mla_combine", 3, g, l, args, 5);
+    }
+    clnpu_buffer_destroy(pz); /* OpenCL keeps them until the queued kernels are done */
+    clnpu_buffer_destroy(pml);
+    return st;
 }
 
 clnpu_status clnpu_dsa_key_append(clnpu_device *dev, clnpu_buffer *cache, size_t page, const clnpu_buffer *bt,

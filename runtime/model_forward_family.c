@@ -142,7 +142,7 @@ clnpu_status clnpu_model_family_attention(clnpu_model *m, model_layer *ly, size_
     if (!st) st = per_head(m, ly->uk_t, q, P, f->q_abs, R, T);
     if (!st) {
         const clnpu_mla_sparse_args a = {f->q_abs, q, nope, H * P, P, ly->cache, m->opt.page_size, m->block_table_dev,
-                                         m->max_blocks, m->seqs, f->idx, f->count, f->k, T, H, R, DR, m->scale, f->z};
+                                         m->max_blocks, m->seqs, f->idx, f->count, f->k, T, H, R, DR, m->scale, f->z, 0};
         st = clnpu_mla_sparse(m->dev, &a);
     }
     if (!st) st = per_head(m, ly->uv, f->z, R, m->attn, vd, T);

@@ -199,11 +199,8 @@ START_TEST(test_mla_sparse)
                      *bbt = dev_buf(p.bt, p.pages), *bs = dev_buf(seq, N), *bi = dev_buf(idx, N * k),
                      *bn = dev_buf(cnt, N), *out = dev_nan(N * H * R);
         const float scale = 0.37f;
-        clnpu_mla_sparse_args a = {bqa, bqp, 16, ld, dqk, bc, page, bbt, p.max_blocks, bs, bi, bn, k, N, H, R, DR, scale, out};
-        ck_assert_ok(clnpu_mla_sparse(dev, &a));
         float *o = malloc(N * H * R * sizeof *o);
         double *ref = calloc(N * H * R, sizeof *ref), *sc = malloc(k * sizeof *sc);
-        ck_assert_ok(clnpu_buffer_read(out, 0, o, N * H * R * 4));
         for (size_t r = 0; r < N; r++)
             for (size_t h = 0; h < H; h++) {
                 double mx = -INFINITY, sum = 0;
@@ -221,8 +218,19 @@ START_TEST(test_mla_sparse)
                     for (size_t d = 0; d < R; d++) ref[(r * H + h) * R + d] += sc[i] / sum * c[d];
                 }
             }
-        double e = rel_err(o, ref, N * H * R), tol = 2e-6 * sqrt((double)k) + 1e-6;
-        ck_assert_msg(e <= tol, "sparse MLA rows %zu H %zu R %zu k %zu: rel error %.3g > %.3g", N, H, R, k, e, tol);
+        /* the selection whole, cut into 3 chunks (merged after; some rows' chunks empty), and as chosen */
+        const unsigned splits[3] = {1, 3, 0};
+        for (int sp = 0; sp < 3; sp++) {
+            const float nan = NAN;
+            ck_assert_ok(clnpu_buffer_fill(out, &nan, sizeof nan));
+            clnpu_mla_sparse_args a = {bqa, bqp, 16, ld, dqk, bc, page, bbt, p.max_blocks, bs, bi, bn, k, N, H, R, DR,
+                                       scale, out, splits[sp]};
+            ck_assert_ok(clnpu_mla_sparse(dev, &a));
+            ck_assert_ok(clnpu_buffer_read(out, 0, o, N * H * R * 4));
+            double e = rel_err(o, ref, N * H * R), tol = 2e-6 * sqrt((double)k) + 1e-6;
+            ck_assert_msg(e <= tol, "sparse MLA rows %zu H %zu R %zu k %zu splits %u: rel error %.3g > %.3g", N, H, R, k,
+                          splits[sp], e, tol);
+        }
         clnpu_buffer *bs_[] = {bqa, bqp, bc, bbt, bs, bi, bn, out};
         for (size_t i = 0; i < 8; i++) clnpu_buffer_destroy(bs_[i]);
         free(qa), free(qp), free(cache), free(seq), free(idx), free(cnt), free(o), free(ref), free(sc), free(p.bt);

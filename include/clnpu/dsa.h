@@ -58,8 +58,10 @@ typedef struct clnpu_mla_sparse_args {
     size_t rows, heads, rank, rope_dim;
     float scale;
     clnpu_buffer *out;               /* [rows][H][R]: z = sum_j p_j c_j over the selected j */
+    unsigned splits;                 /* chunks of the selection merged after (0: choose) */
 } clnpu_mla_sparse_args;
 
+/* Split over the selection with a reduction, as clnpu_mla_decode splits the context. */
 clnpu_status clnpu_mla_sparse(clnpu_device *dev, const clnpu_mla_sparse_args *args);
 
 /* Row t of src (head_dim floats) into the paged key cache at (seq[t], pos[t]). */
