@@ -77,11 +77,22 @@ static clnpu_status indexer(clnpu_model *m, model_layer *ly, clnpu_view q_resid,
     return st;
 }
 
-/* Per-head products as one grouped GEMM: row r * H + h of x (stride ldx) through matrix h. */
+/* Per-head products: row r * H + h of x (stride ldx) through matrix h into row r * H + h of y
+ * (stride ldy). Many rows (prefill): one GEMM per head over its rows, strided (r at r * H * ldx);
+ * a few (decode): one grouped launch of single-row segments. */
 static clnpu_status per_head(clnpu_model *m, const clnpu_weight *w, clnpu_buffer *x, size_t ldx, clnpu_buffer *y,
                              size_t ldy, size_t rows)
 {
     const size_t H = m->heads;
+    if (rows >= 16) {
+        clnpu_status st = CLNPU_OK;
+        for (size_t h = 0; !st && h < H; h++) {
+            clnpu_gemm_args a = clnpu_gemm_args_default();
+            a.x = x, a.x_offset = h * ldx, a.ldx = H * ldx, a.y = y, a.y_offset = h * ldy, a.ldy = H * ldy, a.m = rows;
+            st = clnpu_gemm(m->dev, w, h, &a);
+        }
+        return st;
+    }
     clnpu_gemm_segment *segs = malloc(rows * H * sizeof *segs);
     if (!segs) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     for (size_t r = 0; r < rows; r++)
