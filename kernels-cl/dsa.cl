@@ -49,6 +49,7 @@ inline float hsum4(float4 v)
 #define VF float16
 #define VL vload16
 #define VS vstore16
+#define CVL_BF16(p) as_float16(convert_uint16(vload16(0, (p))) << 16)
 inline float hsumv(float16 v)
 {
     float8 a = v.lo + v.hi;
@@ -59,10 +60,24 @@ inline float hsumv(float16 v)
 #define VF float4
 #define VL vload4
 #define VS vstore4
+#define CVL_BF16(p) as_float4(convert_uint4(vload4(0, (p))) << 16)
 inline float hsumv(float4 v)
 {
     return hsum4(v);
 }
+#endif
+
+/* The latent cache's element type, as kernels-cl/mla.cl: f32, or bf16 with CLNPU_CACHE_BF16=1
+ * (widened exactly on load; the arithmetic stays f32). */
+#ifndef CLNPU_CACHE_BF16
+#define CLNPU_CACHE_BF16 0
+#endif
+#if CLNPU_CACHE_BF16
+#define CACHE_T ushort
+#define CVL(p) CVL_BF16(p)
+#else
+#define CACHE_T float
+#define CVL(p) VL(0, (p))
 #endif
 
 #ifndef CLNPU_DSA_KB
@@ -179,7 +194,7 @@ __kernel void clnpu_dsa_topk(__global const float *scores, const uint lds, __glo
  * partial z with its max and sum for clnpu_mla_combine, so one query keeps many compute units busy.
  * Grid: (ceil(H / HG), rows, splits). */
 __kernel void clnpu_mla_sparse(__global const float *qa, __global const float *qp, const uint qp_off,
-                               const uint qp_ld, const uint qp_hs, __global const float *cache, const uint page,
+                               const uint qp_ld, const uint qp_hs, __global const CACHE_T *cache, const uint page,
                                __global const int *block_table, const uint max_blocks, __global const int *seq,
                                __global const int *idx, const uint ldi, __global const int *count,
                                __global float *z_out, __global float *part_ml, const uint H, const uint splits,
@@ -208,7 +223,7 @@ __kernel void clnpu_mla_sparse(__global const float *qa, __global const float *q
     /* BT selected rows at a time: scores for all HG heads, one rescale of z per block */
     for (uint i0 = i_begin; i0 < cnt; i0 += BT) {
         const uint nb = min((uint)BT, cnt - i0);
-        __global const float *rows[BT];
+        __global const CACHE_T *rows[BT];
         for (uint j = 0; j < nb; j++) {
             const uint t = (uint)sel[i0 + j];
             rows[j] = cache + ((size_t)bt[t / page] * page + t % page) * ROW;
@@ -218,11 +233,11 @@ __kernel void clnpu_mla_sparse(__global const float *qa, __global const float *q
             VF acc[HG];
             for (int g = 0; g < HG; g++) acc[g] = (VF)(0.0f);
             for (int d = 0; d < R; d += VW) {
-                const VF rv = VL(0, rows[j] + d);
+                const VF rv = CVL(rows[j] + d);
                 for (int g = 0; g < HG; g++) acc[g] = fma(VL(0, q[g] + d), rv, acc[g]);
             }
             for (int d = 0; d < DR; d += VW) {
-                const VF rv = VL(0, rows[j] + R + d);
+                const VF rv = CVL(rows[j] + R + d);
                 for (int g = 0; g < HG; g++) acc[g] = fma(VL(0, qr[g] + d), rv, acc[g]);
             }
             for (int g = 0; g < HG; g++) s[g][j] = hsumv(acc[g]);
@@ -244,7 +259,7 @@ __kernel void clnpu_mla_sparse(__global const float *qa, __global const float *q
             VF zd[HG];
             for (int g = 0; g < HG; g++) zd[g] = VL(0, z[g] + d) * corr[g];
             for (uint j = 0; j < nb; j++) {
-                const VF rv = VL(0, rows[j] + d);
+                const VF rv = CVL(rows[j] + d);
                 for (int g = 0; g < HG; g++) zd[g] = fma((VF)(s[g][j]), rv, zd[g]);
             }
             for (int g = 0; g < HG; g++) VS(zd[g], 0, z[g] + d);

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/model.h"
 #include "model_config_internal.h"
 

@@ -4,7 +4,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "model_config_internal.h"
 
 static clnpu_status size_field(const cJSON *root, const char *origin, const char *key, size_t def, size_t *out)

@@ -2,7 +2,7 @@
  * 128x128 block), the layout the fp8 GEMM computes on; other schemes are refused by name. */
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/gemm.h"
 #include "model_config_internal.h"
 

@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/dsa.h"
 #include "launch.h"
 #include "model_family.h"
@@ -139,7 +139,8 @@ clnpu_status clnpu_model_family_attention(clnpu_model *m, model_layer *ly, size_
     if (!st) st = clnpu_rope_apply(m->dev, m->rope, (clnpu_view){q, nope, H * P}, T, H, P, m->pos, layout);
     if (!st) {
         char opts[96];
-        snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu", R, DR);
+        snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu%s", R, DR,
+                 m->opt.latent_cache == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
         cl_mem cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev), src = clnpu_mem(m->kv0),
                sq = clnpu_mem(m->seqs), ps = clnpu_mem(m->pos);
         cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, lds = (cl_uint)m->lat;
@@ -153,7 +154,8 @@ clnpu_status clnpu_model_family_attention(clnpu_model *m, model_layer *ly, size_
     if (!st) st = per_head(m, ly->uk_t, q, P, f->q_abs, R, T);
     if (!st) {
         const clnpu_mla_sparse_args a = {f->q_abs, q, nope, H * P, P, ly->cache, m->opt.page_size, m->block_table_dev,
-                                         m->max_blocks, m->seqs, f->idx, f->count, f->k, T, H, R, DR, m->scale, f->z, 0};
+                                         m->max_blocks, m->seqs, f->idx, f->count, f->k, T, H, R, DR, m->scale, f->z, 0,
+                                         m->opt.latent_cache};
         st = clnpu_mla_sparse(m->dev, &a);
     }
     if (!st) st = per_head(m, ly->uv, f->z, R, m->attn, vd, T);

@@ -115,6 +115,10 @@ clnpu_status clnpu_loader_upload_rows(clnpu_model *m, struct loader *L, const ch
 clnpu_status clnpu_loader_upload_vec(clnpu_model *m, struct loader *L, const char *name, size_t n, float fill,
                                      clnpu_buffer **out);
 clnpu_status clnpu_model_family_create(clnpu_model *m);
+/* What clnpu_model_family_create allocates (bytes, for max_tokens T, context S, H heads on the
+ * rank) and the indexer's key cache per cache row (bytes, 0 without an indexer). */
+void clnpu_model_family_memory(const clnpu_model_config *c, size_t T, size_t S, size_t H, double *out_workspaces,
+                               double *out_key_bytes_per_row);
 void clnpu_model_family_destroy(clnpu_model *m);
 clnpu_status clnpu_model_load_family_layer(clnpu_model *m, struct loader *L, size_t l, model_layer *ly);
 void clnpu_model_family_destroy_layer(model_layer *ly);

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
-#include "../backend/hash.h"
+#include "../common/error.h"
+#include "../common/hash.h"
 #include "model_fp8.h"
 #include "model_internal.h"
 #include "tp.h"
@@ -415,13 +415,15 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
         if (!st && (m->tp_rank || m->replica) && m->serve_shard) st = load_moe(m, L, l, ly, false);
     }
 #undef NAME
-    if (!st) st = clnpu_buffer_create(m->dev, m->pages * m->opt.page_size * m->lat * sizeof(float), &ly->cache);
+    if (!st)
+        st = clnpu_buffer_create(m->dev, m->pages * m->opt.page_size * m->lat * clnpu_dtype_size(m->opt.latent_cache),
+                                 &ly->cache);
     return st ? clnpu_fail_context(st, "layer %zu", l) : CLNPU_OK;
 }
 
 clnpu_model_options clnpu_model_options_default(void)
 {
-    clnpu_model_options o = {4, 0, 512, 16, -1, 0x5eed, false, false, 0, (size_t)-1, true, true, NULL, 0};
+    clnpu_model_options o = {4, 0, 512, 16, -1, 0x5eed, false, false, 0, (size_t)-1, true, true, NULL, 0, false, CLNPU_DTYPE_F32};
     return o;
 }
 
@@ -566,6 +568,9 @@ static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cf
     m->max_blocks = (m->opt.max_context + m->opt.page_size - 1) / m->opt.page_size;
     m->pages = m->max_blocks * m->opt.max_sequences;
     clnpu_status st = CLNPU_OK;
+    if (m->opt.latent_cache != CLNPU_DTYPE_F32 && m->opt.latent_cache != CLNPU_DTYPE_BF16)
+        st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "a %s latent cache: f32 or bf16",
+                        clnpu_dtype_name(m->opt.latent_cache) ? clnpu_dtype_name(m->opt.latent_cache) : "?");
     m->layers = calloc(cfg->num_hidden_layers, sizeof *m->layers);
     m->block_table = malloc(m->opt.max_sequences * m->max_blocks * sizeof *m->block_table);
     m->free_pages = malloc(m->pages * sizeof *m->free_pages);

@@ -5,8 +5,34 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "model_family.h"
+
+/* The family's activation buffers, in one list for the allocation and the estimate: element
+ * counts (f32 / int32) for max_tokens T, context S and H heads on this rank; 0 where unused. */
+enum { F_CQ2, F_QG, F_GN1, F_GN2, F_IQ, F_IK, F_IW, F_SCORES, F_IDX, F_COUNT, F_QABS, F_Z, F_N };
+static void family_floats(const clnpu_model_config *c, size_t T, size_t S, size_t H, size_t out[F_N])
+{
+    const size_t qr = c->q_lora_rank, dqk = c->qk_nope_head_dim + c->qk_rope_head_dim, R = c->kv_lora_rank;
+    const size_t P = dqk + (c->attn_output_gate ? c->v_head_dim : 0), NH = c->index_n_heads, D = c->index_head_dim;
+    const size_t k = c->index_topk < S ? c->index_topk : S, gate = c->attn_output_gate, gn = c->gated_norm_rank > 0;
+    const size_t ix = c->index_topk > 0;
+    const size_t n[F_N] = {gate * T * 2 * qr, gate * T * H * P, gn * T * c->gated_norm_rank, gn * T * c->hidden_size,
+                           ix * T * NH * D, ix * T * D, ix * T * NH, ix * T * S, ix * T * k, ix * T,
+                           ix * T * H * R, ix * T * H * R};
+    for (int i = 0; i < F_N; i++) out[i] = n[i];
+}
+
+void clnpu_model_family_memory(const clnpu_model_config *c, size_t T, size_t S, size_t H, double *out_workspaces,
+                               double *out_key_bytes_per_row)
+{
+    size_t n[F_N];
+    family_floats(c, T, S, H, n);
+    double b = 0;
+    for (int i = 0; i < F_N; i++) b += 4.0 * (double)n[i];
+    *out_workspaces = b;
+    *out_key_bytes_per_row = c->index_topk ? 4.0 * (double)c->index_head_dim : 0;
+}
 
 clnpu_status clnpu_model_family_create(clnpu_model *m)
 {
@@ -16,19 +42,15 @@ clnpu_status clnpu_model_family_create(clnpu_model *m)
      * rows), the attention heads and their output gates are split */
     model_family *f = m->fam = calloc(1, sizeof *f);
     if (!f) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    const size_t T = m->opt.max_tokens, S = m->opt.max_context, H = m->heads, R = c->kv_lora_rank;
-    const size_t qr = c->q_lora_rank, P = m->dqk + (c->attn_output_gate ? c->v_head_dim : 0);
-    const size_t NH = c->index_n_heads, D = c->index_head_dim;
+    const size_t T = m->opt.max_tokens, S = m->opt.max_context;
     f->k = c->index_topk < S ? c->index_topk : S;
-    struct { clnpu_buffer **b; size_t floats; bool need; } a[] = {
-        {&f->cq2, T * 2 * qr, c->attn_output_gate}, {&f->qg, T * H * P, c->attn_output_gate},
-        {&f->gn1, T * c->gated_norm_rank, c->gated_norm_rank > 0}, {&f->gn2, T * c->hidden_size, c->gated_norm_rank > 0},
-        {&f->iq, T * NH * D, true}, {&f->ik, T * D, true}, {&f->iw, T * NH, true}, {&f->scores, T * S, true},
-        {&f->idx, T * f->k, true}, {&f->count, T, true}, {&f->q_abs, T * H * R, true}, {&f->z, T * H * R, true},
-    };
+    size_t n[F_N];
+    family_floats(c, T, S, m->heads, n);
+    clnpu_buffer **b[F_N] = {&f->cq2, &f->qg, &f->gn1, &f->gn2, &f->iq, &f->ik, &f->iw, &f->scores, &f->idx, &f->count,
+                             &f->q_abs, &f->z};
     clnpu_status st = CLNPU_OK;
-    for (size_t i = 0; !st && i < sizeof a / sizeof a[0]; i++)
-        if (a[i].need) st = clnpu_buffer_create(m->dev, a[i].floats * sizeof(float), a[i].b);
+    for (int i = 0; !st && i < F_N; i++)
+        if (n[i]) st = clnpu_buffer_create(m->dev, n[i] * sizeof(float), b[i]);
     return st ? clnpu_fail_context(st, "allocating the indexer's buffers for %zu tokens, context %zu", T, S) : CLNPU_OK;
 }
 

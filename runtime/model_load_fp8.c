@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "model_fp8.h"
 
 #define B CLNPU_FP8_BLOCK

@@ -5,7 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
+#include "clnpu/model_memory.h"
 #include "clnpu/plan.h"
 
 clnpu_status clnpu_graph_build(const clnpu_model_config *c, clnpu_graph *g)
@@ -18,6 +19,7 @@ clnpu_status clnpu_graph_build(const clnpu_model_config *c, clnpu_graph *g)
     g->units = calloc(g->count, sizeof *g->units);
     if (!g->units) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     g->experts = c->n_routed_experts, g->top_k = c->num_experts_per_tok, g->n_group = c->n_group;
+    g->cfg = *c;
     g->topk_group = c->topk_group, g->hidden = c->hidden_size, g->heads = c->num_attention_heads;
     /* attention: q_a + q_a_norm + q_b (or q_proj), kv_a + kv_a_norm, kv_b, o */
     const double attn = (qlr ? d * qlr + qlr + qlr * H * dqk : d * H * dqk) + d * (R + rope) + R +
@@ -34,7 +36,7 @@ clnpu_status clnpu_graph_build(const clnpu_model_config *c, clnpu_graph *g)
         u->norm_params = 2 * d;
         /* absorbed decode: scores over R + rope, values over R, per head */
         u->attn_flops_per_ctx = 2 * H * (R + rope + R);
-        u->kv_bytes_per_token = (R + rope) * 2; /* bf16 latent */
+        u->kv_bytes_per_token = (R + rope) * (double)clnpu_dtype_size(CLNPU_LATENT_CACHE_DTYPE); /* as allocated */
         /* DeepSeek-V3.2 / A.X K2: the indexer's projections (whole on every TP rank), its key
          * cache and per-key scores; A.X K2's gated norms */
         double fam_attn, fam_whole, fam_norms, fam_gates;
@@ -44,7 +46,7 @@ clnpu_status clnpu_graph_build(const clnpu_model_config *c, clnpu_graph *g)
         if (c->index_topk) {
             u->attn_topk = c->index_topk;
             u->index_flops_per_ctx = 2.0 * (double)c->index_n_heads * ((double)c->index_head_dim + 1);
-            u->index_bytes_per_token = (double)c->index_head_dim * 2;
+            u->index_bytes_per_token = (double)c->index_head_dim * 4; /* f32, as allocated */
             u->kv_bytes_per_token += u->index_bytes_per_token;
         }
         if (clnpu_model_config_is_moe(c, l)) {

@@ -185,6 +185,10 @@ START_TEST(test_mla_sparse)
         paging p;
         make_paging(&p, page, L);
         float *qa = rnd(N * H * R, -0.5f, 0.5f), *qp = rnd(N * ld, -0.5f, 0.5f), *cache = rnd(p.pages * page * row, -1, 1);
+        /* values a bf16 cache holds exactly, so one reference serves the f32 and the bf16 cache */
+        uint16_t *c16 = malloc(p.pages * page * row * sizeof *c16);
+        for (size_t i = 0; i < p.pages * page * row; i++)
+            c16[i] = clnpu_f32_to_bf16(cache[i]), cache[i] = clnpu_bf16_to_f32(c16[i]);
         int *seq = malloc(N * sizeof *seq), *idx = malloc(N * k * sizeof *idx), *cnt = malloc(N * sizeof *cnt);
         for (size_t r = 0; r < N; r++) {
             seq[r] = (int)(r % 2);
@@ -218,22 +222,26 @@ START_TEST(test_mla_sparse)
                     for (size_t d = 0; d < R; d++) ref[(r * H + h) * R + d] += sc[i] / sum * c[d];
                 }
             }
-        /* the selection whole, cut into 3 chunks (merged after; some rows' chunks empty), and as chosen */
-        const unsigned splits[3] = {1, 3, 0};
-        for (int sp = 0; sp < 3; sp++) {
+        /* the selection whole, cut into 3 chunks (merged after; some rows' chunks empty), and as
+         * chosen; the last over a bf16 cache */
+        clnpu_buffer *bc16;
+        ck_assert_ok(clnpu_buffer_create(dev, p.pages * page * row * 2, &bc16));
+        ck_assert_ok(clnpu_buffer_write(bc16, 0, c16, p.pages * page * row * 2));
+        const unsigned splits[4] = {1, 3, 0, 0};
+        for (int sp = 0; sp < 4; sp++) {
             const float nan = NAN;
             ck_assert_ok(clnpu_buffer_fill(out, &nan, sizeof nan));
-            clnpu_mla_sparse_args a = {bqa, bqp, 16, ld, dqk, bc, page, bbt, p.max_blocks, bs, bi, bn, k, N, H, R, DR,
-                                       scale, out, splits[sp]};
+            clnpu_mla_sparse_args a = {bqa, bqp, 16, ld, dqk, sp == 3 ? bc16 : bc, page, bbt, p.max_blocks, bs, bi, bn, k,
+                                       N, H, R, DR, scale, out, splits[sp], sp == 3 ? CLNPU_DTYPE_BF16 : CLNPU_DTYPE_F32};
             ck_assert_ok(clnpu_mla_sparse(dev, &a));
             ck_assert_ok(clnpu_buffer_read(out, 0, o, N * H * R * 4));
             double e = rel_err(o, ref, N * H * R), tol = 2e-6 * sqrt((double)k) + 1e-6;
             ck_assert_msg(e <= tol, "sparse MLA rows %zu H %zu R %zu k %zu splits %u: rel error %.3g > %.3g", N, H, R, k,
                           splits[sp], e, tol);
         }
-        clnpu_buffer *bs_[] = {bqa, bqp, bc, bbt, bs, bi, bn, out};
-        for (size_t i = 0; i < 8; i++) clnpu_buffer_destroy(bs_[i]);
-        free(qa), free(qp), free(cache), free(seq), free(idx), free(cnt), free(o), free(ref), free(sc), free(p.bt);
+        clnpu_buffer *bs_[] = {bqa, bqp, bc, bbt, bs, bi, bn, out, bc16};
+        for (size_t i = 0; i < 9; i++) clnpu_buffer_destroy(bs_[i]);
+        free(c16), free(qa), free(qp), free(cache), free(seq), free(idx), free(cnt), free(o), free(ref), free(sc), free(p.bt);
     }
 }
 END_TEST

@@ -136,7 +136,8 @@ static void case_mla_sparse(conf_ctx *c)
     if (!st) st = upload(c->dev, idx, N * K * 4, &bi);
     if (!st) st = upload(c->dev, cnt, N * 4, &bn);
     if (!st) st = upload(c->dev, NULL, N * H * R * 4, &bz);
-    clnpu_mla_sparse_args a = {bqa, bqp, 0, H * DR, DR, bc, page, bbt, mb, bs, bi, bn, K, N, H, R, DR, 1.0f, bz, 0};
+    clnpu_mla_sparse_args a = {bqa, bqp, 0, H * DR, DR, bc, page, bbt, mb, bs, bi, bn, K, N, H, R, DR, 1.0f, bz, 0,
+                               CLNPU_DTYPE_F32};
     if (!st) st = clnpu_mla_sparse(c->dev, &a);
     if (!st) st = clnpu_buffer_read(bz, 0, z, N * H * R * 4);
     conf_record(c, 3, "mla_sparse", "f32", "2 rows (1/300 of 1000 rows) x 4 heads 512+64", 2e-6 * sqrt((double)K) + 1e-6,

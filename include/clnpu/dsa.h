@@ -13,6 +13,7 @@
 #include <stddef.h>
 
 #include "clnpu/device.h"
+#include "clnpu/export.h"
 #include "clnpu/ops.h"
 
 #ifdef __cplusplus
@@ -36,12 +37,12 @@ typedef struct clnpu_dsa_scores_args {
 } clnpu_dsa_scores_args;
 
 /* score[t][j] = scale * sum_h w[t][h] * relu(q[t][h] . k_j) for j <= pos[t]. */
-clnpu_status clnpu_dsa_scores(clnpu_device *dev, const clnpu_dsa_scores_args *args);
+CLNPU_API clnpu_status clnpu_dsa_scores(clnpu_device *dev, const clnpu_dsa_scores_args *args);
 
 /* For each row t the k highest of scores[t][0 .. pos[t]] (every key when there are no more than
  * k): count[t] indices in increasing order into idx[t][0 .. k) (int32, row stride k); ties at
  * the k-th value go to the lower indices. */
-clnpu_status clnpu_dsa_topk(clnpu_device *dev, const clnpu_buffer *scores, size_t ld, const clnpu_buffer *pos,
+CLNPU_API clnpu_status clnpu_dsa_topk(clnpu_device *dev, const clnpu_buffer *scores, size_t ld, const clnpu_buffer *pos,
                             size_t tokens, size_t k, clnpu_buffer *idx, clnpu_buffer *count);
 
 typedef struct clnpu_mla_sparse_args {
@@ -59,26 +60,27 @@ typedef struct clnpu_mla_sparse_args {
     float scale;
     clnpu_buffer *out;               /* [rows][H][R]: z = sum_j p_j c_j over the selected j */
     unsigned splits;                 /* chunks of the selection merged after (0: choose) */
+    clnpu_dtype cache_dtype;         /* the cache's elements: CLNPU_DTYPE_F32 (0) or CLNPU_DTYPE_BF16 */
 } clnpu_mla_sparse_args;
 
 /* Split over the selection with a reduction, as clnpu_mla_decode splits the context. */
-clnpu_status clnpu_mla_sparse(clnpu_device *dev, const clnpu_mla_sparse_args *args);
+CLNPU_API clnpu_status clnpu_mla_sparse(clnpu_device *dev, const clnpu_mla_sparse_args *args);
 
 /* Row t of src (head_dim floats) into the paged key cache at (seq[t], pos[t]). */
-clnpu_status clnpu_dsa_key_append(clnpu_device *dev, clnpu_buffer *key_cache, size_t page_size,
+CLNPU_API clnpu_status clnpu_dsa_key_append(clnpu_device *dev, clnpu_buffer *key_cache, size_t page_size,
                                   const clnpu_buffer *block_table, size_t max_blocks, clnpu_view src,
                                   size_t head_dim, size_t tokens, const clnpu_buffer *seq, const clnpu_buffer *pos);
 
 /* x = (x - mean) / sqrt(var + eps) * weight + bias over rows of n, in place. */
-clnpu_status clnpu_layernorm(clnpu_device *dev, clnpu_view x, const clnpu_buffer *weight, const clnpu_buffer *bias,
+CLNPU_API clnpu_status clnpu_layernorm(clnpu_device *dev, clnpu_view x, const clnpu_buffer *weight, const clnpu_buffer *bias,
                              size_t rows, size_t n, float eps);
 
 /* y[t][h][i] *= sigmoid(g[t][h][i]), i < n, h < heads (head h at + h * *_head_stride). */
-clnpu_status clnpu_mul_sigmoid(clnpu_device *dev, clnpu_view y, size_t y_head_stride, clnpu_view g,
+CLNPU_API clnpu_status clnpu_mul_sigmoid(clnpu_device *dev, clnpu_view y, size_t y_head_stride, clnpu_view g,
                                size_t g_head_stride, size_t rows, size_t heads, size_t n);
 
 /* x = x * sigmoid(x) over rows of n, in place. */
-clnpu_status clnpu_silu(clnpu_device *dev, clnpu_view x, size_t rows, size_t n);
+CLNPU_API clnpu_status clnpu_silu(clnpu_device *dev, clnpu_view x, size_t rows, size_t n);
 
 #ifdef __cplusplus
 }
