@@ -369,6 +369,8 @@ START_TEST(test_plan_time_and_errors)
 }
 END_TEST
 
+TCase *tcase_plan_published(void); /* test_plan_published.c */
+
 /* The plan file schema (clnpu-plan-2) through clnpu_pipeline_read_plan: a good plan gives its
  * stages; each malformed one (the reliability review's reproducers among them) is refused with a
  * message naming the file and what is wrong, never a crash or a silent default. */
@@ -541,5 +543,6 @@ Suite *suite_plan(void)
     tcase_add_test(tc, test_plan_sanity);
     tcase_add_test(tc, test_plan_time_and_errors);
     suite_add_tcase(s, tc);
+    suite_add_tcase(s, tcase_plan_published());
     return s;
 }

@@ -48,6 +48,9 @@ Suite *suite_plan(void);
 Suite *suite_tuning(void);
 Suite *suite_serve(void);
 Suite *suite_examples(void);
+Suite *suite_tokenizer(void);
+Suite *suite_chat_template(void);
+Suite *suite_generate(void);
 Suite *suite_family(void);
 Suite *suite_dsa(void);
 
