@@ -49,14 +49,22 @@ __kernel void clnpu_moe_route(__global const float *logits, const uint ld,
             if (!keep[g] && (best < 0 || gscore[g] > gscore[best])) best = (int)g;
         keep[best] = 1;
     }
-    /* Top-k among the kept groups by biased score. */
+    /* Top-k among the kept groups by biased score (CLNPU_MOE_MASKED_ZERO, A.X K2: the other
+     * groups' experts take part with a score of 0, as transformers' AXK2TopkRouter fills them). */
+#ifdef CLNPU_MOE_MASKED_ZERO
+    for (uint e = 0; e < E; e++)
+        if (!keep[e / gs]) sb[e] = 0.0f;
+#define MOE_EXCLUDED(e) 0
+#else
+#define MOE_EXCLUDED(e) (!keep[(e) / gs])
+#endif
     uint chosen[CLNPU_MOE_MAX_EXPERTS];
     for (uint e = 0; e < E; e++) chosen[e] = 0;
     float wsum = 0.0f;
     for (uint r = 0; r < top_k; r++) {
         int best = -1;
         for (uint e = 0; e < E; e++) {
-            if (chosen[e] || !keep[e / gs]) continue;
+            if (chosen[e] || MOE_EXCLUDED(e)) continue;
             if (best < 0 || sb[e] > sb[best]) best = (int)e;
         }
         chosen[best] = 1;

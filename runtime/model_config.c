@@ -10,6 +10,7 @@
 #include "../common/error.h"
 #include "../common/file_read.h"
 #include "clnpu/model.h"
+#include "model_config_internal.h"
 
 typedef struct cfg_ctx {
     const cJSON *root;
@@ -122,16 +123,17 @@ clnpu_status clnpu_model_config_parse(const char *json, size_t len, const char *
     const char *type = st ? NULL : get_str(root, "model_type");
     if (!st && !type)
         st = clnpu_fail(CLNPU_ERR_PARSE, cJSON_GetObjectItemCaseSensitive(root, "model_type")
-                                             ? "%s: \"model_type\" must be a string (\"axk1\" or \"deepseek_v3\")"
+                                             ? "%s: \"model_type\" must be a string (axk1, axk2, deepseek_v3, deepseek_v32)"
                                              : "%s: missing required field \"model_type\"", origin);
-    bool axk1 = false;
+    bool axk1 = false, axk2 = false, v32 = false;
     if (!st) {
-        axk1 = !strcasecmp(type, "axk1");
-        if (!axk1 && strcmp(type, "deepseek_v3"))
-            st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: model_type \"%s\" is not supported (axk1, deepseek_v3)",
-                            origin, type);
+        axk1 = !strcasecmp(type, "axk1"), axk2 = !strcasecmp(type, "axk2"), v32 = !strcmp(type, "deepseek_v32");
+        if (!axk1 && !axk2 && !v32 && strcmp(type, "deepseek_v3"))
+            st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: model_type \"%s\" is not supported (axk1, axk2, deepseek_v3, "
+                            "deepseek_v32)", origin, type);
         else snprintf(m->model_type, sizeof m->model_type, "%s", type);
     }
+    const bool axk = axk1 || axk2; /* the A.X K family's defaults */
     struct { const char *key; size_t *dst; bool req; size_t def; } sizes[] = {
         {"vocab_size", &m->vocab_size, true, 0},
         {"hidden_size", &m->hidden_size, true, 0},
@@ -145,17 +147,17 @@ clnpu_status clnpu_model_config_parse(const char *json, size_t len, const char *
         {"v_head_dim", &m->v_head_dim, true, 0},
         {"n_routed_experts", &m->n_routed_experts, true, 0},
         {"q_lora_rank", &m->q_lora_rank, false, 0},
-        {"first_k_dense_replace", &m->first_k_dense_replace, false, axk1 ? 1 : 3},
+        {"first_k_dense_replace", &m->first_k_dense_replace, false, axk ? 1 : 3},
         {"moe_layer_freq", &m->moe_layer_freq, false, 1},
         {"n_shared_experts", &m->n_shared_experts, false, 1},
         {"num_experts_per_tok", &m->num_experts_per_tok, false, 8},
         {"n_group", &m->n_group, false, 1},
         {"topk_group", &m->topk_group, false, 1},
-        {"max_position_embeddings", &m->max_position_embeddings, false, axk1 ? 131072 : 163840},
+        {"max_position_embeddings", &m->max_position_embeddings, false, axk ? 131072 : 163840},
     };
     for (size_t i = 0; !st && i < sizeof sizes / sizeof sizes[0]; i++)
         st = get_size(&c, root, sizes[i].key, sizes[i].req, sizes[i].def, sizes[i].dst);
-    if (!st) st = get_double(&c, root, "routed_scaling_factor", axk1 ? 2.5 : 1.0, &m->routed_scaling_factor);
+    if (!st) st = get_double(&c, root, "routed_scaling_factor", axk || v32 ? 2.5 : 1.0, &m->routed_scaling_factor);
     if (!st) st = get_double(&c, root, "rms_norm_eps", 1e-6, &m->rms_norm_eps);
     /* x / sqrt(mean(x^2) + eps): a negative eps makes every small row NaN */
     if (!st && !(m->rms_norm_eps >= 0 && m->rms_norm_eps < 1))
@@ -175,10 +177,8 @@ clnpu_status clnpu_model_config_parse(const char *json, size_t len, const char *
     const char *topk = st ? NULL : get_str(root, "topk_method");
     if (!st && topk && strcmp(topk, "noaux_tc"))
         st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: topk_method \"%s\" (only noaux_tc)", origin, topk);
-    const cJSON *qc = st ? NULL : cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
-    if (!st && qc && !cJSON_IsNull(qc))
-        st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: quantized checkpoints (quantization_config) are not "
-                        "loaded yet; use --weights int8|fp8 on a bf16 checkpoint", origin);
+    if (!st) st = clnpu_model_config_parse_quant(root, origin, m);
+    if (!st) st = clnpu_model_config_parse_family(root, origin, axk2, v32, m);
     /* Bounds (far past every real model: DeepSeek-V3 has 61 layers, 256 experts, 128 heads, a
      * 163840 context) that keep the counts the loader multiplies inside size_t and host arrays
      * inside what an allocator can give; dimensions past 2^32 could not be kernel arguments. */
@@ -225,6 +225,7 @@ clnpu_status clnpu_model_config_load(const char *path, clnpu_model_config *out)
 
 bool clnpu_model_config_is_moe(const clnpu_model_config *c, size_t l)
 {
+    if (c->has_mlp_layer_types) return l < CLNPU_MODEL_MAX_LAYERS && (c->mlp_sparse[l / 64] >> (l % 64) & 1);
     return l >= c->first_k_dense_replace && c->moe_layer_freq && l % c->moe_layer_freq == 0;
 }
 
@@ -239,7 +240,9 @@ void clnpu_model_config_params(const clnpu_model_config *c, double *total, doubl
     const double expert = 3 * d * (double)c->moe_intermediate_size, dense = 3 * d * (double)c->intermediate_size;
     double t = 2 * (double)c->vocab_size * d * (c->tie_word_embeddings ? 0.5 : 1) + d, a = t;
     for (size_t l = 0; l < c->num_hidden_layers; l++) {
-        double base = attn + 2 * d; /* + input and post-attention norms */
+        double fam_attn, fam_gates; /* DeepSeek-V3.2 / A.X K2: the indexer, gates */
+        clnpu_model_config_layer_family(c, l, &fam_attn, NULL, NULL, &fam_gates);
+        double base = attn + 2 * d + fam_attn + fam_gates; /* + input and post-attention norms */
         t += base, a += base;
         if (!clnpu_model_config_is_moe(c, l)) {
             t += dense, a += dense;

@@ -176,6 +176,45 @@ static clnpu_status attention_decode(clnpu_model *m, model_layer *ly, size_t B, 
     return st;
 }
 
+/* Dense MLA (A.X K1, DeepSeek-V3): q (through the low-rank q_a / q_b when the model has it), the
+ * latent c and k_pe from the normed m->a, the latent rows to the cache, attention into m->attn. */
+static clnpu_status attention_dense(clnpu_model *m, model_layer *ly, size_t T, bool decode, const size_t *seq_of,
+                                    const size_t *pos_of, size_t maxlen, const char *opts)
+{
+    const clnpu_model_config *c = &m->cfg;
+    const size_t d = c->hidden_size, H = m->heads, R = c->kv_lora_rank;
+    const clnpu_view none = {0};
+    const float eps = (float)c->rms_norm_eps;
+    const clnpu_rope_layout layout = c->rope_interleave ? CLNPU_ROPE_INTERLEAVED : CLNPU_ROPE_HALF_SPLIT;
+    clnpu_status st;
+    if (ly->q_a) {
+        st = mm(m, ly->q_a, 0, m->a, 0, d, m->cq, 0, c->q_lora_rank, T, CLNPU_EPILOGUE_NONE);
+        clnpu_view cq = {m->cq, 0, c->q_lora_rank};
+        if (!st) st = clnpu_rmsnorm(m->dev, cq, none, cq, ly->q_a_norm, T, c->q_lora_rank, eps);
+        if (!st) st = mm(m, ly->q_b, 0, m->cq, 0, c->q_lora_rank, m->q, 0, H * m->dqk, T, CLNPU_EPILOGUE_NONE);
+    } else {
+        st = mm(m, ly->q_b, 0, m->a, 0, d, m->q, 0, H * m->dqk, T, CLNPU_EPILOGUE_NONE);
+    }
+    if (!st) st = mm(m, ly->kv_a, 0, m->a, 0, d, m->kv0, 0, m->lat, T, CLNPU_EPILOGUE_NONE);
+    clnpu_view kv0 = {m->kv0, 0, m->lat};
+    if (!st) st = clnpu_rmsnorm(m->dev, kv0, none, kv0, ly->kv_a_norm, T, R, eps);
+    if (!st) st = clnpu_rope_apply(m->dev, m->rope, (clnpu_view){m->kv0, R, m->lat}, T, 1, 0, m->pos, layout);
+    if (!st)
+        st = clnpu_rope_apply(m->dev, m->rope, (clnpu_view){m->q, c->qk_nope_head_dim, H * m->dqk}, T, H, m->dqk,
+                              m->pos, layout);
+    /* The new latent rows (c | rotated k_pe) go to the cache before attention reads it. */
+    if (!st) {
+        cl_mem cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev), src = clnpu_mem(m->kv0),
+               sq = clnpu_mem(m->seqs), ps = clnpu_mem(m->pos);
+        cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, lds = (cl_uint)m->lat;
+        clnpu_karg a[] = {KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(src), KARG(lds), KARG(sq), KARG(ps)};
+        size_t g[2] = {m->lat, T}, lo[2] = {m->lat % 64 ? 1 : 64, 1};
+        st = clnpu_launch(m->dev, "mla.cl", opts, "clnpu_kv_append", 2, g, lo, a, 8);
+    }
+    if (!st) st = decode ? attention_decode(m, ly, T, maxlen) : attention_prefill(m, ly, seq_of[0], pos_of[0], T);
+    return st;
+}
+
 clnpu_status clnpu_model_forward(clnpu_model *m, size_t T, const int *ids, const size_t *seq_of,
                                  const size_t *pos_of, bool decode, float *logits)
 {
@@ -245,36 +284,11 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
     char opts[96];
     snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu%s", R, c->qk_rope_head_dim,
              m->opt.latent_cache == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
-    const clnpu_rope_layout layout = c->rope_interleave ? CLNPU_ROPE_INTERLEAVED : CLNPU_ROPE_HALF_SPLIT;
     for (size_t l = m->opt.layer_begin; !st && l < m->opt.layer_end; l++) {
         model_layer *ly = &m->layers[l];
-        st = clnpu_rmsnorm(m->dev, hv, none, av, ly->in_norm, T, d, eps);
-        /* q (through the low-rank q_a / q_b when the model has it), the latent c and k_pe */
-        if (!st && ly->q_a) {
-            st = mm(m, ly->q_a, 0, m->a, 0, d, m->cq, 0, c->q_lora_rank, T, CLNPU_EPILOGUE_NONE);
-            clnpu_view cq = {m->cq, 0, c->q_lora_rank};
-            if (!st) st = clnpu_rmsnorm(m->dev, cq, none, cq, ly->q_a_norm, T, c->q_lora_rank, eps);
-            if (!st) st = mm(m, ly->q_b, 0, m->cq, 0, c->q_lora_rank, m->q, 0, H * m->dqk, T, CLNPU_EPILOGUE_NONE);
-        } else if (!st) {
-            st = mm(m, ly->q_b, 0, m->a, 0, d, m->q, 0, H * m->dqk, T, CLNPU_EPILOGUE_NONE);
-        }
-        if (!st) st = mm(m, ly->kv_a, 0, m->a, 0, d, m->kv0, 0, m->lat, T, CLNPU_EPILOGUE_NONE);
-        clnpu_view kv0 = {m->kv0, 0, m->lat};
-        if (!st) st = clnpu_rmsnorm(m->dev, kv0, none, kv0, ly->kv_a_norm, T, R, eps);
-        if (!st) st = clnpu_rope_apply(m->dev, m->rope, (clnpu_view){m->kv0, R, m->lat}, T, 1, 0, m->pos, layout);
-        if (!st)
-            st = clnpu_rope_apply(m->dev, m->rope, (clnpu_view){m->q, c->qk_nope_head_dim, H * m->dqk}, T, H, m->dqk,
-                                  m->pos, layout);
-        /* The new latent rows (c | rotated k_pe) go to the cache before attention reads it. */
-        if (!st) {
-            cl_mem cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev), src = clnpu_mem(m->kv0),
-                   sq = clnpu_mem(m->seqs), ps = clnpu_mem(m->pos);
-            cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, lds = (cl_uint)m->lat;
-            clnpu_karg a[] = {KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(src), KARG(lds), KARG(sq), KARG(ps)};
-            size_t g[2] = {m->lat, T}, lo[2] = {m->lat % 64 ? 1 : 64, 1};
-            st = clnpu_launch(m->dev, "mla.cl", opts, "clnpu_kv_append", 2, g, lo, a, 8);
-        }
-        if (!st) st = decode ? attention_decode(m, ly, T, maxlen) : attention_prefill(m, ly, seq_of[0], pos_of[0], T);
+        st = ly->in_fc1 ? clnpu_model_family_in_norm(m, ly, T) : clnpu_rmsnorm(m->dev, hv, none, av, ly->in_norm, T, d, eps);
+        if (!st && m->fam) st = clnpu_model_family_attention(m, ly, T, maxlen); /* indexer, gates */
+        else if (!st) st = attention_dense(m, ly, T, decode, seq_of, pos_of, maxlen, opts);
         /* h += attn . Wo^T, then the MLP on the post-attention norm */
         if (!st) st = mm(m, ly->o, 0, m->attn, 0, H * c->v_head_dim, m->h, 0, d, T, partial);
         if (!st) st = tp_sum(m, m->h, T);
@@ -283,6 +297,7 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
          * replica that runs the stage's MoE may be using */
         const bool idle = m->dp && moe && m->tp_rank;
         if (!st && !idle) st = clnpu_rmsnorm(m->dev, hv, none, av, ly->post_attn_norm, T, d, eps);
+        if (!st && !idle && ly->post_fc1) st = clnpu_model_family_post_gate(m, ly, T);
         if (!st && !moe) {
             st = mm(m, ly->dense_gate_up, 0, m->a, 0, d, m->mlp_h, 0, m->inter, T, CLNPU_EPILOGUE_SWIGLU);
             if (!st) st = mm(m, ly->dense_down, 0, m->mlp_h, 0, m->inter, m->h, 0, d, T, partial);

@@ -17,7 +17,16 @@ typedef struct model_layer {
     clnpu_weight *dense_gate_up, *dense_down; /* MoE layers of TP peers: their shared-expert slice */
     clnpu_moe_block *moe;
     clnpu_buffer *cache; /* [pages][page][R + DR] */
+    /* DeepSeek Sparse Attention indexer (deepseek_v32, axk2): wq_b [nh * D, q_lora_rank], wk [D, d],
+     * weights_proj [nh, d], k_norm (LayerNorm weight, bias) and its key cache [pages][page][D] */
+    clnpu_weight *ix_wq, *ix_wk, *ix_w;
+    clnpu_buffer *ix_knorm_w, *ix_knorm_b, *ix_cache;
+    /* A.X K2: gated norms' fc1 [rank, d] and fc2 [d, rank] (input; post-attention on MoE layers);
+     * q_b holds q_gate_proj [H * (dqk + v), 2 * q_lora_rank] */
+    clnpu_weight *in_fc1, *in_fc2, *post_fc1, *post_fc2;
 } model_layer;
+
+struct model_family; /* activations of the sparse-attention and gated layers (model_load_family.c) */
 
 struct clnpu_tp_group;
 
@@ -48,6 +57,8 @@ struct clnpu_model {
     clnpu_buffer *final_norm;
     clnpu_weight *lm_head;
     clnpu_rope_table *rope;
+    clnpu_model_weight_stats wstats; /* the GEMM weights as loaded */
+    struct model_family *fam;        /* NULL for models without an indexer or gates */
     /* paged cache bookkeeping (same page ids in every layer) */
     size_t pages, max_blocks;
     int *block_table;       /* host [max_sequences][max_blocks], -1 = none */
@@ -96,6 +107,35 @@ clnpu_status clnpu_model_create_tp_rank(clnpu_device *dev, size_t rank, size_t t
  * same on every rank of a TP group (the head's columns are gathered). */
 clnpu_status clnpu_model_forward_rank(clnpu_model *m, size_t T, const int *ids, const size_t *seq_of, const size_t *pos_of,
                                       bool decode, const float *h_in, float *h_out, float *logits, bool want_logits);
+
+/* The newer family members (model_load_family.c, model_forward_family.c). */
+struct loader;
+clnpu_status clnpu_loader_upload_mat(clnpu_model *m, struct loader *L, const char *name, size_t n, size_t k,
+                                     clnpu_weight **out);
+/* rows [r0, r0 + rows) of a stored [n, k] matrix (a tensor-parallel rank's heads) */
+clnpu_status clnpu_loader_upload_rows(clnpu_model *m, struct loader *L, const char *name, size_t n, size_t k, size_t r0,
+                                      size_t rows, clnpu_weight **out);
+clnpu_status clnpu_loader_upload_vec(clnpu_model *m, struct loader *L, const char *name, size_t n, float fill,
+                                     clnpu_buffer **out);
+clnpu_status clnpu_model_family_create(clnpu_model *m);
+/* What clnpu_model_family_create allocates (bytes, for max_tokens T, context S, H heads on the
+ * rank) and the indexer's key cache per cache row (bytes, 0 without an indexer). */
+void clnpu_model_family_memory(const clnpu_model_config *c, size_t T, size_t S, size_t H, double *out_workspaces,
+                               double *out_key_bytes_per_row);
+void clnpu_model_family_destroy(clnpu_model *m);
+clnpu_status clnpu_model_load_family_layer(clnpu_model *m, struct loader *L, size_t l, model_layer *ly);
+void clnpu_model_family_destroy_layer(model_layer *ly);
+/* Layer l's input norm (RMSNorm, gated for A.X K2) from m->h into m->a. */
+clnpu_status clnpu_model_family_in_norm(clnpu_model *m, model_layer *ly, size_t T);
+/* The post-attention norm's gate (A.X K2 MoE layers) on m->a, after its RMSNorm. */
+clnpu_status clnpu_model_family_post_gate(clnpu_model *m, model_layer *ly, size_t T);
+/* Attention of a layer with the indexer or the output gate, from the normed m->a to m->attn
+ * (before o_proj), the latent rows appended to the cache: q (A.X K2: through q_gate_proj), the
+ * latent, the indexer's keys and top-k, absorbed MLA over the selected rows, the gate. */
+clnpu_status clnpu_model_family_attention(clnpu_model *m, model_layer *ly, size_t T, size_t maxlen);
+
+/* Count one GEMM weight as loaded (its dtype, elements and scales). */
+void clnpu_model_weight_stats_add(clnpu_model_weight_stats *s, const clnpu_weight_desc *d);
 
 clnpu_status clnpu_model_forward(clnpu_model *m, size_t ntok, const int *ids, const size_t *seq_of,
                                  const size_t *pos_of, bool decode, float *logits);

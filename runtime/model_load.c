@@ -9,6 +9,7 @@
 #include "../common/error.h"
 #include "gemm_internal.h"
 #include "../common/hash.h"
+#include "model_fp8.h"
 #include "model_internal.h"
 #include "tp.h"
 
@@ -17,6 +18,7 @@ typedef struct loader {
     const clnpu_model_options *opt;
     void **allocs; /* host arrays to free once uploaded */
     size_t nallocs, cap;
+    clnpu_model_weight_stats *stats; /* what the GEMM weights hold, by dtype */
 } loader;
 
 static void *keep(loader *L, void *p)
@@ -95,7 +97,8 @@ static clnpu_status check_weight_dtype(const char *name, const clnpu_tensor_info
 static clnpu_status requantize(loader *L, const char *name, clnpu_weight_desc *out)
 {
     const size_t n = out->n, k = out->k;
-    if (L->opt->weights == CLNPU_DTYPE_I8 || L->opt->weights == CLNPU_DTYPE_FP8_E4M3) {
+    if ((int)out->dtype != L->opt->weights &&
+        (L->opt->weights == CLNPU_DTYPE_I8 || L->opt->weights == CLNPU_DTYPE_FP8_E4M3)) {
         float *f = malloc(n * k * sizeof *f);
         if (!f) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for %s", name);
         clnpu_status st = clnpu_weight_desc_to_f32(out, f); /* failing, f would be uninitialised */
@@ -116,6 +119,7 @@ static clnpu_status requantize(loader *L, const char *name, clnpu_weight_desc *o
         free(f);
         if (st) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "quantising %s failed", name);
     }
+    if (L->stats) clnpu_model_weight_stats_add(L->stats, out);
     return CLNPU_OK;
 }
 
@@ -133,8 +137,17 @@ static clnpu_status get_raw(loader *L, const char *name, size_t n, size_t k, cln
         const clnpu_tensor_info *t;
         int64_t shape[2] = {(int64_t)n, (int64_t)k};
         clnpu_status st = clnpu_checkpoint_require(L->ck, name, 2, shape, &t);
-        if (!st) st = check_weight_dtype(name, t);
         if (st) return st;
+        if (t->dtype == CLNPU_DTYPE_FP8_E4M3) { /* DeepSeek-V3's FP8 layout: fp8 + block scales as they are */
+            float *sc;
+            st = clnpu_fp8_scales_load(L->ck, name, n, k, &sc);
+            if (st) return st;
+            out->scales = keep(L, sc);
+            if (!out->scales) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for %s", name);
+        } else if (t->dtype != CLNPU_DTYPE_BF16 && t->dtype != CLNPU_DTYPE_F16 && t->dtype != CLNPU_DTYPE_F32) {
+            return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: dtype %s is not a weight dtype here (bf16, f16, f32, fp8) (%s)",
+                              name, clnpu_dtype_name(t->dtype), t->file);
+        }
         out->dtype = t->dtype, out->data = t->data;
         st = check_finite(L, name, out, t->file);
         if (st) return st;
@@ -163,6 +176,10 @@ static clnpu_status get_rows(loader *L, const char *name, size_t n, size_t k, si
 {
     clnpu_status st = get_raw(L, name, n, k, out);
     if (st) return st;
+    if (out->dtype == CLNPU_DTYPE_FP8_E4M3 && (r0 || rows != n)) {
+        st = clnpu_fp8_desc_rows(out, name, r0, rows);
+        return st ? st : requantize(L, name, out);
+    }
     out->data = (const char *)out->data + r0 * k * clnpu_dtype_size(out->dtype);
     out->n = rows;
     return requantize(L, name, out);
@@ -176,6 +193,13 @@ static clnpu_status get_cols(loader *L, const char *name, size_t n, size_t k, si
 {
     clnpu_status st = get_raw(L, name, n, k, out);
     if (st || (c0 == 0 && cols == k)) return st ? st : requantize(L, name, out);
+    if (out->dtype == CLNPU_DTYPE_FP8_E4M3) {
+        void *w;
+        float *s;
+        st = clnpu_fp8_desc_cols(out, name, c0, cols, &w, &s);
+        keep(L, w), keep(L, s);
+        return st ? st : requantize(L, name, out);
+    }
     const size_t es = clnpu_dtype_size(out->dtype);
     char *w = keep(L, malloc(n * cols * es));
     if (!w) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for %s", name);
@@ -260,6 +284,8 @@ static clnpu_status upload_absorbed(clnpu_model *m, loader *L, const clnpu_weigh
         du[h] = (clnpu_weight_desc){CLNPU_DTYPE_F32, R, nope, ukt + h * R * nope, NULL, 0};
         dv[h] = (clnpu_weight_desc){CLNPU_DTYPE_F32, vd, R, uv + h * vd * R, NULL, 0};
     }
+    for (size_t h = 0; !st && L->stats && h < H; h++)
+        clnpu_model_weight_stats_add(L->stats, &du[h]), clnpu_model_weight_stats_add(L->stats, &dv[h]);
     if (!st) st = clnpu_weight_upload(m->dev, du, H, &ly->uk_t);
     if (!st) st = clnpu_weight_upload(m->dev, dv, H, &ly->uv);
     free(f), free(du), free(dv);
@@ -303,6 +329,30 @@ static clnpu_status load_moe_peer(clnpu_model *m, loader *L, size_t l, model_lay
     }
     if (!st && m->cfg.post_mlp_layernorm) st = load_post_mlp_norm(m, L, l, ly);
     return st;
+}
+
+/* For the loaders in other files (model_load_family.c): a matrix as a GEMM weight in the requested
+ * format, a vector in f32 (fill: random norms' value; NaN: small random values). */
+clnpu_status clnpu_loader_upload_mat(clnpu_model *m, struct loader *L, const char *name, size_t n, size_t k,
+                                     clnpu_weight **out)
+{
+    return upload_mat(m->dev, L, name, n, k, out);
+}
+
+clnpu_status clnpu_loader_upload_rows(clnpu_model *m, struct loader *L, const char *name, size_t n, size_t k, size_t r0,
+                                      size_t rows, clnpu_weight **out)
+{
+    return upload_rows(m->dev, L, name, n, k, r0, rows, out);
+}
+
+clnpu_status clnpu_loader_upload_vec(clnpu_model *m, struct loader *L, const char *name, size_t n, float fill,
+                                     clnpu_buffer **out)
+{
+    float *v;
+    clnpu_status st = get_vec(L, name, n, fill, &v);
+    if (!st) st = clnpu_buffer_create(m->dev, n * 4, out);
+    if (!st) st = clnpu_buffer_write(*out, 0, v, n * 4);
+    return st ? clnpu_fail_context(st, "loading %s", name) : CLNPU_OK;
 }
 
 static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *ly, bool norm)
@@ -366,7 +416,7 @@ static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *l
     if (!st) st = get_vec(L, name, E, NAN, &bias);
     if (!st) {
         clnpu_moe_config mc = {E, c->n_group, c->topk_group, c->num_experts_per_tok, c->norm_topk_prob,
-                               (float)c->routed_scaling_factor};
+                               (float)c->routed_scaling_factor, c->attn_output_gate /* A.X K2's rule */};
         clnpu_moe_weights w = {router, bias, g, u, d, shared ? &sg : NULL, shared ? &su : NULL, shared ? &sd : NULL};
         st = m->opt.ep_count ? clnpu_moe_block_create_sharded(m->dev, &mc, &w, m->opt.max_tokens, m->opt.ep_shards,
                                                               m->opt.ep_count, &ly->moe)
@@ -388,12 +438,18 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
     const size_t vd = c->v_head_dim, blk = c->qk_nope_head_dim + vd;
     char name[256];
 #define NAME(fmt) (snprintf(name, sizeof name, "model.layers.%zu." fmt, l), name)
-    clnpu_status st = upload_vec(m->dev, L, NAME("input_layernorm.weight"), d, &ly->in_norm);
-    if (!st) st = upload_vec(m->dev, L, NAME("post_attention_layernorm.weight"), d, &ly->post_attn_norm);
+    /* A.X K2's gated norms keep their RMSNorm weight under .norm (input: every layer; post: MoE layers) */
+    const bool gin = c->gated_norm_rank, gpost = gin && clnpu_model_config_is_moe(c, l);
+    clnpu_status st = upload_vec(m->dev, L, gin ? NAME("input_layernorm.norm.weight") : NAME("input_layernorm.weight"),
+                                 d, &ly->in_norm);
+    if (!st)
+        st = upload_vec(m->dev, L, gpost ? NAME("post_attention_layernorm.norm.weight")
+                                         : NAME("post_attention_layernorm.weight"), d, &ly->post_attn_norm);
+    if (!st) st = clnpu_model_load_family_layer(m, L, l, ly); /* indexer, gates (model_load_family.c) */
     if (!st && c->q_lora_rank) {
         st = upload_mat(m->dev, L, NAME("self_attn.q_a_proj.weight"), c->q_lora_rank, d, &ly->q_a);
         if (!st) st = upload_vec(m->dev, L, NAME("self_attn.q_a_layernorm.weight"), c->q_lora_rank, &ly->q_a_norm);
-        if (!st)
+        if (!st && !c->attn_output_gate) /* (A.X K2: q_gate_proj instead) */
             st = upload_rows(m->dev, L, NAME("self_attn.q_b_proj.weight"), H * m->dqk, c->q_lora_rank, h0 * m->dqk,
                              Hl * m->dqk, &ly->q_b);
     } else if (!st) {
@@ -438,6 +494,7 @@ clnpu_model_options clnpu_model_options_default(void)
 
 static void destroy_layer(model_layer *ly)
 {
+    clnpu_model_family_destroy_layer(ly);
     clnpu_buffer *bs[] = {ly->in_norm, ly->post_attn_norm, ly->q_a_norm, ly->kv_a_norm, ly->post_mlp_norm, ly->cache};
     for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) clnpu_buffer_destroy(bs[i]);
     clnpu_weight *ws[] = {ly->q_a, ly->q_b, ly->kv_a, ly->kv_b, ly->uk_t, ly->uv, ly->o, ly->dense_gate_up, ly->dense_down};
@@ -458,6 +515,7 @@ void clnpu_model_destroy(clnpu_model *m)
                           m->q_abs, m->z, m->qpe, m->lens, m->sampled, m->step_bt, m->stepbuf, m->nonfinite}; /* views before their parent */
     for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) clnpu_buffer_destroy(bs[i]);
     clnpu_weight_destroy(m->lm_head);
+    clnpu_model_family_destroy(m);
     clnpu_rope_table_destroy(m->rope);
     free(m->block_table), free(m->free_pages), free(m->page_refs), free(m->seq_len), free(m->step_host), free(m->step_bt_host);
     free(m->hidden), free(m->route_ids), free(m->route_w), free(m->logits_host);
@@ -492,8 +550,9 @@ static clnpu_status load_embedding(clnpu_model *m, loader *L)
     raw.opt = &o;
     clnpu_status st = get_rows(&raw, "model.embed_tokens.weight", V, d, m->v0, m->vocab, &e); /* this rank's rows */
     L->allocs = raw.allocs, L->nallocs = raw.nallocs, L->cap = raw.cap;
-    if (!st && e.dtype == CLNPU_DTYPE_F16)
-        st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "model.embed_tokens.weight: f16 tables are not supported (bf16, f32)");
+    if (!st && e.dtype != CLNPU_DTYPE_BF16 && e.dtype != CLNPU_DTYPE_F32)
+        st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "model.embed_tokens.weight: %s tables are not supported (bf16, f32)",
+                        clnpu_dtype_name(e.dtype));
     if (!st) {
         const size_t bytes = m->vocab * d * clnpu_dtype_size(e.dtype);
         m->embed_dtype = e.dtype;
@@ -609,9 +668,10 @@ static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cf
     for (size_t i = 0; !st && i < m->opt.max_sequences * m->max_blocks; i++) m->block_table[i] = -1;
     for (size_t i = 0; !st && i < m->pages; i++) m->free_pages[i] = (int)(m->pages - 1 - i);
     m->nfree = m->pages;
-    loader L = {ck, &m->opt, NULL, 0, 0};
+    loader L = {ck, &m->opt, NULL, 0, 0, &m->wstats};
     if (!st) st = clnpu_rope_table_create(dev, &cfg->rope, m->opt.max_context, &m->rope);
     if (!st) st = alloc_activations(m);
+    if (!st) st = clnpu_model_family_create(m); /* the newer members' buffers (model_load_family.c) */
     if (!st) st = load_globals(m, &L);
     release_host(&L);
     if (m->opt.layer_end > cfg->num_hidden_layers) m->opt.layer_end = cfg->num_hidden_layers;

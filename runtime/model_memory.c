@@ -3,6 +3,7 @@
  * scratch, from the config and options alone. test_model.c holds it to the device's count. */
 #include "../common/error.h"
 #include "clnpu/model_memory.h"
+#include "model_internal.h"
 
 /* the sub-buffer alignment of the step-input slots: at most this on the devices we know */
 #define STEP_SLOT_ALIGN 1024
@@ -49,6 +50,11 @@ clnpu_status clnpu_model_memory_estimate(const clnpu_model_config *c, const clnp
     double pages = blocks * B; /* a server's pool may be smaller (clnpu_model_options.cache_pages) */
     if (o.cache_pages && (double)o.cache_pages < pages) pages = (double)o.cache_pages;
     out->cache_per_layer = pages * (double)o.page_size * lat * (double)esize;
+    /* DeepSeek-V3.2 / A.X K2: the indexer's buffers and its key cache beside the latent's pages */
+    double fam_ws, key_row;
+    clnpu_model_family_memory(c, o.max_tokens, o.max_context, (size_t)H, &fam_ws, &key_row);
+    out->workspaces += fam_ws;
+    out->cache_per_layer += pages * (double)o.page_size * key_row;
     const double E = (double)c->n_routed_experts, K = (double)c->num_experts_per_tok, I = (double)c->moe_intermediate_size;
     const double rows = T * K;
     out->moe_scratch = T * E * 4 + rows * 4 * 4 + E * 4 + (E + 1) * 4 + rows * d * 4 * 2 + rows * I * 4;

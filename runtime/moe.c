@@ -11,7 +11,8 @@ clnpu_status clnpu_moe_route(clnpu_device *dev, clnpu_view logits, const clnpu_b
     if (!c || !logits.buf || !ids || !w) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe route: NULL argument");
     if (!c->experts || c->experts > MOE_MAX_EXPERTS || !c->n_group || c->experts % c->n_group ||
         !c->topk_group || c->topk_group > c->n_group || !c->top_k ||
-        c->top_k > c->topk_group * (c->experts / c->n_group) || c->top_k > 16)
+        (c->top_k > c->topk_group * (c->experts / c->n_group) && !c->masked_groups_score_zero) || c->top_k > 16 ||
+        c->top_k > c->experts)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT,
                           "moe route: inconsistent config (experts %zu <= %d in %zu groups, topk_group "
                           "%zu, top_k %zu <= 16 and <= the experts of the kept groups)",
@@ -30,7 +31,8 @@ clnpu_status clnpu_moe_route(clnpu_device *dev, clnpu_view logits, const clnpu_b
     clnpu_karg a[] = {KARG(ml), KARG(ld), KARG(mb), KARG(E), KARG(ng), KARG(tg), KARG(tk), KARG(norm),
                       KARG(sc), KARG(mi), KARG(mw), KARG(tt)};
     size_t g[1] = {T};
-    return clnpu_launch(dev, "moe.cl", NULL, "clnpu_moe_route", 1, g, NULL, a, 12);
+    return clnpu_launch(dev, "moe.cl", c->masked_groups_score_zero ? "-DCLNPU_MOE_MASKED_ZERO=1" : NULL,
+                        "clnpu_moe_route", 1, g, NULL, a, 12);
 }
 
 clnpu_status clnpu_moe_plan(clnpu_device *dev, const clnpu_buffer *ids, size_t T, size_t top_k,

@@ -1,6 +1,7 @@
 /* The full-scale model graph for planning: 63 pipeline units for A.X K1 (embedding, 61 decoder
  * layers, final norm + LM head) with exact parameter counts (architecture notes section 3) and
- * per-token FLOPs and cache bytes (section 4). */
+ * per-token FLOPs and cache bytes (section 4); DeepSeek-V3.2 and A.X K2 add the sparse-attention
+ * indexer (its weights, key cache and per-key cost) and A.X K2 its gates. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,18 +38,30 @@ clnpu_status clnpu_graph_build(const clnpu_model_config *c, clnpu_graph *g)
         u->attn_flops_per_ctx = 2 * H * (R + rope + R);
         u->attn_prefill_flops_per_ctx = 2 * H * (dqk + vd); /* keys and values expanded per head */
         u->kv_bytes_per_token = (R + rope) * (double)clnpu_dtype_size(CLNPU_LATENT_CACHE_DTYPE); /* as allocated */
+        /* DeepSeek-V3.2 / A.X K2: the indexer's projections (whole on every TP rank), its key
+         * cache and per-key scores; A.X K2's gated norms */
+        double fam_attn, fam_whole, fam_norms, fam_gates;
+        clnpu_model_config_layer_family(c, l, &fam_attn, &fam_whole, &fam_norms, &fam_gates);
+        u->attn_params += fam_attn, u->attn_whole_params += fam_whole, u->norm_params += fam_gates;
+        const double fam_mm = fam_attn - fam_norms + fam_gates;
+        if (c->index_topk) {
+            u->attn_topk = c->index_topk;
+            u->index_flops_per_ctx = 2.0 * (double)c->index_n_heads * ((double)c->index_head_dim + 1);
+            u->index_bytes_per_token = (double)c->index_head_dim * 4; /* f32, as allocated */
+            u->kv_bytes_per_token += u->index_bytes_per_token;
+        }
         if (clnpu_model_config_is_moe(c, l)) {
             u->kind = CLNPU_UNIT_MOE;
             u->expert_params = 3 * d * (double)c->moe_intermediate_size;
             u->shared_params = u->expert_params * (double)c->n_shared_experts;
             u->router_params = (double)c->n_routed_experts * (d + 1);
             if (c->post_mlp_layernorm) u->norm_params += d;
-            u->flops_per_token = 2 * (attn_mm + u->router_params - c->n_routed_experts +
+            u->flops_per_token = 2 * (attn_mm + fam_mm + u->router_params - c->n_routed_experts +
                                       u->expert_params * (double)c->num_experts_per_tok + u->shared_params);
         } else {
             u->kind = CLNPU_UNIT_DENSE;
             u->dense_params = 3 * d * (double)c->intermediate_size;
-            u->flops_per_token = 2 * (attn_mm + u->dense_params);
+            u->flops_per_token = 2 * (attn_mm + fam_mm + u->dense_params);
         }
     }
     u = &g->units[g->count - 1];

@@ -173,6 +173,16 @@ static double ep_exchange(const cand *c, double bytes_per_value)
 }
 
 /* Time of one unit on one device of a stage group (device dv) for the whole step, by part. */
+/* Sparse attention in prefill: the mean over new positions p in [a, ctx) of min(p, k), the keys a
+ * query attends to when the indexer keeps k of its p. */
+static double sparse_prefill_keys(double a, double ctx, double k)
+{
+    if (ctx <= a) return fmin(a, k);
+    if (k <= a) return k;
+    if (k >= ctx) return (a + ctx) / 2;
+    return ((k * k - a * a) / 2 + k * (ctx - k)) / (ctx - a);
+}
+
 static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const clnpu_graph_unit *u)
 {
     parts P = {0};
@@ -204,12 +214,18 @@ static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const cln
     /* attention projections (q_b, kv_b, o over the t TP ranks; q_a and kv_a whole on each) and
      * the core: absorbed decode reads the latent of the replica's sequences on every TP rank;
      * prefill attends causally (half the new keys on average) plus every cached prefix key, in the
-     * non-absorbed form. */
+     * non-absorbed form. DeepSeek Sparse Attention: at most attn_topk keys per query (prefill: the
+     * mean over the new positions of min(position, topk)), in the absorbed form both ways, plus the
+     * indexer's scores over every key, whole on each TP rank. */
     const double hit = prefill ? c->w->prefix_hit : 0;
-    const double keys = prefill ? ctx * hit + ctx * (1 - hit) / 2 : ctx;
-    const double per_key = prefill && u->attn_prefill_flops_per_ctx > 0 ? u->attn_prefill_flops_per_ctx : u->attn_flops_per_ctx;
-    const double core_flops = per_key * keys * tr / t;
-    const double core_bytes = prefill ? 0 : u->kv_bytes_per_token * ctx * ceil(seqs / c->r - 1e-9);
+    const double scored = prefill ? ctx * hit + ctx * (1 - hit) / 2 : ctx;
+    const double kt = (double)u->attn_topk;
+    const double keys = !kt ? scored : prefill ? sparse_prefill_keys(ctx * hit, ctx, kt) : fmin(ctx, kt);
+    const double per_key = prefill && !kt && u->attn_prefill_flops_per_ctx > 0 ? u->attn_prefill_flops_per_ctx
+                                                                               : u->attn_flops_per_ctx;
+    const double core_flops = per_key * keys * tr / t + u->index_flops_per_ctx * scored * tr;
+    const double core_bytes = prefill ? 0 : ((u->kv_bytes_per_token - u->index_bytes_per_token) * keys +
+                                             u->index_bytes_per_token * ctx) * ceil(seqs / c->r - 1e-9);
     const double attn_rank = (u->attn_params - u->attn_whole_params) / t + u->attn_whole_params;
     /* the memory-bound kernels between the GEMMs stream activations (bf16): the attention block's
      * norms, rope, fp8 quantisation and residual add, about 13 passes of a hidden row (read and

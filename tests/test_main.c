@@ -30,6 +30,8 @@ int main(void)
     srunner_add_suite(sr, suite_chat_template());
     srunner_add_suite(sr, suite_generate());
     srunner_add_suite(sr, suite_harden());
+    srunner_add_suite(sr, suite_family());
+    srunner_add_suite(sr, suite_dsa());
     /* No fork: OpenCL runtimes are not fork-safe, and sharing one device shares its programs. */
     srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);

@@ -441,8 +441,8 @@ static void route_ref(const float *logits, const float *bias, const clnpu_moe_co
 START_TEST(test_moe_route_and_dispatch)
 {
     clnpu_device *dev = test_device();
-    const clnpu_moe_config cfgs[] = {{192, 8, 4, 8, true, 2.5f}, {16, 4, 2, 4, true, 2.5f},
-                                     {64, 1, 1, 6, false, 1.0f}};
+    const clnpu_moe_config cfgs[] = {{192, 8, 4, 8, true, 2.5f, false}, {16, 4, 2, 4, true, 2.5f, false},
+                                     {64, 1, 1, 6, false, 1.0f, false}};
     for (int ci = 0; ci < 3; ci++) {
         const clnpu_moe_config *c = &cfgs[ci];
         const size_t T = 37, E = c->experts, K = c->top_k, dim = 45;
@@ -535,7 +535,7 @@ START_TEST(test_moe_route_and_dispatch)
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) clnpu_buffer_destroy(bufs[i]);
     }
     /* Inconsistent configs are refused. */
-    clnpu_moe_config bad = {192, 7, 4, 8, true, 2.5f};
+    clnpu_moe_config bad = {192, 7, 4, 8, true, 2.5f, false};
     clnpu_buffer *b;
     ck_assert_ok(clnpu_buffer_create(dev, 4096, &b));
     ck_assert_int_eq(clnpu_moe_route(dev, (clnpu_view){b, 0, 192}, NULL, 1, &bad, b, b), CLNPU_ERR_INVALID_ARGUMENT);
@@ -576,7 +576,7 @@ static clnpu_status peer_exchange(void *ctx, size_t tag, const clnpu_moe_remote_
 START_TEST(test_moe_block)
 {
     clnpu_device *dev = test_device();
-    const clnpu_moe_config cfg = {16, 4, 2, 4, true, 2.5f};
+    const clnpu_moe_config cfg = {16, 4, 2, 4, true, 2.5f, false};
     const size_t E = 16, H = 96, I = 32, T = 24, K = 4;
     clnpu_weight_desc gate[16], up[16], down[16], sg, su, sd, router;
     uint16_t *mem[3 * 16 + 4];

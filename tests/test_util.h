@@ -52,5 +52,7 @@ Suite *suite_tokenizer(void);
 Suite *suite_chat_template(void);
 Suite *suite_generate(void);
 Suite *suite_harden(void);
+Suite *suite_family(void);
+Suite *suite_dsa(void);
 
 #endif

@@ -260,7 +260,7 @@ int bench_moe(int argc, char **argv)
     if (rc >= 0) return rc;
     if (!o.nsizes) o.sizes[0] = 1, o.sizes[1] = 16, o.sizes[2] = 64, o.nsizes = 3;
     const size_t E = 64, H = 1024, I = 512;
-    const clnpu_moe_config cfg = {E, 8, 4, 8, true, 2.5f};
+    const clnpu_moe_config cfg = {E, 8, 4, 8, true, 2.5f, false};
     clnpu_device *dev;
     clnpu_status st = cli_open_device(&o.da, false, &dev);
     if (st) return cli_fail("bench", st);

@@ -20,4 +20,5 @@ void bench_print_json(const char *op, const char *dtype, const char *shape_field
 int bench_attention(int argc, char **argv);
 int bench_mla(int argc, char **argv);
 int bench_moe(int argc, char **argv);
+int bench_dsa(int argc, char **argv);
 #endif

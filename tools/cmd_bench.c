@@ -254,7 +254,7 @@ static int bench_gemm(int argc, char **argv)
 
 int cmd_bench(int argc, char **argv)
 {
-    static const char top[] = "clnpu bench <op> [options]   (ops: gemm, attention, mla, moe)";
+    static const char top[] = "clnpu bench <op> [options]   (ops: gemm, attention, mla, moe, dsa)";
     if (argc < 2) return cli_usage_error("bench", top, "missing operation");
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         printf("usage: %s\n\nRun 'clnpu bench <op> --help' for an operation's options.\n", top);
@@ -264,5 +264,6 @@ int cmd_bench(int argc, char **argv)
     if (!strcmp(argv[1], "attention")) return bench_attention(argc - 1, argv + 1);
     if (!strcmp(argv[1], "mla")) return bench_mla(argc - 1, argv + 1);
     if (!strcmp(argv[1], "moe")) return bench_moe(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "dsa")) return bench_dsa(argc - 1, argv + 1);
     return cli_usage_error("bench", top, "unknown operation '%s'", argv[1]);
 }

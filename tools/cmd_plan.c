@@ -96,6 +96,7 @@ int cmd_plan(int argc, char **argv)
     size_t dis_in = 0, dis_out = 0;
     clnpu_workload w = clnpu_workload_default();
     int opt;
+    bool weights_given = false;
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "ho:", longopts, NULL)) != -1) {
@@ -121,6 +122,7 @@ int cmd_plan(int argc, char **argv)
             if (!cli_parse_size(optarg, &w.context) || !w.context || w.context > (1u << 26)) return cli_usage_error("plan", usage, "bad --context '%s'", optarg);
             break;
         case O_WEIGHTS:
+            weights_given = true;
             if (!strcmp(optarg, "bf16")) w.weights = CLNPU_DTYPE_BF16;
             else if (!strcmp(optarg, "fp8")) w.weights = CLNPU_DTYPE_FP8_E4M3;
             else if (!strcmp(optarg, "int8")) w.weights = CLNPU_DTYPE_I8;
@@ -202,6 +204,8 @@ int cmd_plan(int argc, char **argv)
     double *loads = NULL;
     clnpu_calibration cal = clnpu_calibration_default();
     clnpu_status st = clnpu_model_config_load(model, &cfg);
+    /* an FP8 checkpoint is priced by what it holds: 1 byte a weight (its block scales are 1/4096 more) */
+    if (!st && cfg.fp8_checkpoint && !weights_given) w.weights = CLNPU_DTYPE_FP8_E4M3;
     if (!st) st = clnpu_profile_set_builtin(&set);
     if (!st && tdir) st = clnpu_profile_set_add_dir(set, tdir);
     if (!st) st = clnpu_cluster_load(cluster, set, &cl);

@@ -458,8 +458,20 @@ static int run_job(run_args r, const void *comm)
         clnpu_model_config_params(&cfg, &total, &active);
         fprintf(stderr, "model: %s, %.4g M parameters (%.4g M active per token), %s weights%s\n",
                 cfg.model_type, total / 1e6, active / 1e6,
-                r.weights >= 0 ? clnpu_dtype_name((clnpu_dtype)r.weights) : r.random_weights ? "bf16" : "checkpoint",
+                r.weights >= 0 ? clnpu_dtype_name((clnpu_dtype)r.weights) : r.random_weights ? "bf16"
+                                                   : cfg.fp8_checkpoint ? "fp8 checkpoint" : "checkpoint",
                 r.random_weights ? " (random)" : "");
+        if (m) { /* what the weights hold on the device: fp8 checkpoints stay 1 byte a weight + block scales */
+            clnpu_model_weight_stats ws;
+            clnpu_model_weight_stats_get(m, &ws);
+            fprintf(stderr, "weights loaded:");
+            for (int t = 0; t < CLNPU_DTYPE_COUNT; t++)
+                if (ws.elements[t] > 0)
+                    fprintf(stderr, " %s %.4g M (%.4g MB)", clnpu_dtype_name((clnpu_dtype)t), ws.elements[t] / 1e6,
+                            ws.elements[t] * clnpu_dtype_size((clnpu_dtype)t) / 1e6);
+            if (ws.scale_bytes > 0) fprintf(stderr, " + scales %.4g MB", ws.scale_bytes / 1e6);
+            fprintf(stderr, "\n");
+        }
         fprintf(stderr, "load: %.2f s\n", t_load);
         fprintf(stderr, "kernels: built %zu programs in %.2f s, %zu from the cache in %.2f s%s\n", k2.built - k0.built,
                 (k2.build_ms - k0.build_ms) / 1e3, k2.cached - k0.cached, (k2.cache_ms - k0.cache_ms) / 1e3,
@@ -472,7 +484,8 @@ static int run_job(run_args r, const void *comm)
         /* The memory roofline of decode: every active weight byte read once per token (the
          * embedding table is not: one row is), at the profile's memory bandwidth. */
         const double bw = clnpu_device_get_profile(dev)->memory_bandwidth;
-        const int wdt = r.weights >= 0 ? r.weights : r.random_weights ? CLNPU_DTYPE_BF16 : -1;
+        const int wdt = r.weights >= 0 ? r.weights : r.random_weights ? CLNPU_DTYPE_BF16
+                                                    : cfg.fp8_checkpoint ? CLNPU_DTYPE_FP8_E4M3 : -1;
         if (decoded && !pl && wdt >= 0 && bw > 0 && S == 1) { /* a batch shares the weight reads */
             const double bytes = (active - (double)cfg.vocab_size * cfg.hidden_size) * clnpu_dtype_size((clnpu_dtype)wdt);
             fprintf(stderr, "decode roofline: %.0f MB of %s weights per token at %.1f GB/s (profile %s) = %.1f tokens/s; "

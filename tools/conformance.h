@@ -33,4 +33,5 @@ void conf_tier0(conf_ctx *c);
 void conf_tier1(conf_ctx *c);
 void conf_tier2(conf_ctx *c);
 void conf_tier3(conf_ctx *c);
+void conf_tier3_dsa(conf_ctx *c);
 #endif

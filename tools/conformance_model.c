@@ -113,7 +113,7 @@ void conf_tier2(conf_ctx *c)
 /* Routing with A.X K1's settings on random logits vs a float64 reference of the rule. */
 static void case_routing(conf_ctx *c)
 {
-    const clnpu_moe_config cfg = {192, 8, 4, 8, true, 2.5f};
+    const clnpu_moe_config cfg = {192, 8, 4, 8, true, 2.5f, false};
     const size_t T = 33, E = 192, K = 8, gs = 24;
     float *lg = malloc(T * E * 4), bias[192], *w = malloc(T * K * 4);
     int *ids = malloc(T * K * sizeof *ids);
@@ -261,5 +261,6 @@ void conf_tier3(conf_ctx *c)
 {
     case_routing(c);
     case_mla(c);
+    conf_tier3_dsa(c); /* conformance_dsa.c */
     case_model(c);
 }

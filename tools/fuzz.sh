@@ -31,6 +31,7 @@ mkdir -p build-fuzz/corpus
 clang -g -O1 $SAN -D_GNU_SOURCE \
     -DCL_TARGET_OPENCL_VERSION=300 -Iinclude -Ibackend \
     tests/fuzz/fuzz_parsers.c runtime/safetensors.c runtime/checkpoint.c runtime/model_config.c \
+    runtime/model_config_quant.c runtime/model_config_family.c \
     runtime/dtype.c common/status.c common/cl_error.c backend/profile_parse.c common/file_read.c common/yaml_in.c \
     -lcjson -lyaml -lm -o build-fuzz/fuzz_parsers
 # Seeds: selector byte + a real header, index, config and profile.
@@ -42,6 +43,8 @@ n = struct.unpack("<Q", raw[:8])[0]
 open("build-fuzz/corpus/header", "wb").write(b"\x00" + raw[8:8 + n])
 open("build-fuzz/corpus/index", "wb").write(b"\x01" + open(d + "model.safetensors.index.json", "rb").read())
 open("build-fuzz/corpus/config", "wb").write(b"\x02" + open(d + "config.json", "rb").read())
+for m in ("tiny-axk2", "tiny-dsv32", "tiny-dsv3-fp8"):  # the sparse-attention and FP8 configs
+    open("build-fuzz/corpus/config-" + m, "wb").write(b"\x02" + open("models/" + m + "/config.json", "rb").read())
 open("build-fuzz/corpus/profile", "wb").write(b"\x03" + open("targets/rebellions-atom.yaml", "rb").read())
 PY
 run_fuzz fuzz_parsers corpus

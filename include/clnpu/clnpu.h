@@ -34,6 +34,7 @@
 #include "clnpu/dtype.h"
 #include "clnpu/gemm.h"
 #include "clnpu/ops.h"
+#include "clnpu/dsa.h"
 #include "clnpu/moe.h"
 #include "clnpu/checkpoint.h"
 #include "clnpu/model.h"

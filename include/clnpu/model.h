@@ -31,6 +31,8 @@
 extern "C" {
 #endif
 
+#define CLNPU_MODEL_MAX_LAYERS 512 /* mlp_layer_types entries a config may list */
+
 typedef struct clnpu_model_config {
     char model_type[32];
     size_t vocab_size, hidden_size, intermediate_size, moe_intermediate_size;
@@ -43,6 +45,21 @@ typedef struct clnpu_model_config {
     double routed_scaling_factor, rms_norm_eps;
     size_t max_position_embeddings;
     clnpu_rope_config rope; /* dim = qk_rope_head_dim, theta, YaRN settings */
+    /* quantization_config {quant_method: fp8, fmt: e4m3, weight_block_size: [128, 128]}: the
+     * projections and experts are stored fp8 with f32 `<name>_scale_inv` blocks (DeepSeek-V3) */
+    bool fp8_checkpoint;
+    /* DeepSeek Sparse Attention (deepseek_v32, axk2): a lightning indexer of index_n_heads heads of
+     * index_head_dim picks the index_topk cached tokens each query attends to (0: dense attention) */
+    size_t index_topk, index_n_heads, index_head_dim;
+    /* A.X K2: gated RMSNorms of rank gated_norm_rank (input norm of every layer, post-attention
+     * norm of MoE layers), q_gate_proj (per head the query and a sigmoid gate on the attention
+     * output) instead of q_b_proj */
+    size_t gated_norm_rank;
+    bool attn_output_gate;
+    /* mlp_layer_types: bit l set when layer l is "sparse" (MoE); otherwise first_k_dense_replace
+     * and moe_layer_freq decide */
+    bool has_mlp_layer_types;
+    uint64_t mlp_sparse[CLNPU_MODEL_MAX_LAYERS / 64];
 } clnpu_model_config;
 
 /* Read config.json (libcjson). Missing required fields, wrong types and unsupported model types
@@ -53,6 +70,13 @@ CLNPU_API clnpu_status clnpu_model_config_parse(const char *json, size_t len, co
                                       clnpu_model_config *out_config);
 /* Parameters of the whole model (no MTP), and those active per token. */
 CLNPU_API void clnpu_model_config_params(const clnpu_model_config *cfg, double *out_total, double *out_active);
+/* What DeepSeek-V3.2 / A.X K2 add to layer l over DeepSeek-V3's parameters (all 0 for the others):
+ * attn: to the attention block (the indexer's wq_b, wk, k_norm, weights_proj; A.X K2's q_gate_proj
+ * over q_b_proj), of which attn_whole is held whole by every tensor-parallel rank (the indexer)
+ * and attn_norms are norms (k_norm); gates: A.X K2's gated norms' fc1 + fc2 (input norm, and the
+ * post-attention norm on MoE layers). */
+CLNPU_API void clnpu_model_config_layer_family(const clnpu_model_config *cfg, size_t layer, double *out_attn,
+                                               double *out_attn_whole, double *out_attn_norms, double *out_gates);
 /* Whether layer l is a MoE layer. */
 CLNPU_API bool clnpu_model_config_is_moe(const clnpu_model_config *cfg, size_t layer);
 
@@ -163,6 +187,13 @@ CLNPU_API clnpu_status clnpu_model_hidden(const clnpu_model *m, size_t index, fl
 /* With options.capture: routed experts of MoE layer l in the last forward, [tokens][top_k]. */
 CLNPU_API clnpu_status clnpu_model_routing(const clnpu_model *m, size_t layer, int *out_ids, float *out_weights);
 CLNPU_API size_t clnpu_model_device_bytes(const clnpu_model *m);
+/* What the model's GEMM weights hold as loaded (this device's share): elements by dtype
+ * (clnpu_dtype) and the bytes of their int8 / fp8 scales. */
+typedef struct clnpu_model_weight_stats {
+    double elements[CLNPU_DTYPE_COUNT];
+    double scale_bytes;
+} clnpu_model_weight_stats;
+CLNPU_API void clnpu_model_weight_stats_get(const clnpu_model *m, clnpu_model_weight_stats *out_stats);
 /* The MoE block of loaded layer l (its tag is l), or NULL for a dense or unloaded layer: how an
  * expert-parallel peer process serves remote shards (clnpu_moe_block_serve). */
 CLNPU_API struct clnpu_moe_block *clnpu_model_moe_block(clnpu_model *m, size_t layer);

@@ -144,6 +144,9 @@ typedef struct clnpu_moe_config {
     size_t experts, n_group, topk_group, top_k;
     bool norm_topk_prob;
     float routed_scaling_factor;
+    /* A.X K2's grouped routing (transformers AXK2TopkRouter): the experts of the groups not kept
+     * compete with a choice score of 0 instead of being excluded (DeepSeek-V3: excluded) */
+    bool masked_groups_score_zero;
 } clnpu_moe_config;
 
 /* Routing (sigmoid, noaux_tc grouped top-k): ids int32 [T][top_k] ascending, weights f32. */

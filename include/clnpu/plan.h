@@ -54,6 +54,11 @@ typedef struct clnpu_graph_unit {
     double attn_flops_per_ctx; /* attention core FLOPs per token per key (absorbed decode) */
     double attn_prefill_flops_per_ctx; /* the same in the non-absorbed form prefill uses */
     double kv_bytes_per_token; /* latent cache bytes per token (CLNPU_LATENT_CACHE_DTYPE, what the executor allocates) */
+    /* DeepSeek Sparse Attention: the indexer scores every key, attention reads only attn_topk
+     * (0: all) of them */
+    size_t attn_topk;
+    double index_flops_per_ctx;  /* indexer FLOPs per token per key (whole on every TP rank) */
+    double index_bytes_per_token; /* of kv_bytes_per_token, the indexer's key (f32, as allocated) */
 } clnpu_graph_unit;
 
 typedef struct clnpu_graph {
