@@ -24,6 +24,7 @@ int main(void)
     srunner_add_suite(sr, suite_checkpoint());
     srunner_add_suite(sr, suite_plan());
     srunner_add_suite(sr, suite_tuning());
+    srunner_add_suite(sr, suite_serve());
     srunner_add_suite(sr, suite_examples());
     srunner_add_suite(sr, suite_tokenizer());
     srunner_add_suite(sr, suite_chat_template());

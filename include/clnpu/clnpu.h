@@ -44,6 +44,7 @@
 #include "clnpu/tokenizer.h"
 #include "clnpu/chat_template.h"
 #include "clnpu/generate.h"
+#include "clnpu/serve.h"
 
 #ifdef __cplusplus
 extern "C" {
