@@ -35,9 +35,10 @@ struct clnpu_device {
     const struct clnpu_tuning_db *tuning; /* consulted by the kernels' host code */
     struct clnpu_tuning_db *owned_tuning; /* the default one, freed with the device */
     int tuning_verbose;
-    char tuning_said[2048];
+    char tuning_said[8192];
     char base_options[1024]; /* fixed at open: see clnpu_device_base_options */
     char tuning_key[384];    /* fixed at open: see clnpu_tuning_device_key */
+    clnpu_device_isa isa;    /* fixed at open: see clnpu_device_isa_of */
 };
 
 void clnpu_device_load_default_tuning(clnpu_device *dev);

@@ -373,15 +373,19 @@ static int run_job(run_args r, const void *comm)
     const clnpu_program_stats k0 = build_stats(dev, pl, nspecs);
     t0 = now_s();
     if (!st && pl) cli_mpi_fault_step(); /* the tests' killed or stopped rank, at its first step */
-    if (!st) st = pl ? clnpu_pipeline_prefill(pl, 0, ids, P, logits) : clnpu_model_prefill(m, 0, ids, P, logits);
+    /* Only --dump-logits needs every prompt position's logits; generation needs the last one. */
+    const bool head_all = pl || r.dump || !P;
+    if (!st) st = pl ? clnpu_pipeline_prefill(pl, 0, ids, P, logits)
+                  : head_all ? clnpu_model_prefill(m, 0, ids, P, logits)
+                             : clnpu_model_prefill_last(m, 0, ids, P, logits + (P - 1) * V);
     /* the other sequences: the prompt without its first q mod P ids; their last rows kept */
     float *last = !st && r.n ? malloc(S * V * sizeof *last) : NULL, *tmp = S > 1 && !st ? malloc(P * V * sizeof *tmp) : NULL;
     if (!st && ((r.n && !last) || (S > 1 && !tmp))) st = CLNPU_ERR_OUT_OF_MEMORY;
     size_t prefilled = P;
     for (size_t q = 1; !st && q < S; q++) {
         const size_t off = q % P, len = P - off;
-        st = pl ? clnpu_pipeline_prefill(pl, q, ids + off, len, tmp) : clnpu_model_prefill(m, q, ids + off, len, tmp);
-        if (!st && last) memcpy(last + q * V, tmp + (len - 1) * V, V * sizeof *last);
+        st = pl ? clnpu_pipeline_prefill(pl, q, ids + off, len, tmp) : clnpu_model_prefill_last(m, q, ids + off, len, tmp);
+        if (!st && last) memcpy(last + q * V, tmp + (pl ? len - 1 : 0) * V, V * sizeof *last);
         prefilled += len;
     }
     double t_prefill = now_s() - t0;
