@@ -193,14 +193,20 @@ clnpu_status clnpu_generator_start(clnpu_generator *g, size_t seq, const int *id
             return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "generator: token id %d is outside the vocabulary (0..%zu)", bad, V - 1);
         }
     if (!s->logits && !(s->logits = malloc(V * sizeof *s->logits))) return free(all), oom();
-    /* only the last position's logits are needed: a long prompt runs without them, its last token alone with */
+    /* only the last position's logits are needed unless the caller wants them all: one model runs
+     * the LM head for that position alone; a long prompt on a pipeline runs without logits but
+     * for its last token */
     float *full = logits;
-    if (!full && k <= 64) full = malloc(k * V * sizeof *full);
-    const size_t head = full ? k : k - 1;
-    if (head) st = g->o.model ? clnpu_model_prefill(g->o.model, seq, all, head, full) : clnpu_pipeline_prefill(g->o.pipeline, seq, all, head, full);
-    if (!st && full) memcpy(s->logits, full + (k - 1) * V, V * sizeof *s->logits);
-    else if (!st) st = g->o.model ? clnpu_model_prefill(g->o.model, seq, all + k - 1, 1, s->logits)
-                                  : clnpu_pipeline_prefill(g->o.pipeline, seq, all + k - 1, 1, s->logits);
+    if (!full && g->o.pipeline && k <= 64) full = malloc(k * V * sizeof *full);
+    if (full) {
+        st = g->o.model ? clnpu_model_prefill(g->o.model, seq, all, k, full) : clnpu_pipeline_prefill(g->o.pipeline, seq, all, k, full);
+        if (!st) memcpy(s->logits, full + (k - 1) * V, V * sizeof *s->logits);
+    } else if (g->o.model) {
+        st = clnpu_model_prefill_last(g->o.model, seq, all, k, s->logits);
+    } else {
+        if (k > 1) st = clnpu_pipeline_prefill(g->o.pipeline, seq, all, k - 1, NULL);
+        if (!st) st = clnpu_pipeline_prefill(g->o.pipeline, seq, all + k - 1, 1, s->logits);
+    }
     if (full != logits) free(full);
     free(all);
     if (st) return st;

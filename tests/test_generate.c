@@ -215,6 +215,15 @@ START_TEST(test_text_cli)
     ck_assert_int_eq(test_run(cmd, out, sizeof out), 1);
     ck_assert_msg(strstr(out, "/nonexistent"), "%s", out);
 
+    /* clnpu kernels --model: every source, then the run's variants; afterwards the run builds nothing */
+    snprintf(cmd, sizeof cmd, "'%s' kernels --model '%s' --prompt-tokens 24 && '%s' run --model '%s' --ids "
+             "296,365,263,313,40,223,311,274,157,172,163,193,185,305,68,221,193,230,243,246,169,257,365,277 -n 4 --stats",
+             CLNPU_CLI_PATH, TINY, CLNPU_CLI_PATH, TINY);
+    ck_assert_int_eq(test_run(cmd, out, sizeof out), 0);
+    ck_assert_msg(strstr(out, "sources: ") && strstr(out, "more program variants") && strstr(out, "kernels: built 0 programs"), "%s", out);
+    snprintf(cmd, sizeof cmd, "'%s' kernels --prompt-tokens 3,x", CLNPU_CLI_PATH);
+    ck_assert_int_eq(test_run(cmd, out, sizeof out), 2);
+
     /* a chat of two turns: the second prefills only its own tokens */
     snprintf(cmd, sizeof cmd, "printf 'Hi\\nAgain\\n' | '%s' chat --model '%s' --greedy --max-tokens 4 --stats", CLNPU_CLI_PATH, TINY);
     ck_assert_int_eq(test_run(cmd, out, sizeof out), 0);

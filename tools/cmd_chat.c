@@ -205,7 +205,7 @@ int cmd_chat(int argc, char **argv)
             }
             if (!st) st = clnpu_tokenizer_encode(tx.tok, full + cl, strlen(full + cl), &ids, &n);
             before = clnpu_generator_context(g, 0);
-            if (st || before + n + 2 + gc.max_tokens <= o.max_context) break;
+            if (st || before + n + 2 + gc.max_tokens <= o.max_context || (h.n == base + 1 && !before)) break;
             /* the conversation outgrew the context: keep only this turn */
             fprintf(stderr, "clnpu chat: the conversation fills the context (%zu tokens); starting over from this turn\n", o.max_context);
             history_clear(&h, base);
@@ -214,6 +214,13 @@ int cmd_chat(int argc, char **argv)
             cached[0] = '\0';
         }
         free(line);
+        if (!st && before + n + 2 + gc.max_tokens > o.max_context) { /* this turn alone does not fit */
+            fprintf(stderr, "clnpu chat: this message (%zu tokens) and --max-tokens %zu do not fit the context of %zu tokens\n", n,
+                    gc.max_tokens, o.max_context);
+            history_clear(&h, base);
+            free(full), free(ids);
+            continue;
+        }
         double t0 = now_s();
         if (!st) st = clnpu_generator_start(g, 0, ids, n, &gc, NULL);
         double t1 = now_s();

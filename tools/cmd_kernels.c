@@ -9,7 +9,7 @@
 
 #include "cli.h"
 
-static const char usage[] = "clnpu kernels " CLI_DEVICE_USAGE " [--threads N] [--model DIR [--prompt-tokens T]]";
+static const char usage[] = "clnpu kernels " CLI_DEVICE_USAGE " [--threads N] [--model DIR [--prompt-tokens T,T,...]]";
 
 static double now_s(void)
 {
@@ -60,7 +60,7 @@ int cmd_kernels(int argc, char **argv)
                                              {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     cli_device_args da = {0};
     const char *model = NULL;
-    size_t threads = 0, T = 24;
+    size_t threads = 0, lens[8] = {24}, nlens = 1;
     int opt;
     opterr = 0;
     optind = 1;
@@ -69,7 +69,7 @@ int cmd_kernels(int argc, char **argv)
             printf("usage: %s\n\nBuilds every kernel embedded in libclnpu on the device, with the bound profile's\n"
                    "parameters, independent programs on --threads host threads (default: one per CPU), and reports\n"
                    "cache hits and build times. --model DIR also builds every program variant `clnpu run --model DIR`\n"
-                   "uses (a prompt of --prompt-tokens ids, default 24, and a few decode steps), so that the first run\n"
+                   "uses (prompts of --prompt-tokens ids, default 24, and a few decode steps), so that the first run\n"
                    "finds them all in the cache.\n", usage);
             return CLI_EXIT_OK;
         }
@@ -80,7 +80,14 @@ int cmd_kernels(int argc, char **argv)
         else if (opt == O_THREADS) {
             if (!cli_parse_size(optarg, &threads) || !threads || threads > 64) return cli_usage_error("kernels", usage, "bad --threads '%s' (1..64)", optarg);
         } else if (opt == O_PROMPT_TOKENS) {
-            if (!cli_parse_size(optarg, &T) || !T || T > 4096) return cli_usage_error("kernels", usage, "bad --prompt-tokens '%s' (1..4096)", optarg);
+            /* GEMM variants follow the rows a call sees: a few prompt lengths cover more of them */
+            nlens = 0;
+            for (char *p = optarg, *end; *p && nlens < 8; p = *end ? end + 1 : end) {
+                long v = strtol(p, &end, 10);
+                if (end == p || v < 1 || v > 4096 || (*end && *end != ',')) return cli_usage_error("kernels", usage, "bad --prompt-tokens '%s' (lengths 1..4096, comma-separated)", optarg);
+                lens[nlens++] = (size_t)v;
+            }
+            if (!nlens) return cli_usage_error("kernels", usage, "bad --prompt-tokens '%s'", optarg);
         } else
             return cli_usage_error("kernels", usage, "unknown or incomplete option '%s'", argv[optind - 1]);
     }
@@ -114,7 +121,7 @@ int cmd_kernels(int argc, char **argv)
         printf("sources: %zu built, %zu from the cache, %.2f s wall\n", ks.built, ks.cached, now_s() - t0);
     if (rc == CLI_EXIT_OK && model) {
         t0 = now_s();
-        st = warm_model(dev, model, T);
+        for (size_t i = 0; !st && i < nlens; i++) st = warm_model(dev, model, lens[i]);
         if (st) rc = cli_fail("kernels", st);
         clnpu_program_stats k2 = clnpu_device_program_stats(dev);
         if (!st)

@@ -435,6 +435,8 @@ static int run_job(run_args r, const void *comm)
     }
     size_t events = 0;
     if (!st && r.trace) st = clnpu_device_trace_write(dev, r.trace, &events);
+    if (!st && speak && !r.n && !r.dump && !r.stats && isatty(STDERR_FILENO))
+        fprintf(stderr, "clnpu run: the prompt ran through prefill; no tokens were generated (give -n N)\n");
     if (!st && speak && gen) {
         for (size_t q = 0; q < S; q++) {
             size_t k, tl;
