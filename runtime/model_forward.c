@@ -49,6 +49,7 @@ static clnpu_status ensure_pages(clnpu_model *m, size_t n, const size_t *seq_of,
         if (*slot >= 0) continue;
         if (!m->nfree) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "latent cache full: %zu pages in use", m->pages);
         *slot = m->free_pages[--m->nfree];
+        m->page_refs[*slot] = 1;
         changed = true;
     }
     if (!changed) return CLNPU_OK;
@@ -62,7 +63,7 @@ void clnpu_model_reset(clnpu_model *m, size_t seq)
     for (size_t r = 1; m->peers && r < m->tp_size; r++) clnpu_model_reset(m->peers[r - 1], seq);
     for (size_t b = 0; b < m->max_blocks; b++) {
         int *slot = &m->block_table[seq * m->max_blocks + b];
-        if (*slot >= 0) m->free_pages[m->nfree++] = *slot;
+        if (*slot >= 0 && !--m->page_refs[*slot]) m->free_pages[m->nfree++] = *slot;
         *slot = -1;
     }
     m->seq_len[seq] = 0;

@@ -46,7 +46,9 @@ clnpu_status clnpu_model_memory_estimate(const clnpu_model_config *c, const clnp
     if (o.latent_cache != CLNPU_DTYPE_F32 && o.latent_cache != CLNPU_DTYPE_BF16)
         return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "a %s latent cache: f32 or bf16",
                           clnpu_dtype_name(o.latent_cache) ? clnpu_dtype_name(o.latent_cache) : "?");
-    out->cache_per_layer = blocks * B * (double)o.page_size * lat * (double)esize;
+    double pages = blocks * B; /* a server's pool may be smaller (clnpu_model_options.cache_pages) */
+    if (o.cache_pages && (double)o.cache_pages < pages) pages = (double)o.cache_pages;
+    out->cache_per_layer = pages * (double)o.page_size * lat * (double)esize;
     const double E = (double)c->n_routed_experts, K = (double)c->num_experts_per_tok, I = (double)c->moe_intermediate_size;
     const double rows = T * K;
     out->moe_scratch = T * E * 4 + rows * 4 * 4 + E * 4 + (E + 1) * 4 + rows * d * 4 * 2 + rows * I * 4;

@@ -31,7 +31,8 @@ clnpu_status cli_mpi_begin(const void **out_comm)
     if (cli_mpi_ranks_from_env() <= 1) return CLNPU_OK;
 #ifdef CLNPU_HAVE_MPI
     int provided;
-    if (MPI_Init_thread(NULL, NULL, MPI_THREAD_SINGLE, &provided) != MPI_SUCCESS) {
+    /* funnelled: `serve` has HTTP threads, but only the main thread calls MPI */
+    if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "clnpu run: error: MPI_Init failed\n");
         return CLNPU_ERR_IO;
     }

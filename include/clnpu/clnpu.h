@@ -41,6 +41,7 @@
 #include "clnpu/plan.h"
 #include "clnpu/tuning.h"
 #include "clnpu/pipeline.h"
+#include "clnpu/serve.h"
 
 #ifdef __cplusplus
 extern "C" {

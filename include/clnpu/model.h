@@ -80,6 +80,9 @@ typedef struct clnpu_model_options {
     /* The latent (MLA) cache's elements: CLNPU_DTYPE_F32 (the default) or CLNPU_DTYPE_BF16 (half
      * the cache memory; logits within ~1e-3 of f32, see docs/formats.md). */
     clnpu_dtype latent_cache;
+    /* Latent cache pages in the pool (0: enough for every sequence at max_context). A server sets
+     * fewer, so that more sequences than the pool could hold at full length share it. */
+    size_t cache_pages;
 } clnpu_model_options;
 
 CLNPU_API clnpu_model_options clnpu_model_options_default(void);
@@ -125,6 +128,26 @@ CLNPU_API clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t n, const
 /* Forget a sequence (its cache pages return to the pool). */
 CLNPU_API void clnpu_model_reset(clnpu_model *m, size_t seq);
 CLNPU_API size_t clnpu_model_sequence_length(const clnpu_model *m, size_t seq);
+
+/* The paged latent cache as a server sees it. Pages hold page_size token rows of every layer and
+ * are reference counted: a sequence holds one reference on each page of its block table, and a
+ * caller (a prefix cache) may hold more. A page returns to the free pool when its last reference
+ * goes. Pages are written only when a sequence appends into them, so a full page can be shared
+ * by every sequence whose tokens up to its end are the same (prefix caching). */
+typedef struct clnpu_cache_usage {
+    size_t pages, free, page_size;
+} clnpu_cache_usage;
+CLNPU_API clnpu_cache_usage clnpu_model_cache_usage(const clnpu_model *m);
+/* The first n pages of sequence seq's block table (out_pages [n]); fails past its length. */
+CLNPU_API clnpu_status clnpu_model_sequence_pages(const clnpu_model *m, size_t seq, size_t n, int *out_pages);
+/* An empty sequence starts with n full pages of another's (its length becomes n * page_size):
+ * their rows are not computed again. Each page gains a reference. */
+CLNPU_API clnpu_status clnpu_model_sequence_attach(clnpu_model *m, size_t seq, const int *pages, size_t n);
+/* Take or drop one reference on each of n pages (a page whose count reaches 0 is freed). */
+CLNPU_API clnpu_status clnpu_model_pages_retain(clnpu_model *m, const int *pages, size_t n);
+CLNPU_API void clnpu_model_pages_release(clnpu_model *m, const int *pages, size_t n);
+/* References held on a page (0: free). */
+CLNPU_API unsigned clnpu_model_page_refs(const clnpu_model *m, int page);
 
 /* With options.capture: the residual stream of the last forward — index 0 the embedding output,
  * l + 1 the output of layer l, num_hidden_layers + 1 after the final norm; [tokens][hidden]. */

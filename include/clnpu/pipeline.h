@@ -120,6 +120,15 @@ CLNPU_API int clnpu_pipeline_ranks(const clnpu_pipeline *p);
  * MPI run step their stages one after another whatever m is. */
 CLNPU_API void clnpu_pipeline_set_micro_batches(clnpu_pipeline *p, size_t micro_batches);
 
+/* Serving (clnpu_engine_create_pipeline): forget a sequence on every stage; the latent cache of
+ * the first stage held here (its attention replicas summed); sizes the pipeline was made for. */
+CLNPU_API void clnpu_pipeline_reset(clnpu_pipeline *p, size_t seq);
+CLNPU_API clnpu_cache_usage clnpu_pipeline_cache_usage(const clnpu_pipeline *p);
+CLNPU_API size_t clnpu_pipeline_max_sequences(const clnpu_pipeline *p);
+CLNPU_API size_t clnpu_pipeline_max_tokens(const clnpu_pipeline *p);
+CLNPU_API size_t clnpu_pipeline_context(const clnpu_pipeline *p);
+CLNPU_API const clnpu_model_config *clnpu_pipeline_config(const clnpu_pipeline *p);
+
 /* As clnpu_model_prefill / clnpu_model_decode, through every stage in turn. */
 CLNPU_API clnpu_status clnpu_pipeline_prefill(clnpu_pipeline *p, size_t seq, const int *ids, size_t n, float *logits);
 CLNPU_API clnpu_status clnpu_pipeline_decode(clnpu_pipeline *p, const size_t *seqs, const int *ids, size_t n, float *logits);

@@ -31,6 +31,7 @@ typedef enum clnpu_status {
     CLNPU_ERR_NOT_FOUND,     /* no such device, profile, kernel or tensor */
     CLNPU_ERR_OUT_OF_MEMORY, /* host or (emulated) device memory exhausted */
     CLNPU_ERR_UNSUPPORTED,   /* the device or input lacks a required feature */
+    CLNPU_ERR_BUSY,          /* a bounded queue is full: try again later */
 } clnpu_status;
 
 /* Short constant name of a status, e.g. "CLNPU_ERR_BUILD". */
