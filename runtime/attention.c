@@ -48,7 +48,10 @@ clnpu_status clnpu_flash_attention(clnpu_device *dev, const clnpu_attention_args
     char opts[160];
     if (clnpu_attention_uses_registers(dev)) {
         /* Local memory is ordinary memory here: the register-blocked variant, queries in lanes. */
-        const int tqv = clnpu_tuning_param(te, "qv", 16), tqg = clnpu_tuning_param(te, "qg", 1),
+        /* queries per vector: the native vector's lanes unless tuned (16 lanes on an 8-lane ISA
+         * spill and make the compiler warn, -Wpsabi) */
+        const int lanes = clnpu_device_get_isa(dev)->lanes >= 16 ? 16 : 8;
+        const int tqv = clnpu_tuning_param(te, "qv", lanes), tqg = clnpu_tuning_param(te, "qg", 1),
                   tkb = clnpu_tuning_param(te, "kb", 8);
         const size_t qv = tqv == 8 ? 8 : 16, qg = tqg == 2 ? 2 : 1, kb = tkb >= 1 && tkb <= 32 ? (size_t)tkb : 8;
         snprintf(opts, sizeof opts, "-DCLNPU_ATTN_DQK=%zu -DCLNPU_ATTN_DV=%zu -DCLNPU_ATTN_QV=%zu "

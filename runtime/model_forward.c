@@ -288,17 +288,20 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
     if (!st && m->opt.head) st = clnpu_rmsnorm(m->dev, hv, none, av, m->final_norm, T, d, eps);
     if (!st && m->opt.head) st = capture(m, c->num_hidden_layers + 1, m->a, T);
     if (!st && want_logits && m->opt.head) {
-        /* this rank's vocabulary columns: rank 0's in place in [T][vocab], the others' gathered */
+        /* this rank's vocabulary columns: rank 0's in place in [HT][vocab], the others' gathered;
+         * HT = 1 when only the last row's logits are used (a prompt before generation: the head
+         * of the other rows is vocab x hidden work per row for nothing) */
         const size_t ld = m->tp_rank ? m->vocab : c->vocab_size;
-        st = mm(m, m->lm_head, 0, m->a, 0, d, m->logits, 0, ld, T, CLNPU_EPILOGUE_NONE);
+        const size_t h0 = m->head_last_only ? T - 1 : 0, HT = T - h0;
+        st = mm(m, m->lm_head, 0, m->a, h0 * d, d, m->logits, 0, ld, HT, CLNPU_EPILOGUE_NONE);
         if (!st && m->tp)
-            st = clnpu_tp_gather_columns(m->tp, m->tp_rank, m->logits, T, m->v0, m->vocab, c->vocab_size, m->logits_host);
+            st = clnpu_tp_gather_columns(m->tp, m->tp_rank, m->logits, HT, m->v0, m->vocab, c->vocab_size, m->logits_host);
         /* sampling on the device: only the ids cross back */
         if (!st && m->sample)
-            st = clnpu_sample(m->dev, m->sampled, (clnpu_view){m->logits, 0, c->vocab_size}, T, c->vocab_size, m->sample,
+            st = clnpu_sample(m->dev, m->sampled, (clnpu_view){m->logits, 0, c->vocab_size}, HT, c->vocab_size, m->sample,
                               m->sample_step);
-        if (!st && m->sample) st = clnpu_buffer_read(m->sampled, 0, m->sample_out, T * sizeof(int));
-        if (!st && logits) st = clnpu_buffer_read(m->logits, 0, logits, T * c->vocab_size * sizeof(float));
+        if (!st && m->sample) st = clnpu_buffer_read(m->sampled, 0, m->sample_out, HT * sizeof(int));
+        if (!st && logits) st = clnpu_buffer_read(m->logits, 0, logits, HT * c->vocab_size * sizeof(float));
     }
     if (st && m->tp) clnpu_tp_fail(m->tp, m->tp_rank, st); /* release the ranks waiting for this one */
     if (st && m->dp && !m->tp_rank) clnpu_dp_fail(m->dp, m->replica, st); /* and the other replicas */
@@ -354,6 +357,7 @@ clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids,
     size_t started = 0;
     clnpu_tp_group_begin(m->tp);
     for (; started < n; started++) {
+        m->peers[started]->head_last_only = m->head_last_only; /* the same rows on every rank */
         calls[started] = (tp_call){m->peers[started], T, ids, seq_of, pos_of, decode, h_in, want_logits};
         if (pthread_create(&th[started], NULL, tp_rank_main, &calls[started])) {
             clnpu_tp_fail(m->tp, started + 1, clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "cannot start its host thread"));
@@ -382,6 +386,18 @@ clnpu_status clnpu_model_prefill(clnpu_model *m, size_t seq, const int *ids, siz
 {
     const clnpu_stepper s = stepper(m);
     return clnpu_step_prefill(&s, seq, ids, n, logits);
+}
+
+clnpu_status clnpu_model_prefill_last(clnpu_model *m, size_t seq, const int *ids, size_t n, float *last_logits)
+{
+    if (!n) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "prefill: no tokens");
+    /* the chunks clnpu_model_prefill would make; all but the last without the head */
+    const size_t chunk = m->opt.max_tokens ? m->opt.max_tokens : n, tail = (n - 1) % chunk + 1;
+    clnpu_status st = n > tail ? clnpu_model_prefill(m, seq, ids, n - tail, NULL) : CLNPU_OK;
+    m->head_last_only = true;
+    if (!st) st = clnpu_model_prefill(m, seq, ids + n - tail, tail, last_logits);
+    m->head_last_only = false;
+    return st;
 }
 
 clnpu_status clnpu_model_decode(clnpu_model *m, const size_t *seqs, const int *ids, size_t n, float *logits)

@@ -124,6 +124,15 @@ START_TEST(test_logits_match_transformers)
     fprintf(stderr, "tiny A.X K1, prefill 1 + decode %zu: logits rel error %.2e\n", T - 1, e);
     ck_assert_msg(e <= 1e-4, "decode logits: rel error %.3g > 1e-4", e);
     ck_assert_uint_eq(clnpu_model_sequence_length(m, 1), T);
+    /* The head for the last position only (what generation uses): the same last row, nothing else
+     * written past it. */
+    clnpu_model_reset(m, 1);
+    for (size_t i = 0; i < 2 * V; i++) lg[i] = NAN;
+    ck_assert_ok(clnpu_model_prefill_last(m, 1, f.ids, T, lg));
+    e = rel(lg, ref + (T - 1) * V, V);
+    ck_assert_msg(e <= 1e-4, "last-position logits: rel error %.3g", e);
+    for (size_t i = V; i < 2 * V; i++) ck_assert(isnan(lg[i]));
+    ck_assert_uint_eq(clnpu_model_sequence_length(m, 1), T);
     /* Batched decode of two sequences at different lengths matches the single ones. */
     clnpu_model_reset(m, 0);
     clnpu_model_reset(m, 1);

@@ -129,6 +129,25 @@ CLNPU_API void *clnpu_device_cl_device(const clnpu_device *device);
 /* Wait for all queued work. */
 CLNPU_API clnpu_status clnpu_device_finish(clnpu_device *device);
 
+/* The vector ISA class of a device, from what it reports (PoCL's device name carries the LLVM
+ * CPU: "pthread-skylake-avx512-..."; else the native float vector width) and, for CPU devices,
+ * the host's L1d / L2 sizes and CPU ("AuthenticAMD 26/2" = vendor, family/model). Kernels size
+ * their register blocks by it; tuning never falls back across classes. */
+typedef struct clnpu_device_isa {
+    char name[16];        /* "avx512", "avx2", "vec4" (CPUs); "gpu", "accelerator" */
+    char llvm_cpu[48];    /* "skylake-avx512", "haswell", ... ("" when the name carries none) */
+    unsigned lanes;       /* f32 lanes of a native vector register */
+    unsigned registers;   /* vector registers */
+    uint64_t l1d_bytes, l2_bytes; /* per core (CPU devices; 0 otherwise) */
+    char cpu[64];         /* host CPU for CPU devices, "" otherwise */
+} clnpu_device_isa;
+CLNPU_API void clnpu_device_isa_of(const clnpu_device_info *info, clnpu_device_isa *out_isa);
+/* An open device's class (queried once at open). */
+CLNPU_API const clnpu_device_isa *clnpu_device_get_isa(const clnpu_device *device);
+/* The pieces: the LLVM CPU in a device name, and the class of (cpu name, type, native width). */
+CLNPU_API void clnpu_isa_llvm_cpu(const char *device_name, char *out, size_t cap);
+CLNPU_API const char *clnpu_isa_class_of(const char *llvm_cpu, clnpu_device_type type, unsigned native_float_width);
+
 /* Quirks: kernel variants ("gemm.ksplit", ...) disabled on a device by the quirk table (vendor /
  * device / driver) or by CLNPU_QUIRKS; out_reason says why. */
 CLNPU_API bool clnpu_quirk_disabled(const clnpu_device_info *info, const char *variant, const char **out_reason);

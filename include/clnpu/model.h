@@ -109,6 +109,9 @@ CLNPU_API void clnpu_model_destroy(clnpu_model *m);
 /* Append n tokens to sequence seq (< max_sequences) through the prefill path (expanded MLA,
  * flash attention over the cached prefix + new tokens). logits: [n][vocab] or NULL. */
 CLNPU_API clnpu_status clnpu_model_prefill(clnpu_model *m, size_t seq, const int *ids, size_t n, float *logits);
+/* The same, computing the LM head for the last prompt position only: last_logits [vocab] (what
+ * generation samples from; the other positions' head is never run). */
+CLNPU_API clnpu_status clnpu_model_prefill_last(clnpu_model *m, size_t seq, const int *ids, size_t n, float *last_logits);
 /* One token for each of the n listed sequences, through the absorbed MLA decode path.
  * logits: [n][vocab] or NULL. */
 CLNPU_API clnpu_status clnpu_model_decode(clnpu_model *m, const size_t *seqs, const int *ids, size_t n,

@@ -12,9 +12,11 @@
  * database after the device (or after setting another). Entries are keyed by the device (vendor,
  * name, driver, hash of the build options) and carry the
  * hash of the kernel source they were measured with: an entry whose source changed is ignored
- * (with a note), never trusted. A device with no entry gets the entry of the nearest tuned device
- * by capabilities (type, compute units, local memory, vector width, fp16, integer dot product),
- * else the kernels' defaults. Devices open with the shipped database (tuning/ in the source tree,
+ * (with a note), never trusted. An entry applies exactly when its device key and CPU (vendor,
+ * family/model, for CPU devices) both match. Otherwise a device gets the entry of the nearest
+ * tuned device by capabilities (type, compute units, local memory, vector width, fp16, integer
+ * dot product, CPU family) among those of its own ISA class and CPU vendor only, else the
+ * kernels' defaults derived from the device (runtime/gemm_params.c). Devices open with the shipped database (tuning/ in the source tree,
  * embedded) merged with $CLNPU_TUNING_DB or <cache dir>/tuning.yaml; CLNPU_TUNING=off disables it.
  */
 #ifndef CLNPU_TUNING_H
@@ -48,6 +50,8 @@ typedef struct clnpu_tuning_entry {
     /* capabilities of the device it was measured on, for nearest-device fallback */
     int type, compute_units, vector_width, fp16, int_dot;
     long long local_mem;
+    char isa[16];           /* ISA class (clnpu_device_isa.name); from the key's name if absent */
+    char cpu[64];           /* host CPU of a CPU device, "AuthenticAMD 26/2" ("" if unknown) */
 } clnpu_tuning_entry;
 
 typedef struct clnpu_tuning_db clnpu_tuning_db;
@@ -93,6 +97,8 @@ CLNPU_API void clnpu_device_set_tuning(clnpu_device *dev, const clnpu_tuning_db 
 CLNPU_API const clnpu_tuning_db *clnpu_device_get_tuning(const clnpu_device *dev);
 /* Say which entry each kernel launch uses, on stderr, once per (kernel, dtype, class). */
 CLNPU_API void clnpu_device_set_tuning_verbose(clnpu_device *dev, int verbose);
+/* True once per tag when the device is verbose: for kernels' host code to report its choices. */
+CLNPU_API bool clnpu_device_tuning_say_once(clnpu_device *dev, const char *tag);
 /* The device's choice for (kernel, dtype, class), reported when verbose. */
 CLNPU_API const clnpu_tuning_entry *clnpu_device_tuning_lookup(clnpu_device *dev, const char *kernel, const char *dtype,
                                                      const char *shape_class);
