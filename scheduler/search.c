@@ -739,10 +739,13 @@ static clnpu_status infeasible(const clnpu_graph *gr, const clnpu_cluster *cl, c
 clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluster *cl_in, const clnpu_workload *w_in,
                                const clnpu_calibration *cal_in, clnpu_plan **out)
 {
+    *out = NULL;
     /* the phase's own kernels and overlap where the cluster names them */
     clnpu_cluster cl_phase;
     const clnpu_cluster *cl = cl_in;
-    if (cl_in && w_in && cl_in->phase[w_in->phase].set) {
+    if (!w_in || (w_in->phase != CLNPU_PHASE_DECODE && w_in->phase != CLNPU_PHASE_PREFILL))
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "plan: the workload's phase is decode or prefill");
+    if (cl_in && cl_in->phase[w_in->phase].set) {
         const struct clnpu_cluster_phase *P = &cl_in->phase[w_in->phase];
         cl_phase = *cl_in;
         cl_phase.ep_dispatch = P->ep_dispatch, cl_phase.tbo = P->tbo, cl_phase.rates = P->rates;
