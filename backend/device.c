@@ -5,7 +5,7 @@
 
 #include "device_internal.h"
 #include "clnpu/tuning.h"
-#include "error.h"
+#include "../common/error.h"
 
 clnpu_device_options clnpu_device_options_default(void)
 {
@@ -126,6 +126,8 @@ clnpu_status clnpu_device_open(size_t index, const clnpu_device_options *options
     dev->capacity = dev->info.global_mem_bytes;
     if (dev->profile.memory_bytes > 0 && (uint64_t)dev->profile.memory_bytes < dev->capacity)
         dev->capacity = (uint64_t)dev->profile.memory_bytes;
+    /* a plan's assumed capacity (a cluster's override of the profile): held to it exactly */
+    if (options && options->memory_bytes && options->memory_bytes < dev->capacity) dev->capacity = options->memory_bytes;
     uint64_t budget = dev->info.local_mem_bytes;
     if (dev->profile.kernel.local_mem_bytes > 0)
         budget = (uint64_t)dev->profile.kernel.local_mem_bytes;

@@ -8,8 +8,8 @@
 #include "binary_cache.h"
 #include "device_internal.h"
 #include "embedded.h"
-#include "error.h"
-#include "hash.h"
+#include "../common/error.h"
+#include "../common/hash.h"
 
 typedef struct kernel_entry {
     struct kernel_entry *next;

@@ -12,11 +12,11 @@
 #include "clnpu/tuning.h"
 #include "device_internal.h"
 #include "embedded.h"
-#include "error.h"
-#include "file_read.h"
-#include "yaml_in.h"
-#include "hash.h"
-#include "yaml_out.h"
+#include "../common/error.h"
+#include "../common/file_read.h"
+#include "../common/yaml_in.h"
+#include "../common/hash.h"
+#include "../common/yaml_out.h"
 
 struct clnpu_tuning_db {
     clnpu_tuning_entry *items;

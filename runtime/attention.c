@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/ops.h"
 #include "clnpu/tuning.h"
 #include "launch.h"
@@ -89,6 +89,9 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
 {
     if (!a || !a->q_abs || !a->q_pe || !a->cache || !a->block_table || !a->seq_len || !a->out)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla decode: NULL argument");
+    if (a->cache_dtype != CLNPU_DTYPE_F32 && a->cache_dtype != CLNPU_DTYPE_BF16)
+        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "mla decode: a %s latent cache (f32 or bf16)",
+                          clnpu_dtype_name(a->cache_dtype) ? clnpu_dtype_name(a->cache_dtype) : "?");
     if (!a->batch || !a->heads) return CLNPU_OK;
     if (a->rank % 4 || a->rope_dim % 4 || !a->rank || !a->page_size || !a->max_seq_len)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla decode: rank and rope dim must be multiples "
@@ -123,8 +126,8 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
     clnpu_status st = splits == 1 ? CLNPU_OK : clnpu_buffer_create(dev, B * H * splits * R * sizeof(float), &pz);
     if (!st && splits > 1) st = clnpu_buffer_create(dev, B * H * splits * 2 * sizeof(float), &pml);
     char opts[128];
-    snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu", R,
-             a->rope_dim, hg);
+    snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu%s", R,
+             a->rope_dim, hg, a->cache_dtype == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
     if (!st) {
         cl_mem qa = clnpu_mem(a->q_abs), qp = clnpu_mem(a->q_pe), c = clnpu_mem(a->cache),
                bt = clnpu_mem(a->block_table), sl = clnpu_mem(a->seq_len),

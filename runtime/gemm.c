@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/gemm.h"
 #include "clnpu/program.h"
 #include "clnpu/tuning.h"

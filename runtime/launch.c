@@ -1,7 +1,7 @@
 /* Kernel launches shared by the runtime's operators. */
 #include <stdio.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "launch.h"
 
 cl_mem clnpu_mem(const clnpu_buffer *b)

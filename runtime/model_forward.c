@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "launch.h"
 #include "model_internal.h"
 #include "step.h"
@@ -49,6 +49,7 @@ static clnpu_status ensure_pages(clnpu_model *m, size_t n, const size_t *seq_of,
         if (*slot >= 0) continue;
         if (!m->nfree) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "latent cache full: %zu pages in use", m->pages);
         *slot = m->free_pages[--m->nfree];
+        m->page_refs[*slot] = 1;
         changed = true;
     }
     if (!changed) return CLNPU_OK;
@@ -62,7 +63,7 @@ void clnpu_model_reset(clnpu_model *m, size_t seq)
     for (size_t r = 1; m->peers && r < m->tp_size; r++) clnpu_model_reset(m->peers[r - 1], seq);
     for (size_t b = 0; b < m->max_blocks; b++) {
         int *slot = &m->block_table[seq * m->max_blocks + b];
-        if (*slot >= 0) m->free_pages[m->nfree++] = *slot;
+        if (*slot >= 0 && !--m->page_refs[*slot]) m->free_pages[m->nfree++] = *slot;
         *slot = -1;
     }
     m->seq_len[seq] = 0;
@@ -92,7 +93,8 @@ static clnpu_status attention_prefill(clnpu_model *m, model_layer *ly, size_t se
     clnpu_karg ga[] = {KARG(lat), KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(s)};
     size_t g2[2] = {m->lat, S}, l2[2] = {m->lat % 64 ? 1 : 64, 1};
     char opts[96];
-    snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu", R, c->qk_rope_head_dim);
+    snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu%s", R, c->qk_rope_head_dim,
+             m->opt.latent_cache == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
     clnpu_status st = clnpu_launch(m->dev, "mla.cl", opts, "clnpu_kv_gather", 2, g2, l2, ga, 6);
     if (!st) st = mm(m, ly->kv_b, 0, m->latent, 0, m->lat, m->kvfull, 0, H * blk, S, CLNPU_EPILOGUE_NONE);
     if (!st) {
@@ -131,7 +133,7 @@ static clnpu_status attention_decode(clnpu_model *m, model_layer *ly, size_t B, 
     if (!st) {
         clnpu_mla_decode_args a = {m->q_abs, m->q, ly->cache, m->opt.page_size, m->step_bt, m->max_blocks,
                                    m->lens, maxlen, B, H, R, c->qk_rope_head_dim, m->scale, m->z, 0,
-                                   nope, m->dqk};
+                                   nope, m->dqk, m->opt.latent_cache};
         st = clnpu_mla_decode(m->dev, &a);
     }
     /* out[b, h] = z[b, h] . W_UV[h]^T */
@@ -208,7 +210,8 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
     const clnpu_view hv = {m->h, 0, d}, av = {m->a, 0, d}, none = {0};
     const float eps = (float)c->rms_norm_eps;
     char opts[96];
-    snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu", R, c->qk_rope_head_dim);
+    snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu%s", R, c->qk_rope_head_dim,
+             m->opt.latent_cache == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
     const clnpu_rope_layout layout = c->rope_interleave ? CLNPU_ROPE_INTERLEAVED : CLNPU_ROPE_HALF_SPLIT;
     for (size_t l = m->opt.layer_begin; !st && l < m->opt.layer_end; l++) {
         model_layer *ly = &m->layers[l];

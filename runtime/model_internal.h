@@ -52,6 +52,7 @@ struct clnpu_model {
     size_t pages, max_blocks;
     int *block_table;       /* host [max_sequences][max_blocks], -1 = none */
     int *free_pages;        /* stack */
+    unsigned *page_refs;    /* [pages]: block-table entries plus callers' references (model_pages.c) */
     size_t nfree;
     size_t *seq_len;
     clnpu_buffer *block_table_dev;

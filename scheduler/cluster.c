@@ -8,9 +8,9 @@
 #include <string.h>
 #include <yaml.h>
 
-#include "../backend/error.h"
-#include "../backend/file_read.h"
-#include "../backend/yaml_in.h"
+#include "../common/error.h"
+#include "../common/file_read.h"
+#include "../common/yaml_in.h"
 #include "clnpu/plan.h"
 
 typedef struct ctx {

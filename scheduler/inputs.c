@@ -9,8 +9,8 @@
 #include <string.h>
 #include <yaml.h>
 
-#include "../backend/error.h"
-#include "../backend/yaml_in.h"
+#include "../common/error.h"
+#include "../common/yaml_in.h"
 #include "clnpu/plan.h"
 
 clnpu_status clnpu_calibration_read(const char *path, const clnpu_profile *p, clnpu_calibration *cal)

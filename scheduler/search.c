@@ -8,12 +8,12 @@
 #include <string.h>
 #include <time.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "plan_internal.h"
 
 clnpu_workload clnpu_workload_default(void)
 {
-    clnpu_workload w = {CLNPU_PHASE_DECODE, 0, 4096, CLNPU_DTYPE_BF16, 0, NULL, 0, 0, 0};
+    clnpu_workload w = {CLNPU_PHASE_DECODE, 0, 4096, CLNPU_DTYPE_BF16, 0, NULL, 0, 0, 0, CLNPU_DTYPE_F32};
     return w;
 }
 
@@ -175,7 +175,7 @@ static double unit_mem(const cand *c, const clnpu_graph_unit *u)
                 u->shared_params / (c->r > 1 ? 1 : t)) * c->wb + (u->router_params + u->norm_params) * 4;
     if (u->kind == CLNPU_UNIT_MOE) m += (double)c->slots * u->expert_params * c->wb;
     m += u->kv_bytes_per_token * (double)c->w->context * (c->batch / c->r);
-    return m;
+    return m + plan_exec_unit_bytes(c->gr, c->w, u, c->g, c->t, c->r, c->batch); /* the executor's scratch */
 }
 
 /* Stage costs from prefix sums over the units (O(1) per DP step). */
@@ -217,7 +217,7 @@ static bool cand_prepare(cand *c)
     c->fixed_mem = malloc(c->ngroups * sizeof(double));
     c->cap = malloc(c->ngroups * sizeof(double));
     if (!c->unit_time || !c->unit_mem || !c->fixed_mem || !c->cap) return false;
-    const double d = (double)c->gr->hidden, tr = tokens_per_replica(c);
+    const double d = (double)c->gr->hidden;
     for (size_t k = 0; k < c->ngroups; k++) {
         const clnpu_cluster_device *dv = &c->cl->devices[k * c->g];
         const clnpu_profile *p = &dv->profile;
@@ -239,8 +239,8 @@ static bool cand_prepare(cand *c)
             }
         }
         double cap = (double)p->memory_bytes;
-        /* activations (f32, a dozen live buffers) and the expert all-to-all buffers */
-        double actv = tr * d * 4 * 12 + (c->w->phase == CLNPU_PHASE_PREFILL ? tr * d * 4 * 4 : 0);
+        /* the executor's workspaces (scheduler/memory.c) and the expert all-to-all buffers */
+        double actv = plan_exec_fixed_bytes(c->gr, c->w, c->t, c->r, c->batch);
         double comm = c->g > 1 ? 2 * c->tokens / c->g * c->gr->top_k * d * 2 : 0;
         c->fixed_mem[k] = actv + comm + c->cl->reserve_fraction * cap;
         c->cap[k] = cap;
@@ -463,6 +463,7 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
         free(p);
         return st;
     }
+    plan_graph_set_latent_cache(&p->graph, w->latent_cache); /* what the executor will allocate */
     p->cfg = *cfg, p->work = *w, p->devices_total = cl->count;
     if (!w_in->slo_ms && w->slo_ms) p->work.slo_ms = w->slo_ms;
     snprintf(p->cluster_name, sizeof p->cluster_name, "%s", cl->name);
@@ -521,15 +522,16 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
         plan_stage *ps = &p->stages[s];
         ps->unit_begin = best.cuts[s], ps->unit_end = best.cuts[s + 1], ps->device_begin = s * best.g;
         ps->time_s = stage_cost(ps->unit_begin, ps->unit_end, s, &c);
-        double wts = 0, kv = 0;
+        double wts = 0, kv = 0, scratch = 0;
         for (size_t u = ps->unit_begin; u < ps->unit_end; u++) {
             const clnpu_graph_unit *x = &p->graph.units[u];
             double kvu = x->kv_bytes_per_token * (double)w->context * (c.batch / c.r);
-            kv += kvu, wts += unit_mem(&c, x) - kvu;
+            double ex = plan_exec_unit_bytes(&p->graph, w, x, c.g, c.t, c.r, c.batch);
+            kv += kvu, scratch += ex, wts += unit_mem(&c, x) - kvu - ex;
         }
-        const double d = (double)p->graph.hidden, tr = c.tokens / c.r, capb = c.cap[s];
+        const double d = (double)p->graph.hidden, capb = c.cap[s];
         ps->mem[0] = wts, ps->mem[1] = kv;
-        ps->mem[2] = tr * d * 4 * 12 + (w->phase == CLNPU_PHASE_PREFILL ? tr * d * 4 * 4 : 0);
+        ps->mem[2] = plan_exec_fixed_bytes(&p->graph, w, c.t, c.r, c.batch) + scratch;
         ps->mem[3] = best.g > 1 ? 2 * c.tokens / best.g * p->graph.top_k * d * 2 : 0;
         ps->mem[4] = cl->reserve_fraction * capb, ps->mem[5] = capb;
         maxfrac = fmax(maxfrac, (ps->mem[0] + ps->mem[1] + ps->mem[2] + ps->mem[3] + ps->mem[4]) / capb);

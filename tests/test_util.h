@@ -46,5 +46,7 @@ Suite *suite_model(void);
 Suite *suite_checkpoint(void);
 Suite *suite_plan(void);
 Suite *suite_tuning(void);
+Suite *suite_serve(void);
+Suite *suite_examples(void);
 
 #endif

@@ -17,6 +17,7 @@ static const command commands[] = {
     {"plan", cmd_plan, "split the model across a cluster: layout, stages, experts, memory, prediction"},
     {"conformance", cmd_conformance, "check every kernel A.X K1 needs on a device, tier by tier (report)"},
     {"probe", cmd_probe, "measure a device (FMA peak, bandwidth, launch latency) and write a profile"},
+    {"serve", cmd_serve, "serve the model over HTTP (OpenAI API) with continuous batching"},
     {"tune", cmd_tune, "search kernel parameters per shape class into a tuning database"},
     {"bench", cmd_bench, "measure kernels: medians, GFLOP/s, GB/s, fraction of the roofline"},
 };

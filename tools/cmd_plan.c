@@ -7,13 +7,13 @@
 
 static const char usage[] =
     "clnpu plan --model CONFIG.json --cluster FILE.yaml [--phase decode|prefill] [--batch B] [--context L]\n"
-    "           [--weights bf16|fp8|int8] [--slo-ms X] [--expert-load FILE] [--calibration BENCH.jsonl]\n"
+    "           [--weights bf16|fp8|int8] [--latent-cache f32|bf16] [--slo-ms X] [--expert-load FILE] [--calibration BENCH.jsonl]\n"
     "           [--targets-dir DIR] [--max-tp N] [--min-tp N] [-o plan.yaml] [--svg plan.svg]";
 
 int cmd_plan(int argc, char **argv)
 {
     enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CLUSTER, O_PHASE, O_BATCH, O_CONTEXT, O_WEIGHTS, O_SLO, O_LOAD, O_CAL,
-           O_SVG, O_TDIR, O_MAXTP, O_MINTP };
+           O_SVG, O_TDIR, O_MAXTP, O_MINTP, O_CACHE };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, O_MODEL}, {"cluster", required_argument, NULL, O_CLUSTER},
         {"phase", required_argument, NULL, O_PHASE}, {"batch", required_argument, NULL, O_BATCH},
@@ -21,7 +21,7 @@ int cmd_plan(int argc, char **argv)
         {"slo-ms", required_argument, NULL, O_SLO}, {"expert-load", required_argument, NULL, O_LOAD},
         {"calibration", required_argument, NULL, O_CAL}, {"svg", required_argument, NULL, O_SVG},
         {"targets-dir", required_argument, NULL, O_TDIR}, {"max-tp", required_argument, NULL, O_MAXTP},
-        {"min-tp", required_argument, NULL, O_MINTP},
+        {"min-tp", required_argument, NULL, O_MINTP}, {"latent-cache", required_argument, NULL, O_CACHE},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     const char *model = NULL, *cluster = NULL, *load = NULL, *cal_path = NULL, *out = NULL, *svg = NULL, *tdir = NULL;
     clnpu_workload w = clnpu_workload_default();
@@ -55,6 +55,11 @@ int cmd_plan(int argc, char **argv)
             else if (!strcmp(optarg, "fp8")) w.weights = CLNPU_DTYPE_FP8_E4M3;
             else if (!strcmp(optarg, "int8")) w.weights = CLNPU_DTYPE_I8;
             else return cli_usage_error("plan", usage, "bad --weights '%s'", optarg);
+            break;
+        case O_CACHE:
+            if (!strcmp(optarg, "f32")) w.latent_cache = CLNPU_DTYPE_F32;
+            else if (!strcmp(optarg, "bf16")) w.latent_cache = CLNPU_DTYPE_BF16;
+            else return cli_usage_error("plan", usage, "bad --latent-cache '%s' (f32 or bf16)", optarg);
             break;
         case O_SLO:
             w.slo_ms = strtod(optarg, &end);

@@ -12,8 +12,8 @@
 static const char usage[] =
     "clnpu run (--model DIR | --random-weights --config FILE) " CLI_DEVICE_USAGE "\n"
     "          (--ids 1,2,3 | --ids-file F) [-n NEW] [--greedy | --temperature T [--top-k K] [--top-p P] "
-    "[--seed S]]\n          [--decode-from P] [--weights int8|fp8] [--context L] [--dump-logits OUT.safetensors] "
-    "[--stats] [--trace OUT.json] [--verbose]\n          [--plan plan.yaml [--replica K]] [--sequences N]";
+    "[--seed S]]\n          [--decode-from P] [--weights int8|fp8] [--latent-cache f32|bf16] [--context L] [--dump-logits OUT.safetensors] "
+    "[--stats] [--trace OUT.json] [--verbose]\n          [--plan plan.yaml [--replica K] [--share-devices]] [--sequences N]";
 
 static double now_s(void)
 {
@@ -69,17 +69,17 @@ static char *read_file(const char *path)
 typedef struct run_args {
     cli_device_args da;
     const char *model, *config, *ids, *ids_file, *dump, *trace, *plan;
-    bool random_weights, stats, greedy, verbose;
+    bool random_weights, stats, greedy, verbose, share_devices;
     size_t n, decode_from, context, sequences, replica;
     bool has_decode_from;
     clnpu_sampling samp;
-    int weights;
+    int weights, latent_cache;
 } run_args;
 
 static int parse(int argc, char **argv, run_args *r)
 {
     enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CONFIG, O_RANDOM, O_IDS, O_IDS_FILE, O_GREEDY, O_TEMP, O_TOPP, O_TOPK,
-           O_SEED, O_DECODE_FROM, O_DUMP, O_STATS, O_TRACE, O_WEIGHTS, O_CONTEXT, O_PLAN, O_SEQS, O_REPLICA };
+           O_SEED, O_DECODE_FROM, O_DUMP, O_STATS, O_TRACE, O_WEIGHTS, O_CONTEXT, O_PLAN, O_SEQS, O_REPLICA, O_SHARE, O_CACHE };
     static const struct option longopts[] = {
         CLI_DEVICE_LONGOPTS, {"model", required_argument, NULL, O_MODEL}, {"config", required_argument, NULL, O_CONFIG},
         {"random-weights", no_argument, NULL, O_RANDOM}, {"ids", required_argument, NULL, O_IDS},
@@ -91,6 +91,7 @@ static int parse(int argc, char **argv, run_args *r)
         {"weights", required_argument, NULL, O_WEIGHTS}, {"context", required_argument, NULL, O_CONTEXT},
         {"verbose", no_argument, NULL, 'v'}, {"plan", required_argument, NULL, O_PLAN},
         {"sequences", required_argument, NULL, O_SEQS}, {"replica", required_argument, NULL, O_REPLICA},
+        {"share-devices", no_argument, NULL, O_SHARE}, {"latent-cache", required_argument, NULL, O_CACHE},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt;
     opterr = 0;
@@ -147,11 +148,17 @@ static int parse(int argc, char **argv, run_args *r)
         case O_STATS: r->stats = true; break;
         case 'v': r->verbose = true; break;
         case O_PLAN: r->plan = optarg; break;
+        case O_SHARE: r->share_devices = true; break;
         case O_TRACE: r->trace = optarg; break;
         case O_WEIGHTS:
             if (!strcmp(optarg, "int8")) r->weights = CLNPU_DTYPE_I8;
             else if (!strcmp(optarg, "fp8")) r->weights = CLNPU_DTYPE_FP8_E4M3;
             else return cli_usage_error("run", usage, "bad --weights '%s' (int8 or fp8)", optarg);
+            break;
+        case O_CACHE:
+            if (!strcmp(optarg, "f32")) r->latent_cache = CLNPU_DTYPE_F32;
+            else if (!strcmp(optarg, "bf16")) r->latent_cache = CLNPU_DTYPE_BF16;
+            else return cli_usage_error("run", usage, "bad --latent-cache '%s' (f32 or bf16)", optarg);
             break;
         case O_CONTEXT:
             if (!cli_parse_size(optarg, &r->context) || !r->context) return cli_usage_error("run", usage, "bad --context");
@@ -173,6 +180,7 @@ static int parse(int argc, char **argv, run_args *r)
     if (!r->ids == !r->ids_file) return cli_usage_error("run", usage, "give exactly one of --ids and --ids-file");
     if (r->plan && (r->trace || r->da.target))
         return cli_usage_error("run", usage, "--plan chooses devices and profiles itself (no --trace / --target)");
+    if (r->share_devices && !r->plan) return cli_usage_error("run", usage, "--share-devices is for a plan's devices: give --plan");
     if (r->replica && !r->plan) return cli_usage_error("run", usage, "--replica is a plan's pipeline replica: give --plan");
     if (r->sequences > 1 && r->has_decode_from)
         return cli_usage_error("run", usage, "--decode-from is for one sequence");
@@ -185,11 +193,23 @@ static int parse(int argc, char **argv, run_args *r)
     return -1;
 }
 
+static int run_job(run_args r, const void *comm);
+
 int cmd_run(int argc, char **argv)
 {
-    run_args r = {.weights = -1};
+    run_args r = {.weights = -1, .latent_cache = -1};
     int rc = parse(argc, argv, &r);
     if (rc >= 0) return rc;
+    /* under mpirun the ranks run a plan's stages: MPI is ours to start, and a failed rank ends
+     * the job instead of waiting for the others in MPI_Finalize (tools/cli_mpi.c) */
+    const void *comm = NULL;
+    if (r.plan && cli_mpi_begin(&comm)) return CLI_EXIT_FAIL;
+    return cli_mpi_end(run_job(r, comm));
+}
+
+static int run_job(run_args r, const void *comm)
+{
+    int rc;
     int *ids = NULL;
     size_t T = 0;
     char *text = r.ids_file ? read_file(r.ids_file) : NULL;
@@ -228,6 +248,7 @@ int cmd_run(int argc, char **argv)
     o.max_context = r.context ? r.context : T + r.n + 1;
     o.max_tokens = P < 512 ? (P ? P : 1) : 512;
     o.weights = r.weights;
+    o.latent_cache = r.latent_cache >= 0 ? (clnpu_dtype)r.latent_cache : CLNPU_DTYPE_F32;
     o.progress = isatty(STDERR_FILENO); /* a live progress line only for a person watching */
     clnpu_pipeline *pl = NULL;
     clnpu_stage_spec *specs = NULL;
@@ -238,9 +259,23 @@ int cmd_run(int argc, char **argv)
         /* stages with several devices run their experts there (expert parallel) */
         clnpu_plan_layout lay;
         st = clnpu_pipeline_read_plan(r.plan, &cfg, &specs, &nspecs, &lay);
+        /* the plan's weight dtype is what its memory assumed: honoured, or a clash refused */
+        if (!st) st = clnpu_plan_layout_weights(&lay, r.plan, r.weights, &r.weights);
+        o.weights = r.weights;
+        if (!st) st = clnpu_plan_layout_latent_cache(&lay, r.plan, r.latent_cache, &o.latent_cache);
+        o.share_devices = r.share_devices;
+        /* prompts in chunks of at most the plan's max_tokens: the workspaces its memory counted */
+        if (!st && o.max_tokens > lay.max_tokens) o.max_tokens = lay.max_tokens;
         /* pipeline replica k on its own devices */
         if (!st) st = clnpu_stage_specs_replica(specs, nspecs, r.replica, lay.pipeline_replicas);
-        if (!st) st = clnpu_pipeline_create(&cfg, ck, specs, nspecs, &o, &pl);
+        /* a test's rank that fails to load its stages: it is given a config the checkpoint does not
+         * match, so the library's own set-up fails there (and the ranks' agreement reports it) */
+        clnpu_model_config stage_cfg = cfg;
+        if (!st && cli_mpi_fault_load()) {
+            fprintf(stderr, "clnpu run: rank %d: set-up failure injected (CLNPU_FAULT_RANK)\n", cli_mpi_rank());
+            stage_cfg.kv_lora_rank++;
+        }
+        if (!st) st = clnpu_pipeline_create_mpi(&stage_cfg, ck, specs, nspecs, &o, comm, &pl);
         if (!st) clnpu_pipeline_set_micro_batches(pl, lay.micro_batches);
     } else if (!st) {
         st = clnpu_model_create(dev, &cfg, ck, &o, &m);
@@ -249,6 +284,7 @@ int cmd_run(int argc, char **argv)
     if (!st && r.trace) st = clnpu_device_trace_start(dev);
     if (!st && !(logits = malloc(T * V * sizeof *logits))) st = CLNPU_ERR_OUT_OF_MEMORY;
     t0 = now_s();
+    if (!st && pl) cli_mpi_fault_step(); /* the tests' killed or stopped rank, at its first step */
     /* Only --dump-logits needs every prompt position's logits; generation needs the last one. */
     const bool head_all = pl || r.dump || !P;
     if (!st) st = pl ? clnpu_pipeline_prefill(pl, 0, ids, P, logits)
@@ -332,20 +368,25 @@ int cmd_run(int argc, char **argv)
                     "measured %.2fx\n", bytes / 1e6, clnpu_dtype_name((clnpu_dtype)wdt), bw / 1e9,
                     clnpu_device_get_profile(dev)->name, bw / bytes, decoded / t_decode / (bw / bytes));
         }
-        for (size_t s = 0; s < (pl ? nspecs : 1); s++) {
-            clnpu_device *dv = pl ? clnpu_pipeline_stage_device(pl, s) : dev;
-            if (!dv) continue; /* a stage of another MPI rank */
-            cli_format_bytes((double)clnpu_device_memory_used(dv), mem, sizeof mem);
-            cli_format_bytes((double)clnpu_device_memory_capacity(dv), cap, sizeof cap);
-            fprintf(stderr, "%sdevice %zu (%s, profile %s%s): %s of %s in use\n", pl ? "stage " : "",
-                    clnpu_device_get_info(dv)->index, clnpu_device_get_info(dv)->name, clnpu_device_get_profile(dv)->name,
-                    clnpu_device_is_emulated(dv) ? ", emulated" : "", mem, cap);
-        }
+    }
+    /* each rank's own stages' devices (under MPI every rank reports its own) */
+    for (size_t s = 0; !st && r.stats && s < (pl ? nspecs : 1); s++) {
+        char mem[32], cap[32];
+        clnpu_device *dv = pl ? clnpu_pipeline_stage_device(pl, s) : dev;
+        if (!dv) continue; /* a stage of another MPI rank */
+        cli_format_bytes((double)clnpu_device_memory_used(dv), mem, sizeof mem);
+        cli_format_bytes((double)clnpu_device_memory_capacity(dv), cap, sizeof cap);
+        char who[32] = "";
+        if (pl && clnpu_pipeline_ranks(pl) > 1) snprintf(who, sizeof who, "rank %d: ", clnpu_pipeline_rank(pl));
+        fprintf(stderr, "%s%sdevice %zu (%s, profile %s%s): %s of %s in use\n", who, pl ? "stage " : "",
+                clnpu_device_get_info(dv)->index, clnpu_device_get_info(dv)->name, clnpu_device_get_profile(dv)->name,
+                clnpu_device_is_emulated(dv) ? ", emulated" : "", mem, cap);
     }
     if (!st && r.trace) fprintf(stderr, "trace: %zu kernel spans in %s\n", events, r.trace);
-    if (st && pl && clnpu_pipeline_ranks(pl) > 1) fprintf(stderr, "clnpu run: rank %d of %d:\n", clnpu_pipeline_rank(pl),
-                                                         clnpu_pipeline_ranks(pl));
+    if (st && comm) fprintf(stderr, "clnpu run: rank %d of %d:\n", cli_mpi_rank(), cli_mpi_ranks_from_env());
     rc = st ? cli_fail("run", st) : CLI_EXIT_OK;
+    /* a failed rank ends the job now: freeing the pipeline could wait for sends to a stopped peer */
+    if (rc != CLI_EXIT_OK && comm) cli_mpi_end(rc);
     clnpu_buffer_destroy(lb), clnpu_buffer_destroy(ob);
     clnpu_model_destroy(m);
     clnpu_pipeline_destroy(pl);
@@ -353,12 +394,5 @@ int cmd_run(int argc, char **argv)
     clnpu_checkpoint_close(ck);
     clnpu_device_close(dev);
     free(ids), free(logits), free(row), free(gen);
-    /* mpirun ends the whole job when the first rank exits non-zero: a failing rank lingers a
-     * moment so the others' reports (rank 0's names the rank at fault) are not cut off */
-    const char *size = getenv("OMPI_COMM_WORLD_SIZE");
-    if (rc != CLI_EXIT_OK && size && atoi(size) > 1) {
-        struct timespec linger = {0, 500000000};
-        nanosleep(&linger, NULL);
-    }
     return rc;
 }
