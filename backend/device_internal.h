@@ -29,6 +29,7 @@ struct clnpu_device {
     bool no_cache;
     char cache_dir[1024];
     struct clnpu_program *programs; /* built in this process, newest first */
+    clnpu_program_stats program_stats; /* compiler and disk-cache work so far (program.c) */
     bool profiling;
     struct clnpu_trace *trace;      /* NULL unless tracing */
     const struct clnpu_tuning_db *tuning; /* consulted by the kernels' host code */

@@ -80,6 +80,37 @@ static size_t utf8_incomplete_tail(const char *s, size_t n)
     return 0;
 }
 
+/* Valid UTF-8 for JSON: each byte that does not start a well-formed character (as Python's
+ * errors="replace" and HF's decode do) becomes U+FFFD. Byte-level BPE can produce any bytes. */
+static char *utf8_valid(const char *s, size_t n)
+{
+    char *o = malloc(3 * n + 1);
+    if (!o) return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        const unsigned char b = (unsigned char)s[i];
+        size_t len = b < 0x80 ? 1 : (b & 0xe0) == 0xc0 ? 2 : (b & 0xf0) == 0xe0 ? 3 : (b & 0xf8) == 0xf0 ? 4 : 0;
+        unsigned cp = len == 1 ? b : len == 2 ? b & 0x1f : len == 3 ? b & 0x0f : b & 0x07;
+        bool ok = len && i + len <= n;
+        for (size_t j = 1; ok && j < len; j++) {
+            ok = ((unsigned char)s[i + j] & 0xc0) == 0x80;
+            cp = (cp << 6) | ((unsigned char)s[i + j] & 0x3f);
+        }
+        /* overlong forms, surrogates and past U+10FFFF are not characters either */
+        ok = ok && !(len == 2 && cp < 0x80) && !(len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) &&
+             !(len == 4 && (cp < 0x10000 || cp > 0x10ffff)) && (len != 1 || b != 0);
+        if (ok) {
+            memcpy(o + k, s + i, len);
+            k += len, i += len;
+        } else {
+            memcpy(o + k, "\xef\xbf\xbd", 3);
+            k += 3, i++;
+        }
+    }
+    o[k] = '\0';
+    return o;
+}
+
 /* ---- requests ---- */
 
 static unsigned encode_text(serve_conn *c, const char *s, char *err, size_t cap)
@@ -120,8 +151,15 @@ static unsigned read_prompt(serve_conn *c, const cJSON *p, char *err, size_t cap
     return 0;
 }
 
-static unsigned read_messages(serve_conn *c, const cJSON *msgs, char *err, size_t cap)
+static unsigned read_messages(serve_conn *c, const cJSON *msgs, const cJSON *kwargs, char *err, size_t cap)
 {
+    int think = -1; /* vLLM's and SGLang's way to pass a template variable: chat_template_kwargs */
+    if (kwargs && !cJSON_IsNull(kwargs)) {
+        bool t = false;
+        if (!cJSON_IsObject(kwargs) || get_bool(kwargs, "enable_thinking", &t) < 0)
+            return bad(err, cap, "'chat_template_kwargs' must be an object; its 'enable_thinking' true or false");
+        if (cJSON_GetObjectItemCaseSensitive(kwargs, "enable_thinking")) think = t;
+    }
     if (!cJSON_IsArray(msgs) || !cJSON_GetArraySize(msgs)) return bad(err, cap, "'messages' must be a non-empty array");
     const cJSON *m;
     size_t i = 0;
@@ -139,7 +177,7 @@ static unsigned read_messages(serve_conn *c, const cJSON *msgs, char *err, size_
         return bad(err, cap, "this server has no chat template (tokenizer_config.json / chat_template.jinja)");
     char *json = cJSON_PrintUnformatted(msgs), *prompt = NULL;
     if (!json) return bad(err, cap, "out of host memory");
-    const clnpu_status st = c->text->chat(c->text->ctx, json, true, &prompt);
+    const clnpu_status st = c->text->chat(c->text->ctx, json, true, think, &prompt);
     free(json);
     if (st) {
         free(prompt);
@@ -189,7 +227,8 @@ unsigned serve_conn_prepare(serve_conn *c, const clnpu_server_options *o, char *
         r = p ? read_prompt(c, p, err, cap) : bad(err, cap, "'prompt' is required");
     } else if (!r) {
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "messages");
-        r = m ? read_messages(c, m, err, cap) : bad(err, cap, "'messages' is required");
+        r = m ? read_messages(c, m, cJSON_GetObjectItemCaseSensitive(j, "chat_template_kwargs"), err, cap)
+              : bad(err, cap, "'messages' is required");
     }
     if (!r && !c->nprompt) r = bad(err, cap, "the prompt is empty");
     if (!r && c->nprompt > max_prompt)
@@ -321,8 +360,9 @@ static cJSON *token_string(const serve_conn *c, int id)
     char *t = NULL, buf[24];
     size_t len = 0;
     if (c->text && c->text->decode && !c->text->decode(c->text->ctx, &id, 1, &t, &len)) {
-        cJSON *s = cJSON_CreateString(t);
-        free(t);
+        char *v = utf8_valid(t, len);
+        cJSON *s = cJSON_CreateString(v ? v : "");
+        free(t), free(v);
         return s;
     }
     free(t);
@@ -411,8 +451,7 @@ static cJSON *choice(const serve_conn *c, const char *text, size_t tlen, size_t 
 {
     cJSON *ch = cJSON_CreateObject();
     cJSON_AddNumberToObject(ch, "index", 0);
-    char *t = malloc(tlen + 1);
-    if (t) memcpy(t, text, tlen), t[tlen] = '\0';
+    char *t = utf8_valid(text, tlen);
     if (c->kind == SERVE_CHAT) {
         cJSON *m = cJSON_AddObjectToObject(ch, chunk ? "delta" : "message");
         if (!chunk || !c->role_sent) cJSON_AddStringToObject(m, "role", "assistant");

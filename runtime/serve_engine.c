@@ -72,12 +72,18 @@ static double now_s(void)
 
 /* ---- the model or pipeline underneath ---- */
 
-/* Over MPI ranks every pipeline call is announced first: the other ranks make it too. */
-static clnpu_status be_prefill(clnpu_engine *e, size_t seq, const int *ids, size_t n, float *logits)
+/* Over MPI ranks every pipeline call is announced first: the other ranks make it too. A prompt
+ * chunk's logits: NULL (not its last chunk), or its last row in *out_row (one model computes the
+ * LM head for that row only). */
+static clnpu_status be_prefill(clnpu_engine *e, size_t seq, const int *ids, size_t n, bool want, const float **out_row)
 {
-    if (!e->pl) return clnpu_model_prefill(e->m, seq, ids, n, logits);
-    clnpu_status st = serve_mpi_announce(e->pl, SERVE_CMD_PREFILL, seq, NULL, ids, n, logits != NULL);
-    return st ? st : clnpu_pipeline_prefill(e->pl, seq, ids, n, logits);
+    if (!e->pl) {
+        *out_row = e->logits;
+        return want ? clnpu_model_prefill_last(e->m, seq, ids, n, e->logits) : clnpu_model_prefill(e->m, seq, ids, n, NULL);
+    }
+    *out_row = e->logits + (n - 1) * e->V;
+    clnpu_status st = serve_mpi_announce(e->pl, SERVE_CMD_PREFILL, seq, NULL, ids, n, want);
+    return st ? st : clnpu_pipeline_prefill(e->pl, seq, ids, n, want ? e->logits : NULL);
 }
 
 static clnpu_status be_decode(clnpu_engine *e, size_t n, float *logits)
@@ -469,7 +475,8 @@ static size_t prefill_step(clnpu_engine *e, size_t budget)
         while (chunk && !make_room(e, pages_for(e, r->computed, r->computed + chunk))) chunk--;
         if (!chunk) return used;
         const bool last = r->computed + chunk == r->ntok;
-        clnpu_status st = be_prefill(e, r->slot, r->tok + r->computed, chunk, last ? e->logits : NULL);
+        const float *row = NULL;
+        clnpu_status st = be_prefill(e, r->slot, r->tok + r->computed, chunk, last, &row);
         if (st) {
             fail_all(e, clnpu_error_message());
             return used + chunk;
@@ -485,7 +492,6 @@ static size_t prefill_step(clnpu_engine *e, size_t budget)
             if (full && !clnpu_model_sequence_pages(e->m, r->slot, full, e->pages))
                 serve_prefix_insert(e->prefix, e->m, r->tok, full, e->pages);
         }
-        const float *row = e->logits + (chunk - 1) * e->V;
         accept(e, r, serve_sample(row, e->V, &r->samp, &r->rng, e->cand), row);
     }
 }

@@ -35,6 +35,7 @@ clnpu_status clnpu_graph_build(const clnpu_model_config *c, clnpu_graph *g)
         u->norm_params = 2 * d;
         /* absorbed decode: scores over R + rope, values over R, per head */
         u->attn_flops_per_ctx = 2 * H * (R + rope + R);
+        u->attn_prefill_flops_per_ctx = 2 * H * (dqk + vd); /* keys and values expanded per head */
         u->kv_bytes_per_token = (R + rope) * (double)clnpu_dtype_size(CLNPU_LATENT_CACHE_DTYPE); /* as allocated */
         if (clnpu_model_config_is_moe(c, l)) {
             u->kind = CLNPU_UNIT_MOE;

@@ -25,6 +25,7 @@ struct clnpu_plan {
     double weight_bytes_per_param;
     char profile_names[4][64];
     char (*stage_profiles)[64];  /* [nstages] */
+    clnpu_plan_breakdown breakdown;
 };
 /* The executor's buffers per device (scheduler/memory.c): a stage model's workspaces, and what a
  * unit adds besides its weights and latent cache (the head's logits, a MoE layer's scratch), for

@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include "../common/error.h"
-#include "../common/yaml_out.h"
 #include "../schema/plan_schema.h"
 #include "plan_internal.h"
 
@@ -42,6 +41,7 @@ void clnpu_plan_print(const clnpu_plan *p, FILE *f)
     fprintf(f, "predicted: step %.3f ms, %s %.3f ms, %.1f tokens/s (%.2f per device)\n", s->step_s * 1e3,
             dec ? "per-token latency" : "prompt latency", s->token_latency_s * 1e3, s->tokens_per_s,
             s->tokens_per_s_per_device);
+    if (p->breakdown.tbo) fprintf(f, "overlap: two micro-batches per step, each one's expert exchange beside the other's compute\n");
     char c[32];
     gb(c, sizeof c, s->comm_bytes_per_step);
     fprintf(f, "communication: %s per step; expert placement: %zu slots per device, imbalance max/mean %.3f, "

@@ -51,6 +51,21 @@ START_TEST(test_example_rmsnorm)
 }
 END_TEST
 
+/* text in, text out: the same reply as clnpu run --prompt --chat --no-think --greedy */
+START_TEST(test_example_chat)
+{
+    char out[8192], cmd[2048], cli[8192];
+    int rc = example("chat", TINY " 'Hello, 세계' 6", out, sizeof out);
+    ck_assert_msg(rc == 0 && strstr(out, "prompt: ") && strstr(out, "\n["), "chat (%d): %s", rc, out);
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --prompt 'Hello, 세계' --chat --no-think --greedy --max-tokens 6 2>/dev/null", CLNPU_CLI_PATH, TINY);
+    ck_assert_msg(test_run(cmd, cli, sizeof cli) == 0, "%s", cli);
+    const char *reply = strchr(out, '\n') + 1;
+    ck_assert_msg(!strncmp(reply, cli, strlen(cli)), "example replied '%s', clnpu run '%s'", reply, cli);
+    rc = example("chat", "/nonexistent hi", out, sizeof out);
+    ck_assert_msg(rc == 1 && strstr(out, "/nonexistent"), "(%d): %s", rc, out);
+}
+END_TEST
+
 START_TEST(test_example_devices)
 {
     char out[8192];
@@ -95,6 +110,7 @@ Suite *suite_examples(void)
     tcase_add_test(tc, test_example_gemm_check);
     tcase_add_test(tc, test_example_rmsnorm);
     tcase_add_test(tc, test_example_devices);
+    tcase_add_test(tc, test_example_chat);
     tcase_add_test(tc, test_example_generate_plan_pipeline);
     suite_add_tcase(s, tc);
     return s;

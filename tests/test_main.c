@@ -10,6 +10,8 @@ int main(void)
     /* Two PoCL devices, so multi-device code paths are exercised; must be set before the
      * OpenCL ICD loader first loads PoCL. An explicit setting from the caller wins. */
     setenv("POCL_DEVICES", "pthread pthread", 0);
+    /* every kernel variant the suite builds must compile without a warning (users get -w) */
+    setenv("CLNPU_KERNEL_WERROR", "1", 0);
     test_seed();
 
     SRunner *sr = srunner_create(suite_device());
@@ -24,6 +26,9 @@ int main(void)
     srunner_add_suite(sr, suite_tuning());
     srunner_add_suite(sr, suite_serve());
     srunner_add_suite(sr, suite_examples());
+    srunner_add_suite(sr, suite_tokenizer());
+    srunner_add_suite(sr, suite_chat_template());
+    srunner_add_suite(sr, suite_generate());
     /* No fork: OpenCL runtimes are not fork-safe, and sharing one device shares its programs. */
     srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);

@@ -12,6 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "test_util.h"
 
 #define TINY CLNPU_SOURCE_DIR "/models/tiny-axk1"
@@ -391,6 +393,8 @@ typedef struct server_fixture {
     unsigned port;
 } server_fixture;
 
+static const clnpu_server_text *fixture_text; /* set by the text test only */
+
 static server_fixture start_server(size_t seqs, size_t pages, const char *key, size_t max_waiting, bool run,
                                    unsigned timeout_s)
 {
@@ -401,7 +405,7 @@ static server_fixture start_server(size_t seqs, size_t pages, const char *key, s
     if (run) ck_assert_ok(clnpu_engine_start(f.e));
     clnpu_server_options so = clnpu_server_options_default();
     so.port = 0, so.api_key = key, so.model_name = "tiny", so.max_body = 4096, so.max_tokens = 64;
-    so.timeout_s = timeout_s;
+    so.timeout_s = timeout_s, so.text = fixture_text;
     ck_assert_ok(clnpu_server_start(f.e, &so, &f.s));
     f.port = clnpu_server_port(f.s);
     ck_assert_uint_gt(f.port, 0);
@@ -524,6 +528,133 @@ START_TEST(test_http_key_and_queue)
     ck_assert_int_eq(w, 0);
     ck_assert_int_eq(metric(f.port, "clnpu_requests_rejected_total{reason=\"unauthorized\"}"), 2);
     stop_server(&f);
+}
+END_TEST
+
+/* ---- text: the tiny model's own tokenizer and chat template ---- */
+
+static clnpu_tokenizer *tok;
+static clnpu_chat_template *tmpl;
+
+static clnpu_status t_encode(void *ctx, const char *text, size_t len, int **ids, size_t *n)
+{
+    (void)ctx;
+    return clnpu_tokenizer_encode(tok, text, len, ids, n);
+}
+
+static clnpu_status t_decode(void *ctx, const int *ids, size_t n, char **text, size_t *len)
+{
+    (void)ctx;
+    return clnpu_tokenizer_decode(tok, ids, n, text, len);
+}
+
+static clnpu_status t_chat(void *ctx, const char *msgs, bool gen, int think, char **out)
+{
+    (void)ctx;
+    clnpu_chat_options o = clnpu_chat_options_default();
+    o.add_generation_prompt = gen, o.enable_thinking = think;
+    return clnpu_chat_template_render(tmpl, msgs, &o, out);
+}
+
+/* The JSON string value after "key": in body (unescaped by cJSON), or NULL. */
+static char *json_text(const char *body, const char *path0, const char *path1)
+{
+    cJSON *j = cJSON_Parse(body);
+    const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "choices"), 0);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, path0);
+    if (path1) v = cJSON_GetObjectItemCaseSensitive(v, path1);
+    char *s = cJSON_IsString(v) ? strdup(v->valuestring) : NULL;
+    cJSON_Delete(j);
+    return s;
+}
+
+/* Text prompts give the ids of their tokenization; a stream's pieces add up to the whole text (no
+ * character cut in two, valid UTF-8); a stop string ends the text before it; a chat renders the
+ * template. */
+START_TEST(test_http_text)
+{
+    open_tiny();
+    ck_assert_ok(clnpu_tokenizer_load(TINY, &tok));
+    ck_assert_ok(clnpu_chat_template_load(TINY, &tmpl));
+    const clnpu_server_text hooks = {NULL, t_encode, t_decode, t_chat};
+    fixture_text = &hooks;
+    server_fixture f = start_server(4, 0, NULL, 64, true, 30);
+    fixture_text = NULL;
+    const char *prompt = "The quick brown fox jumps over";
+    int *pids;
+    size_t pn;
+    ck_assert_ok(clnpu_tokenizer_encode(tok, prompt, strlen(prompt), &pids, &pn));
+    char *pj = ids_json(pids, pn), body[4096];
+    free(pids);
+    /* ids and text of the same prompt: the same tokens, the text their decoding */
+    snprintf(body, sizeof body, "{\"prompt\":%s,\"max_tokens\":24,\"temperature\":0}", pj);
+    http_reply byid = http(f.port, "POST", "/v1/completions", NULL, body);
+    snprintf(body, sizeof body, "{\"prompt\":\"%s\",\"max_tokens\":24,\"temperature\":0}", prompt);
+    http_reply bytext = http(f.port, "POST", "/v1/completions", NULL, body);
+    ck_assert_int_eq(byid.status, 200);
+    ck_assert_int_eq(bytext.status, 200);
+    int a[64], b[64];
+    const size_t na = ids_of(byid.body, a, 64), nb = ids_of(bytext.body, b, 64);
+    ck_assert_uint_eq(na, nb);
+    for (size_t i = 0; i < na; i++) ck_assert_int_eq(a[i], b[i]);
+    char *whole = json_text(bytext.body, "text", NULL), *want;
+    size_t wl;
+    ck_assert_ok(clnpu_tokenizer_decode(tok, a, na, &want, &wl));
+    ck_assert_ptr_nonnull(whole);
+    /* the decoding itself (where it is not valid UTF-8, the server's U+FFFD replacements) */
+    ck_assert_msg(!strcmp(whole, want) || strstr(whole, "\xef\xbf\xbd"), "text '%s', decoded '%s'", whole, want);
+    /* streamed: the pieces add up to the same text */
+    snprintf(body, sizeof body, "{\"prompt\":\"%s\",\"max_tokens\":24,\"temperature\":0,\"stream\":true}", prompt);
+    http_reply st = http(f.port, "POST", "/v1/completions", NULL, body);
+    ck_assert_int_eq(st.status, 200);
+    char joined[8192] = "";
+    for (char *p = st.body; (p = strstr(p, "data: {")); p++) {
+        char *end = strstr(p, "\n\n");
+        ck_assert_ptr_nonnull(end);
+        *end = '\0';
+        char *piece = json_text(p + 6, "text", NULL);
+        ck_assert_msg(piece != NULL, "a chunk that is not valid JSON: %s", p + 6);
+        strncat(joined, piece, sizeof joined - strlen(joined) - 1);
+        free(piece);
+        p = end;
+    }
+    ck_assert_str_eq(joined, whole);
+    /* a stop string from the middle of that text: the text ends right before it */
+    const size_t L = strlen(whole);
+    if (L >= 6) {
+        char stop[8];
+        memcpy(stop, whole + L / 2, 3), stop[3] = '\0';
+        cJSON *req = cJSON_CreateObject();
+        cJSON_AddStringToObject(req, "prompt", prompt);
+        cJSON_AddNumberToObject(req, "max_tokens", 24), cJSON_AddNumberToObject(req, "temperature", 0);
+        cJSON_AddStringToObject(req, "stop", stop);
+        char *rq = cJSON_PrintUnformatted(req);
+        cJSON_Delete(req);
+        http_reply h = http(f.port, "POST", "/v1/completions", NULL, rq);
+        free(rq);
+        char *cut = json_text(h.body, "text", NULL), *first = strstr(whole, stop);
+        ck_assert_ptr_nonnull(cut);
+        ck_assert_uint_eq(strlen(cut), (size_t)(first - whole));
+        ck_assert_int_eq(strncmp(cut, whole, strlen(cut)), 0);
+        ck_assert_ptr_nonnull(strstr(h.body, "\"finish_reason\":\"stop\""));
+        free(cut), free(h.body);
+    }
+    /* a chat: the template's prompt, an assistant message back */
+    http_reply chat = http(f.port, "POST", "/v1/chat/completions", NULL,
+                           "{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},{\"role\":\"user\","
+                           "\"content\":\"Hi\"}],\"max_tokens\":5,\"temperature\":0,\"logprobs\":true,\"top_logprobs\":2,"
+                           "\"chat_template_kwargs\":{\"enable_thinking\":false}}");
+    ck_assert_msg(chat.status == 200, "%d %s", chat.status, chat.body);
+    char *content = json_text(chat.body, "message", "content");
+    ck_assert_ptr_nonnull(content);
+    ck_assert_ptr_nonnull(strstr(chat.body, "\"role\":\"assistant\""));
+    ck_assert_ptr_nonnull(strstr(chat.body, "\"top_logprobs\":[{"));
+    free(content);
+    free(whole), free(want), free(pj);
+    free(byid.body), free(bytext.body), free(st.body), free(chat.body);
+    stop_server(&f);
+    clnpu_chat_template_free(tmpl), clnpu_tokenizer_free(tok);
+    tmpl = NULL, tok = NULL;
 }
 END_TEST
 
@@ -706,6 +837,7 @@ Suite *suite_serve(void)
     tcase_add_test(t, test_engine_refuses);
     tcase_add_test(t, test_http_api);
     tcase_add_test(t, test_http_key_and_queue);
+    tcase_add_test(t, test_http_text);
     tcase_add_test(t, test_http_load);
     tcase_add_test(t, test_http_mpi);
     suite_add_tcase(s, t);

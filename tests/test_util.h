@@ -48,5 +48,8 @@ Suite *suite_plan(void);
 Suite *suite_tuning(void);
 Suite *suite_serve(void);
 Suite *suite_examples(void);
+Suite *suite_tokenizer(void);
+Suite *suite_chat_template(void);
+Suite *suite_generate(void);
 
 #endif

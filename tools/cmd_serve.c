@@ -6,8 +6,10 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
+#include "cli_text.h"
 
 static const char usage[] =
     "clnpu serve (--model DIR | --random-weights --config FILE) " CLI_DEVICE_USAGE "\n"
@@ -106,7 +108,8 @@ static int parse(int argc, char **argv, serve_args *a)
     return -1;
 }
 
-/* eos_token_id of config.json, or of generation_config.json when that has one (an id or a list). */
+/* eos_token_id of config.json, or of generation_config.json when that has one (an id or a list):
+ * what a model directory without tokenizer.json has to say about its end. */
 static size_t read_eos(const char *dir, int *out, size_t cap)
 {
     static const char *files[] = {"generation_config.json", "config.json"};
@@ -129,6 +132,24 @@ static size_t read_eos(const char *dir, int *out, size_t cap)
         if (k) return k;
     }
     return 0;
+}
+
+/* The server's text hooks over the checkpoint's tokenizer and chat template (tools/cli_text.c). */
+static clnpu_status text_encode(void *ctx, const char *text, size_t len, int **out_ids, size_t *out_n)
+{
+    return clnpu_tokenizer_encode(((cli_text *)ctx)->tok, text, len, out_ids, out_n);
+}
+
+static clnpu_status text_decode(void *ctx, const int *ids, size_t n, char **out_text, size_t *out_len)
+{
+    return clnpu_tokenizer_decode(((cli_text *)ctx)->tok, ids, n, out_text, out_len);
+}
+
+static clnpu_status text_chat(void *ctx, const char *messages, bool generation_prompt, int thinking, char **out)
+{
+    clnpu_chat_options o = clnpu_chat_options_default();
+    o.add_generation_prompt = generation_prompt, o.enable_thinking = thinking;
+    return clnpu_chat_template_render(((cli_text *)ctx)->tmpl, messages, &o, out);
 }
 
 /* SIGINT / SIGTERM (blocked in every thread) end the engine's loop on the main thread. */
@@ -210,15 +231,32 @@ static int serve_job(serve_args a, const void *comm)
     if (a.step_tokens) eo.step_tokens = a.step_tokens;
     if (a.max_waiting) eo.max_waiting = a.max_waiting;
     if (!st) st = pl ? clnpu_engine_create_pipeline(pl, &eo, &e) : clnpu_engine_create(m, &eo, &e);
+    /* text in and out where the checkpoint has a tokenizer (and a chat template for chats) */
+    cli_text text = {0};
+    clnpu_server_text hooks = {&text, text_encode, text_decode, text_chat};
+    char tokpath[4096];
+    snprintf(tokpath, sizeof tokpath, "%s/tokenizer.json", a.model ? a.model : "");
+    const bool has_tok = !st && a.model && !access(tokpath, F_OK);
+    if (has_tok) st = cli_text_load(a.model, false, &text);
+    if (has_tok && !st && clnpu_chat_template_load(a.model, &text.tmpl)) {
+        fprintf(stderr, "clnpu serve: %s: no chat template (%s): /v1/chat/completions will answer 400\n", a.model,
+                clnpu_error_message());
+        hooks.chat = NULL;
+    }
     int eos[16];
     clnpu_server_options so = clnpu_server_options_default();
+    if (has_tok && !st) {
+        so.text = &hooks;
+        if (text.has_generation_config) so.defaults = text.samp;
+    }
     so.host = a.host, so.port = (unsigned)a.port, so.api_key = a.api_key;
     const char *base = a.model ? strrchr(a.model, '/') : NULL;
     so.model_name = a.name ? a.name : base && base[1] ? base + 1 : a.model ? a.model : cfg.model_type;
     if (a.max_body) so.max_body = a.max_body;
     if (a.max_tokens) so.max_tokens = a.max_tokens;
     if (a.timeout) so.timeout_s = (unsigned)a.timeout;
-    so.eos_count = read_eos(a.model, eos, 16), so.eos_ids = eos;
+    so.eos_count = has_tok ? text.neos : read_eos(a.model, eos, 16);
+    so.eos_ids = has_tok ? text.eos : eos;
     if (!st) st = clnpu_server_start(e, &so, &srv);
     if (!st) {
         clnpu_engine_stats es;
@@ -240,6 +278,7 @@ static int serve_job(serve_args a, const void *comm)
     clnpu_engine_shutdown(e); /* open requests end (cancelled), so their connections close */
     clnpu_server_stop(srv);
     clnpu_engine_destroy(e);
+    cli_text_free(&text);
     clnpu_model_destroy(m);
     clnpu_pipeline_destroy(pl);
     free(specs);

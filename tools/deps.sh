@@ -3,7 +3,8 @@
 # Usage: tools/deps.sh [--bench]   (--bench adds CLBlast and OpenBLAS for bench/)
 set -e
 PKGS="build-essential meson ninja-build pkg-config python3 ocl-icd-opencl-dev opencl-c-headers \
-pocl-opencl-icd clinfo libyaml-dev check libcjson-dev libopenmpi-dev openmpi-bin libmicrohttpd-dev"
+pocl-opencl-icd clinfo libyaml-dev check libcjson-dev libopenmpi-dev openmpi-bin \
+libpcre2-dev libutf8proc-dev libedit-dev libmicrohttpd-dev"
 if [ "$1" = "--bench" ]; then PKGS="$PKGS libclblast-dev libopenblas-dev"; fi
 missing=""
 for p in $PKGS; do

@@ -41,6 +41,9 @@
 #include "clnpu/plan.h"
 #include "clnpu/tuning.h"
 #include "clnpu/pipeline.h"
+#include "clnpu/tokenizer.h"
+#include "clnpu/chat_template.h"
+#include "clnpu/generate.h"
 #include "clnpu/serve.h"
 
 #ifdef __cplusplus

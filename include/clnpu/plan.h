@@ -52,6 +52,7 @@ typedef struct clnpu_graph_unit {
     double norm_params;        /* layer norms */
     double flops_per_token;    /* projections and MLPs; attention core excluded */
     double attn_flops_per_ctx; /* attention core FLOPs per token per key (absorbed decode) */
+    double attn_prefill_flops_per_ctx; /* the same in the non-absorbed form prefill uses */
     double kv_bytes_per_token; /* latent cache bytes per token (CLNPU_LATENT_CACHE_DTYPE, what the executor allocates) */
 } clnpu_graph_unit;
 
@@ -68,6 +69,31 @@ CLNPU_API void clnpu_graph_free(clnpu_graph *g);
 
 /* ---- the cluster ---- */
 
+/* Achieved rates of the kernels the cost model prices, per device; 0 = the profile's peak times
+ * the calibration's efficiency. From a cluster file's `kernel_rates` (published figures, with
+ * their source) or from measurements (`--calibration`, which wins). */
+typedef struct clnpu_kernel_rates {
+    double gemm_flops;         /* dense and grouped GEMM, compute-bound, in the weight dtype */
+    double stream_bandwidth;   /* weights streamed by memory-bound GEMMs (bytes/s) */
+    double attn_flops;         /* attention core (MLA), compute-bound */
+    double attn_bandwidth;     /* attention core reading the latent cache (bytes/s) */
+    double alltoall_bandwidth; /* expert dispatch / combine, per device and direction (bytes/s) */
+    double alltoall_latency_s; /* per message round of dispatch / combine */
+    double alltoall_sm_fraction; /* of an exchange's time that the compute units spend on it, so
+                                  * overlapped compute cannot use them (DeepEP normal kernels hold
+                                  * 24 of 132 SMs throughout: 0.18; low-latency kernels fill every
+                                  * SM while sending and receiving, about 0.06 of 0.17 ms: 0.35) */
+} clnpu_kernel_rates;
+
+/* Expert dispatch: DeepEP's low-latency kernels send one message per (token, expert) straight
+ * over RDMA; its normal kernels send a token once per destination node, then forward inside the
+ * node (what clnpu's executor does per destination device: CLNPU_DISPATCH_DEVICE). */
+enum { CLNPU_DISPATCH_DEVICE = 0, CLNPU_DISPATCH_EXPERT, CLNPU_DISPATCH_NODE };
+/* Two-micro-batch overlap: chosen when it predicts faster (auto), forced, or never; DEFAULT (a
+ * workload's 0) defers to the cluster, whose default is OFF: clnpu's executor does not overlap
+ * micro-batches yet, the GPU deployment files say auto. */
+enum { CLNPU_TBO_DEFAULT = 0, CLNPU_TBO_AUTO, CLNPU_TBO_ON, CLNPU_TBO_OFF };
+
 typedef struct clnpu_cluster_device {
     clnpu_profile profile; /* with overrides applied */
     size_t node;
@@ -82,8 +108,22 @@ typedef struct clnpu_cluster {
     double reserve_fraction;       /* of every device's memory kept free */
     double launch_overhead_s;      /* per kernel */
     double comm_overlap;           /* fraction of the shorter of compute / communication hidden
-                                    * behind the other (0.9 default: micro-batches, async all-to-all;
-                                    * 0 for an executor that exchanges synchronously) */
+                                    * behind the other within one batch (0.9 default: asynchronous
+                                    * all-to-all; 0 for an executor that exchanges synchronously).
+                                    * Two-micro-batch overlap is a separate, priced choice (tbo). */
+    size_t redundant_experts;      /* extra expert slots per MoE layer (EPLB), e.g. 32: 256 + 32 */
+    int ep_dispatch;               /* CLNPU_DISPATCH_*: how dispatch/combine address destinations */
+    int tbo;                       /* CLNPU_TBO_*: two-micro-batch overlap (DeepSeek / SGLang) */
+    clnpu_kernel_rates rates;      /* published or measured kernel rates (0: peak x efficiency) */
+    char rates_source[256];        /* where `rates` come from (stated in the cluster file) */
+    /* Per-phase settings (`prefill:` / `decode:` blocks), for a pool that serves both phases with
+     * different kernels (DeepEP normal kernels for prefill, low-latency ones for decode). */
+    struct clnpu_cluster_phase {
+        bool set;
+        int ep_dispatch, tbo;
+        clnpu_kernel_rates rates;
+        char rates_source[256];
+    } phase[2];                    /* [CLNPU_PHASE_DECODE], [CLNPU_PHASE_PREFILL] */
 } clnpu_cluster;
 
 /* YAML: name, nodes: [{name, count (identical nodes), shared_memory_bandwidth (optional: the
@@ -110,10 +150,24 @@ typedef struct clnpu_workload {
     size_t expert_load_layers;
     size_t max_tp;       /* largest tensor-parallel width to consider; 0 = the node size */
     size_t min_tp;       /* smallest one (0 or 1: from 1); with max_tp, pins the width */
+    double prefix_hit;   /* prefill: fraction of prompt tokens found in the prefix cache (not
+                          * computed, still attended); throughput counts them, as DeepSeek's does */
+    double mtp_accept;   /* decode: acceptance of one multi-token-prediction draft token (0 = no
+                          * MTP); each step verifies 2 tokens per sequence, emits 1 + accept */
+    double expert_imbalance; /* max / mean expert load per device left after placement, measured
+                              * (1 or 0 = what the load histogram gives) */
+    int tbo;             /* CLNPU_TBO_*, overrides the cluster's when not DEFAULT */
+    size_t redundant_experts; /* overrides the cluster's when > 0 */
+    bool kv_transfer;    /* prefill: the KV cache is sent to decode devices (disaggregation), on
+                          * the inter-node link, sharing it with the expert all-to-all */
     clnpu_dtype latent_cache; /* the latent cache's element type (what the executor allocates: F32) */
+    size_t ep;           /* pins the expert-parallel width (devices per stage); 0 = searched */
 } clnpu_workload;
 
 CLNPU_API clnpu_workload clnpu_workload_default(void);
+/* The largest cluster the planner takes (65,536 devices plan in about 2 s; past it, an error).
+ * EP widths stop at max(expert slots, devices per node), so the search does not grow with N. */
+#define CLNPU_PLAN_MAX_DEVICES 65536
 /* The per-token latency target decode plans use when neither batch nor SLO is given. */
 #define CLNPU_PLAN_DEFAULT_SLO_MS 100.0
 /* YAML histogram: {layers: {L: [w0, w1, ...]}, default: [...]}; out is [moe layers][experts]. */
@@ -125,10 +179,14 @@ CLNPU_API clnpu_status clnpu_expert_load_read(const char *path, const clnpu_grap
 /* Efficiency factors (achieved / peak) for the roofline; measured files override defaults. */
 typedef struct clnpu_calibration {
     double compute_eff, memory_eff, link_eff;
+    clnpu_kernel_rates rates; /* measured kernel rates; 0 = not measured */
 } clnpu_calibration;
 CLNPU_API clnpu_calibration clnpu_calibration_default(void);
 /* `clnpu bench ... --json` lines: gemm rows give compute (large M) and memory (M = 1)
- * efficiency against the bound profile's peaks. */
+ * efficiency against the bound profile's peaks; mla rows the attention core's bandwidth and
+ * FLOP rate, attention rows the prefill attention rate, moe rows the grouped GEMM (FLOP rate at
+ * the most tokens, weight stream at the fewest); "alltoall" rows ({"op":"alltoall","gbps":..,
+ * "latency_us":..}, e.g. from DeepEP's or nccl-tests' output) the dispatch / combine link. */
 CLNPU_API clnpu_status clnpu_calibration_read(const char *path, const clnpu_profile *profile, clnpu_calibration *inout);
 
 /* ---- algorithms (exposed for tests) ---- */
@@ -194,6 +252,36 @@ CLNPU_API clnpu_status clnpu_plan_stage_specs(const clnpu_plan *p, const clnpu_m
 CLNPU_API clnpu_status clnpu_plan_write_svg(const clnpu_plan *p, FILE *out);
 /* Memory of device d: weights, kv, activations, comm buffers, reserve, capacity (bytes). */
 CLNPU_API void clnpu_plan_device_memory(const clnpu_plan *p, size_t d, double out[6]);
+
+/* Where the predicted step time goes (seconds per step, the bottleneck stage for decode, all
+ * stages for prefill): attention (projections + core), MoE compute (routed + shared experts,
+ * router, dense MLP), dispatch + combine, other (embedding, head, stage transfers, launches),
+ * pipeline bubbles, overlap credit (time hidden by overlap, subtracted), and whether two-micro-
+ * batch overlap was chosen. step = attention + moe + comm + other + bubbles - overlap. */
+typedef struct clnpu_plan_breakdown {
+    double attention_s, moe_s, comm_s, other_s, bubble_s, overlap_s;
+    bool tbo;
+    double tokens_per_step, output_tokens_per_step;
+} clnpu_plan_breakdown;
+CLNPU_API clnpu_plan_breakdown clnpu_plan_get_breakdown(const clnpu_plan *p);
+
+/* Prefill / decode disaggregation (DistServe-style, scheduler notes 7.5): split the cluster's
+ * nodes into a prefill part and a decode part, plan each phase on its part (the prefill plan
+ * sends its KV cache over the network link), and keep the split that serves the most requests
+ * per second for prompts of `input_len` and answers of `output_len` tokens:
+ * min(prefill tokens/s / input_len, decode tokens/s / output_len). `prefill` and `decode` carry
+ * the other workload inputs (weights, SLO, MTP, ...); their phase and context are set here.
+ * out_prefill / out_decode receive the two plans (destroy both), out_prefill_nodes the split. */
+CLNPU_API clnpu_status clnpu_plan_disaggregate(const clnpu_model_config *cfg, const clnpu_cluster *cluster,
+                                               const clnpu_workload *prefill, const clnpu_workload *decode,
+                                               const clnpu_calibration *cal, size_t input_len, size_t output_len,
+                                               clnpu_plan **out_prefill, clnpu_plan **out_decode,
+                                               size_t *out_prefill_nodes, double *out_requests_per_s);
+
+/* Validation against published deployments: a YAML file of rows (model, cluster, workload,
+ * published value and unit, source), each planned and compared. Paths in the file are relative
+ * to `base_dir`. Prints a table to `out`; out_worst is the largest |error| (fraction). */
+CLNPU_API clnpu_status clnpu_plan_validate(const char *path, const char *base_dir, FILE *out, double *out_worst);
 
 #ifdef __cplusplus
 }

@@ -71,6 +71,27 @@ CLNPU_API clnpu_status clnpu_program_kernel(clnpu_program *program, const char *
 /* The cache directory a device uses ("" when caching is off). */
 CLNPU_API const char *clnpu_device_cache_dir(const clnpu_device *device);
 
+/* What building programs has cost this device so far: programs compiled and loaded from the disk
+ * cache, and the time spent on each (so throughput can be told apart from first-run compiles). */
+typedef struct clnpu_program_stats {
+    size_t built, cached;
+    double build_ms, cache_ms;
+} clnpu_program_stats;
+CLNPU_API clnpu_program_stats clnpu_device_program_stats(const clnpu_device *device);
+
+/* Build (or load from the disk cache) several embedded sources with their extra options
+ * (extra_options NULL: none) at once, independent programs on up to `threads` host threads (0: one
+ * per CPU). Programs already in memory are not rebuilt; afterwards clnpu_program_get finds them all.
+ * out_programs (NULL or [count]) receives each one, its origin telling how it came. The first
+ * failure's message is kept. */
+CLNPU_API clnpu_status clnpu_program_build_many(clnpu_device *device, const char *const *source_names,
+                                      const char *const *extra_options, size_t count, size_t threads,
+                                      clnpu_program **out_programs);
+
+/* Compiler warnings never reach a terminal: kernels are built with -w, or with -Werror when
+ * CLNPU_KERNEL_WERROR=1 is set in the environment (the test suite sets it, so a warning fails a
+ * test there); PoCL prints clang's diagnostics to stderr, and the build log keeps them. */
+
 #ifdef __cplusplus
 }
 #endif

@@ -150,8 +150,10 @@ typedef struct clnpu_server_text {
     clnpu_status (*encode)(void *ctx, const char *text, size_t len, int **out_ids, size_t *out_n);
     /* the bytes of ids[0 .. n) (malloc'ed, NUL-terminated); may end inside a UTF-8 character */
     clnpu_status (*decode)(void *ctx, const int *ids, size_t n, char **out_text, size_t *out_len);
-    /* messages: the request's JSON array; the rendered prompt text (malloc'ed). NULL: no chat */
-    clnpu_status (*chat)(void *ctx, const char *messages_json, bool add_generation_prompt, char **out_text);
+    /* messages: the request's JSON array; the rendered prompt text (malloc'ed). NULL: no chat.
+     * enable_thinking: -1 as the template has it, else the request's chat_template_kwargs */
+    clnpu_status (*chat)(void *ctx, const char *messages_json, bool add_generation_prompt, int enable_thinking,
+                         char **out_text);
 } clnpu_server_text;
 
 typedef struct clnpu_server_options {
