@@ -183,9 +183,13 @@ START_TEST(test_runtime_uses_entry)
     ck_assert_msg(num / den < 1e-10, "tuned variant wrong: %g", num / den);
     /* the variant really was built with the entry's defines */
     clnpu_program *p;
-    ck_assert_ok(clnpu_program_get(dev, "gemm.cl",
-                                   "-DCLNPU_GEMM_WTYPE=0 -DCLNPU_GEMM_QGROUP=128 -DCLNPU_GEMM_EPILOGUE=0 "
-                                   "-DCLNPU_GEMM_MR=5 -DCLNPU_GEMM_NR=16 -DCLNPU_GEMM_KACC=3 -DCLNPU_GEMM_KSPLIT=1", &p));
+    char opts[256]; /* the panel width is the device's native vector width (8 on AVX2) */
+    const bool cpu = clnpu_device_get_info(dev)->type == CLNPU_DEVICE_TYPE_CPU && !clnpu_device_is_emulated(dev);
+    const int nr = cpu ? (clnpu_device_get_isa(dev)->lanes >= 16 ? 16 : 8)
+                       : (clnpu_device_get_profile(dev)->kernel.tile_n == 8 ? 8 : 16);
+    snprintf(opts, sizeof opts, "-DCLNPU_GEMM_WTYPE=0 -DCLNPU_GEMM_QGROUP=128 -DCLNPU_GEMM_EPILOGUE=0 "
+             "-DCLNPU_GEMM_MR=5 -DCLNPU_GEMM_NR=%d -DCLNPU_GEMM_KACC=3 -DCLNPU_GEMM_KSPLIT=1", nr);
+    ck_assert_ok(clnpu_program_get(dev, "gemm.cl", opts, &p));
     ck_assert_int_eq(clnpu_program_get_origin(p), CLNPU_PROGRAM_MEMORY);
     clnpu_device_set_tuning(dev, prev);
     clnpu_weight_destroy(wt);
