@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "../backend/error.h"
+#include "clnpu/capability.h"
 #include "clnpu/ops.h"
 #include "clnpu/tuning.h"
 #include "launch.h"
@@ -63,7 +64,7 @@ clnpu_status clnpu_flash_attention(clnpu_device *dev, const clnpu_attention_args
     if (bk < 1)
         return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "attention: local-memory budget %llu B cannot hold one "
                           "key/value row of %zu floats", (unsigned long long)budget, a->dqk + a->dv);
-    const bool cpu = clnpu_device_get_info(dev)->type == CLNPU_DEVICE_TYPE_CPU;
+    const bool cpu = clnpu_device_capability(dev)->family == CLNPU_KERNEL_FAMILY_CPU;
     const int tbq = clnpu_tuning_param(te, "bq", 8), tbk = clnpu_tuning_param(te, "bk", 0);
     const size_t bq = tbq >= 1 && tbq <= 16 ? (size_t)tbq : 8, wg = cpu ? 1 : 32;
     if (tbk > 0 && (size_t)tbk < bk) bk = (size_t)tbk; /* never past the local-memory budget */
@@ -79,7 +80,9 @@ bool clnpu_attention_uses_registers(const clnpu_device *dev)
     const char *force = getenv("CLNPU_ATTENTION");
     if (force && !strcmp(force, "local")) return false;
     if (force && !strcmp(force, "registers")) return true;
-    return clnpu_device_get_info(dev)->local_mem_is_global;
+    /* The capability table: the cpu family keeps queries in registers, the wg family tiles K / V
+     * through local memory. */
+    return clnpu_device_capability(dev)->family == CLNPU_KERNEL_FAMILY_CPU;
 }
 
 clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)

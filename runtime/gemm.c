@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../backend/error.h"
+#include "clnpu/capability.h"
 #include "clnpu/gemm.h"
 #include "clnpu/program.h"
 #include "clnpu/tuning.h"
@@ -133,6 +134,18 @@ void clnpu_weight_destroy(clnpu_weight *w)
     clnpu_buffer_destroy(w->w);
     clnpu_buffer_destroy(w->s);
     free(w);
+}
+
+void clnpu_weight_layout_of(const clnpu_weight *w, clnpu_weight_layout *out)
+{
+    *out = (clnpu_weight_layout){w->dtype, w->n, w->k, w->count, w->group_k, w->swiglu, w->nr,
+                                 w->w_stride, w->s_stride, w->w, w->s};
+}
+
+/* The capability table chose the work-group family for this device. */
+static bool wg_family(const clnpu_device *dev)
+{
+    return clnpu_device_capability(dev)->family == CLNPU_KERNEL_FAMILY_WG;
 }
 
 clnpu_dtype clnpu_weight_dtype(const clnpu_weight *w) { return w->dtype; }
@@ -273,6 +286,8 @@ clnpu_status clnpu_gemm(clnpu_device *dev, const clnpu_weight *w, size_t matrix,
     if (matrix >= w->count)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "gemm: matrix %zu of a group of %zu", matrix, w->count);
     if (a->m == 0) return CLNPU_OK;
+    clnpu_weight_layout wl;
+    if (wg_family(dev)) return clnpu_weight_layout_of(w, &wl), clnpu_gemm_wg(dev, &wl, matrix, a, ldx, ldy, ldr);
     const clnpu_tuning_entry *te =
         clnpu_device_tuning_lookup(dev, "gemm", clnpu_dtype_name(w->dtype), gemm_class(a->m, false));
     unsigned mr = choose_mr(dev, w, a->epilogue, a->m, te);
@@ -380,6 +395,8 @@ clnpu_status clnpu_gemm_grouped(clnpu_device *dev, const clnpu_weight *w, const 
         if (segs[i].rows > maxrows) maxrows = segs[i].rows;
     }
     if (!maxrows) return CLNPU_OK;
+    clnpu_weight_layout wl;
+    if (wg_family(dev)) return clnpu_weight_layout_of(w, &wl), clnpu_gemm_wg_grouped(dev, &wl, segs, count, a, ldx, ldy, ldr);
     const clnpu_tuning_entry *te = clnpu_device_tuning_lookup(dev, "gemm", clnpu_dtype_name(w->dtype), "grouped");
     unsigned mr = choose_mr(dev, w, a->epilogue, maxrows, te);
     for (size_t i = 0; i < count; i++) total += (segs[i].rows + mr - 1) / mr;
@@ -445,6 +462,9 @@ clnpu_status clnpu_gemm_grouped_counts(clnpu_device *dev, const clnpu_weight *w,
                           "matrices' ints", E);
     if (a->m == 0) return CLNPU_OK;
     if (a->m > 0xffffffffu) return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "grouped gemm: %zu rows", a->m);
+    clnpu_weight_layout wl;
+    if (wg_family(dev))
+        return clnpu_weight_layout_of(w, &wl), clnpu_gemm_wg_grouped_counts(dev, &wl, counts, offsets, a, ldx, ldy, ldr);
     const clnpu_tuning_entry *te = clnpu_device_tuning_lookup(dev, "gemm", clnpu_dtype_name(w->dtype), "grouped");
     unsigned mr = choose_mr(dev, w, a->epilogue, max_rows ? max_rows : a->m, te);
     /* However the m rows fall into segments, each non-empty one adds at most one partial tile. */

@@ -21,6 +21,7 @@ int main(void)
     srunner_add_suite(sr, suite_checkpoint());
     srunner_add_suite(sr, suite_plan());
     srunner_add_suite(sr, suite_tuning());
+    srunner_add_suite(sr, suite_wg());
     /* No fork: OpenCL runtimes are not fork-safe, and sharing one device shares its programs. */
     srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);

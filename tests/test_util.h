@@ -46,5 +46,6 @@ Suite *suite_model(void);
 Suite *suite_checkpoint(void);
 Suite *suite_plan(void);
 Suite *suite_tuning(void);
+Suite *suite_wg(void);
 
 #endif

@@ -1,0 +1,218 @@
+/* Host side of the work-group GEMM family (kernels-cl/gemm_wg.cl): tile parameters from the
+ * capability table, the tuning database ("gemm_wg" entries) and the local-memory budget; the
+ * kernel's local bytes are checked against the (emulated) budget before every launch. */
+#include <CL/cl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../backend/error.h"
+#include "clnpu/capability.h"
+#include "clnpu/program.h"
+#include "clnpu/tuning.h"
+#include "gemm_internal.h"
+#include "launch.h"
+
+#define GEMV_MAXM 8 /* kernels-cl/gemm_wg.cl: rows the GEMV kernel takes */
+
+static const char *shape_class(size_t m, bool grouped)
+{
+    return grouped ? "grouped" : m == 1 ? "gemv" : m <= 8 ? "decode" : "prefill";
+}
+
+typedef struct wg_choice {
+    clnpu_gemm_wg_params p;
+    unsigned wgs;          /* GEMV work-group */
+    size_t gemm_local, gemv_local;
+    char opts[384];
+} wg_choice;
+
+/* Parameters for one call: table defaults, then a tuning entry (if its values are consistent),
+ * then re-tiled into the local-memory budget; fails naming the bytes when nothing fits. */
+static clnpu_status choose(clnpu_device *dev, const clnpu_weight_layout *w, clnpu_epilogue ep, size_t m,
+                           bool grouped, wg_choice *c)
+{
+    /* only the kernel about to run must fit: the GEMV for m <= GEMV_MAXM (not grouped) */
+    const bool gemv = !grouped && m <= GEMV_MAXM;
+    const clnpu_capability *cap = clnpu_device_capability(dev);
+    c->p = cap->gemm;
+    const clnpu_tuning_entry *te =
+        clnpu_device_tuning_lookup(dev, "gemm_wg", clnpu_dtype_name(w->dtype), shape_class(m, grouped));
+    if (te) {
+        clnpu_gemm_wg_params t = c->p;
+        unsigned *f[] = {&t.mwg, &t.nwg, &t.kwg, &t.mdimc, &t.ndimc, &t.vwm, &t.vwn, &t.kwi, &t.sa, &t.sb};
+        const char *names[] = {"mwg", "nwg", "kwg", "mdimc", "ndimc", "vwm", "vwn", "kwi", "sa", "sb"};
+        for (size_t i = 0; i < 10; i++) {
+            int v = clnpu_tuning_param(te, names[i], -1);
+            if (v >= 0 && v <= 4096) *f[i] = (unsigned)v;
+        }
+        if (clnpu_gemm_wg_params_valid(&t, cap->max_wg, NULL)) c->p = t;
+    }
+    const bool swiglu = ep == CLNPU_EPILOGUE_SWIGLU;
+    const uint64_t budget = cap->local_mem_bytes;
+    const clnpu_profile *prof = clnpu_device_get_profile(dev);
+    if (!clnpu_gemm_wg_fit(&c->p, budget, swiglu) && !gemv)
+        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "gemm_wg (%s%s): the smallest %ux%ux%u tile needs %zu bytes of local "
+                          "memory; the budget on device %zu (profile '%s'%s) is %llu bytes",
+                          clnpu_dtype_name(w->dtype), swiglu ? ", SwiGLU" : "", c->p.mwg, c->p.nwg, c->p.kwg,
+                          clnpu_gemm_wg_local_bytes(&c->p, swiglu), clnpu_device_get_info(dev)->index, prof->name,
+                          clnpu_device_is_emulated(dev) ? ", emulated" : "", (unsigned long long)budget);
+    c->gemm_local = clnpu_gemm_wg_local_bytes(&c->p, swiglu);
+    c->wgs = cap->wg_size < w->nr ? w->nr : cap->wg_size;
+    while (c->wgs > w->nr && (c->wgs > cap->max_wg ||
+                              (uint64_t)GEMV_MAXM * c->wgs * sizeof(float) * (swiglu ? 2 : 1) > budget))
+        c->wgs /= 2;
+    c->gemv_local = (size_t)GEMV_MAXM * c->wgs * sizeof(float) * (swiglu ? 2 : 1);
+    if (c->gemv_local > budget && gemv)
+        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "gemv_wg: %u work-items need %zu bytes of local memory; the budget on "
+                          "device %zu (profile '%s') is %llu bytes", c->wgs, c->gemv_local,
+                          clnpu_device_get_info(dev)->index, prof->name, (unsigned long long)budget);
+    snprintf(c->opts, sizeof c->opts,
+             "-DCLNPU_GEMM_WTYPE=%d -DCLNPU_GEMM_QGROUP=%zu -DCLNPU_GEMM_EPILOGUE=%d -DCLNPU_GEMM_NR=%u -DMWG=%u "
+             "-DNWG=%u -DKWG=%u -DMDIMC=%u -DNDIMC=%u -DVWM=%u -DVWN=%u -DKWI=%u -DSA=%u -DSB=%u -DWGS=%u",
+             (int)w->dtype, w->dtype == CLNPU_DTYPE_I8 ? w->group_k : (size_t)128, (int)ep, w->nr, c->p.mwg,
+             c->p.nwg, c->p.kwg, c->p.mdimc, c->p.ndimc, c->p.vwm, c->p.vwn, c->p.kwi, c->p.sa, c->p.sb, c->wgs);
+    return CLNPU_OK;
+}
+
+#define SETARG(k, i, v)                                                                            \
+    do {                                                                                           \
+        __typeof__(v) v_ = (v);                                                                    \
+        cl_int e_ = clSetKernelArg(k, i, sizeof v_, &v_);                                          \
+        if (e_) return clnpu_fail_cl(e_, "clSetKernelArg", "setting work-group GEMM arguments");   \
+    } while (0)
+
+static clnpu_status kernel_of(clnpu_device *dev, const wg_choice *c, const char *name, cl_kernel *k)
+{
+    clnpu_program *prog;
+    clnpu_status st = clnpu_program_get(dev, "gemm_wg.cl", c->opts, &prog);
+    if (!st) st = clnpu_program_kernel(prog, name, (void **)k);
+    return st;
+}
+
+clnpu_status clnpu_gemm_wg(clnpu_device *dev, const clnpu_weight_layout *w, size_t matrix, const clnpu_gemm_args *a,
+                           size_t ldx, size_t ldy, size_t ldr)
+{
+    wg_choice c;
+    clnpu_status st = choose(dev, w, a->epilogue, a->m, false, &c);
+    if (st) return st;
+    const bool gemv = a->m <= GEMV_MAXM;
+    cl_kernel k;
+    st = kernel_of(dev, &c, gemv ? "clnpu_gemv_wg" : "clnpu_gemm_wg", &k);
+    if (st) return st;
+    cl_mem r = clnpu_mem(a->residual ? a->residual : a->y), s = clnpu_mem(w->s ? w->s : w->w);
+    SETARG(k, 0, clnpu_mem(a->x));
+    SETARG(k, 1, (cl_uint)a->x_offset);
+    SETARG(k, 2, (cl_uint)ldx);
+    SETARG(k, 3, clnpu_mem(w->w));
+    SETARG(k, 4, (cl_ulong)(matrix * w->w_stride));
+    SETARG(k, 5, s);
+    SETARG(k, 6, (cl_ulong)(matrix * w->s_stride));
+    SETARG(k, 7, clnpu_mem(a->y));
+    SETARG(k, 8, (cl_uint)a->y_offset);
+    SETARG(k, 9, (cl_uint)ldy);
+    SETARG(k, 10, r);
+    SETARG(k, 11, (cl_uint)a->r_offset);
+    SETARG(k, 12, (cl_uint)ldr);
+    SETARG(k, 13, (cl_uint)a->m);
+    SETARG(k, 14, (cl_uint)w->n);
+    SETARG(k, 15, (cl_uint)w->k);
+    SETARG(k, 16, (cl_float)a->alpha);
+    if (gemv) {
+        size_t g[1] = {(w->n + w->nr - 1) / w->nr * c.wgs}, l[1] = {c.wgs};
+        return clnpu_enqueue(dev, k, 1, g, l, "clnpu_gemv_wg");
+    }
+    const size_t threads = (size_t)c.p.mdimc * c.p.ndimc;
+    size_t g[2] = {(w->n + c.p.nwg - 1) / c.p.nwg * threads, (a->m + c.p.mwg - 1) / c.p.mwg}, l[2] = {threads, 1};
+    return clnpu_enqueue(dev, k, 2, g, l, "clnpu_gemm_wg");
+}
+
+static clnpu_status grouped_args(cl_kernel k, const clnpu_weight_layout *w, const clnpu_gemm_args *a, size_t ldx,
+                                 size_t ldy, size_t ldr)
+{
+    SETARG(k, 0, clnpu_mem(a->x));
+    SETARG(k, 1, (cl_uint)a->x_offset);
+    SETARG(k, 2, (cl_uint)ldx);
+    SETARG(k, 3, clnpu_mem(w->w));
+    SETARG(k, 4, clnpu_mem(w->s ? w->s : w->w));
+    SETARG(k, 5, clnpu_mem(a->y));
+    SETARG(k, 6, (cl_uint)a->y_offset);
+    SETARG(k, 7, (cl_uint)ldy);
+    SETARG(k, 8, clnpu_mem(a->residual ? a->residual : a->y));
+    SETARG(k, 9, (cl_uint)a->r_offset);
+    SETARG(k, 10, (cl_uint)ldr);
+    return CLNPU_OK;
+}
+
+clnpu_status clnpu_gemm_wg_grouped(clnpu_device *dev, const clnpu_weight_layout *w, const clnpu_gemm_segment *segs,
+                                   size_t count, const clnpu_gemm_args *a, size_t ldx, size_t ldy, size_t ldr)
+{
+    wg_choice c;
+    clnpu_status st = choose(dev, w, a->epilogue, a->m, true, &c);
+    if (st) return st;
+    size_t total = 0;
+    for (size_t i = 0; i < count; i++) total += (segs[i].rows + c.p.mwg - 1) / c.p.mwg;
+    if (!total) return CLNPU_OK;
+    cl_int *tiles = malloc(total * 3 * sizeof *tiles);
+    if (!tiles) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    size_t t = 0;
+    for (size_t i = 0; i < count; i++)
+        for (size_t r = 0; r < segs[i].rows; r += c.p.mwg, t++) {
+            tiles[3 * t] = (cl_int)segs[i].matrix;
+            tiles[3 * t + 1] = (cl_int)(segs[i].row + r);
+            tiles[3 * t + 2] = (cl_int)(segs[i].rows - r < c.p.mwg ? segs[i].rows - r : c.p.mwg);
+        }
+    cl_kernel k;
+    st = kernel_of(dev, &c, "clnpu_gemm_wg_grouped", &k);
+    cl_int err = 0;
+    cl_mem tb = NULL;
+    if (!st) {
+        tb = clCreateBuffer(clnpu_device_cl_context(dev), CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                            total * 3 * sizeof *tiles, tiles, &err);
+        if (!tb) st = clnpu_fail_cl(err, "clCreateBuffer", "uploading the grouped GEMM tile table");
+    }
+    free(tiles);
+    if (st) return st;
+    st = grouped_args(k, w, a, ldx, ldy, ldr);
+    const cl_uint nt = (cl_uint)total, n = (cl_uint)w->n, kk = (cl_uint)w->k;
+    const cl_ulong ws = w->w_stride, ss = w->s_stride;
+    const cl_float alpha = a->alpha;
+    const clnpu_karg rest[] = {KARG(tb), KARG(nt), KARG(n), KARG(kk), KARG(ws), KARG(ss), KARG(alpha)};
+    for (cl_uint i = 0; !st && i < 7; i++)
+        if ((err = clSetKernelArg(k, 11 + i, rest[i].size, rest[i].value)))
+            st = clnpu_fail_cl(err, "clSetKernelArg", "setting grouped GEMM arguments");
+    if (!st) {
+        const size_t threads = (size_t)c.p.mdimc * c.p.ndimc;
+        size_t g[2] = {(w->n + c.p.nwg - 1) / c.p.nwg * threads, total}, l[2] = {threads, 1};
+        st = clnpu_enqueue(dev, k, 2, g, l, "clnpu_gemm_wg_grouped");
+    }
+    clReleaseMemObject(tb); /* the queued launch keeps it alive */
+    return st;
+}
+
+clnpu_status clnpu_gemm_wg_grouped_counts(clnpu_device *dev, const clnpu_weight_layout *w, clnpu_buffer *counts,
+                                          clnpu_buffer *offsets, const clnpu_gemm_args *a, size_t ldx, size_t ldy,
+                                          size_t ldr)
+{
+    wg_choice c;
+    clnpu_status st = choose(dev, w, a->epilogue, a->m, true, &c);
+    if (st) return st;
+    cl_kernel k;
+    st = kernel_of(dev, &c, "clnpu_gemm_wg_grouped_counts", &k);
+    if (!st) st = grouped_args(k, w, a, ldx, ldy, ldr);
+    if (st) return st;
+    /* However the m rows fall into segments, each non-empty one adds at most one partial tile. */
+    const size_t E = w->count, busy = a->m < E ? a->m : E, tiles = (a->m + busy * (c.p.mwg - 1)) / c.p.mwg;
+    SETARG(k, 11, clnpu_mem(counts));
+    SETARG(k, 12, clnpu_mem(offsets));
+    SETARG(k, 13, (cl_uint)E);
+    SETARG(k, 14, (cl_uint)a->m);
+    SETARG(k, 15, (cl_uint)w->n);
+    SETARG(k, 16, (cl_uint)w->k);
+    SETARG(k, 17, (cl_ulong)w->w_stride);
+    SETARG(k, 18, (cl_ulong)w->s_stride);
+    SETARG(k, 19, (cl_float)a->alpha);
+    const size_t threads = (size_t)c.p.mdimc * c.p.ndimc;
+    size_t g[2] = {(w->n + c.p.nwg - 1) / c.p.nwg * threads, tiles}, l[2] = {threads, 1};
+    return clnpu_enqueue(dev, k, 2, g, l, "clnpu_gemm_wg_grouped");
+}
