@@ -287,19 +287,16 @@ inline void gemm_wg_tile(__global const float *X, uint ldx, __global const WT *W
     }
 }
 
-#define LOCAL_TILES                                                                                \
-    __local float Xs[SA ? KWG * MWG : 1];                                                          \
-    __local float Ws[SB ? KWG * NWG : 1];                                                          \
-    __local float Us[SB && SWIGLU ? KWG * NWG : 1];
-
+/* The tiles are __local kernel arguments sized by the host (KWG x MWG, KWG x NWG, KWG x NWG for
+ * SwiGLU's up panels; one float where unused), so a launch states its local bytes up front. */
+#define LOCAL_TILES_ARGS , __local float *Xs, __local float *Ws, __local float *Us
 /* Grid: (ceil(N / NWG) * THREADS, ceil(M / MWG)), local (THREADS, 1). */
 __kernel __attribute__((reqd_work_group_size(THREADS, 1, 1)))
 void clnpu_gemm_wg(__global const float *X, const uint xoff, const uint ldx, __global const WT *Wp,
                    const ulong woff, __global const float *S, const ulong soff, __global float *Y,
                    const uint yoff, const uint ldy, __global const float *R, const uint roff,
-                   const uint ldr, const uint M, const uint N, const uint K, const float alpha)
+                   const uint ldr, const uint M, const uint N, const uint K, const float alpha LOCAL_TILES_ARGS)
 {
-    LOCAL_TILES
     const uint n0 = get_group_id(0) * NWG, m0 = get_group_id(1) * MWG;
     if (n0 >= N || m0 >= M) return; /* whole work-group: no barrier is skipped by part of it */
     gemm_wg_tile(X + xoff, ldx, Wp + woff, S + soff, Y + yoff, ldy, R + roff, ldr, m0, min(M, m0 + MWG), n0, N,
@@ -313,9 +310,8 @@ void clnpu_gemm_wg_grouped(__global const float *X, const uint xoff, const uint 
                            __global const float *S, __global float *Y, const uint yoff, const uint ldy,
                            __global const float *R, const uint roff, const uint ldr, __global const int *tiles,
                            const uint ntiles, const uint N, const uint K, const ulong w_stride,
-                           const ulong s_stride, const float alpha)
+                           const ulong s_stride, const float alpha LOCAL_TILES_ARGS)
 {
-    LOCAL_TILES
     const uint n0 = get_group_id(0) * NWG, t = get_group_id(1);
     if (n0 >= N || t >= ntiles) return;
     const uint e = (uint)tiles[3 * t], row0 = (uint)tiles[3 * t + 1], rows = (uint)tiles[3 * t + 2];
@@ -332,9 +328,8 @@ void clnpu_gemm_wg_grouped_counts(__global const float *X, const uint xoff, cons
                                   __global const float *R, const uint roff, const uint ldr,
                                   __global const int *counts, __global const int *offsets, const uint E,
                                   const uint M, const uint N, const uint K, const ulong w_stride,
-                                  const ulong s_stride, const float alpha)
+                                  const ulong s_stride, const float alpha LOCAL_TILES_ARGS)
 {
-    LOCAL_TILES
     const uint n0 = get_group_id(0) * NWG;
     uint t = get_group_id(1);
     if (n0 >= N) return;
@@ -363,12 +358,10 @@ __kernel __attribute__((reqd_work_group_size(WGS, 1, 1)))
 void clnpu_gemv_wg(__global const float *X, const uint xoff, const uint ldx, __global const WT *Wp,
                    const ulong woff, __global const float *S, const ulong soff, __global float *Y,
                    const uint yoff, const uint ldy, __global const float *R, const uint roff,
-                   const uint ldr, const uint M, const uint N, const uint K, const float alpha)
+                   const uint ldr, const uint M, const uint N, const uint K, const float alpha,
+                   __local float *red, __local float *redu)
 {
-    __local float red[GEMV_MAXM * WGS];
-#if SWIGLU
-    __local float redu[GEMV_MAXM * WGS];
-#endif
+    /* red, redu: GEMV_MAXM x WGS floats each (redu one float unless SwiGLU), sized by the host */
     const uint lid = get_local_id(0), j = lid % NR, kq = lid / NR, p = get_group_id(0);
     if (p * NR >= N) return;
     X += xoff;

@@ -82,6 +82,26 @@ static clnpu_status choose(clnpu_device *dev, const clnpu_weight_layout *w, clnp
         if (e_) return clnpu_fail_cl(e_, "clSetKernelArg", "setting work-group GEMM arguments");   \
     } while (0)
 
+/* The __local tile arguments (see gemm_wg.cl) from argument index i on: the launch's stated
+ * local bytes, checked against the budget in choose(). */
+static clnpu_status local_args(cl_kernel k, cl_uint i, const wg_choice *c, bool gemv, bool swiglu)
+{
+    size_t sz[3];
+    if (gemv) {
+        sz[0] = (size_t)GEMV_MAXM * c->wgs * sizeof(float);
+        sz[1] = swiglu ? sz[0] : sizeof(float);
+    } else {
+        sz[0] = (c->p.sa ? (size_t)c->p.kwg * c->p.mwg : 1) * sizeof(float);
+        sz[1] = (c->p.sb ? (size_t)c->p.kwg * c->p.nwg : 1) * sizeof(float);
+        sz[2] = (c->p.sb && swiglu ? (size_t)c->p.kwg * c->p.nwg : 1) * sizeof(float);
+    }
+    for (cl_uint j = 0; j < (gemv ? 2u : 3u); j++) {
+        cl_int e = clSetKernelArg(k, i + j, sz[j], NULL);
+        if (e) return clnpu_fail_cl(e, "clSetKernelArg", "sizing work-group GEMM local memory");
+    }
+    return CLNPU_OK;
+}
+
 static clnpu_status kernel_of(clnpu_device *dev, const wg_choice *c, const char *name, cl_kernel *k)
 {
     clnpu_program *prog;
@@ -118,6 +138,8 @@ clnpu_status clnpu_gemm_wg(clnpu_device *dev, const clnpu_weight_layout *w, size
     SETARG(k, 14, (cl_uint)w->n);
     SETARG(k, 15, (cl_uint)w->k);
     SETARG(k, 16, (cl_float)a->alpha);
+    st = local_args(k, 17, &c, gemv, a->epilogue == CLNPU_EPILOGUE_SWIGLU);
+    if (st) return st;
     if (gemv) {
         size_t g[1] = {(w->n + w->nr - 1) / w->nr * c.wgs}, l[1] = {c.wgs};
         return clnpu_enqueue(dev, k, 1, g, l, "clnpu_gemv_wg");
@@ -181,6 +203,7 @@ clnpu_status clnpu_gemm_wg_grouped(clnpu_device *dev, const clnpu_weight_layout 
     for (cl_uint i = 0; !st && i < 7; i++)
         if ((err = clSetKernelArg(k, 11 + i, rest[i].size, rest[i].value)))
             st = clnpu_fail_cl(err, "clSetKernelArg", "setting grouped GEMM arguments");
+    if (!st) st = local_args(k, 18, &c, false, a->epilogue == CLNPU_EPILOGUE_SWIGLU);
     if (!st) {
         const size_t threads = (size_t)c.p.mdimc * c.p.ndimc;
         size_t g[2] = {(w->n + c.p.nwg - 1) / c.p.nwg * threads, total}, l[2] = {threads, 1};
@@ -212,6 +235,8 @@ clnpu_status clnpu_gemm_wg_grouped_counts(clnpu_device *dev, const clnpu_weight_
     SETARG(k, 17, (cl_ulong)w->w_stride);
     SETARG(k, 18, (cl_ulong)w->s_stride);
     SETARG(k, 19, (cl_float)a->alpha);
+    st = local_args(k, 20, &c, false, a->epilogue == CLNPU_EPILOGUE_SWIGLU);
+    if (st) return st;
     const size_t threads = (size_t)c.p.mdimc * c.p.ndimc;
     size_t g[2] = {(w->n + c.p.nwg - 1) / c.p.nwg * threads, tiles}, l[2] = {threads, 1};
     return clnpu_enqueue(dev, k, 2, g, l, "clnpu_gemm_wg_grouped");
