@@ -149,3 +149,22 @@ clnpu_status clnpu_device_set_kernel_family(clnpu_device *dev, clnpu_kernel_fami
     }
     return CLNPU_OK;
 }
+
+const char *clnpu_op_variant(const clnpu_device *dev, const char *op, size_t rows)
+{
+    const bool wg = dev->cap.family == CLNPU_KERNEL_FAMILY_WG;
+    static const struct { const char *op, *cpu, *wg; } table[] = {
+        {"gemv", "cpu:clnpu_gemm (M <= 8 panel stream)", "wg:clnpu_gemv_wg"},
+        {"gemm", "cpu:clnpu_gemm (register block)", "wg:clnpu_gemm_wg (local tiles)"},
+        {"gemm_grouped", "cpu:clnpu_gemm_grouped", "wg:clnpu_gemm_wg_grouped"},
+        {"rmsnorm", "cpu:clnpu_rmsnorm (1 work-item per row)", "wg:clnpu_rmsnorm (work-group reduction)"},
+        {"argmax", "cpu:clnpu_argmax", "wg:clnpu_argmax_wg"},
+        {"sample", "cpu:clnpu_sample", "wg:clnpu_sample_wg"},
+        {"flash_attention", "cpu:clnpu_flash_attn_regs", "wg:clnpu_flash_attn (K/V tiles in local memory)"},
+        {"model_forward", "cpu", "wg"},
+    };
+    if (!strcmp(op, "gemm") && rows && rows <= 8) op = "gemv";
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+        if (!strcmp(table[i].op, op)) return wg ? table[i].wg : table[i].cpu;
+    return "shared"; /* one kernel for both families (elementwise, routing, MLA decode) */
+}

@@ -64,6 +64,11 @@ const clnpu_capability *clnpu_device_capability(const clnpu_device *device);
  * built before keep their programs; the next launch builds the other family's. wg_size must be a
  * power of two within the device's work-group limit. */
 clnpu_status clnpu_device_set_kernel_family(clnpu_device *device, clnpu_kernel_family family, unsigned wg_size);
+/* The kernel an operator runs on this device in its current family, "family:kernel" (reports,
+ * benchmarks): op is one of gemm, gemv, gemm_grouped, rmsnorm, argmax, sample, flash_attention,
+ * mla_decode, rope_yarn, silu_mul, softmax, moe_route_ids, moe_route_weights, model_forward; rows is
+ * M for GEMM (gemm with rows <= 8 is the GEMV). Ops with one kernel for both families say "shared". */
+const char *clnpu_op_variant(const clnpu_device *device, const char *op, size_t rows);
 /* Bytes of local memory a work-group GEMM tile with these parameters uses. */
 size_t clnpu_gemm_wg_local_bytes(const clnpu_gemm_wg_params *p, bool swiglu);
 /* Whether parameters are consistent (multiples, power-of-two thread counts, within max_wg);
