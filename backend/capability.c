@@ -160,7 +160,7 @@ const char *clnpu_op_variant(const clnpu_device *dev, const char *op, size_t row
         {"rmsnorm", "cpu:clnpu_rmsnorm (1 work-item per row)", "wg:clnpu_rmsnorm (work-group reduction)"},
         {"argmax", "cpu:clnpu_argmax", "wg:clnpu_argmax_wg"},
         {"sample", "cpu:clnpu_sample", "wg:clnpu_sample_wg"},
-        {"flash_attention", "cpu:clnpu_flash_attn_regs", "wg:clnpu_flash_attn (K/V tiles in local memory)"},
+        {"flash_attention", "cpu:clnpu_flash_attn_regs", "wg:clnpu_flash_attn_wg (Q, K/V tiles in local memory)"},
         {"model_forward", "cpu", "wg"},
     };
     if (!strcmp(op, "gemm") && rows && rows <= 8) op = "gemv";

@@ -57,6 +57,33 @@ clnpu_status clnpu_flash_attention(clnpu_device *dev, const clnpu_attention_args
         size_t g[2] = {(a->tokens + qv * qg - 1) / (qv * qg), a->heads}, l[2] = {1, 1};
         return clnpu_launch(dev, "attention.cl", opts, "clnpu_flash_attn_regs", 2, g, l, args, 19);
     }
+    const char *force = getenv("CLNPU_ATTENTION");
+    if (clnpu_device_capability(dev)->family == CLNPU_KERNEL_FAMILY_WG && !(force && !strcmp(force, "local"))) {
+        /* The work-group kernel: a group per BQ-query tile, K / V tiles of BK rows in local
+         * memory, the largest BK (64 .. 4) that fits the budget with the Q tile and scores. */
+        const clnpu_capability *cap = clnpu_device_capability(dev);
+        const int tbq = clnpu_tuning_param(te, "wg_bq", 16);
+        size_t wgs = cap->wg_size, bq = tbq >= 1 && tbq <= 64 ? (size_t)tbq : 16;
+        if (bq > wgs) bq = wgs;
+        const uint64_t budget = cap->local_mem_bytes;
+        size_t bk = 64, lbytes = 0;
+        for (;; bk /= 2) {
+            lbytes = (bq * a->dqk + bk * (a->dqk + 1) + bk * a->dv + bq * bk + 3 * bq) * sizeof(float);
+            if (lbytes <= budget || bk <= 4) break;
+        }
+        if (lbytes > budget)
+            return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "clnpu_flash_attn_wg: a %zu-query x %zu-key tile (d %zu/%zu) needs "
+                              "%zu bytes of local memory; the budget on device %zu (profile '%s') is %llu bytes", bq, bk,
+                              a->dqk, a->dv, lbytes, clnpu_device_get_info(dev)->index,
+                              clnpu_device_get_profile(dev)->name, (unsigned long long)budget);
+        snprintf(opts, sizeof opts, "-DCLNPU_ATTN_DQK=%zu -DCLNPU_ATTN_DV=%zu -DCLNPU_ATTN_BQ=%zu -DCLNPU_ATTN_BK=%zu "
+                 "-DWGS=%zu", a->dqk, a->dv, bq, bk, wgs);
+        clnpu_karg wargs[20];
+        memcpy(wargs, args, sizeof args);
+        wargs[19] = (clnpu_karg){lbytes, NULL}; /* the __local tile area */
+        size_t g[2] = {(a->tokens + bq - 1) / bq * wgs, a->heads}, l[2] = {wgs, 1};
+        return clnpu_launch(dev, "attention_wg.cl", opts, "clnpu_flash_attn_wg", 2, g, l, wargs, 20);
+    }
     /* Key tile rows from the local-memory budget (the emulated NPU's SRAM when emulating). */
     const uint64_t budget = clnpu_device_local_mem_budget(dev);
     size_t bk = (size_t)(budget / ((a->dqk + a->dv) * sizeof(float)));

@@ -293,6 +293,8 @@ START_TEST(test_wg_sampling)
 {
     clnpu_device *dev = test_device();
     const unsigned sizes[] = {64, 128, 256};
+    /* CLNPU_TEST_SMALL (tools/oclgrind_wg.sh: a simulator runs each work-item) skips the full vocabulary */
+    if (_i == 2 && getenv("CLNPU_TEST_SMALL")) return;
     const size_t rows = 6, n = _i == 2 ? 163840 : 3001, ld = n + 7;
     float *l = malloc(rows * ld * sizeof *l);
     for (size_t i = 0; i < rows * ld; i++) l[i] = test_rand_normal() * 3;
@@ -462,6 +464,53 @@ START_TEST(test_wg_budget_refused)
 }
 END_TEST
 
+
+/* Causal flash attention with a cached prefix, A.X K1 head dims (192 / 128) and a small one, by
+ * 64 / 128 / 256 work-items, against float64; rows between heads and past the tokens stay
+ * poisoned. */
+START_TEST(test_wg_attention)
+{
+    clnpu_device *dev = test_device();
+    const unsigned sizes[] = {64, 128, 256};
+    force_wg(sizes[_i]);
+    const size_t H = 2, T = _i == 1 ? 21 : 37, P = _i == 2 ? 0 : 13, S = P + T;
+    const size_t dq = _i == 1 ? 24 : 192, dv = _i == 1 ? 16 : 128;
+    const size_t ldq = H * dq + 4, ldk = H * dq, ldv = H * dv + 8, ldo = H * dv + 4;
+    float *q = random_vec(T * ldq), *k = random_vec(S * ldk), *v = random_vec(S * ldv), *o = malloc(T * ldo * 4);
+    clnpu_buffer *bq = upload(q, T * ldq * 4), *bk = upload(k, S * ldk * 4), *bv = upload(v, S * ldv * 4),
+                 *bo = poisoned(T * ldo * 4);
+    const float scale = 1.0f / sqrtf((float)dq);
+    clnpu_attention_args a = {.q = {bq, 0, ldq}, .k = {bk, 0, ldk}, .v = {bv, 0, ldv}, .o = {bo, 0, ldo},
+                              .q_head_stride = dq, .k_head_stride = dq, .v_head_stride = dv, .o_head_stride = dv,
+                              .heads = H, .dqk = dq, .dv = dv, .tokens = T, .prefix = P, .scale = scale};
+    ck_assert_str_eq(clnpu_op_variant(dev, "flash_attention", 0), "wg:clnpu_flash_attn_wg (Q, K/V tiles in local memory)");
+    ck_assert_ok(clnpu_flash_attention(dev, &a));
+    ck_assert_ok(clnpu_buffer_read(bo, 0, o, T * ldo * 4));
+    double *ref = malloc(T * H * dv * sizeof *ref), *sc = malloc(S * sizeof *sc);
+    float *got = malloc(T * H * dv * 4);
+    for (size_t t = 0; t < T; t++)
+        for (size_t h = 0; h < H; h++) {
+            double mx = -INFINITY, z = 0;
+            for (size_t j = 0; j <= P + t; j++) {
+                sc[j] = scale * dot(q + t * ldq + h * dq, k + j * ldk + h * dq, dq);
+                mx = fmax(mx, sc[j]);
+            }
+            for (size_t j = 0; j <= P + t; j++) z += (sc[j] = exp(sc[j] - mx));
+            for (size_t d = 0; d < dv; d++) {
+                double acc = 0;
+                for (size_t j = 0; j <= P + t; j++) acc += sc[j] * v[j * ldv + h * dv + d];
+                ref[(t * H + h) * dv + d] = acc / z;
+                got[(t * H + h) * dv + d] = o[t * ldo + h * dv + d];
+            }
+            if (h == H - 1) ck_assert_msg(isnan(o[t * ldo + H * dv]), "row %zu: written past the heads", t);
+        }
+    const double err = rel_error(got, ref, T * H * dv), tol = 2e-6 * sqrt((double)S) + 1e-6;
+    ck_assert_msg(err <= tol, "attention wg %u T=%zu P=%zu d %zu/%zu: %.3g > %.3g", sizes[_i], T, P, dq, dv, err, tol);
+    free(q), free(k), free(v), free(o), free(ref), free(sc), free(got);
+    clnpu_buffer_destroy(bq), clnpu_buffer_destroy(bk), clnpu_buffer_destroy(bv), clnpu_buffer_destroy(bo);
+}
+END_TEST
+
 static double rel(const float *a, const float *ref, size_t n)
 {
     double num = 0, den = 0;
@@ -514,19 +563,38 @@ START_TEST(test_wg_model_transformers)
 }
 END_TEST
 
+/* One tcase per kernel group, so each can be run alone (CK_RUN_CASE=wg_sampling; also how
+ * tools/oclgrind_wg.sh runs them under Oclgrind). */
+static TCase *wg_case(const char *name)
+{
+    TCase *tc = tcase_create(name);
+    tcase_set_timeout(tc, 600);
+    tcase_add_checked_fixture(tc, wg_setup, wg_teardown);
+    return tc;
+}
+
 Suite *suite_wg(void)
 {
     Suite *s = suite_create("wg");
-    TCase *tc = tcase_create("wg");
-    tcase_set_timeout(tc, 600);
-    tcase_add_checked_fixture(tc, wg_setup, wg_teardown);
+    TCase *tc = wg_case("wg_capability");
     tcase_add_test(tc, test_wg_capability);
+    tcase_add_test(tc, test_wg_budget_refused);
+    suite_add_tcase(s, tc);
+    tc = wg_case("wg_gemm");
     tcase_add_loop_test(tc, test_wg_gemm, 0, sizeof cases / sizeof cases[0]);
     tcase_add_loop_test(tc, test_wg_gemm_grouped, 0, 2);
     tcase_add_test(tc, test_wg_gemm_tuned);
+    suite_add_tcase(s, tc);
+    tc = wg_case("wg_sampling");
     tcase_add_loop_test(tc, test_wg_sampling, 0, 3);
+    suite_add_tcase(s, tc);
+    tc = wg_case("wg_rmsnorm");
     tcase_add_loop_test(tc, test_wg_rmsnorm, 0, 3);
-    tcase_add_test(tc, test_wg_budget_refused);
+    suite_add_tcase(s, tc);
+    tc = wg_case("wg_attention");
+    tcase_add_loop_test(tc, test_wg_attention, 0, 3);
+    suite_add_tcase(s, tc);
+    tc = wg_case("wg_model");
     tcase_add_test(tc, test_wg_model_transformers);
     suite_add_tcase(s, tc);
     return s;
