@@ -161,8 +161,38 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
         cl_float sc = a->scale;
         clnpu_karg args[] = {KARG(qa), KARG(qp), KARG(qo), KARG(qs), KARG(c), KARG(page), KARG(bt), KARG(mb),
                              KARG(sl), KARG(mz), KARG(mml), KARG(h), KARG(sp), KARG(ch), KARG(sc)};
-        size_t g[3] = {(H + hg - 1) / hg, B, splits};
-        st = clnpu_launch(dev, "mla.cl", opts, "clnpu_mla_decode", 3, g, NULL, args, 15);
+        const clnpu_capability *cap = clnpu_device_capability(dev);
+        if (cap->family == CLNPU_KERNEL_FAMILY_WG) {
+            /* Work-group kernel: HG heads (up to 8) share each cache tile of BT rows in local
+             * memory; the largest HG, then BT (32 .. 1) that fit the budget. */
+            const size_t row = R + a->rope_dim, wgs = cap->wg_size;
+            size_t whg = H < 8 ? H : 8, wbt = 32, lbytes = 0;
+            if (whg > wgs) whg = wgs;
+            for (;;) {
+                lbytes = (whg * row + wbt * (row + 1) + whg * wbt + 3 * whg) * sizeof(float);
+                if (lbytes <= cap->local_mem_bytes) break;
+                if (wbt > 4) wbt /= 2;
+                else if (whg > 1) whg /= 2;
+                else if (wbt > 1) wbt /= 2;
+                else break;
+            }
+            if (lbytes > cap->local_mem_bytes)
+                st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "clnpu_mla_decode_wg: one head and one cache row of %zu floats need "
+                                "%zu bytes of local memory; the budget on device %zu (profile '%s') is %llu bytes", row,
+                                lbytes, clnpu_device_get_info(dev)->index, clnpu_device_get_profile(dev)->name,
+                                (unsigned long long)cap->local_mem_bytes);
+            char wopts[160];
+            snprintf(wopts, sizeof wopts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu -DCLNPU_MLA_BT=%zu -DWGS=%zu",
+                     R, a->rope_dim, whg, wbt, wgs);
+            clnpu_karg wargs[16];
+            memcpy(wargs, args, sizeof args);
+            wargs[15] = (clnpu_karg){lbytes, NULL}; /* the __local area */
+            size_t g[3] = {(H + whg - 1) / whg * wgs, B, splits}, l[3] = {wgs, 1, 1};
+            if (!st) st = clnpu_launch(dev, "mla_wg.cl", wopts, "clnpu_mla_decode_wg", 3, g, l, wargs, 16);
+        } else {
+            size_t g[3] = {(H + hg - 1) / hg, B, splits};
+            st = clnpu_launch(dev, "mla.cl", opts, "clnpu_mla_decode", 3, g, NULL, args, 15);
+        }
     }
     if (!st && splits > 1) {
         cl_mem mz = clnpu_mem(pz), mml = clnpu_mem(pml), mo = clnpu_mem(a->out);

@@ -511,6 +511,52 @@ START_TEST(test_wg_attention)
 }
 END_TEST
 
+/* Absorbed MLA decode over a paged cache (pages out of order), three sequences of different
+ * lengths, split into chunks or not, by 64 / 128 / 256 work-items, against float64. */
+START_TEST(test_wg_mla)
+{
+    clnpu_device *dev = test_device();
+    const unsigned sizes[] = {64, 128, 256}, splits[] = {3, 1, 0};
+    force_wg(sizes[_i]);
+    enum { B = 3 };
+    const size_t H = 5, R = 512, DR = 64, row = R + DR, page = 32, mb = 10;
+    const int lens[B] = {300, 1, 77};
+    float *cache = random_vec(B * mb * page * row), *qa = random_vec(B * H * R), *qp = random_vec(B * H * DR);
+    int bt[B * mb];
+    for (size_t i = 0; i < B * mb; i++) bt[i] = (int)((i * 7 + 3) % (B * mb)); /* a permutation */
+    clnpu_buffer *bc = upload(cache, B * mb * page * row * 4), *bqa = upload(qa, B * H * R * 4),
+                 *bqp = upload(qp, B * H * DR * 4), *bb = upload(bt, sizeof bt), *bl = upload(lens, sizeof lens),
+                 *bo = poisoned(B * H * R * 4);
+    const float scale = 0.05f;
+    clnpu_mla_decode_args a = {bqa, bqp, bc, page, bb, mb, bl, 300, B, H, R, DR, scale, bo, splits[_i], 0, 0};
+    ck_assert_ok(clnpu_mla_decode(dev, &a));
+    float *o = malloc(B * H * R * 4);
+    ck_assert_ok(clnpu_buffer_read(bo, 0, o, B * H * R * 4));
+    double *ref = malloc(B * H * R * sizeof *ref), sc[300];
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < H; h++) {
+            double mx = -INFINITY, zs = 0;
+            for (int t = 0; t < lens[b]; t++) {
+                const float *c = cache + ((size_t)bt[b * mb + (size_t)t / page] * page + (size_t)t % page) * row;
+                sc[t] = scale * (dot(qa + (b * H + h) * R, c, R) + dot(qp + (b * H + h) * DR, c + R, DR));
+                mx = fmax(mx, sc[t]);
+            }
+            for (int t = 0; t < lens[b]; t++) zs += (sc[t] = exp(sc[t] - mx));
+            for (size_t d = 0; d < R; d++) {
+                double acc = 0;
+                for (int t = 0; t < lens[b]; t++)
+                    acc += sc[t] * cache[((size_t)bt[b * mb + (size_t)t / page] * page + (size_t)t % page) * row + d];
+                ref[(b * H + h) * R + d] = acc / zs;
+            }
+        }
+    const double err = rel_error(o, ref, B * H * R), tol = 2e-6 * sqrt(300.0) + 1e-6;
+    ck_assert_msg(err <= tol, "mla wg %u splits %u: %.3g > %.3g", sizes[_i], splits[_i], err, tol);
+    free(cache), free(qa), free(qp), free(o), free(ref);
+    clnpu_buffer_destroy(bc), clnpu_buffer_destroy(bqa), clnpu_buffer_destroy(bqp), clnpu_buffer_destroy(bb);
+    clnpu_buffer_destroy(bl), clnpu_buffer_destroy(bo);
+}
+END_TEST
+
 static double rel(const float *a, const float *ref, size_t n)
 {
     double num = 0, den = 0;
@@ -593,6 +639,7 @@ Suite *suite_wg(void)
     suite_add_tcase(s, tc);
     tc = wg_case("wg_attention");
     tcase_add_loop_test(tc, test_wg_attention, 0, 3);
+    tcase_add_loop_test(tc, test_wg_mla, 0, 3);
     suite_add_tcase(s, tc);
     tc = wg_case("wg_model");
     tcase_add_test(tc, test_wg_model_transformers);
