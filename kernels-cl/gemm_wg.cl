@@ -21,7 +21,8 @@
  *
  * GEMV (clnpu_gemv_wg, M <= GEMV_MAXM rows): a work-group of WGS threads per output panel; thread
  * t takes column t % NR and every (WGS / NR)-th k, so each step reads WGS contiguous weights;
- * the partial sums meet in a local-memory tree.
+ * X passes through local memory in chunks of WGS columns (read once per group); the partial sums
+ * meet in a local-memory tree.
  */
 #include "clnpu_common.h"
 
@@ -352,6 +353,7 @@ void clnpu_gemm_wg_grouped_counts(__global const float *X, const uint xoff, cons
 #error "gemm_wg: WGS must be a multiple of NR"
 #endif
 #define KSTEP (WGS / NR)
+#define GEMV_KC WGS /* K columns of X per local chunk (GEMV_MAXM x WGS floats: the size of red) */
 
 /* Decode GEMV: Y[m][p*NR + j] for m < M <= GEMV_MAXM. Grid: (panels * WGS), local (WGS). */
 __kernel __attribute__((reqd_work_group_size(WGS, 1, 1)))
@@ -377,19 +379,31 @@ void clnpu_gemv_wg(__global const float *X, const uint xoff, const uint ldx, __g
         accu[m] = 0.0f;
 #endif
     }
-    for (uint k = kq; k < K; k += KSTEP) {
-        const float w = weight_at(Wp, S, QG(p), j, k, K);
+    /* X goes through local memory in chunks of GEMV_KC columns: read once per work-group, not once
+     * per lane of a column (red doubles as the chunk buffer: GEMV_MAXM x WGS floats). */
+    for (uint kc = 0; kc < K; kc += GEMV_KC) {
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (uint e = lid; e < M * GEMV_KC; e += WGS) {
+            const uint m = e / GEMV_KC, k = kc + e % GEMV_KC;
+            red[e] = k < K ? X[(size_t)m * ldx + k] : 0.0f;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (uint kk = kq; kk < GEMV_KC && kc + kk < K; kk += KSTEP) {
+            const uint k = kc + kk;
+            const float w = weight_at(Wp, S, QG(p), j, k, K);
 #if SWIGLU
-        const float u = weight_at(Wp, S, QU(p), j, k, K);
+            const float u = weight_at(Wp, S, QU(p), j, k, K);
 #endif
-        for (uint m = 0; m < M; m++) {
-            const float x = X[(size_t)m * ldx + k];
-            acc[m] = fma(x, w, acc[m]);
+            for (uint m = 0; m < M; m++) {
+                const float x = red[m * GEMV_KC + kk];
+                acc[m] = fma(x, w, acc[m]);
 #if SWIGLU
-            accu[m] = fma(x, u, accu[m]);
+                accu[m] = fma(x, u, accu[m]);
 #endif
+            }
         }
     }
+    barrier(CLK_LOCAL_MEM_FENCE); /* the chunk buffer becomes the reduction buffer */
     for (uint m = 0; m < GEMV_MAXM; m++) {
         red[m * WGS + lid] = acc[m];
 #if SWIGLU

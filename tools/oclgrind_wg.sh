@@ -12,12 +12,25 @@ export CLNPU_CACHE_DIR=$OUT/cache CLNPU_TUNING=off
 SHAPE=64x128x256
 hash=$(grep -o '"gemm_wg.cl", [a-z_0-9]*, [0-9]*, 0x[0-9a-f]*' "$B/kernels-cl/kernels_embed.c" | sed 's/.*0x//')
 
-# Oclgrind reports one histogram per launch; the first launch of the named kernel is summed.
+# Oclgrind reports one histogram per launch; the first launch of the named kernel is read. Loads
+# through vloadN builtins are counted as calls, not as "load global": their bytes are added from
+# the mangled name (N elements of f float, t ushort, c/h char, Dh half).
 loads() { # file kernel -> "bytes loaded from global, bytes stored"
     awk -v k="'$2':" '
+        function esize(t) { return t == "f" ? 4 : (t == "t" || t == "Dh") ? 2 : 1 }
         /^Instructions executed for kernel/ { on = ($5 == k) && !seen; if (on) seen = 1 }
-        on && /load global/ { gsub(/[()]/, ""); ld = $5 }
-        on && /store global/ { gsub(/[()]/, ""); st = $5 }
+        on && /load global/ { gsub(/[()]/, ""); ld += $5 }
+        on && /store global/ { gsub(/[()]/, ""); st += $5 }
+        on && /call _Z[0-9]+v(load|store)(_half)?[0-9]*/ {
+            if (match($4, /v(load|store)(_half)?[0-9]*/)) {
+                w = substr($4, RSTART, RLENGTH); gsub(/v(load|store)(_half)?/, "", w); if (w == "") w = 1
+                t = $4
+                if (index(t, "vload")) { sub(/.*AS1K/, "", t) } else { sub(/^[^D]*Dv[0-9]+_/, "", t) }
+                t = substr(t, 1, 1) == "D" ? substr(t, 1, 2) : substr(t, 1, 1)
+                b = $1 * w * (index($4, "half") ? 2 : esize(t))
+                if (index($4, "vload")) ld += b; else st += b
+            }
+        }
         END { print ld + 0, st + 0 }' "$1"
 }
 
