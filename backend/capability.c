@@ -162,10 +162,13 @@ const char *clnpu_op_variant(const clnpu_device *dev, const char *op, size_t row
         {"sample", "cpu:clnpu_sample", "wg:clnpu_sample_wg"},
         {"flash_attention", "cpu:clnpu_flash_attn_regs", "wg:clnpu_flash_attn_wg (Q, K/V tiles in local memory)"},
         {"mla_decode", "cpu:clnpu_mla_decode", "wg:clnpu_mla_decode_wg (cache tiles in local memory)"},
+        {"moe_route_ids", "cpu:clnpu_moe_route", "wg:clnpu_moe_route_wg"},
+        {"moe_route_weights", "cpu:clnpu_moe_route", "wg:clnpu_moe_route_wg"},
+        {"moe_plan", "cpu:clnpu_moe_plan (one work-item)", "wg:clnpu_moe_plan_wg"},
         {"model_forward", "cpu", "wg"},
     };
     if (!strcmp(op, "gemm") && rows && rows <= 8) op = "gemv";
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
         if (!strcmp(table[i].op, op)) return wg ? table[i].wg : table[i].cpu;
-    return "shared"; /* one kernel for both families (elementwise, RoPE, routing) */
+    return "shared"; /* one kernel for both families (elementwise, RoPE, gather / combine) */
 }

@@ -557,6 +557,51 @@ START_TEST(test_wg_mla)
 }
 END_TEST
 
+/* Routing (sigmoid, group-limited top-k) and the dispatch plan: the wg family's ids, weights and
+ * plan equal the cpu family's (same order of every sum), at 64 / 128 / 256 work-items. */
+START_TEST(test_wg_moe)
+{
+    clnpu_device *dev = test_device();
+    const unsigned sizes[] = {64, 128, 256};
+    const size_t T = 37, E = _i == 1 ? 192 : 64, K = 6;
+    const clnpu_moe_config cfg = {E, 8, 4, K, true, 2.5f};
+    float *lg = random_vec(T * (E + 3)), *bias = random_vec(E);
+    for (size_t i = 0; i < T * (E + 3); i++) lg[i] *= 4;
+    clnpu_buffer *bl = upload(lg, T * (E + 3) * 4), *bb = upload(bias, E * 4), *bi[2], *bw[2], *pl[2][4];
+    int ids[2][37 * 6], plan[2][4][200 + 37 * 6];
+    float w[2][37 * 6];
+    for (int fam = 0; fam < 2; fam++) {
+        if (fam) force_wg(sizes[_i]);
+        else ck_assert_ok(clnpu_device_set_kernel_family(dev, CLNPU_KERNEL_FAMILY_CPU, 0));
+        bi[fam] = poisoned(T * K * 4), bw[fam] = poisoned(T * K * 4);
+        clnpu_view v = {bl, 0, E + 3};
+        ck_assert_ok(clnpu_moe_route(dev, v, bb, T, &cfg, bi[fam], bw[fam]));
+        const size_t sz[4] = {E, E + 1, T * K, T * K};
+        for (int j = 0; j < 4; j++) pl[fam][j] = poisoned(sz[j] * 4);
+        ck_assert_ok(clnpu_moe_plan(dev, bi[fam], T, K, E, pl[fam][0], pl[fam][1], pl[fam][2], pl[fam][3]));
+        ck_assert_ok(clnpu_buffer_read(bi[fam], 0, ids[fam], T * K * 4));
+        ck_assert_ok(clnpu_buffer_read(bw[fam], 0, w[fam], T * K * 4));
+        for (int j = 0; j < 4; j++) ck_assert_ok(clnpu_buffer_read(pl[fam][j], 0, plan[fam][j], sz[j] * 4));
+    }
+    for (size_t i = 0; i < T * K; i++) {
+        ck_assert_msg(ids[1][i] == ids[0][i], "token %zu slot %zu: expert %d, cpu family %d", i / K, i % K, ids[1][i],
+                      ids[0][i]);
+        ck_assert_msg(w[1][i] == w[0][i], "token %zu slot %zu: weight %.9g, cpu family %.9g", i / K, i % K, w[1][i],
+                      w[0][i]);
+        if (i % K) ck_assert_int_lt(ids[1][i - 1], ids[1][i]); /* ascending */
+    }
+    const size_t sz[4] = {E, E + 1, T * K, T * K};
+    for (int j = 0; j < 4; j++) ck_assert_msg(!memcmp(plan[0][j], plan[1][j], sz[j] * 4), "plan array %d differs", j);
+    ck_assert_int_eq(plan[1][1][E], (int)(T * K));
+    free(lg), free(bias);
+    clnpu_buffer_destroy(bl), clnpu_buffer_destroy(bb);
+    for (int fam = 0; fam < 2; fam++) {
+        clnpu_buffer_destroy(bi[fam]), clnpu_buffer_destroy(bw[fam]);
+        for (int j = 0; j < 4; j++) clnpu_buffer_destroy(pl[fam][j]);
+    }
+}
+END_TEST
+
 static double rel(const float *a, const float *ref, size_t n)
 {
     double num = 0, den = 0;
@@ -633,6 +678,9 @@ Suite *suite_wg(void)
     suite_add_tcase(s, tc);
     tc = wg_case("wg_sampling");
     tcase_add_loop_test(tc, test_wg_sampling, 0, 3);
+    suite_add_tcase(s, tc);
+    tc = wg_case("wg_moe");
+    tcase_add_loop_test(tc, test_wg_moe, 0, 3);
     suite_add_tcase(s, tc);
     tc = wg_case("wg_rmsnorm");
     tcase_add_loop_test(tc, test_wg_rmsnorm, 0, 3);

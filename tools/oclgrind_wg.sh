@@ -67,7 +67,7 @@ entries:
 YAML
 sed 's/sa: 0, sb: 0/sa: 1, sb: 1/' "$OUT/untiled.yaml" >"$OUT/tiled.yaml"
 
-echo "Oclgrind $(oclgrind --version 2>&1 | head -1 | tr -d '\n'); GEMM $SHAPE f32, GEMV 1x128x512; logs in $OUT"
+echo "$(oclgrind --version 2>&1 | grep -m1 -i oclgrind); GEMM $SHAPE f32, GEMV 1x128x512; logs in $OUT"
 printf "%-22s %-16s %10s %8s %9s\n" run kernel "ld bytes" "st bytes" "B/FLOP"
 run wg-tiled wg clnpu_gemm_wg $SHAPE "$OUT/tiled.yaml"
 run wg-untiled wg clnpu_gemm_wg $SHAPE "$OUT/untiled.yaml"
