@@ -160,6 +160,7 @@ const char *clnpu_op_variant(const clnpu_device *dev, const char *op, size_t row
         {"rmsnorm", "cpu:clnpu_rmsnorm (1 work-item per row)", "wg:clnpu_rmsnorm (work-group reduction)"},
         {"argmax", "cpu:clnpu_argmax", "wg:clnpu_argmax_wg"},
         {"sample", "cpu:clnpu_sample", "wg:clnpu_sample_wg"},
+        {"softmax", "cpu:clnpu_softmax (Kahan, one work-item per row)", "wg:clnpu_softmax_wg"},
         {"flash_attention", "cpu:clnpu_flash_attn_regs", "wg:clnpu_flash_attn_wg (Q, K/V tiles in local memory)"},
         {"mla_decode", "cpu:clnpu_mla_decode", "wg:clnpu_mla_decode_wg (cache tiles in local memory)"},
         {"moe_route_ids", "cpu:clnpu_moe_route", "wg:clnpu_moe_route_wg"},

@@ -172,3 +172,38 @@ void clnpu_sample_wg(__global int *out, __global const float *logits, const uint
         out[row] = pick >= 0 ? pick : fallback;
     }
 }
+
+/* Row softmax in place (as elementwise.cl's clnpu_softmax): the max and the sum are work-group
+ * reductions; each thread's partial sum is short (n / WGS terms) and the tree adds pairs, so the
+ * rounding error grows like log(n) rather than n, without Kahan compensation. Grid: (rows * WGS). */
+__kernel __attribute__((reqd_work_group_size(WGS, 1, 1)))
+void clnpu_softmax_wg(__global float *x, const uint ld, const uint n)
+{
+    __local float red[WGS];
+    const uint lid = get_local_id(0);
+    __global float *r = x + (size_t)get_group_id(0) * ld;
+    float m = -INFINITY;
+    for (uint i = lid; i < n; i += WGS) m = fmax(m, r[i]);
+    red[lid] = m;
+    for (uint s = WGS / 2; s > 0; s >>= 1) {
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (lid < s) red[lid] = fmax(red[lid], red[lid + s]);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    m = red[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    float sum = 0.0f;
+    for (uint i = lid; i < n; i += WGS) {
+        const float e = exp(r[i] - m);
+        r[i] = e;
+        sum += e;
+    }
+    red[lid] = sum;
+    for (uint s = WGS / 2; s > 0; s >>= 1) {
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (lid < s) red[lid] += red[lid + s];
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const float inv = 1.0f / red[0];
+    for (uint i = lid; i < n; i += WGS) r[i] *= inv;
+}

@@ -113,6 +113,13 @@ clnpu_status clnpu_softmax(clnpu_device *dev, clnpu_view x, size_t rows, size_t 
     cl_mem m = clnpu_mem(x.buf);
     cl_uint ld = (cl_uint)x.ld, nn = (cl_uint)n;
     clnpu_karg a[] = {KARG(m), KARG(ld), KARG(nn)};
+    const size_t wg = reduction_wg(dev);
+    if (wg > 1) {
+        char opts[32];
+        snprintf(opts, sizeof opts, "-DWGS=%zu", wg);
+        size_t g[1] = {rows * wg}, l[1] = {wg};
+        return clnpu_launch(dev, "sample_wg.cl", opts, "clnpu_softmax_wg", 1, g, l, a, 3);
+    }
     size_t g[1] = {rows};
     return clnpu_launch(dev, "elementwise.cl", NULL, "clnpu_softmax", 1, g, NULL, a, 3);
 }

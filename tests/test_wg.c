@@ -286,7 +286,7 @@ START_TEST(test_wg_gemm_tuned)
 }
 END_TEST
 
-/* Argmax and sampling with one work-group per row: argmax equals the host's first maximum; a draw
+/* Argmax, sampling and softmax with one work-group per row: argmax equals the host's first maximum; a draw
  * equals the cpu family's for the same seed (same algorithm and random stream), and lies in the
  * float64 top-k set; the full vocabulary of 163,840 once. */
 START_TEST(test_wg_sampling)
@@ -349,6 +349,21 @@ START_TEST(test_wg_sampling)
         ck_assert_int_eq(got[r], (int)best);
     }
     ck_assert_int_eq(got[2], 17);
+    /* softmax in place over the same rows, against float64 */
+    ck_assert_ok(clnpu_softmax(dev, v, rows, n));
+    float *sm = malloc(rows * ld * sizeof *sm);
+    double *ref = malloc(rows * n * sizeof *ref);
+    float *smp = malloc(rows * n * sizeof *smp);
+    ck_assert_ok(clnpu_buffer_read(bl, 0, sm, rows * ld * 4));
+    for (size_t r = 0; r < rows; r++) {
+        double mx = -INFINITY, z = 0;
+        for (size_t i = 0; i < n; i++) mx = fmax(mx, l[r * ld + i]);
+        for (size_t i = 0; i < n; i++) z += exp((double)l[r * ld + i] - mx);
+        for (size_t i = 0; i < n; i++) ref[r * n + i] = exp((double)l[r * ld + i] - mx) / z, smp[r * n + i] = sm[r * ld + i];
+    }
+    const double serr = rel_error(smp, ref, rows * n), stol = 2 * 0x1p-24 * sqrt((double)n) + 4e-7;
+    ck_assert_msg(serr <= stol, "softmax wg %u n=%zu: %.3g > %.3g", sizes[_i], n, serr, stol);
+    free(sm), free(ref), free(smp);
     free(l);
     clnpu_buffer_destroy(bl), clnpu_buffer_destroy(bo);
 }
