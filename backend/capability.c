@@ -87,25 +87,28 @@ static void gemm_threads(clnpu_gemm_wg_params *p, unsigned wg)
     p->vwm = p->vwn = 1;
 }
 
-void clnpu_capability_fill(clnpu_device *dev)
+void clnpu_capability_compute(const clnpu_device_info *i, const clnpu_profile *prof, bool emulated,
+                              clnpu_capability *c)
 {
-    clnpu_capability *c = &dev->cap;
-    const clnpu_device_info *i = &dev->info;
     memset(c, 0, sizeof *c);
+    /* the budget as a device opens it: the profile's kernel budget or SRAM, within the device's */
+    uint64_t budget = i->local_mem_bytes;
+    if (prof->kernel.local_mem_bytes > 0) budget = (uint64_t)prof->kernel.local_mem_bytes;
+    else if (prof->sram_bytes > 0) budget = (uint64_t)prof->sram_bytes;
+    if (budget > i->local_mem_bytes) budget = i->local_mem_bytes;
     c->type = i->type;
     c->local_mem_real = !i->local_mem_is_global && i->local_mem_bytes > 0;
-    c->local_mem_bytes = dev->local_budget;
+    c->local_mem_bytes = budget;
     c->subgroups = i->subgroups;
     c->subgroup_size = i->subgroup_size_count ? (unsigned)i->subgroup_sizes[0] : 0;
     c->compute_units = i->compute_units;
     c->vector_width = i->pref_vector_width_float;
     c->max_wg = i->max_work_group_size ? i->max_work_group_size : 1;
-    const bool cpu_profile = dev->profile.match_types == CLNPU_MATCH_TYPE_CPU ||
-                             strstr(dev->profile.class_name, "cpu") != NULL;
+    const bool cpu_profile = prof->match_types == CLNPU_MATCH_TYPE_CPU || strstr(prof->class_name, "cpu") != NULL;
     const char *env = getenv("CLNPU_KERNEL_FAMILY");
     if (env && !strcmp(env, "wg")) c->family = CLNPU_KERNEL_FAMILY_WG, c->reason = "CLNPU_KERNEL_FAMILY=wg";
     else if (env && !strcmp(env, "cpu")) c->family = CLNPU_KERNEL_FAMILY_CPU, c->reason = "CLNPU_KERNEL_FAMILY=cpu";
-    else if (dev->emulated && !cpu_profile)
+    else if (emulated && !cpu_profile)
         c->family = CLNPU_KERNEL_FAMILY_WG, c->reason = "emulated accelerator profile";
     else if (i->type != CLNPU_DEVICE_TYPE_CPU && c->local_mem_real)
         c->family = CLNPU_KERNEL_FAMILY_WG, c->reason = "accelerator with dedicated local memory";
@@ -114,7 +117,7 @@ void clnpu_capability_fill(clnpu_device *dev)
         c->reason = i->type == CLNPU_DEVICE_TYPE_CPU ? "CPU device" : "local memory emulated in global memory";
     c->wg_size = c->max_wg >= 256 ? 256 : (unsigned)c->max_wg;
     while (c->wg_size & (c->wg_size - 1)) c->wg_size &= c->wg_size - 1;
-    c->gemm = gemm_defaults(&dev->profile.kernel, c->max_wg);
+    c->gemm = gemm_defaults(&prof->kernel, c->max_wg);
     const char *wgs = getenv("CLNPU_WG_SIZE");
     if (wgs && *wgs) {
         unsigned v = (unsigned)strtoul(wgs, NULL, 10);
@@ -125,6 +128,11 @@ void clnpu_capability_fill(clnpu_device *dev)
     }
     /* Keep the GEMM tile inside the (emulated) local-memory budget; launches still check. */
     clnpu_gemm_wg_fit(&c->gemm, c->local_mem_bytes, true);
+}
+
+void clnpu_capability_fill(clnpu_device *dev)
+{
+    clnpu_capability_compute(&dev->info, &dev->profile, dev->emulated, &dev->cap);
 }
 
 const clnpu_capability *clnpu_device_capability(const clnpu_device *dev)

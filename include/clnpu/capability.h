@@ -58,6 +58,9 @@ typedef struct clnpu_capability {
     clnpu_gemm_wg_params gemm; /* defaults; the tuning database may override per shape class */
 } clnpu_capability;
 
+/* The table's choice for a device with a bound profile, without opening it (clnpu devices). */
+void clnpu_capability_compute(const clnpu_device_info *info, const clnpu_profile *profile, bool emulated,
+                              clnpu_capability *out_capability);
 /* The table's choice for an open device (never NULL). */
 const clnpu_capability *clnpu_device_capability(const clnpu_device *device);
 /* Force a family (and, when wg_size > 0, the reduction work-group size) on an open device. Kernels
