@@ -7,7 +7,10 @@
  * ceil(BQ * DV / WGS) output elements (consecutive threads: consecutive columns). No thread keeps
  * more than that in private memory.
  * Local floats: BQ * DQK + BK * (DQK + 1) + BK * DV + BQ * BK + 3 * BQ (K rows padded by one
- * float so a score's column walk does not hit one bank); the host sizes BK from the budget. */
+ * float so a score's column walk does not hit one bank); the host sizes BK from the budget.
+ * PoCL 3.1 quirk: a one-element private array live across barriers corrupted the heap at 256
+ * work-items (mla_wg.cl at the tiny model's dims; Oclgrind found nothing wrong), so the per-thread
+ * arrays here and in mla_wg.cl / gemm_wg.cl have at least two elements. */
 #include "clnpu_common.h"
 
 #ifndef CLNPU_ATTN_DQK
@@ -30,7 +33,8 @@
 #define BQ CLNPU_ATTN_BQ
 #define BK CLNPU_ATTN_BK
 #define KS (DQK + 1)
-#define OPT ((BQ * DV + WGS - 1) / WGS)   /* output elements per thread */
+#define OPT_ ((BQ * DV + WGS - 1) / WGS)
+#define OPT (OPT_ > 1 ? OPT_ : 2)          /* output elements per thread (at least 2, see below) */
 #define SPT ((BQ * BK + WGS - 1) / WGS)   /* scores per thread */
 #if BQ > WGS
 #error "attention_wg: BQ must not exceed the work-group"

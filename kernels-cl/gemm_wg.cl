@@ -182,9 +182,10 @@ inline void gemm_wg_tile(__global const float *X, uint ldx, __global const WT *W
                          __local float *Us)
 {
     const uint lid = get_local_id(0), tn = lid % NDIMC, tm = lid / NDIMC;
-    float acc[MWI][NWI];
+    /* NWI + 1 columns when the tile is 1 x 1: attention_wg.cl says why */
+    float acc[MWI][NWI + (MWI * NWI == 1)];
 #if SWIGLU
-    float accu[MWI][NWI];
+    float accu[MWI][NWI + (MWI * NWI == 1)];
 #endif
     for (uint i = 0; i < MWI; i++)
         for (uint j = 0; j < NWI; j++) {

@@ -29,7 +29,8 @@
 #define BT CLNPU_MLA_BT
 #define ROW (R + DR)
 #define CS (ROW + 1)                      /* padded cache row in local memory */
-#define ZPT ((HG * R + WGS - 1) / WGS)    /* latent outputs per thread */
+#define ZPT_ ((HG * R + WGS - 1) / WGS)
+#define ZPT (ZPT_ > 1 ? ZPT_ : 2)          /* latent outputs per thread (at least 2: attention_wg.cl says why) */
 #define SPT ((HG * BT + WGS - 1) / WGS)   /* scores per thread */
 #if HG > WGS
 #error "mla_wg: HG must not exceed the work-group"

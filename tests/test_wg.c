@@ -14,6 +14,9 @@
 
 #include "test_util.h"
 
+#ifndef CLNPU_CLI_PATH
+#error "CLNPU_CLI_PATH must name the clnpu binary"
+#endif
 #ifndef CLNPU_SOURCE_DIR
 #error "CLNPU_SOURCE_DIR must name the source tree"
 #endif
@@ -486,10 +489,11 @@ END_TEST
 START_TEST(test_wg_attention)
 {
     clnpu_device *dev = test_device();
-    const unsigned sizes[] = {64, 128, 256};
+    const unsigned sizes[] = {64, 128, 256, 256};
     force_wg(sizes[_i]);
-    const size_t H = 2, T = _i == 1 ? 21 : 37, P = _i == 2 ? 0 : 13, S = P + T;
-    const size_t dq = _i == 1 ? 24 : 192, dv = _i == 1 ? 16 : 128;
+    const bool small = _i == 1 || _i == 3; /* the tiny A.X K1's head dims */
+    const size_t H = 2, T = small ? 21 : 37, P = _i == 2 ? 0 : 13, S = P + T;
+    const size_t dq = small ? 24 : 192, dv = small ? 16 : 128;
     const size_t ldq = H * dq + 4, ldk = H * dq, ldv = H * dv + 8, ldo = H * dv + 4;
     float *q = random_vec(T * ldq), *k = random_vec(S * ldk), *v = random_vec(S * ldv), *o = malloc(T * ldo * 4);
     clnpu_buffer *bq = upload(q, T * ldq * 4), *bk = upload(k, S * ldk * 4), *bv = upload(v, S * ldv * 4),
@@ -531,10 +535,11 @@ END_TEST
 START_TEST(test_wg_mla)
 {
     clnpu_device *dev = test_device();
-    const unsigned sizes[] = {64, 128, 256}, splits[] = {3, 1, 0};
+    const unsigned sizes[] = {64, 128, 256, 256}, splits[] = {3, 1, 0, 1};
     force_wg(sizes[_i]);
     enum { B = 3 };
-    const size_t H = 5, R = 512, DR = 64, row = R + DR, page = 32, mb = 10;
+    /* case 3: the tiny A.X K1's dims (4 heads, rank 32, rope 8) */
+    const size_t H = _i == 3 ? 4 : 5, R = _i == 3 ? 32 : 512, DR = _i == 3 ? 8 : 64, row = R + DR, page = 32, mb = 10;
     const int lens[B] = {300, 1, 77};
     float *cache = random_vec(B * mb * page * row), *qa = random_vec(B * H * R), *qp = random_vec(B * H * DR);
     int bt[B * mb];
@@ -617,6 +622,22 @@ START_TEST(test_wg_moe)
 }
 END_TEST
 
+/* The CLI names the family: clnpu devices per profile, bench --json rows carry "variant". */
+START_TEST(test_wg_cli)
+{
+    char out[8192];
+    ck_assert_int_eq(test_run(CLNPU_CLI_PATH " devices --target nvidia-h200", out, sizeof out), 0);
+    ck_assert_msg(strstr(out, "kernels      wg family (emulated accelerator profile)") || getenv("CLNPU_KERNEL_FAMILY"),
+                  "%s", out);
+    ck_assert_int_eq(test_run("CLNPU_KERNEL_FAMILY=wg " CLNPU_CLI_PATH " bench gemm --dtype f32 --shape 3x40x64 "
+                              "--min-time 0.001 --json", out, sizeof out), 0);
+    ck_assert_msg(strstr(out, "\"variant\":\"wg:clnpu_gemv_wg\""), "%s", out);
+    ck_assert_int_eq(test_run("CLNPU_KERNEL_FAMILY=cpu " CLNPU_CLI_PATH " bench gemm --dtype f32 --shape 3x40x64 "
+                              "--min-time 0.001 --json", out, sizeof out), 0);
+    ck_assert_msg(strstr(out, "\"variant\":\"cpu:clnpu_gemm"), "%s", out);
+}
+END_TEST
+
 static double rel(const float *a, const float *ref, size_t n)
 {
     double num = 0, den = 0;
@@ -632,7 +653,7 @@ static double rel(const float *a, const float *ref, size_t n)
  * prefill and through prefill of 1 + decode. */
 START_TEST(test_wg_model_transformers)
 {
-    force_wg(64);
+    force_wg(256); /* the widest groups: what found PoCL's one-element-array quirk */
     clnpu_model_config cfg;
     clnpu_checkpoint *ck;
     clnpu_safetensors *refs;
@@ -685,6 +706,7 @@ Suite *suite_wg(void)
     TCase *tc = wg_case("wg_capability");
     tcase_add_test(tc, test_wg_capability);
     tcase_add_test(tc, test_wg_budget_refused);
+    tcase_add_test(tc, test_wg_cli);
     suite_add_tcase(s, tc);
     tc = wg_case("wg_gemm");
     tcase_add_loop_test(tc, test_wg_gemm, 0, sizeof cases / sizeof cases[0]);
@@ -701,8 +723,8 @@ Suite *suite_wg(void)
     tcase_add_loop_test(tc, test_wg_rmsnorm, 0, 3);
     suite_add_tcase(s, tc);
     tc = wg_case("wg_attention");
-    tcase_add_loop_test(tc, test_wg_attention, 0, 3);
-    tcase_add_loop_test(tc, test_wg_mla, 0, 3);
+    tcase_add_loop_test(tc, test_wg_attention, 0, 4);
+    tcase_add_loop_test(tc, test_wg_mla, 0, 4);
     suite_add_tcase(s, tc);
     tc = wg_case("wg_model");
     tcase_add_test(tc, test_wg_model_transformers);
