@@ -62,8 +62,8 @@ clnpu_status clnpu_flash_attention(clnpu_device *dev, const clnpu_attention_args
         /* The work-group kernel: a group per BQ-query tile, K / V tiles of BK rows in local
          * memory, the largest BK (64 .. 4) that fits the budget with the Q tile and scores. */
         const clnpu_capability *cap = clnpu_device_capability(dev);
-        const int tbq = clnpu_tuning_param(te, "wg_bq", 16);
-        size_t wgs = cap->wg_size, bq = tbq >= 1 && tbq <= 64 ? (size_t)tbq : 16;
+        /* 16 queries per group: the BQ x DV outputs spread over 64-256 threads, 8-32 each */
+        size_t wgs = cap->wg_size, bq = 16;
         if (bq > wgs) bq = wgs;
         const uint64_t budget = cap->local_mem_bytes;
         size_t bk = 64, lbytes = 0;
