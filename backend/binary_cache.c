@@ -10,8 +10,8 @@
 #include <unistd.h>
 
 #include "binary_cache.h"
-#include "error.h"
-#include "hash.h"
+#include "../common/error.h"
+#include "../common/hash.h"
 
 static const char magic[8] = {'C', 'L', 'N', 'P', 'U', 'B', 'I', 'N'};
 

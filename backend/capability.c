@@ -6,7 +6,7 @@
 
 #include "clnpu/capability.h"
 #include "device_internal.h"
-#include "error.h"
+#include "../common/error.h"
 
 const char *clnpu_kernel_family_name(clnpu_kernel_family f)
 {

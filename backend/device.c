@@ -5,7 +5,7 @@
 
 #include "device_internal.h"
 #include "clnpu/tuning.h"
-#include "error.h"
+#include "../common/error.h"
 
 clnpu_device_options clnpu_device_options_default(void)
 {
@@ -126,6 +126,8 @@ clnpu_status clnpu_device_open(size_t index, const clnpu_device_options *options
     dev->capacity = dev->info.global_mem_bytes;
     if (dev->profile.memory_bytes > 0 && (uint64_t)dev->profile.memory_bytes < dev->capacity)
         dev->capacity = (uint64_t)dev->profile.memory_bytes;
+    /* a plan's assumed capacity (a cluster's override of the profile): held to it exactly */
+    if (options && options->memory_bytes && options->memory_bytes < dev->capacity) dev->capacity = options->memory_bytes;
     uint64_t budget = dev->info.local_mem_bytes;
     if (dev->profile.kernel.local_mem_bytes > 0)
         budget = (uint64_t)dev->profile.kernel.local_mem_bytes;
@@ -140,6 +142,7 @@ clnpu_status clnpu_device_open(size_t index, const clnpu_device_options *options
     if (!dev->no_cache) choose_cache_dir(dev, o);
     else if (o->cache_dir) snprintf(dev->cache_dir, sizeof dev->cache_dir, "%s", o->cache_dir);
     format_base_options(dev, dev->base_options, sizeof dev->base_options);
+    clnpu_device_isa_of(&dev->info, &dev->isa);
     clnpu_tuning_format_device_key(dev, dev->tuning_key, sizeof dev->tuning_key);
     clnpu_device_load_default_tuning(dev);
     *out = dev;
@@ -160,6 +163,7 @@ void clnpu_device_close(clnpu_device *dev)
 
 const clnpu_device_info *clnpu_device_get_info(const clnpu_device *d) { return &d->info; }
 const clnpu_profile *clnpu_device_get_profile(const clnpu_device *d) { return &d->profile; }
+const clnpu_device_isa *clnpu_device_get_isa(const clnpu_device *d) { return &d->isa; }
 bool clnpu_device_is_emulated(const clnpu_device *d) { return d->emulated; }
 uint64_t clnpu_device_memory_capacity(const clnpu_device *d) { return d->capacity; }
 uint64_t clnpu_device_memory_used(const clnpu_device *d) { return d->used; }

@@ -30,15 +30,17 @@ struct clnpu_device {
     bool no_cache;
     char cache_dir[1024];
     struct clnpu_program *programs; /* built in this process, newest first */
+    clnpu_program_stats program_stats; /* compiler and disk-cache work so far (program.c) */
     bool profiling;
     struct clnpu_trace *trace;      /* NULL unless tracing */
     const struct clnpu_tuning_db *tuning; /* consulted by the kernels' host code */
     struct clnpu_tuning_db *owned_tuning; /* the default one, freed with the device */
     int tuning_verbose;
-    char tuning_said[2048];
+    char tuning_said[8192];
     char base_options[1024]; /* fixed at open: see clnpu_device_base_options */
     char tuning_key[384];    /* fixed at open: see clnpu_tuning_device_key */
     clnpu_capability cap;    /* the capability table's choice, made at open (backend/capability.c) */
+    clnpu_device_isa isa;    /* fixed at open: see clnpu_device_isa_of */
 };
 
 void clnpu_device_load_default_tuning(clnpu_device *dev);

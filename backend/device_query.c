@@ -4,7 +4,7 @@
 
 #include "clnpu/device.h"
 #include "device_internal.h"
-#include "error.h"
+#include "../common/error.h"
 
 const char *clnpu_device_type_name(clnpu_device_type type)
 {

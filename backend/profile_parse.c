@@ -10,9 +10,9 @@
 #include <yaml.h>
 
 #include "clnpu/profile.h"
-#include "error.h"
-#include "file_read.h"
-#include "yaml_in.h"
+#include "../common/error.h"
+#include "../common/file_read.h"
+#include "../common/yaml_in.h"
 
 typedef struct parse_ctx {
     yaml_document_t *doc;

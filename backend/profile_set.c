@@ -12,7 +12,7 @@
 #include "clnpu/profile.h"
 #include "device_internal.h"
 #include "embedded.h"
-#include "error.h"
+#include "../common/error.h"
 
 struct clnpu_profile_set {
     clnpu_profile *items;

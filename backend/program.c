@@ -1,15 +1,17 @@
 /* Building kernel programs per device: in-process reuse, then the on-disk binary cache, then
  * the OpenCL compiler. A failed build returns the compiler's log. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "binary_cache.h"
 #include "device_internal.h"
 #include "embedded.h"
-#include "error.h"
-#include "hash.h"
+#include "../common/error.h"
+#include "../common/hash.h"
 
 typedef struct kernel_entry {
     struct kernel_entry *next;
@@ -70,6 +72,19 @@ void clnpu_programs_release(clnpu_device *dev)
         free(p);
     }
     dev->programs = NULL;
+}
+
+clnpu_program_stats clnpu_device_program_stats(const clnpu_device *dev)
+{
+    return dev ? dev->program_stats : (clnpu_program_stats){0};
+}
+
+/* " -w" for users, " -Werror" for the test suite (CLNPU_KERNEL_WERROR=1): the OpenCL compiler's
+ * warnings go to stderr in PoCL, so they must not be produced where a person is watching. */
+static const char *warning_option(void)
+{
+    const char *e = getenv("CLNPU_KERNEL_WERROR");
+    return e && *e == '1' ? " -Werror" : " -w";
 }
 
 static char *build_log(clnpu_device *dev, cl_program prog)
@@ -154,36 +169,26 @@ static char *make_key(const clnpu_device *dev, const char *source, const char *o
     return key;
 }
 
-clnpu_status clnpu_program_get_source(clnpu_device *dev, const char *label, const char *source,
-                                      const char *extra, clnpu_program **out)
+/* base options, the warning option, then the caller's */
+static char *make_options(const clnpu_device *dev, const char *extra)
 {
-    if (!dev || !source || !out)
-        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "clnpu_program_get_source: NULL argument");
-    *out = NULL;
-    if (!label) label = "<source>";
     size_t ocap = 2048 + (extra ? strlen(extra) : 0);
     char *options = malloc(ocap);
-    if (!options) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (!options) return NULL;
     clnpu_device_base_options(dev, options, ocap);
+    strcat(options, warning_option());
     if (extra && *extra) {
         strcat(options, " ");
         strcat(options, extra);
     }
-    char *key = make_key(dev, source, options);
-    if (!key) {
-        free(options);
-        return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    }
-    for (clnpu_program *p = dev->programs; p; p = p->next) {
-        if (!strcmp(p->key, key)) {
-            free(key);
-            free(options);
-            p->origin = CLNPU_PROGRAM_MEMORY;
-            *out = p;
-            return CLNPU_OK;
-        }
-    }
+    return options;
+}
 
+/* The disk cache, else the compiler, for one program not yet in memory: no device state is
+ * touched but the cache files, so builds of different programs can run on several threads. */
+static clnpu_status make_program(clnpu_device *dev, const char *label, const char *source, char *options, char *key,
+                                 clnpu_program **out)
+{
     clnpu_program *p = calloc(1, sizeof *p);
     if (!p) {
         free(key);
@@ -224,8 +229,46 @@ clnpu_status clnpu_program_get_source(clnpu_device *dev, const char *label, cons
         }
     }
     p->build_ms = now_ms() - t0;
+    *out = p;
+    return CLNPU_OK;
+}
+
+static void program_insert(clnpu_device *dev, clnpu_program *p)
+{
+    if (p->origin == CLNPU_PROGRAM_BUILT) dev->program_stats.built++, dev->program_stats.build_ms += p->build_ms;
+    else dev->program_stats.cached++, dev->program_stats.cache_ms += p->build_ms;
     p->next = dev->programs;
     dev->programs = p;
+}
+
+clnpu_status clnpu_program_get_source(clnpu_device *dev, const char *label, const char *source,
+                                      const char *extra, clnpu_program **out)
+{
+    if (!dev || !source || !out)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "clnpu_program_get_source: NULL argument");
+    *out = NULL;
+    if (!label) label = "<source>";
+    char *options = make_options(dev, extra);
+    if (!options) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    char *key = make_key(dev, source, options);
+    if (!key) {
+        free(options);
+        return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    }
+    for (clnpu_program *p = dev->programs; p; p = p->next) {
+        if (!strcmp(p->key, key)) {
+            free(key);
+            free(options);
+            p->origin = CLNPU_PROGRAM_MEMORY;
+            *out = p;
+            return CLNPU_OK;
+        }
+    }
+
+    clnpu_program *p;
+    clnpu_status st = make_program(dev, label, source, options, key, &p);
+    if (st) return st;
+    program_insert(dev, p);
     *out = p;
     return CLNPU_OK;
 }
@@ -242,6 +285,7 @@ clnpu_status clnpu_program_get(clnpu_device *dev, const char *name, const char *
      * kernels themselves). */
     char opts[1024];
     clnpu_device_base_options(dev, opts, sizeof opts);
+    snprintf(opts + strlen(opts), sizeof opts - strlen(opts), "%s", warning_option());
     size_t n = strlen(opts), m = extra ? strlen(extra) : 0;
     if (n + m + 2 <= sizeof opts) {
         if (m) opts[n] = ' ', memcpy(opts + n + 1, extra, m + 1);
@@ -287,4 +331,103 @@ clnpu_status clnpu_program_kernel(clnpu_program *p, const char *kernel_name, voi
     p->kernels = k;
     *out_kernel = k->kernel;
     return CLNPU_OK;
+}
+
+/* ---- several programs at once ---- */
+
+typedef struct build_job {
+    clnpu_device *dev;
+    const clnpu_embedded_file *f;
+    char *options, *key;
+    clnpu_program *out;
+    clnpu_status st;
+    char msg[2048];
+} build_job;
+
+typedef struct build_queue {
+    build_job *jobs;
+    size_t n, next;
+    pthread_mutex_t lock;
+} build_queue;
+
+static void *build_worker(void *arg)
+{
+    build_queue *q = arg;
+    for (;;) {
+        pthread_mutex_lock(&q->lock);
+        size_t i = q->next++;
+        pthread_mutex_unlock(&q->lock);
+        if (i >= q->n) return NULL;
+        build_job *j = &q->jobs[i];
+        /* make_program owns options and key from here, on success and failure */
+        j->st = make_program(j->dev, j->f->name, j->f->data, j->options, j->key, &j->out);
+        j->options = j->key = NULL;
+        if (j->st) snprintf(j->msg, sizeof j->msg, "%s", clnpu_error_message());
+    }
+}
+
+clnpu_status clnpu_program_build_many(clnpu_device *dev, const char *const *names, const char *const *extras, size_t count,
+                                      size_t threads, clnpu_program **out)
+{
+    if (!dev || (count && !names)) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "clnpu_program_build_many: NULL argument");
+    build_job *jobs = calloc(count + 1, sizeof *jobs);
+    if (!jobs) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    size_t n = 0;
+    clnpu_status st = CLNPU_OK;
+    for (size_t i = 0; i < count && !st; i++) {
+        const clnpu_embedded_file *f = clnpu_embedded_find(clnpu_embedded_kernels, names[i] ? names[i] : "");
+        if (!f) {
+            st = clnpu_fail(CLNPU_ERR_NOT_FOUND, "no embedded kernel source named '%s'", names[i] ? names[i] : "(null)");
+            break;
+        }
+        char *options = make_options(dev, extras ? extras[i] : NULL), *key = options ? make_key(dev, f->data, options) : NULL;
+        if (!key) {
+            free(options);
+            st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+            break;
+        }
+        bool known = false; /* in memory already, or listed twice */
+        for (clnpu_program *p = dev->programs; p && !known; p = p->next) known = !strcmp(p->key, key);
+        for (size_t k = 0; k < n && !known; k++) known = !strcmp(jobs[k].key, key);
+        if (known) {
+            free(options), free(key);
+            continue;
+        }
+        jobs[n++] = (build_job){.dev = dev, .f = f, .options = options, .key = key};
+    }
+    if (!st && n) {
+        if (!threads) {
+            long c = sysconf(_SC_NPROCESSORS_ONLN);
+            threads = c > 0 ? (size_t)c : 1;
+        }
+        if (threads > n) threads = n;
+        build_queue q = {jobs, n, 0, PTHREAD_MUTEX_INITIALIZER};
+        pthread_t tid[64];
+        size_t started = 0;
+        for (size_t t = 1; t < threads && t < 64; t++)
+            if (!pthread_create(&tid[started], NULL, build_worker, &q)) started++;
+        build_worker(&q); /* this thread works too */
+        for (size_t t = 0; t < started; t++) pthread_join(tid[t], NULL);
+        for (size_t i = 0; i < n; i++) {
+            if (jobs[i].st) {
+                if (!st) st = clnpu_fail(jobs[i].st, "%s", jobs[i].msg);
+                continue;
+            }
+            jobs[i].out->embedded = jobs[i].f;
+            program_insert(dev, jobs[i].out);
+        }
+    }
+    for (size_t i = 0; i < n; i++) free(jobs[i].options), free(jobs[i].key);
+    free(jobs);
+    for (size_t i = 0; !st && out && i < count; i++) { /* each request's program, without touching its origin */
+        char *options = make_options(dev, extras ? extras[i] : NULL);
+        const clnpu_embedded_file *f = clnpu_embedded_find(clnpu_embedded_kernels, names[i]);
+        char *key = options ? make_key(dev, f->data, options) : NULL;
+        out[i] = NULL;
+        for (clnpu_program *p = dev->programs; key && p && !out[i]; p = p->next)
+            if (!strcmp(p->key, key)) out[i] = p;
+        free(options), free(key);
+        if (!out[i]) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    }
+    return st;
 }

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "device_internal.h"
-#include "error.h"
+#include "../common/error.h"
 
 typedef struct trace_entry {
     char name[48];

@@ -12,11 +12,11 @@
 #include "clnpu/tuning.h"
 #include "device_internal.h"
 #include "embedded.h"
-#include "error.h"
-#include "file_read.h"
-#include "yaml_in.h"
-#include "hash.h"
-#include "yaml_out.h"
+#include "../common/error.h"
+#include "../common/file_read.h"
+#include "../common/yaml_in.h"
+#include "../common/hash.h"
+#include "../common/yaml_out.h"
 
 struct clnpu_tuning_db {
     clnpu_tuning_entry *items;
@@ -60,6 +60,17 @@ clnpu_status clnpu_tuning_db_put(clnpu_tuning_db *db, const clnpu_tuning_entry *
     }
     db->items[db->count++] = *e;
     return CLNPU_OK;
+}
+
+/* The ISA class of an entry from its device key (vendor|name|driver|hash) and capabilities. */
+static void entry_isa_from_key(clnpu_tuning_entry *e)
+{
+    const char *name = strchr(e->device_key, '|');
+    char dname[256] = "", cpu[48];
+    if (name) snprintf(dname, sizeof dname, "%.*s", (int)strcspn(name + 1, "|"), name + 1);
+    clnpu_isa_llvm_cpu(dname, cpu, sizeof cpu);
+    snprintf(e->isa, sizeof e->isa, "%s",
+             clnpu_isa_class_of(cpu, (clnpu_device_type)e->type, (unsigned)e->vector_width));
 }
 
 clnpu_status clnpu_tuning_db_merge_text(clnpu_tuning_db *db, const char *text, size_t len, const char *origin)
@@ -116,6 +127,9 @@ clnpu_status clnpu_tuning_db_merge_text(clnpu_tuning_db *db, const char *text, s
         if ((s = clnpu_yaml_value(&doc, caps, "vector_width"))) e.vector_width = atoi(s);
         if ((s = clnpu_yaml_value(&doc, caps, "fp16"))) e.fp16 = atoi(s);
         if ((s = clnpu_yaml_value(&doc, caps, "int_dot"))) e.int_dot = atoi(s);
+        if ((s = clnpu_yaml_value(&doc, caps, "isa"))) snprintf(e.isa, sizeof e.isa, "%s", s);
+        if ((s = clnpu_yaml_value(&doc, caps, "cpu"))) snprintf(e.cpu, sizeof e.cpu, "%s", s);
+        if (!e.isa[0]) entry_isa_from_key(&e); /* databases written before the field */
         if (!st) st = clnpu_tuning_db_put(db, &e);
     }
     yaml_document_delete(&doc);
@@ -180,6 +194,8 @@ clnpu_status clnpu_tuning_db_save(const clnpu_tuning_db *db, const char *path)
         clnpu_yaml_kv_int(y, "vector_width", e->vector_width);
         clnpu_yaml_kv_int(y, "fp16", e->fp16);
         clnpu_yaml_kv_int(y, "int_dot", e->int_dot);
+        clnpu_yaml_kv_str(y, "isa", e->isa);
+        if (e->cpu[0]) clnpu_yaml_kv_str(y, "cpu", e->cpu);
         clnpu_yaml_map_end(y);
         clnpu_yaml_map_end(y);
     }
@@ -219,6 +235,8 @@ void clnpu_tuning_entry_set_device(clnpu_tuning_entry *e, const clnpu_device *de
     e->type = dev->info.type, e->compute_units = (int)dev->info.compute_units;
     e->local_mem = (long long)dev->info.local_mem_bytes, e->vector_width = (int)dev->info.pref_vector_width_float;
     e->fp16 = dev->info.fp16, e->int_dot = dev->info.int_dot_product;
+    snprintf(e->isa, sizeof e->isa, "%s", dev->isa.name);
+    snprintf(e->cpu, sizeof e->cpu, "%s", dev->isa.cpu);
 }
 
 static const char *source_of(const char *kernel)
@@ -230,10 +248,30 @@ static const char *source_of(const char *kernel)
     return "";
 }
 
+/* The vendor part of a CPU string ("AuthenticAMD 26/2" -> "AuthenticAMD"). */
+static size_t cpu_vendor_len(const char *cpu) { return strcspn(cpu, " "); }
+
+/* Whether an entry measured elsewhere may stand in for this device at all: never across an ISA
+ * class (register budget and vector width differ: an AVX-512 block spills on AVX2), and for CPUs
+ * never across CPU vendors (an AVX-512 Xeon's and an AVX-512 EPYC's best blocks differ). */
+static bool may_stand_in(const clnpu_tuning_entry *e, const clnpu_device *dev)
+{
+    if (strcmp(e->isa, dev->isa.name)) return false;
+    if (dev->info.type == CLNPU_DEVICE_TYPE_CPU) {
+        const char *ev = e->cpu[0] ? e->cpu : e->device_key; /* old entries: the key's vendor */
+        size_t n = e->cpu[0] ? cpu_vendor_len(e->cpu) : strcspn(e->device_key, "|");
+        const char *dv = dev->isa.cpu[0] ? dev->isa.cpu : dev->info.vendor;
+        size_t dn = dev->isa.cpu[0] ? cpu_vendor_len(dev->isa.cpu) : strlen(dev->info.vendor);
+        if (n != dn || strncmp(ev, dv, n)) return false;
+    }
+    return true;
+}
+
 /* Capability distance: a different device type is far; then relative differences. */
-static double distance(const clnpu_tuning_entry *e, const clnpu_device_info *d)
+static double distance(const clnpu_tuning_entry *e, const clnpu_device_info *d, const char *cpu)
 {
     double x = e->type == (int)d->type ? 0 : 100;
+    x += strcmp(e->cpu, cpu) ? 1 : 0; /* another family / model of the same vendor */
     x += fabs(log2((e->compute_units + 1.0) / (d->compute_units + 1.0)));
     x += fabs(log2((e->local_mem + 1.0) / (d->local_mem_bytes + 1.0))) * 0.5;
     x += fabs(log2((e->vector_width + 1.0) / (d->pref_vector_width_float + 1.0)));
@@ -260,11 +298,13 @@ const clnpu_tuning_entry *clnpu_tuning_lookup(const clnpu_tuning_db *db, const c
             if (note) *note = "an entry was measured with another version of the kernel source: ignored";
             continue;
         }
-        if (!strcmp(e->device_key, key)) {
+        /* the same key on another CPU (a VM's CPU name is often just "AMD EPYC") is not exact */
+        if (!strcmp(e->device_key, key) && (!e->cpu[0] || !strcmp(e->cpu, dev->isa.cpu))) {
             if (match) *match = CLNPU_TUNING_EXACT;
             return e;
         }
-        double dd = distance(e, &dev->info);
+        if (!may_stand_in(e, dev)) continue;
+        double dd = distance(e, &dev->info, dev->isa.cpu);
         if (dd < bd) bd = dd, best = e;
     }
     if (best && match) *match = CLNPU_TUNING_NEAREST;
@@ -282,6 +322,16 @@ void clnpu_device_set_tuning(clnpu_device *dev, const clnpu_tuning_db *db) { dev
 const clnpu_tuning_db *clnpu_device_get_tuning(const clnpu_device *dev) { return dev->tuning; }
 void clnpu_device_set_tuning_verbose(clnpu_device *dev, int v) { dev->tuning_verbose = v; }
 
+bool clnpu_device_tuning_say_once(clnpu_device *dev, const char *tag)
+{
+    if (!dev->tuning_verbose) return false;
+    char t[160];
+    snprintf(t, sizeof t, "|%s|", tag);
+    if (strstr(dev->tuning_said, t) || strlen(dev->tuning_said) + strlen(t) >= sizeof dev->tuning_said) return false;
+    strcat(dev->tuning_said, t);
+    return true;
+}
+
 const clnpu_tuning_entry *clnpu_device_tuning_lookup(clnpu_device *dev, const char *kernel, const char *dtype,
                                                      const char *cls)
 {
@@ -291,9 +341,8 @@ const clnpu_tuning_entry *clnpu_device_tuning_lookup(clnpu_device *dev, const ch
     if (dev->tuning_verbose) {
         /* say it once per (kernel, dtype, class) */
         char tag[96];
-        snprintf(tag, sizeof tag, "|%s/%s/%s|", kernel, dtype, cls);
-        if (!strstr(dev->tuning_said, tag) && strlen(dev->tuning_said) + strlen(tag) < sizeof dev->tuning_said) {
-            strcat(dev->tuning_said, tag);
+        snprintf(tag, sizeof tag, "%s/%s/%s", kernel, dtype, cls);
+        if (clnpu_device_tuning_say_once(dev, tag)) {
             fprintf(stderr, "clnpu: tuning %s %s %s: %s%s%s\n", kernel, dtype, cls,
                     match == CLNPU_TUNING_EXACT ? "entry for this device" :
                     match == CLNPU_TUNING_NEAREST ? "entry of the nearest tuned device " : "kernel defaults",

@@ -18,6 +18,9 @@
  *   CLNPU_GEMM_KACC independent accumulator chains along K (default 4/MR for MR < 4)
  *   CLNPU_GEMM_KSPLIT 1: the chains walk separate stretches of K (more memory streams)
  *   CLNPU_GEMM_NB   output panels per work-item in clnpu_gemm, 1 or 2 (MR x 2NR register block)
+ *   CLNPU_GEMM_MB   row blocks of MR rows per work-item (cache blocking; 1 = none)
+ *   CLNPU_GEMM_KC   K block walked by all MB row blocks before the next (a multiple of 128 so
+ *                   quantisation blocks never straddle it)
  * Epilogue (CLNPU_GEMM_EPILOGUE): 0 Y = alpha*acc; 1 Y = alpha*acc + R (residual add);
  *   2 SwiGLU: W holds gate and up panels interleaved (panel 2p = gate, 2p+1 = up, same columns),
  *     Y = silu(alpha*g) * (alpha*u); the intermediate g and u never touch memory.
@@ -43,6 +46,12 @@
 #endif
 #ifndef CLNPU_GEMM_NB
 #define CLNPU_GEMM_NB 1
+#endif
+#ifndef CLNPU_GEMM_MB
+#define CLNPU_GEMM_MB 1
+#endif
+#ifndef CLNPU_GEMM_KC
+#define CLNPU_GEMM_KC 256
 #endif
 /* PAIR: a work-item streams two weight panels against the same broadcast X values — the gate and
  * up panels of SwiGLU (2p, 2p + 1), or with NB = 2 two adjacent output panels (p, p + 1; the
@@ -100,15 +109,16 @@
 
 #if CLNPU_GEMM_WTYPE == 4
 /* Vector e4m3 -> f32: normals by re-biasing the exponent (7 -> 127), subnormals as m * 2^-9,
- * the sign moved to bit 31. 0x7f / 0xff (NaN) never occur in packed weights. */
-inline VF fp8_widen(VU u)
-{
-    VU mag = (u & 0x7fu) << 20;
-    VF normal = AS_VF(mag + (120u << 23));
-    VF sub = CONVF(u & 7u) * 0x1p-9f;
-    VF r = select(normal, sub, (u & 0x78u) == (VU)0);
-    return AS_VF(AS_VU(r) | ((u & 0x80u) << 24));
-}
+ * the sign moved to bit 31. 0x7f / 0xff (NaN) never occur in packed weights. A statement
+ * expression, not a function: see STORE_ROW on -Wpsabi. */
+#define FP8_WIDEN(uin)                                                                             \
+    ({                                                                                             \
+        const VU u_ = (uin);                                                                       \
+        const VF normal_ = AS_VF(((u_ & 0x7fu) << 20) + (120u << 23));                             \
+        const VF sub_ = CONVF(u_ & 7u) * 0x1p-9f;                                                  \
+        const VF r_ = select(normal_, sub_, (u_ & 0x78u) == (VU)0);                                \
+        AS_VF(AS_VU(r_) | ((u_ & 0x80u) << 24));                                                   \
+    })
 #endif
 
 /* One NR-wide weight row of the panel, widened to f32 (scale applied by the caller). */
@@ -121,7 +131,7 @@ inline VF fp8_widen(VU u)
 #elif CLNPU_GEMM_WTYPE == 3
 #define LOAD_ROW(p, k) CONVF(VLOADF(0, (p) + (size_t)(k) * CLNPU_GEMM_NR))
 #elif CLNPU_GEMM_WTYPE == 4
-#define LOAD_ROW(p, k) fp8_widen(CONVU(VLOADF(0, (p) + (size_t)(k) * CLNPU_GEMM_NR)))
+#define LOAD_ROW(p, k) FP8_WIDEN(CONVU(VLOADF(0, (p) + (size_t)(k) * CLNPU_GEMM_NR)))
 #endif
 
 #if CLNPU_GEMM_WTYPE == 3 && CLNPU_GEMM_QGROUP > 0
@@ -146,190 +156,273 @@ inline VF fp8_widen(VU u)
 
 /* Scales are repacked per weight panel q at upload (see runtime/gemm_pack.c):
  *   int8 per channel: S[q][NR]; int8 per group: S[q][ngroups][NR]; fp8: S[q][kblocks]. */
-#ifdef QBLOCK
-inline VF block_scale(__global const float *S, uint q, uint kb, uint nblocks)
-{
-#if CLNPU_GEMM_WTYPE == 3
-    return VLOADF(0, S + ((size_t)q * nblocks + kb) * NR);
-#else
-    return (VF)(S[(size_t)q * nblocks + kb]);
-#endif
-}
-#endif
 
-/* Rows [row0, row0+rows) of X (rows <= MR) against weight panel(s) for output panel p, over
- * k in [k0, k1). Returns the (unscaled by alpha) accumulators. With SwiGLU the up-projection
- * accumulators come back in accu. */
-#define ACC_DECL VF acc[MR], VF accu[MR]
+/* Quantised weights: scale each block's sum once (one FMA per accumulator per block) instead of
+ * each widened weight row (one multiply per k step) — the multiply is a fifth of an int8 GEMV's
+ * vector work; it needs a second set of accumulators, so only where few are live. */
+#ifndef CLNPU_GEMM_DEFER_SCALE
+#define CLNPU_GEMM_DEFER_SCALE (MR * KACC * (1 + PAIR) <= 8)
+#endif
+#define DEFER_SCALE CLNPU_GEMM_DEFER_SCALE
+#define MB CLNPU_GEMM_MB
+#define KC CLNPU_GEMM_KC
 
-inline void store_row(__global float *yr, VF v, uint n0, uint N)
-{
-    if (n0 + NR <= N) {
-        /* vstore needs only float alignment, so ragged row strides are fine. */
+/* Stores / ragged loads of one NR-wide row. Macros, not functions: a 16-wide vector passed by
+ * value to a function changes the ABI on 8-wide ISAs and makes the compiler warn (-Wpsabi). */
 #if NR == 16
-        vstore16(v, 0, yr);
+#define VSTORE_NR vstore16
 #else
-        vstore8(v, 0, yr);
+#define VSTORE_NR vstore8
 #endif
-    } else {
-        float tmp[NR];
-#if NR == 16
-        vstore16(v, 0, tmp);
-#else
-        vstore8(v, 0, tmp);
-#endif
-        for (uint j = 0; n0 + j < N; j++) yr[j] = tmp[j];
-    }
-}
-
-inline VF load_row_ragged(__global const float *rr, uint n0, uint N)
-{
-    if (n0 + NR <= N) return VLOADF(0, rr);
-    float tmp[NR];
-    for (uint j = 0; j < NR; j++) tmp[j] = n0 + j < N ? rr[j] : 0.0f;
-    return VLOADF(0, tmp);
-}
+#define STORE_ROW(yr, v, n0, N)                                                                    \
+    do {                                                                                           \
+        if ((n0) + NR <= (N)) {                                                                    \
+            VSTORE_NR((v), 0, (yr)); /* needs only float alignment: ragged strides are fine */    \
+        } else {                                                                                   \
+            float tmp_[NR];                                                                        \
+            VSTORE_NR((v), 0, tmp_);                                                               \
+            for (uint j_ = 0; (n0) + j_ < (N); j_++) (yr)[j_] = tmp_[j_];                          \
+        }                                                                                          \
+    } while (0)
+#define ADD_ROW_RAGGED(v, rr, n0, N)                                                               \
+    do {                                                                                           \
+        if ((n0) + NR <= (N)) {                                                                    \
+            (v) += VLOADF(0, (rr));                                                                \
+        } else {                                                                                   \
+            float tmp_[NR];                                                                        \
+            for (uint j_ = 0; j_ < NR; j_++) tmp_[j_] = (n0) + j_ < (N) ? (rr)[j_] : 0.0f;         \
+            (v) += VLOADF(0, tmp_);                                                                \
+        }                                                                                          \
+    } while (0)
 
 /* One k step of accumulator chain c: weight row kk of the panel (and of the paired panel),
- * scaled, against the MR rows' broadcast X values. Used by gemm_tile's three k walks. */
+ * scaled, against the MR rows' broadcast X values. */
 #if PAIR
 #define PAIR_LOAD(kk)                                                                              \
     VF w2 = LOAD_ROW(wu, kk);                                                                      \
     SCALE_U(w2)
-#define PAIR_FMA(r, c) accu[(r) * KACC + (c)] = fma(xv, w2, accu[(r) * KACC + (c)])
+#define PAIR_FMA(r, c) ACC_U[(r) * KACC + (c)] = fma(xv, w2, ACC_U[(r) * KACC + (c)])
 #else
 #define PAIR_LOAD(kk)
 #define PAIR_FMA(r, c)
 #endif
 #define K_STEP(kk, c)                                                                              \
     {                                                                                              \
-        const uint kk_ = (kk);                                                                     \
+        const size_t kk_ = (kk);                                                                   \
         VF w = LOAD_ROW(wg, kk_);                                                                  \
         SCALE_G(w);                                                                                \
         PAIR_LOAD(kk_);                                                                            \
         _Pragma("unroll") for (int r = 0; r < MR; r++) {                                           \
             const VF xv = (VF)(xr[r][kk_]);                                                        \
-            acc[r * KACC + (c)] = fma(xv, w, acc[r * KACC + (c)]);                                 \
+            ACC_G[r * KACC + (c)] = fma(xv, w, ACC_G[r * KACC + (c)]);                             \
             PAIR_FMA(r, c);                                                                        \
         }                                                                                          \
     }
 
-/* The micro-kernel. Wp points at this matrix's packed panels, S at its per-panel scales. */
+/* The micro-kernel, cache-blocked. A work-item owns up to MB blocks of MR rows (rows <= MB*MR)
+ * against output panel p (and its pair). K is walked in blocks of KC: per block the KC x NR
+ * (x2) weight slice sits in L1 while each of the MB row blocks passes over it, so W is read from
+ * memory once per MB*MR rows instead of once per MR (the slice of the MB*MR rows of X, MB*MR*KC
+ * floats, is what L2 holds). Between K blocks a row block's accumulators wait in `part` (private
+ * memory, in L1); after the last K block the epilogue runs and Y is written. With MB = 1 and
+ * KC >= K this is the plain register-blocked kernel. Wp points at this matrix's packed panels,
+ * S at its per-panel scales. */
 inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
                       __global const float *S, __global float *Y, uint ldy,
                       __global const float *R, uint ldr, uint row0, uint rows, uint p,
                       uint k0, uint k1, uint K, uint N, float alpha)
 {
-    const __global float *xr[MR];
-#pragma unroll
-    for (int r = 0; r < MR; r++) /* rows past the end re-read the last row; never stored */
-        xr[r] = X + (size_t)(row0 + min((uint)r, rows - 1)) * ldx;
-
     const uint qg = Q1(p);
+    const __global WT *wg = Wp + (size_t)qg * K * NR;
 #if PAIR
     const uint qu = Q2(p); /* the second panel: SwiGLU's up projection, or output panel p + 1 */
-    VF accu[MR * KACC];
-#pragma unroll
-    for (int r = 0; r < MR * KACC; r++) accu[r] = (VF)(0.0f);
     const __global WT *wu = Wp + (size_t)qu * K * NR;
 #endif
-    VF acc[MR * KACC];
-#pragma unroll
-    for (int r = 0; r < MR * KACC; r++) acc[r] = (VF)(0.0f);
-    const __global WT *wg = Wp + (size_t)qg * K * NR;
-
 #ifdef QBLOCK
     const uint nblocks = (K + QBLOCK - 1) / QBLOCK;
-    for (uint kb = k0; kb < k1;) {
-        const uint kn = min(k1, (kb / QBLOCK + 1) * QBLOCK);
-        const VF sg = block_scale(S, qg, kb / QBLOCK, nblocks);
-#if PAIR
-        const VF su = block_scale(S, qu, kb / QBLOCK, nblocks);
 #endif
-#define SCALE_G(w) (w) *= sg
-#define SCALE_U(w) (w) *= su
+#if MB > 1
+    VF part[MB * MR * (1 + PAIR)];
+#endif
+    const uint nb_rows = (rows + MR - 1) / MR;
+    /* With one row block there is nothing to reuse a weight slice for: one K block. */
+    const uint kstep = MB > 1 ? (uint)KC : k1 - k0;
+    for (uint kc = k0; kc < k1; kc += kstep) {
+        const uint kc1 = min(k1, kc + kstep);
+        for (uint b = 0; b < nb_rows; b++) {
+            const uint rb0 = row0 + b * MR, brows = min((uint)MR, rows - b * MR);
+            const __global float *xr[MR];
+#pragma unroll
+            for (int r = 0; r < MR; r++) /* rows past the end re-read the last row; never stored */
+                xr[r] = X + (size_t)(rb0 + min((uint)r, brows - 1)) * ldx;
+            VF acc[MR * KACC];
+#pragma unroll
+            for (int r = 0; r < MR * KACC; r++) acc[r] = (VF)(0.0f);
+#if PAIR
+            VF accu[MR * KACC];
+#pragma unroll
+            for (int r = 0; r < MR * KACC; r++) accu[r] = (VF)(0.0f);
+#endif
+#ifdef QBLOCK
+            for (size_t kb = kc; kb < kc1;) {
+#if DEFER_SCALE
+                VF bacc[MR * KACC];
+#pragma unroll
+                for (int r = 0; r < MR * KACC; r++) bacc[r] = (VF)(0.0f);
+#if PAIR
+                VF baccu[MR * KACC];
+#pragma unroll
+                for (int r = 0; r < MR * KACC; r++) baccu[r] = (VF)(0.0f);
+#endif
+#endif
+                const size_t kn = min((size_t)kc1, (kb / QBLOCK + 1) * QBLOCK);
+#if CLNPU_GEMM_WTYPE == 3
+                const VF sg = VLOADF(0, S + ((size_t)qg * nblocks + kb / QBLOCK) * NR);
 #else
-    {
-        const uint kb = k0, kn = k1;
+                const VF sg = (VF)(S[(size_t)qg * nblocks + kb / QBLOCK]);
+#endif
+#if PAIR
+#if CLNPU_GEMM_WTYPE == 3
+                const VF su = VLOADF(0, S + ((size_t)qu * nblocks + kb / QBLOCK) * NR);
+#else
+                const VF su = (VF)(S[(size_t)qu * nblocks + kb / QBLOCK]);
+#endif
+#endif
+#if DEFER_SCALE
 #define SCALE_G(w)
 #define SCALE_U(w)
-#endif
-        /* KACC independent accumulator chains along k hide the FMA latency when MR is small. */
-#if CLNPU_GEMM_KSPLIT
-        /* The KACC chains walk KACC separate stretches of the panel: several independent
-         * memory streams per work-item keep more cache-line fills in flight than one (worth
-         * ~25 % for f32 / bf16 GEMV on PoCL; the 8-bit types are bound by their decode). */
-        const uint q = (kn - kb) / KACC;
-        uint k = kb;
-        for (uint i = 0; i < q; i++, k++) {
-#pragma unroll
-            for (int c = 0; c < KACC; c++) K_STEP(k + c * q, c);
-        }
-        k = kb + KACC * q;
+#define ACC_G bacc
+#define ACC_U baccu
 #else
-        uint k = kb;
-        for (; k + KACC <= kn; k += KACC) {
-#pragma unroll
-            for (int c = 0; c < KACC; c++) K_STEP(k + c, c);
-        }
+#define SCALE_G(w) (w) *= sg
+#define SCALE_U(w) (w) *= su
+#define ACC_G acc
+#define ACC_U accu
 #endif
-        for (; k < kn; k++) K_STEP(k, 0);
+#else
+            {
+                const size_t kb = kc, kn = kc1;
+#define SCALE_G(w)
+#define SCALE_U(w)
+#define ACC_G acc
+#define ACC_U accu
+#endif
+                /* KACC independent accumulator chains along k hide the FMA latency when MR is
+                 * small. */
+#if CLNPU_GEMM_KSPLIT
+                /* The KACC chains walk KACC separate stretches of the panel: several independent
+                 * memory streams per work-item keep more cache-line fills in flight than one
+                 * (worth ~25 % for f32 / bf16 GEMV on PoCL; the 8-bit types are bound by their
+                 * decode). */
+                const size_t q = (kn - kb) / KACC;
+                size_t k = kb;
+                for (size_t i = 0; i < q; i++, k++) {
+#pragma unroll
+                    for (int c = 0; c < KACC; c++) K_STEP(k + c * q, c);
+                }
+                k = kb + KACC * q;
+#else
+                size_t k = kb;
+                for (; k + KACC <= kn; k += KACC) {
+#pragma unroll
+                    for (int c = 0; c < KACC; c++) K_STEP(k + c, c);
+                }
+#endif
+                for (; k < kn; k++) K_STEP(k, 0);
 #undef SCALE_G
 #undef SCALE_U
+#undef ACC_G
+#undef ACC_U
 #ifdef QBLOCK
-        kb = kn;
+#if DEFER_SCALE
+#pragma unroll
+                for (int r = 0; r < MR * KACC; r++) {
+                    acc[r] = fma(bacc[r], sg, acc[r]);
+#if PAIR
+                    accu[r] = fma(baccu[r], su, accu[r]);
 #endif
-    }
+                }
+#endif
+                kb = kn;
+#endif
+            }
 #if KACC > 1
 #pragma unroll
-    for (int r = 0; r < MR; r++) {
+            for (int r = 0; r < MR; r++) {
 #pragma unroll
-        for (int c = 1; c < KACC; c++) {
-            acc[r * KACC] += acc[r * KACC + c];
+                for (int c = 1; c < KACC; c++) {
+                    acc[r * KACC] += acc[r * KACC + c];
 #if PAIR
-            accu[r * KACC] += accu[r * KACC + c];
+                    accu[r * KACC] += accu[r * KACC + c];
 #endif
-        }
-    }
+                }
+            }
+#endif
+#if MB > 1
+            /* Earlier K blocks' sums of this row block, then keep them for the next K block. */
+            VF *pb = part + b * MR * (1 + PAIR);
+            if (kc > k0) {
+#pragma unroll
+                for (int r = 0; r < MR; r++) {
+                    acc[r * KACC] += pb[r];
+#if PAIR
+                    accu[r * KACC] += pb[MR + r];
+#endif
+                }
+            }
+            if (kc1 < k1) {
+#pragma unroll
+                for (int r = 0; r < MR; r++) {
+                    pb[r] = acc[r * KACC];
+#if PAIR
+                    pb[MR + r] = accu[r * KACC];
+#endif
+                }
+                continue;
+            }
 #endif
 
 #if CLNPU_GEMM_WTYPE == 3 && CLNPU_GEMM_QGROUP == 0
-    const VF chg = VLOADF(0, S + (size_t)qg * NR); /* per output channel */
+            const VF chg = VLOADF(0, S + (size_t)qg * NR); /* per output channel */
 #if PAIR
-    const VF chu = VLOADF(0, S + (size_t)qu * NR);
+            const VF chu = VLOADF(0, S + (size_t)qu * NR);
 #endif
 #endif
-    const uint n0 = p * NR; /* output panel p (and p + 1 with NB = 2) */
+            const uint n0 = p * NR; /* output panel p (and p + 1 with NB = 2) */
 #pragma unroll
-    for (int r = 0; r < MR; r++) {
-        if ((uint)r < rows) {
-            VF v = acc[r * KACC] * alpha;
+            for (int r = 0; r < MR; r++) {
+                if ((uint)r < brows) {
+                    VF v = acc[r * KACC] * alpha;
 #if CLNPU_GEMM_WTYPE == 3 && CLNPU_GEMM_QGROUP == 0
-            v *= chg;
+                    v *= chg;
 #endif
 #if PAIR
-            VF u = accu[r * KACC] * alpha;
+                    VF u = accu[r * KACC] * alpha;
 #if CLNPU_GEMM_WTYPE == 3 && CLNPU_GEMM_QGROUP == 0
-            u *= chu;
+                    u *= chu;
 #endif
 #endif
 #if CLNPU_GEMM_EPILOGUE == 2
-            v = v / (1.0f + exp(-v)) * u; /* silu(g) * u */
+                    v = v / (1.0f + exp(-v)) * u; /* silu(g) * u */
 #elif CLNPU_GEMM_EPILOGUE == 1
-            v += load_row_ragged(R + (size_t)(row0 + r) * ldr + n0, n0, N);
+                    ADD_ROW_RAGGED(v, R + (size_t)(rb0 + r) * ldr + n0, n0, N);
 #if PAIR
-            u += load_row_ragged(R + (size_t)(row0 + r) * ldr + n0 + NR, n0 + NR, N);
+                    ADD_ROW_RAGGED(u, R + (size_t)(rb0 + r) * ldr + n0 + NR, n0 + NR, N);
 #endif
 #endif
-            store_row(Y + (size_t)(row0 + r) * ldy + n0, v, n0, N);
+                    STORE_ROW(Y + (size_t)(rb0 + r) * ldy + n0, v, n0, N);
 #if PAIR && CLNPU_GEMM_EPILOGUE != 2
-            store_row(Y + (size_t)(row0 + r) * ldy + n0 + NR, u, n0 + NR, N); /* panel p + 1 */
+                    STORE_ROW(Y + (size_t)(rb0 + r) * ldy + n0 + NR, u, n0 + NR, N); /* panel p + 1 */
 #endif
+                }
+            }
         }
     }
 }
 
-/* Plain / batched GEMM and GEMV. Grid: (panels, ceil(M/MR), splits). With splits > 1, Y is a
+#define TILE_ROWS (MB * MR) /* rows of Y per work-item */
+
+/* Plain / batched GEMM and GEMV. Grid: (panels / NB, ceil(M / TILE_ROWS), splits). With splits > 1, Y is a
  * workspace [splits][M][ldy] and the epilogue must be 0 (the reduce kernel adds the residual).
  * Offsets are in elements (a weight offset selects one matrix of a group). */
 __kernel void clnpu_gemm(__global const float *X, const uint xoff, const uint ldx,
@@ -345,17 +438,17 @@ __kernel void clnpu_gemm(__global const float *X, const uint xoff, const uint ld
     const uint p = (rows_first ? g1 : g0) * GEMM_NB, rb = rows_first ? g0 : g1;
     const uint split = get_global_id(2);
     const uint npanels = (N + NR - 1) / NR;
-    const uint row0 = rb * MR;
+    const uint row0 = rb * TILE_ROWS;
     if (p >= npanels || row0 >= M) return;
     const uint k0 = split * kchunk, k1 = min(K, k0 + kchunk);
     __global float *Yp = Y + yoff + (size_t)split * M * ldy;
     gemm_tile(X + xoff, ldx, Wp + woff, S + soff, Yp, ldy, R + roff, ldr, row0,
-              min((uint)MR, M - row0), p, k0, k1, K, N, alpha);
+              min((uint)TILE_ROWS, M - row0), p, k0, k1, K, N, alpha);
 }
 
 #if GEMM_NB == 1 /* the grouped kernels take one output panel per work-item */
 /* Grouped GEMM for MoE experts: one launch over many (matrix, row range) segments. The host
- * lists tiles of at most MR rows: tiles[t] = {matrix index, first row, rows}; empty segments
+ * lists tiles of at most TILE_ROWS rows: tiles[t] = {matrix index, first row, rows}; empty segments
  * simply have no tiles. Matrices of one group share N and K and sit back to back in Wp / S. */
 __kernel void clnpu_gemm_grouped(__global const float *X, const uint xoff, const uint ldx,
                                  __global const WT *Wp, __global const float *S,
@@ -391,10 +484,10 @@ __kernel void clnpu_gemm_grouped_counts(__global const float *X, const uint xoff
     if (p >= (N + NR - 1) / NR) return;
     for (uint e = 0; e < E; e++) {
         const int c = counts[e];
-        const uint nt = c > 0 ? ((uint)c + MR - 1) / MR : 0;
+        const uint nt = c > 0 ? ((uint)c + TILE_ROWS - 1) / TILE_ROWS : 0;
         if (t < nt) {
             const int o = offsets[e];
-            const uint row0 = (uint)o + t * MR, rows = min((uint)MR, (uint)c - t * MR);
+            const uint row0 = (uint)o + t * TILE_ROWS, rows = min((uint)TILE_ROWS, (uint)c - t * TILE_ROWS);
             if (o < 0 || (ulong)o + (ulong)c > M) return;
             gemm_tile(X + xoff, ldx, Wp + (size_t)e * w_stride, S + (size_t)e * s_stride, Y + yoff,
                       ldy, R + roff, ldr, row0, rows, p, 0, K, K, N, alpha);

@@ -23,6 +23,21 @@
 #ifndef CLNPU_MLA_BT
 #define CLNPU_MLA_BT 16
 #endif
+/* The latent cache's element type: f32, or bf16 with CLNPU_CACHE_BF16=1 (half the bytes; rows
+ * widened exactly on load, rounded to nearest even on append). Only the cache's loads and stores
+ * change; the arithmetic stays f32. */
+#ifndef CLNPU_CACHE_BF16
+#define CLNPU_CACHE_BF16 0
+#endif
+#if CLNPU_CACHE_BF16
+#define CACHE_T ushort
+#define CACHE_LOAD(x) clnpu_bf16_to_f32(x)
+#define CACHE_STORE(f) clnpu_f32_to_bf16(f)
+#else
+#define CACHE_T float
+#define CACHE_LOAD(x) (x)
+#define CACHE_STORE(f) (f)
+#endif
 #define R CLNPU_MLA_R
 #define DR CLNPU_MLA_DR
 #define HG CLNPU_MLA_HG
@@ -38,6 +53,7 @@
 #define VF float16
 #define VL vload16
 #define VS vstore16
+#define CVL_BF16(p) as_float16(convert_uint16(vload16(0, (p))) << 16)
 inline float hsum(float16 v)
 {
     float8 a = v.lo + v.hi;
@@ -49,16 +65,24 @@ inline float hsum(float16 v)
 #define VF float4
 #define VL vload4
 #define VS vstore4
+#define CVL_BF16(p) as_float4(convert_uint4(vload4(0, (p))) << 16)
 inline float hsum(float4 v)
 {
     return v.x + v.y + v.z + v.w;
 }
 #endif
 
+/* a vector of cache values as f32 */
+#if CLNPU_CACHE_BF16
+#define CVL(p) CVL_BF16(p)
+#else
+#define CVL(p) VL(0, (p))
+#endif
+
 /* Grid: (ceil(H / HG), B, splits). part_z: [B][H][splits][R]; part_ml: [B][H][splits][2]. */
 __kernel void clnpu_mla_decode(__global const float *qa, __global const float *qp,
                                const uint qp_off, const uint qp_hs,
-                               __global const float *cache, const uint page,
+                               __global const CACHE_T *cache, const uint page,
                                __global const int *block_table, const uint max_blocks,
                                __global const int *seq_len, __global float *part_z,
                                __global float *part_ml, const uint H, const uint splits,
@@ -86,7 +110,7 @@ __kernel void clnpu_mla_decode(__global const float *qa, __global const float *q
     __global const int *bt = block_table + (size_t)b * max_blocks;
     for (uint tb = t0; tb < t1; tb += BT) {
         const uint cnt = min((uint)BT, t1 - tb);
-        __global const float *rows[BT];
+        __global const CACHE_T *rows[BT];
         for (uint j = 0; j < cnt; j++) {
             const uint t = tb + j;
             rows[j] = cache + ((size_t)bt[t / page] * page + t % page) * ROW;
@@ -97,11 +121,11 @@ __kernel void clnpu_mla_decode(__global const float *qa, __global const float *q
             VF acc[HG];
             for (int g = 0; g < HG; g++) acc[g] = (VF)(0.0f);
             for (int d = 0; d < R; d += VW) {
-                const VF rv = VL(0, rows[j] + d);
+                const VF rv = CVL(rows[j] + d);
                 for (int g = 0; g < HG; g++) acc[g] = fma(VL(0, q[g] + d), rv, acc[g]);
             }
             for (int d = 0; d < DR; d += VW) {
-                const VF rv = VL(0, rows[j] + R + d);
+                const VF rv = CVL(rows[j] + R + d);
                 for (int g = 0; g < HG; g++) acc[g] = fma(VL(0, qr[g] + d), rv, acc[g]);
             }
             for (int g = 0; g < HG; g++) s[g][j] = hsum(acc[g]);
@@ -124,7 +148,7 @@ __kernel void clnpu_mla_decode(__global const float *qa, __global const float *q
             VF zd[HG];
             for (int g = 0; g < HG; g++) zd[g] = VL(0, z[g] + d) * corr[g];
             for (uint j = 0; j < cnt; j++) {
-                const VF rv = VL(0, rows[j] + d);
+                const VF rv = CVL(rows[j] + d);
                 for (int g = 0; g < HG; g++) zd[g] = fma((VF)(s[g][j]), rv, zd[g]);
             }
             for (int g = 0; g < HG; g++) VS(zd[g], 0, z[g] + d);
@@ -165,7 +189,7 @@ __kernel void clnpu_mla_combine(__global const float *part_z, __global const flo
 
 /* Append latent rows to the paged cache: row t of src (c | k_pe, stride lds) goes to sequence
  * seq[t] at position pos[t]. Grid: (ROW, T). */
-__kernel void clnpu_kv_append(__global float *cache, const uint page, __global const int *block_table,
+__kernel void clnpu_kv_append(__global CACHE_T *cache, const uint page, __global const int *block_table,
                               const uint max_blocks, __global const float *src, const uint lds,
                               __global const int *seq, __global const int *pos)
 {
@@ -173,16 +197,16 @@ __kernel void clnpu_kv_append(__global float *cache, const uint page, __global c
     if (d >= ROW) return;
     const uint p = (uint)pos[t];
     const int pg = block_table[(size_t)seq[t] * max_blocks + p / page];
-    cache[((size_t)pg * page + p % page) * ROW + d] = src[(size_t)t * lds + d];
+    cache[((size_t)pg * page + p % page) * ROW + d] = CACHE_STORE(src[(size_t)t * lds + d]);
 }
 
 /* Copy positions [0, len) of sequence s out of the paged cache into dst [len][ROW].
  * Grid: (ROW, len). */
-__kernel void clnpu_kv_gather(__global float *dst, __global const float *cache, const uint page,
+__kernel void clnpu_kv_gather(__global float *dst, __global const CACHE_T *cache, const uint page,
                               __global const int *block_table, const uint max_blocks, const uint s)
 {
     const uint d = get_global_id(0), p = get_global_id(1);
     if (d >= ROW) return;
     const int pg = block_table[(size_t)s * max_blocks + p / page];
-    dst[(size_t)p * ROW + d] = cache[((size_t)pg * page + p % page) * ROW + d];
+    dst[(size_t)p * ROW + d] = CACHE_LOAD(cache[((size_t)pg * page + p % page) * ROW + d]);
 }

@@ -23,6 +23,18 @@
 #ifndef WGS
 #define WGS 64
 #endif
+/* The latent cache's element type as in mla.cl: f32, or bf16 with CLNPU_CACHE_BF16=1 (widened
+ * exactly as the tile is loaded; the local tile and the arithmetic stay f32). */
+#ifndef CLNPU_CACHE_BF16
+#define CLNPU_CACHE_BF16 0
+#endif
+#if CLNPU_CACHE_BF16
+#define CACHE_T ushort
+#define CACHE_LOAD(x) clnpu_bf16_to_f32(x)
+#else
+#define CACHE_T float
+#define CACHE_LOAD(x) (x)
+#endif
 #define R CLNPU_MLA_R
 #define DR CLNPU_MLA_DR
 #define HG CLNPU_MLA_HG
@@ -40,7 +52,7 @@
  * part_ml: [B][H][splits][2]; lm: the local floats above. */
 __kernel __attribute__((reqd_work_group_size(WGS, 1, 1)))
 void clnpu_mla_decode_wg(__global const float *qa, __global const float *qp, const uint qp_off, const uint qp_hs,
-                         __global const float *cache, const uint page, __global const int *block_table,
+                         __global const CACHE_T *cache, const uint page, __global const int *block_table,
                          const uint max_blocks, __global const int *seq_len, __global float *part_z,
                          __global float *part_ml, const uint H, const uint splits, const uint chunk,
                          const float scale, __local float *lm)
@@ -68,7 +80,7 @@ void clnpu_mla_decode_wg(__global const float *qa, __global const float *qp, con
         barrier(CLK_LOCAL_MEM_FENCE);
         for (uint e = lid; e < BT * ROW; e += WGS) {
             const uint j = e / ROW, d = e % ROW, t = tb + j;
-            cs[j * CS + d] = j < cnt ? cache[((size_t)bt[t / page] * page + t % page) * ROW + d] : 0.0f;
+            cs[j * CS + d] = j < cnt ? CACHE_LOAD(cache[((size_t)bt[t / page] * page + t % page) * ROW + d]) : 0.0f;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         for (uint r = 0; r < SPT; r++) {

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/capability.h"
 #include "clnpu/ops.h"
 #include "clnpu/tuning.h"
@@ -49,7 +49,10 @@ clnpu_status clnpu_flash_attention(clnpu_device *dev, const clnpu_attention_args
     char opts[160];
     if (clnpu_attention_uses_registers(dev)) {
         /* Local memory is ordinary memory here: the register-blocked variant, queries in lanes. */
-        const int tqv = clnpu_tuning_param(te, "qv", 16), tqg = clnpu_tuning_param(te, "qg", 1),
+        /* queries per vector: the native vector's lanes unless tuned (16 lanes on an 8-lane ISA
+         * spill and make the compiler warn, -Wpsabi) */
+        const int lanes = clnpu_device_get_isa(dev)->lanes >= 16 ? 16 : 8;
+        const int tqv = clnpu_tuning_param(te, "qv", lanes), tqg = clnpu_tuning_param(te, "qg", 1),
                   tkb = clnpu_tuning_param(te, "kb", 8);
         const size_t qv = tqv == 8 ? 8 : 16, qg = tqg == 2 ? 2 : 1, kb = tkb >= 1 && tkb <= 32 ? (size_t)tkb : 8;
         snprintf(opts, sizeof opts, "-DCLNPU_ATTN_DQK=%zu -DCLNPU_ATTN_DV=%zu -DCLNPU_ATTN_QV=%zu "
@@ -116,6 +119,9 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
 {
     if (!a || !a->q_abs || !a->q_pe || !a->cache || !a->block_table || !a->seq_len || !a->out)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla decode: NULL argument");
+    if (a->cache_dtype != CLNPU_DTYPE_F32 && a->cache_dtype != CLNPU_DTYPE_BF16)
+        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "mla decode: a %s latent cache (f32 or bf16)",
+                          clnpu_dtype_name(a->cache_dtype) ? clnpu_dtype_name(a->cache_dtype) : "?");
     if (!a->batch || !a->heads) return CLNPU_OK;
     if (a->rank % 4 || a->rope_dim % 4 || !a->rank || !a->page_size || !a->max_seq_len)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla decode: rank and rope dim must be multiples "
@@ -150,8 +156,8 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
     clnpu_status st = splits == 1 ? CLNPU_OK : clnpu_buffer_create(dev, B * H * splits * R * sizeof(float), &pz);
     if (!st && splits > 1) st = clnpu_buffer_create(dev, B * H * splits * 2 * sizeof(float), &pml);
     char opts[128];
-    snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu", R,
-             a->rope_dim, hg);
+    snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu%s", R,
+             a->rope_dim, hg, a->cache_dtype == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
     if (!st) {
         cl_mem qa = clnpu_mem(a->q_abs), qp = clnpu_mem(a->q_pe), c = clnpu_mem(a->cache),
                bt = clnpu_mem(a->block_table), sl = clnpu_mem(a->seq_len),
@@ -181,9 +187,9 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
                                 "%zu bytes of local memory; the budget on device %zu (profile '%s') is %llu bytes", row,
                                 lbytes, clnpu_device_get_info(dev)->index, clnpu_device_get_profile(dev)->name,
                                 (unsigned long long)cap->local_mem_bytes);
-            char wopts[160];
-            snprintf(wopts, sizeof wopts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu -DCLNPU_MLA_BT=%zu -DWGS=%zu",
-                     R, a->rope_dim, whg, wbt, wgs);
+            char wopts[192];
+            snprintf(wopts, sizeof wopts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu -DCLNPU_MLA_BT=%zu -DWGS=%zu%s",
+                     R, a->rope_dim, whg, wbt, wgs, a->cache_dtype == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
             clnpu_karg wargs[16];
             memcpy(wargs, args, sizeof args);
             wargs[15] = (clnpu_karg){lbytes, NULL}; /* the __local area */

@@ -2,7 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "barrier.h"
 
 void clnpu_barrier_init(clnpu_barrier *b)

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/checkpoint.h"
 #include "safetensors_internal.h"
 

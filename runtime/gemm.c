@@ -5,12 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/capability.h"
 #include "clnpu/gemm.h"
 #include "clnpu/program.h"
 #include "clnpu/tuning.h"
 #include "gemm_internal.h"
+#include "gemm_params.h"
 #include "launch.h"
 
 struct clnpu_weight {
@@ -31,19 +32,6 @@ clnpu_gemm_args clnpu_gemm_args_default(void)
     memset(&a, 0, sizeof a);
     a.alpha = 1.0f;
     return a;
-}
-
-/* Register block and panel width from the bound profile (tile_m, tile_n). */
-static unsigned profile_nr(const clnpu_device *dev)
-{
-    int t = clnpu_device_get_profile(dev)->kernel.tile_n;
-    return t == 8 ? 8 : 16;
-}
-
-static unsigned profile_mr(const clnpu_device *dev)
-{
-    int t = clnpu_device_get_profile(dev)->kernel.tile_m;
-    return t < 1 ? 6 : t > 8 ? 8 : (unsigned)t;
 }
 
 static clnpu_status upload(clnpu_device *dev, const clnpu_weight_desc *a, const clnpu_weight_desc *b,
@@ -77,7 +65,7 @@ static clnpu_status upload(clnpu_device *dev, const clnpu_weight_desc *a, const 
     w->count = count;
     w->group_k = first->group_k;
     w->swiglu = b != NULL;
-    w->nr = profile_nr(dev);
+    w->nr = clnpu_gemm_panel_width(dev);
     const size_t P = (w->n + w->nr - 1) / w->nr, es = clnpu_dtype_size(w->dtype);
     /* an even panel count, so a work-item can always take two adjacent panels (NB = 2); SwiGLU
      * interleaves gate and up panels, which pairs them already */
@@ -158,42 +146,49 @@ size_t clnpu_weight_device_bytes(const clnpu_weight *w)
     return clnpu_buffer_size(w->w) + (w->s ? clnpu_buffer_size(w->s) : 0);
 }
 
-/* Shape classes the tuning database keys GEMM entries by. */
-static const char *gemm_class(size_t m, bool grouped)
+/* The launch's parameters: device-derived defaults, the tuning entry for its shape class, and
+ * under --verbose a line naming each one's source. */
+static void choose(clnpu_device *dev, const clnpu_weight *w, clnpu_epilogue ep, size_t m, bool grouped,
+                   clnpu_gemm_params *out)
 {
-    return grouped ? "grouped" : m == 1 ? "gemv" : m <= 8 ? "decode" : "prefill";
+    clnpu_gemm_shape s = {w->dtype, m, w->n, w->k, w->nr, ep == CLNPU_EPILOGUE_SWIGLU, grouped};
+    const char *cls = clnpu_gemm_class(&s);
+    const clnpu_tuning_entry *te = clnpu_device_tuning_lookup(dev, "gemm", clnpu_dtype_name(w->dtype), cls);
+    clnpu_gemm_params_choose(dev, &s, te, out);
+    char tag[160], desc[320];
+    snprintf(tag, sizeof tag, "gemm %s %s%s m%zu n%zu k%zu", clnpu_dtype_name(w->dtype), cls, s.pair ? " swiglu" : "", m,
+             w->n, w->k);
+    if (clnpu_device_tuning_say_once(dev, tag)) {
+        clnpu_gemm_params_describe(out, desc, sizeof desc);
+        fprintf(stderr, "clnpu: %s: %s\n", tag, desc);
+    }
 }
 
-/* The program variant for this weight, epilogue and register-block height; the tuning entry (if
- * any) sets the accumulator chains and the K walk. */
-static clnpu_status variant(clnpu_device *dev, const clnpu_weight *w, clnpu_epilogue ep, unsigned mr, unsigned nb,
-                            const clnpu_tuning_entry *te, clnpu_program **out)
+/* The program variant for this weight, epilogue and parameters. */
+static clnpu_status variant(clnpu_device *dev, const clnpu_weight *w, clnpu_epilogue ep, const clnpu_gemm_params *gp,
+                            clnpu_program **out)
 {
-    char opts[256];
+    char opts[320];
     const bool no_ksplit = clnpu_quirk_disabled(clnpu_device_get_info(dev), "gemm.ksplit", NULL);
+    const int *v = gp->v;
     int n = snprintf(opts, sizeof opts,
                      "-DCLNPU_GEMM_WTYPE=%d -DCLNPU_GEMM_QGROUP=%zu -DCLNPU_GEMM_EPILOGUE=%d "
-                     "-DCLNPU_GEMM_MR=%u -DCLNPU_GEMM_NR=%u",
-                     (int)w->dtype, w->dtype == CLNPU_DTYPE_I8 ? w->group_k : (size_t)128, (int)ep, mr, w->nr);
-    int kacc = clnpu_tuning_param(te, "kacc", 0), ksplit = clnpu_tuning_param(te, "ksplit", -1);
-    if (kacc > 0 && n > 0 && (size_t)n < sizeof opts) n += snprintf(opts + n, sizeof opts - (size_t)n, " -DCLNPU_GEMM_KACC=%d", kacc);
-    if (no_ksplit) ksplit = 0;
-    if (ksplit >= 0 && n > 0 && (size_t)n < sizeof opts)
-        n += snprintf(opts + n, sizeof opts - (size_t)n, " -DCLNPU_GEMM_KSPLIT=%d", ksplit);
-    if (nb == 2 && n > 0 && (size_t)n < sizeof opts) snprintf(opts + n, sizeof opts - (size_t)n, " -DCLNPU_GEMM_NB=2");
+                     "-DCLNPU_GEMM_MR=%d -DCLNPU_GEMM_NR=%u",
+                     (int)w->dtype, w->dtype == CLNPU_DTYPE_I8 ? w->group_k : (size_t)128, (int)ep,
+                     v[CLNPU_GP_MR], w->nr);
+    int ksplit = no_ksplit ? 0 : v[CLNPU_GP_KSPLIT];
+#define ADD(...)                                                                                   \
+    do {                                                                                           \
+        if (n > 0 && (size_t)n < sizeof opts) n += snprintf(opts + n, sizeof opts - (size_t)n, __VA_ARGS__); \
+    } while (0)
+    if (v[CLNPU_GP_KACC] > 0) ADD(" -DCLNPU_GEMM_KACC=%d", v[CLNPU_GP_KACC]);
+    if (ksplit >= 0) ADD(" -DCLNPU_GEMM_KSPLIT=%d", ksplit);
+    if (v[CLNPU_GP_NB] == 2) ADD(" -DCLNPU_GEMM_NB=2");
+    /* KC 0 = all of K in one block: any value >= K does that without a variant per K */
+    if (v[CLNPU_GP_MB] > 1) ADD(" -DCLNPU_GEMM_MB=%d -DCLNPU_GEMM_KC=%d", v[CLNPU_GP_MB],
+                                v[CLNPU_GP_KC] > 0 ? v[CLNPU_GP_KC] : 1 << 30);
+#undef ADD
     return clnpu_program_get(dev, "gemm.cl", opts, out);
-}
-
-static unsigned choose_mr(const clnpu_device *dev, const clnpu_weight *w, clnpu_epilogue ep, size_t m,
-                          const clnpu_tuning_entry *te)
-{
-    if (m == 1) return 1; /* decode of one token: a pure stream over W */
-    unsigned mr = profile_mr(dev);
-    int tuned = clnpu_tuning_param(te, "mr", 0);
-    if (tuned >= 1 && tuned <= 16) mr = (unsigned)tuned; /* 10 x 2 panels: 20 of AVX-512's 32 registers */
-    if (ep == CLNPU_EPILOGUE_SWIGLU && !tuned) mr = mr / 2 ? mr / 2 : 1; /* two accumulator sets */
-    (void)w;
-    return mr;
 }
 
 static clnpu_status check_args(const clnpu_weight *w, const clnpu_gemm_args *a, size_t *ldx,
@@ -288,18 +283,15 @@ clnpu_status clnpu_gemm(clnpu_device *dev, const clnpu_weight *w, size_t matrix,
     if (a->m == 0) return CLNPU_OK;
     clnpu_weight_layout wl;
     if (wg_family(dev)) return clnpu_weight_layout_of(w, &wl), clnpu_gemm_wg(dev, &wl, matrix, a, ldx, ldy, ldr);
-    const clnpu_tuning_entry *te =
-        clnpu_device_tuning_lookup(dev, "gemm", clnpu_dtype_name(w->dtype), gemm_class(a->m, false));
-    unsigned mr = choose_mr(dev, w, a->epilogue, a->m, te);
-    /* two output panels per work-item where the tuner found it faster (not with SwiGLU, whose
-     * gate and up panels already make two) */
-    const unsigned nb = a->epilogue != CLNPU_EPILOGUE_SWIGLU && clnpu_tuning_param(te, "nb", 1) == 2 ? 2 : 1;
-    const size_t out_panels = (w->n + w->nr - 1) / w->nr, rowblocks = (a->m + mr - 1) / mr;
+    clnpu_gemm_params gp;
+    choose(dev, w, a->epilogue, a->m, false, &gp);
+    const unsigned nb = (unsigned)gp.v[CLNPU_GP_NB], tile = (unsigned)(gp.v[CLNPU_GP_MR] * gp.v[CLNPU_GP_MB]);
+    const size_t out_panels = (w->n + w->nr - 1) / w->nr, rowblocks = (a->m + tile - 1) / tile;
     const size_t items0 = (out_panels + nb - 1) / nb;
     unsigned splits = choose_splits(dev, w, a, items0 * rowblocks, ldy);
     clnpu_epilogue ep = splits > 1 ? CLNPU_EPILOGUE_NONE : a->epilogue;
     clnpu_program *prog;
-    st = variant(dev, w, ep, mr, nb, te, &prog);
+    st = variant(dev, w, ep, &gp, &prog);
     if (st) return st;
     cl_kernel k;
     st = clnpu_program_kernel(prog, "clnpu_gemm", (void **)&k);
@@ -383,7 +375,7 @@ clnpu_status clnpu_gemm_grouped(clnpu_device *dev, const clnpu_weight *w, const 
     size_t ldx = 0, ldy = 0, ldr = 0;
     clnpu_status st = check_args(w, a, &ldx, &ldy, &ldr);
     if (st) return st;
-    /* Tiles of at most MR rows; the row block height follows the largest segment. */
+    /* Tiles of at most MR x MB rows; the row block height follows the largest segment. */
     size_t maxrows = 0, total = 0;
     for (size_t i = 0; i < count; i++) {
         if (segs[i].matrix >= w->count)
@@ -397,8 +389,9 @@ clnpu_status clnpu_gemm_grouped(clnpu_device *dev, const clnpu_weight *w, const 
     if (!maxrows) return CLNPU_OK;
     clnpu_weight_layout wl;
     if (wg_family(dev)) return clnpu_weight_layout_of(w, &wl), clnpu_gemm_wg_grouped(dev, &wl, segs, count, a, ldx, ldy, ldr);
-    const clnpu_tuning_entry *te = clnpu_device_tuning_lookup(dev, "gemm", clnpu_dtype_name(w->dtype), "grouped");
-    unsigned mr = choose_mr(dev, w, a->epilogue, maxrows, te);
+    clnpu_gemm_params gp;
+    choose(dev, w, a->epilogue, maxrows, true, &gp);
+    const size_t mr = (size_t)gp.v[CLNPU_GP_MR] * (size_t)gp.v[CLNPU_GP_MB]; /* rows per tile */
     for (size_t i = 0; i < count; i++) total += (segs[i].rows + mr - 1) / mr;
     cl_int *tiles = malloc(total * 3 * sizeof *tiles);
     if (!tiles) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
@@ -411,7 +404,7 @@ clnpu_status clnpu_gemm_grouped(clnpu_device *dev, const clnpu_weight *w, const 
             t++;
         }
     clnpu_program *prog;
-    st = variant(dev, w, a->epilogue, mr, 1, te, &prog);
+    st = variant(dev, w, a->epilogue, &gp, &prog);
     cl_kernel k = NULL;
     if (!st) st = clnpu_program_kernel(prog, "clnpu_gemm_grouped", (void **)&k);
     cl_int err = 0;
@@ -465,12 +458,19 @@ clnpu_status clnpu_gemm_grouped_counts(clnpu_device *dev, const clnpu_weight *w,
     clnpu_weight_layout wl;
     if (wg_family(dev))
         return clnpu_weight_layout_of(w, &wl), clnpu_gemm_wg_grouped_counts(dev, &wl, counts, offsets, a, ldx, ldy, ldr);
-    const clnpu_tuning_entry *te = clnpu_device_tuning_lookup(dev, "gemm", clnpu_dtype_name(w->dtype), "grouped");
-    unsigned mr = choose_mr(dev, w, a->epilogue, max_rows ? max_rows : a->m, te);
+    /* The counts are on the device; tiles are sized for twice the mean rows per matrix (a tile
+     * computes all its MR rows, so sizing for the largest possible segment would multiply a
+     * decode batch's FMAs by MR / rows: 8 sequences over 64 experts is ~1 row each). */
+    size_t hint = max_rows ? max_rows : a->m;
+    const size_t mean2 = 2 * ((a->m + E - 1) / E);
+    if (mean2 < hint) hint = mean2;
+    clnpu_gemm_params gp;
+    choose(dev, w, a->epilogue, hint, true, &gp);
+    const size_t mr = (size_t)gp.v[CLNPU_GP_MR] * (size_t)gp.v[CLNPU_GP_MB]; /* rows per tile */
     /* However the m rows fall into segments, each non-empty one adds at most one partial tile. */
     const size_t busy = a->m < E ? a->m : E, tiles = (a->m + busy * (mr - 1)) / mr;
     clnpu_program *prog;
-    st = variant(dev, w, a->epilogue, mr, 1, te, &prog);
+    st = variant(dev, w, a->epilogue, &gp, &prog);
     cl_kernel k = NULL;
     if (!st) st = clnpu_program_kernel(prog, "clnpu_gemm_grouped_counts", (void **)&k);
     if (st) return st;

@@ -1,7 +1,7 @@
 /* Kernel launches shared by the runtime's operators. */
 #include <stdio.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/capability.h"
 #include "launch.h"
 

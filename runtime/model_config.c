@@ -7,7 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/model.h"
 
 typedef struct cfg_ctx {

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "launch.h"
 #include "model_internal.h"
 #include "step.h"
@@ -49,6 +49,7 @@ static clnpu_status ensure_pages(clnpu_model *m, size_t n, const size_t *seq_of,
         if (*slot >= 0) continue;
         if (!m->nfree) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "latent cache full: %zu pages in use", m->pages);
         *slot = m->free_pages[--m->nfree];
+        m->page_refs[*slot] = 1;
         changed = true;
     }
     if (!changed) return CLNPU_OK;
@@ -62,7 +63,7 @@ void clnpu_model_reset(clnpu_model *m, size_t seq)
     for (size_t r = 1; m->peers && r < m->tp_size; r++) clnpu_model_reset(m->peers[r - 1], seq);
     for (size_t b = 0; b < m->max_blocks; b++) {
         int *slot = &m->block_table[seq * m->max_blocks + b];
-        if (*slot >= 0) m->free_pages[m->nfree++] = *slot;
+        if (*slot >= 0 && !--m->page_refs[*slot]) m->free_pages[m->nfree++] = *slot;
         *slot = -1;
     }
     m->seq_len[seq] = 0;
@@ -92,7 +93,8 @@ static clnpu_status attention_prefill(clnpu_model *m, model_layer *ly, size_t se
     clnpu_karg ga[] = {KARG(lat), KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(s)};
     size_t g2[2] = {m->lat, S}, l2[2] = {m->lat % 64 ? 1 : 64, 1};
     char opts[96];
-    snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu", R, c->qk_rope_head_dim);
+    snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu%s", R, c->qk_rope_head_dim,
+             m->opt.latent_cache == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
     clnpu_status st = clnpu_launch(m->dev, "mla.cl", opts, "clnpu_kv_gather", 2, g2, l2, ga, 6);
     if (!st) st = mm(m, ly->kv_b, 0, m->latent, 0, m->lat, m->kvfull, 0, H * blk, S, CLNPU_EPILOGUE_NONE);
     if (!st) {
@@ -131,7 +133,7 @@ static clnpu_status attention_decode(clnpu_model *m, model_layer *ly, size_t B, 
     if (!st) {
         clnpu_mla_decode_args a = {m->q_abs, m->q, ly->cache, m->opt.page_size, m->step_bt, m->max_blocks,
                                    m->lens, maxlen, B, H, R, c->qk_rope_head_dim, m->scale, m->z, 0,
-                                   nope, m->dqk};
+                                   nope, m->dqk, m->opt.latent_cache};
         st = clnpu_mla_decode(m->dev, &a);
     }
     /* out[b, h] = z[b, h] . W_UV[h]^T */
@@ -208,7 +210,8 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
     const clnpu_view hv = {m->h, 0, d}, av = {m->a, 0, d}, none = {0};
     const float eps = (float)c->rms_norm_eps;
     char opts[96];
-    snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu", R, c->qk_rope_head_dim);
+    snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu%s", R, c->qk_rope_head_dim,
+             m->opt.latent_cache == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
     const clnpu_rope_layout layout = c->rope_interleave ? CLNPU_ROPE_INTERLEAVED : CLNPU_ROPE_HALF_SPLIT;
     for (size_t l = m->opt.layer_begin; !st && l < m->opt.layer_end; l++) {
         model_layer *ly = &m->layers[l];
@@ -285,17 +288,20 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
     if (!st && m->opt.head) st = clnpu_rmsnorm(m->dev, hv, none, av, m->final_norm, T, d, eps);
     if (!st && m->opt.head) st = capture(m, c->num_hidden_layers + 1, m->a, T);
     if (!st && want_logits && m->opt.head) {
-        /* this rank's vocabulary columns: rank 0's in place in [T][vocab], the others' gathered */
+        /* this rank's vocabulary columns: rank 0's in place in [HT][vocab], the others' gathered;
+         * HT = 1 when only the last row's logits are used (a prompt before generation: the head
+         * of the other rows is vocab x hidden work per row for nothing) */
         const size_t ld = m->tp_rank ? m->vocab : c->vocab_size;
-        st = mm(m, m->lm_head, 0, m->a, 0, d, m->logits, 0, ld, T, CLNPU_EPILOGUE_NONE);
+        const size_t h0 = m->head_last_only ? T - 1 : 0, HT = T - h0;
+        st = mm(m, m->lm_head, 0, m->a, h0 * d, d, m->logits, 0, ld, HT, CLNPU_EPILOGUE_NONE);
         if (!st && m->tp)
-            st = clnpu_tp_gather_columns(m->tp, m->tp_rank, m->logits, T, m->v0, m->vocab, c->vocab_size, m->logits_host);
+            st = clnpu_tp_gather_columns(m->tp, m->tp_rank, m->logits, HT, m->v0, m->vocab, c->vocab_size, m->logits_host);
         /* sampling on the device: only the ids cross back */
         if (!st && m->sample)
-            st = clnpu_sample(m->dev, m->sampled, (clnpu_view){m->logits, 0, c->vocab_size}, T, c->vocab_size, m->sample,
+            st = clnpu_sample(m->dev, m->sampled, (clnpu_view){m->logits, 0, c->vocab_size}, HT, c->vocab_size, m->sample,
                               m->sample_step);
-        if (!st && m->sample) st = clnpu_buffer_read(m->sampled, 0, m->sample_out, T * sizeof(int));
-        if (!st && logits) st = clnpu_buffer_read(m->logits, 0, logits, T * c->vocab_size * sizeof(float));
+        if (!st && m->sample) st = clnpu_buffer_read(m->sampled, 0, m->sample_out, HT * sizeof(int));
+        if (!st && logits) st = clnpu_buffer_read(m->logits, 0, logits, HT * c->vocab_size * sizeof(float));
     }
     if (st && m->tp) clnpu_tp_fail(m->tp, m->tp_rank, st); /* release the ranks waiting for this one */
     if (st && m->dp && !m->tp_rank) clnpu_dp_fail(m->dp, m->replica, st); /* and the other replicas */
@@ -351,6 +357,7 @@ clnpu_status clnpu_model_forward_stage(clnpu_model *m, size_t T, const int *ids,
     size_t started = 0;
     clnpu_tp_group_begin(m->tp);
     for (; started < n; started++) {
+        m->peers[started]->head_last_only = m->head_last_only; /* the same rows on every rank */
         calls[started] = (tp_call){m->peers[started], T, ids, seq_of, pos_of, decode, h_in, want_logits};
         if (pthread_create(&th[started], NULL, tp_rank_main, &calls[started])) {
             clnpu_tp_fail(m->tp, started + 1, clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "cannot start its host thread"));
@@ -379,6 +386,18 @@ clnpu_status clnpu_model_prefill(clnpu_model *m, size_t seq, const int *ids, siz
 {
     const clnpu_stepper s = stepper(m);
     return clnpu_step_prefill(&s, seq, ids, n, logits);
+}
+
+clnpu_status clnpu_model_prefill_last(clnpu_model *m, size_t seq, const int *ids, size_t n, float *last_logits)
+{
+    if (!n) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "prefill: no tokens");
+    /* the chunks clnpu_model_prefill would make; all but the last without the head */
+    const size_t chunk = m->opt.max_tokens ? m->opt.max_tokens : n, tail = (n - 1) % chunk + 1;
+    clnpu_status st = n > tail ? clnpu_model_prefill(m, seq, ids, n - tail, NULL) : CLNPU_OK;
+    m->head_last_only = true;
+    if (!st) st = clnpu_model_prefill(m, seq, ids + n - tail, tail, last_logits);
+    m->head_last_only = false;
+    return st;
 }
 
 clnpu_status clnpu_model_decode(clnpu_model *m, const size_t *seqs, const int *ids, size_t n, float *logits)

@@ -32,6 +32,7 @@ struct clnpu_model {
     size_t vocab, v0;  /* this rank's rows of the embedding and LM head: [v0, v0 + vocab) */
     struct clnpu_tp_group *tp;
     struct clnpu_model **peers; /* rank 0: ranks 1 .. tp_size - 1 */
+    bool head_last_only;        /* the LM head for a step's last row only (clnpu_model_prefill_last) */
     float *logits_host;         /* peers with the head: their logits columns on the way to rank 0 */
     /* data-parallel attention (a replica of a stage): the MoE layers meet the other replicas in
      * dp; replica 0's first rank holds the MoE blocks (a step's rows, all replicas' together,
@@ -51,6 +52,7 @@ struct clnpu_model {
     size_t pages, max_blocks;
     int *block_table;       /* host [max_sequences][max_blocks], -1 = none */
     int *free_pages;        /* stack */
+    unsigned *page_refs;    /* [pages]: block-table entries plus callers' references (model_pages.c) */
     size_t nfree;
     size_t *seq_len;
     clnpu_buffer *block_table_dev;

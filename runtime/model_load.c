@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
-#include "../backend/hash.h"
+#include "../common/error.h"
+#include "../common/hash.h"
 #include "model_internal.h"
 #include "tp.h"
 
@@ -361,13 +361,15 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
         if (!st && (m->tp_rank || m->replica) && m->serve_shard) st = load_moe(m, L, l, ly, false);
     }
 #undef NAME
-    if (!st) st = clnpu_buffer_create(m->dev, m->pages * m->opt.page_size * m->lat * sizeof(float), &ly->cache);
+    if (!st)
+        st = clnpu_buffer_create(m->dev, m->pages * m->opt.page_size * m->lat * clnpu_dtype_size(m->opt.latent_cache),
+                                 &ly->cache);
     return st ? clnpu_fail_context(st, "layer %zu", l) : CLNPU_OK;
 }
 
 clnpu_model_options clnpu_model_options_default(void)
 {
-    clnpu_model_options o = {4, 0, 512, 16, -1, 0x5eed, false, false, 0, (size_t)-1, true, true, NULL, 0};
+    clnpu_model_options o = {4, 0, 512, 16, -1, 0x5eed, false, false, 0, (size_t)-1, true, true, NULL, 0, false, CLNPU_DTYPE_F32, 0};
     return o;
 }
 
@@ -394,7 +396,7 @@ void clnpu_model_destroy(clnpu_model *m)
     for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) clnpu_buffer_destroy(bs[i]);
     clnpu_weight_destroy(m->lm_head);
     clnpu_rope_table_destroy(m->rope);
-    free(m->block_table), free(m->free_pages), free(m->seq_len), free(m->step_host), free(m->step_bt_host);
+    free(m->block_table), free(m->free_pages), free(m->page_refs), free(m->seq_len), free(m->step_host), free(m->step_bt_host);
     free(m->hidden), free(m->route_ids), free(m->route_w), free(m->logits_host);
     free(m);
 }
@@ -508,12 +510,17 @@ static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cf
     m->scale = (float)clnpu_rope_softmax_scale(&cfg->rope, m->dqk);
     m->max_blocks = (m->opt.max_context + m->opt.page_size - 1) / m->opt.page_size;
     m->pages = m->max_blocks * m->opt.max_sequences;
+    if (m->opt.cache_pages && m->opt.cache_pages < m->pages) m->pages = m->opt.cache_pages;
     clnpu_status st = CLNPU_OK;
+    if (m->opt.latent_cache != CLNPU_DTYPE_F32 && m->opt.latent_cache != CLNPU_DTYPE_BF16)
+        st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "a %s latent cache: f32 or bf16",
+                        clnpu_dtype_name(m->opt.latent_cache) ? clnpu_dtype_name(m->opt.latent_cache) : "?");
     m->layers = calloc(cfg->num_hidden_layers, sizeof *m->layers);
     m->block_table = malloc(m->opt.max_sequences * m->max_blocks * sizeof *m->block_table);
     m->free_pages = malloc(m->pages * sizeof *m->free_pages);
+    m->page_refs = calloc(m->pages, sizeof *m->page_refs);
     m->seq_len = calloc(m->opt.max_sequences, sizeof *m->seq_len);
-    if (!m->layers || !m->block_table || !m->free_pages || !m->seq_len)
+    if (!m->layers || !m->block_table || !m->free_pages || !m->page_refs || !m->seq_len)
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     for (size_t i = 0; !st && i < m->opt.max_sequences * m->max_blocks; i++) m->block_table[i] = -1;
     for (size_t i = 0; !st && i < m->pages; i++) m->free_pages[i] = (int)(m->pages - 1 - i);

@@ -1,5 +1,5 @@
 /* MoE routing and dispatch operators (the expert GEMMs themselves are clnpu_gemm_grouped). */
-#include "../backend/error.h"
+#include "../common/error.h"
 #include <stdio.h>
 
 #include "clnpu/capability.h"

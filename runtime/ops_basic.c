@@ -2,7 +2,7 @@
  * argmax, sampling. */
 #include <stdio.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/capability.h"
 #include "clnpu/ops.h"
 #include "launch.h"

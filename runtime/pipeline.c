@@ -1,12 +1,11 @@
 /* Pipeline execution: one model stage per device (its own context and profile), the residual
  * stream handed from stage to stage through the host or, under mpirun, between ranks
  * (pipeline_mpi.c); expert shards of a stage on several devices or ranks. */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "dp.h"
 #include "tp.h"
 #include "pipeline_internal.h"
@@ -26,7 +25,7 @@ void clnpu_pipeline_destroy(clnpu_pipeline *p)
     free(p->stages), free(p->reps), free(p->dps), free(p->nrep), free(p->dp_ranks), free(p->tp_ranks), free(p->tps), free(p->dp_in), free(p->dp_out), free(p->devs), free(p->ep_devs), free(p->h[0]), free(p->h[1]);
     free(p->seq_len), free(p->owner), free(p->shard_rank), free(p->remote_ctx), free(p->remotes);
     free(p->srv_rows), free(p->xch_rows), free(p->srv_segs), free(p->wire_segs);
-    pipeline_mpi_finalize(p);
+    pipeline_mpi_release(p);
     free(p);
 }
 
@@ -34,9 +33,49 @@ int clnpu_pipeline_rank(const clnpu_pipeline *p) { return p->rank; }
 void clnpu_pipeline_set_micro_batches(clnpu_pipeline *p, size_t m) { p->micro = m ? m : 1; }
 int clnpu_pipeline_ranks(const clnpu_pipeline *p) { return p->nranks; }
 
+/* The plan device of slot j of a stage: slot 0 is the stage's main device (`device`, whatever
+ * ep_devices[0] says), slot j > 0 is ep_devices[j]. */
+static size_t slot_device(const clnpu_stage_spec *s, size_t j) { return j ? s->ep_devices[j] : s->device; }
+
+/* Plan devices onto this process's OpenCL devices. In one process plan device d is OpenCL device
+ * d: a plan device that is not present is an error, unless the caller shares devices (d mod N,
+ * each in a context of its own: a many-device plan on a small machine). Under mpirun plan
+ * devices number the whole job's devices, and a rank opens d mod the devices its node has. Either
+ * way two plan devices never meet on one OpenCL device in one process unless shared. */
+typedef struct device_map {
+    size_t ndev;
+    bool share, mpi;
+    size_t *plan, *cl, n, cap; /* what this process opened so far (plan device, OpenCL device) */
+} device_map;
+
+static clnpu_status map_device(device_map *m, size_t d, size_t *out)
+{
+    if (!m->share && !m->mpi && d >= m->ndev)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "plan device %zu is not present: %zu OpenCL device%s (0..%zu); a "
+                          "plan for more devices runs here only with its devices shared (clnpu run --share-devices)",
+                          d, m->ndev, m->ndev == 1 ? "" : "s", m->ndev - 1);
+    *out = d % m->ndev;
+    for (size_t k = 0; k < m->n; k++) {
+        if (m->plan[k] == d) return CLNPU_OK;
+        if (m->cl[k] == *out && !m->share)
+            return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "plan devices %zu and %zu would both run on OpenCL device %zu "
+                              "of this process (%zu present); give each its own device, or share devices (clnpu run "
+                              "--share-devices)", m->plan[k], d, *out, m->ndev);
+    }
+    if (m->n < m->cap) m->plan[m->n] = d, m->cl[m->n++] = *out; /* cap: every device of every stage */
+    return CLNPU_OK;
+}
+
 clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
                                    const clnpu_stage_spec *sp, size_t n, const clnpu_model_options *opt,
                                    clnpu_pipeline **out)
+{
+    return clnpu_pipeline_create_mpi(cfg, ck, sp, n, opt, NULL, out);
+}
+
+clnpu_status clnpu_pipeline_create_mpi(const clnpu_model_config *cfg, const clnpu_checkpoint *ck,
+                                       const clnpu_stage_spec *sp, size_t n, const clnpu_model_options *opt,
+                                       const void *mpi_comm, clnpu_pipeline **out)
 {
     *out = NULL;
     if (!n) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "pipeline: no stages");
@@ -71,12 +110,15 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
     if (!p->devs || !p->stages || !p->reps || !p->dps || !p->nrep || !p->dp_ranks || !p->tp_ranks || !p->tps || !p->h[0] || !p->h[1] || !p->seq_len || !p->owner || !p->shard_rank ||
         !p->remote_ctx || !p->remotes)
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    if (!st) st = pipeline_mpi_setup(p, sp, n);
+    if (!st) st = pipeline_mpi_setup(p, sp, n, mpi_comm);
     p->never = (clnpu_moe_remote){pipeline_never_exchange, p};
     if (!st && p->nranks > 1 && !(p->wire_segs = malloc(3 * (cfg->n_routed_experts + 1) * sizeof *p->wire_segs)))
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     clnpu_profile_set *set = NULL; /* to tell a known stage profile from a typo */
     if (!st) st = clnpu_profile_set_builtin(&set);
+    device_map map = {.ndev = ndev, .share = o.share_devices, .mpi = p->nranks > 1, .cap = n * CLNPU_MAX_EP};
+    map.plan = calloc(map.cap, sizeof *map.plan), map.cl = calloc(map.cap, sizeof *map.cl);
+    if (!st && (!map.plan || !map.cl)) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     for (size_t i = 0; !st && i < n; i++) {
         p->remote_ctx[i] = (struct remote_ctx){p, i};
         p->remotes[i] = (clnpu_moe_remote){pipeline_mpi_exchange, &p->remote_ctx[i]};
@@ -86,12 +128,19 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         for (size_t j = 0; !own && j < sp[i].ep_count && j < CLNPU_MAX_EP; j++)
             if (p->shard_rank[i * CLNPU_MAX_EP + j] == p->rank) serve = j;
         if (!own && serve == CLNPU_MAX_EP) continue;
-        const size_t main_dev = own ? sp[i].device : sp[i].ep_devices[serve];
-        /* plan device d on OpenCL device d mod N, in its own context, bound to the stage's
-         * profile (emulation when it is not this device's own) */
+        const size_t main_dev = slot_device(&sp[i], own ? 0 : serve);
+        /* each plan device in its own context, bound to the stage's profile (emulation when it
+         * is not this device's own) */
         clnpu_device_options dopt = clnpu_device_options_default();
-        if (sp[i].profile[0] && clnpu_profile_set_find(set, sp[i].profile)) dopt.target = sp[i].profile;
-        st = clnpu_device_open(main_dev % ndev, &dopt, &p->devs[i]);
+        if (sp[i].profile[0] && !clnpu_profile_set_find(set, sp[i].profile)) {
+            st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "stage %zu: no target profile '%s'", i, sp[i].profile);
+            break;
+        }
+        if (sp[i].profile[0]) dopt.target = sp[i].profile;
+        dopt.memory_bytes = sp[i].memory_bytes;
+        size_t cl_index = 0;
+        st = map_device(&map, main_dev, &cl_index);
+        if (!st) st = clnpu_device_open(cl_index, &dopt, &p->devs[i]);
         if (st) {
             st = clnpu_fail_context(st, "stage %zu (plan device %zu)", i, main_dev);
             break;
@@ -127,13 +176,17 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
                 continue;
             }
             clnpu_device *d = p->devs[i];
-            if (j && j < tp * reps && sp[i].ep_devices[j] == main_dev) {
+            const size_t pd = slot_device(&sp[i], j);
+            if (j && j < tp * reps && pd == main_dev) {
                 st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "stage %zu: tensor-parallel rank %zu is on the main device %zu "
                                 "again; each rank needs a device of its own", i, j, main_dev);
                 break;
             }
-            if (sp[i].ep_devices[j] != main_dev) {
-                st = clnpu_device_open(sp[i].ep_devices[j] % ndev, &dopt, &p->ep_devs[i * CLNPU_MAX_EP + j]);
+            if (pd != main_dev) {
+                size_t ci = 0;
+                st = map_device(&map, pd, &ci);
+                if (!st) st = clnpu_device_open(ci, &dopt, &p->ep_devs[i * CLNPU_MAX_EP + j]);
+                if (st) st = clnpu_fail_context(st, "stage %zu (plan device %zu)", i, pd);
                 d = p->ep_devs[i * CLNPU_MAX_EP + j];
             }
             if (shard) shards[j].device = d;
@@ -184,6 +237,7 @@ clnpu_status clnpu_pipeline_create(const clnpu_model_config *cfg, const clnpu_ch
         }
     }
     clnpu_profile_set_destroy(set);
+    free(map.plan), free(map.cl);
     st = pipeline_mpi_agree(p, st);
     if (st) {
         clnpu_pipeline_destroy(p);
@@ -204,7 +258,6 @@ static clnpu_status run(clnpu_pipeline *p, size_t n, const int *ids, const size_
                         float *logits)
 {
     clnpu_status st = CLNPU_OK;
-    if (p->fault_step) raise(SIGKILL);
     /* decode micro-batches: near-equal groups of sequences, in order */
     size_t start[CLNPU_MAX_MICRO + 1], groups = decode && p->micro > 1 && n > 1 && p->count > 1 ? p->micro : 1;
     if (groups > n) groups = n;

@@ -27,7 +27,8 @@ struct clnpu_pipeline {
     size_t *seq_len;    /* tokens per sequence, kept here (stage 0 may live on another rank) */
     size_t max_sequences;
     /* MPI: stage s runs on rank owner[s]; this process builds only its own stages */
-    int rank, nranks, mpi_owner_init;
+    int rank, nranks;
+    void *comm;                   /* MPI_Comm: the library's duplicate of the caller's (NULL: one process) */
     int *owner;
     /* expert parallel across ranks: shard j of stage s is served by rank shard_rank[s][j]; a
      * rank that serves a shard of a stage it does not own keeps that stage's model in stages[s]
@@ -44,7 +45,6 @@ struct clnpu_pipeline {
     size_t nsends;
     int group_rank, group_size;
     double timeout_s;
-    int fault_step;               /* CLNPU_FAULT_RANK: this rank dies at its first step */
     size_t micro;                 /* decode micro-batches in flight (in one process) */
     /* attention replicas across the ranks of a stage (a rank per device): this step's rows per
      * group rank, and the owner's rows of every replica for a MoE meeting */
@@ -84,11 +84,12 @@ clnpu_status pipeline_mpi_tp_comm(clnpu_pipeline *p, size_t t);
 clnpu_status pipeline_run_micro(clnpu_pipeline *p, size_t n, const int *ids, const size_t *seqs, const size_t *pos,
                                 bool decode, const size_t *start, size_t groups, float *logits);
 
-/* Ranks: decide who owns which stage and shard (no-op outside mpirun) and, after set-up, make
- * every rank agree that it worked. */
-clnpu_status pipeline_mpi_setup(clnpu_pipeline *p, const clnpu_stage_spec *sp, size_t n);
+/* Ranks: decide who owns which stage and shard over the caller's communicator (comm: an MPI_Comm *,
+ * NULL for one process) and, after set-up, make every rank agree that it worked; release frees the
+ * library's communicators (never MPI itself). */
+clnpu_status pipeline_mpi_setup(clnpu_pipeline *p, const clnpu_stage_spec *sp, size_t n, const void *comm);
 clnpu_status pipeline_mpi_agree(clnpu_pipeline *p, clnpu_status mine);
-void pipeline_mpi_finalize(clnpu_pipeline *p);
+void pipeline_mpi_release(clnpu_pipeline *p);
 /* The residual stream between stages' ranks, and the last stage's logits to every rank. */
 /* rows [row, row + rows) of the hand-off buffer */
 clnpu_status pipeline_recv_hidden(clnpu_pipeline *p, size_t s, size_t row, size_t rows);

@@ -1,7 +1,6 @@
 /* Pipeline stages and expert shards across Open MPI ranks: who owns what, hidden states and
  * logits between ranks, expert rows to the ranks holding them. Every wait has a deadline. */
 #include <limits.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,11 +9,13 @@
 #include <mpi.h>
 #endif
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "dp.h"
 #include "pipeline_internal.h"
 
 #ifdef CLNPU_HAVE_MPI
+#define COMM(p) (*(MPI_Comm *)(p)->comm) /* the library's duplicate of the caller's communicator */
+
 /* Wait for a request with a deadline: a peer that died or hangs becomes an error, not a hang. */
 static clnpu_status mpi_wait(clnpu_pipeline *p, MPI_Request *rq, const char *what, int peer)
 {
@@ -36,31 +37,35 @@ static clnpu_status mpi_wait(clnpu_pipeline *p, MPI_Request *rq, const char *wha
 }
 #endif
 
-/* Under mpirun (Open MPI's environment), either the stages are dealt to ranks in contiguous runs
- * (ranks <= stages; a stage's expert shards stay with its rank), or every plan device gets its own
- * rank (ranks = devices; a stage's first device's rank owns it, the others serve its expert shards).
- * Without mpirun every stage is this process's. CLNPU_MPI_TIMEOUT (seconds, default 120) bounds
- * every wait for a peer. */
-clnpu_status pipeline_mpi_setup(clnpu_pipeline *p, const clnpu_stage_spec *sp, size_t n)
+/* Over the caller's communicator (NULL: one process, every stage this process's), either the
+ * stages are dealt to ranks in contiguous runs (ranks <= stages; a stage's expert shards stay with
+ * its rank), or every plan device gets its own rank (ranks = devices; a stage's first device's rank
+ * owns it, the others serve its expert shards). The library works on a duplicate of the
+ * communicator (its messages never meet the caller's, and errors come back as codes there without
+ * touching the caller's handler). CLNPU_MPI_TIMEOUT (seconds, default 120) bounds every wait for a
+ * peer. */
+clnpu_status pipeline_mpi_setup(clnpu_pipeline *p, const clnpu_stage_spec *sp, size_t n, const void *comm)
 {
     p->rank = 0, p->nranks = 1;
-    const char *size = getenv("OMPI_COMM_WORLD_SIZE");
     const char *to = getenv("CLNPU_MPI_TIMEOUT");
     p->timeout_s = to && atof(to) > 0 ? atof(to) : 120;
-    if (!size || atoi(size) <= 1) return CLNPU_OK;
+    if (!comm) return CLNPU_OK;
 #ifdef CLNPU_HAVE_MPI
-    int inited = 0;
+    int inited = 0, fin = 0;
     MPI_Initialized(&inited);
-    if (!inited) {
-        int provided;
-        if (MPI_Init_thread(NULL, NULL, MPI_THREAD_SINGLE, &provided) != MPI_SUCCESS)
-            return clnpu_fail(CLNPU_ERR_IO, "MPI_Init failed");
-        p->mpi_owner_init = 1;
+    MPI_Finalized(&fin);
+    if (!inited || fin) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "pipeline: a communicator was given but MPI is not "
+                                          "initialised (the caller calls MPI_Init)");
+    if (!(p->comm = malloc(sizeof(MPI_Comm)))) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (MPI_Comm_dup(*(const MPI_Comm *)comm, (MPI_Comm *)p->comm) != MPI_SUCCESS) {
+        free(p->comm), p->comm = NULL;
+        return clnpu_fail(CLNPU_ERR_IO, "pipeline: MPI_Comm_dup failed");
     }
     /* errors come back as codes so a lost peer becomes a message, not a silent abort */
-    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-    MPI_Comm_rank(MPI_COMM_WORLD, &p->rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &p->nranks);
+    MPI_Comm_set_errhandler(COMM(p), MPI_ERRORS_RETURN);
+    MPI_Comm_rank(COMM(p), &p->rank);
+    MPI_Comm_size(COMM(p), &p->nranks);
+    if (p->nranks <= 1) return CLNPU_OK;
     size_t slots = 0;
     for (size_t s = 0; s < n; s++) slots += sp[s].ep_count ? sp[s].ep_count : 1;
     if ((size_t)p->nranks <= n) {
@@ -79,7 +84,7 @@ clnpu_status pipeline_mpi_setup(clnpu_pipeline *p, const clnpu_stage_spec *sp, s
         }
         /* a communicator per stage: its owner (group rank 0) and the ranks serving its shards */
         if (!(p->group_comm = malloc(sizeof(MPI_Comm)))) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-        if (MPI_Comm_split(MPI_COMM_WORLD, color, p->rank, (MPI_Comm *)p->group_comm) != MPI_SUCCESS) {
+        if (MPI_Comm_split(COMM(p), color, p->rank, (MPI_Comm *)p->group_comm) != MPI_SUCCESS) {
             free(p->group_comm), p->group_comm = NULL;
             return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Comm_split failed", p->rank);
         }
@@ -91,18 +96,11 @@ clnpu_status pipeline_mpi_setup(clnpu_pipeline *p, const clnpu_stage_spec *sp, s
                           "%zu (stages dealt in runs) or exactly %zu (a rank per device)", p->nranks, n, slots, n, slots);
     }
     if (!(p->sends = calloc(CLNPU_MAX_MICRO, sizeof(MPI_Request)))) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    /* fault injection for the tests: "r" kills rank r at its first step, "r:load" makes rank r
-     * fail its set-up with an error */
-    const char *fault = getenv("CLNPU_FAULT_RANK");
-    if (fault && *fault && atoi(fault) == p->rank) {
-        if (strstr(fault, ":load")) return clnpu_fail(CLNPU_ERR_IO, "rank %d: set-up failure injected (CLNPU_FAULT_RANK)", p->rank);
-        p->fault_step = 1;
-    }
     return CLNPU_OK;
 #else
     (void)sp, (void)n;
-    return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "started by mpirun with %s ranks, but clnpu was built without MPI "
-                      "(install libopenmpi-dev and rebuild)", size);
+    return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "pipeline: a communicator was given, but clnpu was built without MPI "
+                      "(install libopenmpi-dev and rebuild)");
 #endif
 }
 
@@ -140,8 +138,8 @@ static clnpu_status mpi_xfer(clnpu_pipeline *p, bool send, void *buf, size_t cou
     if (!count) return CLNPU_OK;
     if (count > INT_MAX) return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "rank %d: message of %zu items to rank %d", p->rank, count, peer);
     MPI_Request rq;
-    int rc = send ? MPI_Isend(buf, (int)count, type, peer, tag, MPI_COMM_WORLD, &rq)
-                  : MPI_Irecv(buf, (int)count, type, peer, tag, MPI_COMM_WORLD, &rq);
+    int rc = send ? MPI_Isend(buf, (int)count, type, peer, tag, COMM(p), &rq)
+                  : MPI_Irecv(buf, (int)count, type, peer, tag, COMM(p), &rq);
     if (rc != MPI_SUCCESS) return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI failed %s rank %d", p->rank, what, peer);
     return mpi_wait(p, &rq, what, peer);
 }
@@ -438,7 +436,7 @@ clnpu_status pipeline_mpi_agree(clnpu_pipeline *p, clnpu_status mine_st)
     if (p->nranks <= 1) return mine_st;
     int mine = mine_st ? p->rank : INT_MAX, first = INT_MAX;
     MPI_Request rq;
-    clnpu_status ws = MPI_Iallreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD, &rq) == MPI_SUCCESS
+    clnpu_status ws = MPI_Iallreduce(&mine, &first, 1, MPI_INT, MPI_MIN, COMM(p), &rq) == MPI_SUCCESS
                           ? mpi_wait(p, &rq, "agreeing on set-up with", -1)
                           : clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Iallreduce failed", p->rank);
     if (mine_st) return mine_st;
@@ -448,7 +446,9 @@ clnpu_status pipeline_mpi_agree(clnpu_pipeline *p, clnpu_status mine_st)
     return CLNPU_OK;
 }
 
-void pipeline_mpi_finalize(clnpu_pipeline *p)
+/* The library's communicators go; MPI itself is the caller's (no MPI_Finalize here: after an
+ * error a peer may be stopped or dead, and MPI_Finalize would wait for it forever). */
+void pipeline_mpi_release(clnpu_pipeline *p)
 {
     if (p->nsends) pipeline_sends_done(p); /* an error path may leave sends running */
     free(p->sends);
@@ -456,7 +456,8 @@ void pipeline_mpi_finalize(clnpu_pipeline *p)
     free(p->tp_comm);
     if (p->group_comm) MPI_Comm_free((MPI_Comm *)p->group_comm);
     free(p->group_comm);
-    if (p->mpi_owner_init) MPI_Finalize();
+    if (p->comm) MPI_Comm_free((MPI_Comm *)p->comm);
+    free(p->comm);
 }
 
 /* Messages between two ranks with one tag arrive in order, so a step's groups need no numbering. */
@@ -480,7 +481,7 @@ clnpu_status pipeline_send_hidden(clnpu_pipeline *p, size_t s, size_t row, size_
         if (st) return st;
     }
     MPI_Request *rq = &((MPI_Request *)p->sends)[p->nsends];
-    if (MPI_Isend(p->h[(s + 1) % 2] + row * H, (int)count, MPI_FLOAT, p->owner[s + 1], (int)(s + 1), MPI_COMM_WORLD, rq) !=
+    if (MPI_Isend(p->h[(s + 1) % 2] + row * H, (int)count, MPI_FLOAT, p->owner[s + 1], (int)(s + 1), COMM(p), rq) !=
         MPI_SUCCESS)
         return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI failed sending hidden states to rank %d", p->rank, p->owner[s + 1]);
     p->send_peer[p->nsends++] = p->owner[s + 1];
@@ -504,14 +505,15 @@ clnpu_status pipeline_bcast_logits(clnpu_pipeline *p, float *logits, size_t coun
     if (count > INT_MAX) return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "rank %d: %zu logits in one message", p->rank, count);
     const int root = p->owner[p->count - 1];
     MPI_Request rq;
-    if (MPI_Ibcast(logits, (int)count, MPI_FLOAT, root, MPI_COMM_WORLD, &rq) != MPI_SUCCESS)
+    if (MPI_Ibcast(logits, (int)count, MPI_FLOAT, root, COMM(p), &rq) != MPI_SUCCESS)
         return clnpu_fail(CLNPU_ERR_IO, "rank %d: MPI_Ibcast failed", p->rank);
-    return mpi_wait(p, &rq, "receiving logits from", root);
+    /* the root waits for the others, the others for the root */
+    return root == p->rank ? mpi_wait(p, &rq, "broadcasting logits to", -1) : mpi_wait(p, &rq, "receiving logits from", root);
 }
 #else
 /* Built without MPI: one process runs every stage; nothing crosses ranks. */
 clnpu_status pipeline_mpi_agree(clnpu_pipeline *p, clnpu_status mine) { (void)p; return mine; }
-void pipeline_mpi_finalize(clnpu_pipeline *p) { (void)p; }
+void pipeline_mpi_release(clnpu_pipeline *p) { (void)p; }
 clnpu_status pipeline_recv_hidden(clnpu_pipeline *p, size_t s, size_t r, size_t n) { (void)p, (void)s, (void)r, (void)n; return CLNPU_OK; }
 clnpu_status pipeline_send_hidden(clnpu_pipeline *p, size_t s, size_t r, size_t n) { (void)p, (void)s, (void)r, (void)n; return CLNPU_OK; }
 clnpu_status pipeline_sends_done(clnpu_pipeline *p) { (void)p; return CLNPU_OK; }

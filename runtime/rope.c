@@ -2,7 +2,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/ops.h"
 #include "launch.h"
 

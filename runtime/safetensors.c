@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "clnpu/checkpoint.h"
 #include "safetensors_internal.h"
 

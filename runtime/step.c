@@ -3,7 +3,7 @@
 
 #include <stdlib.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 
 clnpu_status clnpu_step_prefill(const clnpu_stepper *s, size_t seq, const int *ids, size_t n, float *logits)
 {

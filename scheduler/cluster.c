@@ -8,9 +8,9 @@
 #include <string.h>
 #include <yaml.h>
 
-#include "../backend/error.h"
-#include "../backend/file_read.h"
-#include "../backend/yaml_in.h"
+#include "../common/error.h"
+#include "../common/file_read.h"
+#include "../common/yaml_in.h"
 #include "clnpu/plan.h"
 
 typedef struct ctx {
@@ -59,6 +59,52 @@ static clnpu_status link_of(const ctx *c, const yaml_node_t *n, const char *what
     return st;
 }
 
+/* Published or measured kernel rates, with the source they come from (a string). */
+static clnpu_status rates_of(const ctx *c, const yaml_node_t *n, clnpu_kernel_rates *rates, char *source, size_t cap)
+{
+    static const char *const keys[] = {"gemm_flops", "stream_bandwidth", "attn_flops", "attn_bandwidth",
+                                       "alltoall_bandwidth", "alltoall_latency_s", "alltoall_sm_fraction", "source", NULL};
+    clnpu_status st = check_keys(c, n, "kernel_rates", keys);
+    double *dst[] = {&rates->gemm_flops, &rates->stream_bandwidth, &rates->attn_flops,
+                     &rates->attn_bandwidth, &rates->alltoall_bandwidth, &rates->alltoall_latency_s,
+                     &rates->alltoall_sm_fraction};
+    yaml_node_t *v;
+    for (size_t i = 0; !st && i < 7; i++)
+        if ((v = get(c, n, keys[i]))) st = num(c, v, keys[i], dst[i]);
+    if (!st && rates->alltoall_sm_fraction >= 1)
+        st = clnpu_yaml_fail_at(c->origin, get(c, n, "alltoall_sm_fraction"), "alltoall_sm_fraction is a fraction below 1");
+    if (!st && (v = get(c, n, "source")) && sval(v)) snprintf(source, cap, "%s", sval(v));
+    if (!st && !source[0])
+        st = clnpu_yaml_fail_at(c->origin, n, "kernel_rates needs a 'source' saying where the rates come from");
+    return st;
+}
+
+/* One of a few words; index into `words` in *out. */
+static clnpu_status word_of(const ctx *c, const yaml_node_t *n, const char *key, const char *const *words, int *out)
+{
+    const char *s = sval(n);
+    for (int i = 0; s && words[i]; i++)
+        if (!strcmp(s, words[i])) return *out = i, CLNPU_OK;
+    return clnpu_yaml_fail_at(c->origin, n, "'%s' must be one of %s|%s|%s", key, words[0], words[1], words[2]);
+}
+
+/* ep_dispatch, tbo and kernel_rates of the cluster or of one phase's block. */
+static clnpu_status phase_of(const ctx *c, const yaml_node_t *n, int *dispatch, int *tbo, clnpu_kernel_rates *rates,
+                             char *source)
+{
+    static const char *const dispatch_words[] = {"device", "expert", "node", NULL}, *const tbo_words[] = {"auto", "on", "off", NULL};
+    yaml_node_t *v;
+    clnpu_status st = CLNPU_OK;
+    int t = 0;
+    if ((v = get(c, n, "ep_dispatch"))) st = word_of(c, v, "ep_dispatch", dispatch_words, dispatch);
+    if (!st && (v = get(c, n, "tbo")) && !(st = word_of(c, v, "tbo", tbo_words, &t))) *tbo = CLNPU_TBO_AUTO + t;
+    if (!st && (v = get(c, n, "kernel_rates"))) {
+        memset(rates, 0, sizeof *rates), source[0] = 0; /* a phase's rates replace the cluster's whole */
+        st = rates_of(c, v, rates, source, 256);
+    }
+    return st;
+}
+
 static clnpu_status apply_overrides(const ctx *c, const yaml_node_t *n, clnpu_profile *p)
 {
     static const char *const keys[] = {"memory_bytes", "memory_bandwidth", "fp32", "fp16", "bf16", "fp8", "int8", NULL};
@@ -99,7 +145,7 @@ static clnpu_status add_devices(clnpu_cluster *cl, const clnpu_profile *p, size_
 static clnpu_status parse_root(const ctx *c, const yaml_node_t *root, const clnpu_profile_set *set, clnpu_cluster *cl)
 {
     static const char *const top[] = {"name", "nodes", "links", "memory_reserve", "launch_overhead_s", "comm_overlap",
-                                      "notes", NULL};
+                                      "notes", "redundant_experts", "ep_dispatch", "tbo", "kernel_rates", "prefill", "decode", NULL};
     clnpu_status st = check_keys(c, root, "the cluster", top);
     yaml_node_t *v = NULL;
     if (!st && (v = get(c, root, "name")) && sval(v)) snprintf(cl->name, sizeof cl->name, "%s", sval(v));
@@ -110,6 +156,24 @@ static clnpu_status parse_root(const ctx *c, const yaml_node_t *root, const clnp
     if (!st && (v = get(c, root, "comm_overlap"))) st = num(c, v, "comm_overlap", &cl->comm_overlap);
     if (!st && v && (cl->comm_overlap < 0 || cl->comm_overlap > 1))
         st = clnpu_yaml_fail_at(c->origin, v, "comm_overlap is a fraction from 0 to 1");
+    double red = 0;
+    if (!st && (v = get(c, root, "redundant_experts"))) st = num(c, v, "redundant_experts", &red);
+    if (!st && (red != floor(red) || red > 65536))
+        st = clnpu_yaml_fail_at(c->origin, v, "redundant_experts must be an integer 0..65536");
+    cl->redundant_experts = (size_t)red;
+    cl->tbo = CLNPU_TBO_OFF;
+    if (!st) st = phase_of(c, root, &cl->ep_dispatch, &cl->tbo, &cl->rates, cl->rates_source);
+    static const char *const phases[2] = {"decode", "prefill"};
+    for (int ph = 0; ph < 2 && !st; ph++) {
+        yaml_node_t *b = get(c, root, phases[ph]);
+        if (!b) continue;
+        static const char *const pkeys[] = {"ep_dispatch", "tbo", "kernel_rates", NULL};
+        st = check_keys(c, b, phases[ph], pkeys);
+        struct clnpu_cluster_phase *P = &cl->phase[ph];
+        P->set = true, P->ep_dispatch = cl->ep_dispatch, P->tbo = cl->tbo, P->rates = cl->rates;
+        snprintf(P->rates_source, sizeof P->rates_source, "%s", cl->rates_source);
+        if (!st) st = phase_of(c, b, &P->ep_dispatch, &P->tbo, &P->rates, P->rates_source);
+    }
     yaml_node_t *nodes = st ? NULL : get(c, root, "nodes");
     if (!st && (!nodes || nodes->type != YAML_SEQUENCE_NODE || nodes->data.sequence.items.start == nodes->data.sequence.items.top))
         st = clnpu_yaml_fail_at(c->origin, root, "'nodes' must be a non-empty list");

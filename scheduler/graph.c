@@ -4,7 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
+#include "clnpu/model_memory.h"
 #include "clnpu/plan.h"
 
 clnpu_status clnpu_graph_build(const clnpu_model_config *c, clnpu_graph *g)
@@ -17,6 +18,7 @@ clnpu_status clnpu_graph_build(const clnpu_model_config *c, clnpu_graph *g)
     g->units = calloc(g->count, sizeof *g->units);
     if (!g->units) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     g->experts = c->n_routed_experts, g->top_k = c->num_experts_per_tok, g->n_group = c->n_group;
+    g->cfg = *c;
     g->topk_group = c->topk_group, g->hidden = c->hidden_size, g->heads = c->num_attention_heads;
     /* attention: q_a + q_a_norm + q_b (or q_proj), kv_a + kv_a_norm, kv_b, o */
     const double attn = (qlr ? d * qlr + qlr + qlr * H * dqk : d * H * dqk) + d * (R + rope) + R +
@@ -33,7 +35,8 @@ clnpu_status clnpu_graph_build(const clnpu_model_config *c, clnpu_graph *g)
         u->norm_params = 2 * d;
         /* absorbed decode: scores over R + rope, values over R, per head */
         u->attn_flops_per_ctx = 2 * H * (R + rope + R);
-        u->kv_bytes_per_token = (R + rope) * 2; /* bf16 latent */
+        u->attn_prefill_flops_per_ctx = 2 * H * (dqk + vd); /* keys and values expanded per head */
+        u->kv_bytes_per_token = (R + rope) * (double)clnpu_dtype_size(CLNPU_LATENT_CACHE_DTYPE); /* as allocated */
         if (clnpu_model_config_is_moe(c, l)) {
             u->kind = CLNPU_UNIT_MOE;
             u->expert_params = 3 * d * (double)c->moe_intermediate_size;

@@ -9,17 +9,67 @@
 #include <string.h>
 #include <yaml.h>
 
-#include "../backend/error.h"
-#include "../backend/yaml_in.h"
+#include "../common/error.h"
+#include "../common/yaml_in.h"
 #include "clnpu/plan.h"
+
+/* The best of each kind of measurement in a `clnpu bench --json` log. */
+typedef struct cal_best {
+    double gemm_c, gemm_m;           /* large-M GEMM FLOP/s, M = 1 stream bytes/s */
+    double mla_b, mla_f;             /* MLA decode: bandwidth at the longest context, FLOP/s */
+    double mla_ctx;
+    double attn_f;                   /* prefill attention FLOP/s */
+    double moe_f, moe_b, moe_hi, moe_lo; /* grouped GEMM: FLOP/s at the most tokens, stream at the fewest */
+    double a2a_b, a2a_lat;           /* dispatch / combine bytes/s and latency */
+    size_t n;
+} cal_best;
+
+static double jnum(const cJSON *o, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) && isfinite(v->valuedouble) && v->valuedouble >= 0 ? v->valuedouble : -1;
+}
+
+static void cal_take(const cJSON *o, cal_best *b)
+{
+    const cJSON *op = cJSON_GetObjectItemCaseSensitive(o, "op");
+    if (!cJSON_IsString(op)) return;
+    const char *name = op->valuestring;
+    const double gf = jnum(o, "gflops") * 1e9, gb = jnum(o, "gbps") * 1e9;
+    if (!strcmp(name, "gemm") && jnum(o, "m") >= 0 && gf >= 0 && gb >= 0) {
+        /* the best large-M rate is the compute efficiency, the best M = 1 stream the memory one */
+        if (jnum(o, "m") >= 256) b->gemm_c = fmax(b->gemm_c, gf);
+        if (jnum(o, "m") == 1) b->gemm_m = fmax(b->gemm_m, gb);
+        b->n++;
+    } else if (!strcmp(name, "mla") && gf >= 0 && gb >= 0) {
+        /* the latent cache streams at the longest context; the FLOP rate is the best seen */
+        const double L = jnum(o, "context");
+        if (L > b->mla_ctx || (L == b->mla_ctx && gb > b->mla_b)) b->mla_ctx = L, b->mla_b = gb;
+        b->mla_f = fmax(b->mla_f, gf);
+        b->n++;
+    } else if (!strcmp(name, "attention") && gf >= 0) {
+        b->attn_f = fmax(b->attn_f, gf);
+        b->n++;
+    } else if (!strcmp(name, "moe") && gf >= 0 && gb >= 0 && jnum(o, "tokens") > 0) {
+        const double T = jnum(o, "tokens");
+        if (T > b->moe_hi) b->moe_hi = T, b->moe_f = gf;
+        if (b->moe_lo == 0 || T < b->moe_lo) b->moe_lo = T, b->moe_b = gb;
+        b->n++;
+    } else if (!strcmp(name, "alltoall") && gb > 0) {
+        /* from DeepEP's or nccl-tests' output, converted: {"op":"alltoall","gbps":..,"latency_us":..} */
+        b->a2a_b = fmax(b->a2a_b, gb);
+        if (jnum(o, "latency_us") >= 0) b->a2a_lat = b->a2a_lat > 0 ? fmin(b->a2a_lat, jnum(o, "latency_us") * 1e-6) : jnum(o, "latency_us") * 1e-6;
+        b->n++;
+    }
+}
 
 clnpu_status clnpu_calibration_read(const char *path, const clnpu_profile *p, clnpu_calibration *cal)
 {
     FILE *f = fopen(path, "rb");
     if (!f) return clnpu_fail(CLNPU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     char line[4096];
-    double best_c = 0, best_m = 0;
-    size_t n = 0, lineno = 0;
+    cal_best b = {0};
+    size_t lineno = 0;
     clnpu_status st = CLNPU_OK;
     while (!st && fgets(line, sizeof line, f)) {
         lineno++;
@@ -29,22 +79,23 @@ clnpu_status clnpu_calibration_read(const char *path, const clnpu_profile *p, cl
             st = clnpu_fail(CLNPU_ERR_PARSE, "%s:%zu: not a JSON object", path, lineno);
             break;
         }
-        const cJSON *op = cJSON_GetObjectItemCaseSensitive(o, "op"), *m = cJSON_GetObjectItemCaseSensitive(o, "m");
-        const cJSON *gf = cJSON_GetObjectItemCaseSensitive(o, "gflops"), *gb = cJSON_GetObjectItemCaseSensitive(o, "gbps");
-        if (cJSON_IsString(op) && !strcmp(op->valuestring, "gemm") && cJSON_IsNumber(m) && cJSON_IsNumber(gf) &&
-            cJSON_IsNumber(gb)) {
-            /* the best large-M rate is the compute efficiency, the best M = 1 stream the memory one */
-            if (m->valuedouble >= 256) best_c = fmax(best_c, gf->valuedouble * 1e9);
-            if (m->valuedouble == 1) best_m = fmax(best_m, gb->valuedouble * 1e9);
-            n++;
-        }
+        cal_take(o, &b);
         cJSON_Delete(o);
     }
     fclose(f);
     if (st) return st;
-    if (!n) return clnpu_fail(CLNPU_ERR_PARSE, "%s: no gemm measurements (expected clnpu bench gemm --json output)", path);
-    if (best_c > 0 && p->peak[CLNPU_PEAK_FP32] > 0) cal->compute_eff = fmin(1, best_c / p->peak[CLNPU_PEAK_FP32]);
-    if (best_m > 0 && p->memory_bandwidth > 0) cal->memory_eff = fmin(1.5, best_m / p->memory_bandwidth);
+    if (!b.n)
+        return clnpu_fail(CLNPU_ERR_PARSE, "%s: no gemm, mla, attention, moe or alltoall measurements (expected clnpu "
+                          "bench --json output)", path);
+    if (b.gemm_c > 0 && p->peak[CLNPU_PEAK_FP32] > 0) cal->compute_eff = fmin(1, b.gemm_c / p->peak[CLNPU_PEAK_FP32]);
+    if (b.gemm_m > 0 && p->memory_bandwidth > 0) cal->memory_eff = fmin(1.5, b.gemm_m / p->memory_bandwidth);
+    /* kernel rates measured directly replace peak x efficiency for their kernels */
+    if (b.mla_b > 0) cal->rates.attn_bandwidth = b.mla_b;
+    if (b.attn_f > 0 || b.mla_f > 0) cal->rates.attn_flops = fmax(b.attn_f, b.mla_f);
+    if (b.moe_f > 0) cal->rates.gemm_flops = fmax(b.moe_f, b.gemm_c);
+    if (b.moe_b > 0) cal->rates.stream_bandwidth = b.moe_b;
+    if (b.a2a_b > 0) cal->rates.alltoall_bandwidth = b.a2a_b;
+    if (b.a2a_lat > 0) cal->rates.alltoall_latency_s = b.a2a_lat;
     return CLNPU_OK;
 }
 

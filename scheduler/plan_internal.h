@@ -25,5 +25,16 @@ struct clnpu_plan {
     double weight_bytes_per_param;
     char profile_names[4][64];
     char (*stage_profiles)[64];  /* [nstages] */
+    clnpu_plan_breakdown breakdown;
 };
+/* The executor's buffers per device (scheduler/memory.c): a stage model's workspaces, and what a
+ * unit adds besides its weights and latent cache (the head's logits, a MoE layer's scratch), for
+ * TP t, r attention replicas and the pipeline replica's batch. */
+/* The latent cache's bytes per token of every layer for the workload's cache dtype. */
+void plan_graph_set_latent_cache(clnpu_graph *g, clnpu_dtype cache);
+/* The tokens per forward call (prefill chunk) a plan budgets for each stage model. */
+size_t plan_exec_max_tokens(const clnpu_workload *w, size_t r, double batch);
+double plan_exec_fixed_bytes(const clnpu_graph *gr, const clnpu_workload *w, size_t t, size_t r, double batch);
+double plan_exec_unit_bytes(const clnpu_graph *gr, const clnpu_workload *w, const clnpu_graph_unit *u, size_t g, size_t t,
+                            size_t r, double batch);
 #endif

@@ -1,11 +1,14 @@
 /* A plan for people (report, SVG) and for the executor (YAML). */
 #include <math.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-#include "../backend/error.h"
-#include "../backend/yaml_out.h"
+#include "../common/error.h"
+#include "../common/yaml_out.h"
+#include "../schema/plan_schema.h"
 #include "plan_internal.h"
 
 static const char *unit_name(const clnpu_plan *p, size_t u, char *buf, size_t cap)
@@ -39,6 +42,7 @@ void clnpu_plan_print(const clnpu_plan *p, FILE *f)
     fprintf(f, "predicted: step %.3f ms, %s %.3f ms, %.1f tokens/s (%.2f per device)\n", s->step_s * 1e3,
             dec ? "per-token latency" : "prompt latency", s->token_latency_s * 1e3, s->tokens_per_s,
             s->tokens_per_s_per_device);
+    if (p->breakdown.tbo) fprintf(f, "overlap: two micro-batches per step, each one's expert exchange beside the other's compute\n");
     char c[32];
     gb(c, sizeof c, s->comm_bytes_per_step);
     fprintf(f, "communication: %s per step; expert placement: %zu slots per device, imbalance max/mean %.3f, "
@@ -61,80 +65,95 @@ void clnpu_plan_print(const clnpu_plan *p, FILE *f)
     fprintf(f, "(per device; the reserve is the rest of 'used'. Plan time %.1f ms.)\n", s->plan_time_s * 1e3);
 }
 
+/* The plan as a plan-file document (schema/plan_schema.h): what `clnpu plan -o` writes and what
+ * clnpu_plan_stage_specs hands the executor without a file. */
+static clnpu_status plan_doc(const clnpu_plan *p, clnpu_plan_doc *d)
+{
+    const clnpu_plan_summary *s = &p->sum;
+    clnpu_plan_doc_init(d);
+    size_t *cnt = NULL;
+    const size_t lists = p->copy_expert ? p->g : 0;
+    if (lists && !(cnt = calloc(lists, sizeof *cnt))) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (size_t i = 0; i < p->ncopies && lists; i++) cnt[p->copy_device[i]]++;
+    clnpu_status st = clnpu_plan_doc_alloc(d, p->nstages, p->g, lists, cnt);
+    free(cnt);
+    if (st) return st;
+    snprintf(d->model, sizeof d->model, "%s", p->cfg.model_type);
+    d->layers = p->cfg.num_hidden_layers, d->hidden_size = p->cfg.hidden_size;
+    d->routed_experts = p->cfg.n_routed_experts;
+    snprintf(d->cluster, sizeof d->cluster, "%s", p->cluster_name);
+    d->prefill = p->work.phase == CLNPU_PHASE_PREFILL;
+    d->weights = p->work.weights, d->latent_cache = p->work.latent_cache;
+    d->batch = s->batch, d->context = p->work.context;
+    /* the batch is the whole plan's; each pipeline replica runs its share */
+    const size_t prep = s->dp / (p->g / s->tp) ? s->dp / (p->g / s->tp) : 1;
+    d->max_tokens = plan_exec_max_tokens(&p->work, p->g / s->tp, (double)s->batch / (double)prep);
+    d->tp = s->tp, d->pp = s->pp, d->ep = s->ep, d->dp = s->dp, d->micro_batches = s->micro_batches;
+    /* whole copies of the stages, replica k on devices k * (devices of one) and up */
+    d->pipeline_replicas = s->dp / (p->g / s->tp);
+    const double pred[CLNPU_PLAN_PREDICTED] = {s->step_s, s->token_latency_s, s->tokens_per_s,
+                                               s->tokens_per_s_per_device, s->comm_bytes_per_step,
+                                               s->expert_imbalance, s->expert_lb_gap};
+    memcpy(d->predicted, pred, sizeof pred);
+    for (size_t i = 0; i < p->nstages; i++) {
+        const plan_stage *ps = &p->stages[i];
+        clnpu_plan_doc_stage *ds = &d->stages[i];
+        snprintf(ds->profile, sizeof ds->profile, "%s", p->stage_profiles[i]);
+        for (size_t j = 0; j < p->g; j++) ds->devices[j] = ps->device_begin + j;
+        ds->embedding = p->graph.units[ps->unit_begin].kind == CLNPU_UNIT_EMBED;
+        ds->head = p->graph.units[ps->unit_end - 1].kind == CLNPU_UNIT_HEAD;
+        ds->layer_begin = SIZE_MAX, ds->layer_end = 0;
+        for (size_t u = ps->unit_begin; u < ps->unit_end; u++) {
+            const int l = p->graph.units[u].layer;
+            if (l < 0) continue;
+            if ((size_t)l < ds->layer_begin) ds->layer_begin = (size_t)l;
+            if ((size_t)l + 1 > ds->layer_end) ds->layer_end = (size_t)l + 1;
+        }
+        if (ds->layer_begin == SIZE_MAX) /* no decoder layer: empty, where the previous stage ends */
+            ds->layer_begin = ds->layer_end = i ? d->stages[i - 1].layer_end : 0;
+        ds->time_s = ps->time_s;
+        memcpy(ds->memory, ps->mem, sizeof ds->memory);
+    }
+    size_t *fill = lists ? calloc(lists, sizeof *fill) : NULL;
+    if (lists && !fill) {
+        clnpu_plan_doc_free(d);
+        return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    }
+    for (size_t i = 0; i < p->ncopies && lists; i++) {
+        const size_t dev = p->copy_device[i];
+        d->experts[dev][fill[dev]++] = p->copy_expert[i];
+    }
+    free(fill);
+    st = clnpu_plan_doc_validate(d, "the plan");
+    if (st) {
+        clnpu_plan_doc_free(d);
+        return clnpu_fail_context(st, "the planner's plan does not pass the plan schema");
+    }
+    return CLNPU_OK;
+}
+
 clnpu_status clnpu_plan_write_yaml(const clnpu_plan *p, FILE *f)
 {
-    clnpu_yaml *y = clnpu_yaml_begin(f);
-    if (!y) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
-    const clnpu_plan_summary *s = &p->sum;
-    clnpu_yaml_map_begin(y);
-    clnpu_yaml_kv_str(y, "format", "clnpu-plan-1");
-    clnpu_yaml_kv_str(y, "model", p->cfg.model_type);
-    clnpu_yaml_kv_int(y, "layers", (long long)p->cfg.num_hidden_layers);
-    clnpu_yaml_kv_str(y, "cluster", p->cluster_name);
-    clnpu_yaml_kv_str(y, "phase", p->work.phase == CLNPU_PHASE_DECODE ? "decode" : "prefill");
-    clnpu_yaml_kv_str(y, "weights", clnpu_dtype_name(p->work.weights));
-    clnpu_yaml_kv_int(y, "batch", (long long)s->batch);
-    clnpu_yaml_kv_int(y, "context", (long long)p->work.context);
-    clnpu_yaml_key(y, "parallel");
-    clnpu_yaml_map_begin(y);
-    clnpu_yaml_kv_int(y, "tp", (long long)s->tp);
-    clnpu_yaml_kv_int(y, "pp", (long long)s->pp);
-    clnpu_yaml_kv_int(y, "ep", (long long)s->ep);
-    clnpu_yaml_kv_int(y, "dp", (long long)s->dp);
-    clnpu_yaml_kv_int(y, "micro_batches", (long long)s->micro_batches);
-    /* whole copies of the stages below, replica k on devices k * (devices of one) and up */
-    clnpu_yaml_kv_int(y, "pipeline_replicas", (long long)(s->dp / (p->g / s->tp)));
-    clnpu_yaml_map_end(y);
-    clnpu_yaml_key(y, "predicted");
-    clnpu_yaml_map_begin(y);
-    clnpu_yaml_kv_num(y, "step_s", s->step_s);
-    clnpu_yaml_kv_num(y, "token_latency_s", s->token_latency_s);
-    clnpu_yaml_kv_num(y, "tokens_per_s", s->tokens_per_s);
-    clnpu_yaml_kv_num(y, "tokens_per_s_per_device", s->tokens_per_s_per_device);
-    clnpu_yaml_kv_num(y, "comm_bytes_per_step", s->comm_bytes_per_step);
-    clnpu_yaml_kv_num(y, "expert_imbalance", s->expert_imbalance);
-    clnpu_yaml_kv_num(y, "expert_lb_gap", s->expert_lb_gap);
-    clnpu_yaml_map_end(y);
-    clnpu_yaml_key(y, "stages");
-    clnpu_yaml_seq_begin(y);
-    for (size_t i = 0; i < p->nstages; i++) {
-        const plan_stage *st = &p->stages[i];
-        clnpu_yaml_map_begin(y);
-        clnpu_yaml_kv_int(y, "stage", (long long)i);
-        clnpu_yaml_kv_str(y, "profile", p->stage_profiles[i]);
-        clnpu_yaml_key(y, "devices");
-        clnpu_yaml_flow_seq_begin(y);
-        for (size_t d = 0; d < p->g; d++) clnpu_yaml_int(y, (long long)(st->device_begin + d));
-        clnpu_yaml_seq_end(y);
-        /* layers as decoder indices; the embedding / head flags say where those go */
-        clnpu_yaml_kv_bool(y, "embedding", p->graph.units[st->unit_begin].kind == CLNPU_UNIT_EMBED);
-        clnpu_yaml_kv_bool(y, "head", p->graph.units[st->unit_end - 1].kind == CLNPU_UNIT_HEAD);
-        clnpu_yaml_key(y, "layers");
-        clnpu_yaml_flow_seq_begin(y);
-        for (size_t u = st->unit_begin; u < st->unit_end; u++)
-            if (p->graph.units[u].layer >= 0) clnpu_yaml_int(y, p->graph.units[u].layer);
-        clnpu_yaml_seq_end(y);
-        clnpu_yaml_kv_num(y, "time_s", st->time_s);
-        clnpu_yaml_key(y, "memory_per_device");
-        clnpu_yaml_map_begin(y);
-        const char *names[6] = {"weights", "kv_cache", "activations", "communication", "reserve", "capacity"};
-        for (int k = 0; k < 6; k++) clnpu_yaml_kv_num(y, names[k], st->mem[k]);
-        clnpu_yaml_map_end(y);
-        clnpu_yaml_map_end(y);
-    }
-    clnpu_yaml_seq_end(y);
-    /* experts: every MoE layer uses this placement (device index within its stage's group) */
-    clnpu_yaml_key(y, "experts");
-    clnpu_yaml_seq_begin(y);
-    for (size_t d = 0; d < p->g && p->copy_expert; d++) {
-        clnpu_yaml_flow_seq_begin(y);
-        for (size_t i = 0; i < p->ncopies; i++)
-            if (p->copy_device[i] == d) clnpu_yaml_int(y, (long long)p->copy_expert[i]);
-        clnpu_yaml_seq_end(y);
-    }
-    clnpu_yaml_seq_end(y);
-    clnpu_yaml_map_end(y);
-    return clnpu_yaml_end(y) ? CLNPU_OK : clnpu_fail(CLNPU_ERR_IO, "writing the plan failed");
+    clnpu_plan_doc d;
+    clnpu_status st = plan_doc(p, &d);
+    if (st) return st;
+    st = clnpu_plan_doc_write(&d, f);
+    clnpu_plan_doc_free(&d);
+    return st;
+}
+
+clnpu_status clnpu_plan_stage_specs(const clnpu_plan *p, const clnpu_model_config *cfg, clnpu_stage_spec **out_specs,
+                                    size_t *out_count, clnpu_plan_layout *out_layout)
+{
+    *out_specs = NULL, *out_count = 0;
+    clnpu_plan_doc d;
+    clnpu_status st = plan_doc(p, &d);
+    if (st) return st;
+    st = clnpu_plan_doc_check_model(&d, cfg, "the plan");
+    if (!st) st = clnpu_plan_doc_check_profiles(&d, NULL, "the plan");
+    if (!st) st = clnpu_plan_doc_specs(&d, "the plan", out_specs, out_count, out_layout);
+    clnpu_plan_doc_free(&d);
+    return st;
 }
 
 /* Devices (rows, grouped by stage) x units (columns), experts per device, memory bars. */

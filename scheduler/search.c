@@ -8,19 +8,20 @@
 #include <string.h>
 #include <time.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "plan_internal.h"
 
 clnpu_workload clnpu_workload_default(void)
 {
-    clnpu_workload w = {CLNPU_PHASE_DECODE, 0, 4096, CLNPU_DTYPE_BF16, 0, NULL, 0, 0, 0};
+    clnpu_workload w = {.phase = CLNPU_PHASE_DECODE, .context = 4096, .weights = CLNPU_DTYPE_BF16,
+                        .latent_cache = CLNPU_DTYPE_F32};
     return w;
 }
 
 clnpu_calibration clnpu_calibration_default(void)
 {
     /* Typical achieved fractions of peak for GEMM-class kernels, streams and collectives. */
-    clnpu_calibration c = {0.6, 0.8, 0.7};
+    clnpu_calibration c = {.compute_eff = 0.6, .memory_eff = 0.8, .link_eff = 0.7};
     return c;
 }
 
@@ -30,12 +31,13 @@ typedef struct cand {
     const clnpu_workload *w;
     const clnpu_calibration *cal;
     size_t g, t, r;        /* devices per stage, TP, attention replicas (g / t) */
-    double batch;          /* sequences in this pipeline replica */
-    double tokens;         /* tokens per step (decode: batch; prefill: batch x context) */
+    double batch;          /* sequences in this pipeline replica (per micro-batch) */
+    double tokens;         /* rows per step: decode batch x (1 + MTP draft), prefill new prompt tokens */
     double wb;             /* bytes per weight */
     double imbalance;      /* max / mean expert load per device */
     size_t slots;          /* expert copies per device */
     size_t per_node;
+    bool tbo;              /* two micro-batches overlap each other's communication */
     /* per group (index = first device / g): time and memory of each unit */
     size_t ngroups;
     double *unit_time;     /* [ngroups][units] */
@@ -43,6 +45,11 @@ typedef struct cand {
     double *fixed_mem;     /* [ngroups] activations + comm + reserve per device */
     double *cap;           /* [ngroups] capacity */
 } cand;
+
+/* Where one unit's time goes (seconds per step); see clnpu_plan_breakdown. */
+typedef struct parts {
+    double attn, moe, comm, other, overlap;
+} parts;
 
 static double peak_of(const clnpu_profile *p, clnpu_dtype w)
 {
@@ -55,10 +62,37 @@ static double peak_of(const clnpu_profile *p, clnpu_dtype w)
     return bf > 0 ? bf : 1e12;
 }
 
-static double roof(const cand *c, const clnpu_profile *p, double flops, double bytes)
+/* A kernel rate: measured (calibration) first, then published (the cluster's kernel_rates),
+ * else the profile's figure times the calibration's efficiency. */
+static double rate(double measured, double published, double derived)
 {
-    return fmax(flops / (peak_of(p, c->w->weights) * c->cal->compute_eff),
-                bytes / (p->memory_bandwidth * c->cal->memory_eff));
+    return measured > 0 ? measured : published > 0 ? published : derived;
+}
+
+/* Rates of one device: GEMM and weight stream (memory bandwidth after sharing). */
+static double gemm_rate(const cand *c, const clnpu_profile *p)
+{
+    return rate(c->cal->rates.gemm_flops, c->cl->rates.gemm_flops, peak_of(p, c->w->weights) * c->cal->compute_eff);
+}
+
+static double stream_rate(const cand *c, const clnpu_profile *p, const clnpu_profile *own)
+{
+    const double r = rate(c->cal->rates.stream_bandwidth, c->cl->rates.stream_bandwidth, own->memory_bandwidth * c->cal->memory_eff);
+    /* a shared memory system caps what each streaming device gets */
+    return p->memory_bandwidth < own->memory_bandwidth ? fmin(r, p->memory_bandwidth * c->cal->memory_eff) : r;
+}
+
+static double roof(const cand *c, const clnpu_profile *p, const clnpu_profile *own, double flops, double bytes)
+{
+    return fmax(flops / gemm_rate(c, p), bytes / stream_rate(c, p, own));
+}
+
+/* The attention core has kernels of its own (FlashMLA-class): its own compute and bandwidth rates. */
+static double attn_roof(const cand *c, const clnpu_profile *p, const clnpu_profile *own, double flops, double bytes)
+{
+    const double f = rate(c->cal->rates.attn_flops, c->cl->rates.attn_flops, gemm_rate(c, p));
+    const double b = rate(c->cal->rates.attn_bandwidth, c->cl->rates.attn_bandwidth, stream_rate(c, p, own));
+    return fmax(flops / f, bytes / (p->memory_bandwidth < own->memory_bandwidth ? fmin(b, stream_rate(c, p, own)) : b));
 }
 
 /* alpha-beta: all-reduce (ring) and all-to-all among n devices on a link. */
@@ -79,11 +113,19 @@ static const clnpu_link *link_for(const cand *c, size_t width)
     return width <= c->per_node ? &c->cl->intra : &c->cl->inter;
 }
 
+static int dispatch_mode(const cand *c) { return c->cl->ep_dispatch; }
+
+/* Rows of one sequence per step: decode verifies one MTP draft token besides the next one. */
+static double rows_per_seq(const clnpu_workload *w)
+{
+    return w->phase == CLNPU_PHASE_PREFILL ? (double)w->context * (1 - w->prefix_hit) : (w->mtp_accept > 0 ? 2.0 : 1.0);
+}
+
 /* Tokens on the busiest attention replica: replicas take whole sequences, so with fewer
  * sequences than replicas some idle and one still carries a full sequence. */
 static double tokens_per_replica(const cand *c)
 {
-    const double per_seq = c->w->phase == CLNPU_PHASE_PREFILL ? (double)c->w->context : 1.0;
+    const double per_seq = rows_per_seq(c->w);
     return ceil(c->tokens / per_seq / c->r - 1e-9) * per_seq;
 }
 
@@ -96,86 +138,213 @@ static clnpu_profile sharing(const clnpu_cluster_device *dv, double busy)
     return p;
 }
 
-/* Time of one unit on one device of a stage group (device dv) for the whole step. */
-static double unit_time(const cand *c, const clnpu_cluster_device *dv, const clnpu_graph_unit *u)
+/* Dispatch (8-bit when the weights are, as DeepEP does) or combine (bf16) of one MoE layer:
+ * the busiest device's bytes over the link the stage spans. */
+static double ep_exchange(const cand *c, double bytes_per_value)
 {
+    const double d = (double)c->gr->hidden, k = (double)c->gr->top_k, g = (double)c->g;
+    const double per_dev = c->tokens / g; /* rows each device sends */
+    const clnpu_link *l = link_for(c, c->g);
+    const double bw = rate(c->cal->rates.alltoall_bandwidth, c->cl->rates.alltoall_bandwidth, l->bandwidth * c->cal->link_eff);
+    const double lat = rate(c->cal->rates.alltoall_latency_s, c->cl->rates.alltoall_latency_s, l->latency_s);
+    if (c->g <= 1) return 0;
+    /* A measured rate (DeepEP's tests, a calibration) is applied to bytes counted the way it was
+     * measured: DeepEP counts every (token, expert) selection in low-latency mode and every
+     * destination node of a token, its own included, in normal mode. A link's own bandwidth is
+     * applied to what crosses it: the remote share. */
+    const bool measured = c->cl->rates.alltoall_bandwidth > 0 || c->cal->rates.alltoall_bandwidth > 0;
+    const double remote = measured ? 1 : (g - 1) / g;
+    if (dispatch_mode(c) == CLNPU_DISPATCH_EXPERT) /* one message per (token, expert), posted at once */
+        return lat + per_dev * k * remote * d * bytes_per_value * c->imbalance / bw;
+    /* distinct destination devices of a token; group-aware placement bounds them by topk_group */
+    double fan = fmin(k, g * (1 - pow(1 - 1 / g, k)));
+    if (c->gr->n_group > 1 && c->gr->topk_group) fan = fmin(fan, (double)c->gr->topk_group * ceil(g / (double)c->gr->n_group));
+    if (dispatch_mode(c) == CLNPU_DISPATCH_NODE && c->g > c->per_node) {
+        /* once per destination node over the network, then NVLink fan-out inside the node */
+        const double nodes = g / (double)c->per_node;
+        const double nfan = fmin(fan, nodes * (1 - pow(1 - 1 / nodes, fan)));
+        const double inter = lat + per_dev * nfan * (measured ? 1 : (nodes - 1) / nodes) * d * bytes_per_value * c->imbalance / bw;
+        const double intra = c->cl->intra.latency_s +
+                             per_dev * fan * d * bytes_per_value * c->imbalance / (c->cl->intra.bandwidth * c->cal->link_eff);
+        return fmax(inter, intra);
+    }
+    if (measured) return (g - 1) * lat + per_dev * fan * remote * d * bytes_per_value * c->imbalance / bw;
+    return alltoall(c, l, g, per_dev * fan * d * bytes_per_value);
+}
+
+/* Time of one unit on one device of a stage group (device dv) for the whole step, by part. */
+static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const clnpu_graph_unit *u)
+{
+    parts P = {0};
     const double d = (double)c->gr->hidden, tr = tokens_per_replica(c), ctx = (double)c->w->context;
     const double t = (double)c->t, g = (double)c->g, act = 2.0; /* bf16 activations on the wire */
     const bool prefill = c->w->phase == CLNPU_PHASE_PREFILL;
+    const double seqs = c->tokens / rows_per_seq(c->w);
     /* On a shared memory system: attention replicas busy at once (fewer sequences than replicas
      * leave some idle) times their TP ranks, and the devices that receive expert rows. */
-    const double seqs = c->tokens / (prefill ? ctx : 1.0);
     const double busy_attn = fmin(g, t * fmin((double)c->r, ceil(seqs - 1e-9)));
     const double busy_exp = prefill ? g : g * (1 - pow(1 - 1 / g, c->tokens * (double)c->gr->top_k));
-    const clnpu_profile pa = sharing(dv, busy_attn), pe = sharing(dv, busy_exp);
+    const clnpu_profile pa = sharing(dv, busy_attn), pe = sharing(dv, busy_exp), *own = &dv->profile;
     const clnpu_profile *p = &pa;
-    double time = 0;
+    const double launch = c->cl->launch_overhead_s;
     /* the embedding and the LM head split by vocabulary rows over the TP ranks: each rank's rows
      * (zeros for the others' ids) summed by an all-reduce; the head's columns gathered on the
      * first rank (about half an all-reduce's traffic), where clnpu samples */
-    if (u->kind == CLNPU_UNIT_EMBED)
-        return roof(c, p, 0, tr * d * 2) + allreduce(c, link_for(c, c->t), t, tr * d * act) + c->cl->launch_overhead_s;
+    if (u->kind == CLNPU_UNIT_EMBED) {
+        P.other = roof(c, p, own, 0, tr * d * 2) + allreduce(c, link_for(c, c->t), t, tr * d * act) + launch;
+        return P;
+    }
     if (u->kind == CLNPU_UNIT_HEAD) {
-        /* LM head on the last position of each sequence (prefill) or every token (decode) */
-        double rows = prefill ? c->batch / c->r : tr;
-        return roof(c, p, 2 * u->dense_params * rows / t, u->dense_params * c->wb / t) +
-               allreduce(c, link_for(c, c->t), t, rows * (u->dense_params / d) * 4) / 2 + 2 * c->cl->launch_overhead_s;
+        /* LM head on the last position of each sequence (prefill) or every row (decode) */
+        double rows = prefill ? ceil(seqs / c->r - 1e-9) : tr;
+        P.other = roof(c, p, own, 2 * u->dense_params * rows / t, u->dense_params * c->wb / t) +
+                  allreduce(c, link_for(c, c->t), t, rows * (u->dense_params / d) * 4) / 2 + 2 * launch;
+        return P;
     }
     /* attention projections (q_b, kv_b, o over the t TP ranks; q_a and kv_a whole on each) and
      * the core: absorbed decode reads the latent of the replica's sequences on every TP rank;
-     * prefill is quadratic (half the keys on average). */
-    double core_flops = u->attn_flops_per_ctx * (prefill ? ctx / 2 : ctx) * tr / t;
-    double core_bytes = prefill ? 0 : u->kv_bytes_per_token * ctx * (c->batch / c->r);
+     * prefill attends causally (half the new keys on average) plus every cached prefix key, in the
+     * non-absorbed form. */
+    const double hit = prefill ? c->w->prefix_hit : 0;
+    const double keys = prefill ? ctx * hit + ctx * (1 - hit) / 2 : ctx;
+    const double per_key = prefill && u->attn_prefill_flops_per_ctx > 0 ? u->attn_prefill_flops_per_ctx : u->attn_flops_per_ctx;
+    const double core_flops = per_key * keys * tr / t;
+    const double core_bytes = prefill ? 0 : u->kv_bytes_per_token * ctx * ceil(seqs / c->r - 1e-9);
     const double attn_rank = (u->attn_params - u->attn_whole_params) / t + u->attn_whole_params;
-    double comp = roof(c, p, 2 * attn_rank * tr + core_flops, attn_rank * c->wb + core_bytes);
+    /* the memory-bound kernels between the GEMMs stream activations (bf16): the attention block's
+     * norms, rope, fp8 quantisation and residual add, about 13 passes of a hidden row (read and
+     * write counted), and the o_proj input's quantisation (3 bytes per value of 2 hidden rows) */
+    const double elem_attn = tr / t * (13 + 6) * d;
+    P.attn = roof(c, p, own, 2 * attn_rank * tr, attn_rank * c->wb) + attn_roof(c, p, own, core_flops, core_bytes) +
+             elem_attn / stream_rate(c, p, own);
     double comm = 2 * allreduce(c, link_for(c, c->t), t, tr * d * act); /* after o_proj and after the MLP */
+    double comp1 = P.attn, comp2 = 0;
     if (u->kind == CLNPU_UNIT_DENSE) {
-        comp += roof(c, p, 2 * u->dense_params * tr / t, u->dense_params * c->wb / t);
+        /* SiLU x up reads 2 I and writes I (fp8) per row, the down input's quantisation 3 d */
+        const double I = u->dense_params / (3 * d), elem = tr / t * (5 * I / t + 3 * d);
+        comp1 += roof(c, p, own, 2 * u->dense_params * tr / t, u->dense_params * c->wb / t) + elem / stream_rate(c, p, own);
+        P.moe = comp1 - P.attn;
     } else {
         /* routed experts over the g devices of the stage: tokens x top_k spread by placement */
         const double k = (double)c->gr->top_k, s = (double)c->slots;
         const double per_dev = c->tokens * k / g * c->imbalance;
         const double distinct = s * (1 - pow(1 - 1 / s, per_dev)); /* experts that see a token */
-        /* router and shared expert: with one attention replica, the replica's tokens with the
-         * shared expert split over its TP ranks; with several, clnpu runs them once for every
-         * replica's tokens on the first device while the replicas wait at the layer */
-        const double sh_rows = c->r > 1 ? c->tokens : tr / t, sh_split = c->r > 1 ? 1 : t;
+        /* router and shared expert: clnpu's executor (device dispatch) runs them once for every
+         * replica's tokens on the first device while the replicas wait at the layer; DeepEP-style
+         * deployments hold the shared expert on every device and run it on its own tokens */
+        const bool per_replica = c->r <= 1 || dispatch_mode(c) != CLNPU_DISPATCH_DEVICE;
+        const double sh_rows = per_replica ? tr / t : c->tokens, sh_split = per_replica ? t : 1;
         const double sh_flops = 2 * (u->shared_params + u->router_params) * sh_rows;
         const double sh_bytes = (u->shared_params / sh_split + u->router_params) * c->wb;
         if (dv->shared_bandwidth > 0) /* routed and shared experts see different bandwidths */
-            comp += roof(c, &pe, 2 * u->expert_params * per_dev, distinct * u->expert_params * c->wb) +
-                    roof(c, p, sh_flops, sh_bytes);
+            comp2 = roof(c, &pe, own, 2 * u->expert_params * per_dev, distinct * u->expert_params * c->wb) +
+                    roof(c, p, own, sh_flops, sh_bytes);
         else
-            comp += roof(c, p, 2 * u->expert_params * per_dev + sh_flops, distinct * u->expert_params * c->wb + sh_bytes);
-        /* dispatch (in the weight dtype when it is 8-bit, as DeepEP does) + combine (bf16), to
-         * each token's distinct destination devices */
-        double fan = fmin(k, g * (1 - pow(1 - 1 / g, k)));
-        /* group-aware placement: a token's experts lie in at most topk_group groups' devices */
-        if (c->gr->n_group > 1 && c->gr->topk_group)
-            fan = fmin(fan, (double)c->gr->topk_group * ceil(g / (double)c->gr->n_group));
-        const double disp = c->wb < 2 ? 1.0 : act;
-        comm += alltoall(c, link_for(c, c->g), g, c->tokens / g * fan * d * disp) +
-                alltoall(c, link_for(c, c->g), g, c->tokens / g * fan * d * act);
+            comp2 = roof(c, p, own, 2 * u->expert_params * per_dev + sh_flops, distinct * u->expert_params * c->wb + sh_bytes);
+        /* routed rows gathered into expert order (read and write, fp8), SiLU x up on each routed
+         * and shared row (5 I bytes), the shared expert's input quantisation */
+        const double I = u->expert_params / (3 * d), Ish = u->shared_params / (3 * d);
+        const double elem = per_dev * (2 * d + 5 * I) + sh_rows * (5 * Ish / sh_split + 3 * d);
+        comp2 += elem / stream_rate(c, u->kind == CLNPU_UNIT_MOE && dv->shared_bandwidth > 0 ? &pe : p, own);
+        P.moe = comp2;
+        /* dispatch (in the weight dtype when it is 8-bit, as DeepEP does) + combine (bf16) */
+        const double disp = ep_exchange(c, c->wb < 2 ? 1.0 + 4.0 / 128 : act), comb = ep_exchange(c, act);
+        /* disaggregated prefill: this layer's new latent cache leaves for the decode devices on
+         * the network link, which the combine also uses */
+        const double kv = prefill && c->w->kv_transfer ? tr * u->kv_bytes_per_token / (c->cl->inter.bandwidth * c->cal->link_eff) : 0;
+        comm += disp + comb + kv;
     }
-    /* Communication overlaps compute (two interleaved micro-batches / asynchronous all-to-all):
-     * the cluster says how much of the shorter side is hidden (0.9 by default, scheduler notes
-     * 7.1; 0 where the executor exchanges synchronously). */
-    time = fmax(comp, comm) + (1 - c->cl->comm_overlap) * fmin(comp, comm);
+    P.comm = comm;
+    const double comp = comp1 + comp2;
+    /* Within one batch, the executor hides `comm_overlap` of the shorter of compute and
+     * communication (asynchronous all-to-all; 0 where it exchanges synchronously). */
+    P.overlap = c->cl->comm_overlap * fmin(comp, comm);
     /* kernels per decoder layer, and for expert-parallel MoE layers the host round trip that
      * reads the expert counts to cut the rows for the shards (one device: counts stay on it) */
-    return time + 24 * c->cl->launch_overhead_s + (u->kind == CLNPU_UNIT_MOE && c->g > 1 ? 2 * c->cl->launch_overhead_s : 0);
+    P.other = 24 * launch + (u->kind == CLNPU_UNIT_MOE && c->g > 1 && dispatch_mode(c) == CLNPU_DISPATCH_DEVICE ? 2 * launch : 0);
+    return P;
+}
+
+static double parts_sum(parts P) { return P.attn + P.moe + P.comm + P.other - P.overlap; }
+
+/* With two micro-batches (TBO), one micro-batch's dispatch and combine run while the other
+ * computes. A layer's compute before dispatch (c1: attention, router) and between dispatch and
+ * combine (c2: experts) pair with the other micro-batch's exchange in four slots, each as long
+ * as the longer of its pair: max(c1,d) + max(c2,d) + max(c2,m) + max(c1,m). What cannot hide
+ * (exchange longer than the compute beside it, fixed latencies that do not halve with the
+ * batch, weights read once per micro-batch) stays in the step. */
+static parts unit_parts_tbo(const cand *c, const clnpu_cluster_device *dv, const clnpu_graph_unit *u)
+{
+    cand h = *c;
+    h.tokens = c->tokens / 2, h.batch = c->batch / 2;
+    parts P = unit_parts(&h, dv, u), R = P;
+    R.attn *= 2, R.moe *= 2, R.comm *= 2, R.other *= 2;
+    if (u->kind != CLNPU_UNIT_MOE || c->g <= 1) {
+        R.overlap *= 2;
+        return R;
+    }
+    /* split the exchange into dispatch and combine as the bytes do (1 B + scales vs 2 B) */
+    const double one_b = h.wb < 2 ? 1.0 + 4.0 / 128 : 2.0, frac_d = one_b / (one_b + 2.0);
+    const double c1 = P.attn + P.other, c2 = P.moe, dd = P.comm * frac_d, mm = P.comm * (1 - frac_d);
+    /* the exchange kernels keep compute units busy for part of their time (packing, sending,
+     * receiving): that much of the exchange also runs on the compute stream beside it */
+    const double sm = rate(c->cal->rates.alltoall_sm_fraction, c->cl->rates.alltoall_sm_fraction, 0);
+    const double slots = fmax(c1 + sm * dd, dd) + fmax(c2 + sm * dd, dd) + fmax(c2 + sm * mm, mm) + fmax(c1 + sm * mm, mm);
+    R.overlap = R.attn + R.moe + R.comm + R.other - slots;
+    return R;
+}
+
+static double unit_time_of(const cand *c, const clnpu_cluster_device *dv, const clnpu_graph_unit *u, parts *out)
+{
+    parts P = c->tbo ? unit_parts_tbo(c, dv, u) : unit_parts(c, dv, u);
+    if (out) *out = P;
+    return parts_sum(P);
+}
+
+static double unit_time(const cand *c, const clnpu_cluster_device *dv, const clnpu_graph_unit *u)
+{
+    return unit_time_of(c, dv, u, NULL);
+}
+
+/* The MTP module (decode with MTP): one more MoE layer and the LM head over the same rows. */
+static const clnpu_graph_unit *mtp_layer(const cand *c)
+{
+    if (c->w->phase != CLNPU_PHASE_DECODE || c->w->mtp_accept <= 0) return NULL;
+    for (size_t u = c->gr->count; u-- > 0;)
+        if (c->gr->units[u].kind == CLNPU_UNIT_MOE) return &c->gr->units[u];
+    return NULL;
+}
+
+/* The executor's own buffers: clnpu's (scheduler/memory.c, its runtime's account) when the plan
+ * is for clnpu's executor (device dispatch); a DeepEP-style deployment's executor is not clnpu,
+ * so its activations are priced as a dozen live bf16 rows per token, and no per-unit scratch. */
+static double exec_unit_bytes(const cand *c, const clnpu_graph *gr, const clnpu_workload *w, const clnpu_graph_unit *u)
+{
+    if (dispatch_mode(c) != CLNPU_DISPATCH_DEVICE) return 0;
+    return plan_exec_unit_bytes(gr, w, u, c->g, c->t, c->r, c->batch);
+}
+
+static double exec_fixed_bytes(const cand *c, const clnpu_graph *gr, const clnpu_workload *w)
+{
+    if (dispatch_mode(c) != CLNPU_DISPATCH_DEVICE) {
+        const double tr = tokens_per_replica(c) * (c->tbo ? 0.5 : 1), d = (double)gr->hidden;
+        return tr * d * 2 * 12 + (w->phase == CLNPU_PHASE_PREFILL ? tr * d * 2 * 4 : 0);
+    }
+    return plan_exec_fixed_bytes(gr, w, c->t, c->r, c->batch);
 }
 
 /* Weights + KV of one unit per device. */
 static double unit_mem(const cand *c, const clnpu_graph_unit *u)
 {
     const double t = (double)c->t;
-    /* with several attention replicas the first device holds the shared expert whole */
+    /* with several attention replicas clnpu's executor holds the shared expert whole on the first
+     * device; DeepEP-style deployments on every device, split over a replica's TP ranks */
+    const bool whole = c->r > 1 && dispatch_mode(c) == CLNPU_DISPATCH_DEVICE;
     double m = ((u->attn_params - u->attn_whole_params + u->dense_params) / t + u->attn_whole_params +
-                u->shared_params / (c->r > 1 ? 1 : t)) * c->wb + (u->router_params + u->norm_params) * 4;
+                u->shared_params / (whole ? 1 : t)) * c->wb + (u->router_params + u->norm_params) * 4;
     if (u->kind == CLNPU_UNIT_MOE) m += (double)c->slots * u->expert_params * c->wb;
     m += u->kv_bytes_per_token * (double)c->w->context * (c->batch / c->r);
-    return m;
+    return m + exec_unit_bytes(c, c->gr, c->w, u); /* the executor's scratch */
 }
 
 /* Stage costs from prefix sums over the units (O(1) per DP step). */
@@ -205,6 +374,13 @@ static void cand_free(cand *c)
     c->unit_time = c->unit_mem = c->fixed_mem = c->cap = NULL;
 }
 
+/* Rows per step of one micro-batch of a pipeline replica holding `batch` sequences. */
+static void cand_set_batch(cand *c, double batch, size_t m)
+{
+    c->batch = batch;
+    c->tokens = batch * rows_per_seq(c->w) / (double)m;
+}
+
 /* Fill the per-group tables for a candidate; false if groups mix device kinds. */
 static bool cand_prepare(cand *c)
 {
@@ -217,7 +393,7 @@ static bool cand_prepare(cand *c)
     c->fixed_mem = malloc(c->ngroups * sizeof(double));
     c->cap = malloc(c->ngroups * sizeof(double));
     if (!c->unit_time || !c->unit_mem || !c->fixed_mem || !c->cap) return false;
-    const double d = (double)c->gr->hidden, tr = tokens_per_replica(c);
+    const double d = (double)c->gr->hidden;
     for (size_t k = 0; k < c->ngroups; k++) {
         const clnpu_cluster_device *dv = &c->cl->devices[k * c->g];
         const clnpu_profile *p = &dv->profile;
@@ -233,15 +409,21 @@ static bool cand_prepare(cand *c)
             memcpy(m, m - (U + 1), (U + 1) * sizeof *m);
         } else {
             t[0] = m[0] = 0;
+            const clnpu_graph_unit *mtp = mtp_layer(c);
             for (size_t u = 0; u < U; u++) { /* prefix sums */
-                t[u + 1] = t[u] + unit_time(c, dv, &c->gr->units[u]);
-                m[u + 1] = m[u] + unit_mem(c, &c->gr->units[u]);
+                const clnpu_graph_unit *x = &c->gr->units[u];
+                double tu = unit_time(c, dv, x), mu = unit_mem(c, x);
+                if (mtp && x->kind == CLNPU_UNIT_HEAD) /* the MTP module sits with the head it shares */
+                    tu += unit_time(c, dv, mtp) + unit_time(c, dv, x), mu += unit_mem(c, mtp) + 2 * x->norm_params * c->wb +
+                                                                             2 * (double)c->gr->hidden * (double)c->gr->hidden * c->wb;
+                t[u + 1] = t[u] + tu;
+                m[u + 1] = m[u] + mu;
             }
         }
         double cap = (double)p->memory_bytes;
-        /* activations (f32, a dozen live buffers) and the expert all-to-all buffers */
-        double actv = tr * d * 4 * 12 + (c->w->phase == CLNPU_PHASE_PREFILL ? tr * d * 4 * 4 : 0);
-        double comm = c->g > 1 ? 2 * c->tokens / c->g * c->gr->top_k * d * 2 : 0;
+        /* the executor's workspaces (scheduler/memory.c) and the expert all-to-all buffers */
+        double actv = exec_fixed_bytes(c, c->gr, c->w);
+        double comm = c->g > 1 ? 2 * c->tokens / c->g * (double)c->gr->top_k * d * 2 : 0;
         c->fixed_mem[k] = actv + comm + c->cl->reserve_fraction * cap;
         c->cap[k] = cap;
     }
@@ -254,17 +436,34 @@ typedef struct result {
     double batch, period, latency, tps, value;
     double imbalance, lb_gap;
     size_t slots;
+    bool tbo;
 } result;
 
-/* Placement depends only on g and the loads: cached per g for the whole search. */
+/* Placement depends only on g and the loads: cached per g for the whole search (every EP width
+ * the search tries: divisors of the device count up to the expert slots). */
+#define PLACE_CACHE 256
 typedef struct place_cache {
-    size_t g[48], slots[48], n;
-    double imb[48], gap[48];
+    size_t g[PLACE_CACHE], slots[PLACE_CACHE], n;
+    double imb[PLACE_CACHE], gap[PLACE_CACHE];
 } place_cache;
 static _Thread_local place_cache *cache_now;
 
-/* Expert slots and imbalance for g devices (uniform or histogram loads; worst layer). */
+static size_t redundant_slots(const clnpu_cluster *cl, const clnpu_workload *w)
+{
+    return w->redundant_experts ? w->redundant_experts : cl->redundant_experts;
+}
+
+static void place_experts_now(cand *c, double *out_gap);
+
+/* Expert slots and imbalance for g devices (uniform or histogram loads; worst layer); a
+ * measured residual imbalance (workload) replaces the placement's own. */
 static void place_experts(cand *c, double *out_gap)
+{
+    place_experts_now(c, out_gap);
+    if (c->w->expert_imbalance > 0) c->imbalance = c->w->expert_imbalance;
+}
+
+static void place_experts_now(cand *c, double *out_gap)
 {
     for (size_t i = 0; cache_now && i < cache_now->n; i++)
         if (cache_now->g[i] == c->g) {
@@ -272,7 +471,8 @@ static void place_experts(cand *c, double *out_gap)
             return;
         }
     const size_t E = c->gr->experts;
-    c->slots = (E + c->g - 1) / c->g;
+    /* the slots of a layer (E plus the redundant ones, EPLB) spread evenly, rounded up */
+    c->slots = (E + redundant_slots(c->cl, c->w) + c->g - 1) / c->g;
     c->imbalance = 1, *out_gap = 0;
     if (!E) return;
     size_t *copies = malloc(E * sizeof *copies), *ce = malloc(c->slots * c->g * sizeof *ce),
@@ -296,7 +496,7 @@ static void place_experts(cand *c, double *out_gap)
         (void)mx_w;
     }
     free(copies), free(ce), free(cd), free(uni);
-    if (cache_now && cache_now->n < 48) {
+    if (cache_now && cache_now->n < PLACE_CACHE) {
         size_t i = cache_now->n++;
         cache_now->g[i] = c->g, cache_now->slots[i] = c->slots, cache_now->imb[i] = c->imbalance, cache_now->gap[i] = *out_gap;
     }
@@ -314,6 +514,19 @@ static double node_sharing(const clnpu_cluster *cl, size_t g, size_t k, double d
     return fmax(1, fmin(groups_on_node, busy));
 }
 
+/* Output tokens of a step per sequence: decode emits 1 + the accepted MTP draft; prefill counts
+ * every prompt token, the prefix-cache hits included (as DeepSeek's published figure does). */
+static double out_per_seq(const clnpu_workload *w)
+{
+    return w->phase == CLNPU_PHASE_PREFILL ? (double)w->context : 1 + w->mtp_accept;
+}
+
+/* Two-micro-batch overlap: the workload's choice, else the cluster's; auto tries both. */
+static int tbo_choice(const clnpu_cluster *cl, const clnpu_workload *w)
+{
+    return w->tbo != CLNPU_TBO_DEFAULT ? w->tbo : cl->tbo ? cl->tbo : CLNPU_TBO_OFF;
+}
+
 /* One layout (g devices per stage, TP t) at one batch: for each number of micro-batches m, the
  * stage DP on per-micro-batch costs (decode: at most m stages keep the pipeline full); the
  * period is m times the slowest stage, since every micro-batch reads its stage's weights. */
@@ -322,11 +535,14 @@ static result evaluate(const clnpu_graph *gr, const clnpu_cluster *cl, const cln
 {
     result best = {0};
     const bool prefill = w->phase == CLNPU_PHASE_PREFILL;
+    const int tc = tbo_choice(cl, w);
+    for (int tbo = tc == CLNPU_TBO_ON; tbo <= (tc != CLNPU_TBO_OFF); tbo++)
     for (size_t m = 1; m <= 64; m *= 2) {
         if (m > 1 && (prefill || (double)m > batch)) break;
+        if (tbo && (double)m * 2 > batch * rows_per_seq(w)) break; /* two halves need two rows */
         result r = {0};
-        cand c = {gr, cl, w, cal, g, t, g / t, batch, 0, 0, 1, 0, per_node, 0, NULL, NULL, NULL, NULL};
-        c.tokens = (prefill ? batch * (double)w->context : batch) / (double)m;
+        cand c = {gr, cl, w, cal, g, t, g / t, batch, 0, 0, 1, 0, per_node, tbo, 0, NULL, NULL, NULL, NULL};
+        cand_set_batch(&c, batch, m);
         c.wb = (double)clnpu_dtype_size(w->weights);
         double gap;
         place_experts(&c, &gap);
@@ -346,8 +562,9 @@ static result evaluate(const clnpu_graph *gr, const clnpu_cluster *cl, const cln
             double dp = (double)(cl->count / (g * k));
             double period = (prefill ? per_k[k] : (double)(m > k ? m : k) * per_k[k]) *
                             node_sharing(cl, g, k, dp, m, per_node, prefill);
-            if (w->slo_ms > 0 && period * 1e3 > w->slo_ms) continue;
-            double tps = (prefill ? batch * (double)w->context : batch) / period * dp;
+            double latency = prefill ? period : period / out_per_seq(w);
+            if (w->slo_ms > 0 && latency * 1e3 > w->slo_ms) continue;
+            double tps = batch * out_per_seq(w) / period * dp;
             if (tps > best_tps * (1 + 1e-12)) best_tps = tps, best_k = k;
         }
         size_t k = best_k ? clnpu_stage_dp(gr->count, best_k, stage_cost, stage_mem, c.cap, obj, &c, r.cuts, &value) : 0;
@@ -357,19 +574,18 @@ static result evaluate(const clnpu_graph *gr, const clnpu_cluster *cl, const cln
                 double ts = stage_cost(r.cuts[s], r.cuts[s + 1], s, &c);
                 mx = fmax(mx, ts), sum += ts;
             }
-            r.ok = true, r.g = g, r.t = t, r.stages = k, r.batch = batch, r.value = value, r.micro = m;
+            r.ok = true, r.g = g, r.t = t, r.stages = k, r.batch = batch, r.value = value, r.micro = m, r.tbo = tbo;
             r.dp = cl->count / (g * k);
             r.imbalance = c.imbalance, r.lb_gap = gap, r.slots = c.slots;
             if (!prefill) {
                 /* fewer micro-batches than stages leave bubbles: a step takes max(m, k) slots */
                 r.period = (double)(m > k ? m : k) * mx * node_sharing(cl, g, k, (double)r.dp, m, per_node, false);
-                r.latency = r.period;                    /* a sequence waits one period per token */
-                r.tps = batch / r.period * (double)r.dp;
+                r.latency = r.period / out_per_seq(w); /* per output token of one sequence */
             } else {
                 r.period = sum; /* the prompts through every stage */
                 r.latency = sum;
-                r.tps = batch * (double)w->context / sum * (double)r.dp;
             }
+            r.tps = batch * out_per_seq(w) / r.period * (double)r.dp;
         }
         cand_free(&c);
         if (r.ok && (!best.ok || r.tps > best.tps * (1 + 1e-12))) best = r;
@@ -386,31 +602,97 @@ static bool better(const result *a, const result *b)
 }
 
 /* Best layout for a given batch (sequences per pipeline replica). */
+/* EP widths to try: every divisor of the device count (EP 144 on 18 nodes, 72 on 9: the slot
+ * count E + R need not be a power of two) and the powers of two (leaving devices idle when
+ * they do not divide), at most max(E + R, devices per node): a wider stage would hold devices
+ * without an expert slot, which pipeline replicas use better. Ascending; returns the count. */
+static size_t ep_widths(const clnpu_graph *gr, const clnpu_cluster *cl, const clnpu_workload *w, size_t per_node,
+                        size_t *out, size_t cap)
+{
+    const size_t N = cl->count, slots = gr->experts + redundant_slots(cl, w);
+    size_t top = slots > per_node ? slots : per_node;
+    if (w->ep > top) top = w->ep; /* a pinned width is tried even past the slots */
+    size_t n = 0;
+    for (size_t g = 1; g <= N && g <= top && n < cap; g++) {
+        const bool pow2 = !(g & (g - 1));
+        if (N % g == 0 || (pow2 && g <= N / 2)) out[n++] = g;
+    }
+    return n;
+}
+
+/* Best layout for a given batch (sequences per pipeline replica). */
 static result search(const clnpu_graph *gr, const clnpu_cluster *cl, const clnpu_workload *w,
                      const clnpu_calibration *cal, double batch, size_t per_node, size_t tp_cap)
 {
     result best = {0};
-    for (size_t g = 1; g <= cl->count; g *= 2) {
+    size_t widths[PLACE_CACHE];
+    const size_t nw = ep_widths(gr, cl, w, per_node, widths, PLACE_CACHE);
+    for (size_t i = 0; i < nw; i++) {
+        const size_t g = widths[i];
+        if (w->ep && g != w->ep) continue;
         for (size_t t = 1; t <= g && t <= tp_cap; t *= 2) {
             if (gr->heads % t || g % t || t < w->min_tp) continue;
             result r = evaluate(gr, cl, w, cal, g, t, batch, per_node);
             if (r.ok && w->slo_ms > 0 && r.latency * 1e3 > w->slo_ms) r.ok = false;
             if (getenv("CLNPU_PLAN_DEBUG"))
-                fprintf(stderr, "batch %.0f g %zu t %zu: %s k %zu m %zu dp %zu period %.4f tps %.1f\n", batch, g, t,
-                        r.ok ? "ok" : "--", r.stages, r.micro, r.dp, r.period, r.tps);
+                fprintf(stderr, "batch %.0f g %zu t %zu: %s k %zu m %zu tbo %d dp %zu period %.4f tps %.1f\n", batch, g, t,
+                        r.ok ? "ok" : "--", r.stages, r.micro, r.tbo, r.dp, r.period, r.tps);
             if (better(&r, &best)) best = r;
         }
-        if (g > cl->count / 2 && g != cl->count && cl->count % g) break;
     }
-    /* g = all devices when N is not a power of two */
-    if ((cl->count & (cl->count - 1)) != 0)
-        for (size_t t = 1; t <= tp_cap; t *= 2) {
-            if (gr->heads % t || cl->count % t || t < w->min_tp) continue;
-            result r = evaluate(gr, cl, w, cal, cl->count, t, batch, per_node);
-            if (r.ok && w->slo_ms > 0 && r.latency * 1e3 > w->slo_ms) r.ok = false;
-            if (better(&r, &best)) best = r;
-        }
     return best;
+}
+
+/* The parts of units [i, j) on stage group k, the MTP module with the head as in cand_prepare. */
+static parts stage_parts(const cand *c, size_t i, size_t j, size_t k)
+{
+    parts S = {0};
+    const clnpu_cluster_device *dv = &c->cl->devices[k * c->g];
+    const clnpu_graph_unit *mtp = mtp_layer(c);
+    for (size_t u = i; u < j; u++) {
+        const clnpu_graph_unit *x = &c->gr->units[u];
+        parts P[3];
+        size_t n = 1;
+        unit_time_of(c, dv, x, &P[0]);
+        if (mtp && x->kind == CLNPU_UNIT_HEAD) unit_time_of(c, dv, mtp, &P[1]), unit_time_of(c, dv, x, &P[2]), n = 3;
+        for (size_t q = 0; q < n; q++)
+            S.attn += P[q].attn, S.moe += P[q].moe, S.comm += P[q].comm, S.other += P[q].other, S.overlap += P[q].overlap;
+    }
+    /* receiving the stage input */
+    S.other += stage_cost(i, j, k, (void *)c) - (c->unit_time[k * (c->gr->count + 1) + j] - c->unit_time[k * (c->gr->count + 1) + i]);
+    return S;
+}
+
+/* Where the step goes: decode's period is max(m, k) slots of the slowest stage (m of them work,
+ * the rest are bubbles); prefill's is every stage in turn. */
+static clnpu_plan_breakdown breakdown_of(const cand *c, const result *best, const clnpu_plan *p)
+{
+    clnpu_plan_breakdown b = {0};
+    b.tbo = best->tbo;
+    const bool prefill = c->w->phase == CLNPU_PHASE_PREFILL;
+    size_t slow = 0;
+    double mx = -1;
+    for (size_t s = 0; s < best->stages; s++) {
+        double ts = stage_cost(best->cuts[s], best->cuts[s + 1], s, (void *)c);
+        if (ts > mx) mx = ts, slow = s;
+        if (prefill) {
+            parts S = stage_parts(c, best->cuts[s], best->cuts[s + 1], s);
+            b.attention_s += S.attn, b.moe_s += S.moe, b.comm_s += S.comm, b.other_s += S.other, b.overlap_s += S.overlap;
+        }
+    }
+    const double m = (double)best->micro, k = (double)best->stages;
+    if (!prefill) {
+        parts S = stage_parts(c, best->cuts[slow], best->cuts[slow + 1], slow);
+        b.attention_s = m * S.attn, b.moe_s = m * S.moe, b.comm_s = m * S.comm, b.other_s = m * S.other;
+        b.overlap_s = m * S.overlap;
+        b.bubble_s = (fmax(m, k) - m) * mx;
+    }
+    /* what is left (memory shared by groups of one node) */
+    b.other_s += best->period - (b.attention_s + b.moe_s + b.comm_s + b.other_s + b.bubble_s - b.overlap_s);
+    b.tokens_per_step = c->tokens * m * (double)best->dp;
+    b.output_tokens_per_step = best->batch * out_per_seq(c->w) * (double)best->dp;
+    (void)p;
+    return b;
 }
 
 /* Memory missing for the smallest request, and the device count of the first kind that fits. */
@@ -438,9 +720,19 @@ static clnpu_status infeasible(const clnpu_graph *gr, const clnpu_cluster *cl, c
                       need <= have ? " (memory adds up, but no split satisfies every device's limit and the SLO)" : "");
 }
 
-clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluster *cl, const clnpu_workload *w_in,
+clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluster *cl_in, const clnpu_workload *w_in,
                                const clnpu_calibration *cal_in, clnpu_plan **out)
 {
+    /* the phase's own kernels and overlap where the cluster names them */
+    clnpu_cluster cl_phase;
+    const clnpu_cluster *cl = cl_in;
+    if (cl_in && w_in && cl_in->phase[w_in->phase].set) {
+        const struct clnpu_cluster_phase *P = &cl_in->phase[w_in->phase];
+        cl_phase = *cl_in;
+        cl_phase.ep_dispatch = P->ep_dispatch, cl_phase.tbo = P->tbo, cl_phase.rates = P->rates;
+        snprintf(cl_phase.rates_source, sizeof cl_phase.rates_source, "%s", P->rates_source);
+        cl = &cl_phase;
+    }
     /* Searching the batch for throughput alone ends in absurd per-token latencies: without an
      * SLO, decode plans aim at an interactive 100 ms per token (documented in docs/scheduler.md). */
     clnpu_workload wcopy = *w_in;
@@ -450,10 +742,20 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if (!cl || !cl->count) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "plan: empty cluster");
+    if (cl->count > CLNPU_PLAN_MAX_DEVICES)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "plan: %s has %zu devices, more than the planner's limit of %d",
+                          cl->name, cl->count, CLNPU_PLAN_MAX_DEVICES);
+    if (!(w_in->prefix_hit >= 0 && w_in->prefix_hit < 1) || !(w_in->mtp_accept >= 0 && w_in->mtp_accept <= 1) ||
+        !(w_in->expert_imbalance == 0 || (w_in->expert_imbalance >= 1 && isfinite(w_in->expert_imbalance))))
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "plan: prefix_hit must be in [0, 1), mtp_accept in [0, 1], "
+                          "expert_imbalance 0 (from the placement) or >= 1");
     if (w->weights != CLNPU_DTYPE_BF16 && w->weights != CLNPU_DTYPE_FP8_E4M3 && w->weights != CLNPU_DTYPE_I8)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "plan: weights must be bf16, fp8 or int8");
     if (!w->context) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "plan: context must be positive");
     clnpu_calibration cal = cal_in ? *cal_in : clnpu_calibration_default();
+    if (redundant_slots(cl, w) > cfg->n_routed_experts)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "plan: %zu redundant expert slots for %zu experts (at most as many "
+                          "as there are experts)", redundant_slots(cl, w), (size_t)cfg->n_routed_experts);
     place_cache pc = {.n = 0};
     cache_now = &pc;
     clnpu_plan *p = calloc(1, sizeof *p);
@@ -463,6 +765,7 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
         free(p);
         return st;
     }
+    plan_graph_set_latent_cache(&p->graph, w->latent_cache); /* what the executor will allocate */
     p->cfg = *cfg, p->work = *w, p->devices_total = cl->count;
     if (!w_in->slo_ms && w->slo_ms) p->work.slo_ms = w->slo_ms;
     snprintf(p->cluster_name, sizeof p->cluster_name, "%s", cl->name);
@@ -506,9 +809,9 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
         return st;
     }
     /* Record the plan: stages, memory per device, expert placement of one layer. */
-    cand c = {&p->graph, cl, w, &cal, best.g, best.t, best.g / best.t, best.batch, 0, 0, 1, 0, per_node, 0,
+    cand c = {&p->graph, cl, w, &cal, best.g, best.t, best.g / best.t, best.batch, 0, 0, 1, 0, per_node, best.tbo, 0,
               NULL, NULL, NULL, NULL};
-    c.tokens = (w->phase == CLNPU_PHASE_PREFILL ? best.batch * (double)w->context : best.batch) / (double)best.micro;
+    cand_set_batch(&c, best.batch, best.micro);
     c.wb = (double)clnpu_dtype_size(w->weights);
     double gap;
     place_experts(&c, &gap);
@@ -521,15 +824,16 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
         plan_stage *ps = &p->stages[s];
         ps->unit_begin = best.cuts[s], ps->unit_end = best.cuts[s + 1], ps->device_begin = s * best.g;
         ps->time_s = stage_cost(ps->unit_begin, ps->unit_end, s, &c);
-        double wts = 0, kv = 0;
+        double wts = 0, kv = 0, scratch = 0;
         for (size_t u = ps->unit_begin; u < ps->unit_end; u++) {
             const clnpu_graph_unit *x = &p->graph.units[u];
             double kvu = x->kv_bytes_per_token * (double)w->context * (c.batch / c.r);
-            kv += kvu, wts += unit_mem(&c, x) - kvu;
+            double ex = exec_unit_bytes(&c, &p->graph, w, x);
+            kv += kvu, scratch += ex, wts += unit_mem(&c, x) - kvu - ex;
         }
-        const double d = (double)p->graph.hidden, tr = c.tokens / c.r, capb = c.cap[s];
+        const double d = (double)p->graph.hidden, capb = c.cap[s];
         ps->mem[0] = wts, ps->mem[1] = kv;
-        ps->mem[2] = tr * d * 4 * 12 + (w->phase == CLNPU_PHASE_PREFILL ? tr * d * 4 * 4 : 0);
+        ps->mem[2] = exec_fixed_bytes(&c, &p->graph, w) + scratch;
         ps->mem[3] = best.g > 1 ? 2 * c.tokens / best.g * p->graph.top_k * d * 2 : 0;
         ps->mem[4] = cl->reserve_fraction * capb, ps->mem[5] = capb;
         maxfrac = fmax(maxfrac, (ps->mem[0] + ps->mem[1] + ps->mem[2] + ps->mem[3] + ps->mem[4]) / capb);
@@ -559,6 +863,7 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
     }
     p->slots_per_device = c.slots;
     p->weight_bytes_per_param = c.wb;
+    p->breakdown = breakdown_of(&c, &best, p);
     cand_free(&c);
     cache_now = NULL;
     clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -577,6 +882,11 @@ void clnpu_plan_destroy(clnpu_plan *p)
     clnpu_graph_free(&p->graph);
     free(p->stages), free(p->copy_expert), free(p->copy_device), free(p->stage_profiles);
     free(p);
+}
+
+clnpu_plan_breakdown clnpu_plan_get_breakdown(const clnpu_plan *p)
+{
+    return p->breakdown;
 }
 
 clnpu_plan_summary clnpu_plan_get_summary(const clnpu_plan *p)

@@ -338,22 +338,22 @@ START_TEST(test_cli_run)
              CLNPU_CLI_PATH, TINY, CLNPU_SOURCE_DIR, dir, CLNPU_CLI_PATH, TINY, ids, dir, dir);
     ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
     run_plan(dir, "p3",
-        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 1, pp: 3, ep: 1, dp: 1}\nstages:\n"
+        "format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nhidden_size: 96\nrouted_experts: 16\nweights: bf16\nparallel: {tp: 1, pp: 3, ep: 1, dp: 1}\nstages:\n"
         "- {stage: 0, profile: pocl-cpu, devices: [0], embedding: true, head: false, layers: [0]}\n"
         "- {stage: 1, profile: rebellions-atom, devices: [1], embedding: false, head: false, layers: [1]}\n"
-        "- {stage: 2, profile: pocl-cpu, devices: [2], embedding: false, head: true, layers: [2]}\n", ids, "--decode-from 3");
+        "- {stage: 2, profile: pocl-cpu, devices: [2], embedding: false, head: true, layers: [2]}\n", ids, "--decode-from 3 --share-devices");
     /* tensor parallel: PP 2 x TP 2, each stage's experts over its two devices */
     run_plan(dir, "ptp",
-        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 2, pp: 2, ep: 2, dp: 1}\nstages:\n"
+        "format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nhidden_size: 96\nrouted_experts: 16\nweights: bf16\nparallel: {tp: 2, pp: 2, ep: 2, dp: 1}\nstages:\n"
         "- {stage: 0, profile: pocl-cpu, devices: [0, 1], embedding: true, head: false, layers: [0, 1]}\n"
         "- {stage: 1, profile: pocl-cpu, devices: [2, 3], embedding: false, head: true, layers: [2]}\n"
-        "experts:\n- [0, 1, 2, 3, 4, 5, 6, 7]\n- [8, 9, 10, 11, 12, 13, 14, 15]\n", ids, "--decode-from 5");
+        "experts:\n- [0, 1, 2, 3, 4, 5, 6, 7]\n- [8, 9, 10, 11, 12, 13, 14, 15]\n", ids, "--decode-from 5 --share-devices");
     /* pipeline replica 1 of a plan with two: the same stages on the next devices, the same logits;
      * a replica the plan does not have is refused */
     run_plan(dir, "pr",
-        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 1, pp: 2, ep: 1, dp: 2, pipeline_replicas: 2}\n"
+        "format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nhidden_size: 96\nrouted_experts: 16\nweights: bf16\nparallel: {tp: 1, pp: 2, ep: 1, dp: 2, pipeline_replicas: 2}\n"
         "stages:\n- {stage: 0, devices: [0], embedding: true, head: false, layers: [0, 1]}\n"
-        "- {stage: 1, devices: [1], embedding: false, head: true, layers: [2]}\n", ids, "--replica 1");
+        "- {stage: 1, devices: [1], embedding: false, head: true, layers: [2]}\n", ids, "--replica 1 --share-devices");
     char plan3[512], planr[512];
     snprintf(plan3, sizeof plan3, "%s/p3.yaml", dir);
     snprintf(planr, sizeof planr, "%s/pr.yaml", dir);
@@ -367,11 +367,28 @@ START_TEST(test_cli_run)
         const double e = logits_error(path);
         ck_assert_msg(e <= 1e-4, "plan run %d: %.3g", k, e);
     }
-    /* a plan for another model is refused */
-    ck_assert_int_eq(test_write_file(plan3, "format: clnpu-plan-1\nlayers: 61\nstages: []\n"), 0);
+    /* replica 1 lies on plan devices 2 and 3: with two OpenCL devices that is refused unless the
+     * devices are shared (no silent wrap) */
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids %s --plan %s --replica 1", CLNPU_CLI_PATH, TINY, ids, planr);
+    ck_assert_int_eq(test_run(cmd, out, sizeof out), 1);
+    ck_assert_msg(strstr(out, "plan device 2 is not present"), "%.1500s", out);
+    /* a plan for another model, or for other weights, is refused */
+    ck_assert_int_eq(test_write_file(plan3, "format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nhidden_size: 7168\n"
+        "routed_experts: 16\nweights: bf16\nstages:\n- {devices: [0], embedding: true, head: true, layers: [0, 1, 2]}\n"), 0);
     snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids 1,2 --plan %s", CLNPU_CLI_PATH, TINY, plan3);
     ck_assert_int_eq(test_run(cmd, out, sizeof out), 1);
-    ck_assert_msg(strstr(out, "61 layers"), "%.1500s", out);
+    ck_assert_msg(strstr(out, "hidden size 7168"), "%.1500s", out);
+    ck_assert_int_eq(test_write_file(plan3, "format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nhidden_size: 96\n"
+        "routed_experts: 16\nweights: fp8\nstages:\n- {devices: [0], embedding: true, head: true, layers: [0, 1, 2]}\n"), 0);
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids 1,2 --plan %s --weights int8", CLNPU_CLI_PATH, TINY, plan3);
+    ck_assert_int_eq(test_run(cmd, out, sizeof out), 1);
+    ck_assert_msg(strstr(out, "the plan is for fp8 weights, not int8"), "%.1500s", out);
+    ck_assert_int_eq(test_write_file(plan3, "format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nhidden_size: 96\n"
+        "routed_experts: 16\nweights: bf16\nlatent_cache: bf16\nstages:\n"
+        "- {devices: [0], embedding: true, head: true, layers: [0, 1, 2]}\n"), 0);
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids 1,2 --plan %s --latent-cache f32", CLNPU_CLI_PATH, TINY, plan3);
+    ck_assert_int_eq(test_run(cmd, out, sizeof out), 1);
+    ck_assert_msg(strstr(out, "the plan is for a bf16 latent cache, not f32"), "%.1500s", out);
 
     snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids 1,2,999", CLNPU_CLI_PATH, TINY);
     ck_assert_int_eq(test_run(cmd, out, sizeof out), 1);
@@ -393,8 +410,10 @@ static double mpirun_logits_error(const char *dir, int np, const char *plan, con
     static int runs;
     char path[512], cmd[2048], out[16384];
     snprintf(path, sizeof path, "%s/mpi-%d.safetensors", dir, runs++);
+    /* one rank is one process: a plan for more devices than the runner's two shares them */
     snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np %d '%s' run --model '%s' "
-             "--ids %s --plan %s --decode-from 2 -n 2 --dump-logits %s", np, CLNPU_CLI_PATH, TINY, ids, plan, path);
+             "--ids %s --plan %s --decode-from 2 -n 2 --dump-logits %s%s", np, CLNPU_CLI_PATH, TINY, ids, plan, path,
+             np == 1 ? " --share-devices" : "");
     int rc = test_run(cmd, out, sizeof out);
     ck_assert_msg(rc == 0, "mpirun -np %d (%s) failed (%d): %.1500s", np, what, rc, out);
     double e = logits_error(path);
@@ -452,7 +471,7 @@ START_TEST(test_mpi_ranks)
     test_mkdtemp(dir, sizeof dir);
     snprintf(plan, sizeof plan, "%s/plan4.yaml", dir);
     ck_assert_int_eq(test_write_file(plan,
-        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 1, pp: 4, ep: 1, dp: 1}\nstages:\n"
+        "format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nhidden_size: 96\nrouted_experts: 16\nweights: bf16\nparallel: {tp: 1, pp: 4, ep: 1, dp: 1}\nstages:\n"
         "- {stage: 0, devices: [0], embedding: true, head: false, layers: []}\n"
         "- {stage: 1, devices: [1], embedding: false, head: false, layers: [0, 1]}\n"
         "- {stage: 2, profile: rebellions-atom, devices: [2], embedding: false, head: false, layers: [2]}\n"
@@ -478,7 +497,7 @@ START_TEST(test_mpi_ranks)
      * one rank per stage the shards stay in the stage's rank */
     snprintf(plan2, sizeof plan2, "%s/plan-ep.yaml", dir);
     ck_assert_int_eq(test_write_file(plan2,
-        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 1, pp: 2, ep: 2, dp: 1}\n"
+        "format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nhidden_size: 96\nrouted_experts: 16\nweights: bf16\nparallel: {tp: 1, pp: 2, ep: 2, dp: 2}\n"
         "experts: [[0, 1, 2, 3, 4, 5, 6, 7, 8], [8, 9, 10, 11, 12, 13, 14, 15]]\nstages:\n"
         "- {stage: 0, devices: [0, 1], embedding: true, head: false, layers: [0, 1]}\n"
         "- {stage: 1, devices: [2, 3], embedding: false, head: true, layers: [2]}\n"), 0);
@@ -493,7 +512,7 @@ START_TEST(test_mpi_ranks)
     char plan_mb[600], want[1024], got[1024];
     snprintf(plan_mb, sizeof plan_mb, "%s/plan-mb.yaml", dir);
     ck_assert_int_eq(test_write_file(plan_mb,
-        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 1, pp: 2, ep: 1, dp: 1, micro_batches: 2}\n"
+        "format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nhidden_size: 96\nrouted_experts: 16\nweights: bf16\nparallel: {tp: 1, pp: 2, ep: 1, dp: 1, micro_batches: 2}\n"
         "stages:\n- {stage: 0, devices: [0], embedding: true, head: false, layers: [0, 1]}\n"
         "- {stage: 1, devices: [1], embedding: false, head: true, layers: [2]}\n"), 0);
     const char *seq_ids = "3,9,17,4,22,8,1,5";
@@ -511,19 +530,35 @@ START_TEST(test_mpi_ranks)
     ck_assert_msg(!strcmp(want, alone) && strlen(want) > 20, "--sequences 3:\n%s\nalone:\n%s", want, alone);
     expect_ids("POCL_DEVICES='pthread pthread'", seq_ids, plan_mb, want, "micro-batches in one process");
     expect_ids("CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 2", seq_ids, plan_mb, want, "micro-batches over 2 ranks");
+    /* a stage per rank: each rank's stage weights on its plan device (memory in use on both, about
+     * the same on each: layers 0-1 with the embedding, layer 2 with the head) */
+    snprintf(cmd, sizeof cmd, "CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 2 '%s' run --model '%s' --ids "
+             "%s -n 2 --plan %s --stats", CLNPU_CLI_PATH, TINY, seq_ids, plan_mb);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    for (int d = 0; d < 2; d++) {
+        char key[32];
+        snprintf(key, sizeof key, "rank %d: stage device %d (", d, d);
+        const char *l = strstr(out, key), *u = l ? strstr(l, "): ") : NULL;
+        double kib = u ? strtod(u + 3, NULL) : 0;
+        ck_assert_msg(u && kib > 100 && strncmp(u + 3, "0 B", 3) && strstr(u, "KiB of"), "rank's stage on device %d: %.1500s",
+                      d, out);
+    }
+
     fprintf(stderr, "3 sequences, 2 micro-batches in flight over 2 ranks: the same ids as one device\n");
     /* EP 4: one stage on four devices, a rank each (three serve expert shards) */
     char plan4[600];
     snprintf(plan4, sizeof plan4, "%s/plan-ep4.yaml", dir);
     ck_assert_int_eq(test_write_file(plan4,
-        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 1, pp: 1, ep: 4, dp: 1}\n"
+        "format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nhidden_size: 96\nrouted_experts: 16\nweights: bf16\nparallel: {tp: 1, pp: 1, ep: 4, dp: 4}\n"
         "experts: [[0, 4, 8, 12], [1, 5, 9, 13], [2, 6, 10, 14], [3, 7, 11, 15]]\nstages:\n"
         "- {stage: 0, devices: [0, 1, 2, 3], embedding: true, head: true, layers: [0, 1, 2]}\n"), 0);
     double e4 = mpirun_logits_error(dir, 4, plan4, ids, "EP 4");
     ck_assert_msg(e4 <= 1e-4, "EP 4 -np 4: %.3g", e4);
     /* in one process the same plan runs four attention replicas (a sequence each), meeting at
      * the MoE layers: three sequences decoding together give one device's ids */
-    expect_ids("", seq_ids, plan4, want, "3 sequences on 4 attention replicas");
+    char plan4s[700];
+    snprintf(plan4s, sizeof plan4s, "%s --share-devices", plan4); /* four plan devices on two */
+    expect_ids("", seq_ids, plan4s, want, "3 sequences on 4 attention replicas");
     /* with a rank per device each rank is an attention replica with its own sequences, meeting
      * the others at every MoE layer (a rank without rows too): one device's ids, with EP 4 on 4
      * ranks and with PP 2 x EP 2 (two replicas per stage) on 4 ranks */
@@ -561,7 +596,7 @@ START_TEST(test_mpi_ranks)
     char plantp[600];
     snprintf(plantp, sizeof plantp, "%s/plan-tp.yaml", dir);
     ck_assert_int_eq(test_write_file(plantp,
-        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 2, pp: 2, ep: 2, dp: 1}\n"
+        "format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nhidden_size: 96\nrouted_experts: 16\nweights: bf16\nparallel: {tp: 2, pp: 2, ep: 2, dp: 1}\n"
         "experts: [[0, 1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15]]\nstages:\n"
         "- {stage: 0, devices: [0, 1], embedding: true, head: false, layers: [0, 1]}\n"
         "- {stage: 1, devices: [2, 3], embedding: false, head: true, layers: [2]}\n"), 0);
@@ -571,7 +606,7 @@ START_TEST(test_mpi_ranks)
     ck_assert_msg(etp <= 1e-4, "PP 2 x TP 2 -np 4: %.3g", etp);
     expect_ids("CLNPU_MPI_TIMEOUT=60 timeout 120 mpirun --oversubscribe -np 4", seq_ids, plantp, want, "3 sequences, TP ranks on 4 ranks");
     ck_assert_int_eq(test_write_file(plantp,
-        "format: clnpu-plan-1\nmodel: axk1\nlayers: 3\nparallel: {tp: 2, pp: 1, ep: 4, dp: 2}\n"
+        "format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nhidden_size: 96\nrouted_experts: 16\nweights: bf16\nparallel: {tp: 2, pp: 1, ep: 4, dp: 2}\n"
         "experts: [[0, 4, 8, 12], [1, 5, 9, 13], [2, 6, 10, 14], [3, 7, 11, 15]]\nstages:\n"
         "- {stage: 0, devices: [0, 1, 2, 3], embedding: true, head: true, layers: [0, 1, 2]}\n"), 0);
     const int tpdp_ranks[2] = {1, 4};
@@ -606,6 +641,15 @@ START_TEST(test_mpi_ranks)
     ck_assert_msg(strstr(out, "rank 1 could not set up its stages"), "rank 0 did not name rank 1: %.1500s", out);
     ck_assert_msg(strstr(out, "set-up failure injected"), "rank 1's own message is lost: %.1500s", out);
     ck_assert_msg((double)time(NULL) - t0 < 60, "the job took too long to stop");
+    /* a rank that hangs (stopped at its first step): the others time out, and the job ends,
+     * non-zero, naming it, instead of waiting for it in MPI_Finalize forever (issue 17's D5) */
+    snprintf(cmd, sizeof cmd, "CLNPU_FAULT_RANK=1:stop CLNPU_MPI_TIMEOUT=2 timeout -k 5 30 mpirun --oversubscribe -np 2 "
+             "'%s' run --model '%s' --ids %s --plan %s -n 2", CLNPU_CLI_PATH, TINY, ids, plan);
+    t0 = (double)time(NULL);
+    rc = test_run(cmd, out, sizeof out);
+    ck_assert_msg(rc != 0 && rc != 124 && rc != 137, "a stopped rank hung the job (%d): %.1500s", rc, out);
+    ck_assert_msg(strstr(out, "rank 1") && strstr(out, "CLNPU_MPI_TIMEOUT"), "no word of the stopped rank 1: %.1500s", out);
+    ck_assert_msg((double)time(NULL) - t0 < 20, "the job took %.0f s to end after a 2 s timeout", (double)time(NULL) - t0);
     if (asan) setenv("ASAN_OPTIONS", asan, 1);
     else unsetenv("ASAN_OPTIONS");
     test_rmdir(dir);

@@ -542,6 +542,58 @@ START_TEST(test_gemm_two_panels)
 }
 END_TEST
 
+/* Cache blocking (MB row blocks per work-item, K in blocks of KC), forced through CLNPU_GEMM for
+ * every weight dtype and epilogue and the grouped kernels: M = 23 is 3 ragged tiles of 3 x 3 rows,
+ * K = 389 four K blocks of 128 (the last 5 long), N = 45 three panels (odd for NB = 2). */
+START_TEST(test_gemm_blocked)
+{
+    clnpu_device *dev = test_device();
+    const clnpu_dtype types[] = {CLNPU_DTYPE_F32, CLNPU_DTYPE_BF16, CLNPU_DTYPE_F16, CLNPU_DTYPE_I8,
+                                 CLNPU_DTYPE_I8, CLNPU_DTYPE_FP8_E4M3};
+    const size_t m = 23, n = 45, k = 389;
+    for (int ti = 0; ti < 6; ti++) {
+        host_weight h, hu;
+        make_weight(&h, types[ti], n, k, ti == 4 ? 128 : 0);
+        make_weight(&hu, types[ti], n, k, ti == 4 ? 128 : 0);
+        clnpu_weight *w, *gu;
+        ck_assert_ok(clnpu_weight_upload(dev, &h.d, 1, &w));
+        ck_assert_ok(clnpu_weight_upload_swiglu(dev, &h.d, &hu.d, 1, &gu));
+        float *x = random_vec(m * k), *r = random_vec(m * n), *out = malloc(m * n * sizeof *out);
+        clnpu_buffer *bx = upload_f32(x, m * k), *br = upload_f32(r, m * n), *by;
+        ck_assert_ok(clnpu_buffer_create(dev, m * n * sizeof(float), &by));
+        double *g = reference(x, h.deq, m, n, k, 1, NULL), *u = reference(x, hu.deq, m, n, k, 1, NULL);
+        double *res = reference(x, h.deq, m, n, k, 0.5f, r), *sw = malloc(m * n * sizeof *sw);
+        for (size_t i = 0; i < m * n; i++) sw[i] = g[i] / (1 + exp(-g[i])) * u[i];
+        /* plain (one panel, separate K stretches), two panels + residual, SwiGLU, grouped */
+        const char *cfg = ti % 2 ? "mr=3,mb=3,kc=128,kacc=2,ksplit=1" : "mr=3,mb=3,kc=128,nb=2";
+        setenv("CLNPU_GEMM", cfg, 1);
+        for (int ep = 0; ep < 4; ep++) {
+            clnpu_gemm_args a = clnpu_gemm_args_default();
+            a.x = bx, a.y = by, a.m = m, a.split_k = 1;
+            if (ep == 1) a.alpha = 0.5f, a.residual = br, a.epilogue = CLNPU_EPILOGUE_RESIDUAL;
+            if (ep == 2) a.epilogue = CLNPU_EPILOGUE_SWIGLU;
+            poison(by);
+            if (ep < 3) {
+                ck_assert_ok(clnpu_gemm(dev, ep == 2 ? gu : w, 0, &a));
+            } else { /* rows 0-6 and 7-22 as two segments of the same matrix */
+                const clnpu_gemm_segment segs[2] = {{0, 0, 7}, {0, 7, 16}};
+                ck_assert_ok(clnpu_gemm_grouped(dev, w, segs, 2, &a));
+            }
+            ck_assert_ok(clnpu_buffer_read(by, 0, out, m * n * sizeof(float)));
+            const double *ref = ep == 1 ? res : ep == 2 ? sw : g;
+            double err = rel_error(out, ref, m, n, n);
+            ck_assert_msg(err <= 2 * tolerance(k), "blocked %s%s %s epilogue %d: %.3g", clnpu_dtype_name(types[ti]),
+                          ti == 4 ? " (groups)" : "", cfg, ep, err);
+        }
+        unsetenv("CLNPU_GEMM");
+        free(g), free(u), free(res), free(sw), free(x), free(r), free(out);
+        clnpu_buffer_destroy(bx), clnpu_buffer_destroy(br), clnpu_buffer_destroy(by);
+        clnpu_weight_destroy(w), clnpu_weight_destroy(gu);
+        free_weight(&h), free_weight(&hu);
+    }
+}
+END_TEST
+
 /* Split-K with a workspace, with and without a residual, on a long ragged K. */
 START_TEST(test_gemm_splitk)
 {
@@ -620,6 +672,7 @@ Suite *suite_gemm(void)
     tcase_add_test(tc, test_gemm_epilogues);
     tcase_add_test(tc, test_gemm_grouped);
     tcase_add_test(tc, test_gemm_two_panels);
+    tcase_add_test(tc, test_gemm_blocked);
     tcase_add_test(tc, test_gemm_splitk);
     tcase_add_test(tc, test_gemm_bad_input);
     suite_add_tcase(s, tc);

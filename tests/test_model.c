@@ -7,7 +7,7 @@
 
 #include <pthread.h>
 
-#include "../backend/error.h"
+#include "../common/error.h"
 #include "../runtime/tp.h"
 #include "test_util.h"
 
@@ -124,6 +124,15 @@ START_TEST(test_logits_match_transformers)
     fprintf(stderr, "tiny A.X K1, prefill 1 + decode %zu: logits rel error %.2e\n", T - 1, e);
     ck_assert_msg(e <= 1e-4, "decode logits: rel error %.3g > 1e-4", e);
     ck_assert_uint_eq(clnpu_model_sequence_length(m, 1), T);
+    /* The head for the last position only (what generation uses): the same last row, nothing else
+     * written past it. */
+    clnpu_model_reset(m, 1);
+    for (size_t i = 0; i < 2 * V; i++) lg[i] = NAN;
+    ck_assert_ok(clnpu_model_prefill_last(m, 1, f.ids, T, lg));
+    e = rel(lg, ref + (T - 1) * V, V);
+    ck_assert_msg(e <= 1e-4, "last-position logits: rel error %.3g", e);
+    for (size_t i = V; i < 2 * V; i++) ck_assert(isnan(lg[i]));
+    ck_assert_uint_eq(clnpu_model_sequence_length(m, 1), T);
     /* Batched decode of two sequences at different lengths matches the single ones. */
     clnpu_model_reset(m, 0);
     clnpu_model_reset(m, 1);
@@ -211,6 +220,7 @@ START_TEST(test_pipeline_micro_batches)
     const struct { const clnpu_stage_spec *s; size_t n; const char *name; } cases[] = {
         {pp3, 3, "PP 3"}, {ppep, 2, "PP 2 x EP 2"}, {pptp, 2, "PP 2 x TP 2"}, {ppdp, 2, "PP 2 x DP 2 attention"}};
     clnpu_model_options o = clnpu_model_options_default();
+    o.share_devices = true; /* plans of up to 4 (8) devices on the runner's two */
     o.max_sequences = 4, o.max_context = 64, o.max_tokens = 4; /* prompts of 5..11 tokens: 2-3 chunks */
     const size_t len[4] = {3, 8, 5, 11}, micro[] = {1, 2, 3, 4, 9};
     float *lg = malloc(11 * V * sizeof *lg);
@@ -289,6 +299,7 @@ START_TEST(test_pipeline_stages)
     const struct { const clnpu_stage_spec *s; size_t n; const char *name; } cases[] = {
         {pp2, 2, "PP 2"}, {pp3, 3, "PP 3"}, {pp4, 4, "PP 4"}, {ep2, 1, "EP 2"}, {ep4, 1, "EP 4"}, {ppep, 2, "PP 2 x EP 2"}};
     clnpu_model_options o = clnpu_model_options_default();
+    o.share_devices = true; /* plans of up to 4 (8) devices on the runner's two */
     o.max_sequences = 2, o.max_context = 64, o.max_tokens = 32;
     float *lg = malloc(T * V * sizeof *lg);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -328,6 +339,7 @@ START_TEST(test_tensor_parallel)
     const size_t T = f.T, V = f.cfg.vocab_size;
     const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
     clnpu_model_options o = clnpu_model_options_default();
+    o.share_devices = true; /* plans of up to 4 (8) devices on the runner's two */
     o.max_sequences = 2, o.max_context = 64, o.max_tokens = 32;
     float *one = malloc(T * V * sizeof *one), *lg = malloc(T * V * sizeof *lg);
     clnpu_model *m;
@@ -414,6 +426,250 @@ START_TEST(test_tensor_parallel)
     ck_assert_int_eq(clnpu_pipeline_create(&f.cfg, f.ck, wide, 1, &o, &(clnpu_pipeline *){NULL}), CLNPU_ERR_INVALID_ARGUMENT);
     ck_assert_msg(strstr(clnpu_error_message(), "device of its own"), "%s", clnpu_error_message());
     free(one), free(lg);
+    close_fixture(&f);
+}
+END_TEST
+
+/* Every stage's weights live on its plan device: a two-stage plan on devices 0 and 1 puts memory
+ * on each (none of it on a second context of device 0), the two together hold one device's
+ * model plus one more stage's fixed buffers; a plan device that is not present, or two plan
+ * devices on one OpenCL device, is refused unless shared. */
+START_TEST(test_pipeline_placement)
+{
+    fixture f;
+    open_fixture(&f);
+    size_t ndev = 0;
+    clnpu_device_info *infos = NULL;
+    ck_assert_ok(clnpu_device_list(&infos, &ndev));
+    clnpu_device_list_free(infos);
+    if (ndev < 2) {
+        fprintf(stderr, "test_pipeline_placement: one OpenCL device, skipped\n");
+        close_fixture(&f);
+        return;
+    }
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_sequences = 2, o.max_context = 32, o.max_tokens = 8;
+    /* the whole model on one device, and a stage with no layers (its fixed buffers alone) */
+    clnpu_device *d0, *d1;
+    clnpu_model *m;
+    ck_assert_ok(clnpu_device_open(0, NULL, &d0));
+    ck_assert_ok(clnpu_device_open(1, NULL, &d1));
+    ck_assert_ok(clnpu_model_create(d0, &f.cfg, f.ck, &o, &m));
+    const double whole = (double)clnpu_device_memory_used(d0);
+    clnpu_model_destroy(m);
+    clnpu_model_options e = o;
+    e.layer_begin = e.layer_end = 0, e.embed = e.head = false;
+    ck_assert_ok(clnpu_model_create(d0, &f.cfg, f.ck, &e, &m));
+    const double fixed = (double)clnpu_device_memory_used(d0);
+    clnpu_model_destroy(m);
+    const clnpu_stage_spec two[2] = {{.device = 0, .layer_begin = 0, .layer_end = 2, .embed = true},
+                                     {.device = 1, .layer_begin = 2, .layer_end = 3, .head = true}};
+    clnpu_pipeline *p;
+    ck_assert_ok(clnpu_pipeline_create(&f.cfg, f.ck, two, 2, &o, &p));
+    double sum = 0;
+    for (size_t s = 0; s < 2; s++) {
+        clnpu_device *dv = clnpu_pipeline_stage_device(p, s);
+        const double used = (double)clnpu_device_memory_used(dv);
+        ck_assert_msg(used > 0.1 * whole, "stage %zu: %.0f B in use on its device (the whole model: %.0f B)", s, used, whole);
+        ck_assert_msg(clnpu_device_cl_device(dv) == clnpu_device_cl_device(s ? d1 : d0), "stage %zu not on OpenCL device %zu",
+                      s, s);
+        sum += used;
+    }
+    ck_assert_msg(sum >= whole && sum <= whole + fixed * 1.001 + 4096,
+                  "two stages hold %.0f B; one device %.0f B, one stage's fixed buffers %.0f B", sum, whole, fixed);
+    /* the same logits as one device */
+    float *lg = malloc(f.T * f.cfg.vocab_size * sizeof *lg);
+    const size_t T = f.T < 8 ? f.T : 8;
+    ck_assert_ok(clnpu_pipeline_prefill(p, 0, f.ids, T, lg));
+    ck_assert_msg(rel(lg, clnpu_safetensors_find(f.ref, "logits")->data, T * f.cfg.vocab_size) <= 1e-4, "logits");
+    free(lg);
+    clnpu_pipeline_destroy(p);
+    fprintf(stderr, "two stages on devices 0 and 1: %.0f + fixed; one device %.0f B, fixed %.0f B\n", sum, whole, fixed);
+    /* plan device 2 on two devices, and plan devices 0 and 2 meeting on device 0: refused */
+    clnpu_stage_spec far[2] = {two[0], two[1]};
+    far[1].device = ndev;
+    ck_assert_int_eq(clnpu_pipeline_create(&f.cfg, f.ck, far, 2, &o, &p), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(clnpu_error_message(), "is not present"), "%s", clnpu_error_message());
+    o.share_devices = true; /* shared: plan device ndev on device 0, in a context of its own */
+    ck_assert_ok(clnpu_pipeline_create(&f.cfg, f.ck, far, 2, &o, &p));
+    clnpu_pipeline_destroy(p);
+    /* an unknown stage profile is an error, not a silent default */
+    clnpu_stage_spec typo[2] = {two[0], two[1]};
+    snprintf(typo[1].profile, sizeof typo[1].profile, "rebelions-atom");
+    o.share_devices = false;
+    ck_assert_int_eq(clnpu_pipeline_create(&f.cfg, f.ck, typo, 2, &o, &p), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(clnpu_error_message(), "no target profile 'rebelions-atom'"), "%s", clnpu_error_message());
+    clnpu_device_close(d0), clnpu_device_close(d1);
+    close_fixture(&f);
+}
+END_TEST
+
+/* A bf16 latent cache: the transformers logits through prefill (the cached prefix gathered back)
+ * and through prefill 1 + decode 23 (every decode step reads the cache); half the cache bytes. */
+START_TEST(test_latent_cache_bf16)
+{
+    fixture f;
+    open_fixture(&f);
+    const size_t T = f.T, V = f.cfg.vocab_size;
+    const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
+    float *lg = malloc(T * V * sizeof *lg);
+    double used[2];
+    for (int k = 0; k < 2; k++) {
+        clnpu_model_options o = clnpu_model_options_default();
+        o.max_sequences = 1, o.max_context = 64, o.max_tokens = 8;
+        o.latent_cache = k ? CLNPU_DTYPE_BF16 : CLNPU_DTYPE_F32;
+        clnpu_device *d;
+        clnpu_model *m;
+        ck_assert_ok(clnpu_device_open(0, NULL, &d));
+        ck_assert_ok(clnpu_model_create(d, &f.cfg, f.ck, &o, &m));
+        used[k] = (double)clnpu_device_memory_used(d);
+        for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
+        ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, T, lg)); /* 8-token chunks: later ones read the cache */
+        const double ep = rel(lg, ref, T * V);
+        clnpu_model_destroy(m);
+        ck_assert_ok(clnpu_model_create(d, &f.cfg, f.ck, &o, &m));
+        for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
+        ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, 1, lg));
+        for (size_t t = 1; t < T; t++) {
+            const size_t s0 = 0;
+            ck_assert_ok(clnpu_model_decode(m, &s0, &f.ids[t], 1, lg + t * V));
+        }
+        const double ed = rel(lg, ref, T * V);
+        fprintf(stderr, "%s latent cache: logits rel error %.2e (chunked prefill), %.2e (prefill 1 + decode %zu)\n",
+                k ? "bf16" : "f32", ep, ed, T - 1);
+        /* bf16 keeps 8 significant bits of each cached value: a bound of 1e-2, not f32's 1e-4 */
+        ck_assert_msg(ep <= (k ? 1e-2 : 1e-4) && ed <= (k ? 1e-2 : 1e-4), "%s cache: %.3g / %.3g", k ? "bf16" : "f32", ep, ed);
+        clnpu_model_destroy(m);
+        clnpu_device_close(d);
+    }
+    clnpu_model_memory a, b;
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_sequences = 1, o.max_context = 64, o.max_tokens = 8;
+    ck_assert_ok(clnpu_model_memory_estimate(&f.cfg, &o, 1, &a));
+    o.latent_cache = CLNPU_DTYPE_BF16;
+    ck_assert_ok(clnpu_model_memory_estimate(&f.cfg, &o, 1, &b));
+    ck_assert(b.cache_per_layer * 2 == a.cache_per_layer);
+    ck_assert_msg(used[0] - used[1] == (double)f.cfg.num_hidden_layers * (a.cache_per_layer - b.cache_per_layer),
+                  "the bf16 cache saves %.0f B", used[0] - used[1]);
+    o.latent_cache = CLNPU_DTYPE_FP8_E4M3;
+    ck_assert_int_eq(clnpu_model_memory_estimate(&f.cfg, &o, 1, &b), CLNPU_ERR_UNSUPPORTED);
+    free(lg);
+    close_fixture(&f);
+}
+END_TEST
+
+/* clnpu_model_memory_estimate against what a model allocates: the parts that grow with the
+ * context and with the tokens per step, measured as differences on a fresh device (the weights
+ * cancel), and a stage without layers (workspaces alone). */
+static double model_used(const fixture *f, const clnpu_model_options *o)
+{
+    clnpu_device *d;
+    clnpu_model *m;
+    ck_assert_ok(clnpu_device_open(0, NULL, &d));
+    ck_assert_msg(clnpu_model_create(d, &f->cfg, f->ck, o, &m) == CLNPU_OK, "%s", clnpu_error_message());
+    const double used = (double)clnpu_device_memory_used(d);
+    clnpu_model_destroy(m);
+    clnpu_device_close(d);
+    return used;
+}
+
+START_TEST(test_model_memory_estimate)
+{
+    fixture f;
+    open_fixture(&f);
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_sequences = 3, o.max_context = 40, o.max_tokens = 8;
+    clnpu_model_memory a, b;
+    const double slack = 4 * 1024; /* the step-input slots' alignment, estimated from above */
+    clnpu_model_options e = o;
+    e.layer_begin = e.layer_end = 0, e.embed = e.head = false;
+    ck_assert_ok(clnpu_model_memory_estimate(&f.cfg, &e, 1, &a));
+    double got = model_used(&f, &e);
+    ck_assert_msg(got <= a.workspaces && got >= a.workspaces - slack, "workspaces: %.0f B allocated, %.0f estimated", got,
+                  a.workspaces);
+    /* the context: workspaces, rope table and every layer's cache pages */
+    const double L = (double)f.cfg.num_hidden_layers;
+    clnpu_model_options o2 = o;
+    o2.max_context = 97;
+    ck_assert_ok(clnpu_model_memory_estimate(&f.cfg, &o, 1, &a));
+    ck_assert_ok(clnpu_model_memory_estimate(&f.cfg, &o2, 1, &b));
+    double want = b.workspaces - a.workspaces + L * (b.cache_per_layer - a.cache_per_layer);
+    got = model_used(&f, &o2) - model_used(&f, &o);
+    ck_assert_msg(fabs(got - want) <= slack, "context 40 -> 97: %.0f B more allocated, %.0f estimated", got, want);
+    /* the tokens per step: workspaces, the head's logits, every MoE layer's scratch */
+    size_t moe = 0;
+    for (size_t l = 0; l < f.cfg.num_hidden_layers; l++) moe += clnpu_model_config_is_moe(&f.cfg, l);
+    o2 = o;
+    o2.max_tokens = 21;
+    ck_assert_ok(clnpu_model_memory_estimate(&f.cfg, &o2, 1, &b));
+    want = b.workspaces - a.workspaces + b.logits - a.logits + (double)moe * (b.moe_scratch - a.moe_scratch);
+    got = model_used(&f, &o2) - model_used(&f, &o);
+    ck_assert_msg(fabs(got - want) <= slack, "tokens 8 -> 21: %.0f B more allocated, %.0f estimated", got, want);
+    close_fixture(&f);
+}
+END_TEST
+
+/* The planner counts what the executor allocates: plans of the tiny A.X K1 on the PoCL clusters
+ * (and on two 1.8 MB devices, which split it) predict each stage device's bytes within 10 % of
+ * what the run holds; a plan that fills a 12 MB device to >= 95 % runs with exactly that
+ * capacity (its batch of sequences, prefill and decode) without running out of memory. */
+START_TEST(test_plan_memory_matches_run)
+{
+    fixture f;
+    open_fixture(&f);
+    const char *clusters[] = {"clusters/pocl-2", "clusters/pocl-4", "clusters/pocl-2-small", "clusters/pocl-4-small",
+                              "tests/data/pocl-2-tight", "tests/data/pocl-1-tight", "tests/data/pocl-1-tight"};
+    const size_t V = f.cfg.vocab_size;
+    float *lg = malloc(8 * V * sizeof *lg);
+    for (size_t c = 0; c < sizeof clusters / sizeof clusters[0]; c++) {
+        const bool full = strstr(clusters[c], "pocl-1-tight") != NULL, bf = c == 6; /* the last: a bf16 cache */
+        char path[512];
+        snprintf(path, sizeof path, CLNPU_SOURCE_DIR "/%s.yaml", clusters[c]);
+        clnpu_cluster *cl;
+        ck_assert_ok(clnpu_cluster_load(path, NULL, &cl));
+        clnpu_workload w = clnpu_workload_default();
+        w.context = 64, w.batch = full ? 0 : 2; /* full: the largest batch that fits */
+        if (bf) w.latent_cache = CLNPU_DTYPE_BF16;
+        clnpu_plan *p;
+        ck_assert_msg(clnpu_plan_create(&f.cfg, cl, &w, NULL, &p) == CLNPU_OK, "%s: %s", clusters[c], clnpu_error_message());
+        const clnpu_plan_summary sum = clnpu_plan_get_summary(p);
+        if (full) ck_assert_msg(sum.max_memory_fraction >= 0.95, "%s: %.3f used", clusters[c], sum.max_memory_fraction);
+        clnpu_stage_spec *sp;
+        size_t n;
+        clnpu_plan_layout lay;
+        ck_assert_msg(clnpu_plan_stage_specs(p, &f.cfg, &sp, &n, &lay) == CLNPU_OK, "%s", clnpu_error_message());
+        clnpu_model_options o = clnpu_model_options_default();
+        /* what clnpu run gives one pipeline replica: its share of the batch, the plan's chunk */
+        const size_t seqs = (lay.batch + lay.pipeline_replicas - 1) / lay.pipeline_replicas;
+        o.max_sequences = seqs, o.max_context = lay.context, o.max_tokens = lay.max_tokens, o.share_devices = true;
+        o.latent_cache = lay.latent_cache;
+        ck_assert_int_eq(lay.latent_cache, bf ? CLNPU_DTYPE_BF16 : CLNPU_DTYPE_F32);
+        clnpu_pipeline *pl;
+        ck_assert_msg(clnpu_pipeline_create(&f.cfg, f.ck, sp, n, &o, &pl) == CLNPU_OK, "%s: %s", clusters[c],
+                      clnpu_error_message());
+        ck_assert_ok(clnpu_pipeline_prefill(pl, 0, f.ids, 8, lg));
+        const size_t nd = seqs < 4 ? seqs : 4, sq[4] = {0, 1, 2, 3};
+        for (size_t q = 1; q < nd; q++) ck_assert_ok(clnpu_pipeline_prefill(pl, q, f.ids, 3, NULL));
+        const int next[4] = {1, 2, 3, 4};
+        ck_assert_ok(clnpu_pipeline_decode(pl, sq, next, nd, lg));
+        for (size_t s = 0; s < n; s++) {
+            double m[6];
+            clnpu_plan_device_memory(p, sp[s].device, m);
+            const clnpu_device *dv = clnpu_pipeline_stage_device(pl, s);
+            const double want = m[0] + m[1] + m[2] + m[3], got = (double)clnpu_device_memory_used(dv);
+            ck_assert_msg(fabs(got - want) <= 0.1 * got, "%s stage %zu: predicted %.0f B, the run holds %.0f B", clusters[c],
+                          s, want, got);
+            ck_assert_msg((double)clnpu_device_memory_capacity(dv) == m[5], "%s stage %zu: capacity %.0f, the plan's %.0f",
+                          clusters[c], s, (double)clnpu_device_memory_capacity(dv), m[5]);
+            fprintf(stderr, "%s (%s cache, %zu sequences, %.1f %% used), stage %zu: predicted %.3f MB, the run holds %.3f MB (%+.1f %%)\n",
+                    clusters[c], bf ? "bf16" : "f32", seqs, 100 * sum.max_memory_fraction, s, want / 1e6, got / 1e6, 100 * (want - got) / got);
+        }
+        clnpu_pipeline_destroy(pl);
+        free(sp);
+        clnpu_plan_destroy(p);
+        clnpu_cluster_destroy(cl);
+    }
+    free(lg);
     close_fixture(&f);
 }
 END_TEST
@@ -538,6 +794,10 @@ Suite *suite_model(void)
     tcase_add_test(tc, test_tensor_parallel);
     tcase_add_test(tc, test_tp_collectives);
     tcase_add_test(tc, test_stage_specs_replica);
+    tcase_add_test(tc, test_pipeline_placement);
+    tcase_add_test(tc, test_model_memory_estimate);
+    tcase_add_test(tc, test_latent_cache_bf16);
+    tcase_add_test(tc, test_plan_memory_matches_run);
     suite_add_tcase(s, tc);
     return s;
 }

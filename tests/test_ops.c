@@ -330,9 +330,11 @@ START_TEST(test_mla_decode)
     clnpu_device *dev = test_device();
     const size_t shapes[][3] = {{32, 8, 5}, {512, 64, 4}}; /* R, DR, H */
     for (size_t si = 0; si < 2; si++)
-        for (unsigned fi = 0; fi < 3; fi++) {
-            /* splits: chosen, forced to 7 (merge pass), forced to 1 (the kernel writes out) */
-            const unsigned forced = fi == 0 ? 0 : fi == 1 ? 7 : 1;
+        for (unsigned fi = 0; fi < 4; fi++) {
+            /* splits: chosen, forced to 7 (merge pass), forced to 1 (the kernel writes out); then
+             * a bf16 cache (the reference reads the same bf16-rounded rows) */
+            const unsigned forced = fi == 0 || fi == 3 ? 0 : fi == 1 ? 7 : 1;
+            const bool bf = fi == 3;
             const size_t R = shapes[si][0], DR = shapes[si][1], H = shapes[si][2], B = 3, page = 16;
             const int lens[3] = {1, 37, 1300};
             const size_t maxlen = 1300, max_blocks = (maxlen + page - 1) / page, npages = B * max_blocks;
@@ -347,12 +349,23 @@ START_TEST(test_mla_decode)
             for (size_t i = 0; i < B * max_blocks; i++) bt[i] = perm[i];
             float *cache = rnd(npages * page * (R + DR), -1, 1), *qa = rnd(B * H * R, -1, 1),
                   *qp = rnd(B * H * DR, -1, 1);
-            clnpu_buffer *bc = dev_f32(cache, npages * page * (R + DR)), *bqa = dev_f32(qa, B * H * R),
+            const size_t ncache = npages * page * (R + DR);
+            uint16_t *c16 = bf ? malloc(ncache * sizeof *c16) : NULL;
+            for (size_t i = 0; bf && i < ncache; i++) cache[i] = clnpu_bf16_to_f32(c16[i] = clnpu_f32_to_bf16(cache[i]));
+            clnpu_buffer *bc = NULL;
+            if (bf) {
+                ck_assert_ok(clnpu_buffer_create(dev, ncache * 2, &bc));
+                ck_assert_ok(clnpu_buffer_write(bc, 0, c16, ncache * 2));
+            } else {
+                bc = dev_f32(cache, ncache);
+            }
+            free(c16);
+            clnpu_buffer *bqa = dev_f32(qa, B * H * R),
                          *bqp = dev_f32(qp, B * H * DR), *bbt = dev_i32(bt, B * max_blocks),
                          *bl = dev_i32(lens, B), *bo = dev_nan(B * H * R);
             const float scale = 0.15f;
             clnpu_mla_decode_args a = {bqa, bqp, bc, page, bbt, max_blocks, bl, maxlen, B, H, R, DR,
-                                       scale, bo, forced, 0, 0};
+                                       scale, bo, forced, 0, 0, bf ? CLNPU_DTYPE_BF16 : CLNPU_DTYPE_F32};
             ck_assert_ok(clnpu_mla_decode(dev, &a));
             float *o = read_f32(bo, B * H * R);
             double *ref = malloc(B * H * R * sizeof *ref), *s = malloc(maxlen * sizeof *s);
@@ -375,8 +388,8 @@ START_TEST(test_mla_decode)
                         ref[(b * H + h) * R + d] = acc / z;
                     }
                 }
-            CHECK_ERR(o, ref, B * H * R, 2e-6 * sqrt((double)maxlen) + 1e-6, "mla R=%zu H=%zu splits=%u (0: chosen)", R,
-                      H, forced);
+            CHECK_ERR(o, ref, B * H * R, 2e-6 * sqrt((double)maxlen) + 1e-6, "mla R=%zu H=%zu splits=%u (0: chosen)%s", R,
+                      H, forced, bf ? ", bf16 cache" : "");
             free(perm), free(bt), free(cache), free(qa), free(qp), free(o), free(ref), free(s);
             clnpu_buffer_destroy(bc), clnpu_buffer_destroy(bqa), clnpu_buffer_destroy(bqp);
             clnpu_buffer_destroy(bbt), clnpu_buffer_destroy(bl), clnpu_buffer_destroy(bo);

@@ -26,7 +26,7 @@ START_TEST(test_graph_totals)
     double flops = 0;
     for (size_t u = 0; u < g.count; u++) flops += g.units[u].flops_per_token;
     ck_assert_msg(fabs(flops / 1e9 - 63.21) < 0.05, "decode FLOPs per token %.3f G", flops / 1e9);
-    ck_assert(g.units[1].kv_bytes_per_token == 1152);
+    ck_assert(g.units[1].kv_bytes_per_token == 576 * 4); /* 512 + 64 latent values per token, f32 as allocated */
     clnpu_graph_free(&g);
 }
 END_TEST
@@ -369,6 +369,166 @@ START_TEST(test_plan_time_and_errors)
 }
 END_TEST
 
+TCase *tcase_plan_published(void); /* test_plan_published.c */
+
+/* The plan file schema (clnpu-plan-2) through clnpu_pipeline_read_plan: a good plan gives its
+ * stages; each malformed one (the reliability review's reproducers among them) is refused with a
+ * message naming the file and what is wrong, never a crash or a silent default. */
+#define PLAN_HEAD "format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nhidden_size: 96\nrouted_experts: 16\nweights: bf16\n"
+#define PLAN_EP2 "parallel: {tp: 1, pp: 2, ep: 2, dp: 2, micro_batches: 2}\n"
+#define PLAN_S0 "- {stage: 0, profile: pocl-cpu, devices: [0, 1], embedding: true, head: false, layers: [0, 1]}\n"
+#define PLAN_S1 "- {stage: 1, profile: rebellions-atom, devices: [2, 3], embedding: false, head: true, layers: [2]}\n"
+#define PLAN_EX "experts:\n- [0, 1, 2, 3, 4, 5, 6, 7]\n- [8, 9, 10, 11, 12, 13, 14, 15]\n"
+START_TEST(test_plan_file_schema)
+{
+    clnpu_model_config cfg;
+    ck_assert_ok(clnpu_model_config_load(SRC "/models/tiny-axk1/config.json", &cfg));
+    char dir[256], path[512];
+    test_mkdtemp(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/plan.yaml", dir);
+    clnpu_stage_spec *sp = NULL;
+    size_t n = 0;
+    clnpu_plan_layout lay;
+    ck_assert_int_eq(test_write_file(path, PLAN_HEAD "latent_cache: f32\n" PLAN_EP2 "stages:\n" PLAN_S0 PLAN_S1 PLAN_EX), 0);
+    ck_assert_msg(clnpu_pipeline_read_plan(path, &cfg, &sp, &n, &lay) == CLNPU_OK, "%s", clnpu_error_message());
+    ck_assert_uint_eq(n, 2);
+    ck_assert_uint_eq(lay.micro_batches, 2);
+    ck_assert_int_eq(lay.weights, -1);
+    ck_assert(sp[0].device == 0 && sp[0].ep_devices[0] == 0 && sp[0].ep_devices[1] == 1);
+    ck_assert(sp[1].device == 2 && sp[1].ep_devices[1] == 3 && sp[1].ep_count == 2 && sp[1].replicas == 2);
+    ck_assert(sp[0].layer_begin == 0 && sp[0].layer_end == 2 && sp[1].layer_begin == 2 && sp[1].layer_end == 3);
+    ck_assert(sp[0].embed && !sp[0].head && !sp[1].embed && sp[1].head);
+    ck_assert_str_eq(sp[1].profile, "rebellions-atom");
+    ck_assert(sp[1].ep_expert_counts[1] == 8 && sp[1].ep_experts[1][7] == 15);
+    free(sp);
+    static const struct { const char *yaml, *want; } bad[] = {
+        /* D2: non-scalar items (atol(NULL) crashed) */
+        {PLAN_HEAD "stages:\n- {devices: [[0]], layers: [0, 1, 2], embedding: true, head: true}\n", "expected a single value"},
+        {PLAN_HEAD "stages:\n- {devices: [0], layers: [[0], 1, 2], embedding: true, head: true}\n", "expected a single value"},
+        {PLAN_HEAD PLAN_EP2 "stages:\n" PLAN_S0 PLAN_S1 "experts: [[[0]], [1]]\n", "expected a single value"},
+        {PLAN_HEAD "stages:\n- {devices: {a: 0}, layers: [0, 1, 2], embedding: true, head: true}\n", "expected a list"},
+        /* D20: lenient scalars */
+        {"format: clnpu-plan-2\nmodel: axk1\nlayers: 3abc\nhidden_size: 96\nrouted_experts: 16\nweights: bf16\nstages:\n"
+         "- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n", "'3abc' is not a whole number"},
+        {PLAN_HEAD "parallel: {tp: 1, pp: 2, ep: 2, dp: 2, micro_batches: 1e3}\nstages:\n" PLAN_S0 PLAN_S1 PLAN_EX,
+         "'1e3' is not a whole number"},
+        {PLAN_HEAD PLAN_EP2 "stages:\n" PLAN_S0 PLAN_S1 "experts:\n- [zero, 1, 2, 3, 4, 5, 6, 7]\n- [8, 9, 10, 11, 12, 13, "
+         "14, 15]\n", "'zero' is not a whole number"},
+        {PLAN_HEAD "parallel: {tp: 1, pp: 2, ep: -5, dp: 2}\nstages:\n" PLAN_S0 PLAN_S1 PLAN_EX, "-5 is out of range"},
+        {PLAN_HEAD "stages:\n- {devices: [-1], layers: [0, 1, 2], embedding: true, head: true}\n", "-1 is out of range"},
+        {PLAN_HEAD "context: 1000000000000\nstages:\n- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n",
+         "context: 1000000000000 is out of range"},
+        {PLAN_HEAD "stages:\n- {devices: [0], layers: [0, 1, 2], embedding: yes, head: true}\n", "not true or false"},
+        {PLAN_HEAD "stages:\n- {stage: 0, devices: [0], layers: [0, 1, 2], embedding: true, head: true, time_s: nan}\n",
+         "'nan' is not a number"},
+        /* profiles exist */
+        {PLAN_HEAD "stages:\n- {profile: rebelions-atom, devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n",
+         "no target profile 'rebelions-atom'"},
+        /* devices distinct within a stage; every stage as wide as ep */
+        {PLAN_HEAD PLAN_EP2 "stages:\n- {devices: [0, 0], embedding: true, head: false, layers: [0, 1]}\n" PLAN_S1 PLAN_EX,
+         "device 0 listed twice"},
+        {PLAN_HEAD PLAN_EP2 "stages:\n" PLAN_S0 "- {devices: [2], embedding: false, head: true, layers: [2]}\n" PLAN_EX,
+         "stage 1 has 1 devices, parallel.ep says 2"},
+        /* stage and layer coverage */
+        {PLAN_HEAD "stages:\n- {devices: [0], layers: [0, 1], embedding: true, head: true}\n", "cover layers 0..2 of 3"},
+        {PLAN_HEAD "stages:\n- {devices: [0], layers: [0, 2, 1], embedding: true, head: true}\n", "lists layer 2 where layer 1"},
+        {PLAN_HEAD "stages:\n- {stage: 1, devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n", "numbered 1"},
+        {PLAN_HEAD "parallel: {pp: 2}\nstages:\n- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n",
+         "parallel.pp is 2"},
+        {PLAN_HEAD "stages:\n- {devices: [0], layers: [0, 1, 2], embedding: false, head: true}\n", "embedding must be"},
+        {PLAN_HEAD "stages: []\n", "stages: 0 stages"},
+        /* parallel widths agree */
+        {PLAN_HEAD "parallel: {tp: 1, pp: 2, ep: 2, dp: 1}\nstages:\n" PLAN_S0 PLAN_S1 PLAN_EX, "parallel.dp 1 is not"},
+        {PLAN_HEAD "parallel: {tp: 3, pp: 2, ep: 2, dp: 1}\nstages:\n" PLAN_S0 PLAN_S1 PLAN_EX, "not a multiple of tp 3"},
+        /* experts: in range, each somewhere, one list per device */
+        {PLAN_HEAD PLAN_EP2 "stages:\n" PLAN_S0 PLAN_S1 "experts:\n- [0, 1, 2, 3, 4, 5, 6, 16]\n- [8, 9, 10, 11, 12, 13, 14, "
+         "15]\n", "expert 16, but the model has 16"},
+        {PLAN_HEAD PLAN_EP2 "stages:\n" PLAN_S0 PLAN_S1 "experts:\n- [0, 1, 2, 3, 4, 5, 6]\n- [8, 9, 10, 11, 12, 13, 14, "
+         "15]\n", "expert 7 is on no device"},
+        {PLAN_HEAD PLAN_EP2 "stages:\n" PLAN_S0 PLAN_S1 "experts:\n- [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]\n",
+         "1 lists for 2 devices per stage"},
+        /* the model: type, layers, hidden size, experts; weights and cache types */
+        {"format: clnpu-plan-2\nmodel: deepseek_v3\nlayers: 3\nhidden_size: 96\nrouted_experts: 16\nweights: bf16\nstages:\n"
+         "- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n", "for model 'deepseek_v3'"},
+        {"format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nhidden_size: 96\nrouted_experts: 256\nweights: bf16\nstages:\n"
+         "- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n", "256 routed experts"},
+        {"format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nhidden_size: 96\nrouted_experts: 16\nweights: f16\nstages:\n"
+         "- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n", "weights: 'f16' is not supported"},
+        {"format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nrouted_experts: 16\nweights: bf16\nstages:\n"
+         "- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n", "no 'hidden_size'"},
+        {PLAN_HEAD "latent_cache: fp8\nstages:\n- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n",
+         "latent_cache: 'fp8' is not supported (f32, bf16)"},
+        {PLAN_HEAD "latent_cache: i32\nstages:\n- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n",
+         "latent_cache: 'i32' is not supported"},
+        /* keys: a misspelt one is an error, as is a repeated one; old and foreign formats */
+        {PLAN_HEAD "parallel: {micro_batch: 2}\nstages:\n- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n",
+         "unknown key 'micro_batch'"},
+        {PLAN_HEAD "layers: 3\nstages:\n- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n", "given twice"},
+        {"format: clnpu-plan-1\nlayers: 3\nstages:\n- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n",
+         "older clnpu"},
+        {"[1, 2]\n", "not a clnpu plan"},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        ck_assert_int_eq(test_write_file(path, bad[k].yaml), 0);
+        sp = NULL;
+        const clnpu_status st = clnpu_pipeline_read_plan(path, &cfg, &sp, &n, &lay);
+        ck_assert_msg(st != CLNPU_OK, "case %zu accepted:\n%s", k, bad[k].yaml);
+        ck_assert_msg(strstr(clnpu_error_message(), bad[k].want) && strstr(clnpu_error_message(), path),
+                      "case %zu: '%s' does not say '%s'", k, clnpu_error_message(), bad[k].want);
+        ck_assert_ptr_null(sp);
+    }
+    test_rmdir(dir);
+}
+END_TEST
+
+/* What `clnpu plan -o` writes, read back, is what the planner hands the executor in memory. */
+START_TEST(test_plan_file_round_trip)
+{
+    const char *clusters[] = {"pocl-2", "pocl-4-small"};
+    clnpu_model_config cfg;
+    ck_assert_ok(clnpu_model_config_load(SRC "/models/axk1-mini/config.json", &cfg));
+    char dir[256], path[512];
+    test_mkdtemp(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/plan.yaml", dir);
+    for (size_t c = 0; c < 2; c++) {
+        char cl[512];
+        snprintf(cl, sizeof cl, SRC "/clusters/%s.yaml", clusters[c]);
+        clnpu_status st;
+        clnpu_workload w = clnpu_workload_default();
+        w.context = 256;
+        clnpu_plan *p = make_plan(SRC "/models/axk1-mini/config.json", cl, w, &st);
+        ck_assert_msg(st == CLNPU_OK, "%s: %s", clusters[c], clnpu_error_message());
+        FILE *f = fopen(path, "w");
+        ck_assert_ok(clnpu_plan_write_yaml(p, f));
+        fclose(f);
+        clnpu_stage_spec *a = NULL, *b = NULL;
+        size_t na = 0, nb = 0;
+        clnpu_plan_layout la, lb;
+        ck_assert_msg(clnpu_pipeline_read_plan(path, &cfg, &a, &na, &la) == CLNPU_OK, "%s", clnpu_error_message());
+        ck_assert_msg(clnpu_plan_stage_specs(p, &cfg, &b, &nb, &lb) == CLNPU_OK, "%s", clnpu_error_message());
+        ck_assert_uint_eq(na, nb);
+        ck_assert(la.ep == lb.ep && la.micro_batches == lb.micro_batches && la.batch == lb.batch && la.context == 256);
+        for (size_t i = 0; i < na; i++) {
+            ck_assert(a[i].device == b[i].device && a[i].layer_begin == b[i].layer_begin && a[i].layer_end == b[i].layer_end);
+            ck_assert(a[i].embed == b[i].embed && a[i].head == b[i].head && a[i].tp == b[i].tp && a[i].ep_count == b[i].ep_count);
+            ck_assert_str_eq(a[i].profile, b[i].profile);
+            for (size_t j = 0; j < la.ep; j++) {
+                ck_assert_uint_eq(a[i].ep_devices[j], b[i].ep_devices[j]);
+                ck_assert_uint_eq(a[i].ep_expert_counts[j], b[i].ep_expert_counts[j]);
+                for (size_t e = 0; e < a[i].ep_expert_counts[j]; e++) ck_assert_uint_eq(a[i].ep_experts[j][e], b[i].ep_experts[j][e]);
+            }
+        }
+        free(a), free(b);
+        /* a plan for this config refused for another one */
+        clnpu_model_config tiny;
+        ck_assert_ok(clnpu_model_config_load(SRC "/models/tiny-axk1/config.json", &tiny));
+        ck_assert_int_eq(clnpu_plan_stage_specs(p, &tiny, &b, &nb, &lb), CLNPU_ERR_INVALID_ARGUMENT);
+        clnpu_plan_destroy(p);
+    }
+    test_rmdir(dir);
+}
+END_TEST
+
 Suite *suite_plan(void)
 {
     Suite *s = suite_create("plan");
@@ -378,8 +538,11 @@ Suite *suite_plan(void)
     tcase_add_test(tc, test_stage_dp_equals_brute_force);
     tcase_add_test(tc, test_expert_replication_and_packing);
     tcase_add_test(tc, test_plan_invariants);
+    tcase_add_test(tc, test_plan_file_schema);
+    tcase_add_test(tc, test_plan_file_round_trip);
     tcase_add_test(tc, test_plan_sanity);
     tcase_add_test(tc, test_plan_time_and_errors);
     suite_add_tcase(s, tc);
+    suite_add_tcase(s, tcase_plan_published());
     return s;
 }

@@ -61,6 +61,38 @@ START_TEST(test_db_roundtrip_and_lookup)
     got = clnpu_tuning_lookup(far, dev, "gemm", "bf16", "decode", &m, &note);
     ck_assert_int_eq(m, CLNPU_TUNING_NEAREST);
     ck_assert_int_eq(clnpu_tuning_param(got, "mr", 0), 5);
+    /* never across an ISA class or a CPU vendor; another family of the same vendor stands in,
+     * and so does this device's key measured on another CPU, but only as the nearest */
+    const clnpu_device_isa *isa = clnpu_device_get_isa(dev);
+    if (isa->cpu[0]) {
+        clnpu_tuning_entry cls = other, vend = other, fam = e;
+        snprintf(cls.isa, sizeof cls.isa, "%s", strcmp(isa->name, "avx2") ? "avx2" : "avx512");
+        snprintf(vend.cpu, sizeof vend.cpu, "%s 6/85", strncmp(isa->cpu, "GenuineIntel", 12) ? "GenuineIntel" : "AuthenticAMD");
+        snprintf(fam.cpu, sizeof fam.cpu, "%.*s 999/1", (int)strcspn(isa->cpu, " "), isa->cpu);
+        fam.values[0] = 9;
+        clnpu_tuning_db *x;
+        ck_assert_ok(clnpu_tuning_db_create(&x));
+        ck_assert_ok(clnpu_tuning_db_put(x, &cls));
+        ck_assert_ptr_null(clnpu_tuning_lookup(x, dev, "gemm", "bf16", "decode", &m, &note));
+        ck_assert_ok(clnpu_tuning_db_put(x, &vend)); /* replaces cls: same slot */
+        ck_assert_ptr_null(clnpu_tuning_lookup(x, dev, "gemm", "bf16", "decode", &m, &note));
+        ck_assert_ok(clnpu_tuning_db_put(x, &fam));
+        got = clnpu_tuning_lookup(x, dev, "gemm", "bf16", "decode", &m, &note);
+        ck_assert_int_eq(m, CLNPU_TUNING_NEAREST);
+        ck_assert_int_eq(clnpu_tuning_param(got, "mr", 0), 9);
+        clnpu_tuning_db_destroy(x);
+    }
+    /* an entry written before the isa field gets its class from the key's device name */
+    {
+        static const char old[] = "format: clnpu-tuning-1\nentries:\n"
+                                  "- {device: 'AuthenticAMD|pthread-haswell-AMD EPYC|3.1|0', kernel: gemm, dtype: f32,"
+                                  " class: gemv, source: '0', params: {}, capabilities: {type: 1, vector_width: 8}}\n";
+        clnpu_tuning_db *x;
+        ck_assert_ok(clnpu_tuning_db_create(&x));
+        ck_assert_ok(clnpu_tuning_db_merge_text(x, old, sizeof old - 1, "old.yaml"));
+        ck_assert_str_eq(clnpu_tuning_db_get(x, 0)->isa, "avx2");
+        clnpu_tuning_db_destroy(x);
+    }
     /* an entry measured with another kernel source is ignored, with a note */
     clnpu_tuning_entry stale = e;
     snprintf(stale.source_hash, sizeof stale.source_hash, "0000000000000000");
@@ -85,6 +117,32 @@ START_TEST(test_db_roundtrip_and_lookup)
 }
 END_TEST
 
+/* ISA classes from PoCL's device names (the LLVM CPU after the driver's prefix), else the width. */
+START_TEST(test_isa_class)
+{
+    static const struct { const char *name, *cpu, *cls; unsigned width; } cases[] = {
+        {"pthread-skylake-avx512-AMD EPYC", "skylake-avx512", "avx512", 16},
+        {"pthread-skylake-avx512-Intel(R) Xeon(R) Processor", "skylake-avx512", "avx512", 16},
+        {"pthread-haswell-AMD EPYC", "haswell", "avx2", 8},
+        {"cpu-znver3-AMD Ryzen 9", "znver3", "avx2", 8},
+        {"pthread-znver4", "znver4", "avx512", 16},
+        {"pthread-mystery-cpu", "mystery", "avx512", 16}, /* unknown: the reported width decides */
+        {"pthread-mystery-cpu", "mystery", "vec4", 4},
+        {"NVIDIA H200", "", "avx2", 8},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char cpu[48];
+        clnpu_isa_llvm_cpu(cases[i].name, cpu, sizeof cpu);
+        ck_assert_str_eq(cpu, cases[i].cpu);
+        ck_assert_str_eq(clnpu_isa_class_of(cpu, CLNPU_DEVICE_TYPE_CPU, cases[i].width), cases[i].cls);
+    }
+    ck_assert_str_eq(clnpu_isa_class_of("", CLNPU_DEVICE_TYPE_GPU, 1), "gpu");
+    const clnpu_device_isa *isa = clnpu_device_get_isa(test_device());
+    ck_assert(isa->lanes == 4 || isa->lanes == 8 || isa->lanes == 16);
+    ck_assert(isa->registers == 16 || isa->registers == 32);
+}
+END_TEST
+
 /* With an entry, the GEMM builds the tuned variant, still correct; the CLI says which entry. */
 START_TEST(test_runtime_uses_entry)
 {
@@ -95,7 +153,8 @@ START_TEST(test_runtime_uses_entry)
     snprintf(e.names[0], sizeof e.names[0], "mr"), e.values[0] = 5;
     snprintf(e.names[1], sizeof e.names[1], "kacc"), e.values[1] = 3;
     snprintf(e.names[2], sizeof e.names[2], "ksplit"), e.values[2] = 1;
-    e.nparams = 3;
+    snprintf(e.names[3], sizeof e.names[3], "nb"), e.values[3] = 1; /* over the derived 2 */
+    e.nparams = 4;
     ck_assert_ok(clnpu_tuning_db_put(db, &e));
     const clnpu_tuning_db *prev = clnpu_device_get_tuning(dev);
     clnpu_device_set_tuning(dev, db);
@@ -150,6 +209,14 @@ START_TEST(test_tune_cli)
     ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
     snprintf(cmd, sizeof cmd, "'%s' tune --ops nothing", CLNPU_CLI_PATH);
     ck_assert_int_eq(test_run(cmd, out, sizeof out), 2);
+    /* --verbose names every GEMM parameter's source: without a database all derived from the
+     * device or the kernel's own defaults; CLNPU_GEMM overrides are named as such */
+    snprintf(cmd, sizeof cmd, "CLNPU_TUNING=off CLNPU_GEMM=mb=2 '%s' bench gemm --dtype f32 --shape 20x64x300 "
+             "--min-time 0.01 --verbose 2>&1", CLNPU_CLI_PATH);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    const char *line = strstr(out, "gemm f32 prefill m20 n64 k300: mr ");
+    ck_assert_msg(line && strstr(line, "mb 2 (env)") && strstr(line, "kacc auto (kernel)"), "%.1500s", out);
+    if (clnpu_device_get_info(test_device())->type == CLNPU_DEVICE_TYPE_CPU) ck_assert_msg(strstr(line, "(derived)"), "%.1500s", out);
     test_rmdir(dir);
 }
 END_TEST
@@ -159,6 +226,7 @@ Suite *suite_tuning(void)
     Suite *s = suite_create("tuning");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_isa_class);
     tcase_add_test(tc, test_db_roundtrip_and_lookup);
     tcase_add_test(tc, test_runtime_uses_entry);
     tcase_add_test(tc, test_tune_cli);

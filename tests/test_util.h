@@ -46,6 +46,11 @@ Suite *suite_model(void);
 Suite *suite_checkpoint(void);
 Suite *suite_plan(void);
 Suite *suite_tuning(void);
+Suite *suite_serve(void);
+Suite *suite_examples(void);
+Suite *suite_tokenizer(void);
+Suite *suite_chat_template(void);
+Suite *suite_generate(void);
 Suite *suite_wg(void);
 
 #endif

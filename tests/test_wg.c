@@ -533,7 +533,8 @@ START_TEST(test_wg_attention)
 END_TEST
 
 /* Absorbed MLA decode over a paged cache (pages out of order), three sequences of different
- * lengths, split into chunks or not, by 64 / 128 / 256 work-items, against float64. */
+ * lengths, split into chunks or not, f32 and bf16 caches, by 64 / 128 / 256 work-items, against
+ * float64. */
 START_TEST(test_wg_mla)
 {
     clnpu_device *dev = test_device();
@@ -546,11 +547,22 @@ START_TEST(test_wg_mla)
     float *cache = random_vec(B * mb * page * row), *qa = random_vec(B * H * R), *qp = random_vec(B * H * DR);
     int bt[B * mb];
     for (size_t i = 0; i < B * mb; i++) bt[i] = (int)((i * 7 + 3) % (B * mb)); /* a permutation */
-    clnpu_buffer *bc = upload(cache, B * mb * page * row * 4), *bqa = upload(qa, B * H * R * 4),
+    /* case 2: a bf16 latent cache (the reference takes the rounded values) */
+    const bool bf16 = _i == 2;
+    const size_t ncache = B * mb * page * row;
+    uint16_t *c16 = malloc(ncache * 2);
+    for (size_t i = 0; i < ncache; i++) {
+        c16[i] = clnpu_f32_to_bf16(cache[i]);
+        if (bf16) cache[i] = clnpu_bf16_to_f32(c16[i]);
+    }
+    clnpu_buffer *bc = bf16 ? upload(c16, ncache * 2) : upload(cache, ncache * 4), *bqa = upload(qa, B * H * R * 4),
                  *bqp = upload(qp, B * H * DR * 4), *bb = upload(bt, sizeof bt), *bl = upload(lens, sizeof lens),
                  *bo = poisoned(B * H * R * 4);
     const float scale = 0.05f;
-    clnpu_mla_decode_args a = {bqa, bqp, bc, page, bb, mb, bl, 300, B, H, R, DR, scale, bo, splits[_i], 0, 0};
+    clnpu_mla_decode_args a = {.q_abs = bqa, .q_pe = bqp, .cache = bc, .page_size = page, .block_table = bb,
+                               .max_blocks = mb, .seq_len = bl, .max_seq_len = 300, .batch = B, .heads = H,
+                               .rank = R, .rope_dim = DR, .scale = scale, .out = bo, .splits = splits[_i],
+                               .cache_dtype = bf16 ? CLNPU_DTYPE_BF16 : CLNPU_DTYPE_F32};
     ck_assert_ok(clnpu_mla_decode(dev, &a));
     float *o = malloc(B * H * R * 4);
     ck_assert_ok(clnpu_buffer_read(bo, 0, o, B * H * R * 4));
@@ -573,7 +585,7 @@ START_TEST(test_wg_mla)
         }
     const double err = rel_error(o, ref, B * H * R), tol = 2e-6 * sqrt(300.0) + 1e-6;
     ck_assert_msg(err <= tol, "mla wg %u splits %u: %.3g > %.3g", sizes[_i], splits[_i], err, tol);
-    free(cache), free(qa), free(qp), free(o), free(ref);
+    free(cache), free(c16), free(qa), free(qp), free(o), free(ref);
     clnpu_buffer_destroy(bc), clnpu_buffer_destroy(bqa), clnpu_buffer_destroy(bqp), clnpu_buffer_destroy(bb);
     clnpu_buffer_destroy(bl), clnpu_buffer_destroy(bo);
 }

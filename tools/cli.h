@@ -44,7 +44,18 @@ int cli_device_option_checked(int opt, const char *arg, cli_device_args *a, cons
 /* Open the device chosen by the flags (loading extra profiles if asked). */
 clnpu_status cli_open_device(const cli_device_args *a, bool profiling, clnpu_device **out);
 
-#include "../backend/yaml_out.h"
+/* MPI for `run --plan` under mpirun (tools/cli_mpi.c): begin initialises MPI when Open MPI's launcher
+ * started more than one rank and gives the communicator for clnpu_pipeline_create_mpi (NULL for one
+ * process); end finalises after success and, after a failure, ends the whole job (MPI_Abort, never
+ * returns). The fault hooks are for the tests (CLNPU_FAULT_RANK). */
+int cli_mpi_ranks_from_env(void);
+clnpu_status cli_mpi_begin(const void **out_comm);
+int cli_mpi_end(int rc);
+int cli_mpi_rank(void);
+bool cli_mpi_fault_load(void);
+void cli_mpi_fault_step(void);
+
+#include "../common/yaml_out.h"
 
 int cmd_devices(int argc, char **argv);
 int cmd_kernels(int argc, char **argv);
@@ -54,5 +65,9 @@ int cmd_plan(int argc, char **argv);
 int cmd_probe(int argc, char **argv);
 int cmd_conformance(int argc, char **argv);
 int cmd_tune(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
 
 #endif

@@ -14,9 +14,13 @@ static const command commands[] = {
     {"devices", cmd_devices, "list OpenCL devices, their capabilities and matched target profiles"},
     {"kernels", cmd_kernels, "build every embedded kernel on a device (uses the binary cache)"},
     {"run", cmd_run, "run A.X K1: prefill a prompt, generate tokens, dump logits, stats, traces"},
+    {"chat", cmd_chat, "talk with a checkpoint through its chat template; the KV cache kept between turns"},
+    {"tokenize", cmd_tokenize, "text on stdin to token ids with a checkpoint's tokenizer.json"},
+    {"detokenize", cmd_detokenize, "token ids on stdin back to text"},
     {"plan", cmd_plan, "split the model across a cluster: layout, stages, experts, memory, prediction"},
     {"conformance", cmd_conformance, "check every kernel A.X K1 needs on a device, tier by tier (report)"},
     {"probe", cmd_probe, "measure a device (FMA peak, bandwidth, launch latency) and write a profile"},
+    {"serve", cmd_serve, "serve the model over HTTP (OpenAI API) with continuous batching"},
     {"tune", cmd_tune, "search kernel parameters per shape class into a tuning database"},
     {"bench", cmd_bench, "measure kernels: medians, GFLOP/s, GB/s, fraction of the roofline"},
 };

@@ -4,7 +4,8 @@
 #        --oclgrind adds Oclgrind for tools/oclgrind_wg.sh)
 set -e
 PKGS="build-essential meson ninja-build pkg-config python3 ocl-icd-opencl-dev opencl-c-headers \
-pocl-opencl-icd clinfo libyaml-dev check libcjson-dev libopenmpi-dev openmpi-bin"
+pocl-opencl-icd clinfo libyaml-dev check libcjson-dev libopenmpi-dev openmpi-bin \
+libpcre2-dev libutf8proc-dev libedit-dev libmicrohttpd-dev"
 if [ "${1:-}" = "--bench" ]; then PKGS="$PKGS libclblast-dev libopenblas-dev"; fi
 if [ "${1:-}" = "--oclgrind" ]; then PKGS="$PKGS oclgrind"; fi
 missing=""

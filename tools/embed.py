@@ -33,7 +33,7 @@ def expand(path, seen):
 
 
 def fnv1a64(data):
-    """64-bit FNV-1a, the same function as backend/hash.h (CLNPU_FNV_OFFSET)."""
+    """64-bit FNV-1a, the same function as common/hash.h (CLNPU_FNV_OFFSET)."""
     h = 0xcbf29ce484222325
     for b in data:
         h = ((h ^ b) * 0x100000001b3) & 0xffffffffffffffff

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 sh tools/deps.sh
 [ -f build/build.ninja ] || meson setup build --buildtype=release
 ninja -C build
+sh tools/check_edges.sh build/libclnpu.so
+python3 tools/check_examples.py
 export CK_VERBOSITY=normal
 # Build programs once per run into a private cache; PoCL's own cache stays as it is.
 export CLNPU_CACHE_DIR="${CLNPU_CACHE_DIR:-$PWD/build/kernel-cache}"

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "clnpu/device.h"
+#include "clnpu/export.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -32,7 +33,7 @@ typedef enum clnpu_kernel_family {
     CLNPU_KERNEL_FAMILY_WG,
 } clnpu_kernel_family;
 
-const char *clnpu_kernel_family_name(clnpu_kernel_family f);
+CLNPU_API const char *clnpu_kernel_family_name(clnpu_kernel_family f);
 
 /* Tunables of the work-group GEMM (kernels-cl/gemm_wg.cl), CLBlast Xgemm's names. */
 typedef struct clnpu_gemm_wg_params {
@@ -59,27 +60,27 @@ typedef struct clnpu_capability {
 } clnpu_capability;
 
 /* The table's choice for a device with a bound profile, without opening it (clnpu devices). */
-void clnpu_capability_compute(const clnpu_device_info *info, const clnpu_profile *profile, bool emulated,
+CLNPU_API void clnpu_capability_compute(const clnpu_device_info *info, const clnpu_profile *profile, bool emulated,
                               clnpu_capability *out_capability);
 /* The table's choice for an open device (never NULL). */
-const clnpu_capability *clnpu_device_capability(const clnpu_device *device);
+CLNPU_API const clnpu_capability *clnpu_device_capability(const clnpu_device *device);
 /* Force a family (and, when wg_size > 0, the reduction work-group size) on an open device. Kernels
  * built before keep their programs; the next launch builds the other family's. wg_size must be a
  * power of two within the device's work-group limit. */
-clnpu_status clnpu_device_set_kernel_family(clnpu_device *device, clnpu_kernel_family family, unsigned wg_size);
+CLNPU_API clnpu_status clnpu_device_set_kernel_family(clnpu_device *device, clnpu_kernel_family family, unsigned wg_size);
 /* The kernel an operator runs on this device in its current family, "family:kernel" (reports,
  * benchmarks): op is one of gemm, gemv, gemm_grouped, rmsnorm, argmax, sample, flash_attention,
  * mla_decode, rope_yarn, silu_mul, softmax, moe_route_ids, moe_route_weights, model_forward; rows is
  * M for GEMM (gemm with rows <= 8 is the GEMV). Ops with one kernel for both families say "shared". */
-const char *clnpu_op_variant(const clnpu_device *device, const char *op, size_t rows);
+CLNPU_API const char *clnpu_op_variant(const clnpu_device *device, const char *op, size_t rows);
 /* Bytes of local memory a work-group GEMM tile with these parameters uses. */
-size_t clnpu_gemm_wg_local_bytes(const clnpu_gemm_wg_params *p, bool swiglu);
+CLNPU_API size_t clnpu_gemm_wg_local_bytes(const clnpu_gemm_wg_params *p, bool swiglu);
 /* Whether parameters are consistent (multiples, power-of-two thread counts, within max_wg);
  * *out_why names the first violated rule. */
-bool clnpu_gemm_wg_params_valid(const clnpu_gemm_wg_params *p, size_t max_wg, const char **out_why);
+CLNPU_API bool clnpu_gemm_wg_params_valid(const clnpu_gemm_wg_params *p, size_t max_wg, const char **out_why);
 /* Fit parameters to a local-memory budget by halving KWG, then NWG/MWG (re-tiling). Returns false
  * when even the smallest tile does not fit. */
-bool clnpu_gemm_wg_fit(clnpu_gemm_wg_params *p, uint64_t budget, bool swiglu);
+CLNPU_API bool clnpu_gemm_wg_fit(clnpu_gemm_wg_params *p, uint64_t budget, bool swiglu);
 
 #ifdef __cplusplus
 }

@@ -1,19 +1,21 @@
 /* Checkpoints: safetensors files (one, or sharded with model.safetensors.index.json), memory-
- * mapped and validated before any tensor is used.
+ * mapped and validated before any tensor is used. From examples/generate.c:
  *
- *     clnpu_checkpoint *ck;
- *     if (clnpu_checkpoint_open("models/tiny-axk1", &ck)) { ... clnpu_error_message() ... }
- *     const clnpu_tensor_info *t;
- *     int64_t shape[2] = {384, 96};
- *     clnpu_checkpoint_require(ck, "lm_head.weight", 2, shape, &t);  // names file and shapes
+ *     CHECK(clnpu_checkpoint_open(dir, &ck));
+ *     int64_t shape[2] = {(int64_t)cfg.vocab_size, (int64_t)cfg.hidden_size};
+ *     CHECK(clnpu_checkpoint_require(ck, "lm_head.weight", 2, shape, &t)); // names file and shapes
  *     ... t->data, t->dtype ...
  *     clnpu_checkpoint_close(ck);
  *
  * Validation: header length within the file, offsets inside the data area and not overlapping,
  * byte size = dtype size x product of the shape, known dtypes (BF16, F16, F32, F8_E4M3, I8, I32).
+ * Ownership: a clnpu_tensor_info and its data point into the checkpoint's mappings and are valid
+ * until clnpu_checkpoint_close. A checkpoint is read-only once open: several threads may read it.
  */
 #ifndef CLNPU_CHECKPOINT_H
 #define CLNPU_CHECKPOINT_H
+
+#include "clnpu/export.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -39,30 +41,30 @@ typedef struct clnpu_tensor_info {
 
 /* One safetensors file. */
 typedef struct clnpu_safetensors clnpu_safetensors;
-clnpu_status clnpu_safetensors_open(const char *path, clnpu_safetensors **out_file);
+CLNPU_API clnpu_status clnpu_safetensors_open(const char *path, clnpu_safetensors **out_file);
 /* Validate a header (the JSON after the 8-byte length) against a data area of data_size bytes;
  * data may be NULL (only the layout is checked). Used by open and by the fuzzer. */
-clnpu_status clnpu_safetensors_parse(const char *header, size_t header_len, const void *data,
+CLNPU_API clnpu_status clnpu_safetensors_parse(const char *header, size_t header_len, const void *data,
                                      size_t data_size, const char *origin,
                                      clnpu_safetensors **out_file);
-size_t clnpu_safetensors_count(const clnpu_safetensors *file);
-const clnpu_tensor_info *clnpu_safetensors_get(const clnpu_safetensors *file, size_t index);
-const clnpu_tensor_info *clnpu_safetensors_find(const clnpu_safetensors *file, const char *name);
-void clnpu_safetensors_close(clnpu_safetensors *file);
+CLNPU_API size_t clnpu_safetensors_count(const clnpu_safetensors *file);
+CLNPU_API const clnpu_tensor_info *clnpu_safetensors_get(const clnpu_safetensors *file, size_t index);
+CLNPU_API const clnpu_tensor_info *clnpu_safetensors_find(const clnpu_safetensors *file, const char *name);
+CLNPU_API void clnpu_safetensors_close(clnpu_safetensors *file);
 
 /* A model directory: model.safetensors.index.json + shards, or one model.safetensors. */
 typedef struct clnpu_checkpoint clnpu_checkpoint;
-clnpu_status clnpu_checkpoint_open(const char *dir, clnpu_checkpoint **out_checkpoint);
+CLNPU_API clnpu_status clnpu_checkpoint_open(const char *dir, clnpu_checkpoint **out_checkpoint);
 /* Parse an index file's text: the tensor -> shard map (used by open and by the fuzzer). */
-clnpu_status clnpu_checkpoint_parse_index(const char *json, size_t len, const char *origin,
+CLNPU_API clnpu_status clnpu_checkpoint_parse_index(const char *json, size_t len, const char *origin,
                                           char ***out_names, char ***out_files, size_t *out_count);
-const clnpu_tensor_info *clnpu_checkpoint_find(const clnpu_checkpoint *ck, const char *name);
+CLNPU_API const clnpu_tensor_info *clnpu_checkpoint_find(const clnpu_checkpoint *ck, const char *name);
 /* Find a tensor and check its shape (ndim < 0: any); errors name the tensor and the file:
  * "model.layers.1.mlp.experts.7.up_proj.weight: expected [32, 96], file has [96, 32] (...)". */
-clnpu_status clnpu_checkpoint_require(const clnpu_checkpoint *ck, const char *name, int ndim,
+CLNPU_API clnpu_status clnpu_checkpoint_require(const clnpu_checkpoint *ck, const char *name, int ndim,
                                       const int64_t *shape, const clnpu_tensor_info **out_info);
-size_t clnpu_checkpoint_tensor_count(const clnpu_checkpoint *ck);
-void clnpu_checkpoint_close(clnpu_checkpoint *ck);
+CLNPU_API size_t clnpu_checkpoint_tensor_count(const clnpu_checkpoint *ck);
+CLNPU_API void clnpu_checkpoint_close(clnpu_checkpoint *ck);
 
 /* Write F32 / I32 tensors as one safetensors file (for --dump-logits and tests). */
 typedef struct clnpu_tensor_out {
@@ -72,7 +74,7 @@ typedef struct clnpu_tensor_out {
     int64_t shape[CLNPU_TENSOR_MAX_DIMS];
     const void *data;
 } clnpu_tensor_out;
-clnpu_status clnpu_safetensors_write(const char *path, const clnpu_tensor_out *tensors, size_t count);
+CLNPU_API clnpu_status clnpu_safetensors_write(const char *path, const clnpu_tensor_out *tensors, size_t count);
 
 #ifdef __cplusplus
 }

@@ -1,21 +1,26 @@
 /* Linear layers on a device: Y[M,N] = epilogue(alpha * X[M,K] . W[N,K]^T), X and Y in f32,
- * W in f32, bf16, f16, int8 (+ f32 scales) or fp8 e4m3 (+ 128x128 block scales).
+ * W in f32, bf16, f16, int8 (+ f32 scales) or fp8 e4m3 (+ 128x128 block scales). From
+ * examples/gemm_check.c, a vendor's first program (CHECK: print clnpu_error_message(), clean up):
  *
  *     clnpu_weight_desc d = {.dtype = CLNPU_DTYPE_BF16, .n = N, .k = K, .data = w_bf16};
- *     clnpu_weight *w;
- *     clnpu_weight_upload(dev, &d, 1, &w);            // packed once for the kernels
+ *     CHECK(clnpu_weight_upload(dev, &d, 1, &w));                  // packed once for the kernels
  *     clnpu_gemm_args a = clnpu_gemm_args_default();
- *     a.x = xbuf; a.y = ybuf; a.m = M;
- *     clnpu_gemm(dev, w, 0, &a);                       // GEMV path when M <= 8
+ *     a.x = xbuf, a.y = ybuf, a.m = M;
+ *     CHECK(clnpu_gemm(dev, w, 0, &a));                            // Y = X . W^T, queued
+ *     CHECK(clnpu_buffer_read(ybuf, 0, y, M * N * sizeof(float))); // blocking, after the GEMM
  *     clnpu_weight_destroy(w);
  *
  * Weights are given in checkpoint layout ([out, in] row-major) and repacked on upload into the
- * panel layout described in kernels-cl/gemm.cl. Several same-shaped matrices (MoE experts) can
- * share one clnpu_weight; clnpu_gemm_grouped runs any number of (matrix, row range) segments
- * in one launch. Calls enqueue work and return; use clnpu_device_finish to wait.
+ * panel layout described in kernels-cl/gemm.cl; the host data is copied during the upload and
+ * may be freed after it. Several same-shaped matrices (MoE experts) can share one clnpu_weight;
+ * clnpu_gemm_grouped runs any number of (matrix, row range) segments in one launch. Calls enqueue
+ * work and return; use clnpu_device_finish (or a blocking read) to wait. GEMM on M <= 8 rows takes
+ * the GEMV path.
  */
 #ifndef CLNPU_GEMM_H
 #define CLNPU_GEMM_H
+
+#include "clnpu/export.h"
 
 #include <stddef.h>
 
@@ -45,20 +50,20 @@ typedef struct clnpu_weight_desc {
 typedef struct clnpu_weight clnpu_weight;
 
 /* Upload `count` matrices of identical dtype and shape (count > 1: a group of experts). */
-clnpu_status clnpu_weight_upload(clnpu_device *device, const clnpu_weight_desc *mats, size_t count,
+CLNPU_API clnpu_status clnpu_weight_upload(clnpu_device *device, const clnpu_weight_desc *mats, size_t count,
                                  clnpu_weight **out_weight);
 /* Upload gate and up projections together for the fused SwiGLU epilogue:
  * Y = silu(X.Wg^T) * (X.Wu^T), written once. gate[i] and up[i] must have one dtype and shape. */
-clnpu_status clnpu_weight_upload_swiglu(clnpu_device *device, const clnpu_weight_desc *gate,
+CLNPU_API clnpu_status clnpu_weight_upload_swiglu(clnpu_device *device, const clnpu_weight_desc *gate,
                                         const clnpu_weight_desc *up, size_t count,
                                         clnpu_weight **out_weight);
-void clnpu_weight_destroy(clnpu_weight *weight);
-clnpu_dtype clnpu_weight_dtype(const clnpu_weight *weight);
-size_t clnpu_weight_n(const clnpu_weight *weight); /* output width (per gate/up for SwiGLU) */
-size_t clnpu_weight_k(const clnpu_weight *weight);
-size_t clnpu_weight_count(const clnpu_weight *weight);
+CLNPU_API void clnpu_weight_destroy(clnpu_weight *weight);
+CLNPU_API clnpu_dtype clnpu_weight_dtype(const clnpu_weight *weight);
+CLNPU_API size_t clnpu_weight_n(const clnpu_weight *weight); /* output width (per gate/up for SwiGLU) */
+CLNPU_API size_t clnpu_weight_k(const clnpu_weight *weight);
+CLNPU_API size_t clnpu_weight_count(const clnpu_weight *weight);
 /* Device bytes held (packed weights + scales). */
-size_t clnpu_weight_device_bytes(const clnpu_weight *weight);
+CLNPU_API size_t clnpu_weight_device_bytes(const clnpu_weight *weight);
 
 typedef enum clnpu_epilogue {
     CLNPU_EPILOGUE_NONE = 0, /* Y = alpha * X.W^T */
@@ -80,10 +85,10 @@ typedef struct clnpu_gemm_args {
     unsigned split_k;              /* 0 = choose; 1 = never split */
 } clnpu_gemm_args;
 
-clnpu_gemm_args clnpu_gemm_args_default(void);
+CLNPU_API clnpu_gemm_args clnpu_gemm_args_default(void);
 
 /* Y = X . W[matrix]^T for one matrix of the weight. */
-clnpu_status clnpu_gemm(clnpu_device *device, const clnpu_weight *weight, size_t matrix,
+CLNPU_API clnpu_status clnpu_gemm(clnpu_device *device, const clnpu_weight *weight, size_t matrix,
                         const clnpu_gemm_args *args);
 
 /* One MoE segment: rows [row, row + rows) of X and Y through matrix `matrix`. */
@@ -93,7 +98,7 @@ typedef struct clnpu_gemm_segment {
 
 /* All segments in one launch (rows of zero are allowed and cost nothing). args->m is the total
  * number of rows of X and Y. */
-clnpu_status clnpu_gemm_grouped(clnpu_device *device, const clnpu_weight *weight,
+CLNPU_API clnpu_status clnpu_gemm_grouped(clnpu_device *device, const clnpu_weight *weight,
                                 const clnpu_gemm_segment *segments, size_t count,
                                 const clnpu_gemm_args *args);
 
@@ -102,17 +107,17 @@ clnpu_status clnpu_gemm_grouped(clnpu_device *device, const clnpu_weight *weight
  * int32. No host round trip, so a MoE layer is queued whole. max_rows bounds the rows of any one
  * segment (it picks the tile height; 0 = args->m); results do not depend on it. A segment that
  * does not fit in args->m rows is skipped, its rows not written. */
-clnpu_status clnpu_gemm_grouped_counts(clnpu_device *device, const clnpu_weight *weight,
+CLNPU_API clnpu_status clnpu_gemm_grouped_counts(clnpu_device *device, const clnpu_weight *weight,
                                        clnpu_buffer *counts, clnpu_buffer *offsets, size_t max_rows,
                                        const clnpu_gemm_args *args);
 
 /* Host-side quantisation in the formats above (used by --weights int8|fp8 and tests). */
-clnpu_status clnpu_quantize_i8(const float *w, size_t n, size_t k, size_t group_k, int8_t *out_q,
+CLNPU_API clnpu_status clnpu_quantize_i8(const float *w, size_t n, size_t k, size_t group_k, int8_t *out_q,
                                float *out_scales);
-clnpu_status clnpu_quantize_fp8(const float *w, size_t n, size_t k, uint8_t *out_q,
+CLNPU_API clnpu_status clnpu_quantize_fp8(const float *w, size_t n, size_t k, uint8_t *out_q,
                                 float *out_scales);
 /* Dequantise / widen any weight_desc into f32 [n][k] (the reference the kernels must match). */
-clnpu_status clnpu_weight_desc_to_f32(const clnpu_weight_desc *d, float *out);
+CLNPU_API clnpu_status clnpu_weight_desc_to_f32(const clnpu_weight_desc *d, float *out);
 
 #ifdef __cplusplus
 }

@@ -3,14 +3,18 @@
  *   expert GEMMs (gate/up fused) and down projections; weighted un-permute with fp32
  *   accumulation; plus the shared expert(s) with weight 1.
  *
- *     clnpu_moe_block *moe;
- *     clnpu_moe_block_create(dev, &cfg, &weights, max_tokens, &moe);
- *     clnpu_moe_block_forward(dev, moe, x, T, out);   // out = MoE(x), not normalised
+ *   clnpu_moe_block_create(dev, &cfg, &weights, max_tokens, &moe) uploads the weights (host data
+ *   copied during the call); clnpu_moe_block_forward(dev, moe, x, T, out) queues out = MoE(x), not
+ *   normalised; clnpu_moe_block_destroy(moe) before the device closes. (A fragment: the model
+ *   builds its blocks this way in runtime/model_load.c; tests/test_ops.c runs one on its own.)
  *
- * The A.X K1 post_mlp_layernorm is applied by the caller (clnpu_rmsnorm).
+ * The A.X K1 post_mlp_layernorm is applied by the caller (clnpu_rmsnorm). A block borrows its
+ * devices and the clnpu_moe_remote of its shards for its lifetime.
  */
 #ifndef CLNPU_MOE_H
 #define CLNPU_MOE_H
+
+#include "clnpu/export.h"
 
 #include "clnpu/gemm.h"
 #include "clnpu/ops.h"
@@ -31,7 +35,7 @@ typedef struct clnpu_moe_block clnpu_moe_block;
 
 #define CLNPU_MAX_EP 16 /* expert shards (devices) per MoE block */
 
-clnpu_status clnpu_moe_block_create(clnpu_device *dev, const clnpu_moe_config *cfg,
+CLNPU_API clnpu_status clnpu_moe_block_create(clnpu_device *dev, const clnpu_moe_config *cfg,
                                     const clnpu_moe_weights *w, size_t max_tokens,
                                     clnpu_moe_block **out_block);
 /* Expert parallelism: the routed experts live on several devices (experts[i] on devices[i]); the
@@ -67,29 +71,29 @@ struct clnpu_moe_remote {
     void *ctx;
 };
 
-clnpu_status clnpu_moe_block_create_sharded(clnpu_device *dev, const clnpu_moe_config *cfg,
+CLNPU_API clnpu_status clnpu_moe_block_create_sharded(clnpu_device *dev, const clnpu_moe_config *cfg,
                                             const clnpu_moe_weights *w, size_t max_tokens,
                                             const clnpu_moe_shard *shards, size_t nshards,
                                             clnpu_moe_block **out_block);
-void clnpu_moe_block_destroy(clnpu_moe_block *block);
+CLNPU_API void clnpu_moe_block_destroy(clnpu_moe_block *block);
 
 /* out[t] = sum_k w_k Expert_k(x[t]) + Shared(x[t]) for t < tokens (<= max_tokens).
  * With every expert on `dev` the layer is only queued (the grouped GEMMs read the routing's
  * counts on the device); with shards it synchronises once, to cut the rows for them. */
-clnpu_status clnpu_moe_block_forward(clnpu_device *dev, clnpu_moe_block *block, clnpu_view x,
+CLNPU_API clnpu_status clnpu_moe_block_forward(clnpu_device *dev, clnpu_moe_block *block, clnpu_view x,
                                      size_t tokens, clnpu_view out);
 
 /* The routing of the last forward: ids [tokens][top_k] (ascending) and weights, read back. */
-clnpu_status clnpu_moe_block_last_routing(clnpu_moe_block *block, int *out_ids, float *out_weights);
+CLNPU_API clnpu_status clnpu_moe_block_last_routing(clnpu_moe_block *block, int *out_ids, float *out_weights);
 
-size_t clnpu_moe_block_device_bytes(const clnpu_moe_block *block);
+CLNPU_API size_t clnpu_moe_block_device_bytes(const clnpu_moe_block *block);
 
 /* The tag passed to remote shards (default 0). */
-void clnpu_moe_block_set_tag(clnpu_moe_block *block, size_t tag);
+CLNPU_API void clnpu_moe_block_set_tag(clnpu_moe_block *block, size_t tag);
 
 /* Serve a remote peer: run local shard `shard`'s experts on nrows rows grouped by segs (as in
  * clnpu_moe_remote) and write the outputs to out (which may be rows). */
-clnpu_status clnpu_moe_block_serve(clnpu_moe_block *block, size_t shard, const float *rows, size_t nrows,
+CLNPU_API clnpu_status clnpu_moe_block_serve(clnpu_moe_block *block, size_t shard, const float *rows, size_t nrows,
                                    const clnpu_gemm_segment *segs, size_t nseg, float *out);
 
 #ifdef __cplusplus

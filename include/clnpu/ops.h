@@ -1,13 +1,19 @@
 /* Transformer operators on a device (besides GEMM, see gemm.h): RMSNorm, RoPE with YaRN,
  * flash attention (prefill), MLA decode attention, MoE routing and dispatch, sampling.
  * All tensors are f32 on the device unless said otherwise; a clnpu_view names a row-major
- * matrix inside a buffer (offset and row stride in elements). Calls enqueue and return.
+ * matrix inside a buffer (offset and row stride in elements). Calls enqueue and return. From
+ * examples/rmsnorm.c:
  *
- *     clnpu_view x = {buf, 0, 7168};
- *     clnpu_rmsnorm(dev, x, (clnpu_view){0}, x, norm_w, T, 7168, 1e-6f);  // in place
+ *     clnpu_view x = {buf, 0, DIM};                                        // rows of DIM floats
+ *     CHECK(clnpu_rmsnorm(dev, x, (clnpu_view){0}, x, norm_w, T, DIM, eps)); // in place, queued
+ *     CHECK(clnpu_buffer_read(buf, 0, y, sizeof y));
+ *
+ * Views borrow their buffers for the call; the device and its buffers follow device.h's rules.
  */
 #ifndef CLNPU_OPS_H
 #define CLNPU_OPS_H
+
+#include "clnpu/export.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -29,27 +35,27 @@ typedef struct clnpu_view {
 
 /* y = w * h / sqrt(mean(h^2) + eps) per row, with h = x, or (residual.buf set) h = residual +=
  * x first (the fused add + norm; residual keeps the sum). y may alias x. w: f32 [dim]. */
-clnpu_status clnpu_rmsnorm(clnpu_device *dev, clnpu_view x, clnpu_view residual, clnpu_view y,
+CLNPU_API clnpu_status clnpu_rmsnorm(clnpu_device *dev, clnpu_view x, clnpu_view residual, clnpu_view y,
                            const clnpu_buffer *w, size_t rows, size_t dim, float eps);
 
 /* y = silu(g) * u, rows x n. */
-clnpu_status clnpu_silu_mul(clnpu_device *dev, clnpu_view y, clnpu_view g, clnpu_view u,
+CLNPU_API clnpu_status clnpu_silu_mul(clnpu_device *dev, clnpu_view y, clnpu_view g, clnpu_view u,
                             size_t rows, size_t n);
 
 /* y[t] = table[ids[t]] for t < count; table is [vocab][dim] in bf16 or f32; ids are int32.
  * An id outside the table yields a row of NaN. */
-clnpu_status clnpu_embed(clnpu_device *dev, clnpu_buffer *y, const clnpu_buffer *table,
+CLNPU_API clnpu_status clnpu_embed(clnpu_device *dev, clnpu_buffer *y, const clnpu_buffer *table,
                          clnpu_dtype table_dtype, const clnpu_buffer *ids, size_t count,
                          size_t dim, size_t vocab);
 /* The same where table holds rows [first, first + rows) of the vocabulary (a tensor-parallel
  * slice): ids of the vocabulary outside the slice give rows of zeros. */
-clnpu_status clnpu_embed_rows(clnpu_device *dev, clnpu_buffer *y, const clnpu_buffer *table,
+CLNPU_API clnpu_status clnpu_embed_rows(clnpu_device *dev, clnpu_buffer *y, const clnpu_buffer *table,
                               clnpu_dtype table_dtype, const clnpu_buffer *ids, size_t count, size_t dim,
                               size_t first, size_t rows, size_t vocab);
 
 /* Row softmax in place; row argmax into int32 out (ties: lowest index). */
-clnpu_status clnpu_softmax(clnpu_device *dev, clnpu_view x, size_t rows, size_t n);
-clnpu_status clnpu_argmax(clnpu_device *dev, clnpu_buffer *out, clnpu_view x, size_t rows, size_t n);
+CLNPU_API clnpu_status clnpu_softmax(clnpu_device *dev, clnpu_view x, size_t rows, size_t n);
+CLNPU_API clnpu_status clnpu_argmax(clnpu_device *dev, clnpu_buffer *out, clnpu_view x, size_t rows, size_t n);
 
 /* ---- RoPE / YaRN ---- */
 
@@ -66,20 +72,20 @@ typedef struct clnpu_rope_config {
 } clnpu_rope_config;
 
 /* inv_freq[i], i < dim/2 (HF _compute_yarn_parameters / vLLM DeepseekScalingRotaryEmbedding). */
-void clnpu_rope_inv_freq(const clnpu_rope_config *cfg, double *out_inv_freq);
+CLNPU_API void clnpu_rope_inv_freq(const clnpu_rope_config *cfg, double *out_inv_freq);
 /* The factor cos/sin are multiplied by: g(f, mscale) / g(f, mscale_all_dim), 1 without YaRN.
  * g(f, m) = 0.1 m ln f + 1 (1 when f <= 1). A.X K1 (mscale 1, mscale_all_dim 0): 1.1386. */
-double clnpu_rope_attention_factor(const clnpu_rope_config *cfg);
+CLNPU_API double clnpu_rope_attention_factor(const clnpu_rope_config *cfg);
 /* Softmax scale qk_head_dim^-0.5, times g(f, mscale_all_dim)^2 when mscale_all_dim != 0
  * (the DeepSeek-V3 branch). */
-double clnpu_rope_softmax_scale(const clnpu_rope_config *cfg, size_t qk_head_dim);
+CLNPU_API double clnpu_rope_softmax_scale(const clnpu_rope_config *cfg, size_t qk_head_dim);
 
 typedef struct clnpu_rope_table clnpu_rope_table;
 /* cos/sin (x attention factor) for positions [0, max_positions), built once on the host in
  * float64 and uploaded. */
-clnpu_status clnpu_rope_table_create(clnpu_device *dev, const clnpu_rope_config *cfg,
+CLNPU_API clnpu_status clnpu_rope_table_create(clnpu_device *dev, const clnpu_rope_config *cfg,
                                      size_t max_positions, clnpu_rope_table **out_table);
-void clnpu_rope_table_destroy(clnpu_rope_table *table);
+CLNPU_API void clnpu_rope_table_destroy(clnpu_rope_table *table);
 
 typedef enum clnpu_rope_layout {
     CLNPU_ROPE_INTERLEAVED = 0, /* pairs (2i, 2i+1): A.X K1, DeepSeek */
@@ -88,7 +94,7 @@ typedef enum clnpu_rope_layout {
 
 /* Rotate, in place, the rope slice of `heads` vectors per row: element i of head h of row t is
  * at x.offset + t * x.ld + h * head_stride + i. positions: int32 [rows], < max_positions. */
-clnpu_status clnpu_rope_apply(clnpu_device *dev, const clnpu_rope_table *table, clnpu_view x,
+CLNPU_API clnpu_status clnpu_rope_apply(clnpu_device *dev, const clnpu_rope_table *table, clnpu_view x,
                               size_t rows, size_t heads, size_t head_stride,
                               const clnpu_buffer *positions, clnpu_rope_layout layout);
 
@@ -107,10 +113,10 @@ typedef struct clnpu_attention_args {
  * key/value tiles in local memory sized from the profile's budget (GPUs, NPUs), and a
  * register-blocked one with the queries in vector lanes for devices whose local memory is
  * ordinary memory (CPUs). */
-clnpu_status clnpu_flash_attention(clnpu_device *dev, const clnpu_attention_args *args);
+CLNPU_API clnpu_status clnpu_flash_attention(clnpu_device *dev, const clnpu_attention_args *args);
 /* Which kernel clnpu_flash_attention uses on this device: true for the register-blocked one.
  * CLNPU_ATTENTION=local|registers overrides the choice (tests run both on one device). */
-bool clnpu_attention_uses_registers(const clnpu_device *dev);
+CLNPU_API bool clnpu_attention_uses_registers(const clnpu_device *dev);
 
 typedef struct clnpu_mla_decode_args {
     const clnpu_buffer *q_abs;       /* [B][H][R]: q_nope folded through W_UK */
@@ -126,10 +132,11 @@ typedef struct clnpu_mla_decode_args {
     clnpu_buffer *out;               /* [B][H][R]: z = sum_t p_t c_t */
     unsigned splits;                 /* 0: choose from the context length and device */
     size_t q_pe_offset, q_pe_stride; /* elements; stride 0 = rope_dim (dense [B][H][DR]) */
+    clnpu_dtype cache_dtype;         /* the cache's elements: CLNPU_DTYPE_F32 (0) or CLNPU_DTYPE_BF16 */
 } clnpu_mla_decode_args;
 
 /* Absorbed MLA decode over a paged latent cache, split over the context with a reduction. */
-clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *args);
+CLNPU_API clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *args);
 
 /* ---- MoE ---- */
 
@@ -140,20 +147,20 @@ typedef struct clnpu_moe_config {
 } clnpu_moe_config;
 
 /* Routing (sigmoid, noaux_tc grouped top-k): ids int32 [T][top_k] ascending, weights f32. */
-clnpu_status clnpu_moe_route(clnpu_device *dev, clnpu_view logits, const clnpu_buffer *bias,
+CLNPU_API clnpu_status clnpu_moe_route(clnpu_device *dev, clnpu_view logits, const clnpu_buffer *bias,
                              size_t tokens, const clnpu_moe_config *cfg, clnpu_buffer *ids,
                              clnpu_buffer *weights);
 
 /* Dispatch plan: counts int32 [E], offsets int32 [E + 1], src int32 [T * top_k] (token of each
  * permuted row), slot_row int32 [T * top_k] (permuted row of each (token, slot)). */
-clnpu_status clnpu_moe_plan(clnpu_device *dev, const clnpu_buffer *ids, size_t tokens,
+CLNPU_API clnpu_status clnpu_moe_plan(clnpu_device *dev, const clnpu_buffer *ids, size_t tokens,
                             size_t top_k, size_t experts, clnpu_buffer *counts,
                             clnpu_buffer *offsets, clnpu_buffer *src, clnpu_buffer *slot_row);
 /* xp[p] = x[src[p]] for p < rows. */
-clnpu_status clnpu_moe_gather(clnpu_device *dev, clnpu_buffer *xp, clnpu_view x,
+CLNPU_API clnpu_status clnpu_moe_gather(clnpu_device *dev, clnpu_buffer *xp, clnpu_view x,
                               const clnpu_buffer *src, size_t rows, size_t dim);
 /* out[t] = base[t] (if base.buf) + sum_j w[t][j] * yp[slot_row[t][j]], fp32. */
-clnpu_status clnpu_moe_combine(clnpu_device *dev, clnpu_view out, clnpu_view base,
+CLNPU_API clnpu_status clnpu_moe_combine(clnpu_device *dev, clnpu_view out, clnpu_view base,
                                const clnpu_buffer *yp, const clnpu_buffer *slot_row,
                                const clnpu_buffer *weights, size_t tokens, size_t top_k,
                                size_t dim);
@@ -168,7 +175,7 @@ typedef struct clnpu_sampling {
 } clnpu_sampling;
 
 /* One token per row; `step` makes successive draws of one seed differ reproducibly. */
-clnpu_status clnpu_sample(clnpu_device *dev, clnpu_buffer *out, clnpu_view logits, size_t rows,
+CLNPU_API clnpu_status clnpu_sample(clnpu_device *dev, clnpu_buffer *out, clnpu_view logits, size_t rows,
                           size_t n, const clnpu_sampling *params, uint64_t step);
 
 #ifdef __cplusplus

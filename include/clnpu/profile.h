@@ -3,15 +3,22 @@
  * A profile carries the figures the scheduler's cost model needs (peak throughput per
  * dtype, memory capacity and bandwidth, on-chip SRAM, links) and the kernel parameters
  * the backend passes to the OpenCL compiler as -D options. The shipped profiles are
- * embedded into the library; more can be loaded from files.
+ * embedded into the library; more can be loaded from files (clnpu_profile_set_add_file:
+ * errors name the file and line). From examples/devices.c:
  *
- *     clnpu_profile_set *set;
- *     clnpu_profile_set_builtin(&set);                 // the shipped targets/
- *     clnpu_profile_set_add_file(set, "my-npu.yaml");   // errors name file and line
- *     const clnpu_profile *p = clnpu_profile_set_find(set, "my-npu");
+ *     if (clnpu_device_list(&infos, &n) || clnpu_profile_set_builtin(&set)) goto fail; // the shipped targets/
+ *     const clnpu_profile *npu = clnpu_profile_set_find(set, target);
+ *     clnpu_profile_set_destroy(set);
+ *
+ * Ownership: a profile returned by a set points into it (valid until the set is destroyed); a
+ * clnpu_profile filled by value (clnpu_profile_match) is the caller's. A set given to
+ * clnpu_device_options.profiles is read during clnpu_device_open only. Once built, a set may be
+ * read from several threads.
  */
 #ifndef CLNPU_PROFILE_H
 #define CLNPU_PROFILE_H
+
+#include "clnpu/export.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -82,22 +89,22 @@ typedef struct clnpu_profile {
 typedef struct clnpu_profile_set clnpu_profile_set;
 
 /* Parse one profile from YAML text; `origin` names the file in error messages. */
-clnpu_status clnpu_profile_parse(const char *yaml_text, size_t len, const char *origin,
+CLNPU_API clnpu_status clnpu_profile_parse(const char *yaml_text, size_t len, const char *origin,
                                  clnpu_profile *out_profile);
-clnpu_status clnpu_profile_load_file(const char *path, clnpu_profile *out_profile);
+CLNPU_API clnpu_status clnpu_profile_load_file(const char *path, clnpu_profile *out_profile);
 
-clnpu_status clnpu_profile_set_create(clnpu_profile_set **out_set);
+CLNPU_API clnpu_status clnpu_profile_set_create(clnpu_profile_set **out_set);
 /* A set holding every profile shipped in targets/ (embedded at build time). */
-clnpu_status clnpu_profile_set_builtin(clnpu_profile_set **out_set);
+CLNPU_API clnpu_status clnpu_profile_set_builtin(clnpu_profile_set **out_set);
 /* Add (or replace, by name) a profile. */
-clnpu_status clnpu_profile_set_add(clnpu_profile_set *set, const clnpu_profile *profile);
-clnpu_status clnpu_profile_set_add_file(clnpu_profile_set *set, const char *path);
+CLNPU_API clnpu_status clnpu_profile_set_add(clnpu_profile_set *set, const clnpu_profile *profile);
+CLNPU_API clnpu_status clnpu_profile_set_add_file(clnpu_profile_set *set, const char *path);
 /* Add every *.yaml file in a directory. */
-clnpu_status clnpu_profile_set_add_dir(clnpu_profile_set *set, const char *dir);
-size_t clnpu_profile_set_count(const clnpu_profile_set *set);
-const clnpu_profile *clnpu_profile_set_get(const clnpu_profile_set *set, size_t index);
-const clnpu_profile *clnpu_profile_set_find(const clnpu_profile_set *set, const char *name);
-void clnpu_profile_set_destroy(clnpu_profile_set *set);
+CLNPU_API clnpu_status clnpu_profile_set_add_dir(clnpu_profile_set *set, const char *dir);
+CLNPU_API size_t clnpu_profile_set_count(const clnpu_profile_set *set);
+CLNPU_API const clnpu_profile *clnpu_profile_set_get(const clnpu_profile_set *set, size_t index);
+CLNPU_API const clnpu_profile *clnpu_profile_set_find(const clnpu_profile_set *set, const char *name);
+CLNPU_API void clnpu_profile_set_destroy(clnpu_profile_set *set);
 
 #ifdef __cplusplus
 }

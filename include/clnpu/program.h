@@ -1,17 +1,24 @@
 /* Kernel programs: embedded OpenCL C sources built per device, with an on-disk binary cache.
+ * From examples/rmsnorm.c:
  *
- *     clnpu_program *prog;
- *     clnpu_program_get(dev, "elementwise.cl", NULL, &prog);   // cached per device
- *     cl_kernel k = clnpu_program_cl_program(prog) ...
+ *     CHECK(clnpu_program_get(dev, "elementwise.cl", NULL, &prog)); // cached per device
+ *     CHECK(clnpu_program_create_kernel(prog, "clnpu_fill_f32", &k));
+ *     cl_mem mem = clnpu_buffer_cl_mem(buf);
+ *     ... clSetKernelArg, clEnqueueNDRangeKernel on clnpu_device_cl_queue(dev) ...
+ *     clReleaseKernel(k);
  *
  * Build options: every build gets -D defines from the bound profile's kernel parameters
  * (CLNPU_TILE_M, CLNPU_VECTOR_WIDTH, CLNPU_LOCAL_MEM_BYTES, ...) plus `extra_options`.
  * The cache key hashes source, full options, device name, driver and platform versions and the
  * cache-format version; the full key is also stored in the entry and compared on load, so a
  * mismatched or corrupt entry is rebuilt, never trusted. Writes are atomic (temp + rename).
+ * Ownership: programs belong to their device (freed by clnpu_device_close); a kernel from
+ * clnpu_program_create_kernel is the caller's, one from clnpu_program_kernel the program's.
  */
 #ifndef CLNPU_PROGRAM_H
 #define CLNPU_PROGRAM_H
+
+#include "clnpu/export.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -32,37 +39,58 @@ typedef enum clnpu_program_origin {
 } clnpu_program_origin;
 
 /* Names of the embedded kernel sources ("elementwise.cl", ...). */
-size_t clnpu_kernel_source_count(void);
-const char *clnpu_kernel_source_name(size_t index);
+CLNPU_API size_t clnpu_kernel_source_count(void);
+CLNPU_API const char *clnpu_kernel_source_name(size_t index);
 /* The embedded text of a kernel source, or NULL. */
-const char *clnpu_kernel_source(const char *name);
+CLNPU_API const char *clnpu_kernel_source(const char *name);
 
 /* Build (or fetch from cache) an embedded source on a device. The program is owned by the
  * device and lives until clnpu_device_close. */
-clnpu_status clnpu_program_get(clnpu_device *device, const char *source_name,
+CLNPU_API clnpu_status clnpu_program_get(clnpu_device *device, const char *source_name,
                                const char *extra_options, clnpu_program **out_program);
 /* Same for arbitrary source text (tests, user kernels); `label` names it in messages. */
-clnpu_status clnpu_program_get_source(clnpu_device *device, const char *label, const char *source,
+CLNPU_API clnpu_status clnpu_program_get_source(clnpu_device *device, const char *label, const char *source,
                                       const char *extra_options, clnpu_program **out_program);
 
-void *clnpu_program_cl_program(const clnpu_program *program); /* cl_program */
-clnpu_program_origin clnpu_program_get_origin(const clnpu_program *program);
-double clnpu_program_build_ms(const clnpu_program *program);
+CLNPU_API void *clnpu_program_cl_program(const clnpu_program *program); /* cl_program */
+CLNPU_API clnpu_program_origin clnpu_program_get_origin(const clnpu_program *program);
+CLNPU_API double clnpu_program_build_ms(const clnpu_program *program);
 /* Full option string the program was built with. */
-const char *clnpu_program_options(const clnpu_program *program);
+CLNPU_API const char *clnpu_program_options(const clnpu_program *program);
 /* Path of the disk cache entry ("" when caching is off). */
-const char *clnpu_program_cache_path(const clnpu_program *program);
+CLNPU_API const char *clnpu_program_cache_path(const clnpu_program *program);
 
 /* Create a kernel object from a program (caller releases it with clReleaseKernel). */
-clnpu_status clnpu_program_create_kernel(const clnpu_program *program, const char *kernel_name,
+CLNPU_API clnpu_status clnpu_program_create_kernel(const clnpu_program *program, const char *kernel_name,
                                          void **out_cl_kernel);
 
 /* A kernel object owned and cached by the program (created on first use, released with the
  * device). Setting its arguments is not thread-safe: one host thread drives a device. */
-clnpu_status clnpu_program_kernel(clnpu_program *program, const char *kernel_name, void **out_cl_kernel);
+CLNPU_API clnpu_status clnpu_program_kernel(clnpu_program *program, const char *kernel_name, void **out_cl_kernel);
 
 /* The cache directory a device uses ("" when caching is off). */
-const char *clnpu_device_cache_dir(const clnpu_device *device);
+CLNPU_API const char *clnpu_device_cache_dir(const clnpu_device *device);
+
+/* What building programs has cost this device so far: programs compiled and loaded from the disk
+ * cache, and the time spent on each (so throughput can be told apart from first-run compiles). */
+typedef struct clnpu_program_stats {
+    size_t built, cached;
+    double build_ms, cache_ms;
+} clnpu_program_stats;
+CLNPU_API clnpu_program_stats clnpu_device_program_stats(const clnpu_device *device);
+
+/* Build (or load from the disk cache) several embedded sources with their extra options
+ * (extra_options NULL: none) at once, independent programs on up to `threads` host threads (0: one
+ * per CPU). Programs already in memory are not rebuilt; afterwards clnpu_program_get finds them all.
+ * out_programs (NULL or [count]) receives each one, its origin telling how it came. The first
+ * failure's message is kept. */
+CLNPU_API clnpu_status clnpu_program_build_many(clnpu_device *device, const char *const *source_names,
+                                      const char *const *extra_options, size_t count, size_t threads,
+                                      clnpu_program **out_programs);
+
+/* Compiler warnings never reach a terminal: kernels are built with -w, or with -Werror when
+ * CLNPU_KERNEL_WERROR=1 is set in the environment (the test suite sets it, so a warning fails a
+ * test there); PoCL prints clang's diagnostics to stderr, and the build log keeps them. */
 
 #ifdef __cplusplus
 }

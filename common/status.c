@@ -21,6 +21,7 @@ const char *clnpu_status_name(clnpu_status status)
     case CLNPU_ERR_NOT_FOUND: return "CLNPU_ERR_NOT_FOUND";
     case CLNPU_ERR_OUT_OF_MEMORY: return "CLNPU_ERR_OUT_OF_MEMORY";
     case CLNPU_ERR_UNSUPPORTED: return "CLNPU_ERR_UNSUPPORTED";
+    case CLNPU_ERR_BUSY: return "CLNPU_ERR_BUSY";
     }
     return "CLNPU_ERR_UNKNOWN";
 }

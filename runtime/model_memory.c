@@ -1,0 +1,59 @@
+/* What a model instance allocates on its device besides weights: the same sizes as
+ * model_load.c's alloc_activations, the rope table, the latent cache pages and moe_block.c's
+ * scratch, from the config and options alone. test_model.c holds it to the device's count. */
+#include "../common/error.h"
+#include "clnpu/model_memory.h"
+
+/* the sub-buffer alignment of the step-input slots: at most this on the devices we know */
+#define STEP_SLOT_ALIGN 1024
+
+clnpu_status clnpu_model_memory_estimate(const clnpu_model_config *c, const clnpu_model_options *opt, size_t tp,
+                                         clnpu_model_memory *out)
+{
+    *out = (clnpu_model_memory){0};
+    if (!tp) tp = 1;
+    clnpu_model_options o = opt ? *opt : clnpu_model_options_default();
+    /* the defaults model_create applies */
+    if (!o.max_context) o.max_context = c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096;
+    if (!o.max_sequences) o.max_sequences = 1;
+    if (!o.page_size) o.page_size = 16;
+    if (!o.max_tokens) o.max_tokens = 512;
+    if (o.max_tokens < o.max_sequences) o.max_tokens = o.max_sequences;
+    if (tp > c->num_attention_heads)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%zu tensor-parallel ranks for %zu attention heads", tp,
+                          c->num_attention_heads);
+    const double T = (double)o.max_tokens, S = (double)o.max_context, B = (double)o.max_sequences;
+    const double d = (double)c->hidden_size, R = (double)c->kv_lora_rank, V = (double)c->vocab_size;
+    /* the largest rank's heads (H / tp rounded up) */
+    const double H = (double)((c->num_attention_heads + tp - 1) / tp);
+    const double dqk = (double)(c->qk_nope_head_dim + c->qk_rope_head_dim), lat = R + (double)c->qk_rope_head_dim;
+    const double blocks = (double)((o.max_context + o.page_size - 1) / o.page_size);
+    double mlp = c->intermediate_size > c->moe_intermediate_size ? (double)c->intermediate_size
+                                                                  : (double)c->moe_intermediate_size;
+    if (mlp < d) mlp = d;
+    const double q_lora = c->q_lora_rank ? (double)c->q_lora_rank : 1;
+    const double act = T * d * 4 * 3 + T * q_lora * 4 + T * H * dqk * 4 + T * lat * 4 + T * H * c->v_head_dim * 4 +
+                       T * mlp * 4 + S * lat * 4 + S * H * (double)(c->qk_nope_head_dim + c->v_head_dim) * 4 +
+                       S * H * dqk * 4 + 2 * B * H * R * 4 + B * H * (double)c->qk_rope_head_dim * 4 + T * 4 +
+                       2 * B * blocks * 4;
+    const double n = T > B ? T : B, slot = ((size_t)(n * 4) + STEP_SLOT_ALIGN - 1) / STEP_SLOT_ALIGN * STEP_SLOT_ALIGN;
+    const double rope = S * (double)(c->qk_rope_head_dim / 2) * 2 * 4;
+    out->workspaces = act + 4 * slot + rope;
+    /* a model without the head keeps a one-row logits buffer */
+    out->logits = (T - 1) * V * 4;
+    out->workspaces += V * 4;
+    const size_t esize = clnpu_dtype_size(o.latent_cache);
+    if (o.latent_cache != CLNPU_DTYPE_F32 && o.latent_cache != CLNPU_DTYPE_BF16)
+        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "a %s latent cache: f32 or bf16",
+                          clnpu_dtype_name(o.latent_cache) ? clnpu_dtype_name(o.latent_cache) : "?");
+    double pages = blocks * B; /* a server's pool may be smaller (clnpu_model_options.cache_pages) */
+    if (o.cache_pages && (double)o.cache_pages < pages) pages = (double)o.cache_pages;
+    out->cache_per_layer = pages * (double)o.page_size * lat * (double)esize;
+    const double E = (double)c->n_routed_experts, K = (double)c->num_experts_per_tok, I = (double)c->moe_intermediate_size;
+    const double rows = T * K;
+    out->moe_scratch = T * E * 4 + rows * 4 * 4 + E * 4 + (E + 1) * 4 + rows * d * 4 * 2 + rows * I * 4;
+    if (c->n_shared_experts) out->moe_scratch += T * I * (double)c->n_shared_experts * 4 + T * d * 4;
+    out->shard_scratch = rows * d * 4 * 2 + rows * I * 4;
+    out->replica_rows = 2 * T * d * 4;
+    return CLNPU_OK;
+}
