@@ -75,7 +75,7 @@ run cpu-family cpu clnpu_gemm $SHAPE
 run wg-gemv wg clnpu_gemv_wg 1x128x512
 run cpu-gemv cpu clnpu_gemm 1x128x512
 # the other wg kernels: sampling / argmax, attention, MLA decode, RMSNorm, run by the test cases
-for case in wg_sampling wg_rmsnorm wg_attention wg_moe; do
+for case in wg_gemm wg_sampling wg_rmsnorm wg_attention wg_moe; do
     log=$OUT/$case.log
     env CLNPU_KERNEL_FAMILY=wg CK_RUN_SUITE=wg CK_RUN_CASE=$case CLNPU_TEST_SMALL=1 \
         oclgrind --data-races --max-errors 20 "$B/tests/clnpu-tests" >"$log" 2>&1 || {
