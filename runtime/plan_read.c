@@ -5,7 +5,6 @@
 #include <string.h>
 
 #include "../common/error.h"
-#include "../common/yaml_in.h"
 #include "../schema/plan_schema.h"
 #include "clnpu/pipeline.h"
 

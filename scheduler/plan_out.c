@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include "../common/error.h"
-#include "../common/yaml_out.h"
 #include "../schema/plan_schema.h"
 #include "plan_internal.h"
 

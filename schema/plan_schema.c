@@ -420,11 +420,9 @@ clnpu_status clnpu_plan_doc_validate(const clnpu_plan_doc *d, const char *origin
         return clnpu_fail(CLNPU_ERR_PARSE, "%s: the stages cover layers %zu..%zu of %zu", origin, d->stages[0].layer_begin,
                           d->stages[d->nstages - 1].layer_end, d->layers);
     /* one expert list per device of a stage when experts are spread; every expert somewhere */
-    if (d->ep > 1 && d->routed_experts && d->nexpert_lists != d->ep)
+    if ((d->ep > 1 && d->routed_experts && d->nexpert_lists != d->ep) || (d->nexpert_lists && d->nexpert_lists != d->ep))
         return clnpu_fail(CLNPU_ERR_PARSE, "%s: experts: %zu lists for %zu devices per stage (one each)", origin,
                           d->nexpert_lists, d->ep);
-    if (d->ep == 1 && d->nexpert_lists > 1)
-        return clnpu_fail(CLNPU_ERR_PARSE, "%s: experts: %zu lists for one device per stage", origin, d->nexpert_lists);
     if (d->nexpert_lists) {
         const size_t E = d->routed_experts;
         unsigned char *seen = calloc(E ? E : 1, 1);
@@ -478,12 +476,13 @@ clnpu_status clnpu_plan_doc_specs(const clnpu_plan_doc *d, const char *origin, c
         return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "%s: %zu devices per stage: this executor runs up to %d", origin, nd,
                           CLNPU_MAX_EP);
     size_t total = 0;
-    for (size_t j = 0; nd > 1 && j < d->nexpert_lists; j++) total += d->expert_counts[j];
+    const size_t lists = d->nexpert_lists < nd ? d->nexpert_lists : nd; /* validated: 0 or nd */
+    for (size_t j = 0; nd > 1 && j < lists; j++) total += d->expert_counts[j];
     clnpu_stage_spec *sp = calloc(1, n * sizeof *sp + total * sizeof(size_t));
     if (!sp) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     size_t *pool = (size_t *)(sp + n);
     const size_t *ids[CLNPU_MAX_EP] = {0};
-    for (size_t j = 0, k = 0; nd > 1 && j < d->nexpert_lists; j++) {
+    for (size_t j = 0, k = 0; nd > 1 && j < lists; j++) {
         ids[j] = pool + k;
         memcpy(pool + k, d->experts[j], d->expert_counts[j] * sizeof(size_t));
         k += d->expert_counts[j];

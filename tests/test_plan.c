@@ -447,6 +447,8 @@ START_TEST(test_plan_file_schema)
          "15]\n", "expert 7 is on no device"},
         {PLAN_HEAD PLAN_EP2 "stages:\n" PLAN_S0 PLAN_S1 "experts:\n- [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]\n",
          "1 lists for 2 devices per stage"},
+        {PLAN_HEAD "stages:\n- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n" PLAN_EX,
+         "2 lists for 1 devices per stage"},
         /* the model: type, layers, hidden size, experts; weights and cache types */
         {"format: clnpu-plan-2\nmodel: deepseek_v3\nlayers: 3\nhidden_size: 96\nrouted_experts: 16\nweights: bf16\nstages:\n"
          "- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n", "for model 'deepseek_v3'"},

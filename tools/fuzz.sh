@@ -29,8 +29,8 @@ PY
 cd build-fuzz
 ./fuzz_parsers -max_total_time="$SECONDS_BUDGET" -max_len=32768 -print_final_stats=1 corpus 2>&1 | tail -15
 
-# Plan files (schema/plan_schema.c): a binary of its own, seeded with a plan `clnpu plan` writes and a
-# hand-written one; the same time budget.
+# Plan files (schema/plan_schema.c): a binary of its own, seeded with two plans of the tiny model;
+# the same time budget.
 cd ..
 clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE \
     -DCL_TARGET_OPENCL_VERSION=300 -Iinclude -Ibackend \
