@@ -362,11 +362,16 @@ void clnpu_gemv_wg(__global const float *X, const uint xoff, const uint ldx, __g
                    const ulong woff, __global const float *S, const ulong soff, __global float *Y,
                    const uint yoff, const uint ldy, __global const float *R, const uint roff,
                    const uint ldr, const uint M, const uint N, const uint K, const float alpha,
-                   __local float *red, __local float *redu)
+                   const uint kchunk, __local float *red, __local float *redu)
 {
-    /* red, redu: GEMV_MAXM x WGS floats each (redu one float unless SwiGLU), sized by the host */
-    const uint lid = get_local_id(0), j = lid % NR, kq = lid / NR, p = get_group_id(0);
+    /* red, redu: GEMV_MAXM x WGS floats each (redu one float unless SwiGLU), sized by the host.
+     * Dimension 1 splits K into chunks of kchunk: work-groups cooperate along K for narrow N; each
+     * chunk writes alpha * partial into Y = workspace [splits][M][N] (epilogue 0), which
+     * clnpu_gemv_wg_reduce sums in chunk order. */
+    const uint lid = get_local_id(0), j = lid % NR, kq = lid / NR, p = get_group_id(0), split = get_group_id(1);
     if (p * NR >= N) return;
+    const uint kbeg = split * kchunk, kend = min(K, kbeg + kchunk);
+    Y += (size_t)split * M * ldy;
     X += xoff;
     Wp += woff;
     S += soff;
@@ -382,14 +387,14 @@ void clnpu_gemv_wg(__global const float *X, const uint xoff, const uint ldx, __g
     }
     /* X goes through local memory in chunks of GEMV_KC columns: read once per work-group, not once
      * per lane of a column (red doubles as the chunk buffer: GEMV_MAXM x WGS floats). */
-    for (uint kc = 0; kc < K; kc += GEMV_KC) {
+    for (uint kc = kbeg; kc < kend; kc += GEMV_KC) {
         barrier(CLK_LOCAL_MEM_FENCE);
         for (uint e = lid; e < M * GEMV_KC; e += WGS) {
             const uint m = e / GEMV_KC, k = kc + e % GEMV_KC;
-            red[e] = k < K ? X[(size_t)m * ldx + k] : 0.0f;
+            red[e] = k < kend ? X[(size_t)m * ldx + k] : 0.0f;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (uint kk = kq; kk < GEMV_KC && kc + kk < K; kk += KSTEP) {
+        for (uint kk = kq; kk < GEMV_KC && kc + kk < kend; kk += KSTEP) {
             const uint k = kc + kk;
             const float w = weight_at(Wp, S, QG(p), j, k, K);
 #if SWIGLU
@@ -434,4 +439,17 @@ void clnpu_gemv_wg(__global const float *X, const uint xoff, const uint ldx, __g
 #endif
             Y[yoff + (size_t)m * ldy + n] = v;
         }
+}
+
+/* Split-K GEMV: Y[m][n] = sum_s Wk[s][m][n] (+ R[m][n]), in chunk order (deterministic). Grid: (N, M). */
+__kernel void clnpu_gemv_wg_reduce(__global const float *Wk, const uint splits, __global float *Y, const uint yoff,
+                                   const uint ldy, __global const float *R, const uint roff, const uint ldr,
+                                   const uint M, const uint N, const uint has_residual)
+{
+    const uint n = get_global_id(0), m = get_global_id(1);
+    if (n >= N || m >= M) return;
+    float s = 0.0f;
+    for (uint i = 0; i < splits; i++) s += Wk[((size_t)i * M + m) * N + n];
+    if (has_residual) s += R[roff + (size_t)m * ldr + n];
+    Y[yoff + (size_t)m * ldy + n] = s;
 }

@@ -110,43 +110,85 @@ static clnpu_status kernel_of(clnpu_device *dev, const wg_choice *c, const char 
     return st;
 }
 
+/* Split-K for the GEMV (not SwiGLU): an explicit split_k > 1, or, with split_k 0, when the panels
+ * would leave most compute units idle and K is long (work-groups then cooperate along K). */
+static unsigned gemv_splits(const clnpu_device *dev, const clnpu_weight_layout *w, const clnpu_gemm_args *a)
+{
+    if (a->epilogue == CLNPU_EPILOGUE_SWIGLU || a->split_k == 1) return 1;
+    if (a->split_k > 1) return a->split_k < w->k ? a->split_k : (unsigned)w->k;
+    const size_t panels = (w->n + w->nr - 1) / w->nr, want = 2 * (size_t)clnpu_device_capability(dev)->compute_units;
+    if (panels >= want || w->k < 2048) return 1;
+    size_t s = (want + panels - 1) / panels;
+    if (s > w->k / 1024) s = w->k / 1024;
+    return s > 1 ? (unsigned)s : 1;
+}
+
 clnpu_status clnpu_gemm_wg(clnpu_device *dev, const clnpu_weight_layout *w, size_t matrix, const clnpu_gemm_args *a,
                            size_t ldx, size_t ldy, size_t ldr)
 {
-    wg_choice c;
-    clnpu_status st = choose(dev, w, a->epilogue, a->m, false, &c);
-    if (st) return st;
     const bool gemv = a->m <= GEMV_MAXM;
+    const unsigned splits = gemv ? gemv_splits(dev, w, a) : 1;
+    /* split: the chunks write plain partials (epilogue 0) into a workspace, the reduce adds R */
+    wg_choice c;
+    clnpu_status st = choose(dev, w, splits > 1 ? CLNPU_EPILOGUE_NONE : a->epilogue, a->m, false, &c);
+    if (st) return st;
+    clnpu_buffer *ws = NULL;
+    const size_t wsbytes = (size_t)splits * a->m * w->n * sizeof(float);
+    if (splits > 1) {
+        if (a->workspace && clnpu_buffer_size(a->workspace) >= wsbytes) ws = a->workspace;
+        else if ((st = clnpu_buffer_create(dev, wsbytes, &ws))) return st;
+    }
     cl_kernel k;
     st = kernel_of(dev, &c, gemv ? "clnpu_gemv_wg" : "clnpu_gemm_wg", &k);
-    if (st) return st;
+    if (st) goto done;
     cl_mem r = clnpu_mem(a->residual ? a->residual : a->y), s = clnpu_mem(w->s ? w->s : w->w);
-    SETARG(k, 0, clnpu_mem(a->x));
-    SETARG(k, 1, (cl_uint)a->x_offset);
-    SETARG(k, 2, (cl_uint)ldx);
-    SETARG(k, 3, clnpu_mem(w->w));
-    SETARG(k, 4, (cl_ulong)(matrix * w->w_stride));
-    SETARG(k, 5, s);
-    SETARG(k, 6, (cl_ulong)(matrix * w->s_stride));
-    SETARG(k, 7, clnpu_mem(a->y));
-    SETARG(k, 8, (cl_uint)a->y_offset);
-    SETARG(k, 9, (cl_uint)ldy);
-    SETARG(k, 10, r);
-    SETARG(k, 11, (cl_uint)a->r_offset);
-    SETARG(k, 12, (cl_uint)ldr);
-    SETARG(k, 13, (cl_uint)a->m);
-    SETARG(k, 14, (cl_uint)w->n);
-    SETARG(k, 15, (cl_uint)w->k);
-    SETARG(k, 16, (cl_float)a->alpha);
-    st = local_args(k, 17, &c, gemv, a->epilogue == CLNPU_EPILOGUE_SWIGLU);
-    if (st) return st;
-    if (gemv) {
-        size_t g[1] = {(w->n + w->nr - 1) / w->nr * c.wgs}, l[1] = {c.wgs};
-        return clnpu_enqueue(dev, k, 1, g, l, "clnpu_gemv_wg");
+    const clnpu_karg args[] = {
+        KARG(*(cl_mem[]){clnpu_mem(a->x)}), KARG(*(cl_uint[]){(cl_uint)a->x_offset}), KARG(*(cl_uint[]){(cl_uint)ldx}),
+        KARG(*(cl_mem[]){clnpu_mem(w->w)}), KARG(*(cl_ulong[]){(cl_ulong)(matrix * w->w_stride)}), KARG(s),
+        KARG(*(cl_ulong[]){(cl_ulong)(matrix * w->s_stride)}), KARG(*(cl_mem[]){clnpu_mem(ws ? ws : a->y)}),
+        KARG(*(cl_uint[]){(cl_uint)(ws ? 0 : a->y_offset)}), KARG(*(cl_uint[]){(cl_uint)(ws ? w->n : ldy)}), KARG(r),
+        KARG(*(cl_uint[]){(cl_uint)a->r_offset}), KARG(*(cl_uint[]){(cl_uint)ldr}), KARG(*(cl_uint[]){(cl_uint)a->m}),
+        KARG(*(cl_uint[]){(cl_uint)w->n}), KARG(*(cl_uint[]){(cl_uint)w->k}), KARG(*(cl_float[]){a->alpha})};
+    for (cl_uint i = 0; !st && i < 17; i++) {
+        cl_int e = clSetKernelArg(k, i, args[i].size, args[i].value);
+        if (e) st = clnpu_fail_cl(e, "clSetKernelArg", "setting work-group GEMM arguments");
     }
-    const size_t threads = (size_t)c.p.mdimc * c.p.ndimc;
-    size_t g[2] = {(w->n + c.p.nwg - 1) / c.p.nwg * threads, (a->m + c.p.mwg - 1) / c.p.mwg}, l[2] = {threads, 1};
-    return clnpu_enqueue(dev, k, 2, g, l, "clnpu_gemm_wg");
+    if (st) goto done;
+    if (gemv) {
+        const size_t kchunk = (w->k + splits - 1) / splits;
+        const cl_uint kc = (cl_uint)kchunk;
+        cl_int e = clSetKernelArg(k, 17, sizeof kc, &kc);
+        if (e) { st = clnpu_fail_cl(e, "clSetKernelArg", "setting the GEMV K chunk"); goto done; }
+        st = local_args(k, 18, &c, true, a->epilogue == CLNPU_EPILOGUE_SWIGLU);
+        size_t g[2] = {(w->n + w->nr - 1) / w->nr * c.wgs, splits}, l[2] = {c.wgs, 1};
+        if (!st) st = clnpu_enqueue(dev, k, 2, g, l, "clnpu_gemv_wg");
+        if (!st && splits > 1) {
+            cl_kernel red;
+            st = kernel_of(dev, &c, "clnpu_gemv_wg_reduce", &red);
+            const cl_uint sp = splits, yo = (cl_uint)a->y_offset, ly = (cl_uint)ldy, ro = (cl_uint)a->r_offset,
+                          lr = (cl_uint)ldr, m = (cl_uint)a->m, n = (cl_uint)w->n,
+                          hr = a->epilogue == CLNPU_EPILOGUE_RESIDUAL;
+            const cl_mem mw = clnpu_mem(ws), my = clnpu_mem(a->y);
+            const clnpu_karg ra[] = {KARG(mw), KARG(sp), KARG(my), KARG(yo), KARG(ly), KARG(r), KARG(ro), KARG(lr),
+                                     KARG(m), KARG(n), KARG(hr)};
+            for (cl_uint i = 0; !st && i < 11; i++) {
+                cl_int e2 = clSetKernelArg(red, i, ra[i].size, ra[i].value);
+                if (e2) st = clnpu_fail_cl(e2, "clSetKernelArg", "setting the split-K GEMV reduce");
+            }
+            size_t rg[2] = {(w->n + 63) / 64 * 64, a->m}, rl[2] = {64, 1};
+            if (!st) st = clnpu_enqueue(dev, red, 2, rg, rl, "clnpu_gemv_wg_reduce");
+        }
+        goto done;
+    }
+    st = local_args(k, 17, &c, false, a->epilogue == CLNPU_EPILOGUE_SWIGLU);
+    if (!st) {
+        const size_t threads = (size_t)c.p.mdimc * c.p.ndimc;
+        size_t g[2] = {(w->n + c.p.nwg - 1) / c.p.nwg * threads, (a->m + c.p.mwg - 1) / c.p.mwg}, l[2] = {threads, 1};
+        st = clnpu_enqueue(dev, k, 2, g, l, "clnpu_gemm_wg");
+    }
+done:
+    if (ws && ws != a->workspace) clnpu_buffer_destroy(ws); /* the queued kernels keep it alive */
+    return st;
 }
 
 static clnpu_status grouped_args(cl_kernel k, const clnpu_weight_layout *w, const clnpu_gemm_args *a, size_t ldx,

@@ -204,6 +204,46 @@ START_TEST(test_wg_gemm)
 }
 END_TEST
 
+/* Split-K GEMV: work-groups cooperating along K through a workspace (given, or made by the call),
+ * with the residual added by the reduce; against float64 with the padding poisoned. */
+START_TEST(test_wg_gemv_splitk)
+{
+    clnpu_device *dev = test_device();
+    force_wg(128);
+    const size_t m = 3, n = 53, k = 1000, ldy = n + 2;
+    hweight h;
+    make_weight(&h, CLNPU_DTYPE_BF16, n, k, 0);
+    clnpu_weight *w;
+    ck_assert_ok(clnpu_weight_upload(dev, &h.d, 1, &w));
+    float *x = random_vec(m * k), *r = random_vec(m * ldy), *out = malloc(m * ldy * 4), *o = malloc(m * n * 4);
+    double *ref = malloc(m * n * sizeof *ref);
+    clnpu_buffer *bx = upload(x, m * k * 4), *br = upload(r, m * ldy * 4), *wsb;
+    ck_assert_ok(clnpu_buffer_create(dev, 4 * m * n * 4, &wsb));
+    for (int v = 0; v < 2; v++) {
+        clnpu_buffer *by = poisoned(m * ldy * 4);
+        clnpu_gemm_args a = clnpu_gemm_args_default();
+        a.x = bx, a.y = by, a.ldy = ldy, a.m = m, a.alpha = 1.5f, a.epilogue = CLNPU_EPILOGUE_RESIDUAL, a.residual = br;
+        a.ldr = ldy, a.split_k = v ? 4 : 3, a.workspace = v ? wsb : NULL;
+        ck_assert_ok(clnpu_gemm(dev, w, 0, &a));
+        ck_assert_ok(clnpu_buffer_read(by, 0, out, m * ldy * 4));
+        for (size_t i = 0; i < m; i++) {
+            ck_assert(isnan(out[i * ldy + n]));
+            for (size_t j = 0; j < n; j++) {
+                ref[i * n + j] = 1.5 * dot(x + i * k, h.deq + j * k, k) + r[i * ldy + j];
+                o[i * n + j] = out[i * ldy + j];
+            }
+        }
+        const double err = rel_error(o, ref, m * n);
+        ck_assert_msg(err <= tolerance(k), "split-K GEMV (%u splits): %.3g", a.split_k, err);
+        clnpu_buffer_destroy(by);
+    }
+    free(x), free(r), free(out), free(o), free(ref);
+    clnpu_buffer_destroy(bx), clnpu_buffer_destroy(br), clnpu_buffer_destroy(wsb);
+    clnpu_weight_destroy(w);
+    free_weight(&h);
+}
+END_TEST
+
 /* Grouped GEMM over a host segment table and over device-side counts / offsets, SwiGLU. */
 START_TEST(test_wg_gemm_grouped)
 {
@@ -726,6 +766,7 @@ Suite *suite_wg(void)
     tcase_add_loop_test(tc, test_wg_gemm, 0, sizeof cases / sizeof cases[0]);
     tcase_add_loop_test(tc, test_wg_gemm_grouped, 0, 2);
     tcase_add_test(tc, test_wg_gemm_tuned);
+    tcase_add_test(tc, test_wg_gemv_splitk);
     suite_add_tcase(s, tc);
     tc = wg_case("wg_sampling");
     tcase_add_loop_test(tc, test_wg_sampling, 0, 3);
