@@ -145,6 +145,7 @@ clnpu_status clnpu_device_open(size_t index, const clnpu_device_options *options
         budget = (uint64_t)dev->profile.sram_bytes;
     if (budget > dev->info.local_mem_bytes) budget = dev->info.local_mem_bytes;
     dev->local_budget = budget;
+    clnpu_capability_fill(dev);
 
     dev->no_cache = o->no_cache;
     dev->profiling = o->profiling;

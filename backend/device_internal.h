@@ -4,6 +4,7 @@
 
 #include <CL/cl.h>
 
+#include "clnpu/capability.h"
 #include "clnpu/device.h"
 #include "clnpu/program.h"
 
@@ -38,10 +39,13 @@ struct clnpu_device {
     char tuning_said[8192];
     char base_options[1024]; /* fixed at open: see clnpu_device_base_options */
     char tuning_key[384];    /* fixed at open: see clnpu_tuning_device_key */
+    clnpu_capability cap;    /* the capability table's choice, made at open (backend/capability.c) */
     clnpu_device_isa isa;    /* fixed at open: see clnpu_device_isa_of */
 };
 
 clnpu_status clnpu_device_load_default_tuning(clnpu_device *dev);
+/* Fill dev->cap from the device, its bound profile and the environment (at open). */
+void clnpu_capability_fill(clnpu_device *dev);
 /* The device's tuning key (vendor, name, driver, hash of its base options), made once at open. */
 void clnpu_tuning_format_device_key(const clnpu_device *dev, char *out, size_t cap);
 

@@ -98,8 +98,9 @@ void clnpu_device_query(cl_platform_id platform, cl_device_id d, clnpu_device_in
 
     /* Sub-group sizes: core in OpenCL 3.0 (optional), cl_intel_required_subgroup_size lists them;
      * NVIDIA exposes a warp size of 32 through cl_nv_device_attribute_query. */
+    info->max_num_subgroups = get_uint(d, 0x105C /* CL_DEVICE_MAX_NUM_SUB_GROUPS */);
     info->subgroups = clnpu_device_info_has_extension(info, "cl_khr_subgroups") ||
-                      get_uint(d, 0x104D /* CL_DEVICE_MAX_NUM_SUB_GROUPS */) > 0;
+                      clnpu_device_info_has_extension(info, "cl_intel_subgroups") || info->max_num_subgroups > 0;
     size_t sizes[8] = {0}, nbytes = 0;
     if (clGetDeviceInfo(d, 0x4108 /* CL_DEVICE_SUB_GROUP_SIZES_INTEL */, sizeof sizes, sizes,
                         &nbytes) == CL_SUCCESS && nbytes > 0) {

@@ -393,6 +393,7 @@ void clnpu_tuning_entry_set_device(clnpu_tuning_entry *e, const clnpu_device *de
 static const char *source_of(const char *kernel)
 {
     if (!strcmp(kernel, "gemm")) return "gemm.cl";
+    if (!strcmp(kernel, "gemm_wg")) return "gemm_wg.cl";
     if (!strcmp(kernel, "attention")) return "attention.cl";
     if (!strcmp(kernel, "mla")) return "mla.cl";
     return "";

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "../common/error.h"
+#include "clnpu/capability.h"
 #include "clnpu/ops.h"
 #include "clnpu/tuning.h"
 #include "launch.h"
@@ -59,6 +60,33 @@ clnpu_status clnpu_flash_attention(clnpu_device *dev, const clnpu_attention_args
         size_t g[2] = {(a->tokens + qv * qg - 1) / (qv * qg), a->heads}, l[2] = {1, 1};
         return clnpu_launch(dev, "attention.cl", opts, "clnpu_flash_attn_regs", 2, g, l, args, 19);
     }
+    const char *force = getenv("CLNPU_ATTENTION");
+    if (clnpu_device_capability(dev)->family == CLNPU_KERNEL_FAMILY_WG && !(force && !strcmp(force, "local"))) {
+        /* The work-group kernel: a group per BQ-query tile, K / V tiles of BK rows in local
+         * memory, the largest BK (64 .. 4) that fits the budget with the Q tile and scores. */
+        const clnpu_capability *cap = clnpu_device_capability(dev);
+        /* 16 queries per group: the BQ x DV outputs spread over 64-256 threads, 8-32 each */
+        size_t wgs = cap->wg_size, bq = 16;
+        if (bq > wgs) bq = wgs;
+        const uint64_t budget = cap->local_mem_bytes;
+        size_t bk = 64, lbytes = 0;
+        for (;; bk /= 2) {
+            lbytes = (bq * a->dqk + bk * (a->dqk + 1) + bk * a->dv + bq * bk + 3 * bq) * sizeof(float);
+            if (lbytes <= budget || bk <= 4) break;
+        }
+        if (lbytes > budget)
+            return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "clnpu_flash_attn_wg: a %zu-query x %zu-key tile (d %zu/%zu) needs "
+                              "%zu bytes of local memory; the budget on device %zu (profile '%s') is %llu bytes", bq, bk,
+                              a->dqk, a->dv, lbytes, clnpu_device_get_info(dev)->index,
+                              clnpu_device_get_profile(dev)->name, (unsigned long long)budget);
+        snprintf(opts, sizeof opts, "-DCLNPU_ATTN_DQK=%zu -DCLNPU_ATTN_DV=%zu -DCLNPU_ATTN_BQ=%zu -DCLNPU_ATTN_BK=%zu "
+                 "-DWGS=%zu", a->dqk, a->dv, bq, bk, wgs);
+        clnpu_karg wargs[20];
+        memcpy(wargs, args, sizeof args);
+        wargs[19] = (clnpu_karg){lbytes, NULL}; /* the __local tile area */
+        size_t g[2] = {(a->tokens + bq - 1) / bq * wgs, a->heads}, l[2] = {wgs, 1};
+        return clnpu_launch(dev, "attention_wg.cl", opts, "clnpu_flash_attn_wg", 2, g, l, wargs, 20);
+    }
     /* Key tile rows from the local-memory budget (the emulated NPU's SRAM when emulating). */
     const uint64_t budget = clnpu_device_local_mem_budget(dev);
     size_t bk = (size_t)(budget / ((a->dqk + a->dv) * sizeof(float)));
@@ -66,7 +94,7 @@ clnpu_status clnpu_flash_attention(clnpu_device *dev, const clnpu_attention_args
     if (bk < 1)
         return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "attention: local-memory budget %llu B cannot hold one "
                           "key/value row of %zu floats", (unsigned long long)budget, a->dqk + a->dv);
-    const bool cpu = clnpu_device_get_info(dev)->type == CLNPU_DEVICE_TYPE_CPU;
+    const bool cpu = clnpu_device_capability(dev)->family == CLNPU_KERNEL_FAMILY_CPU;
     const int tbq = clnpu_tuning_param(te, "bq", 8), tbk = clnpu_tuning_param(te, "bk", 0);
     const size_t bq = tbq >= 1 && tbq <= 16 ? (size_t)tbq : 8, wg = cpu ? 1 : 32;
     if (tbk > 0 && (size_t)tbk < bk) bk = (size_t)tbk; /* never past the local-memory budget */
@@ -82,7 +110,9 @@ bool clnpu_attention_uses_registers(const clnpu_device *dev)
     const char *force = getenv("CLNPU_ATTENTION");
     if (force && !strcmp(force, "local")) return false;
     if (force && !strcmp(force, "registers")) return true;
-    return clnpu_device_get_info(dev)->local_mem_is_global;
+    /* The capability table: the cpu family keeps queries in registers, the wg family tiles K / V
+     * through local memory. */
+    return clnpu_device_capability(dev)->family == CLNPU_KERNEL_FAMILY_CPU;
 }
 
 clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
@@ -137,8 +167,38 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
         cl_float sc = a->scale;
         clnpu_karg args[] = {KARG(qa), KARG(qp), KARG(qo), KARG(qs), KARG(c), KARG(page), KARG(bt), KARG(mb),
                              KARG(sl), KARG(mz), KARG(mml), KARG(h), KARG(sp), KARG(ch), KARG(sc)};
-        size_t g[3] = {(H + hg - 1) / hg, B, splits};
-        st = clnpu_launch(dev, "mla.cl", opts, "clnpu_mla_decode", 3, g, NULL, args, 15);
+        const clnpu_capability *cap = clnpu_device_capability(dev);
+        if (cap->family == CLNPU_KERNEL_FAMILY_WG) {
+            /* Work-group kernel: HG heads (up to 8) share each cache tile of BT rows in local
+             * memory; the largest HG, then BT (32 .. 1) that fit the budget. */
+            const size_t row = R + a->rope_dim, wgs = cap->wg_size;
+            size_t whg = H < 8 ? H : 8, wbt = 32, lbytes = 0;
+            if (whg > wgs) whg = wgs;
+            for (;;) {
+                lbytes = (whg * row + wbt * (row + 1) + whg * wbt + 3 * whg) * sizeof(float);
+                if (lbytes <= cap->local_mem_bytes) break;
+                if (wbt > 4) wbt /= 2;
+                else if (whg > 1) whg /= 2;
+                else if (wbt > 1) wbt /= 2;
+                else break;
+            }
+            if (lbytes > cap->local_mem_bytes)
+                st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "clnpu_mla_decode_wg: one head and one cache row of %zu floats need "
+                                "%zu bytes of local memory; the budget on device %zu (profile '%s') is %llu bytes", row,
+                                lbytes, clnpu_device_get_info(dev)->index, clnpu_device_get_profile(dev)->name,
+                                (unsigned long long)cap->local_mem_bytes);
+            char wopts[192];
+            snprintf(wopts, sizeof wopts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu -DCLNPU_MLA_BT=%zu -DWGS=%zu%s",
+                     R, a->rope_dim, whg, wbt, wgs, a->cache_dtype == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
+            clnpu_karg wargs[16];
+            memcpy(wargs, args, sizeof args);
+            wargs[15] = (clnpu_karg){lbytes, NULL}; /* the __local area */
+            size_t g[3] = {(H + whg - 1) / whg * wgs, B, splits}, l[3] = {wgs, 1, 1};
+            if (!st) st = clnpu_launch(dev, "mla_wg.cl", wopts, "clnpu_mla_decode_wg", 3, g, l, wargs, 16);
+        } else {
+            size_t g[3] = {(H + hg - 1) / hg, B, splits};
+            st = clnpu_launch(dev, "mla.cl", opts, "clnpu_mla_decode", 3, g, NULL, args, 15);
+        }
     }
     if (!st && splits > 1) {
         cl_mem mz = clnpu_mem(pz), mml = clnpu_mem(pml), mo = clnpu_mem(a->out);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../common/error.h"
+#include "clnpu/capability.h"
 #include "clnpu/gemm.h"
 #include "clnpu/program.h"
 #include "clnpu/tuning.h"
@@ -121,6 +122,18 @@ void clnpu_weight_destroy(clnpu_weight *w)
     clnpu_buffer_destroy(w->w);
     clnpu_buffer_destroy(w->s);
     free(w);
+}
+
+void clnpu_weight_layout_of(const clnpu_weight *w, clnpu_weight_layout *out)
+{
+    *out = (clnpu_weight_layout){w->dtype, w->n, w->k, w->count, w->group_k, w->swiglu, w->nr,
+                                 w->w_stride, w->s_stride, w->w, w->s};
+}
+
+/* The capability table chose the work-group family for this device. */
+static bool wg_family(const clnpu_device *dev)
+{
+    return clnpu_device_capability(dev)->family == CLNPU_KERNEL_FAMILY_WG;
 }
 
 clnpu_dtype clnpu_weight_dtype(const clnpu_weight *w) { return w->dtype; }
@@ -268,6 +281,8 @@ clnpu_status clnpu_gemm(clnpu_device *dev, const clnpu_weight *w, size_t matrix,
     if (matrix >= w->count)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "gemm: matrix %zu of a group of %zu", matrix, w->count);
     if (a->m == 0) return CLNPU_OK;
+    clnpu_weight_layout wl;
+    if (wg_family(dev)) return clnpu_weight_layout_of(w, &wl), clnpu_gemm_wg(dev, &wl, matrix, a, ldx, ldy, ldr);
     clnpu_gemm_params gp;
     choose(dev, w, a->epilogue, a->m, false, &gp);
     const unsigned nb = (unsigned)gp.v[CLNPU_GP_NB], tile = (unsigned)(gp.v[CLNPU_GP_MR] * gp.v[CLNPU_GP_MB]);
@@ -372,6 +387,8 @@ clnpu_status clnpu_gemm_grouped(clnpu_device *dev, const clnpu_weight *w, const 
         if (segs[i].rows > maxrows) maxrows = segs[i].rows;
     }
     if (!maxrows) return CLNPU_OK;
+    clnpu_weight_layout wl;
+    if (wg_family(dev)) return clnpu_weight_layout_of(w, &wl), clnpu_gemm_wg_grouped(dev, &wl, segs, count, a, ldx, ldy, ldr);
     clnpu_gemm_params gp;
     choose(dev, w, a->epilogue, maxrows, true, &gp);
     const size_t mr = (size_t)gp.v[CLNPU_GP_MR] * (size_t)gp.v[CLNPU_GP_MB]; /* rows per tile */
@@ -438,6 +455,9 @@ clnpu_status clnpu_gemm_grouped_counts(clnpu_device *dev, const clnpu_weight *w,
                           "matrices' ints", E);
     if (a->m == 0) return CLNPU_OK;
     if (a->m > 0xffffffffu) return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "grouped gemm: %zu rows", a->m);
+    clnpu_weight_layout wl;
+    if (wg_family(dev))
+        return clnpu_weight_layout_of(w, &wl), clnpu_gemm_wg_grouped_counts(dev, &wl, counts, offsets, a, ldx, ldy, ldr);
     /* The counts are on the device; tiles are sized for twice the mean rows per matrix (a tile
      * computes all its MR rows, so sizing for the largest possible segment would multiply a
      * decode batch's FMAs by MR / rows: 8 sequences over 64 experts is ~1 row each). */

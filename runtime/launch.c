@@ -2,6 +2,7 @@
 #include <stdio.h>
 
 #include "../common/error.h"
+#include "clnpu/capability.h"
 #include "launch.h"
 
 cl_mem clnpu_mem(const clnpu_buffer *b)
@@ -27,13 +28,16 @@ clnpu_status clnpu_launch(clnpu_device *dev, const char *source, const char *opt
             return clnpu_fail_cl(err, "clSetKernelArg", what);
         }
     }
+    /* No local size: the cpu family runs work-groups of 1 (PoCL's fastest for one-row kernels);
+     * the wg family leaves the choice to the driver, which fills a GPU's lanes. */
+    const bool driver_local = !local && clnpu_device_capability(dev)->family == CLNPU_KERNEL_FAMILY_WG;
     size_t g[3] = {1, 1, 1}, l[3] = {1, 1, 1};
     for (cl_uint d = 0; d < dims; d++) {
         l[d] = local ? local[d] : 1;
         g[d] = (global[d] + l[d] - 1) / l[d] * l[d];
         if (g[d] == 0) return CLNPU_OK; /* nothing to do */
     }
-    return clnpu_enqueue(dev, k, dims, g, l, kernel);
+    return clnpu_enqueue(dev, k, dims, g, driver_local ? NULL : l, kernel);
 }
 
 clnpu_status clnpu_enqueue(clnpu_device *dev, cl_kernel k, cl_uint dims, const size_t *global, const size_t *local,

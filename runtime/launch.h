@@ -14,7 +14,8 @@ typedef struct clnpu_karg {
 #define KARG(v) ((clnpu_karg){sizeof(v), &(v)})
 
 /* Build (or reuse) `source` with `options`, set the arguments and enqueue `kernel`. Global sizes
- * are rounded up to multiples of local ones (NULL local: 1 in every dimension). */
+ * are rounded up to multiples of local ones (NULL local: 1 in every dimension for the cpu family,
+ * the driver's choice for the wg family). */
 clnpu_status clnpu_launch(clnpu_device *dev, const char *source, const char *options,
                           const char *kernel, cl_uint dims, const size_t *global,
                           const size_t *local, const clnpu_karg *args, size_t nargs);

@@ -1,9 +1,21 @@
 /* MoE routing and dispatch operators (the expert GEMMs themselves are clnpu_gemm_grouped). */
 #include "../common/error.h"
+#include <stdio.h>
+
+#include "clnpu/capability.h"
 #include "clnpu/ops.h"
 #include "launch.h"
 
 #define MOE_MAX_EXPERTS 256
+
+/* The wg family's work-group size for these kernels (0: the cpu family's single work-items). */
+static size_t moe_wg(const clnpu_device *dev, char *opts, size_t cap)
+{
+    const clnpu_capability *c = clnpu_device_capability(dev);
+    if (c->family != CLNPU_KERNEL_FAMILY_WG) return 0;
+    snprintf(opts, cap, "-DWGS=%u", c->wg_size);
+    return c->wg_size;
+}
 
 clnpu_status clnpu_moe_route(clnpu_device *dev, clnpu_view logits, const clnpu_buffer *bias,
                              size_t T, const clnpu_moe_config *c, clnpu_buffer *ids, clnpu_buffer *w)
@@ -30,6 +42,14 @@ clnpu_status clnpu_moe_route(clnpu_device *dev, clnpu_view logits, const clnpu_b
     cl_float sc = c->routed_scaling_factor;
     clnpu_karg a[] = {KARG(ml), KARG(ld), KARG(mb), KARG(E), KARG(ng), KARG(tg), KARG(tk), KARG(norm),
                       KARG(sc), KARG(mi), KARG(mw), KARG(tt)};
+    char opts[32];
+    /* the wg kernel has no masked-groups mode yet (A.X K2 / DeepSeek-V3.2 routing): those route on
+     * the cpu family's kernel, which is correct on any device */
+    const size_t wg = c->masked_groups_score_zero ? 0 : moe_wg(dev, opts, sizeof opts);
+    if (wg) { /* a work-group per token */
+        size_t g[1] = {T * wg}, l[1] = {wg};
+        return clnpu_launch(dev, "moe_wg.cl", opts, "clnpu_moe_route_wg", 1, g, l, a, 12);
+    }
     size_t g[1] = {T};
     return clnpu_launch(dev, "moe.cl", c->masked_groups_score_zero ? "-DCLNPU_MOE_MASKED_ZERO=1" : NULL,
                         "clnpu_moe_route", 1, g, NULL, a, 12);
@@ -49,6 +69,14 @@ clnpu_status clnpu_moe_plan(clnpu_device *dev, const clnpu_buffer *ids, size_t T
            mr = clnpu_mem(slot_row);
     cl_uint t = (cl_uint)T, k = (cl_uint)top_k, e = (cl_uint)E;
     clnpu_karg a[] = {KARG(mi), KARG(t), KARG(k), KARG(e), KARG(mc), KARG(mo), KARG(ms), KARG(mr)};
+    char opts[32];
+    const size_t wg = moe_wg(dev, opts, sizeof opts);
+    if (wg && E > MOE_MAX_EXPERTS)
+        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "moe plan (wg family): %zu experts > %d", E, MOE_MAX_EXPERTS);
+    if (wg) { /* one work-group, a thread per expert */
+        size_t g[1] = {wg}, l[1] = {wg};
+        return clnpu_launch(dev, "moe_wg.cl", opts, "clnpu_moe_plan_wg", 1, g, l, a, 8);
+    }
     size_t g[1] = {1};
     return clnpu_launch(dev, "moe.cl", NULL, "clnpu_moe_plan", 1, g, NULL, a, 8);
 }

@@ -4,6 +4,7 @@
 #include <stdio.h>
 
 #include "../common/error.h"
+#include "clnpu/capability.h"
 #include "clnpu/ops.h"
 #include "launch.h"
 
@@ -13,6 +14,14 @@ static size_t elementwise_wg(const clnpu_device *dev)
 {
     size_t m = clnpu_device_get_info(dev)->max_work_group_size;
     return m < 64 ? m : 64;
+}
+
+/* The capability table's reduction work-group: 1 for the cpu family (one work-item per row, no
+ * barriers), its wg_size for the wg family. */
+static size_t reduction_wg(const clnpu_device *dev)
+{
+    const clnpu_capability *c = clnpu_device_capability(dev);
+    return c->family == CLNPU_KERNEL_FAMILY_WG ? c->wg_size : 1;
 }
 
 static clnpu_status check_view(const clnpu_view *v, size_t rows, size_t n, const char *what)
@@ -35,8 +44,8 @@ clnpu_status clnpu_rmsnorm(clnpu_device *dev, clnpu_view x, clnpu_view res, clnp
     if (!st && (!w || clnpu_buffer_size(w) < dim * sizeof(float)))
         st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rmsnorm: weight must hold %zu floats", dim);
     if (st || !rows) return st;
-    /* CPUs: one work-item per row (no barriers); GPUs: 256 lanes reduce in local memory. */
-    const size_t wg = clnpu_device_get_info(dev)->type == CLNPU_DEVICE_TYPE_CPU ? 1 : 256;
+    /* cpu family: one work-item per row; wg family: the group reduces in local memory. */
+    const size_t wg = reduction_wg(dev);
     char opts[64];
     snprintf(opts, sizeof opts, "-DCLNPU_NORM_WG=%zu", wg);
     cl_mem mx = clnpu_mem(x.buf), mh = clnpu_mem(res.buf ? res.buf : x.buf), my = clnpu_mem(y.buf),
@@ -105,6 +114,13 @@ clnpu_status clnpu_softmax(clnpu_device *dev, clnpu_view x, size_t rows, size_t 
     cl_mem m = clnpu_mem(x.buf);
     cl_uint ld = (cl_uint)x.ld, nn = (cl_uint)n;
     clnpu_karg a[] = {KARG(m), KARG(ld), KARG(nn)};
+    const size_t wg = reduction_wg(dev);
+    if (wg > 1) {
+        char opts[32];
+        snprintf(opts, sizeof opts, "-DWGS=%zu", wg);
+        size_t g[1] = {rows * wg}, l[1] = {wg};
+        return clnpu_launch(dev, "sample_wg.cl", opts, "clnpu_softmax_wg", 1, g, l, a, 3);
+    }
     size_t g[1] = {rows};
     return clnpu_launch(dev, "elementwise.cl", NULL, "clnpu_softmax", 1, g, NULL, a, 3);
 }
@@ -119,6 +135,13 @@ clnpu_status clnpu_argmax(clnpu_device *dev, clnpu_buffer *out, clnpu_view x, si
     cl_mem mo = clnpu_mem(out), mx = clnpu_mem(x.buf);
     cl_uint ld = (cl_uint)x.ld, nn = (cl_uint)n;
     clnpu_karg a[] = {KARG(mo), KARG(mx), KARG(ld), KARG(nn)};
+    const size_t wg = reduction_wg(dev);
+    if (wg > 1) { /* a work-group per row, the vocabulary reduced in local memory */
+        char opts[32];
+        snprintf(opts, sizeof opts, "-DWGS=%zu", wg);
+        size_t g[1] = {rows * wg}, l[1] = {wg};
+        return clnpu_launch(dev, "sample_wg.cl", opts, "clnpu_argmax_wg", 1, g, l, a, 4);
+    }
     size_t g[1] = {rows};
     return clnpu_launch(dev, "elementwise.cl", NULL, "clnpu_argmax", 1, g, NULL, a, 4);
 }
@@ -142,6 +165,13 @@ clnpu_status clnpu_sample(clnpu_device *dev, clnpu_buffer *out, clnpu_view x, si
     cl_float t = p->temperature > 0 && isinf(1.0f / p->temperature) ? 0.0f : p->temperature, tp = p->top_p;
     cl_ulong seed = p->seed, s = step;
     clnpu_karg a[] = {KARG(mo), KARG(mx), KARG(ld), KARG(nn), KARG(t), KARG(k), KARG(tp), KARG(seed), KARG(s)};
+    const size_t wg = reduction_wg(dev);
+    if (wg > 1) {
+        char opts[32];
+        snprintf(opts, sizeof opts, "-DWGS=%zu", wg);
+        size_t g[1] = {rows * wg}, l[1] = {wg};
+        return clnpu_launch(dev, "sample_wg.cl", opts, "clnpu_sample_wg", 1, g, l, a, 9);
+    }
     size_t g[1] = {rows};
     return clnpu_launch(dev, "sample.cl", NULL, "clnpu_sample", 1, g, NULL, a, 9);
 }

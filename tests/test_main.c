@@ -32,6 +32,7 @@ int main(void)
     srunner_add_suite(sr, suite_harden());
     srunner_add_suite(sr, suite_family());
     srunner_add_suite(sr, suite_dsa());
+    srunner_add_suite(sr, suite_wg());
     /* No fork: OpenCL runtimes are not fork-safe, and sharing one device shares its programs. */
     srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);

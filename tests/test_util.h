@@ -54,5 +54,6 @@ Suite *suite_generate(void);
 Suite *suite_harden(void);
 Suite *suite_family(void);
 Suite *suite_dsa(void);
+Suite *suite_wg(void);
 
 #endif

@@ -1,4 +1,5 @@
 /* Timing shared by the clnpu bench subcommands: medians of batched runs. */
+#include <string.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -45,9 +46,14 @@ double bench_median(clnpu_device *dev, bench_fn fn, void *ctx, double min_time, 
 void bench_print_json(const char *op, const char *dtype, const char *shape, double ms, double gflops,
                       double gbps, const char *extra, const clnpu_device *dev)
 {
+    /* the kernel that ran, from the capability table: bench ops named as clnpu_op_variant's */
+    const char *m = strstr(shape, "\"m\":");
+    const char *vop = !strcmp(op, "attention") ? "flash_attention" : !strcmp(op, "mla") ? "mla_decode"
+                      : !strcmp(op, "moe") ? "gemm_grouped" : op;
     printf("{\"op\":\"%s\",\"dtype\":\"%s\",%s,\"ms\":%.4f,\"gflops\":%.2f,\"gbps\":%.2f%s%s,"
-           "\"device\":\"%s\",\"profile\":\"%s\"}\n",
+           "\"device\":\"%s\",\"profile\":\"%s\",\"variant\":\"%s\"}\n",
            op, dtype, shape, ms, gflops, gbps, extra && *extra ? "," : "", extra ? extra : "",
-           clnpu_device_get_info(dev)->name, clnpu_device_get_profile(dev)->name);
+           clnpu_device_get_info(dev)->name, clnpu_device_get_profile(dev)->name,
+           clnpu_op_variant(dev, vop, m ? strtoul(m + 4, NULL, 10) : 0));
     fflush(stdout);
 }

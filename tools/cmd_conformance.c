@@ -57,6 +57,8 @@ void conf_record(conf_ctx *c, int tier, const char *op, const char *dtype, const
     snprintf(k->op, sizeof k->op, "%s", op);
     snprintf(k->dtype, sizeof k->dtype, "%s", dtype);
     snprintf(k->shape, sizeof k->shape, "%s", shape);
+    /* gemv / gemm cases name their rows first ("MxNxK") */
+    snprintf(k->variant, sizeof k->variant, "%s", clnpu_op_variant(c->dev, op, strtoul(shape, NULL, 10)));
     if (st) {
         k->status = st == CLNPU_ERR_UNSUPPORTED ? CONF_UNSUPPORTED : CONF_FAIL;
         snprintf(k->note, sizeof k->note, "%s", clnpu_error_message());
@@ -64,8 +66,8 @@ void conf_record(conf_ctx *c, int tier, const char *op, const char *dtype, const
         k->status = !(err <= tol) ? CONF_FAIL : CONF_PASS; /* NaN fails */
     }
     static const char *names[] = {"pass", "FAIL", "unsupported"};
-    printf("  %-5s t%d %-18s %-6s %-26s err %-9.2e tol %-9.2e %8.1f ms%s%s\n", names[k->status], tier, op, dtype,
-           shape, err, tol, ms, k->note[0] ? "  " : "", k->note);
+    printf("  %-5s t%d %-18s %-6s %-26s err %-9.2e tol %-9.2e %8.1f ms  [%s]%s%s\n", names[k->status], tier, op,
+           dtype, shape, err, tol, ms, k->variant, k->note[0] ? "  " : "", k->note);
     fflush(stdout);
 }
 
@@ -78,6 +80,7 @@ void conf_unsupported(conf_ctx *c, int tier, const char *op, const char *dtype, 
     snprintf(k->dtype, sizeof k->dtype, "%s", dtype);
     snprintf(k->shape, sizeof k->shape, "%s", shape);
     snprintf(k->note, sizeof k->note, "%s", why);
+    snprintf(k->variant, sizeof k->variant, "%s", clnpu_op_variant(c->dev, op, strtoul(shape, NULL, 10)));
     printf("  %-5s t%d %-18s %-6s %-26s %s\n", "unsup", tier, op, dtype, shape, why);
 }
 
@@ -102,6 +105,8 @@ static int write_report(const conf_ctx *c, const char *path, int max_tier)
     clnpu_yaml_kv_str(y, "type", clnpu_device_type_name(d->type));
     clnpu_yaml_kv_str(y, "profile", clnpu_device_get_profile(c->dev)->name);
     clnpu_yaml_kv_bool(y, "emulated", clnpu_device_is_emulated(c->dev));
+    clnpu_yaml_kv_str(y, "kernel_family", clnpu_kernel_family_name(clnpu_device_capability(c->dev)->family));
+    clnpu_yaml_kv_str(y, "kernel_family_reason", clnpu_device_capability(c->dev)->reason);
     clnpu_yaml_map_end(y);
     const char *qv[8], *qr[8];
     size_t nq = clnpu_quirks_applied(d, qv, qr, 8);
@@ -126,6 +131,7 @@ static int write_report(const conf_ctx *c, const char *path, int max_tier)
         clnpu_yaml_kv_str(y, "dtype", k->dtype);
         clnpu_yaml_kv_str(y, "shape", k->shape);
         clnpu_yaml_kv_str(y, "status", names[k->status]);
+        clnpu_yaml_kv_str(y, "variant", k->variant);
         if (!isnan(k->err)) clnpu_yaml_kv_num(y, "error", k->err);
         clnpu_yaml_kv_num(y, "tolerance", k->tol);
         clnpu_yaml_kv_num(y, "ms", k->ms);
@@ -184,6 +190,8 @@ int cmd_conformance(int argc, char **argv)
     const char *qv[8], *qr[8];
     size_t nq = clnpu_quirks_applied(d, qv, qr, 8);
     for (size_t i = 0; i < nq; i++) printf("quirk: %s disabled (%s)\n", qv[i], qr[i]);
+    printf("kernel family: %s (%s)\n", clnpu_kernel_family_name(clnpu_device_capability(c.dev)->family),
+           clnpu_device_capability(c.dev)->reason);
     void (*tiers[4])(conf_ctx *) = {conf_tier0, conf_tier1, conf_tier2, conf_tier3};
     for (size_t t = 0; t <= tier; t++) tiers[t](&c);
     size_t pass = 0, fail = 0, unsup = 0;

@@ -25,6 +25,13 @@ static void print_text(const clnpu_device_info *d, const clnpu_profile *p, bool 
            d->subgroups || d->subgroup_size_count ? "yes" : "no", d->pref_vector_width_float);
     printf("    profile      %s (%s)%s\n", p->name, p->class_name,
            emulated ? " EMULATED" : matched ? "" : " (no profile matched: generic from capabilities)");
+    clnpu_capability c;
+    clnpu_capability_compute(d, p, emulated, &c);
+    printf("    kernels      %s family (%s)", clnpu_kernel_family_name(c.family), c.reason);
+    if (c.family == CLNPU_KERNEL_FAMILY_WG)
+        printf(", reductions %u wide, GEMM tile %ux%ux%u by %ux%u threads, %zu B local", c.wg_size, c.gemm.mwg,
+               c.gemm.nwg, c.gemm.kwg, c.gemm.mdimc, c.gemm.ndimc, clnpu_gemm_wg_local_bytes(&c.gemm, false));
+    printf("\n");
     if (emulated) {
         uint64_t c = (uint64_t)p->memory_bytes < d->global_mem_bytes ? (uint64_t)p->memory_bytes
                                                                     : d->global_mem_bytes;
@@ -63,6 +70,11 @@ static void print_yaml(clnpu_yaml *y, const clnpu_device_info *d, const clnpu_pr
     clnpu_yaml_kv_str(y, "profile", p->name);
     clnpu_yaml_kv_bool(y, "profile_matched", matched);
     clnpu_yaml_kv_bool(y, "emulated", emulated);
+    clnpu_capability c;
+    clnpu_capability_compute(d, p, emulated, &c);
+    clnpu_yaml_kv_str(y, "kernel_family", clnpu_kernel_family_name(c.family));
+    clnpu_yaml_kv_bool(y, "subgroups", d->subgroups);
+    clnpu_yaml_kv_int(y, "max_num_subgroups", d->max_num_subgroups);
     if (emulated) clnpu_yaml_kv_int(y, "emulated_memory_bytes", (long long)p->memory_bytes);
     clnpu_yaml_map_end(y);
 }

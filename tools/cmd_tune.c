@@ -12,10 +12,10 @@
 
 #include "bench_util.h"
 
-static const char usage[] = "clnpu tune " CLI_DEVICE_USAGE " [--ops gemm,attention,mla] [--dtype f32,bf16,...] "
+static const char usage[] = "clnpu tune " CLI_DEVICE_USAGE " [--ops gemm,gemm_wg,attention,mla] [--dtype f32,bf16,...] "
                             "[--budget SECONDS] [--db FILE] [--force]";
 
-#define MAXP 8
+#define MAXP 10 /* gemm_wg: ten tile parameters */
 #define MAXV 12
 #define MAXC 4096 /* candidates kept per class (a random sample when the space is larger) */
 #define NSHAPE 2  /* shapes measured per class */
@@ -26,6 +26,7 @@ typedef struct space {
     int vals[MAXP][MAXV], nv[MAXP];
     char prod[2][16]; int prod_max; /* max_product */
     bool local_rows;                /* bk * attention_row <= budget */
+    bool gemm_wg;                   /* clnpu_gemm_wg_params_valid and its local bytes <= budget */
 } space;
 
 /* The declaration of one family from the embedded tunables.yaml. */
@@ -68,6 +69,8 @@ static bool load_space(const char *family, space *sp)
                         sp->prod_max = atoi((char *)yaml_document_get_node(&d, ri[2])->data.scalar.value);
                     } else if (!strcmp(cn, "local_mem_per")) {
                         sp->local_rows = true;
+                    } else if (!strcmp(cn, "gemm_wg_tile")) {
+                        sp->gemm_wg = true;
                     }
                 }
             }
@@ -86,8 +89,28 @@ static int value_of(const space *sp, const int *v, const char *name, int def)
     return isdigit((unsigned char)name[0]) ? atoi(name) : def;
 }
 
+/* A gemm_wg candidate as parameters: the device's defaults with the candidate's values over them. */
+static clnpu_gemm_wg_params wg_params(const space *sp, const int *v, const clnpu_gemm_wg_params *def)
+{
+    clnpu_gemm_wg_params p = *def;
+    p.mwg = (unsigned)value_of(sp, v, "mwg", (int)p.mwg), p.nwg = (unsigned)value_of(sp, v, "nwg", (int)p.nwg);
+    p.kwg = (unsigned)value_of(sp, v, "kwg", (int)p.kwg), p.mdimc = (unsigned)value_of(sp, v, "mdimc", (int)p.mdimc);
+    p.ndimc = (unsigned)value_of(sp, v, "ndimc", (int)p.ndimc), p.vwm = (unsigned)value_of(sp, v, "vwm", (int)p.vwm);
+    p.vwn = (unsigned)value_of(sp, v, "vwn", (int)p.vwn), p.kwi = (unsigned)value_of(sp, v, "kwi", (int)p.kwi);
+    p.sa = (unsigned)value_of(sp, v, "sa", (int)p.sa), p.sb = (unsigned)value_of(sp, v, "sb", (int)p.sb);
+    return p;
+}
+
+static const clnpu_capability *tune_cap; /* the device being tuned (gemm_wg constraints) */
+
 static bool allowed(const space *sp, const int *v, uint64_t local_budget, int row_bytes)
 {
+    if (sp->gemm_wg) {
+        clnpu_gemm_wg_params p = wg_params(sp, v, &tune_cap->gemm);
+        if (!clnpu_gemm_wg_params_valid(&p, tune_cap->max_wg, NULL) ||
+            clnpu_gemm_wg_local_bytes(&p, false) > local_budget)
+            return false;
+    }
     if (sp->prod_max && value_of(sp, v, sp->prod[0], 1) * value_of(sp, v, sp->prod[1], 1) > sp->prod_max) return false;
     if (sp->local_rows && (uint64_t)value_of(sp, v, "bk", 0) * (uint64_t)row_bytes > local_budget) return false;
     return true;
@@ -306,7 +329,7 @@ static clnpu_status setup(runner *r, clnpu_device *dev, const job *j, bool check
 {
     memset(r, 0, sizeof *r);
     r->dev = dev, r->j = j;
-    if (!strcmp(j->kernel, "gemm"))
+    if (!strncmp(j->kernel, "gemm", 4)) /* gemm and gemm_wg */
         return check ? gemm_setup(r, j->segs ? j->segs * 2 : (j->m < 9 ? j->m : 23), 37, 300, true)
                      : gemm_setup(r, j->m, j->n, j->k, false);
     if (!strcmp(j->kernel, "attention")) return attn_setup(r, check ? 37 : 512, check);
@@ -315,13 +338,13 @@ static clnpu_status setup(runner *r, clnpu_device *dev, const job *j, bool check
 
 static bench_fn step_of(const job *j)
 {
-    return !strcmp(j->kernel, "gemm") ? gemm_step : !strcmp(j->kernel, "attention") ? attn_step : mla_step;
+    return !strncmp(j->kernel, "gemm", 4) ? gemm_step : !strcmp(j->kernel, "attention") ? attn_step : mla_step;
 }
 
 /* Read back the check output: relative error against the reference. */
 static double check_error(runner *r)
 {
-    clnpu_buffer *out = !strcmp(r->j->kernel, "gemm") ? r->y : !strcmp(r->j->kernel, "attention") ? r->z3[3] : r->z3[5];
+    clnpu_buffer *out = !strncmp(r->j->kernel, "gemm", 4) ? r->y : !strcmp(r->j->kernel, "attention") ? r->z3[3] : r->z3[5];
     float *o = malloc(r->check_n * 4);
     double num = 0, den = 0;
     if (clnpu_buffer_read(out, 0, o, r->check_n * 4)) {
@@ -349,7 +372,7 @@ static clnpu_tuning_entry job_entry(clnpu_device *dev, const job *j, const space
     snprintf(e.kernel, sizeof e.kernel, "%s", j->kernel);
     snprintf(e.dtype, sizeof e.dtype, "%s", clnpu_dtype_name(j->dtype));
     snprintf(e.shape_class, sizeof e.shape_class, "%s", j->cls);
-    clnpu_tuning_source_hash(!strcmp(j->kernel, "gemm") ? "gemm.cl" : !strcmp(j->kernel, "attention") ? "attention.cl" : "mla.cl",
+    clnpu_tuning_source_hash(!strcmp(j->kernel, "gemm_wg") ? "gemm_wg.cl" : !strcmp(j->kernel, "gemm") ? "gemm.cl" : !strcmp(j->kernel, "attention") ? "attention.cl" : "mla.cl",
                              e.source_hash);
     for (int i = 0; v && i < sp->np; i++) {
         snprintf(e.names[e.nparams], sizeof e.names[0], "%s", sp->name[i]);
@@ -470,7 +493,7 @@ int cmd_tune(int argc, char **argv)
     cli_device_args da = {0};
     const char *ops = "gemm,attention,mla", *dtypes = "f32,bf16,int8,fp8", *dbpath = NULL;
     double budget = 120;
-    bool force = false;
+    bool force = false, ops_given = false;
     int opt;
     opterr = 0;
     optind = 1;
@@ -486,7 +509,7 @@ int cmd_tune(int argc, char **argv)
                    "(default\n<cache dir>/tuning.yaml, used automatically by the runtime). --budget is in seconds "
                    "(default 120).\n", usage);
             return CLI_EXIT_OK;
-        case O_OPS: ops = optarg; break;
+        case O_OPS: ops = optarg, ops_given = true; break;
         case O_DTYPE: dtypes = optarg; break;
         case O_BUDGET:
             if (!cli_parse_double(optarg, 1e-3, 1e7, &budget)) return cli_usage_error("tune", usage, "bad --budget '%s'", optarg);
@@ -503,7 +526,8 @@ int cmd_tune(int argc, char **argv)
     char dbuf[128], obuf[128];
     snprintf(obuf, sizeof obuf, "%s", ops);
     for (char *op = strtok(obuf, ","); op; op = strtok(NULL, ",")) {
-        if (!strcmp(op, "gemm")) {
+        if (!strcmp(op, "gemm") || !strcmp(op, "gemm_wg")) {
+            const char *kn = !strcmp(op, "gemm") ? "gemm" : "gemm_wg";
             snprintf(dbuf, sizeof dbuf, "%s", dtypes);
             char *save = NULL;
             for (char *dt = strtok_r(dbuf, ",", &save); dt; dt = strtok_r(NULL, ",", &save)) {
@@ -512,22 +536,36 @@ int cmd_tune(int argc, char **argv)
                 /* two shapes from each class's range (runtime/gemm_params.c, docs/tuning.md): a
                  * small and a large weight, short and long K */
                 const clnpu_dtype d = (clnpu_dtype)t;
-                jobs[nj++] = (job){"gemm", "gemv", d, 1, 2048, 4096, 0, {{1, 2048, 4096}, {1, 7168, 2048}}};
-                jobs[nj++] = (job){"gemm", "decode", d, 8, 2048, 2048, 0, {{8, 2048, 2048}, {4, 1536, 7168}}};
-                jobs[nj++] = (job){"gemm", "grouped", d, 16, 512, 1024, 8, {{16, 512, 1024}, {128, 1024, 512}}};
-                jobs[nj++] = (job){"gemm", "prefill", d, 256, 512, 1024, 0, {{256, 1024, 1024}, {512, 1536, 7168}}};
+                if (nj + 4 > sizeof jobs / sizeof jobs[0]) return cli_usage_error("tune", usage, "too many jobs");
+                /* the wg GEMV has no tile parameters: gemm_wg's classes are the tiled ones */
+                if (kn[4] == '\0') jobs[nj++] = (job){kn, "gemv", d, 1, 2048, 4096, 0, {{1, 2048, 4096}, {1, 7168, 2048}}};
+                if (kn[4] == '\0') jobs[nj++] = (job){kn, "decode", d, 8, 2048, 2048, 0, {{8, 2048, 2048}, {4, 1536, 7168}}};
+                jobs[nj++] = (job){kn, "grouped", d, 16, 512, 1024, 8, {{16, 512, 1024}, {128, 1024, 512}}};
+                jobs[nj++] = (job){kn, "prefill", d, 256, 512, 1024, 0, {{256, 1024, 1024}, {512, 1536, 7168}}};
             }
         } else if (!strcmp(op, "attention")) {
             jobs[nj++] = (job){"attention", "d192_128", CLNPU_DTYPE_F32, 0, 0, 0, 0, {{0}}};
         } else if (!strcmp(op, "mla")) {
             jobs[nj++] = (job){"mla", "ctx4k", CLNPU_DTYPE_F32, 0, 0, 0, 0, {{0}}};
         } else {
-            return cli_usage_error("tune", usage, "unknown op '%s' (gemm, attention, mla)", op);
+            return cli_usage_error("tune", usage, "unknown op '%s' (gemm, gemm_wg, attention, mla)", op);
         }
     }
     clnpu_device *dev;
     clnpu_status st = cli_open_device(&da, false, &dev);
     if (st) return cli_fail("tune", st);
+    if (!ops_given && clnpu_device_capability(dev)->family == CLNPU_KERNEL_FAMILY_WG) {
+        /* by default, the GEMM family this device runs: gemm_wg's tiled classes */
+        size_t kept = 0;
+        for (size_t i = 0; i < nj; i++) {
+            if (!strcmp(jobs[i].kernel, "gemm")) {
+                if (!strcmp(jobs[i].cls, "gemv") || !strcmp(jobs[i].cls, "decode")) continue;
+                jobs[i].kernel = "gemm_wg";
+            }
+            jobs[kept++] = jobs[i];
+        }
+        nj = kept;
+    }
     char defpath[1200];
     snprintf(defpath, sizeof defpath, "%s/tuning.yaml", clnpu_device_cache_dir(dev));
     if (!dbpath) dbpath = *clnpu_device_cache_dir(dev) ? defpath : "tuning.yaml";
@@ -539,6 +577,9 @@ int cmd_tune(int argc, char **argv)
         return cli_fail("tune", st);
     }
     clnpu_device_set_tuning(dev, work); /* candidates go through here */
+    const clnpu_kernel_family table_family = clnpu_device_capability(dev)->family;
+    const unsigned table_wg = clnpu_device_capability(dev)->wg_size;
+    tune_cap = clnpu_device_capability(dev);
     const clnpu_device_info *info = clnpu_device_get_info(dev);
     printf("tuning %s (%s), profile %s, budget %.0f s, database %s\n", info->name, info->vendor,
            clnpu_device_get_profile(dev)->name, budget, dbpath);
@@ -559,6 +600,10 @@ int cmd_tune(int argc, char **argv)
             printf("  %-28s already tuned (%s); --force to redo\n", label, have->measured);
             continue;
         }
+        /* each GEMM family's tunables are measured with that family running */
+        clnpu_device_set_kernel_family(dev, !strcmp(j->kernel, "gemm_wg") ? CLNPU_KERNEL_FAMILY_WG
+                                            : !strcmp(j->kernel, "gemm") ? CLNPU_KERNEL_FAMILY_CPU : table_family,
+                                       table_wg);
         space sp;
         /* attention has two kernels; the tunables are those of the one this device runs */
         const bool regs = !strcmp(j->kernel, "attention") && clnpu_attention_uses_registers(dev);
@@ -764,6 +809,7 @@ int cmd_tune(int argc, char **argv)
         printf("%-28s %11.3f %11.3f %7.2fx  %s  [%s]\n", rows[i].label, rows[i].def, rows[i].best,
                rows[i].def / rows[i].best, rows[i].params, rows[i].how);
     printf("tuning time %.0f s; database %s (%zu entries)\n", bench_now_s() - t_start, dbpath, clnpu_tuning_db_count(db));
+    clnpu_device_set_kernel_family(dev, table_family, table_wg);
     clnpu_device_set_tuning(dev, NULL);
     clnpu_tuning_db_destroy(work);
     clnpu_tuning_db_destroy(db);

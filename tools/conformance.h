@@ -7,7 +7,7 @@ typedef enum { CONF_PASS, CONF_FAIL, CONF_UNSUPPORTED } conf_status;
 
 typedef struct conf_case {
     int tier;
-    char op[32], dtype[16], shape[64], note[160];
+    char op[32], dtype[16], shape[64], note[160], variant[64];
     double tol, err, ms;
     conf_status status;
 } conf_case;

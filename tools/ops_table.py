@@ -16,7 +16,10 @@ def main():
     for p in paths:
         with open(p, encoding="utf-8") as f:
             reports.append(yaml.safe_load(f))
-    devices = [f"{r['device']['name']} ({r['device']['profile']})" for r in reports]
+    # the kernel family the capability table chose (reports from before it have none)
+    devices = [f"{r['device']['name']} ({r['device']['profile']}"
+               + (f", {r['device']['kernel_family']} kernels" if r['device'].get('kernel_family') else "") + ")"
+               for r in reports]
     rows = {}
     for i, r in enumerate(reports):
         for c in r["cases"]:

@@ -30,6 +30,7 @@
 #include "clnpu/status.h"
 #include "clnpu/profile.h"
 #include "clnpu/device.h"
+#include "clnpu/capability.h"
 #include "clnpu/program.h"
 #include "clnpu/dtype.h"
 #include "clnpu/gemm.h"

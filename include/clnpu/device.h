@@ -73,7 +73,8 @@ typedef struct clnpu_device_info {
     unsigned native_vector_width_float;
     bool fp16, fp64;
     bool int_dot_product;  /* cl_khr_integer_dot_product */
-    bool subgroups;        /* cl_khr_subgroups or OpenCL 3.0 sub-groups */
+    bool subgroups;        /* cl_khr_subgroups, cl_intel_subgroups or OpenCL 3.0 sub-groups */
+    unsigned max_num_subgroups; /* CL_DEVICE_MAX_NUM_SUB_GROUPS (0x105C), 0 when not reported */
     size_t subgroup_sizes[8];
     unsigned subgroup_size_count;
     unsigned address_bits;

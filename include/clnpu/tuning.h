@@ -33,7 +33,7 @@
 extern "C" {
 #endif
 
-#define CLNPU_TUNING_MAX_PARAMS 8
+#define CLNPU_TUNING_MAX_PARAMS 12
 
 typedef struct clnpu_tuning_entry {
     char device_key[384];   /* vendor|name|driver|options hash */

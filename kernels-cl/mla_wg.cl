@@ -1,0 +1,135 @@
+/* Work-group family of the absorbed MLA decode (same math and outputs as mla.cl): a work-group of
+ * WGS threads per (HG heads, sequence b, context chunk). The HG scaled query rows [q_abs | q_pe]
+ * stay in local memory; cache rows [c_t | kpe_t] of the chunk stream through local tiles of BT
+ * rows (coalesced loads through the block table); threads compute the HG x BT scores, one thread
+ * per head runs the online-softmax update, and the threads accumulate z = z * corr + p . c with
+ * ceil(HG * R / WGS) latent elements each. Chunks write partial (z, max, sum) that
+ * clnpu_mla_combine (mla.cl) merges, or the output directly when the context is one chunk.
+ * Local floats: HG * ROW + BT * (ROW + 1) + HG * BT + 3 * HG; the host sizes HG and BT. */
+#include "clnpu_common.h"
+
+#ifndef CLNPU_MLA_R
+#define CLNPU_MLA_R 512
+#endif
+#ifndef CLNPU_MLA_DR
+#define CLNPU_MLA_DR 64
+#endif
+#ifndef CLNPU_MLA_HG
+#define CLNPU_MLA_HG 4
+#endif
+#ifndef CLNPU_MLA_BT
+#define CLNPU_MLA_BT 8
+#endif
+#ifndef WGS
+#define WGS 64
+#endif
+/* The latent cache's element type as in mla.cl: f32, or bf16 with CLNPU_CACHE_BF16=1 (widened
+ * exactly as the tile is loaded; the local tile and the arithmetic stay f32). */
+#ifndef CLNPU_CACHE_BF16
+#define CLNPU_CACHE_BF16 0
+#endif
+#if CLNPU_CACHE_BF16
+#define CACHE_T ushort
+#define CACHE_LOAD(x) clnpu_bf16_to_f32(x)
+#else
+#define CACHE_T float
+#define CACHE_LOAD(x) (x)
+#endif
+#define R CLNPU_MLA_R
+#define DR CLNPU_MLA_DR
+#define HG CLNPU_MLA_HG
+#define BT CLNPU_MLA_BT
+#define ROW (R + DR)
+#define CS (ROW + 1)                      /* padded cache row in local memory */
+#define ZPT_ ((HG * R + WGS - 1) / WGS)
+#define ZPT (ZPT_ > 1 ? ZPT_ : 2)          /* latent outputs per thread (at least 2: attention_wg.cl says why) */
+#define SPT ((HG * BT + WGS - 1) / WGS)   /* scores per thread */
+#if HG > WGS
+#error "mla_wg: HG must not exceed the work-group"
+#endif
+
+/* Grid: (ceil(H / HG) * WGS, B, splits), local (WGS, 1, 1). part_z: [B][H][splits][R];
+ * part_ml: [B][H][splits][2]; lm: the local floats above. */
+__kernel __attribute__((reqd_work_group_size(WGS, 1, 1)))
+void clnpu_mla_decode_wg(__global const float *qa, __global const float *qp, const uint qp_off, const uint qp_hs,
+                         __global const CACHE_T *cache, const uint page, __global const int *block_table,
+                         const uint max_blocks, __global const int *seq_len, __global float *part_z,
+                         __global float *part_ml, const uint H, const uint splits, const uint chunk,
+                         const float scale, __local float *lm)
+{
+    __local float *qs = lm, *cs = qs + HG * ROW, *ss = cs + BT * CS;
+    __local float *mrow = ss + HG * BT, *lrow = mrow + HG, *crow = lrow + HG;
+    const uint lid = get_local_id(0), hg0 = get_group_id(0) * HG, b = get_group_id(1), sp = get_group_id(2);
+    if (hg0 >= H) return;
+    const uint nh = min((uint)HG, H - hg0);
+    const uint len = (uint)seq_len[b];
+    const uint t0 = sp * chunk, t1 = min(len, t0 + chunk);
+    for (uint e = lid; e < HG * ROW; e += WGS) {
+        const uint g = e / ROW, d = e % ROW, h = hg0 + min(g, nh - 1);
+        qs[e] = (d < R ? qa[((size_t)b * H + h) * R + d] : qp[qp_off + ((size_t)b * H + h) * qp_hs + d - R]) * scale;
+    }
+    if (lid < HG) {
+        mrow[lid] = -INFINITY;
+        lrow[lid] = 0.0f;
+    }
+    float z[ZPT];
+    for (uint i = 0; i < ZPT; i++) z[i] = 0.0f;
+    __global const int *bt = block_table + (size_t)b * max_blocks;
+    for (uint tb = t0; tb < t1; tb += BT) {
+        const uint cnt = min((uint)BT, t1 - tb);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (uint e = lid; e < BT * ROW; e += WGS) {
+            const uint j = e / ROW, d = e % ROW, t = tb + j;
+            cs[j * CS + d] = j < cnt ? CACHE_LOAD(cache[((size_t)bt[t / page] * page + t % page) * ROW + d]) : 0.0f;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (uint r = 0; r < SPT; r++) {
+            const uint e = lid + r * WGS;
+            if (e >= HG * BT) break;
+            const uint g = e / BT, j = e % BT;
+            float s = -INFINITY;
+            if (j < cnt) {
+                s = 0.0f;
+                for (uint d = 0; d < ROW; d++) s = fma(qs[g * ROW + d], cs[j * CS + d], s);
+            }
+            ss[e] = s;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (lid < HG) {
+            float bm = -INFINITY;
+            for (uint j = 0; j < cnt; j++) bm = fmax(bm, ss[lid * BT + j]);
+            const float mo = mrow[lid], mn = fmax(mo, bm);
+            const float corr = exp(mo - mn); /* 0 on the first tile (mo = -inf, mn finite) */
+            float sum = lrow[lid] * corr;
+            for (uint j = 0; j < BT; j++) {
+                const float p = j < cnt ? exp(ss[lid * BT + j] - mn) : 0.0f;
+                ss[lid * BT + j] = p;
+                sum += p;
+            }
+            mrow[lid] = mn, lrow[lid] = sum, crow[lid] = corr;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (uint r = 0; r < ZPT; r++) {
+            const uint e = lid + r * WGS;
+            if (e >= HG * R) break;
+            const uint g = e / R, d = e % R;
+            float acc = z[r] * crow[g];
+            for (uint j = 0; j < cnt; j++) acc = fma(ss[g * BT + j], cs[j * CS + d], acc);
+            z[r] = acc;
+        }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint r = 0; r < ZPT; r++) {
+        const uint e = lid + r * WGS;
+        if (e >= HG * R) break;
+        const uint g = e / R, d = e % R;
+        if (g >= nh) continue;
+        const size_t idx = ((size_t)b * H + hg0 + g) * splits + sp;
+        /* the whole context in one chunk: part_z is the output, no merge pass */
+        part_z[idx * R + d] = splits == 1 ? z[r] / lrow[g] : z[r];
+        if (splits > 1 && d == 0) {
+            part_ml[2 * idx] = mrow[g]; /* -inf for an empty chunk */
+            part_ml[2 * idx + 1] = lrow[g];
+        }
+    }
+}
