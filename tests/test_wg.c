@@ -631,16 +631,21 @@ START_TEST(test_wg_mla)
 }
 END_TEST
 
-/* Routing (sigmoid, group-limited top-k) and the dispatch plan: the wg family's ids, weights and
- * plan equal the cpu family's (same order of every sum), at 64 / 128 / 256 work-items. */
+/* Routing (sigmoid, group-limited top-k; A.X K2's masked groups scoring 0) and the dispatch plan:
+ * the wg family's ids, weights and plan equal the cpu family's (same order of every sum), at 64 /
+ * 128 / 256 work-items. */
 START_TEST(test_wg_moe)
 {
     clnpu_device *dev = test_device();
     const unsigned sizes[] = {64, 128, 256};
     const size_t T = 37, E = _i == 1 ? 192 : 64, K = 6;
-    const clnpu_moe_config cfg = {E, 8, 4, K, true, 2.5f, false};
+    /* case 2: A.X K2's routing, the experts of groups not kept compete with a score of 0 (biases
+     * negative so that such an expert can win) */
+    const clnpu_moe_config cfg = {E, 8, 4, K, true, 2.5f, _i == 2};
     float *lg = random_vec(T * (E + 3)), *bias = random_vec(E);
     for (size_t i = 0; i < T * (E + 3); i++) lg[i] *= 4;
+    if (_i == 2)
+        for (size_t e = 0; e < E; e++) bias[e] -= 1.5f;
     clnpu_buffer *bl = upload(lg, T * (E + 3) * 4), *bb = upload(bias, E * 4), *bi[2], *bw[2], *pl[2][4];
     int ids[2][37 * 6], plan[2][4][200 + 37 * 6];
     float w[2][37 * 6];
