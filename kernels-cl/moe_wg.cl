@@ -76,7 +76,15 @@ void clnpu_moe_route_wg(__global const float *logits, const uint ld, __global co
         if (lid == 0) keep[best] = 1, avail[best] = 0;
         barrier(CLK_LOCAL_MEM_FENCE);
     }
+#ifdef CLNPU_MOE_MASKED_ZERO
+    /* A.X K2 (as moe.cl): the other groups' experts take part with a biased score of 0 */
+    for (uint e = lid; e < E; e += WGS) {
+        if (!keep[e / gs]) sb[e] = 0.0f;
+        avail[e] = 1;
+    }
+#else
     for (uint e = lid; e < E; e += WGS) avail[e] = keep[e / gs];
+#endif
     barrier(CLK_LOCAL_MEM_FENCE);
     for (uint r = 0; r < top_k; r++) {
         const int best = wg_argmax(sb, avail, E, rv, ri);

@@ -1,6 +1,7 @@
 /* MoE routing and dispatch operators (the expert GEMMs themselves are clnpu_gemm_grouped). */
 #include "../common/error.h"
 #include <stdio.h>
+#include <string.h>
 
 #include "clnpu/capability.h"
 #include "clnpu/ops.h"
@@ -42,10 +43,10 @@ clnpu_status clnpu_moe_route(clnpu_device *dev, clnpu_view logits, const clnpu_b
     cl_float sc = c->routed_scaling_factor;
     clnpu_karg a[] = {KARG(ml), KARG(ld), KARG(mb), KARG(E), KARG(ng), KARG(tg), KARG(tk), KARG(norm),
                       KARG(sc), KARG(mi), KARG(mw), KARG(tt)};
-    char opts[32];
-    /* the wg kernel has no masked-groups mode yet (A.X K2 / DeepSeek-V3.2 routing): those route on
-     * the cpu family's kernel, which is correct on any device */
-    const size_t wg = c->masked_groups_score_zero ? 0 : moe_wg(dev, opts, sizeof opts);
+    char opts[64];
+    const size_t wg = moe_wg(dev, opts, sizeof opts);
+    if (wg && c->masked_groups_score_zero) /* A.X K2 / DeepSeek-V3.2 routing */
+        strncat(opts, " -DCLNPU_MOE_MASKED_ZERO=1", sizeof opts - strlen(opts) - 1);
     if (wg) { /* a work-group per token */
         size_t g[1] = {T * wg}, l[1] = {wg};
         return clnpu_launch(dev, "moe_wg.cl", opts, "clnpu_moe_route_wg", 1, g, l, a, 12);
