@@ -162,14 +162,18 @@ clnpu_status tk_parse_bpe(clnpu_tokenizer *t, const cJSON *model)
         if (cJSON_IsString(e)) { /* "a b": split at the first space, as HF does */
             a = e->valuestring;
             const char *sp = strchr(a, ' ');
-            if (!sp || strchr(sp + 1, ' '))
+            if (!sp || strchr(sp + 1, ' ')) {
+                free(joined); /* from an earlier merge */
                 return clnpu_fail(CLNPU_ERR_PARSE, "%s: merge %u \"%s\" is not two tokens separated by a space", t->origin, rank, a);
+            }
             la = (size_t)(sp - a), b = sp + 1, lb = strlen(b);
         } else if (cJSON_IsArray(e) && cJSON_GetArraySize(e) == 2 && cJSON_IsString(e->child) && cJSON_IsString(e->child->next)) {
             a = e->child->valuestring, b = e->child->next->valuestring;
             la = strlen(a), lb = strlen(b);
-        } else
+        } else {
+            free(joined);
             return clnpu_fail(CLNPU_ERR_PARSE, "%s: merge %u is neither \"a b\" nor [a, b]", t->origin, rank);
+        }
         int ia = tk_vocab_find(t, a, la), ib = tk_vocab_find(t, b, lb);
         if (la + lb + 1 > jcap) {
             char *nj = realloc(joined, jcap = la + lb + 64);
