@@ -115,6 +115,8 @@ START_TEST(test_chat_template_errors)
     expect_error("{% if true %}\nno end", "'if' is never closed", 1);
     expect_error("{% for x in messages %}", "'for' is never closed", 1);
     expect_error("\n{% endif %}", "'endif' without a matching opening tag", 2);
+    /* fuzz_text's find: adjacent string literals after an error in the same expression (a NULL node) */
+    expect_error("{% for message in messages %{ '<|im_st\x97""rt|>' + messege[' l\xff""\xff""\xff""\xff""\xff""\xff""\xff""]\x0a""' + messagei'content''\xff""\xff"" <]|im_end|>' + '\x0a""' }}{% endfoo %}{% if add_generation_prompt %}{{king is defined and\xd7""\x91""ot enable_thinking %}{{ '<'<|im_start|>assistaz\xff""1ink>\x0a""\x0a""</think>\x0a""\x0a""' }}{% endif %}{% endif %}", "expected ']' but found 'content'", 1);
     expect_error("{{ 'abc }}", "unterminated string", 1);
     expect_error("{{ 1 +  }}", "unexpected 'end of tag'", 1);
     expect_error("{{ x", "never closed", 1);

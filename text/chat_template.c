@@ -333,7 +333,7 @@ static node *p_primary(parser *P)
         n = mk(P, E_STR);
         if (n) n->s = strdup(t->s);
         advance(P);
-        while (peek(P)->kind == T_STR) { /* adjacent literals concatenate */
+        while (n && n->s && peek(P)->kind == T_STR) { /* adjacent literals concatenate (n: NULL past a failure) */
             size_t a = strlen(n->s), b = strlen(peek(P)->s);
             char *s = realloc(n->s, a + b + 1);
             if (s) memcpy(s + a, peek(P)->s, b + 1), n->s = s;
