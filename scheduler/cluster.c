@@ -163,7 +163,7 @@ static clnpu_status parse_root(const ctx *c, const yaml_node_t *root, const clnp
     if (!st && (v = get(c, root, "redundant_experts"))) st = num(c, v, "redundant_experts", &red);
     if (!st && (red != floor(red) || red > 65536))
         st = clnpu_yaml_fail_at(c->origin, v, "redundant_experts must be an integer 0..65536");
-    cl->redundant_experts = (size_t)red;
+    if (!st) cl->redundant_experts = (size_t)red; /* only in range: the cast of 1e64 is undefined */
     cl->tbo = CLNPU_TBO_OFF;
     if (!st) st = phase_of(c, root, &cl->ep_dispatch, &cl->tbo, &cl->rates, cl->rates_source);
     static const char *const phases[2] = {"decode", "prefill"};

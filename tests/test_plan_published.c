@@ -142,9 +142,11 @@ START_TEST(test_published_overlap_and_inputs)
     const char *bad[] = {"name: x\nkernel_rates: {gemm_flops: 1e15}\nnodes:\n  - devices: [{profile: pocl-cpu}]\n",
                          "name: x\nep_dispatch: fast\nnodes:\n  - devices: [{profile: pocl-cpu}]\n",
                          "name: x\ntbo: maybe\nnodes:\n  - devices: [{profile: pocl-cpu}]\n",
-                         "name: x\nredundant_experts: 1.5\nnodes:\n  - devices: [{profile: pocl-cpu}]\n"};
-    const char *want[] = {"source", "ep_dispatch", "tbo", "redundant_experts"};
-    for (int i = 0; i < 4; i++) {
+                         "name: x\nredundant_experts: 1.5\nnodes:\n  - devices: [{profile: pocl-cpu}]\n",
+                         /* CI's fuzzer: refused, and never cast to size_t (undefined past its range) */
+                         "name: x\nredundant_experts: 1e64\nnodes:\n  - devices: [{profile: pocl-cpu}]\n"};
+    const char *want[] = {"source", "ep_dispatch", "tbo", "redundant_experts", "redundant_experts"};
+    for (int i = 0; i < 5; i++) {
         ck_assert_int_eq(clnpu_cluster_parse(bad[i], strlen(bad[i]), "c.yaml", NULL, &cl), CLNPU_ERR_PARSE);
         ck_assert_msg(strstr(clnpu_error_message(), "c.yaml:") && strstr(clnpu_error_message(), want[i]), "%s",
                       clnpu_error_message());
