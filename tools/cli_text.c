@@ -20,20 +20,33 @@ static cJSON *read_json(const char *dir, const char *name)
     return j;
 }
 
-static void add_eos(cli_text *t, int id)
+static void add_eos(int *eos, size_t *n, size_t cap, int id)
 {
     if (id < 0) return;
-    for (size_t i = 0; i < t->neos; i++)
-        if (t->eos[i] == id) return;
-    if (t->neos < CLI_MAX_EOS) t->eos[t->neos++] = id;
+    for (size_t i = 0; i < *n; i++)
+        if (eos[i] == id) return;
+    if (*n < cap) eos[(*n)++] = id;
 }
 
-static void add_eos_json(cli_text *t, const cJSON *v)
+/* An eos_token_id: an id or a list; ids range-checked before the cast (1e300 as an int is undefined). */
+static void add_eos_json(int *eos, size_t *n, size_t cap, const cJSON *v)
 {
+#define EOS_OK(x) (cJSON_IsNumber(x) && (x)->valuedouble >= 0 && (x)->valuedouble <= 2147483647.0)
     const cJSON *e;
-    if (cJSON_IsNumber(v)) add_eos(t, v->valueint);
+    if (EOS_OK(v)) add_eos(eos, n, cap, (int)v->valuedouble);
     const cJSON *list = cJSON_IsArray(v) ? v : NULL;
-    cJSON_ArrayForEach(e, list) if (cJSON_IsNumber(e)) add_eos(t, e->valueint);
+    cJSON_ArrayForEach(e, list) if (EOS_OK(e)) add_eos(eos, n, cap, (int)e->valuedouble);
+#undef EOS_OK
+}
+
+size_t cli_eos_ids(const char *dir, int *out, size_t cap)
+{
+    size_t n = 0;
+    cJSON *cfg = read_json(dir, "config.json"), *gen = read_json(dir, "generation_config.json");
+    add_eos_json(out, &n, cap, cJSON_GetObjectItemCaseSensitive(cfg, "eos_token_id"));
+    add_eos_json(out, &n, cap, cJSON_GetObjectItemCaseSensitive(gen, "eos_token_id"));
+    cJSON_Delete(cfg), cJSON_Delete(gen);
+    return n;
 }
 
 clnpu_status cli_text_load(const char *dir, bool need_template, cli_text *t)
@@ -45,11 +58,11 @@ clnpu_status cli_text_load(const char *dir, bool need_template, cli_text *t)
     if (need_template && (st = clnpu_chat_template_load(dir, &t->tmpl))) return st;
     cJSON *cfg = read_json(dir, "config.json"), *gen = read_json(dir, "generation_config.json"),
           *tc = read_json(dir, "tokenizer_config.json");
-    add_eos_json(t, cJSON_GetObjectItemCaseSensitive(cfg, "eos_token_id"));
-    add_eos_json(t, cJSON_GetObjectItemCaseSensitive(gen, "eos_token_id"));
+    add_eos_json(t->eos, &t->neos, CLI_MAX_EOS, cJSON_GetObjectItemCaseSensitive(cfg, "eos_token_id"));
+    add_eos_json(t->eos, &t->neos, CLI_MAX_EOS, cJSON_GetObjectItemCaseSensitive(gen, "eos_token_id"));
     const cJSON *eos = cJSON_GetObjectItemCaseSensitive(tc, "eos_token");
     const char *es = cJSON_IsString(eos) ? eos->valuestring : cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(eos, "content"));
-    if (es) add_eos(t, clnpu_tokenizer_token_id(t->tok, es));
+    if (es) add_eos(t->eos, &t->neos, CLI_MAX_EOS, clnpu_tokenizer_token_id(t->tok, es));
     if (gen) {
         /* transformers' defaults where a key is absent: greedy unless do_sample */
         const cJSON *v;

@@ -22,6 +22,9 @@ typedef struct cli_message {
 } cli_message;
 
 clnpu_status cli_text_load(const char *dir, bool need_template, cli_text *out);
+/* The end-of-sequence ids of DIR's config.json and generation_config.json (for a model without a
+ * tokenizer; cli_text_load adds tokenizer_config.json's eos_token): how many went into out. */
+size_t cli_eos_ids(const char *dir, int *out, size_t cap);
 void cli_text_free(cli_text *t);
 char *cli_messages_json(const cli_message *m, size_t n);
 /* The template applied to messages; enable_thinking -1 leaves it undefined. */

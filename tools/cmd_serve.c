@@ -1,6 +1,5 @@
 /* `clnpu serve`: an OpenAI-compatible HTTP server over one model with continuous batching
  * (docs/serving.md). The process's signals are the CLI's: SIGINT / SIGTERM stop it cleanly. */
-#include <cjson/cJSON.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -106,35 +105,6 @@ static int parse(int argc, char **argv, serve_args *a)
     if (!a->plan && ranks && atoi(ranks) > 1)
         return cli_usage_error("serve", usage, "started by mpirun with %s ranks: give --plan", ranks);
     return -1;
-}
-
-/* eos_token_id of config.json, or of generation_config.json when that has one (an id or a list):
- * what a model directory without tokenizer.json has to say about its end. */
-static size_t read_eos(const char *dir, int *out, size_t cap)
-{
-    static const char *files[] = {"generation_config.json", "config.json"};
-    for (size_t f = 0; dir && f < 2; f++) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/%s", dir, files[f]);
-        /* a regular file of at most 64 KiB (a FIFO would block fopen); ids range-checked before
-         * the cast (1e300 as an int is undefined) */
-        char err[4200];
-        size_t n;
-        char *buf = cli_read_file(path, 1 << 16, &n, err, sizeof err);
-        if (!buf) continue;
-        cJSON *j = cJSON_ParseWithLength(buf, n);
-        free(buf);
-        const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "eos_token_id"), *v;
-        size_t k = 0;
-#define EOS_OK(x) (cJSON_IsNumber(x) && (x)->valuedouble >= 0 && (x)->valuedouble <= 2147483647.0)
-        if (EOS_OK(e)) out[k++] = (int)e->valuedouble;
-        if (cJSON_IsArray(e))
-            cJSON_ArrayForEach(v, e) if (k < cap && EOS_OK(v)) out[k++] = (int)v->valuedouble;
-#undef EOS_OK
-        cJSON_Delete(j);
-        if (k) return k;
-    }
-    return 0;
 }
 
 /* The server's text hooks over the checkpoint's tokenizer and chat template (tools/cli_text.c). */
@@ -258,7 +228,7 @@ static int serve_job(serve_args a, const void *comm)
     if (a.max_body) so.max_body = a.max_body;
     if (a.max_tokens) so.max_tokens = a.max_tokens;
     if (a.timeout) so.timeout_s = (unsigned)a.timeout;
-    so.eos_count = has_tok ? text.neos : read_eos(a.model, eos, 16);
+    so.eos_count = has_tok ? text.neos : a.model ? cli_eos_ids(a.model, eos, 16) : 0;
     so.eos_ids = has_tok ? text.eos : eos;
     if (!st) st = clnpu_server_start(e, &so, &srv);
     if (!st) {
