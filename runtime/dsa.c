@@ -1,10 +1,10 @@
 /* Host side of DeepSeek Sparse Attention (kernels-cl/dsa.cl): argument checks and launches of the
- * indexer scores, the top-k selection, sparse absorbed MLA, and the small elementwise kernels. */
+ * indexer scores, the top-k selection, sparse absorbed MLA, and the small elementwise kernels; the
+ * wg family's scores, top-k, sparse MLA and LayerNorm (kernels-cl/dsa_wg.cl) through dsa_wg.c. */
 #include <stdio.h>
 
 #include "../common/error.h"
-#include "clnpu/dsa.h"
-#include "launch.h"
+#include "dsa_internal.h"
 
 static bool fits(const clnpu_buffer *b, size_t floats)
 {
@@ -33,6 +33,7 @@ clnpu_status clnpu_dsa_scores(clnpu_device *dev, const clnpu_dsa_scores_args *a)
     cl_float s = a->scale;
     clnpu_karg args[] = {KARG(q), KARG(qo), KARG(qld), KARG(w), KARG(wo), KARG(wld), KARG(kc), KARG(page),
                          KARG(bt), KARG(mb), KARG(sq), KARG(ps), KARG(sc), KARG(lds), KARG(nh), KARG(s)};
+    if (clnpu_dsa_use_wg(dev)) return clnpu_dsa_scores_wg(dev, a, args);
     /* every key column of the row up to max_len; later columns of a row are never read */
     size_t g[2] = {(a->max_len + 7) / 8, T}; /* CLNPU_DSA_KB (8) keys per work-item */
     return clnpu_launch(dev, "dsa.cl", opts, "clnpu_dsa_scores", 2, g, NULL, args, 16);
@@ -49,6 +50,7 @@ clnpu_status clnpu_dsa_topk(clnpu_device *dev, const clnpu_buffer *scores, size_
     cl_mem s = clnpu_mem(scores), p = clnpu_mem(pos), i = clnpu_mem(idx), c = clnpu_mem(count);
     cl_uint l = (cl_uint)ld, kk = (cl_uint)k, li = (cl_uint)k;
     clnpu_karg args[] = {KARG(s), KARG(l), KARG(p), KARG(kk), KARG(i), KARG(li), KARG(c)};
+    if (clnpu_dsa_use_wg(dev)) return clnpu_dsa_topk_wg(dev, T, args);
     size_t g[1] = {T};
     return clnpu_launch(dev, "dsa.cl", NULL, "clnpu_dsa_topk", 1, g, NULL, args, 7);
 }
@@ -98,7 +100,8 @@ clnpu_status clnpu_mla_sparse(clnpu_device *dev, const clnpu_mla_sparse_args *a)
                              KARG(sq), KARG(ix), KARG(ldi), KARG(cn), KARG(o), KARG(ml), KARG(h), KARG(sp), KARG(ch),
                              KARG(sc)};
         size_t g[3] = {(H + hg - 1) / hg, N, splits};
-        st = clnpu_launch(dev, "dsa.cl", opts, "clnpu_mla_sparse", 3, g, NULL, args, 19);
+        st = clnpu_dsa_use_wg(dev) ? clnpu_mla_sparse_wg(dev, a, splits, args)
+                                   : clnpu_launch(dev, "dsa.cl", opts, "clnpu_mla_sparse", 3, g, NULL, args, 19);
     }
     if (!st && splits > 1) { /* the same merge as the dense decode's chunks */
         cl_mem mz = clnpu_mem(pz), mml = clnpu_mem(pml), mo = clnpu_mem(a->out);
@@ -140,6 +143,7 @@ clnpu_status clnpu_layernorm(clnpu_device *dev, clnpu_view x, const clnpu_buffer
     cl_uint off = (cl_uint)x.offset, ld = (cl_uint)x.ld, nn = (cl_uint)n;
     cl_float e = eps;
     clnpu_karg args[] = {KARG(mx), KARG(off), KARG(ld), KARG(mw), KARG(mb), KARG(nn), KARG(e)};
+    if (clnpu_dsa_use_wg(dev)) return clnpu_layernorm_wg(dev, T, args);
     size_t g[1] = {T};
     return clnpu_launch(dev, "dsa.cl", NULL, "clnpu_layernorm", 1, g, NULL, args, 7);
 }

@@ -1,6 +1,7 @@
 /* The newer members of the A.X K / DeepSeek family against transformers: DeepSeek-V3 in its
  * published FP8 layout (models/tiny-dsv3-fp8), DeepSeek-V3.2 and A.X K2 with the sparse-attention
  * indexer (models/tiny-dsv32, models/tiny-axk2); fixtures described in models/FAMILY.md. */
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -8,6 +9,7 @@
 #include <string.h>
 
 #include "../common/error.h"
+#include "../common/file_read.h"
 #include "../runtime/model_fp8.h"
 #include "test_util.h"
 
@@ -621,15 +623,31 @@ START_TEST(test_family_graph_params)
     ck_assert_double_eq(graph_total(MODELS "tiny-dsv32/config.json"), checkpoint_elements(MODELS "tiny-dsv32", one, 1));
     ck_assert_double_eq(graph_total(MODELS "tiny-axk2/config.json"), checkpoint_elements(MODELS "tiny-axk2", two, 2));
     ck_assert_double_eq(graph_total(MODELS "tiny-dsv3-fp8/config.json"), checkpoint_elements(MODELS "tiny-dsv3-fp8", one, 1));
-    /* models/axk2-light is transformers 5.24's default AXK2Config. Its count, from modeling_axk2.py's
-     * module shapes (torch could not be installed where this was written, so not by instantiating
-     * the model; the same formula equals the tiny checkpoints' counts above): 20,314,494,976
-     * parameters (AXK2ForCausalLM.num_parameters()) + 47 MoE layers x 128 e_score_correction_bias
-     * buffers = 20,314,500,992 state-dict elements. */
-    ck_assert_double_eq(graph_total(MODELS "axk2-light/config.json"), 20314500992.0);
-    /* DeepSeek-V3.2 = DeepSeek-V3 (671,026,419,200) + 61 indexers of 1536x64x128 + 7168x128 + 7168x64 + 2x128 */
-    ck_assert_double_eq(graph_total(MODELS "deepseek-v32/config.json"), 671026419200.0 + 61.0 * 13959424);
-    ck_assert_double_eq(graph_total(CLNPU_SOURCE_DIR "/models/deepseek-v3/config.json"), 671026419200.0);
+    /* Full-size configs, against transformers' own counts: tools/make_param_counts.py built each
+     * model on torch's meta device (transformers 5.24: the default AXK2Config and DeepseekV32Config,
+     * dumped beside the counts, and the shipped A.X-K2-Light, DeepSeek-V3.2, DeepSeek-V3, A.X K1)
+     * and stored its state-dict elements (parameters + the routers' e_score_correction_bias). */
+    char path[512];
+    snprintf(path, sizeof path, "%s/tests/data/param-counts/counts.json", CLNPU_SOURCE_DIR);
+    char *text = NULL;
+    size_t len = 0;
+    ck_assert_ok(clnpu_file_read_all(path, &text, &len));
+    cJSON *root = cJSON_Parse(text), *configs = cJSON_GetObjectItem(root, "configs"), *c;
+    ck_assert_ptr_nonnull(configs);
+    size_t n = 0;
+    cJSON_ArrayForEach(c, configs) {
+        const cJSON *want = cJSON_GetObjectItem(c, "state_dict_elements");
+        ck_assert(cJSON_IsNumber(want));
+        snprintf(path, sizeof path, "%s/%s", CLNPU_SOURCE_DIR, c->string);
+        const double got = graph_total(path);
+        fprintf(stderr, "%s: planner %.0f, transformers %.0f\n", c->string, got, want->valuedouble);
+        ck_assert_msg(got == want->valuedouble, "%s: the planner counts %.0f parameters, transformers %.0f", c->string,
+                      got, want->valuedouble);
+        n++;
+    }
+    ck_assert_uint_eq(n, 6); /* both defaults and the four shipped configs */
+    cJSON_Delete(root);
+    free(text);
 }
 END_TEST
 

@@ -33,6 +33,7 @@ int main(void)
     srunner_add_suite(sr, suite_family());
     srunner_add_suite(sr, suite_dsa());
     srunner_add_suite(sr, suite_wg());
+    srunner_add_suite(sr, suite_wg_dsa());
     /* No fork: OpenCL runtimes are not fork-safe, and sharing one device shares its programs. */
     srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);

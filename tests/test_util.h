@@ -55,5 +55,6 @@ Suite *suite_harden(void);
 Suite *suite_family(void);
 Suite *suite_dsa(void);
 Suite *suite_wg(void);
+Suite *suite_wg_dsa(void);
 
 #endif

@@ -74,10 +74,12 @@ run wg-untiled wg clnpu_gemm_wg $SHAPE "$OUT/untiled.yaml"
 run cpu-family cpu clnpu_gemm $SHAPE
 run wg-gemv wg clnpu_gemv_wg 1x128x512
 run cpu-gemv cpu clnpu_gemm 1x128x512
-# the other wg kernels: sampling / argmax, attention, MLA decode, RMSNorm, run by the test cases
-for case in wg_gemm wg_sampling wg_rmsnorm wg_attention wg_moe; do
+# the other wg kernels: sampling / argmax, attention, MLA decode, RMSNorm, MoE, and DeepSeek Sparse
+# Attention's (indexer scores, top-k, sparse MLA, LayerNorm), run by the test cases (suite:case)
+for sc in wg:wg_gemm wg:wg_sampling wg:wg_rmsnorm wg:wg_attention wg:wg_moe wg_dsa:wg_dsa_kernels; do
+    suite=${sc%%:*} case=${sc#*:}
     log=$OUT/$case.log
-    env CLNPU_KERNEL_FAMILY=wg CK_RUN_SUITE=wg CK_RUN_CASE=$case CLNPU_TEST_SMALL=1 \
+    env CLNPU_KERNEL_FAMILY=wg CK_RUN_SUITE=$suite CK_RUN_CASE=$case CLNPU_TEST_SMALL=1 \
         oclgrind --data-races --max-errors 20 "$B/tests/clnpu-tests" >"$log" 2>&1 || {
         echo "$case: failed under Oclgrind (see $log)"; tail -5 "$log"; exit 1; }
     if grep -q "Oclgrind - \|data race\|Invalid" "$log"; then
