@@ -88,56 +88,111 @@ static size_t row_of(const int *bt, size_t mb, size_t page, int seq, size_t pos)
     return (size_t)bt[(size_t)seq * mb + pos / page] * page + pos % page;
 }
 
+/* Indexer scores of T queries (heads NH of D) over max length L against float64 on device dev:
+ * keys past each query -inf, the others within 2e-6. */
+static void check_scores(clnpu_device *dev, const size_t shape[4], const char *what)
+{
+    const size_t T = shape[0], NH = shape[1], D = shape[2], L = shape[3], page = 16;
+    size_t mb;
+    int *bt = make_pages(page, L, &mb), seq[9], pos[9];
+    size_t maxlen = 0;
+    for (size_t t = 0; t < T; t++) {
+        seq[t] = (int)(t % 2), pos[t] = (int)(t == 0 ? L - 1 : test_rand_u64() % L);
+        if ((size_t)pos[t] + 1 > maxlen) maxlen = (size_t)pos[t] + 1;
+    }
+    const size_t ldq = NH * D + 3, ldw = NH + 1, ld = maxlen + 2, nk = 2 * mb * page * D;
+    float *q = rnd(T * ldq, -1, 1), *w = rnd(T * ldw, -1, 1), *kc = rnd(nk, -1, 1);
+    clnpu_buffer *b[7];
+    const void *src[6] = {q, w, kc, bt, seq, pos};
+    const size_t n4[7] = {T * ldq, T * ldw, nk, 2 * mb, T, T, T * ld};
+    for (int i = 0; i < 7; i++) {
+        ck_assert_ok(clnpu_buffer_create(dev, n4[i] * 4, &b[i]));
+        if (i < 6) ck_assert_ok(clnpu_buffer_write(b[i], 0, src[i], n4[i] * 4));
+    }
+    const float nan = NAN;
+    ck_assert_ok(clnpu_buffer_fill(b[6], &nan, sizeof nan));
+    const float scale = 1.0f / sqrtf((float)(D * NH));
+    clnpu_dsa_scores_args a = {{b[0], 1, ldq}, {b[1], 1, ldw}, b[2], page, b[3], mb, b[4], b[5], T, NH, D, maxlen, scale,
+                               b[6], ld};
+    ck_assert_ok(clnpu_dsa_scores(dev, &a));
+    float *o = malloc(T * ld * sizeof *o), *got = malloc(T * maxlen * sizeof *got);
+    double *ref = malloc(T * maxlen * sizeof *ref);
+    ck_assert_ok(clnpu_buffer_read(b[6], 0, o, T * ld * 4));
+    size_t n = 0;
+    for (size_t t = 0; t < T; t++)
+        for (size_t j = 0; j < maxlen; j++) {
+            if (j > (size_t)pos[t]) {
+                ck_assert_msg(isinf(o[t * ld + j]) && o[t * ld + j] < 0, "%s: key %zu past query %zu: %g", what, j, t,
+                              o[t * ld + j]);
+                continue;
+            }
+            const float *k = kc + row_of(bt, mb, page, seq[t], j) * D;
+            double s = 0;
+            for (size_t h = 0; h < NH; h++) {
+                double dot = 0;
+                for (size_t d = 0; d < D; d++) dot += (double)q[1 + t * ldq + h * D + d] * k[d];
+                s += (double)w[1 + t * ldw + h] * (dot > 0 ? dot : 0);
+            }
+            ref[n] = s * scale, got[n++] = o[t * ld + j];
+        }
+    const double e = rel_err(got, ref, n);
+    ck_assert_msg(e <= 2e-6, "%s scores T %zu heads %zu D %zu: rel error %.3g", what, T, NH, D, e);
+    for (int i = 0; i < 7; i++) clnpu_buffer_destroy(b[i]);
+    free(q), free(w), free(kc), free(o), free(got), free(ref), free(bt);
+}
+
 /* Indexer scores: key tiles over several pages, heads in several local chunks, head dims that
- * are and are not multiples of 16, keys past each query -inf. Each shape at one of the work-group
- * sizes (every shape is a program build of its own). */
+ * are and are not multiples of 16. Each shape at one of the work-group sizes (every shape is a
+ * program build of its own). */
 START_TEST(test_wg_dsa_scores)
 {
     force(CLNPU_KERNEL_FAMILY_WG, sizes[_i]);
     const size_t shapes[][4] = {{1, 1, 4, 1}, {5, 3, 12, 7}, {9, 16, 32, 45}, {3, 16, 128, 130}, {1, 64, 128, 301},
                                 {4, 16, 32, 200}};
-    for (size_t si = (size_t)_i; si < 6; si += 3) {
-        const size_t T = shapes[si][0], NH = shapes[si][1], D = shapes[si][2], L = shapes[si][3], page = 16;
-        size_t mb;
-        int *bt = make_pages(page, L, &mb), seq[9], pos[9];
-        size_t maxlen = 0;
-        for (size_t t = 0; t < T; t++) {
-            seq[t] = (int)(t % 2), pos[t] = (int)(t == 0 ? L - 1 : test_rand_u64() % L);
-            if ((size_t)pos[t] + 1 > maxlen) maxlen = (size_t)pos[t] + 1;
-        }
-        const size_t ldq = NH * D + 3, ldw = NH + 1, ld = maxlen + 2, nk = 2 * mb * page * D;
-        float *q = rnd(T * ldq, -1, 1), *w = rnd(T * ldw, -1, 1), *kc = rnd(nk, -1, 1);
-        clnpu_buffer *bq = upload(q, T * ldq * 4), *bw = upload(w, T * ldw * 4), *bk = upload(kc, nk * 4),
-                     *bbt = upload(bt, 2 * mb * 4), *bs = upload(seq, T * 4), *bp = upload(pos, T * 4),
-                     *out = poisoned(T * ld);
-        const float scale = 1.0f / sqrtf((float)(D * NH));
-        clnpu_dsa_scores_args a = {{bq, 1, ldq}, {bw, 1, ldw}, bk, page, bbt, mb, bs, bp, T, NH, D, maxlen, scale, out, ld};
-        ck_assert_ok(clnpu_dsa_scores(test_device(), &a));
-        float *o = malloc(T * ld * sizeof *o), *got = malloc(T * maxlen * sizeof *got);
-        double *ref = malloc(T * maxlen * sizeof *ref);
-        ck_assert_ok(clnpu_buffer_read(out, 0, o, T * ld * 4));
-        size_t n = 0;
-        for (size_t t = 0; t < T; t++)
-            for (size_t j = 0; j < maxlen; j++) {
-                if (j > (size_t)pos[t]) {
-                    ck_assert_msg(isinf(o[t * ld + j]) && o[t * ld + j] < 0, "key %zu past query %zu: %g", j, t, o[t * ld + j]);
-                    continue;
-                }
-                const float *k = kc + row_of(bt, mb, page, seq[t], j) * D;
-                double s = 0;
-                for (size_t h = 0; h < NH; h++) {
-                    double dot = 0;
-                    for (size_t d = 0; d < D; d++) dot += (double)q[1 + t * ldq + h * D + d] * k[d];
-                    s += (double)w[1 + t * ldw + h] * (dot > 0 ? dot : 0);
-                }
-                ref[n] = s * scale, got[n++] = o[t * ld + j];
-            }
-        const double e = rel_err(got, ref, n);
-        ck_assert_msg(e <= 2e-6, "wg %u scores T %zu heads %zu D %zu: rel error %.3g", sizes[_i], T, NH, D, e);
-        clnpu_buffer *bufs[] = {bq, bw, bk, bbt, bs, bp, out};
-        for (size_t i = 0; i < 7; i++) clnpu_buffer_destroy(bufs[i]);
-        free(q), free(w), free(kc), free(o), free(got), free(ref), free(bt);
+    char what[32];
+    snprintf(what, sizeof what, "wg %u", sizes[_i]);
+    for (size_t si = (size_t)_i; si < 6; si += 3) check_scores(test_device(), shapes[si], what);
+}
+END_TEST
+
+/* An NPU profile of 4 KiB local memory: the scores' tiles shrink to fit (and stay right); at
+ * 256 bytes the launches are refused, naming the kernel and the budget. */
+START_TEST(test_wg_dsa_budget)
+{
+    clnpu_profile_set *set;
+    ck_assert_ok(clnpu_profile_set_builtin(&set));
+    clnpu_profile p = *clnpu_profile_set_find(set, "rebellions-atom");
+    const size_t budgets[2] = {4096, 256};
+    for (int i = 0; i < 2; i++) {
+        snprintf(p.name, sizeof p.name, "dsa-npu-%zu", budgets[i]);
+        p.kernel.local_mem_bytes = (int64_t)budgets[i];
+        p.sram_bytes = (int64_t)budgets[i];
+        ck_assert_ok(clnpu_profile_set_add(set, &p));
     }
+    clnpu_device_options o = clnpu_device_options_default();
+    o.profiles = set;
+    clnpu_device *dev;
+    o.target = "dsa-npu-4096";
+    ck_assert_ok(clnpu_device_open(0, &o, &dev));
+    ck_assert_int_eq(clnpu_device_capability(dev)->family, CLNPU_KERNEL_FAMILY_WG);
+    const size_t shape[4] = {3, 5, 32, 70};
+    check_scores(dev, shape, "4 KiB budget");
+    clnpu_device_close(dev);
+    o.target = "dsa-npu-256";
+    ck_assert_ok(clnpu_device_open(0, &o, &dev));
+    clnpu_buffer *b;
+    ck_assert_ok(clnpu_buffer_create(dev, 4096, &b));
+    clnpu_dsa_scores_args a = {{b, 0, 32}, {b, 0, 1}, b, 16, b, 1, b, b, 1, 1, 32, 1, 1.0f, b, 1};
+    ck_assert_int_eq(clnpu_dsa_scores(dev, &a), CLNPU_ERR_UNSUPPORTED);
+    ck_assert_msg(strstr(clnpu_error_message(), "clnpu_dsa_scores_wg") && strstr(clnpu_error_message(), "256 bytes"), "%s",
+                  clnpu_error_message());
+    clnpu_mla_sparse_args m = {b, b, 0, 16, 16, b, 16, b, 1, b, b, b, 1, 1, 1, 64, 16, 1.0f, b, 1, CLNPU_DTYPE_F32};
+    ck_assert_int_eq(clnpu_mla_sparse(dev, &m), CLNPU_ERR_UNSUPPORTED);
+    ck_assert_msg(strstr(clnpu_error_message(), "clnpu_mla_sparse_wg") && strstr(clnpu_error_message(), "256 bytes"), "%s",
+                  clnpu_error_message());
+    clnpu_buffer_destroy(b);
+    clnpu_device_close(dev);
+    clnpu_profile_set_destroy(set);
 }
 END_TEST
 
@@ -377,6 +432,7 @@ Suite *suite_wg_dsa(void)
     tcase_add_loop_test(tc, test_wg_dsa_topk, 0, 3);
     tcase_add_loop_test(tc, test_wg_mla_sparse, 0, 3);
     tcase_add_loop_test(tc, test_wg_layernorm, 0, 3);
+    tcase_add_test(tc, test_wg_dsa_budget);
     suite_add_tcase(s, tc);
     tc = tcase_create("wg_dsa_models");
     tcase_set_timeout(tc, 600);
