@@ -79,6 +79,7 @@
 #define CACHE_READ(row, d) ((row)[d])
 #endif
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_dsa_scores_wg
 /* Grid: (ceil(max_len / BK) * WGS, T), local (WGS, 1). Keys past a query's position get -inf.
  * lm: HC * D + HC + BK * KS + WGS floats. */
 __kernel __attribute__((reqd_work_group_size(WGS, 1, 1)))
@@ -124,6 +125,7 @@ void clnpu_dsa_scores_wg(__global const float *q, const uint q_off, const uint l
     }
     if (lane == 0 && j < nk) out[j0 + j] = red[j] * scale;
 }
+#endif /* CLNPU_ONLY */
 
 /* Order-preserving map of a float to an unsigned key (larger float, larger key), as dsa.cl. */
 inline uint dsa_key(float f)
@@ -149,6 +151,7 @@ inline uint wg_scan_inclusive(uint v, __local uint *sc)
     return sc[lid];
 }
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_dsa_topk_wg
 /* The k highest of scores[t][0 .. pos[t]] as dsa.cl's clnpu_dsa_topk: count[t] indices in
  * increasing order, ties at the k-th value to the lower indices. Grid: (T * WGS), local (WGS).
  * The select's state (prefix, mask, how many still wanted; then the output count and the equal
@@ -216,11 +219,13 @@ void clnpu_dsa_topk_wg(__global const float *scores, const uint lds, __global co
     }
     if (lid == 0) count[t] = (int)st[3];
 }
+#endif /* CLNPU_ONLY */
 
 #define ZPT_ ((HG * R + WGS - 1) / WGS)
 #define ZPT (ZPT_ > 1 ? ZPT_ : 2) /* latent outputs per thread */
 #define SPT ((HG * BT + WGS - 1) / WGS) /* scores per thread */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_mla_sparse_wg
 /* Absorbed MLA attention over selected latent rows, as dsa.cl's clnpu_mla_sparse: row r (sequence
  * seq[r]) and HG heads per group, the count[r] cache positions in idx[r] (or the chunk sp of them),
  * BT rows at a time through a local tile, scores by threads, the online softmax by one thread per
@@ -317,6 +322,7 @@ void clnpu_mla_sparse_wg(__global const float *qa, __global const float *qp, con
         }
     }
 }
+#endif /* CLNPU_ONLY */
 
 /* Sum of v over the work-group in red[WGS] (every thread gets it). */
 inline float wg_sum(float v, __local float *red)
@@ -333,6 +339,7 @@ inline float wg_sum(float v, __local float *red)
     return s;
 }
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_layernorm_wg
 /* LayerNorm with weight and bias over rows of n (the indexer's k_norm), in place: the mean, then
  * the variance about it (two passes, as torch), each a work-group sum. Grid: (T * WGS), local (WGS). */
 __kernel __attribute__((reqd_work_group_size(WGS, 1, 1)))
@@ -350,3 +357,4 @@ void clnpu_layernorm_wg(__global float *x, const uint off, const uint ld, __glob
     const float inv = rsqrt(wg_sum(v, red) / (float)n + eps);
     for (uint i = lid; i < n; i += WGS) row[i] = fma((row[i] - mean) * inv, weight[i], bias[i]);
 }
+#endif /* CLNPU_ONLY */
