@@ -65,9 +65,9 @@
 #endif
 
 /* The latent cache's elements, as mla_wg.cl: f32, or bf16 with CLNPU_CACHE_BF16=1, widened
- * exactly as a tile is loaded (the tile and the arithmetic stay f32). Every latent read below goes
- * through CACHE_READ(row, d) (element d of the cache row starting at `row`), the one place a
- * further cache type changes. */
+ * exactly as a tile is loaded (the tile and the arithmetic stay f32). Every latent read below is
+ * CACHE_READ(row, d), element d of the row at cache + index * CACHE_STRIDE (in CACHE_T units):
+ * the only two names a further cache type changes. */
 #ifndef CLNPU_CACHE_BF16
 #define CLNPU_CACHE_BF16 0
 #endif
@@ -78,6 +78,7 @@
 #define CACHE_T float
 #define CACHE_READ(row, d) ((row)[d])
 #endif
+#define CACHE_STRIDE ROW
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_dsa_scores_wg
 /* Grid: (ceil(max_len / BK) * WGS, T), local (WGS, 1). Keys past a query's position get -inf.
@@ -269,7 +270,7 @@ void clnpu_mla_sparse_wg(__global const float *qa, __global const float *qp, con
         barrier(CLK_LOCAL_MEM_FENCE);
         for (uint e = lid; e < BT * ROW; e += WGS) {
             const uint j = e / ROW, d = e % ROW;
-            cs[j * CS + d] = j < cnt ? CACHE_READ(cache + (size_t)rows[j] * ROW, d) : 0.0f;
+            cs[j * CS + d] = j < cnt ? CACHE_READ(cache + (size_t)rows[j] * CACHE_STRIDE, d) : 0.0f;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         for (uint i = 0; i < SPT; i++) {
