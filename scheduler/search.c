@@ -49,6 +49,7 @@ typedef struct cand {
 /* Where one unit's time goes (seconds per step); see clnpu_plan_breakdown. */
 typedef struct parts {
     double attn, moe, comm, other, overlap;
+    double qkv, kvb, tab; /* shares of attn / moe reported by --explain (clnpu_plan_breakdown) */
 } parts;
 
 static double peak_of(const clnpu_profile *p, clnpu_dtype w)
@@ -87,10 +88,17 @@ static double roof(const cand *c, const clnpu_profile *p, const clnpu_profile *o
     return fmax(flops / gemm_rate(c, p), bytes / stream_rate(c, p, own));
 }
 
-/* The attention core has kernels of its own (FlashMLA-class): its own compute and bandwidth rates. */
-static double attn_roof(const cand *c, const clnpu_profile *p, const clnpu_profile *own, double flops, double bytes)
+/* The attention core has kernels of its own (FlashMLA-class): its own compute and bandwidth rates;
+ * non-absorbed prefill runs a FlashAttention-class kernel whose published rate depends on the
+ * prompt length (`attn_prefill_table`; a measured attention rate wins). */
+static double attn_roof(const cand *c, const clnpu_profile *p, const clnpu_profile *own, double flops, double bytes,
+                        double prefill_len)
 {
-    const double f = rate(c->cal->rates.attn_flops, c->cl->rates.attn_flops, gemm_rate(c, p));
+    const clnpu_kernel_rates *pr = &c->cl->rates;
+    const double by_len = prefill_len > 0 && !c->cal->rates.attn_flops && pr->attn_prefill_table_count
+                              ? clnpu_attn_table_rate(pr->attn_prefill_table, pr->attn_prefill_table_count, prefill_len)
+                              : 0;
+    const double f = by_len > 0 ? by_len : rate(c->cal->rates.attn_flops, c->cl->rates.attn_flops, gemm_rate(c, p));
     const double b = rate(c->cal->rates.attn_bandwidth, c->cl->rates.attn_bandwidth, stream_rate(c, p, own));
     return fmax(flops / f, bytes / (p->memory_bandwidth < own->memory_bandwidth ? fmin(b, stream_rate(c, p, own)) : b));
 }
@@ -172,6 +180,49 @@ static double ep_exchange(const cand *c, double bytes_per_value)
     return alltoall(c, l, g, per_dev * fan * d * bytes_per_value);
 }
 
+/* A published table's time for `groups` GEMMs of m rows (N x K), or -1 where it lists no such
+ * shape: the calibration's table first; a measured GEMM rate wins over the cluster's table. */
+static double table_time(const cand *c, bool grouped, double m, double n, double k, double groups)
+{
+    const clnpu_kernel_rates *r = &c->cal->rates;
+    if (!(grouped ? r->grouped_table_count : r->gemm_table_count)) {
+        if (r->gemm_flops > 0) return -1;
+        r = &c->cl->rates;
+    }
+    return grouped ? clnpu_gemm_table_time(r->grouped_table, r->grouped_table_count, m, n, k, groups)
+                   : clnpu_gemm_table_time(r->gemm_table, r->gemm_table_count, m, n, k, groups);
+}
+
+/* The two GEMMs of a SiLU-gated MLP of width I (gate+up fused: N = 2 I, K = d; down: N = d,
+ * K = I) from the table: `groups` experts of m rows each, or -1. */
+static double mlp_table_time(const cand *c, bool grouped, double m, double I, double groups)
+{
+    const double d = (double)c->gr->hidden;
+    const double a = table_time(c, grouped, m, 2 * I, d, groups), b = table_time(c, grouped, m, d, I, groups);
+    return a < 0 || b < 0 ? -1 : a + b;
+}
+
+/* MLA's projections from the table at TP 1 (the shapes DeepGEMM tabulates: q_a and kv_a fused,
+ * N = q_lora + R + rope; q_b; kv_b over `kv_rows` keys, which in prefill include the cached
+ * prefix keys it expands per head; o_proj), or -1 (TP splits them, another attention family, a
+ * shape the table lacks). */
+static double proj_table_time(const cand *c, const clnpu_graph_unit *u, double rows, double kv_rows)
+{
+    const clnpu_model_config *m = &c->gr->cfg;
+    const double d = (double)m->hidden_size, H = (double)m->num_attention_heads, R = (double)m->kv_lora_rank;
+    const double nope = (double)m->qk_nope_head_dim, rope = (double)m->qk_rope_head_dim, vd = (double)m->v_head_dim;
+    const double qlr = (double)m->q_lora_rank, dqk = nope + rope;
+    const double base = (qlr ? d * qlr + qlr + qlr * H * dqk : d * H * dqk) + d * (R + rope) + R + R * H * (nope + vd) + H * vd * d;
+    if (c->t != 1 || u->attn_topk || fabs(u->attn_params - base) > 0.5) return -1;
+    double t[4];
+    t[0] = table_time(c, false, rows, qlr ? qlr + R + rope : H * dqk + R + rope, d, 1);
+    t[1] = qlr ? table_time(c, false, rows, H * dqk, qlr, 1) : 0;
+    t[2] = table_time(c, false, kv_rows, H * (nope + vd), R, 1);
+    t[3] = table_time(c, false, rows, d, H * vd, 1);
+    if (t[0] < 0 || t[1] < 0 || t[2] < 0 || t[3] < 0) return -1;
+    return t[0] + t[1] + t[2] + t[3];
+}
+
 /* Time of one unit on one device of a stage group (device dv) for the whole step, by part. */
 /* Sparse attention in prefill: the mean over new positions p in [a, ctx) of min(p, k), the keys a
  * query attends to when the indexer keeps k of its p. */
@@ -230,15 +281,38 @@ static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const cln
     /* the memory-bound kernels between the GEMMs stream activations (bf16): the attention block's
      * norms, rope, fp8 quantisation and residual add, about 13 passes of a hidden row (read and
      * write counted), and the o_proj input's quantisation (3 bytes per value of 2 hidden rows) */
-    const double elem_attn = tr / t * (13 + 6) * d;
-    P.attn = roof(c, p, own, 2 * attn_rank * tr, attn_rank * c->wb) + attn_roof(c, p, own, core_flops, core_bytes) +
-             elem_attn / stream_rate(c, p, own);
+    double elem_attn = tr / t * (13 + 6) * d;
+    /* Non-absorbed prefill (dense MLA): kv_b expands every key it attends, the cached prefix keys
+     * too (hit / (1 - hit) of them per new token), into per-head keys and values, and the
+     * per-head q, k and v (bf16) are written by their GEMMs and read by the attention kernel. */
+    const clnpu_model_config *mc = &c->gr->cfg;
+    const double H = (double)mc->num_attention_heads, dqk = (double)(mc->qk_nope_head_dim + mc->qk_rope_head_dim);
+    const double cached = prefill && !kt && hit > 0 ? tr * hit / (1 - hit) : 0;
+    const double kvb_params = (double)mc->kv_lora_rank * H * (double)(mc->qk_nope_head_dim + mc->v_head_dim);
+    if (prefill && !kt && u->attn_prefill_flops_per_ctx > 0)
+        elem_attn += (tr * H * dqk + (tr + cached) * H * (dqk + (double)mc->v_head_dim)) * 2 * 2 / t;
+    const double proj_tab = proj_table_time(c, u, tr, tr + cached);
+    const double proj = proj_tab >= 0 ? fmax(proj_tab, attn_rank * c->wb / stream_rate(c, p, own))
+                                      : roof(c, p, own, 2 * attn_rank * tr + 2 * kvb_params * cached / t, attn_rank * c->wb);
+    if (prefill && !kt && u->attn_prefill_flops_per_ctx > 0)
+        P.qkv = (tr * H * dqk + (tr + cached) * H * (dqk + (double)mc->v_head_dim)) * 2 * 2 / t / stream_rate(c, p, own);
+    if (cached > 0)
+        P.kvb = proj_tab >= 0 ? table_time(c, false, tr + cached, H * (double)(mc->qk_nope_head_dim + mc->v_head_dim),
+                                           (double)mc->kv_lora_rank, 1) - table_time(c, false, tr, H * (double)(mc->qk_nope_head_dim + mc->v_head_dim), (double)mc->kv_lora_rank, 1)
+                              : 2 * kvb_params * cached / t / gemm_rate(c, p);
+    if (proj_tab >= 0) P.tab += proj_tab;
+    const double dense_len = prefill && !kt && u->attn_prefill_flops_per_ctx > 0 ? ctx : 0; /* FlashAttention-class */
+    P.attn = proj + attn_roof(c, p, own, core_flops, core_bytes, dense_len) + elem_attn / stream_rate(c, p, own);
     double comm = 2 * allreduce(c, link_for(c, c->t), t, tr * d * act); /* after o_proj and after the MLP */
     double comp1 = P.attn, comp2 = 0;
     if (u->kind == CLNPU_UNIT_DENSE) {
         /* SiLU x up reads 2 I and writes I (fp8) per row, the down input's quantisation 3 d */
         const double I = u->dense_params / (3 * d), elem = tr / t * (5 * I / t + 3 * d);
-        comp1 += roof(c, p, own, 2 * u->dense_params * tr / t, u->dense_params * c->wb / t) + elem / stream_rate(c, p, own);
+        const double tab = t == 1 ? mlp_table_time(c, false, tr, I, 1) : -1;
+        if (tab >= 0) P.tab += tab;
+        comp1 += (tab >= 0 ? fmax(tab, u->dense_params * c->wb / stream_rate(c, p, own))
+                           : roof(c, p, own, 2 * u->dense_params * tr / t, u->dense_params * c->wb / t)) +
+                 elem / stream_rate(c, p, own);
         P.moe = comp1 - P.attn;
     } else {
         /* routed experts over the g devices of the stage: tokens x top_k spread by placement */
@@ -252,14 +326,22 @@ static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const cln
         const double sh_rows = per_replica ? tr / t : c->tokens, sh_split = per_replica ? t : 1;
         const double sh_flops = 2 * (u->shared_params + u->router_params) * sh_rows;
         const double sh_bytes = (u->shared_params / sh_split + u->router_params) * c->wb;
-        if (dv->shared_bandwidth > 0) /* routed and shared experts see different bandwidths */
+        const double I = u->expert_params / (3 * d), Ish = u->shared_params / (3 * d);
+        /* a published table prices the grouped GEMM at the rows each active expert gets, and the
+         * shared expert (and the router, by roofline) at the replica's rows */
+        const double g_tab = distinct > 0 ? mlp_table_time(c, true, per_dev / distinct, I, distinct) : 0;
+        const double s_tab = per_replica && sh_split == 1 ? mlp_table_time(c, false, sh_rows, Ish, 1) : -1;
+        if (g_tab >= 0 && s_tab >= 0 && dv->shared_bandwidth <= 0) P.tab += g_tab + s_tab;
+        if (g_tab >= 0 && s_tab >= 0 && dv->shared_bandwidth <= 0)
+            comp2 = fmax(g_tab + s_tab, (distinct * u->expert_params + u->shared_params) * c->wb / stream_rate(c, p, own)) +
+                    roof(c, p, own, 2 * u->router_params * sh_rows, u->router_params * c->wb);
+        else if (dv->shared_bandwidth > 0) /* routed and shared experts see different bandwidths */
             comp2 = roof(c, &pe, own, 2 * u->expert_params * per_dev, distinct * u->expert_params * c->wb) +
                     roof(c, p, own, sh_flops, sh_bytes);
         else
             comp2 = roof(c, p, own, 2 * u->expert_params * per_dev + sh_flops, distinct * u->expert_params * c->wb + sh_bytes);
         /* routed rows gathered into expert order (read and write, fp8), SiLU x up on each routed
          * and shared row (5 I bytes), the shared expert's input quantisation */
-        const double I = u->expert_params / (3 * d), Ish = u->shared_params / (3 * d);
         const double elem = per_dev * (2 * d + 5 * I) + sh_rows * (5 * Ish / sh_split + 3 * d);
         comp2 += elem / stream_rate(c, u->kind == CLNPU_UNIT_MOE && dv->shared_bandwidth > 0 ? &pe : p, own);
         P.moe = comp2;
@@ -294,7 +376,7 @@ static parts unit_parts_tbo(const cand *c, const clnpu_cluster_device *dv, const
     cand h = *c;
     h.tokens = c->tokens / 2, h.batch = c->batch / 2;
     parts P = unit_parts(&h, dv, u), R = P;
-    R.attn *= 2, R.moe *= 2, R.comm *= 2, R.other *= 2;
+    R.attn *= 2, R.moe *= 2, R.comm *= 2, R.other *= 2, R.qkv *= 2, R.kvb *= 2, R.tab *= 2;
     if (u->kind != CLNPU_UNIT_MOE || c->g <= 1) {
         R.overlap *= 2;
         return R;
@@ -672,7 +754,8 @@ static parts stage_parts(const cand *c, size_t i, size_t j, size_t k)
         unit_time_of(c, dv, x, &P[0]);
         if (mtp && x->kind == CLNPU_UNIT_HEAD) unit_time_of(c, dv, mtp, &P[1]), unit_time_of(c, dv, x, &P[2]), n = 3;
         for (size_t q = 0; q < n; q++)
-            S.attn += P[q].attn, S.moe += P[q].moe, S.comm += P[q].comm, S.other += P[q].other, S.overlap += P[q].overlap;
+            S.attn += P[q].attn, S.moe += P[q].moe, S.comm += P[q].comm, S.other += P[q].other, S.overlap += P[q].overlap,
+            S.qkv += P[q].qkv, S.kvb += P[q].kvb, S.tab += P[q].tab;
     }
     /* receiving the stage input */
     S.other += stage_cost(i, j, k, (void *)c) - (c->unit_time[k * (c->gr->count + 1) + j] - c->unit_time[k * (c->gr->count + 1) + i]);
@@ -694,6 +777,7 @@ static clnpu_plan_breakdown breakdown_of(const cand *c, const result *best, cons
         if (prefill) {
             parts S = stage_parts(c, best->cuts[s], best->cuts[s + 1], s);
             b.attention_s += S.attn, b.moe_s += S.moe, b.comm_s += S.comm, b.other_s += S.other, b.overlap_s += S.overlap;
+            b.prefill_qkv_s += S.qkv, b.prefix_kvb_s += S.kvb, b.table_gemm_s += S.tab;
         }
     }
     const double m = (double)best->micro, k = (double)best->stages;
@@ -701,6 +785,7 @@ static clnpu_plan_breakdown breakdown_of(const cand *c, const result *best, cons
         parts S = stage_parts(c, best->cuts[slow], best->cuts[slow + 1], slow);
         b.attention_s = m * S.attn, b.moe_s = m * S.moe, b.comm_s = m * S.comm, b.other_s = m * S.other;
         b.overlap_s = m * S.overlap;
+        b.prefill_qkv_s = m * S.qkv, b.prefix_kvb_s = m * S.kvb, b.table_gemm_s = m * S.tab;
         b.bubble_s = (fmax(m, k) - m) * mx;
     }
     /* what is left (memory shared by groups of one node) */

@@ -39,10 +39,16 @@ static void explain(const clnpu_model_config *cfg, const clnpu_cluster *cl, cons
            b.moe_s * 1e3, b.comm_s * 1e3, b.other_s * 1e3, b.bubble_s * 1e3, b.overlap_s * 1e3,
            b.tbo ? "two-micro-batch overlap" : "one batch");
     printf("explain: %.0f rows computed and %.0f tokens counted per step\n", b.tokens_per_step, b.output_tokens_per_step);
-    struct { const char *name; clnpu_workload w; clnpu_cluster c; clnpu_calibration k; bool on; } v[8];
+    if (b.table_gemm_s > 0)
+        printf("explain: of attention + MoE, %.3f ms are GEMMs priced from the cluster's published shape tables\n",
+               b.table_gemm_s * 1e3);
+    if (b.prefill_qkv_s > 0 || b.prefix_kvb_s > 0)
+        printf("explain: of attention, %.3f ms per-head q/k/v traffic (non-absorbed prefill) and %.3f ms kv_b over the "
+               "cached prefix keys\n", b.prefill_qkv_s * 1e3, b.prefix_kvb_s * 1e3);
+    struct { const char *name; clnpu_workload w; clnpu_cluster c; clnpu_calibration k; bool on; } v[10];
     size_t n = 0;
 #define VARIANT(NAME, COND, EDIT) \
-    if ((COND) && n < 8) { v[n].name = NAME, v[n].w = *w, v[n].c = *cl, v[n].k = *cal, v[n].on = true; \
+    if ((COND) && n < 10) { v[n].name = NAME, v[n].w = *w, v[n].c = *cl, v[n].k = *cal, v[n].on = true; \
         { clnpu_workload *W = &v[n].w; clnpu_cluster *C = &v[n].c; clnpu_calibration *K = &v[n].k; (void)W, (void)C, (void)K; EDIT; } n++; }
     VARIANT("prefix-cache hits 0", w->prefix_hit > 0, W->prefix_hit = 0)
     VARIANT("no MTP", w->mtp_accept > 0, W->mtp_accept = 0)
@@ -54,6 +60,15 @@ static void explain(const clnpu_model_config *cfg, const clnpu_cluster *cl, cons
             (memset(&C->rates, 0, sizeof C->rates), memset(&C->phase[0].rates, 0, sizeof C->rates),
              memset(&C->phase[1].rates, 0, sizeof C->rates)))
     VARIANT("no KV transfer", w->kv_transfer, W->kv_transfer = false)
+    /* the published rate tables: GEMMs by shape (DeepGEMM's), prefill attention by length (FA3's) */
+    const clnpu_kernel_rates *pr = cl->phase[w->phase].set ? &cl->phase[w->phase].rates : &cl->rates;
+    VARIANT("GEMMs at gemm_flops (no shape tables)", pr->gemm_table_count || pr->grouped_table_count,
+            (C->rates.gemm_table_count = C->rates.grouped_table_count = 0,
+             C->phase[0].rates.gemm_table_count = C->phase[0].rates.grouped_table_count = 0,
+             C->phase[1].rates.gemm_table_count = C->phase[1].rates.grouped_table_count = 0))
+    VARIANT("prefill attention at attn_flops", w->phase == CLNPU_PHASE_PREFILL && pr->attn_prefill_table_count,
+            (C->rates.attn_prefill_table_count = 0, C->phase[0].rates.attn_prefill_table_count = 0,
+             C->phase[1].rates.attn_prefill_table_count = 0))
 #undef VARIANT
     for (size_t i = 0; i < n; i++) {
         clnpu_plan *q = NULL;

@@ -77,6 +77,31 @@ CLNPU_API void clnpu_graph_free(clnpu_graph *g);
 /* Achieved rates of the kernels the cost model prices, per device; 0 = the profile's peak times
  * the calibration's efficiency. From a cluster file's `kernel_rates` (published figures, with
  * their source) or from measurements (`--calibration`, which wins). */
+/* One point of a GEMM library's published rate table (DeepGEMM's README lists them by shape):
+ * M rows (per group for a grouped GEMM) x N outputs x K inputs ran at `flops` FLOP/s. */
+typedef struct clnpu_gemm_point {
+    double m, n, k, flops;
+} clnpu_gemm_point;
+#define CLNPU_GEMM_TABLE_MAX 32
+
+/* Seconds of `groups` GEMMs of m rows each (N x K) from a table's points of that N x K: the rate
+ * interpolated linearly in log2 M between the tabulated M, the largest M's rate above it, and
+ * below the smallest M the smallest M's time per group (weight-bound: the same weights are read
+ * for fewer rows). -1 when the table has no point of that N x K (the caller prices a roofline).
+ *   clnpu_gemm_point t[] = {{256, 4096, 7168, 932e12}, {512, 4096, 7168, 1040e12}};
+ *   double s = clnpu_gemm_table_time(t, 2, 384, 4096, 7168, 4); // 4 experts x 384 rows */
+CLNPU_API double clnpu_gemm_table_time(const clnpu_gemm_point *table, size_t count, double m, double n, double k,
+                                       double groups);
+
+/* A prefill attention kernel's published rate by prompt length (FlashAttention-3's benchmark:
+ * causal, FLOPs counted for the unmasked half, batch x length = 16k tokens). */
+typedef struct clnpu_attn_point {
+    double len, flops;
+} clnpu_attn_point;
+/* The rate at prompt length `len`: linear in log2 len between points, the end points' beyond
+ * them; 0 for an empty table. */
+CLNPU_API double clnpu_attn_table_rate(const clnpu_attn_point *table, size_t count, double len);
+
 typedef struct clnpu_kernel_rates {
     double gemm_flops;         /* dense and grouped GEMM, compute-bound, in the weight dtype */
     double stream_bandwidth;   /* weights streamed by memory-bound GEMMs (bytes/s) */
@@ -88,6 +113,15 @@ typedef struct clnpu_kernel_rates {
                                   * overlapped compute cannot use them (DeepEP normal kernels hold
                                   * 24 of 132 SMs throughout: 0.18; low-latency kernels fill every
                                   * SM while sending and receiving, about 0.06 of 0.17 ms: 0.35) */
+    /* published rates by GEMM shape (replace gemm_flops for the shapes they list): dense GEMMs
+     * (attention projections, dense MLP, shared expert, by tokens) and grouped expert GEMMs (by
+     * rows per expert) */
+    clnpu_gemm_point gemm_table[CLNPU_GEMM_TABLE_MAX];
+    size_t gemm_table_count;
+    clnpu_gemm_point grouped_table[CLNPU_GEMM_TABLE_MAX];
+    size_t grouped_table_count;
+    clnpu_attn_point attn_prefill_table[CLNPU_GEMM_TABLE_MAX]; /* prefill attention core by prompt length */
+    size_t attn_prefill_table_count;
 } clnpu_kernel_rates;
 
 /* Expert dispatch: DeepEP's low-latency kernels send one message per (token, expert) straight
@@ -267,6 +301,10 @@ typedef struct clnpu_plan_breakdown {
     double attention_s, moe_s, comm_s, other_s, bubble_s, overlap_s;
     bool tbo;
     double tokens_per_step, output_tokens_per_step;
+    /* of attention_s: non-absorbed prefill's per-head q / k / v written and read (bf16), and
+     * kv_b expanding the cached prefix keys; of attention_s + moe_s: the GEMMs priced from a
+     * published shape table (DeepGEMM's) */
+    double prefill_qkv_s, prefix_kvb_s, table_gemm_s;
 } clnpu_plan_breakdown;
 CLNPU_API clnpu_plan_breakdown clnpu_plan_get_breakdown(const clnpu_plan *p);
 
