@@ -112,7 +112,7 @@ static clnpu_status rates_of(const ctx *c, const yaml_node_t *n, clnpu_kernel_ra
 {
     static const char *const keys[] = {"gemm_flops", "stream_bandwidth", "attn_flops", "attn_bandwidth",
                                        "alltoall_bandwidth", "alltoall_latency_s", "alltoall_sm_fraction", "source",
-                                       "gemm_table", "grouped_gemm_table", "attn_prefill_table", NULL};
+                                       "gemm_table", "grouped_gemm_table", "attn_prefill_table", "tbo_compute_sm_fraction", NULL};
     clnpu_status st = check_keys(c, n, "kernel_rates", keys);
     double *dst[] = {&rates->gemm_flops, &rates->stream_bandwidth, &rates->attn_flops,
                      &rates->attn_bandwidth, &rates->alltoall_bandwidth, &rates->alltoall_latency_s,
@@ -125,6 +125,9 @@ static clnpu_status rates_of(const ctx *c, const yaml_node_t *n, clnpu_kernel_ra
         st = table_of(c, v, "grouped_gemm_table", rates->grouped_table, &rates->grouped_table_count);
     if (!st && (v = get(c, n, "attn_prefill_table")))
         st = attn_table_of(c, v, rates->attn_prefill_table, &rates->attn_prefill_table_count);
+    if (!st && (v = get(c, n, "tbo_compute_sm_fraction")) && !(st = num(c, v, "tbo_compute_sm_fraction", &rates->tbo_compute_sm_fraction)) &&
+        !(rates->tbo_compute_sm_fraction > 0 && rates->tbo_compute_sm_fraction <= 1))
+        st = clnpu_yaml_fail_at(c->origin, v, "tbo_compute_sm_fraction is a fraction in (0, 1]");
     if (!st && rates->alltoall_sm_fraction >= 1)
         st = clnpu_yaml_fail_at(c->origin, get(c, n, "alltoall_sm_fraction"), "alltoall_sm_fraction is a fraction below 1");
     if (!st && (v = get(c, n, "source")) && sval(v)) snprintf(source, cap, "%s", sval(v));

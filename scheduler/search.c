@@ -50,6 +50,8 @@ typedef struct cand {
 typedef struct parts {
     double attn, moe, comm, other, overlap;
     double qkv, kvb, tab; /* shares of attn / moe reported by --explain (clnpu_plan_breakdown) */
+    double late, shared;  /* of attn: the core and o_proj; of moe: the shared expert and the
+                           * router (the overlap schedules place them apart) */
 } parts;
 
 static double peak_of(const clnpu_profile *p, clnpu_dtype w)
@@ -202,10 +204,11 @@ static double mlp_table_time(const cand *c, bool grouped, double m, double I, do
     return a < 0 || b < 0 ? -1 : a + b;
 }
 
-/* MLA's projections from the table at TP 1 (the shapes DeepGEMM tabulates: q_a and kv_a fused,
- * N = q_lora + R + rope; q_b; kv_b over `kv_rows` keys, which in prefill include the cached
- * prefix keys it expands per head; o_proj), or -1 (TP splits them, another attention family, a
- * shape the table lacks). */
+/* MLA's projections from the table (the shapes DeepGEMM tabulates: q_a and kv_a fused,
+ * N = q_lora + R + rope, whole on every TP rank; q_b; kv_b over `kv_rows` keys, which in prefill
+ * include the cached prefix keys it expands per head; o_proj), or -1 (another attention family,
+ * a shape the table lacks). TP t splits q_b, kv_b and o_proj by heads: a rank runs 1 / t of the
+ * full shape's time (its efficiency is taken as the full shape's). */
 static double proj_table_time(const cand *c, const clnpu_graph_unit *u, double rows, double kv_rows)
 {
     const clnpu_model_config *m = &c->gr->cfg;
@@ -213,14 +216,15 @@ static double proj_table_time(const cand *c, const clnpu_graph_unit *u, double r
     const double nope = (double)m->qk_nope_head_dim, rope = (double)m->qk_rope_head_dim, vd = (double)m->v_head_dim;
     const double qlr = (double)m->q_lora_rank, dqk = nope + rope;
     const double base = (qlr ? d * qlr + qlr + qlr * H * dqk : d * H * dqk) + d * (R + rope) + R + R * H * (nope + vd) + H * vd * d;
-    if (c->t != 1 || u->attn_topk || fabs(u->attn_params - base) > 0.5) return -1;
+    if (u->attn_topk || fabs(u->attn_params - base) > 0.5) return -1;
+    const double tp = (double)c->t;
     double t[4];
     t[0] = table_time(c, false, rows, qlr ? qlr + R + rope : H * dqk + R + rope, d, 1);
     t[1] = qlr ? table_time(c, false, rows, H * dqk, qlr, 1) : 0;
     t[2] = table_time(c, false, kv_rows, H * (nope + vd), R, 1);
     t[3] = table_time(c, false, rows, d, H * vd, 1);
     if (t[0] < 0 || t[1] < 0 || t[2] < 0 || t[3] < 0) return -1;
-    return t[0] + t[1] + t[2] + t[3];
+    return t[0] + (t[1] + t[2] + t[3]) / tp;
 }
 
 /* Time of one unit on one device of a stage group (device dv) for the whole step, by part. */
@@ -280,8 +284,10 @@ static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const cln
     const double attn_rank = (u->attn_params - u->attn_whole_params) / t + u->attn_whole_params;
     /* the memory-bound kernels between the GEMMs stream activations (bf16): the attention block's
      * norms, rope, fp8 quantisation and residual add, about 13 passes of a hidden row (read and
-     * write counted), and the o_proj input's quantisation (3 bytes per value of 2 hidden rows) */
-    double elem_attn = tr / t * (13 + 6) * d;
+     * write counted), and the o_proj input's quantisation (3 bytes per value of the H x v_head
+     * attention output of the rank's heads) */
+    const double o_in = (double)c->gr->cfg.num_attention_heads * (double)c->gr->cfg.v_head_dim;
+    double elem_attn = tr / t * (13 * d + 3 * o_in);
     /* Non-absorbed prefill (dense MLA): kv_b expands every key it attends, the cached prefix keys
      * too (hit / (1 - hit) of them per new token), into per-head keys and values, and the
      * per-head q, k and v (bf16) are written by their GEMMs and read by the attention kernel. */
@@ -298,19 +304,25 @@ static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const cln
         P.qkv = (tr * H * dqk + (tr + cached) * H * (dqk + (double)mc->v_head_dim)) * 2 * 2 / t / stream_rate(c, p, own);
     if (cached > 0)
         P.kvb = proj_tab >= 0 ? table_time(c, false, tr + cached, H * (double)(mc->qk_nope_head_dim + mc->v_head_dim),
-                                           (double)mc->kv_lora_rank, 1) - table_time(c, false, tr, H * (double)(mc->qk_nope_head_dim + mc->v_head_dim), (double)mc->kv_lora_rank, 1)
+                                           (double)mc->kv_lora_rank, 1) / t -
+                                    table_time(c, false, tr, H * (double)(mc->qk_nope_head_dim + mc->v_head_dim), (double)mc->kv_lora_rank, 1) / t
                               : 2 * kvb_params * cached / t / gemm_rate(c, p);
     if (proj_tab >= 0) P.tab += proj_tab;
     const double dense_len = prefill && !kt && u->attn_prefill_flops_per_ctx > 0 ? ctx : 0; /* FlashAttention-class */
-    P.attn = proj + attn_roof(c, p, own, core_flops, core_bytes, dense_len) + elem_attn / stream_rate(c, p, own);
+    const double core = attn_roof(c, p, own, core_flops, core_bytes, dense_len);
+    P.attn = proj + core + elem_attn / stream_rate(c, p, own);
+    /* the core and o_proj (DeepSeek's decode schedule runs them as ATTN-1, beside a combine) */
+    const double o_params = (double)mc->num_attention_heads * (double)mc->v_head_dim * d / t;
+    P.late = core + (proj_tab >= 0 ? table_time(c, false, tr, d, (double)mc->num_attention_heads * (double)mc->v_head_dim, 1) / t
+                                   : proj * fmin(1, o_params / fmax(attn_rank, 1)));
     double comm = 2 * allreduce(c, link_for(c, c->t), t, tr * d * act); /* after o_proj and after the MLP */
     double comp1 = P.attn, comp2 = 0;
     if (u->kind == CLNPU_UNIT_DENSE) {
         /* SiLU x up reads 2 I and writes I (fp8) per row, the down input's quantisation 3 d */
         const double I = u->dense_params / (3 * d), elem = tr / t * (5 * I / t + 3 * d);
-        const double tab = t == 1 ? mlp_table_time(c, false, tr, I, 1) : -1;
+        const double tab = mlp_table_time(c, false, tr, I, 1) / t; /* TP splits I: 1 / t of the time */
         if (tab >= 0) P.tab += tab;
-        comp1 += (tab >= 0 ? fmax(tab, u->dense_params * c->wb / stream_rate(c, p, own))
+        comp1 += (tab >= 0 ? fmax(tab, u->dense_params * c->wb / t / stream_rate(c, p, own))
                            : roof(c, p, own, 2 * u->dense_params * tr / t, u->dense_params * c->wb / t)) +
                  elem / stream_rate(c, p, own);
         P.moe = comp1 - P.attn;
@@ -332,6 +344,9 @@ static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const cln
         const double g_tab = distinct > 0 ? mlp_table_time(c, true, per_dev / distinct, I, distinct) : 0;
         const double s_tab = per_replica && sh_split == 1 ? mlp_table_time(c, false, sh_rows, Ish, 1) : -1;
         if (g_tab >= 0 && s_tab >= 0 && dv->shared_bandwidth <= 0) P.tab += g_tab + s_tab;
+        P.shared = (g_tab >= 0 && s_tab >= 0 ? s_tab + roof(c, p, own, 2 * u->router_params * sh_rows, u->router_params * c->wb)
+                                             : roof(c, p, own, sh_flops, sh_bytes)) +
+                   sh_rows * (5 * Ish / sh_split + 3 * d) / stream_rate(c, p, own);
         if (g_tab >= 0 && s_tab >= 0 && dv->shared_bandwidth <= 0)
             comp2 = fmax(g_tab + s_tab, (distinct * u->expert_params + u->shared_params) * c->wb / stream_rate(c, p, own)) +
                     roof(c, p, own, 2 * u->router_params * sh_rows, u->router_params * c->wb);
@@ -340,9 +355,13 @@ static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const cln
                     roof(c, p, own, sh_flops, sh_bytes);
         else
             comp2 = roof(c, p, own, 2 * u->expert_params * per_dev + sh_flops, distinct * u->expert_params * c->wb + sh_bytes);
-        /* routed rows gathered into expert order (read and write, fp8), SiLU x up on each routed
-         * and shared row (5 I bytes), the shared expert's input quantisation */
-        const double elem = per_dev * (2 * d + 5 * I) + sh_rows * (5 * Ish / sh_split + 3 * d);
+        /* routed rows gathered into expert order (read and write, fp8) and, after the down
+         * projection, back into the exchange's order for the combine (read and write, bf16) --
+         * not where the exchange itself writes each row into its expert's slot and the combine
+         * reads it there (DeepEP's low-latency kernels feeding the masked grouped GEMM); SiLU x
+         * up on each routed and shared row (5 I bytes), the shared expert's input quantisation */
+        const double permute = dispatch_mode(c) == CLNPU_DISPATCH_EXPERT ? 0 : 2 * d + 4 * d;
+        const double elem = per_dev * (permute + 5 * I) + sh_rows * (5 * Ish / sh_split + 3 * d);
         comp2 += elem / stream_rate(c, u->kind == CLNPU_UNIT_MOE && dv->shared_bandwidth > 0 ? &pe : p, own);
         P.moe = comp2;
         /* dispatch (in the weight dtype when it is 8-bit, as DeepEP does) + combine (bf16) */
@@ -365,6 +384,17 @@ static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const cln
 
 static double parts_sum(parts P) { return P.attn + P.moe + P.comm + P.other - P.overlap; }
 
+/* The overlap of one MoE layer: DeepSeek's published schedules (scheduler/overlap.c), with the
+ * cluster's split of the compute units. */
+static double tbo_slots(const cand *c, bool prefill, double attn, double late, double sh, double mlp, double dd, double mm)
+{
+    const double part = rate(c->cal->rates.tbo_compute_sm_fraction, c->cl->rates.tbo_compute_sm_fraction, 0);
+    const clnpu_tbo_layer x = {.prefill = prefill, .attn = attn, .late = late, .shared = sh, .mlp = mlp, .dispatch = dd,
+                               .combine = mm, .compute_sm_fraction = part,
+                               .exchange_sm_fraction = rate(c->cal->rates.alltoall_sm_fraction, c->cl->rates.alltoall_sm_fraction, 0)};
+    return clnpu_tbo_layer_time(&x);
+}
+
 /* With two micro-batches (TBO), one micro-batch's dispatch and combine run while the other
  * computes. A layer's compute before dispatch (c1: attention, router) and between dispatch and
  * combine (c2: experts) pair with the other micro-batch's exchange in four slots, each as long
@@ -383,12 +413,9 @@ static parts unit_parts_tbo(const cand *c, const clnpu_cluster_device *dv, const
     }
     /* split the exchange into dispatch and combine as the bytes do (1 B + scales vs 2 B) */
     const double one_b = h.wb < 2 ? 1.0 + 4.0 / 128 : 2.0, frac_d = one_b / (one_b + 2.0);
-    const double c1 = P.attn + P.other, c2 = P.moe, dd = P.comm * frac_d, mm = P.comm * (1 - frac_d);
-    /* the exchange kernels keep compute units busy for part of their time (packing, sending,
-     * receiving): that much of the exchange also runs on the compute stream beside it */
-    const double sm = rate(c->cal->rates.alltoall_sm_fraction, c->cl->rates.alltoall_sm_fraction, 0);
-    const double slots = fmax(c1 + sm * dd, dd) + fmax(c2 + sm * dd, dd) + fmax(c2 + sm * mm, mm) + fmax(c1 + sm * mm, mm);
-    R.overlap = R.attn + R.moe + R.comm + R.other - slots;
+    const double dd = P.comm * frac_d, mm = P.comm * (1 - frac_d);
+    const double sh = fmin(P.shared, P.moe), mlp = P.moe - sh, attn = P.attn + P.other, late = fmin(P.late, attn);
+    R.overlap = R.attn + R.moe + R.comm + R.other - tbo_slots(c, c->w->phase == CLNPU_PHASE_PREFILL, attn, late, sh, mlp, dd, mm);
     return R;
 }
 

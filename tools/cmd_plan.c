@@ -45,10 +45,10 @@ static void explain(const clnpu_model_config *cfg, const clnpu_cluster *cl, cons
     if (b.prefill_qkv_s > 0 || b.prefix_kvb_s > 0)
         printf("explain: of attention, %.3f ms per-head q/k/v traffic (non-absorbed prefill) and %.3f ms kv_b over the "
                "cached prefix keys\n", b.prefill_qkv_s * 1e3, b.prefix_kvb_s * 1e3);
-    struct { const char *name; clnpu_workload w; clnpu_cluster c; clnpu_calibration k; bool on; } v[10];
+    struct { const char *name; clnpu_workload w; clnpu_cluster c; clnpu_calibration k; bool on; } v[12];
     size_t n = 0;
 #define VARIANT(NAME, COND, EDIT) \
-    if ((COND) && n < 10) { v[n].name = NAME, v[n].w = *w, v[n].c = *cl, v[n].k = *cal, v[n].on = true; \
+    if ((COND) && n < 12) { v[n].name = NAME, v[n].w = *w, v[n].c = *cl, v[n].k = *cal, v[n].on = true; \
         { clnpu_workload *W = &v[n].w; clnpu_cluster *C = &v[n].c; clnpu_calibration *K = &v[n].k; (void)W, (void)C, (void)K; EDIT; } n++; }
     VARIANT("prefix-cache hits 0", w->prefix_hit > 0, W->prefix_hit = 0)
     VARIANT("no MTP", w->mtp_accept > 0, W->mtp_accept = 0)
@@ -66,6 +66,9 @@ static void explain(const clnpu_model_config *cfg, const clnpu_cluster *cl, cons
             (C->rates.gemm_table_count = C->rates.grouped_table_count = 0,
              C->phase[0].rates.gemm_table_count = C->phase[0].rates.grouped_table_count = 0,
              C->phase[1].rates.gemm_table_count = C->phase[1].rates.grouped_table_count = 0))
+    VARIANT("compute on every SM under TBO", b.tbo && pr->tbo_compute_sm_fraction > 0,
+            (C->rates.tbo_compute_sm_fraction = 0, C->phase[0].rates.tbo_compute_sm_fraction = 0,
+             C->phase[1].rates.tbo_compute_sm_fraction = 0))
     VARIANT("prefill attention at attn_flops", w->phase == CLNPU_PHASE_PREFILL && pr->attn_prefill_table_count,
             (C->rates.attn_prefill_table_count = 0, C->phase[0].rates.attn_prefill_table_count = 0,
              C->phase[1].rates.attn_prefill_table_count = 0))

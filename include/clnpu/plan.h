@@ -102,6 +102,24 @@ typedef struct clnpu_attn_point {
  * them; 0 for an empty table. */
 CLNPU_API double clnpu_attn_table_rate(const clnpu_attn_point *table, size_t count, double len);
 
+/* One MoE layer of both micro-batches under two-micro-batch overlap (TBO), in the schedules
+ * DeepSeek publishes (open-infra-index day 6; deepseek-ai/profile-data's figures). Per
+ * micro-batch: attention `attn` (of it `late`: the core and o_proj), shared expert + router
+ * `shared`, routed experts `mlp`, `dispatch` and `combine` (seconds each, at full compute units):
+ *   prefill: ATTN(1)+SHARED(0) | COMBINE(0); ATTN(0) | DISPATCH(1); MLP(1) | DISPATCH(0);
+ *            MLP(0)+SHARED(1) | COMBINE(1)
+ *   decode:  SHARED(0)+ATTN-0(1) | DISPATCH(0); MLP(0) alone; ATTN-1(1) | COMBINE(0); then swapped
+ * each slot as long as the longer side. compute_sm_fraction > 0: compute runs on that fixed share
+ * of the compute units throughout (DeepSeek's prefill: 108 of 132 SMs), taking 1 / share as long;
+ * else exchange_sm_fraction of each exchange's time also occupies the compute stream. Returns the
+ * layer's seconds for both micro-batches. */
+typedef struct clnpu_tbo_layer {
+    bool prefill;
+    double attn, late, shared, mlp, dispatch, combine;
+    double compute_sm_fraction, exchange_sm_fraction;
+} clnpu_tbo_layer;
+CLNPU_API double clnpu_tbo_layer_time(const clnpu_tbo_layer *x);
+
 typedef struct clnpu_kernel_rates {
     double gemm_flops;         /* dense and grouped GEMM, compute-bound, in the weight dtype */
     double stream_bandwidth;   /* weights streamed by memory-bound GEMMs (bytes/s) */
@@ -113,6 +131,9 @@ typedef struct clnpu_kernel_rates {
                                   * overlapped compute cannot use them (DeepEP normal kernels hold
                                   * 24 of 132 SMs throughout: 0.18; low-latency kernels fill every
                                   * SM while sending and receiving, about 0.06 of 0.17 ms: 0.35) */
+    double tbo_compute_sm_fraction; /* a fixed split of the compute units while two micro-batches
+                                     * overlap: the compute stream's share (DeepSeek's prefill:
+                                     * 108 of 132 SMs, 0.818; 0: no fixed split) */
     /* published rates by GEMM shape (replace gemm_flops for the shapes they list): dense GEMMs
      * (attention projections, dense MLP, shared expert, by tokens) and grouped expert GEMMs (by
      * rows per expert) */
