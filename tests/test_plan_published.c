@@ -58,8 +58,8 @@ START_TEST(test_published_layouts)
     /* SGLang decode on 9 nodes: EP72 (288 / 72 = 4 slots) */
     s = plan_of(SRC "/clusters/h100-sglang-decode.yaml", dsv3(CLNPU_PHASE_DECODE, 18432, 2000), NULL);
     ck_assert_msg(s.ep == 72 && s.dp == 72, "EP %zu DP %zu", s.ep, s.dp);
-    /* prefill: attention DP over all 32 GPUs with TBO; the model prefers EP16 x 2 replicas (fewer
-     * nodes per exchange) where memory allows, and EP32 when pinned to DeepSeek's width */
+    /* prefill: attention DP over all 32 GPUs with TBO (EP32 as DeepSeek's; EP16 x 2 replicas,
+     * fewer nodes per exchange, is within a few per cent in the model), EP32 when pinned */
     clnpu_workload wp = dsv3(CLNPU_PHASE_PREFILL, 128, 4096);
     wp.latent_cache = CLNPU_DTYPE_BF16;
     s = plan_of(SRC "/clusters/h800-deepseek-prefill.yaml", wp, &b);
