@@ -49,7 +49,7 @@ typedef struct cand {
 /* Where one unit's time goes (seconds per step); see clnpu_plan_breakdown. */
 typedef struct parts {
     double attn, moe, comm, other, overlap;
-    double qkv, kvb, tab; /* shares of attn / moe reported by --explain (clnpu_plan_breakdown) */
+    double qkv, kvb, tab, perm; /* shares of attn / moe reported by --explain (clnpu_plan_breakdown) */
     double late, shared;  /* of attn: the core and o_proj; of moe: the shared expert and the
                            * router (the overlap schedules place them apart) */
 } parts;
@@ -362,7 +362,9 @@ static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const cln
          * up on each routed and shared row (5 I bytes), the shared expert's input quantisation */
         const double permute = dispatch_mode(c) == CLNPU_DISPATCH_EXPERT ? 0 : 2 * d + 4 * d;
         const double elem = per_dev * (permute + 5 * I) + sh_rows * (5 * Ish / sh_split + 3 * d);
-        comp2 += elem / stream_rate(c, u->kind == CLNPU_UNIT_MOE && dv->shared_bandwidth > 0 ? &pe : p, own);
+        const double elem_rate = stream_rate(c, u->kind == CLNPU_UNIT_MOE && dv->shared_bandwidth > 0 ? &pe : p, own);
+        comp2 += elem / elem_rate;
+        P.perm = per_dev * permute / elem_rate;
         P.moe = comp2;
         /* dispatch (in the weight dtype when it is 8-bit, as DeepEP does) + combine (bf16) */
         const double disp = ep_exchange(c, c->wb < 2 ? 1.0 + 4.0 / 128 : act), comb = ep_exchange(c, act);
@@ -406,7 +408,7 @@ static parts unit_parts_tbo(const cand *c, const clnpu_cluster_device *dv, const
     cand h = *c;
     h.tokens = c->tokens / 2, h.batch = c->batch / 2;
     parts P = unit_parts(&h, dv, u), R = P;
-    R.attn *= 2, R.moe *= 2, R.comm *= 2, R.other *= 2, R.qkv *= 2, R.kvb *= 2, R.tab *= 2;
+    R.attn *= 2, R.moe *= 2, R.comm *= 2, R.other *= 2, R.qkv *= 2, R.kvb *= 2, R.tab *= 2, R.perm *= 2;
     if (u->kind != CLNPU_UNIT_MOE || c->g <= 1) {
         R.overlap *= 2;
         return R;
@@ -782,7 +784,7 @@ static parts stage_parts(const cand *c, size_t i, size_t j, size_t k)
         if (mtp && x->kind == CLNPU_UNIT_HEAD) unit_time_of(c, dv, mtp, &P[1]), unit_time_of(c, dv, x, &P[2]), n = 3;
         for (size_t q = 0; q < n; q++)
             S.attn += P[q].attn, S.moe += P[q].moe, S.comm += P[q].comm, S.other += P[q].other, S.overlap += P[q].overlap,
-            S.qkv += P[q].qkv, S.kvb += P[q].kvb, S.tab += P[q].tab;
+            S.qkv += P[q].qkv, S.kvb += P[q].kvb, S.tab += P[q].tab, S.perm += P[q].perm;
     }
     /* receiving the stage input */
     S.other += stage_cost(i, j, k, (void *)c) - (c->unit_time[k * (c->gr->count + 1) + j] - c->unit_time[k * (c->gr->count + 1) + i]);
@@ -804,7 +806,7 @@ static clnpu_plan_breakdown breakdown_of(const cand *c, const result *best, cons
         if (prefill) {
             parts S = stage_parts(c, best->cuts[s], best->cuts[s + 1], s);
             b.attention_s += S.attn, b.moe_s += S.moe, b.comm_s += S.comm, b.other_s += S.other, b.overlap_s += S.overlap;
-            b.prefill_qkv_s += S.qkv, b.prefix_kvb_s += S.kvb, b.table_gemm_s += S.tab;
+            b.prefill_qkv_s += S.qkv, b.prefix_kvb_s += S.kvb, b.table_gemm_s += S.tab, b.permute_s += S.perm;
         }
     }
     const double m = (double)best->micro, k = (double)best->stages;
@@ -812,7 +814,7 @@ static clnpu_plan_breakdown breakdown_of(const cand *c, const result *best, cons
         parts S = stage_parts(c, best->cuts[slow], best->cuts[slow + 1], slow);
         b.attention_s = m * S.attn, b.moe_s = m * S.moe, b.comm_s = m * S.comm, b.other_s = m * S.other;
         b.overlap_s = m * S.overlap;
-        b.prefill_qkv_s = m * S.qkv, b.prefix_kvb_s = m * S.kvb, b.table_gemm_s = m * S.tab;
+        b.prefill_qkv_s = m * S.qkv, b.prefix_kvb_s = m * S.kvb, b.table_gemm_s = m * S.tab, b.permute_s = m * S.perm;
         b.bubble_s = (fmax(m, k) - m) * mx;
     }
     /* what is left (memory shared by groups of one node) */

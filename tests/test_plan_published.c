@@ -459,6 +459,8 @@ START_TEST(test_costs_permute)
     const clnpu_plan_breakdown node = one_device("", "node", w), expert = one_device("", "expert", w);
     const double moe_layers = 58, rows = 4 * 8;
     ck_assert_double_eq_tol(node.moe_s - expert.moe_s, moe_layers * rows * 6 * 7168 / 1e12, 1e-12);
+    ck_assert_double_eq_tol(node.permute_s, moe_layers * rows * 6 * 7168 / 1e12, 1e-12); /* --explain's figure */
+    ck_assert(expert.permute_s == 0);
     ck_assert_double_eq_tol(node.attention_s, expert.attention_s, 1e-15);
 }
 END_TEST

@@ -42,6 +42,8 @@ static void explain(const clnpu_model_config *cfg, const clnpu_cluster *cl, cons
     if (b.table_gemm_s > 0)
         printf("explain: of attention + MoE, %.3f ms are GEMMs priced from the cluster's published shape tables\n",
                b.table_gemm_s * 1e3);
+    if (b.permute_s > 0)
+        printf("explain: of MoE compute, %.3f ms routed rows into expert order and back for the exchange\n", b.permute_s * 1e3);
     if (b.prefill_qkv_s > 0 || b.prefix_kvb_s > 0)
         printf("explain: of attention, %.3f ms per-head q/k/v traffic (non-absorbed prefill) and %.3f ms kv_b over the "
                "cached prefix keys\n", b.prefill_qkv_s * 1e3, b.prefix_kvb_s * 1e3);

@@ -324,8 +324,8 @@ typedef struct clnpu_plan_breakdown {
     double tokens_per_step, output_tokens_per_step;
     /* of attention_s: non-absorbed prefill's per-head q / k / v written and read (bf16), and
      * kv_b expanding the cached prefix keys; of attention_s + moe_s: the GEMMs priced from a
-     * published shape table (DeepGEMM's) */
-    double prefill_qkv_s, prefix_kvb_s, table_gemm_s;
+     * published shape table (DeepGEMM's); of moe_s: routed rows into expert order and back */
+    double prefill_qkv_s, prefix_kvb_s, table_gemm_s, permute_s;
 } clnpu_plan_breakdown;
 CLNPU_API clnpu_plan_breakdown clnpu_plan_get_breakdown(const clnpu_plan *p);
 
