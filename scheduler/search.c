@@ -148,6 +148,18 @@ static clnpu_profile sharing(const clnpu_cluster_device *dv, double busy)
     return p;
 }
 
+/* The busiest device's rows over the mean in this candidate's exchanges: the placement's (or a
+ * measured figure as given), or a measured figure carried from where it was measured to this
+ * EP width, slot count and rows per device per exchange (a half batch's under TBO). */
+static double imbalance_of(const cand *c)
+{
+    const clnpu_workload *w = c->w;
+    if (!(w->expert_imbalance > 0 && w->expert_imbalance_at[0] > 0)) return c->imbalance;
+    const double rows = c->tokens * (double)c->gr->top_k / (double)c->g;
+    return clnpu_expert_imbalance_transfer(w->expert_imbalance, w->expert_imbalance_at[0], w->expert_imbalance_at[1],
+                                           w->expert_imbalance_at[2], (double)c->g, (double)c->slots, rows);
+}
+
 /* Dispatch (8-bit when the weights are, as DeepEP does) or combine (bf16) of one MoE layer:
  * the busiest device's bytes over the link the stage spans. */
 static double ep_exchange(const cand *c, double bytes_per_value)
@@ -158,6 +170,7 @@ static double ep_exchange(const cand *c, double bytes_per_value)
     const double bw = rate(c->cal->rates.alltoall_bandwidth, c->cl->rates.alltoall_bandwidth, l->bandwidth * c->cal->link_eff);
     const double lat = rate(c->cal->rates.alltoall_latency_s, c->cl->rates.alltoall_latency_s, l->latency_s);
     if (c->g <= 1) return 0;
+    const double imb = imbalance_of(c);
     /* A measured rate (DeepEP's tests, a calibration) is applied to bytes counted the way it was
      * measured: DeepEP counts every (token, expert) selection in low-latency mode and every
      * destination node of a token, its own included, in normal mode. A link's own bandwidth is
@@ -165,7 +178,7 @@ static double ep_exchange(const cand *c, double bytes_per_value)
     const bool measured = c->cl->rates.alltoall_bandwidth > 0 || c->cal->rates.alltoall_bandwidth > 0;
     const double remote = measured ? 1 : (g - 1) / g;
     if (dispatch_mode(c) == CLNPU_DISPATCH_EXPERT) /* one message per (token, expert), posted at once */
-        return lat + per_dev * k * remote * d * bytes_per_value * c->imbalance / bw;
+        return lat + per_dev * k * remote * d * bytes_per_value * imb / bw;
     /* distinct destination devices of a token; group-aware placement bounds them by topk_group */
     double fan = fmin(k, g * (1 - pow(1 - 1 / g, k)));
     if (c->gr->n_group > 1 && c->gr->topk_group) fan = fmin(fan, (double)c->gr->topk_group * ceil(g / (double)c->gr->n_group));
@@ -173,12 +186,12 @@ static double ep_exchange(const cand *c, double bytes_per_value)
         /* once per destination node over the network, then NVLink fan-out inside the node */
         const double nodes = g / (double)c->per_node;
         const double nfan = fmin(fan, nodes * (1 - pow(1 - 1 / nodes, fan)));
-        const double inter = lat + per_dev * nfan * (measured ? 1 : (nodes - 1) / nodes) * d * bytes_per_value * c->imbalance / bw;
+        const double inter = lat + per_dev * nfan * (measured ? 1 : (nodes - 1) / nodes) * d * bytes_per_value * imb / bw;
         const double intra = c->cl->intra.latency_s +
-                             per_dev * fan * d * bytes_per_value * c->imbalance / (c->cl->intra.bandwidth * c->cal->link_eff);
+                             per_dev * fan * d * bytes_per_value * imb / (c->cl->intra.bandwidth * c->cal->link_eff);
         return fmax(inter, intra);
     }
-    if (measured) return (g - 1) * lat + per_dev * fan * remote * d * bytes_per_value * c->imbalance / bw;
+    if (measured) return (g - 1) * lat + per_dev * fan * remote * d * bytes_per_value * imb / bw;
     return alltoall(c, l, g, per_dev * fan * d * bytes_per_value);
 }
 
@@ -329,7 +342,7 @@ static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const cln
     } else {
         /* routed experts over the g devices of the stage: tokens x top_k spread by placement */
         const double k = (double)c->gr->top_k, s = (double)c->slots;
-        const double per_dev = c->tokens * k / g * c->imbalance;
+        const double per_dev = c->tokens * k / g * imbalance_of(c);
         const double distinct = s * (1 - pow(1 - 1 / s, per_dev)); /* experts that see a token */
         /* router and shared expert: clnpu's executor (device dispatch) runs them once for every
          * replica's tokens on the first device while the replicas wait at the layer; DeepEP-style
@@ -703,7 +716,7 @@ static result evaluate(const clnpu_graph *gr, const clnpu_cluster *cl, const cln
             }
             r.ok = true, r.g = g, r.t = t, r.stages = k, r.batch = batch, r.value = value, r.micro = m, r.tbo = tbo;
             r.dp = cl->count / (g * k);
-            r.imbalance = c.imbalance, r.lb_gap = gap, r.slots = c.slots;
+            r.imbalance = imbalance_of(&c), r.lb_gap = gap, r.slots = c.slots;
             if (!prefill) {
                 /* fewer micro-batches than stages leave bubbles: a step takes max(m, k) slots */
                 r.period = (double)(m > k ? m : k) * mx * node_sharing(cl, g, k, (double)r.dp, m, per_node, false);

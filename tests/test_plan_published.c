@@ -465,6 +465,39 @@ START_TEST(test_costs_permute)
 }
 END_TEST
 
+
+START_TEST(test_costs_imbalance_transfer)
+{
+    /* Blom's expected maximum of n normals against the exact values (32: 2.0697, 144: 2.6131) */
+    ck_assert_double_eq_tol(clnpu_normal_expected_max(32), 2.0697, 0.01);
+    ck_assert_double_eq_tol(clnpu_normal_expected_max(144), 2.6131, 0.02);
+    ck_assert(clnpu_normal_expected_max(1) == 0);
+    /* carried to where it was measured it is unchanged; one device has none */
+    ck_assert_double_eq_tol(clnpu_expert_imbalance_transfer(1.109, 32, 9, 2048, 32, 9, 2048), 1.109, 1e-12);
+    ck_assert(clnpu_expert_imbalance_transfer(1.109, 32, 9, 2048, 1, 9, 2048) == 1);
+    /* the arithmetic: spread s from the measurement, then (1 + z s / sqrt(n)) (1 + z / sqrt(r)) */
+    const double z32 = clnpu_normal_expected_max(32), z72 = clnpu_normal_expected_max(72);
+    const double spread = (1.109 / (1 + z32 / sqrt(2048)) - 1) * 3 / z32;
+    ck_assert_double_eq_tol(clnpu_expert_imbalance_transfer(1.109, 32, 9, 2048, 72, 4, 1024),
+                            (1 + z72 * spread / 2) * (1 + z72 / 32), 1e-12);
+    /* TensorRT-LLM's second published point: EP36 with 8 slots per rank, ratio 0.115 */
+    ck_assert_double_eq_tol(clnpu_expert_imbalance_transfer(1.109, 32, 9, 2048, 36, 8, 2048), 1.115, 0.002);
+    /* fewer slots per device and fewer rows per exchange: more imbalance */
+    ck_assert(clnpu_expert_imbalance_transfer(1.109, 32, 9, 2048, 144, 2, 856) >
+              clnpu_expert_imbalance_transfer(1.109, 32, 9, 2048, 72, 4, 1024));
+    /* a plan carries it to its own layout: SGLang's decode (EP72, 4 slots, 128 x 8 rows per
+     * half-batch exchange) is slower than with the figure as measured */
+    clnpu_workload w = dsv3(CLNPU_PHASE_DECODE, 18432, 2000);
+    w.ep = 72, w.max_tp = 1, w.expert_imbalance = 1.109;
+    const clnpu_plan_summary as_is = plan_of(SRC "/clusters/h100-sglang-decode.yaml", w, NULL);
+    w.expert_imbalance_at[0] = 32, w.expert_imbalance_at[1] = 9, w.expert_imbalance_at[2] = 2048;
+    const clnpu_plan_summary carried = plan_of(SRC "/clusters/h100-sglang-decode.yaml", w, NULL);
+    ck_assert_msg(carried.step_s > as_is.step_s, "%.4f vs %.4f", carried.step_s, as_is.step_s);
+    ck_assert_double_eq_tol(carried.expert_imbalance,
+                            clnpu_expert_imbalance_transfer(1.109, 32, 9, 2048, 72, 4, 18432.0 / 72 * 8), 1e-9);
+}
+END_TEST
+
 TCase *tcase_plan_published(void)
 {
     TCase *tc = tcase_create("published");
@@ -479,5 +512,6 @@ TCase *tcase_plan_published(void)
     tcase_add_test(tc, test_costs_tbo_schedules);
     tcase_add_test(tc, test_costs_prefill_terms);
     tcase_add_test(tc, test_costs_permute);
+    tcase_add_test(tc, test_costs_imbalance_transfer);
     return tc;
 }

@@ -216,6 +216,10 @@ typedef struct clnpu_workload {
                           * MTP); each step verifies 2 tokens per sequence, emits 1 + accept */
     double expert_imbalance; /* max / mean expert load per device left after placement, measured
                               * (1 or 0 = what the load histogram gives) */
+    double expert_imbalance_at[3]; /* where expert_imbalance was measured: EP width, expert slots
+                                    * per device, rows each device receives per exchange; set,
+                                    * the planner carries it to each layout it prices
+                                    * (clnpu_expert_imbalance_transfer); 0: used as it is */
     int tbo;             /* CLNPU_TBO_*, overrides the cluster's when not DEFAULT */
     size_t redundant_experts; /* overrides the cluster's when > 0 */
     bool kv_transfer;    /* prefill: the KV cache is sent to decode devices (disaggregation), on
@@ -225,6 +229,19 @@ typedef struct clnpu_workload {
 } clnpu_workload;
 
 CLNPU_API clnpu_workload clnpu_workload_default(void);
+
+/* Expert imbalance (max / mean rows per device in one exchange) measured at one layout, carried
+ * to another. Two parts, both seen on the busiest of G devices, z(G) spreads above the mean
+ * (Blom's expected maximum of G normal draws): EPLB leaves each expert copy's load off its share
+ * by a relative spread s, so a device of n slots is off by s / sqrt(n); and one exchange samples
+ * its r rows per device (Poisson: 1 / sqrt(r)). The measurement (ratio, G, n, r) fixes s;
+ * the result is (1 + z(G') s / sqrt(n')) (1 + z(G') / sqrt(r')), 1 for G' <= 1.
+ *   // TensorRT-LLM: 1.109 at EP32, 9 slots, 256 tokens x top-8 per rank; at EP36 with 8 slots:
+ *   double x = clnpu_expert_imbalance_transfer(1.109, 32, 9, 2048, 36, 8, 2048); // 1.1155 */
+CLNPU_API double clnpu_expert_imbalance_transfer(double ratio, double g, double slots, double rows, double g_to,
+                                                 double slots_to, double rows_to);
+/* Blom's approximation of the expected maximum of n standard normal draws, 0 for n <= 1. */
+CLNPU_API double clnpu_normal_expected_max(double n);
 /* The largest cluster the planner takes (65,536 devices plan in about 2 s; past it, an error).
  * EP widths stop at max(expert slots, devices per node), so the search does not grow with N. */
 #define CLNPU_PLAN_MAX_DEVICES 65536
