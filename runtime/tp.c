@@ -104,7 +104,7 @@ clnpu_status clnpu_tp_allreduce_add(clnpu_tp_group *g, size_t rank, clnpu_buffer
          * write (the previous all-reduce's sum) may still be reading the host slot that this
          * call overwrites, and nothing else here blocks on the queue. A one-float blocking read
          * waits for it (in order). Without it a peer that was slow to queue that write got the
-         * MoE sum in place of the attention one: 1e-2..0.5 logits errors under load in data-
+         * MoE sum in place of the attention one: 2e-3..0.5 logits errors under load in data-
          * parallel attention replicas, the one place where a rank adds zeros. */
         float one;
         st = n ? clnpu_buffer_read(b, 0, &one, sizeof one) : CLNPU_OK;
