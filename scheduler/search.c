@@ -224,6 +224,8 @@ static double mlp_table_time(const cand *c, bool grouped, double m, double I, do
  * full shape's time (its efficiency is taken as the full shape's). */
 static double proj_table_time(const cand *c, const clnpu_graph_unit *u, double rows, double kv_rows)
 {
+    /* (absorbed decode runs kv_b's weights as two batched GEMMs, q x W_UK and o x W_UV, over the
+     * same rows: priced at kv_b's shape) */
     const clnpu_model_config *m = &c->gr->cfg;
     const double d = (double)m->hidden_size, H = (double)m->num_attention_heads, R = (double)m->kv_lora_rank;
     const double nope = (double)m->qk_nope_head_dim, rope = (double)m->qk_rope_head_dim, vd = (double)m->v_head_dim;
@@ -411,11 +413,10 @@ static double tbo_slots(const cand *c, bool prefill, double attn, double late, d
 }
 
 /* With two micro-batches (TBO), one micro-batch's dispatch and combine run while the other
- * computes. A layer's compute before dispatch (c1: attention, router) and between dispatch and
- * combine (c2: experts) pair with the other micro-batch's exchange in four slots, each as long
- * as the longer of its pair: max(c1,d) + max(c2,d) + max(c2,m) + max(c1,m). What cannot hide
- * (exchange longer than the compute beside it, fixed latencies that do not halve with the
- * batch, weights read once per micro-batch) stays in the step. */
+ * computes, in DeepSeek's published schedules (tbo_slots): each half's attention (of it the core
+ * and o_proj), shared expert, routed experts, dispatch and combine, priced at half the rows. What
+ * cannot hide (exchange longer than the compute beside it, fixed latencies that do not halve with
+ * the batch, weights read once per micro-batch, decode's routed experts) stays in the step. */
 static parts unit_parts_tbo(const cand *c, const clnpu_cluster_device *dv, const clnpu_graph_unit *u)
 {
     cand h = *c;
