@@ -90,6 +90,10 @@ clnpu_status clnpu_mla_sparse_wg(clnpu_device *dev, const clnpu_mla_sparse_args 
     size_t wgs;
     clnpu_status st = group_size(dev, "clnpu_mla_sparse_wg", &wgs);
     if (st) return st;
+    /* the cache types kernels-cl/dsa_wg.cl reads (CACHE_READ); another is refused, never read as f32 */
+    if (a->cache_dtype != CLNPU_DTYPE_F32 && a->cache_dtype != CLNPU_DTYPE_BF16)
+        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "clnpu_mla_sparse_wg: a %s latent cache (the wg family reads f32, bf16)",
+                          clnpu_dtype_name(a->cache_dtype) ? clnpu_dtype_name(a->cache_dtype) : "?");
     /* as clnpu_mla_decode_wg: HG heads (up to 8) share each tile of BT selected rows; the largest
      * HG, then BT (32 .. 1) that fit the budget */
     const uint64_t budget = clnpu_device_capability(dev)->local_mem_bytes;
