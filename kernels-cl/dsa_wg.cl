@@ -4,9 +4,9 @@
  *  - clnpu_dsa_scores_wg: a group per (BK keys, query): the key tile and HC query heads at a time
  *    in local memory; WGS / BK lanes split the heads of each key, reduced over the lanes.
  *  - clnpu_dsa_topk_wg: a group per query: the radix select of dsa.cl (four passes of a 256-bin
- *    histogram, here built by the whole group with local atomics), then the
- *    indices written in increasing order through a work-group scan, ties at the k-th value to the
- *    lower indices, so the selection is dsa.cl's exactly.
+ *    histogram, built by the group with local atomics, its k-th bin found through a scan), then
+ *    the indices written in increasing order through a work-group scan, ties at the k-th value to
+ *    the lower indices, so the selection is dsa.cl's exactly.
  *  - clnpu_mla_sparse_wg: mla_wg.cl's absorbed attention over the selected latent rows (BT at a
  *    time through a local tile) instead of a context range.
  *  - clnpu_layernorm_wg: a group per row, mean and variance by local reductions.
@@ -181,16 +181,19 @@ void clnpu_dsa_topk_wg(__global const float *scores, const uint lds, __global co
             if ((key & mask) == prefix) atomic_inc(&hist[(key >> shift) & 255u]);
         }
         barrier(CLK_LOCAL_MEM_FENCE);
-        /* the bin holding the k-th key, walked down from 255 as dsa.cl does, by one thread (at most
-         * 256 local reads a pass; PoCL 3.1 miscompiled a 16-thread search of bin groups at 64+
-         * work-items, though Oclgrind found it race-free) */
-        if (lid == 0) {
-            uint left = want;
-            int b = 255;
-            for (; b > 0 && hist[b] < left; b--) left -= hist[b];
+        /* the bin holding the k-th key (dsa.cl walks down from 255 subtracting counts): thread lid
+         * sums 256 / WGS bins from the top, a scan gives the counts above each stretch, and the
+         * thread whose stretch the k-th key falls in walks it */
+        uint mine = 0;
+        for (uint i = 0; i < 256 / WGS; i++) mine += hist[255 - lid * (256 / WGS) - i];
+        const uint incl = wg_scan_inclusive(mine, sc);
+        uint above = incl - mine;
+        if (above < want && incl >= want) {
+            int b = 255 - (int)(lid * (256 / WGS));
+            for (; b > 0 && above + hist[b] < want; b--) above += hist[b];
             st[0] = prefix | (uint)b << shift;
             st[1] = mask | 255u << shift;
-            st[2] = left;
+            st[2] = want - above;
         }
         barrier(CLK_LOCAL_MEM_FENCE); /* hist is cleared by the next pass */
     }
