@@ -3,6 +3,8 @@
  * scratch, from the config and options alone. test_model.c holds it to the device's count. */
 #include "../common/error.h"
 #include "clnpu/model_memory.h"
+#include "clnpu/ops.h"
+#include "latent_cache.h"
 #include "model_internal.h"
 
 /* the sub-buffer alignment of the step-input slots: at most this on the devices we know */
@@ -43,13 +45,12 @@ clnpu_status clnpu_model_memory_estimate(const clnpu_model_config *c, const clnp
     /* a model without the head keeps a one-row logits buffer */
     out->logits = (T - 1) * V * 4;
     out->workspaces += V * 4;
-    const size_t esize = clnpu_dtype_size(o.latent_cache);
-    if (o.latent_cache != CLNPU_DTYPE_F32 && o.latent_cache != CLNPU_DTYPE_BF16)
-        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "a %s latent cache: f32 or bf16",
-                          clnpu_dtype_name(o.latent_cache) ? clnpu_dtype_name(o.latent_cache) : "?");
+    clnpu_status st = clnpu_latent_cache_check(o.latent_cache, "memory estimate");
+    if (st) return st;
+    const double row = (double)clnpu_latent_cache_row_bytes(o.latent_cache, c->kv_lora_rank, c->qk_rope_head_dim);
     double pages = blocks * B; /* a server's pool may be smaller (clnpu_model_options.cache_pages) */
     if (o.cache_pages && (double)o.cache_pages < pages) pages = (double)o.cache_pages;
-    out->cache_per_layer = pages * (double)o.page_size * lat * (double)esize;
+    out->cache_per_layer = pages * (double)o.page_size * row;
     /* DeepSeek-V3.2 / A.X K2: the indexer's buffers and its key cache beside the latent's pages */
     double fam_ws, key_row;
     clnpu_model_family_memory(c, o.max_tokens, o.max_context, (size_t)H, &fam_ws, &key_row);
