@@ -50,9 +50,12 @@ double plan_exec_unit_bytes(const clnpu_graph *gr, const clnpu_workload *w, cons
                             size_t r, double batch)
 {
     const clnpu_model_memory mm = exec_memory(gr, w, t, r, batch);
-    if (u->kind == CLNPU_UNIT_HEAD) return mm.logits;
-    if (u->kind != CLNPU_UNIT_MOE) return 0;
+    /* the head's device draws the tokens (a clnpu_generator over the replica's sequences) */
+    if (u->kind == CLNPU_UNIT_HEAD) return mm.logits + mm.sampling;
+    if (u->layer < 0) return 0;
+    /* every layer: the absorbed decode's f32 copies of kv_b_proj on each device with attention */
+    if (u->kind != CLNPU_UNIT_MOE) return mm.absorbed_per_layer;
     /* the router's device holds the block's scratch, and its own shard's when experts are spread;
      * replicas meet there */
-    return mm.moe_scratch + (g > 1 ? mm.shard_scratch : 0) + (r > 1 ? mm.replica_rows : 0);
+    return mm.absorbed_per_layer + mm.moe_scratch + (g > 1 ? mm.shard_scratch : 0) + (r > 1 ? mm.replica_rows : 0);
 }

@@ -656,7 +656,7 @@ START_TEST(test_model_memory_estimate)
 END_TEST
 
 /* The planner counts what the executor allocates: plans of the tiny A.X K1 on the PoCL clusters
- * (and on two 1.8 MB devices, which split it) predict each stage device's bytes within 10 % of
+ * (and on two 1.8 MB devices, which split it) predict each stage device's bytes within 3 % of
  * what the run holds; a plan that fills a 12 MB device to >= 95 % runs with exactly that
  * capacity (its batch of sequences, prefill and decode) without running out of memory. */
 START_TEST(test_plan_memory_matches_run)
@@ -695,6 +695,11 @@ START_TEST(test_plan_memory_matches_run)
         clnpu_pipeline *pl;
         ck_assert_msg(clnpu_pipeline_create(&f.cfg, f.ck, sp, n, &o, &pl) == CLNPU_OK, "%s: %s", clusters[c],
                       clnpu_error_message());
+        /* tokens drawn on the head's device, as the plan counts them */
+        clnpu_generator *gen;
+        const clnpu_generator_options go = {.pipeline = pl, .device = clnpu_pipeline_stage_device(pl, n - 1), .vocab_size = V,
+                                            .max_sequences = seqs, .max_context = lay.context};
+        ck_assert_msg(clnpu_generator_create(&go, &gen) == CLNPU_OK, "%s: %s", clusters[c], clnpu_error_message());
         ck_assert_ok(clnpu_pipeline_prefill(pl, 0, f.ids, 8, lg));
         const size_t nd = seqs < 4 ? seqs : 4, sq[4] = {0, 1, 2, 3};
         for (size_t q = 1; q < nd; q++) ck_assert_ok(clnpu_pipeline_prefill(pl, q, f.ids, 3, NULL));
@@ -705,13 +710,16 @@ START_TEST(test_plan_memory_matches_run)
             clnpu_plan_device_memory(p, sp[s].device, m);
             const clnpu_device *dv = clnpu_pipeline_stage_device(pl, s);
             const double want = m[0] + m[1] + m[2] + m[3], got = (double)clnpu_device_memory_used(dv);
-            ck_assert_msg(fabs(got - want) <= 0.1 * got, "%s stage %zu: predicted %.0f B, the run holds %.0f B", clusters[c],
+            /* not counted: the padding of weights to 16-row panels, 1.6 % of the tiny model (none
+             * for A.X K1's shapes) */
+            ck_assert_msg(fabs(got - want) <= 0.03 * got, "%s stage %zu: predicted %.0f B, the run holds %.0f B", clusters[c],
                           s, want, got);
             ck_assert_msg((double)clnpu_device_memory_capacity(dv) == m[5], "%s stage %zu: capacity %.0f, the plan's %.0f",
                           clusters[c], s, (double)clnpu_device_memory_capacity(dv), m[5]);
             fprintf(stderr, "%s (%s cache, %zu sequences, %.1f %% used), stage %zu: predicted %.3f MB, the run holds %.3f MB (%+.1f %%)\n",
                     clusters[c], clnpu_dtype_name(cache), seqs, 100 * sum.max_memory_fraction, s, want / 1e6, got / 1e6, 100 * (want - got) / got);
         }
+        clnpu_generator_destroy(gen);
         clnpu_pipeline_destroy(pl);
         free(sp);
         clnpu_plan_destroy(p);
