@@ -657,13 +657,16 @@ START_TEST(test_family_plan_cost)
     for (int m = 0; m < 2; m++)
         for (int i = 0; i < 2; i++) {
             clnpu_workload w = clnpu_workload_default();
-            w.batch = 16, w.context = ctx[i];
+            /* batch 8: the 64k plans stay below 90 % of memory, so the layout is not chosen by memory
+             * (at 16 the sparse 64k plan, its indexer keys counted, fills 99 % and moves to other
+             * widths than the 4k one, and the layout, not the attention, sets the step) */
+            w.batch = 8, w.context = ctx[i];
             clnpu_plan *p;
             ck_assert_ok(clnpu_plan_create(m ? &dense : &sparse, cl, &w, NULL, &p));
             step[m][i] = clnpu_plan_get_summary(p).step_s;
             clnpu_plan_destroy(p);
         }
-    fprintf(stderr, "decode step, batch 16: DeepSeek-V3.2 %.2f -> %.2f ms, DeepSeek-V3 %.2f -> %.2f ms (4k -> 64k)\n",
+    fprintf(stderr, "decode step, batch 8: DeepSeek-V3.2 %.2f -> %.2f ms, DeepSeek-V3 %.2f -> %.2f ms (4k -> 64k)\n",
             step[0][0] * 1e3, step[0][1] * 1e3, step[1][0] * 1e3, step[1][1] * 1e3);
     ck_assert(step[0][1] > step[0][0]); /* the indexer still reads every key */
     ck_assert_msg(step[0][1] - step[0][0] < 0.5 * (step[1][1] - step[1][0]), "sparse attention grows like dense");

@@ -1,6 +1,7 @@
 /* Device memory a model instance allocates besides its weights, computed from the config and the
  * options alone (no device): the scheduler plans with it, so a plan counts what the executor
- * allocates, and a test holds it to clnpu_device_memory_used. Not in it: kernel programs (on
+ * allocates, and a test holds it to clnpu_device_memory_used. There are no staging or pinned
+ * buffers to count: weights go up with clEnqueueWriteBuffer from host memory. Not in it: kernel programs (on
  * PoCL's CPU device they live in the host process, not in device buffers; a profile's
  * program_bytes counts them where they do, see docs/targets.md), the padding of weight matrices
  * to the GEMM's panels of 16 rows (none for A.X K1's shapes), and the short-lived partial sums
