@@ -407,7 +407,10 @@ static int run_job(run_args r, const void *comm)
      * of one model draws the next tokens on the device (only the ids come back). */
     const bool speak0 = !pl || clnpu_pipeline_rank(pl) == 0;
     if (!st && r.n) {
-        clnpu_generator_options go = {.model = m, .pipeline = pl, .device = dev, .tokenizer = text_mode ? tx.tok : NULL,
+        /* a plan's tokens are drawn on the head's device, where the plan counts the sampler's rows
+         * (an MPI rank without the head draws on its own device) */
+        clnpu_device *head = pl ? clnpu_pipeline_stage_device(pl, nspecs - 1) : NULL;
+        clnpu_generator_options go = {.model = m, .pipeline = pl, .device = head ? head : dev, .tokenizer = text_mode ? tx.tok : NULL,
                                       .vocab_size = V, .max_sequences = S, .max_context = o.max_context};
         st = clnpu_generator_create(&go, &gen);
         clnpu_generate_config gc = clnpu_generate_config_default();
