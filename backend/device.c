@@ -138,6 +138,9 @@ clnpu_status clnpu_device_open(size_t index, const clnpu_device_options *options
         dev->capacity = (uint64_t)dev->profile.memory_bytes;
     /* a plan's assumed capacity (a cluster's override of the profile): held to it exactly */
     if (options && options->memory_bytes && options->memory_bytes < dev->capacity) dev->capacity = options->memory_bytes;
+    /* where the profile says kernel programs live in device memory, they are held for the
+     * device's lifetime: reserved now, so buffers and plans see the rest */
+    dev->used = (uint64_t)dev->profile.program_bytes;
     uint64_t budget = dev->info.local_mem_bytes;
     if (dev->profile.kernel.local_mem_bytes > 0)
         budget = (uint64_t)dev->profile.kernel.local_mem_bytes;

@@ -130,7 +130,8 @@ static clnpu_status memory_field(const parse_ctx *c, const yaml_node_t *k, const
     if (!strcmp(key, "type")) return get_string(c, v, "memory.type", p->memory_type, sizeof p->memory_type);
     if (!strcmp(key, "bytes")) return get_int(c, v, "memory.bytes", false, INT64_MAX / 2, &p->memory_bytes);
     if (!strcmp(key, "bandwidth")) return get_number(c, v, "memory.bandwidth", false, &p->memory_bandwidth);
-    return clnpu_yaml_fail_at(c->origin, k, "unknown key 'memory.%s' (expected type, bytes, bandwidth)", key);
+    if (!strcmp(key, "program_bytes")) return get_int(c, v, "memory.program_bytes", false, INT64_MAX / 2, &p->program_bytes);
+    return clnpu_yaml_fail_at(c->origin, k, "unknown key 'memory.%s' (expected type, bytes, bandwidth, program_bytes)", key);
 }
 
 static clnpu_status link_field(const parse_ctx *c, const yaml_node_t *k, const yaml_node_t *v,

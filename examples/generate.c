@@ -59,7 +59,8 @@ int main(int argc, char **argv)
     for (size_t l = 0; l < cfg.num_hidden_layers; l++) moe_layers += clnpu_model_config_is_moe(&cfg, l);
     clnpu_model_memory mm;
     CHECK(clnpu_model_memory_estimate(&cfg, &o, 1, &mm));
-    const double besides = mm.workspaces + mm.logits + cfg.num_hidden_layers * mm.cache_per_layer + moe_layers * mm.moe_scratch;
+    const double besides = mm.workspaces + mm.logits + cfg.num_hidden_layers * (mm.cache_per_layer + mm.absorbed_per_layer) +
+                           moe_layers * mm.moe_scratch;
     fprintf(stderr, "generate: %.2f MiB in use on the device; estimated besides the weights: %.2f MiB\n",
             clnpu_device_memory_used(dev) / 1048576.0, besides / 1048576.0);
     clnpu_checkpoint_close(ck); /* the model holds its own copy of the weights on the device */

@@ -9,7 +9,7 @@
  * q the rotated wq_b(q_resid) heads, k_j = RoPE(LayerNorm(wk(x_j))) from the key cache.
  * Tunables: CLNPU_DSA_D (indexer head dim), CLNPU_MLA_R / CLNPU_MLA_DR (latent and rope dims),
  * CLNPU_MLA_HG (heads per work-item), CLNPU_MLA_BT (selected rows per softmax step). */
-#include "clnpu_common.h"
+#include "clnpu_cache.h"
 
 #ifndef CLNPU_DSA_D
 #define CLNPU_DSA_D 128
@@ -49,7 +49,6 @@ inline float hsum4(float4 v)
 #define VF float16
 #define VL vload16
 #define VS vstore16
-#define CVL_BF16(p) as_float16(convert_uint16(vload16(0, (p))) << 16)
 inline float hsumv(float16 v)
 {
     float8 a = v.lo + v.hi;
@@ -60,24 +59,10 @@ inline float hsumv(float16 v)
 #define VF float4
 #define VL vload4
 #define VS vstore4
-#define CVL_BF16(p) as_float4(convert_uint4(vload4(0, (p))) << 16)
 inline float hsumv(float4 v)
 {
     return hsum4(v);
 }
-#endif
-
-/* The latent cache's element type, as kernels-cl/mla.cl: f32, or bf16 with CLNPU_CACHE_BF16=1
- * (widened exactly on load; the arithmetic stays f32). */
-#ifndef CLNPU_CACHE_BF16
-#define CLNPU_CACHE_BF16 0
-#endif
-#if CLNPU_CACHE_BF16
-#define CACHE_T ushort
-#define CVL(p) CVL_BF16(p)
-#else
-#define CACHE_T float
-#define CVL(p) VL(0, (p))
 #endif
 
 #ifndef CLNPU_DSA_KB
@@ -226,18 +211,18 @@ __kernel void clnpu_mla_sparse(__global const float *qa, __global const float *q
         __global const CACHE_T *rows[BT];
         for (uint j = 0; j < nb; j++) {
             const uint t = (uint)sel[i0 + j];
-            rows[j] = cache + ((size_t)bt[t / page] * page + t % page) * ROW;
+            rows[j] = cache + ((size_t)bt[t / page] * page + t % page) * CACHE_ROW;
         }
         float s[HG][BT];
         for (uint j = 0; j < nb; j++) {
             VF acc[HG];
             for (int g = 0; g < HG; g++) acc[g] = (VF)(0.0f);
             for (int d = 0; d < R; d += VW) {
-                const VF rv = CVL(rows[j] + d);
+                const VF rv = CACHE_VLOAD_C(rows[j], d);
                 for (int g = 0; g < HG; g++) acc[g] = fma(VL(0, q[g] + d), rv, acc[g]);
             }
             for (int d = 0; d < DR; d += VW) {
-                const VF rv = CVL(rows[j] + R + d);
+                const VF rv = CACHE_VLOAD_PE(rows[j], d);
                 for (int g = 0; g < HG; g++) acc[g] = fma(VL(0, qr[g] + d), rv, acc[g]);
             }
             for (int g = 0; g < HG; g++) s[g][j] = hsumv(acc[g]);
@@ -259,7 +244,7 @@ __kernel void clnpu_mla_sparse(__global const float *qa, __global const float *q
             VF zd[HG];
             for (int g = 0; g < HG; g++) zd[g] = VL(0, z[g] + d) * corr[g];
             for (uint j = 0; j < nb; j++) {
-                const VF rv = CVL(rows[j] + d);
+                const VF rv = CACHE_VLOAD_C(rows[j], d);
                 for (int g = 0; g < HG; g++) zd[g] = fma((VF)(s[g][j]), rv, zd[g]);
             }
             for (int g = 0; g < HG; g++) VS(zd[g], 0, z[g] + d);

@@ -9,7 +9,7 @@
  * long context keeps every compute unit busy (with one chunk the output is written directly). q_pe of (b, h) is at qp + qp_off + (b*H + h) * qp_hs,
  * so it can be read in place from the projected q. A work-item serves HG heads so each cache row is
  * read once for all of them. Tunables: CLNPU_MLA_HG, CLNPU_MLA_BT (rows per softmax step). */
-#include "clnpu_common.h"
+#include "clnpu_cache.h"
 
 #ifndef CLNPU_MLA_R
 #define CLNPU_MLA_R 512
@@ -22,21 +22,6 @@
 #endif
 #ifndef CLNPU_MLA_BT
 #define CLNPU_MLA_BT 16
-#endif
-/* The latent cache's element type: f32, or bf16 with CLNPU_CACHE_BF16=1 (half the bytes; rows
- * widened exactly on load, rounded to nearest even on append). Only the cache's loads and stores
- * change; the arithmetic stays f32. */
-#ifndef CLNPU_CACHE_BF16
-#define CLNPU_CACHE_BF16 0
-#endif
-#if CLNPU_CACHE_BF16
-#define CACHE_T ushort
-#define CACHE_LOAD(x) clnpu_bf16_to_f32(x)
-#define CACHE_STORE(f) clnpu_f32_to_bf16(f)
-#else
-#define CACHE_T float
-#define CACHE_LOAD(x) (x)
-#define CACHE_STORE(f) (f)
 #endif
 #define R CLNPU_MLA_R
 #define DR CLNPU_MLA_DR
@@ -53,7 +38,6 @@
 #define VF float16
 #define VL vload16
 #define VS vstore16
-#define CVL_BF16(p) as_float16(convert_uint16(vload16(0, (p))) << 16)
 inline float hsum(float16 v)
 {
     float8 a = v.lo + v.hi;
@@ -65,18 +49,10 @@ inline float hsum(float16 v)
 #define VF float4
 #define VL vload4
 #define VS vstore4
-#define CVL_BF16(p) as_float4(convert_uint4(vload4(0, (p))) << 16)
 inline float hsum(float4 v)
 {
     return v.x + v.y + v.z + v.w;
 }
-#endif
-
-/* a vector of cache values as f32 */
-#if CLNPU_CACHE_BF16
-#define CVL(p) CVL_BF16(p)
-#else
-#define CVL(p) VL(0, (p))
 #endif
 
 /* Grid: (ceil(H / HG), B, splits). part_z: [B][H][splits][R]; part_ml: [B][H][splits][2]. */
@@ -113,7 +89,7 @@ __kernel void clnpu_mla_decode(__global const float *qa, __global const float *q
         __global const CACHE_T *rows[BT];
         for (uint j = 0; j < cnt; j++) {
             const uint t = tb + j;
-            rows[j] = cache + ((size_t)bt[t / page] * page + t % page) * ROW;
+            rows[j] = cache + ((size_t)bt[t / page] * page + t % page) * CACHE_ROW;
         }
         /* Scores: each cache row read once for all HG heads (HG independent chains). */
         float s[HG][BT];
@@ -121,11 +97,11 @@ __kernel void clnpu_mla_decode(__global const float *qa, __global const float *q
             VF acc[HG];
             for (int g = 0; g < HG; g++) acc[g] = (VF)(0.0f);
             for (int d = 0; d < R; d += VW) {
-                const VF rv = CVL(rows[j] + d);
+                const VF rv = CACHE_VLOAD_C(rows[j], d);
                 for (int g = 0; g < HG; g++) acc[g] = fma(VL(0, q[g] + d), rv, acc[g]);
             }
             for (int d = 0; d < DR; d += VW) {
-                const VF rv = CVL(rows[j] + R + d);
+                const VF rv = CACHE_VLOAD_PE(rows[j], d);
                 for (int g = 0; g < HG; g++) acc[g] = fma(VL(0, qr[g] + d), rv, acc[g]);
             }
             for (int g = 0; g < HG; g++) s[g][j] = hsum(acc[g]);
@@ -148,7 +124,7 @@ __kernel void clnpu_mla_decode(__global const float *qa, __global const float *q
             VF zd[HG];
             for (int g = 0; g < HG; g++) zd[g] = VL(0, z[g] + d) * corr[g];
             for (uint j = 0; j < cnt; j++) {
-                const VF rv = CVL(rows[j] + d);
+                const VF rv = CACHE_VLOAD_C(rows[j], d);
                 for (int g = 0; g < HG; g++) zd[g] = fma((VF)(s[g][j]), rv, zd[g]);
             }
             for (int g = 0; g < HG; g++) VS(zd[g], 0, z[g] + d);
@@ -197,7 +173,7 @@ __kernel void clnpu_kv_append(__global CACHE_T *cache, const uint page, __global
     if (d >= ROW) return;
     const uint p = (uint)pos[t];
     const int pg = block_table[(size_t)seq[t] * max_blocks + p / page];
-    cache[((size_t)pg * page + p % page) * ROW + d] = CACHE_STORE(src[(size_t)t * lds + d]);
+    clnpu_cache_store(cache + ((size_t)pg * page + p % page) * CACHE_ROW, src + (size_t)t * lds, d);
 }
 
 /* Copy positions [0, len) of sequence s out of the paged cache into dst [len][ROW].
@@ -208,5 +184,5 @@ __kernel void clnpu_kv_gather(__global float *dst, __global const CACHE_T *cache
     const uint d = get_global_id(0), p = get_global_id(1);
     if (d >= ROW) return;
     const int pg = block_table[(size_t)s * max_blocks + p / page];
-    dst[(size_t)p * ROW + d] = CACHE_LOAD(cache[((size_t)pg * page + p % page) * ROW + d]);
+    dst[(size_t)p * ROW + d] = clnpu_cache_load(cache + ((size_t)pg * page + p % page) * CACHE_ROW, d);
 }

@@ -6,7 +6,7 @@
  * ceil(HG * R / WGS) latent elements each. Chunks write partial (z, max, sum) that
  * clnpu_mla_combine (mla.cl) merges, or the output directly when the context is one chunk.
  * Local floats: HG * ROW + BT * (ROW + 1) + HG * BT + 3 * HG; the host sizes HG and BT. */
-#include "clnpu_common.h"
+#include "clnpu_cache.h"
 
 #ifndef CLNPU_MLA_R
 #define CLNPU_MLA_R 512
@@ -22,18 +22,6 @@
 #endif
 #ifndef WGS
 #define WGS 64
-#endif
-/* The latent cache's element type as in mla.cl: f32, or bf16 with CLNPU_CACHE_BF16=1 (widened
- * exactly as the tile is loaded; the local tile and the arithmetic stay f32). */
-#ifndef CLNPU_CACHE_BF16
-#define CLNPU_CACHE_BF16 0
-#endif
-#if CLNPU_CACHE_BF16
-#define CACHE_T ushort
-#define CACHE_LOAD(x) clnpu_bf16_to_f32(x)
-#else
-#define CACHE_T float
-#define CACHE_LOAD(x) (x)
 #endif
 #define R CLNPU_MLA_R
 #define DR CLNPU_MLA_DR
@@ -80,7 +68,7 @@ void clnpu_mla_decode_wg(__global const float *qa, __global const float *qp, con
         barrier(CLK_LOCAL_MEM_FENCE);
         for (uint e = lid; e < BT * ROW; e += WGS) {
             const uint j = e / ROW, d = e % ROW, t = tb + j;
-            cs[j * CS + d] = j < cnt ? CACHE_LOAD(cache[((size_t)bt[t / page] * page + t % page) * ROW + d]) : 0.0f;
+            cs[j * CS + d] = j < cnt ? clnpu_cache_load(cache + ((size_t)bt[t / page] * page + t % page) * CACHE_ROW, d) : 0.0f;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         for (uint r = 0; r < SPT; r++) {

@@ -7,6 +7,7 @@
 #include "clnpu/capability.h"
 #include "clnpu/ops.h"
 #include "clnpu/tuning.h"
+#include "latent_cache.h"
 #include "launch.h"
 
 static clnpu_status check_rows(const clnpu_view *v, size_t rows, size_t heads, size_t hs, size_t d,
@@ -119,9 +120,8 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
 {
     if (!a || !a->q_abs || !a->q_pe || !a->cache || !a->block_table || !a->seq_len || !a->out)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla decode: NULL argument");
-    if (a->cache_dtype != CLNPU_DTYPE_F32 && a->cache_dtype != CLNPU_DTYPE_BF16)
-        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "mla decode: a %s latent cache (f32 or bf16)",
-                          clnpu_dtype_name(a->cache_dtype) ? clnpu_dtype_name(a->cache_dtype) : "?");
+    clnpu_status cst = clnpu_latent_cache_check(a->cache_dtype, "mla decode");
+    if (cst) return cst;
     if (!a->batch || !a->heads) return CLNPU_OK;
     if (a->rank % 4 || a->rope_dim % 4 || !a->rank || !a->page_size || !a->max_seq_len)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla decode: rank and rope dim must be multiples "
@@ -157,7 +157,7 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
     if (!st && splits > 1) st = clnpu_buffer_create(dev, B * H * splits * 2 * sizeof(float), &pml);
     char opts[128];
     snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu%s", R,
-             a->rope_dim, hg, a->cache_dtype == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
+             a->rope_dim, hg, clnpu_latent_cache_define(a->cache_dtype));
     if (!st) {
         cl_mem qa = clnpu_mem(a->q_abs), qp = clnpu_mem(a->q_pe), c = clnpu_mem(a->cache),
                bt = clnpu_mem(a->block_table), sl = clnpu_mem(a->seq_len),
@@ -189,7 +189,7 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
                                 (unsigned long long)cap->local_mem_bytes);
             char wopts[192];
             snprintf(wopts, sizeof wopts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu -DCLNPU_MLA_BT=%zu -DWGS=%zu%s",
-                     R, a->rope_dim, whg, wbt, wgs, a->cache_dtype == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
+                     R, a->rope_dim, whg, wbt, wgs, clnpu_latent_cache_define(a->cache_dtype));
             clnpu_karg wargs[16];
             memcpy(wargs, args, sizeof args);
             wargs[15] = (clnpu_karg){lbytes, NULL}; /* the __local area */

@@ -5,6 +5,7 @@
 
 #include "../common/error.h"
 #include "dsa_internal.h"
+#include "latent_cache.h"
 
 static bool fits(const clnpu_buffer *b, size_t floats)
 {
@@ -64,9 +65,8 @@ clnpu_status clnpu_mla_sparse(clnpu_device *dev, const clnpu_mla_sparse_args *a)
     if (!R || R % 4 || a->rope_dim % 4 || !a->page_size || !a->k)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla sparse: rank and rope dim must be multiples of 4; page size "
                           "and k positive");
-    if (a->cache_dtype != CLNPU_DTYPE_F32 && a->cache_dtype != CLNPU_DTYPE_BF16)
-        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "mla sparse: a %s latent cache (f32, bf16)",
-                          clnpu_dtype_name(a->cache_dtype) ? clnpu_dtype_name(a->cache_dtype) : "?");
+    clnpu_status cst = clnpu_latent_cache_check(a->cache_dtype, "mla sparse");
+    if (cst) return cst;
     if (!fits(a->q_abs, N * H * R) || !fits(a->out, N * H * R) || !fits(a->seq, N) || !fits(a->count, N) ||
         !fits(a->idx, N * a->k) ||
         !fits(a->q_pe, a->q_pe_offset + (N - 1) * a->q_pe_ld + (H - 1) * a->q_pe_hs + a->rope_dim))
@@ -87,7 +87,7 @@ clnpu_status clnpu_mla_sparse(clnpu_device *dev, const clnpu_mla_sparse_args *a)
     if (!st && splits > 1) st = clnpu_buffer_create(dev, N * H * splits * 2 * sizeof(float), &pml);
     char opts[128];
     snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu%s", R, a->rope_dim, hg,
-             a->cache_dtype == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
+             clnpu_latent_cache_define(a->cache_dtype));
     if (!st) {
         cl_mem qa = clnpu_mem(a->q_abs), qp = clnpu_mem(a->q_pe), c = clnpu_mem(a->cache), bt = clnpu_mem(a->block_table),
                sq = clnpu_mem(a->seq), ix = clnpu_mem(a->idx), cn = clnpu_mem(a->count),

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../common/error.h"
+#include "latent_cache.h"
 #include "launch.h"
 #include "model_internal.h"
 #include "step.h"
@@ -127,7 +128,7 @@ static clnpu_status attention_prefill(clnpu_model *m, model_layer *ly, size_t se
     size_t g2[2] = {m->lat, S}, l2[2] = {m->lat % 64 ? 1 : 64, 1};
     char opts[96];
     snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu%s", R, c->qk_rope_head_dim,
-             m->opt.latent_cache == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
+             clnpu_latent_cache_define(m->opt.latent_cache));
     clnpu_status st = clnpu_launch(m->dev, "mla.cl", opts, "clnpu_kv_gather", 2, g2, l2, ga, 6);
     if (!st) st = mm(m, ly->kv_b, 0, m->latent, 0, m->lat, m->kvfull, 0, H * blk, S, CLNPU_EPILOGUE_NONE);
     if (!st) {
@@ -284,7 +285,7 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
     const float eps = (float)c->rms_norm_eps;
     char opts[96];
     snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu%s", R, c->qk_rope_head_dim,
-             m->opt.latent_cache == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
+             clnpu_latent_cache_define(m->opt.latent_cache));
     for (size_t l = m->opt.layer_begin; !st && l < m->opt.layer_end; l++) {
         model_layer *ly = &m->layers[l];
         st = ly->in_fc1 ? clnpu_model_family_in_norm(m, ly, T) : clnpu_rmsnorm(m->dev, hv, none, av, ly->in_norm, T, d, eps);

@@ -8,6 +8,7 @@
 
 #include "../common/error.h"
 #include "clnpu/dsa.h"
+#include "latent_cache.h"
 #include "launch.h"
 #include "model_family.h"
 
@@ -140,7 +141,7 @@ clnpu_status clnpu_model_family_attention(clnpu_model *m, model_layer *ly, size_
     if (!st) {
         char opts[96];
         snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu%s", R, DR,
-                 m->opt.latent_cache == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
+                 clnpu_latent_cache_define(m->opt.latent_cache));
         cl_mem cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev), src = clnpu_mem(m->kv0),
                sq = clnpu_mem(m->seqs), ps = clnpu_mem(m->pos);
         cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, lds = (cl_uint)m->lat;

@@ -10,6 +10,7 @@
 #include "gemm_internal.h"
 #include "../common/hash.h"
 #include "model_fp8.h"
+#include "latent_cache.h"
 #include "model_internal.h"
 #include "tp.h"
 
@@ -480,7 +481,8 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
     }
 #undef NAME
     if (!st)
-        st = clnpu_buffer_create(m->dev, m->pages * m->opt.page_size * m->lat * clnpu_dtype_size(m->opt.latent_cache),
+        st = clnpu_buffer_create(m->dev, m->pages * m->opt.page_size *
+                                 clnpu_latent_cache_row_bytes(m->opt.latent_cache, m->cfg.kv_lora_rank, m->cfg.qk_rope_head_dim),
                                  &ly->cache);
     return st ? clnpu_fail_context(st, "layer %zu", l) : CLNPU_OK;
 }
@@ -653,9 +655,7 @@ static clnpu_status model_create(clnpu_device *dev, const clnpu_model_config *cf
     const size_t table = m->max_blocks * m->opt.max_sequences; /* block-table entries */
     m->pages = table;
     if (m->opt.cache_pages && m->opt.cache_pages < m->pages) m->pages = m->opt.cache_pages;
-    if (!st && m->opt.latent_cache != CLNPU_DTYPE_F32 && m->opt.latent_cache != CLNPU_DTYPE_BF16)
-        st = clnpu_fail(CLNPU_ERR_UNSUPPORTED, "a %s latent cache: f32 or bf16",
-                        clnpu_dtype_name(m->opt.latent_cache) ? clnpu_dtype_name(m->opt.latent_cache) : "?");
+    if (!st) st = clnpu_latent_cache_check(m->opt.latent_cache, "model");
     if (!st) {
         m->layers = calloc(cfg->num_hidden_layers, sizeof *m->layers);
         m->block_table = malloc((table ? table : 1) * sizeof *m->block_table);

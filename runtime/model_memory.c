@@ -1,12 +1,23 @@
 /* What a model instance allocates on its device besides weights: the same sizes as
  * model_load.c's alloc_activations, the rope table, the latent cache pages and moe_block.c's
  * scratch, from the config and options alone. test_model.c holds it to the device's count. */
+#include <math.h>
+
 #include "../common/error.h"
 #include "clnpu/model_memory.h"
+#include "clnpu/ops.h"
+#include "latent_cache.h"
 #include "model_internal.h"
 
 /* the sub-buffer alignment of the step-input slots: at most this on the devices we know */
 #define STEP_SLOT_ALIGN 1024
+
+/* rows of a packed weight: whole panels of 16, an even number of them */
+static double panel_rows(double n)
+{
+    const double p = ceil(n / 16);
+    return (p + fmod(p, 2)) * 16;
+}
 
 clnpu_status clnpu_model_memory_estimate(const clnpu_model_config *c, const clnpu_model_options *opt, size_t tp,
                                          clnpu_model_memory *out)
@@ -39,17 +50,16 @@ clnpu_status clnpu_model_memory_estimate(const clnpu_model_config *c, const clnp
                        2 * B * blocks * 4;
     const double n = T > B ? T : B, slot = ((size_t)(n * 4) + STEP_SLOT_ALIGN - 1) / STEP_SLOT_ALIGN * STEP_SLOT_ALIGN;
     const double rope = S * (double)(c->qk_rope_head_dim / 2) * 2 * 4;
-    out->workspaces = act + 4 * slot + rope;
+    out->workspaces = act + 4 * slot + rope + 4; /* + the non-finite flag */
     /* a model without the head keeps a one-row logits buffer */
     out->logits = (T - 1) * V * 4;
     out->workspaces += V * 4;
-    const size_t esize = clnpu_dtype_size(o.latent_cache);
-    if (o.latent_cache != CLNPU_DTYPE_F32 && o.latent_cache != CLNPU_DTYPE_BF16)
-        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "a %s latent cache: f32 or bf16",
-                          clnpu_dtype_name(o.latent_cache) ? clnpu_dtype_name(o.latent_cache) : "?");
+    clnpu_status st = clnpu_latent_cache_check(o.latent_cache, "memory estimate");
+    if (st) return st;
+    const double row = (double)clnpu_latent_cache_row_bytes(o.latent_cache, c->kv_lora_rank, c->qk_rope_head_dim);
     double pages = blocks * B; /* a server's pool may be smaller (clnpu_model_options.cache_pages) */
     if (o.cache_pages && (double)o.cache_pages < pages) pages = (double)o.cache_pages;
-    out->cache_per_layer = pages * (double)o.page_size * lat * (double)esize;
+    out->cache_per_layer = pages * (double)o.page_size * row;
     /* DeepSeek-V3.2 / A.X K2: the indexer's buffers and its key cache beside the latent's pages */
     double fam_ws, key_row;
     clnpu_model_family_memory(c, o.max_tokens, o.max_context, (size_t)H, &fam_ws, &key_row);
@@ -61,5 +71,11 @@ clnpu_status clnpu_model_memory_estimate(const clnpu_model_config *c, const clnp
     if (c->n_shared_experts) out->moe_scratch += T * I * (double)c->n_shared_experts * 4 + T * d * 4;
     out->shard_scratch = rows * d * 4 * 2 + rows * I * 4;
     out->replica_rows = 2 * T * d * 4;
+    /* runtime/model_load.c's upload_absorbed: per head W_UK^T [R][nope] and W_UV [v][R] in f32,
+     * rows padded to an even number of 16-row panels (runtime/gemm.c) */
+    const double nope = (double)c->qk_nope_head_dim, vd = (double)c->v_head_dim;
+    out->absorbed_per_layer = H * (panel_rows(R) * nope + panel_rows(vd) * R) * 4;
+    /* runtime/generate.c: a row of logits and a drawn id per sequence */
+    out->sampling = B * V * 4 + B * 4;
     return CLNPU_OK;
 }

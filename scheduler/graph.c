@@ -7,6 +7,7 @@
 
 #include "../common/error.h"
 #include "clnpu/model_memory.h"
+#include "clnpu/ops.h"
 #include "clnpu/plan.h"
 
 clnpu_status clnpu_graph_build(const clnpu_model_config *c, clnpu_graph *g)
@@ -37,7 +38,8 @@ clnpu_status clnpu_graph_build(const clnpu_model_config *c, clnpu_graph *g)
         /* absorbed decode: scores over R + rope, values over R, per head */
         u->attn_flops_per_ctx = 2 * H * (R + rope + R);
         u->attn_prefill_flops_per_ctx = 2 * H * (dqk + vd); /* keys and values expanded per head */
-        u->kv_bytes_per_token = (R + rope) * (double)clnpu_dtype_size(CLNPU_LATENT_CACHE_DTYPE); /* as allocated */
+        u->kv_bytes_per_token = /* as allocated */
+            (double)clnpu_latent_cache_row_bytes(CLNPU_LATENT_CACHE_DTYPE, c->kv_lora_rank, c->qk_rope_head_dim);
         /* DeepSeek-V3.2 / A.X K2: the indexer's projections (whole on every TP rank), its key
          * cache and per-key scores; A.X K2's gated norms */
         double fam_attn, fam_whole, fam_norms, fam_gates;

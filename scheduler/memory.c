@@ -2,6 +2,7 @@
  * devices besides weights and the latent cache (clnpu_model_memory_estimate, the runtime's own
  * account), for the options a plan runs with. */
 #include "clnpu/model_memory.h"
+#include "clnpu/ops.h"
 #include "plan_internal.h"
 
 size_t plan_exec_max_tokens(const clnpu_workload *w, size_t r, double batch)
@@ -35,8 +36,9 @@ void plan_graph_set_latent_cache(clnpu_graph *g, clnpu_dtype cache)
     const clnpu_model_config *c = &g->cfg;
     for (size_t u = 0; u < g->count; u++)
         if (g->units[u].layer >= 0)
-            g->units[u].kv_bytes_per_token =
-                (double)(c->kv_lora_rank + c->qk_rope_head_dim) * (double)clnpu_dtype_size(cache);
+            g->units[u].kv_bytes_per_token = /* the indexer's keys (f32) beside the latent row */
+                (double)clnpu_latent_cache_row_bytes(cache, c->kv_lora_rank, c->qk_rope_head_dim) +
+                g->units[u].index_bytes_per_token;
 }
 
 double plan_exec_fixed_bytes(const clnpu_graph *gr, const clnpu_workload *w, size_t t, size_t r, double batch)
@@ -48,9 +50,12 @@ double plan_exec_unit_bytes(const clnpu_graph *gr, const clnpu_workload *w, cons
                             size_t r, double batch)
 {
     const clnpu_model_memory mm = exec_memory(gr, w, t, r, batch);
-    if (u->kind == CLNPU_UNIT_HEAD) return mm.logits;
-    if (u->kind != CLNPU_UNIT_MOE) return 0;
+    /* the head's device draws the tokens (a clnpu_generator over the replica's sequences) */
+    if (u->kind == CLNPU_UNIT_HEAD) return mm.logits + mm.sampling;
+    if (u->layer < 0) return 0;
+    /* every layer: the absorbed decode's f32 copies of kv_b_proj on each device with attention */
+    if (u->kind != CLNPU_UNIT_MOE) return mm.absorbed_per_layer;
     /* the router's device holds the block's scratch, and its own shard's when experts are spread;
      * replicas meet there */
-    return mm.moe_scratch + (g > 1 ? mm.shard_scratch : 0) + (r > 1 ? mm.replica_rows : 0);
+    return mm.absorbed_per_layer + mm.moe_scratch + (g > 1 ? mm.shard_scratch : 0) + (r > 1 ? mm.replica_rows : 0);
 }

@@ -563,7 +563,7 @@ static bool cand_prepare(cand *c)
         }
         double cap = (double)p->memory_bytes;
         /* the executor's workspaces (scheduler/memory.c) and the expert all-to-all buffers */
-        double actv = exec_fixed_bytes(c, c->gr, c->w);
+        double actv = exec_fixed_bytes(c, c->gr, c->w) + (double)p->program_bytes; /* + kernel programs */
         double comm = c->g > 1 ? 2 * c->tokens / c->g * (double)c->gr->top_k * d * 2 : 0;
         c->fixed_mem[k] = actv + comm + c->cl->reserve_fraction * cap;
         c->cap[k] = cap;
@@ -980,7 +980,7 @@ clnpu_status clnpu_plan_create(const clnpu_model_config *cfg, const clnpu_cluste
         }
         const double d = (double)p->graph.hidden, capb = c.cap[s];
         ps->mem[0] = wts, ps->mem[1] = kv;
-        ps->mem[2] = exec_fixed_bytes(&c, &p->graph, w) + scratch;
+        ps->mem[2] = exec_fixed_bytes(&c, &p->graph, w) + scratch + (double)cl->devices[ps->device_begin].profile.program_bytes;
         ps->mem[3] = best.g > 1 ? 2 * c.tokens / best.g * p->graph.top_k * d * 2 : 0;
         ps->mem[4] = cl->reserve_fraction * capb, ps->mem[5] = capb;
         maxfrac = fmax(maxfrac, (ps->mem[0] + ps->mem[1] + ps->mem[2] + ps->mem[3] + ps->mem[4]) / capb);

@@ -76,7 +76,8 @@ static clnpu_status row_parse(const char *path, const char *base, yaml_document_
     if ((s = clnpu_yaml_value(doc, n, "kv_transfer"))) r->w.kv_transfer = !strcmp(s, "true");
     if ((s = clnpu_yaml_value(doc, n, "latent_cache"))) {
         if (!strcmp(s, "bf16")) r->w.latent_cache = CLNPU_DTYPE_BF16;
-        else if (strcmp(s, "f32")) return clnpu_yaml_fail_at(path, n, "row '%s': latent_cache is f32 or bf16", r->name);
+        else if (!strcmp(s, "fp8")) r->w.latent_cache = CLNPU_DTYPE_FP8_E4M3;
+        else if (strcmp(s, "f32")) return clnpu_yaml_fail_at(path, n, "row '%s': latent_cache is f32, bf16 or fp8", r->name);
     }
     double v = 0;
     yaml_node_t *x;

@@ -147,7 +147,7 @@ static clnpu_status get_dtype(const reader *r, const yaml_node_t *n, const char 
 
 static const clnpu_dtype weight_types[] = {CLNPU_DTYPE_BF16, CLNPU_DTYPE_FP8_E4M3, CLNPU_DTYPE_I8, CLNPU_DTYPE_COUNT};
 /* the latent cache types the executor allocates (model_load.c) */
-static const clnpu_dtype cache_types[] = {CLNPU_DTYPE_F32, CLNPU_DTYPE_BF16, CLNPU_DTYPE_COUNT};
+static const clnpu_dtype cache_types[] = {CLNPU_DTYPE_F32, CLNPU_DTYPE_BF16, CLNPU_DTYPE_FP8_E4M3, CLNPU_DTYPE_COUNT};
 
 static size_t seq_len(const yaml_node_t *n)
 {

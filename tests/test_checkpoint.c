@@ -389,6 +389,20 @@ START_TEST(test_cli_run)
     snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids 1,2 --plan %s --latent-cache f32", CLNPU_CLI_PATH, TINY, plan3);
     ck_assert_int_eq(test_run(cmd, out, sizeof out), 1);
     ck_assert_msg(strstr(out, "the plan is for a bf16 latent cache, not f32"), "%.1500s", out);
+    /* an fp8 cache: run by the plan that says so, or by the option; another type is refused */
+    ck_assert_int_eq(test_write_file(plan3, "format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nhidden_size: 96\n"
+        "routed_experts: 16\nweights: bf16\nlatent_cache: fp8\nstages:\n"
+        "- {devices: [0], embedding: true, head: true, layers: [0, 1, 2]}\n"), 0);
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids 1,2 --plan %s --latent-cache bf16", CLNPU_CLI_PATH, TINY, plan3);
+    ck_assert_int_eq(test_run(cmd, out, sizeof out), 1);
+    ck_assert_msg(strstr(out, "the plan is for a fp8 latent cache, not bf16"), "%.1500s", out);
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids 1,2 --plan %s -n 2", CLNPU_CLI_PATH, TINY, plan3);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids 1,2 --latent-cache fp8 -n 2", CLNPU_CLI_PATH, TINY);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids 1,2 --latent-cache fp4", CLNPU_CLI_PATH, TINY);
+    ck_assert_int_eq(test_run(cmd, out, sizeof out), 2);
+    ck_assert_msg(strstr(out, "bad --latent-cache 'fp4' (f32, bf16 or fp8)"), "%.1500s", out);
 
     snprintf(cmd, sizeof cmd, "'%s' run --model '%s' --ids 1,2,999", CLNPU_CLI_PATH, TINY);
     ck_assert_int_eq(test_run(cmd, out, sizeof out), 1);

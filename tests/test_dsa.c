@@ -175,11 +175,43 @@ START_TEST(test_dsa_topk)
 }
 END_TEST
 
+/* float64 reference of sparse absorbed MLA over the cached values `cache` (rows of R + DR). */
+typedef struct sparse_shape {
+    size_t N, H, R, DR, k, ld, dqk;
+} sparse_shape;
+
+static void sparse_ref(const paging *p, const sparse_shape *a, const float *qa, const float *qp, const float *cache,
+                       const int *seq, const int *idx, const int *cnt, float scale, double *ref)
+{
+    const size_t H = a->H, R = a->R, DR = a->DR, k = a->k, row = R + DR;
+    double *sc = malloc(k * sizeof *sc);
+    for (size_t r = 0; r < a->N; r++)
+        for (size_t h = 0; h < H; h++) {
+            double mx = -INFINITY, sum = 0;
+            for (int i = 0; i < cnt[r]; i++) {
+                const float *c = cache + row_of(p, seq[r], (size_t)idx[r * k + i]) * row;
+                double s = 0;
+                for (size_t d = 0; d < R; d++) s += (double)qa[(r * H + h) * R + d] * c[d];
+                for (size_t d = 0; d < DR; d++) s += (double)qp[16 + r * a->ld + h * a->dqk + d] * c[R + d];
+                sc[i] = s * scale;
+                if (sc[i] > mx) mx = sc[i];
+            }
+            for (int i = 0; i < cnt[r]; i++) sum += sc[i] = exp(sc[i] - mx);
+            for (size_t d = 0; d < R; d++) ref[(r * H + h) * R + d] = 0;
+            for (int i = 0; i < cnt[r]; i++) {
+                const float *c = cache + row_of(p, seq[r], (size_t)idx[r * k + i]) * row;
+                for (size_t d = 0; d < R; d++) ref[(r * H + h) * R + d] += sc[i] / sum * c[d];
+            }
+        }
+    free(sc);
+}
+
 START_TEST(test_mla_sparse)
 {
     clnpu_device *dev = test_device();
-    const size_t shapes[][5] = {{1, 1, 4, 4, 1}, {3, 5, 32, 8, 10}, {6, 4, 36, 12, 7}, {2, 9, 64, 16, 300}}; /* rows, H, R, DR, k */
-    for (size_t si = 0; si < 4; si++) {
+    /* rows, H, R, DR, k; R = 160: two fp8 scales a row, the second for 32 elements */
+    const size_t shapes[][5] = {{1, 1, 4, 4, 1}, {3, 5, 32, 8, 10}, {6, 4, 36, 12, 7}, {2, 9, 64, 16, 300}, {2, 3, 160, 16, 40}};
+    for (size_t si = 0; si < 5; si++) {
         const size_t N = shapes[si][0], H = shapes[si][1], R = shapes[si][2], DR = shapes[si][3], k = shapes[si][4];
         const size_t L = 2 * k + 5, page = 8, row = R + DR, dqk = 16 + DR, ld = H * dqk + 2;
         paging p;
@@ -204,24 +236,9 @@ START_TEST(test_mla_sparse)
                      *bn = dev_buf(cnt, N), *out = dev_nan(N * H * R);
         const float scale = 0.37f;
         float *o = malloc(N * H * R * sizeof *o);
-        double *ref = calloc(N * H * R, sizeof *ref), *sc = malloc(k * sizeof *sc);
-        for (size_t r = 0; r < N; r++)
-            for (size_t h = 0; h < H; h++) {
-                double mx = -INFINITY, sum = 0;
-                for (int i = 0; i < cnt[r]; i++) {
-                    const float *c = cache + row_of(&p, seq[r], (size_t)idx[r * k + i]) * row;
-                    double s = 0;
-                    for (size_t d = 0; d < R; d++) s += (double)qa[(r * H + h) * R + d] * c[d];
-                    for (size_t d = 0; d < DR; d++) s += (double)qp[16 + r * ld + h * dqk + d] * c[R + d];
-                    sc[i] = s * scale;
-                    if (sc[i] > mx) mx = sc[i];
-                }
-                for (int i = 0; i < cnt[r]; i++) sum += sc[i] = exp(sc[i] - mx);
-                for (int i = 0; i < cnt[r]; i++) {
-                    const float *c = cache + row_of(&p, seq[r], (size_t)idx[r * k + i]) * row;
-                    for (size_t d = 0; d < R; d++) ref[(r * H + h) * R + d] += sc[i] / sum * c[d];
-                }
-            }
+        double *ref = calloc(N * H * R, sizeof *ref);
+        const sparse_shape sh = {N, H, R, DR, k, ld, dqk};
+        sparse_ref(&p, &sh, qa, qp, cache, seq, idx, cnt, scale, ref);
         /* the selection whole, cut into 3 chunks (merged after; some rows' chunks empty), and as
          * chosen; the last over a bf16 cache */
         clnpu_buffer *bc16;
@@ -239,9 +256,31 @@ START_TEST(test_mla_sparse)
             ck_assert_msg(e <= tol, "sparse MLA rows %zu H %zu R %zu k %zu splits %u: rel error %.3g > %.3g", N, H, R, k,
                           splits[sp], e, tol);
         }
-        clnpu_buffer *bs_[] = {bqa, bqp, bc, bbt, bs, bi, bn, out, bc16};
-        for (size_t i = 0; i < 9; i++) clnpu_buffer_destroy(bs_[i]);
-        free(c16), free(qa), free(qp), free(cache), free(seq), free(idx), free(cnt), free(o), free(ref), free(sc), free(p.bt);
+        /* an fp8 cache (FlashMLA's rows, ragged magnitudes along c), whole and in 3 chunks: the
+         * reference reads the values the cache holds */
+        for (size_t i = 0; i < p.pages * page * row; i++)
+            if (i % row < R) cache[i] *= ldexpf(1.0f, (int)((i % row) / 8 % 5) - 2);
+        size_t nb;
+        void *enc = test_latent_cache_encode(CLNPU_DTYPE_FP8_E4M3, R, DR, p.pages * page, cache, &nb);
+        clnpu_buffer *bc8;
+        ck_assert_ok(clnpu_buffer_create(dev, nb, &bc8));
+        ck_assert_ok(clnpu_buffer_write(bc8, 0, enc, nb));
+        free(enc);
+        sparse_ref(&p, &sh, qa, qp, cache, seq, idx, cnt, scale, ref);
+        for (int sp = 0; sp < 2; sp++) {
+            const float nan = NAN;
+            ck_assert_ok(clnpu_buffer_fill(out, &nan, sizeof nan));
+            clnpu_mla_sparse_args a = {bqa, bqp, 16, ld, dqk, bc8, page, bbt, p.max_blocks, bs, bi, bn, k,
+                                       N, H, R, DR, scale, out, sp ? 3 : 1, CLNPU_DTYPE_FP8_E4M3};
+            ck_assert_ok(clnpu_mla_sparse(dev, &a));
+            ck_assert_ok(clnpu_buffer_read(out, 0, o, N * H * R * 4));
+            double e = rel_err(o, ref, N * H * R), tol = 2e-6 * sqrt((double)k) + 1e-6;
+            ck_assert_msg(e <= tol, "sparse MLA, fp8 cache, rows %zu H %zu R %zu k %zu splits %d: rel error %.3g > %.3g", N, H,
+                          R, k, sp ? 3 : 1, e, tol);
+        }
+        clnpu_buffer *bs_[] = {bqa, bqp, bc, bbt, bs, bi, bn, out, bc16, bc8};
+        for (size_t i = 0; i < 10; i++) clnpu_buffer_destroy(bs_[i]);
+        free(c16), free(qa), free(qp), free(cache), free(seq), free(idx), free(cnt), free(o), free(ref), free(p.bt);
     }
 }
 END_TEST

@@ -507,28 +507,30 @@ START_TEST(test_pipeline_placement)
 }
 END_TEST
 
-/* A bf16 latent cache: the transformers logits through prefill (the cached prefix gathered back)
- * and through prefill 1 + decode 23 (every decode step reads the cache); half the cache bytes. */
-START_TEST(test_latent_cache_bf16)
+/* bf16 and fp8 latent caches: the transformers logits through prefill (the cached prefix gathered
+ * back) and through prefill 1 + decode 23 (every decode step reads the cache), the two paths
+ * equal to each other (they read the same cached values), and the cache's bytes. */
+START_TEST(test_latent_cache_types)
 {
     fixture f;
     open_fixture(&f);
     const size_t T = f.T, V = f.cfg.vocab_size;
     const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
-    float *lg = malloc(T * V * sizeof *lg);
-    double used[2];
-    for (int k = 0; k < 2; k++) {
+    float *lg = malloc(T * V * sizeof *lg), *lp = malloc(T * V * sizeof *lp);
+    double used[3], layer0[3];
+    const clnpu_dtype types[3] = {CLNPU_DTYPE_F32, CLNPU_DTYPE_BF16, CLNPU_DTYPE_FP8_E4M3};
+    for (int k = 0; k < 3; k++) {
         clnpu_model_options o = clnpu_model_options_default();
         o.max_sequences = 1, o.max_context = 64, o.max_tokens = 8;
-        o.latent_cache = k ? CLNPU_DTYPE_BF16 : CLNPU_DTYPE_F32;
+        o.latent_cache = types[k];
         clnpu_device *d;
         clnpu_model *m;
         ck_assert_ok(clnpu_device_open(0, NULL, &d));
         ck_assert_ok(clnpu_model_create(d, &f.cfg, f.ck, &o, &m));
         used[k] = (double)clnpu_device_memory_used(d);
-        for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
-        ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, T, lg)); /* 8-token chunks: later ones read the cache */
-        const double ep = rel(lg, ref, T * V);
+        for (size_t i = 0; i < T * V; i++) lp[i] = NAN;
+        ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, T, lp)); /* 8-token chunks: later ones read the cache */
+        const double ep = rel(lp, ref, T * V);
         clnpu_model_destroy(m);
         ck_assert_ok(clnpu_model_create(d, &f.cfg, f.ck, &o, &m));
         for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
@@ -537,14 +539,51 @@ START_TEST(test_latent_cache_bf16)
             const size_t s0 = 0;
             ck_assert_ok(clnpu_model_decode(m, &s0, &f.ids[t], 1, lg + t * V));
         }
-        const double ed = rel(lg, ref, T * V);
-        fprintf(stderr, "%s latent cache: logits rel error %.2e (chunked prefill), %.2e (prefill 1 + decode %zu)\n",
-                k ? "bf16" : "f32", ep, ed, T - 1);
-        /* bf16 keeps 8 significant bits of each cached value: a bound of 1e-2, not f32's 1e-4 */
-        ck_assert_msg(ep <= (k ? 1e-2 : 1e-4) && ed <= (k ? 1e-2 : 1e-4), "%s cache: %.3g / %.3g", k ? "bf16" : "f32", ep, ed);
+        const double ed = rel(lg, ref, T * V), epd = rel(lg, lp, T * V);
+        const char *name = clnpu_dtype_name(types[k]);
+        clnpu_model_destroy(m);
+        /* one prefill of the whole prompt, captured: layer 0 (dense, its attention over the cached
+         * rows) and the MoE layers' expert choices (margins >= 5e-3) */
+        o.max_tokens = T, o.capture = true;
+        ck_assert_ok(clnpu_model_create(d, &f.cfg, f.ck, &o, &m));
+        ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, T, lp));
+        const size_t hd = f.cfg.hidden_size, K = f.cfg.num_experts_per_tok;
+        float *h = malloc(T * hd * sizeof *h), *w = malloc(T * K * sizeof *w);
+        int *ids = malloc(T * K * sizeof *ids);
+        ck_assert_ok(clnpu_model_hidden(m, 1, h));
+        const double eh = rel(h, (const float *)clnpu_safetensors_find(f.ref, "hidden_states")->data + T * hd, T * hd);
+        size_t flips = 0;
+        for (size_t l = 1; l < f.cfg.num_hidden_layers; l++) {
+            char nm[32];
+            snprintf(nm, sizeof nm, "expert_ids.%zu", l);
+            const int *rid = clnpu_safetensors_find(f.ref, nm)->data;
+            ck_assert_ok(clnpu_model_routing(m, l, ids, w));
+            for (size_t i = 0; i < T * K; i++) flips += ids[i] != rid[i];
+        }
+        fprintf(stderr, "%s latent cache: layer 0 rel error %.2e, %zu of %zu expert choices differ\n", name, eh, flips,
+                (f.cfg.num_hidden_layers - 1) * T * K);
+        free(h), free(w), free(ids);
+        layer0[k] = eh;
+        fprintf(stderr, "%s latent cache: logits rel error %.2e (chunked prefill), %.2e (prefill 1 + decode %zu), "
+                "decode vs prefill %.2e\n", name, ep, ed, T - 1, epd);
+        /* bf16 keeps 8 significant bits of each cached value: layer 0 and the logits within 1e-2,
+         * not f32's 1e-4 (2.0e-3 and 3.1e-3 measured). fp8 keeps 4 bits of c (e4m3; the tile scales
+         * fix the range, not the precision): layer 0 within 5e-2 (3.1e-2 measured, 16x bf16's as 4
+         * fewer bits make it), but that perturbation is past the fixture's routing margins (5e-3),
+         * so expert choices in layers 1-2 flip (15 of 192) and the logits come out 0.27 off; they
+         * are held to < 0.5, what a flipped choice or two per token gives, not to a precision */
+        const double bound = k == 0 ? 1e-4 : k == 1 ? 1e-2 : 0.5, bound0 = k == 0 ? 1e-4 : k == 1 ? 1e-2 : 5e-2;
+        ck_assert_msg(ep <= bound && ed <= bound && eh <= bound0, "%s cache: logits %.3g / %.3g, layer 0 %.3g", name, ep, ed,
+                      eh);
+        /* prefill and decode read the same cached values: only f32 rounding between them */
+        ck_assert_msg(epd <= 1e-4, "%s cache: decode and prefill differ by %.3g", name, epd);
         clnpu_model_destroy(m);
         clnpu_device_close(d);
     }
+    /* the error tracks the bits kept: fp8's layer-0 error is bf16's times about 2^4 (a cache
+     * stored at the wrong precision, or scales applied to the wrong tiles, breaks this) */
+    ck_assert_msg(layer0[2] / layer0[1] >= 8 && layer0[2] / layer0[1] <= 32, "fp8 / bf16 layer-0 error: %.3g",
+                  layer0[2] / layer0[1]);
     clnpu_model_memory a, b;
     clnpu_model_options o = clnpu_model_options_default();
     o.max_sequences = 1, o.max_context = 64, o.max_tokens = 8;
@@ -554,9 +593,16 @@ START_TEST(test_latent_cache_bf16)
     ck_assert(b.cache_per_layer * 2 == a.cache_per_layer);
     ck_assert_msg(used[0] - used[1] == (double)f.cfg.num_hidden_layers * (a.cache_per_layer - b.cache_per_layer),
                   "the bf16 cache saves %.0f B", used[0] - used[1]);
+    /* fp8: rows of 32 codes, one scale and 8 bf16 k_pe (52 bytes against f32's 160) */
     o.latent_cache = CLNPU_DTYPE_FP8_E4M3;
+    ck_assert_ok(clnpu_model_memory_estimate(&f.cfg, &o, 1, &b));
+    const size_t R = f.cfg.kv_lora_rank, DR = f.cfg.qk_rope_head_dim;
+    ck_assert(b.cache_per_layer * (double)((R + DR) * 4) == a.cache_per_layer * (double)(R + 4 * ((R + 127) / 128) + 2 * DR));
+    ck_assert_msg(used[0] - used[2] == (double)f.cfg.num_hidden_layers * (a.cache_per_layer - b.cache_per_layer),
+                  "the fp8 cache saves %.0f B", used[0] - used[2]);
+    o.latent_cache = CLNPU_DTYPE_I8;
     ck_assert_int_eq(clnpu_model_memory_estimate(&f.cfg, &o, 1, &b), CLNPU_ERR_UNSUPPORTED);
-    free(lg);
+    free(lg), free(lp);
     close_fixture(&f);
 }
 END_TEST
@@ -613,7 +659,7 @@ START_TEST(test_model_memory_estimate)
 END_TEST
 
 /* The planner counts what the executor allocates: plans of the tiny A.X K1 on the PoCL clusters
- * (and on two 1.8 MB devices, which split it) predict each stage device's bytes within 10 % of
+ * (and on two 1.8 MB devices, which split it) predict each stage device's bytes within 3 % of
  * what the run holds; a plan that fills a 12 MB device to >= 95 % runs with exactly that
  * capacity (its batch of sequences, prefill and decode) without running out of memory. */
 START_TEST(test_plan_memory_matches_run)
@@ -621,18 +667,20 @@ START_TEST(test_plan_memory_matches_run)
     fixture f;
     open_fixture(&f);
     const char *clusters[] = {"clusters/pocl-2", "clusters/pocl-4", "clusters/pocl-2-small", "clusters/pocl-4-small",
-                              "tests/data/pocl-2-tight", "tests/data/pocl-1-tight", "tests/data/pocl-1-tight"};
+                              "tests/data/pocl-2-tight", "tests/data/pocl-1-tight", "tests/data/pocl-1-tight",
+                              "tests/data/pocl-1-tight"};
     const size_t V = f.cfg.vocab_size;
     float *lg = malloc(8 * V * sizeof *lg);
     for (size_t c = 0; c < sizeof clusters / sizeof clusters[0]; c++) {
-        const bool full = strstr(clusters[c], "pocl-1-tight") != NULL, bf = c == 6; /* the last: a bf16 cache */
+        const bool full = strstr(clusters[c], "pocl-1-tight") != NULL; /* the last two: bf16 and fp8 caches */
+        const clnpu_dtype cache = c == 6 ? CLNPU_DTYPE_BF16 : c == 7 ? CLNPU_DTYPE_FP8_E4M3 : CLNPU_DTYPE_F32;
         char path[512];
         snprintf(path, sizeof path, CLNPU_SOURCE_DIR "/%s.yaml", clusters[c]);
         clnpu_cluster *cl;
         ck_assert_ok(clnpu_cluster_load(path, NULL, &cl));
         clnpu_workload w = clnpu_workload_default();
         w.context = 64, w.batch = full ? 0 : 2; /* full: the largest batch that fits */
-        if (bf) w.latent_cache = CLNPU_DTYPE_BF16;
+        w.latent_cache = cache;
         clnpu_plan *p;
         ck_assert_msg(clnpu_plan_create(&f.cfg, cl, &w, NULL, &p) == CLNPU_OK, "%s: %s", clusters[c], clnpu_error_message());
         const clnpu_plan_summary sum = clnpu_plan_get_summary(p);
@@ -646,10 +694,15 @@ START_TEST(test_plan_memory_matches_run)
         const size_t seqs = (lay.batch + lay.pipeline_replicas - 1) / lay.pipeline_replicas;
         o.max_sequences = seqs, o.max_context = lay.context, o.max_tokens = lay.max_tokens, o.share_devices = true;
         o.latent_cache = lay.latent_cache;
-        ck_assert_int_eq(lay.latent_cache, bf ? CLNPU_DTYPE_BF16 : CLNPU_DTYPE_F32);
+        ck_assert_int_eq(lay.latent_cache, cache);
         clnpu_pipeline *pl;
         ck_assert_msg(clnpu_pipeline_create(&f.cfg, f.ck, sp, n, &o, &pl) == CLNPU_OK, "%s: %s", clusters[c],
                       clnpu_error_message());
+        /* tokens drawn on the head's device, as the plan counts them */
+        clnpu_generator *gen;
+        const clnpu_generator_options go = {.pipeline = pl, .device = clnpu_pipeline_stage_device(pl, n - 1), .vocab_size = V,
+                                            .max_sequences = seqs, .max_context = lay.context};
+        ck_assert_msg(clnpu_generator_create(&go, &gen) == CLNPU_OK, "%s: %s", clusters[c], clnpu_error_message());
         ck_assert_ok(clnpu_pipeline_prefill(pl, 0, f.ids, 8, lg));
         const size_t nd = seqs < 4 ? seqs : 4, sq[4] = {0, 1, 2, 3};
         for (size_t q = 1; q < nd; q++) ck_assert_ok(clnpu_pipeline_prefill(pl, q, f.ids, 3, NULL));
@@ -660,13 +713,16 @@ START_TEST(test_plan_memory_matches_run)
             clnpu_plan_device_memory(p, sp[s].device, m);
             const clnpu_device *dv = clnpu_pipeline_stage_device(pl, s);
             const double want = m[0] + m[1] + m[2] + m[3], got = (double)clnpu_device_memory_used(dv);
-            ck_assert_msg(fabs(got - want) <= 0.1 * got, "%s stage %zu: predicted %.0f B, the run holds %.0f B", clusters[c],
+            /* not counted: the padding of weights to 16-row panels, 1.6 % of the tiny model (none
+             * for A.X K1's shapes) */
+            ck_assert_msg(fabs(got - want) <= 0.03 * got, "%s stage %zu: predicted %.0f B, the run holds %.0f B", clusters[c],
                           s, want, got);
             ck_assert_msg((double)clnpu_device_memory_capacity(dv) == m[5], "%s stage %zu: capacity %.0f, the plan's %.0f",
                           clusters[c], s, (double)clnpu_device_memory_capacity(dv), m[5]);
             fprintf(stderr, "%s (%s cache, %zu sequences, %.1f %% used), stage %zu: predicted %.3f MB, the run holds %.3f MB (%+.1f %%)\n",
-                    clusters[c], bf ? "bf16" : "f32", seqs, 100 * sum.max_memory_fraction, s, want / 1e6, got / 1e6, 100 * (want - got) / got);
+                    clusters[c], clnpu_dtype_name(cache), seqs, 100 * sum.max_memory_fraction, s, want / 1e6, got / 1e6, 100 * (want - got) / got);
         }
+        clnpu_generator_destroy(gen);
         clnpu_pipeline_destroy(pl);
         free(sp);
         clnpu_plan_destroy(p);
@@ -885,7 +941,7 @@ Suite *suite_model(void)
     tcase_add_test(tc, test_stage_specs_replica);
     tcase_add_test(tc, test_pipeline_placement);
     tcase_add_test(tc, test_model_memory_estimate);
-    tcase_add_test(tc, test_latent_cache_bf16);
+    tcase_add_test(tc, test_latent_cache_types);
     tcase_add_test(tc, test_plan_memory_matches_run);
     suite_add_tcase(s, tc);
     return s;

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../runtime/latent_cache.h"
+#include "../runtime/launch.h"
 #include "test_util.h"
 
 static clnpu_buffer *dev_f32(const float *v, size_t n)
@@ -328,13 +330,13 @@ END_TEST
 START_TEST(test_mla_decode)
 {
     clnpu_device *dev = test_device();
-    const size_t shapes[][3] = {{32, 8, 5}, {512, 64, 4}}; /* R, DR, H */
-    for (size_t si = 0; si < 2; si++)
-        for (unsigned fi = 0; fi < 4; fi++) {
+    const size_t shapes[][3] = {{32, 8, 5}, {512, 64, 4}, {160, 16, 3}}; /* R, DR, H (160: a last tile of 32) */
+    for (size_t si = 0; si < 3; si++)
+        for (unsigned fi = 0; fi < 5; fi++) {
             /* splits: chosen, forced to 7 (merge pass), forced to 1 (the kernel writes out); then
-             * a bf16 cache (the reference reads the same bf16-rounded rows) */
-            const unsigned forced = fi == 0 || fi == 3 ? 0 : fi == 1 ? 7 : 1;
-            const bool bf = fi == 3;
+             * a bf16 and an fp8 cache (the reference reads the values the cache holds) */
+            const unsigned forced = fi == 0 || fi >= 3 ? 0 : fi == 1 ? 7 : 1;
+            const clnpu_dtype cdt = fi == 3 ? CLNPU_DTYPE_BF16 : fi == 4 ? CLNPU_DTYPE_FP8_E4M3 : CLNPU_DTYPE_F32;
             const size_t R = shapes[si][0], DR = shapes[si][1], H = shapes[si][2], B = 3, page = 16;
             const int lens[3] = {1, 37, 1300};
             const size_t maxlen = 1300, max_blocks = (maxlen + page - 1) / page, npages = B * max_blocks;
@@ -349,23 +351,22 @@ START_TEST(test_mla_decode)
             for (size_t i = 0; i < B * max_blocks; i++) bt[i] = perm[i];
             float *cache = rnd(npages * page * (R + DR), -1, 1), *qa = rnd(B * H * R, -1, 1),
                   *qp = rnd(B * H * DR, -1, 1);
-            const size_t ncache = npages * page * (R + DR);
-            uint16_t *c16 = bf ? malloc(ncache * sizeof *c16) : NULL;
-            for (size_t i = 0; bf && i < ncache; i++) cache[i] = clnpu_bf16_to_f32(c16[i] = clnpu_f32_to_bf16(cache[i]));
+            /* fp8: each 16 latent values of a row at their own magnitude (x 1/4 .. 2), so the
+             * tiles' scales differ */
+            for (size_t i = 0; cdt == CLNPU_DTYPE_FP8_E4M3 && i < npages * page * (R + DR); i += 16)
+                for (size_t j = 0, k = test_rand_u64() % 4; j < 16 && i % (R + DR) < R; j++) cache[i + j] *= 0.25f * (float)(1 << k);
+            size_t nbytes;
+            void *enc = test_latent_cache_encode(cdt, R, DR, npages * page, cache, &nbytes);
             clnpu_buffer *bc = NULL;
-            if (bf) {
-                ck_assert_ok(clnpu_buffer_create(dev, ncache * 2, &bc));
-                ck_assert_ok(clnpu_buffer_write(bc, 0, c16, ncache * 2));
-            } else {
-                bc = dev_f32(cache, ncache);
-            }
-            free(c16);
+            ck_assert_ok(clnpu_buffer_create(dev, nbytes, &bc));
+            ck_assert_ok(clnpu_buffer_write(bc, 0, enc, nbytes));
+            free(enc);
             clnpu_buffer *bqa = dev_f32(qa, B * H * R),
                          *bqp = dev_f32(qp, B * H * DR), *bbt = dev_i32(bt, B * max_blocks),
                          *bl = dev_i32(lens, B), *bo = dev_nan(B * H * R);
             const float scale = 0.15f;
             clnpu_mla_decode_args a = {bqa, bqp, bc, page, bbt, max_blocks, bl, maxlen, B, H, R, DR,
-                                       scale, bo, forced, 0, 0, bf ? CLNPU_DTYPE_BF16 : CLNPU_DTYPE_F32};
+                                       scale, bo, forced, 0, 0, cdt};
             ck_assert_ok(clnpu_mla_decode(dev, &a));
             float *o = read_f32(bo, B * H * R);
             double *ref = malloc(B * H * R * sizeof *ref), *s = malloc(maxlen * sizeof *s);
@@ -388,11 +389,103 @@ START_TEST(test_mla_decode)
                         ref[(b * H + h) * R + d] = acc / z;
                     }
                 }
-            CHECK_ERR(o, ref, B * H * R, 2e-6 * sqrt((double)maxlen) + 1e-6, "mla R=%zu H=%zu splits=%u (0: chosen)%s", R,
-                      H, forced, bf ? ", bf16 cache" : "");
+            CHECK_ERR(o, ref, B * H * R, 2e-6 * sqrt((double)maxlen) + 1e-6, "mla R=%zu H=%zu splits=%u (0: chosen), %s cache",
+                      R, H, forced, clnpu_dtype_name(cdt));
             free(perm), free(bt), free(cache), free(qa), free(qp), free(o), free(ref), free(s);
             clnpu_buffer_destroy(bc), clnpu_buffer_destroy(bqa), clnpu_buffer_destroy(bqp);
             clnpu_buffer_destroy(bbt), clnpu_buffer_destroy(bl), clnpu_buffer_destroy(bo);
+        }
+}
+END_TEST
+
+/* The latent cache's append and gather kernels (kernels-cl/clnpu_cache.h) for every cache type:
+ * rows at shuffled pages and positions, each row's bytes equal the tests' own encoding of the
+ * layout (bit for bit: fp8 codes, power-of-two scales, bf16 k_pe), rows not appended keep their
+ * poison, and the gather returns exactly the values the cache holds. The rows have ragged
+ * magnitudes per tile (10^-4 .. 10^3), an all-zero tile, a value in the e4m3 subnormal range of
+ * its tile, rounding ties, and a NaN that must stay NaN. */
+START_TEST(test_latent_cache_append_gather)
+{
+    clnpu_device *dev = test_device();
+    const size_t shapes[][2] = {{32, 8}, {160, 16}, {512, 64}};
+    const clnpu_dtype types[] = {CLNPU_DTYPE_F32, CLNPU_DTYPE_BF16, CLNPU_DTYPE_FP8_E4M3};
+    for (size_t si = 0; si < 3; si++)
+        for (size_t ti = 0; ti < 3; ti++) {
+            const size_t R = shapes[si][0], DR = shapes[si][1], lat = R + DR, page = 8, mb = 6, S = 2;
+            const size_t T = 37, lds = lat + 3; /* sequence 1's positions 0 .. 36; rows of src padded */
+            const clnpu_dtype dt = types[ti];
+            const size_t rb = clnpu_latent_cache_row_bytes(dt, R, DR), npages = S * mb, nrows = npages * page;
+            ck_assert_uint_eq(rb, dt == CLNPU_DTYPE_FP8_E4M3 ? R + 4 * ((R + 127) / 128) + 2 * DR
+                                                             : lat * (dt == CLNPU_DTYPE_BF16 ? 2 : 4));
+            int bt[2 * 6], seq[37], pos[37];
+            for (size_t i = 0; i < npages; i++) bt[i] = (int)((i * 5 + 7) % npages); /* a permutation */
+            float *src = malloc(T * lds * sizeof *src), *want = malloc(T * lat * sizeof *want);
+            for (size_t t = 0; t < T; t++) {
+                seq[t] = 1, pos[t] = (int)((t * 11 + 3) % T); /* every position once, out of order */
+                for (size_t d = 0; d < lds; d++) {
+                    const float mag = d < R ? powf(10.0f, (float)((d / 16 + t) % 8) - 4.0f) : 1.0f;
+                    src[t * lds + d] = d < lat ? test_rand_normal() * mag : NAN; /* padding never read */
+                }
+            }
+            float *r0 = src + 0 * lds, *r1 = src + 1 * lds;
+            for (size_t d = 0; d < 16; d++) r0[d] = 0.0f; /* a zero run (a zero tile when R = 32 below) */
+            for (size_t d = 0; d < R && R == 32; d++) r0[d] = 0.0f;
+            /* ties in tile 0 of row 1 (its max 448 gives scale 1): 1.0625 -> 1, 1.1875 -> 1.25, 17 -> 16,
+             * 1.5 * 2^-9 -> 2^-8, 2^-10 -> 0; and an element 2^-20 of the max (fp8 zero) */
+            const float ties[] = {448.0f, 1.0625f, -1.1875f, 17.0f, 0x1.8p-9f, 0x1p-10f, 448.0f * 0x1p-20f};
+            for (size_t d = 0; d < R && d < 128; d++) r1[d] = d < 7 ? ties[d] : 0.01f * test_rand_normal();
+            src[5 * lds + 3] = NAN;
+            for (size_t t = 0; t < T; t++) memcpy(want + (size_t)pos[t] * lat, src + t * lds, lat * sizeof *want);
+            size_t eb;
+            uint8_t *enc = test_latent_cache_encode(dt, R, DR, T, want, &eb); /* rows by position */
+            clnpu_buffer *bc, *bsrc = dev_f32(src, T * lds), *bbt = dev_i32(bt, npages), *bs = dev_i32(seq, T),
+                              *bp = dev_i32(pos, T), *bd = dev_nan((T + 1) * lat);
+            ck_assert_ok(clnpu_buffer_create(dev, nrows * rb, &bc));
+            const uint8_t poison = 0xa5;
+            ck_assert_ok(clnpu_buffer_fill(bc, &poison, 1));
+            char opts[128];
+            snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu%s", R, DR, clnpu_latent_cache_define(dt));
+            cl_mem c = clnpu_mem(bc), b = clnpu_mem(bbt), sm = clnpu_mem(bsrc), sq = clnpu_mem(bs), ps = clnpu_mem(bp),
+                   dm = clnpu_mem(bd);
+            cl_uint pg = (cl_uint)page, m = (cl_uint)mb, ld = (cl_uint)lds, s1 = 1;
+            clnpu_karg aa[] = {KARG(c), KARG(pg), KARG(b), KARG(m), KARG(sm), KARG(ld), KARG(sq), KARG(ps)};
+            size_t g[2] = {lat, T};
+            ck_assert_ok(clnpu_launch(dev, "mla.cl", opts, "clnpu_kv_append", 2, g, NULL, aa, 8));
+            clnpu_karg ga[] = {KARG(dm), KARG(c), KARG(pg), KARG(b), KARG(m), KARG(s1)};
+            ck_assert_ok(clnpu_launch(dev, "mla.cl", opts, "clnpu_kv_gather", 2, g, NULL, ga, 6));
+            uint8_t *got = malloc(nrows * rb);
+            float *gath = read_f32(bd, (T + 1) * lat);
+            ck_assert_ok(clnpu_buffer_read(bc, 0, got, nrows * rb));
+            size_t untouched = 0;
+            for (size_t r = 0; r < nrows; r++) {
+                const size_t p = r / page, slot = r % page; /* page p, slot: sequence 1's position? */
+                long at = -1;
+                for (size_t k = 0; k < mb; k++)
+                    if ((size_t)bt[mb + k] == p && k * page + slot < T) at = (long)(k * page + slot);
+                if (at < 0) {
+                    for (size_t i = 0; i < rb; i++) ck_assert_msg(got[r * rb + i] == poison, "row %zu written", r);
+                    untouched++;
+                    continue;
+                }
+                const uint8_t *w = enc + (size_t)at * rb, *o = got + r * rb;
+                for (size_t i = 0; i < rb; i++)
+                    ck_assert_msg(o[i] == w[i], "%s R=%zu: position %ld byte %zu is 0x%02x, the layout says 0x%02x", clnpu_dtype_name(dt), R,
+                                  at, i, o[i], w[i]);
+            }
+            ck_assert_uint_eq(untouched, nrows - T);
+            for (size_t i = 0; i < T * lat; i++)
+                ck_assert_msg(gath[i] == want[i] || (isnan(gath[i]) && isnan(want[i])), "%s R=%zu gather [%zu][%zu]: %g, cached %g",
+                              clnpu_dtype_name(dt), R, i / lat, i % lat, gath[i], want[i]);
+            ck_assert(isnan(gath[(size_t)pos[5] * lat + 3])); /* NaN stays NaN (the model's check sees it) */
+            for (size_t i = T * lat; i < (T + 1) * lat; i++) ck_assert(isnan(gath[i])); /* nothing past the length */
+            if (dt == CLNPU_DTYPE_FP8_E4M3) {
+                const float *w1 = want + (size_t)pos[1] * lat;
+                const float rounded[] = {448.0f, 1.0f, -1.25f, 16.0f, 0x1p-8f, 0.0f, 0.0f};
+                for (size_t d = 0; d < 7; d++) ck_assert_msg(w1[d] == rounded[d], "tie %zu: %g", d, w1[d]);
+            }
+            free(src), free(want), free(enc), free(got), free(gath);
+            clnpu_buffer_destroy(bc), clnpu_buffer_destroy(bsrc), clnpu_buffer_destroy(bbt), clnpu_buffer_destroy(bs);
+            clnpu_buffer_destroy(bp), clnpu_buffer_destroy(bd);
         }
 }
 END_TEST
@@ -776,6 +869,7 @@ Suite *suite_ops(void)
     tcase_add_test(tc, test_rope_apply);
     tcase_add_test(tc, test_flash_attention);
     tcase_add_test(tc, test_mla_decode);
+    tcase_add_test(tc, test_latent_cache_append_gather);
     tcase_add_test(tc, test_moe_route_and_dispatch);
     tcase_add_test(tc, test_moe_block);
     tcase_add_test(tc, test_sampling);

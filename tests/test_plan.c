@@ -458,8 +458,8 @@ START_TEST(test_plan_file_schema)
          "- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n", "weights: 'f16' is not supported"},
         {"format: clnpu-plan-2\nmodel: axk1\nlayers: 3\nrouted_experts: 16\nweights: bf16\nstages:\n"
          "- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n", "no 'hidden_size'"},
-        {PLAN_HEAD "latent_cache: fp8\nstages:\n- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n",
-         "latent_cache: 'fp8' is not supported (f32, bf16)"},
+        {PLAN_HEAD "latent_cache: f16\nstages:\n- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n",
+         "latent_cache: 'f16' is not supported (f32, bf16, fp8)"},
         {PLAN_HEAD "latent_cache: i32\nstages:\n- {devices: [0], layers: [0, 1, 2], embedding: true, head: true}\n",
          "latent_cache: 'i32' is not supported"},
         /* keys: a misspelt one is an error, as is a repeated one; old and foreign formats */

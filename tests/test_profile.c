@@ -86,6 +86,70 @@ START_TEST(test_malformed_profiles)
 }
 END_TEST
 
+/* memory.program_bytes: parsed (whole, >= 0), reserved on a device bound to the profile (the
+ * buffers get the rest of its capacity), and counted by the planner on every device. */
+START_TEST(test_program_bytes)
+{
+    char dir[256], path[512], cpath[512];
+    test_mkdtemp(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/pocl-programs.yaml", dir);
+    const char *prof = "name: %s\nclass: cpu-opencl\nvendor: pocl\n"
+                       "compute: {fp32: 2.0e11, fp16: null, bf16: 2.0e11, fp8: null, int8: 2.0e11, int4: null}\n"
+                       "memory: {type: DDR4, bytes: 8.0e6, bandwidth: 3.1e10%s}\ncompute_units: 2\n";
+    char text[1024];
+    snprintf(text, sizeof text, prof, "pocl-programs", ", program_bytes: -1");
+    ck_assert_int_eq(test_write_file(path, text), 0);
+    clnpu_profile p;
+    ck_assert_int_eq(clnpu_profile_load_file(path, &p), CLNPU_ERR_PARSE);
+    ck_assert_msg(strstr(clnpu_error_message(), "memory.program_bytes"), "%s", clnpu_error_message());
+    snprintf(text, sizeof text, prof, "pocl-programs", ", program_bytes: 1048576");
+    ck_assert_int_eq(test_write_file(path, text), 0);
+    clnpu_profile_set *set;
+    ck_assert_ok(clnpu_profile_set_builtin(&set));
+    ck_assert_ok(clnpu_profile_set_add_file(set, path));
+    snprintf(path, sizeof path, "%s/pocl-plain.yaml", dir);
+    snprintf(text, sizeof text, prof, "pocl-plain", "");
+    ck_assert_int_eq(test_write_file(path, text), 0);
+    ck_assert_ok(clnpu_profile_set_add_file(set, path));
+    ck_assert_int_eq(clnpu_profile_set_find(set, "pocl-programs")->program_bytes, 1048576);
+    ck_assert_int_eq(clnpu_profile_set_find(set, "pocl-plain")->program_bytes, 0);
+    clnpu_device_options o = {.target = "pocl-programs", .profiles = set};
+    clnpu_device *d;
+    ck_assert_ok(clnpu_device_open(0, &o, &d));
+    ck_assert_uint_eq(clnpu_device_memory_used(d), 1048576);
+    clnpu_buffer *b;
+    ck_assert_int_eq(clnpu_buffer_create(d, 7000000, &b), CLNPU_ERR_OUT_OF_MEMORY); /* 8e6 less the programs */
+    ck_assert_ok(clnpu_buffer_create(d, 6000000, &b));
+    clnpu_buffer_destroy(b);
+    ck_assert_uint_eq(clnpu_device_memory_used(d), 1048576);
+    clnpu_device_close(d);
+    /* the planner: the same one-device plan on either profile, 1 MiB apart on the device */
+    clnpu_model_config cfg;
+    ck_assert_ok(clnpu_model_config_load(CLNPU_SOURCE_DIR "/models/tiny-axk1/config.json", &cfg));
+    double mem[2][6];
+    for (int k = 0; k < 2; k++) {
+        snprintf(cpath, sizeof cpath, "%s/c.yaml", dir);
+        snprintf(text, sizeof text, "name: one\nnodes:\n  - name: host\n    devices:\n      - {profile: %s, count: 1}\n"
+                 "links:\n  intra_node: {type: shared-memory, bandwidth: 1.0e10, latency_s: 3.0e-5}\n",
+                 k ? "pocl-programs" : "pocl-plain");
+        ck_assert_int_eq(test_write_file(cpath, text), 0);
+        clnpu_cluster *cl;
+        ck_assert_msg(clnpu_cluster_load(cpath, set, &cl) == CLNPU_OK, "%s", clnpu_error_message());
+        clnpu_workload w = clnpu_workload_default();
+        w.context = 64, w.batch = 2;
+        clnpu_plan *pl;
+        ck_assert_msg(clnpu_plan_create(&cfg, cl, &w, NULL, &pl) == CLNPU_OK, "%s", clnpu_error_message());
+        clnpu_plan_device_memory(pl, 0, mem[k]);
+        clnpu_plan_destroy(pl);
+        clnpu_cluster_destroy(cl);
+    }
+    ck_assert_msg(mem[1][2] - mem[0][2] == 1048576 && mem[1][0] == mem[0][0] && mem[1][1] == mem[0][1],
+                  "activations %.0f vs %.0f", mem[1][2], mem[0][2]);
+    clnpu_profile_set_destroy(set);
+    test_rmdir(dir);
+}
+END_TEST
+
 static clnpu_device_info fake(const char *vendor, const char *platform, const char *name,
                               clnpu_device_type type)
 {
@@ -166,6 +230,7 @@ Suite *suite_profile(void)
     tcase_add_test(tc, test_malformed_profiles);
     tcase_add_test(tc, test_matching);
     tcase_add_test(tc, test_user_dir_overrides);
+    tcase_add_test(tc, test_program_bytes);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -109,3 +109,50 @@ int test_run(const char *cmdline, char *out, size_t cap)
     int st = pclose(p);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+/* The tests' own account of the latent cache's row layouts (include/clnpu/ops.h), written from
+ * the layout's description and not from the kernels: fp8 scales are the smallest power of two
+ * >= the tile's max |c| / 448 (found by comparing against 448 * 2^k, exact in double). */
+void *test_latent_cache_encode(clnpu_dtype dt, size_t R, size_t DR, size_t rows, float *vals, size_t *out_bytes)
+{
+    const size_t lat = R + DR, rb = clnpu_latent_cache_row_bytes(dt, R, DR), tile = CLNPU_LATENT_CACHE_FP8_TILE;
+    uint8_t *out = malloc(rows * rb > 0 ? rows * rb : 1);
+    for (size_t r = 0; r < rows; r++) {
+        float *v = vals + r * lat;
+        uint8_t *row = out + r * rb;
+        if (dt == CLNPU_DTYPE_F32) {
+            memcpy(row, v, lat * 4);
+            continue;
+        }
+        if (dt == CLNPU_DTYPE_BF16) {
+            for (size_t d = 0; d < lat; d++) {
+                const uint16_t b = clnpu_f32_to_bf16(v[d]);
+                memcpy(row + 2 * d, &b, 2);
+                v[d] = clnpu_bf16_to_f32(b);
+            }
+            continue;
+        }
+        const size_t nt = (R + tile - 1) / tile;
+        for (size_t t = 0; t < nt; t++) {
+            const size_t d0 = t * tile, n = R - d0 < tile ? R - d0 : tile;
+            float amax = 0;
+            for (size_t i = 0; i < n; i++) amax = fmaxf(amax, fabsf(v[d0 + i])); /* a NaN is passed over */
+            if (amax < 0x1p-100f) amax = 0x1p-100f;
+            int k = ilogb(amax) - 8;
+            if ((double)amax > ldexp(448.0, k)) k++;
+            const float s = isinf(amax) ? NAN : ldexpf(1.0f, k);
+            memcpy(row + R + 4 * t, &s, 4);
+            for (size_t i = 0; i < n; i++) {
+                row[d0 + i] = clnpu_f32_to_fp8e4m3(ldexpf(v[d0 + i], -k));
+                v[d0 + i] = clnpu_fp8e4m3_to_f32(row[d0 + i]) * s;
+            }
+        }
+        for (size_t d = 0; d < DR; d++) {
+            const uint16_t b = clnpu_f32_to_bf16(v[R + d]);
+            memcpy(row + R + 4 * nt + 2 * d, &b, 2);
+            v[R + d] = clnpu_bf16_to_f32(b);
+        }
+    }
+    *out_bytes = rows * rb;
+    return out;
+}

@@ -36,6 +36,12 @@ int test_write_file(const char *path, const char *text);
  * exit status (or -1). */
 int test_run(const char *cmdline, char *out, size_t cap);
 
+/* A latent cache of `rows` rows [c (R) | k_pe (DR)] laid out for dtype (f32, bf16, fp8: see
+ * clnpu_latent_cache_row_bytes), encoded by the tests' own reading of the layout; vals (rows x
+ * (R + DR)) become the values the cache holds, what a float64 reference reads. Returns malloc'ed
+ * bytes (*out_bytes of them). */
+void *test_latent_cache_encode(clnpu_dtype dt, size_t R, size_t DR, size_t rows, float *vals, size_t *out_bytes);
+
 Suite *suite_device(void);
 Suite *suite_profile(void);
 Suite *suite_program(void);

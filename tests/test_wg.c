@@ -574,36 +574,37 @@ START_TEST(test_wg_attention)
 END_TEST
 
 /* Absorbed MLA decode over a paged cache (pages out of order), three sequences of different
- * lengths, split into chunks or not, f32 and bf16 caches, by 64 / 128 / 256 work-items, against
- * float64. */
+ * lengths, split into chunks or not, f32, bf16 and fp8 caches, by 64 / 128 / 256 work-items,
+ * against float64 over the values the cache holds. */
 START_TEST(test_wg_mla)
 {
     clnpu_device *dev = test_device();
-    const unsigned sizes[] = {64, 128, 256, 256}, splits[] = {3, 1, 0, 1};
+    const unsigned sizes[] = {64, 128, 256, 256, 128}, splits[] = {3, 1, 0, 1, 3};
     force_wg(sizes[_i]);
     enum { B = 3 };
-    /* case 3: the tiny A.X K1's dims (4 heads, rank 32, rope 8) */
-    const size_t H = _i == 3 ? 4 : 5, R = _i == 3 ? 32 : 512, DR = _i == 3 ? 8 : 64, row = R + DR, page = 32, mb = 10;
+    /* case 3: the tiny A.X K1's dims (4 heads, rank 32, rope 8); case 4: an fp8 cache of rank 160
+     * (two scales a row, the second for 32 elements) with ragged magnitudes along c */
+    const size_t H = _i == 3 ? 4 : 5, R = _i == 3 ? 32 : _i == 4 ? 160 : 512, DR = _i == 3 ? 8 : _i == 4 ? 16 : 64,
+                 row = R + DR, page = 32, mb = 10;
     const int lens[B] = {300, 1, 77};
     float *cache = random_vec(B * mb * page * row), *qa = random_vec(B * H * R), *qp = random_vec(B * H * DR);
     int bt[B * mb];
     for (size_t i = 0; i < B * mb; i++) bt[i] = (int)((i * 7 + 3) % (B * mb)); /* a permutation */
-    /* case 2: a bf16 latent cache (the reference takes the rounded values) */
-    const bool bf16 = _i == 2;
+    /* case 2: a bf16 latent cache (the reference takes the values the cache holds) */
+    const clnpu_dtype cdt = _i == 2 ? CLNPU_DTYPE_BF16 : _i == 4 ? CLNPU_DTYPE_FP8_E4M3 : CLNPU_DTYPE_F32;
     const size_t ncache = B * mb * page * row;
-    uint16_t *c16 = malloc(ncache * 2);
-    for (size_t i = 0; i < ncache; i++) {
-        c16[i] = clnpu_f32_to_bf16(cache[i]);
-        if (bf16) cache[i] = clnpu_bf16_to_f32(c16[i]);
-    }
-    clnpu_buffer *bc = bf16 ? upload(c16, ncache * 2) : upload(cache, ncache * 4), *bqa = upload(qa, B * H * R * 4),
+    for (size_t i = 0; cdt == CLNPU_DTYPE_FP8_E4M3 && i < ncache; i++)
+        if (i % row < R) cache[i] *= ldexpf(1.0f, (int)((i % row) / 16 % 4) - 2);
+    size_t nbytes;
+    void *c16 = test_latent_cache_encode(cdt, R, DR, B * mb * page, cache, &nbytes);
+    clnpu_buffer *bc = upload(c16, nbytes), *bqa = upload(qa, B * H * R * 4),
                  *bqp = upload(qp, B * H * DR * 4), *bb = upload(bt, sizeof bt), *bl = upload(lens, sizeof lens),
                  *bo = poisoned(B * H * R * 4);
     const float scale = 0.05f;
     clnpu_mla_decode_args a = {.q_abs = bqa, .q_pe = bqp, .cache = bc, .page_size = page, .block_table = bb,
                                .max_blocks = mb, .seq_len = bl, .max_seq_len = 300, .batch = B, .heads = H,
                                .rank = R, .rope_dim = DR, .scale = scale, .out = bo, .splits = splits[_i],
-                               .cache_dtype = bf16 ? CLNPU_DTYPE_BF16 : CLNPU_DTYPE_F32};
+                               .cache_dtype = cdt};
     ck_assert_ok(clnpu_mla_decode(dev, &a));
     float *o = malloc(B * H * R * 4);
     ck_assert_ok(clnpu_buffer_read(bo, 0, o, B * H * R * 4));
@@ -625,7 +626,8 @@ START_TEST(test_wg_mla)
             }
         }
     const double err = rel_error(o, ref, B * H * R), tol = 2e-6 * sqrt(300.0) + 1e-6;
-    ck_assert_msg(err <= tol, "mla wg %u splits %u: %.3g > %.3g", sizes[_i], splits[_i], err, tol);
+    ck_assert_msg(err <= tol, "mla wg %u splits %u, %s cache: %.3g > %.3g", sizes[_i], splits[_i], clnpu_dtype_name(cdt), err,
+                  tol);
     free(cache), free(c16), free(qa), free(qp), free(o), free(ref);
     clnpu_buffer_destroy(bc), clnpu_buffer_destroy(bqa), clnpu_buffer_destroy(bqp), clnpu_buffer_destroy(bb);
     clnpu_buffer_destroy(bl), clnpu_buffer_destroy(bo);
@@ -785,7 +787,7 @@ Suite *suite_wg(void)
     suite_add_tcase(s, tc);
     tc = wg_case("wg_attention");
     tcase_add_loop_test(tc, test_wg_attention, 0, 4);
-    tcase_add_loop_test(tc, test_wg_mla, 0, 4);
+    tcase_add_loop_test(tc, test_wg_mla, 0, 5);
     suite_add_tcase(s, tc);
     tc = wg_case("wg_model");
     tcase_add_test(tc, test_wg_model_transformers);

@@ -10,7 +10,7 @@
 
 static const char usage[] =
     "clnpu plan --model CONFIG.json --cluster FILE.yaml [--phase decode|prefill] [--batch B] [--context L]\n"
-    "           [--weights bf16|fp8|int8] [--latent-cache f32|bf16] [--slo-ms X] [--expert-load FILE] [--calibration BENCH.jsonl]\n"
+    "           [--weights bf16|fp8|int8] [--latent-cache f32|bf16|fp8] [--slo-ms X] [--expert-load FILE] [--calibration BENCH.jsonl]\n"
     "           [--targets-dir DIR] [--max-tp N] [--min-tp N] [--ep N] [--prefix-hit F] [--mtp-accept F]\n"
     "           [--expert-imbalance X [--expert-imbalance-at EP,SLOTS,ROWS]] [--redundant-experts R] [--tbo auto|on|off]\n"
     "           [--kv-transfer]\n"
@@ -154,7 +154,8 @@ int cmd_plan(int argc, char **argv)
         case O_CACHE:
             if (!strcmp(optarg, "f32")) w.latent_cache = CLNPU_DTYPE_F32;
             else if (!strcmp(optarg, "bf16")) w.latent_cache = CLNPU_DTYPE_BF16;
-            else return cli_usage_error("plan", usage, "bad --latent-cache '%s' (f32 or bf16)", optarg);
+            else if (!strcmp(optarg, "fp8")) w.latent_cache = CLNPU_DTYPE_FP8_E4M3;
+            else return cli_usage_error("plan", usage, "bad --latent-cache '%s' (f32, bf16 or fp8)", optarg);
             break;
         case O_SLO:
             if (!cli_parse_double(optarg, 1e-6, 1e9, &w.slo_ms)) return cli_usage_error("plan", usage, "bad --slo-ms '%s'", optarg);

@@ -22,7 +22,7 @@ static const char usage[] =
     "clnpu run (--model DIR | --random-weights --config FILE) " CLI_DEVICE_USAGE "\n"
     "          (--ids 1,2,3 | --ids-file F | --prompt TEXT | --prompt-file F [--chat [--no-think] [--system TEXT]])\n"
     "          [-n NEW | --max-tokens NEW] [--stop TEXT]... [--ignore-eos] [--greedy | --temperature T [--top-k K] [--top-p P] "
-    "[--seed S]]\n          [--decode-from P] [--weights int8|fp8] [--latent-cache f32|bf16] [--context L] [--dump-logits OUT.safetensors] "
+    "[--seed S]]\n          [--decode-from P] [--weights int8|fp8] [--latent-cache f32|bf16|fp8] [--context L] [--dump-logits OUT.safetensors] "
     "[--stats] [--trace OUT.json] [--verbose]\n          [--plan plan.yaml [--replica K] [--share-devices]] [--sequences N] [--check-weights]";
 
 /* The tool's own allocation failures: no stale library message may stand for them (cli_fail
@@ -194,7 +194,8 @@ static int parse(int argc, char **argv, run_args *r)
         case O_CACHE:
             if (!strcmp(optarg, "f32")) r->latent_cache = CLNPU_DTYPE_F32;
             else if (!strcmp(optarg, "bf16")) r->latent_cache = CLNPU_DTYPE_BF16;
-            else return cli_usage_error("run", usage, "bad --latent-cache '%s' (f32 or bf16)", optarg);
+            else if (!strcmp(optarg, "fp8")) r->latent_cache = CLNPU_DTYPE_FP8_E4M3;
+            else return cli_usage_error("run", usage, "bad --latent-cache '%s' (f32, bf16 or fp8)", optarg);
             break;
         case O_CONTEXT:
             if (!cli_parse_size(optarg, &r->context) || !r->context || r->context > RUN_MAX_TOKENS)
@@ -406,7 +407,10 @@ static int run_job(run_args r, const void *comm)
      * of one model draws the next tokens on the device (only the ids come back). */
     const bool speak0 = !pl || clnpu_pipeline_rank(pl) == 0;
     if (!st && r.n) {
-        clnpu_generator_options go = {.model = m, .pipeline = pl, .device = dev, .tokenizer = text_mode ? tx.tok : NULL,
+        /* a plan's tokens are drawn on the head's device, where the plan counts the sampler's rows
+         * (an MPI rank without the head draws on its own device) */
+        clnpu_device *head = pl ? clnpu_pipeline_stage_device(pl, nspecs - 1) : NULL;
+        clnpu_generator_options go = {.model = m, .pipeline = pl, .device = head ? head : dev, .tokenizer = text_mode ? tx.tok : NULL,
                                       .vocab_size = V, .max_sequences = S, .max_context = o.max_context};
         st = clnpu_generator_create(&go, &gen);
         clnpu_generate_config gc = clnpu_generate_config_default();

@@ -14,7 +14,7 @@ static const char usage[] =
     "clnpu serve (--model DIR | --random-weights --config FILE) " CLI_DEVICE_USAGE "\n"
     "          [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--name NAME] [--sequences N] [--context L]\n"
     "          [--cache-pages P] [--step-tokens T] [--no-prefix-cache] [--max-waiting W] [--max-body BYTES]\n"
-    "          [--max-tokens N] [--timeout S] [--weights int8|fp8] [--latent-cache f32|bf16]\n"
+    "          [--max-tokens N] [--timeout S] [--weights int8|fp8] [--latent-cache f32|bf16|fp8]\n"
     "          [--plan plan.yaml [--share-devices]]\n"
     "mpirun -np R clnpu serve --plan plan.yaml ...   (rank 0 serves HTTP; the others run their stages)";
 
@@ -82,7 +82,8 @@ static int parse(int argc, char **argv, serve_args *a)
         case O_CACHE:
             if (!strcmp(optarg, "f32")) a->latent_cache = CLNPU_DTYPE_F32;
             else if (!strcmp(optarg, "bf16")) a->latent_cache = CLNPU_DTYPE_BF16;
-            else return cli_usage_error("serve", usage, "bad --latent-cache '%s' (f32 or bf16)", optarg);
+            else if (!strcmp(optarg, "fp8")) a->latent_cache = CLNPU_DTYPE_FP8_E4M3;
+            else return cli_usage_error("serve", usage, "bad --latent-cache '%s' (f32, bf16 or fp8)", optarg);
             break;
         case O_WEIGHTS:
             if (!strcmp(optarg, "int8")) a->weights = CLNPU_DTYPE_I8;

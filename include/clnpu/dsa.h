@@ -60,7 +60,7 @@ typedef struct clnpu_mla_sparse_args {
     float scale;
     clnpu_buffer *out;               /* [rows][H][R]: z = sum_j p_j c_j over the selected j */
     unsigned splits;                 /* chunks of the selection merged after (0: choose) */
-    clnpu_dtype cache_dtype;         /* the cache's elements: CLNPU_DTYPE_F32 (0) or CLNPU_DTYPE_BF16 */
+    clnpu_dtype cache_dtype;         /* the cache's rows: F32 (0), BF16 or FP8_E4M3 (clnpu_latent_cache_row_bytes) */
 } clnpu_mla_sparse_args;
 
 /* Split over the selection with a reduction, as clnpu_mla_decode splits the context. */

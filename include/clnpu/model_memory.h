@@ -1,10 +1,16 @@
 /* Device memory a model instance allocates besides its weights, computed from the config and the
  * options alone (no device): the scheduler plans with it, so a plan counts what the executor
- * allocates, and a test holds it to clnpu_device_memory_used. From examples/generate.c:
+ * allocates, and a test holds it to clnpu_device_memory_used. There are no staging or pinned
+ * buffers to count: weights go up with clEnqueueWriteBuffer from host memory. Not in it: kernel programs (on
+ * PoCL's CPU device they live in the host process, not in device buffers; a profile's
+ * program_bytes counts them where they do, see docs/targets.md), the padding of weight matrices
+ * to the GEMM's panels of 16 rows (none for A.X K1's shapes), and the short-lived partial sums
+ * of a decode split over its context (at most 8 x compute units x 16 heads x (R + 2) floats,
+ * freed when the launch is queued). From examples/generate.c:
  *
  *     clnpu_model_memory mm;
  *     CHECK(clnpu_model_memory_estimate(&cfg, &o, 1, &mm));
- *     const double besides = mm.workspaces + mm.logits + cfg.num_hidden_layers * mm.cache_per_layer + moe_layers * mm.moe_scratch;
+ *     const double besides = mm.workspaces + mm.logits + cfg.num_hidden_layers * (mm.cache_per_layer + mm.absorbed_per_layer) + moe_layers * mm.moe_scratch;
  *
  * (plus the weights: what a model of one device holds in all).
  */
@@ -30,6 +36,10 @@ typedef struct clnpu_model_memory {
     double moe_scratch;     /* per MoE layer on the router's device: routing and expert rows */
     double shard_scratch;   /* per MoE layer on each device holding an expert shard */
     double replica_rows;    /* where attention replicas meet: the stage's rows in and out */
+    double absorbed_per_layer; /* per layer: W_UK^T and W_UV per head in f32 for the absorbed decode,
+                                * copies of kv_b_proj beside it (packed in panels of 16 rows) */
+    double sampling;        /* a clnpu_generator over max_sequences rows: their logits and drawn ids,
+                             * on the device it is given (the head's) */
 } clnpu_model_memory;
 
 /* For a model with opt's max_tokens, max_context, max_sequences (0: the defaults

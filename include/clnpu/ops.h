@@ -132,8 +132,16 @@ typedef struct clnpu_mla_decode_args {
     clnpu_buffer *out;               /* [B][H][R]: z = sum_t p_t c_t */
     unsigned splits;                 /* 0: choose from the context length and device */
     size_t q_pe_offset, q_pe_stride; /* elements; stride 0 = rope_dim (dense [B][H][DR]) */
-    clnpu_dtype cache_dtype;         /* the cache's elements: CLNPU_DTYPE_F32 (0) or CLNPU_DTYPE_BF16 */
+    clnpu_dtype cache_dtype;         /* the cache's rows: CLNPU_DTYPE_F32 (0), BF16 or FP8_E4M3 (see below) */
 } clnpu_mla_decode_args;
+
+/* Bytes of one latent cache row [c (rank) | k_pe (rope_dim)] of a cache type; 0 for a type the
+ * kernels do not keep. f32 and bf16 rows are rank + rope_dim elements; an FP8_E4M3 row is
+ * DeepSeek-V3.2 / FlashMLA's: rank fp8 e4m3fn codes of c, then one f32 power-of-two scale per
+ * CLNPU_LATENT_CACHE_FP8_TILE elements of c (c = code * scale), then k_pe in bf16 (656 bytes for
+ * rank 512, rope 64). Pages hold page_size rows back to back. */
+#define CLNPU_LATENT_CACHE_FP8_TILE 128
+CLNPU_API size_t clnpu_latent_cache_row_bytes(clnpu_dtype dtype, size_t rank, size_t rope_dim);
 
 /* Absorbed MLA decode over a paged latent cache, split over the context with a reduction. */
 CLNPU_API clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *args);

@@ -84,6 +84,10 @@ typedef struct clnpu_profile {
     clnpu_kernel_params kernel;
     char estimated[512];  /* comma-separated fields that are estimates, not measured/published */
     char notes[512];
+    /* memory.program_bytes: device memory the kernel programs occupy (a device reserves it when
+     * opened, the planner counts it per device); 0 where they are not in device memory, as on
+     * PoCL's CPU device (its kernels are shared objects loaded into the host process) */
+    int64_t program_bytes;
 } clnpu_profile;
 
 typedef struct clnpu_profile_set clnpu_profile_set;
