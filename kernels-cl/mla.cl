@@ -79,6 +79,7 @@ inline float hsum(float4 v)
 #define CVL(p) VL(0, (p))
 #endif
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_mla_decode
 /* Grid: (ceil(H / HG), B, splits). part_z: [B][H][splits][R]; part_ml: [B][H][splits][2]. */
 __kernel void clnpu_mla_decode(__global const float *qa, __global const float *qp,
                                const uint qp_off, const uint qp_hs,
@@ -166,7 +167,9 @@ __kernel void clnpu_mla_decode(__global const float *qa, __global const float *q
         part_ml[2 * idx + 1] = lsum[g];
     }
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_mla_combine
 /* Merge the chunks: z = sum_s exp(m_s - M) z_s / sum_s exp(m_s - M) l_s. Grid: (R, H, B). */
 __kernel void clnpu_mla_combine(__global const float *part_z, __global const float *part_ml,
                                 __global float *out, const uint H, const uint splits)
@@ -186,7 +189,9 @@ __kernel void clnpu_mla_combine(__global const float *part_z, __global const flo
     }
     out[((size_t)b * H + h) * R + d] = num / den;
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_kv_append
 /* Append latent rows to the paged cache: row t of src (c | k_pe, stride lds) goes to sequence
  * seq[t] at position pos[t]. Grid: (ROW, T). */
 __kernel void clnpu_kv_append(__global CACHE_T *cache, const uint page, __global const int *block_table,
@@ -199,7 +204,9 @@ __kernel void clnpu_kv_append(__global CACHE_T *cache, const uint page, __global
     const int pg = block_table[(size_t)seq[t] * max_blocks + p / page];
     cache[((size_t)pg * page + p % page) * ROW + d] = CACHE_STORE(src[(size_t)t * lds + d]);
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_kv_gather
 /* Copy positions [0, len) of sequence s out of the paged cache into dst [len][ROW].
  * Grid: (ROW, len). */
 __kernel void clnpu_kv_gather(__global float *dst, __global const CACHE_T *cache, const uint page,
@@ -210,3 +217,4 @@ __kernel void clnpu_kv_gather(__global float *dst, __global const CACHE_T *cache
     const int pg = block_table[(size_t)s * max_blocks + p / page];
     dst[(size_t)p * ROW + d] = CACHE_LOAD(cache[((size_t)pg * page + p % page) * ROW + d]);
 }
+#endif /* CLNPU_ONLY */
