@@ -301,6 +301,20 @@ clnpu_status clnpu_program_get(clnpu_device *dev, const char *name, const char *
     return st;
 }
 
+clnpu_status clnpu_program_get_kernels(clnpu_device *dev, const char *name, const char *extra,
+                                       const char *const *kernels, clnpu_program **out)
+{
+    if (!kernels || !kernels[0]) return clnpu_program_get(dev, name, extra, out);
+    /* On the launch path: a stack buffer, no allocation. */
+    char opts[1024];
+    int n = snprintf(opts, sizeof opts, "%s%s-DCLNPU_ONLY=1", extra ? extra : "", extra && *extra ? " " : "");
+    for (size_t i = 0; kernels[i] && n > 0 && (size_t)n < sizeof opts; i++)
+        n += snprintf(opts + n, sizeof opts - (size_t)n, " -DCLNPU_ONLY_%s=1", kernels[i]);
+    if (n <= 0 || (size_t)n >= sizeof opts)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%s: build options for the kernel list too long", name ? name : "(null)");
+    return clnpu_program_get(dev, name, opts, out);
+}
+
 clnpu_status clnpu_program_create_kernel(const clnpu_program *p, const char *kernel_name,
                                          void **out_kernel)
 {

@@ -15,7 +15,8 @@ clnpu_status clnpu_launch(clnpu_device *dev, const char *source, const char *opt
                           const size_t *local, const clnpu_karg *args, size_t nargs)
 {
     clnpu_program *prog;
-    clnpu_status st = clnpu_program_get(dev, source, options, &prog);
+    const char *only[] = {kernel, NULL}; /* the file's other kernels are not compiled */
+    clnpu_status st = clnpu_program_get_kernels(dev, source, options, only, &prog);
     if (st) return st;
     cl_kernel k;
     st = clnpu_program_kernel(prog, kernel, (void **)&k);

@@ -48,6 +48,14 @@ CLNPU_API const char *clnpu_kernel_source(const char *name);
  * device and lives until clnpu_device_close. */
 CLNPU_API clnpu_status clnpu_program_get(clnpu_device *device, const char *source_name,
                                const char *extra_options, clnpu_program **out_program);
+/* As clnpu_program_get, for the listed kernels only (a NULL-terminated list of names): the build
+ * adds -DCLNPU_ONLY=1 and -DCLNPU_ONLY_<kernel>=1 for each, so a source whose kernels sit inside
+ * `#if !CLNPU_ONLY || CLNPU_ONLY_<kernel>` ... `#endif` (marked CLNPU_ONLY) generates no code for
+ * the others. On PoCL every kernel of a
+ * program is compiled when its binary is taken for the cache, so this is most of a first build. */
+CLNPU_API clnpu_status clnpu_program_get_kernels(clnpu_device *device, const char *source_name,
+                                                 const char *extra_options, const char *const *kernels,
+                                                 clnpu_program **out_program);
 /* Same for arbitrary source text (tests, user kernels); `label` names it in messages. */
 CLNPU_API clnpu_status clnpu_program_get_source(clnpu_device *device, const char *label, const char *source,
                                       const char *extra_options, clnpu_program **out_program);
