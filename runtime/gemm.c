@@ -293,7 +293,7 @@ clnpu_status clnpu_gemm(clnpu_device *dev, const clnpu_weight *w, size_t matrix,
     clnpu_program *prog;
     const char *only[] = {"clnpu_gemm", splits > 1 ? "clnpu_gemm_splitk_reduce" : NULL, NULL};
     st = variant(dev, w, ep, &gp, only, &prog);
-    if (st) return st;
+    if (st || clnpu_device_recording(dev)) return st; /* a dry pass only lists programs */
     cl_kernel k;
     st = clnpu_program_kernel(prog, "clnpu_gemm", (void **)&k);
     if (st) return st;
@@ -407,6 +407,7 @@ clnpu_status clnpu_gemm_grouped(clnpu_device *dev, const clnpu_weight *w, const 
     clnpu_program *prog;
     const char *only[] = {"clnpu_gemm_grouped", NULL};
     st = variant(dev, w, a->epilogue, &gp, only, &prog);
+    if (!st && clnpu_device_recording(dev)) return free(tiles), CLNPU_OK;
     cl_kernel k = NULL;
     if (!st) st = clnpu_program_kernel(prog, "clnpu_gemm_grouped", (void **)&k);
     cl_int err = 0;
@@ -474,6 +475,7 @@ clnpu_status clnpu_gemm_grouped_counts(clnpu_device *dev, const clnpu_weight *w,
     clnpu_program *prog;
     const char *only[] = {"clnpu_gemm_grouped_counts", NULL};
     st = variant(dev, w, a->epilogue, &gp, only, &prog);
+    if (!st && clnpu_device_recording(dev)) return CLNPU_OK;
     cl_kernel k = NULL;
     if (!st) st = clnpu_program_kernel(prog, "clnpu_gemm_grouped_counts", (void **)&k);
     if (st) return st;

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "cli_prebuild.h"
 
 static const char usage[] = "clnpu kernels " CLI_DEVICE_USAGE " [--threads N] [--model DIR [--prompt-tokens T,T,...]]";
 
@@ -53,13 +54,16 @@ static clnpu_status warm_model(clnpu_device *dev, const char *dir, size_t T)
 
 int cmd_kernels(int argc, char **argv)
 {
-    enum { O_MODEL = CLI_OPT_FIRST_FREE, O_THREADS, O_PROMPT_TOKENS };
+    enum { O_MODEL = CLI_OPT_FIRST_FREE, O_THREADS, O_PROMPT_TOKENS, O_BUILD_LIST, O_PART };
     static const struct option longopts[] = {CLI_DEVICE_LONGOPTS, {"model", required_argument, NULL, O_MODEL},
                                              {"threads", required_argument, NULL, O_THREADS},
                                              {"prompt-tokens", required_argument, NULL, O_PROMPT_TOKENS},
+                                             /* the helpers of `clnpu run` (tools/cli_prebuild.c) */
+                                             {"build-list", required_argument, NULL, O_BUILD_LIST},
+                                             {"part", required_argument, NULL, O_PART},
                                              {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     cli_device_args da = {0};
-    const char *model = NULL;
+    const char *model = NULL, *build_list = NULL, *part = NULL;
     size_t threads = 0, lens[8] = {24}, nlens = 1;
     int opt;
     opterr = 0;
@@ -77,6 +81,8 @@ int cmd_kernels(int argc, char **argv)
         if (r == 1) continue;
         if (r < 0) return -r;
         if (opt == O_MODEL) model = optarg;
+        else if (opt == O_BUILD_LIST) build_list = optarg;
+        else if (opt == O_PART) part = optarg;
         else if (opt == O_THREADS) {
             if (!cli_parse_size(optarg, &threads) || !threads || threads > 64) return cli_usage_error("kernels", usage, "bad --threads '%s' (1..64)", optarg);
         } else if (opt == O_PROMPT_TOKENS) {
@@ -92,6 +98,10 @@ int cmd_kernels(int argc, char **argv)
             return cli_usage_error("kernels", usage, "unknown or incomplete option '%s'", argv[optind - 1]);
     }
     if (optind < argc) return cli_usage_error("kernels", usage, "unexpected argument '%s'", argv[optind]);
+    if (build_list) {
+        if (strcmp(build_list, "-")) return cli_usage_error("kernels", usage, "--build-list takes '-' (the list on stdin)");
+        return cli_build_list(&da, part);
+    }
 
     clnpu_device *dev;
     clnpu_status st = cli_open_device(&da, false, &dev);

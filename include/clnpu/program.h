@@ -76,6 +76,17 @@ CLNPU_API clnpu_status clnpu_program_create_kernel(const clnpu_program *program,
  * device). Setting its arguments is not thread-safe: one host thread drives a device. */
 CLNPU_API clnpu_status clnpu_program_kernel(clnpu_program *program, const char *kernel_name, void **out_cl_kernel);
 
+/* Dry passes, to learn a run's programs before building them (e.g. in helper processes, see
+ * `clnpu run`): while recording, a program request that is not in memory builds nothing and is
+ * remembered, and nothing runs on the device (launches do nothing, clnpu_buffer_read leaves its destination as it was),
+ * so a pass through a forward costs milliseconds and lists what a real one would compile. Stop
+ * gives the requests missing from the disk cache, one "source<TAB>extra options" line each,
+ * oldest first, for clnpu_program_get (caller frees *out_list). The dry pass leaves junk in the
+ * device's buffers: reset any sequence it used (clnpu_model_reset). */
+CLNPU_API void clnpu_device_record_start(clnpu_device *device);
+CLNPU_API bool clnpu_device_recording(const clnpu_device *device);
+CLNPU_API clnpu_status clnpu_device_record_stop(clnpu_device *device, char **out_list, size_t *out_count);
+
 /* The cache directory a device uses ("" when caching is off). */
 CLNPU_API const char *clnpu_device_cache_dir(const clnpu_device *device);
 
