@@ -60,9 +60,7 @@ static clnpu_status dry_pass(clnpu_model *m, clnpu_device *dev, const cli_prebui
 static void add_arg(char **argv, size_t *n, char *a) { argv[(*n)++] = a; }
 
 /* Helper i of k: `clnpu kernels --build-list - --part i/k` with the run's device options, the
- * list on its stdin, its stdout discarded. PoCL is asked to put the work-group functions of the
- * usual launch shape (work-groups of 1, grids under 2^16) into the binaries as well, so the run
- * does not generate them again at its first launches. */
+ * list on its stdin, its stdout discarded. */
 static pid_t spawn_helper(const cli_device_args *da, size_t i, size_t k, int *out_fd)
 {
     int fds[2];
@@ -76,25 +74,14 @@ static pid_t spawn_helper(const cli_device_args *da, size_t i, size_t k, int *ou
     if (da->target) add_arg(argv, &n, "--target"), add_arg(argv, &n, (char *)da->target);
     if (da->targets_dir) add_arg(argv, &n, "--targets-dir"), add_arg(argv, &n, (char *)da->targets_dir);
     argv[n] = NULL;
-    size_t ne = 0;
-    while (environ[ne]) ne++;
-    char **envp = malloc((ne + 2) * sizeof *envp);
-    if (!envp) {
-        close(fds[0]), close(fds[1]);
-        return -1;
-    }
-    memcpy(envp, environ, ne * sizeof *envp);
-    if (!getenv("POCL_BINARY_SPECIALIZE_WG")) envp[ne++] = "POCL_BINARY_SPECIALIZE_WG=1-1-1-goffs0-smallgrid";
-    envp[ne] = NULL;
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, fds[0], STDIN_FILENO);
     posix_spawn_file_actions_addclose(&fa, fds[1]);
     posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
     pid_t pid = -1;
-    int e = posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, envp);
+    int e = posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
-    free(envp);
     close(fds[0]);
     if (e) {
         close(fds[1]);
@@ -112,6 +99,37 @@ static void write_all(int fd, const char *s, size_t n)
         if (w < 0 && errno == EINTR) continue;
         if (w <= 0) return; /* a helper that died early: its exit status says so */
         s += w, n -= (size_t)w;
+    }
+}
+
+void cli_prebuild_env(void)
+{
+    /* PoCL generates each kernel's work-group function for any launch shape when the binary is
+     * taken for the cache, and again for the launch's own shape at the first launch; asked to, it
+     * puts the usual shape's (work-groups of 1, grids under 2^16, no offset) into the binary too,
+     * so a helper's build spares the run that second step. Before any OpenCL call: no threads. */
+    if (!getenv("POCL_BINARY_SPECIALIZE_WG")) setenv("POCL_BINARY_SPECIALIZE_WG", "1-1-1-goffs0-smallgrid", 0);
+}
+
+/* Which helper builds line j: the heaviest programs (GEMM variants) dealt first, each to the part
+ * with the least work so far, the same way in the run and in every helper. */
+static size_t weight(const char *line) { return !strncmp(line, "gemm", 4) ? 3 : !strncmp(line, "elementwise", 11) ? 1 : 2; }
+
+static void assign(const char *list, size_t count, size_t k, size_t *part)
+{
+    size_t load[MAX_HELPERS + 1] = {0};
+    for (size_t w = 3; w >= 1; w--) {
+        size_t j = 0;
+        for (const char *s = list; *s && j < count; j++) {
+            if (weight(s) == w) {
+                size_t best = 0;
+                for (size_t p = 1; p < k; p++)
+                    if (load[p] < load[best]) best = p;
+                part[j] = best, load[best] += w;
+            }
+            const char *nl = strchr(s, '\n');
+            s = nl ? nl + 1 : s + strlen(s);
+        }
     }
 }
 
@@ -142,7 +160,7 @@ void cli_prebuild(const cli_device_args *da, clnpu_device *dev, clnpu_model *m, 
     sigaction(SIGPIPE, &ign, &old);
     pid_t pids[MAX_HELPERS];
     size_t started = 0;
-    for (size_t i = 0; i < k; i++) {
+    for (size_t i = 1; i < k; i++) { /* this process is part 0 */
         int fd = -1;
         pid_t pid = spawn_helper(da, i, k, &fd);
         if (pid < 0) {
@@ -153,6 +171,18 @@ void cli_prebuild(const cli_device_args *da, clnpu_device *dev, clnpu_model *m, 
         write_all(fd, list, strlen(list));
         close(fd);
     }
+    size_t *part = calloc(count, sizeof *part);
+    if (part) assign(list, count, k, part);
+    size_t j = 0;
+    for (char *s = list, *nl; part && *s && j < count; s = nl + 1, j++) {
+        if (!(nl = strchr(s, '\n'))) break;
+        *nl = '\0';
+        char *tab = strchr(s, '\t');
+        clnpu_program *p;
+        /* a failure here is the run's own to report, at the launch that needs the program */
+        if (tab && part[j] == 0 && (*tab = '\0', clnpu_program_get(dev, s, tab + 1, &p))) clnpu_error_clear();
+    }
+    free(part);
     for (size_t i = 0; i < started; i++) {
         int ws = 0;
         while (waitpid(pids[i], &ws, 0) < 0 && errno == EINTR) {}
@@ -168,13 +198,14 @@ void cli_prebuild(const cli_device_args *da, clnpu_device *dev, clnpu_model *m, 
     sigaction(SIGPIPE, &old, NULL);
     free(list);
     out->programs = count, out->helpers = started, out->seconds = now_s() - t0;
+    if (!started) out->programs = 0; /* all built here, counted as the run's own builds */
 }
 
-int cli_build_list(const cli_device_args *da, const char *part)
+int cli_build_list(const cli_device_args *da, const char *part_arg)
 {
     size_t i = 0, k = 1;
-    if (part && (sscanf(part, "%zu/%zu", &i, &k) != 2 || !k || i >= k))
-        return cli_fail_msg("kernels", "bad --part '%s' (I/K with I < K)", part);
+    if (part_arg && (sscanf(part_arg, "%zu/%zu", &i, &k) != 2 || !k || i >= k))
+        return cli_fail_msg("kernels", "bad --part '%s' (I/K with I < K)", part_arg);
     size_t cap = 1 << 16, len = 0;
     char *buf = malloc(cap);
     for (ssize_t r; buf; len += (size_t)r) {
@@ -189,25 +220,34 @@ int cli_build_list(const cli_device_args *da, const char *part)
     }
     if (!buf) return cli_fail_msg("kernels", "out of host memory");
     buf[len] = '\0';
+    size_t count = 0;
+    for (const char *c = buf; *c; c++) count += *c == '\n';
+    size_t *part = calloc(count + 1, sizeof *part);
+    if (!part || k > MAX_HELPERS) {
+        free(buf), free(part);
+        return cli_fail_msg("kernels", part ? "--part: at most %d parts" : "out of host memory", MAX_HELPERS);
+    }
+    assign(buf, count, k, part);
     clnpu_device *dev;
     clnpu_status st = cli_open_device(da, false, &dev);
     if (st) {
-        free(buf);
+        free(buf), free(part);
         return cli_fail("kernels", st);
     }
     size_t line = 0;
     char *save = NULL;
-    for (char *s = strtok_r(buf, "\n", &save); !st && s; s = strtok_r(NULL, "\n", &save), line++) {
+    for (char *s = strtok_r(buf, "\n", &save); !st && s && line < count; s = strtok_r(NULL, "\n", &save), line++) {
         char *tab = strchr(s, '\t');
         if (!tab) {
-            free(buf);
+            free(buf), free(part);
             clnpu_device_close(dev);
             return cli_fail_msg("kernels", "build list line %zu: no tab between source and options", line + 1);
         }
         *tab = '\0';
         clnpu_program *p;
-        if (line % k == i) st = clnpu_program_get(dev, s, tab + 1, &p);
+        if (part[line] == i) st = clnpu_program_get(dev, s, tab + 1, &p);
     }
+    free(part);
     free(buf);
     clnpu_device_close(dev);
     return st ? cli_fail("kernels", st) : CLI_EXIT_OK;

@@ -18,9 +18,13 @@ typedef struct cli_prebuild_result {
 } cli_prebuild_result;
 
 /* Unless CLNPU_PREBUILD=0 or the cache is off: list the run's missing programs and, when there
- * are at least two, build them in one helper per CPU, waiting for them. Never fails the run. */
+ * are at least two, build them with one helper process per further CPU, this process building
+ * its own share meanwhile, and wait for the helpers. Never fails the run. */
 void cli_prebuild(const cli_device_args *da, clnpu_device *dev, clnpu_model *m, const cli_prebuild_pass *pass,
                   cli_prebuild_result *out);
+/* Ask PoCL to keep the usual launch shape's work-group functions in program binaries; call
+ * before any OpenCL call (it sets an environment variable). */
+void cli_prebuild_env(void);
 /* `clnpu kernels --build-list - [--part I/K]`: build lines I, I+K, ... of stdin's list. */
 int cli_build_list(const cli_device_args *da, const char *part);
 #endif
