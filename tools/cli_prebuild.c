@@ -146,6 +146,14 @@ void cli_prebuild(const cli_device_args *da, clnpu_device *dev, clnpu_model *m, 
     size_t count = 0;
     if (clnpu_device_record_stop(dev, &list, &count) == CLNPU_OK && st) count = 0; /* a pass that failed lists too little */
     clnpu_error_clear();
+    cli_build_ahead(da, dev, list, count, out);
+    out->seconds = now_s() - t0;
+}
+
+void cli_build_ahead(const cli_device_args *da, clnpu_device *dev, char *list, size_t count, cli_prebuild_result *out)
+{
+    memset(out, 0, sizeof *out);
+    double t0 = now_s();
     if (count < 2) { /* one program is as fast built here */
         free(list);
         return;
@@ -164,7 +172,7 @@ void cli_prebuild(const cli_device_args *da, clnpu_device *dev, clnpu_model *m, 
         int fd = -1;
         pid_t pid = spawn_helper(da, i, k, &fd);
         if (pid < 0) {
-            fprintf(stderr, "clnpu run: cannot start a kernel-building helper (%s); building here\n", strerror(errno));
+            fprintf(stderr, "clnpu: cannot start a kernel-building helper (%s); building here\n", strerror(errno));
             break;
         }
         pids[started++] = pid;
@@ -189,10 +197,10 @@ void cli_prebuild(const cli_device_args *da, clnpu_device *dev, clnpu_model *m, 
         if (WIFEXITED(ws) && WEXITSTATUS(ws) == 0) continue;
         out->failed++;
         if (WIFSIGNALED(ws))
-            fprintf(stderr, "clnpu run: kernel-building helper %zu of %zu ended by signal %d; the run builds its part\n",
+            fprintf(stderr, "clnpu: kernel-building helper %zu of %zu ended by signal %d; its part is built here\n",
                     i + 1, started, WTERMSIG(ws));
         else
-            fprintf(stderr, "clnpu run: kernel-building helper %zu of %zu failed (exit status %d); the run builds its part\n",
+            fprintf(stderr, "clnpu: kernel-building helper %zu of %zu failed (exit status %d); its part is built here\n",
                     i + 1, started, WEXITSTATUS(ws));
     }
     sigaction(SIGPIPE, &old, NULL);

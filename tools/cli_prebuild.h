@@ -22,6 +22,9 @@ typedef struct cli_prebuild_result {
  * its own share meanwhile, and wait for the helpers. Never fails the run. */
 void cli_prebuild(const cli_device_args *da, clnpu_device *dev, clnpu_model *m, const cli_prebuild_pass *pass,
                   cli_prebuild_result *out);
+/* Build a list ("source<TAB>extra options\n" lines, as clnpu_device_record_stop gives; freed
+ * here): this process its share, one helper process per further CPU the rest; never fails. */
+void cli_build_ahead(const cli_device_args *da, clnpu_device *dev, char *list, size_t count, cli_prebuild_result *out);
 /* Ask PoCL to keep the usual launch shape's work-group functions in program binaries; call
  * before any OpenCL call (it sets an environment variable). */
 void cli_prebuild_env(void);
