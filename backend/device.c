@@ -352,6 +352,7 @@ clnpu_status clnpu_buffer_read(clnpu_buffer *b, size_t off, void *dst, size_t by
 {
     clnpu_status st = check_range(b, off, bytes, "read");
     if (st || !bytes) return st;
+    if (b->dev->recording) return CLNPU_OK; /* a dry pass: nothing ran, the caller's values stay */
     cl_int err = clEnqueueReadBuffer(b->dev->queue, b->mem, CL_TRUE, off, bytes, dst, 0, NULL, NULL);
     return err ? clnpu_fail_cl(err, "clEnqueueReadBuffer", NULL) : CLNPU_OK;
 }

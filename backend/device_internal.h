@@ -31,6 +31,8 @@ struct clnpu_device {
     char cache_dir[1024];
     struct clnpu_program *programs; /* built in this process, newest first */
     clnpu_program_stats program_stats; /* compiler and disk-cache work so far (program.c) */
+    bool recording;                     /* a dry pass: see clnpu_device_record_start */
+    struct clnpu_program *recorded;     /* its missing programs, newest first (never built) */
     bool profiling;
     struct clnpu_trace *trace;      /* NULL unless tracing */
     const struct clnpu_tuning_db *tuning; /* consulted by the kernels' host code */

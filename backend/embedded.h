@@ -7,7 +7,8 @@ typedef struct clnpu_embedded_file {
     const char *name;
     const char *data; /* NUL-terminated */
     size_t size;      /* without the NUL */
-    unsigned long long hash; /* FNV-1a of data (common/hash.h), computed at build time */
+    unsigned long long hash; /* FNV-1a of data without kernel-selection guard lines
+                              * (tools/embed.py), computed at build time */
 } clnpu_embedded_file;
 
 extern const clnpu_embedded_file clnpu_embedded_kernels[];

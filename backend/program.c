@@ -29,6 +29,9 @@ struct clnpu_program {
     cl_program program;
     clnpu_program_origin origin;
     double build_ms;
+    char label[64]; /* recorded stand-ins only: the source's name, */
+    char *extra;    /* the caller's options */
+    bool in_cache;  /* recorded stand-ins only: the disk cache has it */
 };
 
 static double now_ms(void)
@@ -57,8 +60,21 @@ double clnpu_program_build_ms(const clnpu_program *p) { return p->build_ms; }
 const char *clnpu_program_options(const clnpu_program *p) { return p->options; }
 const char *clnpu_program_cache_path(const clnpu_program *p) { return p->cache_path; }
 
+static void recorded_release(clnpu_device *dev)
+{
+    for (clnpu_program *p = dev->recorded, *next; p; p = next) {
+        next = p->next;
+        free(p->key);
+        free(p->options);
+        free(p->extra);
+        free(p);
+    }
+    dev->recorded = NULL;
+}
+
 void clnpu_programs_release(clnpu_device *dev)
 {
+    recorded_release(dev);
     for (clnpu_program *p = dev->programs, *next; p; p = next) {
         next = p->next;
         for (kernel_entry *k = p->kernels, *kn; k; k = kn) {
@@ -241,6 +257,35 @@ static void program_insert(clnpu_device *dev, clnpu_program *p)
     dev->programs = p;
 }
 
+/* A dry pass's request for a program not in memory: remembered (once) unless the disk cache has
+ * it; either way an unbuilt stand-in is returned, whose kernels the launch code never asks for. */
+static clnpu_status record(clnpu_device *dev, const char *label, const char *extra, char *options, char *key,
+                           clnpu_program **out)
+{
+    for (clnpu_program *p = dev->recorded; p; p = p->next)
+        if (!strcmp(p->key, key)) {
+            free(key), free(options);
+            *out = p;
+            return CLNPU_OK;
+        }
+    clnpu_program *p = calloc(1, sizeof *p);
+    char *x = strdup(extra ? extra : "");
+    if (!p || !x) {
+        free(p), free(x), free(key), free(options);
+        return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    }
+    p->key = key, p->options = options, p->extra = x;
+    snprintf(p->label, sizeof p->label, "%s", label);
+    if (!dev->no_cache) {
+        clnpu_binary_cache_path(dev->cache_dir, key, p->cache_path, sizeof p->cache_path);
+        p->in_cache = access(p->cache_path, F_OK) == 0;
+    }
+    p->next = dev->recorded;
+    dev->recorded = p;
+    *out = p;
+    return CLNPU_OK;
+}
+
 clnpu_status clnpu_program_get_source(clnpu_device *dev, const char *label, const char *source,
                                       const char *extra, clnpu_program **out)
 {
@@ -265,6 +310,7 @@ clnpu_status clnpu_program_get_source(clnpu_device *dev, const char *label, cons
         }
     }
 
+    if (dev->recording) return record(dev, label, extra, options, key, out);
     clnpu_program *p;
     clnpu_status st = make_program(dev, label, source, options, key, &p);
     if (st) return st;
@@ -301,9 +347,24 @@ clnpu_status clnpu_program_get(clnpu_device *dev, const char *name, const char *
     return st;
 }
 
+clnpu_status clnpu_program_get_kernels(clnpu_device *dev, const char *name, const char *extra,
+                                       const char *const *kernels, clnpu_program **out)
+{
+    if (!kernels || !kernels[0]) return clnpu_program_get(dev, name, extra, out);
+    /* On the launch path: a stack buffer, no allocation. */
+    char opts[1024];
+    int n = snprintf(opts, sizeof opts, "%s%s-DCLNPU_ONLY=1", extra ? extra : "", extra && *extra ? " " : "");
+    for (size_t i = 0; kernels[i] && n > 0 && (size_t)n < sizeof opts; i++)
+        n += snprintf(opts + n, sizeof opts - (size_t)n, " -DCLNPU_ONLY_%s=1", kernels[i]);
+    if (n <= 0 || (size_t)n >= sizeof opts)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%s: build options for the kernel list too long", name ? name : "(null)");
+    return clnpu_program_get(dev, name, opts, out);
+}
+
 clnpu_status clnpu_program_create_kernel(const clnpu_program *p, const char *kernel_name,
                                          void **out_kernel)
 {
+    if (!p->program) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "%s: no kernels during a dry pass (clnpu_device_record_start)", kernel_name);
     cl_int err;
     cl_kernel k = clCreateKernel(p->program, kernel_name, &err);
     if (!k) return clnpu_fail_cl(err, "clCreateKernel", kernel_name);
@@ -430,4 +491,38 @@ clnpu_status clnpu_program_build_many(clnpu_device *dev, const char *const *name
         if (!out[i]) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     }
     return st;
+}
+
+/* ---- dry passes ---- */
+
+void clnpu_device_record_start(clnpu_device *dev)
+{
+    recorded_release(dev);
+    dev->recording = true;
+}
+
+bool clnpu_device_recording(const clnpu_device *dev) { return dev && dev->recording; }
+
+clnpu_status clnpu_device_record_stop(clnpu_device *dev, char **out_list, size_t *out_count)
+{
+    dev->recording = false;
+    *out_list = NULL, *out_count = 0;
+    size_t len = 1, n = 0;
+    for (clnpu_program *p = dev->recorded; p; p = p->next)
+        if (!p->in_cache) len += strlen(p->label) + strlen(p->extra) + 2, n++;
+    char *list = malloc(len), *w = list;
+    if (!list) {
+        recorded_release(dev);
+        return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    }
+    *w = '\0';
+    /* oldest first: the order a real pass asks for them */
+    clnpu_program *rev = NULL;
+    for (clnpu_program *p = dev->recorded, *next; p; p = next) next = p->next, p->next = rev, rev = p;
+    dev->recorded = rev;
+    for (clnpu_program *p = dev->recorded; p; p = p->next)
+        if (!p->in_cache) w += sprintf(w, "%s\t%s\n", p->label, p->extra);
+    recorded_release(dev);
+    *out_list = list, *out_count = n;
+    return CLNPU_OK;
 }

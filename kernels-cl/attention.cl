@@ -55,6 +55,7 @@ inline float hsum8(float8 v)
     return a.x + a.y + a.z + a.w;
 }
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_flash_attn
 __kernel void clnpu_flash_attn(__global const float *Q, const uint qoff, const uint ldq,
                                const uint hsq, __global const float *K, const uint koff,
                                const uint ldk, const uint hsk, __global const float *V,
@@ -142,6 +143,7 @@ __kernel void clnpu_flash_attn(__global const float *Q, const uint qoff, const u
         for (int d = 0; d < DV; d++) orow[d] = o[i][d] * inv;
     }
 }
+#endif /* CLNPU_ONLY */
 
 /* The same attention for devices whose local memory is ordinary cached memory (CPUs): no local
  * tiles and no barriers, and the queries run along the vector lanes. A work-item takes QG
@@ -180,6 +182,7 @@ __kernel void clnpu_flash_attn(__global const float *Q, const uint qoff, const u
 #error "CLNPU_ATTN_QV must be 8 or 16"
 #endif
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_flash_attn_regs
 __kernel void clnpu_flash_attn_regs(__global const float *Q, const uint qoff, const uint ldq,
                                     const uint hsq, __global const float *K, const uint koff,
                                     const uint ldk, const uint hsk, __global const float *V,
@@ -268,3 +271,4 @@ __kernel void clnpu_flash_attn_regs(__global const float *Q, const uint qoff, co
         for (int d = 0; d < DV; d++) orow[d] = ot[d * QN + i] * lane[i];
     }
 }
+#endif /* CLNPU_ONLY */

@@ -89,6 +89,7 @@ inline float hsumd(DF v)
 #endif
 }
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_dsa_scores
 /* Grid: (ceil(max_len / KB), T): a work-item scores KB consecutive keys, so each query head is
  * loaded once for all of them. Keys past a query's position get -inf (never selected). */
 __kernel void clnpu_dsa_scores(__global const float *q, const uint q_off, const uint ldq,
@@ -126,6 +127,7 @@ __kernel void clnpu_dsa_scores(__global const float *q, const uint q_off, const 
     }
     for (uint i = 0; i < nk; i++) out[j0 + i] = s[i] * scale;
 }
+#endif /* CLNPU_ONLY */
 
 /* Order-preserving map of a float to an unsigned key (larger float, larger key). */
 inline uint dsa_key(float f)
@@ -134,6 +136,7 @@ inline uint dsa_key(float f)
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_dsa_topk
 /* The k highest of scores[t][0 .. pos[t]] (all of them when there are no more than k), as
  * indices in increasing order; ties at the k-th value go to the lower indices, so the choice is
  * deterministic. A radix select over the keys' bytes (four passes of a 256-bin histogram)
@@ -171,7 +174,9 @@ __kernel void clnpu_dsa_topk(__global const float *scores, const uint lds, __glo
     }
     count[t] = (int)o;
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_mla_sparse
 /* Absorbed MLA attention over selected latent rows: row r (sequence seq[r]) and head h,
  * score_j = scale * (q_abs[r,h] . c_j + q_pe[r,h] . kpe_j) for the count[r] cached positions j in
  * idx[r], softmax over them, z[r,h] = sum_j p_j c_j. q_pe of (r, h) at qp + qp_off + r * qp_ld +
@@ -263,7 +268,9 @@ __kernel void clnpu_mla_sparse(__global const float *qa, __global const float *q
         part_ml[2 * k + 1] = lsum[g];
     }
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_dsa_key_append
 /* Append indexer keys to their paged cache: row t of src (stride lds) to sequence seq[t] at
  * pos[t]. Grid: (D, T). */
 __kernel void clnpu_dsa_key_append(__global float *cache, const uint page, __global const int *block_table,
@@ -276,7 +283,9 @@ __kernel void clnpu_dsa_key_append(__global float *cache, const uint page, __glo
     const int pg = block_table[(size_t)seq[t] * max_blocks + p / page];
     cache[((size_t)pg * page + p % page) * D + d] = src[src_off + (size_t)t * lds + d];
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_layernorm
 /* LayerNorm with weight and bias over rows of n (the indexer's k_norm), in place, statistics in
  * two passes (mean, then the variance about it) as torch does. Grid: (T). */
 __kernel void clnpu_layernorm(__global float *x, const uint off, const uint ld, __global const float *weight,
@@ -291,7 +300,9 @@ __kernel void clnpu_layernorm(__global float *x, const uint off, const uint ld, 
     const float inv = rsqrt(var / (float)n + eps);
     for (uint i = 0; i < n; i++) row[i] = fma((row[i] - mean) * inv, weight[i], bias[i]);
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_mul_sigmoid
 /* y[t][h][i] *= sigmoid(g[t][h][i]) for rows of `heads` heads of n (A.X K2's attention output gate
  * and gated norms): y at y_off + t * ldy + h * y_hs + i, g likewise. Grid: (n, heads, T). */
 __kernel void clnpu_mul_sigmoid(__global float *y, const uint y_off, const uint ldy, const uint y_hs,
@@ -301,7 +312,9 @@ __kernel void clnpu_mul_sigmoid(__global float *y, const uint y_off, const uint 
     const float gv = g[g_off + (size_t)t * ldg + (size_t)h * g_hs + i];
     y[y_off + (size_t)t * ldy + (size_t)h * y_hs + i] *= 1.0f / (1.0f + exp(-gv));
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_silu
 /* x = silu(x) = x * sigmoid(x) over rows of n. Grid: (n, T). */
 __kernel void clnpu_silu(__global float *x, const uint off, const uint ld, const uint n)
 {
@@ -310,3 +323,4 @@ __kernel void clnpu_silu(__global float *x, const uint off, const uint ld, const
     const size_t k = off + (size_t)t * ld + i;
     x[k] = x[k] / (1.0f + exp(-x[k]));
 }
+#endif /* CLNPU_ONLY */

@@ -2,18 +2,23 @@
  * conformance (launches, events) and as building blocks by the runtime. */
 #include "clnpu_common.h"
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_fill_f32
 __kernel void clnpu_fill_f32(__global float *y, const float value, const uint n)
 {
     uint i = get_global_id(0);
     if (i < n) y[i] = value;
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_copy_f32
 __kernel void clnpu_copy_f32(__global float *y, __global const float *x, const uint n)
 {
     uint i = get_global_id(0);
     if (i < n) y[i] = x[i];
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_axpby_f32
 /* y = a * x + b * y */
 __kernel void clnpu_axpby_f32(__global float *y, __global const float *x, const float a,
                               const float b, const uint n)
@@ -21,13 +26,17 @@ __kernel void clnpu_axpby_f32(__global float *y, __global const float *x, const 
     uint i = get_global_id(0);
     if (i < n) y[i] = fma(a, x[i], b * y[i]);
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_convert_bf16_f32
 __kernel void clnpu_convert_bf16_f32(__global float *y, __global const ushort *x, const uint n)
 {
     uint i = get_global_id(0);
     if (i < n) y[i] = clnpu_bf16_to_f32(x[i]);
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_silu_mul
 /* y[r][i] = silu(g[r][i]) * u[r][i] (the unfused SwiGLU product). */
 __kernel void clnpu_silu_mul(__global float *y, const uint ldy, __global const float *g,
                              const uint ldg, __global const float *u, const uint ldu, const uint n)
@@ -37,7 +46,9 @@ __kernel void clnpu_silu_mul(__global float *y, const uint ldy, __global const f
     const float a = g[(size_t)r * ldg + i];
     y[(size_t)r * ldy + i] = a / (1.0f + exp(-a)) * u[(size_t)r * ldu + i];
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_embed_bf16
 /* Embedding lookup: y[t] = E[ids[t]] with bf16 rows widened to f32 (exact). The table holds
  * rows [first, first + rows) of a vocabulary of `vocab` (a tensor-parallel rank's slice): other
  * ids of the vocabulary give zeros (another rank has them), ids outside it NaN, so they are
@@ -52,7 +63,9 @@ __kernel void clnpu_embed_bf16(__global float *y, __global const ushort *E, __gl
     y[(size_t)t * dim + i] = id < 0 || (uint)id >= vocab ? as_float(0x7fc00000u)
                              : r < rows ? clnpu_bf16_to_f32(E[(size_t)r * dim + i]) : 0.0f;
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_embed_f32
 __kernel void clnpu_embed_f32(__global float *y, __global const float *E, __global const int *ids,
                               const uint dim, const uint first, const uint rows, const uint vocab)
 {
@@ -62,7 +75,9 @@ __kernel void clnpu_embed_f32(__global float *y, __global const float *E, __glob
     const uint r = (uint)id - first;
     y[(size_t)t * dim + i] = id < 0 || (uint)id >= vocab ? as_float(0x7fc00000u) : r < rows ? E[(size_t)r * dim + i] : 0.0f;
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_softmax
 /* Row softmax in place, fp32, max-subtracted. One work-item per row. Built without fast-math
  * options, so the compensation below is kept. */
 __kernel void clnpu_softmax(__global float *x, const uint ld, const uint n)
@@ -82,7 +97,9 @@ __kernel void clnpu_softmax(__global float *x, const uint ld, const uint n)
     const float inv = 1.0f / s;
     for (uint i = 0; i < n; i++) r[i] *= inv;
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_argmax
 /* Index of the largest value per row; ties go to the lowest index, NaN is never chosen. */
 __kernel void clnpu_argmax(__global int *out, __global const float *x, const uint ld, const uint n)
 {
@@ -97,7 +114,9 @@ __kernel void clnpu_argmax(__global int *out, __global const float *x, const uin
         }
     out[row] = best;
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_mla_assemble_k
 /* MLA prefill keys: K[s][h] = [k_nope (kv row s, head h, first `nope` of each head's
  * nope + v block) | k_pe (the one rope key of row s, shared by all heads)].
  * Grid: (nope + rope, heads, S). */
@@ -111,7 +130,9 @@ __kernel void clnpu_mla_assemble_k(__global float *K, __global const float *kv, 
                              : latent[(size_t)s * lat_ld + lat_off + (d - nope)];
     K[((size_t)s * heads + h) * (nope + rope) + d] = v;
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_probe_fma
 /* Probe: a long chain of independent FMAs per work-item in float8 registers (FMA-bound). The
  * result is stored so the compiler cannot drop the loop. */
 __kernel void clnpu_probe_fma(__global float *out, const uint iters, const float a)
@@ -126,7 +147,9 @@ __kernel void clnpu_probe_fma(__global float *out, const uint iters, const float
     float8 s = x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7;
     out[get_global_id(0)] = s.s0 + s.s1 + s.s2 + s.s3 + s.s4 + s.s5 + s.s6 + s.s7;
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_probe_read
 /* Probe: read-only bandwidth (sum of float16 rows per work-item, two chains). */
 __kernel void clnpu_probe_read(__global float *out, __global const float16 *x, const uint per_item)
 {
@@ -140,13 +163,17 @@ __kernel void clnpu_probe_read(__global float *out, __global const float16 *x, c
     out[get_global_id(0)] = s.s0 + s.s1 + s.s2 + s.s3 + s.s4 + s.s5 + s.s6 + s.s7 + s.s8 + s.s9 + s.sa + s.sb +
                             s.sc + s.sd + s.se + s.sf;
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_probe_empty
 /* Probe: an empty kernel for launch latency. */
 __kernel void clnpu_probe_empty(__global float *out)
 {
     if (get_global_id(0) == 0xffffffffu) out[0] = 0.0f;
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_nonfinite_tag
 /* The non-finite check of a forward (runtime/model_forward.c): a work-item that finds NaN or Inf
  * (all exponent bits set: a bit test, immune to fast-math) in its stretch of x [n] lowers *flag to
  * tag with atomic_min, so after a step *flag holds the smallest tag that went bad (the first
@@ -158,3 +185,4 @@ __kernel void clnpu_nonfinite_tag(__global const uint *x, const ulong n, const i
     for (size_t i = get_global_id(0); i < n; i += stride) bad |= (x[i] & 0x7f800000u) == 0x7f800000u;
     if (bad) atomic_min(flag, tag);
 }
+#endif /* CLNPU_ONLY */

@@ -422,6 +422,7 @@ inline void gemm_tile(__global const float *X, uint ldx, __global const WT *Wp,
 
 #define TILE_ROWS (MB * MR) /* rows of Y per work-item */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_gemm
 /* Plain / batched GEMM and GEMV. Grid: (panels / NB, ceil(M / TILE_ROWS), splits). With splits > 1, Y is a
  * workspace [splits][M][ldy] and the epilogue must be 0 (the reduce kernel adds the residual).
  * Offsets are in elements (a weight offset selects one matrix of a group). */
@@ -445,8 +446,10 @@ __kernel void clnpu_gemm(__global const float *X, const uint xoff, const uint ld
     gemm_tile(X + xoff, ldx, Wp + woff, S + soff, Yp, ldy, R + roff, ldr, row0,
               min((uint)TILE_ROWS, M - row0), p, k0, k1, K, N, alpha);
 }
+#endif /* CLNPU_ONLY */
 
 #if GEMM_NB == 1 /* the grouped kernels take one output panel per work-item */
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_gemm_grouped
 /* Grouped GEMM for MoE experts: one launch over many (matrix, row range) segments. The host
  * lists tiles of at most TILE_ROWS rows: tiles[t] = {matrix index, first row, rows}; empty segments
  * simply have no tiles. Matrices of one group share N and K and sit back to back in Wp / S. */
@@ -465,7 +468,9 @@ __kernel void clnpu_gemm_grouped(__global const float *X, const uint xoff, const
     gemm_tile(X + xoff, ldx, Wp + (size_t)e * w_stride, S + (size_t)e * s_stride, Y + yoff, ldy,
               R + roff, ldr, row0, rows, p, 0, K, K, N, alpha);
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_gemm_grouped_counts
 /* Grouped GEMM with its segments on the device, so MoE layers need no host round trip: matrix e
  * takes rows [offsets[e], offsets[e] + counts[e]) of X (what clnpu_moe_plan writes). Work-item
  * (p, t) finds tile t by walking the matrices' tile counts; E is at most a few hundred ints,
@@ -496,9 +501,11 @@ __kernel void clnpu_gemm_grouped_counts(__global const float *X, const uint xoff
         t -= nt;
     }
 }
+#endif /* CLNPU_ONLY */
 
 #endif
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_gemm_splitk_reduce
 /* Split-K reduction: Y[m][n] = sum_s Wk[s][m][n] (+ R[m][n]), summed in split order. */
 __kernel void clnpu_gemm_splitk_reduce(__global const float *Wk, const uint splits,
                                        __global float *Y, const uint yoff, const uint ldy,
@@ -512,3 +519,4 @@ __kernel void clnpu_gemm_splitk_reduce(__global const float *Wk, const uint spli
     if (has_residual) s += R[roff + (size_t)m * ldr + n];
     Y[yoff + (size_t)m * ldy + n] = s;
 }
+#endif /* CLNPU_ONLY */

@@ -55,6 +55,7 @@ inline float hsum(float4 v)
 }
 #endif
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_mla_decode
 /* Grid: (ceil(H / HG), B, splits). part_z: [B][H][splits][R]; part_ml: [B][H][splits][2]. */
 __kernel void clnpu_mla_decode(__global const float *qa, __global const float *qp,
                                const uint qp_off, const uint qp_hs,
@@ -142,7 +143,9 @@ __kernel void clnpu_mla_decode(__global const float *qa, __global const float *q
         part_ml[2 * idx + 1] = lsum[g];
     }
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_mla_combine
 /* Merge the chunks: z = sum_s exp(m_s - M) z_s / sum_s exp(m_s - M) l_s. Grid: (R, H, B). */
 __kernel void clnpu_mla_combine(__global const float *part_z, __global const float *part_ml,
                                 __global float *out, const uint H, const uint splits)
@@ -162,7 +165,9 @@ __kernel void clnpu_mla_combine(__global const float *part_z, __global const flo
     }
     out[((size_t)b * H + h) * R + d] = num / den;
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_kv_append
 /* Append latent rows to the paged cache: row t of src (c | k_pe, stride lds) goes to sequence
  * seq[t] at position pos[t]. Grid: (ROW, T). */
 __kernel void clnpu_kv_append(__global CACHE_T *cache, const uint page, __global const int *block_table,
@@ -175,7 +180,9 @@ __kernel void clnpu_kv_append(__global CACHE_T *cache, const uint page, __global
     const int pg = block_table[(size_t)seq[t] * max_blocks + p / page];
     clnpu_cache_store(cache + ((size_t)pg * page + p % page) * CACHE_ROW, src + (size_t)t * lds, d);
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_kv_gather
 /* Copy positions [0, len) of sequence s out of the paged cache into dst [len][ROW].
  * Grid: (ROW, len). */
 __kernel void clnpu_kv_gather(__global float *dst, __global const CACHE_T *cache, const uint page,
@@ -186,3 +193,4 @@ __kernel void clnpu_kv_gather(__global float *dst, __global const CACHE_T *cache
     const int pg = block_table[(size_t)s * max_blocks + p / page];
     dst[(size_t)p * ROW + d] = clnpu_cache_load(cache + ((size_t)pg * page + p % page) * CACHE_ROW, d);
 }
+#endif /* CLNPU_ONLY */

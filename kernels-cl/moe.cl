@@ -16,6 +16,7 @@
 #define CLNPU_MOE_MAX_TOPK 16
 #endif
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_moe_route
 /* One work-item per token. ids/weights: [T][top_k], ids ascending. */
 __kernel void clnpu_moe_route(__global const float *logits, const uint ld,
                               __global const float *bias, const uint E, const uint n_group,
@@ -79,7 +80,9 @@ __kernel void clnpu_moe_route(__global const float *logits, const uint ld,
         j++;
     }
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_moe_plan
 /* Dispatch plan (one work-item; T * top_k is small): counts[E], offsets[E + 1], and for each
  * permuted row its source token (src[p]) and for each (token, slot) its permuted row
  * (slot_row[t * top_k + j]). Rows are grouped by expert, tokens ascending within an expert. */
@@ -105,7 +108,9 @@ __kernel void clnpu_moe_plan(__global const int *ids, const uint T, const uint t
             slot_row[t * top_k + j] = p;
         }
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_moe_gather
 /* Xp[p] = X[src[p]]. Grid: (dim, rows). */
 __kernel void clnpu_moe_gather(__global float *Xp, __global const float *X, const uint ldx,
                                __global const int *src, const uint dim)
@@ -114,7 +119,9 @@ __kernel void clnpu_moe_gather(__global float *Xp, __global const float *X, cons
     if (d >= dim) return;
     Xp[(size_t)p * dim + d] = X[(size_t)src[p] * ldx + d];
 }
+#endif /* CLNPU_ONLY */
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_moe_combine
 /* out[t] = base[t] + sum_j w[t][j] * Yp[slot_row[t][j]], fp32, slots in order. base (the
  * shared expert's output) may be NULL. Grid: (dim, T). */
 __kernel void clnpu_moe_combine(__global float *out, const uint ldo, __global const float *base,
@@ -129,3 +136,4 @@ __kernel void clnpu_moe_combine(__global float *out, const uint ldo, __global co
         acc = fma(weights[t * top_k + j], Yp[(size_t)slot_row[t * top_k + j] * dim + d], acc);
     out[(size_t)t * ldo + d] = acc;
 }
+#endif /* CLNPU_ONLY */

@@ -166,7 +166,7 @@ static void choose(clnpu_device *dev, const clnpu_weight *w, clnpu_epilogue ep, 
 
 /* The program variant for this weight, epilogue and parameters. */
 static clnpu_status variant(clnpu_device *dev, const clnpu_weight *w, clnpu_epilogue ep, const clnpu_gemm_params *gp,
-                            clnpu_program **out)
+                            const char *const *kernels, clnpu_program **out)
 {
     char opts[320];
     const bool no_ksplit = clnpu_quirk_disabled(clnpu_device_get_info(dev), "gemm.ksplit", NULL);
@@ -188,7 +188,7 @@ static clnpu_status variant(clnpu_device *dev, const clnpu_weight *w, clnpu_epil
     if (v[CLNPU_GP_MB] > 1) ADD(" -DCLNPU_GEMM_MB=%d -DCLNPU_GEMM_KC=%d", v[CLNPU_GP_MB],
                                 v[CLNPU_GP_KC] > 0 ? v[CLNPU_GP_KC] : 1 << 30);
 #undef ADD
-    return clnpu_program_get(dev, "gemm.cl", opts, out);
+    return clnpu_program_get_kernels(dev, "gemm.cl", opts, kernels, out); /* only the launched kernels */
 }
 
 static clnpu_status check_args(const clnpu_weight *w, const clnpu_gemm_args *a, size_t *ldx,
@@ -291,8 +291,9 @@ clnpu_status clnpu_gemm(clnpu_device *dev, const clnpu_weight *w, size_t matrix,
     unsigned splits = choose_splits(dev, w, a, items0 * rowblocks, ldy);
     clnpu_epilogue ep = splits > 1 ? CLNPU_EPILOGUE_NONE : a->epilogue;
     clnpu_program *prog;
-    st = variant(dev, w, ep, &gp, &prog);
-    if (st) return st;
+    const char *only[] = {"clnpu_gemm", splits > 1 ? "clnpu_gemm_splitk_reduce" : NULL, NULL};
+    st = variant(dev, w, ep, &gp, only, &prog);
+    if (st || clnpu_device_recording(dev)) return st; /* a dry pass only lists programs */
     cl_kernel k;
     st = clnpu_program_kernel(prog, "clnpu_gemm", (void **)&k);
     if (st) return st;
@@ -404,7 +405,9 @@ clnpu_status clnpu_gemm_grouped(clnpu_device *dev, const clnpu_weight *w, const 
             t++;
         }
     clnpu_program *prog;
-    st = variant(dev, w, a->epilogue, &gp, &prog);
+    const char *only[] = {"clnpu_gemm_grouped", NULL};
+    st = variant(dev, w, a->epilogue, &gp, only, &prog);
+    if (!st && clnpu_device_recording(dev)) return free(tiles), CLNPU_OK;
     cl_kernel k = NULL;
     if (!st) st = clnpu_program_kernel(prog, "clnpu_gemm_grouped", (void **)&k);
     cl_int err = 0;
@@ -470,7 +473,9 @@ clnpu_status clnpu_gemm_grouped_counts(clnpu_device *dev, const clnpu_weight *w,
     /* However the m rows fall into segments, each non-empty one adds at most one partial tile. */
     const size_t busy = a->m < E ? a->m : E, tiles = (a->m + busy * (mr - 1)) / mr;
     clnpu_program *prog;
-    st = variant(dev, w, a->epilogue, &gp, &prog);
+    const char *only[] = {"clnpu_gemm_grouped_counts", NULL};
+    st = variant(dev, w, a->epilogue, &gp, only, &prog);
+    if (!st && clnpu_device_recording(dev)) return CLNPU_OK;
     cl_kernel k = NULL;
     if (!st) st = clnpu_program_kernel(prog, "clnpu_gemm_grouped_counts", (void **)&k);
     if (st) return st;

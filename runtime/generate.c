@@ -82,7 +82,7 @@ clnpu_status clnpu_generator_create(const clnpu_generator_options *o, clnpu_gene
     g->rows = malloc(S * V * sizeof *g->rows);
     g->idx = malloc(S * sizeof *g->idx);
     g->ids = malloc(S * sizeof *g->ids);
-    g->drawn = malloc(S * sizeof *g->drawn);
+    g->drawn = calloc(S, sizeof *g->drawn); /* valid ids even before a draw (a dry pass reads none) */
     clnpu_status st = !g->seq || !g->rows || !g->idx || !g->ids || !g->drawn ? oom() : CLNPU_OK;
     if (!st) st = clnpu_buffer_create(o->device, S * V * sizeof(float), &g->lbuf);
     if (!st) st = clnpu_buffer_create(o->device, S * sizeof(int), &g->obuf);

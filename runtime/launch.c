@@ -15,8 +15,10 @@ clnpu_status clnpu_launch(clnpu_device *dev, const char *source, const char *opt
                           const size_t *local, const clnpu_karg *args, size_t nargs)
 {
     clnpu_program *prog;
-    clnpu_status st = clnpu_program_get(dev, source, options, &prog);
+    const char *only[] = {kernel, NULL}; /* the file's other kernels are not compiled */
+    clnpu_status st = clnpu_program_get_kernels(dev, source, options, only, &prog);
     if (st) return st;
+    if (clnpu_device_recording(dev)) return CLNPU_OK; /* a dry pass only lists programs */
     cl_kernel k;
     st = clnpu_program_kernel(prog, kernel, (void **)&k);
     if (st) return st;
@@ -43,6 +45,7 @@ clnpu_status clnpu_launch(clnpu_device *dev, const char *source, const char *opt
 clnpu_status clnpu_enqueue(clnpu_device *dev, cl_kernel k, cl_uint dims, const size_t *global, const size_t *local,
                            const char *trace_name)
 {
+    if (clnpu_device_recording(dev)) return CLNPU_OK;
     cl_event ev = NULL;
     const bool trace = clnpu_device_tracing(dev);
     cl_int err = clEnqueueNDRangeKernel(clnpu_device_cl_queue(dev), k, dims, NULL, global, local, 0, NULL,

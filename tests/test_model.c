@@ -926,12 +926,57 @@ START_TEST(test_tp_idle_rank_waits_for_its_queue)
 }
 END_TEST
 
+/* `clnpu run`'s dry pass (programs listed, nothing launched) leaves no trace: after it and a reset,
+ * prefill and decode give bit-identical logits. */
+START_TEST(test_dry_pass_leaves_no_trace)
+{
+    fixture f;
+    open_fixture(&f);
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_sequences = 1, o.max_context = 64, o.max_tokens = 32;
+    clnpu_device *dev = test_device();
+    clnpu_model *m;
+    ck_assert_ok(clnpu_model_create(dev, &f.cfg, f.ck, &o, &m));
+    const size_t T = f.T, V = f.cfg.vocab_size;
+    float *a = malloc(T * V * sizeof *a), *b = malloc(T * V * sizeof *b);
+    size_t seq = 0;
+    ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, T - 1, a));
+    ck_assert_ok(clnpu_model_decode(m, &seq, f.ids + T - 1, 1, a + (T - 1) * V));
+    clnpu_model_reset(m, 0);
+    clnpu_device_record_start(dev);
+    for (size_t i = 0; i < T * V; i++) b[i] = 0.25f;
+    ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, T - 1, b));
+    ck_assert_ok(clnpu_model_decode(m, &seq, f.ids + T - 1, 1, b));
+    clnpu_generator *g;
+    clnpu_generator_options go = {.model = m, .device = dev, .vocab_size = V, .max_sequences = 1, .max_context = 64};
+    ck_assert_ok(clnpu_generator_create(&go, &g));
+    clnpu_generate_config gc = clnpu_generate_config_default();
+    gc.max_tokens = 4;
+    ck_assert_ok(clnpu_generator_start_from_logits(g, 0, T, b, &gc));
+    ck_assert_ok(clnpu_generator_run(g, NULL, NULL));
+    clnpu_generator_destroy(g);
+    ck_assert_float_eq(b[0], 0.25f); /* nothing was read back */
+    char *list;
+    size_t n;
+    ck_assert_ok(clnpu_device_record_stop(dev, &list, &n));
+    free(list);
+    clnpu_model_reset(m, 0);
+    ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, T - 1, b));
+    ck_assert_ok(clnpu_model_decode(m, &seq, f.ids + T - 1, 1, b + (T - 1) * V));
+    ck_assert_msg(!memcmp(a, b, T * V * sizeof *a), "logits after a dry pass differ");
+    free(a), free(b);
+    clnpu_model_destroy(m);
+    close_fixture(&f);
+}
+END_TEST
+
 Suite *suite_model(void)
 {
     Suite *s = suite_create("model");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_config);
+    tcase_add_test(tc, test_dry_pass_leaves_no_trace);
     tcase_add_test(tc, test_logits_match_transformers);
     tcase_add_test(tc, test_pipeline_stages);
     tcase_add_test(tc, test_pipeline_micro_batches);

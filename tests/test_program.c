@@ -36,16 +36,26 @@ START_TEST(test_embedded_sources)
     clnpu_program *p;
     ck_assert_int_eq(clnpu_program_get(test_device(), "nope.cl", NULL, &p), CLNPU_ERR_NOT_FOUND);
     /* Source hashes (tuning keys) are computed by tools/embed.py at build time; they must be
-     * the FNV-1a of the embedded text, as computed here. */
+     * the FNV-1a of the embedded text without its kernel-selection guard lines, as here. */
+    size_t guards = 0;
     for (size_t i = 0; i < clnpu_kernel_source_count(); i++) {
         const char *name = clnpu_kernel_source_name(i), *text = clnpu_kernel_source(name);
         unsigned long long h = 0xcbf29ce484222325ULL;
-        for (const unsigned char *c = (const unsigned char *)text; *c; c++) h = (h ^ *c) * 0x100000001b3ULL;
+        for (const char *l = text, *e; *l; l = e) {
+            e = strchr(l, '\n');
+            e = e ? e + 1 : l + strlen(l);
+            size_t n = (size_t)(e - l);
+            const bool guard = (!strncmp(l, "#if !CLNPU_ONLY || CLNPU_ONLY_", 30) && !memchr(l + 30, ' ', n - 30)) ||
+                               !strncmp(l, "#endif /* CLNPU_ONLY */\n", n);
+            guards += guard;
+            for (size_t j = 0; !guard && j < n; j++) h = (h ^ (unsigned char)l[j]) * 0x100000001b3ULL;
+        }
         char want[17], got[17];
         snprintf(want, sizeof want, "%016llx", h);
         clnpu_tuning_source_hash(name, got);
         ck_assert_str_eq(got, want);
     }
+    ck_assert_uint_gt(guards, 0); /* the rule above was exercised */
 }
 END_TEST
 
@@ -178,6 +188,64 @@ START_TEST(test_no_cache_option)
 }
 END_TEST
 
+/* A dry pass builds and runs nothing and lists what a real pass would build, once per program;
+ * `clnpu kernels --build-list -` (the run's helper) builds a listed program into the cache; the
+ * selected program holds only its kernel. */
+START_TEST(test_record_dry_pass)
+{
+    char dir[256], opt[64], path[512], cmd[1400], out[4096], want[256];
+    test_mkdtemp(dir, sizeof dir);
+    nonce_option(opt, sizeof opt);
+    clnpu_device *dev = open_with_cache(dir);
+    clnpu_buffer *b;
+    float v = 42.0f, got = -1.0f;
+    ck_assert_ok(clnpu_buffer_create(dev, sizeof v, &b));
+    ck_assert_ok(clnpu_buffer_write(b, 0, &v, sizeof v));
+    clnpu_device_record_start(dev);
+    ck_assert(clnpu_device_recording(dev));
+    const char *only[] = {"clnpu_fill_f32", NULL};
+    clnpu_program *p, *p2;
+    ck_assert_ok(clnpu_program_get_kernels(dev, "elementwise.cl", opt, only, &p));
+    ck_assert_ok(clnpu_program_get_kernels(dev, "elementwise.cl", opt, only, &p2));
+    ck_assert_ok(clnpu_buffer_read(b, 0, &got, sizeof got));
+    ck_assert_msg(got == -1.0f, "a dry pass read %g", got);
+    char *list;
+    size_t n;
+    ck_assert_ok(clnpu_device_record_stop(dev, &list, &n));
+    ck_assert(!clnpu_device_recording(dev));
+    ck_assert_uint_eq(n, 1);
+    snprintf(want, sizeof want, "elementwise.cl\t%s -DCLNPU_ONLY=1 -DCLNPU_ONLY_clnpu_fill_f32=1\n", opt);
+    ck_assert_str_eq(list, want);
+    ck_assert_uint_eq(clnpu_device_program_stats(dev).built, 0);
+    ck_assert_ok(clnpu_buffer_read(b, 0, &got, sizeof got));
+    ck_assert(got == 42.0f);
+    clnpu_buffer_destroy(b);
+    clnpu_device_close(dev);
+
+    snprintf(path, sizeof path, "%s/list", dir);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(list, f);
+    fclose(f);
+    free(list);
+    snprintf(cmd, sizeof cmd, "CLNPU_CACHE_DIR='%s' '%s' kernels --build-list - --part 0/1 < '%s'", dir, CLNPU_CLI_PATH, path);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%s", out);
+    dev = open_with_cache(dir);
+    ck_assert_ok(clnpu_program_get_kernels(dev, "elementwise.cl", opt, only, &p));
+    ck_assert_int_eq(clnpu_program_get_origin(p), CLNPU_PROGRAM_DISK_CACHE);
+    cl_kernel k;
+    ck_assert_ok(clnpu_program_create_kernel(p, "clnpu_fill_f32", (void **)&k));
+    clReleaseKernel(k);
+    ck_assert_int_ne(clnpu_program_create_kernel(p, "clnpu_copy_f32", (void **)&k), CLNPU_OK);
+    clnpu_device_close(dev);
+    /* a damaged list is refused with its line */
+    snprintf(cmd, sizeof cmd, "echo nonsense | CLNPU_CACHE_DIR='%s' '%s' kernels --build-list -", dir, CLNPU_CLI_PATH);
+    ck_assert_int_eq(test_run(cmd, out, sizeof out), 1);
+    ck_assert_msg(strstr(out, "build list line 1"), "%s", out);
+    test_rmdir(dir);
+}
+END_TEST
+
 Suite *suite_program(void)
 {
     Suite *s = suite_create("program");
@@ -185,6 +253,7 @@ Suite *suite_program(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_embedded_sources);
     tcase_add_test(tc, test_cache_cold_then_warm);
+    tcase_add_test(tc, test_record_dry_pass);
     tcase_add_test(tc, test_corrupt_entry_rebuilt);
     tcase_add_test(tc, test_build_error_log);
     tcase_add_test(tc, test_no_cache_option);

@@ -189,7 +189,8 @@ START_TEST(test_runtime_uses_entry)
                        : (clnpu_device_get_profile(dev)->kernel.tile_n == 8 ? 8 : 16);
     snprintf(opts, sizeof opts, "-DCLNPU_GEMM_WTYPE=0 -DCLNPU_GEMM_QGROUP=128 -DCLNPU_GEMM_EPILOGUE=0 "
              "-DCLNPU_GEMM_MR=5 -DCLNPU_GEMM_NR=%d -DCLNPU_GEMM_KACC=3 -DCLNPU_GEMM_KSPLIT=1", nr);
-    ck_assert_ok(clnpu_program_get(dev, "gemm.cl", opts, &p));
+    const char *only[] = {"clnpu_gemm", NULL}; /* the variant holds the launched kernel only */
+    ck_assert_ok(clnpu_program_get_kernels(dev, "gemm.cl", opts, only, &p));
     ck_assert_int_eq(clnpu_program_get_origin(p), CLNPU_PROGRAM_MEMORY);
     clnpu_device_set_tuning(dev, prev);
     clnpu_weight_destroy(wt);

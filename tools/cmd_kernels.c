@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "cli_prebuild.h"
 
 static const char usage[] = "clnpu kernels " CLI_DEVICE_USAGE " [--threads N] [--model DIR [--prompt-tokens T,T,...]]";
 
@@ -20,7 +21,7 @@ static double now_s(void)
 
 /* The run's variants: a prompt of T ids through prefill, then decode steps drawing on the device,
  * as `clnpu run --model DIR` does (greedy and sampled draws use the same programs). */
-static clnpu_status warm_model(clnpu_device *dev, const char *dir, size_t T)
+static clnpu_status warm_model(const cli_device_args *da, clnpu_device *dev, const char *dir, size_t T)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -36,6 +37,11 @@ static clnpu_status warm_model(clnpu_device *dev, const char *dir, size_t T)
     float *logits = st ? NULL : malloc(T * cfg.vocab_size * sizeof *logits);
     if (!st && (!ids || !logits)) st = CLNPU_ERR_OUT_OF_MEMORY;
     for (size_t i = 0; !st && i < T; i++) ids[i] = (int)((i * 7919 + 13) % cfg.vocab_size);
+    /* the variants built ahead side by side, as `clnpu run` does on an empty cache */
+    cli_prebuild_result pre;
+    if (!st)
+        cli_prebuild(da, dev, m, &(cli_prebuild_pass){ids, T, T, true, 1, 4, cfg.vocab_size, o.max_context,
+                                                      clnpu_generate_config_default().sampling}, &pre);
     if (!st) st = clnpu_model_prefill(m, 0, ids, T, logits);
     clnpu_generator *g = NULL;
     clnpu_generator_options go = {.model = m, .device = dev, .vocab_size = cfg.vocab_size, .max_sequences = 1, .max_context = o.max_context};
@@ -53,13 +59,16 @@ static clnpu_status warm_model(clnpu_device *dev, const char *dir, size_t T)
 
 int cmd_kernels(int argc, char **argv)
 {
-    enum { O_MODEL = CLI_OPT_FIRST_FREE, O_THREADS, O_PROMPT_TOKENS };
+    enum { O_MODEL = CLI_OPT_FIRST_FREE, O_THREADS, O_PROMPT_TOKENS, O_BUILD_LIST, O_PART };
     static const struct option longopts[] = {CLI_DEVICE_LONGOPTS, {"model", required_argument, NULL, O_MODEL},
                                              {"threads", required_argument, NULL, O_THREADS},
                                              {"prompt-tokens", required_argument, NULL, O_PROMPT_TOKENS},
+                                             /* the helpers of `clnpu run` (tools/cli_prebuild.c) */
+                                             {"build-list", required_argument, NULL, O_BUILD_LIST},
+                                             {"part", required_argument, NULL, O_PART},
                                              {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     cli_device_args da = {0};
-    const char *model = NULL;
+    const char *model = NULL, *build_list = NULL, *part = NULL;
     size_t threads = 0, lens[8] = {24}, nlens = 1;
     int opt;
     opterr = 0;
@@ -77,6 +86,8 @@ int cmd_kernels(int argc, char **argv)
         if (r == 1) continue;
         if (r < 0) return -r;
         if (opt == O_MODEL) model = optarg;
+        else if (opt == O_BUILD_LIST) build_list = optarg;
+        else if (opt == O_PART) part = optarg;
         else if (opt == O_THREADS) {
             if (!cli_parse_size(optarg, &threads) || !threads || threads > 64) return cli_usage_error("kernels", usage, "bad --threads '%s' (1..64)", optarg);
         } else if (opt == O_PROMPT_TOKENS) {
@@ -92,6 +103,11 @@ int cmd_kernels(int argc, char **argv)
             return cli_usage_error("kernels", usage, "unknown or incomplete option '%s'", argv[optind - 1]);
     }
     if (optind < argc) return cli_usage_error("kernels", usage, "unexpected argument '%s'", argv[optind]);
+    cli_prebuild_env(); /* the binaries `clnpu run` would make */
+    if (build_list) {
+        if (strcmp(build_list, "-")) return cli_usage_error("kernels", usage, "--build-list takes '-' (the list on stdin)");
+        return cli_build_list(&da, part);
+    }
 
     clnpu_device *dev;
     clnpu_status st = cli_open_device(&da, false, &dev);
@@ -110,6 +126,16 @@ int cmd_kernels(int argc, char **argv)
     for (size_t i = 0; !st && i < n; i++) names[i] = clnpu_kernel_source_name(i);
     clnpu_program **progs = names ? calloc(n + 1, sizeof *progs) : NULL;
     if (!st && !progs) st = CLNPU_ERR_OUT_OF_MEMORY;
+    const char *pb = getenv("CLNPU_PREBUILD");
+    if (!st && !(pb && !strcmp(pb, "0")) && *cache) { /* missing sources built side by side in helper processes first */
+        clnpu_device_record_start(dev);
+        for (size_t i = 0; i < n; i++) clnpu_program_get(dev, names[i], NULL, &progs[i]);
+        char *list = NULL;
+        size_t missing = 0;
+        cli_prebuild_result pre;
+        if (!clnpu_device_record_stop(dev, &list, &missing)) cli_build_ahead(&da, dev, list, missing, &pre);
+        clnpu_error_clear();
+    }
     if (!st) st = clnpu_program_build_many(dev, names, NULL, n, threads, progs);
     if (st) rc = cli_fail("kernels", st);
     for (size_t i = 0; !st && i < n; i++)
@@ -121,7 +147,7 @@ int cmd_kernels(int argc, char **argv)
         printf("sources: %zu built, %zu from the cache, %.2f s wall\n", ks.built, ks.cached, now_s() - t0);
     if (rc == CLI_EXIT_OK && model) {
         t0 = now_s();
-        for (size_t i = 0; !st && i < nlens; i++) st = warm_model(dev, model, lens[i]);
+        for (size_t i = 0; !st && i < nlens; i++) st = warm_model(&da, dev, model, lens[i]);
         if (st) rc = cli_fail("kernels", st);
         clnpu_program_stats k2 = clnpu_device_program_stats(dev);
         if (!st)

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "cli_prebuild.h"
 #include "cli_ids.h"
 
 /* Flags that size buffers are bounded before any arithmetic: 2^24 tokens is far past every
@@ -327,6 +328,7 @@ static int run_job(run_args r, const void *comm)
                             r.context ? r.context : T + r.n + 1, cfg.max_position_embeddings);
     }
     if (!st && !r.random_weights) st = clnpu_checkpoint_open(r.model, &ck);
+    cli_prebuild_env();
     if (!st) st = cli_open_device(&r.da, r.trace != NULL, &dev);
     if (!st) clnpu_device_set_tuning_verbose(dev, r.verbose); /* say which tuning entries the kernels use */
     const size_t V = cfg.vocab_size;
@@ -377,12 +379,16 @@ static int run_job(run_args r, const void *comm)
     if (!st && r.trace) st = clnpu_device_trace_start(dev);
     if (!st && !(logits = malloc(T * V * sizeof *logits)))
         st = run_oom();
+    /* Only --dump-logits needs every prompt position's logits; generation needs the last one. */
+    const bool head_all = pl || r.dump || !P;
+    /* an empty cache: the run's programs built ahead, in helper processes side by side */
+    cli_prebuild_result pre = {0};
+    if (!st && m && P)
+        cli_prebuild(&r.da, dev, m, &(cli_prebuild_pass){ids, T, P, head_all, S, r.n, V, o.max_context, r.samp}, &pre);
     /* kernels are built at their first launch: their time is counted apart from throughput */
     const clnpu_program_stats k0 = build_stats(dev, pl, nspecs);
     t0 = now_s();
     if (!st && pl) cli_mpi_fault_step(); /* the tests' killed or stopped rank, at its first step */
-    /* Only --dump-logits needs every prompt position's logits; generation needs the last one. */
-    const bool head_all = pl || r.dump || !P;
     if (!st) st = pl ? clnpu_pipeline_prefill(pl, 0, ids, P, logits)
                   : head_all ? clnpu_model_prefill(m, 0, ids, P, logits)
                              : clnpu_model_prefill_last(m, 0, ids, P, logits + (P - 1) * V);
@@ -479,6 +485,9 @@ static int run_job(run_args r, const void *comm)
             fprintf(stderr, "\n");
         }
         fprintf(stderr, "load: %.2f s\n", t_load);
+        if (pre.helpers)
+            fprintf(stderr, "kernels: %zu programs built ahead by %zu helper processes in %.2f s%s\n", pre.programs,
+                    pre.helpers, pre.seconds, pre.failed ? " (some failed: built here)" : "");
         fprintf(stderr, "kernels: built %zu programs in %.2f s, %zu from the cache in %.2f s%s\n", k2.built - k0.built,
                 (k2.build_ms - k0.build_ms) / 1e3, k2.cached - k0.cached, (k2.cache_ms - k0.cache_ms) / 1e3,
                 k2.built > k0.built ? " (now cached)" : "");

@@ -10,6 +10,9 @@ import re
 import sys
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+# Kernel-selection guards (see include/clnpu/program.h, clnpu_program_get_kernels) change what is
+# compiled, not what a kernel computes: the source hash (the tuning database's key) leaves them out.
+SELECT = re.compile(r'^(#if !CLNPU_ONLY \|\| CLNPU_ONLY_\w+|#endif /\* CLNPU_ONLY \*/)\n?$')
 
 
 def expand(path, seen):
@@ -30,6 +33,11 @@ def expand(path, seen):
                 continue
             out.append(line)
     return out
+
+
+def tuning_text(text):
+    """The text without its kernel-selection guard lines."""
+    return ''.join(l for l in text.splitlines(keepends=True) if not SELECT.match(l))
 
 
 def fnv1a64(data):
@@ -53,9 +61,11 @@ def main():
              '#include "embedded.h"\n']
     entries = []
     for i, path in enumerate(sorted(files, key=os.path.basename)):
-        text = ''.join(expand(path, {path})).encode('utf-8')
+        lines = ''.join(expand(path, {path}))
+        text = lines.encode('utf-8')
+        h = fnv1a64(tuning_text(lines).encode('utf-8'))
         parts.append(f'static const char {symbol}_{i}[] = {{\n{c_bytes(text)}0}};\n')
-        entries.append(f'    {{"{os.path.basename(path)}", {symbol}_{i}, {len(text)}, 0x{fnv1a64(text):016x}ULL}},\n')
+        entries.append(f'    {{"{os.path.basename(path)}", {symbol}_{i}, {len(text)}, 0x{h:016x}ULL}},\n')
     parts.append(f'const clnpu_embedded_file {symbol}[] = {{\n{"".join(entries)}    {{NULL, NULL, 0, 0}}\n}};\n')
     parts.append(f'const size_t {symbol}_count = {len(entries)};\n')
     with open(out_path, 'w', encoding='utf-8') as f:

@@ -48,6 +48,14 @@ CLNPU_API const char *clnpu_kernel_source(const char *name);
  * device and lives until clnpu_device_close. */
 CLNPU_API clnpu_status clnpu_program_get(clnpu_device *device, const char *source_name,
                                const char *extra_options, clnpu_program **out_program);
+/* As clnpu_program_get, for the listed kernels only (a NULL-terminated list of names): the build
+ * adds -DCLNPU_ONLY=1 and -DCLNPU_ONLY_<kernel>=1 for each, so a source whose kernels sit inside
+ * `#if !CLNPU_ONLY || CLNPU_ONLY_<kernel>` ... `#endif` (marked CLNPU_ONLY) generates no code for
+ * the others. On PoCL every kernel of a
+ * program is compiled when its binary is taken for the cache, so this is most of a first build. */
+CLNPU_API clnpu_status clnpu_program_get_kernels(clnpu_device *device, const char *source_name,
+                                                 const char *extra_options, const char *const *kernels,
+                                                 clnpu_program **out_program);
 /* Same for arbitrary source text (tests, user kernels); `label` names it in messages. */
 CLNPU_API clnpu_status clnpu_program_get_source(clnpu_device *device, const char *label, const char *source,
                                       const char *extra_options, clnpu_program **out_program);
@@ -67,6 +75,17 @@ CLNPU_API clnpu_status clnpu_program_create_kernel(const clnpu_program *program,
 /* A kernel object owned and cached by the program (created on first use, released with the
  * device). Setting its arguments is not thread-safe: one host thread drives a device. */
 CLNPU_API clnpu_status clnpu_program_kernel(clnpu_program *program, const char *kernel_name, void **out_cl_kernel);
+
+/* Dry passes, to learn a run's programs before building them (e.g. in helper processes, see
+ * `clnpu run`): while recording, a program request that is not in memory builds nothing and is
+ * remembered, and nothing runs on the device (launches do nothing, clnpu_buffer_read leaves its destination as it was),
+ * so a pass through a forward costs milliseconds and lists what a real one would compile. Stop
+ * gives the requests missing from the disk cache, one "source<TAB>extra options" line each,
+ * oldest first, for clnpu_program_get (caller frees *out_list). The dry pass leaves junk in the
+ * device's buffers: reset any sequence it used (clnpu_model_reset). */
+CLNPU_API void clnpu_device_record_start(clnpu_device *device);
+CLNPU_API bool clnpu_device_recording(const clnpu_device *device);
+CLNPU_API clnpu_status clnpu_device_record_stop(clnpu_device *device, char **out_list, size_t *out_count);
 
 /* The cache directory a device uses ("" when caching is off). */
 CLNPU_API const char *clnpu_device_cache_dir(const clnpu_device *device);
