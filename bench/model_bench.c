@@ -150,8 +150,8 @@ int model_bench_run(clnpu_device *dev, const char *config_path, double oblas_gfl
                        label, tps, gbs, triad, gbs / triad, t0 < t1 ? t0 : t1, t0 < t1 ? t1 : t0);
             } else {
                 const double b1 = step_bytes(&cfg, wparams, bpp, 1, ctx);
-                printf("%-34s %10.1f %8.1f GB/s %6.1f GB/s %8.2fx  (its bytes roofline; %.2fx batch 1, whose "
-                       "bytes ceiling is %.2fx: %.3g of %.3g MB/step)\n",
+                printf("%-34s %10.1f %8.1f GB/s %6.1f GB/s %8.2fx  (its bytes roofline; %.2fx batch 1, "
+                       "bytes ceiling %.2fx: %.0f MB/step, batch 1 %.0f)\n",
                        label, tps, gbs, triad, gbs / triad, tps / tps1[wi], B * b1 / bytes, bytes / 1e6, b1 / 1e6);
             }
             fflush(stdout);
