@@ -76,13 +76,11 @@ size_t clnpu_model_sequence_length(const clnpu_model *m, size_t seq)
 
 /* Queue the non-finite check of n floats of b under tag (0: the embedding, l + 1: layer l's
  * output, layers + 1: the logits). One tiny kernel; the host reads the one flag per step. Rank 0
- * of a tensor-parallel group checks for all (its h is the group's). */
+ * of a tensor-parallel group checks for all (its h is the group's); each data-parallel attention
+ * replica checks its own rows with its own flag. */
 static clnpu_status check_finite(clnpu_model *m, clnpu_buffer *b, size_t n, size_t tag)
 {
-    /* not in data-parallel attention replicas yet: with the check on, the TP 2 x DP 2 run in one
-     * process (tests/test_checkpoint.c, test_mpi_ranks) gave logits errors of 1e-2 in 2 of 4 runs,
-     * none in 3 without it; until that interaction with the replicas' shared devices is found */
-    if (m->tp_rank || !n || m->dp) return CLNPU_OK;
+    if (m->tp_rank || !n) return CLNPU_OK;
     cl_mem x = clnpu_mem(b), f = clnpu_mem(m->nonfinite);
     cl_ulong nn = n; /* T x vocab can pass 2^32 */
     cl_int t = (cl_int)tag;

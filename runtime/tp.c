@@ -97,8 +97,19 @@ clnpu_status clnpu_tp_allreduce_add(clnpu_tp_group *g, size_t rank, clnpu_buffer
     float *slots = g->slots + (remote ? 0 : (g->calls[rank]++ & 1) * g->size * g->floats);
     float *mine = remote ? g->sums : slots + rank * stride;
     clnpu_status st = CLNPU_OK;
-    if (add) st = clnpu_buffer_read(b, 0, mine, n * sizeof(float));
-    else memset(mine, 0, n * sizeof(float)); /* zeros, without touching the device */
+    if (add) {
+        st = clnpu_buffer_read(b, 0, mine, n * sizeof(float));
+    } else {
+        /* zeros, with no work for the device, but first a wait for its queue: this rank's last
+         * write (the previous all-reduce's sum) may still be reading the host slot that this
+         * call overwrites, and nothing else here blocks on the queue. A one-float blocking read
+         * waits for it (in order). Without it a peer that was slow to queue that write got the
+         * MoE sum in place of the attention one: 2e-3..0.5 logits errors under load in data-
+         * parallel attention replicas, the one place where a rank adds zeros. */
+        float one;
+        st = n ? clnpu_buffer_read(b, 0, &one, sizeof one) : CLNPU_OK;
+        memset(mine, 0, n * sizeof(float));
+    }
     if (!st) st = remote ? g->remote.allgather(g->remote.ctx, mine, n, slots) : barrier(g);
     if (st) return st;
     float *acc = g->sums + (remote ? 0 : rank) * g->floats;
@@ -108,7 +119,8 @@ clnpu_status clnpu_tp_allreduce_add(clnpu_tp_group *g, size_t rank, clnpu_buffer
         for (size_t i = 0; i < n; i++) acc[i] += part[i];
     }
     /* queued without waiting: acc is next written after this rank's next all-reduce has read
-     * its buffer, which the in-order queue does only after this write */
+     * its buffer (or, adding zeros, waited for it), which the in-order queue does only after
+     * this write */
     return clnpu_buffer_write_async(b, 0, acc, n * sizeof(float));
 }
 

@@ -23,8 +23,9 @@ void clnpu_tp_group_destroy(clnpu_tp_group *g);
 void clnpu_tp_group_begin(clnpu_tp_group *g);
 /* Sum n floats of every rank's buffer b into every rank's b. */
 clnpu_status clnpu_tp_allreduce(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t n);
-/* The same where add false makes this rank add zeros instead of reading b (its device is left
- * alone until the sum is written). */
+/* The same where add false makes this rank add zeros instead of reading b (its device gets no
+ * work until the sum is written; the call only waits for the rank's queue to pass its previous
+ * write, whose host source the call reuses). */
 clnpu_status clnpu_tp_allreduce_add(clnpu_tp_group *g, size_t rank, clnpu_buffer *b, size_t n, bool add);
 /* Columns [col0, col0 + cols) of a [rows][total] matrix: each rank holds its block [rows][cols]
  * in b, and rank 0's b ([rows][total], its own block in place) receives the others' blocks.

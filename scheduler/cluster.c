@@ -59,11 +59,60 @@ static clnpu_status link_of(const ctx *c, const yaml_node_t *n, const char *what
     return st;
 }
 
+/* A published GEMM rate table: a sequence of [M, N, K, FLOP/s] rows, all positive. */
+static clnpu_status table_of(const ctx *c, const yaml_node_t *n, const char *key, clnpu_gemm_point *out, size_t *count)
+{
+    if (n->type != YAML_SEQUENCE_NODE)
+        return clnpu_yaml_fail_at(c->origin, n, "'%s' must be a list of [M, N, K, FLOP/s] rows", key);
+    *count = 0;
+    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
+        yaml_node_t *row = yaml_document_get_node(c->doc, *it);
+        if (*count == CLNPU_GEMM_TABLE_MAX)
+            return clnpu_yaml_fail_at(c->origin, row, "'%s' has more than %d rows", key, CLNPU_GEMM_TABLE_MAX);
+        if (!row || row->type != YAML_SEQUENCE_NODE || row->data.sequence.items.top - row->data.sequence.items.start != 4)
+            return clnpu_yaml_fail_at(c->origin, row ? row : n, "a row of '%s' must be [M, N, K, FLOP/s]", key);
+        double v[4];
+        for (int j = 0; j < 4; j++) {
+            yaml_node_t *x = yaml_document_get_node(c->doc, row->data.sequence.items.start[j]);
+            clnpu_status st = num(c, x, key, &v[j]);
+            if (st) return st;
+            if (v[j] <= 0) return clnpu_yaml_fail_at(c->origin, x, "a row of '%s' needs positive M, N, K and FLOP/s", key);
+        }
+        out[(*count)++] = (clnpu_gemm_point){v[0], v[1], v[2], v[3]};
+    }
+    return CLNPU_OK;
+}
+
+/* A prefill attention rate table: [prompt length, FLOP/s] rows, all positive. */
+static clnpu_status attn_table_of(const ctx *c, const yaml_node_t *n, clnpu_attn_point *out, size_t *count)
+{
+    if (n->type != YAML_SEQUENCE_NODE)
+        return clnpu_yaml_fail_at(c->origin, n, "'attn_prefill_table' must be a list of [prompt length, FLOP/s] rows");
+    *count = 0;
+    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
+        yaml_node_t *row = yaml_document_get_node(c->doc, *it);
+        if (*count == CLNPU_GEMM_TABLE_MAX)
+            return clnpu_yaml_fail_at(c->origin, row, "'attn_prefill_table' has more than %d rows", CLNPU_GEMM_TABLE_MAX);
+        if (!row || row->type != YAML_SEQUENCE_NODE || row->data.sequence.items.top - row->data.sequence.items.start != 2)
+            return clnpu_yaml_fail_at(c->origin, row ? row : n, "a row of 'attn_prefill_table' must be [prompt length, FLOP/s]");
+        double v[2];
+        for (int j = 0; j < 2; j++) {
+            yaml_node_t *x = yaml_document_get_node(c->doc, row->data.sequence.items.start[j]);
+            clnpu_status st = num(c, x, "attn_prefill_table", &v[j]);
+            if (st) return st;
+            if (v[j] <= 0) return clnpu_yaml_fail_at(c->origin, x, "a row of 'attn_prefill_table' needs a positive length and rate");
+        }
+        out[(*count)++] = (clnpu_attn_point){v[0], v[1]};
+    }
+    return CLNPU_OK;
+}
+
 /* Published or measured kernel rates, with the source they come from (a string). */
 static clnpu_status rates_of(const ctx *c, const yaml_node_t *n, clnpu_kernel_rates *rates, char *source, size_t cap)
 {
     static const char *const keys[] = {"gemm_flops", "stream_bandwidth", "attn_flops", "attn_bandwidth",
-                                       "alltoall_bandwidth", "alltoall_latency_s", "alltoall_sm_fraction", "source", NULL};
+                                       "alltoall_bandwidth", "alltoall_latency_s", "alltoall_sm_fraction", "source",
+                                       "gemm_table", "grouped_gemm_table", "attn_prefill_table", "tbo_compute_sm_fraction", NULL};
     clnpu_status st = check_keys(c, n, "kernel_rates", keys);
     double *dst[] = {&rates->gemm_flops, &rates->stream_bandwidth, &rates->attn_flops,
                      &rates->attn_bandwidth, &rates->alltoall_bandwidth, &rates->alltoall_latency_s,
@@ -71,6 +120,14 @@ static clnpu_status rates_of(const ctx *c, const yaml_node_t *n, clnpu_kernel_ra
     yaml_node_t *v;
     for (size_t i = 0; !st && i < 7; i++)
         if ((v = get(c, n, keys[i]))) st = num(c, v, keys[i], dst[i]);
+    if (!st && (v = get(c, n, "gemm_table"))) st = table_of(c, v, "gemm_table", rates->gemm_table, &rates->gemm_table_count);
+    if (!st && (v = get(c, n, "grouped_gemm_table")))
+        st = table_of(c, v, "grouped_gemm_table", rates->grouped_table, &rates->grouped_table_count);
+    if (!st && (v = get(c, n, "attn_prefill_table")))
+        st = attn_table_of(c, v, rates->attn_prefill_table, &rates->attn_prefill_table_count);
+    if (!st && (v = get(c, n, "tbo_compute_sm_fraction")) && !(st = num(c, v, "tbo_compute_sm_fraction", &rates->tbo_compute_sm_fraction)) &&
+        !(rates->tbo_compute_sm_fraction > 0 && rates->tbo_compute_sm_fraction <= 1))
+        st = clnpu_yaml_fail_at(c->origin, v, "tbo_compute_sm_fraction is a fraction in (0, 1]");
     if (!st && rates->alltoall_sm_fraction >= 1)
         st = clnpu_yaml_fail_at(c->origin, get(c, n, "alltoall_sm_fraction"), "alltoall_sm_fraction is a fraction below 1");
     if (!st && (v = get(c, n, "source")) && sval(v)) snprintf(source, cap, "%s", sval(v));

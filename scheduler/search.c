@@ -49,6 +49,9 @@ typedef struct cand {
 /* Where one unit's time goes (seconds per step); see clnpu_plan_breakdown. */
 typedef struct parts {
     double attn, moe, comm, other, overlap;
+    double qkv, kvb, tab, perm; /* shares of attn / moe reported by --explain (clnpu_plan_breakdown) */
+    double late, shared;  /* of attn: the core and o_proj; of moe: the shared expert and the
+                           * router (the overlap schedules place them apart) */
 } parts;
 
 static double peak_of(const clnpu_profile *p, clnpu_dtype w)
@@ -87,10 +90,17 @@ static double roof(const cand *c, const clnpu_profile *p, const clnpu_profile *o
     return fmax(flops / gemm_rate(c, p), bytes / stream_rate(c, p, own));
 }
 
-/* The attention core has kernels of its own (FlashMLA-class): its own compute and bandwidth rates. */
-static double attn_roof(const cand *c, const clnpu_profile *p, const clnpu_profile *own, double flops, double bytes)
+/* The attention core has kernels of its own (FlashMLA-class): its own compute and bandwidth rates;
+ * non-absorbed prefill runs a FlashAttention-class kernel whose published rate depends on the
+ * prompt length (`attn_prefill_table`; a measured attention rate wins). */
+static double attn_roof(const cand *c, const clnpu_profile *p, const clnpu_profile *own, double flops, double bytes,
+                        double prefill_len)
 {
-    const double f = rate(c->cal->rates.attn_flops, c->cl->rates.attn_flops, gemm_rate(c, p));
+    const clnpu_kernel_rates *pr = &c->cl->rates;
+    const double by_len = prefill_len > 0 && !c->cal->rates.attn_flops && pr->attn_prefill_table_count
+                              ? clnpu_attn_table_rate(pr->attn_prefill_table, pr->attn_prefill_table_count, prefill_len)
+                              : 0;
+    const double f = by_len > 0 ? by_len : rate(c->cal->rates.attn_flops, c->cl->rates.attn_flops, gemm_rate(c, p));
     const double b = rate(c->cal->rates.attn_bandwidth, c->cl->rates.attn_bandwidth, stream_rate(c, p, own));
     return fmax(flops / f, bytes / (p->memory_bandwidth < own->memory_bandwidth ? fmin(b, stream_rate(c, p, own)) : b));
 }
@@ -138,6 +148,18 @@ static clnpu_profile sharing(const clnpu_cluster_device *dv, double busy)
     return p;
 }
 
+/* The busiest device's rows over the mean in this candidate's exchanges: the placement's (or a
+ * measured figure as given), or a measured figure carried from where it was measured to this
+ * EP width, slot count and rows per device per exchange (a half batch's under TBO). */
+static double imbalance_of(const cand *c)
+{
+    const clnpu_workload *w = c->w;
+    if (!(w->expert_imbalance > 0 && w->expert_imbalance_at[0] > 0)) return c->imbalance;
+    const double rows = c->tokens * (double)c->gr->top_k / (double)c->g;
+    return clnpu_expert_imbalance_transfer(w->expert_imbalance, w->expert_imbalance_at[0], w->expert_imbalance_at[1],
+                                           w->expert_imbalance_at[2], (double)c->g, (double)c->slots, rows);
+}
+
 /* Dispatch (8-bit when the weights are, as DeepEP does) or combine (bf16) of one MoE layer:
  * the busiest device's bytes over the link the stage spans. */
 static double ep_exchange(const cand *c, double bytes_per_value)
@@ -148,6 +170,7 @@ static double ep_exchange(const cand *c, double bytes_per_value)
     const double bw = rate(c->cal->rates.alltoall_bandwidth, c->cl->rates.alltoall_bandwidth, l->bandwidth * c->cal->link_eff);
     const double lat = rate(c->cal->rates.alltoall_latency_s, c->cl->rates.alltoall_latency_s, l->latency_s);
     if (c->g <= 1) return 0;
+    const double imb = imbalance_of(c);
     /* A measured rate (DeepEP's tests, a calibration) is applied to bytes counted the way it was
      * measured: DeepEP counts every (token, expert) selection in low-latency mode and every
      * destination node of a token, its own included, in normal mode. A link's own bandwidth is
@@ -155,7 +178,7 @@ static double ep_exchange(const cand *c, double bytes_per_value)
     const bool measured = c->cl->rates.alltoall_bandwidth > 0 || c->cal->rates.alltoall_bandwidth > 0;
     const double remote = measured ? 1 : (g - 1) / g;
     if (dispatch_mode(c) == CLNPU_DISPATCH_EXPERT) /* one message per (token, expert), posted at once */
-        return lat + per_dev * k * remote * d * bytes_per_value * c->imbalance / bw;
+        return lat + per_dev * k * remote * d * bytes_per_value * imb / bw;
     /* distinct destination devices of a token; group-aware placement bounds them by topk_group */
     double fan = fmin(k, g * (1 - pow(1 - 1 / g, k)));
     if (c->gr->n_group > 1 && c->gr->topk_group) fan = fmin(fan, (double)c->gr->topk_group * ceil(g / (double)c->gr->n_group));
@@ -163,13 +186,60 @@ static double ep_exchange(const cand *c, double bytes_per_value)
         /* once per destination node over the network, then NVLink fan-out inside the node */
         const double nodes = g / (double)c->per_node;
         const double nfan = fmin(fan, nodes * (1 - pow(1 - 1 / nodes, fan)));
-        const double inter = lat + per_dev * nfan * (measured ? 1 : (nodes - 1) / nodes) * d * bytes_per_value * c->imbalance / bw;
+        const double inter = lat + per_dev * nfan * (measured ? 1 : (nodes - 1) / nodes) * d * bytes_per_value * imb / bw;
         const double intra = c->cl->intra.latency_s +
-                             per_dev * fan * d * bytes_per_value * c->imbalance / (c->cl->intra.bandwidth * c->cal->link_eff);
+                             per_dev * fan * d * bytes_per_value * imb / (c->cl->intra.bandwidth * c->cal->link_eff);
         return fmax(inter, intra);
     }
-    if (measured) return (g - 1) * lat + per_dev * fan * remote * d * bytes_per_value * c->imbalance / bw;
+    if (measured) return (g - 1) * lat + per_dev * fan * remote * d * bytes_per_value * imb / bw;
     return alltoall(c, l, g, per_dev * fan * d * bytes_per_value);
+}
+
+/* A published table's time for `groups` GEMMs of m rows (N x K), or -1 where it lists no such
+ * shape: the calibration's table first; a measured GEMM rate wins over the cluster's table. */
+static double table_time(const cand *c, bool grouped, double m, double n, double k, double groups)
+{
+    const clnpu_kernel_rates *r = &c->cal->rates;
+    if (!(grouped ? r->grouped_table_count : r->gemm_table_count)) {
+        if (r->gemm_flops > 0) return -1;
+        r = &c->cl->rates;
+    }
+    return grouped ? clnpu_gemm_table_time(r->grouped_table, r->grouped_table_count, m, n, k, groups)
+                   : clnpu_gemm_table_time(r->gemm_table, r->gemm_table_count, m, n, k, groups);
+}
+
+/* The two GEMMs of a SiLU-gated MLP of width I (gate+up fused: N = 2 I, K = d; down: N = d,
+ * K = I) from the table: `groups` experts of m rows each, or -1. */
+static double mlp_table_time(const cand *c, bool grouped, double m, double I, double groups)
+{
+    const double d = (double)c->gr->hidden;
+    const double a = table_time(c, grouped, m, 2 * I, d, groups), b = table_time(c, grouped, m, d, I, groups);
+    return a < 0 || b < 0 ? -1 : a + b;
+}
+
+/* MLA's projections from the table (the shapes DeepGEMM tabulates: q_a and kv_a fused,
+ * N = q_lora + R + rope, whole on every TP rank; q_b; kv_b over `kv_rows` keys, which in prefill
+ * include the cached prefix keys it expands per head; o_proj), or -1 (another attention family,
+ * a shape the table lacks). TP t splits q_b, kv_b and o_proj by heads: a rank runs 1 / t of the
+ * full shape's time (its efficiency is taken as the full shape's). */
+static double proj_table_time(const cand *c, const clnpu_graph_unit *u, double rows, double kv_rows)
+{
+    /* (absorbed decode runs kv_b's weights as two batched GEMMs, q x W_UK and o x W_UV, over the
+     * same rows: priced at kv_b's shape) */
+    const clnpu_model_config *m = &c->gr->cfg;
+    const double d = (double)m->hidden_size, H = (double)m->num_attention_heads, R = (double)m->kv_lora_rank;
+    const double nope = (double)m->qk_nope_head_dim, rope = (double)m->qk_rope_head_dim, vd = (double)m->v_head_dim;
+    const double qlr = (double)m->q_lora_rank, dqk = nope + rope;
+    const double base = (qlr ? d * qlr + qlr + qlr * H * dqk : d * H * dqk) + d * (R + rope) + R + R * H * (nope + vd) + H * vd * d;
+    if (u->attn_topk || fabs(u->attn_params - base) > 0.5) return -1;
+    const double tp = (double)c->t;
+    double t[4];
+    t[0] = table_time(c, false, rows, qlr ? qlr + R + rope : H * dqk + R + rope, d, 1);
+    t[1] = qlr ? table_time(c, false, rows, H * dqk, qlr, 1) : 0;
+    t[2] = table_time(c, false, kv_rows, H * (nope + vd), R, 1);
+    t[3] = table_time(c, false, rows, d, H * vd, 1);
+    if (t[0] < 0 || t[1] < 0 || t[2] < 0 || t[3] < 0) return -1;
+    return t[0] + (t[1] + t[2] + t[3]) / tp;
 }
 
 /* Time of one unit on one device of a stage group (device dv) for the whole step, by part. */
@@ -229,21 +299,52 @@ static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const cln
     const double attn_rank = (u->attn_params - u->attn_whole_params) / t + u->attn_whole_params;
     /* the memory-bound kernels between the GEMMs stream activations (bf16): the attention block's
      * norms, rope, fp8 quantisation and residual add, about 13 passes of a hidden row (read and
-     * write counted), and the o_proj input's quantisation (3 bytes per value of 2 hidden rows) */
-    const double elem_attn = tr / t * (13 + 6) * d;
-    P.attn = roof(c, p, own, 2 * attn_rank * tr, attn_rank * c->wb) + attn_roof(c, p, own, core_flops, core_bytes) +
-             elem_attn / stream_rate(c, p, own);
+     * write counted), and the o_proj input's quantisation (3 bytes per value of the H x v_head
+     * attention output of the rank's heads) */
+    const double o_in = (double)c->gr->cfg.num_attention_heads * (double)c->gr->cfg.v_head_dim;
+    double elem_attn = tr / t * (13 * d + 3 * o_in);
+    /* Non-absorbed prefill (dense MLA): kv_b expands every key it attends, the cached prefix keys
+     * too (hit / (1 - hit) of them per new token), into per-head keys and values, and the
+     * per-head q, k and v (bf16) are written by their GEMMs and read by the attention kernel. */
+    const clnpu_model_config *mc = &c->gr->cfg;
+    const double H = (double)mc->num_attention_heads, dqk = (double)(mc->qk_nope_head_dim + mc->qk_rope_head_dim);
+    const double cached = prefill && !kt && hit > 0 ? tr * hit / (1 - hit) : 0;
+    const double kvb_params = (double)mc->kv_lora_rank * H * (double)(mc->qk_nope_head_dim + mc->v_head_dim);
+    if (prefill && !kt && u->attn_prefill_flops_per_ctx > 0)
+        elem_attn += (tr * H * dqk + (tr + cached) * H * (dqk + (double)mc->v_head_dim)) * 2 * 2 / t;
+    const double proj_tab = proj_table_time(c, u, tr, tr + cached);
+    const double proj = proj_tab >= 0 ? fmax(proj_tab, attn_rank * c->wb / stream_rate(c, p, own))
+                                      : roof(c, p, own, 2 * attn_rank * tr + 2 * kvb_params * cached / t, attn_rank * c->wb);
+    if (prefill && !kt && u->attn_prefill_flops_per_ctx > 0)
+        P.qkv = (tr * H * dqk + (tr + cached) * H * (dqk + (double)mc->v_head_dim)) * 2 * 2 / t / stream_rate(c, p, own);
+    if (cached > 0)
+        P.kvb = proj_tab >= 0 ? table_time(c, false, tr + cached, H * (double)(mc->qk_nope_head_dim + mc->v_head_dim),
+                                           (double)mc->kv_lora_rank, 1) / t -
+                                    table_time(c, false, tr, H * (double)(mc->qk_nope_head_dim + mc->v_head_dim), (double)mc->kv_lora_rank, 1) / t
+                              : 2 * kvb_params * cached / t / gemm_rate(c, p);
+    if (proj_tab >= 0) P.tab += proj_tab;
+    const double dense_len = prefill && !kt && u->attn_prefill_flops_per_ctx > 0 ? ctx : 0; /* FlashAttention-class */
+    const double core = attn_roof(c, p, own, core_flops, core_bytes, dense_len);
+    P.attn = proj + core + elem_attn / stream_rate(c, p, own);
+    /* the core and o_proj (DeepSeek's decode schedule runs them as ATTN-1, beside a combine) */
+    const double o_params = (double)mc->num_attention_heads * (double)mc->v_head_dim * d / t;
+    P.late = core + (proj_tab >= 0 ? table_time(c, false, tr, d, (double)mc->num_attention_heads * (double)mc->v_head_dim, 1) / t
+                                   : proj * fmin(1, o_params / fmax(attn_rank, 1)));
     double comm = 2 * allreduce(c, link_for(c, c->t), t, tr * d * act); /* after o_proj and after the MLP */
     double comp1 = P.attn, comp2 = 0;
     if (u->kind == CLNPU_UNIT_DENSE) {
         /* SiLU x up reads 2 I and writes I (fp8) per row, the down input's quantisation 3 d */
         const double I = u->dense_params / (3 * d), elem = tr / t * (5 * I / t + 3 * d);
-        comp1 += roof(c, p, own, 2 * u->dense_params * tr / t, u->dense_params * c->wb / t) + elem / stream_rate(c, p, own);
+        const double tab = mlp_table_time(c, false, tr, I, 1) / t; /* TP splits I: 1 / t of the time */
+        if (tab >= 0) P.tab += tab;
+        comp1 += (tab >= 0 ? fmax(tab, u->dense_params * c->wb / t / stream_rate(c, p, own))
+                           : roof(c, p, own, 2 * u->dense_params * tr / t, u->dense_params * c->wb / t)) +
+                 elem / stream_rate(c, p, own);
         P.moe = comp1 - P.attn;
     } else {
         /* routed experts over the g devices of the stage: tokens x top_k spread by placement */
         const double k = (double)c->gr->top_k, s = (double)c->slots;
-        const double per_dev = c->tokens * k / g * c->imbalance;
+        const double per_dev = c->tokens * k / g * imbalance_of(c);
         const double distinct = s * (1 - pow(1 - 1 / s, per_dev)); /* experts that see a token */
         /* router and shared expert: clnpu's executor (device dispatch) runs them once for every
          * replica's tokens on the first device while the replicas wait at the layer; DeepEP-style
@@ -252,16 +353,33 @@ static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const cln
         const double sh_rows = per_replica ? tr / t : c->tokens, sh_split = per_replica ? t : 1;
         const double sh_flops = 2 * (u->shared_params + u->router_params) * sh_rows;
         const double sh_bytes = (u->shared_params / sh_split + u->router_params) * c->wb;
-        if (dv->shared_bandwidth > 0) /* routed and shared experts see different bandwidths */
+        const double I = u->expert_params / (3 * d), Ish = u->shared_params / (3 * d);
+        /* a published table prices the grouped GEMM at the rows each active expert gets, and the
+         * shared expert (and the router, by roofline) at the replica's rows */
+        const double g_tab = distinct > 0 ? mlp_table_time(c, true, per_dev / distinct, I, distinct) : 0;
+        const double s_tab = per_replica && sh_split == 1 ? mlp_table_time(c, false, sh_rows, Ish, 1) : -1;
+        if (g_tab >= 0 && s_tab >= 0 && dv->shared_bandwidth <= 0) P.tab += g_tab + s_tab;
+        P.shared = (g_tab >= 0 && s_tab >= 0 ? s_tab + roof(c, p, own, 2 * u->router_params * sh_rows, u->router_params * c->wb)
+                                             : roof(c, p, own, sh_flops, sh_bytes)) +
+                   sh_rows * (5 * Ish / sh_split + 3 * d) / stream_rate(c, p, own);
+        if (g_tab >= 0 && s_tab >= 0 && dv->shared_bandwidth <= 0)
+            comp2 = fmax(g_tab + s_tab, (distinct * u->expert_params + u->shared_params) * c->wb / stream_rate(c, p, own)) +
+                    roof(c, p, own, 2 * u->router_params * sh_rows, u->router_params * c->wb);
+        else if (dv->shared_bandwidth > 0) /* routed and shared experts see different bandwidths */
             comp2 = roof(c, &pe, own, 2 * u->expert_params * per_dev, distinct * u->expert_params * c->wb) +
                     roof(c, p, own, sh_flops, sh_bytes);
         else
             comp2 = roof(c, p, own, 2 * u->expert_params * per_dev + sh_flops, distinct * u->expert_params * c->wb + sh_bytes);
-        /* routed rows gathered into expert order (read and write, fp8), SiLU x up on each routed
-         * and shared row (5 I bytes), the shared expert's input quantisation */
-        const double I = u->expert_params / (3 * d), Ish = u->shared_params / (3 * d);
-        const double elem = per_dev * (2 * d + 5 * I) + sh_rows * (5 * Ish / sh_split + 3 * d);
-        comp2 += elem / stream_rate(c, u->kind == CLNPU_UNIT_MOE && dv->shared_bandwidth > 0 ? &pe : p, own);
+        /* routed rows gathered into expert order (read and write, fp8) and, after the down
+         * projection, back into the exchange's order for the combine (read and write, bf16) --
+         * not where the exchange itself writes each row into its expert's slot and the combine
+         * reads it there (DeepEP's low-latency kernels feeding the masked grouped GEMM); SiLU x
+         * up on each routed and shared row (5 I bytes), the shared expert's input quantisation */
+        const double permute = dispatch_mode(c) == CLNPU_DISPATCH_EXPERT ? 0 : 2 * d + 4 * d;
+        const double elem = per_dev * (permute + 5 * I) + sh_rows * (5 * Ish / sh_split + 3 * d);
+        const double elem_rate = stream_rate(c, u->kind == CLNPU_UNIT_MOE && dv->shared_bandwidth > 0 ? &pe : p, own);
+        comp2 += elem / elem_rate;
+        P.perm = per_dev * permute / elem_rate;
         P.moe = comp2;
         /* dispatch (in the weight dtype when it is 8-bit, as DeepEP does) + combine (bf16) */
         const double disp = ep_exchange(c, c->wb < 2 ? 1.0 + 4.0 / 128 : act), comb = ep_exchange(c, act);
@@ -283,30 +401,37 @@ static parts unit_parts(const cand *c, const clnpu_cluster_device *dv, const cln
 
 static double parts_sum(parts P) { return P.attn + P.moe + P.comm + P.other - P.overlap; }
 
+/* The overlap of one MoE layer: DeepSeek's published schedules (scheduler/overlap.c), with the
+ * cluster's split of the compute units. */
+static double tbo_slots(const cand *c, bool prefill, double attn, double late, double sh, double mlp, double dd, double mm)
+{
+    const double part = rate(c->cal->rates.tbo_compute_sm_fraction, c->cl->rates.tbo_compute_sm_fraction, 0);
+    const clnpu_tbo_layer x = {.prefill = prefill, .attn = attn, .late = late, .shared = sh, .mlp = mlp, .dispatch = dd,
+                               .combine = mm, .compute_sm_fraction = part,
+                               .exchange_sm_fraction = rate(c->cal->rates.alltoall_sm_fraction, c->cl->rates.alltoall_sm_fraction, 0)};
+    return clnpu_tbo_layer_time(&x);
+}
+
 /* With two micro-batches (TBO), one micro-batch's dispatch and combine run while the other
- * computes. A layer's compute before dispatch (c1: attention, router) and between dispatch and
- * combine (c2: experts) pair with the other micro-batch's exchange in four slots, each as long
- * as the longer of its pair: max(c1,d) + max(c2,d) + max(c2,m) + max(c1,m). What cannot hide
- * (exchange longer than the compute beside it, fixed latencies that do not halve with the
- * batch, weights read once per micro-batch) stays in the step. */
+ * computes, in DeepSeek's published schedules (tbo_slots): each half's attention (of it the core
+ * and o_proj), shared expert, routed experts, dispatch and combine, priced at half the rows. What
+ * cannot hide (exchange longer than the compute beside it, fixed latencies that do not halve with
+ * the batch, weights read once per micro-batch, decode's routed experts) stays in the step. */
 static parts unit_parts_tbo(const cand *c, const clnpu_cluster_device *dv, const clnpu_graph_unit *u)
 {
     cand h = *c;
     h.tokens = c->tokens / 2, h.batch = c->batch / 2;
     parts P = unit_parts(&h, dv, u), R = P;
-    R.attn *= 2, R.moe *= 2, R.comm *= 2, R.other *= 2;
+    R.attn *= 2, R.moe *= 2, R.comm *= 2, R.other *= 2, R.qkv *= 2, R.kvb *= 2, R.tab *= 2, R.perm *= 2;
     if (u->kind != CLNPU_UNIT_MOE || c->g <= 1) {
         R.overlap *= 2;
         return R;
     }
     /* split the exchange into dispatch and combine as the bytes do (1 B + scales vs 2 B) */
     const double one_b = h.wb < 2 ? 1.0 + 4.0 / 128 : 2.0, frac_d = one_b / (one_b + 2.0);
-    const double c1 = P.attn + P.other, c2 = P.moe, dd = P.comm * frac_d, mm = P.comm * (1 - frac_d);
-    /* the exchange kernels keep compute units busy for part of their time (packing, sending,
-     * receiving): that much of the exchange also runs on the compute stream beside it */
-    const double sm = rate(c->cal->rates.alltoall_sm_fraction, c->cl->rates.alltoall_sm_fraction, 0);
-    const double slots = fmax(c1 + sm * dd, dd) + fmax(c2 + sm * dd, dd) + fmax(c2 + sm * mm, mm) + fmax(c1 + sm * mm, mm);
-    R.overlap = R.attn + R.moe + R.comm + R.other - slots;
+    const double dd = P.comm * frac_d, mm = P.comm * (1 - frac_d);
+    const double sh = fmin(P.shared, P.moe), mlp = P.moe - sh, attn = P.attn + P.other, late = fmin(P.late, attn);
+    R.overlap = R.attn + R.moe + R.comm + R.other - tbo_slots(c, c->w->phase == CLNPU_PHASE_PREFILL, attn, late, sh, mlp, dd, mm);
     return R;
 }
 
@@ -592,7 +717,7 @@ static result evaluate(const clnpu_graph *gr, const clnpu_cluster *cl, const cln
             }
             r.ok = true, r.g = g, r.t = t, r.stages = k, r.batch = batch, r.value = value, r.micro = m, r.tbo = tbo;
             r.dp = cl->count / (g * k);
-            r.imbalance = c.imbalance, r.lb_gap = gap, r.slots = c.slots;
+            r.imbalance = imbalance_of(&c), r.lb_gap = gap, r.slots = c.slots;
             if (!prefill) {
                 /* fewer micro-batches than stages leave bubbles: a step takes max(m, k) slots */
                 r.period = (double)(m > k ? m : k) * mx * node_sharing(cl, g, k, (double)r.dp, m, per_node, false);
@@ -672,7 +797,8 @@ static parts stage_parts(const cand *c, size_t i, size_t j, size_t k)
         unit_time_of(c, dv, x, &P[0]);
         if (mtp && x->kind == CLNPU_UNIT_HEAD) unit_time_of(c, dv, mtp, &P[1]), unit_time_of(c, dv, x, &P[2]), n = 3;
         for (size_t q = 0; q < n; q++)
-            S.attn += P[q].attn, S.moe += P[q].moe, S.comm += P[q].comm, S.other += P[q].other, S.overlap += P[q].overlap;
+            S.attn += P[q].attn, S.moe += P[q].moe, S.comm += P[q].comm, S.other += P[q].other, S.overlap += P[q].overlap,
+            S.qkv += P[q].qkv, S.kvb += P[q].kvb, S.tab += P[q].tab, S.perm += P[q].perm;
     }
     /* receiving the stage input */
     S.other += stage_cost(i, j, k, (void *)c) - (c->unit_time[k * (c->gr->count + 1) + j] - c->unit_time[k * (c->gr->count + 1) + i]);
@@ -694,6 +820,7 @@ static clnpu_plan_breakdown breakdown_of(const cand *c, const result *best, cons
         if (prefill) {
             parts S = stage_parts(c, best->cuts[s], best->cuts[s + 1], s);
             b.attention_s += S.attn, b.moe_s += S.moe, b.comm_s += S.comm, b.other_s += S.other, b.overlap_s += S.overlap;
+            b.prefill_qkv_s += S.qkv, b.prefix_kvb_s += S.kvb, b.table_gemm_s += S.tab, b.permute_s += S.perm;
         }
     }
     const double m = (double)best->micro, k = (double)best->stages;
@@ -701,6 +828,7 @@ static clnpu_plan_breakdown breakdown_of(const cand *c, const result *best, cons
         parts S = stage_parts(c, best->cuts[slow], best->cuts[slow + 1], slow);
         b.attention_s = m * S.attn, b.moe_s = m * S.moe, b.comm_s = m * S.comm, b.other_s = m * S.other;
         b.overlap_s = m * S.overlap;
+        b.prefill_qkv_s = m * S.qkv, b.prefix_kvb_s = m * S.kvb, b.table_gemm_s = m * S.tab, b.permute_s = m * S.perm;
         b.bubble_s = (fmax(m, k) - m) * mx;
     }
     /* what is left (memory shared by groups of one node) */

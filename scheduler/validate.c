@@ -34,7 +34,8 @@ static clnpu_status row_parse(const char *path, const char *base, yaml_document_
 {
     static const char *const keys[] = {"name", "source", "model", "cluster", "phase", "weights", "context", "batch",
                                        "slo_ms", "prefix_hit", "mtp_accept", "expert_imbalance", "tbo", "kv_transfer",
-                                       "metric", "published", "notes", "known_gap", "max_error", "latent_cache", "ep", NULL};
+                                       "metric", "published", "notes", "known_gap", "max_error", "latent_cache", "ep", "tp",
+                                       "expert_imbalance_at", NULL};
     if (n->type != YAML_MAPPING_NODE) return clnpu_yaml_fail_at(path, n, "a row must be a mapping");
     for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
         yaml_node_t *k = yaml_document_get_node(doc, p->key);
@@ -83,11 +84,23 @@ static clnpu_status row_parse(const char *path, const char *base, yaml_document_
     if (!st && (x = clnpu_yaml_get(doc, n, "context")) && !(st = row_num(path, x, "context", 1, 1 << 24, &v))) r->w.context = (size_t)v;
     if (!st && (x = clnpu_yaml_get(doc, n, "batch")) && !(st = row_num(path, x, "batch", 0, 1 << 24, &v))) r->w.batch = (size_t)v;
     if (!st && (x = clnpu_yaml_get(doc, n, "ep")) && !(st = row_num(path, x, "ep", 1, CLNPU_PLAN_MAX_DEVICES, &v))) r->w.ep = (size_t)v;
+    /* a published attention TP width (DP attention: 1) pins the tensor-parallel width too */
+    if (!st && (x = clnpu_yaml_get(doc, n, "tp")) && !(st = row_num(path, x, "tp", 1, 1024, &v))) r->w.min_tp = r->w.max_tp = (size_t)v;
     if (!st && (x = clnpu_yaml_get(doc, n, "slo_ms"))) st = row_num(path, x, "slo_ms", 1e-6, 1e9, &r->w.slo_ms);
     if (!st && (x = clnpu_yaml_get(doc, n, "prefix_hit"))) st = row_num(path, x, "prefix_hit", 0, 0.999, &r->w.prefix_hit);
     if (!st && (x = clnpu_yaml_get(doc, n, "mtp_accept"))) st = row_num(path, x, "mtp_accept", 0, 1, &r->w.mtp_accept);
     if (!st && (x = clnpu_yaml_get(doc, n, "expert_imbalance")))
         st = row_num(path, x, "expert_imbalance", 1, 1e3, &r->w.expert_imbalance);
+    /* where that imbalance was measured: [EP width, slots per device, rows per device per exchange] */
+    if (!st && (x = clnpu_yaml_get(doc, n, "expert_imbalance_at"))) {
+        if (x->type != YAML_SEQUENCE_NODE || x->data.sequence.items.top - x->data.sequence.items.start != 3)
+            st = clnpu_yaml_fail_at(path, x, "'expert_imbalance_at' must be [EP width, slots per device, rows per device]");
+        for (int i = 0; !st && i < 3; i++)
+            st = row_num(path, yaml_document_get_node(doc, x->data.sequence.items.start[i]), "expert_imbalance_at", 1, 1e9,
+                         &r->w.expert_imbalance_at[i]);
+        if (!st && !(r->w.expert_imbalance > 0))
+            st = clnpu_yaml_fail_at(path, x, "row '%s': 'expert_imbalance_at' needs 'expert_imbalance'", r->name);
+    }
     if (!st && !(x = clnpu_yaml_get(doc, n, "published"))) st = clnpu_yaml_fail_at(path, n, "row '%s' needs 'published'", r->name);
     if (!st) st = row_num(path, x, "published", 1e-9, 1e15, &r->published);
     /* a row the model does not reach says why, and how far off it may be before it fails */

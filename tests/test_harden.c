@@ -616,6 +616,61 @@ START_TEST(test_nonfinite_weights)
 }
 END_TEST
 
+/* Through a stage of two data-parallel attention replicas of TP 2 over EP 4 (one process, the plan's
+ * devices shared) and the poisoned variant in dir: each replica's own flag names what went bad. */
+static clnpu_pipeline *replica_pipeline(const char *dir, clnpu_checkpoint **ck)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    clnpu_model_config cfg;
+    ck_assert_ok(clnpu_model_config_load(path, &cfg));
+    ck_assert_ok(clnpu_checkpoint_open(dir, ck));
+    static const size_t e4[4][4] = {{0, 4, 8, 12}, {1, 5, 9, 13}, {2, 6, 10, 14}, {3, 7, 11, 15}};
+    clnpu_stage_spec sp = {.device = 0, .profile = "", .layer_begin = 0, .layer_end = cfg.num_hidden_layers,
+                           .embed = true, .head = true, .tp = 2, .replicas = 2, .ep_count = 4};
+    for (size_t i = 0; i < 4; i++) sp.ep_devices[i] = i, sp.ep_experts[i] = e4[i], sp.ep_expert_counts[i] = 4;
+    clnpu_model_options o = clnpu_model_options_default();
+    o.share_devices = true, o.max_sequences = 2, o.max_context = 16, o.max_tokens = 8;
+    clnpu_pipeline *p;
+    ck_assert_ok(clnpu_pipeline_create(&cfg, *ck, &sp, 1, &o, &p));
+    return p;
+}
+
+START_TEST(test_nonfinite_replicas)
+{
+    char dir[256];
+    test_mkdtemp(dir, sizeof dir);
+    clnpu_model_config cfg;
+    ck_assert_ok(clnpu_model_config_load(TINY "/config.json", &cfg));
+    const size_t V = cfg.vocab_size, d = cfg.hidden_size;
+    float *lg = malloc(2 * V * sizeof *lg);
+    const int ids[3] = {1, 2, 3}, next[2] = {4, 7};
+    const size_t both[2] = {0, 1};
+    /* NaN in layer 2's attention: replica 0 (sequence 0) names the layer */
+    variant v = {CLNPU_DTYPE_COUNT, CLNPU_DTYPE_COUNT, "model.layers.2.self_attn.q_a_proj.weight", NAN, 5};
+    write_variant(dir, &v);
+    clnpu_checkpoint *ck;
+    clnpu_pipeline *p = replica_pipeline(dir, &ck);
+    expect_msg(clnpu_pipeline_prefill(p, 0, ids, 3, lg), CLNPU_ERR_INVALID_ARGUMENT, "non-finite", "output of layer 2");
+    clnpu_pipeline_destroy(p), clnpu_checkpoint_close(ck);
+    /* an infinite embedding row (token 7) that only replica 1's sequence meets: the prompts and
+     * replica 0's rows are clean, the step stops naming replica 1 and the embedding */
+    variant e = {CLNPU_DTYPE_COUNT, CLNPU_DTYPE_COUNT, "model.embed_tokens.weight", INFINITY, 7 * d + 5};
+    write_variant(dir, &e);
+    p = replica_pipeline(dir, &ck);
+    for (size_t q = 0; q < 2; q++) ck_assert_ok(clnpu_pipeline_prefill(p, q, ids, 3, NULL));
+    const int clean[2] = {4, 5};
+    for (size_t i = 0; i < 2 * V; i++) lg[i] = NAN; /* poisoned */
+    ck_assert_ok(clnpu_pipeline_decode(p, both, clean, 2, lg));
+    for (size_t i = 0; i < 2 * V; i++) ck_assert_msg(isfinite(lg[i]), "logit %zu: %g", i, lg[i]);
+    expect_msg(clnpu_pipeline_decode(p, both, next, 2, lg), CLNPU_ERR_INVALID_ARGUMENT, "attention replica 1",
+               "non-finite values (NaN or Inf) in the embedding output");
+    clnpu_pipeline_destroy(p), clnpu_checkpoint_close(ck);
+    free(lg);
+    test_rmdir(dir);
+}
+END_TEST
+
 /* ---- D1, D10, D11, D12, D13, D20: the CLI ----------------------------------------------------- */
 
 static void expect_cli(const char *args, int rc, const char *needle)
@@ -701,6 +756,7 @@ Suite *suite_harden(void)
     tcase_add_test(tc, test_duplicate_tensor_key);
     tcase_add_test(tc, test_fused_experts_dtypes);
     tcase_add_test(tc, test_nonfinite_weights);
+    tcase_add_test(tc, test_nonfinite_replicas);
     tcase_add_test(tc, test_cli_limits);
     suite_add_tcase(s, tc);
     return s;

@@ -6,6 +6,9 @@
 #include <string.h>
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+#include <CL/cl.h>
 
 #include "../common/error.h"
 #include "../runtime/tp.h"
@@ -814,6 +817,91 @@ START_TEST(test_tp_collectives)
 }
 END_TEST
 
+/* A rank that adds zeros (a tensor-parallel peer in a MoE layer of data-parallel attention)
+ * reuses the host slot that its previous sum is written to the device from, with the write
+ * queued without waiting; it must wait for its queue first. Here rank 1's queue is held shut by a
+ * user event while it makes two such all-reduces and copies the first sum on the device in
+ * between: the copy must hold the first sum, not the second (a slow peer thread on a loaded
+ * machine got the MoE sum in place of the attention one this way: logits off by 1e-2..0.5). */
+enum { IDLE_N = 4096 };
+
+typedef struct idle_arg {
+    clnpu_tp_group *g;
+    size_t rank;
+    clnpu_buffer *b, *copy;
+    const float *y;
+    cl_command_queue q; /* rank 1's */
+    atomic_int done;
+    clnpu_status st;
+} idle_arg;
+
+static void *tp_idle_thread(void *p)
+{
+    idle_arg *a = p;
+    if (a->rank == 0) { /* x, then y */
+        a->st = clnpu_tp_allreduce_add(a->g, 0, a->b, IDLE_N, true);
+        if (!a->st) a->st = clnpu_buffer_write(a->b, 0, a->y, IDLE_N * sizeof(float));
+        if (!a->st) a->st = clnpu_tp_allreduce_add(a->g, 0, a->b, IDLE_N, true);
+    } else { /* zeros twice, the first sum copied on the device in between */
+        a->st = clnpu_tp_allreduce_add(a->g, 1, a->b, IDLE_N, false);
+        if (!a->st && clEnqueueCopyBuffer(a->q, clnpu_buffer_cl_mem(a->b), clnpu_buffer_cl_mem(a->copy), 0, 0,
+                                          IDLE_N * sizeof(float), 0, NULL, NULL) != CL_SUCCESS)
+            a->st = CLNPU_ERR_OPENCL;
+        if (!a->st) a->st = clnpu_tp_allreduce_add(a->g, 1, a->b, IDLE_N, false);
+    }
+    atomic_store(&a->done, 1);
+    return NULL;
+}
+
+START_TEST(test_tp_idle_rank_waits_for_its_queue)
+{
+    clnpu_device *d1; /* rank 1's device: a context and queue of its own */
+    ck_assert_ok(clnpu_device_open(0, NULL, &d1));
+    clnpu_tp_group *g;
+    ck_assert_ok(clnpu_tp_group_create(2, IDLE_N, &g));
+    float *x = malloc(2 * IDLE_N * sizeof *x), *y = x + IDLE_N, *out = malloc(IDLE_N * sizeof *out);
+    for (size_t i = 0; i < 2 * IDLE_N; i++) x[i] = (float)test_rand_normal();
+    idle_arg a[2] = {{g, 0, NULL, NULL, y, NULL, 0, CLNPU_OK}, {g, 1, NULL, NULL, NULL, clnpu_device_cl_queue(d1), 0, CLNPU_OK}};
+    ck_assert_ok(clnpu_buffer_create(test_device(), IDLE_N * sizeof(float), &a[0].b));
+    ck_assert_ok(clnpu_buffer_write(a[0].b, 0, x, IDLE_N * sizeof(float)));
+    for (int k = 0; k < 2; k++) {
+        ck_assert_ok(clnpu_buffer_create(d1, IDLE_N * sizeof(float), k ? &a[1].copy : &a[1].b));
+        for (size_t i = 0; i < IDLE_N; i++) out[i] = NAN; /* poisoned */
+        ck_assert_ok(clnpu_buffer_write(k ? a[1].copy : a[1].b, 0, out, IDLE_N * sizeof(float)));
+    }
+    cl_int err;
+    cl_event gate = clCreateUserEvent(clnpu_device_cl_context(d1), &err);
+    ck_assert_int_eq(err, CL_SUCCESS);
+    ck_assert_int_eq(clEnqueueBarrierWithWaitList(clnpu_device_cl_queue(d1), 1, &gate, NULL), CL_SUCCESS);
+    clnpu_tp_group_begin(g);
+    pthread_t th[2];
+    for (int r = 0; r < 2; r++) ck_assert_int_eq(pthread_create(&th[r], NULL, tp_idle_thread, &a[r]), 0);
+    /* rank 1 waits for its queue (right) or races through both calls (wrong): open the gate when
+     * it is through, or after 200 ms */
+    for (int i = 0; i < 200 && !atomic_load(&a[1].done); i++) nanosleep(&(struct timespec){0, 1000000}, NULL);
+    ck_assert_int_eq(clSetUserEventStatus(gate, CL_COMPLETE), CL_SUCCESS);
+    for (int r = 0; r < 2; r++) pthread_join(th[r], NULL);
+    ck_assert_ok(a[0].st);
+    ck_assert_ok(a[1].st);
+    const float *want[2] = {x, y}; /* the copy: rank 0's first part; rank 1's buffer: the second */
+    for (int k = 0; k < 2; k++) {
+        ck_assert_ok(clnpu_buffer_read(k ? a[1].b : a[1].copy, 0, out, IDLE_N * sizeof(float)));
+        double num = 0, den = 0;
+        for (size_t i = 0; i < IDLE_N; i++) {
+            ck_assert_msg(!isnan(out[i]), "NaN at %zu", i);
+            num += ((double)out[i] - want[k][i]) * ((double)out[i] - want[k][i]), den += (double)want[k][i] * want[k][i];
+        }
+        ck_assert_msg(sqrt(num / den) < 1e-6, "%s: %.3g from the sum of call %d", k ? "rank 1's buffer" : "the copy",
+                      sqrt(num / den), k + 1);
+    }
+    clReleaseEvent(gate);
+    clnpu_buffer_destroy(a[0].b), clnpu_buffer_destroy(a[1].b), clnpu_buffer_destroy(a[1].copy);
+    clnpu_tp_group_destroy(g);
+    clnpu_device_close(d1);
+    free(x), free(out);
+}
+END_TEST
+
 Suite *suite_model(void)
 {
     Suite *s = suite_create("model");
@@ -825,6 +913,7 @@ Suite *suite_model(void)
     tcase_add_test(tc, test_pipeline_micro_batches);
     tcase_add_test(tc, test_tensor_parallel);
     tcase_add_test(tc, test_tp_collectives);
+    tcase_add_test(tc, test_tp_idle_rank_waits_for_its_queue);
     tcase_add_test(tc, test_stage_specs_replica);
     tcase_add_test(tc, test_pipeline_placement);
     tcase_add_test(tc, test_model_memory_estimate);

@@ -58,8 +58,8 @@ START_TEST(test_published_layouts)
     /* SGLang decode on 9 nodes: EP72 (288 / 72 = 4 slots) */
     s = plan_of(SRC "/clusters/h100-sglang-decode.yaml", dsv3(CLNPU_PHASE_DECODE, 18432, 2000), NULL);
     ck_assert_msg(s.ep == 72 && s.dp == 72, "EP %zu DP %zu", s.ep, s.dp);
-    /* prefill: attention DP over all 32 GPUs with TBO; the model prefers EP16 x 2 replicas (fewer
-     * nodes per exchange) where memory allows, and EP32 when pinned to DeepSeek's width */
+    /* prefill: attention DP over all 32 GPUs with TBO (EP32 as DeepSeek's; EP16 x 2 replicas,
+     * fewer nodes per exchange, is within a few per cent in the model), EP32 when pinned */
     clnpu_workload wp = dsv3(CLNPU_PHASE_PREFILL, 128, 4096);
     wp.latent_cache = CLNPU_DTYPE_BF16;
     s = plan_of(SRC "/clusters/h800-deepseek-prefill.yaml", wp, &b);
@@ -336,6 +336,168 @@ START_TEST(test_published_disaggregation)
 }
 END_TEST
 
+
+/* ---- the cost terms the published deployments need, each checked on a small case ---- */
+
+START_TEST(test_costs_gemm_tables)
+{
+    /* DeepGEMM-style table: linear in log2 M between points, the end rates beyond, the smallest
+     * point's time per group below it (weight-bound), -1 for a shape it lacks */
+    const clnpu_gemm_point t[] = {{512, 4096, 7168, 1040e12}, {256, 4096, 7168, 932e12}, {256, 7168, 2048, 815e12}};
+    const double N = 4096, K = 7168;
+    const double r384 = 932e12 + log2(384.0 / 256) * (1040e12 - 932e12);
+    ck_assert_double_eq_tol(clnpu_gemm_table_time(t, 3, 384, N, K, 4), 4 * 2 * 384 * N * K / r384, 1e-15);
+    ck_assert_double_eq_tol(clnpu_gemm_table_time(t, 3, 512, N, K, 1), 2 * 512 * N * K / 1040e12, 1e-15);
+    ck_assert_double_eq_tol(clnpu_gemm_table_time(t, 3, 2048, N, K, 2), 2 * 2 * 2048 * N * K / 1040e12, 1e-15);
+    ck_assert_double_eq_tol(clnpu_gemm_table_time(t, 3, 10, N, K, 3), 3 * 2 * 256 * N * K / 932e12, 1e-15);
+    ck_assert_double_eq_tol(clnpu_gemm_table_time(t, 3, 300, 7168, 2048, 1), 2 * 300 * 7168.0 * 2048 / 815e12, 1e-15);
+    ck_assert(clnpu_gemm_table_time(t, 3, 384, 2048, 7168, 1) == -1);
+    /* FlashAttention-style rate by prompt length */
+    const clnpu_attn_point a[] = {{4096, 579e12}, {1024, 423e12}};
+    ck_assert_double_eq_tol(clnpu_attn_table_rate(a, 2, 2048), 423e12 + 0.5 * (579e12 - 423e12), 1);
+    ck_assert(clnpu_attn_table_rate(a, 2, 512) == 423e12 && clnpu_attn_table_rate(a, 2, 9000) == 579e12);
+    ck_assert(clnpu_attn_table_rate(a, 0, 2048) == 0);
+    /* cluster files carry them; malformed rows are refused with the key named */
+    const char *ok = "name: t\nnodes:\n  - {name: n, devices: [{profile: nvidia-h800, count: 1}]}\n"
+                     "links: {intra_node: {bandwidth: 1e11}}\nkernel_rates:\n  source: test\n"
+                     "  tbo_compute_sm_fraction: 0.818\n  gemm_table: [[64, 2112, 7168, 206e12], [128, 2112, 7168, 352e12]]\n"
+                     "  grouped_gemm_table: [[256, 4096, 7168, 932e12]]\n  attn_prefill_table: [[1024, 423e12]]\n";
+    clnpu_cluster *cl = NULL;
+    ck_assert_ok(clnpu_cluster_parse(ok, strlen(ok), "t.yaml", NULL, &cl));
+    ck_assert(cl->rates.gemm_table_count == 2 && cl->rates.gemm_table[1].flops == 352e12 && cl->rates.gemm_table[1].m == 128);
+    ck_assert(cl->rates.grouped_table_count == 1 && cl->rates.attn_prefill_table_count == 1);
+    ck_assert(cl->rates.tbo_compute_sm_fraction == 0.818);
+    clnpu_cluster_destroy(cl);
+    const char *bad[] = {"  gemm_table: [[64, 2112, 7168]]\n", "  grouped_gemm_table: [[0, 4096, 7168, 1e12]]\n",
+                         "  attn_prefill_table: 5\n", "  tbo_compute_sm_fraction: 1.5\n"};
+    for (size_t i = 0; i < 4; i++) {
+        char text[1024];
+        snprintf(text, sizeof text, "name: t\nnodes:\n  - {name: n, devices: [{profile: nvidia-h800, count: 1}]}\n"
+                 "links: {intra_node: {bandwidth: 1e11}}\nkernel_rates:\n  source: test\n%s", bad[i]);
+        cl = NULL;
+        ck_assert_msg(clnpu_cluster_parse(text, strlen(text), "t.yaml", NULL, &cl) != CLNPU_OK, "accepted: %s", bad[i]);
+        ck_assert_msg(strstr(clnpu_error_message(), "t.yaml") != NULL, "%s", clnpu_error_message());
+        clnpu_cluster_destroy(cl);
+    }
+}
+END_TEST
+
+START_TEST(test_costs_tbo_schedules)
+{
+    /* per micro-batch: attention 5 (core + o_proj 2), shared 1, routed 4, dispatch 3, combine 6 */
+    clnpu_tbo_layer x = {.prefill = true, .attn = 5, .late = 2, .shared = 1, .mlp = 4, .dispatch = 3, .combine = 6};
+    /* prefill: max(5+1, 6) + max(5, 3) + max(4, 3) + max(4+1, 6) */
+    ck_assert_double_eq_tol(clnpu_tbo_layer_time(&x), 6 + 5 + 4 + 6, 1e-12);
+    /* compute on half the units throughout: every compute side doubles */
+    x.compute_sm_fraction = 0.5;
+    ck_assert_double_eq_tol(clnpu_tbo_layer_time(&x), 12 + 10 + 8 + 10, 1e-12);
+    /* no fixed split: half of each exchange's time on the compute stream beside it */
+    x.compute_sm_fraction = 0, x.exchange_sm_fraction = 0.5;
+    ck_assert_double_eq_tol(clnpu_tbo_layer_time(&x), (6 + 3) + (5 + 1.5) + (4 + 1.5) + (5 + 3), 1e-12);
+    /* decode: 2 x (max(shared + attention before the core, dispatch) + routed alone + max(core + o_proj, combine)) */
+    x.prefill = false, x.exchange_sm_fraction = 0;
+    ck_assert_double_eq_tol(clnpu_tbo_layer_time(&x), 2 * (4 + 4 + 6), 1e-12);
+    x.exchange_sm_fraction = 0.5;
+    ck_assert_double_eq_tol(clnpu_tbo_layer_time(&x), 2 * ((4 + 1.5) + 4 + fmax(2 + 3, 6)), 1e-12);
+}
+END_TEST
+
+/* One H800 holding all of DeepSeek-V3 (memory overridden), known rates, no overlap: the terms
+ * below are then sums over the layers of one formula each. */
+static clnpu_plan_breakdown one_device(const char *extra_rates, const char *dispatch, clnpu_workload w)
+{
+    char text[2048];
+    snprintf(text, sizeof text,
+             "name: one\nnodes:\n  - {name: n, devices: [{profile: nvidia-h800, count: 1, overrides: {memory_bytes: 4.0e12}}]}\n"
+             "links: {intra_node: {bandwidth: 1e11}}\nep_dispatch: %s\ntbo: off\nkernel_rates:\n  source: test\n"
+             "  gemm_flops: 1.0e15\n  stream_bandwidth: 1.0e12\n  attn_flops: 5.0e14\n  attn_bandwidth: 1.0e12\n%s",
+             dispatch, extra_rates);
+    clnpu_model_config cfg;
+    clnpu_cluster *cl = NULL;
+    clnpu_plan *p = NULL;
+    ck_assert_ok(clnpu_model_config_load(DSV3, &cfg));
+    ck_assert_ok(clnpu_cluster_parse(text, strlen(text), "one.yaml", NULL, &cl));
+    w.max_tp = 1;
+    ck_assert_msg(clnpu_plan_create(&cfg, cl, &w, NULL, &p) == CLNPU_OK, "%s", clnpu_error_message());
+    const clnpu_plan_summary s = clnpu_plan_get_summary(p);
+    ck_assert(s.ep == 1 && s.pp == 1 && s.tp == 1);
+    clnpu_plan_breakdown b = clnpu_plan_get_breakdown(p);
+    clnpu_plan_destroy(p);
+    clnpu_cluster_destroy(cl);
+    return b;
+}
+
+START_TEST(test_costs_prefill_terms)
+{
+    /* one 1024-token prompt, half of it a prefix-cache hit: 512 new tokens, 512 cached keys */
+    clnpu_workload w = dsv3(CLNPU_PHASE_PREFILL, 1, 1024);
+    w.prefix_hit = 0.5;
+    clnpu_plan_breakdown b = one_device("", "node", w);
+    const double L = 61, H = 128, dqk = 192, vd = 128, R = 512, nope = 128, tr = 512, cached = 512;
+    /* per-head q (new tokens) and k, v (every key kv_b expands), bf16, written and read */
+    ck_assert_double_eq_tol(b.prefill_qkv_s, L * (tr * H * dqk + (tr + cached) * H * (dqk + vd)) * 2 * 2 / 1e12, 1e-12);
+    /* kv_b over the cached keys at the GEMM rate */
+    ck_assert_double_eq_tol(b.prefix_kvb_s, L * 2 * R * H * (nope + vd) * cached / 1e15, 1e-12);
+    ck_assert(b.table_gemm_s == 0);
+    /* with the projections' shapes in a table (one point, M = 4096, above the step's M): each
+     * projection takes the point's time (weight-bound floor), kv_b included */
+    const char *tab = "  gemm_table: [[4096, 2112, 7168, 1.0e15], [4096, 24576, 1536, 0.5e15], [4096, 32768, 512, 0.25e15],"
+                      " [4096, 7168, 16384, 1.0e15]]\n";
+    b = one_device(tab, "node", w);
+    const double per_layer = 2 * 4096 * (2112.0 * 7168 / 1e15 + 24576.0 * 1536 / 0.5e15 + 32768.0 * 512 / 0.25e15 +
+                                         7168.0 * 16384 / 1e15);
+    ck_assert_double_eq_tol(b.table_gemm_s, L * per_layer, 1e-9);
+    ck_assert_double_eq_tol(b.prefix_kvb_s, 0, 1e-15); /* below the point, more keys cost no more */
+}
+END_TEST
+
+START_TEST(test_costs_permute)
+{
+    /* rows into expert order and back (fp8 in, bf16 out: 6 d bytes per routed row), except where
+     * the exchange writes rows into their expert's slot (DeepEP low-latency + masked GEMM) */
+    clnpu_workload w = dsv3(CLNPU_PHASE_DECODE, 4, 128);
+    const clnpu_plan_breakdown node = one_device("", "node", w), expert = one_device("", "expert", w);
+    const double moe_layers = 58, rows = 4 * 8;
+    ck_assert_double_eq_tol(node.moe_s - expert.moe_s, moe_layers * rows * 6 * 7168 / 1e12, 1e-12);
+    ck_assert_double_eq_tol(node.permute_s, moe_layers * rows * 6 * 7168 / 1e12, 1e-12); /* --explain's figure */
+    ck_assert(expert.permute_s == 0);
+    ck_assert_double_eq_tol(node.attention_s, expert.attention_s, 1e-15);
+}
+END_TEST
+
+
+START_TEST(test_costs_imbalance_transfer)
+{
+    /* Blom's expected maximum of n normals against the exact values (32: 2.0697, 144: 2.6131) */
+    ck_assert_double_eq_tol(clnpu_normal_expected_max(32), 2.0697, 0.01);
+    ck_assert_double_eq_tol(clnpu_normal_expected_max(144), 2.6131, 0.02);
+    ck_assert(clnpu_normal_expected_max(1) == 0);
+    /* carried to where it was measured it is unchanged; one device has none */
+    ck_assert_double_eq_tol(clnpu_expert_imbalance_transfer(1.109, 32, 9, 2048, 32, 9, 2048), 1.109, 1e-12);
+    ck_assert(clnpu_expert_imbalance_transfer(1.109, 32, 9, 2048, 1, 9, 2048) == 1);
+    /* the arithmetic: spread s from the measurement, then (1 + z s / sqrt(n)) (1 + z / sqrt(r)) */
+    const double z32 = clnpu_normal_expected_max(32), z72 = clnpu_normal_expected_max(72);
+    const double spread = (1.109 / (1 + z32 / sqrt(2048)) - 1) * 3 / z32;
+    ck_assert_double_eq_tol(clnpu_expert_imbalance_transfer(1.109, 32, 9, 2048, 72, 4, 1024),
+                            (1 + z72 * spread / 2) * (1 + z72 / 32), 1e-12);
+    /* TensorRT-LLM's second published point: EP36 with 8 slots per rank, ratio 0.115 */
+    ck_assert_double_eq_tol(clnpu_expert_imbalance_transfer(1.109, 32, 9, 2048, 36, 8, 2048), 1.115, 0.002);
+    /* fewer slots per device and fewer rows per exchange: more imbalance */
+    ck_assert(clnpu_expert_imbalance_transfer(1.109, 32, 9, 2048, 144, 2, 856) >
+              clnpu_expert_imbalance_transfer(1.109, 32, 9, 2048, 72, 4, 1024));
+    /* a plan carries it to its own layout: SGLang's decode (EP72, 4 slots, 128 x 8 rows per
+     * half-batch exchange) is slower than with the figure as measured */
+    clnpu_workload w = dsv3(CLNPU_PHASE_DECODE, 18432, 2000);
+    w.ep = 72, w.max_tp = 1, w.expert_imbalance = 1.109;
+    const clnpu_plan_summary as_is = plan_of(SRC "/clusters/h100-sglang-decode.yaml", w, NULL);
+    w.expert_imbalance_at[0] = 32, w.expert_imbalance_at[1] = 9, w.expert_imbalance_at[2] = 2048;
+    const clnpu_plan_summary carried = plan_of(SRC "/clusters/h100-sglang-decode.yaml", w, NULL);
+    ck_assert_msg(carried.step_s > as_is.step_s, "%.4f vs %.4f", carried.step_s, as_is.step_s);
+    ck_assert_double_eq_tol(carried.expert_imbalance,
+                            clnpu_expert_imbalance_transfer(1.109, 32, 9, 2048, 72, 4, 18432.0 / 72 * 8), 1e-9);
+}
+END_TEST
+
 TCase *tcase_plan_published(void)
 {
     TCase *tc = tcase_create("published");
@@ -346,5 +508,10 @@ TCase *tcase_plan_published(void)
     tcase_add_test(tc, test_published_validation_table);
     tcase_add_test(tc, test_published_scale);
     tcase_add_test(tc, test_published_disaggregation);
+    tcase_add_test(tc, test_costs_gemm_tables);
+    tcase_add_test(tc, test_costs_tbo_schedules);
+    tcase_add_test(tc, test_costs_prefill_terms);
+    tcase_add_test(tc, test_costs_permute);
+    tcase_add_test(tc, test_costs_imbalance_transfer);
     return tc;
 }

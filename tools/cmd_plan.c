@@ -12,7 +12,8 @@ static const char usage[] =
     "clnpu plan --model CONFIG.json --cluster FILE.yaml [--phase decode|prefill] [--batch B] [--context L]\n"
     "           [--weights bf16|fp8|int8] [--latent-cache f32|bf16] [--slo-ms X] [--expert-load FILE] [--calibration BENCH.jsonl]\n"
     "           [--targets-dir DIR] [--max-tp N] [--min-tp N] [--ep N] [--prefix-hit F] [--mtp-accept F]\n"
-    "           [--expert-imbalance X] [--redundant-experts R] [--tbo auto|on|off] [--kv-transfer]\n"
+    "           [--expert-imbalance X [--expert-imbalance-at EP,SLOTS,ROWS]] [--redundant-experts R] [--tbo auto|on|off]\n"
+    "           [--kv-transfer]\n"
     "           [--explain] [-o plan.yaml] [--svg plan.svg]\n"
     "       clnpu plan --validate ROWS.yaml [--base-dir DIR]\n"
     "       clnpu plan --model CONFIG.json --cluster FILE.yaml --disaggregate IN,OUT [workload flags]";
@@ -39,14 +40,24 @@ static void explain(const clnpu_model_config *cfg, const clnpu_cluster *cl, cons
            b.moe_s * 1e3, b.comm_s * 1e3, b.other_s * 1e3, b.bubble_s * 1e3, b.overlap_s * 1e3,
            b.tbo ? "two-micro-batch overlap" : "one batch");
     printf("explain: %.0f rows computed and %.0f tokens counted per step\n", b.tokens_per_step, b.output_tokens_per_step);
-    struct { const char *name; clnpu_workload w; clnpu_cluster c; clnpu_calibration k; bool on; } v[8];
+    if (b.table_gemm_s > 0)
+        printf("explain: of attention + MoE, %.3f ms are GEMMs priced from the cluster's published shape tables\n",
+               b.table_gemm_s * 1e3);
+    if (b.permute_s > 0)
+        printf("explain: of MoE compute, %.3f ms routed rows into expert order and back for the exchange\n", b.permute_s * 1e3);
+    if (b.prefill_qkv_s > 0 || b.prefix_kvb_s > 0)
+        printf("explain: of attention, %.3f ms per-head q/k/v traffic (non-absorbed prefill) and %.3f ms kv_b over the "
+               "cached prefix keys\n", b.prefill_qkv_s * 1e3, b.prefix_kvb_s * 1e3);
+    struct { const char *name; clnpu_workload w; clnpu_cluster c; clnpu_calibration k; bool on; } v[14];
     size_t n = 0;
 #define VARIANT(NAME, COND, EDIT) \
-    if ((COND) && n < 8) { v[n].name = NAME, v[n].w = *w, v[n].c = *cl, v[n].k = *cal, v[n].on = true; \
+    if ((COND) && n < 14) { v[n].name = NAME, v[n].w = *w, v[n].c = *cl, v[n].k = *cal, v[n].on = true; \
         { clnpu_workload *W = &v[n].w; clnpu_cluster *C = &v[n].c; clnpu_calibration *K = &v[n].k; (void)W, (void)C, (void)K; EDIT; } n++; }
     VARIANT("prefix-cache hits 0", w->prefix_hit > 0, W->prefix_hit = 0)
     VARIANT("no MTP", w->mtp_accept > 0, W->mtp_accept = 0)
     VARIANT("expert imbalance from the placement", w->expert_imbalance > 0, W->expert_imbalance = 0)
+    VARIANT("imbalance as measured, not carried", w->expert_imbalance > 0 && w->expert_imbalance_at[0] > 0,
+            memset(W->expert_imbalance_at, 0, sizeof W->expert_imbalance_at))
     VARIANT("two-micro-batch overlap off", b.tbo, W->tbo = CLNPU_TBO_OFF)
     VARIANT("two-micro-batch overlap on", !b.tbo, W->tbo = CLNPU_TBO_ON)
     VARIANT("no redundant experts", w->redundant_experts || cl->redundant_experts, (W->redundant_experts = 0, C->redundant_experts = 0))
@@ -54,6 +65,18 @@ static void explain(const clnpu_model_config *cfg, const clnpu_cluster *cl, cons
             (memset(&C->rates, 0, sizeof C->rates), memset(&C->phase[0].rates, 0, sizeof C->rates),
              memset(&C->phase[1].rates, 0, sizeof C->rates)))
     VARIANT("no KV transfer", w->kv_transfer, W->kv_transfer = false)
+    /* the published rate tables: GEMMs by shape (DeepGEMM's), prefill attention by length (FA3's) */
+    const clnpu_kernel_rates *pr = cl->phase[w->phase].set ? &cl->phase[w->phase].rates : &cl->rates;
+    VARIANT("GEMMs at gemm_flops (no shape tables)", pr->gemm_table_count || pr->grouped_table_count,
+            (C->rates.gemm_table_count = C->rates.grouped_table_count = 0,
+             C->phase[0].rates.gemm_table_count = C->phase[0].rates.grouped_table_count = 0,
+             C->phase[1].rates.gemm_table_count = C->phase[1].rates.grouped_table_count = 0))
+    VARIANT("compute on every SM under TBO", b.tbo && pr->tbo_compute_sm_fraction > 0,
+            (C->rates.tbo_compute_sm_fraction = 0, C->phase[0].rates.tbo_compute_sm_fraction = 0,
+             C->phase[1].rates.tbo_compute_sm_fraction = 0))
+    VARIANT("prefill attention at attn_flops", w->phase == CLNPU_PHASE_PREFILL && pr->attn_prefill_table_count,
+            (C->rates.attn_prefill_table_count = 0, C->phase[0].rates.attn_prefill_table_count = 0,
+             C->phase[1].rates.attn_prefill_table_count = 0))
 #undef VARIANT
     for (size_t i = 0; i < n; i++) {
         clnpu_plan *q = NULL;
@@ -74,7 +97,7 @@ static void explain(const clnpu_model_config *cfg, const clnpu_cluster *cl, cons
 int cmd_plan(int argc, char **argv)
 {
     enum { O_MODEL = CLI_OPT_FIRST_FREE, O_CLUSTER, O_PHASE, O_BATCH, O_CONTEXT, O_WEIGHTS, O_SLO, O_LOAD, O_CAL,
-           O_SVG, O_TDIR, O_MAXTP, O_MINTP, O_HIT, O_MTP, O_IMB, O_RED, O_TBO, O_KVX, O_EXPLAIN, O_VALIDATE, O_BASE, O_DISAGG, O_CACHE, O_EP };
+           O_SVG, O_TDIR, O_MAXTP, O_MINTP, O_HIT, O_MTP, O_IMB, O_RED, O_TBO, O_KVX, O_EXPLAIN, O_VALIDATE, O_BASE, O_DISAGG, O_CACHE, O_EP, O_IMBAT };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, O_MODEL}, {"cluster", required_argument, NULL, O_CLUSTER},
         {"phase", required_argument, NULL, O_PHASE}, {"batch", required_argument, NULL, O_BATCH},
@@ -85,7 +108,7 @@ int cmd_plan(int argc, char **argv)
         {"min-tp", required_argument, NULL, O_MINTP}, {"latent-cache", required_argument, NULL, O_CACHE},
         {"ep", required_argument, NULL, O_EP},
         {"prefix-hit", required_argument, NULL, O_HIT}, {"mtp-accept", required_argument, NULL, O_MTP},
-        {"expert-imbalance", required_argument, NULL, O_IMB}, {"redundant-experts", required_argument, NULL, O_RED},
+        {"expert-imbalance", required_argument, NULL, O_IMB}, {"expert-imbalance-at", required_argument, NULL, O_IMBAT}, {"redundant-experts", required_argument, NULL, O_RED},
         {"tbo", required_argument, NULL, O_TBO}, {"kv-transfer", no_argument, NULL, O_KVX},
         {"explain", no_argument, NULL, O_EXPLAIN}, {"validate", required_argument, NULL, O_VALIDATE},
         {"base-dir", required_argument, NULL, O_BASE}, {"disaggregate", required_argument, NULL, O_DISAGG},
@@ -157,6 +180,16 @@ int cmd_plan(int argc, char **argv)
             if (!parse_frac(optarg, 1e3, &w.expert_imbalance) || w.expert_imbalance < 1)
                 return cli_usage_error("plan", usage, "bad --expert-imbalance '%s' (max / mean load, >= 1)", optarg);
             break;
+        case O_IMBAT: {
+            /* EP,SLOTS,ROWS where --expert-imbalance was measured: carried to each layout */
+            double *a = w.expert_imbalance_at;
+            char tail;
+            if (sscanf(optarg, "%lf,%lf,%lf%c", &a[0], &a[1], &a[2], &tail) != 3 || !(a[0] >= 1 && a[1] >= 1 && a[2] >= 1) ||
+                a[0] > 1e9 || a[1] > 1e9 || a[2] > 1e9)
+                return cli_usage_error("plan", usage, "bad --expert-imbalance-at '%s' (EP,SLOTS,ROWS: EP width, expert slots "
+                                       "per device, rows per device per exchange, each >= 1)", optarg);
+            break;
+        }
         case O_RED:
             if (!cli_parse_size(optarg, &w.redundant_experts) || w.redundant_experts > 65536)
                 return cli_usage_error("plan", usage, "bad --redundant-experts '%s'", optarg);

@@ -77,6 +77,49 @@ CLNPU_API void clnpu_graph_free(clnpu_graph *g);
 /* Achieved rates of the kernels the cost model prices, per device; 0 = the profile's peak times
  * the calibration's efficiency. From a cluster file's `kernel_rates` (published figures, with
  * their source) or from measurements (`--calibration`, which wins). */
+/* One point of a GEMM library's published rate table (DeepGEMM's README lists them by shape):
+ * M rows (per group for a grouped GEMM) x N outputs x K inputs ran at `flops` FLOP/s. */
+typedef struct clnpu_gemm_point {
+    double m, n, k, flops;
+} clnpu_gemm_point;
+#define CLNPU_GEMM_TABLE_MAX 32
+
+/* Seconds of `groups` GEMMs of m rows each (N x K) from a table's points of that N x K: the rate
+ * interpolated linearly in log2 M between the tabulated M, the largest M's rate above it, and
+ * below the smallest M the smallest M's time per group (weight-bound: the same weights are read
+ * for fewer rows). -1 when the table has no point of that N x K (the caller prices a roofline).
+ *   clnpu_gemm_point t[] = {{256, 4096, 7168, 932e12}, {512, 4096, 7168, 1040e12}};
+ *   double s = clnpu_gemm_table_time(t, 2, 384, 4096, 7168, 4); // 4 experts x 384 rows */
+CLNPU_API double clnpu_gemm_table_time(const clnpu_gemm_point *table, size_t count, double m, double n, double k,
+                                       double groups);
+
+/* A prefill attention kernel's published rate by prompt length (FlashAttention-3's benchmark:
+ * causal, FLOPs counted for the unmasked half, batch x length = 16k tokens). */
+typedef struct clnpu_attn_point {
+    double len, flops;
+} clnpu_attn_point;
+/* The rate at prompt length `len`: linear in log2 len between points, the end points' beyond
+ * them; 0 for an empty table. */
+CLNPU_API double clnpu_attn_table_rate(const clnpu_attn_point *table, size_t count, double len);
+
+/* One MoE layer of both micro-batches under two-micro-batch overlap (TBO), in the schedules
+ * DeepSeek publishes (open-infra-index day 6; deepseek-ai/profile-data's figures). Per
+ * micro-batch: attention `attn` (of it `late`: the core and o_proj), shared expert + router
+ * `shared`, routed experts `mlp`, `dispatch` and `combine` (seconds each, at full compute units):
+ *   prefill: ATTN(1)+SHARED(0) | COMBINE(0); ATTN(0) | DISPATCH(1); MLP(1) | DISPATCH(0);
+ *            MLP(0)+SHARED(1) | COMBINE(1)
+ *   decode:  SHARED(0)+ATTN-0(1) | DISPATCH(0); MLP(0) alone; ATTN-1(1) | COMBINE(0); then swapped
+ * each slot as long as the longer side. compute_sm_fraction > 0: compute runs on that fixed share
+ * of the compute units throughout (DeepSeek's prefill: 108 of 132 SMs), taking 1 / share as long;
+ * else exchange_sm_fraction of each exchange's time also occupies the compute stream. Returns the
+ * layer's seconds for both micro-batches. */
+typedef struct clnpu_tbo_layer {
+    bool prefill;
+    double attn, late, shared, mlp, dispatch, combine;
+    double compute_sm_fraction, exchange_sm_fraction;
+} clnpu_tbo_layer;
+CLNPU_API double clnpu_tbo_layer_time(const clnpu_tbo_layer *x);
+
 typedef struct clnpu_kernel_rates {
     double gemm_flops;         /* dense and grouped GEMM, compute-bound, in the weight dtype */
     double stream_bandwidth;   /* weights streamed by memory-bound GEMMs (bytes/s) */
@@ -88,6 +131,18 @@ typedef struct clnpu_kernel_rates {
                                   * overlapped compute cannot use them (DeepEP normal kernels hold
                                   * 24 of 132 SMs throughout: 0.18; low-latency kernels fill every
                                   * SM while sending and receiving, about 0.06 of 0.17 ms: 0.35) */
+    double tbo_compute_sm_fraction; /* a fixed split of the compute units while two micro-batches
+                                     * overlap: the compute stream's share (DeepSeek's prefill:
+                                     * 108 of 132 SMs, 0.818; 0: no fixed split) */
+    /* published rates by GEMM shape (replace gemm_flops for the shapes they list): dense GEMMs
+     * (attention projections, dense MLP, shared expert, by tokens) and grouped expert GEMMs (by
+     * rows per expert) */
+    clnpu_gemm_point gemm_table[CLNPU_GEMM_TABLE_MAX];
+    size_t gemm_table_count;
+    clnpu_gemm_point grouped_table[CLNPU_GEMM_TABLE_MAX];
+    size_t grouped_table_count;
+    clnpu_attn_point attn_prefill_table[CLNPU_GEMM_TABLE_MAX]; /* prefill attention core by prompt length */
+    size_t attn_prefill_table_count;
 } clnpu_kernel_rates;
 
 /* Expert dispatch: DeepEP's low-latency kernels send one message per (token, expert) straight
@@ -161,6 +216,10 @@ typedef struct clnpu_workload {
                           * MTP); each step verifies 2 tokens per sequence, emits 1 + accept */
     double expert_imbalance; /* max / mean expert load per device left after placement, measured
                               * (1 or 0 = what the load histogram gives) */
+    double expert_imbalance_at[3]; /* where expert_imbalance was measured: EP width, expert slots
+                                    * per device, rows each device receives per exchange; set,
+                                    * the planner carries it to each layout it prices
+                                    * (clnpu_expert_imbalance_transfer); 0: used as it is */
     int tbo;             /* CLNPU_TBO_*, overrides the cluster's when not DEFAULT */
     size_t redundant_experts; /* overrides the cluster's when > 0 */
     bool kv_transfer;    /* prefill: the KV cache is sent to decode devices (disaggregation), on
@@ -170,6 +229,19 @@ typedef struct clnpu_workload {
 } clnpu_workload;
 
 CLNPU_API clnpu_workload clnpu_workload_default(void);
+
+/* Expert imbalance (max / mean rows per device in one exchange) measured at one layout, carried
+ * to another. Two parts, both seen on the busiest of G devices, z(G) spreads above the mean
+ * (Blom's expected maximum of G normal draws): EPLB leaves each expert copy's load off its share
+ * by a relative spread s, so a device of n slots is off by s / sqrt(n); and one exchange samples
+ * its r rows per device (Poisson: 1 / sqrt(r)). The measurement (ratio, G, n, r) fixes s;
+ * the result is (1 + z(G') s / sqrt(n')) (1 + z(G') / sqrt(r')), 1 for G' <= 1.
+ *   // TensorRT-LLM: 1.109 at EP32, 9 slots, 256 tokens x top-8 per rank; at EP36 with 8 slots:
+ *   double x = clnpu_expert_imbalance_transfer(1.109, 32, 9, 2048, 36, 8, 2048); // 1.1155 */
+CLNPU_API double clnpu_expert_imbalance_transfer(double ratio, double g, double slots, double rows, double g_to,
+                                                 double slots_to, double rows_to);
+/* Blom's approximation of the expected maximum of n standard normal draws, 0 for n <= 1. */
+CLNPU_API double clnpu_normal_expected_max(double n);
 /* The largest cluster the planner takes (65,536 devices plan in about 2 s; past it, an error).
  * EP widths stop at max(expert slots, devices per node), so the search does not grow with N. */
 #define CLNPU_PLAN_MAX_DEVICES 65536
@@ -267,6 +339,10 @@ typedef struct clnpu_plan_breakdown {
     double attention_s, moe_s, comm_s, other_s, bubble_s, overlap_s;
     bool tbo;
     double tokens_per_step, output_tokens_per_step;
+    /* of attention_s: non-absorbed prefill's per-head q / k / v written and read (bf16), and
+     * kv_b expanding the cached prefix keys; of attention_s + moe_s: the GEMMs priced from a
+     * published shape table (DeepGEMM's); of moe_s: routed rows into expert order and back */
+    double prefill_qkv_s, prefix_kvb_s, table_gemm_s, permute_s;
 } clnpu_plan_breakdown;
 CLNPU_API clnpu_plan_breakdown clnpu_plan_get_breakdown(const clnpu_plan *p);
 
