@@ -72,7 +72,25 @@ static clnpu_status time_decode(clnpu_model *m, const int *ids, size_t P, size_t
     return st;
 }
 
-int model_bench_run(clnpu_device *dev, const char *config_path, double oblas_gflops, double triad_gbs)
+/* Weight and latent-cache bytes a decode step of B sequences reads, as parameters (weights at
+ * `bpp` bytes each, the f32 cache at 4). Routed experts: with random routing each token picks k
+ * of E experts uniformly and independently of the other tokens, so a step touches
+ * E * (1 - (1 - k/E)^B) distinct experts on average; everything else is read once per step. */
+static double step_bytes(const clnpu_model_config *c, double wparams, double bpp, size_t B, double ctx)
+{
+    size_t moe_layers = 0;
+    for (size_t l = 0; l < c->num_hidden_layers; l++) moe_layers += clnpu_model_config_is_moe(c, l);
+    const double E = (double)c->n_routed_experts, k = (double)c->num_experts_per_tok;
+    const double pe = 3.0 * (double)c->moe_intermediate_size * (double)c->hidden_size; /* one expert */
+    const double fixed = wparams - (double)moe_layers * k * pe;
+    const double distinct = E > 0 ? E * (1.0 - pow(1.0 - k / E, (double)B)) : 0;
+    const double cache = (double)B * (double)c->num_hidden_layers * ctx *
+                         (double)(c->kv_lora_rank + c->qk_rope_head_dim) * 4.0;
+    return bpp * (fixed + (double)moe_layers * distinct * pe) + cache;
+}
+
+int model_bench_run(clnpu_device *dev, const char *config_path, double oblas_gflops, double triad_gbs,
+                    double (*triad_again)(void))
 {
     clnpu_model_config cfg;
     if (fail_here(clnpu_model_config_load(config_path, &cfg), config_path)) return 1;
@@ -84,7 +102,7 @@ int model_bench_run(clnpu_device *dev, const char *config_path, double oblas_gfl
     const double flops_tok = 2.0 * (active - 2 * vh);
     /* Decode reads every active weight but the embedding table once per step. */
     const double wparams = active - vh;
-    const size_t T = 512, V = cfg.vocab_size;
+    const size_t T = 512, V = cfg.vocab_size, P = 64;
     int *ids = malloc(T * sizeof *ids);
     for (size_t i = 0; i < T; i++) ids[i] = (int)(1 + (i * 7919) % (V - 1));
     printf("\nModel %s (random weights): %.4g M parameters, %.4g M active per token\n", config_path, total / 1e6,
@@ -95,6 +113,7 @@ int model_bench_run(clnpu_device *dev, const char *config_path, double oblas_gfl
     for (int wi = 0; wi < 2 && !rc; wi++) {
         const int wdt = wi ? CLNPU_DTYPE_I8 : -1; /* random weights are bf16 by default */
         const char *wname = wi ? "int8" : "bf16";
+        const double bpp = wi ? 1.0 : 2.0; /* int8's group scales (4 bytes per 128) not counted */
         clnpu_model_options o = clnpu_model_options_default();
         o.max_sequences = 32, o.max_context = T + 64, o.max_tokens = T, o.weights = wdt;
         clnpu_model *m = NULL;
@@ -112,19 +131,28 @@ int model_bench_run(clnpu_device *dev, const char *config_path, double oblas_gfl
         }
         const size_t batches[3] = {1, 8, 32};
         for (int b = 0; b < 3 && !rc; b++) {
-            if (fail_here(time_decode(m, ids, 64, batches[b], batches[b] == 1 ? 48 : 16, &tps), "decode")) {
+            const size_t B = batches[b], steps = B == 1 ? 48 : 16;
+            const double t0 = triad_again ? triad_again() : triad_gbs;
+            if (fail_here(time_decode(m, ids, P, B, steps, &tps), "decode")) {
                 rc = 1;
                 break;
             }
+            const double t1 = triad_again ? triad_again() : triad_gbs, triad = (t0 + t1) / 2;
+            /* bytes of a step: weights (distinct experts of B tokens) + the latent cache at the
+             * timed steps' mean context (P - 7 prefilled, 2 warm-up steps, then `steps`) */
+            const double ctx = (double)(P - 7 + 2) + steps / 2.0;
+            const double bytes = step_bytes(&cfg, wparams, bpp, B, ctx), gbs = tps / B * bytes / 1e9;
             char label[64];
-            snprintf(label, sizeof label, "decode %s, %zu sequence%s", wname, batches[b], batches[b] > 1 ? "s" : "");
-            if (batches[b] == 1) {
+            snprintf(label, sizeof label, "decode %s, %zu sequence%s", wname, B, B > 1 ? "s" : "");
+            if (B == 1) {
                 tps1[wi] = tps;
-                const double bytes = wparams * (wi ? 1.0 : 2.0), gbs = tps * bytes / 1e9;
-                printf("%-34s %10.1f %8.1f GB/s %6.1f GB/s %8.2fx  (memory roofline at STREAM triad)\n", label, tps,
-                       gbs, triad_gbs, gbs / triad_gbs);
+                printf("%-34s %10.1f %8.1f GB/s %6.1f GB/s %8.2fx  (memory roofline at STREAM triad %.1f-%.1f)\n",
+                       label, tps, gbs, triad, gbs / triad, t0 < t1 ? t0 : t1, t0 < t1 ? t1 : t0);
             } else {
-                printf("%-34s %10.1f %12s %10s %8.2fx  (vs 1 sequence)\n", label, tps, "", "", tps / tps1[wi]);
+                const double b1 = step_bytes(&cfg, wparams, bpp, 1, ctx);
+                printf("%-34s %10.1f %8.1f GB/s %6.1f GB/s %8.2fx  (its bytes roofline; %.2fx batch 1, "
+                       "bytes ceiling %.2fx: %.0f MB/step, batch 1 %.0f)\n",
+                       label, tps, gbs, triad, gbs / triad, tps / tps1[wi], B * b1 / bytes, bytes / 1e6, b1 / 1e6);
             }
             fflush(stdout);
         }

@@ -98,10 +98,11 @@ static void from_profile(const clnpu_device *dev, const clnpu_gemm_shape *s, cln
     set(p, CLNPU_GP_KC, 0, "kernel");
 }
 
-/* $CLNPU_GEMM="mr=10,nb=2,mb=8,kc=256": for measuring by hand; wins over everything. */
-static void from_env(clnpu_gemm_params *p)
+/* $CLNPU_GEMM="mr=10,nb=2,mb=8,kc=256": for measuring by hand; wins over everything.
+ * $CLNPU_GEMM_GEMV, _DECODE, _GROUPED, _PREFILL: the same for one shape class only (a decode
+ * step runs gemv and grouped launches; measuring one class's change needs the other kept). */
+static void from_env_var(clnpu_gemm_params *p, const char *e)
 {
-    const char *e = getenv("CLNPU_GEMM");
     if (!e || !*e) return;
     char buf[256];
     snprintf(buf, sizeof buf, "%s", e);
@@ -112,6 +113,17 @@ static void from_env(clnpu_gemm_params *p)
         for (int i = 0; i < CLNPU_GP_COUNT; i++)
             if (!strcmp(t, names[i])) set(p, (clnpu_gemm_param)i, atoi(eq + 1), "env");
     }
+}
+
+static void from_env(const clnpu_gemm_shape *s, clnpu_gemm_params *p)
+{
+    from_env_var(p, getenv("CLNPU_GEMM"));
+    char name[32];
+    const char *cls = clnpu_gemm_class(s);
+    size_t n = (size_t)snprintf(name, sizeof name, "CLNPU_GEMM_");
+    for (size_t i = 0; cls[i] && n + 1 < sizeof name; i++) name[n++] = (char)(cls[i] >= 'a' && cls[i] <= 'z' ? cls[i] - 32 : cls[i]);
+    name[n] = '\0';
+    from_env_var(p, getenv(name));
 }
 
 void clnpu_gemm_params_choose(clnpu_device *dev, const clnpu_gemm_shape *s, const clnpu_tuning_entry *te,
@@ -132,7 +144,7 @@ void clnpu_gemm_params_choose(clnpu_device *dev, const clnpu_gemm_shape *s, cons
             if (v != none) set(p, (clnpu_gemm_param)i, v, src);
         }
     }
-    from_env(p);
+    from_env(s, p);
     /* what the kernel accepts */
     int *v = p->v;
     if (s->m == 1 && strcmp(p->src[CLNPU_GP_MR], "env")) v[CLNPU_GP_MR] = 1; /* one row: a stream over W */

@@ -42,6 +42,16 @@ clnpu_status clnpu_launch(clnpu_device *dev, const char *source, const char *opt
     return clnpu_enqueue(dev, k, dims, g, driver_local ? NULL : l, kernel);
 }
 
+size_t clnpu_row_wg(const clnpu_device *dev, size_t n)
+{
+    size_t cap = clnpu_device_get_info(dev)->max_work_group_size;
+    if (cap > 1024) cap = 1024;
+    if (!cap || !n) return 1;
+    for (size_t l = n < cap ? n : cap; l > 1; l--)
+        if (n % l == 0) return l;
+    return 1;
+}
+
 clnpu_status clnpu_enqueue(clnpu_device *dev, cl_kernel k, cl_uint dims, const size_t *global, const size_t *local,
                            const char *trace_name)
 {

@@ -125,7 +125,7 @@ static clnpu_status attention_prefill(clnpu_model *m, model_layer *ly, size_t se
     cl_mem lat = clnpu_mem(m->latent), cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev);
     cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, s = (cl_uint)seq;
     clnpu_karg ga[] = {KARG(lat), KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(s)};
-    size_t g2[2] = {m->lat, S}, l2[2] = {m->lat % 64 ? 1 : 64, 1};
+    size_t g2[2] = {m->lat, S}, l2[2] = {clnpu_row_wg(m->dev, m->lat), 1};
     char opts[96];
     snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu%s", R, c->qk_rope_head_dim,
              clnpu_latent_cache_define(m->opt.latent_cache));
@@ -136,8 +136,8 @@ static clnpu_status attention_prefill(clnpu_model *m, model_layer *ly, size_t se
         cl_uint n = (cl_uint)nope, v = (cl_uint)vd, ld = (cl_uint)m->lat, off = (cl_uint)R,
                 rope = (cl_uint)c->qk_rope_head_dim, h = (cl_uint)H;
         clnpu_karg ka[] = {KARG(K), KARG(kv), KARG(n), KARG(v), KARG(lat), KARG(ld), KARG(off), KARG(rope), KARG(h)};
-        size_t g3[3] = {m->dqk, H, S};
-        st = clnpu_launch(m->dev, "elementwise.cl", NULL, "clnpu_mla_assemble_k", 3, g3, NULL, ka, 9);
+        size_t g3[3] = {m->dqk, H, S}, l3[3] = {clnpu_row_wg(m->dev, m->dqk), 1, 1};
+        st = clnpu_launch(m->dev, "elementwise.cl", NULL, "clnpu_mla_assemble_k", 3, g3, l3, ka, 9);
     }
     if (!st) {
         clnpu_attention_args a = {
@@ -210,7 +210,7 @@ static clnpu_status attention_dense(clnpu_model *m, model_layer *ly, size_t T, b
                sq = clnpu_mem(m->seqs), ps = clnpu_mem(m->pos);
         cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, lds = (cl_uint)m->lat;
         clnpu_karg a[] = {KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(src), KARG(lds), KARG(sq), KARG(ps)};
-        size_t g[2] = {m->lat, T}, lo[2] = {m->lat % 64 ? 1 : 64, 1};
+        size_t g[2] = {m->lat, T}, lo[2] = {clnpu_row_wg(m->dev, m->lat), 1};
         st = clnpu_launch(m->dev, "mla.cl", opts, "clnpu_kv_append", 2, g, lo, a, 8);
     }
     if (!st) st = decode ? attention_decode(m, ly, T, maxlen) : attention_prefill(m, ly, seq_of[0], pos_of[0], T);

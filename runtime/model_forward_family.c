@@ -146,7 +146,7 @@ clnpu_status clnpu_model_family_attention(clnpu_model *m, model_layer *ly, size_
                sq = clnpu_mem(m->seqs), ps = clnpu_mem(m->pos);
         cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, lds = (cl_uint)m->lat;
         clnpu_karg a[] = {KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(src), KARG(lds), KARG(sq), KARG(ps)};
-        size_t g[2] = {m->lat, T}, lo[2] = {m->lat % 64 ? 1 : 64, 1};
+        size_t g[2] = {m->lat, T}, lo[2] = {clnpu_row_wg(m->dev, m->lat), 1};
         st = clnpu_launch(m->dev, "mla.cl", opts, "clnpu_kv_append", 2, g, lo, a, 8);
     }
     if (!st) st = indexer(m, ly, q_resid, T, maxlen);

@@ -268,22 +268,45 @@ static clnpu_status upload_rows(clnpu_device *dev, loader *L, const char *name, 
     return st ? clnpu_fail_context(st, "loading %s", name) : CLNPU_OK;
 }
 
-/* W_UK^T and W_UV per head from kv_b_proj [H * (nope + v), R], for the absorbed decode. */
+/* W_UK^T and W_UV per head from kv_b_proj [H * (nope + v), R], for the absorbed decode. Every
+ * decode step streams them, so they keep kv_b's bytes where that is exact: bf16 kv_b gives bf16
+ * copies (a transpose moves values, bf16 -> f32 -> bf16 is the identity); int8 kv_b gives W_UV
+ * as kv_b's own rows and group scales (its K is kv_b's K). W_UK^T crosses int8 groups, so under
+ * --weights int8 it is bf16: each element within 2^-9 of its dequantised int8 value (int8's own
+ * step is 1/254 of the group's largest), half the bytes of f32. fp8, f16 and f32 kv_b: f32. */
 static clnpu_status upload_absorbed(clnpu_model *m, loader *L, const clnpu_weight_desc *kvb, model_layer *ly)
 {
     const size_t H = m->heads, R = m->cfg.kv_lora_rank, nope = m->cfg.qk_nope_head_dim,
                  vd = m->cfg.v_head_dim, blk = nope + vd;
+    const bool b16 = kvb->dtype == CLNPU_DTYPE_BF16, i8 = kvb->dtype == CLNPU_DTYPE_I8;
     float *f = malloc(kvb->n * R * sizeof *f);
     float *ukt = keep(L, malloc(H * R * nope * sizeof *ukt)), *uv = keep(L, malloc(H * vd * R * sizeof *uv));
+    uint16_t *ukt16 = b16 || i8 ? keep(L, malloc(H * R * nope * sizeof *ukt16)) : NULL;
+    uint16_t *uv16 = b16 ? keep(L, malloc(H * vd * R * sizeof *uv16)) : NULL;
     clnpu_weight_desc *du = calloc(H, sizeof *du), *dv = calloc(H, sizeof *dv);
-    clnpu_status st = f && ukt && uv && du && dv ? clnpu_weight_desc_to_f32(kvb, f)
-                                                 : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    clnpu_status st = f && ukt && uv && du && dv && (!b16 || uv16) && (!(b16 || i8) || ukt16)
+                          ? clnpu_weight_desc_to_f32(kvb, f)
+                          : clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    /* scale floats per kv_b row (int8: [n][ceil(R / group_k)], or one per row) */
+    const size_t srow = i8 && kvb->group_k ? (R + kvb->group_k - 1) / kvb->group_k : 1;
     for (size_t h = 0; !st && h < H; h++) {
         for (size_t c = 0; c < R; c++)
             for (size_t i = 0; i < nope; i++) ukt[(h * R + c) * nope + i] = f[(h * blk + i) * R + c];
         memcpy(uv + h * vd * R, f + (h * blk + nope) * R, vd * R * sizeof *f);
         du[h] = (clnpu_weight_desc){CLNPU_DTYPE_F32, R, nope, ukt + h * R * nope, NULL, 0};
         dv[h] = (clnpu_weight_desc){CLNPU_DTYPE_F32, vd, R, uv + h * vd * R, NULL, 0};
+        if (b16) {
+            for (size_t i = 0; i < R * nope; i++) ukt16[h * R * nope + i] = clnpu_f32_to_bf16(ukt[h * R * nope + i]);
+            for (size_t i = 0; i < vd * R; i++) uv16[h * vd * R + i] = clnpu_f32_to_bf16(uv[h * vd * R + i]);
+            du[h] = (clnpu_weight_desc){CLNPU_DTYPE_BF16, R, nope, ukt16 + h * R * nope, NULL, 0};
+            dv[h] = (clnpu_weight_desc){CLNPU_DTYPE_BF16, vd, R, uv16 + h * vd * R, NULL, 0};
+        } else if (i8) {
+            for (size_t i = 0; i < R * nope; i++) ukt16[h * R * nope + i] = clnpu_f32_to_bf16(ukt[h * R * nope + i]);
+            du[h] = (clnpu_weight_desc){CLNPU_DTYPE_BF16, R, nope, ukt16 + h * R * nope, NULL, 0};
+            const size_t row = h * blk + nope;
+            dv[h] = (clnpu_weight_desc){CLNPU_DTYPE_I8, vd, R, (const int8_t *)kvb->data + row * R,
+                                        kvb->scales + row * srow, kvb->group_k};
+        }
     }
     for (size_t h = 0; !st && L->stats && h < H; h++)
         clnpu_model_weight_stats_add(L->stats, &du[h]), clnpu_model_weight_stats_add(L->stats, &dv[h]);

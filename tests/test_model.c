@@ -507,6 +507,38 @@ START_TEST(test_pipeline_placement)
 }
 END_TEST
 
+/* --weights int8: decode (absorbed: per-head W_UK^T in bf16 from the dequantised int8 kv_b, W_UV
+ * as kv_b's int8 rows) against prefill (kv_b itself) of the same tokens. The bound is W_UK^T's
+ * bf16 rounding (2^-9 of each element; measured 5e-4 on this fixture) with room, well inside
+ * int8's own error against transformers (~0.1 here). */
+START_TEST(test_int8_decode_matches_prefill)
+{
+    fixture f;
+    open_fixture(&f);
+    const size_t T = f.T, V = f.cfg.vocab_size;
+    const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
+    float *lp = malloc(T * V * sizeof *lp), *ld = malloc(T * V * sizeof *ld);
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_sequences = 2, o.max_context = 64, o.max_tokens = 32, o.weights = CLNPU_DTYPE_I8;
+    clnpu_model *m;
+    ck_assert_ok(clnpu_model_create(test_device(), &f.cfg, f.ck, &o, &m));
+    for (size_t i = 0; i < T * V; i++) lp[i] = ld[i] = NAN;
+    ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, T, lp));
+    ck_assert_ok(clnpu_model_prefill(m, 1, f.ids, 1, ld));
+    for (size_t t = 1; t < T; t++) {
+        const size_t s1 = 1;
+        ck_assert_ok(clnpu_model_decode(m, &s1, &f.ids[t], 1, ld + t * V));
+    }
+    const double e = rel(ld + V, lp + V, (T - 1) * V), er = rel(lp, ref, T * V);
+    fprintf(stderr, "tiny A.X K1, --weights int8: decode vs prefill rel %.2e; prefill vs transformers %.3g\n", e, er);
+    ck_assert_msg(e > 0 && e <= 2e-3, "int8 decode vs prefill: rel %.3g", e);
+    ck_assert_msg(er > 1e-3 && er <= 0.2, "int8 prefill vs transformers: rel %.3g", er);
+    clnpu_model_destroy(m);
+    free(lp), free(ld);
+    close_fixture(&f);
+}
+END_TEST
+
 /* bf16 and fp8 latent caches: the transformers logits through prefill (the cached prefix gathered
  * back) and through prefill 1 + decode 23 (every decode step reads the cache), the two paths
  * equal to each other (they read the same cached values), and the cache's bytes. */
@@ -987,6 +1019,7 @@ Suite *suite_model(void)
     tcase_add_test(tc, test_pipeline_placement);
     tcase_add_test(tc, test_model_memory_estimate);
     tcase_add_test(tc, test_latent_cache_types);
+    tcase_add_test(tc, test_int8_decode_matches_prefill);
     tcase_add_test(tc, test_plan_memory_matches_run);
     suite_add_tcase(s, tc);
     return s;

@@ -223,7 +223,10 @@ static void runner_free(runner *r)
 
 static clnpu_status attn_setup(runner *r, size_t T, bool check)
 {
-    const size_t H = 4, dq = 192, dv = 128;
+    /* the class names the head dims: d192_128 (A.X K1, DeepSeek-V3), d96_64 (axk1-mini) */
+    const size_t H = 4;
+    size_t dq = 192, dv = 128;
+    if (sscanf(r->j->cls, "d%zu_%zu", &dq, &dv) != 2 || !dq || !dv || dq > 1024 || dv > 1024) dq = 192, dv = 128;
     uint64_t s = 77;
     clnpu_status st = CLNPU_OK;
     size_t sizes[4] = {T * H * dq, T * H * dq, T * H * dv, T * H * dv};
@@ -239,7 +242,7 @@ static clnpu_status attn_setup(runner *r, size_t T, bool check)
     r->att = (clnpu_attention_args){.q = {r->z3[0], 0, H * dq}, .k = {r->z3[1], 0, H * dq}, .v = {r->z3[2], 0, H * dv},
                                     .o = {r->z3[3], 0, H * dv}, .q_head_stride = dq, .k_head_stride = dq,
                                     .v_head_stride = dv, .o_head_stride = dv, .heads = H, .dqk = dq, .dv = dv,
-                                    .tokens = T, .prefix = 0, .scale = 0.0721688f};
+                                    .tokens = T, .prefix = 0, .scale = (float)(1.0 / sqrt((double)dq))};
     if (check) {
         r->ref = malloc(T * H * dv * sizeof *r->ref);
         double *sc = malloc(T * sizeof *sc);
@@ -249,7 +252,7 @@ static clnpu_status attn_setup(runner *r, size_t T, bool check)
                 for (size_t j = 0; j <= t; j++) {
                     double a = 0;
                     for (size_t d = 0; d < dq; d++) a += (double)host[0][(t * H + h) * dq + d] * host[1][(j * H + h) * dq + d];
-                    mx = fmax(mx, sc[j] = a * 0.0721688f);
+                    mx = fmax(mx, sc[j] = a * r->att.scale);
                 }
                 for (size_t j = 0; j <= t; j++) z += (sc[j] = exp(sc[j] - mx));
                 for (size_t d = 0; d < dv; d++) {
@@ -545,6 +548,7 @@ int cmd_tune(int argc, char **argv)
             }
         } else if (!strcmp(op, "attention")) {
             jobs[nj++] = (job){"attention", "d192_128", CLNPU_DTYPE_F32, 0, 0, 0, 0, {{0}}};
+            jobs[nj++] = (job){"attention", "d96_64", CLNPU_DTYPE_F32, 0, 0, 0, 0, {{0}}};
         } else if (!strcmp(op, "mla")) {
             jobs[nj++] = (job){"mla", "ctx4k", CLNPU_DTYPE_F32, 0, 0, 0, 0, {{0}}};
         } else {
