@@ -13,7 +13,7 @@
  * Tunables: CLNPU_DSA_BK, CLNPU_DSA_HC (kernels-cl/tunables.yaml, dsa_wg); CLNPU_DSA_D,
  * CLNPU_MLA_R / DR / HG / BT and WGS from the host, which sizes them to the local budget.
  * Per-thread arrays have at least two elements (PoCL 3.1 quirk, see attention_wg.cl). */
-#include "clnpu_common.h"
+#include "clnpu_cache.h"
 
 #ifndef CLNPU_DSA_D
 #define CLNPU_DSA_D 128
@@ -64,21 +64,11 @@
 #error "dsa_wg: HG must not exceed the work-group"
 #endif
 
-/* The latent cache's elements, as mla_wg.cl: f32, or bf16 with CLNPU_CACHE_BF16=1, widened
- * exactly as a tile is loaded (the tile and the arithmetic stay f32). Every latent read below is
- * CACHE_READ(row, d), element d of the row at cache + index * CACHE_STRIDE (in CACHE_T units):
- * the only two names a further cache type changes. */
-#ifndef CLNPU_CACHE_BF16
-#define CLNPU_CACHE_BF16 0
-#endif
-#if CLNPU_CACHE_BF16
-#define CACHE_T ushort
-#define CACHE_READ(row, d) clnpu_bf16_to_f32((row)[d])
-#else
-#define CACHE_T float
-#define CACHE_READ(row, d) ((row)[d])
-#endif
-#define CACHE_STRIDE ROW
+/* The latent cache's rows (f32, bf16 or fp8) come from kernels-cl/clnpu_cache.h, as in mla_wg.cl:
+ * each latent read is clnpu_cache_load of the row at cache + index * CACHE_ROW, widened (and
+ * scaled) as a tile is loaded; the tile and the arithmetic stay f32. */
+#define CACHE_READ(row, d) clnpu_cache_load((row), (d))
+#define CACHE_STRIDE CACHE_ROW
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_dsa_scores_wg
 /* Grid: (ceil(max_len / BK) * WGS, T), local (WGS, 1). Keys past a query's position get -inf.

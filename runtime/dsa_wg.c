@@ -8,6 +8,7 @@
 #include "clnpu/capability.h"
 #include "clnpu/tuning.h"
 #include "dsa_internal.h"
+#include "latent_cache.h"
 
 bool clnpu_dsa_use_wg(const clnpu_device *dev)
 {
@@ -90,10 +91,9 @@ clnpu_status clnpu_mla_sparse_wg(clnpu_device *dev, const clnpu_mla_sparse_args 
     size_t wgs;
     clnpu_status st = group_size(dev, "clnpu_mla_sparse_wg", &wgs);
     if (st) return st;
-    /* the cache types kernels-cl/dsa_wg.cl reads (CACHE_READ); another is refused, never read as f32 */
-    if (a->cache_dtype != CLNPU_DTYPE_F32 && a->cache_dtype != CLNPU_DTYPE_BF16)
-        return clnpu_fail(CLNPU_ERR_UNSUPPORTED, "clnpu_mla_sparse_wg: a %s latent cache (the wg family reads f32, bf16)",
-                          clnpu_dtype_name(a->cache_dtype) ? clnpu_dtype_name(a->cache_dtype) : "?");
+    /* the cache types kernels-cl/clnpu_cache.h reads; another is refused, never read as f32 */
+    st = clnpu_latent_cache_check(a->cache_dtype, "clnpu_mla_sparse_wg");
+    if (st) return st;
     /* as clnpu_mla_decode_wg: HG heads (up to 8) share each tile of BT selected rows; the largest
      * HG, then BT (32 .. 1) that fit the budget */
     const uint64_t budget = clnpu_device_capability(dev)->local_mem_bytes;
@@ -110,7 +110,7 @@ clnpu_status clnpu_mla_sparse_wg(clnpu_device *dev, const clnpu_mla_sparse_args 
     }
     char opts[192];
     snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu -DCLNPU_MLA_BT=%zu -DWGS=%zu%s", R,
-             a->rope_dim, hg, bt, wgs, a->cache_dtype == CLNPU_DTYPE_BF16 ? " -DCLNPU_CACHE_BF16=1" : "");
+             a->rope_dim, hg, bt, wgs, clnpu_latent_cache_define(a->cache_dtype));
     clnpu_karg wargs[20];
     memcpy(wargs, args, 19 * sizeof *args);
     wargs[19] = (clnpu_karg){bytes, NULL};

@@ -71,10 +71,16 @@ clnpu_status clnpu_model_memory_estimate(const clnpu_model_config *c, const clnp
     if (c->n_shared_experts) out->moe_scratch += T * I * (double)c->n_shared_experts * 4 + T * d * 4;
     out->shard_scratch = rows * d * 4 * 2 + rows * I * 4;
     out->replica_rows = 2 * T * d * 4;
-    /* runtime/model_load.c's upload_absorbed: per head W_UK^T [R][nope] and W_UV [v][R] in f32,
-     * rows padded to an even number of 16-row panels (runtime/gemm.c) */
+    /* runtime/model_load.c's upload_absorbed: per head W_UK^T [R][nope] and W_UV [v][R], rows
+     * padded to an even number of 16-row panels (runtime/gemm.c), in kv_b's bytes where exact:
+     * bf16 copies of a bf16 kv_b (opt.weights -1: the checkpoint's dtype, taken as bf16 as A.X K1
+     * ships), int8 W_UV from kv_b's own rows and scales (one f32 per 128 of R) beside a bf16
+     * W_UK^T, and f32 copies of an fp8 kv_b */
     const double nope = (double)c->qk_nope_head_dim, vd = (double)c->v_head_dim;
-    out->absorbed_per_layer = H * (panel_rows(R) * nope + panel_rows(vd) * R) * 4;
+    const double uk = panel_rows(R) * nope, uv = panel_rows(vd) * R;
+    if (o.weights == CLNPU_DTYPE_I8) out->absorbed_per_layer = H * (uk * 2 + uv + panel_rows(vd) * ceil(R / 128) * 4);
+    else if (o.weights == CLNPU_DTYPE_FP8_E4M3) out->absorbed_per_layer = H * (uk + uv) * 4;
+    else out->absorbed_per_layer = H * (uk + uv) * 2;
     /* runtime/generate.c: a row of logits and a drawn id per sequence */
     out->sampling = B * V * 4 + B * 4;
     return CLNPU_OK;

@@ -26,6 +26,8 @@ static clnpu_model_memory exec_memory(const clnpu_graph *gr, const clnpu_workloa
     o.max_sequences = per < 1 ? 1 : (size_t)(per + 0.999999);
     o.max_tokens = plan_exec_max_tokens(w, r, batch);
     o.latent_cache = w->latent_cache;
+    /* the weights as clnpu run loads them: a bf16 plan from the checkpoint, int8 / fp8 converted */
+    o.weights = w->weights == CLNPU_DTYPE_BF16 ? -1 : (int)w->weights;
     clnpu_model_memory mm = {0};
     if (clnpu_model_memory_estimate(&gr->cfg, &o, t, &mm)) mm = (clnpu_model_memory){0};
     return mm;
@@ -53,7 +55,7 @@ double plan_exec_unit_bytes(const clnpu_graph *gr, const clnpu_workload *w, cons
     /* the head's device draws the tokens (a clnpu_generator over the replica's sequences) */
     if (u->kind == CLNPU_UNIT_HEAD) return mm.logits + mm.sampling;
     if (u->layer < 0) return 0;
-    /* every layer: the absorbed decode's f32 copies of kv_b_proj on each device with attention */
+    /* every layer: the absorbed decode's copies of kv_b_proj on each device with attention */
     if (u->kind != CLNPU_UNIT_MOE) return mm.absorbed_per_layer;
     /* the router's device holds the block's scratch, and its own shard's when experts are spread;
      * replicas meet there */

@@ -261,8 +261,9 @@ START_TEST(test_wg_dsa_topk)
 END_TEST
 
 /* Sparse absorbed MLA over random selections (1 .. k rows of a paged cache): the selection whole,
- * in 3 chunks merged after, as chosen, and (odd shapes) over a bf16 cache; each shape at one of
- * the work-group sizes. */
+ * in 3 chunks merged after, as chosen, and (odd shapes) over a bf16 cache; then whole and in 3
+ * chunks over an fp8 cache (FlashMLA's rows, ragged magnitudes along c; the reference reads the
+ * values it holds); each shape at one of the work-group sizes. */
 START_TEST(test_wg_mla_sparse)
 {
     clnpu_device *dev = test_device();
@@ -289,42 +290,76 @@ START_TEST(test_wg_mla_sparse)
             for (size_t i = c; i < k; i++) idx[r * k + i] = -1; /* never read */
         }
         double *ref = calloc(N * H * R, sizeof *ref), *sc = malloc(k * sizeof *sc);
-        for (size_t r = 0; r < N; r++)
-            for (size_t h = 0; h < H; h++) {
-                double mx = -INFINITY, sum = 0;
-                for (int i = 0; i < cnt[r]; i++) {
-                    const float *c = cache + row_of(bt, mb, page, seq[r], (size_t)idx[r * k + i]) * row;
-                    double s = 0;
-                    for (size_t d = 0; d < R; d++) s += (double)qa[(r * H + h) * R + d] * c[d];
-                    for (size_t d = 0; d < DR; d++) s += (double)qp[16 + r * ld + h * dqk + d] * c[R + d];
-                    sc[i] = s * 0.37;
-                    if (sc[i] > mx) mx = sc[i];
-                }
-                for (int i = 0; i < cnt[r]; i++) sum += sc[i] = exp(sc[i] - mx);
-                for (int i = 0; i < cnt[r]; i++) {
-                    const float *c = cache + row_of(bt, mb, page, seq[r], (size_t)idx[r * k + i]) * row;
-                    for (size_t d = 0; d < R; d++) ref[(r * H + h) * R + d] += sc[i] / sum * c[d];
-                }
+        clnpu_buffer *bc8 = NULL;
+        for (int pass = 0; pass < 2; pass++) {
+            if (pass) { /* the fp8 cache */
+                for (size_t i = 0; i < nc; i++)
+                    if (i % row < R) cache[i] *= ldexpf(1.0f, (int)((i % row) / 8 % 5) - 2);
+                size_t nb;
+                void *enc = test_latent_cache_encode(CLNPU_DTYPE_FP8_E4M3, R, DR, 2 * mb * page, cache, &nb);
+                bc8 = upload(enc, nb);
+                free(enc);
+                for (size_t i = 0; i < N * H * R; i++) ref[i] = 0;
             }
-        clnpu_buffer *bqa = upload(qa, N * H * R * 4), *bqp = upload(qp, N * ld * 4), *bc = upload(cache, nc * 4),
-                     *bc16 = upload(c16, nc * 2), *bbt = upload(bt, 2 * mb * 4), *bs = upload(seq, N * 4),
-                     *bi = upload(idx, N * k * 4), *bn = upload(cnt, N * 4), *out = poisoned(N * H * R);
-        float *o = malloc(N * H * R * sizeof *o);
-        const unsigned splits[4] = {1, 3, 0, 0};
-        for (int sp = 0; sp < (si % 2 ? 4 : 3); sp++) {
-            const float nan = NAN;
-            ck_assert_ok(clnpu_buffer_fill(out, &nan, sizeof nan));
-            clnpu_mla_sparse_args a = {bqa, bqp, 16, ld, dqk, sp == 3 ? bc16 : bc, page, bbt, mb, bs, bi, bn, k,
-                                       N, H, R, DR, 0.37f, out, splits[sp], sp == 3 ? CLNPU_DTYPE_BF16 : CLNPU_DTYPE_F32};
-            ck_assert_ok(clnpu_mla_sparse(dev, &a));
-            ck_assert_ok(clnpu_buffer_read(out, 0, o, N * H * R * 4));
-            const double e = rel_err(o, ref, N * H * R), tol = 2e-6 * sqrt((double)k) + 1e-6;
-            ck_assert_msg(e <= tol, "wg %u sparse MLA rows %zu H %zu R %zu k %zu splits %u%s: rel error %.3g > %.3g",
-                          sizes[_i], N, H, R, k, splits[sp], sp == 3 ? " bf16" : "", e, tol);
+            for (size_t r = 0; r < N; r++)
+                for (size_t h = 0; h < H; h++) {
+                    double mx = -INFINITY, sum = 0;
+                    for (int i = 0; i < cnt[r]; i++) {
+                        const float *c = cache + row_of(bt, mb, page, seq[r], (size_t)idx[r * k + i]) * row;
+                        double s = 0;
+                        for (size_t d = 0; d < R; d++) s += (double)qa[(r * H + h) * R + d] * c[d];
+                        for (size_t d = 0; d < DR; d++) s += (double)qp[16 + r * ld + h * dqk + d] * c[R + d];
+                        sc[i] = s * 0.37;
+                        if (sc[i] > mx) mx = sc[i];
+                    }
+                    for (int i = 0; i < cnt[r]; i++) sum += sc[i] = exp(sc[i] - mx);
+                    for (int i = 0; i < cnt[r]; i++) {
+                        const float *c = cache + row_of(bt, mb, page, seq[r], (size_t)idx[r * k + i]) * row;
+                        for (size_t d = 0; d < R; d++) ref[(r * H + h) * R + d] += sc[i] / sum * c[d];
+                    }
+                }
+            if (pass) {
+                float *o = malloc(N * H * R * sizeof *o);
+                clnpu_buffer *bqa = upload(qa, N * H * R * 4), *bqp = upload(qp, N * ld * 4), *bbt = upload(bt, 2 * mb * 4),
+                             *bs = upload(seq, N * 4), *bi = upload(idx, N * k * 4), *bn = upload(cnt, N * 4),
+                             *out = poisoned(N * H * R);
+                for (int sp = 0; sp < 2; sp++) {
+                    const float nan = NAN;
+                    ck_assert_ok(clnpu_buffer_fill(out, &nan, sizeof nan));
+                    clnpu_mla_sparse_args a = {bqa, bqp, 16, ld, dqk, bc8, page, bbt, mb, bs, bi, bn, k,
+                                               N, H, R, DR, 0.37f, out, sp ? 3 : 1, CLNPU_DTYPE_FP8_E4M3};
+                    ck_assert_ok(clnpu_mla_sparse(dev, &a));
+                    ck_assert_ok(clnpu_buffer_read(out, 0, o, N * H * R * 4));
+                    const double e = rel_err(o, ref, N * H * R), tol = 2e-6 * sqrt((double)k) + 1e-6;
+                    ck_assert_msg(e <= tol, "wg %u sparse MLA rows %zu H %zu R %zu k %zu splits %d fp8: rel error %.3g > %.3g",
+                                  sizes[_i], N, H, R, k, sp ? 3 : 1, e, tol);
+                }
+                clnpu_buffer *bufs[] = {bqa, bqp, bc8, bbt, bs, bi, bn, out};
+                for (size_t i = 0; i < 8; i++) clnpu_buffer_destroy(bufs[i]);
+                free(o);
+                continue;
+            }
+            clnpu_buffer *bqa = upload(qa, N * H * R * 4), *bqp = upload(qp, N * ld * 4), *bc = upload(cache, nc * 4),
+                         *bc16 = upload(c16, nc * 2), *bbt = upload(bt, 2 * mb * 4), *bs = upload(seq, N * 4),
+                         *bi = upload(idx, N * k * 4), *bn = upload(cnt, N * 4), *out = poisoned(N * H * R);
+            float *o = malloc(N * H * R * sizeof *o);
+            const unsigned splits[4] = {1, 3, 0, 0};
+            for (int sp = 0; sp < (si % 2 ? 4 : 3); sp++) {
+                const float nan = NAN;
+                ck_assert_ok(clnpu_buffer_fill(out, &nan, sizeof nan));
+                clnpu_mla_sparse_args a = {bqa, bqp, 16, ld, dqk, sp == 3 ? bc16 : bc, page, bbt, mb, bs, bi, bn, k,
+                                           N, H, R, DR, 0.37f, out, splits[sp], sp == 3 ? CLNPU_DTYPE_BF16 : CLNPU_DTYPE_F32};
+                ck_assert_ok(clnpu_mla_sparse(dev, &a));
+                ck_assert_ok(clnpu_buffer_read(out, 0, o, N * H * R * 4));
+                const double e = rel_err(o, ref, N * H * R), tol = 2e-6 * sqrt((double)k) + 1e-6;
+                ck_assert_msg(e <= tol, "wg %u sparse MLA rows %zu H %zu R %zu k %zu splits %u%s: rel error %.3g > %.3g",
+                              sizes[_i], N, H, R, k, splits[sp], sp == 3 ? " bf16" : "", e, tol);
+            }
+            clnpu_buffer *bufs[] = {bqa, bqp, bc, bc16, bbt, bs, bi, bn, out};
+            for (size_t i = 0; i < 9; i++) clnpu_buffer_destroy(bufs[i]);
+            free(o);
         }
-        clnpu_buffer *bufs[] = {bqa, bqp, bc, bc16, bbt, bs, bi, bn, out};
-        for (size_t i = 0; i < 9; i++) clnpu_buffer_destroy(bufs[i]);
-        free(qa), free(qp), free(cache), free(c16), free(idx), free(ref), free(sc), free(o), free(bt);
+        free(qa), free(qp), free(cache), free(c16), free(idx), free(ref), free(sc), free(bt);
     }
 }
 END_TEST

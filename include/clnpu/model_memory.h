@@ -36,8 +36,10 @@ typedef struct clnpu_model_memory {
     double moe_scratch;     /* per MoE layer on the router's device: routing and expert rows */
     double shard_scratch;   /* per MoE layer on each device holding an expert shard */
     double replica_rows;    /* where attention replicas meet: the stage's rows in and out */
-    double absorbed_per_layer; /* per layer: W_UK^T and W_UV per head in f32 for the absorbed decode,
-                                * copies of kv_b_proj beside it (packed in panels of 16 rows) */
+    double absorbed_per_layer; /* per layer: W_UK^T and W_UV per head for the absorbed decode, copies
+                                * of kv_b_proj beside it (packed in panels of 16 rows; bf16 for
+                                * opt.weights -1, taken as a bf16 checkpoint; int8 / bf16 for I8;
+                                * f32 for FP8_E4M3) */
     double sampling;        /* a clnpu_generator over max_sequences rows: their logits and drawn ids,
                              * on the device it is given (the head's) */
 } clnpu_model_memory;
