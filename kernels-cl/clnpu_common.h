@@ -5,19 +5,6 @@
 
 #ifndef CLNPU_LOCAL_MEM_BYTES
 #define CLNPU_LOCAL_MEM_BYTES 32768 /* local-memory budget per work-group (from the profile) */
-/* f32 -> fp8 e4m3fn, round to nearest even, saturating at +-448 (no infinities), NaN -> 0x7f: the
- * device twin of runtime/dtype.c's clnpu_f32_to_fp8e4m3, bit for bit. */
-inline uchar clnpu_f32_to_fp8e4m3(float f)
-{
-    const uint u = as_uint(f), a = u & 0x7fffffffu;
-    const uchar sign = (uchar)((u >> 24) & 0x80u);
-    if (a > 0x7f800000u) return 0x7f;
-    if (a >= 0x43e00000u) return sign | 0x7e; /* >= 448 */
-    if (a < 0x3c800000u) return sign | (uchar)rint(as_float(a) * 512.0f); /* < 2^-6: units of 2^-9 (8 is 2^-6) */
-    /* normal: drop 20 of the 23 mantissa bits, to nearest even (a carry moves into the exponent) */
-    return sign | (uchar)(((a + 0x7ffffu + ((a >> 20) & 1u)) >> 20) - (120u << 3));
-}
-
 #endif
 
 /* bf16 is the top half of an f32: widening is a shift, exact. */
@@ -43,19 +30,6 @@ inline float clnpu_fp8e4m3_to_f32(uchar v)
     if (e == 0xfu && m == 0x7u) return as_float(sign | 0x7fc00000u);
     if (e == 0) return as_float(sign) + (sign ? -1.0f : 1.0f) * (float)m * 0.001953125f; /* m * 2^-9 */
     return as_float(sign | ((e + 120u) << 23) | (m << 20));
-}
-
-/* f32 -> fp8 e4m3fn, round to nearest even, saturating at +-448 (no infinities), NaN -> 0x7f: the
- * device twin of runtime/dtype.c's clnpu_f32_to_fp8e4m3, bit for bit. */
-inline uchar clnpu_f32_to_fp8e4m3(float f)
-{
-    const uint u = as_uint(f), a = u & 0x7fffffffu;
-    const uchar sign = (uchar)((u >> 24) & 0x80u);
-    if (a > 0x7f800000u) return 0x7f;
-    if (a >= 0x43e00000u) return sign | 0x7e; /* >= 448 */
-    if (a < 0x3c800000u) return sign | (uchar)rint(as_float(a) * 512.0f); /* < 2^-6: units of 2^-9 (8 is 2^-6) */
-    /* normal: drop 20 of the 23 mantissa bits, to nearest even (a carry moves into the exponent) */
-    return sign | (uchar)(((a + 0x7ffffu + ((a >> 20) & 1u)) >> 20) - (120u << 3));
 }
 
 #endif

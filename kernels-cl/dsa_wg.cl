@@ -218,6 +218,7 @@ void clnpu_dsa_topk_wg(__global const float *scores, const uint lds, __global co
 #define ZPT_ ((HG * R + WGS - 1) / WGS)
 #define ZPT (ZPT_ > 1 ? ZPT_ : 2) /* latent outputs per thread */
 #define SPT ((HG * BT + WGS - 1) / WGS) /* scores per thread */
+#include "mla_wg_tile.h"
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_mla_sparse_wg
 /* Absorbed MLA attention over selected latent rows, as dsa.cl's clnpu_mla_sparse: row r (sequence
@@ -266,55 +267,9 @@ void clnpu_mla_sparse_wg(__global const float *qa, __global const float *qp, con
             cs[j * CS + d] = j < cnt ? CACHE_READ(cache + (size_t)rows[j] * CACHE_STRIDE, d) : 0.0f;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (uint i = 0; i < SPT; i++) {
-            const uint e = lid + i * WGS;
-            if (e >= HG * BT) break;
-            const uint g = e / BT, j = e % BT;
-            float sv = -INFINITY;
-            if (j < cnt) {
-                sv = 0.0f;
-                for (uint d = 0; d < ROW; d++) sv = fma(qs[g * ROW + d], cs[j * CS + d], sv);
-            }
-            ss[e] = sv;
-        }
-        barrier(CLK_LOCAL_MEM_FENCE);
-        if (lid < HG) {
-            float bm = -INFINITY;
-            for (uint j = 0; j < cnt; j++) bm = fmax(bm, ss[lid * BT + j]);
-            const float mo = mrow[lid], mn = fmax(mo, bm);
-            const float corr = exp(mo - mn); /* 0 on the first tile */
-            float sum = lrow[lid] * corr;
-            for (uint j = 0; j < BT; j++) {
-                const float p = j < cnt ? exp(ss[lid * BT + j] - mn) : 0.0f;
-                ss[lid * BT + j] = p;
-                sum += p;
-            }
-            mrow[lid] = mn, lrow[lid] = sum, crow[lid] = corr;
-        }
-        barrier(CLK_LOCAL_MEM_FENCE);
-        for (uint i = 0; i < ZPT; i++) {
-            const uint e = lid + i * WGS;
-            if (e >= HG * R) break;
-            const uint g = e / R, d = e % R;
-            float acc = z[i] * crow[g];
-            for (uint j = 0; j < cnt; j++) acc = fma(ss[g * BT + j], cs[j * CS + d], acc);
-            z[i] = acc;
-        }
+        clnpu_mla_wg_tile(qs, cs, ss, mrow, lrow, crow, z, lid, cnt);
     }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint i = 0; i < ZPT; i++) {
-        const uint e = lid + i * WGS;
-        if (e >= HG * R) break;
-        const uint g = e / R, d = e % R;
-        if (g >= nh) continue;
-        const size_t o = ((size_t)r * H + hg0 + g) * splits + sp;
-        /* the whole selection: normalised here, no merge pass; else partials for clnpu_mla_combine */
-        z_out[o * R + d] = splits == 1 ? z[i] / lrow[g] : z[i];
-        if (splits > 1 && d == 0) {
-            part_ml[2 * o] = mrow[g]; /* -inf for an empty chunk */
-            part_ml[2 * o + 1] = lrow[g];
-        }
-    }
+    clnpu_mla_wg_store(z, mrow, lrow, z_out, part_ml, (size_t)r * H + hg0, nh, splits, sp, lid);
 }
 #endif /* CLNPU_ONLY */
 

@@ -35,6 +35,7 @@
 #if HG > WGS
 #error "mla_wg: HG must not exceed the work-group"
 #endif
+#include "mla_wg_tile.h"
 
 /* Grid: (ceil(H / HG) * WGS, B, splits), local (WGS, 1, 1). part_z: [B][H][splits][R];
  * part_ml: [B][H][splits][2]; lm: the local floats above. */
@@ -71,53 +72,7 @@ void clnpu_mla_decode_wg(__global const float *qa, __global const float *qp, con
             cs[j * CS + d] = j < cnt ? clnpu_cache_load(cache + ((size_t)bt[t / page] * page + t % page) * CACHE_ROW, d) : 0.0f;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (uint r = 0; r < SPT; r++) {
-            const uint e = lid + r * WGS;
-            if (e >= HG * BT) break;
-            const uint g = e / BT, j = e % BT;
-            float s = -INFINITY;
-            if (j < cnt) {
-                s = 0.0f;
-                for (uint d = 0; d < ROW; d++) s = fma(qs[g * ROW + d], cs[j * CS + d], s);
-            }
-            ss[e] = s;
-        }
-        barrier(CLK_LOCAL_MEM_FENCE);
-        if (lid < HG) {
-            float bm = -INFINITY;
-            for (uint j = 0; j < cnt; j++) bm = fmax(bm, ss[lid * BT + j]);
-            const float mo = mrow[lid], mn = fmax(mo, bm);
-            const float corr = exp(mo - mn); /* 0 on the first tile (mo = -inf, mn finite) */
-            float sum = lrow[lid] * corr;
-            for (uint j = 0; j < BT; j++) {
-                const float p = j < cnt ? exp(ss[lid * BT + j] - mn) : 0.0f;
-                ss[lid * BT + j] = p;
-                sum += p;
-            }
-            mrow[lid] = mn, lrow[lid] = sum, crow[lid] = corr;
-        }
-        barrier(CLK_LOCAL_MEM_FENCE);
-        for (uint r = 0; r < ZPT; r++) {
-            const uint e = lid + r * WGS;
-            if (e >= HG * R) break;
-            const uint g = e / R, d = e % R;
-            float acc = z[r] * crow[g];
-            for (uint j = 0; j < cnt; j++) acc = fma(ss[g * BT + j], cs[j * CS + d], acc);
-            z[r] = acc;
-        }
+        clnpu_mla_wg_tile(qs, cs, ss, mrow, lrow, crow, z, lid, cnt);
     }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint r = 0; r < ZPT; r++) {
-        const uint e = lid + r * WGS;
-        if (e >= HG * R) break;
-        const uint g = e / R, d = e % R;
-        if (g >= nh) continue;
-        const size_t idx = ((size_t)b * H + hg0 + g) * splits + sp;
-        /* the whole context in one chunk: part_z is the output, no merge pass */
-        part_z[idx * R + d] = splits == 1 ? z[r] / lrow[g] : z[r];
-        if (splits > 1 && d == 0) {
-            part_ml[2 * idx] = mrow[g]; /* -inf for an empty chunk */
-            part_ml[2 * idx + 1] = lrow[g];
-        }
-    }
+    clnpu_mla_wg_store(z, mrow, lrow, part_z, part_ml, (size_t)b * H + hg0, nh, splits, sp, lid);
 }

@@ -226,6 +226,38 @@ START_TEST(test_tune_cli)
 }
 END_TEST
 
+/* Every shipped entry (tuning/*.yaml, embedded in the library) was measured with the kernel source
+ * the library holds now: a kernel change that alters the source hash silently turns its entries
+ * off (the runtime ignores them as stale), so it must re-measure or drop them in the same change.
+ * The hash leaves the kernel-selection guards out (tools/embed.py); anything else counts. */
+START_TEST(test_shipped_entries_match_sources)
+{
+    static const char *files[] = {"pocl-cpu.yaml", "pocl-cpu-zen5.yaml"};
+    for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/tuning/%s", CLNPU_SOURCE_DIR, files[f]);
+        clnpu_tuning_db *db;
+        ck_assert_ok(clnpu_tuning_db_load(path, &db));
+        ck_assert_uint_gt(clnpu_tuning_db_count(db), 0);
+        for (size_t i = 0; i < clnpu_tuning_db_count(db); i++) {
+            const clnpu_tuning_entry *e = clnpu_tuning_db_get(db, i);
+            const char *src = !strcmp(e->kernel, "gemm")      ? "gemm.cl"
+                              : !strcmp(e->kernel, "gemm_wg")   ? "gemm_wg.cl"
+                              : !strcmp(e->kernel, "attention") ? "attention.cl"
+                              : !strcmp(e->kernel, "mla")       ? "mla.cl"
+                                                                : NULL;
+            ck_assert_msg(src, "%s: entry %zu: unknown kernel %s", files[f], i, e->kernel);
+            char now[17];
+            clnpu_tuning_source_hash(src, now);
+            ck_assert_msg(!strcmp(now, e->source_hash),
+                          "%s: entry %zu (%s %s %s) measured with %s %s, the library's is %s: re-measure or drop it",
+                          files[f], i, e->kernel, e->dtype, e->shape_class, src, e->source_hash, now);
+        }
+        clnpu_tuning_db_destroy(db);
+    }
+}
+END_TEST
+
 Suite *suite_tuning(void)
 {
     Suite *s = suite_create("tuning");
@@ -233,6 +265,7 @@ Suite *suite_tuning(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_isa_class);
     tcase_add_test(tc, test_db_roundtrip_and_lookup);
+    tcase_add_test(tc, test_shipped_entries_match_sources);
     tcase_add_test(tc, test_runtime_uses_entry);
     tcase_add_test(tc, test_tune_cli);
     suite_add_tcase(s, tc);
