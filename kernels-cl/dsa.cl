@@ -49,7 +49,7 @@ inline float hsum4(float4 v)
 #define VF float16
 #define VL vload16
 #define VS vstore16
-inline float hsumv(float16 v)
+inline float hsum(float16 v)
 {
     float8 a = v.lo + v.hi;
     return hsum4(a.lo + a.hi);
@@ -59,11 +59,12 @@ inline float hsumv(float16 v)
 #define VF float4
 #define VL vload4
 #define VS vstore4
-inline float hsumv(float4 v)
+inline float hsum(float4 v)
 {
     return hsum4(v);
 }
 #endif
+#include "mla_block.h"
 
 #ifndef CLNPU_DSA_KB
 #define CLNPU_DSA_KB 8
@@ -218,42 +219,7 @@ __kernel void clnpu_mla_sparse(__global const float *qa, __global const float *q
             const uint t = (uint)sel[i0 + j];
             rows[j] = cache + ((size_t)bt[t / page] * page + t % page) * CACHE_ROW;
         }
-        float s[HG][BT];
-        for (uint j = 0; j < nb; j++) {
-            VF acc[HG];
-            for (int g = 0; g < HG; g++) acc[g] = (VF)(0.0f);
-            for (int d = 0; d < R; d += VW) {
-                const VF rv = CACHE_VLOAD_C(rows[j], d);
-                for (int g = 0; g < HG; g++) acc[g] = fma(VL(0, q[g] + d), rv, acc[g]);
-            }
-            for (int d = 0; d < DR; d += VW) {
-                const VF rv = CACHE_VLOAD_PE(rows[j], d);
-                for (int g = 0; g < HG; g++) acc[g] = fma(VL(0, qr[g] + d), rv, acc[g]);
-            }
-            for (int g = 0; g < HG; g++) s[g][j] = hsumv(acc[g]);
-        }
-        float corr[HG];
-        for (int g = 0; g < HG; g++) {
-            float bm = -INFINITY;
-            for (uint j = 0; j < nb; j++) bm = fmax(bm, s[g][j]);
-            const float mn = fmax(m[g], bm);
-            corr[g] = exp(m[g] - mn); /* 0 on the first block */
-            m[g] = mn;
-            lsum[g] *= corr[g];
-            for (uint j = 0; j < nb; j++) {
-                s[g][j] = exp(s[g][j] - mn);
-                lsum[g] += s[g][j];
-            }
-        }
-        for (int d = 0; d < R; d += VW) {
-            VF zd[HG];
-            for (int g = 0; g < HG; g++) zd[g] = VL(0, z[g] + d) * corr[g];
-            for (uint j = 0; j < nb; j++) {
-                const VF rv = CACHE_VLOAD_C(rows[j], d);
-                for (int g = 0; g < HG; g++) zd[g] = fma((VF)(s[g][j]), rv, zd[g]);
-            }
-            for (int g = 0; g < HG; g++) VS(zd[g], 0, z[g] + d);
-        }
+        clnpu_mla_block(rows, nb, q, qr, z, m, lsum);
     }
     for (uint g = 0; g < nh; g++) {
         const size_t k = ((size_t)r * H + hg0 + g) * splits + sp;

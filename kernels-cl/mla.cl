@@ -54,6 +54,7 @@ inline float hsum(float4 v)
     return v.x + v.y + v.z + v.w;
 }
 #endif
+#include "mla_block.h"
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_mla_decode
 /* Grid: (ceil(H / HG), B, splits). part_z: [B][H][splits][R]; part_ml: [B][H][splits][2]. */
@@ -92,44 +93,7 @@ __kernel void clnpu_mla_decode(__global const float *qa, __global const float *q
             const uint t = tb + j;
             rows[j] = cache + ((size_t)bt[t / page] * page + t % page) * CACHE_ROW;
         }
-        /* Scores: each cache row read once for all HG heads (HG independent chains). */
-        float s[HG][BT];
-        for (uint j = 0; j < cnt; j++) {
-            VF acc[HG];
-            for (int g = 0; g < HG; g++) acc[g] = (VF)(0.0f);
-            for (int d = 0; d < R; d += VW) {
-                const VF rv = CACHE_VLOAD_C(rows[j], d);
-                for (int g = 0; g < HG; g++) acc[g] = fma(VL(0, q[g] + d), rv, acc[g]);
-            }
-            for (int d = 0; d < DR; d += VW) {
-                const VF rv = CACHE_VLOAD_PE(rows[j], d);
-                for (int g = 0; g < HG; g++) acc[g] = fma(VL(0, qr[g] + d), rv, acc[g]);
-            }
-            for (int g = 0; g < HG; g++) s[g][j] = hsum(acc[g]);
-        }
-        float corr[HG];
-        for (int g = 0; g < HG; g++) {
-            float bm = -INFINITY;
-            for (uint j = 0; j < cnt; j++) bm = fmax(bm, s[g][j]);
-            const float mn = fmax(m[g], bm);
-            corr[g] = exp(m[g] - mn); /* 0 on the first block */
-            m[g] = mn;
-            lsum[g] *= corr[g];
-            for (uint j = 0; j < cnt; j++) {
-                s[g][j] = exp(s[g][j] - mn);
-                lsum[g] += s[g][j];
-            }
-        }
-        /* z = z * corr + sum_j p_j c_j, each cache chunk loaded once for all heads. */
-        for (int d = 0; d < R; d += VW) {
-            VF zd[HG];
-            for (int g = 0; g < HG; g++) zd[g] = VL(0, z[g] + d) * corr[g];
-            for (uint j = 0; j < cnt; j++) {
-                const VF rv = CACHE_VLOAD_C(rows[j], d);
-                for (int g = 0; g < HG; g++) zd[g] = fma((VF)(s[g][j]), rv, zd[g]);
-            }
-            for (int g = 0; g < HG; g++) VS(zd[g], 0, z[g] + d);
-        }
+        clnpu_mla_block(rows, cnt, q, qr, z, m, lsum);
     }
     for (uint g = 0; g < nh; g++) {
         const size_t idx = ((size_t)b * H + hg0 + g) * splits + sp;
