@@ -15,49 +15,10 @@
 
 #define MODELS CLNPU_SOURCE_DIR "/models/"
 
-static double rel(const float *a, const float *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        ck_assert_msg(!isnan(a[i]), "NaN at %zu", i);
-        num += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num / den);
-}
-
-typedef struct fixture {
-    clnpu_model_config cfg;
-    clnpu_checkpoint *ck;
-    clnpu_safetensors *ref;
-    const int *ids;
-    size_t T;
-} fixture;
-
-static void open_fixture(fixture *f, const char *dir)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    ck_assert_ok(clnpu_model_config_load(path, &f->cfg));
-    ck_assert_ok(clnpu_checkpoint_open(dir, &f->ck));
-    snprintf(path, sizeof path, "%s/reference.safetensors", dir);
-    ck_assert_ok(clnpu_safetensors_open(path, &f->ref));
-    const clnpu_tensor_info *t = clnpu_safetensors_find(f->ref, "input_ids");
-    ck_assert_ptr_nonnull(t);
-    f->ids = t->data;
-    f->T = (size_t)t->shape[0];
-}
-
-static void close_fixture(fixture *f)
-{
-    clnpu_checkpoint_close(f->ck);
-    clnpu_safetensors_close(f->ref);
-}
-
 /* Routed experts against the reference's expert_ids.L / expert_weights.L (sorted ids): all T rows,
  * or (tiny-dsv32, tiny-axk2) one row, the last position's, which transformers routed last. `last`:
  * the model's last forward was that position alone (a decode step); else the whole sequence. */
-static void check_routing(const fixture *f, const clnpu_model *m, const char *what, bool last)
+static void check_routing(const test_fixture *f, const clnpu_model *m, const char *what, bool last)
 {
     const size_t K = f->cfg.num_experts_per_tok, T = f->T;
     int *ids = malloc(T * K * sizeof *ids);
@@ -94,8 +55,8 @@ static void check_routing(const fixture *f, const clnpu_model *m, const char *wh
  * states of the whole-sequence forward. */
 static void check_fixture(const char *dir, const char *what, clnpu_model **out_m)
 {
-    fixture f;
-    open_fixture(&f, dir);
+    test_fixture f;
+    test_fixture_open(&f, dir);
     clnpu_model_options o = clnpu_model_options_default();
     o.capture = true;
     o.max_sequences = 2;
@@ -108,14 +69,14 @@ static void check_fixture(const char *dir, const char *what, clnpu_model **out_m
     float *lg = malloc(T * V * sizeof *lg), *h = malloc(T * d * sizeof *h);
     for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
     ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, T, lg));
-    double e = rel(lg, ref, T * V);
+    double e = test_rel(lg, ref, T * V);
     fprintf(stderr, "%s, one prefill of %zu tokens: logits rel error %.2e\n", what, T, e);
     ck_assert_msg(e <= 1e-4, "%s prefill logits: rel error %.3g > 1e-4", what, e);
     const float *hs = clnpu_safetensors_find(f.ref, "hidden_states")->data;
     const size_t ours[4] = {0, 1, 2, f.cfg.num_hidden_layers + 1};
     for (size_t i = 0; i < 4; i++) {
         ck_assert_ok(clnpu_model_hidden(m, ours[i], h));
-        double eh = rel(h, hs + i * T * d, T * d);
+        double eh = test_rel(h, hs + i * T * d, T * d);
         ck_assert_msg(eh <= 1e-4, "%s hidden state %zu: rel error %.3g", what, i, eh);
     }
     check_routing(&f, m, what, false);
@@ -126,11 +87,11 @@ static void check_fixture(const char *dir, const char *what, clnpu_model **out_m
         ck_assert_ok(clnpu_model_decode(m, &s, f.ids + t, 1, lg + t * V));
     }
     check_routing(&f, m, what, true); /* the last decode step's routing, where the reference has one row */
-    e = rel(lg, ref, T * V);
+    e = test_rel(lg, ref, T * V);
     fprintf(stderr, "%s, prefill 1 + decode %zu: logits rel error %.2e\n", what, T - 1, e);
     ck_assert_msg(e <= 1e-4, "%s decode logits: rel error %.3g > 1e-4", what, e);
     free(lg), free(h);
-    close_fixture(&f);
+    test_fixture_close(&f);
     if (out_m) *out_m = m;
     else clnpu_model_destroy(m);
 }
@@ -140,10 +101,10 @@ static void check_fixture(const char *dir, const char *what, clnpu_model **out_m
  * dequantised weights. */
 START_TEST(test_fp8_checkpoint)
 {
-    fixture f;
-    open_fixture(&f, MODELS "tiny-dsv3-fp8");
+    test_fixture f;
+    test_fixture_open(&f, MODELS "tiny-dsv3-fp8");
     ck_assert(f.cfg.fp8_checkpoint);
-    close_fixture(&f);
+    test_fixture_close(&f);
     clnpu_model *m;
     const double before = (double)clnpu_device_memory_used(test_device());
     check_fixture(MODELS "tiny-dsv3-fp8", "tiny DeepSeek-V3 fp8", &m);
@@ -178,7 +139,7 @@ START_TEST(test_fp8_checkpoint)
     ck_assert_msg(fabs(saved - expect) < 0.05 * expect, "fp8 saves %.0f bytes, expected about %.0f", saved, expect);
     /* --weights fp8 keeps the checkpoint's fp8 blocks and quantises only what is stored wider
      * (lm_head); --weights int8 requantises everything from the stored values */
-    open_fixture(&f, MODELS "tiny-dsv3-fp8");
+    test_fixture_open(&f, MODELS "tiny-dsv3-fp8");
     const size_t V = f.cfg.vocab_size, T = 6;
     float *lg[3];
     const int wt[3] = {-1, CLNPU_DTYPE_FP8_E4M3, CLNPU_DTYPE_I8};
@@ -196,11 +157,11 @@ START_TEST(test_fp8_checkpoint)
         clnpu_model_destroy(m);
     }
     for (int i = 1; i < 3; i++) {
-        const double e = rel(lg[i], lg[0], T * V);
+        const double e = test_rel(lg[i], lg[0], T * V);
         ck_assert_msg(e > 0 && e < 0.05, "--weights %s on the fp8 checkpoint: rel error %.3g", i == 1 ? "fp8" : "int8", e);
     }
     for (int i = 0; i < 3; i++) free(lg[i]);
-    close_fixture(&f);
+    test_fixture_close(&f);
 }
 END_TEST
 
@@ -209,8 +170,8 @@ END_TEST
  * prefill and decode against transformers. */
 static void check_tensor_parallel(const char *dir, const char *what)
 {
-    fixture f;
-    open_fixture(&f, dir);
+    test_fixture f;
+    test_fixture_open(&f, dir);
     const size_t T = f.T, V = f.cfg.vocab_size;
     const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
     clnpu_model_options o = clnpu_model_options_default();
@@ -235,7 +196,7 @@ static void check_tensor_parallel(const char *dir, const char *what)
         ck_assert_ok(clnpu_pipeline_create(&f.cfg, f.ck, cases[c], c == 2 ? 2 : 1, &o, &p));
         for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
         ck_assert_ok(clnpu_pipeline_prefill(p, 0, f.ids, T, lg));
-        double e = rel(lg, ref, T * V);
+        double e = test_rel(lg, ref, T * V);
         ck_assert_msg(e <= 1e-4, "%s %s prefill: rel error %.3g", what, names[c], e);
         for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
         ck_assert_ok(clnpu_pipeline_prefill(p, 1, f.ids, 1, lg));
@@ -243,19 +204,19 @@ static void check_tensor_parallel(const char *dir, const char *what)
             size_t s = 1;
             ck_assert_ok(clnpu_pipeline_decode(p, &s, f.ids + t, 1, lg + t * V));
         }
-        e = rel(lg, ref, T * V);
+        e = test_rel(lg, ref, T * V);
         fprintf(stderr, "%s, %s, prefill 1 + decode %zu: logits rel error %.2e\n", what, names[c], T - 1, e);
         ck_assert_msg(e <= 1e-4, "%s %s decode: rel error %.3g", what, names[c], e);
         clnpu_pipeline_destroy(p);
     }
     free(lg);
-    close_fixture(&f);
+    test_fixture_close(&f);
 }
 
 /* clnpu_model_memory_estimate counts what the sparse-attention model allocates besides weights (the
  * indexer's buffers and key cache included): a stage without layers, and the growth with the
  * context and with the tokens per step, on fresh devices (the weights cancel). */
-static double model_used(const fixture *f, const clnpu_model_options *o)
+static double model_used(const test_fixture *f, const clnpu_model_options *o)
 {
     clnpu_device *d;
     clnpu_model *m;
@@ -269,8 +230,8 @@ static double model_used(const fixture *f, const clnpu_model_options *o)
 
 static void check_memory_estimate(const char *dir)
 {
-    fixture f;
-    open_fixture(&f, dir);
+    test_fixture f;
+    test_fixture_open(&f, dir);
     clnpu_model_options o = clnpu_model_options_default();
     o.max_sequences = 3, o.max_context = 40, o.max_tokens = 8;
     const double slack = 4 * 1024; /* the step-input slots' alignment, estimated from above */
@@ -297,7 +258,7 @@ static void check_memory_estimate(const char *dir)
     want = b.workspaces - a.workspaces + b.logits - a.logits + (double)moe * (b.moe_scratch - a.moe_scratch);
     got = model_used(&f, &o2) - model_used(&f, &o);
     ck_assert_msg(fabs(got - want) <= slack, "%s tokens 8 -> 21: %.0f B more allocated, %.0f estimated", dir, got, want);
-    close_fixture(&f);
+    test_fixture_close(&f);
 }
 
 START_TEST(test_family_memory_estimate)
@@ -314,8 +275,8 @@ START_TEST(test_dsv32_matches_transformers)
     check_fixture(MODELS "tiny-dsv32", "tiny DeepSeek-V3.2", &m);
     /* two sequences past index_topk decoding together, in both orders: each row's indexer and
      * attention read its own sequence's pages */
-    fixture f;
-    open_fixture(&f, MODELS "tiny-dsv32");
+    test_fixture f;
+    test_fixture_open(&f, MODELS "tiny-dsv32");
     const size_t V = f.cfg.vocab_size;
     const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
     clnpu_model_reset(m, 0), clnpu_model_reset(m, 1);
@@ -325,9 +286,9 @@ START_TEST(test_dsv32_matches_transformers)
     int next[2] = {f.ids[17], f.ids[29]}, nrev[2] = {f.ids[30], f.ids[18]};
     float *two = malloc(2 * V * sizeof *two);
     ck_assert_ok(clnpu_model_decode(m, seqs, next, 2, two));
-    ck_assert_msg(rel(two, ref + 17 * V, V) <= 1e-4 && rel(two + V, ref + 29 * V, V) <= 1e-4, "batched sparse decode");
+    ck_assert_msg(test_rel(two, ref + 17 * V, V) <= 1e-4 && test_rel(two + V, ref + 29 * V, V) <= 1e-4, "batched sparse decode");
     ck_assert_ok(clnpu_model_decode(m, rev, nrev, 2, two));
-    ck_assert_msg(rel(two, ref + 30 * V, V) <= 1e-4 && rel(two + V, ref + 18 * V, V) <= 1e-4, "reversed batched decode");
+    ck_assert_msg(test_rel(two, ref + 30 * V, V) <= 1e-4 && test_rel(two + V, ref + 18 * V, V) <= 1e-4, "reversed batched decode");
     clnpu_model_destroy(m);
     /* bf16 and fp8 latent caches under the sparse attention (the indexer's keys stay f32): layer
      * 0, whose selection comes from the unperturbed embedding, is within bf16's 1e-2 (2e-3 here,
@@ -343,9 +304,9 @@ START_TEST(test_dsv32_matches_transformers)
         ck_assert_ok(clnpu_model_create(test_device(), &f.cfg, f.ck, &ob, &m));
         ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, f.T, lb));
         ck_assert_ok(clnpu_model_hidden(m, 1, hb));
-        const double eh = rel(hb, (const float *)clnpu_safetensors_find(f.ref, "hidden_states")->data +
+        const double eh = test_rel(hb, (const float *)clnpu_safetensors_find(f.ref, "hidden_states")->data +
                                       f.T * f.cfg.hidden_size, f.T * f.cfg.hidden_size);
-        const double eb = rel(lb, ref, f.T * V);
+        const double eb = test_rel(lb, ref, f.T * V);
         fprintf(stderr, "tiny DeepSeek-V3.2, %s latent cache: layer 0 rel error %.2e, logits %.2e\n",
                 clnpu_dtype_name(ob.latent_cache), eh, eb);
         ck_assert_msg(eh <= (k ? 5e-2 : 1e-2) && eb < 0.5, "%s latent cache: layer 0 %.3g, logits %.3g",
@@ -361,12 +322,12 @@ START_TEST(test_dsv32_matches_transformers)
     ck_assert_ok(clnpu_model_create(test_device(), &f.cfg, f.ck, &o, &m));
     float *lg = malloc(f.T * V * sizeof *lg);
     ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, f.T, lg));
-    const double dense = rel(lg, ref, f.T * V);
+    const double dense = test_rel(lg, ref, f.T * V);
     fprintf(stderr, "tiny DeepSeek-V3.2 with dense attention: logits rel error %.2e\n", dense);
     ck_assert_msg(dense > 1e-3, "dense attention matches the sparse reference (%.3g): the selection is not exercised", dense);
     free(two), free(lg);
     clnpu_model_destroy(m);
-    close_fixture(&f);
+    test_fixture_close(&f);
     check_tensor_parallel(MODELS "tiny-dsv32", "tiny DeepSeek-V3.2");
 }
 END_TEST
@@ -378,19 +339,19 @@ START_TEST(test_axk2_matches_transformers)
     check_fixture(MODELS "tiny-axk2", "tiny A.X K2", &m);
     clnpu_model_destroy(m);
     /* the prompt in chunks of 13 (each chunk's queries over the cached prefix + themselves) */
-    fixture f;
-    open_fixture(&f, MODELS "tiny-axk2");
+    test_fixture f;
+    test_fixture_open(&f, MODELS "tiny-axk2");
     clnpu_model_options o = clnpu_model_options_default();
     o.max_context = 64, o.max_tokens = 13;
     ck_assert_ok(clnpu_model_create(test_device(), &f.cfg, f.ck, &o, &m));
     const size_t V = f.cfg.vocab_size;
     float *lg = malloc(f.T * V * sizeof *lg);
     ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, f.T, lg));
-    const double e = rel(lg, clnpu_safetensors_find(f.ref, "logits")->data, f.T * V);
+    const double e = test_rel(lg, clnpu_safetensors_find(f.ref, "logits")->data, f.T * V);
     ck_assert_msg(e <= 1e-4, "tiny A.X K2 prefill in chunks of 13: rel error %.3g", e);
     free(lg);
     clnpu_model_destroy(m);
-    close_fixture(&f);
+    test_fixture_close(&f);
     check_tensor_parallel(MODELS "tiny-axk2", "tiny A.X K2");
 }
 END_TEST
@@ -418,8 +379,8 @@ static bool fam_collect(void *user, const clnpu_engine_event *ev)
 
 START_TEST(test_axk2_engine)
 {
-    fixture f;
-    open_fixture(&f, MODELS "tiny-axk2");
+    test_fixture f;
+    test_fixture_open(&f, MODELS "tiny-axk2");
     enum { NP = 8, NEWT = 6 };
     int prompts[NP][40], ref[NP][NEWT];
     size_t plen[NP];
@@ -481,7 +442,7 @@ START_TEST(test_axk2_engine)
             (unsigned long long)st.cached_prompt_tokens);
     clnpu_engine_destroy(e);
     clnpu_model_destroy(m);
-    close_fixture(&f);
+    test_fixture_close(&f);
 }
 END_TEST
 
@@ -550,8 +511,8 @@ START_TEST(test_fp8_scales_refused)
     clnpu_checkpoint_close(ck);
     test_rmdir(dir);
     /* the tiny fp8 model split over two ranks: q_b's 192 rows halve at 96, inside a block */
-    fixture f;
-    open_fixture(&f, MODELS "tiny-dsv3-fp8");
+    test_fixture f;
+    test_fixture_open(&f, MODELS "tiny-dsv3-fp8");
     clnpu_stage_spec tp2 = {.device = 0, .profile = "", .layer_begin = 0, .layer_end = 3, .embed = true, .head = true, .tp = 2};
     tp2.ep_devices[0] = 0, tp2.ep_devices[1] = 1;
     clnpu_model_options o = clnpu_model_options_default();
@@ -560,7 +521,7 @@ START_TEST(test_fp8_scales_refused)
     ck_assert_int_eq(clnpu_pipeline_create(&f.cfg, f.ck, &tp2, 1, &o, &p), CLNPU_ERR_UNSUPPORTED);
     ck_assert_msg(strstr(clnpu_error_message(), "q_b_proj.weight") && strstr(clnpu_error_message(), "block"), "%s",
                   clnpu_error_message());
-    close_fixture(&f);
+    test_fixture_close(&f);
 }
 END_TEST
 

@@ -19,46 +19,10 @@
 #endif
 #define TINY CLNPU_SOURCE_DIR "/models/tiny-axk1"
 
-static double rel(const float *a, const float *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        ck_assert_msg(!isnan(a[i]), "NaN at %zu", i);
-        num += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num / den);
-}
-
-typedef struct fixture {
-    clnpu_model_config cfg;
-    clnpu_checkpoint *ck;
-    clnpu_safetensors *ref;
-    const int *ids;
-    size_t T;
-} fixture;
-
-static void open_fixture(fixture *f)
-{
-    ck_assert_ok(clnpu_model_config_load(TINY "/config.json", &f->cfg));
-    ck_assert_ok(clnpu_checkpoint_open(TINY, &f->ck));
-    ck_assert_ok(clnpu_safetensors_open(TINY "/reference.safetensors", &f->ref));
-    const clnpu_tensor_info *t = clnpu_safetensors_find(f->ref, "input_ids");
-    ck_assert_ptr_nonnull(t);
-    f->ids = t->data;
-    f->T = (size_t)t->shape[0];
-}
-
-static void close_fixture(fixture *f)
-{
-    clnpu_checkpoint_close(f->ck);
-    clnpu_safetensors_close(f->ref);
-}
-
 START_TEST(test_config)
 {
-    fixture f;
-    open_fixture(&f);
+    test_fixture f;
+    test_fixture_open(&f, TINY);
     ck_assert_str_eq(f.cfg.model_type, "axk1");
     ck_assert_uint_eq(f.cfg.hidden_size, 96);
     ck_assert_uint_eq(f.cfg.q_lora_rank, 48);
@@ -67,15 +31,15 @@ START_TEST(test_config)
     ck_assert_int_eq(f.cfg.rope.scaling, CLNPU_ROPE_YARN);
     ck_assert(fabs(clnpu_rope_attention_factor(&f.cfg.rope) - 1.1386294361) < 1e-9);
     ck_assert_uint_eq(clnpu_checkpoint_tensor_count(f.ck), 141);
-    close_fixture(&f);
+    test_fixture_close(&f);
 }
 END_TEST
 
 /* Every position's logits through one prefill, and through prefill of 1 + decode of the rest. */
 START_TEST(test_logits_match_transformers)
 {
-    fixture f;
-    open_fixture(&f);
+    test_fixture f;
+    test_fixture_open(&f, TINY);
     clnpu_model_options o = clnpu_model_options_default();
     o.capture = true;
     o.max_sequences = 2;
@@ -88,7 +52,7 @@ START_TEST(test_logits_match_transformers)
     float *lg = malloc(T * V * sizeof *lg);
     for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
     ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, T, lg));
-    double e = rel(lg, ref, T * V);
+    double e = test_rel(lg, ref, T * V);
     fprintf(stderr, "tiny A.X K1, one prefill of %zu tokens: logits rel error %.2e\n", T, e);
     ck_assert_msg(e <= 1e-4, "prefill logits: rel error %.3g > 1e-4", e);
     /* Hidden states: embedding, layers 0 and 1, final norm. */
@@ -97,7 +61,7 @@ START_TEST(test_logits_match_transformers)
     const size_t ours[4] = {0, 1, 2, f.cfg.num_hidden_layers + 1};
     for (size_t i = 0; i < 4; i++) {
         ck_assert_ok(clnpu_model_hidden(m, ours[i], h));
-        double eh = rel(h, hs + i * T * d, T * d);
+        double eh = test_rel(h, hs + i * T * d, T * d);
         ck_assert_msg(eh <= 1e-4, "hidden state %zu: rel error %.3g", i, eh);
     }
     /* Routing: identical expert ids, weights close. */
@@ -113,7 +77,7 @@ START_TEST(test_logits_match_transformers)
         ck_assert_ok(clnpu_model_routing(m, l, ids, w));
         for (size_t i = 0; i < T * K; i++)
             ck_assert_msg(ids[i] == rid[i], "layer %zu token %zu: expert %d, transformers %d", l, i / K, ids[i], rid[i]);
-        ck_assert_msg(rel(w, rw, T * K) <= 1e-5, "layer %zu routing weights differ", l);
+        ck_assert_msg(test_rel(w, rw, T * K) <= 1e-5, "layer %zu routing weights differ", l);
         free(ids), free(w);
     }
     /* Sequence 1: first token by prefill, the rest one at a time by the absorbed decode. */
@@ -123,7 +87,7 @@ START_TEST(test_logits_match_transformers)
         size_t s = 1;
         ck_assert_ok(clnpu_model_decode(m, &s, f.ids + t, 1, lg + t * V));
     }
-    e = rel(lg, ref, T * V);
+    e = test_rel(lg, ref, T * V);
     fprintf(stderr, "tiny A.X K1, prefill 1 + decode %zu: logits rel error %.2e\n", T - 1, e);
     ck_assert_msg(e <= 1e-4, "decode logits: rel error %.3g > 1e-4", e);
     ck_assert_uint_eq(clnpu_model_sequence_length(m, 1), T);
@@ -132,7 +96,7 @@ START_TEST(test_logits_match_transformers)
     clnpu_model_reset(m, 1);
     for (size_t i = 0; i < 2 * V; i++) lg[i] = NAN;
     ck_assert_ok(clnpu_model_prefill_last(m, 1, f.ids, T, lg));
-    e = rel(lg, ref + (T - 1) * V, V);
+    e = test_rel(lg, ref + (T - 1) * V, V);
     ck_assert_msg(e <= 1e-4, "last-position logits: rel error %.3g", e);
     for (size_t i = V; i < 2 * V; i++) ck_assert(isnan(lg[i]));
     ck_assert_uint_eq(clnpu_model_sequence_length(m, 1), T);
@@ -145,17 +109,17 @@ START_TEST(test_logits_match_transformers)
     int next[2] = {f.ids[5], f.ids[9]};
     float *two = malloc(2 * V * sizeof *two);
     ck_assert_ok(clnpu_model_decode(m, seqs, next, 2, two));
-    ck_assert_msg(rel(two, ref + 5 * V, V) <= 1e-4 && rel(two + V, ref + 9 * V, V) <= 1e-4,
+    ck_assert_msg(test_rel(two, ref + 5 * V, V) <= 1e-4 && test_rel(two + V, ref + 9 * V, V) <= 1e-4,
                   "batched decode differs from the reference");
     /* The other order, and one sequence alone: each row attends over its own sequence's pages
      * (the two prompts differ in length, so pages of the wrong sequence give other logits). */
     size_t rev[2] = {1, 0};
     int nrev[2] = {f.ids[10], f.ids[6]};
     ck_assert_ok(clnpu_model_decode(m, rev, nrev, 2, two));
-    ck_assert_msg(rel(two, ref + 10 * V, V) <= 1e-4 && rel(two + V, ref + 6 * V, V) <= 1e-4,
+    ck_assert_msg(test_rel(two, ref + 10 * V, V) <= 1e-4 && test_rel(two + V, ref + 6 * V, V) <= 1e-4,
                   "decode in reversed sequence order differs from the reference");
     ck_assert_ok(clnpu_model_decode(m, rev, f.ids + 11, 1, two));
-    ck_assert_msg(rel(two, ref + 11 * V, V) <= 1e-4, "decode of sequence 1 alone differs from the reference");
+    ck_assert_msg(test_rel(two, ref + 11 * V, V) <= 1e-4, "decode of sequence 1 alone differs from the reference");
     free(two);
     /* Generation with the sampler on the device: the same tokens as sampling the returned
      * logits, greedy and with temperature / top-k / top-p, and the same logits. */
@@ -175,7 +139,7 @@ START_TEST(test_logits_match_transformers)
             for (size_t i = 0; i < 2 * V; i++) lg[i] = NAN;
             ck_assert_ok(clnpu_model_decode_sample(m, &s0, &tok0, 1, &samp[si], step, &got, lg));
             ck_assert_ok(clnpu_model_decode(m, &s1, &tok1, 1, lg + V));
-            ck_assert_msg(rel(lg, lg + V, V) <= 1e-6, "decode_sample logits differ at step %zu", step);
+            ck_assert_msg(test_rel(lg, lg + V, V) <= 1e-6, "decode_sample logits differ at step %zu", step);
             ck_assert_ok(clnpu_buffer_write(lb, 0, lg + V, V * 4));
             ck_assert_ok(clnpu_sample(test_device(), ob, (clnpu_view){lb, 0, V}, 1, V, &samp[si], step));
             ck_assert_ok(clnpu_buffer_read(ob, 0, &want, 4));
@@ -190,7 +154,7 @@ START_TEST(test_logits_match_transformers)
     clnpu_buffer_destroy(lb), clnpu_buffer_destroy(ob);
     free(lg), free(h);
     clnpu_model_destroy(m);
-    close_fixture(&f);
+    test_fixture_close(&f);
 }
 END_TEST
 
@@ -200,8 +164,8 @@ END_TEST
  * transformers' at its position. */
 START_TEST(test_pipeline_micro_batches)
 {
-    fixture f;
-    open_fixture(&f);
+    test_fixture f;
+    test_fixture_open(&f, TINY);
     const size_t V = f.cfg.vocab_size;
     const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
 #define STAGE(d, b, e, em, hd) {.device = d, .profile = "", .layer_begin = b, .layer_end = e, .embed = em, .head = hd}
@@ -237,7 +201,7 @@ START_TEST(test_pipeline_micro_batches)
             for (size_t q = 0; q < 4; q++) {
                 for (size_t i = 0; i < len[q] * V; i++) lg[i] = NAN;
                 ck_assert_ok(clnpu_pipeline_prefill(p, q, f.ids, len[q], lg));
-                double e = rel(lg, ref, len[q] * V);
+                double e = test_rel(lg, ref, len[q] * V);
                 if (e > worst) worst = e;
             }
             ck_assert_msg(worst <= 1e-4, "%s, %zu micro-batches, chunked prefill: rel error %.3g", cases[c].name,
@@ -249,7 +213,7 @@ START_TEST(test_pipeline_micro_batches)
                 for (size_t i = 0; i < 4 * V; i++) lg[i] = NAN;
                 ck_assert_ok(clnpu_pipeline_decode(p, seqs, next, 4, lg));
                 for (size_t q = 0; q < 4; q++) {
-                    double e = rel(lg + q * V, ref + (len[q] + step) * V, V);
+                    double e = test_rel(lg + q * V, ref + (len[q] + step) * V, V);
                     if (e > worst) worst = e;
                 }
             }
@@ -265,7 +229,7 @@ START_TEST(test_pipeline_micro_batches)
             clnpu_pipeline_destroy(p);
         }
     free(lg);
-    close_fixture(&f);
+    test_fixture_close(&f);
 }
 END_TEST
 
@@ -273,8 +237,8 @@ END_TEST
  * the single-device run and transformers', through prefill and through decode. */
 START_TEST(test_pipeline_stages)
 {
-    fixture f;
-    open_fixture(&f);
+    test_fixture f;
+    test_fixture_open(&f, TINY);
     const size_t T = f.T, V = f.cfg.vocab_size;
     const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
 #define STAGE(d, prof, b, e, em, hd) {.device = d, .profile = prof, .layer_begin = b, .layer_end = e, .embed = em, .head = hd}
@@ -311,14 +275,14 @@ START_TEST(test_pipeline_stages)
         ck_assert_uint_eq(clnpu_pipeline_stage_count(p), cases[c].n);
         for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
         ck_assert_ok(clnpu_pipeline_prefill(p, 0, f.ids, T, lg));
-        double e = rel(lg, ref, T * V);
+        double e = test_rel(lg, ref, T * V);
         ck_assert_msg(e <= 1e-4, "%s prefill: %.3g", cases[c].name, e);
         ck_assert_ok(clnpu_pipeline_prefill(p, 1, f.ids, 1, lg));
         for (size_t t = 1; t < T; t++) {
             size_t s = 1;
             ck_assert_ok(clnpu_pipeline_decode(p, &s, f.ids + t, 1, lg + t * V));
         }
-        e = rel(lg, ref, T * V);
+        e = test_rel(lg, ref, T * V);
         ck_assert_msg(e <= 1e-4, "%s decode: %.3g", cases[c].name, e);
         fprintf(stderr, "%s: logits rel error %.2e (prefill 1 + decode)\n", cases[c].name, e);
         /* sequences the pipeline was not created for, or one twice in a step, are refused */
@@ -328,7 +292,7 @@ START_TEST(test_pipeline_stages)
         clnpu_pipeline_destroy(p);
     }
     free(lg);
-    close_fixture(&f);
+    test_fixture_close(&f);
 }
 END_TEST
 
@@ -337,8 +301,8 @@ END_TEST
  * prefill and decode. */
 START_TEST(test_tensor_parallel)
 {
-    fixture f;
-    open_fixture(&f);
+    test_fixture f;
+    test_fixture_open(&f, TINY);
     const size_t T = f.T, V = f.cfg.vocab_size;
     const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
     clnpu_model_options o = clnpu_model_options_default();
@@ -377,7 +341,7 @@ START_TEST(test_tensor_parallel)
         ck_assert_ok(clnpu_pipeline_create(&f.cfg, f.ck, cases[c].s, cases[c].n, &o, &p));
         for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
         ck_assert_ok(clnpu_pipeline_prefill(p, 0, f.ids, T, lg));
-        double e1 = rel(lg, one, T * V), e = rel(lg, ref, T * V);
+        double e1 = test_rel(lg, one, T * V), e = test_rel(lg, ref, T * V);
         ck_assert_msg(e1 <= 1e-4 && e <= 1e-4, "%s prefill: %.3g from one device, %.3g from transformers", cases[c].name,
                       e1, e);
         for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
@@ -386,7 +350,7 @@ START_TEST(test_tensor_parallel)
             size_t s = 1;
             ck_assert_ok(clnpu_pipeline_decode(p, &s, f.ids + t, 1, lg + t * V));
         }
-        e1 = rel(lg, one, T * V), e = rel(lg, ref, T * V);
+        e1 = test_rel(lg, one, T * V), e = test_rel(lg, ref, T * V);
         ck_assert_msg(e1 <= 1e-4 && e <= 1e-4, "%s decode: %.3g from one device, %.3g from transformers", cases[c].name,
                       e1, e);
         fprintf(stderr, "%s: logits rel error %.2e from one device, %.2e from transformers (prefill 1 + decode)\n",
@@ -429,7 +393,7 @@ START_TEST(test_tensor_parallel)
     ck_assert_int_eq(clnpu_pipeline_create(&f.cfg, f.ck, wide, 1, &o, &(clnpu_pipeline *){NULL}), CLNPU_ERR_INVALID_ARGUMENT);
     ck_assert_msg(strstr(clnpu_error_message(), "device of its own"), "%s", clnpu_error_message());
     free(one), free(lg);
-    close_fixture(&f);
+    test_fixture_close(&f);
 }
 END_TEST
 
@@ -439,15 +403,15 @@ END_TEST
  * devices on one OpenCL device, is refused unless shared. */
 START_TEST(test_pipeline_placement)
 {
-    fixture f;
-    open_fixture(&f);
+    test_fixture f;
+    test_fixture_open(&f, TINY);
     size_t ndev = 0;
     clnpu_device_info *infos = NULL;
     ck_assert_ok(clnpu_device_list(&infos, &ndev));
     clnpu_device_list_free(infos);
     if (ndev < 2) {
         fprintf(stderr, "test_pipeline_placement: one OpenCL device, skipped\n");
-        close_fixture(&f);
+        test_fixture_close(&f);
         return;
     }
     clnpu_model_options o = clnpu_model_options_default();
@@ -484,7 +448,7 @@ START_TEST(test_pipeline_placement)
     float *lg = malloc(f.T * f.cfg.vocab_size * sizeof *lg);
     const size_t T = f.T < 8 ? f.T : 8;
     ck_assert_ok(clnpu_pipeline_prefill(p, 0, f.ids, T, lg));
-    ck_assert_msg(rel(lg, clnpu_safetensors_find(f.ref, "logits")->data, T * f.cfg.vocab_size) <= 1e-4, "logits");
+    ck_assert_msg(test_rel(lg, clnpu_safetensors_find(f.ref, "logits")->data, T * f.cfg.vocab_size) <= 1e-4, "logits");
     free(lg);
     clnpu_pipeline_destroy(p);
     fprintf(stderr, "two stages on devices 0 and 1: %.0f + fixed; one device %.0f B, fixed %.0f B\n", sum, whole, fixed);
@@ -503,7 +467,7 @@ START_TEST(test_pipeline_placement)
     ck_assert_int_eq(clnpu_pipeline_create(&f.cfg, f.ck, typo, 2, &o, &p), CLNPU_ERR_INVALID_ARGUMENT);
     ck_assert_msg(strstr(clnpu_error_message(), "no target profile 'rebelions-atom'"), "%s", clnpu_error_message());
     clnpu_device_close(d0), clnpu_device_close(d1);
-    close_fixture(&f);
+    test_fixture_close(&f);
 }
 END_TEST
 
@@ -513,8 +477,8 @@ END_TEST
  * int8's own error against transformers (~0.1 here). */
 START_TEST(test_int8_decode_matches_prefill)
 {
-    fixture f;
-    open_fixture(&f);
+    test_fixture f;
+    test_fixture_open(&f, TINY);
     const size_t T = f.T, V = f.cfg.vocab_size;
     const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
     float *lp = malloc(T * V * sizeof *lp), *ld = malloc(T * V * sizeof *ld);
@@ -529,13 +493,13 @@ START_TEST(test_int8_decode_matches_prefill)
         const size_t s1 = 1;
         ck_assert_ok(clnpu_model_decode(m, &s1, &f.ids[t], 1, ld + t * V));
     }
-    const double e = rel(ld + V, lp + V, (T - 1) * V), er = rel(lp, ref, T * V);
+    const double e = test_rel(ld + V, lp + V, (T - 1) * V), er = test_rel(lp, ref, T * V);
     fprintf(stderr, "tiny A.X K1, --weights int8: decode vs prefill rel %.2e; prefill vs transformers %.3g\n", e, er);
     ck_assert_msg(e > 0 && e <= 2e-3, "int8 decode vs prefill: rel %.3g", e);
     ck_assert_msg(er > 1e-3 && er <= 0.2, "int8 prefill vs transformers: rel %.3g", er);
     clnpu_model_destroy(m);
     free(lp), free(ld);
-    close_fixture(&f);
+    test_fixture_close(&f);
 }
 END_TEST
 
@@ -544,8 +508,8 @@ END_TEST
  * equal to each other (they read the same cached values), and the cache's bytes. */
 START_TEST(test_latent_cache_types)
 {
-    fixture f;
-    open_fixture(&f);
+    test_fixture f;
+    test_fixture_open(&f, TINY);
     const size_t T = f.T, V = f.cfg.vocab_size;
     const float *ref = clnpu_safetensors_find(f.ref, "logits")->data;
     float *lg = malloc(T * V * sizeof *lg), *lp = malloc(T * V * sizeof *lp);
@@ -562,7 +526,7 @@ START_TEST(test_latent_cache_types)
         used[k] = (double)clnpu_device_memory_used(d);
         for (size_t i = 0; i < T * V; i++) lp[i] = NAN;
         ck_assert_ok(clnpu_model_prefill(m, 0, f.ids, T, lp)); /* 8-token chunks: later ones read the cache */
-        const double ep = rel(lp, ref, T * V);
+        const double ep = test_rel(lp, ref, T * V);
         clnpu_model_destroy(m);
         ck_assert_ok(clnpu_model_create(d, &f.cfg, f.ck, &o, &m));
         for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
@@ -571,7 +535,7 @@ START_TEST(test_latent_cache_types)
             const size_t s0 = 0;
             ck_assert_ok(clnpu_model_decode(m, &s0, &f.ids[t], 1, lg + t * V));
         }
-        const double ed = rel(lg, ref, T * V), epd = rel(lg, lp, T * V);
+        const double ed = test_rel(lg, ref, T * V), epd = test_rel(lg, lp, T * V);
         const char *name = clnpu_dtype_name(types[k]);
         clnpu_model_destroy(m);
         /* one prefill of the whole prompt, captured: layer 0 (dense, its attention over the cached
@@ -583,7 +547,7 @@ START_TEST(test_latent_cache_types)
         float *h = malloc(T * hd * sizeof *h), *w = malloc(T * K * sizeof *w);
         int *ids = malloc(T * K * sizeof *ids);
         ck_assert_ok(clnpu_model_hidden(m, 1, h));
-        const double eh = rel(h, (const float *)clnpu_safetensors_find(f.ref, "hidden_states")->data + T * hd, T * hd);
+        const double eh = test_rel(h, (const float *)clnpu_safetensors_find(f.ref, "hidden_states")->data + T * hd, T * hd);
         size_t flips = 0;
         for (size_t l = 1; l < f.cfg.num_hidden_layers; l++) {
             char nm[32];
@@ -635,14 +599,14 @@ START_TEST(test_latent_cache_types)
     o.latent_cache = CLNPU_DTYPE_I8;
     ck_assert_int_eq(clnpu_model_memory_estimate(&f.cfg, &o, 1, &b), CLNPU_ERR_UNSUPPORTED);
     free(lg), free(lp);
-    close_fixture(&f);
+    test_fixture_close(&f);
 }
 END_TEST
 
 /* clnpu_model_memory_estimate against what a model allocates: the parts that grow with the
  * context and with the tokens per step, measured as differences on a fresh device (the weights
  * cancel), and a stage without layers (workspaces alone). */
-static double model_used(const fixture *f, const clnpu_model_options *o)
+static double model_used(const test_fixture *f, const clnpu_model_options *o)
 {
     clnpu_device *d;
     clnpu_model *m;
@@ -656,8 +620,8 @@ static double model_used(const fixture *f, const clnpu_model_options *o)
 
 START_TEST(test_model_memory_estimate)
 {
-    fixture f;
-    open_fixture(&f);
+    test_fixture f;
+    test_fixture_open(&f, TINY);
     clnpu_model_options o = clnpu_model_options_default();
     o.max_sequences = 3, o.max_context = 40, o.max_tokens = 8;
     clnpu_model_memory a, b;
@@ -686,7 +650,7 @@ START_TEST(test_model_memory_estimate)
     want = b.workspaces - a.workspaces + b.logits - a.logits + (double)moe * (b.moe_scratch - a.moe_scratch);
     got = model_used(&f, &o2) - model_used(&f, &o);
     ck_assert_msg(fabs(got - want) <= slack, "tokens 8 -> 21: %.0f B more allocated, %.0f estimated", got, want);
-    close_fixture(&f);
+    test_fixture_close(&f);
 }
 END_TEST
 
@@ -696,8 +660,8 @@ END_TEST
  * capacity (its batch of sequences, prefill and decode) without running out of memory. */
 START_TEST(test_plan_memory_matches_run)
 {
-    fixture f;
-    open_fixture(&f);
+    test_fixture f;
+    test_fixture_open(&f, TINY);
     const char *clusters[] = {"clusters/pocl-2", "clusters/pocl-4", "clusters/pocl-2-small", "clusters/pocl-4-small",
                               "tests/data/pocl-2-tight", "tests/data/pocl-1-tight", "tests/data/pocl-1-tight",
                               "tests/data/pocl-1-tight"};
@@ -761,7 +725,7 @@ START_TEST(test_plan_memory_matches_run)
         clnpu_cluster_destroy(cl);
     }
     free(lg);
-    close_fixture(&f);
+    test_fixture_close(&f);
 }
 END_TEST
 
@@ -962,8 +926,8 @@ END_TEST
  * prefill and decode give bit-identical logits. */
 START_TEST(test_dry_pass_leaves_no_trace)
 {
-    fixture f;
-    open_fixture(&f);
+    test_fixture f;
+    test_fixture_open(&f, TINY);
     clnpu_model_options o = clnpu_model_options_default();
     o.max_sequences = 1, o.max_context = 64, o.max_tokens = 32;
     clnpu_device *dev = test_device();
@@ -998,7 +962,7 @@ START_TEST(test_dry_pass_leaves_no_trace)
     ck_assert_msg(!memcmp(a, b, T * V * sizeof *a), "logits after a dry pass differ");
     free(a), free(b);
     clnpu_model_destroy(m);
-    close_fixture(&f);
+    test_fixture_close(&f);
 }
 END_TEST
 

@@ -226,7 +226,7 @@ START_TEST(test_tune_cli)
 }
 END_TEST
 
-/* Every shipped entry (tuning/*.yaml, embedded in the library) was measured with the kernel source
+/* Every shipped entry (the YAML files in tuning/, embedded in the library) was measured with the kernel source
  * the library holds now: a kernel change that alters the source hash silently turns its entries
  * off (the runtime ignores them as stale), so it must re-measure or drop them in the same change.
  * The hash leaves the kernel-selection guards out (tools/embed.py); anything else counts. */

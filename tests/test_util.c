@@ -156,3 +156,34 @@ void *test_latent_cache_encode(clnpu_dtype dt, size_t R, size_t DR, size_t rows,
     *out_bytes = rows * rb;
     return out;
 }
+
+double test_rel(const float *a, const float *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_msg(!isnan(a[i]), "NaN at %zu", i);
+        num += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
+        den += (double)ref[i] * ref[i];
+    }
+    return sqrt(num / den);
+}
+
+void test_fixture_open(test_fixture *f, const char *dir)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    ck_assert_ok(clnpu_model_config_load(path, &f->cfg));
+    ck_assert_ok(clnpu_checkpoint_open(dir, &f->ck));
+    snprintf(path, sizeof path, "%s/reference.safetensors", dir);
+    ck_assert_ok(clnpu_safetensors_open(path, &f->ref));
+    const clnpu_tensor_info *t = clnpu_safetensors_find(f->ref, "input_ids");
+    ck_assert_ptr_nonnull(t);
+    f->ids = t->data;
+    f->T = (size_t)t->shape[0];
+}
+
+void test_fixture_close(test_fixture *f)
+{
+    clnpu_checkpoint_close(f->ck);
+    clnpu_safetensors_close(f->ref);
+}

@@ -42,6 +42,22 @@ int test_run(const char *cmdline, char *out, size_t cap);
  * bytes (*out_bytes of them). */
 void *test_latent_cache_encode(clnpu_dtype dt, size_t R, size_t DR, size_t rows, float *vals, size_t *out_bytes);
 
+/* ||a - ref|| / ||ref|| of two float arrays (a NaN in `a` fails the test). */
+double test_rel(const float *a, const float *ref, size_t n);
+
+/* A checkpoint folder with its transformers reference (config.json, the shards,
+ * reference.safetensors holding input_ids and logits): opened by test_fixture_open (failing the
+ * test on any error), closed by test_fixture_close. */
+typedef struct test_fixture {
+    clnpu_model_config cfg;
+    clnpu_checkpoint *ck;
+    clnpu_safetensors *ref;
+    const int *ids; /* the reference's input_ids (inside ref) */
+    size_t T;       /* their count */
+} test_fixture;
+void test_fixture_open(test_fixture *f, const char *dir);
+void test_fixture_close(test_fixture *f);
+
 Suite *suite_device(void);
 Suite *suite_profile(void);
 Suite *suite_program(void);

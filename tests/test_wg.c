@@ -700,17 +700,6 @@ START_TEST(test_wg_cli)
 }
 END_TEST
 
-static double rel(const float *a, const float *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        ck_assert_msg(!isnan(a[i]), "NaN at %zu", i);
-        num += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num / den);
-}
-
 /* The tiny A.X K1 with every operator in the wg family: logits match transformers' through one
  * prefill and through prefill of 1 + decode. */
 START_TEST(test_wg_model_transformers)
@@ -733,7 +722,7 @@ START_TEST(test_wg_model_transformers)
     float *lg = malloc(T * V * sizeof *lg);
     for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
     ck_assert_ok(clnpu_model_prefill(m, 0, ids, T, lg));
-    double e = rel(lg, ref, T * V);
+    double e = test_rel(lg, ref, T * V);
     fprintf(stderr, "tiny A.X K1, wg family, prefill of %zu: logits rel error %.2e\n", T, e);
     ck_assert_msg(e <= 1e-4, "wg prefill logits: %.3g", e);
     for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
@@ -742,7 +731,7 @@ START_TEST(test_wg_model_transformers)
         size_t s = 1;
         ck_assert_ok(clnpu_model_decode(m, &s, ids + t, 1, lg + t * V));
     }
-    e = rel(lg, ref, T * V);
+    e = test_rel(lg, ref, T * V);
     fprintf(stderr, "tiny A.X K1, wg family, prefill 1 + decode %zu: logits rel error %.2e\n", T - 1, e);
     ck_assert_msg(e <= 1e-4, "wg decode logits: %.3g", e);
     free(lg);

@@ -396,17 +396,6 @@ START_TEST(test_wg_layernorm)
 }
 END_TEST
 
-static double rel(const float *a, const float *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        ck_assert_msg(!isnan(a[i]), "NaN at %zu", i);
-        num += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num / den);
-}
-
 /* tiny-dsv32 (index_topk 10 of 40) and tiny-axk2 (12 of 48) with every operator in the wg family:
  * logits against transformers by one prefill and by prefill of 1 + token-by-token decode (the
  * fixtures' index margins are >= 3e-4, so the selections must be transformers'). */
@@ -435,7 +424,7 @@ START_TEST(test_wg_dsa_models)
     float *lg = malloc(T * V * sizeof *lg);
     for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
     ck_assert_ok(clnpu_model_prefill(m, 0, ids, T, lg));
-    double e = rel(lg, ref, T * V);
+    double e = test_rel(lg, ref, T * V);
     fprintf(stderr, "%s, wg family (%u), prefill of %zu: logits rel error %.2e\n", dirs[_i] + strlen(CLNPU_SOURCE_DIR) + 1,
             clnpu_device_capability(test_device())->wg_size, T, e);
     ck_assert_msg(e <= 1e-4, "wg prefill logits: %.3g", e);
@@ -445,7 +434,7 @@ START_TEST(test_wg_dsa_models)
         size_t s = 1;
         ck_assert_ok(clnpu_model_decode(m, &s, ids + t, 1, lg + t * V));
     }
-    e = rel(lg, ref, T * V);
+    e = test_rel(lg, ref, T * V);
     fprintf(stderr, "%s, wg family, prefill 1 + decode %zu: logits rel error %.2e\n", dirs[_i] + strlen(CLNPU_SOURCE_DIR) + 1,
             T - 1, e);
     ck_assert_msg(e <= 1e-4, "wg decode logits: %.3g", e);
