@@ -221,18 +221,7 @@ __kernel void clnpu_mla_sparse(__global const float *qa, __global const float *q
         }
         clnpu_mla_block(rows, nb, q, qr, z, m, lsum);
     }
-    for (uint g = 0; g < nh; g++) {
-        const size_t k = ((size_t)r * H + hg0 + g) * splits + sp;
-        if (splits == 1) { /* the whole selection: normalised here, no merge pass */
-            const float inv = 1.0f / lsum[g];
-            for (int d = 0; d < R; d++) z_out[k * R + d] = z[g][d] * inv;
-            continue;
-        }
-        /* partials for clnpu_mla_combine (kernels-cl/mla.cl): z, max and sum of the chunk */
-        for (int d = 0; d < R; d++) z_out[k * R + d] = z[g][d];
-        part_ml[2 * k] = m[g]; /* -inf for an empty chunk */
-        part_ml[2 * k + 1] = lsum[g];
-    }
+    clnpu_mla_store(z, m, lsum, z_out, part_ml, (size_t)r * H + hg0, nh, splits, sp);
 }
 #endif /* CLNPU_ONLY */
 

@@ -95,17 +95,7 @@ __kernel void clnpu_mla_decode(__global const float *qa, __global const float *q
         }
         clnpu_mla_block(rows, cnt, q, qr, z, m, lsum);
     }
-    for (uint g = 0; g < nh; g++) {
-        const size_t idx = ((size_t)b * H + hg0 + g) * splits + sp;
-        if (splits == 1) { /* the whole context in one chunk: part_z is the output, no merge pass */
-            const float inv = 1.0f / lsum[g];
-            for (int d = 0; d < R; d++) part_z[idx * R + d] = z[g][d] * inv;
-            continue;
-        }
-        for (int d = 0; d < R; d++) part_z[idx * R + d] = z[g][d];
-        part_ml[2 * idx] = m[g];     /* -inf for an empty chunk */
-        part_ml[2 * idx + 1] = lsum[g];
-    }
+    clnpu_mla_store(z, m, lsum, part_z, part_ml, (size_t)b * H + hg0, nh, splits, sp);
 }
 #endif /* CLNPU_ONLY */
 

@@ -2,7 +2,8 @@
  * cache) and dsa.cl (the indexer's selected rows): the kernels differ only in which cache rows
  * they gather into rows[0..cnt). For HG heads: the scores against each row (read once for all
  * heads, HG independent chains), the online-softmax update of m / lsum, and
- * z = z * corr + sum_j p_j c_j (each cache chunk loaded once for all heads).
+ * z = z * corr + sum_j p_j c_j (each cache chunk loaded once for all heads); then the
+ * chunk's output (clnpu_mla_store).
  * Needs R, DR, HG, BT, VW, VF, VL, VS, hsum (VF -> float) and clnpu_cache.h's loads from the
  * including kernel. */
 #ifndef CLNPU_MLA_BLOCK_H
@@ -46,6 +47,25 @@ inline void clnpu_mla_block(__global const CACHE_T *const *rows, const uint cnt,
             for (int g = 0; g < HG; g++) zd[g] = fma((VF)(s[g][j]), rv, zd[g]);
         }
         for (int g = 0; g < HG; g++) VS(zd[g], 0, z[g] + d);
+    }
+}
+/* Heads [head0, head0 + nh) of chunk sp: with one chunk the normalised output (no merge pass),
+ * else the partials clnpu_mla_combine (mla.cl) merges: z, and the chunk's max and sum. part_z:
+ * [..][splits][R], part_ml: [..][splits][2], indexed by (head0 + g) * splits + sp. */
+inline void clnpu_mla_store(float z[HG][R], const float *m, const float *lsum, __global float *part_z,
+                            __global float *part_ml, const size_t head0, const uint nh, const uint splits,
+                            const uint sp)
+{
+    for (uint g = 0; g < nh; g++) {
+        const size_t k = (head0 + g) * splits + sp;
+        if (splits == 1) {
+            const float inv = 1.0f / lsum[g];
+            for (int d = 0; d < R; d++) part_z[k * R + d] = z[g][d] * inv;
+            continue;
+        }
+        for (int d = 0; d < R; d++) part_z[k * R + d] = z[g][d];
+        part_ml[2 * k] = m[g]; /* -inf for an empty chunk */
+        part_ml[2 * k + 1] = lsum[g];
     }
 }
 #endif
