@@ -27,24 +27,6 @@ static clnpu_buffer *dev_nan(size_t n)
     return b;
 }
 
-static float *rnd(size_t n, float lo, float hi)
-{
-    float *v = malloc((n ? n : 1) * sizeof *v);
-    for (size_t i = 0; i < n; i++) v[i] = test_rand_uniform(lo, hi);
-    return v;
-}
-
-static double rel_err(const float *out, const double *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        ck_assert_msg(!isnan(out[i]), "NaN at %zu", i);
-        num += (out[i] - ref[i]) * (out[i] - ref[i]);
-        den += ref[i] * ref[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
 /* A paged layout for two sequences: pages dealt in a shuffled order. */
 typedef struct paging {
     size_t page, max_blocks, pages;
@@ -83,7 +65,7 @@ START_TEST(test_dsa_scores)
             if ((size_t)pos[t] + 1 > maxlen) maxlen = (size_t)pos[t] + 1;
         }
         const size_t ldq = NH * D + 3, ldw = NH + 1, ld = maxlen + 2;
-        float *q = rnd(T * ldq, -1, 1), *w = rnd(T * ldw, -1, 1), *kc = rnd(p.pages * page * D, -1, 1);
+        float *q = test_rand_array(T * ldq, -1, 1), *w = test_rand_array(T * ldw, -1, 1), *kc = test_rand_array(p.pages * page * D, -1, 1);
         clnpu_buffer *bq = dev_buf(q, T * ldq), *bw = dev_buf(w, T * ldw), *bk = dev_buf(kc, p.pages * page * D),
                      *bbt = dev_buf(p.bt, p.pages), *bs = dev_buf(seq, T), *bp = dev_buf(pos, T), *out = dev_nan(T * ld);
         const float scale = 1.0f / sqrtf((float)D * NH);
@@ -110,7 +92,7 @@ START_TEST(test_dsa_scores)
                 }
                 ref[n] = s * scale, got[n++] = o[t * ld + j];
             }
-        double e = rel_err(got, ref, n);
+        double e = test_rel64(got, ref, n);
         ck_assert_msg(e <= 2e-6, "scores T %zu heads %zu D %zu: rel error %.3g", T, NH, D, e);
         clnpu_buffer *bs_[] = {bq, bw, bk, bbt, bs, bp, out};
         for (size_t i = 0; i < 7; i++) clnpu_buffer_destroy(bs_[i]);
@@ -216,7 +198,7 @@ START_TEST(test_mla_sparse)
         const size_t L = 2 * k + 5, page = 8, row = R + DR, dqk = 16 + DR, ld = H * dqk + 2;
         paging p;
         make_paging(&p, page, L);
-        float *qa = rnd(N * H * R, -0.5f, 0.5f), *qp = rnd(N * ld, -0.5f, 0.5f), *cache = rnd(p.pages * page * row, -1, 1);
+        float *qa = test_rand_array(N * H * R, -0.5f, 0.5f), *qp = test_rand_array(N * ld, -0.5f, 0.5f), *cache = test_rand_array(p.pages * page * row, -1, 1);
         /* values a bf16 cache holds exactly, so one reference serves the f32 and the bf16 cache */
         uint16_t *c16 = malloc(p.pages * page * row * sizeof *c16);
         for (size_t i = 0; i < p.pages * page * row; i++)
@@ -252,7 +234,7 @@ START_TEST(test_mla_sparse)
                                        N, H, R, DR, scale, out, splits[sp], sp == 3 ? CLNPU_DTYPE_BF16 : CLNPU_DTYPE_F32};
             ck_assert_ok(clnpu_mla_sparse(dev, &a));
             ck_assert_ok(clnpu_buffer_read(out, 0, o, N * H * R * 4));
-            double e = rel_err(o, ref, N * H * R), tol = 2e-6 * sqrt((double)k) + 1e-6;
+            double e = test_rel64(o, ref, N * H * R), tol = 2e-6 * sqrt((double)k) + 1e-6;
             ck_assert_msg(e <= tol, "sparse MLA rows %zu H %zu R %zu k %zu splits %u: rel error %.3g > %.3g", N, H, R, k,
                           splits[sp], e, tol);
         }
@@ -274,7 +256,7 @@ START_TEST(test_mla_sparse)
                                        N, H, R, DR, scale, out, sp ? 3 : 1, CLNPU_DTYPE_FP8_E4M3};
             ck_assert_ok(clnpu_mla_sparse(dev, &a));
             ck_assert_ok(clnpu_buffer_read(out, 0, o, N * H * R * 4));
-            double e = rel_err(o, ref, N * H * R), tol = 2e-6 * sqrt((double)k) + 1e-6;
+            double e = test_rel64(o, ref, N * H * R), tol = 2e-6 * sqrt((double)k) + 1e-6;
             ck_assert_msg(e <= tol, "sparse MLA, fp8 cache, rows %zu H %zu R %zu k %zu splits %d: rel error %.3g > %.3g", N, H,
                           R, k, sp ? 3 : 1, e, tol);
         }
@@ -296,7 +278,7 @@ START_TEST(test_dsa_elementwise)
     for (size_t t = 0; t < T; t++) seq[t] = (int)(t % 2), pos[t] = (int)(test_rand_u64() % 13);
     seq[1] = 0, pos[1] = pos[0] + 1 < 13 ? pos[0] + 1 : pos[0] - 1; /* rows 0 and 1: different slots */
     for (size_t t = 2; t < T; t++) seq[t] = 1, pos[t] = (int)t; /* distinct slots of sequence 1 */
-    float *x = rnd(T * ld, -2, 2);
+    float *x = test_rand_array(T * ld, -2, 2);
     clnpu_buffer *bx = dev_buf(x, T * ld), *bc = dev_nan(p.pages * page * D), *bbt = dev_buf(p.bt, p.pages),
                  *bs = dev_buf(seq, T), *bp = dev_buf(pos, T);
     ck_assert_ok(clnpu_dsa_key_append(dev, bc, page, bbt, p.max_blocks, (clnpu_view){bx, 3, ld}, D, T, bs, bp));
@@ -305,7 +287,7 @@ START_TEST(test_dsa_elementwise)
     for (size_t t = 0; t < T; t++)
         ck_assert_msg(!memcmp(c + row_of(&p, seq[t], (size_t)pos[t]) * D, x + 3 + t * ld, D * 4), "key row %zu", t);
     /* layernorm in place on [T][D] at offset 3, stride ld */
-    float *w = rnd(D, 0.5f, 1.5f), *b = rnd(D, -0.5f, 0.5f), *o = malloc(T * ld * sizeof *o);
+    float *w = test_rand_array(D, 0.5f, 1.5f), *b = test_rand_array(D, -0.5f, 0.5f), *o = malloc(T * ld * sizeof *o);
     clnpu_buffer *bw = dev_buf(w, D), *bb = dev_buf(b, D);
     ck_assert_ok(clnpu_layernorm(dev, (clnpu_view){bx, 3, ld}, bw, bb, T, D, 1e-6f));
     ck_assert_ok(clnpu_buffer_read(bx, 0, o, T * ld * 4));
@@ -320,10 +302,10 @@ START_TEST(test_dsa_elementwise)
         for (size_t i = 0; i < D; i++)
             ref[t * D + i] = (x[3 + t * ld + i] - mean) / sqrt(var + 1e-6) * w[i] + b[i], got[t * D + i] = o[3 + t * ld + i];
     }
-    ck_assert_msg(rel_err(got, ref, T * D) <= 1e-6, "layernorm: rel error %.3g", rel_err(got, ref, T * D));
+    ck_assert_msg(test_rel64(got, ref, T * D) <= 1e-6, "layernorm: rel error %.3g", test_rel64(got, ref, T * D));
     /* y[t][h][i] *= sigmoid(g[t][h][i]): 3 heads of 5, y heads 5 apart at offset 1, g heads 6 apart */
     const size_t H = 3, n = 5;
-    float *y = rnd(T * 16, -2, 2), *g = rnd(T * 20, -4, 4);
+    float *y = test_rand_array(T * 16, -2, 2), *g = test_rand_array(T * 20, -4, 4);
     clnpu_buffer *by = dev_buf(y, T * 16), *bg = dev_buf(g, T * 20);
     ck_assert_ok(clnpu_mul_sigmoid(dev, (clnpu_view){by, 1, 16}, 5, (clnpu_view){bg, 2, 20}, 6, T, H, n));
     float *yo = malloc(T * 16 * sizeof *yo);
@@ -335,7 +317,7 @@ START_TEST(test_dsa_elementwise)
                 ref[m] = y[1 + t * 16 + h * 5 + i] / (1 + exp(-(double)g[2 + t * 20 + h * 6 + i]));
                 got[m] = yo[1 + t * 16 + h * 5 + i];
             }
-    ck_assert_msg(rel_err(got, ref, m) <= 1e-6, "mul sigmoid: rel error %.3g", rel_err(got, ref, m));
+    ck_assert_msg(test_rel64(got, ref, m) <= 1e-6, "mul sigmoid: rel error %.3g", test_rel64(got, ref, m));
     ck_assert_ok(clnpu_silu(dev, (clnpu_view){bg, 2, 20}, T, 17));
     float *go = malloc(T * 20 * sizeof *go);
     ck_assert_ok(clnpu_buffer_read(bg, 0, go, T * 20 * 4));
@@ -345,7 +327,7 @@ START_TEST(test_dsa_elementwise)
             const double v = g[2 + t * 20 + i];
             ref[m] = v / (1 + exp(-v)), got[m] = go[2 + t * 20 + i];
         }
-    ck_assert_msg(rel_err(got, ref, m) <= 1e-6, "silu: rel error %.3g", rel_err(got, ref, m));
+    ck_assert_msg(test_rel64(got, ref, m) <= 1e-6, "silu: rel error %.3g", test_rel64(got, ref, m));
     ck_assert_msg(go[0] == g[0] && go[1] == g[1] && go[19] == g[19], "silu wrote outside its rows");
     clnpu_buffer *bs_[] = {bx, bc, bbt, bs, bp, bw, bb, by, bg};
     for (size_t i = 0; i < 9; i++) clnpu_buffer_destroy(bs_[i]);
@@ -397,7 +379,7 @@ START_TEST(test_moe_route_masked_zero)
 {
     clnpu_device *dev = test_device();
     const size_t E = 16, G = 4, TG = 1, K = 6, T = 37;
-    float *logits = rnd(T * E, -3, 3), *bias = rnd(E, -1.2f, 0.3f);
+    float *logits = test_rand_array(T * E, -3, 3), *bias = test_rand_array(E, -1.2f, 0.3f);
     clnpu_buffer *bl = dev_buf(logits, T * E), *bb = dev_buf(bias, E), *bi = dev_nan(T * K), *bw = dev_nan(T * K);
     const clnpu_moe_config cfg = {E, G, TG, K, true, 2.5f, true};
     ck_assert_ok(clnpu_moe_route(dev, (clnpu_view){bl, 0, E}, bb, T, &cfg, bi, bw));

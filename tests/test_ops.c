@@ -37,13 +37,6 @@ static clnpu_buffer *dev_nan(size_t n)
     return b;
 }
 
-static float *rnd(size_t n, float lo, float hi)
-{
-    float *v = malloc((n ? n : 1) * sizeof *v);
-    for (size_t i = 0; i < n; i++) v[i] = test_rand_uniform(lo, hi);
-    return v;
-}
-
 static float *read_f32(clnpu_buffer *b, size_t n)
 {
     float *v = malloc(n * sizeof *v);
@@ -79,7 +72,7 @@ START_TEST(test_rmsnorm)
         for (size_t ri = 0; ri < 3; ri++)
             for (int fused = 0; fused < 2; fused++) {
                 const size_t d = dims[di], rows = rowss[ri], ld = d + 3;
-                float *x = rnd(rows * ld, -2, 2), *h = rnd(rows * ld, -2, 2), *w = rnd(d, 0.5f, 1.5f);
+                float *x = test_rand_array(rows * ld, -2, 2), *h = test_rand_array(rows * ld, -2, 2), *w = test_rand_array(d, 0.5f, 1.5f);
                 clnpu_buffer *bx = dev_f32(x, rows * ld), *bh = dev_f32(h, rows * ld),
                              *bw = dev_f32(w, d), *by = dev_nan(rows * d);
                 clnpu_view vx = {bx, 0, ld}, vh = {fused ? bh : NULL, 0, ld}, vy = {by, 0, d};
@@ -113,7 +106,7 @@ START_TEST(test_elementwise)
     clnpu_device *dev = test_device();
     const size_t rows = 5, n = 1003;
     /* silu(g) * u */
-    float *g = rnd(rows * n, -6, 6), *u = rnd(rows * n, -2, 2);
+    float *g = test_rand_array(rows * n, -6, 6), *u = test_rand_array(rows * n, -2, 2);
     clnpu_buffer *bg = dev_f32(g, rows * n), *bu = dev_f32(u, rows * n), *by = dev_nan(rows * n);
     ck_assert_ok(clnpu_silu_mul(dev, (clnpu_view){by, 0, n}, (clnpu_view){bg, 0, n}, (clnpu_view){bu, 0, n}, rows, n));
     float *y = read_f32(by, rows * n);
@@ -122,7 +115,7 @@ START_TEST(test_elementwise)
     CHECK_ERR(y, ref, rows * n, 1e-6, "silu_mul");
     free(y);
     /* softmax in place, argmax with ties at the lowest index */
-    float *x = rnd(rows * n, -20, 20);
+    float *x = test_rand_array(rows * n, -20, 20);
     x[2 * n + 10] = x[2 * n + 500] = 25.0f; /* a tie in row 2 */
     clnpu_buffer *bx = dev_f32(x, rows * n), *bi;
     ck_assert_ok(clnpu_buffer_create(dev, rows * 4, &bi));
@@ -232,7 +225,7 @@ START_TEST(test_rope_apply)
             const size_t maxpos = 5000;
             clnpu_rope_table *tab;
             ck_assert_ok(clnpu_rope_table_create(dev, c, maxpos, &tab));
-            float *x = rnd(rows * ld + off, -1, 1);
+            float *x = test_rand_array(rows * ld + off, -1, 1);
             int pos[13];
             for (size_t t = 0; t < rows; t++) pos[t] = (int)(test_rand_u64() % maxpos);
             pos[0] = 0;
@@ -304,7 +297,7 @@ START_TEST(test_flash_attention)
                 const size_t T = Ts[ti], dqk = dims[di][0], dv = dims[di][1], H = dims[di][2];
                 if (T == 1000 && di != 0) continue; /* the long case once, with A.X K1 dims */
                 const size_t P = withp ? 1 + test_rand_u64() % 300 : 0, S = P + T;
-                float *q = rnd(T * H * dqk, -1, 1), *k = rnd(S * H * dqk, -1, 1), *v = rnd(S * H * dv, -1, 1);
+                float *q = test_rand_array(T * H * dqk, -1, 1), *k = test_rand_array(S * H * dqk, -1, 1), *v = test_rand_array(S * H * dv, -1, 1);
                 clnpu_buffer *bq = dev_f32(q, T * H * dqk), *bk = dev_f32(k, S * H * dqk),
                              *bv = dev_f32(v, S * H * dv), *bo = dev_nan(T * H * dv);
                 const float scale = 1.0f / sqrtf((float)dqk) * 2.0f; /* sharper than default */
@@ -349,8 +342,8 @@ START_TEST(test_mla_decode)
                 perm[i] = perm[j], perm[j] = tmp;
             }
             for (size_t i = 0; i < B * max_blocks; i++) bt[i] = perm[i];
-            float *cache = rnd(npages * page * (R + DR), -1, 1), *qa = rnd(B * H * R, -1, 1),
-                  *qp = rnd(B * H * DR, -1, 1);
+            float *cache = test_rand_array(npages * page * (R + DR), -1, 1), *qa = test_rand_array(B * H * R, -1, 1),
+                  *qp = test_rand_array(B * H * DR, -1, 1);
             /* fp8: each 16 latent values of a row at their own magnitude (x 1/4 .. 2), so the
              * tiles' scales differ */
             for (size_t i = 0; cdt == CLNPU_DTYPE_FP8_E4M3 && i < npages * page * (R + DR); i += 16)
@@ -539,7 +532,7 @@ START_TEST(test_moe_route_and_dispatch)
     for (int ci = 0; ci < 3; ci++) {
         const clnpu_moe_config *c = &cfgs[ci];
         const size_t T = 37, E = c->experts, K = c->top_k, dim = 45;
-        float *lg = rnd(T * E, -4, 4), *bias = rnd(E, -0.1f, 0.1f);
+        float *lg = test_rand_array(T * E, -4, 4), *bias = test_rand_array(E, -0.1f, 0.1f);
         /* Exact ties: token 0 has every logit equal (lowest indices must win); token 1 two equal
          * maxima in different groups. A strongly negative bias masks group 1 entirely. */
         for (size_t e = 0; e < E; e++) lg[e] = 0.5f;
@@ -596,7 +589,7 @@ START_TEST(test_moe_route_and_dispatch)
                 ck_assert_int_eq(hs[p], (int)t);
                 ck_assert(p >= ho[ids[t * K + j]] && p < ho[ids[t * K + j] + 1]);
             }
-        float *x = rnd(T * dim, -1, 1), *base = rnd(T * dim, -1, 1);
+        float *x = test_rand_array(T * dim, -1, 1), *base = test_rand_array(T * dim, -1, 1);
         clnpu_buffer *bx = dev_f32(x, T * dim), *bxp = dev_nan(T * K * dim), *bbase = dev_f32(base, T * dim),
                      *bout = dev_nan(T * dim);
         ck_assert_ok(clnpu_moe_gather(dev, bxp, (clnpu_view){bx, 0, dim}, src, T * K, dim));
@@ -687,11 +680,11 @@ START_TEST(test_moe_block)
     MAKE(sd, H, I);
     MAKE(router, E, H);
 #undef MAKE
-    float *bias = rnd(E, -0.2f, 0.2f);
+    float *bias = test_rand_array(E, -0.2f, 0.2f);
     clnpu_moe_weights w = {router, bias, gate, up, down, &sg, &su, &sd};
     clnpu_moe_block *blk;
     ck_assert_ok(clnpu_moe_block_create(dev, &cfg, &w, 32, &blk));
-    float *x = rnd(T * H, -1, 1);
+    float *x = test_rand_array(T * H, -1, 1);
     clnpu_buffer *bx = dev_f32(x, T * H), *bo = dev_nan(T * H);
     ck_assert_ok(clnpu_moe_block_forward(dev, blk, (clnpu_view){bx, 0, H}, T, (clnpu_view){bo, 0, H}));
     float *out = read_f32(bo, T * H);

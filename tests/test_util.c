@@ -187,3 +187,22 @@ void test_fixture_close(test_fixture *f)
     clnpu_checkpoint_close(f->ck);
     clnpu_safetensors_close(f->ref);
 }
+
+float *test_rand_array(size_t n, float lo, float hi)
+{
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    ck_assert_ptr_nonnull(v);
+    for (size_t i = 0; i < n; i++) v[i] = test_rand_uniform(lo, hi);
+    return v;
+}
+
+double test_rel64(const float *out, const double *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_msg(!isnan(out[i]), "NaN at %zu", i);
+        num += (out[i] - ref[i]) * (out[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}

@@ -42,8 +42,12 @@ int test_run(const char *cmdline, char *out, size_t cap);
  * bytes (*out_bytes of them). */
 void *test_latent_cache_encode(clnpu_dtype dt, size_t R, size_t DR, size_t rows, float *vals, size_t *out_bytes);
 
+/* n uniform random floats in [lo, hi) (malloc'ed, at least one element). */
+float *test_rand_array(size_t n, float lo, float hi);
 /* ||a - ref|| / ||ref|| of two float arrays (a NaN in `a` fails the test). */
 double test_rel(const float *a, const float *ref, size_t n);
+/* The same against a float64 reference (||ref|| = 0 counts as 1). */
+double test_rel64(const float *out, const double *ref, size_t n);
 
 /* A checkpoint folder with its transformers reference (config.json, the shards,
  * reference.safetensors holding input_ids and logits): opened by test_fixture_open (failing the

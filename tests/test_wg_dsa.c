@@ -50,24 +50,6 @@ static clnpu_buffer *poisoned(size_t floats)
     return b;
 }
 
-static float *rnd(size_t n, float lo, float hi)
-{
-    float *v = malloc((n ? n : 1) * sizeof *v);
-    for (size_t i = 0; i < n; i++) v[i] = test_rand_uniform(lo, hi);
-    return v;
-}
-
-static double rel_err(const float *out, const double *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        ck_assert_msg(!isnan(out[i]), "NaN at %zu", i);
-        num += (out[i] - ref[i]) * (out[i] - ref[i]);
-        den += ref[i] * ref[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
 /* Two sequences' pages of `page` rows, dealt in a shuffled order: bt [2][max_blocks]. */
 static int *make_pages(size_t page, size_t max_len, size_t *out_mb)
 {
@@ -101,7 +83,7 @@ static void check_scores(clnpu_device *dev, const size_t shape[4], const char *w
         if ((size_t)pos[t] + 1 > maxlen) maxlen = (size_t)pos[t] + 1;
     }
     const size_t ldq = NH * D + 3, ldw = NH + 1, ld = maxlen + 2, nk = 2 * mb * page * D;
-    float *q = rnd(T * ldq, -1, 1), *w = rnd(T * ldw, -1, 1), *kc = rnd(nk, -1, 1);
+    float *q = test_rand_array(T * ldq, -1, 1), *w = test_rand_array(T * ldw, -1, 1), *kc = test_rand_array(nk, -1, 1);
     clnpu_buffer *b[7];
     const void *src[6] = {q, w, kc, bt, seq, pos};
     const size_t n4[7] = {T * ldq, T * ldw, nk, 2 * mb, T, T, T * ld};
@@ -135,7 +117,7 @@ static void check_scores(clnpu_device *dev, const size_t shape[4], const char *w
             }
             ref[n] = s * scale, got[n++] = o[t * ld + j];
         }
-    const double e = rel_err(got, ref, n);
+    const double e = test_rel64(got, ref, n);
     ck_assert_msg(e <= 2e-6, "%s scores T %zu heads %zu D %zu: rel error %.3g", what, T, NH, D, e);
     for (int i = 0; i < 7; i++) clnpu_buffer_destroy(b[i]);
     free(q), free(w), free(kc), free(o), free(got), free(ref), free(bt);
@@ -276,7 +258,7 @@ START_TEST(test_wg_mla_sparse)
         size_t mb;
         int *bt = make_pages(page, L, &mb);
         const size_t nc = 2 * mb * page * row;
-        float *qa = rnd(N * H * R, -0.5f, 0.5f), *qp = rnd(N * ld, -0.5f, 0.5f), *cache = rnd(nc, -1, 1);
+        float *qa = test_rand_array(N * H * R, -0.5f, 0.5f), *qp = test_rand_array(N * ld, -0.5f, 0.5f), *cache = test_rand_array(nc, -1, 1);
         uint16_t *c16 = malloc(nc * sizeof *c16);
         for (size_t i = 0; i < nc; i++) /* values a bf16 cache holds exactly: one reference for both */
             c16[i] = clnpu_f32_to_bf16(cache[i]), cache[i] = clnpu_bf16_to_f32(c16[i]);
@@ -330,7 +312,7 @@ START_TEST(test_wg_mla_sparse)
                                                N, H, R, DR, 0.37f, out, sp ? 3 : 1, CLNPU_DTYPE_FP8_E4M3};
                     ck_assert_ok(clnpu_mla_sparse(dev, &a));
                     ck_assert_ok(clnpu_buffer_read(out, 0, o, N * H * R * 4));
-                    const double e = rel_err(o, ref, N * H * R), tol = 2e-6 * sqrt((double)k) + 1e-6;
+                    const double e = test_rel64(o, ref, N * H * R), tol = 2e-6 * sqrt((double)k) + 1e-6;
                     ck_assert_msg(e <= tol, "wg %u sparse MLA rows %zu H %zu R %zu k %zu splits %d fp8: rel error %.3g > %.3g",
                                   sizes[_i], N, H, R, k, sp ? 3 : 1, e, tol);
                 }
@@ -351,7 +333,7 @@ START_TEST(test_wg_mla_sparse)
                                            N, H, R, DR, 0.37f, out, splits[sp], sp == 3 ? CLNPU_DTYPE_BF16 : CLNPU_DTYPE_F32};
                 ck_assert_ok(clnpu_mla_sparse(dev, &a));
                 ck_assert_ok(clnpu_buffer_read(out, 0, o, N * H * R * 4));
-                const double e = rel_err(o, ref, N * H * R), tol = 2e-6 * sqrt((double)k) + 1e-6;
+                const double e = test_rel64(o, ref, N * H * R), tol = 2e-6 * sqrt((double)k) + 1e-6;
                 ck_assert_msg(e <= tol, "wg %u sparse MLA rows %zu H %zu R %zu k %zu splits %u%s: rel error %.3g > %.3g",
                               sizes[_i], N, H, R, k, splits[sp], sp == 3 ? " bf16" : "", e, tol);
             }
@@ -371,7 +353,7 @@ START_TEST(test_wg_layernorm)
     const size_t ns[2] = {20, 300};
     for (int c = 0; c < 2; c++) {
         const size_t T = 7, n = ns[c], ld = n + 7;
-        float *x = rnd(T * ld, -2, 2), *w = rnd(n, 0.5f, 1.5f), *b = rnd(n, -0.5f, 0.5f);
+        float *x = test_rand_array(T * ld, -2, 2), *w = test_rand_array(n, 0.5f, 1.5f), *b = test_rand_array(n, -0.5f, 0.5f);
         for (size_t i = 0; i < T * ld; i++) x[i] += 3.0f; /* a mean far from 0: the two-pass variance matters */
         clnpu_buffer *bx = upload(x, T * ld * 4), *bw = upload(w, n * 4), *bb = upload(b, n * 4);
         ck_assert_ok(clnpu_layernorm(test_device(), (clnpu_view){bx, 3, ld}, bw, bb, T, n, 1e-6f));
@@ -388,7 +370,7 @@ START_TEST(test_wg_layernorm)
             for (size_t i = 0; i < n; i++) ref[t * n + i] = (xr[i] - mean) / sqrt(var + 1e-6) * w[i] + b[i], got[t * n + i] = o[3 + t * ld + i];
         }
         ck_assert_msg(o[0] == x[0] && o[2] == x[2], "layernorm wrote before its rows");
-        const double e = rel_err(got, ref, T * n);
+        const double e = test_rel64(got, ref, T * n);
         ck_assert_msg(e <= 1e-6, "wg %u layernorm n %zu: rel error %.3g", sizes[_i], n, e);
         clnpu_buffer_destroy(bx), clnpu_buffer_destroy(bw), clnpu_buffer_destroy(bb);
         free(x), free(w), free(b), free(o), free(got), free(ref);
