@@ -123,15 +123,16 @@ __kernel void clnpu_moe_gather(__global float *Xp, __global const float *X, cons
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_moe_combine
 /* out[t] = base[t] + sum_j w[t][j] * Yp[slot_row[t][j]], fp32, slots in order. base (the
- * shared expert's output) may be NULL. Grid: (dim, T). */
+ * shared expert's output, at boff: it may sit in Yp after the routed rows) may be NULL.
+ * Grid: (dim, T). */
 __kernel void clnpu_moe_combine(__global float *out, const uint ldo, __global const float *base,
-                                const uint ldb, __global const float *Yp,
+                                const uint boff, const uint ldb, __global const float *Yp,
                                 __global const int *slot_row, __global const float *weights,
                                 const uint top_k, const uint dim)
 {
     const uint d = get_global_id(0), t = get_global_id(1);
     if (d >= dim) return;
-    float acc = base ? base[(size_t)t * ldb + d] : 0.0f;
+    float acc = base ? base[boff + (size_t)t * ldb + d] : 0.0f;
     for (uint j = 0; j < top_k; j++)
         acc = fma(weights[t * top_k + j], Yp[(size_t)slot_row[t * top_k + j] * dim + d], acc);
     out[(size_t)t * ldo + d] = acc;

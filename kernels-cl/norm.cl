@@ -24,6 +24,7 @@ inline float row_sumsq(__global const float *h, uint dim, __local float *part)
     return s;
 }
 
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_rmsnorm
 /* y[r] = norm(x[r]) * w; rows of x and y have strides ldx / ldy (in place allowed). With
  * has_residual, h[r] += x[r] first and h is what gets normalised (h keeps the sum). */
 __kernel void clnpu_rmsnorm(__global float *x, const uint xoff, const uint ldx,
@@ -47,3 +48,38 @@ __kernel void clnpu_rmsnorm(__global float *x, const uint xoff, const uint ldx,
     __global float *yr = y + yoff + (size_t)r * ldy;
     for (uint i = l; i < dim; i += CLNPU_NORM_WG) yr[i] = w[i] * (src[i] * inv);
 }
+#endif /* CLNPU_ONLY */
+
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_rmsnorm_add_tag
+/* The end of a decoder layer in one launch instead of four (post-MLP norm, residual add, non-finite
+ * check, the next layer's input norm): per row, h += x, or h += norm(x) * w1 with w1 (x NULL:
+ * nothing added); then, with tag >= 0, the non-finite check of h as clnpu_nonfinite_tag does it
+ * (atomic_min of *flag to tag, a bit test immune to fast-math); then y = norm(h) * w2 with w2. The
+ * sums and products are the separate kernels' own, in their order. */
+__kernel void clnpu_rmsnorm_add_tag(__global const float *x, const uint xoff, const uint ldx,
+                                    __global const float *w1, __global float *h, const uint hoff,
+                                    const uint ldh, __global float *y, const uint yoff, const uint ldy,
+                                    __global const float *w2, const uint dim, const float eps, const int tag,
+                                    __global int *flag)
+{
+    __local float part[CLNPU_NORM_WG];
+    const uint r = get_group_id(0), l = get_local_id(0);
+    __global float *hr = h + hoff + (size_t)r * ldh;
+    if (x) {
+        __global const float *xr = x + xoff + (size_t)r * ldx;
+        const float inv1 = w1 ? 1.0f / sqrt(row_sumsq(xr, dim, part) / (float)dim + eps) : 1.0f;
+        for (uint i = l; i < dim; i += CLNPU_NORM_WG) hr[i] += w1 ? w1[i] * (xr[i] * inv1) : xr[i];
+        /* every work-item's h is written, and part[0] read, before the next reduction */
+        barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
+    }
+    if (tag >= 0) {
+        uint bad = 0;
+        for (uint i = l; i < dim; i += CLNPU_NORM_WG) bad |= (as_uint(hr[i]) & 0x7f800000u) == 0x7f800000u;
+        if (bad) atomic_min(flag, tag);
+    }
+    if (!w2) return;
+    const float inv = 1.0f / sqrt(row_sumsq(hr, dim, part) / (float)dim + eps);
+    __global float *yr = y + yoff + (size_t)r * ldy;
+    for (uint i = l; i < dim; i += CLNPU_NORM_WG) yr[i] = w2[i] * (hr[i] * inv);
+}
+#endif /* CLNPU_ONLY */

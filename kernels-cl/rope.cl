@@ -5,15 +5,10 @@
  * half-split pairs (x[i], x[i + d/2]) — Llama / NeoX style. */
 #include "clnpu_common.h"
 
-/* x: rows (tokens) of `heads` vectors; element (t, h, i) of the rope slice sits at
- * x[off + t*ld + h*hstride + i]. table: [positions][d/2] of (cos, sin) pairs. */
-__kernel void clnpu_rope(__global float *x, const uint off, const uint ld, const uint hstride,
-                         const uint heads, const uint d, __global const float2 *table,
-                         __global const int *pos, const uint npos, const uint half_split)
+/* Pair i of vector v at position pos[t]. */
+inline void rope_pair(__global float *v, const uint i, const uint d, __global const float2 *table,
+                      __global const int *pos, const uint t, const uint npos, const uint half_split)
 {
-    const uint i = get_global_id(0), h = get_global_id(1), t = get_global_id(2);
-    if (i >= d / 2 || h >= heads) return;
-    __global float *v = x + off + (size_t)t * ld + (size_t)h * hstride;
     const uint a = half_split ? i : 2 * i, b = half_split ? i + d / 2 : 2 * i + 1;
     const int p = pos[t];
     if (p < 0 || (uint)p >= npos) { /* outside the table: poison rather than read past it */
@@ -25,3 +20,32 @@ __kernel void clnpu_rope(__global float *x, const uint off, const uint ld, const
     v[a] = x0 * cs.x - x1 * cs.y;
     v[b] = x1 * cs.x + x0 * cs.y;
 }
+
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_rope
+/* x: rows (tokens) of `heads` vectors; element (t, h, i) of the rope slice sits at
+ * x[off + t*ld + h*hstride + i]. table: [positions][d/2] of (cos, sin) pairs. */
+__kernel void clnpu_rope(__global float *x, const uint off, const uint ld, const uint hstride,
+                         const uint heads, const uint d, __global const float2 *table,
+                         __global const int *pos, const uint npos, const uint half_split)
+{
+    const uint i = get_global_id(0), h = get_global_id(1), t = get_global_id(2);
+    if (i >= d / 2 || h >= heads) return;
+    rope_pair(x + off + (size_t)t * ld + (size_t)h * hstride, i, d, table, pos, t, npos, half_split);
+}
+#endif /* CLNPU_ONLY */
+
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_rope2
+/* Two tensors of the same rows in one launch (MLA: the heads of q and the one k_pe): heads
+ * [0, heads) of x, then heads2 more of x2, each with its own offset, stride and head stride. */
+__kernel void clnpu_rope2(__global float *x, const uint off, const uint ld, const uint hstride,
+                          const uint heads, __global float *x2, const uint off2, const uint ld2,
+                          const uint hstride2, const uint heads2, const uint d, __global const float2 *table,
+                          __global const int *pos, const uint npos, const uint half_split)
+{
+    const uint i = get_global_id(0), h = get_global_id(1), t = get_global_id(2);
+    if (i >= d / 2 || h >= heads + heads2) return;
+    __global float *v = h < heads ? x + off + (size_t)t * ld + (size_t)h * hstride
+                                  : x2 + off2 + (size_t)t * ld2 + (size_t)(h - heads) * hstride2;
+    rope_pair(v, i, d, table, pos, t, npos, half_split);
+}
+#endif /* CLNPU_ONLY */

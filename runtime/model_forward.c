@@ -90,6 +90,29 @@ static clnpu_status check_finite(clnpu_model *m, clnpu_buffer *b, size_t n, size
     return clnpu_launch(m->dev, "elementwise.cl", NULL, "clnpu_nonfinite_tag", 1, g, l, a, 4);
 }
 
+/* A layer's end in one launch (clnpu_rmsnorm_add_tag): h += x (through post_mlp_norm w1 when the
+ * model has it; x NULL: nothing to add), the non-finite check of h under tag, and the next norm
+ * into m->a where one follows in this stage: the next layer's input norm (*normed: that layer
+ * skips its own), or the final norm before the head. Not with captures (they read h in between)
+ * nor with data-parallel attention (its MoE layers leave some devices alone). */
+static bool fuse_layer_end(const clnpu_model *m)
+{
+    return !m->opt.capture && !m->dp;
+}
+
+static clnpu_status layer_end(clnpu_model *m, size_t l, size_t T, clnpu_buffer *x, const clnpu_buffer *w1, bool *normed)
+{
+    const clnpu_model_config *c = &m->cfg;
+    const size_t d = c->hidden_size;
+    const clnpu_buffer *w2 = NULL;
+    if (l + 1 < m->opt.layer_end) w2 = m->layers[l + 1].in_fc1 ? NULL : m->layers[l + 1].in_norm; /* gated: its own */
+    else if (m->opt.head) w2 = m->final_norm;
+    const clnpu_view xv = {x, 0, d}, hv = {m->h, 0, d}, av = {m->a, 0, d};
+    const int tag = m->tp_rank ? -1 : (int)(l + 1); /* rank 0 checks for the group, as check_finite */
+    *normed = w2 != NULL;
+    return clnpu_rmsnorm_add_tag(m->dev, xv, w1, hv, av, w2, T, d, (float)c->rms_norm_eps, tag, m->nonfinite);
+}
+
 /* After a step: the error naming where values first turned NaN / Inf, and the flag reset. */
 static clnpu_status nonfinite_report(clnpu_model *m)
 {
@@ -200,10 +223,10 @@ static clnpu_status attention_dense(clnpu_model *m, model_layer *ly, size_t T, b
     if (!st) st = mm(m, ly->kv_a, 0, m->a, 0, d, m->kv0, 0, m->lat, T, CLNPU_EPILOGUE_NONE);
     clnpu_view kv0 = {m->kv0, 0, m->lat};
     if (!st) st = clnpu_rmsnorm(m->dev, kv0, none, kv0, ly->kv_a_norm, T, R, eps);
-    if (!st) st = clnpu_rope_apply(m->dev, m->rope, (clnpu_view){m->kv0, R, m->lat}, T, 1, 0, m->pos, layout);
+    /* q's rope slices and k_pe in one launch */
     if (!st)
-        st = clnpu_rope_apply(m->dev, m->rope, (clnpu_view){m->q, c->qk_nope_head_dim, H * m->dqk}, T, H, m->dqk,
-                              m->pos, layout);
+        st = clnpu_rope_apply2(m->dev, m->rope, (clnpu_view){m->q, c->qk_nope_head_dim, H * m->dqk}, H, m->dqk,
+                               (clnpu_view){m->kv0, R, m->lat}, 1, 0, T, m->pos, layout);
     /* The new latent rows (c | rotated k_pe) go to the cache before attention reads it. */
     if (!st) {
         cl_mem cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev), src = clnpu_mem(m->kv0),
@@ -286,9 +309,14 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
     char opts[96];
     snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu%s", R, c->qk_rope_head_dim,
              clnpu_latent_cache_define(m->opt.latent_cache));
+    bool normed = false; /* m->a holds this layer's input norm already (the last layer's end made it) */
+    const bool fuse = fuse_layer_end(m);
     for (size_t l = m->opt.layer_begin; !st && l < m->opt.layer_end; l++) {
         model_layer *ly = &m->layers[l];
-        st = ly->in_fc1 ? clnpu_model_family_in_norm(m, ly, T) : clnpu_rmsnorm(m->dev, hv, none, av, ly->in_norm, T, d, eps);
+        if (ly->in_fc1) st = clnpu_model_family_in_norm(m, ly, T);
+        else if (!normed) st = clnpu_rmsnorm(m->dev, hv, none, av, ly->in_norm, T, d, eps);
+        normed = false;
+        bool ended = false; /* layer_end ran: h's check (and the next norm) done */
         if (!st && m->fam) st = clnpu_model_family_attention(m, ly, T, maxlen); /* indexer, gates */
         else if (!st) st = attention_dense(m, ly, T, decode, seq_of, pos_of, maxlen, opts);
         /* h += attn . Wo^T, then the MLP on the post-attention norm */
@@ -304,6 +332,7 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
             st = mm(m, ly->dense_gate_up, 0, m->a, 0, d, m->mlp_h, 0, m->inter, T, CLNPU_EPILOGUE_SWIGLU);
             if (!st) st = mm(m, ly->dense_down, 0, m->mlp_h, 0, m->inter, m->h, 0, d, T, partial);
             if (!st) st = tp_sum(m, m->h, T);
+            if (!st && fuse) st = layer_end(m, l, T, NULL, NULL, &normed), ended = true;
         } else if (!st) {
             /* rank 0: routed experts + its slice of the shared expert; a peer: its slice only;
              * summed over the ranks before the norm after the block */
@@ -325,18 +354,22 @@ static clnpu_status forward_rank(clnpu_model *m, size_t T, const int *ids, const
              * attention replicas: meets them with no rows of its own) */
             if (!st && m->tp && m->tp_rank) st = clnpu_tp_peer_moe(m->tp, l);
             if (!st) st = m->tp ? clnpu_tp_allreduce_add(m->tp, m->tp_rank, m->mlp, T * d, !idle) : CLNPU_OK;
-            if (!st && ly->post_mlp_norm) st = clnpu_rmsnorm(m->dev, mv, none, mv, ly->post_mlp_norm, T, d, eps);
-            if (!st) st = add_into(m, m->h, m->mlp, T * d);
+            if (!st && fuse) {
+                st = layer_end(m, l, T, m->mlp, ly->post_mlp_norm, &normed), ended = true;
+            } else {
+                if (!st && ly->post_mlp_norm) st = clnpu_rmsnorm(m->dev, mv, none, mv, ly->post_mlp_norm, T, d, eps);
+                if (!st) st = add_into(m, m->h, m->mlp, T * d);
+            }
             if (!st && m->opt.capture && ly->moe && !m->dp) {
                 const size_t K = c->num_experts_per_tok, off = l * m->opt.max_tokens * K;
                 st = clnpu_moe_block_last_routing(ly->moe, m->route_ids + off, m->route_w + off);
             }
         }
-        if (!st && !idle) st = check_finite(m, m->h, T * d, l + 1);
+        if (!st && !idle && !ended) st = check_finite(m, m->h, T * d, l + 1);
         if (!st) st = capture(m, l + 1, m->h, T);
     }
     if (!st && !m->opt.head && h_out) st = clnpu_buffer_read(m->h, 0, h_out, T * d * sizeof(float));
-    if (!st && m->opt.head) st = clnpu_rmsnorm(m->dev, hv, none, av, m->final_norm, T, d, eps);
+    if (!st && m->opt.head && !normed) st = clnpu_rmsnorm(m->dev, hv, none, av, m->final_norm, T, d, eps);
     if (!st && m->opt.head) st = capture(m, c->num_hidden_layers + 1, m->a, T);
     if (!st && want_logits && m->opt.head) {
         /* this rank's vocabulary columns: rank 0's in place in [HT][vocab], the others' gathered;

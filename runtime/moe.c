@@ -102,14 +102,15 @@ clnpu_status clnpu_moe_combine(clnpu_device *dev, clnpu_view out, clnpu_view bas
 {
     if (!out.buf || !yp || !slot_row || !w) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe combine: NULL buffer");
     if (!T) return CLNPU_OK;
-    if (out.offset || base.offset || clnpu_buffer_size(yp) < T * top_k * dim * 4 ||
+    if (out.offset || base.offset > 0xffffffffu || clnpu_buffer_size(yp) < T * top_k * dim * 4 ||
         clnpu_buffer_size(out.buf) < ((T - 1) * out.ld + dim) * 4 ||
-        (base.buf && clnpu_buffer_size(base.buf) < ((T - 1) * base.ld + dim) * 4))
+        (base.buf && clnpu_buffer_size(base.buf) < (base.offset + (T - 1) * base.ld + dim) * 4))
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe combine: a buffer is smaller than its shape");
     cl_mem mo = clnpu_mem(out.buf), mb = clnpu_mem(base.buf), my = clnpu_mem(yp), ms = clnpu_mem(slot_row),
            mw = clnpu_mem(w);
-    cl_uint lo = (cl_uint)out.ld, lb = (cl_uint)base.ld, k = (cl_uint)top_k, d = (cl_uint)dim;
-    clnpu_karg a[] = {KARG(mo), KARG(lo), KARG(mb), KARG(lb), KARG(my), KARG(ms), KARG(mw), KARG(k), KARG(d)};
+    cl_uint lo = (cl_uint)out.ld, bo = (cl_uint)base.offset, lb = (cl_uint)base.ld, k = (cl_uint)top_k,
+            d = (cl_uint)dim;
+    clnpu_karg a[] = {KARG(mo), KARG(lo), KARG(mb), KARG(bo), KARG(lb), KARG(my), KARG(ms), KARG(mw), KARG(k), KARG(d)};
     size_t g[2] = {dim, T}, l[2] = {clnpu_row_wg(dev, dim), 1};
-    return clnpu_launch(dev, "moe.cl", NULL, "clnpu_moe_combine", 2, g, l, a, 9);
+    return clnpu_launch(dev, "moe.cl", NULL, "clnpu_moe_combine", 2, g, l, a, 10);
 }

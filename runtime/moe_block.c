@@ -27,6 +27,13 @@ struct clnpu_moe_block {
     clnpu_buffer *logits, *ids, *weights, *counts, *offsets, *src, *slot_row, *xp, *hp, *yp;
     clnpu_buffer *sh_h, *sh_y;
     int *host_counts;
+    /* The shared expert as matrix E of the routed experts' group (one expert's shape): its T rows
+     * follow the T * top_k routed ones, so one gather and two grouped GEMMs serve all experts
+     * (two launches fewer per layer, and the small shared GEMVs join the wider grouped ones).
+     * iota[i] = i: the source rows and count of the shared segment, written when T changes. */
+    bool shared_grouped;
+    size_t shared_T;
+    int *iota;
 };
 
 void clnpu_moe_block_destroy(clnpu_moe_block *b)
@@ -37,7 +44,7 @@ void clnpu_moe_block_destroy(clnpu_moe_block *b)
     clnpu_buffer *bs[] = {b->bias, b->logits, b->ids, b->weights, b->counts, b->offsets, b->src,
                           b->slot_row, b->xp, b->hp, b->yp, b->sh_h, b->sh_y};
     for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) clnpu_buffer_destroy(bs[i]);
-    free(b->host_counts);
+    free(b->host_counts), free(b->iota);
     for (size_t i = 0; i < b->nshards; i++) {
         moe_shard *sh = &b->shards[i];
         clnpu_weight_destroy(sh->gate_up), clnpu_weight_destroy(sh->down);
@@ -109,6 +116,30 @@ static clnpu_status make_shard(clnpu_moe_block *b, const clnpu_moe_weights *w, c
     return st;
 }
 
+/* A matrix the packed group of `like` can hold: one dtype, shape, quantisation group and scales. */
+static bool same_layout(const clnpu_weight_desc *a, const clnpu_weight_desc *like)
+{
+    return a->dtype == like->dtype && a->n == like->n && a->k == like->k && a->group_k == like->group_k &&
+           !a->scales == !like->scales;
+}
+
+/* Upload the routed experts, with the shared expert as one more matrix when it fits the group. */
+static clnpu_status upload_experts(clnpu_device *dev, clnpu_moe_block *b, const clnpu_moe_weights *w, size_t E)
+{
+    if (!b->shared_grouped) {
+        clnpu_status st = clnpu_weight_upload_swiglu(dev, w->gate, w->up, E, &b->gate_up);
+        return st ? st : clnpu_weight_upload(dev, w->down, E, &b->down);
+    }
+    clnpu_weight_desc *g = malloc(3 * (E + 1) * sizeof *g), *u = g + E + 1, *d = u + E + 1;
+    if (!g) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    memcpy(g, w->gate, E * sizeof *g), memcpy(u, w->up, E * sizeof *u), memcpy(d, w->down, E * sizeof *d);
+    g[E] = *w->shared_gate, u[E] = *w->shared_up, d[E] = *w->shared_down;
+    clnpu_status st = clnpu_weight_upload_swiglu(dev, g, u, E + 1, &b->gate_up);
+    if (!st) st = clnpu_weight_upload(dev, d, E + 1, &b->down);
+    free(g);
+    return st;
+}
+
 static clnpu_status create(clnpu_device *dev, const clnpu_moe_config *cfg, const clnpu_moe_weights *w,
                            size_t max_tokens, const clnpu_moe_shard *shards, size_t nshards, clnpu_moe_block **out)
 {
@@ -125,7 +156,10 @@ static clnpu_status create(clnpu_device *dev, const clnpu_moe_config *cfg, const
     if (!b) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     b->cfg = *cfg;
     b->hidden = H, b->inter = I, b->max_tokens = max_tokens;
-    const size_t K = cfg->top_k, rows = max_tokens * K;
+    /* (expert parallel keeps the shared expert apart, on this device) */
+    b->shared_grouped = !nshards && w->shared_gate && same_layout(w->shared_gate, &w->gate[0]) &&
+                        same_layout(w->shared_up, &w->up[0]) && same_layout(w->shared_down, &w->down[0]);
+    const size_t K = cfg->top_k, rows = max_tokens * K, grows = rows + (b->shared_grouped ? max_tokens : 0);
     clnpu_status st = CLNPU_OK;
     b->max_tokens = max_tokens; /* make_shard sizes its scratch from it */
     /* The router runs in fp32 as in HF (near-ties must not flip with the weight dtype). */
@@ -137,8 +171,7 @@ static clnpu_status create(clnpu_device *dev, const clnpu_moe_config *cfg, const
         st = clnpu_weight_upload(dev, &rd, 1, &b->router);
     }
     free(r32);
-    if (!st && !nshards) st = clnpu_weight_upload_swiglu(dev, w->gate, w->up, E, &b->gate_up);
-    if (!st && !nshards) st = clnpu_weight_upload(dev, w->down, E, &b->down);
+    if (!st && !nshards) st = upload_experts(dev, b, w, E);
     if (!st && nshards) {
         bool *taken = calloc(E, sizeof *taken);
         b->shards = calloc(nshards, sizeof *b->shards);
@@ -150,8 +183,8 @@ static clnpu_status create(clnpu_device *dev, const clnpu_moe_config *cfg, const
             if (!taken[e]) st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe block: expert %zu is on no device", e);
         free(taken);
     }
-    if (!st && w->shared_gate) {
-        b->shared_inter = w->shared_gate->n;
+    if (!st && w->shared_gate) b->shared_inter = w->shared_gate->n;
+    if (!st && w->shared_gate && !b->shared_grouped) {
         st = clnpu_weight_upload_swiglu(dev, w->shared_gate, w->shared_up, 1, &b->shared_gate_up);
         if (!st) st = clnpu_weight_upload(dev, w->shared_down, 1, &b->shared_down);
     }
@@ -161,8 +194,8 @@ static clnpu_status create(clnpu_device *dev, const clnpu_moe_config *cfg, const
     }
     struct { clnpu_buffer **p; size_t bytes; } scratch[] = {
         {&b->logits, max_tokens * E * 4}, {&b->ids, rows * 4}, {&b->weights, rows * 4},
-        {&b->counts, E * 4}, {&b->offsets, (E + 1) * 4}, {&b->src, rows * 4}, {&b->slot_row, rows * 4},
-        {&b->xp, rows * H * 4}, {&b->hp, rows * I * 4}, {&b->yp, rows * H * 4},
+        {&b->counts, (E + 1) * 4}, {&b->offsets, (E + 2) * 4}, {&b->src, grows * 4}, {&b->slot_row, rows * 4},
+        {&b->xp, grows * H * 4}, {&b->hp, grows * I * 4}, {&b->yp, grows * H * 4},
     };
     for (size_t i = 0; !st && i < sizeof scratch / sizeof scratch[0]; i++)
         st = clnpu_buffer_create(dev, scratch[i].bytes, scratch[i].p);
@@ -172,6 +205,9 @@ static clnpu_status create(clnpu_device *dev, const clnpu_moe_config *cfg, const
     }
     if (!st && !(b->host_counts = malloc(E * sizeof(int))))
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (!st && b->shared_grouped && !(b->iota = malloc((max_tokens + 1) * sizeof(int))))
+        st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (size_t i = 0; !st && b->iota && i <= max_tokens; i++) b->iota[i] = (int)i;
     if (st) {
         clnpu_moe_block_destroy(b);
         return clnpu_fail_context(st, "creating a MoE block (%zu experts, hidden %zu, width %zu)", E, H, I);
@@ -311,7 +347,7 @@ clnpu_status clnpu_moe_block_forward(clnpu_device *dev, clnpu_moe_block *b, clnp
     clnpu_status st = clnpu_gemm(dev, b->router, 0, &g);
     if (!st) st = clnpu_moe_route(dev, (clnpu_view){b->logits, 0, E}, b->bias, T, &b->cfg, b->ids, b->weights);
     if (!st) st = clnpu_moe_plan(dev, b->ids, T, K, E, b->counts, b->offsets, b->src, b->slot_row);
-    /* The shared expert does not depend on routing: queue it first. */
+    /* The shared expert does not depend on routing: queue it first (apart from the group). */
     if (!st && b->shared_gate_up) {
         g = clnpu_gemm_args_default();
         g.x = x.buf, g.x_offset = x.offset, g.ldx = x.ld, g.y = b->sh_h, g.m = T;
@@ -323,21 +359,29 @@ clnpu_status clnpu_moe_block_forward(clnpu_device *dev, clnpu_moe_block *b, clnp
             st = clnpu_gemm(dev, b->shared_down, 0, &g);
         }
     }
-    if (!st) st = clnpu_moe_gather(dev, b->xp, x, b->src, T * K, H);
+    /* In the group, the shared expert is matrix E over rows [T * K, T * K + T) = tokens 0 .. T - 1:
+     * the plan writes offsets[E] = T * K and leaves counts[E] and those source rows alone. */
+    const size_t S = b->shared_grouped ? T : 0, M = T * K + S;
+    if (!st && S && b->shared_T != T) {
+        st = clnpu_buffer_write_async(b->src, T * K * sizeof(int), b->iota, T * sizeof(int));
+        if (!st) st = clnpu_buffer_write_async(b->counts, E * sizeof(int), b->iota + T, sizeof(int));
+        b->shared_T = st ? 0 : T;
+    }
+    if (!st) st = clnpu_moe_gather(dev, b->xp, x, b->src, M, H);
     if (!st && !b->nshards) {
         /* All experts here: the grouped GEMMs read the plan's counts on the device, so the
          * whole layer is queued without waiting (an expert takes at most T rows). */
         g = clnpu_gemm_args_default();
-        g.x = b->xp, g.y = b->hp, g.m = T * K, g.epilogue = CLNPU_EPILOGUE_SWIGLU;
+        g.x = b->xp, g.y = b->hp, g.m = M, g.epilogue = CLNPU_EPILOGUE_SWIGLU;
         st = clnpu_gemm_grouped_counts(dev, b->gate_up, b->counts, b->offsets, T, &g);
         g = clnpu_gemm_args_default();
-        g.x = b->hp, g.y = b->yp, g.m = T * K;
+        g.x = b->hp, g.y = b->yp, g.m = M;
         if (!st) st = clnpu_gemm_grouped_counts(dev, b->down, b->counts, b->offsets, T, &g);
     } else if (!st) {
         st = dispatch_routed(b, T);
     }
-    if (!st)
-        st = clnpu_moe_combine(dev, out, (clnpu_view){b->sh_y, 0, H}, b->yp, b->slot_row, b->weights, T, K, H);
+    const clnpu_view shared = S ? (clnpu_view){b->yp, T * K * H, H} : (clnpu_view){b->sh_y, 0, H};
+    if (!st) st = clnpu_moe_combine(dev, out, shared, b->yp, b->slot_row, b->weights, T, K, H);
     return st;
 }
 
@@ -357,5 +401,6 @@ size_t clnpu_moe_block_device_bytes(const clnpu_moe_block *b)
     for (size_t i = 0; i < b->nshards; i++)
         if (b->shards[i].gate_up) s += clnpu_weight_device_bytes(b->shards[i].gate_up) + clnpu_weight_device_bytes(b->shards[i].down);
     if (b->shared_gate_up) s += clnpu_weight_device_bytes(b->shared_gate_up) + clnpu_weight_device_bytes(b->shared_down);
+    /* (a shared expert in the group is in gate_up and down) */
     return s;
 }

@@ -59,6 +59,36 @@ clnpu_status clnpu_rmsnorm(clnpu_device *dev, clnpu_view x, clnpu_view res, clnp
     return clnpu_launch(dev, "norm.cl", opts, "clnpu_rmsnorm", 1, g, l, a, 13);
 }
 
+clnpu_status clnpu_rmsnorm_add_tag(clnpu_device *dev, clnpu_view x, const clnpu_buffer *w1, clnpu_view h, clnpu_view y,
+                                   const clnpu_buffer *w2, size_t rows, size_t dim, float eps, int tag,
+                                   clnpu_buffer *flag)
+{
+    clnpu_status st = check_view(&h, rows, dim, "rmsnorm_add_tag h");
+    if (!st && x.buf) st = check_view(&x, rows, dim, "rmsnorm_add_tag x");
+    if (!st && w2) st = check_view(&y, rows, dim, "rmsnorm_add_tag y");
+    for (int i = 0; !st && i < 2; i++) {
+        const clnpu_buffer *w = i ? w2 : w1;
+        if (w && clnpu_buffer_size(w) < dim * sizeof(float))
+            st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rmsnorm_add_tag: weight %d must hold %zu floats", i + 1, dim);
+    }
+    if (!st && w1 && !x.buf) st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rmsnorm_add_tag: a norm of x without x");
+    if (!st && tag >= 0 && (!flag || clnpu_buffer_size(flag) < sizeof(cl_int)))
+        st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rmsnorm_add_tag: a tag without a flag buffer");
+    if (st || !rows) return st;
+    const size_t wg = reduction_wg(dev);
+    char opts[64];
+    snprintf(opts, sizeof opts, "-DCLNPU_NORM_WG=%zu", wg);
+    cl_mem mx = clnpu_mem(x.buf), m1 = clnpu_mem(w1), mh = clnpu_mem(h.buf), my = clnpu_mem(w2 ? y.buf : NULL),
+           m2 = clnpu_mem(w2), mf = clnpu_mem(tag >= 0 ? flag : NULL);
+    cl_uint xo = (cl_uint)x.offset, xl = (cl_uint)x.ld, ho = (cl_uint)h.offset, hl = (cl_uint)h.ld,
+            yo = (cl_uint)y.offset, yl = (cl_uint)y.ld, d = (cl_uint)dim;
+    cl_int tg = tag;
+    clnpu_karg a[] = {KARG(mx), KARG(xo), KARG(xl), KARG(m1), KARG(mh), KARG(ho), KARG(hl), KARG(my),
+                      KARG(yo), KARG(yl), KARG(m2), KARG(d), KARG(eps), KARG(tg), KARG(mf)};
+    size_t g[1] = {rows * wg}, l[1] = {wg};
+    return clnpu_launch(dev, "norm.cl", opts, "clnpu_rmsnorm_add_tag", 1, g, l, a, 15);
+}
+
 clnpu_status clnpu_silu_mul(clnpu_device *dev, clnpu_view y, clnpu_view g, clnpu_view u,
                             size_t rows, size_t n)
 {

@@ -120,3 +120,27 @@ clnpu_status clnpu_rope_apply(clnpu_device *dev, const clnpu_rope_table *t, clnp
     size_t g[3] = {t->dim / 2, heads, rows};
     return clnpu_launch(dev, "rope.cl", NULL, "clnpu_rope", 3, g, NULL, a, 10);
 }
+
+clnpu_status clnpu_rope_apply2(clnpu_device *dev, const clnpu_rope_table *t, clnpu_view x, size_t heads,
+                               size_t hstride, clnpu_view x2, size_t heads2, size_t hstride2, size_t rows,
+                               const clnpu_buffer *pos, clnpu_rope_layout layout)
+{
+    if (!t || !x.buf || !x2.buf || !pos) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rope: NULL argument");
+    if (!rows || !heads || !heads2) { /* one side empty: the single-tensor kernel */
+        clnpu_status st = clnpu_rope_apply(dev, t, x, rows, heads, hstride, pos, layout);
+        return st ? st : clnpu_rope_apply(dev, t, x2, rows, heads2, hstride2, pos, layout);
+    }
+    const size_t need = (x.offset + (rows - 1) * x.ld + (heads - 1) * hstride + t->dim) * sizeof(float),
+                 need2 = (x2.offset + (rows - 1) * x2.ld + (heads2 - 1) * hstride2 + t->dim) * sizeof(float);
+    if (need > clnpu_buffer_size(x.buf) || need2 > clnpu_buffer_size(x2.buf) || clnpu_buffer_size(pos) < rows * 4)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rope: %zu rows x %zu + %zu heads exceed the buffers", rows, heads,
+                          heads2);
+    cl_mem mx = clnpu_mem(x.buf), mx2 = clnpu_mem(x2.buf), mt = clnpu_mem(t->buf), mp = clnpu_mem(pos);
+    cl_uint off = (cl_uint)x.offset, ld = (cl_uint)x.ld, hs = (cl_uint)hstride, h = (cl_uint)heads,
+            off2 = (cl_uint)x2.offset, ld2 = (cl_uint)x2.ld, hs2 = (cl_uint)hstride2, h2 = (cl_uint)heads2,
+            d = (cl_uint)t->dim, hsplit = layout == CLNPU_ROPE_HALF_SPLIT, np = (cl_uint)t->positions;
+    clnpu_karg a[] = {KARG(mx), KARG(off), KARG(ld), KARG(hs), KARG(h), KARG(mx2), KARG(off2), KARG(ld2),
+                      KARG(hs2), KARG(h2), KARG(d), KARG(mt), KARG(mp), KARG(np), KARG(hsplit)};
+    size_t g[3] = {t->dim / 2, heads + heads2, rows};
+    return clnpu_launch(dev, "rope.cl", NULL, "clnpu_rope2", 3, g, NULL, a, 15);
+}

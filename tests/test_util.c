@@ -206,3 +206,92 @@ double test_rel64(const float *out, const double *ref, size_t n)
     }
     return sqrt(num / (den > 0 ? den : 1));
 }
+
+void test_check_rmsnorm_add_tag(clnpu_device *dev)
+{
+    const size_t dims[] = {1, 5, 96, 1000, 1031}, rowss[] = {1, 3, 17};
+    const float qnan = NAN;
+    clnpu_buffer *flag;
+    ck_assert_ok(clnpu_buffer_create(dev, 4, &flag));
+    for (size_t di = 0; di < 5; di++)
+        for (size_t ri = 0; ri < 3; ri++)
+            for (int mode = 0; mode < 4; mode++) { /* 0: x, w1, w2; 1: x, w2; 2: w2 only; 3: x, w1 */
+                const size_t d = dims[di], rows = rowss[ri], ld = d + 3, xo = 2, ho = 5, yo = 1;
+                const bool hx = mode != 2, h1 = mode == 0 || mode == 3, h2 = mode != 3;
+                float *x = test_rand_array(rows * ld + xo, -2, 2), *h = test_rand_array(rows * ld + ho, -2, 2),
+                      *w1 = test_rand_array(d, 0.5f, 1.5f), *w2 = test_rand_array(d, 0.5f, 1.5f);
+                clnpu_buffer *bx, *bh, *b1, *b2, *by;
+                ck_assert_ok(clnpu_buffer_create(dev, (rows * ld + xo) * 4, &bx));
+                ck_assert_ok(clnpu_buffer_create(dev, (rows * ld + ho) * 4, &bh));
+                ck_assert_ok(clnpu_buffer_create(dev, d * 4, &b1));
+                ck_assert_ok(clnpu_buffer_create(dev, d * 4, &b2));
+                ck_assert_ok(clnpu_buffer_create(dev, (rows * ld + yo) * 4, &by));
+                ck_assert_ok(clnpu_buffer_write(bx, 0, x, (rows * ld + xo) * 4));
+                ck_assert_ok(clnpu_buffer_write(bh, 0, h, (rows * ld + ho) * 4));
+                ck_assert_ok(clnpu_buffer_write(b1, 0, w1, d * 4));
+                ck_assert_ok(clnpu_buffer_write(b2, 0, w2, d * 4));
+                ck_assert_ok(clnpu_buffer_fill(by, &qnan, 4));
+                const int32_t none = INT32_MAX;
+                ck_assert_ok(clnpu_buffer_write(flag, 0, &none, 4));
+                const clnpu_view vx = {hx ? bx : NULL, xo, ld}, vh = {bh, ho, ld}, vy = {by, yo, ld};
+                ck_assert_ok(clnpu_rmsnorm_add_tag(dev, vx, h1 ? b1 : NULL, vh, vy, h2 ? b2 : NULL, rows, d, 1e-6f, 9, flag));
+                float *hg = malloc((rows * ld + ho) * 4), *yg = malloc((rows * ld + yo) * 4);
+                ck_assert_ok(clnpu_buffer_read(bh, 0, hg, (rows * ld + ho) * 4));
+                ck_assert_ok(clnpu_buffer_read(by, 0, yg, (rows * ld + yo) * 4));
+                int32_t fl;
+                ck_assert_ok(clnpu_buffer_read(flag, 0, &fl, 4));
+                ck_assert_int_eq(fl, INT32_MAX); /* all finite: untouched */
+                double *href = malloc(rows * d * sizeof *href), *yref = malloc(rows * d * sizeof *yref);
+                float *hc = malloc(rows * d * 4), *yc = malloc(rows * d * 4);
+                for (size_t r = 0; r < rows; r++) {
+                    double s1 = 0, s2 = 0;
+                    for (size_t i = 0; i < d; i++) s1 += (double)x[xo + r * ld + i] * x[xo + r * ld + i];
+                    const double inv1 = 1 / sqrt(s1 / d + 1e-6);
+                    for (size_t i = 0; i < d; i++) {
+                        const double xv = x[xo + r * ld + i], add = !hx ? 0 : h1 ? w1[i] * xv * inv1 : xv;
+                        href[r * d + i] = h[ho + r * ld + i] + add;
+                        s2 += href[r * d + i] * href[r * d + i];
+                        hc[r * d + i] = hg[ho + r * ld + i], yc[r * d + i] = yg[yo + r * ld + i];
+                    }
+                    const double inv2 = 1 / sqrt(s2 / d + 1e-6);
+                    for (size_t i = 0; i < d; i++) yref[r * d + i] = w2[i] * href[r * d + i] * inv2;
+                    /* the row padding is not written: h keeps its values, y its poison */
+                    for (size_t i = d; i < ld && r + 1 < rows; i++) {
+                        ck_assert(hg[ho + r * ld + i] == h[ho + r * ld + i]);
+                        ck_assert(isnan(yg[yo + r * ld + i]));
+                    }
+                }
+                /* f32 reductions of d squares, twice, and the normalisations */
+                const double tol = 4 * 0x1p-24 * sqrt((double)d) + 1e-6;
+                double e = test_rel64(hc, href, rows * d);
+                ck_assert_msg(e <= tol, "rmsnorm_add_tag h d=%zu rows=%zu mode %d: %.3g", d, rows, mode, e);
+                if (h2) {
+                    e = test_rel64(yc, yref, rows * d);
+                    ck_assert_msg(e <= tol, "rmsnorm_add_tag y d=%zu rows=%zu mode %d: %.3g", d, rows, mode, e);
+                } else {
+                    for (size_t i = 0; i < rows * d; i++) ck_assert(isnan(yc[i])); /* no second norm: y untouched */
+                }
+                /* a NaN in the last row's x (or h) lowers the flag to the tag, and the lowest tag stays */
+                if (ri == 2 && di == 3) {
+                    float *tgt = hx ? x : h;
+                    tgt[(hx ? xo : ho) + (rows - 1) * ld + d - 1] = NAN;
+                    ck_assert_ok(clnpu_buffer_write(hx ? bx : bh, 0, tgt, (rows * ld + (hx ? xo : ho)) * 4));
+                    ck_assert_ok(clnpu_rmsnorm_add_tag(dev, vx, h1 ? b1 : NULL, vh, vy, h2 ? b2 : NULL, rows, d, 1e-6f, 7, flag));
+                    ck_assert_ok(clnpu_rmsnorm_add_tag(dev, vx, h1 ? b1 : NULL, vh, vy, h2 ? b2 : NULL, rows, d, 1e-6f, 8, flag));
+                    ck_assert_ok(clnpu_buffer_read(flag, 0, &fl, 4));
+                    ck_assert_int_eq(fl, 7);
+                    /* tag < 0: no check, no flag needed */
+                    ck_assert_ok(clnpu_rmsnorm_add_tag(dev, vx, h1 ? b1 : NULL, vh, vy, h2 ? b2 : NULL, rows, d, 1e-6f, -1, NULL));
+                }
+                free(x), free(h), free(w1), free(w2), free(hg), free(yg), free(href), free(yref), free(hc), free(yc);
+                clnpu_buffer *bs[] = {bx, bh, b1, b2, by};
+                for (size_t i = 0; i < 5; i++) clnpu_buffer_destroy(bs[i]);
+            }
+    /* a norm of x without x, and a tag without a flag, are refused */
+    clnpu_buffer *b;
+    ck_assert_ok(clnpu_buffer_create(dev, 64, &b));
+    const clnpu_view v = {b, 0, 4}, nov = {0};
+    ck_assert_int_eq(clnpu_rmsnorm_add_tag(dev, nov, b, v, v, NULL, 1, 4, 1e-6f, -1, NULL), CLNPU_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(clnpu_rmsnorm_add_tag(dev, v, NULL, v, v, NULL, 1, 4, 1e-6f, 3, NULL), CLNPU_ERR_INVALID_ARGUMENT);
+    clnpu_buffer_destroy(b), clnpu_buffer_destroy(flag);
+}

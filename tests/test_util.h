@@ -42,6 +42,10 @@ int test_run(const char *cmdline, char *out, size_t cap);
  * bytes (*out_bytes of them). */
 void *test_latent_cache_encode(clnpu_dtype dt, size_t R, size_t DR, size_t rows, float *vals, size_t *out_bytes);
 
+/* clnpu_rmsnorm_add_tag on the current device (either kernel family) against float64, over ragged
+ * sizes, strides and offsets, every combination of its parts, outputs poisoned, and its flag. */
+void test_check_rmsnorm_add_tag(clnpu_device *dev);
+
 /* n uniform random floats in [lo, hi) (malloc'ed, at least one element). */
 float *test_rand_array(size_t n, float lo, float hi);
 /* ||a - ref|| / ||ref|| of two float arrays (a NaN in `a` fails the test). */

@@ -442,6 +442,16 @@ START_TEST(test_wg_rmsnorm)
 }
 END_TEST
 
+/* The fused layer end (post-MLP norm, residual add, non-finite tag, next norm), reduced by 64 and
+ * 256 work-items: the cpu family's checks (tests/test_util.c). */
+START_TEST(test_wg_rmsnorm_add_tag)
+{
+    const unsigned sizes[] = {64, 256};
+    force_wg(sizes[_i]);
+    test_check_rmsnorm_add_tag(test_device());
+}
+END_TEST
+
 /* The table: PoCL's CPU device takes the cpu family; an emulated GPU or NPU profile the wg family
  * with its kernel keys as the GEMM tile; the sub-group query asks CL_DEVICE_MAX_NUM_SUB_GROUPS. */
 START_TEST(test_wg_capability)
@@ -773,6 +783,7 @@ Suite *suite_wg(void)
     suite_add_tcase(s, tc);
     tc = wg_case("wg_rmsnorm");
     tcase_add_loop_test(tc, test_wg_rmsnorm, 0, 3);
+    tcase_add_loop_test(tc, test_wg_rmsnorm_add_tag, 0, 2);
     suite_add_tcase(s, tc);
     tc = wg_case("wg_attention");
     tcase_add_loop_test(tc, test_wg_attention, 0, 4);

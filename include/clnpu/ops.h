@@ -38,6 +38,13 @@ typedef struct clnpu_view {
 CLNPU_API clnpu_status clnpu_rmsnorm(clnpu_device *dev, clnpu_view x, clnpu_view residual, clnpu_view y,
                            const clnpu_buffer *w, size_t rows, size_t dim, float eps);
 
+/* A decoder layer's end in one launch: per row h += x, or h += norm(x) * w1 with w1 (x.buf NULL:
+ * nothing added); with tag >= 0, int32 *flag lowered to tag (atomic min) where h holds NaN / Inf;
+ * with w2, y = norm(h) * w2 (the next layer's input norm). y must not alias h or x. */
+CLNPU_API clnpu_status clnpu_rmsnorm_add_tag(clnpu_device *dev, clnpu_view x, const clnpu_buffer *w1, clnpu_view h,
+                                   clnpu_view y, const clnpu_buffer *w2, size_t rows, size_t dim, float eps,
+                                   int tag, clnpu_buffer *flag);
+
 /* y = silu(g) * u, rows x n. */
 CLNPU_API clnpu_status clnpu_silu_mul(clnpu_device *dev, clnpu_view y, clnpu_view g, clnpu_view u,
                             size_t rows, size_t n);
@@ -97,6 +104,12 @@ typedef enum clnpu_rope_layout {
 CLNPU_API clnpu_status clnpu_rope_apply(clnpu_device *dev, const clnpu_rope_table *table, clnpu_view x,
                               size_t rows, size_t heads, size_t head_stride,
                               const clnpu_buffer *positions, clnpu_rope_layout layout);
+/* The same on two tensors of the same rows in one launch: `heads` vectors of x, then `heads2` of
+ * x2 (MLA: q's heads and the shared k_pe). */
+CLNPU_API clnpu_status clnpu_rope_apply2(clnpu_device *dev, const clnpu_rope_table *table, clnpu_view x,
+                               size_t heads, size_t head_stride, clnpu_view x2, size_t heads2,
+                               size_t head_stride2, size_t rows, const clnpu_buffer *positions,
+                               clnpu_rope_layout layout);
 
 /* ---- attention ---- */
 
@@ -163,14 +176,15 @@ CLNPU_API clnpu_status clnpu_moe_route(clnpu_device *dev, clnpu_view logits, con
                              clnpu_buffer *weights);
 
 /* Dispatch plan: counts int32 [E], offsets int32 [E + 1], src int32 [T * top_k] (token of each
- * permuted row), slot_row int32 [T * top_k] (permuted row of each (token, slot)). */
+ * permuted row), slot_row int32 [T * top_k] (permuted row of each (token, slot)). Entries past
+ * those (counts[E], src[T * top_k] ..) are left as they are. */
 CLNPU_API clnpu_status clnpu_moe_plan(clnpu_device *dev, const clnpu_buffer *ids, size_t tokens,
                             size_t top_k, size_t experts, clnpu_buffer *counts,
                             clnpu_buffer *offsets, clnpu_buffer *src, clnpu_buffer *slot_row);
 /* xp[p] = x[src[p]] for p < rows. */
 CLNPU_API clnpu_status clnpu_moe_gather(clnpu_device *dev, clnpu_buffer *xp, clnpu_view x,
                               const clnpu_buffer *src, size_t rows, size_t dim);
-/* out[t] = base[t] (if base.buf) + sum_j w[t][j] * yp[slot_row[t][j]], fp32. */
+/* out[t] = base[t] (if base.buf; base.offset allowed) + sum_j w[t][j] * yp[slot_row[t][j]], fp32. */
 CLNPU_API clnpu_status clnpu_moe_combine(clnpu_device *dev, clnpu_view out, clnpu_view base,
                                const clnpu_buffer *yp, const clnpu_buffer *slot_row,
                                const clnpu_buffer *weights, size_t tokens, size_t top_k,
