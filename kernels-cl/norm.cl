@@ -83,3 +83,21 @@ __kernel void clnpu_rmsnorm_add_tag(__global const float *x, const uint xoff, co
     for (uint i = l; i < dim; i += CLNPU_NORM_WG) yr[i] = w2[i] * (hr[i] * inv);
 }
 #endif /* CLNPU_ONLY */
+
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_rmsnorm2
+/* Two sets of rows normalised in place in one launch (MLA: the outputs of q_a and kv_a, each with
+ * its own norm): work-group r < rows takes row r of x (dim, weight w), the next rows those of x2
+ * (dim2, w2). */
+__kernel void clnpu_rmsnorm2(__global float *x, const uint xoff, const uint ldx, __global const float *w,
+                             const uint dim, __global float *x2, const uint xoff2, const uint ldx2,
+                             __global const float *w2, const uint dim2, const uint rows, const float eps)
+{
+    __local float part[CLNPU_NORM_WG];
+    const uint g = get_group_id(0), l = get_local_id(0), second = g >= rows, r = second ? g - rows : g;
+    __global float *v = second ? x2 + xoff2 + (size_t)r * ldx2 : x + xoff + (size_t)r * ldx;
+    __global const float *wv = second ? w2 : w;
+    const uint n = second ? dim2 : dim;
+    const float inv = 1.0f / sqrt(row_sumsq(v, n, part) / (float)n + eps);
+    for (uint i = l; i < n; i += CLNPU_NORM_WG) v[i] = wv[i] * (v[i] * inv);
+}
+#endif /* CLNPU_ONLY */

@@ -212,17 +212,19 @@ static clnpu_status attention_dense(clnpu_model *m, model_layer *ly, size_t T, b
     const float eps = (float)c->rms_norm_eps;
     const clnpu_rope_layout layout = c->rope_interleave ? CLNPU_ROPE_INTERLEAVED : CLNPU_ROPE_HALF_SPLIT;
     clnpu_status st;
+    /* q_a and kv_a read the same input; their norms go in one launch */
+    clnpu_view kv0 = {m->kv0, 0, m->lat};
     if (ly->q_a) {
         st = mm(m, ly->q_a, 0, m->a, 0, d, m->cq, 0, c->q_lora_rank, T, CLNPU_EPILOGUE_NONE);
+        if (!st) st = mm(m, ly->kv_a, 0, m->a, 0, d, m->kv0, 0, m->lat, T, CLNPU_EPILOGUE_NONE);
         clnpu_view cq = {m->cq, 0, c->q_lora_rank};
-        if (!st) st = clnpu_rmsnorm(m->dev, cq, none, cq, ly->q_a_norm, T, c->q_lora_rank, eps);
+        if (!st) st = clnpu_rmsnorm2(m->dev, cq, ly->q_a_norm, c->q_lora_rank, kv0, ly->kv_a_norm, R, T, eps);
         if (!st) st = mm(m, ly->q_b, 0, m->cq, 0, c->q_lora_rank, m->q, 0, H * m->dqk, T, CLNPU_EPILOGUE_NONE);
     } else {
         st = mm(m, ly->q_b, 0, m->a, 0, d, m->q, 0, H * m->dqk, T, CLNPU_EPILOGUE_NONE);
+        if (!st) st = mm(m, ly->kv_a, 0, m->a, 0, d, m->kv0, 0, m->lat, T, CLNPU_EPILOGUE_NONE);
+        if (!st) st = clnpu_rmsnorm(m->dev, kv0, none, kv0, ly->kv_a_norm, T, R, eps);
     }
-    if (!st) st = mm(m, ly->kv_a, 0, m->a, 0, d, m->kv0, 0, m->lat, T, CLNPU_EPILOGUE_NONE);
-    clnpu_view kv0 = {m->kv0, 0, m->lat};
-    if (!st) st = clnpu_rmsnorm(m->dev, kv0, none, kv0, ly->kv_a_norm, T, R, eps);
     /* q's rope slices and k_pe in one launch */
     if (!st)
         st = clnpu_rope_apply2(m->dev, m->rope, (clnpu_view){m->q, c->qk_nope_head_dim, H * m->dqk}, H, m->dqk,

@@ -59,6 +59,26 @@ clnpu_status clnpu_rmsnorm(clnpu_device *dev, clnpu_view x, clnpu_view res, clnp
     return clnpu_launch(dev, "norm.cl", opts, "clnpu_rmsnorm", 1, g, l, a, 13);
 }
 
+clnpu_status clnpu_rmsnorm2(clnpu_device *dev, clnpu_view x, const clnpu_buffer *w, size_t dim, clnpu_view x2,
+                            const clnpu_buffer *w2, size_t dim2, size_t rows, float eps)
+{
+    clnpu_status st = check_view(&x, rows, dim, "rmsnorm2 x");
+    if (!st) st = check_view(&x2, rows, dim2, "rmsnorm2 x2");
+    if (!st && (!w || clnpu_buffer_size(w) < dim * sizeof(float) || !w2 || clnpu_buffer_size(w2) < dim2 * sizeof(float)))
+        st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rmsnorm2: weights must hold %zu and %zu floats", dim, dim2);
+    if (st || !rows) return st;
+    const size_t wg = reduction_wg(dev);
+    char opts[64];
+    snprintf(opts, sizeof opts, "-DCLNPU_NORM_WG=%zu", wg);
+    cl_mem mx = clnpu_mem(x.buf), mw = clnpu_mem(w), mx2 = clnpu_mem(x2.buf), mw2 = clnpu_mem(w2);
+    cl_uint xo = (cl_uint)x.offset, xl = (cl_uint)x.ld, d = (cl_uint)dim, xo2 = (cl_uint)x2.offset,
+            xl2 = (cl_uint)x2.ld, d2 = (cl_uint)dim2, r = (cl_uint)rows;
+    clnpu_karg a[] = {KARG(mx), KARG(xo), KARG(xl), KARG(mw), KARG(d), KARG(mx2), KARG(xo2), KARG(xl2),
+                      KARG(mw2), KARG(d2), KARG(r), KARG(eps)};
+    size_t g[1] = {2 * rows * wg}, l[1] = {wg};
+    return clnpu_launch(dev, "norm.cl", opts, "clnpu_rmsnorm2", 1, g, l, a, 12);
+}
+
 clnpu_status clnpu_rmsnorm_add_tag(clnpu_device *dev, clnpu_view x, const clnpu_buffer *w1, clnpu_view h, clnpu_view y,
                                    const clnpu_buffer *w2, size_t rows, size_t dim, float eps, int tag,
                                    clnpu_buffer *flag)

@@ -101,10 +101,12 @@ START_TEST(test_rmsnorm)
 }
 END_TEST
 
-/* The fused end of a layer (add, check, next norm): tests/test_util.c, shared with the wg suite. */
+/* The fused end of a layer (add, check, next norm) and the paired norms of q_a / kv_a:
+ * tests/test_util.c, shared with the wg suite. */
 START_TEST(test_rmsnorm_add_tag)
 {
     test_check_rmsnorm_add_tag(test_device());
+    test_check_rmsnorm2(test_device());
 }
 END_TEST
 

@@ -295,3 +295,46 @@ void test_check_rmsnorm_add_tag(clnpu_device *dev)
     ck_assert_int_eq(clnpu_rmsnorm_add_tag(dev, v, NULL, v, v, NULL, 1, 4, 1e-6f, 3, NULL), CLNPU_ERR_INVALID_ARGUMENT);
     clnpu_buffer_destroy(b), clnpu_buffer_destroy(flag);
 }
+
+void test_check_rmsnorm2(clnpu_device *dev)
+{
+    const size_t dims[][2] = {{1, 5}, {384, 128}, {1000, 97}, {7, 1536}}, rowss[] = {1, 3, 17};
+    for (size_t di = 0; di < 4; di++)
+        for (size_t ri = 0; ri < 3; ri++) {
+            const size_t d1 = dims[di][0], d2 = dims[di][1], rows = rowss[ri], ld1 = d1 + 2, ld2 = d2 + 33, o1 = 3, o2 = 1;
+            const size_t n1 = rows * ld1 + o1, n2 = rows * ld2 + o2;
+            float *x1 = test_rand_array(n1, -2, 2), *x2 = test_rand_array(n2, -2, 2), *w1 = test_rand_array(d1, 0.5f, 1.5f),
+                  *w2 = test_rand_array(d2, 0.5f, 1.5f), *g1 = malloc(n1 * 4), *g2 = malloc(n2 * 4);
+            clnpu_buffer *b1, *b2, *bw1, *bw2;
+            ck_assert_ok(clnpu_buffer_create(dev, n1 * 4, &b1));
+            ck_assert_ok(clnpu_buffer_create(dev, n2 * 4, &b2));
+            ck_assert_ok(clnpu_buffer_create(dev, d1 * 4, &bw1));
+            ck_assert_ok(clnpu_buffer_create(dev, d2 * 4, &bw2));
+            ck_assert_ok(clnpu_buffer_write(b1, 0, x1, n1 * 4));
+            ck_assert_ok(clnpu_buffer_write(b2, 0, x2, n2 * 4));
+            ck_assert_ok(clnpu_buffer_write(bw1, 0, w1, d1 * 4));
+            ck_assert_ok(clnpu_buffer_write(bw2, 0, w2, d2 * 4));
+            ck_assert_ok(clnpu_rmsnorm2(dev, (clnpu_view){b1, o1, ld1}, bw1, d1, (clnpu_view){b2, o2, ld2}, bw2, d2, rows, 1e-6f));
+            ck_assert_ok(clnpu_buffer_read(b1, 0, g1, n1 * 4));
+            ck_assert_ok(clnpu_buffer_read(b2, 0, g2, n2 * 4));
+            for (int side = 0; side < 2; side++) {
+                const size_t d = side ? d2 : d1, ld = side ? ld2 : ld1, o = side ? o2 : o1, n = side ? n2 : n1;
+                const float *x = side ? x2 : x1, *w = side ? w2 : w1, *g = side ? g2 : g1;
+                double *ref = malloc(n * sizeof *ref);
+                float *got = malloc(n * 4);
+                for (size_t i = 0; i < n; i++) ref[i] = x[i], got[i] = g[i]; /* what lies between rows is kept */
+                for (size_t r = 0; r < rows; r++) {
+                    double ss = 0;
+                    for (size_t i = 0; i < d; i++) ss += (double)x[o + r * ld + i] * x[o + r * ld + i];
+                    const double inv = 1 / sqrt(ss / d + 1e-6);
+                    for (size_t i = 0; i < d; i++) ref[o + r * ld + i] = w[i] * (double)x[o + r * ld + i] * inv;
+                }
+                const double e = test_rel64(got, ref, n), tol = 2 * 0x1p-24 * sqrt((double)d) + 5e-7;
+                ck_assert_msg(e <= tol, "rmsnorm2 side %d d=%zu rows=%zu: %.3g > %.3g", side, d, rows, e, tol);
+                for (size_t i = 0; i < o; i++) ck_assert(g[i] == x[i]);
+                free(ref), free(got);
+            }
+            free(x1), free(x2), free(w1), free(w2), free(g1), free(g2);
+            clnpu_buffer_destroy(b1), clnpu_buffer_destroy(b2), clnpu_buffer_destroy(bw1), clnpu_buffer_destroy(bw2);
+        }
+}

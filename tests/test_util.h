@@ -46,6 +46,9 @@ void *test_latent_cache_encode(clnpu_dtype dt, size_t R, size_t DR, size_t rows,
  * sizes, strides and offsets, every combination of its parts, outputs poisoned, and its flag. */
 void test_check_rmsnorm_add_tag(clnpu_device *dev);
 
+/* clnpu_rmsnorm2 (two row sets normalised in place, one launch) against float64, ragged sizes. */
+void test_check_rmsnorm2(clnpu_device *dev);
+
 /* n uniform random floats in [lo, hi) (malloc'ed, at least one element). */
 float *test_rand_array(size_t n, float lo, float hi);
 /* ||a - ref|| / ||ref|| of two float arrays (a NaN in `a` fails the test). */

@@ -442,13 +442,14 @@ START_TEST(test_wg_rmsnorm)
 }
 END_TEST
 
-/* The fused layer end (post-MLP norm, residual add, non-finite tag, next norm), reduced by 64 and
- * 256 work-items: the cpu family's checks (tests/test_util.c). */
+/* The fused layer end (post-MLP norm, residual add, non-finite tag, next norm) and the paired
+ * norms, reduced by 64 and 256 work-items: the cpu family's checks (tests/test_util.c). */
 START_TEST(test_wg_rmsnorm_add_tag)
 {
     const unsigned sizes[] = {64, 256};
     force_wg(sizes[_i]);
     test_check_rmsnorm_add_tag(test_device());
+    test_check_rmsnorm2(test_device());
 }
 END_TEST
 

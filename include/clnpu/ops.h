@@ -38,6 +38,11 @@ typedef struct clnpu_view {
 CLNPU_API clnpu_status clnpu_rmsnorm(clnpu_device *dev, clnpu_view x, clnpu_view residual, clnpu_view y,
                            const clnpu_buffer *w, size_t rows, size_t dim, float eps);
 
+/* Two sets of `rows` rows normalised in place in one launch: x (dim wide, weight w) and x2 (dim2,
+ * w2); MLA's q_a and kv_a outputs. */
+CLNPU_API clnpu_status clnpu_rmsnorm2(clnpu_device *dev, clnpu_view x, const clnpu_buffer *w, size_t dim,
+                            clnpu_view x2, const clnpu_buffer *w2, size_t dim2, size_t rows, float eps);
+
 /* A decoder layer's end in one launch: per row h += x, or h += norm(x) * w1 with w1 (x.buf NULL:
  * nothing added); with tag >= 0, int32 *flag lowered to tag (atomic min) where h holds NaN / Inf;
  * with w2, y = norm(h) * w2 (the next layer's input norm). y must not alias h or x. */
