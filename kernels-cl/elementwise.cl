@@ -52,16 +52,17 @@ __kernel void clnpu_silu_mul(__global float *y, const uint ldy, __global const f
 /* Embedding lookup: y[t] = E[ids[t]] with bf16 rows widened to f32 (exact). The table holds
  * rows [first, first + rows) of a vocabulary of `vocab` (a tensor-parallel rank's slice): other
  * ids of the vocabulary give zeros (another rank has them), ids outside it NaN, so they are
- * caught, never read outside the table. */
+ * caught, never read outside the table. Grid: (lanes, count), work-groups (lanes, 1): a row's
+ * lanes stride through it (clnpu_row_lanes). */
 __kernel void clnpu_embed_bf16(__global float *y, __global const ushort *E, __global const int *ids,
                                const uint dim, const uint first, const uint rows, const uint vocab)
 {
-    const uint i = get_global_id(0), t = get_global_id(1);
-    if (i >= dim) return;
+    const uint t = get_global_id(1);
     const int id = ids[t];
     const uint r = (uint)id - first;
-    y[(size_t)t * dim + i] = id < 0 || (uint)id >= vocab ? as_float(0x7fc00000u)
-                             : r < rows ? clnpu_bf16_to_f32(E[(size_t)r * dim + i]) : 0.0f;
+    for (uint i = get_local_id(0); i < dim; i += get_local_size(0))
+        y[(size_t)t * dim + i] = id < 0 || (uint)id >= vocab ? as_float(0x7fc00000u)
+                                 : r < rows ? clnpu_bf16_to_f32(E[(size_t)r * dim + i]) : 0.0f;
 }
 #endif /* CLNPU_ONLY */
 
@@ -69,11 +70,11 @@ __kernel void clnpu_embed_bf16(__global float *y, __global const ushort *E, __gl
 __kernel void clnpu_embed_f32(__global float *y, __global const float *E, __global const int *ids,
                               const uint dim, const uint first, const uint rows, const uint vocab)
 {
-    const uint i = get_global_id(0), t = get_global_id(1);
-    if (i >= dim) return;
+    const uint t = get_global_id(1);
     const int id = ids[t];
     const uint r = (uint)id - first;
-    y[(size_t)t * dim + i] = id < 0 || (uint)id >= vocab ? as_float(0x7fc00000u) : r < rows ? E[(size_t)r * dim + i] : 0.0f;
+    for (uint i = get_local_id(0); i < dim; i += get_local_size(0))
+        y[(size_t)t * dim + i] = id < 0 || (uint)id >= vocab ? as_float(0x7fc00000u) : r < rows ? E[(size_t)r * dim + i] : 0.0f;
 }
 #endif /* CLNPU_ONLY */
 
@@ -119,16 +120,18 @@ __kernel void clnpu_argmax(__global int *out, __global const float *x, const uin
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_mla_assemble_k
 /* MLA prefill keys: K[s][h] = [k_nope (kv row s, head h, first `nope` of each head's
  * nope + v block) | k_pe (the one rope key of row s, shared by all heads)].
- * Grid: (nope + rope, heads, S). */
+ * Grid: (lanes, heads, S), work-groups (lanes, 1, 1): a row's lanes stride through it
+ * (clnpu_row_lanes). */
 __kernel void clnpu_mla_assemble_k(__global float *K, __global const float *kv, const uint nope,
                                    const uint vdim, __global const float *latent, const uint lat_ld,
                                    const uint lat_off, const uint rope, const uint heads)
 {
-    const uint d = get_global_id(0), h = get_global_id(1), s = get_global_id(2);
-    if (d >= nope + rope || h >= heads) return;
-    const float v = d < nope ? kv[((size_t)s * heads + h) * (nope + vdim) + d]
-                             : latent[(size_t)s * lat_ld + lat_off + (d - nope)];
-    K[((size_t)s * heads + h) * (nope + rope) + d] = v;
+    const uint h = get_global_id(1), s = get_global_id(2);
+    if (h >= heads) return;
+    __global float *k = K + ((size_t)s * heads + h) * (nope + rope);
+    __global const float *kn = kv + ((size_t)s * heads + h) * (nope + vdim);
+    __global const float *kr = latent + (size_t)s * lat_ld + lat_off;
+    for (uint d = get_local_id(0); d < nope + rope; d += get_local_size(0)) k[d] = d < nope ? kn[d] : kr[d - nope];
 }
 #endif /* CLNPU_ONLY */
 
@@ -177,12 +180,23 @@ __kernel void clnpu_probe_empty(__global float *out)
 /* The non-finite check of a forward (runtime/model_forward.c): a work-item that finds NaN or Inf
  * (all exponent bits set: a bit test, immune to fast-math) in its stretch of x [n] lowers *flag to
  * tag with atomic_min, so after a step *flag holds the smallest tag that went bad (the first
- * layer). Nothing is written while all is finite, so the flag needs no reset per step. */
-__kernel void clnpu_nonfinite_tag(__global const uint *x, const ulong n, const int tag, __global int *flag)
+ * layer). Nothing is written while all is finite, so the flag needs no reset per step. Work-group
+ * g checks the stretch [g chunk, (g + 1) chunk), its lanes striding through it (clnpu_stretches). */
+__kernel void clnpu_nonfinite_tag(__global const uint *x, const ulong n, const ulong chunk, const int tag,
+                                  __global int *flag)
 {
-    const size_t stride = get_global_size(0);
+    const ulong lo = get_group_id(0) * chunk, hi = min(lo + chunk, n);
     uint bad = 0;
-    for (size_t i = get_global_id(0); i < n; i += stride) bad |= (x[i] & 0x7f800000u) == 0x7f800000u;
+    for (ulong i = lo + get_local_id(0); i < hi; i += get_local_size(0)) bad |= (x[i] & 0x7f800000u) == 0x7f800000u;
     if (bad) atomic_min(flag, tag);
+}
+#endif /* CLNPU_ONLY */
+
+#if !CLNPU_ONLY || CLNPU_ONLY_clnpu_add_f32
+/* y += x over [n], in stretches as clnpu_nonfinite_tag's. */
+__kernel void clnpu_add_f32(__global float *y, __global const float *x, const ulong n, const ulong chunk)
+{
+    const ulong lo = get_group_id(0) * chunk, hi = min(lo + chunk, n);
+    for (ulong i = lo + get_local_id(0); i < hi; i += get_local_size(0)) y[i] += x[i];
 }
 #endif /* CLNPU_ONLY */

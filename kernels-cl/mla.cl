@@ -123,28 +123,28 @@ __kernel void clnpu_mla_combine(__global const float *part_z, __global const flo
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_kv_append
 /* Append latent rows to the paged cache: row t of src (c | k_pe, stride lds) goes to sequence
- * seq[t] at position pos[t]. Grid: (ROW, T). */
+ * seq[t] at position pos[t]. Grid: (lanes, T), work-groups (lanes, 1): a row's lanes stride
+ * through it (clnpu_row_lanes). */
 __kernel void clnpu_kv_append(__global CACHE_T *cache, const uint page, __global const int *block_table,
                               const uint max_blocks, __global const float *src, const uint lds,
                               __global const int *seq, __global const int *pos)
 {
-    const uint d = get_global_id(0), t = get_global_id(1);
-    if (d >= ROW) return;
-    const uint p = (uint)pos[t];
+    const uint t = get_global_id(1), p = (uint)pos[t];
     const int pg = block_table[(size_t)seq[t] * max_blocks + p / page];
-    clnpu_cache_store(cache + ((size_t)pg * page + p % page) * CACHE_ROW, src + (size_t)t * lds, d);
+    for (uint d = get_local_id(0); d < ROW; d += get_local_size(0))
+        clnpu_cache_store(cache + ((size_t)pg * page + p % page) * CACHE_ROW, src + (size_t)t * lds, d);
 }
 #endif /* CLNPU_ONLY */
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_kv_gather
 /* Copy positions [0, len) of sequence s out of the paged cache into dst [len][ROW].
- * Grid: (ROW, len). */
+ * Grid: (lanes, len) as clnpu_kv_append's. */
 __kernel void clnpu_kv_gather(__global float *dst, __global const CACHE_T *cache, const uint page,
                               __global const int *block_table, const uint max_blocks, const uint s)
 {
-    const uint d = get_global_id(0), p = get_global_id(1);
-    if (d >= ROW) return;
+    const uint p = get_global_id(1);
     const int pg = block_table[(size_t)s * max_blocks + p / page];
-    dst[(size_t)p * ROW + d] = clnpu_cache_load(cache + ((size_t)pg * page + p % page) * CACHE_ROW, d);
+    for (uint d = get_local_id(0); d < ROW; d += get_local_size(0))
+        dst[(size_t)p * ROW + d] = clnpu_cache_load(cache + ((size_t)pg * page + p % page) * CACHE_ROW, d);
 }
 #endif /* CLNPU_ONLY */

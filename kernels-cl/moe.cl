@@ -111,30 +111,33 @@ __kernel void clnpu_moe_plan(__global const int *ids, const uint T, const uint t
 #endif /* CLNPU_ONLY */
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_moe_gather
-/* Xp[p] = X[src[p]]. Grid: (dim, rows). */
+/* Xp[p] = X[src[p]]. Grid: (lanes, rows), work-groups (lanes, 1): a row's lanes stride through
+ * it (clnpu_row_lanes; one on CPUs: a work-group per row looping over it). */
 __kernel void clnpu_moe_gather(__global float *Xp, __global const float *X, const uint ldx,
                                __global const int *src, const uint dim)
 {
-    const uint d = get_global_id(0), p = get_global_id(1);
-    if (d >= dim) return;
-    Xp[(size_t)p * dim + d] = X[(size_t)src[p] * ldx + d];
+    const uint p = get_global_id(1);
+    __global float *dst = Xp + (size_t)p * dim;
+    __global const float *row = X + (size_t)src[p] * ldx;
+    for (uint d = get_local_id(0); d < dim; d += get_local_size(0)) dst[d] = row[d];
 }
 #endif /* CLNPU_ONLY */
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_moe_combine
 /* out[t] = base[t] + sum_j w[t][j] * Yp[slot_row[t][j]], fp32, slots in order. base (the
  * shared expert's output, at boff: it may sit in Yp after the routed rows) may be NULL.
- * Grid: (dim, T). */
+ * Grid: (lanes, T) as clnpu_moe_gather's. */
 __kernel void clnpu_moe_combine(__global float *out, const uint ldo, __global const float *base,
                                 const uint boff, const uint ldb, __global const float *Yp,
                                 __global const int *slot_row, __global const float *weights,
                                 const uint top_k, const uint dim)
 {
-    const uint d = get_global_id(0), t = get_global_id(1);
-    if (d >= dim) return;
-    float acc = base ? base[boff + (size_t)t * ldb + d] : 0.0f;
-    for (uint j = 0; j < top_k; j++)
-        acc = fma(weights[t * top_k + j], Yp[(size_t)slot_row[t * top_k + j] * dim + d], acc);
-    out[(size_t)t * ldo + d] = acc;
+    const uint t = get_global_id(1);
+    for (uint d = get_local_id(0); d < dim; d += get_local_size(0)) {
+        float acc = base ? base[boff + (size_t)t * ldb + d] : 0.0f;
+        for (uint j = 0; j < top_k; j++)
+            acc = fma(weights[t * top_k + j], Yp[(size_t)slot_row[t * top_k + j] * dim + d], acc);
+        out[(size_t)t * ldo + d] = acc;
+    }
 }
 #endif /* CLNPU_ONLY */

@@ -14,9 +14,21 @@ clnpu_status clnpu_launch(clnpu_device *dev, const char *source, const char *opt
                           const char *kernel, cl_uint dims, const size_t *global,
                           const size_t *local, const clnpu_karg *args, size_t nargs)
 {
-    clnpu_program *prog;
     const char *only[] = {kernel, NULL}; /* the file's other kernels are not compiled */
-    clnpu_status st = clnpu_program_get_kernels(dev, source, options, only, &prog);
+    return clnpu_launch_group(dev, source, options, only, kernel, dims, global, local, args, nargs);
+}
+
+const char *const clnpu_group_moe[] = {"clnpu_moe_plan", "clnpu_moe_gather", "clnpu_moe_combine", NULL};
+const char *const clnpu_group_forward[] = {"clnpu_add_f32", "clnpu_nonfinite_tag", "clnpu_mla_assemble_k", NULL};
+const char *const clnpu_group_cache[] = {"clnpu_kv_append", "clnpu_kv_gather", NULL};
+
+clnpu_status clnpu_launch_group(clnpu_device *dev, const char *source, const char *options,
+                                const char *const *group, const char *kernel, cl_uint dims,
+                                const size_t *global, const size_t *local, const clnpu_karg *args,
+                                size_t nargs)
+{
+    clnpu_program *prog;
+    clnpu_status st = clnpu_program_get_kernels(dev, source, options, group, &prog);
     if (st) return st;
     if (clnpu_device_recording(dev)) return CLNPU_OK; /* a dry pass only lists programs */
     cl_kernel k;
@@ -42,14 +54,29 @@ clnpu_status clnpu_launch(clnpu_device *dev, const char *source, const char *opt
     return clnpu_enqueue(dev, k, dims, g, driver_local ? NULL : l, kernel);
 }
 
-size_t clnpu_row_wg(const clnpu_device *dev, size_t n)
+static size_t wg_lanes(const clnpu_device *dev)
 {
+    if (clnpu_device_capability(dev)->family != CLNPU_KERNEL_FAMILY_WG) return 1;
     size_t cap = clnpu_device_get_info(dev)->max_work_group_size;
-    if (cap > 1024) cap = 1024;
-    if (!cap || !n) return 1;
-    for (size_t l = n < cap ? n : cap; l > 1; l--)
-        if (n % l == 0) return l;
-    return 1;
+    return cap < 1 ? 1 : cap < 256 ? cap : 256;
+}
+
+size_t clnpu_row_lanes(const clnpu_device *dev, size_t n)
+{
+    size_t cap = wg_lanes(dev), l = 1;
+    while (l < n && l < cap) l *= 2; /* no more lanes than the row has elements, rounded up */
+    return l < cap ? l : cap;
+}
+
+void clnpu_stretches(const clnpu_device *dev, size_t n, size_t *lanes, size_t *chunk, size_t *groups)
+{
+    *lanes = wg_lanes(dev);
+    if (*lanes > 1) *chunk = *lanes * 16;
+    else { /* about four stretches per compute unit, none under 4096 elements */
+        size_t cu = clnpu_device_get_info(dev)->compute_units, per = (n + 4 * (cu ? cu : 1) - 1) / (4 * (cu ? cu : 1));
+        *chunk = per > 4096 ? per : 4096;
+    }
+    *groups = n ? (n + *chunk - 1) / *chunk : 0;
 }
 
 clnpu_status clnpu_enqueue(clnpu_device *dev, cl_kernel k, cl_uint dims, const size_t *global, const size_t *local,

@@ -20,16 +20,37 @@ clnpu_status clnpu_launch(clnpu_device *dev, const char *source, const char *opt
                           const char *kernel, cl_uint dims, const size_t *global,
                           const size_t *local, const clnpu_karg *args, size_t nargs);
 
+/* The same, from a program holding the kernels of `group` (NULL-terminated, `kernel` among
+ * them): kernels that a forward always launches together share one build, so the compiler's
+ * fixed cost per program (~0.1 s on PoCL: clang parses opencl-c.h and links the kernel library
+ * each time) is paid once for them on a first run. Give every launch of a group the same list:
+ * the forward's groups are below. */
+clnpu_status clnpu_launch_group(clnpu_device *dev, const char *source, const char *options,
+                                const char *const *group, const char *kernel, cl_uint dims,
+                                const size_t *global, const size_t *local, const clnpu_karg *args,
+                                size_t nargs);
+extern const char *const clnpu_group_moe[];     /* moe.cl: plan, gather, combine (no options) */
+extern const char *const clnpu_group_forward[]; /* elementwise.cl: add, non-finite check, MLA keys */
+extern const char *const clnpu_group_cache[];   /* mla.cl: latent cache append and gather */
+
 /* Enqueue kernel k with its arguments set (global sizes already multiples of local ones); with
  * tracing on, its span is recorded under trace_name. */
 clnpu_status clnpu_enqueue(clnpu_device *dev, cl_kernel k, cl_uint dims, const size_t *global, const size_t *local,
                            const char *trace_name);
 
-/* A work-group size for a kernel with one work-item per element of an n-wide row (copies,
- * gathers): the largest divisor of n up to 1024 and the device's limit, so one group covers a row
- * where it can. On PoCL each work-group costs ~0.1-0.2 us of scheduling besides its work: groups of
- * 1 or 64 four-byte copies ran a prefill's MoE gather and per-head K assembly at ~1 GB/s. */
-size_t clnpu_row_wg(const clnpu_device *dev, size_t n);
+/* Lanes per row for the row kernels (copies, gathers, combines: a work-group per row whose lanes
+ * stride through its n elements; launch a grid of (lanes, rows) in work-groups of (lanes, 1)).
+ * The cpu family gets 1: one work-item loops over the row (vectorised), PoCL schedules one group
+ * per row (each costs ~0.1-0.2 us: groups of one element ran a prefill's MoE gather at ~1 GB/s),
+ * and every launch runs the 1-1-1 work-group function built ahead with the program (other local
+ * sizes are compiled at their first launch). The wg family gets up to 256, a GPU's SIMD width
+ * several times over. */
+size_t clnpu_row_lanes(const clnpu_device *dev, size_t n);
+
+/* The same for a flat [n]: `groups` work-groups of `lanes` work-items, each group over `chunk`
+ * consecutive elements (the cpu family: one work-item per chunk, a few chunks per compute unit;
+ * the wg family: 256 lanes, 16 elements each). Launch a grid of groups * lanes. */
+void clnpu_stretches(const clnpu_device *dev, size_t n, size_t *lanes, size_t *chunk, size_t *groups);
 
 /* cl_mem of a buffer, or NULL. */
 cl_mem clnpu_mem(const clnpu_buffer *b);

@@ -79,7 +79,7 @@ clnpu_status clnpu_moe_plan(clnpu_device *dev, const clnpu_buffer *ids, size_t T
         return clnpu_launch(dev, "moe_wg.cl", opts, "clnpu_moe_plan_wg", 1, g, l, a, 8);
     }
     size_t g[1] = {1};
-    return clnpu_launch(dev, "moe.cl", NULL, "clnpu_moe_plan", 1, g, NULL, a, 8);
+    return clnpu_launch_group(dev, "moe.cl", NULL, clnpu_group_moe, "clnpu_moe_plan", 1, g, NULL, a, 8);
 }
 
 clnpu_status clnpu_moe_gather(clnpu_device *dev, clnpu_buffer *xp, clnpu_view x, const clnpu_buffer *src,
@@ -92,8 +92,8 @@ clnpu_status clnpu_moe_gather(clnpu_device *dev, clnpu_buffer *xp, clnpu_view x,
     cl_mem mp = clnpu_mem(xp), mx = clnpu_mem(x.buf), ms = clnpu_mem(src);
     cl_uint ld = (cl_uint)x.ld, d = (cl_uint)dim;
     clnpu_karg a[] = {KARG(mp), KARG(mx), KARG(ld), KARG(ms), KARG(d)};
-    size_t g[2] = {dim, rows}, l[2] = {clnpu_row_wg(dev, dim), 1};
-    return clnpu_launch(dev, "moe.cl", NULL, "clnpu_moe_gather", 2, g, l, a, 5);
+    size_t l[2] = {clnpu_row_lanes(dev, dim), 1}, g[2] = {l[0], rows};
+    return clnpu_launch_group(dev, "moe.cl", NULL, clnpu_group_moe, "clnpu_moe_gather", 2, g, l, a, 5);
 }
 
 clnpu_status clnpu_moe_combine(clnpu_device *dev, clnpu_view out, clnpu_view base, const clnpu_buffer *yp,
@@ -111,6 +111,6 @@ clnpu_status clnpu_moe_combine(clnpu_device *dev, clnpu_view out, clnpu_view bas
     cl_uint lo = (cl_uint)out.ld, bo = (cl_uint)base.offset, lb = (cl_uint)base.ld, k = (cl_uint)top_k,
             d = (cl_uint)dim;
     clnpu_karg a[] = {KARG(mo), KARG(lo), KARG(mb), KARG(bo), KARG(lb), KARG(my), KARG(ms), KARG(mw), KARG(k), KARG(d)};
-    size_t g[2] = {dim, T}, l[2] = {clnpu_row_wg(dev, dim), 1};
-    return clnpu_launch(dev, "moe.cl", NULL, "clnpu_moe_combine", 2, g, l, a, 10);
+    size_t l[2] = {clnpu_row_lanes(dev, dim), 1}, g[2] = {l[0], T};
+    return clnpu_launch_group(dev, "moe.cl", NULL, clnpu_group_moe, "clnpu_moe_combine", 2, g, l, a, 10);
 }

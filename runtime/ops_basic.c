@@ -18,6 +18,9 @@ static size_t elementwise_wg(const clnpu_device *dev)
 
 /* The capability table's reduction work-group: 1 for the cpu family (one work-item per row, no
  * barriers), its wg_size for the wg family. */
+/* The forward launches all of norm.cl's kernels, with the same options: one program for them. */
+static const char *const norm_group[] = {"clnpu_rmsnorm", "clnpu_rmsnorm2", "clnpu_rmsnorm_add_tag", NULL};
+
 static size_t reduction_wg(const clnpu_device *dev)
 {
     const clnpu_capability *c = clnpu_device_capability(dev);
@@ -56,7 +59,7 @@ clnpu_status clnpu_rmsnorm(clnpu_device *dev, clnpu_view x, clnpu_view res, clnp
     clnpu_karg a[] = {KARG(mx), KARG(xo), KARG(xl), KARG(mh), KARG(ho), KARG(hl), KARG(my),
                       KARG(yo), KARG(yl), KARG(mw), KARG(d), KARG(eps), KARG(hr)};
     size_t g[1] = {rows * wg}, l[1] = {wg};
-    return clnpu_launch(dev, "norm.cl", opts, "clnpu_rmsnorm", 1, g, l, a, 13);
+    return clnpu_launch_group(dev, "norm.cl", opts, norm_group, "clnpu_rmsnorm", 1, g, l, a, 13);
 }
 
 clnpu_status clnpu_rmsnorm2(clnpu_device *dev, clnpu_view x, const clnpu_buffer *w, size_t dim, clnpu_view x2,
@@ -76,7 +79,7 @@ clnpu_status clnpu_rmsnorm2(clnpu_device *dev, clnpu_view x, const clnpu_buffer 
     clnpu_karg a[] = {KARG(mx), KARG(xo), KARG(xl), KARG(mw), KARG(d), KARG(mx2), KARG(xo2), KARG(xl2),
                       KARG(mw2), KARG(d2), KARG(r), KARG(eps)};
     size_t g[1] = {2 * rows * wg}, l[1] = {wg};
-    return clnpu_launch(dev, "norm.cl", opts, "clnpu_rmsnorm2", 1, g, l, a, 12);
+    return clnpu_launch_group(dev, "norm.cl", opts, norm_group, "clnpu_rmsnorm2", 1, g, l, a, 12);
 }
 
 clnpu_status clnpu_rmsnorm_add_tag(clnpu_device *dev, clnpu_view x, const clnpu_buffer *w1, clnpu_view h, clnpu_view y,
@@ -106,7 +109,7 @@ clnpu_status clnpu_rmsnorm_add_tag(clnpu_device *dev, clnpu_view x, const clnpu_
     clnpu_karg a[] = {KARG(mx), KARG(xo), KARG(xl), KARG(m1), KARG(mh), KARG(ho), KARG(hl), KARG(my),
                       KARG(yo), KARG(yl), KARG(m2), KARG(d), KARG(eps), KARG(tg), KARG(mf)};
     size_t g[1] = {rows * wg}, l[1] = {wg};
-    return clnpu_launch(dev, "norm.cl", opts, "clnpu_rmsnorm_add_tag", 1, g, l, a, 15);
+    return clnpu_launch_group(dev, "norm.cl", opts, norm_group, "clnpu_rmsnorm_add_tag", 1, g, l, a, 15);
 }
 
 clnpu_status clnpu_silu_mul(clnpu_device *dev, clnpu_view y, clnpu_view g, clnpu_view u,
@@ -151,7 +154,7 @@ clnpu_status clnpu_embed_rows(clnpu_device *dev, clnpu_buffer *y, const clnpu_bu
     cl_mem my = clnpu_mem(y), mt = clnpu_mem(table), mi = clnpu_mem(ids);
     cl_uint d = (cl_uint)dim, f = (cl_uint)first, r = (cl_uint)rows, v = (cl_uint)vocab;
     clnpu_karg a[] = {KARG(my), KARG(mt), KARG(mi), KARG(d), KARG(f), KARG(r), KARG(v)};
-    size_t g[2] = {dim, count}, l[2] = {elementwise_wg(dev), 1};
+    size_t l[2] = {clnpu_row_lanes(dev, dim), 1}, g[2] = {l[0], count};
     return clnpu_launch(dev, "elementwise.cl", NULL,
                         dt == CLNPU_DTYPE_BF16 ? "clnpu_embed_bf16" : "clnpu_embed_f32", 2, g, l, a, 7);
 }

@@ -103,6 +103,9 @@ void clnpu_rope_table_destroy(clnpu_rope_table *t)
     free(t);
 }
 
+/* rope.cl's two kernels in one program (a forward uses both: the sparse family the first) */
+static const char *const rope_group[] = {"clnpu_rope", "clnpu_rope2", NULL};
+
 clnpu_status clnpu_rope_apply(clnpu_device *dev, const clnpu_rope_table *t, clnpu_view x,
                               size_t rows, size_t heads, size_t hstride, const clnpu_buffer *pos,
                               clnpu_rope_layout layout)
@@ -118,7 +121,7 @@ clnpu_status clnpu_rope_apply(clnpu_device *dev, const clnpu_rope_table *t, clnp
     clnpu_karg a[] = {KARG(mx), KARG(off), KARG(ld), KARG(hs), KARG(h), KARG(d), KARG(mt), KARG(mp),
                       KARG(np), KARG(hsplit)};
     size_t g[3] = {t->dim / 2, heads, rows};
-    return clnpu_launch(dev, "rope.cl", NULL, "clnpu_rope", 3, g, NULL, a, 10);
+    return clnpu_launch_group(dev, "rope.cl", NULL, rope_group, "clnpu_rope", 3, g, NULL, a, 10);
 }
 
 clnpu_status clnpu_rope_apply2(clnpu_device *dev, const clnpu_rope_table *t, clnpu_view x, size_t heads,
@@ -142,5 +145,5 @@ clnpu_status clnpu_rope_apply2(clnpu_device *dev, const clnpu_rope_table *t, cln
     clnpu_karg a[] = {KARG(mx), KARG(off), KARG(ld), KARG(hs), KARG(h), KARG(mx2), KARG(off2), KARG(ld2),
                       KARG(hs2), KARG(h2), KARG(d), KARG(mt), KARG(mp), KARG(np), KARG(hsplit)};
     size_t g[3] = {t->dim / 2, heads + heads2, rows};
-    return clnpu_launch(dev, "rope.cl", NULL, "clnpu_rope2", 3, g, NULL, a, 15);
+    return clnpu_launch_group(dev, "rope.cl", NULL, rope_group, "clnpu_rope2", 3, g, NULL, a, 15);
 }
