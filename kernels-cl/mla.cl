@@ -122,17 +122,17 @@ __kernel void clnpu_mla_combine(__global const float *part_z, __global const flo
 #endif /* CLNPU_ONLY */
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_kv_append
-/* Append latent rows to the paged cache: row t of src (c | k_pe, stride lds) goes to sequence
- * seq[t] at position pos[t]. Grid: (lanes, T), work-groups (lanes, 1): a row's lanes stride
+/* Append latent rows to the paged cache: row t of src (c | k_pe, at srcoff, stride lds) goes to
+ * sequence seq[t] at position pos[t]. Grid: (lanes, T), work-groups (lanes, 1): a row's lanes stride
  * through it (clnpu_row_lanes). */
 __kernel void clnpu_kv_append(__global CACHE_T *cache, const uint page, __global const int *block_table,
-                              const uint max_blocks, __global const float *src, const uint lds,
-                              __global const int *seq, __global const int *pos)
+                              const uint max_blocks, __global const float *src, const uint srcoff,
+                              const uint lds, __global const int *seq, __global const int *pos)
 {
     const uint t = get_global_id(1), p = (uint)pos[t];
     const int pg = block_table[(size_t)seq[t] * max_blocks + p / page];
     for (uint d = get_local_id(0); d < ROW; d += get_local_size(0))
-        clnpu_cache_store(cache + ((size_t)pg * page + p % page) * CACHE_ROW, src + (size_t)t * lds, d);
+        clnpu_cache_store(cache + ((size_t)pg * page + p % page) * CACHE_ROW, src + srcoff + (size_t)t * lds, d);
 }
 #endif /* CLNPU_ONLY */
 

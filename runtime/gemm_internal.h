@@ -7,6 +7,14 @@
 
 clnpu_status clnpu_weight_desc_check(const clnpu_weight_desc *d);
 float clnpu_weight_desc_element(const clnpu_weight_desc *d, size_t i, size_t j);
+/* Matrix a's rows, then b's, as one matrix [a.n + b.n, k] in out_w / out_s (caller's memory:
+ * (a.n + b.n) * k elements and, for scaled types, *out_scales floats of clnpu_weight_desc_stack_scales).
+ * False where one packed weight cannot hold both: other dtypes, k or quantisation groups, or fp8
+ * blocks across the seam (a.n not a multiple of 128). */
+bool clnpu_weight_desc_stackable(const clnpu_weight_desc *a, const clnpu_weight_desc *b);
+size_t clnpu_weight_desc_stack_scales(const clnpu_weight_desc *a, const clnpu_weight_desc *b);
+void clnpu_weight_desc_stack(const clnpu_weight_desc *a, const clnpu_weight_desc *b, void *out_w, float *out_s,
+                             clnpu_weight_desc *out);
 /* Floats of per-panel scales for one matrix packed with panel width nr. */
 size_t clnpu_pack_scale_count(const clnpu_weight_desc *d, size_t nr);
 /* Pack panel p of d into dst_w (K x nr elements) and its scales into dst_s (if any). */

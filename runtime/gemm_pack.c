@@ -150,3 +150,35 @@ void clnpu_pack_panel(const clnpu_weight_desc *d, size_t p, size_t nr, void *dst
         for (size_t b = 0; b < kb; b++) dst_s[b] = p * nr < d->n ? d->scales[nb * kb + b] : 0.0f;
     }
 }
+
+/* scale floats of d: per row (int8: per group of the row) or per 128 x 128 block (fp8) */
+static size_t scale_floats(const clnpu_weight_desc *d)
+{
+    if (d->dtype == CLNPU_DTYPE_FP8_E4M3)
+        return (d->n + CLNPU_FP8_BLOCK - 1) / CLNPU_FP8_BLOCK * ((d->k + CLNPU_FP8_BLOCK - 1) / CLNPU_FP8_BLOCK);
+    if (d->dtype == CLNPU_DTYPE_I8) return d->n * (d->group_k ? (d->k + d->group_k - 1) / d->group_k : 1);
+    return 0;
+}
+
+bool clnpu_weight_desc_stackable(const clnpu_weight_desc *a, const clnpu_weight_desc *b)
+{
+    return a->dtype == b->dtype && a->k == b->k && a->group_k == b->group_k && !a->scales == !b->scales &&
+           (a->dtype != CLNPU_DTYPE_FP8_E4M3 || a->n % CLNPU_FP8_BLOCK == 0);
+}
+
+size_t clnpu_weight_desc_stack_scales(const clnpu_weight_desc *a, const clnpu_weight_desc *b)
+{
+    return a->scales ? scale_floats(a) + scale_floats(b) : 0;
+}
+
+void clnpu_weight_desc_stack(const clnpu_weight_desc *a, const clnpu_weight_desc *b, void *out_w, float *out_s,
+                             clnpu_weight_desc *out)
+{
+    const size_t es = clnpu_dtype_size(a->dtype);
+    memcpy(out_w, a->data, a->n * a->k * es);
+    memcpy((char *)out_w + a->n * a->k * es, b->data, b->n * b->k * es);
+    /* fp8: a ends on a block row, so b's blocks follow a's whole */
+    if (a->scales) memcpy(out_s, a->scales, scale_floats(a) * sizeof *out_s);
+    if (a->scales) memcpy(out_s + scale_floats(a), b->scales, scale_floats(b) * sizeof *out_s);
+    *out = (clnpu_weight_desc){a->dtype, a->n + b->n, a->k, out_w, a->scales ? out_s : NULL, a->group_k};
+}

@@ -216,9 +216,16 @@ static clnpu_status attention_dense(clnpu_model *m, model_layer *ly, size_t T, b
     const float eps = (float)c->rms_norm_eps;
     const clnpu_rope_layout layout = c->rope_interleave ? CLNPU_ROPE_INTERLEAVED : CLNPU_ROPE_HALF_SPLIT;
     clnpu_status st;
-    /* q_a and kv_a read the same input; their norms go in one launch */
+    /* q_a and kv_a read the same input: one GEMV into m->cq (q_a's outputs, then c | k_pe) where
+     * the load joined them, else two; their norms go in one launch */
     clnpu_view kv0 = {m->kv0, 0, m->lat};
-    if (ly->q_a) {
+    const size_t QL = c->q_lora_rank, W = QL + m->lat;
+    if (ly->qkv_a) {
+        kv0 = (clnpu_view){m->cq, QL, W};
+        st = mm(m, ly->qkv_a, 0, m->a, 0, d, m->cq, 0, W, T, CLNPU_EPILOGUE_NONE);
+        if (!st) st = clnpu_rmsnorm2(m->dev, (clnpu_view){m->cq, 0, W}, ly->q_a_norm, QL, kv0, ly->kv_a_norm, R, T, eps);
+        if (!st) st = mm(m, ly->q_b, 0, m->cq, 0, W, m->q, 0, H * m->dqk, T, CLNPU_EPILOGUE_NONE);
+    } else if (ly->q_a) {
         st = mm(m, ly->q_a, 0, m->a, 0, d, m->cq, 0, c->q_lora_rank, T, CLNPU_EPILOGUE_NONE);
         if (!st) st = mm(m, ly->kv_a, 0, m->a, 0, d, m->kv0, 0, m->lat, T, CLNPU_EPILOGUE_NONE);
         clnpu_view cq = {m->cq, 0, c->q_lora_rank};
@@ -232,15 +239,16 @@ static clnpu_status attention_dense(clnpu_model *m, model_layer *ly, size_t T, b
     /* q's rope slices and k_pe in one launch */
     if (!st)
         st = clnpu_rope_apply2(m->dev, m->rope, (clnpu_view){m->q, c->qk_nope_head_dim, H * m->dqk}, H, m->dqk,
-                               (clnpu_view){m->kv0, R, m->lat}, 1, 0, T, m->pos, layout);
+                               (clnpu_view){kv0.buf, kv0.offset + R, kv0.ld}, 1, 0, T, m->pos, layout);
     /* The new latent rows (c | rotated k_pe) go to the cache before attention reads it. */
     if (!st) {
-        cl_mem cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev), src = clnpu_mem(m->kv0),
+        cl_mem cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev), src = clnpu_mem(kv0.buf),
                sq = clnpu_mem(m->seqs), ps = clnpu_mem(m->pos);
-        cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, lds = (cl_uint)m->lat;
-        clnpu_karg a[] = {KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(src), KARG(lds), KARG(sq), KARG(ps)};
+        cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, off = (cl_uint)kv0.offset,
+                lds = (cl_uint)kv0.ld;
+        clnpu_karg a[] = {KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(src), KARG(off), KARG(lds), KARG(sq), KARG(ps)};
         size_t lo[2] = {clnpu_row_lanes(m->dev, m->lat), 1}, g[2] = {lo[0], T};
-        st = clnpu_launch_group(m->dev, "mla.cl", opts, clnpu_group_cache, "clnpu_kv_append", 2, g, lo, a, 8);
+        st = clnpu_launch_group(m->dev, "mla.cl", opts, clnpu_group_cache, "clnpu_kv_append", 2, g, lo, a, 9);
     }
     if (!st) st = decode ? attention_decode(m, ly, T, maxlen) : attention_prefill(m, ly, seq_of[0], pos_of[0], T);
     return st;

@@ -11,6 +11,7 @@ typedef struct model_layer {
     clnpu_buffer *in_norm, *post_attn_norm, *q_a_norm, *kv_a_norm, *post_mlp_norm; /* f32 */
     clnpu_weight *q_a, *q_b; /* q_b is q_proj when q_lora_rank == 0 */
     clnpu_weight *kv_a, *kv_b;
+    clnpu_weight *qkv_a; /* [q_lora + R + DR, d]: q_a's rows then kv_a's, in place of both (see model_load.c) */
     clnpu_weight *uk_t; /* H matrices [R, nope]: W_UK^T per head, for the absorbed decode */
     clnpu_weight *uv;   /* H matrices [v, R]: W_UV per head */
     clnpu_weight *o;

@@ -452,6 +452,42 @@ static clnpu_status load_moe(clnpu_model *m, loader *L, size_t l, model_layer *l
     return st;
 }
 
+/* q_a and kv_a read the same normed input: one matrix [q_lora + R + DR, d], q_a's rows then
+ * kv_a's, is one GEMV per decode step instead of two (a launch fewer, and a wider GEMV streams
+ * nearer the memory's rate). Their outputs sit side by side in m->cq (model_forward.c). Not for
+ * the sparse family (its own forward), nor where one packed weight cannot hold both: other
+ * dtypes or quantisation groups, or fp8 blocks across the seam (q_lora not a multiple of 128). */
+/* *out_done: q_a and kv_a are loaded (joined or not); else load_layer loads them. */
+static clnpu_status upload_qkv_a(clnpu_model *m, loader *L, size_t l, model_layer *ly, bool *out_done)
+{
+    const clnpu_model_config *c = &m->cfg;
+    const size_t d = c->hidden_size, nq = c->q_lora_rank, nk = m->lat;
+    char qn[256], kn[256];
+    snprintf(qn, sizeof qn, "model.layers.%zu.self_attn.q_a_proj.weight", l);
+    snprintf(kn, sizeof kn, "model.layers.%zu.self_attn.kv_a_proj_with_mqa.weight", l);
+    *out_done = false;
+    if (m->fam || !nq) return CLNPU_OK;
+    clnpu_weight_desc q, k;
+    clnpu_status st = get_mat(L, qn, nq, d, &q);
+    if (!st) st = get_mat(L, kn, nk, d, &k);
+    if (st) return clnpu_fail_context(st, "loading %s and %s", qn, kn);
+    if (!clnpu_weight_desc_stackable(&q, &k)) {
+        st = clnpu_weight_upload(m->dev, &q, 1, &ly->q_a);
+        if (!st) st = clnpu_weight_upload(m->dev, &k, 1, &ly->kv_a);
+        *out_done = !st;
+        return st ? clnpu_fail_context(st, "loading %s and %s", qn, kn) : CLNPU_OK;
+    }
+    const size_t ns = clnpu_weight_desc_stack_scales(&q, &k);
+    void *w = keep(L, malloc((nq + nk) * d * clnpu_dtype_size(q.dtype)));
+    float *s = ns ? keep(L, malloc(ns * sizeof *s)) : NULL;
+    if (!w || (ns && !s)) return clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory for %s", qn);
+    clnpu_weight_desc both;
+    clnpu_weight_desc_stack(&q, &k, w, s, &both);
+    st = clnpu_weight_upload(m->dev, &both, 1, &ly->qkv_a);
+    *out_done = !st;
+    return st ? clnpu_fail_context(st, "loading %s and %s", qn, kn) : CLNPU_OK;
+}
+
 static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
 {
     const clnpu_model_config *c = &m->cfg;
@@ -470,8 +506,10 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
         st = upload_vec(m->dev, L, gpost ? NAME("post_attention_layernorm.norm.weight")
                                          : NAME("post_attention_layernorm.weight"), d, &ly->post_attn_norm);
     if (!st) st = clnpu_model_load_family_layer(m, L, l, ly); /* indexer, gates (model_load_family.c) */
+    bool qkv = false;
+    if (!st) st = upload_qkv_a(m, L, l, ly, &qkv);
     if (!st && c->q_lora_rank) {
-        st = upload_mat(m->dev, L, NAME("self_attn.q_a_proj.weight"), c->q_lora_rank, d, &ly->q_a);
+        if (!qkv) st = upload_mat(m->dev, L, NAME("self_attn.q_a_proj.weight"), c->q_lora_rank, d, &ly->q_a);
         if (!st) st = upload_vec(m->dev, L, NAME("self_attn.q_a_layernorm.weight"), c->q_lora_rank, &ly->q_a_norm);
         if (!st && !c->attn_output_gate) /* (A.X K2: q_gate_proj instead) */
             st = upload_rows(m->dev, L, NAME("self_attn.q_b_proj.weight"), H * m->dqk, c->q_lora_rank, h0 * m->dqk,
@@ -479,7 +517,7 @@ static clnpu_status load_layer(clnpu_model *m, loader *L, size_t l)
     } else if (!st) {
         st = upload_rows(m->dev, L, NAME("self_attn.q_proj.weight"), H * m->dqk, d, h0 * m->dqk, Hl * m->dqk, &ly->q_b);
     }
-    if (!st) st = upload_mat(m->dev, L, NAME("self_attn.kv_a_proj_with_mqa.weight"), m->lat, d, &ly->kv_a);
+    if (!st && !qkv) st = upload_mat(m->dev, L, NAME("self_attn.kv_a_proj_with_mqa.weight"), m->lat, d, &ly->kv_a);
     if (!st) st = upload_vec(m->dev, L, NAME("self_attn.kv_a_layernorm.weight"), R, &ly->kv_a_norm);
     clnpu_weight_desc kvb, o;
     if (!st) st = get_rows(L, NAME("self_attn.kv_b_proj.weight"), H * blk, R, h0 * blk, Hl * blk, &kvb);
@@ -522,7 +560,7 @@ static void destroy_layer(model_layer *ly)
     clnpu_model_family_destroy_layer(ly);
     clnpu_buffer *bs[] = {ly->in_norm, ly->post_attn_norm, ly->q_a_norm, ly->kv_a_norm, ly->post_mlp_norm, ly->cache};
     for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) clnpu_buffer_destroy(bs[i]);
-    clnpu_weight *ws[] = {ly->q_a, ly->q_b, ly->kv_a, ly->kv_b, ly->uk_t, ly->uv, ly->o, ly->dense_gate_up, ly->dense_down};
+    clnpu_weight *ws[] = {ly->q_a, ly->qkv_a, ly->q_b, ly->kv_a, ly->kv_b, ly->uk_t, ly->uv, ly->o, ly->dense_gate_up, ly->dense_down};
     for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) clnpu_weight_destroy(ws[i]);
     clnpu_moe_block_destroy(ly->moe);
 }
@@ -596,7 +634,7 @@ static clnpu_status alloc_activations(clnpu_model *m)
     if (mlp < d) mlp = d;
     /* 4-byte elements, x * y * z of them: multiplied with overflow checks (sizes from a config) */
     struct { clnpu_buffer **b; size_t x, y, z; } a[] = {
-        {&m->h, T, d, 1}, {&m->a, T, d, 1}, {&m->cq, T, c->q_lora_rank ? c->q_lora_rank : 1, 1},
+        {&m->h, T, d, 1}, {&m->a, T, d, 1}, {&m->cq, T, c->q_lora_rank ? c->q_lora_rank + m->lat : 1, 1}, /* q_a | kv_a */
         {&m->q, T, H, m->dqk}, {&m->kv0, T, m->lat, 1}, {&m->attn, T, H, c->v_head_dim},
         {&m->mlp, T, d, 1}, {&m->mlp_h, T, mlp, 1}, {&m->logits, m->opt.head ? T : 1, c->vocab_size, 1},
         {&m->latent, S, m->lat, 1}, {&m->kvfull, S, H, c->qk_nope_head_dim + c->v_head_dim},

@@ -44,7 +44,7 @@ clnpu_status clnpu_model_memory_estimate(const clnpu_model_config *c, const clnp
                                                                   : (double)c->moe_intermediate_size;
     if (mlp < d) mlp = d;
     const double q_lora = c->q_lora_rank ? (double)c->q_lora_rank : 1;
-    const double act = T * d * 4 * 3 + T * q_lora * 4 + T * H * dqk * 4 + T * lat * 4 + T * H * c->v_head_dim * 4 +
+    const double act = T * d * 4 * 3 + T * (c->q_lora_rank ? q_lora + lat : 1) * 4 /* q_a | kv_a */ + T * H * dqk * 4 + T * lat * 4 + T * H * c->v_head_dim * 4 +
                        T * mlp * 4 + S * lat * 4 + S * H * (double)(c->qk_nope_head_dim + c->v_head_dim) * 4 +
                        S * H * dqk * 4 + 2 * B * H * R * 4 + B * H * (double)c->qk_rope_head_dim * 4 + T * 4 +
                        2 * B * blocks * 4;

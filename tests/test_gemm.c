@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "test_util.h"
+#include "../runtime/gemm_internal.h"
 
 typedef struct host_weight {
     clnpu_weight_desc d;
@@ -661,6 +662,66 @@ START_TEST(test_gemm_bad_input)
 }
 END_TEST
 
+/* Two matrices stacked into one weight (the load's q_a | kv_a): every dtype's data and scales
+ * follow, so one GEMV gives both products, against float64 over the dequantised values. */
+START_TEST(test_weight_desc_stack)
+{
+    clnpu_device *dev = test_device();
+    const clnpu_dtype types[] = {CLNPU_DTYPE_F32, CLNPU_DTYPE_BF16, CLNPU_DTYPE_F16, CLNPU_DTYPE_I8, CLNPU_DTYPE_I8,
+                                 CLNPU_DTYPE_FP8_E4M3};
+    for (size_t ti = 0; ti < 6; ti++) {
+        const clnpu_dtype t = types[ti];
+        const size_t na = t == CLNPU_DTYPE_FP8_E4M3 ? 128 : 48, nb = 37, k = 200, M = 3, group = ti == 3 ? 128 : 0;
+        host_weight a, b;
+        make_weight(&a, t, na, k, group);
+        make_weight(&b, t, nb, k, group);
+        ck_assert(clnpu_weight_desc_stackable(&a.d, &b.d));
+        const size_t ns = clnpu_weight_desc_stack_scales(&a.d, &b.d);
+        void *w = malloc((na + nb) * k * clnpu_dtype_size(t));
+        float *s = ns ? malloc(ns * sizeof *s) : NULL;
+        clnpu_weight_desc both;
+        clnpu_weight_desc_stack(&a.d, &b.d, w, s, &both);
+        ck_assert_uint_eq(both.n, na + nb);
+        clnpu_weight *wt;
+        ck_assert_ok(clnpu_weight_upload(dev, &both, 1, &wt));
+        float *x = random_vec(M * k), *y = malloc(M * (na + nb) * sizeof *y);
+        clnpu_buffer *bx = upload_f32(x, M * k), *by;
+        ck_assert_ok(clnpu_buffer_create(dev, M * (na + nb) * sizeof(float), &by));
+        poison(by);
+        clnpu_gemm_args g = clnpu_gemm_args_default();
+        g.x = bx, g.y = by, g.m = M;
+        ck_assert_ok(clnpu_gemm(dev, wt, 0, &g));
+        ck_assert_ok(clnpu_buffer_read(by, 0, y, M * (na + nb) * sizeof(float)));
+        double *ref = malloc(M * (na + nb) * sizeof *ref);
+        for (size_t r = 0; r < M; r++)
+            for (size_t j = 0; j < na + nb; j++) {
+                const float *row = j < na ? a.deq + j * k : b.deq + (j - na) * k;
+                double acc = 0;
+                for (size_t i = 0; i < k; i++) acc += (double)x[r * k + i] * row[i];
+                ref[r * (na + nb) + j] = acc;
+            }
+        const double e = rel_error(y, ref, M, na + nb, na + nb);
+        ck_assert_msg(e <= 2 * tolerance(k), "stacked %s (group %zu): %.3g", clnpu_dtype_name(t), group, e);
+        free(w), free(s), free(x), free(y), free(ref);
+        clnpu_buffer_destroy(bx), clnpu_buffer_destroy(by);
+        clnpu_weight_destroy(wt);
+        /* what one packed weight cannot hold is refused */
+        if (t == CLNPU_DTYPE_FP8_E4M3) {
+            a.d.n = 100;
+            ck_assert(!clnpu_weight_desc_stackable(&a.d, &b.d)); /* fp8 blocks across the seam */
+        }
+        if (t == CLNPU_DTYPE_I8) {
+            b.d.group_k = group ? 0 : 128;
+            ck_assert(!clnpu_weight_desc_stackable(&a.d, &b.d));
+        }
+        clnpu_weight_desc other = b.d;
+        other.dtype = t == CLNPU_DTYPE_F32 ? CLNPU_DTYPE_BF16 : CLNPU_DTYPE_F32;
+        ck_assert(!clnpu_weight_desc_stackable(&a.d, &other));
+        free_weight(&a), free_weight(&b);
+    }
+}
+END_TEST
+
 Suite *suite_gemm(void)
 {
     Suite *s = suite_create("gemm");
@@ -675,6 +736,7 @@ Suite *suite_gemm(void)
     tcase_add_test(tc, test_gemm_blocked);
     tcase_add_test(tc, test_gemm_splitk);
     tcase_add_test(tc, test_gemm_bad_input);
+    tcase_add_test(tc, test_weight_desc_stack);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -475,7 +475,8 @@ START_TEST(test_latent_cache_append_gather)
             for (size_t t = 0; t < T; t++) memcpy(want + (size_t)pos[t] * lat, src + t * lds, lat * sizeof *want);
             size_t eb;
             uint8_t *enc = test_latent_cache_encode(dt, R, DR, T, want, &eb); /* rows by position */
-            clnpu_buffer *bc, *bsrc = dev_f32(src, T * lds), *bbt = dev_i32(bt, npages), *bs = dev_i32(seq, T),
+            /* src at an offset of 5 floats (NaN: never read), as the fused q_a | kv_a output holds it */
+            clnpu_buffer *bc, *bsrc = dev_nan(5 + T * lds), *bbt = dev_i32(bt, npages), *bs = dev_i32(seq, T),
                               *bp = dev_i32(pos, T), *bd = dev_nan((T + 1) * lat);
             ck_assert_ok(clnpu_buffer_create(dev, nrows * rb, &bc));
             const uint8_t poison = 0xa5;
@@ -484,10 +485,11 @@ START_TEST(test_latent_cache_append_gather)
             snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu%s", R, DR, clnpu_latent_cache_define(dt));
             cl_mem c = clnpu_mem(bc), b = clnpu_mem(bbt), sm = clnpu_mem(bsrc), sq = clnpu_mem(bs), ps = clnpu_mem(bp),
                    dm = clnpu_mem(bd);
-            cl_uint pg = (cl_uint)page, m = (cl_uint)mb, ld = (cl_uint)lds, s1 = 1;
-            clnpu_karg aa[] = {KARG(c), KARG(pg), KARG(b), KARG(m), KARG(sm), KARG(ld), KARG(sq), KARG(ps)};
+            ck_assert_ok(clnpu_buffer_write(bsrc, 5 * sizeof(float), src, T * lds * sizeof(float)));
+            cl_uint pg = (cl_uint)page, m = (cl_uint)mb, ld = (cl_uint)lds, s1 = 1, so = 5;
+            clnpu_karg aa[] = {KARG(c), KARG(pg), KARG(b), KARG(m), KARG(sm), KARG(so), KARG(ld), KARG(sq), KARG(ps)};
             size_t l[2] = {clnpu_row_lanes(dev, lat), 1}, g[2] = {l[0], T};
-            ck_assert_ok(clnpu_launch(dev, "mla.cl", opts, "clnpu_kv_append", 2, g, l, aa, 8));
+            ck_assert_ok(clnpu_launch(dev, "mla.cl", opts, "clnpu_kv_append", 2, g, l, aa, 9));
             clnpu_karg ga[] = {KARG(dm), KARG(c), KARG(pg), KARG(b), KARG(m), KARG(s1)};
             ck_assert_ok(clnpu_launch(dev, "mla.cl", opts, "clnpu_kv_gather", 2, g, l, ga, 6));
             uint8_t *got = malloc(nrows * rb);
