@@ -36,16 +36,21 @@ __kernel void clnpu_rope(__global float *x, const uint off, const uint ld, const
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_rope2
 /* Two tensors of the same rows in one launch (MLA: the heads of q and the one k_pe): heads
- * [0, heads) of x, then heads2 more of x2, each with its own offset, stride and head stride. */
+ * [0, heads) of x, then heads2 more of x2, each with its own offset, stride and head stride.
+ * Grid (lanes, rows), work-groups (lanes, 1): a row's lanes stride through its (heads + heads2)
+ * x d/2 pairs (clnpu_row_lanes: one work-item per row on the cpu family, where a work-group per
+ * pair cost more than the rotation). */
 __kernel void clnpu_rope2(__global float *x, const uint off, const uint ld, const uint hstride,
                           const uint heads, __global float *x2, const uint off2, const uint ld2,
                           const uint hstride2, const uint heads2, const uint d, __global const float2 *table,
                           __global const int *pos, const uint npos, const uint half_split)
 {
-    const uint i = get_global_id(0), h = get_global_id(1), t = get_global_id(2);
-    if (i >= d / 2 || h >= heads + heads2) return;
-    __global float *v = h < heads ? x + off + (size_t)t * ld + (size_t)h * hstride
-                                  : x2 + off2 + (size_t)t * ld2 + (size_t)(h - heads) * hstride2;
-    rope_pair(v, i, d, table, pos, t, npos, half_split);
+    const uint t = get_global_id(1), hp = d / 2, n = (heads + heads2) * hp;
+    for (uint j = get_local_id(0); j < n; j += get_local_size(0)) {
+        const uint h = j / hp, i = j % hp;
+        __global float *v = h < heads ? x + off + (size_t)t * ld + (size_t)h * hstride
+                                      : x2 + off2 + (size_t)t * ld2 + (size_t)(h - heads) * hstride2;
+        rope_pair(v, i, d, table, pos, t, npos, half_split);
+    }
 }
 #endif /* CLNPU_ONLY */

@@ -144,6 +144,6 @@ clnpu_status clnpu_rope_apply2(clnpu_device *dev, const clnpu_rope_table *t, cln
             d = (cl_uint)t->dim, hsplit = layout == CLNPU_ROPE_HALF_SPLIT, np = (cl_uint)t->positions;
     clnpu_karg a[] = {KARG(mx), KARG(off), KARG(ld), KARG(hs), KARG(h), KARG(mx2), KARG(off2), KARG(ld2),
                       KARG(hs2), KARG(h2), KARG(d), KARG(mt), KARG(mp), KARG(np), KARG(hsplit)};
-    size_t g[3] = {t->dim / 2, heads + heads2, rows};
-    return clnpu_launch_group(dev, "rope.cl", NULL, rope_group, "clnpu_rope2", 3, g, NULL, a, 15);
+    size_t l[2] = {clnpu_row_lanes(dev, (heads + heads2) * (t->dim / 2)), 1}, g[2] = {l[0], rows};
+    return clnpu_launch_group(dev, "rope.cl", NULL, rope_group, "clnpu_rope2", 2, g, l, a, 15);
 }

@@ -223,6 +223,7 @@ START_TEST(test_rope_yarn_values)
 }
 END_TEST
 
+/* (clnpu_rope_apply2: tests/test_util.c, shared with the wg suite) */
 START_TEST(test_rope_apply)
 {
     clnpu_device *dev = test_device();
@@ -257,41 +258,7 @@ START_TEST(test_rope_apply)
                         ref[base + b] = af * (x1 * cos(th) + x0 * sin(th));
                     }
             CHECK_ERR(y, ref, rows * ld + off, 1e-6, "rope cfg %d layout %d", ci, layout);
-            /* two tensors in one launch (q's heads and k_pe): x again, and 2 heads of another
-             * layout in x2; each as the one-tensor reference */
-            const size_t hs2 = d + 7, ld2 = 2 * hs2 + 3, off2 = 11, n2 = rows * ld2 + off2;
-            float *x2 = test_rand_array(n2, -1, 1);
-            double *ref2 = malloc(n2 * sizeof *ref2);
-            for (size_t i = 0; i < n2; i++) ref2[i] = x2[i];
-            for (size_t t = 0; t < rows; t++)
-                for (size_t h = 0; h < 2; h++)
-                    for (size_t i = 0; i < d / 2; i++) {
-                        size_t base = off2 + t * ld2 + h * hs2;
-                        size_t a = layout ? i : 2 * i, b = layout ? i + d / 2 : 2 * i + 1;
-                        double th = pos[t] * inv[i], x0 = x2[base + a], x1 = x2[base + b];
-                        ref2[base + a] = af * (x0 * cos(th) - x1 * sin(th));
-                        ref2[base + b] = af * (x1 * cos(th) + x0 * sin(th));
-                    }
-            clnpu_buffer *bx2 = dev_f32(x2, n2);
-            ck_assert_ok(clnpu_buffer_write(bx, 0, x, (rows * ld + off) * 4));
-            ck_assert_ok(clnpu_rope_apply2(dev, tab, (clnpu_view){bx, off, ld}, heads, hs, (clnpu_view){bx2, off2, ld2}, 2,
-                                           hs2, rows, bp, (clnpu_rope_layout)layout));
-            float *y1 = read_f32(bx, rows * ld + off), *y2 = read_f32(bx2, n2);
-            CHECK_ERR(y1, ref, rows * ld + off, 1e-6, "rope2 first cfg %d layout %d", ci, layout);
-            CHECK_ERR(y2, ref2, n2, 1e-6, "rope2 second cfg %d layout %d", ci, layout);
-            /* a position past the table poisons both tensors' rows rather than reading past it */
-            int badpos[13];
-            memcpy(badpos, pos, sizeof badpos);
-            badpos[rows - 1] = (int)maxpos;
-            clnpu_buffer *bp2 = dev_i32(badpos, rows);
-            ck_assert_ok(clnpu_rope_apply2(dev, tab, (clnpu_view){bx, off, ld}, heads, hs, (clnpu_view){bx2, off2, ld2}, 2,
-                                           hs2, rows, bp2, (clnpu_rope_layout)layout));
-            free(y1), free(y2);
-            y1 = read_f32(bx, rows * ld + off), y2 = read_f32(bx2, n2);
-            ck_assert(isnan(y1[off + (rows - 1) * ld + (heads - 1) * hs]) && isnan(y2[off2 + (rows - 1) * ld2 + hs2]));
-            ck_assert(!isnan(y1[off]) && !isnan(y2[off2]));
-            free(y1), free(y2), free(x2), free(ref2);
-            clnpu_buffer_destroy(bx2), clnpu_buffer_destroy(bp2);
+            if (layout == 0) test_check_rope2(dev, c); /* two tensors in one launch, both layouts */
             free(x), free(y), free(ref);
             clnpu_buffer_destroy(bx), clnpu_buffer_destroy(bp);
             clnpu_rope_table_destroy(tab);

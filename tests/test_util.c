@@ -218,7 +218,9 @@ void test_check_rmsnorm_add_tag(clnpu_device *dev)
             for (int mode = 0; mode < 4; mode++) { /* 0: x, w1, w2; 1: x, w2; 2: w2 only; 3: x, w1 */
                 const size_t d = dims[di], rows = rowss[ri], ld = d + 3, xo = 2, ho = 5, yo = 1;
                 const bool hx = mode != 2, h1 = mode == 0 || mode == 3, h2 = mode != 3;
-                float *x = test_rand_array(rows * ld + xo, -2, 2), *h = test_rand_array(rows * ld + ho, -2, 2),
+                /* h in [2, 4], what is added within +-1.5: no cancellation to make a relative error of
+                 * the sum meaningless (a one-element row would be all of it) */
+                float *x = test_rand_array(rows * ld + xo, -1, 1), *h = test_rand_array(rows * ld + ho, 2, 4),
                       *w1 = test_rand_array(d, 0.5f, 1.5f), *w2 = test_rand_array(d, 0.5f, 1.5f);
                 clnpu_buffer *bx, *bh, *b1, *b2, *by;
                 ck_assert_ok(clnpu_buffer_create(dev, (rows * ld + xo) * 4, &bx));
@@ -337,4 +339,64 @@ void test_check_rmsnorm2(clnpu_device *dev)
             free(x1), free(x2), free(w1), free(w2), free(g1), free(g2);
             clnpu_buffer_destroy(b1), clnpu_buffer_destroy(b2), clnpu_buffer_destroy(bw1), clnpu_buffer_destroy(bw2);
         }
+}
+
+/* x (rows x ld at off) with `heads` rope slices at stride hs rotated in float64 into ref */
+static void rope_ref(const float *x, double *ref, size_t n, size_t rows, size_t ld, size_t off, size_t heads, size_t hs,
+                     size_t d, const int *pos, const double *inv, double af, int layout)
+{
+    for (size_t i = 0; i < n; i++) ref[i] = x[i];
+    for (size_t t = 0; t < rows; t++)
+        for (size_t h = 0; h < heads; h++)
+            for (size_t i = 0; i < d / 2; i++) {
+                const size_t base = off + t * ld + h * hs, a = layout ? i : 2 * i, b = layout ? i + d / 2 : 2 * i + 1;
+                const double th = pos[t] * inv[i], x0 = x[base + a], x1 = x[base + b];
+                ref[base + a] = af * (x0 * cos(th) - x1 * sin(th));
+                ref[base + b] = af * (x1 * cos(th) + x0 * sin(th));
+            }
+}
+
+void test_check_rope2(clnpu_device *dev, const clnpu_rope_config *c)
+{
+    const size_t maxpos = 5000, d = c->dim;
+    clnpu_rope_table *tab;
+    ck_assert_ok(clnpu_rope_table_create(dev, c, maxpos, &tab));
+    double inv[64], af = clnpu_rope_attention_factor(c);
+    ck_assert_uint_le(d / 2, 64);
+    clnpu_rope_inv_freq(c, inv);
+    for (int layout = 0; layout < 2; layout++) {
+        const size_t rows = 13, heads = 3, hs = d + 40, ld = heads * hs + 5, off = 40, n1 = rows * ld + off;
+        const size_t hs2 = d + 7, ld2 = 2 * hs2 + 3, off2 = 11, n2 = rows * ld2 + off2;
+        int pos[13];
+        for (size_t t = 0; t < rows; t++) pos[t] = (int)(test_rand_u64() % maxpos);
+        pos[0] = 0, pos[1] = (int)maxpos - 1;
+        float *x = test_rand_array(n1, -1, 1), *x2 = test_rand_array(n2, -1, 1), *y1 = malloc(n1 * 4), *y2 = malloc(n2 * 4);
+        double *ref = malloc(n1 * sizeof *ref), *ref2 = malloc(n2 * sizeof *ref2);
+        rope_ref(x, ref, n1, rows, ld, off, heads, hs, d, pos, inv, af, layout);
+        rope_ref(x2, ref2, n2, rows, ld2, off2, 2, hs2, d, pos, inv, af, layout);
+        clnpu_buffer *bx, *bx2, *bp;
+        ck_assert_ok(clnpu_buffer_create(dev, n1 * 4, &bx));
+        ck_assert_ok(clnpu_buffer_create(dev, n2 * 4, &bx2));
+        ck_assert_ok(clnpu_buffer_create(dev, rows * 4, &bp));
+        ck_assert_ok(clnpu_buffer_write(bx, 0, x, n1 * 4));
+        ck_assert_ok(clnpu_buffer_write(bx2, 0, x2, n2 * 4));
+        ck_assert_ok(clnpu_buffer_write(bp, 0, pos, rows * 4));
+        const clnpu_view v1 = {bx, off, ld}, v2 = {bx2, off2, ld2};
+        ck_assert_ok(clnpu_rope_apply2(dev, tab, v1, heads, hs, v2, 2, hs2, rows, bp, (clnpu_rope_layout)layout));
+        ck_assert_ok(clnpu_buffer_read(bx, 0, y1, n1 * 4));
+        ck_assert_ok(clnpu_buffer_read(bx2, 0, y2, n2 * 4));
+        double e1 = test_rel64(y1, ref, n1), e2 = test_rel64(y2, ref2, n2);
+        ck_assert_msg(e1 <= 1e-6 && e2 <= 1e-6, "rope2 layout %d: %.3g, %.3g", layout, e1, e2);
+        /* a position past the table poisons both tensors' rows rather than reading past it */
+        pos[rows - 1] = (int)maxpos;
+        ck_assert_ok(clnpu_buffer_write(bp, 0, pos, rows * 4));
+        ck_assert_ok(clnpu_rope_apply2(dev, tab, v1, heads, hs, v2, 2, hs2, rows, bp, (clnpu_rope_layout)layout));
+        ck_assert_ok(clnpu_buffer_read(bx, 0, y1, n1 * 4));
+        ck_assert_ok(clnpu_buffer_read(bx2, 0, y2, n2 * 4));
+        ck_assert(isnan(y1[off + (rows - 1) * ld + (heads - 1) * hs]) && isnan(y2[off2 + (rows - 1) * ld2 + hs2]));
+        ck_assert(!isnan(y1[off]) && !isnan(y2[off2]));
+        free(x), free(x2), free(y1), free(y2), free(ref), free(ref2);
+        clnpu_buffer_destroy(bx), clnpu_buffer_destroy(bx2), clnpu_buffer_destroy(bp);
+    }
+    clnpu_rope_table_destroy(tab);
 }

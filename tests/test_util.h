@@ -49,6 +49,10 @@ void test_check_rmsnorm_add_tag(clnpu_device *dev);
 /* clnpu_rmsnorm2 (two row sets normalised in place, one launch) against float64, ragged sizes. */
 void test_check_rmsnorm2(clnpu_device *dev);
 
+/* clnpu_rope_apply2 (q's heads and k_pe in one launch) against float64 for both layouts, ragged
+ * head strides and offsets; a position past the table poisons both tensors' rows. */
+void test_check_rope2(clnpu_device *dev, const clnpu_rope_config *c);
+
 /* n uniform random floats in [lo, hi) (malloc'ed, at least one element). */
 float *test_rand_array(size_t n, float lo, float hi);
 /* ||a - ref|| / ||ref|| of two float arrays (a NaN in `a` fails the test). */

@@ -442,14 +442,16 @@ START_TEST(test_wg_rmsnorm)
 }
 END_TEST
 
-/* The fused layer end (post-MLP norm, residual add, non-finite tag, next norm) and the paired
- * norms, reduced by 64 and 256 work-items: the cpu family's checks (tests/test_util.c). */
+/* The fused layer end (post-MLP norm, residual add, non-finite tag, next norm), the paired norms
+ * (reduced by 64 and 256 work-items) and the paired RoPE: the cpu family's checks (test_util.c). */
 START_TEST(test_wg_rmsnorm_add_tag)
 {
     const unsigned sizes[] = {64, 256};
     force_wg(sizes[_i]);
     test_check_rmsnorm_add_tag(test_device());
     test_check_rmsnorm2(test_device());
+    const clnpu_rope_config rc = {64, 10000.0, CLNPU_ROPE_YARN, 4.0, 32768, 32, 1, 1.0, 0.0};
+    test_check_rope2(test_device(), &rc); /* lanes over a row's pairs */
 }
 END_TEST
 
