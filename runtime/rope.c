@@ -103,38 +103,13 @@ void clnpu_rope_table_destroy(clnpu_rope_table *t)
     free(t);
 }
 
-/* rope.cl's two kernels in one program (a forward uses both: the sparse family the first) */
-static const char *const rope_group[] = {"clnpu_rope", "clnpu_rope2", NULL};
-
-clnpu_status clnpu_rope_apply(clnpu_device *dev, const clnpu_rope_table *t, clnpu_view x,
-                              size_t rows, size_t heads, size_t hstride, const clnpu_buffer *pos,
-                              clnpu_rope_layout layout)
+/* One launch over both tensors (heads2 may be 0: x2 is then x and untouched). */
+static clnpu_status rope_launch(clnpu_device *dev, const clnpu_rope_table *t, clnpu_view x, size_t heads, size_t hstride,
+                                clnpu_view x2, size_t heads2, size_t hstride2, size_t rows, const clnpu_buffer *pos,
+                                clnpu_rope_layout layout)
 {
-    if (!t || !x.buf || !pos) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rope: NULL argument");
-    if (!rows || !heads) return CLNPU_OK;
-    size_t need = (x.offset + (rows - 1) * x.ld + (heads - 1) * hstride + t->dim) * sizeof(float);
-    if (need > clnpu_buffer_size(x.buf) || clnpu_buffer_size(pos) < rows * 4)
-        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rope: %zu rows x %zu heads exceed the buffers", rows, heads);
-    cl_mem mx = clnpu_mem(x.buf), mt = clnpu_mem(t->buf), mp = clnpu_mem(pos);
-    cl_uint off = (cl_uint)x.offset, ld = (cl_uint)x.ld, hs = (cl_uint)hstride, h = (cl_uint)heads,
-            d = (cl_uint)t->dim, hsplit = layout == CLNPU_ROPE_HALF_SPLIT, np = (cl_uint)t->positions;
-    clnpu_karg a[] = {KARG(mx), KARG(off), KARG(ld), KARG(hs), KARG(h), KARG(d), KARG(mt), KARG(mp),
-                      KARG(np), KARG(hsplit)};
-    size_t g[3] = {t->dim / 2, heads, rows};
-    return clnpu_launch_group(dev, "rope.cl", NULL, rope_group, "clnpu_rope", 3, g, NULL, a, 10);
-}
-
-clnpu_status clnpu_rope_apply2(clnpu_device *dev, const clnpu_rope_table *t, clnpu_view x, size_t heads,
-                               size_t hstride, clnpu_view x2, size_t heads2, size_t hstride2, size_t rows,
-                               const clnpu_buffer *pos, clnpu_rope_layout layout)
-{
-    if (!t || !x.buf || !x2.buf || !pos) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rope: NULL argument");
-    if (!rows || !heads || !heads2) { /* one side empty: the single-tensor kernel */
-        clnpu_status st = clnpu_rope_apply(dev, t, x, rows, heads, hstride, pos, layout);
-        return st ? st : clnpu_rope_apply(dev, t, x2, rows, heads2, hstride2, pos, layout);
-    }
     const size_t need = (x.offset + (rows - 1) * x.ld + (heads - 1) * hstride + t->dim) * sizeof(float),
-                 need2 = (x2.offset + (rows - 1) * x2.ld + (heads2 - 1) * hstride2 + t->dim) * sizeof(float);
+                 need2 = heads2 ? (x2.offset + (rows - 1) * x2.ld + (heads2 - 1) * hstride2 + t->dim) * sizeof(float) : 0;
     if (need > clnpu_buffer_size(x.buf) || need2 > clnpu_buffer_size(x2.buf) || clnpu_buffer_size(pos) < rows * 4)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rope: %zu rows x %zu + %zu heads exceed the buffers", rows, heads,
                           heads2);
@@ -144,6 +119,29 @@ clnpu_status clnpu_rope_apply2(clnpu_device *dev, const clnpu_rope_table *t, cln
             d = (cl_uint)t->dim, hsplit = layout == CLNPU_ROPE_HALF_SPLIT, np = (cl_uint)t->positions;
     clnpu_karg a[] = {KARG(mx), KARG(off), KARG(ld), KARG(hs), KARG(h), KARG(mx2), KARG(off2), KARG(ld2),
                       KARG(hs2), KARG(h2), KARG(d), KARG(mt), KARG(mp), KARG(np), KARG(hsplit)};
+    /* a row's lanes stride through its pairs: one work-item per row on the cpu family, where a
+     * work-group per pair cost more than the rotation */
     size_t l[2] = {clnpu_row_lanes(dev, (heads + heads2) * (t->dim / 2)), 1}, g[2] = {l[0], rows};
-    return clnpu_launch_group(dev, "rope.cl", NULL, rope_group, "clnpu_rope2", 2, g, l, a, 15);
+    return clnpu_launch(dev, "rope.cl", NULL, "clnpu_rope", 2, g, l, a, 15);
+}
+
+clnpu_status clnpu_rope_apply(clnpu_device *dev, const clnpu_rope_table *t, clnpu_view x,
+                              size_t rows, size_t heads, size_t hstride, const clnpu_buffer *pos,
+                              clnpu_rope_layout layout)
+{
+    if (!t || !x.buf || !pos) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rope: NULL argument");
+    if (!rows || !heads) return CLNPU_OK;
+    return rope_launch(dev, t, x, heads, hstride, x, 0, 0, rows, pos, layout);
+}
+
+clnpu_status clnpu_rope_apply2(clnpu_device *dev, const clnpu_rope_table *t, clnpu_view x, size_t heads,
+                               size_t hstride, clnpu_view x2, size_t heads2, size_t hstride2, size_t rows,
+                               const clnpu_buffer *pos, clnpu_rope_layout layout)
+{
+    if (!t || !x.buf || !x2.buf || !pos) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rope: NULL argument");
+    if (!rows || !heads || !heads2) { /* one side empty: the other alone */
+        clnpu_status st = clnpu_rope_apply(dev, t, x, rows, heads, hstride, pos, layout);
+        return st ? st : clnpu_rope_apply(dev, t, x2, rows, heads2, hstride2, pos, layout);
+    }
+    return rope_launch(dev, t, x, heads, hstride, x2, heads2, hstride2, rows, pos, layout);
 }
