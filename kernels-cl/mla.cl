@@ -10,6 +10,7 @@
  * so it can be read in place from the projected q. A work-item serves HG heads so each cache row is
  * read once for all of them. Tunables: CLNPU_MLA_HG, CLNPU_MLA_BT (rows per softmax step). */
 #include "clnpu_cache.h"
+#include "clnpu_rope.h"
 
 #ifndef CLNPU_MLA_R
 #define CLNPU_MLA_R 512
@@ -57,14 +58,16 @@ inline float hsum(float4 v)
 #include "mla_block.h"
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_mla_decode
-/* Grid: (ceil(H / HG), B, splits). part_z: [B][H][splits][R]; part_ml: [B][H][splits][2]. */
+/* Grid: (ceil(H / HG), B, splits). part_z: [B][H][splits][R]; part_ml: [B][H][splits][2]. rtab
+ * (NULL: q_pe comes rotated): the rope table q_pe is rotated with as it is read. */
 __kernel void clnpu_mla_decode(__global const float *qa, __global const float *qp,
                                const uint qp_off, const uint qp_hs,
                                __global const CACHE_T *cache, const uint page,
                                __global const int *block_table, const uint max_blocks,
                                __global const int *seq_len, __global float *part_z,
                                __global float *part_ml, const uint H, const uint splits,
-                               const uint chunk, const float scale)
+                               const uint chunk, const float scale, __global const float2 *rtab,
+                               const uint npos, const uint half_split)
 {
     const uint hg0 = get_global_id(0) * HG, b = get_global_id(1), sp = get_global_id(2);
     if (hg0 >= H) return;
@@ -81,7 +84,8 @@ __kernel void clnpu_mla_decode(__global const float *qa, __global const float *q
             q[g][d] = a[d] * scale;
             z[g][d] = 0.0f;
         }
-        for (int d = 0; d < DR; d++) qr[g][d] = p[d] * scale;
+        /* with a rope table, q_pe is rotated here, at the new token's position len - 1 */
+        for (int d = 0; d < DR; d++) qr[g][d] = (rtab ? clnpu_rope_elem(p, d, DR, rtab, (int)len - 1, npos, half_split) : p[d]) * scale;
         m[g] = -INFINITY;
         lsum[g] = 0.0f;
     }
@@ -123,16 +127,24 @@ __kernel void clnpu_mla_combine(__global const float *part_z, __global const flo
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_kv_append
 /* Append latent rows to the paged cache: row t of src (c | k_pe, at srcoff, stride lds) goes to
- * sequence seq[t] at position pos[t]. Grid: (lanes, T), work-groups (lanes, 1): a row's lanes stride
+ * sequence seq[t] at position pos[t]. With a rope table, k_pe is rotated first, in place (the
+ * launch RoPE took otherwise). Grid: (lanes, T), work-groups (lanes, 1): a row's lanes stride
  * through it (clnpu_row_lanes). */
 __kernel void clnpu_kv_append(__global CACHE_T *cache, const uint page, __global const int *block_table,
-                              const uint max_blocks, __global const float *src, const uint srcoff,
-                              const uint lds, __global const int *seq, __global const int *pos)
+                              const uint max_blocks, __global float *src, const uint srcoff,
+                              const uint lds, __global const int *seq, __global const int *pos,
+                              __global const float2 *table, const uint npos, const uint half_split)
 {
     const uint t = get_global_id(1), p = (uint)pos[t];
+    __global float *row = src + srcoff + (size_t)t * lds;
+    if (table) {
+        for (uint i = get_local_id(0); i < DR / 2; i += get_local_size(0))
+            clnpu_rope_pair(row + R, i, DR, table, pos[t], npos, half_split);
+        barrier(CLK_GLOBAL_MEM_FENCE); /* an fp8 tile's store reads its neighbours; k_pe is read whole below */
+    }
     const int pg = block_table[(size_t)seq[t] * max_blocks + p / page];
     for (uint d = get_local_id(0); d < ROW; d += get_local_size(0))
-        clnpu_cache_store(cache + ((size_t)pg * page + p % page) * CACHE_ROW, src + srcoff + (size_t)t * lds, d);
+        clnpu_cache_store(cache + ((size_t)pg * page + p % page) * CACHE_ROW, row, d);
 }
 #endif /* CLNPU_ONLY */
 

@@ -7,6 +7,7 @@
  * clnpu_mla_combine (mla.cl) merges, or the output directly when the context is one chunk.
  * Local floats: HG * ROW + BT * (ROW + 1) + HG * BT + 3 * HG; the host sizes HG and BT. */
 #include "clnpu_cache.h"
+#include "clnpu_rope.h"
 
 #ifndef CLNPU_MLA_R
 #define CLNPU_MLA_R 512
@@ -38,13 +39,14 @@
 #include "mla_wg_tile.h"
 
 /* Grid: (ceil(H / HG) * WGS, B, splits), local (WGS, 1, 1). part_z: [B][H][splits][R];
- * part_ml: [B][H][splits][2]; lm: the local floats above. */
+ * part_ml: [B][H][splits][2]; rtab: as mla.cl's; lm: the local floats above. */
 __kernel __attribute__((reqd_work_group_size(WGS, 1, 1)))
 void clnpu_mla_decode_wg(__global const float *qa, __global const float *qp, const uint qp_off, const uint qp_hs,
                          __global const CACHE_T *cache, const uint page, __global const int *block_table,
                          const uint max_blocks, __global const int *seq_len, __global float *part_z,
                          __global float *part_ml, const uint H, const uint splits, const uint chunk,
-                         const float scale, __local float *lm)
+                         const float scale, __global const float2 *rtab, const uint npos,
+                         const uint half_split, __local float *lm)
 {
     __local float *qs = lm, *cs = qs + HG * ROW, *ss = cs + BT * CS;
     __local float *mrow = ss + HG * BT, *lrow = mrow + HG, *crow = lrow + HG;
@@ -55,7 +57,9 @@ void clnpu_mla_decode_wg(__global const float *qa, __global const float *qp, con
     const uint t0 = sp * chunk, t1 = min(len, t0 + chunk);
     for (uint e = lid; e < HG * ROW; e += WGS) {
         const uint g = e / ROW, d = e % ROW, h = hg0 + min(g, nh - 1);
-        qs[e] = (d < R ? qa[((size_t)b * H + h) * R + d] : qp[qp_off + ((size_t)b * H + h) * qp_hs + d - R]) * scale;
+        __global const float *pe = qp + qp_off + ((size_t)b * H + h) * qp_hs; /* rotated here with rtab */
+        qs[e] = (d < R ? qa[((size_t)b * H + h) * R + d]
+                       : rtab ? clnpu_rope_elem(pe, d - R, DR, rtab, (int)len - 1, npos, half_split) : pe[d - R]) * scale;
     }
     if (lid < HG) {
         mrow[lid] = -INFINITY;

@@ -4,22 +4,7 @@
  * Layouts: interleaved pairs (x[2i], x[2i+1]) — A.X K1 / DeepSeek, vLLM is_neox_style=False;
  * half-split pairs (x[i], x[i + d/2]) — Llama / NeoX style. */
 #include "clnpu_common.h"
-
-/* Pair i of vector v at position pos[t]. */
-inline void rope_pair(__global float *v, const uint i, const uint d, __global const float2 *table,
-                      __global const int *pos, const uint t, const uint npos, const uint half_split)
-{
-    const uint a = half_split ? i : 2 * i, b = half_split ? i + d / 2 : 2 * i + 1;
-    const int p = pos[t];
-    if (p < 0 || (uint)p >= npos) { /* outside the table: poison rather than read past it */
-        v[a] = v[b] = as_float(0x7fc00000u);
-        return;
-    }
-    const float2 cs = table[(size_t)p * (d / 2) + i];
-    const float x0 = v[a], x1 = v[b];
-    v[a] = x0 * cs.x - x1 * cs.y;
-    v[b] = x1 * cs.x + x0 * cs.y;
-}
+#include "clnpu_rope.h"
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_rope
 /* x: rows (tokens) of `heads` vectors; element (t, h, i) of the rope slice sits at
@@ -39,7 +24,7 @@ __kernel void clnpu_rope(__global float *x, const uint off, const uint ld, const
         const uint h = j / hp, i = j % hp;
         __global float *v = h < heads ? x + off + (size_t)t * ld + (size_t)h * hstride
                                       : x2 + off2 + (size_t)t * ld2 + (size_t)(h - heads) * hstride2;
-        rope_pair(v, i, d, table, pos, t, npos, half_split);
+        clnpu_rope_pair(v, i, d, table, pos[t], npos, half_split);
     }
 }
 #endif /* CLNPU_ONLY */

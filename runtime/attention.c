@@ -9,6 +9,7 @@
 #include "clnpu/tuning.h"
 #include "latent_cache.h"
 #include "launch.h"
+#include "rope_table.h"
 
 static clnpu_status check_rows(const clnpu_view *v, size_t rows, size_t heads, size_t hs, size_t d,
                                const char *what)
@@ -127,6 +128,9 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla decode: rank and rope dim must be multiples "
                           "of 4; page size and max_seq_len non-zero");
     const size_t B = a->batch, H = a->heads, R = a->rank;
+    if (a->q_pe_rope && a->q_pe_rope->dim != a->rope_dim)
+        return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla decode: a rope table of %zu dims for rope dim %zu",
+                          a->q_pe_rope->dim, a->rope_dim);
     const size_t qps = a->q_pe_stride ? a->q_pe_stride : a->rope_dim;
     if (qps < a->rope_dim) return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "mla decode: q_pe stride < rope dim");
     if (clnpu_buffer_size(a->q_abs) < B * H * R * 4 ||
@@ -165,8 +169,11 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
         cl_uint page = (cl_uint)a->page_size, mb = (cl_uint)a->max_blocks, h = (cl_uint)H,
                 sp = splits, ch = (cl_uint)chunk, qo = (cl_uint)a->q_pe_offset, qs = (cl_uint)qps;
         cl_float sc = a->scale;
+        cl_mem rt = a->q_pe_rope ? clnpu_mem(a->q_pe_rope->buf) : NULL;
+        cl_uint np = a->q_pe_rope ? (cl_uint)a->q_pe_rope->positions : 0, hs = a->q_pe_layout == CLNPU_ROPE_HALF_SPLIT;
         clnpu_karg args[] = {KARG(qa), KARG(qp), KARG(qo), KARG(qs), KARG(c), KARG(page), KARG(bt), KARG(mb),
-                             KARG(sl), KARG(mz), KARG(mml), KARG(h), KARG(sp), KARG(ch), KARG(sc)};
+                             KARG(sl), KARG(mz), KARG(mml), KARG(h), KARG(sp), KARG(ch), KARG(sc), KARG(rt),
+                             KARG(np), KARG(hs)};
         const clnpu_capability *cap = clnpu_device_capability(dev);
         if (cap->family == CLNPU_KERNEL_FAMILY_WG) {
             /* Work-group kernel: HG heads (up to 8) share each cache tile of BT rows in local
@@ -190,14 +197,14 @@ clnpu_status clnpu_mla_decode(clnpu_device *dev, const clnpu_mla_decode_args *a)
             char wopts[192];
             snprintf(wopts, sizeof wopts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu -DCLNPU_MLA_HG=%zu -DCLNPU_MLA_BT=%zu -DWGS=%zu%s",
                      R, a->rope_dim, whg, wbt, wgs, clnpu_latent_cache_define(a->cache_dtype));
-            clnpu_karg wargs[16];
+            clnpu_karg wargs[19];
             memcpy(wargs, args, sizeof args);
-            wargs[15] = (clnpu_karg){lbytes, NULL}; /* the __local area */
+            wargs[18] = (clnpu_karg){lbytes, NULL}; /* the __local area */
             size_t g[3] = {(H + whg - 1) / whg * wgs, B, splits}, l[3] = {wgs, 1, 1};
-            if (!st) st = clnpu_launch(dev, "mla_wg.cl", wopts, "clnpu_mla_decode_wg", 3, g, l, wargs, 16);
+            if (!st) st = clnpu_launch(dev, "mla_wg.cl", wopts, "clnpu_mla_decode_wg", 3, g, l, wargs, 19);
         } else {
             size_t g[3] = {(H + hg - 1) / hg, B, splits};
-            st = clnpu_launch(dev, "mla.cl", opts, "clnpu_mla_decode", 3, g, NULL, args, 15);
+            st = clnpu_launch(dev, "mla.cl", opts, "clnpu_mla_decode", 3, g, NULL, args, 18);
         }
     }
     if (!st && splits > 1) {

@@ -9,6 +9,7 @@
 #include "latent_cache.h"
 #include "launch.h"
 #include "model_internal.h"
+#include "rope_table.h"
 #include "step.h"
 #include "dp.h"
 #include "tp.h"
@@ -192,9 +193,11 @@ static clnpu_status attention_decode(clnpu_model *m, model_layer *ly, size_t B, 
     g.x = m->q, g.ldx = m->dqk, g.y = m->q_abs, g.ldy = R, g.m = B * H;
     clnpu_status st = clnpu_gemm_grouped(m->dev, ly->uk_t, segs, B * H, &g);
     if (!st) {
+        /* q_pe unrotated in decode: rotated as MLA reads it */
         clnpu_mla_decode_args a = {m->q_abs, m->q, ly->cache, m->opt.page_size, m->step_bt, m->max_blocks,
                                    m->lens, maxlen, B, H, R, c->qk_rope_head_dim, m->scale, m->z, 0,
-                                   nope, m->dqk, m->opt.latent_cache};
+                                   nope, m->dqk, m->opt.latent_cache, m->rope,
+                                   c->rope_interleave ? CLNPU_ROPE_INTERLEAVED : CLNPU_ROPE_HALF_SPLIT};
         st = clnpu_mla_decode(m->dev, &a);
     }
     /* out[b, h] = z[b, h] . W_UV[h]^T */
@@ -236,19 +239,20 @@ static clnpu_status attention_dense(clnpu_model *m, model_layer *ly, size_t T, b
         if (!st) st = mm(m, ly->kv_a, 0, m->a, 0, d, m->kv0, 0, m->lat, T, CLNPU_EPILOGUE_NONE);
         if (!st) st = clnpu_rmsnorm(m->dev, kv0, none, kv0, ly->kv_a_norm, T, R, eps);
     }
-    /* q's rope slices and k_pe in one launch */
-    if (!st)
-        st = clnpu_rope_apply2(m->dev, m->rope, (clnpu_view){m->q, c->qk_nope_head_dim, H * m->dqk}, H, m->dqk,
-                               (clnpu_view){kv0.buf, kv0.offset + R, kv0.ld}, 1, 0, T, m->pos, layout);
-    /* The new latent rows (c | rotated k_pe) go to the cache before attention reads it. */
+    /* q's rope slices: in prefill here, in decode as MLA reads them (clnpu_mla_decode_args.q_pe_rope) */
+    if (!st && !decode)
+        st = clnpu_rope_apply(m->dev, m->rope, (clnpu_view){m->q, c->qk_nope_head_dim, H * m->dqk}, T, H, m->dqk,
+                              m->pos, layout);
+    /* The new latent rows (c | k_pe, rotated on the way) go to the cache before attention reads it. */
     if (!st) {
         cl_mem cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev), src = clnpu_mem(kv0.buf),
-               sq = clnpu_mem(m->seqs), ps = clnpu_mem(m->pos);
+               sq = clnpu_mem(m->seqs), ps = clnpu_mem(m->pos), tab = clnpu_mem(m->rope->buf);
         cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, off = (cl_uint)kv0.offset,
-                lds = (cl_uint)kv0.ld;
-        clnpu_karg a[] = {KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(src), KARG(off), KARG(lds), KARG(sq), KARG(ps)};
+                lds = (cl_uint)kv0.ld, np = (cl_uint)m->rope->positions, hs = layout == CLNPU_ROPE_HALF_SPLIT;
+        clnpu_karg a[] = {KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(src), KARG(off), KARG(lds), KARG(sq), KARG(ps),
+                          KARG(tab), KARG(np), KARG(hs)};
         size_t lo[2] = {clnpu_row_lanes(m->dev, m->lat), 1}, g[2] = {lo[0], T};
-        st = clnpu_launch_group(m->dev, "mla.cl", opts, clnpu_group_cache, "clnpu_kv_append", 2, g, lo, a, 9);
+        st = clnpu_launch_group(m->dev, "mla.cl", opts, clnpu_group_cache, "clnpu_kv_append", 2, g, lo, a, 12);
     }
     if (!st) st = decode ? attention_decode(m, ly, T, maxlen) : attention_prefill(m, ly, seq_of[0], pos_of[0], T);
     return st;

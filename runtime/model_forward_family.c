@@ -136,18 +136,22 @@ clnpu_status clnpu_model_family_attention(clnpu_model *m, model_layer *ly, size_
     if (!st) st = mm(m, ly->kv_a, m->a, 0, d, m->kv0, m->lat, T);
     if (!st) st = clnpu_rmsnorm(m->dev, (clnpu_view){m->kv0, 0, m->lat}, none, (clnpu_view){m->kv0, 0, m->lat},
                                 ly->kv_a_norm, T, R, eps);
-    if (!st) st = clnpu_rope_apply(m->dev, m->rope, (clnpu_view){m->kv0, R, m->lat}, T, 1, 0, m->pos, layout);
-    if (!st) st = clnpu_rope_apply(m->dev, m->rope, (clnpu_view){q, nope, H * P}, T, H, P, m->pos, layout);
+    /* q's rope slices and k_pe in one launch (the sparse attention reads q_pe from q, rotated) */
+    if (!st)
+        st = clnpu_rope_apply2(m->dev, m->rope, (clnpu_view){q, nope, H * P}, H, P, (clnpu_view){m->kv0, R, m->lat}, 1, 0, T,
+                               m->pos, layout);
     if (!st) {
         char opts[96];
         snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu%s", R, DR,
                  clnpu_latent_cache_define(m->opt.latent_cache));
         cl_mem cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev), src = clnpu_mem(m->kv0),
                sq = clnpu_mem(m->seqs), ps = clnpu_mem(m->pos);
-        cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, off = 0, lds = (cl_uint)m->lat;
-        clnpu_karg a[] = {KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(src), KARG(off), KARG(lds), KARG(sq), KARG(ps)};
+        cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, off = 0, lds = (cl_uint)m->lat, np = 0, hs = 0;
+        cl_mem tab = NULL; /* k_pe rotated above */
+        clnpu_karg a[] = {KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(src), KARG(off), KARG(lds), KARG(sq), KARG(ps),
+                          KARG(tab), KARG(np), KARG(hs)};
         size_t lo[2] = {clnpu_row_lanes(m->dev, m->lat), 1}, g[2] = {lo[0], T};
-        st = clnpu_launch_group(m->dev, "mla.cl", opts, clnpu_group_cache, "clnpu_kv_append", 2, g, lo, a, 9);
+        st = clnpu_launch_group(m->dev, "mla.cl", opts, clnpu_group_cache, "clnpu_kv_append", 2, g, lo, a, 12);
     }
     if (!st) st = indexer(m, ly, q_resid, T, maxlen);
     /* absorbed MLA over the selected rows, prefill and decode alike: q_abs = q_nope . W_UK per head,

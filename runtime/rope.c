@@ -5,11 +5,8 @@
 #include "../common/error.h"
 #include "clnpu/ops.h"
 #include "launch.h"
+#include "rope_table.h"
 
-struct clnpu_rope_table {
-    clnpu_buffer *buf; /* float2 [positions][dim/2] */
-    size_t dim, positions;
-};
 
 /* g(f, m) = 0.1 m ln f + 1, and 1 for f <= 1 (yarn_get_mscale). */
 static double yarn_mscale(double f, double m)

@@ -13,6 +13,7 @@
 
 #include "../runtime/latent_cache.h"
 #include "../runtime/launch.h"
+#include "../runtime/rope_table.h"
 #include "test_util.h"
 
 static clnpu_buffer *dev_f32(const float *v, size_t n)
@@ -370,7 +371,7 @@ START_TEST(test_mla_decode)
                          *bl = dev_i32(lens, B), *bo = dev_nan(B * H * R);
             const float scale = 0.15f;
             clnpu_mla_decode_args a = {bqa, bqp, bc, page, bbt, max_blocks, bl, maxlen, B, H, R, DR,
-                                       scale, bo, forced, 0, 0, cdt};
+                                       scale, bo, forced, 0, 0, cdt, NULL, CLNPU_ROPE_INTERLEAVED};
             ck_assert_ok(clnpu_mla_decode(dev, &a));
             float *o = read_f32(bo, B * H * R);
             double *ref = malloc(B * H * R * sizeof *ref), *s = malloc(maxlen * sizeof *s);
@@ -395,6 +396,7 @@ START_TEST(test_mla_decode)
                 }
             CHECK_ERR(o, ref, B * H * R, 2e-6 * sqrt((double)maxlen) + 1e-6, "mla R=%zu H=%zu splits=%u (0: chosen), %s cache",
                       R, H, forced, clnpu_dtype_name(cdt));
+            if (fi == 0 || fi == 4) test_check_mla_rope_on_load(dev, a, lens); /* q_pe rotated as it is read */
             free(perm), free(bt), free(cache), free(qa), free(qp), free(o), free(ref), free(s);
             clnpu_buffer_destroy(bc), clnpu_buffer_destroy(bqa), clnpu_buffer_destroy(bqp);
             clnpu_buffer_destroy(bbt), clnpu_buffer_destroy(bl), clnpu_buffer_destroy(bo);
@@ -454,9 +456,12 @@ START_TEST(test_latent_cache_append_gather)
                    dm = clnpu_mem(bd);
             ck_assert_ok(clnpu_buffer_write(bsrc, 5 * sizeof(float), src, T * lds * sizeof(float)));
             cl_uint pg = (cl_uint)page, m = (cl_uint)mb, ld = (cl_uint)lds, s1 = 1, so = 5;
-            clnpu_karg aa[] = {KARG(c), KARG(pg), KARG(b), KARG(m), KARG(sm), KARG(so), KARG(ld), KARG(sq), KARG(ps)};
+            cl_mem notab = NULL;
+            cl_uint np = 0, hs = 0;
+            clnpu_karg aa[] = {KARG(c), KARG(pg), KARG(b), KARG(m), KARG(sm), KARG(so), KARG(ld), KARG(sq), KARG(ps),
+                               KARG(notab), KARG(np), KARG(hs)};
             size_t l[2] = {clnpu_row_lanes(dev, lat), 1}, g[2] = {l[0], T};
-            ck_assert_ok(clnpu_launch(dev, "mla.cl", opts, "clnpu_kv_append", 2, g, l, aa, 9));
+            ck_assert_ok(clnpu_launch(dev, "mla.cl", opts, "clnpu_kv_append", 2, g, l, aa, 12));
             clnpu_karg ga[] = {KARG(dm), KARG(c), KARG(pg), KARG(b), KARG(m), KARG(s1)};
             ck_assert_ok(clnpu_launch(dev, "mla.cl", opts, "clnpu_kv_gather", 2, g, l, ga, 6));
             uint8_t *got = malloc(nrows * rb);
@@ -489,6 +494,32 @@ START_TEST(test_latent_cache_append_gather)
                 const float rounded[] = {448.0f, 1.0f, -1.25f, 16.0f, 0x1p-8f, 0.0f, 0.0f};
                 for (size_t d = 0; d < 7; d++) ck_assert_msg(w1[d] == rounded[d], "tie %zu: %g", d, w1[d]);
             }
+            /* k_pe rotated by the append (a rope table: the decode step's RoPE launch saved), both
+             * layouts: the cache bytes equal those of the rows rotated first by clnpu_rope_apply
+             * and appended without one (the same rotation, bit for bit) */
+            const clnpu_rope_config rc = {DR, 10000.0, CLNPU_ROPE_NONE, 0, 0, 0, 0, 0, 0};
+            clnpu_rope_table *tab;
+            ck_assert_ok(clnpu_rope_table_create(dev, &rc, T, &tab));
+            uint8_t *rot = malloc(nrows * rb);
+            for (cl_uint hs = 0; hs < 2; hs++) {
+                ck_assert_ok(clnpu_buffer_fill(bc, &poison, 1));
+                ck_assert_ok(clnpu_buffer_write(bsrc, 5 * sizeof(float), src, T * lds * sizeof(float)));
+                ck_assert_ok(clnpu_rope_apply(dev, tab, (clnpu_view){bsrc, 5 + R, lds}, T, 1, 0, bp, (clnpu_rope_layout)hs));
+                ck_assert_ok(clnpu_launch(dev, "mla.cl", opts, "clnpu_kv_append", 2, g, l, aa, 12));
+                ck_assert_ok(clnpu_buffer_read(bc, 0, rot, nrows * rb));
+                ck_assert_ok(clnpu_buffer_fill(bc, &poison, 1));
+                ck_assert_ok(clnpu_buffer_write(bsrc, 5 * sizeof(float), src, T * lds * sizeof(float)));
+                cl_mem tm = clnpu_mem(tab->buf);
+                cl_uint tn = (cl_uint)T;
+                clnpu_karg ra[] = {KARG(c), KARG(pg), KARG(b), KARG(m), KARG(sm), KARG(so), KARG(ld), KARG(sq), KARG(ps),
+                                   KARG(tm), KARG(tn), KARG(hs)};
+                ck_assert_ok(clnpu_launch(dev, "mla.cl", opts, "clnpu_kv_append", 2, g, l, ra, 12));
+                ck_assert_ok(clnpu_buffer_read(bc, 0, got, nrows * rb));
+                ck_assert_msg(!memcmp(got, rot, nrows * rb), "%s cache R=%zu: k_pe rotated by the append differs (layout %u)",
+                              clnpu_dtype_name(dt), R, hs);
+            }
+            free(rot);
+            clnpu_rope_table_destroy(tab);
             free(src), free(want), free(enc), free(got), free(gath);
             clnpu_buffer_destroy(bc), clnpu_buffer_destroy(bsrc), clnpu_buffer_destroy(bbt), clnpu_buffer_destroy(bs);
             clnpu_buffer_destroy(bp), clnpu_buffer_destroy(bd);

@@ -400,3 +400,45 @@ void test_check_rope2(clnpu_device *dev, const clnpu_rope_config *c)
     }
     clnpu_rope_table_destroy(tab);
 }
+
+void test_check_mla_rope_on_load(clnpu_device *dev, clnpu_mla_decode_args a, const int *lens)
+{
+    const size_t B = a.batch, H = a.heads, DR = a.rope_dim, R = a.rank, nq = B * H * DR, no = B * H * R;
+    ck_assert(!a.q_pe_offset && (!a.q_pe_stride || a.q_pe_stride == DR));
+    const clnpu_rope_config rc = {DR, 10000.0, CLNPU_ROPE_NONE, 0, 0, 0, 0, 0, 0};
+    clnpu_rope_table *tab;
+    ck_assert_ok(clnpu_rope_table_create(dev, &rc, a.max_seq_len, &tab));
+    int *pos = malloc(B * sizeof *pos);
+    for (size_t b = 0; b < B; b++) pos[b] = lens[b] - 1; /* the new token's position */
+    float *raw = malloc(nq * 4), *o1 = malloc(no * 4), *o2 = malloc(no * 4);
+    ck_assert_ok(clnpu_buffer_read((clnpu_buffer *)a.q_pe, 0, raw, nq * 4));
+    clnpu_buffer *bp, *brot;
+    ck_assert_ok(clnpu_buffer_create(dev, B * 4, &bp));
+    ck_assert_ok(clnpu_buffer_create(dev, nq * 4, &brot));
+    ck_assert_ok(clnpu_buffer_write(bp, 0, pos, B * 4));
+    const float qnan = NAN;
+    for (int layout = 0; layout < 2; layout++) {
+        ck_assert_ok(clnpu_buffer_write(brot, 0, raw, nq * 4));
+        ck_assert_ok(clnpu_rope_apply(dev, tab, (clnpu_view){brot, 0, H * DR}, B, H, DR, bp, (clnpu_rope_layout)layout));
+        clnpu_mla_decode_args first = a, onload = a;
+        first.q_pe = brot, first.q_pe_rope = NULL;
+        onload.q_pe_rope = tab, onload.q_pe_layout = (clnpu_rope_layout)layout;
+        ck_assert_ok(clnpu_buffer_fill(a.out, &qnan, 4));
+        ck_assert_ok(clnpu_mla_decode(dev, &first));
+        ck_assert_ok(clnpu_buffer_read(a.out, 0, o1, no * 4));
+        ck_assert_ok(clnpu_buffer_fill(a.out, &qnan, 4));
+        ck_assert_ok(clnpu_mla_decode(dev, &onload));
+        ck_assert_ok(clnpu_buffer_read(a.out, 0, o2, no * 4));
+        const double e = test_rel(o2, o1, no); /* the same rotation, the same sums */
+        ck_assert_msg(e <= 1e-6, "mla with q_pe rotated on load, layout %d: %.3g", layout, e);
+    }
+    /* a table of another width is refused */
+    const clnpu_rope_config wide = {DR + 2, 10000.0, CLNPU_ROPE_NONE, 0, 0, 0, 0, 0, 0};
+    clnpu_rope_table *bad;
+    ck_assert_ok(clnpu_rope_table_create(dev, &wide, 4, &bad));
+    a.q_pe_rope = bad;
+    ck_assert_int_eq(clnpu_mla_decode(dev, &a), CLNPU_ERR_INVALID_ARGUMENT);
+    clnpu_rope_table_destroy(bad), clnpu_rope_table_destroy(tab);
+    clnpu_buffer_destroy(bp), clnpu_buffer_destroy(brot);
+    free(pos), free(raw), free(o1), free(o2);
+}

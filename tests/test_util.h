@@ -53,6 +53,11 @@ void test_check_rmsnorm2(clnpu_device *dev);
  * head strides and offsets; a position past the table poisons both tensors' rows. */
 void test_check_rope2(clnpu_device *dev, const clnpu_rope_config *c);
 
+/* MLA decode rotating q_pe as it reads it (a.q_pe_rope) against the same decode on q_pe rotated
+ * first by clnpu_rope_apply, both layouts: a (q_pe dense [B][H][DR], its output poisoned here) as
+ * the caller's test set it up without a table; lens: the B sequence lengths. */
+void test_check_mla_rope_on_load(clnpu_device *dev, clnpu_mla_decode_args a, const int *lens);
+
 /* n uniform random floats in [lo, hi) (malloc'ed, at least one element). */
 float *test_rand_array(size_t n, float lo, float hi);
 /* ||a - ref|| / ||ref|| of two float arrays (a NaN in `a` fails the test). */

@@ -641,6 +641,7 @@ START_TEST(test_wg_mla)
     const double err = rel_error(o, ref, B * H * R), tol = 2e-6 * sqrt(300.0) + 1e-6;
     ck_assert_msg(err <= tol, "mla wg %u splits %u, %s cache: %.3g > %.3g", sizes[_i], splits[_i], clnpu_dtype_name(cdt), err,
                   tol);
+    test_check_mla_rope_on_load(dev, a, lens); /* q_pe rotated as it is read */
     free(cache), free(c16), free(qa), free(qp), free(o), free(ref);
     clnpu_buffer_destroy(bc), clnpu_buffer_destroy(bqa), clnpu_buffer_destroy(bqp), clnpu_buffer_destroy(bb);
     clnpu_buffer_destroy(bl), clnpu_buffer_destroy(bo);

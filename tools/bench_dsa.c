@@ -131,7 +131,7 @@ int bench_dsa(int argc, char **argv)
                      {b[QA], b[QP], 0, H * DR, DR, b[LC], page, b[BT], blocks, b[SEQ], b[IDX], b[CNT], k, 1, H, R, DR,
                       0.1f, b[Z], 0, CLNPU_DTYPE_F32},
                      {b[QA], b[QP], b[LC], page, b[BT], blocks, b[LEN], L, 1, H, R, DR, 0.1f, b[Z], 0, 0, 0,
-                      CLNPU_DTYPE_F32}};
+                      CLNPU_DTYPE_F32, NULL, CLNPU_ROPE_INTERLEAVED}};
         double ti = st ? -1 : bench_median(dev, step_indexer, &c, min_time, &st);
         double ts = st ? -1 : bench_median(dev, step_sparse, &c, min_time, &st);
         double td = st ? -1 : bench_median(dev, step_dense, &c, min_time, &st);

@@ -214,7 +214,7 @@ int bench_mla(int argc, char **argv)
         if (!st) st = ids ? clnpu_buffer_write(bt, 0, ids, blocks * 4) : CLNPU_ERR_OUT_OF_MEMORY;
         if (!st) st = clnpu_buffer_write(len, 0, &l, 4);
         free(ids);
-        mla_ctx c = {dev, {qa, qp, cache, page, bt, blocks, len, L, 1, H, R, DR, 0.0721688f, out, 0, 0, 0, CLNPU_DTYPE_F32}};
+        mla_ctx c = {dev, {qa, qp, cache, page, bt, blocks, len, L, 1, H, R, DR, 0.0721688f, out, 0, 0, 0, CLNPU_DTYPE_F32, NULL, CLNPU_ROPE_INTERLEAVED}};
         double t = st ? -1 : bench_median(dev, mla_step, &c, o.min_time, &st);
         clnpu_buffer *bufs[] = {qa, qp, cache, bt, len, out};
         for (size_t j = 0; j < 6; j++) clnpu_buffer_destroy(bufs[j]);

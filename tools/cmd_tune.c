@@ -294,7 +294,7 @@ static clnpu_status mla_setup(runner *r, size_t L, bool check)
     if (!st) st = clnpu_buffer_write(r->z3[3], 0, bt, mb * 4);
     if (!st) st = clnpu_buffer_write(r->z3[4], 0, &len, 4);
     r->mla = (clnpu_mla_decode_args){r->z3[1], r->z3[2], r->z3[0], page, r->z3[3], mb, r->z3[4], L, 1, H, R, DR, 1.0f,
-                                     r->z3[5], 0, 0, 0, CLNPU_DTYPE_F32};
+                                     r->z3[5], 0, 0, 0, CLNPU_DTYPE_F32, NULL, CLNPU_ROPE_INTERLEAVED};
     if (check) {
         r->ref = malloc(H * R * sizeof *r->ref);
         double *sc = malloc(L * sizeof *sc);

@@ -212,7 +212,7 @@ static void case_mla(conf_ctx *c)
         st = clnpu_buffer_create(c->dev, up[i].bytes, up[i].b);
         if (!st && up[i].src) st = clnpu_buffer_write(*up[i].b, 0, up[i].src, up[i].bytes);
     }
-    clnpu_mla_decode_args a = {bqa, bqp, bc, page, bbt, mb, bl, maxlen, B, H, R, DR, 1.0f, bz, 0, 0, 0, CLNPU_DTYPE_F32};
+    clnpu_mla_decode_args a = {bqa, bqp, bc, page, bbt, mb, bl, maxlen, B, H, R, DR, 1.0f, bz, 0, 0, 0, CLNPU_DTYPE_F32, NULL, CLNPU_ROPE_INTERLEAVED};
     if (!st) st = clnpu_mla_decode(c->dev, &a);
     if (!st) st = clnpu_buffer_read(bz, 0, z, B * H * R * 4);
     conf_record(c, 3, "mla_decode", "f32", "3 seq (1/300/1000) x 4 heads 512+64", 2e-6 * sqrt((double)maxlen) + 1e-6,

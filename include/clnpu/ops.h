@@ -138,7 +138,7 @@ CLNPU_API bool clnpu_attention_uses_registers(const clnpu_device *dev);
 
 typedef struct clnpu_mla_decode_args {
     const clnpu_buffer *q_abs;       /* [B][H][R]: q_nope folded through W_UK */
-    const clnpu_buffer *q_pe;        /* rotated; (b, h) at q_pe_offset + (b*H + h) * q_pe_stride */
+    const clnpu_buffer *q_pe;        /* (b, h) at q_pe_offset + (b*H + h) * q_pe_stride; rotated, or see q_pe_rope */
     const clnpu_buffer *cache;       /* pages [n][page_size][R + DR]: c then rotated k_pe */
     size_t page_size;
     const clnpu_buffer *block_table; /* int32 [B][max_blocks] page ids */
@@ -151,6 +151,10 @@ typedef struct clnpu_mla_decode_args {
     unsigned splits;                 /* 0: choose from the context length and device */
     size_t q_pe_offset, q_pe_stride; /* elements; stride 0 = rope_dim (dense [B][H][DR]) */
     clnpu_dtype cache_dtype;         /* the cache's rows: CLNPU_DTYPE_F32 (0), BF16 or FP8_E4M3 (see below) */
+    /* NULL: q_pe comes rotated; else q_pe is rotated as it is read, at position seq_len - 1 (the new
+     * token's), with this table (dim = rope_dim) and layout: a decode step's RoPE launch saved */
+    const clnpu_rope_table *q_pe_rope;
+    clnpu_rope_layout q_pe_layout;
 } clnpu_mla_decode_args;
 
 /* Bytes of one latent cache row [c (rank) | k_pe (rope_dim)] of a cache type; 0 for a type the
