@@ -68,11 +68,13 @@ clnpu_status clnpu_model_memory_estimate(const clnpu_model_config *c, const clnp
     const double E = (double)c->n_routed_experts, K = (double)c->num_experts_per_tok, I = (double)c->moe_intermediate_size;
     const double rows = T * K;
     out->moe_scratch = T * E * 4 + rows * 4 * 4 + (E + 1) * 4 + (E + 2) * 4 + rows * d * 4 * 2 + rows * I * 4;
-    /* one shared expert of the routed ones' width, whole on this rank, joins their group: T more
-     * rows of the gathered source, input, hidden and output (moe_block.c); else its own buffers.
-     * (Expert parallelism keeps it apart, with T * (d + 1) * 4 bytes less than counted here.) */
-    if (c->n_shared_experts == 1 && tp == 1) out->moe_scratch += T * 4 + T * d * 4 * 2 + T * I * 4;
-    else if (c->n_shared_experts) out->moe_scratch += T * I * (double)c->n_shared_experts * 4 + T * d * 4;
+    /* the shared expert's hidden and output rows; one of the routed experts' width, whole on this
+     * rank, also joins their group in steps of fewer than E / top_k tokens (moe_block.c): that
+     * many more rows of the gathered source, input, hidden and output (expert parallelism keeps
+     * it apart: counted here all the same, an estimate from above) */
+    if (c->n_shared_experts) out->moe_scratch += T * I * (double)c->n_shared_experts * 4 + T * d * 4;
+    const double sg = floor((E - 1) / K) < T ? floor((E - 1) / K) : T;
+    if (c->n_shared_experts == 1 && tp == 1) out->moe_scratch += sg * (4 + d * 4 * 2 + I * 4);
     out->shard_scratch = rows * d * 4 * 2 + rows * I * 4;
     out->replica_rows = 2 * T * d * 4;
     /* runtime/model_load.c's upload_absorbed: per head W_UK^T [R][nope] and W_UV [v][R], rows

@@ -27,10 +27,12 @@ struct clnpu_moe_block {
     clnpu_buffer *logits, *ids, *weights, *counts, *offsets, *src, *slot_row, *xp, *hp, *yp;
     clnpu_buffer *sh_h, *sh_y;
     int *host_counts;
-    /* The shared expert as matrix E of the routed experts' group (one expert's shape): its T rows
-     * follow the T * top_k routed ones, so one gather and two grouped GEMMs serve all experts
-     * (two launches fewer per layer, and the small shared GEMVs join the wider grouped ones).
-     * iota[i] = i: the source rows and count of the shared segment, written when T changes. */
+    /* The shared expert as matrix E of the routed experts' group (one expert's shape). In steps of
+     * few rows (T * top_k < E: decode at small batches) its T rows follow the T * top_k routed
+     * ones, so one gather and two grouped GEMMs serve all experts: two launches fewer per layer.
+     * Larger steps run it as its own GEMMs on matrix E (measured: at 8 sequences of axk1-mini the
+     * grouped SwiGLU GEMM took 1.7x longer with it inside). shared_T: the rows counts[E] holds
+     * now (0: none); iota[i] = i, the source rows and count written when that changes. */
     bool shared_grouped;
     size_t shared_T;
     int *iota;
@@ -124,6 +126,12 @@ static bool same_layout(const clnpu_weight_desc *a, const clnpu_weight_desc *lik
 }
 
 /* Upload the routed experts, with the shared expert as one more matrix when it fits the group. */
+/* The block has a shared expert (its own weights, or matrix E of the group). */
+static bool w_shared(const clnpu_moe_block *b)
+{
+    return b->shared_gate_up || b->shared_grouped;
+}
+
 static clnpu_status upload_experts(clnpu_device *dev, clnpu_moe_block *b, const clnpu_moe_weights *w, size_t E)
 {
     if (!b->shared_grouped) {
@@ -159,7 +167,9 @@ static clnpu_status create(clnpu_device *dev, const clnpu_moe_config *cfg, const
     /* (expert parallel keeps the shared expert apart, on this device) */
     b->shared_grouped = !nshards && w->shared_gate && same_layout(w->shared_gate, &w->gate[0]) &&
                         same_layout(w->shared_up, &w->up[0]) && same_layout(w->shared_down, &w->down[0]);
-    const size_t K = cfg->top_k, rows = max_tokens * K, grows = rows + (b->shared_grouped ? max_tokens : 0);
+    /* the shared segment's rows: at most (E - 1) / top_k (the steps that take it into the group) */
+    const size_t K = cfg->top_k, rows = max_tokens * K,
+                 srows = b->shared_grouped ? (max_tokens < (E - 1) / K ? max_tokens : (E - 1) / K) : 0, grows = rows + srows;
     clnpu_status st = CLNPU_OK;
     b->max_tokens = max_tokens; /* make_shard sizes its scratch from it */
     /* The router runs in fp32 as in HF (near-ties must not flip with the weight dtype). */
@@ -184,7 +194,7 @@ static clnpu_status create(clnpu_device *dev, const clnpu_moe_config *cfg, const
         free(taken);
     }
     if (!st && w->shared_gate) b->shared_inter = w->shared_gate->n;
-    if (!st && w->shared_gate && !b->shared_grouped) {
+    if (!st && w->shared_gate && !b->shared_grouped) { /* (grouped: matrix E of gate_up and down) */
         st = clnpu_weight_upload_swiglu(dev, w->shared_gate, w->shared_up, 1, &b->shared_gate_up);
         if (!st) st = clnpu_weight_upload(dev, w->shared_down, 1, &b->shared_down);
     }
@@ -199,7 +209,7 @@ static clnpu_status create(clnpu_device *dev, const clnpu_moe_config *cfg, const
     };
     for (size_t i = 0; !st && i < sizeof scratch / sizeof scratch[0]; i++)
         st = clnpu_buffer_create(dev, scratch[i].bytes, scratch[i].p);
-    if (!st && b->shared_gate_up) {
+    if (!st && w->shared_gate) {
         st = clnpu_buffer_create(dev, max_tokens * b->shared_inter * 4, &b->sh_h);
         if (!st) st = clnpu_buffer_create(dev, max_tokens * H * 4, &b->sh_y);
     }
@@ -208,6 +218,7 @@ static clnpu_status create(clnpu_device *dev, const clnpu_moe_config *cfg, const
     if (!st && b->shared_grouped && !(b->iota = malloc((max_tokens + 1) * sizeof(int))))
         st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory");
     for (size_t i = 0; !st && b->iota && i <= max_tokens; i++) b->iota[i] = (int)i;
+    if (!st && b->shared_grouped) st = clnpu_buffer_write(b->counts, E * sizeof(int), b->iota, sizeof(int)); /* none yet */
     if (st) {
         clnpu_moe_block_destroy(b);
         return clnpu_fail_context(st, "creating a MoE block (%zu experts, hidden %zu, width %zu)", E, H, I);
@@ -347,36 +358,44 @@ clnpu_status clnpu_moe_block_forward(clnpu_device *dev, clnpu_moe_block *b, clnp
     clnpu_status st = clnpu_gemm(dev, b->router, 0, &g);
     if (!st) st = clnpu_moe_route(dev, (clnpu_view){b->logits, 0, E}, b->bias, T, &b->cfg, b->ids, b->weights);
     if (!st) st = clnpu_moe_plan(dev, b->ids, T, K, E, b->counts, b->offsets, b->src, b->slot_row);
-    /* The shared expert does not depend on routing: queue it first (apart from the group). */
-    if (!st && b->shared_gate_up) {
+    /* In the group (few rows), the shared expert is matrix E over rows [T * K, T * K + T) =
+     * tokens 0 .. T - 1: the plan writes offsets[E] = T * K and leaves counts[E] and those source
+     * rows alone. Otherwise counts[E] = 0 and it runs apart. */
+    const size_t S = b->shared_grouped && T * K < E ? T : 0, M = T * K + S;
+    if (!st && b->shared_grouped && b->shared_T != S) {
+        if (S) st = clnpu_buffer_write_async(b->src, T * K * sizeof(int), b->iota, S * sizeof(int));
+        if (!st) st = clnpu_buffer_write_async(b->counts, E * sizeof(int), b->iota + S, sizeof(int));
+        b->shared_T = st ? b->shared_T : S;
+    }
+    /* Apart, the shared expert does not depend on routing: queued first. */
+    if (!st && w_shared(b) && !S) {
+        const clnpu_weight *gu = b->shared_grouped ? b->gate_up : b->shared_gate_up,
+                           *dn = b->shared_grouped ? b->down : b->shared_down;
+        const size_t mat = b->shared_grouped ? E : 0;
         g = clnpu_gemm_args_default();
         g.x = x.buf, g.x_offset = x.offset, g.ldx = x.ld, g.y = b->sh_h, g.m = T;
         g.epilogue = CLNPU_EPILOGUE_SWIGLU;
-        st = clnpu_gemm(dev, b->shared_gate_up, 0, &g);
+        st = clnpu_gemm(dev, gu, mat, &g);
         if (!st) {
             g = clnpu_gemm_args_default();
             g.x = b->sh_h, g.y = b->sh_y, g.m = T;
-            st = clnpu_gemm(dev, b->shared_down, 0, &g);
+            st = clnpu_gemm(dev, dn, mat, &g);
         }
-    }
-    /* In the group, the shared expert is matrix E over rows [T * K, T * K + T) = tokens 0 .. T - 1:
-     * the plan writes offsets[E] = T * K and leaves counts[E] and those source rows alone. */
-    const size_t S = b->shared_grouped ? T : 0, M = T * K + S;
-    if (!st && S && b->shared_T != T) {
-        st = clnpu_buffer_write_async(b->src, T * K * sizeof(int), b->iota, T * sizeof(int));
-        if (!st) st = clnpu_buffer_write_async(b->counts, E * sizeof(int), b->iota + T, sizeof(int));
-        b->shared_T = st ? 0 : T;
     }
     if (!st) st = clnpu_moe_gather(dev, b->xp, x, b->src, M, H);
     if (!st && !b->nshards) {
         /* All experts here: the grouped GEMMs read the plan's counts on the device, so the
-         * whole layer is queued without waiting (an expert takes at most T rows). */
+         * whole layer is queued without waiting (an expert takes at most T rows). The tile
+         * height is the routed experts' (gemm.c: twice their mean rows, at most T): the shared
+         * segment's T rows in the mean would double it at 8 sequences, and every routed tile
+         * computes all its rows; the shared segment takes more tiles instead. */
+        const size_t tile = S && 2 * ((T * K + E - 1) / E) < T ? 2 * ((T * K + E - 1) / E) : T;
         g = clnpu_gemm_args_default();
         g.x = b->xp, g.y = b->hp, g.m = M, g.epilogue = CLNPU_EPILOGUE_SWIGLU;
-        st = clnpu_gemm_grouped_counts(dev, b->gate_up, b->counts, b->offsets, T, &g);
+        st = clnpu_gemm_grouped_counts(dev, b->gate_up, b->counts, b->offsets, tile, &g);
         g = clnpu_gemm_args_default();
         g.x = b->hp, g.y = b->yp, g.m = M;
-        if (!st) st = clnpu_gemm_grouped_counts(dev, b->down, b->counts, b->offsets, T, &g);
+        if (!st) st = clnpu_gemm_grouped_counts(dev, b->down, b->counts, b->offsets, tile, &g);
     } else if (!st) {
         st = dispatch_routed(b, T);
     }
