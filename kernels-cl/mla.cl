@@ -11,6 +11,13 @@
  * read once for all of them. Tunables: CLNPU_MLA_HG, CLNPU_MLA_BT (rows per softmax step). */
 #include "clnpu_cache.h"
 
+/* Lanes of the row and stretch kernels' work-groups, set by their launches (runtime/launch.c,
+ * clnpu_lanes_options): a constant, so that the cpu family's one lane walks its row with a unit
+ * stride the compiler vectorises even in PoCL's generic work-group function. */
+#ifndef CLNPU_LANES
+#define CLNPU_LANES get_local_size(0)
+#endif
+
 #ifndef CLNPU_MLA_R
 #define CLNPU_MLA_R 512
 #endif
@@ -131,7 +138,7 @@ __kernel void clnpu_kv_append(__global CACHE_T *cache, const uint page, __global
 {
     const uint t = get_global_id(1), p = (uint)pos[t];
     const int pg = block_table[(size_t)seq[t] * max_blocks + p / page];
-    for (uint d = get_local_id(0); d < ROW; d += get_local_size(0))
+    for (uint d = get_local_id(0); d < ROW; d += CLNPU_LANES)
         clnpu_cache_store(cache + ((size_t)pg * page + p % page) * CACHE_ROW, src + (size_t)t * lds, d);
 }
 #endif /* CLNPU_ONLY */
@@ -144,7 +151,7 @@ __kernel void clnpu_kv_gather(__global float *dst, __global const CACHE_T *cache
 {
     const uint p = get_global_id(1);
     const int pg = block_table[(size_t)s * max_blocks + p / page];
-    for (uint d = get_local_id(0); d < ROW; d += get_local_size(0))
+    for (uint d = get_local_id(0); d < ROW; d += CLNPU_LANES)
         dst[(size_t)p * ROW + d] = clnpu_cache_load(cache + ((size_t)pg * page + p % page) * CACHE_ROW, d);
 }
 #endif /* CLNPU_ONLY */

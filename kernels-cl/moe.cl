@@ -9,6 +9,13 @@
  * after the grouped expert GEMMs, the weighted combine with fp32 accumulation. */
 #include "clnpu_common.h"
 
+/* Lanes of the row and stretch kernels' work-groups, set by their launches (runtime/launch.c,
+ * clnpu_lanes_options): a constant, so that the cpu family's one lane walks its row with a unit
+ * stride the compiler vectorises even in PoCL's generic work-group function. */
+#ifndef CLNPU_LANES
+#define CLNPU_LANES get_local_size(0)
+#endif
+
 #ifndef CLNPU_MOE_MAX_EXPERTS
 #define CLNPU_MOE_MAX_EXPERTS 256
 #endif
@@ -119,7 +126,7 @@ __kernel void clnpu_moe_gather(__global float *Xp, __global const float *X, cons
     const uint p = get_global_id(1);
     __global float *dst = Xp + (size_t)p * dim;
     __global const float *row = X + (size_t)src[p] * ldx;
-    for (uint d = get_local_id(0); d < dim; d += get_local_size(0)) dst[d] = row[d];
+    for (uint d = get_local_id(0); d < dim; d += CLNPU_LANES) dst[d] = row[d];
 }
 #endif /* CLNPU_ONLY */
 
@@ -132,7 +139,7 @@ __kernel void clnpu_moe_combine(__global float *out, const uint ldo, __global co
                                 const uint top_k, const uint dim)
 {
     const uint t = get_global_id(1);
-    for (uint d = get_local_id(0); d < dim; d += get_local_size(0)) {
+    for (uint d = get_local_id(0); d < dim; d += CLNPU_LANES) {
         float acc = base ? base[(size_t)t * ldb + d] : 0.0f;
         for (uint j = 0; j < top_k; j++)
             acc = fma(weights[t * top_k + j], Yp[(size_t)slot_row[t * top_k + j] * dim + d], acc);

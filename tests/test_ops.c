@@ -442,7 +442,7 @@ START_TEST(test_latent_cache_append_gather)
                    dm = clnpu_mem(bd);
             cl_uint pg = (cl_uint)page, m = (cl_uint)mb, ld = (cl_uint)lds, s1 = 1;
             clnpu_karg aa[] = {KARG(c), KARG(pg), KARG(b), KARG(m), KARG(sm), KARG(ld), KARG(sq), KARG(ps)};
-            size_t l[2] = {clnpu_row_lanes(dev, lat), 1}, g[2] = {l[0], T};
+            size_t l[2] = {clnpu_lanes(dev), 1}, g[2] = {l[0], T};
             ck_assert_ok(clnpu_launch(dev, "mla.cl", opts, "clnpu_kv_append", 2, g, l, aa, 8));
             clnpu_karg ga[] = {KARG(dm), KARG(c), KARG(pg), KARG(b), KARG(m), KARG(s1)};
             ck_assert_ok(clnpu_launch(dev, "mla.cl", opts, "clnpu_kv_gather", 2, g, l, ga, 6));
