@@ -138,12 +138,15 @@ __kernel void clnpu_moe_combine(__global float *out, const uint ldo, __global co
                                 __global const int *slot_row, __global const float *weights,
                                 const uint top_k, const uint dim)
 {
-    const uint t = get_global_id(1);
-    for (uint d = get_local_id(0); d < dim; d += CLNPU_LANES) {
-        float acc = base ? base[(size_t)t * ldb + d] : 0.0f;
-        for (uint j = 0; j < top_k; j++)
-            acc = fma(weights[t * top_k + j], Yp[(size_t)slot_row[t * top_k + j] * dim + d], acc);
-        out[(size_t)t * ldo + d] = acc;
+    /* Slot by slot over the whole row (the same order of sums per element as one element at a
+     * time, so the same bits), each pass a contiguous loop the compiler vectorises. */
+    const uint t = get_global_id(1), l0 = get_local_id(0);
+    __global float *o = out + (size_t)t * ldo;
+    for (uint d = l0; d < dim; d += CLNPU_LANES) o[d] = base ? base[(size_t)t * ldb + d] : 0.0f;
+    for (uint j = 0; j < top_k; j++) {
+        const float w = weights[t * top_k + j];
+        __global const float *y = Yp + (size_t)slot_row[t * top_k + j] * dim;
+        for (uint d = l0; d < dim; d += CLNPU_LANES) o[d] = fma(w, y[d], o[d]);
     }
 }
 #endif /* CLNPU_ONLY */
