@@ -118,15 +118,19 @@ __kernel void clnpu_moe_plan(__global const int *ids, const uint T, const uint t
 #endif /* CLNPU_ONLY */
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_moe_gather
-/* Xp[p] = X[src[p]]. Grid: (lanes, rows), work-groups (lanes, 1): a row's lanes stride through
- * it (clnpu_row_lanes; one on CPUs: a work-group per row looping over it). */
+/* Xp[p] = X[src[p]] for p < rows. Grid: (lanes, ceil(rows / per)), work-groups (lanes, 1): each
+ * group copies `per` rows, its lanes striding through each (clnpu_lanes; one on CPUs, where a
+ * group of a few rows keeps a decode step's eight on one thread: spreading them woke the second
+ * thread for ~5 us). */
 __kernel void clnpu_moe_gather(__global float *Xp, __global const float *X, const uint ldx,
-                               __global const int *src, const uint dim)
+                               __global const int *src, const uint dim, const uint rows, const uint per)
 {
-    const uint p = get_global_id(1);
-    __global float *dst = Xp + (size_t)p * dim;
-    __global const float *row = X + (size_t)src[p] * ldx;
-    for (uint d = get_local_id(0); d < dim; d += CLNPU_LANES) dst[d] = row[d];
+    const uint p0 = get_group_id(1) * per, p1 = min(p0 + per, rows);
+    for (uint p = p0; p < p1; p++) {
+        __global float *dst = Xp + (size_t)p * dim;
+        __global const float *row = X + (size_t)src[p] * ldx;
+        for (uint d = get_local_id(0); d < dim; d += CLNPU_LANES) dst[d] = row[d];
+    }
 }
 #endif /* CLNPU_ONLY */
 

@@ -91,12 +91,14 @@ clnpu_status clnpu_moe_gather(clnpu_device *dev, clnpu_buffer *xp, clnpu_view x,
     if (x.offset || clnpu_buffer_size(xp) < rows * dim * 4 || clnpu_buffer_size(src) < rows * 4)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe gather: a buffer is smaller than its shape");
     cl_mem mp = clnpu_mem(xp), mx = clnpu_mem(x.buf), ms = clnpu_mem(src);
-    cl_uint ld = (cl_uint)x.ld, d = (cl_uint)dim;
-    clnpu_karg a[] = {KARG(mp), KARG(mx), KARG(ld), KARG(ms), KARG(d)};
-    size_t l[2] = {clnpu_lanes(dev), 1}, g[2] = {l[0], rows};
+    /* cpu family: 64 KiB or more a work-group, so a decode step's few rows stay on one thread */
+    const size_t per = clnpu_lanes(dev) > 1 ? 1 : dim >= 16384 ? 1 : 16384 / dim;
+    cl_uint ld = (cl_uint)x.ld, d = (cl_uint)dim, nr = (cl_uint)rows, pr = (cl_uint)per;
+    clnpu_karg a[] = {KARG(mp), KARG(mx), KARG(ld), KARG(ms), KARG(d), KARG(nr), KARG(pr)};
+    size_t l[2] = {clnpu_lanes(dev), 1}, g[2] = {l[0], (rows + per - 1) / per};
     char opts[32];
     return clnpu_launch_group(dev, "moe.cl", clnpu_lanes_options(dev, NULL, opts, sizeof opts), clnpu_group_moe,
-                              "clnpu_moe_gather", 2, g, l, a, 5);
+                              "clnpu_moe_gather", 2, g, l, a, 7);
 }
 
 clnpu_status clnpu_moe_combine(clnpu_device *dev, clnpu_view out, clnpu_view base, const clnpu_buffer *yp,
