@@ -2,6 +2,13 @@
  * conformance (launches, events) and as building blocks by the runtime. */
 #include "clnpu_common.h"
 
+/* Lanes of the row and stretch kernels' work-groups, set by their launches (runtime/launch.c,
+ * clnpu_lanes_options): a constant, so that the cpu family's one lane walks its row with a unit
+ * stride the compiler vectorises even in PoCL's generic work-group function. */
+#ifndef CLNPU_LANES
+#define CLNPU_LANES get_local_size(0)
+#endif
+
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_fill_f32
 __kernel void clnpu_fill_f32(__global float *y, const float value, const uint n)
 {
@@ -60,7 +67,7 @@ __kernel void clnpu_embed_bf16(__global float *y, __global const ushort *E, __gl
     const uint t = get_global_id(1);
     const int id = ids[t];
     const uint r = (uint)id - first;
-    for (uint i = get_local_id(0); i < dim; i += get_local_size(0))
+    for (uint i = get_local_id(0); i < dim; i += CLNPU_LANES)
         y[(size_t)t * dim + i] = id < 0 || (uint)id >= vocab ? as_float(0x7fc00000u)
                                  : r < rows ? clnpu_bf16_to_f32(E[(size_t)r * dim + i]) : 0.0f;
 }
@@ -73,7 +80,7 @@ __kernel void clnpu_embed_f32(__global float *y, __global const float *E, __glob
     const uint t = get_global_id(1);
     const int id = ids[t];
     const uint r = (uint)id - first;
-    for (uint i = get_local_id(0); i < dim; i += get_local_size(0))
+    for (uint i = get_local_id(0); i < dim; i += CLNPU_LANES)
         y[(size_t)t * dim + i] = id < 0 || (uint)id >= vocab ? as_float(0x7fc00000u) : r < rows ? E[(size_t)r * dim + i] : 0.0f;
 }
 #endif /* CLNPU_ONLY */
@@ -131,7 +138,7 @@ __kernel void clnpu_mla_assemble_k(__global float *K, __global const float *kv, 
     __global float *k = K + ((size_t)s * heads + h) * (nope + rope);
     __global const float *kn = kv + ((size_t)s * heads + h) * (nope + vdim);
     __global const float *kr = latent + (size_t)s * lat_ld + lat_off;
-    for (uint d = get_local_id(0); d < nope + rope; d += get_local_size(0)) k[d] = d < nope ? kn[d] : kr[d - nope];
+    for (uint d = get_local_id(0); d < nope + rope; d += CLNPU_LANES) k[d] = d < nope ? kn[d] : kr[d - nope];
 }
 #endif /* CLNPU_ONLY */
 
@@ -187,7 +194,7 @@ __kernel void clnpu_nonfinite_tag(__global const uint *x, const ulong n, const u
 {
     const ulong lo = get_group_id(0) * chunk, hi = min(lo + chunk, n);
     uint bad = 0;
-    for (ulong i = lo + get_local_id(0); i < hi; i += get_local_size(0)) bad |= (x[i] & 0x7f800000u) == 0x7f800000u;
+    for (ulong i = lo + get_local_id(0); i < hi; i += CLNPU_LANES) bad |= (x[i] & 0x7f800000u) == 0x7f800000u;
     if (bad) atomic_min(flag, tag);
 }
 #endif /* CLNPU_ONLY */
@@ -197,6 +204,6 @@ __kernel void clnpu_nonfinite_tag(__global const uint *x, const ulong n, const u
 __kernel void clnpu_add_f32(__global float *y, __global const float *x, const ulong n, const ulong chunk)
 {
     const ulong lo = get_group_id(0) * chunk, hi = min(lo + chunk, n);
-    for (ulong i = lo + get_local_id(0); i < hi; i += get_local_size(0)) y[i] += x[i];
+    for (ulong i = lo + get_local_id(0); i < hi; i += CLNPU_LANES) y[i] += x[i];
 }
 #endif /* CLNPU_ONLY */

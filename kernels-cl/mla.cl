@@ -12,6 +12,13 @@
 #include "clnpu_cache.h"
 #include "clnpu_rope.h"
 
+/* Lanes of the row and stretch kernels' work-groups, set by their launches (runtime/launch.c,
+ * clnpu_lanes_options): a constant, so that the cpu family's one lane walks its row with a unit
+ * stride the compiler vectorises even in PoCL's generic work-group function. */
+#ifndef CLNPU_LANES
+#define CLNPU_LANES get_local_size(0)
+#endif
+
 #ifndef CLNPU_MLA_R
 #define CLNPU_MLA_R 512
 #endif
@@ -138,12 +145,12 @@ __kernel void clnpu_kv_append(__global CACHE_T *cache, const uint page, __global
     const uint t = get_global_id(1), p = (uint)pos[t];
     __global float *row = src + srcoff + (size_t)t * lds;
     if (table) {
-        for (uint i = get_local_id(0); i < DR / 2; i += get_local_size(0))
+        for (uint i = get_local_id(0); i < DR / 2; i += CLNPU_LANES)
             clnpu_rope_pair(row + R, i, DR, table, pos[t], npos, half_split);
         barrier(CLK_GLOBAL_MEM_FENCE); /* an fp8 tile's store reads its neighbours; k_pe is read whole below */
     }
     const int pg = block_table[(size_t)seq[t] * max_blocks + p / page];
-    for (uint d = get_local_id(0); d < ROW; d += get_local_size(0))
+    for (uint d = get_local_id(0); d < ROW; d += CLNPU_LANES)
         clnpu_cache_store(cache + ((size_t)pg * page + p % page) * CACHE_ROW, row, d);
 }
 #endif /* CLNPU_ONLY */
@@ -156,7 +163,7 @@ __kernel void clnpu_kv_gather(__global float *dst, __global const CACHE_T *cache
 {
     const uint p = get_global_id(1);
     const int pg = block_table[(size_t)s * max_blocks + p / page];
-    for (uint d = get_local_id(0); d < ROW; d += get_local_size(0))
+    for (uint d = get_local_id(0); d < ROW; d += CLNPU_LANES)
         dst[(size_t)p * ROW + d] = clnpu_cache_load(cache + ((size_t)pg * page + p % page) * CACHE_ROW, d);
 }
 #endif /* CLNPU_ONLY */

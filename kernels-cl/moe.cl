@@ -9,6 +9,13 @@
  * after the grouped expert GEMMs, the weighted combine with fp32 accumulation. */
 #include "clnpu_common.h"
 
+/* Lanes of the row and stretch kernels' work-groups, set by their launches (runtime/launch.c,
+ * clnpu_lanes_options): a constant, so that the cpu family's one lane walks its row with a unit
+ * stride the compiler vectorises even in PoCL's generic work-group function. */
+#ifndef CLNPU_LANES
+#define CLNPU_LANES get_local_size(0)
+#endif
+
 #ifndef CLNPU_MOE_MAX_EXPERTS
 #define CLNPU_MOE_MAX_EXPERTS 256
 #endif
@@ -111,15 +118,19 @@ __kernel void clnpu_moe_plan(__global const int *ids, const uint T, const uint t
 #endif /* CLNPU_ONLY */
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_moe_gather
-/* Xp[p] = X[src[p]]. Grid: (lanes, rows), work-groups (lanes, 1): a row's lanes stride through
- * it (clnpu_row_lanes; one on CPUs: a work-group per row looping over it). */
+/* Xp[p] = X[src[p]] for p < rows. Grid: (lanes, ceil(rows / per)), work-groups (lanes, 1): each
+ * group copies `per` rows, its lanes striding through each (clnpu_lanes; one on CPUs, where a
+ * group of a few rows keeps a decode step's eight on one thread: spreading them woke the second
+ * thread for ~5 us). */
 __kernel void clnpu_moe_gather(__global float *Xp, __global const float *X, const uint ldx,
-                               __global const int *src, const uint dim)
+                               __global const int *src, const uint dim, const uint rows, const uint per)
 {
-    const uint p = get_global_id(1);
-    __global float *dst = Xp + (size_t)p * dim;
-    __global const float *row = X + (size_t)src[p] * ldx;
-    for (uint d = get_local_id(0); d < dim; d += get_local_size(0)) dst[d] = row[d];
+    const uint p0 = get_group_id(1) * per, p1 = min(p0 + per, rows);
+    for (uint p = p0; p < p1; p++) {
+        __global float *dst = Xp + (size_t)p * dim;
+        __global const float *row = X + (size_t)src[p] * ldx;
+        for (uint d = get_local_id(0); d < dim; d += CLNPU_LANES) dst[d] = row[d];
+    }
 }
 #endif /* CLNPU_ONLY */
 
@@ -132,12 +143,15 @@ __kernel void clnpu_moe_combine(__global float *out, const uint ldo, __global co
                                 __global const int *slot_row, __global const float *weights,
                                 const uint top_k, const uint dim)
 {
-    const uint t = get_global_id(1);
-    for (uint d = get_local_id(0); d < dim; d += get_local_size(0)) {
-        float acc = base ? base[boff + (size_t)t * ldb + d] : 0.0f;
-        for (uint j = 0; j < top_k; j++)
-            acc = fma(weights[t * top_k + j], Yp[(size_t)slot_row[t * top_k + j] * dim + d], acc);
-        out[(size_t)t * ldo + d] = acc;
+    /* Slot by slot over the whole row (the same order of sums per element as one element at a
+     * time, so the same bits), each pass a contiguous loop the compiler vectorises. */
+    const uint t = get_global_id(1), l0 = get_local_id(0);
+    __global float *o = out + (size_t)t * ldo;
+    for (uint d = l0; d < dim; d += CLNPU_LANES) o[d] = base ? base[boff + (size_t)t * ldb + d] : 0.0f;
+    for (uint j = 0; j < top_k; j++) {
+        const float w = weights[t * top_k + j];
+        __global const float *y = Yp + (size_t)slot_row[t * top_k + j] * dim;
+        for (uint d = l0; d < dim; d += CLNPU_LANES) o[d] = fma(w, y[d], o[d]);
     }
 }
 #endif /* CLNPU_ONLY */

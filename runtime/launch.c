@@ -54,23 +54,22 @@ clnpu_status clnpu_launch_group(clnpu_device *dev, const char *source, const cha
     return clnpu_enqueue(dev, k, dims, g, driver_local ? NULL : l, kernel);
 }
 
-static size_t wg_lanes(const clnpu_device *dev)
+size_t clnpu_lanes(const clnpu_device *dev)
 {
     if (clnpu_device_capability(dev)->family != CLNPU_KERNEL_FAMILY_WG) return 1;
     size_t cap = clnpu_device_get_info(dev)->max_work_group_size;
     return cap < 1 ? 1 : cap < 256 ? cap : 256;
 }
 
-size_t clnpu_row_lanes(const clnpu_device *dev, size_t n)
+const char *clnpu_lanes_options(const clnpu_device *dev, const char *extra, char *out, size_t cap)
 {
-    size_t cap = wg_lanes(dev), l = 1;
-    while (l < n && l < cap) l *= 2; /* no more lanes than the row has elements, rounded up */
-    return l < cap ? l : cap;
+    snprintf(out, cap, "%s%s-DCLNPU_LANES=%zu", extra ? extra : "", extra && *extra ? " " : "", clnpu_lanes(dev));
+    return out;
 }
 
 void clnpu_stretches(const clnpu_device *dev, size_t n, size_t *lanes, size_t *chunk, size_t *groups)
 {
-    *lanes = wg_lanes(dev);
+    *lanes = clnpu_lanes(dev);
     if (*lanes > 1) *chunk = *lanes * 16;
     else { /* about four stretches per compute unit, none under 4096 elements */
         size_t cu = clnpu_device_get_info(dev)->compute_units, per = (n + 4 * (cu ? cu : 1) - 1) / (4 * (cu ? cu : 1));

@@ -38,14 +38,18 @@ extern const char *const clnpu_group_cache[];   /* mla.cl: latent cache append a
 clnpu_status clnpu_enqueue(clnpu_device *dev, cl_kernel k, cl_uint dims, const size_t *global, const size_t *local,
                            const char *trace_name);
 
-/* Lanes per row for the row kernels (copies, gathers, combines: a work-group per row whose lanes
- * stride through its n elements; launch a grid of (lanes, rows) in work-groups of (lanes, 1)).
- * The cpu family gets 1: one work-item loops over the row (vectorised), PoCL schedules one group
- * per row (each costs ~0.1-0.2 us: groups of one element ran a prefill's MoE gather at ~1 GB/s),
- * and every launch runs the 1-1-1 work-group function built ahead with the program (other local
- * sizes are compiled at their first launch). The wg family gets up to 256, a GPU's SIMD width
- * several times over. */
-size_t clnpu_row_lanes(const clnpu_device *dev, size_t n);
+/* Lanes per work-group for the row kernels (copies, gathers, combines: a work-group per row whose
+ * lanes stride through it; launch a grid of (lanes, rows) in work-groups of (lanes, 1)) and the
+ * stretch kernels below. The cpu family gets 1: one work-item loops over the row (vectorised),
+ * PoCL schedules one group per row (each costs ~0.1-0.2 us: groups of one element ran a prefill's
+ * MoE gather at ~1 GB/s), and every kernel the cpu family launches has work-groups of 1, the
+ * shape its binary is built for. The wg family gets up to 256, a GPU's SIMD width several times
+ * over. Their programs take the lanes as a constant (clnpu_lanes_options). */
+size_t clnpu_lanes(const clnpu_device *dev);
+
+/* `extra` (may be NULL) and -DCLNPU_LANES=<clnpu_lanes> into out: the options of the row and
+ * stretch kernels' programs. Returns out. */
+const char *clnpu_lanes_options(const clnpu_device *dev, const char *extra, char *out, size_t cap);
 
 /* The same for a flat [n]: `groups` work-groups of `lanes` work-items, each group over `chunk`
  * consecutive elements (the cpu family: one work-item per chunk, a few chunks per compute unit;

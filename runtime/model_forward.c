@@ -34,7 +34,9 @@ static clnpu_status add_into(clnpu_model *m, clnpu_buffer *y, clnpu_buffer *x, s
     cl_ulong nn = n, ch = chunk;
     clnpu_karg a[] = {KARG(my), KARG(mx), KARG(nn), KARG(ch)};
     size_t g[1] = {groups * l[0]};
-    return clnpu_launch_group(m->dev, "elementwise.cl", NULL, clnpu_group_forward, "clnpu_add_f32", 1, g, l, a, 4);
+    char opts[32];
+    return clnpu_launch_group(m->dev, "elementwise.cl", clnpu_lanes_options(m->dev, NULL, opts, sizeof opts),
+                              clnpu_group_forward, "clnpu_add_f32", 1, g, l, a, 4);
 }
 
 /* Give every (sequence, position) row a cache page; update the device block table if needed. */
@@ -91,7 +93,9 @@ static clnpu_status check_finite(clnpu_model *m, clnpu_buffer *b, size_t n, size
     cl_int t = (cl_int)tag;
     clnpu_karg a[] = {KARG(x), KARG(nn), KARG(ch), KARG(t), KARG(f)};
     size_t g[1] = {groups * l[0]};
-    return clnpu_launch_group(m->dev, "elementwise.cl", NULL, clnpu_group_forward, "clnpu_nonfinite_tag", 1, g, l, a, 5);
+    char opts[32];
+    return clnpu_launch_group(m->dev, "elementwise.cl", clnpu_lanes_options(m->dev, NULL, opts, sizeof opts),
+                              clnpu_group_forward, "clnpu_nonfinite_tag", 1, g, l, a, 5);
 }
 
 /* A layer's end in one launch (clnpu_rmsnorm_add_tag): h += x (through post_mlp_norm w1 when the
@@ -152,20 +156,21 @@ static clnpu_status attention_prefill(clnpu_model *m, model_layer *ly, size_t se
     cl_mem lat = clnpu_mem(m->latent), cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev);
     cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, s = (cl_uint)seq;
     clnpu_karg ga[] = {KARG(lat), KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(s)};
-    size_t l2[2] = {clnpu_row_lanes(m->dev, m->lat), 1}, g2[2] = {l2[0], S};
-    char opts[96];
+    size_t l2[2] = {clnpu_lanes(m->dev), 1}, g2[2] = {l2[0], S};
+    char opts[96], lopts[128];
     snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu%s", R, c->qk_rope_head_dim,
              clnpu_latent_cache_define(m->opt.latent_cache));
-    clnpu_status st = clnpu_launch_group(m->dev, "mla.cl", opts, clnpu_group_cache, "clnpu_kv_gather", 2, g2, l2, ga, 6);
+    clnpu_status st = clnpu_launch_group(m->dev, "mla.cl", clnpu_lanes_options(m->dev, opts, lopts, sizeof lopts),
+                                         clnpu_group_cache, "clnpu_kv_gather", 2, g2, l2, ga, 6);
     if (!st) st = mm(m, ly->kv_b, 0, m->latent, 0, m->lat, m->kvfull, 0, H * blk, S, CLNPU_EPILOGUE_NONE);
     if (!st) {
         cl_mem K = clnpu_mem(m->kfull), kv = clnpu_mem(m->kvfull);
         cl_uint n = (cl_uint)nope, v = (cl_uint)vd, ld = (cl_uint)m->lat, off = (cl_uint)R,
                 rope = (cl_uint)c->qk_rope_head_dim, h = (cl_uint)H;
         clnpu_karg ka[] = {KARG(K), KARG(kv), KARG(n), KARG(v), KARG(lat), KARG(ld), KARG(off), KARG(rope), KARG(h)};
-        size_t l3[3] = {clnpu_row_lanes(m->dev, m->dqk), 1, 1}, g3[3] = {l3[0], H, S};
-        st = clnpu_launch_group(m->dev, "elementwise.cl", NULL, clnpu_group_forward, "clnpu_mla_assemble_k", 3, g3, l3,
-                                ka, 9);
+        size_t l3[3] = {clnpu_lanes(m->dev), 1, 1}, g3[3] = {l3[0], H, S};
+        st = clnpu_launch_group(m->dev, "elementwise.cl", clnpu_lanes_options(m->dev, NULL, lopts, sizeof lopts),
+                                clnpu_group_forward, "clnpu_mla_assemble_k", 3, g3, l3, ka, 9);
     }
     if (!st) {
         clnpu_attention_args a = {
@@ -251,8 +256,10 @@ static clnpu_status attention_dense(clnpu_model *m, model_layer *ly, size_t T, b
                 lds = (cl_uint)kv0.ld, np = (cl_uint)m->rope->positions, hs = layout == CLNPU_ROPE_HALF_SPLIT;
         clnpu_karg a[] = {KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(src), KARG(off), KARG(lds), KARG(sq), KARG(ps),
                           KARG(tab), KARG(np), KARG(hs)};
-        size_t lo[2] = {clnpu_row_lanes(m->dev, m->lat), 1}, g[2] = {lo[0], T};
-        st = clnpu_launch_group(m->dev, "mla.cl", opts, clnpu_group_cache, "clnpu_kv_append", 2, g, lo, a, 12);
+        size_t lo[2] = {clnpu_lanes(m->dev), 1}, g[2] = {lo[0], T};
+        char lopts[128];
+        st = clnpu_launch_group(m->dev, "mla.cl", clnpu_lanes_options(m->dev, opts, lopts, sizeof lopts),
+                                clnpu_group_cache, "clnpu_kv_append", 2, g, lo, a, 12);
     }
     if (!st) st = decode ? attention_decode(m, ly, T, maxlen) : attention_prefill(m, ly, seq_of[0], pos_of[0], T);
     return st;

@@ -150,8 +150,10 @@ clnpu_status clnpu_model_family_attention(clnpu_model *m, model_layer *ly, size_
         cl_mem tab = NULL; /* k_pe rotated above */
         clnpu_karg a[] = {KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(src), KARG(off), KARG(lds), KARG(sq), KARG(ps),
                           KARG(tab), KARG(np), KARG(hs)};
-        size_t lo[2] = {clnpu_row_lanes(m->dev, m->lat), 1}, g[2] = {lo[0], T};
-        st = clnpu_launch_group(m->dev, "mla.cl", opts, clnpu_group_cache, "clnpu_kv_append", 2, g, lo, a, 12);
+        size_t lo[2] = {clnpu_lanes(m->dev), 1}, g[2] = {lo[0], T};
+        char lopts[128];
+        st = clnpu_launch_group(m->dev, "mla.cl", clnpu_lanes_options(m->dev, opts, lopts, sizeof lopts),
+                                clnpu_group_cache, "clnpu_kv_append", 2, g, lo, a, 12);
     }
     if (!st) st = indexer(m, ly, q_resid, T, maxlen);
     /* absorbed MLA over the selected rows, prefill and decode alike: q_abs = q_nope . W_UK per head,

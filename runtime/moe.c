@@ -78,8 +78,9 @@ clnpu_status clnpu_moe_plan(clnpu_device *dev, const clnpu_buffer *ids, size_t T
         size_t g[1] = {wg}, l[1] = {wg};
         return clnpu_launch(dev, "moe_wg.cl", opts, "clnpu_moe_plan_wg", 1, g, l, a, 8);
     }
-    size_t g[1] = {1};
-    return clnpu_launch_group(dev, "moe.cl", NULL, clnpu_group_moe, "clnpu_moe_plan", 1, g, NULL, a, 8);
+    size_t g[1] = {1}; /* the group's options */
+    return clnpu_launch_group(dev, "moe.cl", clnpu_lanes_options(dev, NULL, opts, sizeof opts), clnpu_group_moe,
+                              "clnpu_moe_plan", 1, g, NULL, a, 8);
 }
 
 clnpu_status clnpu_moe_gather(clnpu_device *dev, clnpu_buffer *xp, clnpu_view x, const clnpu_buffer *src,
@@ -90,10 +91,14 @@ clnpu_status clnpu_moe_gather(clnpu_device *dev, clnpu_buffer *xp, clnpu_view x,
     if (x.offset || clnpu_buffer_size(xp) < rows * dim * 4 || clnpu_buffer_size(src) < rows * 4)
         return clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "moe gather: a buffer is smaller than its shape");
     cl_mem mp = clnpu_mem(xp), mx = clnpu_mem(x.buf), ms = clnpu_mem(src);
-    cl_uint ld = (cl_uint)x.ld, d = (cl_uint)dim;
-    clnpu_karg a[] = {KARG(mp), KARG(mx), KARG(ld), KARG(ms), KARG(d)};
-    size_t l[2] = {clnpu_row_lanes(dev, dim), 1}, g[2] = {l[0], rows};
-    return clnpu_launch_group(dev, "moe.cl", NULL, clnpu_group_moe, "clnpu_moe_gather", 2, g, l, a, 5);
+    /* cpu family: 64 KiB or more a work-group, so a decode step's few rows stay on one thread */
+    const size_t per = clnpu_lanes(dev) > 1 ? 1 : dim >= 16384 ? 1 : 16384 / dim;
+    cl_uint ld = (cl_uint)x.ld, d = (cl_uint)dim, nr = (cl_uint)rows, pr = (cl_uint)per;
+    clnpu_karg a[] = {KARG(mp), KARG(mx), KARG(ld), KARG(ms), KARG(d), KARG(nr), KARG(pr)};
+    size_t l[2] = {clnpu_lanes(dev), 1}, g[2] = {l[0], (rows + per - 1) / per};
+    char opts[32];
+    return clnpu_launch_group(dev, "moe.cl", clnpu_lanes_options(dev, NULL, opts, sizeof opts), clnpu_group_moe,
+                              "clnpu_moe_gather", 2, g, l, a, 7);
 }
 
 clnpu_status clnpu_moe_combine(clnpu_device *dev, clnpu_view out, clnpu_view base, const clnpu_buffer *yp,
@@ -111,6 +116,8 @@ clnpu_status clnpu_moe_combine(clnpu_device *dev, clnpu_view out, clnpu_view bas
     cl_uint lo = (cl_uint)out.ld, bo = (cl_uint)base.offset, lb = (cl_uint)base.ld, k = (cl_uint)top_k,
             d = (cl_uint)dim;
     clnpu_karg a[] = {KARG(mo), KARG(lo), KARG(mb), KARG(bo), KARG(lb), KARG(my), KARG(ms), KARG(mw), KARG(k), KARG(d)};
-    size_t l[2] = {clnpu_row_lanes(dev, dim), 1}, g[2] = {l[0], T};
-    return clnpu_launch_group(dev, "moe.cl", NULL, clnpu_group_moe, "clnpu_moe_combine", 2, g, l, a, 10);
+    size_t l[2] = {clnpu_lanes(dev), 1}, g[2] = {l[0], T};
+    char opts[32];
+    return clnpu_launch_group(dev, "moe.cl", clnpu_lanes_options(dev, NULL, opts, sizeof opts), clnpu_group_moe,
+                              "clnpu_moe_combine", 2, g, l, a, 10);
 }

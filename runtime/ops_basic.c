@@ -154,8 +154,9 @@ clnpu_status clnpu_embed_rows(clnpu_device *dev, clnpu_buffer *y, const clnpu_bu
     cl_mem my = clnpu_mem(y), mt = clnpu_mem(table), mi = clnpu_mem(ids);
     cl_uint d = (cl_uint)dim, f = (cl_uint)first, r = (cl_uint)rows, v = (cl_uint)vocab;
     clnpu_karg a[] = {KARG(my), KARG(mt), KARG(mi), KARG(d), KARG(f), KARG(r), KARG(v)};
-    size_t l[2] = {clnpu_row_lanes(dev, dim), 1}, g[2] = {l[0], count};
-    return clnpu_launch(dev, "elementwise.cl", NULL,
+    size_t l[2] = {clnpu_lanes(dev), 1}, g[2] = {l[0], count};
+    char opts[32];
+    return clnpu_launch(dev, "elementwise.cl", clnpu_lanes_options(dev, NULL, opts, sizeof opts),
                         dt == CLNPU_DTYPE_BF16 ? "clnpu_embed_bf16" : "clnpu_embed_f32", 2, g, l, a, 7);
 }
 

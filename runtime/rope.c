@@ -118,8 +118,9 @@ static clnpu_status rope_launch(clnpu_device *dev, const clnpu_rope_table *t, cl
                       KARG(hs2), KARG(h2), KARG(d), KARG(mt), KARG(mp), KARG(np), KARG(hsplit)};
     /* a row's lanes stride through its pairs: one work-item per row on the cpu family, where a
      * work-group per pair cost more than the rotation */
-    size_t l[2] = {clnpu_row_lanes(dev, (heads + heads2) * (t->dim / 2)), 1}, g[2] = {l[0], rows};
-    return clnpu_launch(dev, "rope.cl", NULL, "clnpu_rope", 2, g, l, a, 15);
+    size_t l[2] = {clnpu_lanes(dev), 1}, g[2] = {l[0], rows};
+    char opts[32];
+    return clnpu_launch(dev, "rope.cl", clnpu_lanes_options(dev, NULL, opts, sizeof opts), "clnpu_rope", 2, g, l, a, 15);
 }
 
 clnpu_status clnpu_rope_apply(clnpu_device *dev, const clnpu_rope_table *t, clnpu_view x,

@@ -460,7 +460,7 @@ START_TEST(test_latent_cache_append_gather)
             cl_uint np = 0, hs = 0;
             clnpu_karg aa[] = {KARG(c), KARG(pg), KARG(b), KARG(m), KARG(sm), KARG(so), KARG(ld), KARG(sq), KARG(ps),
                                KARG(notab), KARG(np), KARG(hs)};
-            size_t l[2] = {clnpu_row_lanes(dev, lat), 1}, g[2] = {l[0], T};
+            size_t l[2] = {clnpu_lanes(dev), 1}, g[2] = {l[0], T};
             ck_assert_ok(clnpu_launch(dev, "mla.cl", opts, "clnpu_kv_append", 2, g, l, aa, 12));
             clnpu_karg ga[] = {KARG(dm), KARG(c), KARG(pg), KARG(b), KARG(m), KARG(s1)};
             ck_assert_ok(clnpu_launch(dev, "mla.cl", opts, "clnpu_kv_gather", 2, g, l, ga, 6));

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_prebuild.h"
 
 typedef struct command {
     const char *name;
@@ -48,6 +49,7 @@ int main(int argc, char **argv)
         printf("clnpu %s\n", clnpu_version());
         return CLI_EXIT_OK;
     }
+    cli_opencl_env(argc, argv); /* before any OpenCL call */
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
     fprintf(stderr, "clnpu: unknown command '%s'\n", argv[1]);

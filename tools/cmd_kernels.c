@@ -103,7 +103,6 @@ int cmd_kernels(int argc, char **argv)
             return cli_usage_error("kernels", usage, "unknown or incomplete option '%s'", argv[optind - 1]);
     }
     if (optind < argc) return cli_usage_error("kernels", usage, "unexpected argument '%s'", argv[optind]);
-    cli_prebuild_env(); /* the binaries `clnpu run` would make */
     if (build_list) {
         if (strcmp(build_list, "-")) return cli_usage_error("kernels", usage, "--build-list takes '-' (the list on stdin)");
         return cli_build_list(&da, part);

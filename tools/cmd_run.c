@@ -328,7 +328,6 @@ static int run_job(run_args r, const void *comm)
                             r.context ? r.context : T + r.n + 1, cfg.max_position_embeddings);
     }
     if (!st && !r.random_weights) st = clnpu_checkpoint_open(r.model, &ck);
-    cli_prebuild_env();
     if (!st) st = cli_open_device(&r.da, r.trace != NULL, &dev);
     if (!st) clnpu_device_set_tuning_verbose(dev, r.verbose); /* say which tuning entries the kernels use */
     const size_t V = cfg.vocab_size;
