@@ -2,6 +2,7 @@
  * RoPE/YaRN, softmax, sampling. Shapes from A.X K1 (hidden 7168, 64 heads, rope 64, vocab). */
 #include <CL/cl.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,6 +119,76 @@ static void case_rmsnorm(conf_ctx *c, size_t rows, size_t d, bool fused)
     free(x), free(h), free(w), free(y), free(ref);
 }
 
+/* A layer's end in one launch (clnpu_rmsnorm_add_tag): h += norm(x) * w1 (post_mlp_layernorm),
+ * the non-finite check (nothing flagged on finite rows), y = norm(h) * w2 (the next input norm). */
+static void case_rmsnorm_layer_end(conf_ctx *c, size_t rows, size_t d)
+{
+    clnpu_status st = CLNPU_OK;
+    float *x = rnd(c, rows * d, 1), *h = rnd(c, rows * d, 1), *w1 = rnd(c, d, 1), *w2 = rnd(c, d, 1);
+    float *y = malloc(rows * d * 4), *h2 = malloc(rows * d * 4);
+    for (size_t i = 0; i < rows * d; i++) h[i] += 3.0f; /* no cancellation in h + ... */
+    double *ry = malloc(rows * d * sizeof *ry), *rh = malloc(rows * d * sizeof *rh);
+    double t0 = conf_now_ms();
+    clnpu_buffer *bx = buf_f32(c, x, rows * d, &st), *bh = buf_f32(c, h, rows * d, &st), *b1 = buf_f32(c, w1, d, &st),
+                 *b2 = buf_f32(c, w2, d, &st), *by = buf_f32(c, NULL, rows * d, &st), *bf = NULL;
+    const int32_t none = INT32_MAX;
+    int32_t flag = 0;
+    if (!st) st = clnpu_buffer_create(c->dev, 4, &bf);
+    if (!st) st = clnpu_buffer_write(bf, 0, &none, 4);
+    if (!st)
+        st = clnpu_rmsnorm_add_tag(c->dev, (clnpu_view){bx, 0, d}, b1, (clnpu_view){bh, 0, d}, (clnpu_view){by, 0, d}, b2,
+                                   rows, d, 1e-6f, 3, bf);
+    if (!st) st = clnpu_buffer_read(by, 0, y, rows * d * 4);
+    if (!st) st = clnpu_buffer_read(bh, 0, h2, rows * d * 4);
+    if (!st) st = clnpu_buffer_read(bf, 0, &flag, 4);
+    for (size_t r = 0; r < rows; r++) {
+        double s1 = 0, s2 = 0;
+        for (size_t i = 0; i < d; i++) s1 += (double)x[r * d + i] * x[r * d + i];
+        for (size_t i = 0; i < d; i++) {
+            rh[r * d + i] = h[r * d + i] + w1[i] * x[r * d + i] / sqrt(s1 / d + 1e-6);
+            s2 += rh[r * d + i] * rh[r * d + i];
+        }
+        for (size_t i = 0; i < d; i++) ry[r * d + i] = w2[i] * rh[r * d + i] / sqrt(s2 / d + 1e-6);
+    }
+    char shape[48];
+    snprintf(shape, sizeof shape, "%zux%zu", rows, d);
+    /* two f32 sums of d squares, and h's sum feeding the second */
+    const double e = st ? NAN : fmax(conf_rel(y, ry, rows * d), conf_rel(h2, rh, rows * d));
+    conf_record(c, 1, "rmsnorm_layer_end", "f32", shape, 4 * 0x1p-24 * sqrt((double)d) + 1e-6,
+                st ? NAN : flag != none ? 1.0 : e, conf_now_ms() - t0, st);
+    clnpu_buffer *bs[] = {bx, bh, b1, b2, by, bf};
+    for (size_t i = 0; i < 6; i++) clnpu_buffer_destroy(bs[i]);
+    free(x), free(h), free(w1), free(w2), free(y), free(h2), free(ry), free(rh);
+}
+
+/* MLA's two low-rank norms in one launch (clnpu_rmsnorm2): q_a's rows and kv_a's c, in place. */
+static void case_rmsnorm2(conf_ctx *c, size_t rows, size_t d1, size_t d2)
+{
+    clnpu_status st = CLNPU_OK;
+    const size_t ld = d1 + d2 + 64; /* A.X K1's q_a | c | k_pe rows */
+    float *x = rnd(c, rows * ld, 2), *w1 = rnd(c, d1, 1), *w2 = rnd(c, d2, 1), *y = malloc(rows * ld * 4);
+    double *ref = malloc(rows * ld * sizeof *ref);
+    double t0 = conf_now_ms();
+    clnpu_buffer *bx = buf_f32(c, x, rows * ld, &st), *b1 = buf_f32(c, w1, d1, &st), *b2 = buf_f32(c, w2, d2, &st);
+    if (!st) st = clnpu_rmsnorm2(c->dev, (clnpu_view){bx, 0, ld}, b1, d1, (clnpu_view){bx, d1, ld}, b2, d2, rows, 1e-6f);
+    if (!st) st = clnpu_buffer_read(bx, 0, y, rows * ld * 4);
+    for (size_t i = 0; i < rows * ld; i++) ref[i] = x[i];
+    for (size_t r = 0; r < rows; r++)
+        for (int side = 0; side < 2; side++) {
+            const size_t o = r * ld + (side ? d1 : 0), d = side ? d2 : d1;
+            const float *w = side ? w2 : w1;
+            double ss = 0;
+            for (size_t i = 0; i < d; i++) ss += (double)x[o + i] * x[o + i];
+            for (size_t i = 0; i < d; i++) ref[o + i] = w[i] * x[o + i] / sqrt(ss / d + 1e-6);
+        }
+    char shape[48];
+    snprintf(shape, sizeof shape, "%zux(%zu | %zu)", rows, d1, d2);
+    conf_record(c, 1, "rmsnorm2", "f32", shape, 2 * 0x1p-24 * sqrt((double)d1) + 5e-7, st ? NAN : conf_rel(y, ref, rows * ld),
+                conf_now_ms() - t0, st);
+    clnpu_buffer_destroy(bx), clnpu_buffer_destroy(b1), clnpu_buffer_destroy(b2);
+    free(x), free(w1), free(w2), free(y), free(ref);
+}
+
 static void case_rope(conf_ctx *c, size_t rows, size_t heads)
 {
     /* A.X K1: rope dim 64 at the end of each 192-wide q head, YaRN factor 4 from 32768 */
@@ -149,6 +220,31 @@ static void case_rope(conf_ctx *c, size_t rows, size_t heads)
     char shape[48];
     snprintf(shape, sizeof shape, "%zu tok x %zu heads x 64", rows, heads);
     conf_record(c, 1, "rope_yarn", "f32", shape, 1e-6, st ? NAN : conf_rel(y, ref, n), conf_now_ms() - t0, st);
+    /* q's heads and the one k_pe of 576-wide latent rows (at 512) in one launch */
+    const size_t lat = 576, nk = rows * lat;
+    float *k = rnd(c, nk, 1), *yk = malloc(nk * 4);
+    double *rk = malloc(nk * sizeof *rk);
+    t0 = conf_now_ms();
+    clnpu_buffer *bk = buf_f32(c, k, nk, &st);
+    if (!st) st = clnpu_buffer_write(bx, 0, x, n * 4);
+    if (!st)
+        st = clnpu_rope_apply2(c->dev, tab, (clnpu_view){bx, 128, ld}, heads, hs, (clnpu_view){bk, 512, lat}, 1, 0, rows, bp,
+                               CLNPU_ROPE_INTERLEAVED);
+    if (!st) st = clnpu_buffer_read(bx, 0, y, n * 4);
+    if (!st) st = clnpu_buffer_read(bk, 0, yk, nk * 4);
+    for (size_t i = 0; i < nk; i++) rk[i] = k[i];
+    for (size_t t = 0; t < rows; t++)
+        for (size_t i = 0; i < 32; i++) {
+            size_t b = t * lat + 512 + 2 * i;
+            double th = pos[t] * inv[i];
+            rk[b] = af * (k[b] * cos(th) - k[b + 1] * sin(th));
+            rk[b + 1] = af * (k[b + 1] * cos(th) + k[b] * sin(th));
+        }
+    snprintf(shape, sizeof shape, "%zu tok x (%zu + 1) heads x 64", rows, heads);
+    conf_record(c, 1, "rope_yarn_pair", "f32", shape, 1e-6,
+                st ? NAN : fmax(conf_rel(y, ref, n), conf_rel(yk, rk, nk)), conf_now_ms() - t0, st);
+    clnpu_buffer_destroy(bk);
+    free(k), free(yk), free(rk);
     clnpu_rope_table_destroy(tab);
     clnpu_buffer_destroy(bx), clnpu_buffer_destroy(bp);
     free(x), free(y), free(pos), free(ref);
@@ -159,6 +255,8 @@ void conf_tier1(conf_ctx *c)
     case_rmsnorm(c, 5, 7168, false);
     case_rmsnorm(c, 3, 7168, true);
     case_rmsnorm(c, 7, 1536, false);
+    case_rmsnorm_layer_end(c, 5, 7168);
+    case_rmsnorm2(c, 7, 1536, 512);
     case_rope(c, 7, 64);
     /* silu(g) * u at the expert width, softmax over a vocabulary-sized row */
     clnpu_status st = CLNPU_OK;
