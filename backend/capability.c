@@ -174,6 +174,8 @@ const char *clnpu_op_variant(const clnpu_device *dev, const char *op, size_t row
         {"softmax", "cpu:clnpu_softmax (Kahan, one work-item per row)", "wg:clnpu_softmax_wg"},
         {"flash_attention", "cpu:clnpu_flash_attn_regs", "wg:clnpu_flash_attn_wg (Q, K/V tiles in local memory)"},
         {"mla_decode", "cpu:clnpu_mla_decode", "wg:clnpu_mla_decode_wg (cache tiles in local memory)"},
+        {"mla_decode_rope", "cpu:clnpu_mla_decode (q_pe rotated on load)",
+         "wg:clnpu_mla_decode_wg (q_pe rotated on load)"},
         {"dsa_scores", "cpu:clnpu_dsa_scores", "wg:clnpu_dsa_scores_wg (key tiles in local memory)"},
         {"dsa_topk", "cpu:clnpu_dsa_topk (one work-item per query)", "wg:clnpu_dsa_topk_wg (local histogram, scan)"},
         {"mla_sparse", "cpu:clnpu_mla_sparse", "wg:clnpu_mla_sparse_wg (selected rows in local tiles)"},

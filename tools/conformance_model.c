@@ -217,6 +217,49 @@ static void case_mla(conf_ctx *c)
     if (!st) st = clnpu_buffer_read(bz, 0, z, B * H * R * 4);
     conf_record(c, 3, "mla_decode", "f32", "3 seq (1/300/1000) x 4 heads 512+64", 2e-6 * sqrt((double)maxlen) + 1e-6,
                 st ? NAN : conf_rel(z, ref, B * H * R), conf_now_ms() - t0, st);
+    /* The same with q_pe rotated as the kernel reads it (a decode step's RoPE launch saved): A.X
+     * K1's YaRN at each sequence's new position len - 1, the reference on q_pe rotated in float64. */
+    const clnpu_rope_config rc = {DR, 10000.0, CLNPU_ROPE_YARN, 4.0, 32768, 32, 1, 1.0, 0.0};
+    double inv[32], af = clnpu_rope_attention_factor(&rc), *qr = malloc(B * H * DR * sizeof *qr);
+    clnpu_rope_inv_freq(&rc, inv);
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < H; h++)
+            for (size_t i = 0; i < DR / 2; i++) {
+                const float *p = qp + (b * H + h) * DR;
+                const double th = (lens[b] - 1) * inv[i];
+                qr[(b * H + h) * DR + 2 * i] = af * (p[2 * i] * cos(th) - p[2 * i + 1] * sin(th));
+                qr[(b * H + h) * DR + 2 * i + 1] = af * (p[2 * i + 1] * cos(th) + p[2 * i] * sin(th));
+            }
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < H; h++) {
+            double mx = -INFINITY, zs = 0;
+            for (int t = 0; t < lens[b]; t++) {
+                const float *r = cache + ((size_t)bt[b * mb + t / page] * page + t % page) * row;
+                double v = 0;
+                for (size_t d = 0; d < R; d++) v += (double)qa[(b * H + h) * R + d] * r[d];
+                for (size_t d = 0; d < DR; d++) v += qr[(b * H + h) * DR + d] * r[R + d];
+                mx = fmax(mx, s[t] = v);
+            }
+            for (int t = 0; t < lens[b]; t++) zs += (s[t] = exp(s[t] - mx));
+            for (size_t d = 0; d < R; d++) {
+                double v = 0;
+                for (int t = 0; t < lens[b]; t++)
+                    v += s[t] * cache[((size_t)bt[b * mb + t / page] * page + t % page) * row + d];
+                ref[(b * H + h) * R + d] = v / zs;
+            }
+        }
+    t0 = conf_now_ms();
+    clnpu_rope_table *tab = NULL;
+    const float nan = NAN;
+    if (!st) st = clnpu_rope_table_create(c->dev, &rc, maxlen, &tab);
+    if (!st) st = clnpu_buffer_fill(bz, &nan, sizeof nan);
+    a.q_pe_rope = tab;
+    if (!st) st = clnpu_mla_decode(c->dev, &a);
+    if (!st) st = clnpu_buffer_read(bz, 0, z, B * H * R * 4);
+    conf_record(c, 3, "mla_decode_rope", "f32", "3 seq (1/300/1000) x 4 heads 512+64, YaRN on q_pe",
+                2e-6 * sqrt((double)maxlen) + 1e-6, st ? NAN : conf_rel(z, ref, B * H * R), conf_now_ms() - t0, st);
+    clnpu_rope_table_destroy(tab);
+    free(qr);
     for (size_t i = 0; i < 6; i++) clnpu_buffer_destroy(*up[i].b);
     free(cache), free(qa), free(qp), free(z), free(bt), free(ref), free(s);
 }
