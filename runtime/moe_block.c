@@ -125,13 +125,13 @@ static bool same_layout(const clnpu_weight_desc *a, const clnpu_weight_desc *lik
            !a->scales == !like->scales;
 }
 
-/* Upload the routed experts, with the shared expert as one more matrix when it fits the group. */
 /* The block has a shared expert (its own weights, or matrix E of the group). */
 static bool w_shared(const clnpu_moe_block *b)
 {
     return b->shared_gate_up || b->shared_grouped;
 }
 
+/* Upload the routed experts, with the shared expert as one more matrix when it fits the group. */
 static clnpu_status upload_experts(clnpu_device *dev, clnpu_moe_block *b, const clnpu_moe_weights *w, size_t E)
 {
     if (!b->shared_grouped) {
