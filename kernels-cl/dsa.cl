@@ -14,12 +14,7 @@
 #ifndef CLNPU_DSA_D
 #define CLNPU_DSA_D 128
 #endif
-#ifndef CLNPU_MLA_R
-#define CLNPU_MLA_R 512
-#endif
-#ifndef CLNPU_MLA_DR
-#define CLNPU_MLA_DR 64
-#endif
+/* CLNPU_MLA_R and CLNPU_MLA_DR (defaults 512, 64): clnpu_cache.h */
 #ifndef CLNPU_MLA_HG
 #define CLNPU_MLA_HG 4
 #endif

@@ -1,13 +1,7 @@
 /* Elementwise kernels: fills, copies, scaled adds. The smallest kernels, used by tier-0
  * conformance (launches, events) and as building blocks by the runtime. */
 #include "clnpu_common.h"
-
-/* Lanes of the row and stretch kernels' work-groups, set by their launches (runtime/launch.c,
- * clnpu_lanes_options): a constant, so that the cpu family's one lane walks its row with a unit
- * stride the compiler vectorises even in PoCL's generic work-group function. */
-#ifndef CLNPU_LANES
-#define CLNPU_LANES get_local_size(0)
-#endif
+#include "clnpu_lanes.h"
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_fill_f32
 __kernel void clnpu_fill_f32(__global float *y, const float value, const uint n)
@@ -60,7 +54,7 @@ __kernel void clnpu_silu_mul(__global float *y, const uint ldy, __global const f
  * rows [first, first + rows) of a vocabulary of `vocab` (a tensor-parallel rank's slice): other
  * ids of the vocabulary give zeros (another rank has them), ids outside it NaN, so they are
  * caught, never read outside the table. Grid: (lanes, count), work-groups (lanes, 1): a row's
- * lanes stride through it (clnpu_row_lanes). */
+ * lanes stride through it (clnpu_lanes). */
 __kernel void clnpu_embed_bf16(__global float *y, __global const ushort *E, __global const int *ids,
                                const uint dim, const uint first, const uint rows, const uint vocab)
 {
@@ -128,7 +122,7 @@ __kernel void clnpu_argmax(__global int *out, __global const float *x, const uin
 /* MLA prefill keys: K[s][h] = [k_nope (kv row s, head h, first `nope` of each head's
  * nope + v block) | k_pe (the one rope key of row s, shared by all heads)].
  * Grid: (lanes, heads, S), work-groups (lanes, 1, 1): a row's lanes stride through it
- * (clnpu_row_lanes). */
+ * (clnpu_lanes). */
 __kernel void clnpu_mla_assemble_k(__global float *K, __global const float *kv, const uint nope,
                                    const uint vdim, __global const float *latent, const uint lat_ld,
                                    const uint lat_off, const uint rope, const uint heads)

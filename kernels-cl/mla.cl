@@ -11,20 +11,9 @@
  * read once for all of them. Tunables: CLNPU_MLA_HG, CLNPU_MLA_BT (rows per softmax step). */
 #include "clnpu_cache.h"
 #include "clnpu_rope.h"
+#include "clnpu_lanes.h"
 
-/* Lanes of the row and stretch kernels' work-groups, set by their launches (runtime/launch.c,
- * clnpu_lanes_options): a constant, so that the cpu family's one lane walks its row with a unit
- * stride the compiler vectorises even in PoCL's generic work-group function. */
-#ifndef CLNPU_LANES
-#define CLNPU_LANES get_local_size(0)
-#endif
-
-#ifndef CLNPU_MLA_R
-#define CLNPU_MLA_R 512
-#endif
-#ifndef CLNPU_MLA_DR
-#define CLNPU_MLA_DR 64
-#endif
+/* CLNPU_MLA_R and CLNPU_MLA_DR (defaults 512, 64): clnpu_cache.h */
 #ifndef CLNPU_MLA_HG
 #define CLNPU_MLA_HG 4
 #endif
@@ -136,7 +125,7 @@ __kernel void clnpu_mla_combine(__global const float *part_z, __global const flo
 /* Append latent rows to the paged cache: row t of src (c | k_pe, at srcoff, stride lds) goes to
  * sequence seq[t] at position pos[t]. With a rope table, k_pe is rotated first, in place (the
  * launch RoPE took otherwise). Grid: (lanes, T), work-groups (lanes, 1): a row's lanes stride
- * through it (clnpu_row_lanes). */
+ * through it (clnpu_lanes). */
 __kernel void clnpu_kv_append(__global CACHE_T *cache, const uint page, __global const int *block_table,
                               const uint max_blocks, __global float *src, const uint srcoff,
                               const uint lds, __global const int *seq, __global const int *pos,

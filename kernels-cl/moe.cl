@@ -8,13 +8,7 @@
  * Then: a dispatch plan (tokens grouped by expert, in token order), a gather of the rows, and
  * after the grouped expert GEMMs, the weighted combine with fp32 accumulation. */
 #include "clnpu_common.h"
-
-/* Lanes of the row and stretch kernels' work-groups, set by their launches (runtime/launch.c,
- * clnpu_lanes_options): a constant, so that the cpu family's one lane walks its row with a unit
- * stride the compiler vectorises even in PoCL's generic work-group function. */
-#ifndef CLNPU_LANES
-#define CLNPU_LANES get_local_size(0)
-#endif
+#include "clnpu_lanes.h"
 
 #ifndef CLNPU_MOE_MAX_EXPERTS
 #define CLNPU_MOE_MAX_EXPERTS 256
@@ -137,7 +131,7 @@ __kernel void clnpu_moe_gather(__global float *Xp, __global const float *X, cons
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_moe_combine
 /* out[t] = base[t] + sum_j w[t][j] * Yp[slot_row[t][j]], fp32, slots in order. base (the
  * shared expert's output, at boff: it may sit in Yp after the routed rows) may be NULL.
- * Grid: (lanes, T) as clnpu_moe_gather's. */
+ * Grid: (lanes, T), work-groups (lanes, 1): a row's lanes stride through it. */
 __kernel void clnpu_moe_combine(__global float *out, const uint ldo, __global const float *base,
                                 const uint boff, const uint ldb, __global const float *Yp,
                                 __global const int *slot_row, __global const float *weights,

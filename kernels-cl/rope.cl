@@ -5,11 +5,7 @@
  * half-split pairs (x[i], x[i + d/2]) — Llama / NeoX style. */
 #include "clnpu_common.h"
 #include "clnpu_rope.h"
-
-/* Lanes of a row's work-group, set by the launch (runtime/launch.c, clnpu_lanes_options). */
-#ifndef CLNPU_LANES
-#define CLNPU_LANES get_local_size(0)
-#endif
+#include "clnpu_lanes.h"
 
 #if !CLNPU_ONLY || CLNPU_ONLY_clnpu_rope
 /* x: rows (tokens) of `heads` vectors; element (t, h, i) of the rope slice sits at
