@@ -72,7 +72,8 @@ void clnpu_stretches(const clnpu_device *dev, size_t n, size_t *lanes, size_t *c
     *lanes = clnpu_lanes(dev);
     if (*lanes > 1) *chunk = *lanes * 16;
     else { /* about four stretches per compute unit, none under 4096 elements */
-        size_t cu = clnpu_device_get_info(dev)->compute_units, per = (n + 4 * (cu ? cu : 1) - 1) / (4 * (cu ? cu : 1));
+        const size_t cu = clnpu_device_get_info(dev)->compute_units, parts = 4 * (cu ? cu : 1),
+                     per = (n + parts - 1) / parts;
         *chunk = per > 4096 ? per : 4096;
     }
     *groups = n ? (n + *chunk - 1) / *chunk : 0;

@@ -18,13 +18,21 @@ static size_t elementwise_wg(const clnpu_device *dev)
 
 /* The capability table's reduction work-group: 1 for the cpu family (one work-item per row, no
  * barriers), its wg_size for the wg family. */
-/* The forward launches all of norm.cl's kernels, with the same options: one program for them. */
-static const char *const norm_group[] = {"clnpu_rmsnorm", "clnpu_rmsnorm2", "clnpu_rmsnorm_add_tag", NULL};
-
 static size_t reduction_wg(const clnpu_device *dev)
 {
     const clnpu_capability *c = clnpu_device_capability(dev);
     return c->family == CLNPU_KERNEL_FAMILY_WG ? c->wg_size : 1;
+}
+
+/* The forward launches all of norm.cl's kernels, with the same options: one program for them.
+ * norm_wg gives their work-group size and writes those options. */
+static const char *const norm_group[] = {"clnpu_rmsnorm", "clnpu_rmsnorm2", "clnpu_rmsnorm_add_tag", NULL};
+
+static size_t norm_wg(const clnpu_device *dev, char *opts, size_t cap)
+{
+    const size_t wg = reduction_wg(dev);
+    snprintf(opts, cap, "-DCLNPU_NORM_WG=%zu", wg);
+    return wg;
 }
 
 static clnpu_status check_view(const clnpu_view *v, size_t rows, size_t n, const char *what)
@@ -48,9 +56,8 @@ clnpu_status clnpu_rmsnorm(clnpu_device *dev, clnpu_view x, clnpu_view res, clnp
         st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rmsnorm: weight must hold %zu floats", dim);
     if (st || !rows) return st;
     /* cpu family: one work-item per row; wg family: the group reduces in local memory. */
-    const size_t wg = reduction_wg(dev);
     char opts[64];
-    snprintf(opts, sizeof opts, "-DCLNPU_NORM_WG=%zu", wg);
+    const size_t wg = norm_wg(dev, opts, sizeof opts);
     cl_mem mx = clnpu_mem(x.buf), mh = clnpu_mem(res.buf ? res.buf : x.buf), my = clnpu_mem(y.buf),
            mw = clnpu_mem(w);
     cl_uint xo = (cl_uint)x.offset, xl = (cl_uint)x.ld, ho = (cl_uint)res.offset,
@@ -70,9 +77,8 @@ clnpu_status clnpu_rmsnorm2(clnpu_device *dev, clnpu_view x, const clnpu_buffer 
     if (!st && (!w || clnpu_buffer_size(w) < dim * sizeof(float) || !w2 || clnpu_buffer_size(w2) < dim2 * sizeof(float)))
         st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rmsnorm2: weights must hold %zu and %zu floats", dim, dim2);
     if (st || !rows) return st;
-    const size_t wg = reduction_wg(dev);
     char opts[64];
-    snprintf(opts, sizeof opts, "-DCLNPU_NORM_WG=%zu", wg);
+    const size_t wg = norm_wg(dev, opts, sizeof opts);
     cl_mem mx = clnpu_mem(x.buf), mw = clnpu_mem(w), mx2 = clnpu_mem(x2.buf), mw2 = clnpu_mem(w2);
     cl_uint xo = (cl_uint)x.offset, xl = (cl_uint)x.ld, d = (cl_uint)dim, xo2 = (cl_uint)x2.offset,
             xl2 = (cl_uint)x2.ld, d2 = (cl_uint)dim2, r = (cl_uint)rows;
@@ -98,9 +104,8 @@ clnpu_status clnpu_rmsnorm_add_tag(clnpu_device *dev, clnpu_view x, const clnpu_
     if (!st && tag >= 0 && (!flag || clnpu_buffer_size(flag) < sizeof(cl_int)))
         st = clnpu_fail(CLNPU_ERR_INVALID_ARGUMENT, "rmsnorm_add_tag: a tag without a flag buffer");
     if (st || !rows) return st;
-    const size_t wg = reduction_wg(dev);
     char opts[64];
-    snprintf(opts, sizeof opts, "-DCLNPU_NORM_WG=%zu", wg);
+    const size_t wg = norm_wg(dev, opts, sizeof opts);
     cl_mem mx = clnpu_mem(x.buf), m1 = clnpu_mem(w1), mh = clnpu_mem(h.buf), my = clnpu_mem(w2 ? y.buf : NULL),
            m2 = clnpu_mem(w2), mf = clnpu_mem(tag >= 0 ? flag : NULL);
     cl_uint xo = (cl_uint)x.offset, xl = (cl_uint)x.ld, ho = (cl_uint)h.offset, hl = (cl_uint)h.ld,
