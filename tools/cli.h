@@ -78,4 +78,8 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 
+/* PoCL's work-group functions for the command line argv: the generic ones for the cpu family
+ * (each kernel compiled once), PoCL's default specialisation for the wg family (see the
+ * definition). Call before any OpenCL call: it sets environment variables. */
+void cli_opencl_env(int argc, char **argv);
 #endif

@@ -146,3 +146,26 @@ int cli_device_option_checked(int opt, const char *arg, cli_device_args *a, cons
     if (r == -1) return -cli_usage_error(cmd, usage, "bad value '%s' for --device", arg);
     return r;
 }
+
+void cli_opencl_env(int argc, char **argv)
+{
+    /* PoCL compiles each kernel twice: a generic work-group function (any launch shape) when a
+     * binary is taken for clnpu's cache, always (pocl_driver_build_poclbinary), and one
+     * specialised for the launch's shape (local size, zero offset, grid under 2^16) at the
+     * kernel's first launch. The cpu family launches every kernel in work-groups of 1, where the
+     * two are the same code but for the loop over the group's work-items around the body
+     * (objdump of PoCL's cached GEMM variants: identical inner loops; the row and stretch kernels
+     * take their lane count as a constant, CLNPU_LANES), so the CLI has PoCL run the generic ones:
+     * each kernel is compiled once, a third less of a first run's CPU, and no launch compiles.
+     * The wg family has real work-groups, where specialising pays: with CLNPU_KERNEL_FAMILY=wg, a
+     * --target (NPU profiles emulate on PoCL with it) or a --plan, PoCL keeps its default and the
+     * binary carries the usual shape's function too. A variable the user set stands. PoCL reads
+     * its variables once, at first use: this runs before any OpenCL call. */
+    const char *fam = getenv("CLNPU_KERNEL_FAMILY");
+    bool wg = fam && !strcmp(fam, "wg");
+    for (int i = 1; i < argc && !wg; i++)
+        wg = !strcmp(argv[i], "--target") || !strncmp(argv[i], "--target=", 9) || !strcmp(argv[i], "--plan") ||
+             !strncmp(argv[i], "--plan=", 7);
+    if (!wg) setenv("POCL_WORK_GROUP_SPECIALIZATION", "0", 0);
+    else setenv("POCL_BINARY_SPECIALIZE_WG", "1-1-1-goffs0-smallgrid", 0);
+}

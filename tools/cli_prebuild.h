@@ -25,10 +25,6 @@ void cli_prebuild(const cli_device_args *da, clnpu_device *dev, clnpu_model *m, 
 /* Build a list ("source<TAB>extra options\n" lines, as clnpu_device_record_stop gives; freed
  * here): this process its share, one helper process per further CPU the rest; never fails. */
 void cli_build_ahead(const cli_device_args *da, clnpu_device *dev, char *list, size_t count, cli_prebuild_result *out);
-/* PoCL's work-group functions for the command line argv: the generic ones for the cpu family
- * (each kernel compiled once), PoCL's default specialisation for the wg family (see the
- * definition). Call before any OpenCL call: it sets environment variables. */
-void cli_opencl_env(int argc, char **argv);
 /* `clnpu kernels --build-list - [--part I/K]`: build lines I, I+K, ... of stdin's list. */
 int cli_build_list(const cli_device_args *da, const char *part);
 #endif

@@ -3,7 +3,6 @@
 #include <string.h>
 
 #include "cli.h"
-#include "cli_prebuild.h"
 
 typedef struct command {
     const char *name;
