@@ -171,6 +171,39 @@ static void case_routing(conf_ctx *c)
     free(lg), free(w), free(ids), free(rw);
 }
 
+/* A decode step's cache, sequences and sizes, for mla_decode_ref. */
+typedef struct mla_shape {
+    const float *cache; /* pages of rows [c (R) | k_pe (DR)] */
+    const int *bt, *lens;
+    size_t B, H, R, DR, page, mb;
+} mla_shape;
+
+/* The absorbed MLA decode in float64: per sequence and head, z = softmax(q_a . c + q_pe . k_pe)
+ * over the cached rows, times c. q_pe as double (rotated or not by the caller); s: scratch of the
+ * longest sequence. */
+static void mla_decode_ref(const mla_shape *m, const float *qa, const double *qpe, double *s, double *ref)
+{
+    const size_t H = m->H, R = m->R, DR = m->DR, row = R + DR;
+    for (size_t b = 0; b < m->B; b++)
+        for (size_t h = 0; h < H; h++) {
+            double mx = -INFINITY, zs = 0;
+            for (int t = 0; t < m->lens[b]; t++) {
+                const float *r = m->cache + ((size_t)m->bt[b * m->mb + t / m->page] * m->page + t % m->page) * row;
+                double v = 0;
+                for (size_t d = 0; d < R; d++) v += (double)qa[(b * H + h) * R + d] * r[d];
+                for (size_t d = 0; d < DR; d++) v += qpe[(b * H + h) * DR + d] * r[R + d];
+                mx = fmax(mx, s[t] = v);
+            }
+            for (int t = 0; t < m->lens[b]; t++) zs += (s[t] = exp(s[t] - mx));
+            for (size_t d = 0; d < R; d++) {
+                double v = 0;
+                for (int t = 0; t < m->lens[b]; t++)
+                    v += s[t] * m->cache[((size_t)m->bt[b * m->mb + t / m->page] * m->page + t % m->page) * row + d];
+                ref[(b * H + h) * R + d] = v / zs;
+            }
+        }
+}
+
 static void case_mla(conf_ctx *c)
 {
     const size_t R = 512, DR = 64, H = 4, B = 3, page = 64, maxlen = 1000, mb = (maxlen + page - 1) / page;
@@ -183,25 +216,11 @@ static void case_mla(conf_ctx *c)
     for (size_t i = 0; i < B * H * R; i++) qa[i] = conf_rand(c) * 0.1f;
     for (size_t i = 0; i < B * H * DR; i++) qp[i] = conf_rand(c) * 0.1f;
     for (size_t i = 0; i < B * mb; i++) bt[i] = (int)((i * 7) % npages); /* scattered pages */
-    double *ref = malloc(B * H * R * sizeof *ref), *s = malloc(maxlen * sizeof *s);
-    for (size_t b = 0; b < B; b++)
-        for (size_t h = 0; h < H; h++) {
-            double mx = -INFINITY, zs = 0;
-            for (int t = 0; t < lens[b]; t++) {
-                const float *r = cache + ((size_t)bt[b * mb + t / page] * page + t % page) * row;
-                double a = 0;
-                for (size_t d = 0; d < R; d++) a += (double)qa[(b * H + h) * R + d] * r[d];
-                for (size_t d = 0; d < DR; d++) a += (double)qp[(b * H + h) * DR + d] * r[R + d];
-                mx = fmax(mx, s[t] = a);
-            }
-            for (int t = 0; t < lens[b]; t++) zs += (s[t] = exp(s[t] - mx));
-            for (size_t d = 0; d < R; d++) {
-                double a = 0;
-                for (int t = 0; t < lens[b]; t++)
-                    a += s[t] * cache[((size_t)bt[b * mb + t / page] * page + t % page) * row + d];
-                ref[(b * H + h) * R + d] = a / zs;
-            }
-        }
+    const mla_shape sh = {cache, bt, lens, B, H, R, DR, page, mb};
+    double *ref = malloc(B * H * R * sizeof *ref), *s = malloc(maxlen * sizeof *s),
+           *qr = malloc(B * H * DR * sizeof *qr);
+    for (size_t i = 0; i < B * H * DR; i++) qr[i] = qp[i];
+    mla_decode_ref(&sh, qa, qr, s, ref);
     clnpu_status st = CLNPU_OK;
     double t0 = conf_now_ms();
     clnpu_buffer *bc = NULL, *bqa = NULL, *bqp = NULL, *bbt = NULL, *bl = NULL, *bz = NULL;
@@ -220,7 +239,7 @@ static void case_mla(conf_ctx *c)
     /* The same with q_pe rotated as the kernel reads it (a decode step's RoPE launch saved): A.X
      * K1's YaRN at each sequence's new position len - 1, the reference on q_pe rotated in float64. */
     const clnpu_rope_config rc = {DR, 10000.0, CLNPU_ROPE_YARN, 4.0, 32768, 32, 1, 1.0, 0.0};
-    double inv[32], af = clnpu_rope_attention_factor(&rc), *qr = malloc(B * H * DR * sizeof *qr);
+    double inv[32], af = clnpu_rope_attention_factor(&rc);
     clnpu_rope_inv_freq(&rc, inv);
     for (size_t b = 0; b < B; b++)
         for (size_t h = 0; h < H; h++)
@@ -230,24 +249,7 @@ static void case_mla(conf_ctx *c)
                 qr[(b * H + h) * DR + 2 * i] = af * (p[2 * i] * cos(th) - p[2 * i + 1] * sin(th));
                 qr[(b * H + h) * DR + 2 * i + 1] = af * (p[2 * i + 1] * cos(th) + p[2 * i] * sin(th));
             }
-    for (size_t b = 0; b < B; b++)
-        for (size_t h = 0; h < H; h++) {
-            double mx = -INFINITY, zs = 0;
-            for (int t = 0; t < lens[b]; t++) {
-                const float *r = cache + ((size_t)bt[b * mb + t / page] * page + t % page) * row;
-                double v = 0;
-                for (size_t d = 0; d < R; d++) v += (double)qa[(b * H + h) * R + d] * r[d];
-                for (size_t d = 0; d < DR; d++) v += qr[(b * H + h) * DR + d] * r[R + d];
-                mx = fmax(mx, s[t] = v);
-            }
-            for (int t = 0; t < lens[b]; t++) zs += (s[t] = exp(s[t] - mx));
-            for (size_t d = 0; d < R; d++) {
-                double v = 0;
-                for (int t = 0; t < lens[b]; t++)
-                    v += s[t] * cache[((size_t)bt[b * mb + t / page] * page + t % page) * row + d];
-                ref[(b * H + h) * R + d] = v / zs;
-            }
-        }
+    mla_decode_ref(&sh, qa, qr, s, ref);
     t0 = conf_now_ms();
     clnpu_rope_table *tab = NULL;
     const float nan = NAN;
