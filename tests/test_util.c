@@ -168,6 +168,33 @@ double test_rel(const float *a, const float *ref, size_t n)
     return sqrt(num / den);
 }
 
+void test_fixture_logits(const test_fixture *f, const char *label, size_t max_tokens, double tol)
+{
+    const size_t T = f->T, V = f->cfg.vocab_size;
+    clnpu_model_options o = clnpu_model_options_default();
+    o.max_sequences = 2, o.max_context = 64, o.max_tokens = max_tokens;
+    clnpu_model *m;
+    ck_assert_ok(clnpu_model_create(test_device(), &f->cfg, f->ck, &o, &m));
+    const float *ref = clnpu_safetensors_find(f->ref, "logits")->data;
+    float *lg = malloc(T * V * sizeof *lg);
+    for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
+    ck_assert_ok(clnpu_model_prefill(m, 0, f->ids, T, lg));
+    double e = test_rel(lg, ref, T * V);
+    fprintf(stderr, "%s, prefill of %zu: logits rel error %.2e\n", label, T, e);
+    ck_assert_msg(e <= tol, "%s prefill logits: %.3g", label, e);
+    for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
+    ck_assert_ok(clnpu_model_prefill(m, 1, f->ids, 1, lg));
+    for (size_t t = 1; t < T; t++) {
+        size_t s = 1;
+        ck_assert_ok(clnpu_model_decode(m, &s, f->ids + t, 1, lg + t * V));
+    }
+    e = test_rel(lg, ref, T * V);
+    fprintf(stderr, "%s, prefill 1 + decode %zu: logits rel error %.2e\n", label, T - 1, e);
+    ck_assert_msg(e <= tol, "%s decode logits: %.3g", label, e);
+    free(lg);
+    clnpu_model_destroy(m);
+}
+
 void test_fixture_open(test_fixture *f, const char *dir)
 {
     char path[1024];

@@ -77,6 +77,10 @@ typedef struct test_fixture {
 } test_fixture;
 void test_fixture_open(test_fixture *f, const char *dir);
 void test_fixture_close(test_fixture *f);
+/* The fixture's model on the test device (max_tokens per step): logits within tol of the
+ * reference's through one prefill of all ids, then through prefill of 1 + decode of the rest;
+ * both errors printed under `label`. */
+void test_fixture_logits(const test_fixture *f, const char *label, size_t max_tokens, double tol);
 
 Suite *suite_device(void);
 Suite *suite_profile(void);

@@ -719,39 +719,10 @@ END_TEST
 START_TEST(test_wg_model_transformers)
 {
     force_wg(256); /* the widest groups: what found PoCL's one-element-array quirk */
-    clnpu_model_config cfg;
-    clnpu_checkpoint *ck;
-    clnpu_safetensors *refs;
-    ck_assert_ok(clnpu_model_config_load(TINY "/config.json", &cfg));
-    ck_assert_ok(clnpu_checkpoint_open(TINY, &ck));
-    ck_assert_ok(clnpu_safetensors_open(TINY "/reference.safetensors", &refs));
-    const clnpu_tensor_info *ti = clnpu_safetensors_find(refs, "input_ids");
-    const int *ids = ti->data;
-    const size_t T = (size_t)ti->shape[0], V = cfg.vocab_size;
-    clnpu_model_options o = clnpu_model_options_default();
-    o.max_sequences = 2, o.max_context = 64, o.max_tokens = 32;
-    clnpu_model *m;
-    ck_assert_ok(clnpu_model_create(test_device(), &cfg, ck, &o, &m));
-    const float *ref = clnpu_safetensors_find(refs, "logits")->data;
-    float *lg = malloc(T * V * sizeof *lg);
-    for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
-    ck_assert_ok(clnpu_model_prefill(m, 0, ids, T, lg));
-    double e = test_rel(lg, ref, T * V);
-    fprintf(stderr, "tiny A.X K1, wg family, prefill of %zu: logits rel error %.2e\n", T, e);
-    ck_assert_msg(e <= 1e-4, "wg prefill logits: %.3g", e);
-    for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
-    ck_assert_ok(clnpu_model_prefill(m, 1, ids, 1, lg));
-    for (size_t t = 1; t < T; t++) {
-        size_t s = 1;
-        ck_assert_ok(clnpu_model_decode(m, &s, ids + t, 1, lg + t * V));
-    }
-    e = test_rel(lg, ref, T * V);
-    fprintf(stderr, "tiny A.X K1, wg family, prefill 1 + decode %zu: logits rel error %.2e\n", T - 1, e);
-    ck_assert_msg(e <= 1e-4, "wg decode logits: %.3g", e);
-    free(lg);
-    clnpu_model_destroy(m);
-    clnpu_checkpoint_close(ck);
-    clnpu_safetensors_close(refs);
+    test_fixture f;
+    test_fixture_open(&f, TINY);
+    test_fixture_logits(&f, "tiny A.X K1, wg family", 32, 1e-4);
+    test_fixture_close(&f);
 }
 END_TEST
 

@@ -385,45 +385,14 @@ START_TEST(test_wg_dsa_models)
 {
     const char *dirs[2] = {CLNPU_SOURCE_DIR "/models/tiny-dsv32", CLNPU_SOURCE_DIR "/models/tiny-axk2"};
     force(CLNPU_KERNEL_FAMILY_WG, 256); /* test_wg_model_transformers' size: its programs are reused */
-    char path[512];
-    snprintf(path, sizeof path, "%s/config.json", dirs[_i]);
-    clnpu_model_config cfg;
-    clnpu_checkpoint *ck;
-    clnpu_safetensors *refs;
-    ck_assert_ok(clnpu_model_config_load(path, &cfg));
-    ck_assert_ok(clnpu_checkpoint_open(dirs[_i], &ck));
-    snprintf(path, sizeof path, "%s/reference.safetensors", dirs[_i]);
-    ck_assert_ok(clnpu_safetensors_open(path, &refs));
-    const clnpu_tensor_info *ti = clnpu_safetensors_find(refs, "input_ids");
-    const int *ids = ti->data;
-    const size_t T = (size_t)ti->shape[0], V = cfg.vocab_size;
-    ck_assert_uint_lt(cfg.index_topk, T);
-    clnpu_model_options o = clnpu_model_options_default();
-    o.max_sequences = 2, o.max_context = 64, o.max_tokens = 64;
-    clnpu_model *m;
-    ck_assert_ok(clnpu_model_create(test_device(), &cfg, ck, &o, &m));
-    const float *ref = clnpu_safetensors_find(refs, "logits")->data;
-    float *lg = malloc(T * V * sizeof *lg);
-    for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
-    ck_assert_ok(clnpu_model_prefill(m, 0, ids, T, lg));
-    double e = test_rel(lg, ref, T * V);
-    fprintf(stderr, "%s, wg family (%u), prefill of %zu: logits rel error %.2e\n", dirs[_i] + strlen(CLNPU_SOURCE_DIR) + 1,
-            clnpu_device_capability(test_device())->wg_size, T, e);
-    ck_assert_msg(e <= 1e-4, "wg prefill logits: %.3g", e);
-    for (size_t i = 0; i < T * V; i++) lg[i] = NAN;
-    ck_assert_ok(clnpu_model_prefill(m, 1, ids, 1, lg));
-    for (size_t t = 1; t < T; t++) {
-        size_t s = 1;
-        ck_assert_ok(clnpu_model_decode(m, &s, ids + t, 1, lg + t * V));
-    }
-    e = test_rel(lg, ref, T * V);
-    fprintf(stderr, "%s, wg family, prefill 1 + decode %zu: logits rel error %.2e\n", dirs[_i] + strlen(CLNPU_SOURCE_DIR) + 1,
-            T - 1, e);
-    ck_assert_msg(e <= 1e-4, "wg decode logits: %.3g", e);
-    free(lg);
-    clnpu_model_destroy(m);
-    clnpu_checkpoint_close(ck);
-    clnpu_safetensors_close(refs);
+    test_fixture f;
+    test_fixture_open(&f, dirs[_i]);
+    ck_assert_uint_lt(f.cfg.index_topk, f.T);
+    char label[128];
+    snprintf(label, sizeof label, "%s, wg family (%u)", dirs[_i] + strlen(CLNPU_SOURCE_DIR) + 1,
+             clnpu_device_capability(test_device())->wg_size);
+    test_fixture_logits(&f, label, 64, 1e-4);
+    test_fixture_close(&f);
 }
 END_TEST
 
