@@ -15,7 +15,7 @@
  * KWI, SA, SB); the host picks them from the capability table, the profile, the tuning DB.
  *
  * Weight dtypes and epilogues as in gemm.cl (CLNPU_GEMM_WTYPE, CLNPU_GEMM_QGROUP,
- * CLNPU_GEMM_EPILOGUE 0 plain, 1 residual, 2 SwiGLU with gate/up panels interleaved).
+ * CLNPU_GEMM_EPILOGUE 0 plain, 1 residual, 2 SwiGLU with gate/up panel rows interleaved).
  * Scales multiply each element as it is loaded, so quantisation blocks need no alignment with
  * KWG.
  *
@@ -146,7 +146,11 @@ inline float widen(__global const WT *p)
  * S[q][kblocks]). */
 inline float weight_at(__global const WT *Wp, __global const float *S, uint q, uint j, uint k, uint K)
 {
+#if SWIGLU /* a pair's rows interleave its gate and up panels (gemm.cl) */
+    float v = widen(Wp + ((size_t)(q & ~1u) * K + 2 * (size_t)k + (q & 1)) * NR + j);
+#else
     float v = widen(Wp + ((size_t)q * K + k) * NR + j);
+#endif
 #if CLNPU_GEMM_WTYPE == 3 && CLNPU_GEMM_QGROUP == 0
     v *= S[(size_t)q * NR + j];
 #elif CLNPU_GEMM_WTYPE == 3

@@ -81,10 +81,12 @@ static clnpu_status upload(clnpu_device *dev, const clnpu_weight_desc *a, const 
     if (!hw || (sbytes && !hs)) st = clnpu_fail(CLNPU_ERR_OUT_OF_MEMORY, "out of host memory packing weights");
     for (size_t i = 0; !st && i < count; i++) {
         for (size_t q = 0; q < w->panels; q++) {
-            /* SwiGLU interleaves gate and up panels so one work-item streams both. */
+            /* SwiGLU pairs gate and up panels, their rows alternating, so one work-item streams
+             * both in one pass (kernels-cl/gemm.cl); scales stay per panel. */
             const clnpu_weight_desc *d = b ? ((q & 1) ? &b[i] : &a[i]) : &a[i];
-            size_t p = b ? q / 2 : q;
-            clnpu_pack_panel(d, p, w->nr, hw + (i * w->w_stride + q * w->k * w->nr) * es,
+            const size_t p = b ? q / 2 : q;
+            const size_t at = b ? (q & ~(size_t)1) * w->k * w->nr + (q & 1) * w->nr : q * w->k * w->nr;
+            clnpu_pack_panel(d, p, w->nr, b ? 2 * w->nr : w->nr, hw + (i * w->w_stride + at) * es,
                              hs ? hs + i * w->s_stride + q * spp : NULL);
         }
     }

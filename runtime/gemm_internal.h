@@ -17,8 +17,9 @@ void clnpu_weight_desc_stack(const clnpu_weight_desc *a, const clnpu_weight_desc
                              clnpu_weight_desc *out);
 /* Floats of per-panel scales for one matrix packed with panel width nr. */
 size_t clnpu_pack_scale_count(const clnpu_weight_desc *d, size_t nr);
-/* Pack panel p of d into dst_w (K x nr elements) and its scales into dst_s (if any). */
-void clnpu_pack_panel(const clnpu_weight_desc *d, size_t p, size_t nr, void *dst_w, float *dst_s);
+/* Pack panel p of d into dst_w (K rows of nr elements, `stride` apart: nr, or 2 nr in a SwiGLU
+ * pair) and its scales into dst_s (if any). */
+void clnpu_pack_panel(const clnpu_weight_desc *d, size_t p, size_t nr, size_t stride, void *dst_w, float *dst_s);
 
 /* What the work-group family (runtime/gemm_wg.c) needs of an uploaded weight: the panel layout
  * is shared by both families. */

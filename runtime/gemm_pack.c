@@ -121,10 +121,10 @@ size_t clnpu_pack_scale_count(const clnpu_weight_desc *d, size_t nr)
     return 0;
 }
 
-/* Panel q_dst of the packed output takes panel p of matrix d: element size es bytes. Padding
- * columns are zero (their scales too, so they can never produce NaN); so is a whole padding panel
- * past the last column. */
-void clnpu_pack_panel(const clnpu_weight_desc *d, size_t p, size_t nr, void *dst_w, float *dst_s)
+/* Panel p of matrix d into dst_w: K rows of nr values, `stride` elements apart (nr, or 2 nr for
+ * a SwiGLU pair, whose gate and up rows alternate). Padding columns are zero (their scales too,
+ * so they can never produce NaN); so is a whole padding panel past the last column. */
+void clnpu_pack_panel(const clnpu_weight_desc *d, size_t p, size_t nr, size_t stride, void *dst_w, float *dst_s)
 {
     const size_t es = clnpu_dtype_size(d->dtype), K = d->k;
     unsigned char *dw = dst_w;
@@ -132,7 +132,7 @@ void clnpu_pack_panel(const clnpu_weight_desc *d, size_t p, size_t nr, void *dst
     for (size_t kk = 0; kk < K; kk++) {
         for (size_t j = 0; j < nr; j++) {
             size_t i = p * nr + j;
-            unsigned char *o = dw + (kk * nr + j) * es;
+            unsigned char *o = dw + (kk * stride + j) * es;
             if (i < d->n) memcpy(o, src + (i * K + kk) * es, es);
             else memset(o, 0, es);
         }

@@ -565,10 +565,14 @@ START_TEST(test_gemm_blocked)
         double *g = reference(x, h.deq, m, n, k, 1, NULL), *u = reference(x, hu.deq, m, n, k, 1, NULL);
         double *res = reference(x, h.deq, m, n, k, 0.5f, r), *sw = malloc(m * n * sizeof *sw);
         for (size_t i = 0; i < m * n; i++) sw[i] = g[i] / (1 + exp(-g[i])) * u[i];
-        /* plain (one panel, separate K stretches), two panels + residual, SwiGLU, grouped */
-        const char *cfg = ti % 2 ? "mr=3,mb=3,kc=128,kacc=2,ksplit=1" : "mr=3,mb=3,kc=128,nb=2";
-        setenv("CLNPU_GEMM", cfg, 1);
-        for (int ep = 0; ep < 4; ep++) {
+        /* plain (one panel, separate K stretches), two panels + residual, SwiGLU, grouped; then
+         * a K block longer than K (one block: 8/16-bit weights widen a slice of KC rows) */
+        const char *cfgs[2] = {ti % 2 ? "mr=3,mb=3,kc=128,kacc=2,ksplit=1" : "mr=3,mb=3,kc=128,nb=2",
+                               ti % 2 ? "mr=4,mb=2,kc=512" : "mr=4,mb=2,kc=512,nb=2"};
+        for (int it = 0; it < 8; it++) {
+            const char *cfg = cfgs[it / 4];
+            const int ep = it % 4;
+            setenv("CLNPU_GEMM", cfg, 1);
             clnpu_gemm_args a = clnpu_gemm_args_default();
             a.x = bx, a.y = by, a.m = m, a.split_k = 1;
             if (ep == 1) a.alpha = 0.5f, a.residual = br, a.epilogue = CLNPU_EPILOGUE_RESIDUAL;
