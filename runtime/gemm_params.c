@@ -14,7 +14,10 @@ const char *clnpu_gemm_param_name(clnpu_gemm_param p) { return names[p]; }
 
 const char *clnpu_gemm_class(const clnpu_gemm_shape *s)
 {
-    return s->grouped ? "grouped" : s->m == 1 ? "gemv" : s->m <= 8 ? "decode" : "prefill";
+    /* grouped: m is the rows per matrix (a decode step's experts take 1-8 and stream their
+     * weights; a prompt's take more and reuse them, which wants other blocks) */
+    if (s->grouped) return s->m <= 8 ? "grouped" : "grouped_prefill";
+    return s->m == 1 ? "gemv" : s->m <= 8 ? "decode" : "prefill";
 }
 
 /* PoCL's CPU device, bound to its own profile: the kernels are sized from the ISA class. A device
@@ -69,7 +72,9 @@ static void derived(const clnpu_device *dev, const clnpu_gemm_shape *s, clnpu_ge
      * as the L1d (on Zen 5, f32: KC 384 beat 128, half the L1d, by 1.1-1.3x at 512x576x7168 and
      * 512x2048x7168: the slice streams through once per row block, the X rows are the reused
      * operand); the X slice of the MB row blocks (MB x MR x KC floats) half the L2. */
-    const size_t es = clnpu_dtype_size(s->dtype), panels = (two ? 2 : 1) + (s->pair ? 1 : 0);
+    /* int8 / fp8 slices are widened to f32 in L1 first (gemm.cl's WIDEN): 4 bytes an element */
+    const bool widened = s->dtype == CLNPU_DTYPE_I8 || s->dtype == CLNPU_DTYPE_FP8_E4M3;
+    const size_t es = widened ? sizeof(float) : clnpu_dtype_size(s->dtype), panels = (two ? 2 : 1) + (s->pair ? 1 : 0);
     const size_t l1 = isa->l1d_bytes ? isa->l1d_bytes : 32768, l2 = isa->l2_bytes ? isa->l2_bytes : 262144;
     size_t kc = l1 / (s->nr * panels * es) / 128 * 128;
     kc = kc < 128 ? 128 : kc > 1024 ? 1024 : kc;
@@ -156,7 +161,10 @@ void clnpu_gemm_params_choose(clnpu_device *dev, const clnpu_gemm_shape *s, cons
     const size_t blocks = (s->m + (size_t)v[CLNPU_GP_MR] - 1) / (size_t)v[CLNPU_GP_MR];
     if ((size_t)v[CLNPU_GP_MB] > blocks) v[CLNPU_GP_MB] = (int)blocks; /* no empty blocks */
     if (v[CLNPU_GP_KC] > 0) v[CLNPU_GP_KC] = (v[CLNPU_GP_KC] + 127) / 128 * 128;
-    if (v[CLNPU_GP_MB] == 1 || v[CLNPU_GP_KC] <= 0 || (size_t)v[CLNPU_GP_KC] >= s->k) v[CLNPU_GP_KC] = 0;
+    /* A KC of K or more is one K block; it stays as chosen (not "all of K"), so 8- and 16-bit
+     * weights widen a slice of a fixed size (kernels-cl/gemm.cl) and the variant is the same
+     * for every K it covers. */
+    if (v[CLNPU_GP_MB] == 1 || v[CLNPU_GP_KC] <= 0) v[CLNPU_GP_KC] = 0;
     if (v[CLNPU_GP_KACC] < 0 || v[CLNPU_GP_KACC] > 16) v[CLNPU_GP_KACC] = 0;
     if (v[CLNPU_GP_KSPLIT] > 1) v[CLNPU_GP_KSPLIT] = 1;
 }

@@ -15,9 +15,11 @@
 
 #define GEMV_MAXM 8 /* kernels-cl/gemm_wg.cl: rows the GEMV kernel takes */
 
-static const char *shape_class(size_t m, bool grouped)
+/* The tuning class (gemm_params.c's): grouped by the mean rows per matrix of the m rows. */
+static const char *shape_class(size_t m, size_t matrices, bool grouped)
 {
-    return grouped ? "grouped" : m == 1 ? "gemv" : m <= 8 ? "decode" : "prefill";
+    if (grouped) return (m + matrices - 1) / (matrices ? matrices : 1) <= 8 ? "grouped" : "grouped_prefill";
+    return m == 1 ? "gemv" : m <= 8 ? "decode" : "prefill";
 }
 
 typedef struct wg_choice {
@@ -37,7 +39,7 @@ static clnpu_status choose(clnpu_device *dev, const clnpu_weight_layout *w, clnp
     const clnpu_capability *cap = clnpu_device_capability(dev);
     c->p = cap->gemm;
     const clnpu_tuning_entry *te =
-        clnpu_device_tuning_lookup(dev, "gemm_wg", clnpu_dtype_name(w->dtype), shape_class(m, grouped));
+        clnpu_device_tuning_lookup(dev, "gemm_wg", clnpu_dtype_name(w->dtype), shape_class(m, w->count, grouped));
     if (te) {
         clnpu_gemm_wg_params t = c->p;
         unsigned *f[] = {&t.mwg, &t.nwg, &t.kwg, &t.mdimc, &t.ndimc, &t.vwm, &t.vwn, &t.kwi, &t.sa, &t.sb};

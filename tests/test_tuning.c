@@ -200,6 +200,88 @@ START_TEST(test_runtime_uses_entry)
 }
 END_TEST
 
+/* The two grouped classes: a decode step's experts (<= 8 rows each) take the `grouped` entry, a
+ * prompt's the `grouped_prefill` one, each on the device-side counts path a MoE layer runs; the
+ * programs built carry each entry's defines and the results match float64. */
+static clnpu_tuning_entry grouped_entry(clnpu_device *dev, const char *cls, int mr, int mb, int kc)
+{
+    clnpu_tuning_entry e = entry_for(dev, "gemm", "f32", cls);
+    const char *names[] = {"mr", "kacc", "ksplit", "mb", "kc"};
+    const int vals[] = {mr, 1, 0, mb, kc};
+    for (int i = 0; i < 5; i++) snprintf(e.names[i], sizeof e.names[i], "%s", names[i]), e.values[i] = vals[i];
+    e.nparams = 5;
+    return e;
+}
+
+START_TEST(test_grouped_classes)
+{
+    clnpu_device *dev = test_device();
+    const clnpu_device_info *info = clnpu_device_get_info(dev);
+    if (info->type != CLNPU_DEVICE_TYPE_CPU || clnpu_device_is_emulated(dev)) return; /* wg family: gemm_wg */
+    clnpu_tuning_db *db;
+    ck_assert_ok(clnpu_tuning_db_create(&db));
+    clnpu_tuning_entry ge = grouped_entry(dev, "grouped", 2, 1, 0), pe = grouped_entry(dev, "grouped_prefill", 4, 2, 128);
+    ck_assert_ok(clnpu_tuning_db_put(db, &ge));
+    ck_assert_ok(clnpu_tuning_db_put(db, &pe));
+    const clnpu_tuning_db *prev = clnpu_device_get_tuning(dev);
+    clnpu_device_set_tuning(dev, db);
+    const size_t E = 3, n = 29, k = 333, rows[2] = {2, 12};
+    const int nr = clnpu_device_get_isa(dev)->lanes >= 16 ? 16 : 8;
+    float *w = malloc(E * n * k * 4), *x = malloc(E * 12 * k * 4), *y = malloc(E * 12 * n * 4);
+    for (size_t i = 0; i < E * n * k; i++) w[i] = test_rand_uniform(-1, 1);
+    for (size_t i = 0; i < E * 12 * k; i++) x[i] = test_rand_uniform(-1, 1);
+    clnpu_weight_desc d[3];
+    for (size_t e = 0; e < E; e++) d[e] = (clnpu_weight_desc){CLNPU_DTYPE_F32, n, k, w + e * n * k, NULL, 0};
+    clnpu_weight *wt;
+    clnpu_buffer *bx, *by, *bc, *bo;
+    ck_assert_ok(clnpu_weight_upload(dev, d, E, &wt));
+    ck_assert_ok(clnpu_buffer_create(dev, E * 12 * k * 4, &bx));
+    ck_assert_ok(clnpu_buffer_write(bx, 0, x, E * 12 * k * 4));
+    ck_assert_ok(clnpu_buffer_create(dev, E * 12 * n * 4, &by));
+    ck_assert_ok(clnpu_buffer_create(dev, E * sizeof(int), &bc));
+    ck_assert_ok(clnpu_buffer_create(dev, E * sizeof(int), &bo));
+    for (int c = 0; c < 2; c++) {
+        const size_t r = rows[c], m = E * r;
+        int cnt[3], off[3];
+        for (size_t e = 0; e < E; e++) cnt[e] = (int)r, off[e] = (int)(e * r);
+        ck_assert_ok(clnpu_buffer_write(bc, 0, cnt, sizeof cnt));
+        ck_assert_ok(clnpu_buffer_write(bo, 0, off, sizeof off));
+        for (size_t i = 0; i < m * n; i++) y[i] = NAN;
+        ck_assert_ok(clnpu_buffer_write(by, 0, y, m * n * 4));
+        clnpu_gemm_args a = clnpu_gemm_args_default();
+        a.x = bx, a.y = by, a.m = m;
+        ck_assert_ok(clnpu_gemm_grouped_counts(dev, wt, bc, bo, r, &a));
+        ck_assert_ok(clnpu_buffer_read(by, 0, y, m * n * 4));
+        double num = 0, den = 0;
+        for (size_t i = 0; i < m; i++)
+            for (size_t o = 0; o < n; o++) {
+                double ref = 0;
+                for (size_t kk = 0; kk < k; kk++) ref += (double)x[i * k + kk] * w[((i / r) * n + o) * k + kk];
+                num += (y[i * n + o] - ref) * (y[i * n + o] - ref), den += ref * ref;
+            }
+        ck_assert_msg(num / den < 1e-10, "%zu rows per matrix: %g", r, num / den);
+        char opts[256];
+        if (c == 0)
+            snprintf(opts, sizeof opts, "-DCLNPU_GEMM_WTYPE=0 -DCLNPU_GEMM_QGROUP=128 -DCLNPU_GEMM_EPILOGUE=0 "
+                     "-DCLNPU_GEMM_MR=2 -DCLNPU_GEMM_NR=%d -DCLNPU_GEMM_KACC=1 -DCLNPU_GEMM_KSPLIT=0", nr);
+        else
+            snprintf(opts, sizeof opts, "-DCLNPU_GEMM_WTYPE=0 -DCLNPU_GEMM_QGROUP=128 -DCLNPU_GEMM_EPILOGUE=0 "
+                     "-DCLNPU_GEMM_MR=4 -DCLNPU_GEMM_NR=%d -DCLNPU_GEMM_KACC=1 -DCLNPU_GEMM_KSPLIT=0 "
+                     "-DCLNPU_GEMM_MB=2 -DCLNPU_GEMM_KC=128", nr);
+        clnpu_program *p;
+        const char *only[] = {"clnpu_gemm_grouped_counts", NULL};
+        ck_assert_ok(clnpu_program_get_kernels(dev, "gemm.cl", opts, only, &p));
+        ck_assert_msg(clnpu_program_get_origin(p) == CLNPU_PROGRAM_MEMORY, "%zu rows: not the %s entry's variant", r,
+                      c ? "grouped_prefill" : "grouped");
+    }
+    clnpu_device_set_tuning(dev, prev);
+    clnpu_weight_destroy(wt);
+    clnpu_buffer_destroy(bx), clnpu_buffer_destroy(by), clnpu_buffer_destroy(bc), clnpu_buffer_destroy(bo);
+    clnpu_tuning_db_destroy(db);
+    free(w), free(x), free(y);
+}
+END_TEST
+
 /* clnpu tune on one small class: a database appears, a second run resumes from it. */
 START_TEST(test_tune_cli)
 {
@@ -212,6 +294,15 @@ START_TEST(test_tune_cli)
     snprintf(cmd, sizeof cmd, "CLNPU_TUNING_DB='%s/db.yaml' '%s' bench mla --context 300 --heads 4 --min-time 0.01 "
              "--json 2>&1", dir, CLNPU_CLI_PATH);
     ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    /* the grouped class as a MoE layer runs it (SwiGLU, counts on the device), and only it */
+    snprintf(cmd, sizeof cmd, "'%s' tune --ops gemm --dtype bf16 --classes grouped --budget 3 --db '%s/g.yaml'",
+             CLNPU_CLI_PATH, dir);
+    ck_assert_msg(test_run(cmd, out, sizeof out) == 0, "%.1500s", out);
+    /* every candidate passed its float64 check (silu(g) * u): none rejected */
+    ck_assert_msg(strstr(out, "gemm bf16 grouped ") && !strstr(out, "gemm bf16 gemv") && strstr(out, " 0 rejected"),
+                  "%.1500s", out);
+    snprintf(cmd, sizeof cmd, "'%s' tune --ops gemm --classes nothing", CLNPU_CLI_PATH);
+    ck_assert_int_eq(test_run(cmd, out, sizeof out), 2);
     snprintf(cmd, sizeof cmd, "'%s' tune --ops nothing", CLNPU_CLI_PATH);
     ck_assert_int_eq(test_run(cmd, out, sizeof out), 2);
     /* --verbose names every GEMM parameter's source: without a database all derived from the
@@ -267,6 +358,7 @@ Suite *suite_tuning(void)
     tcase_add_test(tc, test_db_roundtrip_and_lookup);
     tcase_add_test(tc, test_shipped_entries_match_sources);
     tcase_add_test(tc, test_runtime_uses_entry);
+    tcase_add_test(tc, test_grouped_classes);
     tcase_add_test(tc, test_tune_cli);
     suite_add_tcase(s, tc);
     return s;

@@ -13,12 +13,12 @@
 #include "bench_util.h"
 
 static const char usage[] = "clnpu tune " CLI_DEVICE_USAGE " [--ops gemm,gemm_wg,attention,mla] [--dtype f32,bf16,...] "
-                            "[--budget SECONDS] [--db FILE] [--force]";
+                            "[--classes gemv,decode,...] [--budget SECONDS] [--db FILE] [--force]";
 
 #define MAXP 10 /* gemm_wg: ten tile parameters */
 #define MAXV 12
 #define MAXC 4096 /* candidates kept per class (a random sample when the space is larger) */
-#define NSHAPE 2  /* shapes measured per class */
+#define NSHAPE 3  /* shapes measured per class, at most */
 
 typedef struct space {
     int np;
@@ -123,16 +123,19 @@ static bool allowed(const space *sp, const int *v, uint64_t local_budget, int ro
 typedef struct job {
     const char *kernel, *cls;
     clnpu_dtype dtype;
-    size_t m, n, k, segs;  /* gemm: rows, out, in, grouped segments (the shape being set up) */
-    size_t shapes[NSHAPE][3]; /* gemm: the class's shapes (M, N, K); M = 0 ends the list */
+    size_t m, n, k, segs;  /* gemm: rows, out, in, grouped matrices (the shape being set up) */
+    size_t swiglu;         /* gemm: 1 = the SwiGLU epilogue (gate and up weights) */
+    /* gemm: the class's shapes (M, N, K, grouped matrices, SwiGLU); M = 0 ends the list */
+    size_t shapes[NSHAPE][5];
 } job;
+
+#define MAXCOPIES 32 /* grouped: weight groups rotated per launch */
 
 typedef struct runner {
     clnpu_device *dev;
     const job *j;
-    clnpu_weight *w;
-    clnpu_buffer *x, *y, *z3[6];
-    clnpu_gemm_segment segs[16];
+    clnpu_weight *w, *wc[MAXCOPIES]; /* grouped: one weight group per copy */
+    clnpu_buffer *x, *y, *z3[6], *counts, *offsets;
     clnpu_attention_args att;
     clnpu_mla_decode_args mla;
     size_t copies, rot;
@@ -147,54 +150,104 @@ static float rnd(uint64_t *s)
     return (float)((*s >> 40) / 8388608.0 - 1.0);
 }
 
+/* Random weights of dtype t as a descriptor over q / sc (int8 in groups of 128 along K). */
+static clnpu_status gemm_desc(clnpu_dtype t, const float *w, size_t n, size_t k, void *q, float *sc,
+                              clnpu_weight_desc *d)
+{
+    *d = (clnpu_weight_desc){t, n, k, q, NULL, 0};
+    if (t == CLNPU_DTYPE_F32) memcpy(q, w, n * k * 4);
+    else if (t == CLNPU_DTYPE_BF16 || t == CLNPU_DTYPE_F16)
+        for (size_t i = 0; i < n * k; i++)
+            ((uint16_t *)q)[i] = t == CLNPU_DTYPE_BF16 ? clnpu_f32_to_bf16(w[i]) : clnpu_f32_to_f16(w[i]);
+    else if (t == CLNPU_DTYPE_I8) return d->scales = sc, d->group_k = 128, clnpu_quantize_i8(w, n, k, 128, q, sc);
+    else return d->scales = sc, clnpu_quantize_fp8(w, n, k, q, sc);
+    return CLNPU_OK;
+}
+
+/* The float64 product of the X rows with a descriptor's dequantised weights. */
+static double *gemm_ref(const clnpu_weight_desc *d, const float *x, size_t m)
+{
+    const size_t n = d->n, k = d->k;
+    float *deq = malloc(n * k * 4);
+    double *ref = malloc(m * n * sizeof *ref);
+    if (deq && ref) {
+        clnpu_weight_desc_to_f32(d, deq);
+        for (size_t i = 0; i < m; i++)
+            for (size_t o = 0; o < n; o++) {
+                double a = 0;
+                for (size_t kk = 0; kk < k; kk++) a += (double)x[i * k + kk] * deq[o * k + kk];
+                ref[i * n + o] = a;
+            }
+    }
+    free(deq);
+    return ref;
+}
+
+/* The job's GEMM: m rows of X against an n x k weight (grouped: `segs` matrices of the same
+ * weights, m / segs rows each, with the counts on the device as a MoE layer runs them; SwiGLU:
+ * gate and up weights). check: a float64 reference of the output. */
 static clnpu_status gemm_setup(runner *r, size_t m, size_t n, size_t k, bool check)
 {
     const job *j = r->j;
     uint64_t s = 0x1234567ULL + m * 31 + n;
-    float *w = malloc(n * k * 4), *deq = malloc(n * k * 4), *sc = malloc((n * ((k + 127) / 128) + 64) * 4);
-    void *q = malloc(n * k * 4);
+    const size_t sides = j->swiglu ? 2 : 1, ns = n * ((k + 127) / 128) + 64;
+    float *w = malloc(sides * n * k * 4), *sc = malloc(sides * ns * 4);
+    unsigned char *q = malloc(sides * n * k * 4);
     r->hx = malloc(m * k * 4);
-    for (size_t i = 0; i < n * k; i++) w[i] = rnd(&s) * 0.5f;
-    for (size_t i = 0; i < m * k; i++) r->hx[i] = rnd(&s);
-    clnpu_weight_desc d = {j->dtype, n, k, q, NULL, 0};
-    clnpu_status st = CLNPU_OK;
-    if (j->dtype == CLNPU_DTYPE_F32) memcpy(q, w, n * k * 4);
-    else if (j->dtype == CLNPU_DTYPE_BF16 || j->dtype == CLNPU_DTYPE_F16)
-        for (size_t i = 0; i < n * k; i++)
-            ((uint16_t *)q)[i] = j->dtype == CLNPU_DTYPE_BF16 ? clnpu_f32_to_bf16(w[i]) : clnpu_f32_to_f16(w[i]);
-    else if (j->dtype == CLNPU_DTYPE_I8) d.scales = sc, d.group_k = 128, st = clnpu_quantize_i8(w, n, k, 128, q, sc);
-    else d.scales = sc, st = clnpu_quantize_fp8(w, n, k, q, sc);
-    size_t nmat = j->segs ? j->segs : 1;
+    clnpu_status st = w && sc && q && r->hx ? CLNPU_OK : CLNPU_ERR_OUT_OF_MEMORY;
+    for (size_t i = 0; !st && i < sides * n * k; i++) w[i] = rnd(&s) * 0.5f;
+    for (size_t i = 0; !st && i < m * k; i++) r->hx[i] = rnd(&s);
+    clnpu_weight_desc d[2];
+    for (size_t h = 0; h < sides && !st; h++)
+        st = gemm_desc(j->dtype, w + h * n * k, n, k, q + h * n * k * 4, sc + h * ns, &d[h]);
+    const size_t nmat = j->segs ? j->segs : 1;
     /* timing: enough copies of the weights to exceed the last-level cache twice, rotated per
-     * launch, so weight-bound classes are tuned from memory as a model runs them */
+     * launch, so every class is tuned with its weights coming from memory as a model's layers
+     * run them: not only the weight-bound ones — a prefill tile that is fast while its weights
+     * stay in L3 rereads them from memory once per row block (bf16 512x12288x1536 on Zen 5:
+     * MR 3 x MB 8 won 1.13x hot and lost 0.8x cold) */
     size_t copies = 1;
-    if (!check && (m <= 8 || j->segs)) { /* compute-bound prefill reuses W: no copies */
-        double wsize = (double)n * k * clnpu_dtype_size(j->dtype) * nmat;
+    if (!check) {
+        double wsize = (double)sides * n * k * clnpu_dtype_size(j->dtype) * nmat;
         double llc = (double)clnpu_device_get_info(r->dev)->global_cache_bytes;
         copies = wsize >= 2 * llc ? 1 : (size_t)ceil(2 * llc / wsize);
         while (copies > 1 && (copies * wsize > 768e6 || copies * nmat > 256)) copies--;
+        if (j->segs && copies > MAXCOPIES) copies = MAXCOPIES;
     }
     r->copies = copies;
-    clnpu_weight_desc *ds = malloc(nmat * copies * sizeof *ds);
-    for (size_t i = 0; ds && i < nmat * copies; i++) ds[i] = d;
-    if (!st) st = ds ? clnpu_weight_upload(r->dev, ds, nmat * copies, &r->w) : CLNPU_ERR_OUT_OF_MEMORY;
+    clnpu_weight_desc *ds = malloc(2 * nmat * copies * sizeof *ds);
+    for (size_t i = 0; ds && i < nmat * copies; i++) ds[i] = d[0], ds[nmat * copies + i] = d[sides - 1];
+    if (!ds && !st) st = CLNPU_ERR_OUT_OF_MEMORY;
+    if (!st && j->segs) { /* a weight group per copy, so the counts name matrices 0 .. segs - 1 */
+        for (size_t c = 0; c < copies && !st; c++)
+            st = j->swiglu ? clnpu_weight_upload_swiglu(r->dev, ds, ds + nmat * copies, nmat, &r->wc[c])
+                           : clnpu_weight_upload(r->dev, ds, nmat, &r->wc[c]);
+        r->w = r->wc[0];
+    } else if (!st) {
+        st = j->swiglu ? clnpu_weight_upload_swiglu(r->dev, ds, ds + nmat * copies, nmat * copies, &r->w)
+                       : clnpu_weight_upload(r->dev, ds, nmat * copies, &r->w);
+    }
     free(ds);
     if (!st) st = clnpu_buffer_create(r->dev, m * k * 4, &r->x);
     if (!st) st = clnpu_buffer_write(r->x, 0, r->hx, m * k * 4);
     if (!st) st = clnpu_buffer_create(r->dev, m * n * 4, &r->y);
-    if (!st && check) { /* float64 reference with the dequantised weights */
-        clnpu_weight_desc_to_f32(&d, deq);
-        r->ref = malloc(m * n * sizeof *r->ref);
-        for (size_t i = 0; i < m; i++)
-            for (size_t o = 0; o < n; o++) {
-                double a = 0;
-                for (size_t kk = 0; kk < k; kk++) a += (double)r->hx[i * k + kk] * deq[o * k + kk];
-                r->ref[i * n + o] = a;
-            }
+    if (!st && j->segs) {
+        int cnt[256], off[256];
+        for (size_t e = 0; e < nmat && e < 256; e++) cnt[e] = (int)(m / nmat), off[e] = (int)(e * (m / nmat));
+        st = clnpu_buffer_create(r->dev, nmat * sizeof(int), &r->counts);
+        if (!st) st = clnpu_buffer_create(r->dev, nmat * sizeof(int), &r->offsets);
+        if (!st) st = clnpu_buffer_write(r->counts, 0, cnt, nmat * sizeof(int));
+        if (!st) st = clnpu_buffer_write(r->offsets, 0, off, nmat * sizeof(int));
+    }
+    if (!st && check) { /* float64 reference with the dequantised weights; silu(g) * u */
+        r->ref = gemm_ref(&d[0], r->hx, m);
+        double *u = j->swiglu ? gemm_ref(&d[1], r->hx, m) : NULL;
+        if (!r->ref || (j->swiglu && !u)) st = CLNPU_ERR_OUT_OF_MEMORY;
+        for (size_t i = 0; !st && u && i < m * n; i++) r->ref[i] = r->ref[i] / (1 + exp(-r->ref[i])) * u[i];
+        free(u);
         r->check_n = m * n;
     }
-    for (size_t i = 0; i < nmat; i++) r->segs[i] = (clnpu_gemm_segment){i, i * (m / nmat), m / nmat};
-    free(w), free(deq), free(sc), free(q);
+    free(w), free(sc), free(q);
     return st;
 }
 
@@ -204,18 +257,21 @@ static clnpu_status gemm_step(void *p)
     clnpu_gemm_args a = clnpu_gemm_args_default();
     a.x = r->x, a.y = r->y;
     a.m = clnpu_buffer_size(r->x) / 4 / clnpu_weight_k(r->w); /* rows of the set-up case */
-    const size_t nmat = r->j->segs ? r->j->segs : 1, base = r->rot * nmat;
+    a.epilogue = r->j->swiglu ? CLNPU_EPILOGUE_SWIGLU : CLNPU_EPILOGUE_NONE;
+    const size_t rot = r->rot;
     r->rot = r->copies > 1 ? (r->rot + 1) % r->copies : 0;
-    if (!r->j->segs) return clnpu_gemm(r->dev, r->w, base, &a);
-    clnpu_gemm_segment segs[16];
-    for (size_t i = 0; i < nmat; i++) segs[i] = (clnpu_gemm_segment){base + i, r->segs[i].row, r->segs[i].rows};
-    return clnpu_gemm_grouped(r->dev, r->w, segs, nmat, &a);
+    if (!r->j->segs) return clnpu_gemm(r->dev, r->w, rot, &a);
+    /* each matrix takes at most its own rows, as a layer's experts take at most T */
+    return clnpu_gemm_grouped_counts(r->dev, r->wc[rot], r->counts, r->offsets, a.m / r->j->segs, &a);
 }
 
 static void runner_free(runner *r)
 {
+    if (r->wc[0]) r->w = NULL; /* r->w is r->wc[0] */
+    for (size_t c = 0; c < MAXCOPIES; c++) clnpu_weight_destroy(r->wc[c]);
     clnpu_weight_destroy(r->w);
     clnpu_buffer_destroy(r->x), clnpu_buffer_destroy(r->y);
+    clnpu_buffer_destroy(r->counts), clnpu_buffer_destroy(r->offsets);
     for (int i = 0; i < 6; i++) clnpu_buffer_destroy(r->z3[i]);
     free(r->hx), free(r->ref);
     memset(r, 0, sizeof *r);
@@ -333,7 +389,10 @@ static clnpu_status setup(runner *r, clnpu_device *dev, const job *j, bool check
     memset(r, 0, sizeof *r);
     r->dev = dev, r->j = j;
     if (!strncmp(j->kernel, "gemm", 4)) /* gemm and gemm_wg */
-        return check ? gemm_setup(r, j->segs ? j->segs * 2 : (j->m < 9 ? j->m : 23), 37, 300, true)
+        /* the check's rows stay in the job's class, or it would not run the candidate: grouped
+         * 2 rows per matrix, grouped_prefill 11 (rows per matrix, gemm_params.c) */
+        return check ? gemm_setup(r, j->segs ? j->segs * (j->m / j->segs <= 8 ? 2 : 11) : (j->m < 9 ? j->m : 23), 37,
+                                  300, true)
                      : gemm_setup(r, j->m, j->n, j->k, false);
     if (!strcmp(j->kernel, "attention")) return attn_setup(r, check ? 37 : 512, check);
     return mla_setup(r, check ? 300 : 4096, check);
@@ -487,14 +546,15 @@ static void progress(const char *label, size_t done, size_t total)
 
 int cmd_tune(int argc, char **argv)
 {
-    enum { O_OPS = CLI_OPT_FIRST_FREE, O_DTYPE, O_BUDGET, O_DB, O_FORCE };
+    enum { O_OPS = CLI_OPT_FIRST_FREE, O_DTYPE, O_CLASSES, O_BUDGET, O_DB, O_FORCE };
     static const struct option longopts[] = {CLI_DEVICE_LONGOPTS, {"ops", required_argument, NULL, O_OPS},
                                              {"dtype", required_argument, NULL, O_DTYPE},
+                                             {"classes", required_argument, NULL, O_CLASSES},
                                              {"budget", required_argument, NULL, O_BUDGET},
                                              {"db", required_argument, NULL, O_DB}, {"force", no_argument, NULL, O_FORCE},
                                              {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     cli_device_args da = {0};
-    const char *ops = "gemm,attention,mla", *dtypes = "f32,bf16,int8,fp8", *dbpath = NULL;
+    const char *ops = "gemm,attention,mla", *dtypes = "f32,bf16,int8,fp8", *dbpath = NULL, *classes = NULL;
     double budget = 120;
     bool force = false, ops_given = false;
     int opt;
@@ -507,13 +567,14 @@ int cmd_tune(int argc, char **argv)
         switch (opt) {
         case 'h':
             printf("usage: %s\n\nSearches the tunables of kernels-cl/tunables.yaml per shape class (gemm: gemv, "
-                   "decode, grouped,\nprefill per weight dtype; attention per head-dim pair; mla per context bucket), "
+                   "decode, grouped,\ngrouped_prefill, prefill per weight dtype; attention per head-dim pair; mla per context bucket), "
                    "checks each\ncandidate against a float64 reference, and keeps the fastest in the database "
                    "(default\n<cache dir>/tuning.yaml, used automatically by the runtime). --budget is in seconds "
-                   "(default 120).\n", usage);
+                   "(default 120).\n--classes keeps only the named shape classes (e.g. prefill,grouped_prefill).\n", usage);
             return CLI_EXIT_OK;
         case O_OPS: ops = optarg, ops_given = true; break;
         case O_DTYPE: dtypes = optarg; break;
+        case O_CLASSES: classes = optarg; break;
         case O_BUDGET:
             if (!cli_parse_double(optarg, 1e-3, 1e7, &budget)) return cli_usage_error("tune", usage, "bad --budget '%s'", optarg);
             break;
@@ -539,21 +600,41 @@ int cmd_tune(int argc, char **argv)
                 /* two shapes from each class's range (runtime/gemm_params.c, docs/tuning.md): a
                  * small and a large weight, short and long K */
                 const clnpu_dtype d = (clnpu_dtype)t;
-                if (nj + 4 > sizeof jobs / sizeof jobs[0]) return cli_usage_error("tune", usage, "too many jobs");
+                if (nj + 5 > sizeof jobs / sizeof jobs[0]) return cli_usage_error("tune", usage, "too many jobs");
                 /* the wg GEMV has no tile parameters: gemm_wg's classes are the tiled ones */
-                if (kn[4] == '\0') jobs[nj++] = (job){kn, "gemv", d, 1, 2048, 4096, 0, {{1, 2048, 4096}, {1, 7168, 2048}}};
-                if (kn[4] == '\0') jobs[nj++] = (job){kn, "decode", d, 8, 2048, 2048, 0, {{8, 2048, 2048}, {4, 1536, 7168}}};
-                jobs[nj++] = (job){kn, "grouped", d, 16, 512, 1024, 8, {{16, 512, 1024}, {128, 1024, 512}}};
-                jobs[nj++] = (job){kn, "prefill", d, 256, 512, 1024, 0, {{256, 1024, 1024}, {512, 1536, 7168}}};
+                if (kn[4] == '\0') jobs[nj++] = (job){kn, "gemv", d, 1, 2048, 4096, 0, 0, {{1, 2048, 4096}, {1, 7168, 2048}}};
+                if (kn[4] == '\0') jobs[nj++] = (job){kn, "decode", d, 8, 2048, 2048, 0, 0, {{8, 2048, 2048}, {4, 1536, 7168}}};
+                /* grouped: a decode step's experts (1-8 rows each), weight-bound; grouped_prefill:
+                 * a prompt's (9 and more), compute-bound. Both as a MoE layer runs them: counts
+                 * on the device, the SwiGLU gate_up and the plain down projection */
+                jobs[nj++] = (job){kn, "grouped", d, 9, 256, 1024, 9, 1, {{9, 256, 1024, 9, 1}, {16, 1024, 512, 8, 0}}};
+                jobs[nj++] = (job){kn, "grouped_prefill", d, 4096, 256, 1024, 64, 1,
+                                   {{4096, 256, 1024, 64, 1}, {512, 1024, 512, 32, 0}}};
+                jobs[nj++] = (job){kn, "prefill", d, 256, 512, 1024, 0, 0,
+                                   {{256, 1024, 1024}, {512, 1536, 7168}, {512, 12288, 1536}}};
             }
         } else if (!strcmp(op, "attention")) {
-            jobs[nj++] = (job){"attention", "d192_128", CLNPU_DTYPE_F32, 0, 0, 0, 0, {{0}}};
-            jobs[nj++] = (job){"attention", "d96_64", CLNPU_DTYPE_F32, 0, 0, 0, 0, {{0}}};
+            jobs[nj++] = (job){"attention", "d192_128", CLNPU_DTYPE_F32, 0, 0, 0, 0, 0, {{0}}};
+            jobs[nj++] = (job){"attention", "d96_64", CLNPU_DTYPE_F32, 0, 0, 0, 0, 0, {{0}}};
         } else if (!strcmp(op, "mla")) {
-            jobs[nj++] = (job){"mla", "ctx4k", CLNPU_DTYPE_F32, 0, 0, 0, 0, {{0}}};
+            jobs[nj++] = (job){"mla", "ctx4k", CLNPU_DTYPE_F32, 0, 0, 0, 0, 0, {{0}}};
         } else {
             return cli_usage_error("tune", usage, "unknown op '%s' (gemm, gemm_wg, attention, mla)", op);
         }
+    }
+    if (classes) { /* only the named classes (a comma list) */
+        size_t kept = 0;
+        for (size_t i = 0; i < nj; i++) {
+            const size_t n = strlen(jobs[i].cls);
+            for (const char *c = classes; *c; c += strcspn(c, ",") + (c[strcspn(c, ",")] == ',')) {
+                if (strcspn(c, ",") == n && !strncmp(c, jobs[i].cls, n)) {
+                    jobs[kept++] = jobs[i];
+                    break;
+                }
+            }
+        }
+        if (!kept) return cli_usage_error("tune", usage, "--classes '%s' names no class of these ops", classes);
+        nj = kept;
     }
     clnpu_device *dev;
     clnpu_status st = cli_open_device(&da, false, &dev);
@@ -614,10 +695,11 @@ int cmd_tune(int argc, char **argv)
         if (!load_space(regs ? "attention_regs" : j->kernel, &sp)) continue;
         /* what a class's kernel ignores is not searched: one row per work-item at M = 1, no
          * row blocks below 9 rows, one panel per work-item in the grouped kernels */
-        const bool gemv = !strcmp(j->cls, "gemv"), small = gemv || !strcmp(j->cls, "decode");
+        const bool gemv = !strcmp(j->cls, "gemv"), grouped = !strncmp(j->cls, "grouped", 7);
+        const bool small = gemv || !strcmp(j->cls, "decode") || !strcmp(j->cls, "grouped");
         for (int i = 0; i < sp.np && !strcmp(j->kernel, "gemm"); i++) {
             if ((gemv && !strcmp(sp.name[i], "mr")) || (small && !strcmp(sp.name[i], "mb")) ||
-                (!strcmp(j->cls, "grouped") && !strcmp(sp.name[i], "nb")))
+                (grouped && !strcmp(sp.name[i], "nb")))
                 sp.vals[i][0] = 1, sp.nv[i] = 1;
             if (small && !strcmp(sp.name[i], "kc")) sp.nv[i] = 1;
         }
@@ -661,7 +743,8 @@ int cmd_tune(int argc, char **argv)
         for (; ns < NSHAPE && (ns == 0 || j->shapes[ns][0]); ns++) {
             shapes[ns] = *j;
             if (j->shapes[ns][0])
-                shapes[ns].m = j->shapes[ns][0], shapes[ns].n = j->shapes[ns][1], shapes[ns].k = j->shapes[ns][2];
+                shapes[ns].m = j->shapes[ns][0], shapes[ns].n = j->shapes[ns][1], shapes[ns].k = j->shapes[ns][2],
+                shapes[ns].segs = j->shapes[ns][3], shapes[ns].swiglu = j->shapes[ns][4];
             st = setup(&timing[ns], dev, &shapes[ns], false);
             if (st) break;
         }
