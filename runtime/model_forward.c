@@ -213,6 +213,22 @@ static clnpu_status attention_decode(clnpu_model *m, model_layer *ly, size_t B, 
     return st;
 }
 
+clnpu_status clnpu_model_kv_append(clnpu_model *m, model_layer *ly, const char *opts, clnpu_view src, bool rotate,
+                                   clnpu_rope_layout layout, size_t T)
+{
+    cl_mem cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev), sb = clnpu_mem(src.buf),
+           sq = clnpu_mem(m->seqs), ps = clnpu_mem(m->pos), tab = rotate ? clnpu_mem(m->rope->buf) : NULL;
+    cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, off = (cl_uint)src.offset,
+            lds = (cl_uint)src.ld, np = rotate ? (cl_uint)m->rope->positions : 0,
+            hs = rotate && layout == CLNPU_ROPE_HALF_SPLIT;
+    clnpu_karg a[] = {KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(sb), KARG(off), KARG(lds), KARG(sq), KARG(ps),
+                      KARG(tab), KARG(np), KARG(hs)};
+    size_t lo[2] = {clnpu_lanes(m->dev), 1}, g[2] = {lo[0], T};
+    char lopts[128];
+    return clnpu_launch_group(m->dev, "mla.cl", clnpu_lanes_options(m->dev, opts, lopts, sizeof lopts),
+                              clnpu_group_cache, "clnpu_kv_append", 2, g, lo, a, 12);
+}
+
 /* Dense MLA (A.X K1, DeepSeek-V3): q (through the low-rank q_a / q_b when the model has it), the
  * latent c and k_pe from the normed m->a, the latent rows to the cache, attention into m->attn. */
 static clnpu_status attention_dense(clnpu_model *m, model_layer *ly, size_t T, bool decode, const size_t *seq_of,
@@ -249,18 +265,7 @@ static clnpu_status attention_dense(clnpu_model *m, model_layer *ly, size_t T, b
         st = clnpu_rope_apply(m->dev, m->rope, (clnpu_view){m->q, c->qk_nope_head_dim, H * m->dqk}, T, H, m->dqk,
                               m->pos, layout);
     /* The new latent rows (c | k_pe, rotated on the way) go to the cache before attention reads it. */
-    if (!st) {
-        cl_mem cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev), src = clnpu_mem(kv0.buf),
-               sq = clnpu_mem(m->seqs), ps = clnpu_mem(m->pos), tab = clnpu_mem(m->rope->buf);
-        cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, off = (cl_uint)kv0.offset,
-                lds = (cl_uint)kv0.ld, np = (cl_uint)m->rope->positions, hs = layout == CLNPU_ROPE_HALF_SPLIT;
-        clnpu_karg a[] = {KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(src), KARG(off), KARG(lds), KARG(sq), KARG(ps),
-                          KARG(tab), KARG(np), KARG(hs)};
-        size_t lo[2] = {clnpu_lanes(m->dev), 1}, g[2] = {lo[0], T};
-        char lopts[128];
-        st = clnpu_launch_group(m->dev, "mla.cl", clnpu_lanes_options(m->dev, opts, lopts, sizeof lopts),
-                                clnpu_group_cache, "clnpu_kv_append", 2, g, lo, a, 12);
-    }
+    if (!st) st = clnpu_model_kv_append(m, ly, opts, kv0, true, layout, T);
     if (!st) st = decode ? attention_decode(m, ly, T, maxlen) : attention_prefill(m, ly, seq_of[0], pos_of[0], T);
     return st;
 }

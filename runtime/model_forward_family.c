@@ -144,16 +144,7 @@ clnpu_status clnpu_model_family_attention(clnpu_model *m, model_layer *ly, size_
         char opts[96];
         snprintf(opts, sizeof opts, "-DCLNPU_MLA_R=%zu -DCLNPU_MLA_DR=%zu%s", R, DR,
                  clnpu_latent_cache_define(m->opt.latent_cache));
-        cl_mem cache = clnpu_mem(ly->cache), bt = clnpu_mem(m->block_table_dev), src = clnpu_mem(m->kv0),
-               sq = clnpu_mem(m->seqs), ps = clnpu_mem(m->pos);
-        cl_uint page = (cl_uint)m->opt.page_size, mb = (cl_uint)m->max_blocks, off = 0, lds = (cl_uint)m->lat, np = 0, hs = 0;
-        cl_mem tab = NULL; /* k_pe rotated above */
-        clnpu_karg a[] = {KARG(cache), KARG(page), KARG(bt), KARG(mb), KARG(src), KARG(off), KARG(lds), KARG(sq), KARG(ps),
-                          KARG(tab), KARG(np), KARG(hs)};
-        size_t lo[2] = {clnpu_lanes(m->dev), 1}, g[2] = {lo[0], T};
-        char lopts[128];
-        st = clnpu_launch_group(m->dev, "mla.cl", clnpu_lanes_options(m->dev, opts, lopts, sizeof lopts),
-                                clnpu_group_cache, "clnpu_kv_append", 2, g, lo, a, 12);
+        st = clnpu_model_kv_append(m, ly, opts, (clnpu_view){m->kv0, 0, m->lat}, false, layout, T); /* k_pe rotated above */
     }
     if (!st) st = indexer(m, ly, q_resid, T, maxlen);
     /* absorbed MLA over the selected rows, prefill and decode alike: q_abs = q_nope . W_UK per head,

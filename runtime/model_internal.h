@@ -135,6 +135,11 @@ clnpu_status clnpu_model_family_post_gate(clnpu_model *m, model_layer *ly, size_
  * latent, the indexer's keys and top-k, absorbed MLA over the selected rows, the gate. */
 clnpu_status clnpu_model_family_attention(clnpu_model *m, model_layer *ly, size_t T, size_t maxlen);
 
+/* Layer ly's new latent rows (T rows of c | k_pe from src) into its paged cache at m->pos;
+ * rotate: k_pe gets RoPE on the way (else it was rotated before). opts: mla.cl's defines. */
+clnpu_status clnpu_model_kv_append(clnpu_model *m, model_layer *ly, const char *opts, clnpu_view src, bool rotate,
+                                   clnpu_rope_layout layout, size_t T);
+
 /* Count one GEMM weight as loaded (its dtype, elements and scales). */
 void clnpu_model_weight_stats_add(clnpu_model_weight_stats *s, const clnpu_weight_desc *d);
 
